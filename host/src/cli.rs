@@ -1,0 +1,315 @@
+//! The `switchyard` command line.
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+
+use crate::registry::{InstalledPlugin, Registry};
+use crate::runtime::bindings::{Action, OutboundRecord, PluginConfig, RecordResult};
+use crate::runtime::net::HttpPolicy;
+use crate::runtime::{Limits, PluginInstance, Runtime};
+use crate::scaffold::{self, Kind};
+
+#[derive(Parser, Debug)]
+#[command(name = "switchyard", version, about = "Switchyard: customer profiles in, audiences and events out, through sandboxed WebAssembly plugins")]
+pub struct Cli {
+    /// Where installed plugins live.
+    #[arg(long, global = true, env = "SWITCHYARD_PLUGINS_DIR", default_value = ".switchyard/plugins")]
+    pub plugins_dir: PathBuf,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Install, inspect, write and try plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PluginCommand {
+    /// Scaffold a plugin crate that builds as is.
+    New {
+        name: String,
+        #[arg(long, value_enum)]
+        kind: Kind,
+        /// Directory to create the crate in.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Use this switchyard-sdk checkout instead of the published crate.
+        #[arg(long)]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build a plugin crate into a component (cargo, target wasm32-wasip2).
+    Build {
+        #[arg(default_value = ".")]
+        path: PathBuf,
+        /// Cargo profile.
+        #[arg(long, default_value = "release")]
+        profile: String,
+    },
+    /// Validate, precompile and install a component.
+    Install { file: PathBuf },
+    /// List installed plugins.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show an installed plugin's manifest.
+    Info { name: String },
+    /// Remove an installed plugin (every version unless --version).
+    Remove {
+        name: String,
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// Run a plugin's `check` with a config.
+    Check {
+        name: String,
+        #[command(flatten)]
+        instance: InstanceArgs,
+    },
+    /// Deliver records (JSON lines of {"key", "fields"}) through a destination plugin; prints
+    /// one result per record.
+    Deliver {
+        name: String,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[arg(long, value_enum, default_value = "upsert")]
+        action: CliAction,
+        /// JSON-lines file of records; standard input when absent.
+        #[arg(long)]
+        records: Option<PathBuf>,
+    },
+    /// Read a source plugin's stream page by page; prints records as JSON lines.
+    Read {
+        name: String,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        #[arg(long)]
+        stream: String,
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Stop after this many pages.
+        #[arg(long, default_value_t = 1000)]
+        max_pages: usize,
+    },
+}
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct InstanceArgs {
+    /// The plugin's config, JSON text or @FILE.
+    #[arg(long, default_value = "{}")]
+    config: String,
+    /// A secret as NAME=VALUE, where VALUE is `${ENV_VAR}`, `file:PATH` or literal text.
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// Hosts granted to the plugin (default: those its manifest names).
+    #[arg(long = "allow-host")]
+    allow_hosts: Vec<String>,
+    /// Exact host:port pairs the plugin may reach on private or loopback addresses.
+    #[arg(long = "allow-private")]
+    allow_private: Vec<String>,
+    /// Version requirement, e.g. "^1.2".
+    #[arg(long)]
+    version: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum CliAction {
+    Upsert,
+    Delete,
+    Track,
+}
+
+impl From<CliAction> for Action {
+    fn from(a: CliAction) -> Action {
+        match a {
+            CliAction::Upsert => Action::Upsert,
+            CliAction::Delete => Action::Delete,
+            CliAction::Track => Action::Track,
+        }
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Plugin(cmd) => plugin(cmd, cli.plugins_dir).await,
+    }
+}
+
+fn registry(dir: PathBuf) -> anyhow::Result<Registry> {
+    Registry::open(dir, Runtime::new(Limits::default())?)
+}
+
+async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
+    match cmd {
+        PluginCommand::New { name, kind, dir: into, sdk_path } => {
+            let path = scaffold::new_plugin(&name, kind, &into, sdk_path.as_deref())?;
+            println!("created {}", path.display());
+            println!("next: switchyard plugin build {} && switchyard plugin install <the .wasm it prints>", path.display());
+        }
+        PluginCommand::Build { path, profile } => {
+            let wasm = scaffold::build_plugin(&path, &profile)?;
+            println!("{}", wasm.display());
+        }
+        PluginCommand::Install { file } => {
+            let reg = registry(dir)?;
+            let p = reg.install(&file).await?;
+            println!("installed {} {} ({}, plugin API {})", p.name, p.version, p.kind, p.api_version);
+            print_capabilities(&p);
+        }
+        PluginCommand::List { json } => {
+            let reg = registry(dir)?;
+            let list = reg.list()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else if list.is_empty() {
+                println!("no plugins installed in {}", reg.dir().display());
+            } else {
+                println!("{:<28} {:<10} {:<12} DESCRIPTION", "NAME", "VERSION", "KIND");
+                for p in list {
+                    println!("{:<28} {:<10} {:<12} {}", p.name, p.version, p.kind, p.description);
+                }
+            }
+        }
+        PluginCommand::Info { name } => {
+            let reg = registry(dir)?;
+            let p = reg.find(&name, None)?;
+            println!("{} {} ({}, plugin API {})", p.name, p.version, p.kind, p.api_version);
+            println!("  {}", p.description);
+            println!("  sha256: {}", p.sha256);
+            println!("  max batch size: {}, default rate: {}/s", p.max_batch_size, p.default_rate_per_second);
+            if !p.actions.is_empty() {
+                println!("  actions: {}", p.actions.join(", "));
+            }
+            print_capabilities(&p);
+            println!("  config schema:\n{}", serde_json::to_string_pretty(&p.config_schema)?);
+        }
+        PluginCommand::Remove { name, version } => {
+            let reg = registry(dir)?;
+            for v in reg.remove(&name, version.as_deref())? {
+                println!("removed {name} {v}");
+            }
+        }
+        PluginCommand::Check { name, instance } => {
+            let reg = registry(dir)?;
+            let inst = configure(&reg, &name, &instance).await?;
+            inst.check().await?;
+            println!("{name}: check passed");
+        }
+        PluginCommand::Deliver { name, instance, action, records } => {
+            let reg = registry(dir)?;
+            let inst = configure(&reg, &name, &instance).await?;
+            let batch = read_records(records)?;
+            let max = inst.plugin().manifest().max_batch_size.max(1) as usize;
+            let mut out = std::io::stdout().lock();
+            for chunk in batch.chunks(max) {
+                let results = inst.deliver(action.into(), chunk).await?;
+                for (record, result) in chunk.iter().zip(results) {
+                    let line = match result {
+                        RecordResult::Ok => serde_json::json!({"key": record.key, "result": "ok"}),
+                        RecordResult::Retry(r) => serde_json::json!({"key": record.key, "result": "retry", "reason": r.reason, "after_ms": r.after_ms}),
+                        RecordResult::Rejected(reason) => serde_json::json!({"key": record.key, "result": "rejected", "reason": reason}),
+                    };
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+        PluginCommand::Read { name, instance, stream, cursor, max_pages } => {
+            let reg = registry(dir)?;
+            let inst = configure(&reg, &name, &instance).await?;
+            let mut cursor = cursor;
+            let mut out = std::io::stdout().lock();
+            for _ in 0..max_pages {
+                let page = inst.read(&stream, cursor.as_deref()).await?;
+                for r in &page.records {
+                    let data: serde_json::Value = serde_json::from_str(&r.data).unwrap_or(serde_json::Value::String(r.data.clone()));
+                    writeln!(out, "{}", serde_json::json!({"id": r.id, "data": data, "updated_at": r.updated_at}))?;
+                }
+                cursor = page.cursor;
+                if page.done {
+                    break;
+                }
+            }
+            eprintln!("cursor: {}", cursor.unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+fn print_capabilities(p: &InstalledPlugin) {
+    if p.allowed_hosts.is_empty() {
+        println!("  asks to call: no hosts");
+    } else {
+        println!("  asks to call: {}", p.allowed_hosts.join(", "));
+    }
+    if p.secrets.is_empty() {
+        println!("  asks for secrets: none");
+    } else {
+        for s in &p.secrets {
+            println!("  asks for secret `{}`{}: {}", s.name, if s.required { "" } else { " (optional)" }, s.description);
+        }
+    }
+}
+
+async fn configure(reg: &Registry, name: &str, args: &InstanceArgs) -> anyhow::Result<PluginInstance> {
+    let plugin = reg.load(name, args.version.as_deref()).await?;
+    let config_text = match args.config.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading config {path}"))?,
+        None => args.config.clone(),
+    };
+    serde_json::from_str::<serde_json::Value>(&config_text).context("--config is not valid JSON")?;
+    let mut secrets = Vec::new();
+    for s in &args.secrets {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("--secret `{}` must be NAME=VALUE", s.split('=').next().unwrap_or(""));
+        };
+        secrets.push((k.to_string(), resolve_secret(k, v)?));
+    }
+    let manifest = plugin.manifest();
+    let policy = HttpPolicy::new(
+        &manifest.allowed_hosts,
+        (!args.allow_hosts.is_empty()).then_some(args.allow_hosts.as_slice()),
+        &args.allow_private,
+    );
+    Ok(PluginInstance::new(plugin, PluginConfig { config: config_text, secrets }, policy))
+}
+
+/// `${ENV_VAR}`, `file:PATH`, or the literal value. Errors name the secret, never its value.
+pub fn resolve_secret(name: &str, spec: &str) -> anyhow::Result<String> {
+    if let Some(var) = spec.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
+        return std::env::var(var).with_context(|| format!("secret `{name}`: environment variable {var} is not set"));
+    }
+    if let Some(path) = spec.strip_prefix("file:") {
+        return std::fs::read_to_string(path)
+            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
+            .with_context(|| format!("secret `{name}`: cannot read {path}"));
+    }
+    Ok(spec.to_string())
+}
+
+fn read_records(path: Option<PathBuf>) -> anyhow::Result<Vec<OutboundRecord>> {
+    let reader: Box<dyn BufRead> = match &path {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut out = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("record line {}: not JSON", i + 1))?;
+        let key = v["key"].as_str().map(str::to_string).with_context(|| format!("record line {}: needs a string `key`", i + 1))?;
+        let fields = v.get("fields").cloned().unwrap_or(serde_json::json!({}));
+        out.push(OutboundRecord { key, fields: fields.to_string() });
+    }
+    Ok(out)
+}

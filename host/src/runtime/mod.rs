@@ -1,0 +1,212 @@
+//! The plugin runtime: wasmtime with the component model, one pooled, pre-instantiated
+//! component per plugin and a fresh instance per call.
+//!
+//! A call gets no filesystem, environment or sockets; outbound HTTP only through
+//! [`net::HttpPolicy`]; a memory cap; a CPU deadline (epoch interruption) paired with a
+//! wall-clock timeout, since epochs do not advance while the guest waits on host I/O; and a cap
+//! on what it may return. Any trap is an error of that call alone.
+
+pub mod inspect;
+pub mod net;
+mod outbound;
+mod plugin;
+mod state;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+pub use plugin::{Plugin, PluginError, PluginInstance};
+pub use state::PluginState;
+
+/// Generated from the contract in `plugin-sdk/wit`: the host's `host` import and the three
+/// plugin exports, looked up one by one so a component needs only those of its world.
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../plugin-sdk/wit",
+        inline: "
+            package switchyard:hub;
+            world hub {
+                import switchyard:plugin/host@1.0.0;
+                export switchyard:plugin/plugin@1.0.0;
+                export switchyard:plugin/delivery@1.0.0;
+                export switchyard:plugin/intake@1.0.0;
+            }
+        ",
+        world: "switchyard:hub/hub",
+        imports: { default: async },
+        exports: { default: async },
+    });
+
+    pub use exports::switchyard::plugin::{delivery as destination, intake as source, plugin as meta};
+    pub use switchyard::plugin::types::*;
+}
+
+/// The limits every call runs under.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Linear memory one instance may grow to.
+    pub memory_bytes: usize,
+    /// CPU time one call may spend executing guest code.
+    pub cpu_deadline: Duration,
+    /// Wall-clock time one call may take, host I/O included.
+    pub wall_timeout: Duration,
+    /// Bytes of data a call may return (JSON text and strings summed).
+    pub max_output_bytes: usize,
+    /// Instances that may be alive at once (sizes the pooling allocator).
+    pub max_instances: u32,
+    /// Bytes of stdout/stderr kept per call for the log.
+    pub max_stdio_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 64 << 20,
+            cpu_deadline: Duration::from_secs(5),
+            wall_timeout: Duration::from_secs(60),
+            max_output_bytes: 16 << 20,
+            max_instances: 64,
+            max_stdio_bytes: 64 << 10,
+        }
+    }
+}
+
+/// How often the epoch advances; the CPU deadline is counted in these ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// The engine, linker and epoch ticker shared by every plugin.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<RuntimeInner>,
+}
+
+pub(crate) struct RuntimeInner {
+    pub engine: Engine,
+    pub linker: Linker<PluginState>,
+    pub limits: Limits,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for RuntimeInner {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(limits: Limits) -> anyhow::Result<Runtime> {
+        let engine = Engine::new(&engine_config(&limits)).wasm_context("creating the wasm engine")?;
+        let mut linker = Linker::<PluginState>::new(&engine);
+        // All of WASI p2 is linked so that any toolchain's component instantiates, but the
+        // context grants nothing: no preopened dirs, no env, no sockets, no name lookup.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).wasm_context("linking WASI")?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)
+            .wasm_context("linking wasi:http")?;
+        bindings::switchyard::plugin::host::add_to_linker::<
+            PluginState,
+            wasmtime::component::HasSelf<PluginState>,
+        >(&mut linker, |s| s)
+        .wasm_context("linking the switchyard host interface")?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.weak();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("switchyard-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    match ticker_engine.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => break,
+                    }
+                }
+            })
+            .context("starting the epoch ticker")?;
+
+        Ok(Runtime {
+            inner: Arc::new(RuntimeInner {
+                engine,
+                linker,
+                limits,
+                stop_ticker,
+            }),
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.inner.engine
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Compiles a component's bytes with Cranelift (seconds for a large plugin: done once, at
+    /// install, then cached).
+    pub fn compile(&self, wasm: &[u8]) -> anyhow::Result<Component> {
+        Component::new(&self.inner.engine, wasm).wasm_context("compiling the component")
+    }
+
+    /// Compiles to the engine's native artefact, for the on-disk cache.
+    pub fn precompile(&self, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+        self.inner
+            .engine
+            .precompile_component(wasm)
+            .wasm_context("precompiling the component")
+    }
+
+    /// A key naming artefacts this engine can load: its compatibility hash.
+    pub fn compatibility_key(&self) -> String {
+        use std::hash::{Hash, Hasher};
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.inner.engine.precompile_compatibility_hash().hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
+    }
+
+    /// Loads an artefact produced by [`Runtime::precompile`].
+    ///
+    /// # Safety
+    /// Only for files this host wrote: wasmtime trusts precompiled code.
+    pub unsafe fn load_precompiled(&self, path: &std::path::Path) -> anyhow::Result<Component> {
+        unsafe { Component::deserialize_file(&self.inner.engine, path) }
+            .wasm_context(&format!("loading precompiled plugin {}", path.display()))
+    }
+
+    /// Pre-instantiates a component and reads its manifest.
+    pub async fn load(&self, component: Component) -> anyhow::Result<Plugin> {
+        Plugin::load(self.inner.clone(), component).await
+    }
+}
+
+fn engine_config(limits: &Limits) -> Config {
+    let mut config = Config::new();
+    config.wasm_component_model(true);
+    config.epoch_interruption(true);
+    let mut pool = PoolingAllocationConfig::default();
+    let n = limits.max_instances.max(1);
+    pool.total_component_instances(n);
+    // Components made by wit-component hold a few core instances (the module, shims, fix-ups).
+    pool.total_core_instances(n * 8);
+    pool.total_memories(n * 2);
+    pool.total_tables(n * 4);
+    pool.max_memory_size(limits.memory_bytes);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// `.context()` for wasmtime's own error type, which is not `std::error::Error`.
+pub(crate) trait WasmContext<T> {
+    fn wasm_context(self, what: &str) -> anyhow::Result<T>;
+}
+
+impl<T> WasmContext<T> for Result<T, wasmtime::Error> {
+    fn wasm_context(self, what: &str) -> anyhow::Result<T> {
+        self.map_err(|e| anyhow::Error::from(e).context(what.to_string()))
+    }
+}

@@ -1,0 +1,254 @@
+//! Which hosts a plugin may call: the manifest asks, the operator grants, and a request must
+//! pass both, first by name and port, then by the address the name resolves to.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// The outbound HTTP policy of one configured plugin instance.
+#[derive(Debug, Clone, Default)]
+pub struct HttpPolicy {
+    /// Effective host patterns: the operator's grants that the manifest also asks for.
+    granted: Vec<HostPattern>,
+    /// Exact `host:port` pairs the operator allows to reach private, loopback or link-local
+    /// addresses.
+    private_ok: Vec<String>,
+}
+
+/// Why a request was refused; the plugin sees `HTTP request denied`, the log sees this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Denied {
+    #[error("{0} is not among the plugin's granted hosts ({1})")]
+    NotGranted(String, String),
+    #[error("{0} resolves to the non-public address {1}; allow it with `allow_private_hosts = [\"{0}\"]`")]
+    PrivateAddress(String, IpAddr),
+    #[error("{0} did not resolve: {1}")]
+    Unresolved(String, String),
+}
+
+impl HttpPolicy {
+    /// `manifest_hosts` are what the plugin asks for; `operator_hosts` what the operator grants
+    /// (None: everything the manifest asks for by name; a bare `*` is never granted implicitly).
+    pub fn new(
+        manifest_hosts: &[String],
+        operator_hosts: Option<&[String]>,
+        allow_private: &[String],
+    ) -> Self {
+        let asked: Vec<HostPattern> = manifest_hosts.iter().map(|h| HostPattern::parse(h)).collect();
+        let granted = match operator_hosts {
+            None => asked.iter().filter(|p| p.host != "*").cloned().collect(),
+            Some(list) => list
+                .iter()
+                .map(|h| HostPattern::parse(h))
+                .filter(|g| asked.iter().any(|a| a.covers(g)))
+                .collect(),
+        };
+        HttpPolicy {
+            granted,
+            private_ok: allow_private.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        }
+    }
+
+    /// Allows nothing.
+    pub fn deny_all() -> Self {
+        HttpPolicy::default()
+    }
+
+    /// The granted patterns, for `plugin info` and errors.
+    pub fn describe(&self) -> String {
+        if self.granted.is_empty() {
+            return "none".to_string();
+        }
+        self.granted
+            .iter()
+            .map(|p| p.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// First check: the request's host and port against the grants.
+    pub fn check_name(&self, host: &str, port: u16) -> Result<(), Denied> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        if self.granted.iter().any(|p| p.matches(&host, port)) {
+            Ok(())
+        } else {
+            Err(Denied::NotGranted(format!("{host}:{port}"), self.describe()))
+        }
+    }
+
+    /// Second check: every address the name resolved to must be public, unless the operator
+    /// allowed this exact `host:port`.
+    pub fn check_addr(&self, host: &str, port: u16, ip: IpAddr) -> Result<(), Denied> {
+        let key = format!("{}:{port}", host.trim_end_matches('.').to_ascii_lowercase());
+        if is_public(ip) || self.private_ok.iter().any(|p| *p == key) {
+            Ok(())
+        } else {
+            Err(Denied::PrivateAddress(key, ip))
+        }
+    }
+}
+
+/// `api.example.com`, `api.example.com:8443`, `*.example.com`, or `*` (any host, any port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct HostPattern {
+    host: String,
+    port: Option<u16>,
+}
+
+impl HostPattern {
+    fn parse(s: &str) -> Self {
+        let s = s.trim().to_ascii_lowercase();
+        let s = s
+            .strip_prefix("https://")
+            .or_else(|| s.strip_prefix("http://"))
+            .unwrap_or(&s)
+            .trim_end_matches('/')
+            .to_string();
+        // `[::1]:8080`, `host:443`, `host`
+        if let Some(rest) = s.strip_prefix('[') {
+            if let Some((h, p)) = rest.split_once("]:") {
+                return HostPattern { host: h.to_string(), port: p.parse().ok() };
+            }
+            return HostPattern { host: rest.trim_end_matches(']').to_string(), port: None };
+        }
+        match s.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => match p.parse() {
+                Ok(port) => HostPattern { host: h.to_string(), port: Some(port) },
+                Err(_) => HostPattern { host: s.clone(), port: None },
+            },
+            _ => HostPattern { host: s, port: None },
+        }
+    }
+
+    fn host_matches(&self, host: &str) -> bool {
+        if self.host == "*" {
+            return true;
+        }
+        match self.host.strip_prefix("*.") {
+            Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+            None => self.host == host,
+        }
+    }
+
+    fn matches(&self, host: &str, port: u16) -> bool {
+        if !self.host_matches(host) {
+            return false;
+        }
+        match self.port {
+            Some(p) => p == port,
+            // A bare `*` means any port; a named host without a port means the web's ports.
+            None => self.host == "*" || port == 443 || port == 80,
+        }
+    }
+
+    /// Whether a grant `g` falls within what this (asked) pattern allows.
+    fn covers(&self, g: &HostPattern) -> bool {
+        if g.host.starts_with('*') {
+            return self == g || self.host == "*";
+        }
+        match g.port {
+            Some(port) => self.matches(&g.host, port),
+            None => self.host_matches(&g.host) && (self.port.is_none()),
+        }
+    }
+}
+
+impl std::fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}:{p}", self.host),
+            None => write!(f, "{}", self.host),
+        }
+    }
+}
+
+/// Whether an address is on the public internet (not loopback, private, link-local, CGNAT,
+/// unique-local, documentation, multicast or unspecified).
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => is_public_v4(v4),
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public_v4(v4);
+            }
+            let seg0 = v6.segments()[0];
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (seg0 & 0xfe00) == 0xfc00 // unique local
+                || (seg0 & 0xffc0) == 0xfe80 // link-local
+                || seg0 == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
+                || v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0))
+        }
+    }
+}
+
+fn is_public_v4(ip: Ipv4Addr) -> bool {
+    let o = ip.octets();
+    !(ip.is_loopback()
+        || ip.is_private()
+        || ip.is_link_local()
+        || ip.is_unspecified()
+        || ip.is_broadcast()
+        || ip.is_multicast()
+        || ip.is_documentation()
+        || o[0] == 0
+        || (o[0] == 100 && (64..128).contains(&o[1])) // CGNAT 100.64/10
+        || (o[0] == 198 && (o[1] == 18 || o[1] == 19)) // benchmarking
+        || o[0] >= 240)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(v: &[&str]) -> Vec<String> {
+        v.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn manifest_hosts_are_granted_by_default_but_not_star() {
+        let p = HttpPolicy::new(&s(&["api.sendgrid.com", "*"]), None, &[]);
+        assert!(p.check_name("api.sendgrid.com", 443).is_ok());
+        assert!(p.check_name("API.SendGrid.com.", 443).is_ok());
+        assert!(p.check_name("api.sendgrid.com", 8080).is_err());
+        assert!(p.check_name("evil.com", 443).is_err());
+    }
+
+    #[test]
+    fn operator_grants_intersect_with_manifest() {
+        let p = HttpPolicy::new(
+            &s(&["*.api.mailchimp.com"]),
+            Some(&s(&["us14.api.mailchimp.com", "evil.com"])),
+            &[],
+        );
+        assert!(p.check_name("us14.api.mailchimp.com", 443).is_ok());
+        assert!(p.check_name("us15.api.mailchimp.com", 443).is_err());
+        assert!(p.check_name("evil.com", 443).is_err());
+        let star = HttpPolicy::new(&s(&["*"]), Some(&s(&["127.0.0.1:9000"])), &[]);
+        assert!(star.check_name("127.0.0.1", 9000).is_ok());
+        assert!(star.check_name("127.0.0.1", 9001).is_err());
+        assert!(HttpPolicy::new(&s(&["*"]), None, &[]).check_name("x.com", 443).is_err());
+    }
+
+    #[test]
+    fn wildcard_needs_a_label() {
+        let p = HttpPolicy::new(&s(&["*.example.com"]), None, &[]);
+        assert!(p.check_name("a.example.com", 443).is_ok());
+        assert!(p.check_name("example.com", 443).is_err());
+        assert!(p.check_name("badexample.com", 443).is_err());
+    }
+
+    #[test]
+    fn private_addresses_need_an_exact_allowance() {
+        let p = HttpPolicy::new(&s(&["*"]), Some(&s(&["localhost:9000"])), &s(&["localhost:9000"]));
+        let lo: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(p.check_addr("localhost", 9000, lo).is_ok());
+        assert!(p.check_addr("localhost", 9001, lo).is_err());
+        assert!(p.check_addr("rebind.example", 443, lo).is_err());
+        for bad in ["10.0.0.1", "192.168.1.1", "169.254.169.254", "::1", "fe80::1", "fd00::1", "100.64.0.1", "::ffff:127.0.0.1", "0.0.0.0"] {
+            assert!(!is_public(bad.parse().unwrap()), "{bad}");
+        }
+        for good in ["1.1.1.1", "2606:4700::1111", "93.184.216.34"] {
+            assert!(is_public(good.parse().unwrap()), "{good}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! The gate every outgoing request of a plugin passes: the HTTP policy by name and port, then
+//! by resolved address (so a public name that resolves to a private address is refused), then
+//! secret placeholders are filled in, and only then does the request leave.
+//!
+//! Plain HTTP connects to the very address that was checked. HTTPS connects by name, and the
+//! certificate check binds the connection to that name: a name rebound to an internal address
+//! between check and connect fails the TLS handshake rather than reaching the internal service.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::uri::{Authority, Scheme};
+use http_body_util::BodyExt;
+use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
+
+use super::net::{Denied, HttpPolicy};
+
+/// Per-instance outbound HTTP gate.
+pub(crate) struct PluginHttpHooks {
+    pub plugin: Arc<str>,
+    pub policy: Arc<HttpPolicy>,
+    pub secrets: Arc<Vec<(String, String)>>,
+}
+
+type ResponseFuture = Box<
+    dyn Future<
+            Output = Result<
+                (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                HttpError,
+            >,
+        > + Send,
+>;
+
+impl WasiHttpHooks for PluginHttpHooks {
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+    ) -> ResponseFuture {
+        let plugin = self.plugin.clone();
+        let policy = self.policy.clone();
+        let secrets = self.secrets.clone();
+        Box::new(async move {
+            let method = request.method().clone();
+            let span = tracing::debug_span!("plugin_http", plugin = %plugin, %method, host = ?request.uri().host());
+            let _enter = span.enter();
+            let request = match gate(request, &policy, &secrets).await {
+                Ok(r) => r,
+                Err(denied) => {
+                    tracing::warn!(plugin = %plugin, "outbound request refused: {denied}");
+                    return Err(HttpError::HttpRequestDenied);
+                }
+            };
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
+            tracing::debug!(plugin = %plugin, status = response.status().as_u16(), "response");
+            Ok((
+                response.map(BodyExt::boxed_unsync),
+                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+            ))
+        })
+    }
+}
+
+/// Checks a request and prepares it to leave: returns it with secrets filled in and, for plain
+/// HTTP, aimed at the checked address.
+async fn gate(
+    mut request: http::Request<WasiBody>,
+    policy: &HttpPolicy,
+    secrets: &[(String, String)],
+) -> Result<http::Request<WasiBody>, Denied> {
+    let uri = request.uri().clone();
+    let tls = uri.scheme() == Some(&Scheme::HTTPS);
+    let host = uri
+        .host()
+        .ok_or_else(|| Denied::NotGranted("(no host)".into(), policy.describe()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    policy.check_name(&host, port)?;
+
+    let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| Denied::Unresolved(host.clone(), e.to_string()))?
+            .collect(),
+    };
+    if addrs.is_empty() {
+        return Err(Denied::Unresolved(host, "no addresses".into()));
+    }
+    for addr in &addrs {
+        policy.check_addr(&host, port, addr.ip())?;
+    }
+
+    fill_secrets(request.headers_mut(), secrets);
+
+    if !tls {
+        // Connect to the address just checked, not to whatever the name resolves to next.
+        let mut parts = uri.into_parts();
+        let authority = match addrs[0] {
+            SocketAddr::V4(a) => a.to_string(),
+            SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        };
+        parts.authority = Authority::try_from(authority.as_str()).ok();
+        if let Ok(pinned) = http::Uri::from_parts(parts) {
+            *request.uri_mut() = pinned;
+        }
+    }
+    Ok(request)
+}
+
+/// Replaces `{{secret:NAME}}` in header values with the instance's secret of that name.
+fn fill_secrets(headers: &mut http::HeaderMap, secrets: &[(String, String)]) {
+    if secrets.is_empty() {
+        return;
+    }
+    for value in headers.values_mut() {
+        let Ok(text) = value.to_str() else { continue };
+        if !text.contains("{{secret:") {
+            continue;
+        }
+        let mut filled = text.to_string();
+        for (name, secret) in secrets {
+            filled = filled.replace(&format!("{{{{secret:{name}}}}}"), secret);
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&filled) {
+            let mut v = v;
+            v.set_sensitive(true);
+            *value = v;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fills_placeholders_only_for_known_secrets() {
+        let mut h = http::HeaderMap::new();
+        h.insert("authorization", "Bearer {{secret:token}}".parse().unwrap());
+        h.insert("x-other", "{{secret:unknown}}".parse().unwrap());
+        fill_secrets(&mut h, &[("token".into(), "abc".into())]);
+        assert_eq!(h["authorization"], "Bearer abc");
+        assert!(h["authorization"].is_sensitive());
+        assert_eq!(h["x-other"], "{{secret:unknown}}");
+    }
+}

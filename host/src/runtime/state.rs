@@ -1,0 +1,125 @@
+//! What one plugin instance's store holds: WASI and wasi:http contexts that grant nothing
+//! beyond the plugin's HTTP policy, its memory limiter, and its captured stdio.
+
+use std::sync::Arc;
+
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::switchyard::plugin::host::{Host as LogHost, LogLevel};
+use super::outbound::PluginHttpHooks;
+
+/// Longest log line kept from a plugin; longer ones are cut.
+const MAX_LOG_LINE: usize = 4096;
+
+/// The state of one plugin instance, alive for one call.
+pub struct PluginState {
+    pub(crate) plugin: Arc<str>,
+    wasi: WasiCtx,
+    http: WasiHttpCtx,
+    table: ResourceTable,
+    pub(crate) hooks: PluginHttpHooks,
+    pub(crate) memory: MemoryCap,
+    pub(crate) stdout: MemoryOutputPipe,
+    pub(crate) stderr: MemoryOutputPipe,
+}
+
+impl PluginState {
+    pub(crate) fn new(plugin: Arc<str>, hooks: PluginHttpHooks, memory_bytes: usize, stdio_bytes: usize) -> Self {
+        let stdout = MemoryOutputPipe::new(stdio_bytes);
+        let stderr = MemoryOutputPipe::new(stdio_bytes);
+        let wasi = WasiCtxBuilder::new()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        PluginState {
+            plugin,
+            wasi,
+            http: WasiHttpCtx::new(),
+            table: ResourceTable::new(),
+            hooks,
+            memory: MemoryCap { limit: memory_bytes, hit: false },
+            stdout,
+            stderr,
+        }
+    }
+
+    /// Sends what the plugin printed to the log, one event per line, and returns the last line
+    /// of stderr (a panic message, usually).
+    pub(crate) fn flush_stdio(&self) -> Option<String> {
+        let mut last = None;
+        for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+            let bytes = pipe.contents();
+            for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
+                tracing::info!(plugin = %self.plugin, stream, "{}", truncate(line));
+                if stream == "stderr" {
+                    last = Some(truncate(line).to_string());
+                }
+            }
+        }
+        last
+    }
+}
+
+fn truncate(s: &str) -> &str {
+    if s.len() <= MAX_LOG_LINE {
+        return s;
+    }
+    let mut end = MAX_LOG_LINE;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl WasiHttpView for PluginState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+    }
+}
+
+impl LogHost for PluginState {
+    async fn log(&mut self, level: LogLevel, message: String) {
+        let plugin = &*self.plugin;
+        let message = truncate(&message);
+        match level {
+            LogLevel::Trace => tracing::trace!(plugin, "{message}"),
+            LogLevel::Debug => tracing::debug!(plugin, "{message}"),
+            LogLevel::Info => tracing::info!(plugin, "{message}"),
+            LogLevel::Warn => tracing::warn!(plugin, "{message}"),
+            LogLevel::Error => tracing::error!(plugin, "{message}"),
+        }
+    }
+}
+
+/// Caps linear memory and remembers that the cap was hit, so the trap that follows (an
+/// allocation failure) is reported as what it is.
+pub(crate) struct MemoryCap {
+    pub limit: usize,
+    pub hit: bool,
+}
+
+impl wasmtime::ResourceLimiter for MemoryCap {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}

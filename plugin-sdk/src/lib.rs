@@ -1,0 +1,175 @@
+//! # switchyard-sdk
+//!
+//! Write [Switchyard](https://github.com/switchyard-hub/switchyard) source and destination
+//! plugins in Rust. A plugin is a WASI 0.2 component: the hub runs it sandboxed, with outbound
+//! HTTP only to the hosts its manifest asks for and the operator grants.
+//!
+//! A destination implements [`Plugin`] (its typed config and what it asks of the hub) and
+//! [`Destination`] (delivering a batch, one result per record), then exports itself:
+//!
+//! ```no_run
+//! use serde::Deserialize;
+//! use switchyard_sdk::{
+//!     http::Request, outcome, schemars, Action, CallError, Capabilities, Context, Destination,
+//!     OutboundRecord, Plugin, RecordResult,
+//! };
+//!
+//! /// Settings of one `[destinations.NAME]` block.
+//! #[derive(Deserialize, schemars::JsonSchema)]
+//! struct Config {
+//!     /// Where records are posted, e.g. `https://hooks.example.com/in`.
+//!     url: String,
+//! }
+//!
+//! struct Hook;
+//!
+//! impl Plugin for Hook {
+//!     type Config = Config;
+//!     fn capabilities() -> Capabilities {
+//!         Capabilities::new()
+//!             .allowed_host("hooks.example.com")
+//!             .secret("token", "Bearer token of the endpoint", true)
+//!             .max_batch_size(500)
+//!             .actions(&[Action::Upsert, Action::Delete])
+//!     }
+//! }
+//!
+//! impl Destination for Hook {
+//!     fn deliver(
+//!         ctx: &Context<Config>,
+//!         action: Action,
+//!         batch: Vec<OutboundRecord>,
+//!     ) -> Result<Vec<RecordResult>, CallError> {
+//!         let rows: Vec<serde_json::Value> = batch
+//!             .iter()
+//!             .map(|r| serde_json::from_str(&r.fields).unwrap_or_default())
+//!             .collect();
+//!         let response = Request::post(&ctx.config.url)
+//!             // The host fills in the secret as the request leaves the sandbox.
+//!             .bearer_auth(&ctx.secret_placeholder("token"))
+//!             .json(&serde_json::json!({ "action": format!("{action:?}"), "records": rows }))
+//!             .send()?;
+//!         // One HTTP outcome for the whole batch: 2xx ok, 429/5xx retry, other 4xx rejected.
+//!         Ok(vec![outcome::record_result(&response); batch.len()])
+//!     }
+//! }
+//!
+//! switchyard_sdk::export_destination!(Hook);
+//! ```
+//!
+//! Build it with `switchyard plugin build` (or `cargo build --release --target wasm32-wasip2`)
+//! and install the `.wasm` with `switchyard plugin install`.
+
+pub mod http;
+pub mod log;
+pub mod outcome;
+pub mod pii;
+
+mod plugin;
+
+pub use plugin::{Capabilities, Context, Destination, Plugin, Source};
+pub use schemars;
+pub use serde_json;
+pub use switchyard_sdk_macros::{export_destination, export_source};
+
+/// The plugin API version (the `switchyard:plugin` WIT package version) this SDK builds against.
+pub const API_VERSION: &str = "1.0.0";
+
+/// Bindings generated from the contract in `plugin-sdk/wit`; plugins rarely need them directly.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "switchyard:plugin/plugin-imports",
+        generate_unused_types: true,
+        generate_all,
+    });
+}
+
+pub use bindings::switchyard::plugin::types::{
+    Action, CallError, PluginManifest, OutboundRecord, Page, PluginConfig, PluginKind, RecordResult,
+    Retry, SecretSpec, SourceEvent, SourceRecord, StreamInfo, StreamRecord, WebhookError,
+    WebhookOutcome, WebhookRequest,
+};
+
+/// Glue called by the export macros. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    use crate::{
+        Action, CallError, Context, Destination, PluginManifest, OutboundRecord, Page, Plugin,
+        PluginConfig, PluginKind, RecordResult, Source, StreamInfo, WebhookError, WebhookOutcome,
+        WebhookRequest,
+    };
+
+    /// The API version as a fixed-size array, for the custom section the macros emit.
+    pub const fn api_version_bytes<const N: usize>() -> [u8; N] {
+        let src = crate::API_VERSION.as_bytes();
+        let mut out = [0u8; N];
+        let mut i = 0;
+        while i < N {
+            out[i] = src[i];
+            i += 1;
+        }
+        out
+    }
+
+    pub fn manifest<P: Plugin>(
+        kind: PluginKind,
+        package_name: &str,
+        package_version: &str,
+        package_description: &str,
+    ) -> PluginManifest {
+        P::capabilities().into_manifest::<P::Config>(
+            kind,
+            package_name,
+            package_version,
+            package_description,
+        )
+    }
+
+    pub fn check<P: Plugin>(config: PluginConfig) -> Result<(), CallError> {
+        let ctx = Context::<P::Config>::from_plugin_config(config)?;
+        P::check(&ctx)
+    }
+
+    pub fn deliver<D: Destination>(
+        config: PluginConfig,
+        action: Action,
+        batch: Vec<OutboundRecord>,
+    ) -> Result<Vec<RecordResult>, CallError> {
+        let ctx = Context::<D::Config>::from_plugin_config(config)?;
+        let expected = batch.len();
+        let results = D::deliver(&ctx, action, batch)?;
+        if results.len() != expected {
+            return Err(CallError::Failed(format!(
+                "plugin bug: deliver returned {} results for a batch of {expected}",
+                results.len()
+            )));
+        }
+        Ok(results)
+    }
+
+    pub fn streams<S: Source>(config: PluginConfig) -> Result<Vec<StreamInfo>, CallError> {
+        let ctx = Context::<S::Config>::from_plugin_config(config)?;
+        S::streams(&ctx)
+    }
+
+    pub fn read<S: Source>(
+        config: PluginConfig,
+        stream: String,
+        cursor: Option<String>,
+    ) -> Result<Page, CallError> {
+        let ctx = Context::<S::Config>::from_plugin_config(config)?;
+        S::read(&ctx, &stream, cursor)
+    }
+
+    pub fn webhook<S: Source>(
+        config: PluginConfig,
+        request: WebhookRequest,
+    ) -> Result<WebhookOutcome, WebhookError> {
+        let ctx = Context::<S::Config>::from_plugin_config(config)
+            .map_err(|e| WebhookError::BadRequest(crate::outcome::describe_call_error(&e)))?;
+        S::webhook(&ctx, request)
+    }
+}
