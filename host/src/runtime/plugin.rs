@@ -234,7 +234,7 @@ impl PluginInstance {
                 } else {
                     // The trap code, not wasmtime's multi-line guest backtrace.
                     let mut reason = match err.downcast_ref::<wasmtime::Trap>() {
-                        Some(trap) => format!("wasm trap: {trap}"),
+                        Some(trap) => trap.to_string(),
                         None => err.to_string(),
                     };
                     if let Some(line) = last_stderr {

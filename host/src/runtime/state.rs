@@ -49,20 +49,26 @@ impl PluginState {
         }
     }
 
-    /// Sends what the plugin printed to the log, one event per line, and returns the last line
-    /// of stderr (a panic message, usually).
+    /// Sends what the plugin printed to the log, one event per line, and returns what best
+    /// explains a crash: a Rust panic's message, else the last line of stderr.
     pub(crate) fn flush_stdio(&self) -> Option<String> {
         let mut last = None;
+        let mut panic_message = None;
+        let mut after_panic = false;
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let bytes = pipe.contents();
             for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
                 tracing::info!(plugin = %self.plugin, stream, "{}", truncate(line));
                 if stream == "stderr" {
+                    if after_panic && panic_message.is_none() {
+                        panic_message = Some(format!("panicked: {}", truncate(line)));
+                    }
+                    after_panic = line.contains("panicked at");
                     last = Some(truncate(line).to_string());
                 }
             }
         }
-        last
+        panic_message.or(last)
     }
 }
 
