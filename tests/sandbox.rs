@@ -32,7 +32,10 @@ async fn probe() -> Arc<Plugin> {
 fn instance(plugin: &Arc<Plugin>, config: serde_json::Value, policy: HttpPolicy) -> PluginInstance {
     PluginInstance::new(
         plugin.clone(),
-        PluginConfig { config: config.to_string(), secrets: vec![] },
+        PluginConfig {
+            config: config.to_string(),
+            secrets: vec![],
+        },
         policy,
     )
 }
@@ -41,16 +44,27 @@ fn batch(n: usize) -> Vec<OutboundRecord> {
     (0..n)
         .map(|i| OutboundRecord {
             key: format!("k{i}"),
-            fields: serde_json::json!({"email": format!(" User{i}@Example.com"), "orders": i}).to_string(),
+            fields: serde_json::json!({"email": format!(" User{i}@Example.com"), "orders": i})
+                .to_string(),
         })
         .collect()
 }
 
 /// The next call after a misbehaving one is served normally.
 async fn next_call_works(plugin: &Arc<Plugin>) {
-    let ok = instance(plugin, serde_json::json!({"mode": "map"}), HttpPolicy::deny_all());
-    let results = ok.deliver(Action::Upsert, &batch(3)).await.expect("the next call must work");
-    assert!(results.iter().all(|r| matches!(r, RecordResult::Ok)), "{results:?}");
+    let ok = instance(
+        plugin,
+        serde_json::json!({"mode": "map"}),
+        HttpPolicy::deny_all(),
+    );
+    let results = ok
+        .deliver(Action::Upsert, &batch(3))
+        .await
+        .expect("the next call must work");
+    assert!(
+        results.iter().all(|r| matches!(r, RecordResult::Ok)),
+        "{results:?}"
+    );
 }
 
 fn rejected_reason(results: &[RecordResult]) -> String {
@@ -64,35 +78,56 @@ fn rejected_reason(results: &[RecordResult]) -> String {
 async fn infinite_loop_is_stopped_at_the_cpu_deadline() {
     let plugin = probe().await;
     let started = Instant::now();
-    let err = instance(&plugin, serde_json::json!({"mode": "loop"}), HttpPolicy::deny_all())
-        .deliver(Action::Upsert, &batch(1))
-        .await
-        .unwrap_err();
+    let err = instance(
+        &plugin,
+        serde_json::json!({"mode": "loop"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err();
     assert!(matches!(err, PluginError::CpuDeadline { .. }), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(3), "stopped after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopped after {:?}",
+        started.elapsed()
+    );
     next_call_works(&plugin).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_allocation_is_stopped_at_the_memory_cap() {
     let plugin = probe().await;
-    let err = instance(&plugin, serde_json::json!({"mode": "alloc"}), HttpPolicy::deny_all())
-        .deliver(Action::Upsert, &batch(1))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, PluginError::MemoryCap { mib: 32, .. }), "{err}");
+    let err = instance(
+        &plugin,
+        serde_json::json!({"mode": "alloc"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, PluginError::MemoryCap { mib: 32, .. }),
+        "{err}"
+    );
     next_call_works(&plugin).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn panic_is_an_error_of_that_call() {
     let plugin = probe().await;
-    let err = instance(&plugin, serde_json::json!({"mode": "panic"}), HttpPolicy::deny_all())
-        .deliver(Action::Upsert, &batch(1))
-        .await
-        .unwrap_err();
+    let err = instance(
+        &plugin,
+        serde_json::json!({"mode": "panic"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err();
     match &err {
-        PluginError::Trap { reason, .. } => assert!(reason.contains("probe was told to panic"), "{reason}"),
+        PluginError::Trap { reason, .. } => {
+            assert!(reason.contains("probe was told to panic"), "{reason}")
+        }
         other => panic!("expected a trap, got {other}"),
     }
     next_call_works(&plugin).await;
@@ -107,26 +142,52 @@ async fn hosts_not_granted_are_refused_before_any_request_leaves() {
 
     // Granted another host only.
     let other = HttpPolicy::new(&manifest_hosts, Some(&["api.example.com".to_string()]), &[]);
-    let results = instance(&plugin, fetch.clone(), other).deliver(Action::Upsert, &batch(1)).await.unwrap();
-    assert!(rejected_reason(&results).contains("request denied by the hub"), "{results:?}");
+    let results = instance(&plugin, fetch.clone(), other)
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap();
+    assert!(
+        rejected_reason(&results).contains("request denied by the hub"),
+        "{results:?}"
+    );
 
     // Granted 127.0.0.1:PORT by name, but loopback is not allowed without an exact allowance.
     let named = HttpPolicy::new(&manifest_hosts, Some(&[server.host_port()]), &[]);
-    let results = instance(&plugin, fetch.clone(), named).deliver(Action::Upsert, &batch(1)).await.unwrap();
-    assert!(rejected_reason(&results).contains("request denied by the hub"), "{results:?}");
+    let results = instance(&plugin, fetch.clone(), named)
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap();
+    assert!(
+        rejected_reason(&results).contains("request denied by the hub"),
+        "{results:?}"
+    );
 
     // A name that resolves to loopback (as a rebinding attack would) is refused too.
     let port = server.addr.port();
-    let by_name = serde_json::json!({"mode": "fetch", "url": format!("http://localhost:{port}/probe")});
+    let by_name =
+        serde_json::json!({"mode": "fetch", "url": format!("http://localhost:{port}/probe")});
     let granted_name = HttpPolicy::new(&manifest_hosts, Some(&[format!("localhost:{port}")]), &[]);
-    let results = instance(&plugin, by_name, granted_name).deliver(Action::Upsert, &batch(1)).await.unwrap();
-    assert!(rejected_reason(&results).contains("request denied by the hub"), "{results:?}");
+    let results = instance(&plugin, by_name, granted_name)
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap();
+    assert!(
+        rejected_reason(&results).contains("request denied by the hub"),
+        "{results:?}"
+    );
 
     assert_eq!(server.hits(), 0, "a refused request reached the server");
 
     // With the operator's exact allowance the same request goes through: the check above can fail.
-    let allowed = HttpPolicy::new(&manifest_hosts, Some(&[server.host_port()]), &[server.host_port()]);
-    let results = instance(&plugin, fetch, allowed).deliver(Action::Upsert, &batch(1)).await.unwrap();
+    let allowed = HttpPolicy::new(
+        &manifest_hosts,
+        Some(&[server.host_port()]),
+        &[server.host_port()],
+    );
+    let results = instance(&plugin, fetch, allowed)
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap();
     assert_eq!(rejected_reason(&results), "fetched: HTTP 405");
     assert_eq!(server.hits(), 1);
     next_call_works(&plugin).await;
@@ -136,12 +197,20 @@ async fn hosts_not_granted_are_refused_before_any_request_leaves() {
 async fn waiting_on_io_is_bounded_by_the_wall_clock_timeout() {
     let server = LocalServer::start().await;
     let plugin = probe().await;
-    let allowed = HttpPolicy::new(&["*".to_string()], Some(&[server.host_port()]), &[server.host_port()]);
+    let allowed = HttpPolicy::new(
+        &["*".to_string()],
+        Some(&[server.host_port()]),
+        &[server.host_port()],
+    );
     let started = Instant::now();
-    let err = instance(&plugin, serde_json::json!({"mode": "fetch", "url": server.url("/hang")}), allowed)
-        .deliver(Action::Upsert, &batch(1))
-        .await
-        .unwrap_err();
+    let err = instance(
+        &plugin,
+        serde_json::json!({"mode": "fetch", "url": server.url("/hang")}),
+        allowed,
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err();
     assert!(matches!(err, PluginError::Timeout { .. }), "{err}");
     assert!(started.elapsed() < Duration::from_secs(10));
     next_call_works(&plugin).await;
@@ -152,17 +221,25 @@ async fn no_files_and_no_environment() {
     // SAFETY: set before any plugin runs; the plugin must not see it.
     unsafe { std::env::set_var("SWITCHYARD_TEST_SECRET", "visible-to-host-only") };
     let plugin = probe().await;
-    let files = instance(&plugin, serde_json::json!({"mode": "read-file"}), HttpPolicy::deny_all())
-        .deliver(Action::Upsert, &batch(1))
-        .await
-        .unwrap();
+    let files = instance(
+        &plugin,
+        serde_json::json!({"mode": "read-file"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap();
     let note = rejected_reason(&files);
     assert!(note.starts_with("file: Err("), "{note}");
     assert!(note.contains("dir: Err("), "{note}");
-    let env = instance(&plugin, serde_json::json!({"mode": "read-env"}), HttpPolicy::deny_all())
-        .deliver(Action::Upsert, &batch(1))
-        .await
-        .unwrap();
+    let env = instance(
+        &plugin,
+        serde_json::json!({"mode": "read-env"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap();
     assert_eq!(rejected_reason(&env), "env vars: 0; HOME=None");
     next_call_works(&plugin).await;
 }
@@ -174,8 +251,14 @@ async fn calls_are_isolated_and_concurrent() {
     let mut tasks = Vec::new();
     for i in 0..12 {
         let mode = if i == 5 { "panic" } else { "map" };
-        let inst = instance(&plugin, serde_json::json!({"mode": mode}), HttpPolicy::deny_all());
-        tasks.push(tokio::spawn(async move { inst.deliver(Action::Upsert, &batch(50)).await }));
+        let inst = instance(
+            &plugin,
+            serde_json::json!({"mode": mode}),
+            HttpPolicy::deny_all(),
+        );
+        tasks.push(tokio::spawn(async move {
+            inst.deliver(Action::Upsert, &batch(50)).await
+        }));
     }
     let mut failures = 0;
     for t in tasks {
@@ -191,10 +274,17 @@ async fn calls_are_isolated_and_concurrent() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_config_is_the_plugins_invalid_config_error() {
     let plugin = probe().await;
-    let err = instance(&plugin, serde_json::json!({"nomode": true}), HttpPolicy::deny_all())
-        .deliver(Action::Upsert, &batch(1))
-        .await
-        .unwrap_err();
+    let err = instance(
+        &plugin,
+        serde_json::json!({"nomode": true}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err();
     let text = err.to_string();
-    assert!(text.contains("invalid config") && text.contains("missing field `mode`"), "{text}");
+    assert!(
+        text.contains("invalid config") && text.contains("missing field `mode`"),
+        "{text}"
+    );
 }

@@ -13,10 +13,19 @@ use crate::runtime::{Limits, PluginInstance, Runtime};
 use crate::scaffold::{self, Kind};
 
 #[derive(Parser, Debug)]
-#[command(name = "switchyard", version, about = "Switchyard: customer profiles in, audiences and events out, through sandboxed WebAssembly plugins")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Switchyard: customer profiles in, audiences and events out, through sandboxed WebAssembly plugins"
+)]
 pub struct Cli {
     /// Where installed plugins live.
-    #[arg(long, global = true, env = "SWITCHYARD_PLUGINS_DIR", default_value = ".switchyard/plugins")]
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_PLUGINS_DIR",
+        default_value = ".switchyard/plugins"
+    )]
     pub plugins_dir: PathBuf,
 
     #[command(subcommand)]
@@ -148,7 +157,12 @@ fn registry(dir: PathBuf) -> anyhow::Result<Registry> {
 
 async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
     match cmd {
-        PluginCommand::New { name, kind, dir: into, sdk_path } => {
+        PluginCommand::New {
+            name,
+            kind,
+            dir: into,
+            sdk_path,
+        } => {
             let path = scaffold::new_plugin(&name, kind, &into, sdk_path.as_deref())?;
             println!("created {}", path.display());
             println!("next: switchyard plugin build {} && switchyard plugin install <the .wasm it prints>", path.display());
@@ -160,7 +174,10 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
         PluginCommand::Install { file } => {
             let reg = registry(dir)?;
             let p = reg.install(&file).await?;
-            println!("installed {} {} ({}, plugin API {})", p.name, p.version, p.kind, p.api_version);
+            println!(
+                "installed {} {} ({}, plugin API {})",
+                p.name, p.version, p.kind, p.api_version
+            );
             print_capabilities(&p);
         }
         PluginCommand::List { json } => {
@@ -171,24 +188,39 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             } else if list.is_empty() {
                 println!("no plugins installed in {}", reg.dir().display());
             } else {
-                println!("{:<28} {:<10} {:<12} DESCRIPTION", "NAME", "VERSION", "KIND");
+                println!(
+                    "{:<28} {:<10} {:<12} DESCRIPTION",
+                    "NAME", "VERSION", "KIND"
+                );
                 for p in list {
-                    println!("{:<28} {:<10} {:<12} {}", p.name, p.version, p.kind, p.description);
+                    println!(
+                        "{:<28} {:<10} {:<12} {}",
+                        p.name, p.version, p.kind, p.description
+                    );
                 }
             }
         }
         PluginCommand::Info { name } => {
             let reg = registry(dir)?;
             let p = reg.find(&name, None)?;
-            println!("{} {} ({}, plugin API {})", p.name, p.version, p.kind, p.api_version);
+            println!(
+                "{} {} ({}, plugin API {})",
+                p.name, p.version, p.kind, p.api_version
+            );
             println!("  {}", p.description);
             println!("  sha256: {}", p.sha256);
-            println!("  max batch size: {}, default rate: {}/s", p.max_batch_size, p.default_rate_per_second);
+            println!(
+                "  max batch size: {}, default rate: {}/s",
+                p.max_batch_size, p.default_rate_per_second
+            );
             if !p.actions.is_empty() {
                 println!("  actions: {}", p.actions.join(", "));
             }
             print_capabilities(&p);
-            println!("  config schema:\n{}", serde_json::to_string_pretty(&p.config_schema)?);
+            println!(
+                "  config schema:\n{}",
+                serde_json::to_string_pretty(&p.config_schema)?
+            );
         }
         PluginCommand::Remove { name, version } => {
             let reg = registry(dir)?;
@@ -202,7 +234,12 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             inst.check().await?;
             println!("{name}: check passed");
         }
-        PluginCommand::Deliver { name, instance, action, records } => {
+        PluginCommand::Deliver {
+            name,
+            instance,
+            action,
+            records,
+        } => {
             let reg = registry(dir)?;
             let inst = configure(&reg, &name, &instance).await?;
             let batch = read_records(records)?;
@@ -213,14 +250,24 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
                 for (record, result) in chunk.iter().zip(results) {
                     let line = match result {
                         RecordResult::Ok => serde_json::json!({"key": record.key, "result": "ok"}),
-                        RecordResult::Retry(r) => serde_json::json!({"key": record.key, "result": "retry", "reason": r.reason, "after_ms": r.after_ms}),
-                        RecordResult::Rejected(reason) => serde_json::json!({"key": record.key, "result": "rejected", "reason": reason}),
+                        RecordResult::Retry(r) => {
+                            serde_json::json!({"key": record.key, "result": "retry", "reason": r.reason, "after_ms": r.after_ms})
+                        }
+                        RecordResult::Rejected(reason) => {
+                            serde_json::json!({"key": record.key, "result": "rejected", "reason": reason})
+                        }
                     };
                     writeln!(out, "{line}")?;
                 }
             }
         }
-        PluginCommand::Read { name, instance, stream, cursor, max_pages } => {
+        PluginCommand::Read {
+            name,
+            instance,
+            stream,
+            cursor,
+            max_pages,
+        } => {
             let reg = registry(dir)?;
             let inst = configure(&reg, &name, &instance).await?;
             let mut cursor = cursor;
@@ -228,8 +275,13 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             for _ in 0..max_pages {
                 let page = inst.read(&stream, cursor.as_deref()).await?;
                 for r in &page.records {
-                    let data: serde_json::Value = serde_json::from_str(&r.data).unwrap_or(serde_json::Value::String(r.data.clone()));
-                    writeln!(out, "{}", serde_json::json!({"id": r.id, "data": data, "updated_at": r.updated_at}))?;
+                    let data: serde_json::Value = serde_json::from_str(&r.data)
+                        .unwrap_or(serde_json::Value::String(r.data.clone()));
+                    writeln!(
+                        out,
+                        "{}",
+                        serde_json::json!({"id": r.id, "data": data, "updated_at": r.updated_at})
+                    )?;
                 }
                 cursor = page.cursor;
                 if page.done {
@@ -252,22 +304,37 @@ fn print_capabilities(p: &InstalledPlugin) {
         println!("  asks for secrets: none");
     } else {
         for s in &p.secrets {
-            println!("  asks for secret `{}`{}: {}", s.name, if s.required { "" } else { " (optional)" }, s.description);
+            println!(
+                "  asks for secret `{}`{}: {}",
+                s.name,
+                if s.required { "" } else { " (optional)" },
+                s.description
+            );
         }
     }
 }
 
-async fn configure(reg: &Registry, name: &str, args: &InstanceArgs) -> anyhow::Result<PluginInstance> {
+async fn configure(
+    reg: &Registry,
+    name: &str,
+    args: &InstanceArgs,
+) -> anyhow::Result<PluginInstance> {
     let plugin = reg.load(name, args.version.as_deref()).await?;
     let config_text = match args.config.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path).with_context(|| format!("reading config {path}"))?,
+        Some(path) => {
+            std::fs::read_to_string(path).with_context(|| format!("reading config {path}"))?
+        }
         None => args.config.clone(),
     };
-    serde_json::from_str::<serde_json::Value>(&config_text).context("--config is not valid JSON")?;
+    serde_json::from_str::<serde_json::Value>(&config_text)
+        .context("--config is not valid JSON")?;
     let mut secrets = Vec::new();
     for s in &args.secrets {
         let Some((k, v)) = s.split_once('=') else {
-            bail!("--secret `{}` must be NAME=VALUE", s.split('=').next().unwrap_or(""));
+            bail!(
+                "--secret `{}` must be NAME=VALUE",
+                s.split('=').next().unwrap_or("")
+            );
         };
         secrets.push((k.to_string(), resolve_secret(k, v)?));
     }
@@ -277,13 +344,21 @@ async fn configure(reg: &Registry, name: &str, args: &InstanceArgs) -> anyhow::R
         (!args.allow_hosts.is_empty()).then_some(args.allow_hosts.as_slice()),
         &args.allow_private,
     );
-    Ok(PluginInstance::new(plugin, PluginConfig { config: config_text, secrets }, policy))
+    Ok(PluginInstance::new(
+        plugin,
+        PluginConfig {
+            config: config_text,
+            secrets,
+        },
+        policy,
+    ))
 }
 
 /// `${ENV_VAR}`, `file:PATH`, or the literal value. Errors name the secret, never its value.
 pub fn resolve_secret(name: &str, spec: &str) -> anyhow::Result<String> {
     if let Some(var) = spec.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
-        return std::env::var(var).with_context(|| format!("secret `{name}`: environment variable {var} is not set"));
+        return std::env::var(var)
+            .with_context(|| format!("secret `{name}`: environment variable {var} is not set"));
     }
     if let Some(path) = spec.strip_prefix("file:") {
         return std::fs::read_to_string(path)
@@ -306,10 +381,17 @@ fn read_records(path: Option<PathBuf>) -> anyhow::Result<Vec<OutboundRecord>> {
         if line.trim().is_empty() {
             continue;
         }
-        let v: serde_json::Value = serde_json::from_str(&line).with_context(|| format!("record line {}: not JSON", i + 1))?;
-        let key = v["key"].as_str().map(str::to_string).with_context(|| format!("record line {}: needs a string `key`", i + 1))?;
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("record line {}: not JSON", i + 1))?;
+        let key = v["key"]
+            .as_str()
+            .map(str::to_string)
+            .with_context(|| format!("record line {}: needs a string `key`", i + 1))?;
         let fields = v.get("fields").cloned().unwrap_or(serde_json::json!({}));
-        out.push(OutboundRecord { key, fields: fields.to_string() });
+        out.push(OutboundRecord {
+            key,
+            fields: fields.to_string(),
+        });
     }
     Ok(out)
 }

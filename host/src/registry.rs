@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::bindings::{Action, PluginManifest, PluginKind};
+use crate::runtime::bindings::{Action, PluginKind, PluginManifest};
 use crate::runtime::inspect::{self, ComponentInfo};
 use crate::runtime::{Plugin, Runtime, WasmContext as _};
 
@@ -70,7 +70,8 @@ impl InstalledPlugin {
                     Action::Track => "track".to_string(),
                 })
                 .collect(),
-            config_schema: serde_json::from_str(&m.config_schema).unwrap_or(serde_json::Value::Null),
+            config_schema: serde_json::from_str(&m.config_schema)
+                .unwrap_or(serde_json::Value::Null),
         }
     }
 }
@@ -100,8 +101,8 @@ impl Registry {
     /// Validates, precompiles and stores a component. Refuses anything that is not a plugin
     /// component of a supported API version, with a one-line reason.
     pub async fn install(&self, wasm_path: &Path) -> anyhow::Result<InstalledPlugin> {
-        let bytes = std::fs::read(wasm_path)
-            .with_context(|| format!("reading {}", wasm_path.display()))?;
+        let bytes =
+            std::fs::read(wasm_path).with_context(|| format!("reading {}", wasm_path.display()))?;
         let info = inspect::inspect(&bytes).map_err(|reason| anyhow::anyhow!("{reason}"))?;
         let sha = hex::encode(Sha256::digest(&bytes));
         let artefact = self.runtime.precompile(&bytes)?;
@@ -116,12 +117,17 @@ impl Registry {
         let record = InstalledPlugin::from_manifest(manifest, &info, sha.clone());
 
         let target = self.dir.join(&record.name).join(&record.version);
-        let staging = self.dir.join(format!(".staging-{}-{}", record.name, std::process::id()));
+        let staging = self
+            .dir
+            .join(format!(".staging-{}-{}", record.name, std::process::id()));
         let _ = std::fs::remove_dir_all(&staging);
         std::fs::create_dir_all(&staging)?;
         std::fs::write(staging.join("plugin.wasm"), &bytes)?;
         std::fs::write(staging.join(self.artefact_name(&sha)), &artefact)?;
-        std::fs::write(staging.join("manifest.json"), serde_json::to_vec_pretty(&record)?)?;
+        std::fs::write(
+            staging.join("manifest.json"),
+            serde_json::to_vec_pretty(&record)?,
+        )?;
         if target.exists() {
             std::fs::remove_dir_all(&target)
                 .with_context(|| format!("replacing {}", target.display()))?;
@@ -136,7 +142,11 @@ impl Registry {
     }
 
     fn artefact_name(&self, sha: &str) -> String {
-        format!("{}-{}.cwasm", &sha[..16.min(sha.len())], self.runtime.compatibility_key())
+        format!(
+            "{}-{}.cwasm",
+            &sha[..16.min(sha.len())],
+            self.runtime.compatibility_key()
+        )
     }
 
     /// Every installed plugin version, sorted by name then version.
@@ -144,7 +154,8 @@ impl Registry {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&self.dir)? {
             let entry = entry?;
-            if !entry.file_type()?.is_dir() || entry.file_name().to_string_lossy().starts_with('.') {
+            if !entry.file_type()?.is_dir() || entry.file_name().to_string_lossy().starts_with('.')
+            {
                 continue;
             }
             for version in std::fs::read_dir(entry.path())? {
@@ -157,21 +168,28 @@ impl Registry {
                 }
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name).then_with(|| cmp_versions(&a.version, &b.version)));
+        out.sort_by(|a, b| {
+            a.name
+                .cmp(&b.name)
+                .then_with(|| cmp_versions(&a.version, &b.version))
+        });
         Ok(out)
     }
 
     /// The newest installed version of `name` matching `req` (any version when None).
     pub fn find(&self, name: &str, req: Option<&str>) -> anyhow::Result<InstalledPlugin> {
-        let req = match req {
-            Some(r) => Some(
-                semver::VersionReq::parse(r)
-                    .with_context(|| format!("`{r}` is not a version requirement (e.g. \"^1.2\")"))?,
-            ),
-            None => None,
-        };
-        let candidates: Vec<InstalledPlugin> =
-            self.list()?.into_iter().filter(|p| p.name == name).collect();
+        let req =
+            match req {
+                Some(r) => Some(semver::VersionReq::parse(r).with_context(|| {
+                    format!("`{r}` is not a version requirement (e.g. \"^1.2\")")
+                })?),
+                None => None,
+            };
+        let candidates: Vec<InstalledPlugin> = self
+            .list()?
+            .into_iter()
+            .filter(|p| p.name == name)
+            .collect();
         if candidates.is_empty() {
             bail!("plugin `{name}` is not installed (see `switchyard plugin list`)");
         }
@@ -183,7 +201,12 @@ impl Registry {
                 (None, _) => true,
             })
             .next_back()
-            .ok_or_else(|| anyhow::anyhow!("no installed version of `{name}` matches `{}`", req.map(|r| r.to_string()).unwrap_or_default()))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no installed version of `{name}` matches `{}`",
+                    req.map(|r| r.to_string()).unwrap_or_default()
+                )
+            })
     }
 
     /// Loads an installed plugin from its cached native code, compiling (and caching) it only
@@ -200,7 +223,10 @@ impl Registry {
                 .with_context(|| format!("reading {}", dir.join("plugin.wasm").display()))?;
             let sha = hex::encode(Sha256::digest(&bytes));
             if sha != record.sha256 {
-                bail!("{} changed since it was installed: reinstall the plugin", dir.display());
+                bail!(
+                    "{} changed since it was installed: reinstall the plugin",
+                    dir.display()
+                );
             }
             let compiled = self.runtime.precompile(&bytes)?;
             std::fs::write(&artefact, &compiled)?;
@@ -242,9 +268,14 @@ impl Registry {
 fn validate_manifest(m: &PluginManifest) -> anyhow::Result<()> {
     let valid_name = !m.name.is_empty()
         && m.name.len() <= 64
-        && m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        && m.name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !valid_name {
-        bail!("plugin name `{}` must be 1-64 characters of a-z, 0-9 and -", m.name);
+        bail!(
+            "plugin name `{}` must be 1-64 characters of a-z, 0-9 and -",
+            m.name
+        );
     }
     semver::Version::parse(&m.version)
         .with_context(|| format!("plugin version `{}` is not a semantic version", m.version))?;

@@ -21,24 +21,37 @@ fn sdk_dependency(sdk_path: Option<&Path>) -> String {
         .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-sdk")));
     match local.canonicalize() {
         Ok(p) if p.join("Cargo.toml").exists() => {
-            format!("switchyard-sdk = {{ path = {:?} }}", p.display().to_string())
+            format!(
+                "switchyard-sdk = {{ path = {:?} }}",
+                p.display().to_string()
+            )
         }
         _ => format!("switchyard-sdk = \"{}\"", env!("CARGO_PKG_VERSION")),
     }
 }
 
 /// Writes a new plugin crate into `dir/NAME` and returns its path.
-pub fn new_plugin(name: &str, kind: Kind, dir: &Path, sdk_path: Option<&Path>) -> anyhow::Result<PathBuf> {
+pub fn new_plugin(
+    name: &str,
+    kind: Kind,
+    dir: &Path,
+    sdk_path: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     let valid = !name.is_empty()
         && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && name.as_bytes()[0].is_ascii_lowercase();
     if !valid {
         bail!("plugin name `{name}` must start with a-z and use only a-z, 0-9 and -");
     }
     let root = dir.join(name);
     if root.exists() {
-        bail!("{} already exists; pick another name or directory", root.display());
+        bail!(
+            "{} already exists; pick another name or directory",
+            root.display()
+        );
     }
     std::fs::create_dir_all(root.join("src"))
         .with_context(|| format!("creating {}", root.display()))?;
@@ -82,18 +95,31 @@ strip = true
 
 /// Builds the plugin crate at `path` for wasm32-wasip2 and returns the component's path.
 pub fn build_plugin(path: &Path, profile: &str) -> anyhow::Result<PathBuf> {
-    let manifest = if path.is_dir() { path.join("Cargo.toml") } else { path.to_path_buf() };
+    let manifest = if path.is_dir() {
+        path.join("Cargo.toml")
+    } else {
+        path.to_path_buf()
+    };
     if !manifest.exists() {
         bail!("no Cargo.toml at {}", manifest.display());
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
     let metadata = Command::new(&cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .output()
         .context("running `cargo metadata` (is cargo installed?)")?;
     if !metadata.status.success() {
-        bail!("cargo metadata failed: {}", String::from_utf8_lossy(&metadata.stderr).trim());
+        bail!(
+            "cargo metadata failed: {}",
+            String::from_utf8_lossy(&metadata.stderr).trim()
+        );
     }
     let meta: serde_json::Value = serde_json::from_slice(&metadata.stdout)?;
     let target_dir = meta["target_directory"]
@@ -105,15 +131,28 @@ pub fn build_plugin(path: &Path, profile: &str) -> anyhow::Result<PathBuf> {
         .as_array()
         .and_then(|pkgs| {
             pkgs.iter().find(|p| {
-                p["manifest_path"].as_str().map(PathBuf::from).and_then(|m| m.canonicalize().ok())
+                p["manifest_path"]
+                    .as_str()
+                    .map(PathBuf::from)
+                    .and_then(|m| m.canonicalize().ok())
                     == Some(canonical.clone())
             })
         })
         .context("the Cargo.toml holds no package")?;
-    let name = package["name"].as_str().context("package without a name")?.to_string();
+    let name = package["name"]
+        .as_str()
+        .context("package without a name")?
+        .to_string();
 
     let status = Command::new(&cargo)
-        .args(["build", "--target", "wasm32-wasip2", "--profile", profile, "--manifest-path"])
+        .args([
+            "build",
+            "--target",
+            "wasm32-wasip2",
+            "--profile",
+            profile,
+            "--manifest-path",
+        ])
         .arg(&manifest)
         .status()
         .context("running cargo build")?;
@@ -126,7 +165,10 @@ pub fn build_plugin(path: &Path, profile: &str) -> anyhow::Result<PathBuf> {
         .join(dir_name)
         .join(format!("{}.wasm", name.replace('-', "_")));
     if !wasm.exists() {
-        bail!("cargo build succeeded but {} is missing (is the crate a cdylib?)", wasm.display());
+        bail!(
+            "cargo build succeeded but {} is missing (is the crate a cdylib?)",
+            wasm.display()
+        );
     }
     Ok(wasm)
 }

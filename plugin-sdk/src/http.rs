@@ -56,7 +56,9 @@ impl std::error::Error for HttpError {}
 impl From<HttpError> for CallError {
     fn from(e: HttpError) -> Self {
         match e {
-            HttpError::InvalidUrl(_) | HttpError::Denied(_) => CallError::InvalidConfig(e.to_string()),
+            HttpError::InvalidUrl(_) | HttpError::Denied(_) => {
+                CallError::InvalidConfig(e.to_string())
+            }
             HttpError::Transport(_) | HttpError::Timeout | HttpError::TooLarge(_) => {
                 CallError::Transient(crate::Retry {
                     reason: e.to_string(),
@@ -108,7 +110,8 @@ impl Request {
 
     /// Adds a header (repeated names are kept).
     pub fn header(mut self, name: &str, value: &str) -> Self {
-        self.headers.push((name.to_ascii_lowercase(), value.to_string()));
+        self.headers
+            .push((name.to_ascii_lowercase(), value.to_string()));
         self
     }
 
@@ -245,11 +248,21 @@ fn wasi_send(req: Request, url: Url) -> Result<Response, HttpError> {
     };
     use crate::bindings::wasi::io::streams::StreamError;
 
-    let entries: Vec<(String, Vec<u8>)> = req
+    let mut entries: Vec<(String, Vec<u8>)> = req
         .headers
         .iter()
         .map(|(k, v)| (k.clone(), v.as_bytes().to_vec()))
         .collect();
+    // The whole body is known: say how long it is rather than streaming it chunked, which some
+    // APIs refuse.
+    let sends_body =
+        !req.body.is_empty() || matches!(req.method, Method::Post | Method::Put | Method::Patch);
+    if sends_body && !req.headers.iter().any(|(k, _)| k == "content-length") {
+        entries.push((
+            "content-length".to_string(),
+            req.body.len().to_string().into_bytes(),
+        ));
+    }
     let fields = Fields::from_list(&entries)
         .map_err(|e| HttpError::InvalidUrl(format!("invalid header: {e:?}")))?;
     let outgoing = OutgoingRequest::new(fields);
@@ -264,7 +277,11 @@ fn wasi_send(req: Request, url: Url) -> Result<Response, HttpError> {
     let bad = |what: &str| HttpError::InvalidUrl(format!("invalid {what} in `{}`", req.url));
     outgoing.set_method(&method).map_err(|_| bad("method"))?;
     outgoing
-        .set_scheme(Some(if url.https { &Scheme::Https } else { &Scheme::Http }))
+        .set_scheme(Some(if url.https {
+            &Scheme::Https
+        } else {
+            &Scheme::Http
+        }))
         .map_err(|_| bad("scheme"))?;
     outgoing
         .set_authority(Some(&url.authority))
@@ -295,17 +312,19 @@ fn wasi_send(req: Request, url: Url) -> Result<Response, HttpError> {
     };
 
     let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(map_code)?;
-    {
-        let stream = body
-            .write()
-            .map_err(|_| HttpError::Transport("request body stream unavailable".into()))?;
-        for chunk in req.body.chunks(4096) {
-            stream
-                .blocking_write_and_flush(chunk)
-                .map_err(|e| HttpError::Transport(format!("writing request body: {e:?}")))?;
+    let written: Result<(), HttpError> = (|| {
+        {
+            let stream = body
+                .write()
+                .map_err(|_| HttpError::Transport("request body stream unavailable".into()))?;
+            for chunk in req.body.chunks(4096) {
+                stream
+                    .blocking_write_and_flush(chunk)
+                    .map_err(|e| HttpError::Transport(format!("writing request body: {e:?}")))?;
+            }
         }
-    }
-    OutgoingBody::finish(body, None).map_err(map_code)?;
+        OutgoingBody::finish(body, None).map_err(map_code)
+    })();
 
     let incoming = loop {
         match pending.get() {
@@ -313,16 +332,25 @@ fn wasi_send(req: Request, url: Url) -> Result<Response, HttpError> {
             None => pending.subscribe().block(),
         }
     };
-    let response = incoming
-        .map_err(|_| HttpError::Transport("response already taken".into()))?
-        .map_err(map_code)?;
+    let incoming = incoming.map_err(|_| HttpError::Transport("response already taken".into()))?;
+    // A refused request closes the body stream early: the response's error says why.
+    let response = match (incoming, written) {
+        (Err(code), _) => return Err(map_code(code)),
+        (Ok(_), Err(write_error)) => return Err(write_error),
+        (Ok(response), Ok(())) => response,
+    };
 
     let status = response.status();
     let headers = response
         .headers()
         .entries()
         .into_iter()
-        .map(|(k, v)| (k.to_ascii_lowercase(), String::from_utf8_lossy(&v).into_owned()))
+        .map(|(k, v)| {
+            (
+                k.to_ascii_lowercase(),
+                String::from_utf8_lossy(&v).into_owned(),
+            )
+        })
         .collect();
     let incoming_body = response
         .consume()
@@ -362,7 +390,11 @@ fn base64_encode(input: &[u8]) -> String {
     const TABLE: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::with_capacity(input.len().div_ceil(3) * 4);
     for chunk in input.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -394,9 +426,18 @@ mod tests {
         assert_eq!(u.path_and_query, "/");
         assert!(!u.https);
         assert_eq!(Url::parse("http://h?x=1").unwrap().path_and_query, "/?x=1");
-        assert!(matches!(Url::parse("ftp://x"), Err(HttpError::InvalidUrl(_))));
-        assert!(matches!(Url::parse("https:///path"), Err(HttpError::InvalidUrl(_))));
-        assert!(matches!(Url::parse("https://user@evil.com/"), Err(HttpError::InvalidUrl(_))));
+        assert!(matches!(
+            Url::parse("ftp://x"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            Url::parse("https:///path"),
+            Err(HttpError::InvalidUrl(_))
+        ));
+        assert!(matches!(
+            Url::parse("https://user@evil.com/"),
+            Err(HttpError::InvalidUrl(_))
+        ));
     }
 
     #[test]
@@ -410,7 +451,10 @@ mod tests {
 
     #[test]
     fn transport_errors_are_transient_and_denials_are_config() {
-        assert!(matches!(CallError::from(HttpError::Timeout), CallError::Transient(_)));
+        assert!(matches!(
+            CallError::from(HttpError::Timeout),
+            CallError::Transient(_)
+        ));
         assert!(matches!(
             CallError::from(HttpError::Denied("x".into())),
             CallError::InvalidConfig(_)

@@ -86,9 +86,9 @@ pub mod bindings {
 }
 
 pub use bindings::switchyard::plugin::types::{
-    Action, CallError, PluginManifest, OutboundRecord, Page, PluginConfig, PluginKind, RecordResult,
-    Retry, SecretSpec, SourceEvent, SourceRecord, StreamInfo, StreamRecord, WebhookError,
-    WebhookOutcome, WebhookRequest,
+    Action, CallError, OutboundRecord, Page, PluginConfig, PluginKind, PluginManifest,
+    RecordResult, Retry, SecretSpec, SourceEvent, SourceRecord, StreamInfo, StreamRecord,
+    WebhookError, WebhookOutcome, WebhookRequest,
 };
 
 /// Glue called by the export macros. Not a stable API.
@@ -97,8 +97,8 @@ pub mod __private {
     pub use wit_bindgen;
 
     use crate::{
-        Action, CallError, Context, Destination, PluginManifest, OutboundRecord, Page, Plugin,
-        PluginConfig, PluginKind, RecordResult, Source, StreamInfo, WebhookError, WebhookOutcome,
+        Action, CallError, Context, Destination, OutboundRecord, Page, Plugin, PluginConfig,
+        PluginKind, PluginManifest, RecordResult, Source, StreamInfo, WebhookError, WebhookOutcome,
         WebhookRequest,
     };
 

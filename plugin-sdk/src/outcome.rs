@@ -44,11 +44,7 @@ pub fn call_result(response: &Response) -> Result<(), CallError> {
 /// A retry carrying the response's reason and its wait hint.
 pub fn retry(response: &Response) -> Retry {
     Retry {
-        reason: format!(
-            "HTTP {}: {}",
-            response.status,
-            api_message(&response.body)
-        ),
+        reason: format!("HTTP {}: {}", response.status, api_message(&response.body)),
         after_ms: retry_after_ms(response, now_unix_seconds()),
     }
 }
@@ -93,11 +89,8 @@ pub fn api_message(body: &[u8]) -> String {
             start
         };
     };
-    let str_at = |v: &serde_json::Value, key: &str| {
-        v.get(key)
-            .and_then(|m| m.as_str())
-            .map(str::to_string)
-    };
+    let str_at =
+        |v: &serde_json::Value, key: &str| v.get(key).and_then(|m| m.as_str()).map(str::to_string);
     if let Some(detail) = str_at(&value, "detail") {
         return match str_at(&value, "title") {
             Some(title) => format!("{title}: {detail}"),
@@ -207,7 +200,10 @@ mod tests {
 
     #[test]
     fn maps_statuses_to_record_results() {
-        assert!(matches!(record_result(&resp(202, &[], "")), RecordResult::Ok));
+        assert!(matches!(
+            record_result(&resp(202, &[], "")),
+            RecordResult::Ok
+        ));
         match record_result(&resp(429, &[("retry-after", "7")], "")) {
             RecordResult::Retry(r) => assert_eq!(r.after_ms, Some(7000)),
             other => panic!("{other:?}"),
@@ -228,9 +224,18 @@ mod tests {
 
     #[test]
     fn call_errors_by_status() {
-        assert!(matches!(call_result(&resp(401, &[], "{}")), Err(CallError::Unauthorized(_))));
-        assert!(matches!(call_result(&resp(500, &[], "")), Err(CallError::Transient(_))));
-        assert!(matches!(call_result(&resp(404, &[], "")), Err(CallError::InvalidConfig(_))));
+        assert!(matches!(
+            call_result(&resp(401, &[], "{}")),
+            Err(CallError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            call_result(&resp(500, &[], "")),
+            Err(CallError::Transient(_))
+        ));
+        assert!(matches!(
+            call_result(&resp(404, &[], "")),
+            Err(CallError::InvalidConfig(_))
+        ));
         assert!(call_result(&resp(200, &[], "")).is_ok());
     }
 
@@ -249,14 +254,20 @@ mod tests {
     #[test]
     fn http_date_matches_rfc_example() {
         // RFC 9110's example date.
-        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(784_111_777));
+        assert_eq!(
+            parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
         assert_eq!(parse_http_date("yesterday"), None);
     }
 
     #[test]
     fn api_messages_from_common_shapes() {
         assert_eq!(api_message(br#"{"message":"bad"}"#), "bad");
-        assert_eq!(api_message(br#"{"error":{"message":"Invalid parameter","code":100}}"#), "Invalid parameter");
+        assert_eq!(
+            api_message(br#"{"error":{"message":"Invalid parameter","code":100}}"#),
+            "Invalid parameter"
+        );
         assert_eq!(
             api_message(br#"{"title":"Invalid Resource","status":400,"detail":"Your merge fields were invalid."}"#),
             "Invalid Resource: Your merge fields were invalid."

@@ -61,9 +61,7 @@ pub fn normalize_phone_e164(raw: &str, default_country_code: Option<&str>) -> Op
         digits.drain(..2);
     }
     if !international {
-        let cc = default_country_code?
-            .trim_start_matches('+')
-            .to_string();
+        let cc = default_country_code?.trim_start_matches('+').to_string();
         let national = digits.trim_start_matches('0');
         if national.starts_with(&cc) && national.len() > 10 {
             digits = national.to_string();
@@ -155,14 +153,33 @@ mod tests {
     #[test]
     fn google_vectors() {
         let cases = [
-            ("dana@example.com", "07e2f1394b0ea80e2adca010ea8318df697001a005ba7452720edda4b0ce57b3"),
-            ("DanaM@example.com", "1df6b43bc68dd38eca94e6a65b4f466ae537b796c81a526918b40ac4a7b906c7"),
-            ("ALEXF@example.com", "19de0a9906ebee29fe82087be5ec44f3c01e40730bc808b663c71f19dd6b12f2"),
-            ("quinn@CYMBALGROUP.com", "05bb62526f091b45d20e243d194766cca8869137421047dc53fa4876d111a6f0"),
-            ("cloudySanFrancisco@GMAIL.com", "223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4"),
+            (
+                "dana@example.com",
+                "07e2f1394b0ea80e2adca010ea8318df697001a005ba7452720edda4b0ce57b3",
+            ),
+            (
+                "DanaM@example.com",
+                "1df6b43bc68dd38eca94e6a65b4f466ae537b796c81a526918b40ac4a7b906c7",
+            ),
+            (
+                "ALEXF@example.com",
+                "19de0a9906ebee29fe82087be5ec44f3c01e40730bc808b663c71f19dd6b12f2",
+            ),
+            (
+                "quinn@CYMBALGROUP.com",
+                "05bb62526f091b45d20e243d194766cca8869137421047dc53fa4876d111a6f0",
+            ),
+            (
+                "cloudySanFrancisco@GMAIL.com",
+                "223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4",
+            ),
         ];
         for (raw, hash) in cases {
-            assert_eq!(sha256_hex(&normalize_email_google(raw).unwrap()), hash, "{raw}");
+            assert_eq!(
+                sha256_hex(&normalize_email_google(raw).unwrap()),
+                hash,
+                "{raw}"
+            );
         }
         assert_eq!(
             normalize_email_google("cloudy.sanfrancisco+shopping@gmail.com").unwrap(),
@@ -173,14 +190,26 @@ mod tests {
             "user.name+nyc@example.com"
         );
         let phones = [
-            ("+1-800-555-0100", "fb4f73a6ec5fdb7077d564cdd22c3554b43ce49168550c3b12c547b78c517b30"),
-            ("+1 800-555-0101", "61d6c2976b5d92b1ad63073a12fddd26040cd980067d03a93dd1cc50f1a3ac68"),
-            ("+1-800-555-0110", "525c2390a4e2a9766fa8ddc341dd10414603baebefa401f5a5e29f55e176525d"),
+            (
+                "+1-800-555-0100",
+                "fb4f73a6ec5fdb7077d564cdd22c3554b43ce49168550c3b12c547b78c517b30",
+            ),
+            (
+                "+1 800-555-0101",
+                "61d6c2976b5d92b1ad63073a12fddd26040cd980067d03a93dd1cc50f1a3ac68",
+            ),
+            (
+                "+1-800-555-0110",
+                "525c2390a4e2a9766fa8ddc341dd10414603baebefa401f5a5e29f55e176525d",
+            ),
         ];
         for (raw, hash) in phones {
             assert_eq!(hash_phone_e164(raw, None).unwrap(), hash, "{raw}");
         }
-        assert_eq!(normalize_phone_e164("(800)555-0100", Some("1")).unwrap(), "+18005550100");
+        assert_eq!(
+            normalize_phone_e164("(800)555-0100", Some("1")).unwrap(),
+            "+18005550100"
+        );
     }
 
     // TikTok's help page vector; LinkedIn's `adsapi` vector is a plain SHA-256.
@@ -204,8 +233,14 @@ mod tests {
         assert_eq!(normalize_phone_e164("555-0100", Some("1")), None);
         assert_eq!(normalize_phone_e164("2125550100", None), None);
         assert_eq!(normalize_name(" . "), None);
-        assert_eq!(normalize_phone_e164("0044 20 7946 0958", None).unwrap(), "+442079460958");
-        assert_eq!(normalize_phone_e164("020 7946 0958", Some("44")).unwrap(), "+442079460958");
+        assert_eq!(
+            normalize_phone_e164("0044 20 7946 0958", None).unwrap(),
+            "+442079460958"
+        );
+        assert_eq!(
+            normalize_phone_e164("020 7946 0958", Some("44")).unwrap(),
+            "+442079460958"
+        );
         assert!(is_sha256_hex(&sha256_hex("x")));
         assert!(!is_sha256_hex("abc"));
     }

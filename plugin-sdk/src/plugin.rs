@@ -6,8 +6,8 @@ use schemars::JsonSchema;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    Action, CallError, PluginManifest, OutboundRecord, Page, PluginConfig, PluginKind, RecordResult,
-    SecretSpec, StreamInfo, WebhookError, WebhookOutcome, WebhookRequest,
+    Action, CallError, OutboundRecord, Page, PluginConfig, PluginKind, PluginManifest,
+    RecordResult, SecretSpec, StreamInfo, WebhookError, WebhookOutcome, WebhookRequest,
 };
 
 /// What every plugin has: a typed config and the capabilities it asks of the hub.
@@ -275,7 +275,9 @@ mod tests {
     fn secrets_and_placeholders() {
         let ctx = Context::new((), [("token".to_string(), "s3cr3t".to_string())]);
         assert_eq!(ctx.secret("token").unwrap(), "s3cr3t");
-        assert!(matches!(ctx.secret("nope"), Err(CallError::InvalidConfig(m)) if m.contains("`nope`")));
+        assert!(
+            matches!(ctx.secret("nope"), Err(CallError::InvalidConfig(m)) if m.contains("`nope`"))
+        );
         assert_eq!(ctx.secret_placeholder("token"), "{{secret:token}}");
     }
 }

@@ -26,7 +26,11 @@ pub fn plugin_wasm(crate_name: &str) -> PathBuf {
     let path = target_dir()
         .join("wasm32-wasip2/plugin")
         .join(format!("{}.wasm", crate_name.replace('-', "_")));
-    assert!(path.exists(), "{} is missing: run tools/build-plugins (tools/test does)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run tools/build-plugins (tools/test does)",
+        path.display()
+    );
     path
 }
 
@@ -64,7 +68,10 @@ impl LocalServer {
     pub fn start_in_background() -> LocalServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
             rt.block_on(async move {
                 let server = LocalServer::start().await;
                 tx.send(server).unwrap();
@@ -113,7 +120,10 @@ async fn handle(
         ("GET", "/pages") => {
             // 7 records, `limit` per page, the cursor is the next offset.
             let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(3);
-            let start: usize = query.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+            let start: usize = query
+                .get("cursor")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
             let end = (start + limit).min(7);
             let data: Vec<_> = (start..end)
                 .map(|i| serde_json::json!({"id": i + 1, "email": format!("user{}@example.com", i + 1)}))
@@ -122,19 +132,29 @@ async fn handle(
             axum::Json(serde_json::json!({"data": data, "next_cursor": next})).into_response()
         }
         ("GET", "/scaffold-pages") => {
-            let start: usize = query.get("cursor").and_then(|c| c.parse().ok()).unwrap_or(0);
+            let start: usize = query
+                .get("cursor")
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
             let end = (start + 2).min(5);
-            let records: Vec<_> = (start..end).map(|i| serde_json::json!({"id": format!("r{i}")})).collect();
+            let records: Vec<_> = (start..end)
+                .map(|i| serde_json::json!({"id": format!("r{i}")}))
+                .collect();
             let next = (end < 5).then(|| end.to_string());
             axum::Json(serde_json::json!({"records": records, "next": next})).into_response()
         }
         ("GET", _) => StatusCode::METHOD_NOT_ALLOWED.into_response(),
-        ("POST", "/unauthorized") => {
-            (StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({"message": "bad token"}))).into_response()
-        }
-        ("POST", "/throttled") => {
-            (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "3")], "slow down").into_response()
-        }
+        ("POST", "/unauthorized") => (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({"message": "bad token"})),
+        )
+            .into_response(),
+        ("POST", "/throttled") => (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "3")],
+            "slow down",
+        )
+            .into_response(),
         _ => axum::Json(serde_json::json!({"ok": true})).into_response(),
     }
 }

@@ -68,7 +68,9 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentInfo, String> {
     let mut world = None;
     let mut version = None;
     for name in &exports {
-        let Some(rest) = name.strip_prefix("switchyard:plugin/") else { continue };
+        let Some(rest) = name.strip_prefix("switchyard:plugin/") else {
+            continue;
+        };
         let Some((iface, ver)) = rest.split_once('@') else {
             return Err(format!("export `{name}` carries no API version"));
         };
@@ -89,23 +91,36 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentInfo, String> {
     };
     if !SUPPORTED_API_VERSIONS.contains(&version.as_str()) {
         let newest = SUPPORTED_API_VERSIONS.last().copied().unwrap_or("?");
-        let newer = match (semver::Version::parse(&version), semver::Version::parse(newest)) {
+        let newer = match (
+            semver::Version::parse(&version),
+            semver::Version::parse(newest),
+        ) {
             (Ok(v), Ok(n)) => v > n,
             _ => false,
         };
         return Err(if newer {
             format!("plugin API version {version} is newer than this hub supports (up to {newest}): upgrade Switchyard, or build the plugin against switchyard-sdk for API {newest}")
         } else {
-            format!("unknown plugin API version {version}: this hub loads {}", SUPPORTED_API_VERSIONS.join(", "))
+            format!(
+                "unknown plugin API version {version}: this hub loads {}",
+                SUPPORTED_API_VERSIONS.join(", ")
+            )
         });
     }
     let Some(world) = world else {
         return Err(format!("the component exports switchyard:plugin@{version} but neither `delivery` (destination) nor `intake` (source)"));
     };
-    if !exports.iter().any(|e| e == &format!("switchyard:plugin/plugin@{version}")) {
+    if !exports
+        .iter()
+        .any(|e| e == &format!("switchyard:plugin/plugin@{version}"))
+    {
         return Err(format!("the component does not export `switchyard:plugin/plugin@{version}` (manifest and check)"));
     }
-    Ok(ComponentInfo { world, api_version: version, sdk_stamp: stamp })
+    Ok(ComponentInfo {
+        world,
+        api_version: version,
+        sdk_stamp: stamp,
+    })
 }
 
 #[cfg(test)]
@@ -114,8 +129,12 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_a_component() {
-        assert!(inspect(b"hello").unwrap_err().contains("not a WebAssembly component"));
+        assert!(inspect(b"hello")
+            .unwrap_err()
+            .contains("not a WebAssembly component"));
         let core = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
-        assert!(inspect(&core).unwrap_err().contains("core WebAssembly module"));
+        assert!(inspect(&core)
+            .unwrap_err()
+            .contains("core WebAssembly module"));
     }
 }

@@ -42,7 +42,9 @@ pub mod bindings {
         exports: { default: async },
     });
 
-    pub use exports::switchyard::plugin::{delivery as destination, intake as source, plugin as meta};
+    pub use exports::switchyard::plugin::{
+        delivery as destination, intake as source, plugin as meta,
+    };
     pub use switchyard::plugin::types::*;
 }
 
@@ -100,7 +102,8 @@ impl Drop for RuntimeInner {
 
 impl Runtime {
     pub fn new(limits: Limits) -> anyhow::Result<Runtime> {
-        let engine = Engine::new(&engine_config(&limits)).wasm_context("creating the wasm engine")?;
+        let engine =
+            Engine::new(&engine_config(&limits)).wasm_context("creating the wasm engine")?;
         let mut linker = Linker::<PluginState>::new(&engine);
         // All of WASI p2 is linked so that any toolchain's component instantiates, but the
         // context grants nothing: no preopened dirs, no env, no sockets, no name lookup.
@@ -165,7 +168,10 @@ impl Runtime {
     pub fn compatibility_key(&self) -> String {
         use std::hash::{Hash, Hasher};
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        self.inner.engine.precompile_compatibility_hash().hash(&mut hasher);
+        self.inner
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 

@@ -32,7 +32,10 @@ impl HttpPolicy {
         operator_hosts: Option<&[String]>,
         allow_private: &[String],
     ) -> Self {
-        let asked: Vec<HostPattern> = manifest_hosts.iter().map(|h| HostPattern::parse(h)).collect();
+        let asked: Vec<HostPattern> = manifest_hosts
+            .iter()
+            .map(|h| HostPattern::parse(h))
+            .collect();
         let granted = match operator_hosts {
             None => asked.iter().filter(|p| p.host != "*").cloned().collect(),
             Some(list) => list
@@ -43,7 +46,10 @@ impl HttpPolicy {
         };
         HttpPolicy {
             granted,
-            private_ok: allow_private.iter().map(|h| h.to_ascii_lowercase()).collect(),
+            private_ok: allow_private
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
         }
     }
 
@@ -70,7 +76,10 @@ impl HttpPolicy {
         if self.granted.iter().any(|p| p.matches(&host, port)) {
             Ok(())
         } else {
-            Err(Denied::NotGranted(format!("{host}:{port}"), self.describe()))
+            Err(Denied::NotGranted(
+                format!("{host}:{port}"),
+                self.describe(),
+            ))
         }
     }
 
@@ -105,16 +114,31 @@ impl HostPattern {
         // `[::1]:8080`, `host:443`, `host`
         if let Some(rest) = s.strip_prefix('[') {
             if let Some((h, p)) = rest.split_once("]:") {
-                return HostPattern { host: h.to_string(), port: p.parse().ok() };
+                return HostPattern {
+                    host: h.to_string(),
+                    port: p.parse().ok(),
+                };
             }
-            return HostPattern { host: rest.trim_end_matches(']').to_string(), port: None };
+            return HostPattern {
+                host: rest.trim_end_matches(']').to_string(),
+                port: None,
+            };
         }
         match s.rsplit_once(':') {
             Some((h, p)) if !h.contains(':') => match p.parse() {
-                Ok(port) => HostPattern { host: h.to_string(), port: Some(port) },
-                Err(_) => HostPattern { host: s.clone(), port: None },
+                Ok(port) => HostPattern {
+                    host: h.to_string(),
+                    port: Some(port),
+                },
+                Err(_) => HostPattern {
+                    host: s.clone(),
+                    port: None,
+                },
             },
-            _ => HostPattern { host: s, port: None },
+            _ => HostPattern {
+                host: s,
+                port: None,
+            },
         }
     }
 
@@ -226,7 +250,9 @@ mod tests {
         let star = HttpPolicy::new(&s(&["*"]), Some(&s(&["127.0.0.1:9000"])), &[]);
         assert!(star.check_name("127.0.0.1", 9000).is_ok());
         assert!(star.check_name("127.0.0.1", 9001).is_err());
-        assert!(HttpPolicy::new(&s(&["*"]), None, &[]).check_name("x.com", 443).is_err());
+        assert!(HttpPolicy::new(&s(&["*"]), None, &[])
+            .check_name("x.com", 443)
+            .is_err());
     }
 
     #[test]
@@ -239,12 +265,26 @@ mod tests {
 
     #[test]
     fn private_addresses_need_an_exact_allowance() {
-        let p = HttpPolicy::new(&s(&["*"]), Some(&s(&["localhost:9000"])), &s(&["localhost:9000"]));
+        let p = HttpPolicy::new(
+            &s(&["*"]),
+            Some(&s(&["localhost:9000"])),
+            &s(&["localhost:9000"]),
+        );
         let lo: IpAddr = "127.0.0.1".parse().unwrap();
         assert!(p.check_addr("localhost", 9000, lo).is_ok());
         assert!(p.check_addr("localhost", 9001, lo).is_err());
         assert!(p.check_addr("rebind.example", 443, lo).is_err());
-        for bad in ["10.0.0.1", "192.168.1.1", "169.254.169.254", "::1", "fe80::1", "fd00::1", "100.64.0.1", "::ffff:127.0.0.1", "0.0.0.0"] {
+        for bad in [
+            "10.0.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "100.64.0.1",
+            "::ffff:127.0.0.1",
+            "0.0.0.0",
+        ] {
             assert!(!is_public(bad.parse().unwrap()), "{bad}");
         }
         for good in ["1.1.1.1", "2606:4700::1111", "93.184.216.34"] {

@@ -26,7 +26,10 @@ pub(crate) struct PluginHttpHooks {
 type ResponseFuture = Box<
     dyn Future<
             Output = Result<
-                (http::Response<WasiBody>, Box<dyn Future<Output = Result<(), HttpError>> + Send>),
+                (
+                    http::Response<WasiBody>,
+                    Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                ),
                 HttpError,
             >,
         > + Send,

@@ -9,8 +9,8 @@ use wasmtime::component::{Component, InstancePre};
 use wasmtime::Store;
 
 use super::bindings::{
-    destination, meta, source, Action, CallError, PluginManifest, OutboundRecord, Page, PluginConfig,
-    PluginKind, RecordResult, StreamInfo, WebhookError, WebhookOutcome, WebhookRequest,
+    destination, meta, source, Action, CallError, OutboundRecord, Page, PluginConfig, PluginKind,
+    PluginManifest, RecordResult, StreamInfo, WebhookError, WebhookOutcome, WebhookRequest,
 };
 use super::net::HttpPolicy;
 use super::outbound::PluginHttpHooks;
@@ -30,13 +30,20 @@ pub enum PluginError {
     #[error("plugin `{plugin}` hit its memory cap of {mib} MiB and was stopped")]
     MemoryCap { plugin: String, mib: usize },
     #[error("plugin `{plugin}` returned {bytes} bytes, over the cap of {cap} bytes")]
-    OutputTooLarge { plugin: String, bytes: usize, cap: usize },
+    OutputTooLarge {
+        plugin: String,
+        bytes: usize,
+        cap: usize,
+    },
     #[error("plugin `{plugin}` crashed: {reason}")]
     Trap { plugin: String, reason: String },
     #[error("plugin `{plugin}` broke the contract: {reason}")]
     Contract { plugin: String, reason: String },
     #[error("plugin `{plugin}` does not export `{export}`: it is not a {export} plugin")]
-    MissingExport { plugin: String, export: &'static str },
+    MissingExport {
+        plugin: String,
+        export: &'static str,
+    },
 }
 
 fn describe(e: &CallError) -> String {
@@ -87,7 +94,10 @@ impl std::fmt::Debug for Plugin {
 }
 
 impl Plugin {
-    pub(crate) async fn load(rt: Arc<RuntimeInner>, component: Component) -> anyhow::Result<Plugin> {
+    pub(crate) async fn load(
+        rt: Arc<RuntimeInner>,
+        component: Component,
+    ) -> anyhow::Result<Plugin> {
         let pre = rt
             .linker
             .instantiate_pre(&component)
@@ -112,7 +122,10 @@ impl Plugin {
         });
         let probe = PluginInstance::new(
             loading.clone(),
-            PluginConfig { config: "{}".into(), secrets: vec![] },
+            PluginConfig {
+                config: "{}".into(),
+                secrets: vec![],
+            },
             HttpPolicy::deny_all(),
         );
         let manifest = plugin_call!(probe, "manifest", |store, instance| {
@@ -177,7 +190,11 @@ pub struct PluginInstance {
 
 impl PluginInstance {
     pub fn new(plugin: Arc<Plugin>, config: PluginConfig, policy: HttpPolicy) -> Self {
-        PluginInstance { plugin, config: Arc::new(config), policy: Arc::new(policy) }
+        PluginInstance {
+            plugin,
+            config: Arc::new(config),
+            policy: Arc::new(policy),
+        }
     }
 
     pub fn plugin(&self) -> &Plugin {
@@ -219,29 +236,45 @@ impl PluginInstance {
         let memory_hit = store.data().memory.hit;
         match outcome {
             Ok(Ok(value)) => {
-                tracing::debug!(elapsed_us = started.elapsed().as_micros() as u64, "call done");
+                tracing::debug!(
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "call done"
+                );
                 Ok(value)
             }
             Err(_) => {
-                tracing::warn!(elapsed_ms = started.elapsed().as_millis() as u64, "wall-clock timeout");
-                Err(PluginError::Timeout { plugin, ms: limits.wall_timeout.as_millis() })
+                tracing::warn!(
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "wall-clock timeout"
+                );
+                Err(PluginError::Timeout {
+                    plugin,
+                    ms: limits.wall_timeout.as_millis(),
+                })
             }
             Ok(Err(err)) => {
-                let error = if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
-                    PluginError::CpuDeadline { plugin, ms: limits.cpu_deadline.as_millis() }
-                } else if memory_hit {
-                    PluginError::MemoryCap { plugin, mib: limits.memory_bytes >> 20 }
-                } else {
-                    // The trap code, not wasmtime's multi-line guest backtrace.
-                    let mut reason = match err.downcast_ref::<wasmtime::Trap>() {
-                        Some(trap) => trap.to_string(),
-                        None => err.to_string(),
+                let error =
+                    if err.downcast_ref::<wasmtime::Trap>() == Some(&wasmtime::Trap::Interrupt) {
+                        PluginError::CpuDeadline {
+                            plugin,
+                            ms: limits.cpu_deadline.as_millis(),
+                        }
+                    } else if memory_hit {
+                        PluginError::MemoryCap {
+                            plugin,
+                            mib: limits.memory_bytes >> 20,
+                        }
+                    } else {
+                        // The trap code, not wasmtime's multi-line guest backtrace.
+                        let mut reason = match err.downcast_ref::<wasmtime::Trap>() {
+                            Some(trap) => trap.to_string(),
+                            None => err.to_string(),
+                        };
+                        if let Some(line) = last_stderr {
+                            reason = format!("{line} ({reason})");
+                        }
+                        PluginError::Trap { plugin, reason }
                     };
-                    if let Some(line) = last_stderr {
-                        reason = format!("{line} ({reason})");
-                    }
-                    PluginError::Trap { plugin, reason }
-                };
                 tracing::warn!("{error}");
                 Err(error)
             }
@@ -254,7 +287,10 @@ impl PluginInstance {
             let guest = self.plugin.meta.load(&mut *store, &instance)?;
             guest.call_check(&mut *store, &self.config).await
         })?;
-        result.map_err(|error| PluginError::Plugin { plugin: self.plugin.name.to_string(), error })
+        result.map_err(|error| PluginError::Plugin {
+            plugin: self.plugin.name.to_string(),
+            error,
+        })
     }
 
     /// Delivers a batch and returns exactly one result per record, in order.
@@ -265,17 +301,29 @@ impl PluginInstance {
     ) -> Result<Vec<RecordResult>, PluginError> {
         let name = self.plugin.name.to_string();
         let Some(idx) = &self.plugin.destination else {
-            return Err(PluginError::MissingExport { plugin: name, export: "destination" });
+            return Err(PluginError::MissingExport {
+                plugin: name,
+                export: "destination",
+            });
         };
         let result = plugin_call!(self, "deliver", |store, instance| {
             let guest = idx.load(&mut *store, &instance)?;
-            guest.call_deliver(&mut *store, &self.config, action, batch).await
+            guest
+                .call_deliver(&mut *store, &self.config, action, batch)
+                .await
         })?;
-        let results = result.map_err(|error| PluginError::Plugin { plugin: name.clone(), error })?;
+        let results = result.map_err(|error| PluginError::Plugin {
+            plugin: name.clone(),
+            error,
+        })?;
         if results.len() != batch.len() {
             return Err(PluginError::Contract {
                 plugin: name,
-                reason: format!("deliver returned {} results for a batch of {}", results.len(), batch.len()),
+                reason: format!(
+                    "deliver returned {} results for a batch of {}",
+                    results.len(),
+                    batch.len()
+                ),
             });
         }
         self.check_output(results.iter().map(result_size).sum())?;
@@ -286,33 +334,50 @@ impl PluginInstance {
     pub async fn streams(&self) -> Result<Vec<StreamInfo>, PluginError> {
         let name = self.plugin.name.to_string();
         let Some(idx) = &self.plugin.source else {
-            return Err(PluginError::MissingExport { plugin: name, export: "source" });
+            return Err(PluginError::MissingExport {
+                plugin: name,
+                export: "source",
+            });
         };
         let result = plugin_call!(self, "streams", |store, instance| {
             let guest = idx.load(&mut *store, &instance)?;
             guest.call_streams(&mut *store, &self.config).await
         })?;
-        result.map_err(|error| PluginError::Plugin { plugin: name, error })
+        result.map_err(|error| PluginError::Plugin {
+            plugin: name,
+            error,
+        })
     }
 
     /// Reads one page of a stream from `cursor`.
     pub async fn read(&self, stream: &str, cursor: Option<&str>) -> Result<Page, PluginError> {
         let name = self.plugin.name.to_string();
         let Some(idx) = &self.plugin.source else {
-            return Err(PluginError::MissingExport { plugin: name, export: "source" });
+            return Err(PluginError::MissingExport {
+                plugin: name,
+                export: "source",
+            });
         };
         let result = plugin_call!(self, "read", |store, instance| {
             let guest = idx.load(&mut *store, &instance)?;
-            guest.call_read(&mut *store, &self.config, stream, cursor).await
+            guest
+                .call_read(&mut *store, &self.config, stream, cursor)
+                .await
         })?;
-        let page = result.map_err(|error| PluginError::Plugin { plugin: name, error })?;
+        let page = result.map_err(|error| PluginError::Plugin {
+            plugin: name,
+            error,
+        })?;
         let bytes = page
             .records
             .iter()
             .map(|r| {
                 r.id.len()
                     + r.data.len()
-                    + r.events.iter().map(|e| e.name.len() + e.properties.len() + e.message_id.len()).sum::<usize>()
+                    + r.events
+                        .iter()
+                        .map(|e| e.name.len() + e.properties.len() + e.message_id.len())
+                        .sum::<usize>()
             })
             .sum();
         self.check_output(bytes)?;
@@ -327,7 +392,10 @@ impl PluginInstance {
     ) -> Result<Result<WebhookOutcome, WebhookError>, PluginError> {
         let name = self.plugin.name.to_string();
         let Some(idx) = &self.plugin.source else {
-            return Err(PluginError::MissingExport { plugin: name, export: "source" });
+            return Err(PluginError::MissingExport {
+                plugin: name,
+                export: "source",
+            });
         };
         plugin_call!(self, "webhook", |store, instance| {
             let guest = idx.load(&mut *store, &instance)?;
@@ -338,7 +406,11 @@ impl PluginInstance {
     fn check_output(&self, bytes: usize) -> Result<(), PluginError> {
         let cap = self.plugin.rt.limits.max_output_bytes;
         if bytes > cap {
-            return Err(PluginError::OutputTooLarge { plugin: self.plugin.name.to_string(), bytes, cap });
+            return Err(PluginError::OutputTooLarge {
+                plugin: self.plugin.name.to_string(),
+                bytes,
+                cap,
+            });
         }
         Ok(())
     }
@@ -351,4 +423,3 @@ fn result_size(r: &RecordResult) -> usize {
         RecordResult::Rejected(reason) => reason.len(),
     }
 }
-

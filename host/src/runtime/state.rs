@@ -27,7 +27,12 @@ pub struct PluginState {
 }
 
 impl PluginState {
-    pub(crate) fn new(plugin: Arc<str>, hooks: PluginHttpHooks, memory_bytes: usize, stdio_bytes: usize) -> Self {
+    pub(crate) fn new(
+        plugin: Arc<str>,
+        hooks: PluginHttpHooks,
+        memory_bytes: usize,
+        stdio_bytes: usize,
+    ) -> Self {
         let stdout = MemoryOutputPipe::new(stdio_bytes);
         let stderr = MemoryOutputPipe::new(stdio_bytes);
         let wasi = WasiCtxBuilder::new()
@@ -43,7 +48,10 @@ impl PluginState {
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
             hooks,
-            memory: MemoryCap { limit: memory_bytes, hit: false },
+            memory: MemoryCap {
+                limit: memory_bytes,
+                hit: false,
+            },
             stdout,
             stderr,
         }
@@ -57,7 +65,10 @@ impl PluginState {
         let mut after_panic = false;
         for (stream, pipe) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
             let bytes = pipe.contents();
-            for line in String::from_utf8_lossy(&bytes).lines().filter(|l| !l.trim().is_empty()) {
+            for line in String::from_utf8_lossy(&bytes)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+            {
                 tracing::info!(plugin = %self.plugin, stream, "{}", truncate(line));
                 if stream == "stderr" {
                     if after_panic && panic_message.is_none() {
@@ -85,13 +96,20 @@ fn truncate(s: &str) -> &str {
 
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 impl WasiHttpView for PluginState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.hooks }
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.hooks,
+        }
     }
 }
 
@@ -117,7 +135,12 @@ pub(crate) struct MemoryCap {
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.limit {
             self.hit = true;
             return Ok(false);
@@ -125,7 +148,12 @@ impl wasmtime::ResourceLimiter for MemoryCap {
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }

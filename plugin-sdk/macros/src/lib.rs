@@ -109,7 +109,11 @@ fn generate(world: &str, ty: &Type, kind: proc_macro2::TokenStream) -> TokenStre
 #[proc_macro]
 pub fn export_destination(input: TokenStream) -> TokenStream {
     let ty = parse_macro_input!(input as Type);
-    generate("destination", &ty, quote!(::switchyard_sdk::PluginKind::Destination))
+    generate(
+        "destination",
+        &ty,
+        quote!(::switchyard_sdk::PluginKind::Destination),
+    )
 }
 
 /// Exports a type implementing `switchyard_sdk::Source` as the plugin's `source` world.

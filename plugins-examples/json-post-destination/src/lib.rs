@@ -31,7 +31,11 @@ impl Plugin for JsonPost {
             // The endpoint is the operator's choice, so the operator's config names the host;
             // a plugin for one API would name that API's host instead.
             .allowed_host("*")
-            .secret("token", "Bearer token the endpoint expects (when use_token = true)", false)
+            .secret(
+                "token",
+                "Bearer token the endpoint expects (when use_token = true)",
+                false,
+            )
             .max_batch_size(500)
             .default_rate_per_second(50.0)
             .actions(&[Action::Upsert, Action::Delete, Action::Track])

@@ -41,7 +41,11 @@ impl Plugin for PagedJson {
     fn capabilities() -> Capabilities {
         Capabilities::new()
             .allowed_host("*")
-            .secret("token", "Bearer token for the endpoint, if it needs one", false)
+            .secret(
+                "token",
+                "Bearer token for the endpoint, if it needs one",
+                false,
+            )
             .max_batch_size(1000)
     }
 
@@ -60,9 +64,15 @@ impl Source for PagedJson {
         }])
     }
 
-    fn read(ctx: &Context<Config>, stream: &str, cursor: Option<String>) -> Result<Page, CallError> {
+    fn read(
+        ctx: &Context<Config>,
+        stream: &str,
+        cursor: Option<String>,
+    ) -> Result<Page, CallError> {
         if stream != "records" {
-            return Err(CallError::InvalidConfig(format!("unknown stream `{stream}`; this source has `records`")));
+            return Err(CallError::InvalidConfig(format!(
+                "unknown stream `{stream}`; this source has `records`"
+            )));
         }
         let limit = ctx.config.page_size.clamp(1, 1000);
         let mut url = format!("{}?limit={limit}", ctx.config.url);
@@ -88,7 +98,11 @@ impl Source for PagedJson {
             });
         }
         let done = page.next_cursor.is_none();
-        Ok(Page { records, cursor: page.next_cursor.or(cursor), done })
+        Ok(Page {
+            records,
+            cursor: page.next_cursor.or(cursor),
+            done,
+        })
     }
 }
 

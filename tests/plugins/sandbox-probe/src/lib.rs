@@ -32,7 +32,11 @@ impl Plugin for Probe {
 }
 
 impl Destination for Probe {
-    fn deliver(ctx: &Context<Config>, _action: Action, batch: Vec<OutboundRecord>) -> Result<Vec<RecordResult>, CallError> {
+    fn deliver(
+        ctx: &Context<Config>,
+        _action: Action,
+        batch: Vec<OutboundRecord>,
+    ) -> Result<Vec<RecordResult>, CallError> {
         let note = |text: String| Ok(vec![RecordResult::Rejected(text); batch.len()]);
         match ctx.config.mode.as_str() {
             "ok" => Ok(vec![RecordResult::Ok; batch.len()]),
@@ -70,11 +74,20 @@ impl Destination for Probe {
                 let file = std::fs::read_to_string("/etc/passwd");
                 let dir = std::fs::read_dir("/").map(|d| d.count());
                 let cwd = std::env::current_dir();
-                note(format!("file: {:?}; dir: {:?}; cwd: {:?}", file.map(|s| s.len()), dir, cwd))
+                note(format!(
+                    "file: {:?}; dir: {:?}; cwd: {:?}",
+                    file.map(|s| s.len()),
+                    dir,
+                    cwd
+                ))
             }
             "read-env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
-                note(format!("env vars: {}; HOME={:?}", vars.len(), std::env::var("HOME").ok()))
+                note(format!(
+                    "env vars: {}; HOME={:?}",
+                    vars.len(),
+                    std::env::var("HOME").ok()
+                ))
             }
             other => Err(CallError::InvalidConfig(format!("unknown mode `{other}`"))),
         }

@@ -12,7 +12,11 @@ pub fn map_record(key: &str, fields: &str, out: &mut Vec<u8>) -> Result<(), Stri
     if let Some(email) = obj.get("email").and_then(Value::as_str) {
         mapped.insert("email".into(), Value::String(email.trim().to_lowercase()));
     }
-    for (from, to) in [("first_name", "FNAME"), ("last_name", "LNAME"), ("plan", "plan_tier")] {
+    for (from, to) in [
+        ("first_name", "FNAME"),
+        ("last_name", "LNAME"),
+        ("plan", "plan_tier"),
+    ] {
         if let Some(v) = obj.get(from) {
             mapped.insert(to.into(), v.clone());
         }
