@@ -449,3 +449,74 @@ fn scaffolds_build_install_and_run_as_is() {
         .collect();
     assert_eq!(ids, ["r0", "r1", "r2", "r3", "r4"]);
 }
+
+#[test]
+fn installed_plugins_start_from_the_precompiled_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    ok(&switchyard(
+        dir.path(),
+        &[
+            "plugin",
+            "install",
+            plugin_wasm("sandbox-probe").to_str().unwrap(),
+        ],
+    ));
+    let version_dir = dir.path().join("sandbox-probe/0.1.0");
+    let artefacts = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&version_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    };
+    assert_eq!(artefacts().len(), 1, "install precompiles once");
+    let deliver = |dir: &Path| {
+        let out = ok(&switchyard_with_stdin(
+            dir,
+            &[
+                "plugin",
+                "deliver",
+                "sandbox-probe",
+                "--config",
+                "{\"mode\":\"map\"}",
+            ],
+            "{\"key\":\"a\",\"fields\":{\"email\":\"A@B.co\"}}\n",
+        ));
+        assert_eq!(lines(&out)[0]["result"], "ok");
+    };
+
+    // With the component itself gone, the plugin still starts: it runs from the cached code.
+    let wasm = version_dir.join("plugin.wasm");
+    let original = std::fs::read(&wasm).unwrap();
+    std::fs::remove_file(&wasm).unwrap();
+    deliver(dir.path());
+
+    // Without a cached artefact (say, after a hub upgrade changed the engine) the component is
+    // compiled again and the artefact written back.
+    std::fs::write(&wasm, &original).unwrap();
+    for a in artefacts() {
+        std::fs::remove_file(a).unwrap();
+    }
+    deliver(dir.path());
+    assert_eq!(artefacts().len(), 1);
+
+    // A component changed behind the hub's back is refused rather than run.
+    for a in artefacts() {
+        std::fs::remove_file(a).unwrap();
+    }
+    let mut tampered = original.clone();
+    tampered.extend_from_slice(&[0, 4, 1, b'x', 0]);
+    std::fs::write(&wasm, &tampered).unwrap();
+    let err = failed(&switchyard_with_stdin(
+        dir.path(),
+        &[
+            "plugin",
+            "deliver",
+            "sandbox-probe",
+            "--config",
+            "{\"mode\":\"ok\"}",
+        ],
+        "",
+    ));
+    assert!(err.contains("changed since it was installed"), "{err}");
+}

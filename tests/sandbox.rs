@@ -288,3 +288,53 @@ async fn bad_config_is_the_plugins_invalid_config_error() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_sockets_are_refused() {
+    let server = LocalServer::start().await;
+    let plugin = probe().await;
+    let results = instance(
+        &plugin,
+        serde_json::json!({"mode": "socket", "url": server.host_port()}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap();
+    let note = rejected_reason(&results);
+    assert!(
+        note.starts_with("socket: ") && note != "socket: connected",
+        "{note}"
+    );
+    assert_eq!(server.hits(), 0);
+    next_call_works(&plugin).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn returned_data_is_capped() {
+    let runtime = Runtime::new(Limits {
+        max_output_bytes: 64 << 10,
+        ..limits()
+    })
+    .unwrap();
+    let bytes = std::fs::read(plugin_wasm("sandbox-probe")).unwrap();
+    let plugin = Arc::new(
+        runtime
+            .load(runtime.compile(&bytes).unwrap())
+            .await
+            .unwrap(),
+    );
+    let err = instance(
+        &plugin,
+        serde_json::json!({"mode": "big-output"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(2))
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, PluginError::OutputTooLarge { cap: 65536, .. }),
+        "{err}"
+    );
+    next_call_works(&plugin).await;
+}

@@ -52,7 +52,8 @@ pub fn normalize_email_google(raw: &str) -> Option<String> {
 
 /// Phone in E.164 with the leading `+` (`+18005550100`). A number written without a country
 /// code gets `default_country_code` (digits, e.g. `"1"`); a national trunk `0` is dropped. `None`
-/// when fewer than 8 or more than 15 digits remain, or no country code is known.
+/// when fewer than 8 or more than 15 digits remain (11 for +1 numbers), or no country code is
+/// known.
 pub fn normalize_phone_e164(raw: &str, default_country_code: Option<&str>) -> Option<String> {
     let trimmed = raw.trim();
     let international = trimmed.starts_with('+') || trimmed.starts_with("00");
@@ -71,6 +72,10 @@ pub fn normalize_phone_e164(raw: &str, default_country_code: Option<&str>) -> Op
     }
     let digits = digits.trim_start_matches('0');
     if !(8..=15).contains(&digits.len()) {
+        return None;
+    }
+    // North American numbers (+1) always have ten digits after the country code.
+    if digits.starts_with('1') && digits.len() != 11 {
         return None;
     }
     Some(format!("+{digits}"))

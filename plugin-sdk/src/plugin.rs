@@ -64,11 +64,27 @@ pub trait Source: Plugin {
 }
 
 /// The config and secrets of the plugin instance a call is for.
-#[derive(Debug)]
 pub struct Context<C> {
     /// The operator's settings, already validated against the plugin's schema by the hub.
     pub config: C,
     secrets: BTreeMap<String, String>,
+}
+
+/// Shows secret names only, so that logging a context never leaks a secret.
+impl<C: std::fmt::Debug> std::fmt::Debug for Context<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("config", &self.config)
+            .field(
+                "secrets",
+                &self
+                    .secrets
+                    .keys()
+                    .map(|k| format!("{k}=<redacted>"))
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 impl<C: DeserializeOwned> Context<C> {
@@ -233,7 +249,7 @@ mod tests {
     use super::*;
     use serde::Deserialize;
 
-    #[derive(Deserialize, JsonSchema)]
+    #[derive(Debug, Deserialize, JsonSchema)]
     #[allow(dead_code)]
     struct Cfg {
         /// Target URL.
@@ -279,5 +295,10 @@ mod tests {
             matches!(ctx.secret("nope"), Err(CallError::InvalidConfig(m)) if m.contains("`nope`"))
         );
         assert_eq!(ctx.secret_placeholder("token"), "{{secret:token}}");
+        let shown = format!("{ctx:?}");
+        assert!(
+            shown.contains("token=<redacted>") && !shown.contains("s3cr3t"),
+            "{shown}"
+        );
     }
 }

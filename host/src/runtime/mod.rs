@@ -42,10 +42,10 @@ pub mod bindings {
         exports: { default: async },
     });
 
+    pub use self::switchyard::plugin::types::*;
     pub use exports::switchyard::plugin::{
         delivery as destination, intake as source, plugin as meta,
     };
-    pub use switchyard::plugin::types::*;
 }
 
 /// The limits every call runs under.

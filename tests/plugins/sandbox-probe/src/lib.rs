@@ -1,5 +1,6 @@
 //! A destination that does what its config's `mode` says, so tests can prove the sandbox holds:
-//! `loop`, `alloc`, `panic`, `fetch` (GET `url`), `read-file`, `read-env`, and `map` (the
+//! `loop`, `alloc`, `panic`, `fetch` (GET `url`), `socket` (TCP to `url` as host:port),
+//! `read-file`, `read-env`, `big-output` (1 MiB of reasons), and `map` (the
 //! benchmark's workload: parse, map and serialise every record, no network).
 
 use serde::Deserialize;
@@ -81,6 +82,11 @@ impl Destination for Probe {
                     cwd
                 ))
             }
+            "socket" => match std::net::TcpStream::connect(ctx.config.url.as_str()) {
+                Ok(_) => note("socket: connected".into()),
+                Err(e) => note(format!("socket: {e}")),
+            },
+            "big-output" => note("x".repeat(1 << 20)),
             "read-env" => {
                 let vars: Vec<String> = std::env::vars().map(|(k, _)| k).collect();
                 note(format!(

@@ -1,0 +1,233 @@
+//! Plugin call throughput, side by side in one run: the same mapping work (parse a record's
+//! fields, map and rename them, normalise the email, serialise) done
+//!
+//! - through the `sandbox-probe` destination plugin (a fresh instance per call, no network),
+//! - natively, by the very same Rust function,
+//! - by a subprocess speaking JSON lines over stdio, the way Airbyte and Singer connectors run,
+//!
+//! for batches of 1, 100 and 1,000 records, plus the cost of a fresh instance with an empty call.
+//!
+//! Run: `tools/build-plugins && cargo bench -p switchyard --bench plugin_throughput`
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard::runtime::bindings::{Action, OutboundRecord, PluginConfig, RecordResult};
+use switchyard::runtime::net::HttpPolicy;
+use switchyard::runtime::{Limits, PluginInstance, Runtime};
+
+#[path = "../../tests/plugins/sandbox-probe/src/map.rs"]
+mod map;
+
+const WORKER_ENV: &str = "SWITCHYARD_BENCH_WORKER";
+const MEASURE_FOR: Duration = Duration::from_millis(1500);
+
+fn main() {
+    if std::env::var_os(WORKER_ENV).is_some() {
+        return worker();
+    }
+    let wasm_path = std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
+        .join("wasm32-wasip2/plugin/sandbox_probe.wasm");
+    let bytes = std::fs::read(&wasm_path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e}; run tools/build-plugins first",
+            wasm_path.display()
+        )
+    });
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let runtime = Runtime::new(Limits::default()).unwrap();
+    let component = runtime.compile(&bytes).unwrap();
+    let plugin = Arc::new(rt.block_on(runtime.load(component)).unwrap());
+    let instance = |mode: &str| {
+        PluginInstance::new(
+            plugin.clone(),
+            PluginConfig {
+                config: format!("{{\"mode\":\"{mode}\"}}"),
+                secrets: vec![],
+            },
+            HttpPolicy::deny_all(),
+        )
+    };
+
+    // Fresh instance + an empty call (config parsed, no records).
+    let empty = instance("ok");
+    let per_call = time_per_iter(|| {
+        let r = rt.block_on(empty.deliver(Action::Upsert, &[])).unwrap();
+        assert!(r.is_empty());
+    });
+    println!(
+        "fresh instance + empty deliver call: {:.1} µs",
+        per_call.as_secs_f64() * 1e6
+    );
+    println!();
+    println!(
+        "{:>6}  {:>16}  {:>16}  {:>16}  {:>12}  {:>14}",
+        "batch", "wasm rec/s", "native rec/s", "subprocess rec/s", "wasm/native", "wasm/subproc"
+    );
+
+    let mapper = instance("map");
+    let mut worker = Worker::spawn();
+    for size in [1usize, 100, 1000] {
+        let batch = records(size);
+        let wasm = time_per_iter(|| {
+            let results = rt.block_on(mapper.deliver(Action::Upsert, &batch)).unwrap();
+            assert!(matches!(results[0], RecordResult::Ok));
+        });
+        let native = time_per_iter(|| {
+            let mut out = Vec::with_capacity(size * 128);
+            let results: Vec<RecordResult> = batch
+                .iter()
+                .map(|r| match map::map_record(&r.key, &r.fields, &mut out) {
+                    Ok(()) => RecordResult::Ok,
+                    Err(e) => RecordResult::Rejected(e),
+                })
+                .collect();
+            std::hint::black_box((&out, results));
+        });
+        let subprocess = time_per_iter(|| worker.round_trip(&batch));
+        let rate = |d: Duration| size as f64 / d.as_secs_f64();
+        println!(
+            "{:>6}  {:>16.0}  {:>16.0}  {:>16.0}  {:>11.2}x  {:>13.1}x",
+            size,
+            rate(wasm),
+            rate(native),
+            rate(subprocess),
+            wasm.as_secs_f64() / native.as_secs_f64(),
+            subprocess.as_secs_f64() / wasm.as_secs_f64(),
+        );
+    }
+}
+
+/// Median time of one iteration over several rounds of `MEASURE_FOR / 5`, after a warm-up.
+fn time_per_iter(mut f: impl FnMut()) -> Duration {
+    let warm_until = Instant::now() + Duration::from_millis(200);
+    while Instant::now() < warm_until {
+        f();
+    }
+    let mut rounds = Vec::new();
+    for _ in 0..5 {
+        let until = Instant::now() + MEASURE_FOR / 5;
+        let started = Instant::now();
+        let mut n = 0u32;
+        while Instant::now() < until {
+            f();
+            n += 1;
+        }
+        rounds.push(started.elapsed() / n);
+    }
+    rounds.sort();
+    rounds[2]
+}
+
+fn records(n: usize) -> Vec<OutboundRecord> {
+    (0..n)
+        .map(|i| OutboundRecord {
+            key: format!("profile-{i:08}"),
+            fields: serde_json::json!({
+                "email": format!("  User{i}@Example.COM "),
+                "first_name": "Ada",
+                "last_name": "Lovelace",
+                "plan": if i % 3 == 0 { "pro" } else { "free" },
+                "orders": i % 7,
+            })
+            .to_string(),
+        })
+        .collect()
+}
+
+/// The subprocess side: this same binary in worker mode, fed one JSON line per record and an
+/// empty line per batch, answering one line per record.
+struct Worker {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: BufReader<std::process::ChildStdout>,
+    line: String,
+}
+
+impl Worker {
+    fn spawn() -> Worker {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new(exe)
+            .env(WORKER_ENV, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        Worker {
+            child,
+            stdin,
+            stdout,
+            line: String::new(),
+        }
+    }
+
+    fn round_trip(&mut self, batch: &[OutboundRecord]) {
+        let mut buf = Vec::with_capacity(batch.len() * 160);
+        for r in batch {
+            serde_json::to_writer(
+                &mut buf,
+                &serde_json::json!({"key": r.key, "fields": r.fields}),
+            )
+            .unwrap();
+            buf.push(b'\n');
+        }
+        buf.push(b'\n');
+        self.stdin.write_all(&buf).unwrap();
+        self.stdin.flush().unwrap();
+        for _ in 0..batch.len() {
+            self.line.clear();
+            self.stdout.read_line(&mut self.line).unwrap();
+            assert!(
+                self.line.starts_with("{\"result\":\"ok\"}"),
+                "{}",
+                self.line
+            );
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+fn worker() {
+    let stdin = std::io::stdin();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut pending = Vec::new();
+    let mut mapped = Vec::with_capacity(1 << 16);
+    for line in stdin.lock().lines() {
+        let line = line.unwrap();
+        if line.is_empty() {
+            out.flush().unwrap();
+            continue;
+        }
+        let record: serde_json::Value = serde_json::from_str(&line).unwrap();
+        mapped.clear();
+        let result = match map::map_record(
+            record["key"].as_str().unwrap_or(""),
+            record["fields"].as_str().unwrap_or("{}"),
+            &mut mapped,
+        ) {
+            Ok(()) => "{\"result\":\"ok\"}".to_string(),
+            Err(e) => serde_json::json!({"result": "rejected", "reason": e}).to_string(),
+        };
+        pending.push(result);
+        for r in pending.drain(..) {
+            out.write_all(r.as_bytes()).unwrap();
+            out.write_all(b"\n").unwrap();
+        }
+    }
+}
