@@ -34,9 +34,34 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the hub: tracking API, Profiles API, metrics.
+    Serve {
+        #[arg(long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Look up or erase profiles.
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
     /// Install, inspect, write and try plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ProfilesCommand {
+    /// Print a profile (identifiers, traits) as JSON.
+    Get {
+        /// KIND:VALUE, e.g. email:ada@example.com
+        id: String,
+        #[arg(long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Erase a profile and suppress its identifiers.
+    Delete {
+        id: String,
+        #[arg(long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -147,8 +172,57 @@ impl From<CliAction> for Action {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Serve { config } => serve(&config).await,
+        Command::Profiles(cmd) => profiles(cmd).await,
         Command::Plugin(cmd) => plugin(cmd, cli.plugins_dir).await,
     }
+}
+
+async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = crate::config::Config::load(path)?;
+    let hub = crate::api::Hub::build(&config).await?;
+    let listener = tokio::net::TcpListener::bind(&config.hub.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.hub.listen))?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
+    println!("switchyard listening on http://{addr}");
+    axum::serve(listener, hub.router)
+        .with_graceful_shutdown(async {
+            let ctrl_c = tokio::signal::ctrl_c();
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            tracing::info!("shutting down: finishing in-flight requests");
+        })
+        .await?;
+    Ok(())
+}
+
+async fn profiles(cmd: ProfilesCommand) -> anyhow::Result<()> {
+    let (id, path, delete) = match &cmd {
+        ProfilesCommand::Get { id, config } => (id, config, false),
+        ProfilesCommand::Delete { id, config } => (id, config, true),
+    };
+    let config = crate::config::Config::load(path)?;
+    let identifier = crate::identity::Identifier::parse(id)
+        .with_context(|| format!("`{id}` is not KIND:VALUE, e.g. email:ada@example.com"))?;
+    let store = crate::store::Store::open(&config.hub.database).await?;
+    let profiles = crate::profiles::Profiles::new(store);
+    if delete {
+        match profiles.delete(&identifier).await? {
+            Some(p) => println!("erased profile {p}; its identifiers are suppressed"),
+            None => bail!("no profile has {identifier}"),
+        }
+    } else {
+        match profiles.get(&identifier).await? {
+            Some(p) => println!("{}", serde_json::to_string_pretty(&p)?),
+            None => bail!("no profile has {identifier}"),
+        }
+    }
+    Ok(())
 }
 
 fn registry(dir: PathBuf) -> anyhow::Result<Registry> {

@@ -1,10 +1,17 @@
 //! Switchyard, the data activation hub: the host side.
 //!
 //! Data flows one way: ingest → identity → profiles → audiences → sync → runtime → the world.
-//! This crate so far holds the plugin runtime (sandboxed WASI 0.2 components), the on-disk plugin
-//! registry and the CLI.
+//! Modules are named for the concept they own: `config`, `store`, `identity`, `ingest` (the
+//! tracking API), `profiles`, `api`, `runtime` (plugins), `registry` (installed plugins), `cli`.
 
+pub mod api;
 pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod ingest;
+pub mod metrics;
+pub mod profiles;
 pub mod registry;
 pub mod runtime;
 pub mod scaffold;
+pub mod store;

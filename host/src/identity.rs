@@ -1,0 +1,411 @@
+//! Identity resolution: every message resolves to exactly one profile.
+//!
+//! None of its identifiers known → a new profile; one profile → attach the new identifiers;
+//! several → merge them. A resolution that would break a kind's limit (two different user ids
+//! in one profile, say) drops the message's lowest-priority identifier and tries again, so the
+//! highest-priority match wins and nothing is merged that should not be. Every merge is logged
+//! with the message and the identifier that joined the two profiles.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::Context as _;
+use sha2::{Digest, Sha256};
+use sqlx::AnyConnection;
+
+use crate::config::{IdentityConfig, KindRule};
+use crate::ingest::message::{Message, MessageType};
+use crate::store::Backend;
+
+/// One identifier of a profile.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Identifier {
+    pub kind: String,
+    pub value: String,
+}
+
+impl Identifier {
+    pub fn new(kind: &str, value: &str) -> Identifier {
+        Identifier {
+            kind: kind.to_string(),
+            value: normalize(kind, value),
+        }
+    }
+
+    /// Parses `kind:value` as the Profiles API and CLI take it.
+    pub fn parse(text: &str) -> Option<Identifier> {
+        let (kind, value) = text.split_once(':')?;
+        (!kind.is_empty() && !value.is_empty()).then(|| Identifier::new(kind, value))
+    }
+}
+
+impl std::fmt::Display for Identifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// Emails match case-insensitively; other kinds as given, trimmed.
+fn normalize(kind: &str, value: &str) -> String {
+    let v = value.trim();
+    if kind == "email" {
+        v.to_lowercase()
+    } else {
+        v.to_string()
+    }
+}
+
+/// The operator's identity rules.
+#[derive(Debug, Clone)]
+pub struct IdentityRules {
+    kinds: BTreeMap<String, KindRule>,
+    trait_kinds: BTreeMap<String, String>,
+}
+
+impl IdentityRules {
+    pub fn new(config: &IdentityConfig) -> IdentityRules {
+        IdentityRules {
+            kinds: config.kinds.clone(),
+            trait_kinds: config.traits.clone(),
+        }
+    }
+
+    fn priority(&self, kind: &str) -> u32 {
+        self.kinds.get(kind).map(|r| r.priority).unwrap_or(u32::MAX)
+    }
+
+    fn limit(&self, kind: &str) -> u32 {
+        self.kinds.get(kind).map(|r| r.limit).unwrap_or(0)
+    }
+
+    /// The message's identifiers of configured kinds, highest priority first.
+    pub fn identifiers(&self, message: &Message) -> Vec<Identifier> {
+        let mut ids = Vec::new();
+        let mut push = |kind: &str, value: Option<String>| {
+            if let Some(v) = value {
+                if self.kinds.contains_key(kind) && !v.trim().is_empty() {
+                    ids.push(Identifier::new(kind, &v));
+                }
+            }
+        };
+        push("user_id", message.user_id.clone());
+        push("anonymous_id", message.anonymous_id.clone());
+        push("email", message.email());
+        push("phone", message.phone());
+        for (name, kind) in &self.trait_kinds {
+            let value = message
+                .traits
+                .get(name)
+                .or_else(|| message.context.get("traits").and_then(|t| t.get(name)));
+            push(kind, value.and_then(json_scalar));
+        }
+        for (kind, value) in message.external_ids() {
+            let kind = match kind.as_str() {
+                "user_id" | "userId" => "user_id".to_string(),
+                "anonymous_id" | "anonymousId" => "anonymous_id".to_string(),
+                other => other.to_string(),
+            };
+            push(&kind, Some(value));
+        }
+        ids.sort_by_key(|i| (self.priority(&i.kind), i.kind.clone(), i.value.clone()));
+        ids.dedup();
+        ids
+    }
+}
+
+fn json_scalar(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+/// What resolving one message did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolution {
+    pub profile_id: String,
+    pub created: bool,
+    /// Profiles merged into `profile_id`.
+    pub merged: Vec<String>,
+    /// Message identifiers left out because attaching them would break a limit.
+    pub dropped: Vec<Identifier>,
+}
+
+/// Resolves identifiers to one profile inside the caller's transaction, creating, attaching
+/// and merging as needed. `reason` is recorded with any merge (e.g. `identify`, `alias`).
+pub async fn resolve(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    rules: &IdentityRules,
+    mut ids: Vec<Identifier>,
+    message_id: &str,
+    reason: &str,
+    now: i64,
+) -> anyhow::Result<Option<Resolution>> {
+    if ids.is_empty() {
+        return Ok(None);
+    }
+    if backend == Backend::Postgres {
+        // Other hubs may resolve messages sharing these identifiers at the same moment: take
+        // the identifiers' locks in a fixed order, held until this transaction ends.
+        let mut keys: Vec<i64> = ids.iter().map(lock_key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(key)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    let mut dropped = Vec::new();
+    let (matched, existing) = loop {
+        let mut matched: Vec<(String, Identifier)> = Vec::new();
+        for id in &ids {
+            if let Some(profile) = profile_of(conn, id).await? {
+                if !matched.iter().any(|(p, _)| *p == profile) {
+                    matched.push((profile, id.clone()));
+                }
+            }
+        }
+        let mut existing: HashMap<String, Vec<Identifier>> = HashMap::new();
+        for (profile, _) in &matched {
+            existing.insert(profile.clone(), identifiers_of(conn, profile).await?);
+        }
+        if fits_limits(rules, &ids, existing.values().flatten()) || ids.len() == 1 {
+            break (matched, existing);
+        }
+        // The lowest-priority identifier goes; the highest-priority match wins.
+        if let Some(last) = ids.pop() {
+            dropped.push(last);
+        }
+    };
+
+    let profile_id;
+    let mut created = false;
+    let mut merged = Vec::new();
+    match matched.len() {
+        0 => {
+            profile_id = format!("prf_{}", uuid::Uuid::new_v4().simple());
+            sqlx::query("INSERT INTO profiles (id, created_at, updated_at) VALUES ($1, $2, $3)")
+                .bind(&profile_id)
+                .bind(now)
+                .bind(now)
+                .execute(&mut *conn)
+                .await
+                .context("creating a profile")?;
+            created = true;
+        }
+        _ => {
+            // The oldest profile survives, so ids already handed out stay valid.
+            let mut by_age = Vec::new();
+            for (p, id) in &matched {
+                let (created_at,): (i64,) =
+                    sqlx::query_as("SELECT created_at FROM profiles WHERE id = $1")
+                        .bind(p)
+                        .fetch_one(&mut *conn)
+                        .await
+                        .with_context(|| format!("profile {p} of {id} is missing"))?;
+                by_age.push((created_at, p.clone(), id.clone()));
+            }
+            by_age.sort();
+            profile_id = by_age[0].1.clone();
+            for (_, other, joined_by) in by_age.into_iter().skip(1) {
+                merge(
+                    conn,
+                    &profile_id,
+                    &other,
+                    reason,
+                    message_id,
+                    &joined_by,
+                    now,
+                )
+                .await?;
+                merged.push(other);
+            }
+            sqlx::query("UPDATE profiles SET updated_at = $1 WHERE id = $2")
+                .bind(now)
+                .bind(&profile_id)
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    let known: Vec<&Identifier> = existing.values().flatten().collect();
+    for id in &ids {
+        if known.contains(&id) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO identifiers (kind, value, profile_id, first_seen) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (kind, value) DO UPDATE SET profile_id = excluded.profile_id",
+        )
+        .bind(&id.kind)
+        .bind(&id.value)
+        .bind(&profile_id)
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
+    }
+    if !dropped.is_empty() {
+        tracing::info!(profile = %profile_id, message_id, dropped = ?dropped.iter().map(|d| d.kind.as_str()).collect::<Vec<_>>(), "identifiers left out to respect identity limits");
+    }
+    Ok(Some(Resolution {
+        profile_id,
+        created,
+        merged,
+        dropped,
+    }))
+}
+
+fn fits_limits<'a>(
+    rules: &IdentityRules,
+    message: &'a [Identifier],
+    existing: impl Iterator<Item = &'a Identifier>,
+) -> bool {
+    let mut per_kind: BTreeMap<&str, std::collections::BTreeSet<&str>> = BTreeMap::new();
+    for id in message.iter().chain(existing) {
+        per_kind
+            .entry(id.kind.as_str())
+            .or_default()
+            .insert(id.value.as_str());
+    }
+    per_kind
+        .iter()
+        .all(|(kind, values)| values.len() as u32 <= rules.limit(kind))
+}
+
+fn lock_key(id: &Identifier) -> i64 {
+    let digest = Sha256::digest(format!("{}\u{0}{}", id.kind, id.value).as_bytes());
+    let mut bytes = [0u8; 8];
+    bytes.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(bytes)
+}
+
+/// The profile holding an identifier.
+pub async fn profile_of(
+    conn: &mut AnyConnection,
+    id: &Identifier,
+) -> anyhow::Result<Option<String>> {
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT profile_id FROM identifiers WHERE kind = $1 AND value = $2")
+            .bind(&id.kind)
+            .bind(&id.value)
+            .fetch_optional(&mut *conn)
+            .await?;
+    Ok(row.map(|r| r.0))
+}
+
+/// A profile's identifiers.
+pub async fn identifiers_of(
+    conn: &mut AnyConnection,
+    profile: &str,
+) -> anyhow::Result<Vec<Identifier>> {
+    let rows: Vec<(String, String)> = sqlx::query_as(
+        "SELECT kind, value FROM identifiers WHERE profile_id = $1 ORDER BY kind, value",
+    )
+    .bind(profile)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(kind, value)| Identifier { kind, value })
+        .collect())
+}
+
+/// Folds `from` into `into`: identifiers, events and groups move; traits merge last writer
+/// wins; the merge is logged.
+async fn merge(
+    conn: &mut AnyConnection,
+    into: &str,
+    from: &str,
+    reason: &str,
+    message_id: &str,
+    joined_by: &Identifier,
+    now: i64,
+) -> anyhow::Result<()> {
+    sqlx::query("UPDATE identifiers SET profile_id = $1 WHERE profile_id = $2")
+        .bind(into)
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE events SET profile_id = $1 WHERE profile_id = $2")
+        .bind(into)
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO traits (profile_id, name, value, ts) SELECT $1, name, value, ts FROM traits WHERE profile_id = $2 \
+         ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, ts = excluded.ts WHERE excluded.ts > traits.ts",
+    )
+    .bind(into)
+    .bind(from)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM traits WHERE profile_id = $1")
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO profile_groups (profile_id, group_id) SELECT $1, group_id FROM profile_groups WHERE profile_id = $2 \
+         ON CONFLICT (profile_id, group_id) DO NOTHING",
+    )
+    .bind(into)
+    .bind(from)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("DELETE FROM profile_groups WHERE profile_id = $1")
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("UPDATE merges SET into_profile = $1 WHERE into_profile = $2")
+        .bind(into)
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("DELETE FROM profiles WHERE id = $1")
+        .bind(from)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO merges (id, from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(format!("mrg_{}", uuid::Uuid::new_v4().simple()))
+    .bind(from)
+    .bind(into)
+    .bind(reason)
+    .bind(message_id)
+    .bind(&joined_by.kind)
+    .bind(&joined_by.value)
+    .bind(now)
+    .execute(&mut *conn)
+    .await?;
+    tracing::info!(into, from, reason, message_id, identifier = %joined_by.kind, "merged profiles");
+    Ok(())
+}
+
+/// The identifiers an `alias` joins: its userId and its previousId, read as whichever kind
+/// already holds it (a user id or an anonymous id).
+pub async fn alias_identifiers(
+    conn: &mut AnyConnection,
+    rules: &IdentityRules,
+    message: &Message,
+) -> anyhow::Result<Vec<Identifier>> {
+    debug_assert_eq!(message.kind, MessageType::Alias);
+    let mut ids = Vec::new();
+    if let Some(user) = &message.user_id {
+        ids.push(Identifier::new("user_id", user));
+    }
+    if let Some(previous) = &message.previous_id {
+        let as_user = Identifier::new("user_id", previous);
+        let as_anon = Identifier::new("anonymous_id", previous);
+        if profile_of(conn, &as_user).await?.is_some() {
+            ids.push(as_user);
+        } else {
+            ids.push(as_anon);
+        }
+    }
+    ids.sort_by_key(|i| (rules.priority(&i.kind), i.value.clone()));
+    ids.dedup();
+    Ok(ids)
+}

@@ -1,0 +1,236 @@
+//! The profile store: SQLite (one file, WAL, the default) or PostgreSQL (shared by several
+//! hubs), through sqlx's `Any` driver so that both run the very same SQL: `$N` placeholders,
+//! `ON CONFLICT`, times as Unix milliseconds and JSON as text.
+
+use std::str::FromStr;
+
+use anyhow::Context as _;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, ConnectOptions, Executor};
+
+/// Which database a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A connection pool with the schema in place.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// Schema changes, applied in order once each; never edit a released one, add the next.
+const MIGRATIONS: &[&str] = &[
+    // 1: profiles, identifiers, traits, events, merges, suppressions, groups
+    r#"
+    CREATE TABLE IF NOT EXISTS profiles (
+        id TEXT PRIMARY KEY,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS identifiers (
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        profile_id TEXT NOT NULL,
+        first_seen BIGINT NOT NULL,
+        PRIMARY KEY (kind, value)
+    );
+    CREATE INDEX IF NOT EXISTS identifiers_by_profile ON identifiers (profile_id);
+    CREATE TABLE IF NOT EXISTS traits (
+        profile_id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        ts BIGINT NOT NULL,
+        PRIMARY KEY (profile_id, name)
+    );
+    CREATE TABLE IF NOT EXISTS events (
+        message_id TEXT PRIMARY KEY,
+        profile_id TEXT NOT NULL,
+        source TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        name TEXT,
+        ts BIGINT NOT NULL,
+        received_at BIGINT NOT NULL,
+        body TEXT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS events_by_profile ON events (profile_id, ts, message_id);
+    CREATE TABLE IF NOT EXISTS merges (
+        id TEXT PRIMARY KEY,
+        from_profile TEXT NOT NULL,
+        into_profile TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        message_id TEXT,
+        identifier_kind TEXT,
+        identifier_value TEXT,
+        at BIGINT NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS merges_into ON merges (into_profile);
+    CREATE TABLE IF NOT EXISTS suppressions (
+        kind TEXT NOT NULL,
+        value TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (kind, value)
+    );
+    CREATE TABLE IF NOT EXISTS account_groups (
+        group_id TEXT PRIMARY KEY,
+        traits TEXT NOT NULL,
+        ts BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS profile_groups (
+        profile_id TEXT NOT NULL,
+        group_id TEXT NOT NULL,
+        PRIMARY KEY (profile_id, group_id)
+    );
+    "#,
+];
+
+impl Store {
+    /// Opens (creating if needed) the database at `url` and applies pending migrations.
+    pub async fn open(url: &str) -> anyhow::Result<Store> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            anyhow::bail!("database URL `{url}` must start with sqlite:// or postgres://");
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:");
+            let path = path.split('?').next().unwrap_or(path);
+            if path != ":memory:" {
+                if let Some(parent) = std::path::Path::new(path).parent() {
+                    if !parent.as_os_str().is_empty() {
+                        std::fs::create_dir_all(parent)
+                            .with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                }
+            }
+            if !url.contains("mode=") {
+                url.push_str(if url.contains('?') {
+                    "&mode=rwc"
+                } else {
+                    "?mode=rwc"
+                });
+            }
+        }
+        let options = AnyConnectOptions::from_str(&url)
+            .with_context(|| format!("invalid database URL {url}"))?
+            .disable_statement_logging();
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never block the writer; FULL: a commit is on disk before
+                        // the tracking API says 200. Group commit pays the fsync once per batch.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = OFF").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .with_context(|| format!("connecting to {}", redact_url(&url)))?;
+        let store = Store { pool, backend };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    async fn migrate(&self) -> anyhow::Result<()> {
+        let mut conn = self.pool.acquire().await?;
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .await
+            .context("creating schema_migrations")?;
+        if self.backend == Backend::Postgres {
+            // Several hubs may start at once: one migrates, the others wait.
+            conn.execute("SELECT pg_advisory_lock(7301)").await?;
+        }
+        let result = async {
+            for (i, migration) in MIGRATIONS.iter().enumerate() {
+                let version = i as i64 + 1;
+                let done: Option<(i64,)> =
+                    sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
+                        .bind(version)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if done.is_some() {
+                    continue;
+                }
+                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+                for statement in migration
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                {
+                    tx.execute(statement)
+                        .await
+                        .with_context(|| format!("migration {version}: {statement}"))?;
+                }
+                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                    .bind(version)
+                    .bind(now_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                tracing::info!(version, "applied migration");
+            }
+            Ok::<_, anyhow::Error>(())
+        }
+        .await;
+        if self.backend == Backend::Postgres {
+            conn.execute("SELECT pg_advisory_unlock(7301)").await?;
+        }
+        result
+    }
+}
+
+/// Current time as Unix milliseconds, the store's time unit.
+pub fn now_millis() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// Hides a password in a database URL for messages.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact_url("postgres://u:secret@h/db"),
+            "postgres://u:***@h/db"
+        );
+        assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+}
