@@ -223,7 +223,7 @@ fn decode_body(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Vec<u8>
             if out.len() > limit {
                 return Err(format!(
                     "request body is over the {} KB limit after decompression",
-                    limit / 1000
+                    limit / 1024
                 ));
             }
             Ok(out)
@@ -233,7 +233,7 @@ fn decode_body(headers: &HeaderMap, body: &[u8], limit: usize) -> Result<Vec<u8>
                 return Err(format!(
                     "request body is {} bytes, over the {} KB limit",
                     body.len(),
-                    limit / 1000
+                    limit / 1024
                 ));
             }
             Ok(body.to_vec())
