@@ -8,6 +8,7 @@
 //! for batches of 1, 100 and 1,000 records, plus the cost of a fresh instance with an empty call.
 //!
 //! Run: `tools/build-plugins && cargo bench -p switchyard --bench plugin_throughput`
+//! (`SWITCHYARD_BENCH_ONLY=instance` measures only the fresh-instance cost, e.g. under perf).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};

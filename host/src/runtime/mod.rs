@@ -202,6 +202,10 @@ fn engine_config(limits: &Limits) -> Config {
     pool.total_memories(n * 2);
     pool.total_tables(n * 4);
     pool.max_memory_size(limits.memory_bytes);
+    // Reset a slot's first pages with memset instead of returning them to the kernel, so a
+    // fresh instance does not page-fault its way through the heap it touches on every call.
+    pool.linear_memory_keep_resident(1 << 20);
+    pool.table_keep_resident(64 << 10);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
