@@ -140,6 +140,17 @@ fn not_found(id: &Identifier) -> Response {
     json_error(StatusCode::NOT_FOUND, &format!("no profile has {id}"))
 }
 
+/// Authorises the request and finds the profile holding `{kind}:{value}`: the profile id, or
+/// the response to send (401/400/404/500).
+async fn locate(admin: &AdminState, headers: &HeaderMap, id: &str) -> Result<String, Response> {
+    let id = authorise(admin, headers, id)?;
+    match admin.profiles.find(&id).await {
+        Ok(Some(profile)) => Ok(profile),
+        Ok(None) => Err(not_found(&id)),
+        Err(e) => Err(internal(e)),
+    }
+}
+
 async fn get_profile(
     State(admin): State<AdminState>,
     headers: HeaderMap,
@@ -161,16 +172,12 @@ async fn get_traits(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let id = match authorise(&admin, &headers, &id) {
-        Ok(id) => id,
+    let profile = match locate(&admin, &headers, &id).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    match admin.profiles.find(&id).await {
-        Ok(Some(p)) => match admin.profiles.traits_of(&p).await {
-            Ok(t) => Json(serde_json::json!({"traits": t})).into_response(),
-            Err(e) => internal(e),
-        },
-        Ok(None) => not_found(&id),
+    match admin.profiles.traits_of(&profile).await {
+        Ok(t) => Json(serde_json::json!({"traits": t})).into_response(),
         Err(e) => internal(e),
     }
 }
@@ -187,23 +194,19 @@ async fn get_events(
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
 ) -> Response {
-    let id = match authorise(&admin, &headers, &id) {
-        Ok(id) => id,
+    let profile = match locate(&admin, &headers, &id).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    match admin.profiles.find(&id).await {
-        Ok(Some(p)) => match admin
-            .profiles
-            .events(&p, q.limit.unwrap_or(50), q.cursor.as_deref())
-            .await
-        {
-            Ok(page) => Json(page).into_response(),
-            Err(e) if e.to_string().contains("invalid cursor") => {
-                json_error(StatusCode::BAD_REQUEST, "invalid cursor")
-            }
-            Err(e) => internal(e),
-        },
-        Ok(None) => not_found(&id),
+    match admin
+        .profiles
+        .events(&profile, q.limit.unwrap_or(50), q.cursor.as_deref())
+        .await
+    {
+        Ok(page) => Json(page).into_response(),
+        Err(e) if e.to_string().contains("invalid cursor") => {
+            json_error(StatusCode::BAD_REQUEST, "invalid cursor")
+        }
         Err(e) => internal(e),
     }
 }
@@ -213,16 +216,12 @@ async fn get_merges(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let id = match authorise(&admin, &headers, &id) {
-        Ok(id) => id,
+    let profile = match locate(&admin, &headers, &id).await {
+        Ok(p) => p,
         Err(r) => return r,
     };
-    match admin.profiles.find(&id).await {
-        Ok(Some(p)) => match admin.profiles.merges(&p).await {
-            Ok(m) => Json(serde_json::json!({"merges": m})).into_response(),
-            Err(e) => internal(e),
-        },
-        Ok(None) => not_found(&id),
+    match admin.profiles.merges(&profile).await {
+        Ok(m) => Json(serde_json::json!({"merges": m})).into_response(),
         Err(e) => internal(e),
     }
 }
