@@ -1,0 +1,680 @@
+//! The `webhook` (Standard Webhooks) and `slack` (incoming webhook) destinations through the real
+//! hub binary, against faithful fakes: what lands, how failures map to per-record results, that
+//! bad credentials fail `check`, that logs leak neither secrets nor identifiers, and that the
+//! fakes themselves refuse what the real receivers refuse.
+
+mod common;
+
+#[path = "fakes/slack.rs"]
+mod slack_fake;
+#[path = "fakes/webhook.rs"]
+mod webhook_fake;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::hub::request;
+use common::plugin_wasm;
+
+/// 32 random-looking bytes, base64, as Standard Webhooks secrets are.
+const SECRET: &str = "whsec_c3dpdGNoeWFyZC10ZXN0LXNpZ25pbmcta2V5LTMyYg==";
+const OTHER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const HOOK: &str = "/services/T0001/B0002/s3cretT0kenPart9f8e7d";
+
+fn switchyard(plugins: &Path, args: &[&str], log: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--plugins-dir")
+        .arg(plugins)
+        .args(args)
+        .env("SWITCHYARD_LOG", log)
+        .output()
+        .expect("running switchyard")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "switchyard failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn install(dir: &Path, crate_name: &str) {
+    let wasm = plugin_wasm(crate_name);
+    ok(&switchyard(
+        dir,
+        &["plugin", "install", wasm.to_str().unwrap()],
+        "warn",
+    ));
+}
+
+fn records_file(dir: &Path, name: &str, records: &[serde_json::Value]) -> String {
+    let path = dir.join(name);
+    let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+// ---------------------------------------------------------------- webhook
+
+struct WebhookRun<'a> {
+    dir: &'a Path,
+    fake: &'a webhook_fake::Fake,
+}
+
+impl WebhookRun<'_> {
+    fn args(&self, cmd: &str, secret: &str, config: serde_json::Value) -> Vec<String> {
+        let hp = self.fake.host_port();
+        vec![
+            "plugin".into(),
+            cmd.into(),
+            "webhook".into(),
+            "--config".into(),
+            config.to_string(),
+            "--secret".into(),
+            format!("signing_secret={secret}"),
+            "--allow-host".into(),
+            hp.clone(),
+            "--allow-private".into(),
+            hp,
+        ]
+    }
+
+    fn deliver(
+        &self,
+        secret: &str,
+        action: &str,
+        records: &[serde_json::Value],
+        log: &str,
+    ) -> Output {
+        let mut args = self.args(
+            "deliver",
+            secret,
+            serde_json::json!({"url": self.fake.url("/hooks/switchyard")}),
+        );
+        let file = records_file(self.dir, &format!("{action}.jsonl"), records);
+        args.extend(["--action".into(), action.into(), "--records".into(), file]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        switchyard(self.dir, &refs, log)
+    }
+
+    fn check(&self, secret: &str, config: serde_json::Value) -> Output {
+        let args = self.args("check", secret, config);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        switchyard(self.dir, &refs, "warn")
+    }
+}
+
+#[test]
+fn webhook_delivers_signed_batches_the_receiver_verifies() {
+    let fake = webhook_fake::start_in_background(SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "webhook");
+    let run = WebhookRun {
+        dir: dir.path(),
+        fake: &fake,
+    };
+    let records = [
+        serde_json::json!({"key": "p1", "fields": {"email": "ada@example.com", "plan": "pro"}}),
+        serde_json::json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
+        serde_json::json!({"key": "p3", "fields": "not an object"}),
+    ];
+    let results = lines(&ok(&run.deliver(SECRET, "upsert", &records, "warn")));
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["result"], "ok", "{results:?}");
+    assert_eq!(results[1]["result"], "ok");
+    assert_eq!(results[2]["result"], "rejected");
+    assert_eq!(results[2]["reason"], "fields are not a JSON object");
+
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 1, "one batch, one signed message");
+    let m = &messages[0];
+    assert_eq!(m.path, "/hooks/switchyard");
+    assert!(m.id.starts_with("msg_"), "{}", m.id);
+    assert_eq!(
+        m.signature,
+        webhook_fake::sign(SECRET, &m.id, m.timestamp, &m.raw),
+        "the fake verified this signature over the raw body"
+    );
+    assert_eq!(m.body["type"], "switchyard.upsert");
+    assert_eq!(m.body["data"]["action"], "upsert");
+    let sent = m.body["data"]["records"].as_array().unwrap();
+    assert_eq!(sent.len(), 2);
+    assert_eq!(sent[0]["key"], "p1");
+    assert_eq!(sent[0]["fields"]["plan"], "pro");
+    assert_eq!(sent[1]["fields"]["email"], "bob@example.com");
+
+    // The same batch again (a retry after a lost answer) carries the same webhook-id: the
+    // receiver acknowledges it and does not apply it twice.
+    let again = lines(&ok(&run.deliver(SECRET, "upsert", &records[..2], "warn")));
+    assert!(again.iter().all(|r| r["result"] == "ok"), "{again:?}");
+    assert_eq!(fake.messages().len(), 1);
+    assert_eq!(fake.duplicates(), 1);
+
+    // Deletes and events are their own message types.
+    let deleted = lines(&ok(&run.deliver(SECRET, "delete", &records[..1], "warn")));
+    assert_eq!(deleted[0]["result"], "ok");
+    let track = [serde_json::json!({"key": "e1", "fields": {
+        "event": "Order Completed", "email": "ada@example.com", "properties": {"total": 42}}})];
+    let tracked = lines(&ok(&run.deliver(SECRET, "track", &track, "warn")));
+    assert_eq!(tracked[0]["result"], "ok");
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 3);
+    assert_eq!(messages[1].body["type"], "switchyard.delete");
+    assert_eq!(messages[1].body["data"]["records"][0]["key"], "p1");
+    assert_eq!(messages[2].body["type"], "switchyard.track");
+    assert_eq!(
+        messages[2].body["data"]["records"][0]["fields"]["properties"]["total"],
+        42
+    );
+    assert_ne!(messages[1].id, messages[0].id);
+}
+
+#[test]
+fn webhook_maps_throttling_server_errors_and_rejections() {
+    let fake = webhook_fake::start_in_background(SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "webhook");
+    let run = WebhookRun {
+        dir: dir.path(),
+        fake: &fake,
+    };
+    let records = [
+        serde_json::json!({"key": "p1", "fields": {"email": "ada@example.com"}}),
+        serde_json::json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
+    ];
+
+    fake.fail_next(1, 429, &[("retry-after", "7")], "slow down");
+    let results = lines(&ok(&run.deliver(SECRET, "upsert", &records, "warn")));
+    for r in &results {
+        assert_eq!(r["result"], "retry", "{results:?}");
+        assert_eq!(r["after_ms"], 7000);
+    }
+
+    fake.fail_next(1, 503, &[], "maintenance");
+    let results = lines(&ok(&run.deliver(SECRET, "upsert", &records, "warn")));
+    assert_eq!(results[0]["result"], "retry");
+    assert!(results[0]["reason"].as_str().unwrap().contains("503"));
+
+    fake.fail_next(
+        1,
+        422,
+        &[("content-type", "application/json")],
+        r#"{"message":"unknown plan tier"}"#,
+    );
+    let results = lines(&ok(&run.deliver(SECRET, "upsert", &records, "warn")));
+    assert_eq!(results[0]["result"], "rejected");
+    assert_eq!(results[0]["reason"], "HTTP 422: unknown plan tier");
+    assert_eq!(results[1]["reason"], "HTTP 422: unknown plan tier");
+
+    // After the faults the receiver accepts the batch.
+    let results = lines(&ok(&run.deliver(SECRET, "upsert", &records, "warn")));
+    assert!(results.iter().all(|r| r["result"] == "ok"), "{results:?}");
+    assert_eq!(fake.messages().len(), 1);
+}
+
+#[test]
+fn webhook_wrong_secret_fails_check_and_delivery() {
+    let fake = webhook_fake::start_in_background(SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "webhook");
+    let run = WebhookRun {
+        dir: dir.path(),
+        fake: &fake,
+    };
+    let url = fake.url("/hooks/switchyard");
+
+    // A signed ping with the right secret passes; with another secret the receiver says 401.
+    let ping = serde_json::json!({"url": url, "ping_on_check": true});
+    ok(&run.check(SECRET, ping.clone()));
+    let err = failed(&run.check(OTHER_SECRET, ping));
+    assert!(
+        err.contains("unauthorized") && err.contains("no matching signature"),
+        "{err}"
+    );
+    assert!(fake.messages().iter().all(|m| m.body["type"] == "switchyard.ping"));
+
+    // Without the ping, check verifies the secret's format and that the URL answers (405).
+    ok(&run.check(SECRET, serde_json::json!({"url": url})));
+    let err = failed(&run.check("whsec_c2hvcnQ=", serde_json::json!({"url": url})));
+    assert!(err.contains("24 to 64 bytes"), "{err}");
+    assert!(!err.contains("c2hvcnQ"), "the secret is not echoed: {err}");
+    let err = failed(&run.check(
+        SECRET,
+        serde_json::json!({"url": fake.url("/hooks/switchyard"), "nope": 1}),
+    ));
+    assert!(err.contains("nope"), "unknown config fields are refused: {err}");
+
+    let out = run.deliver(
+        OTHER_SECRET,
+        "upsert",
+        &[serde_json::json!({"key": "p1", "fields": {"email": "ada@example.com"}})],
+        "warn",
+    );
+    let err = failed(&out);
+    assert!(err.contains("unauthorized") && err.contains("401"), "{err}");
+    assert_eq!(
+        fake.messages()
+            .iter()
+            .filter(|m| m.body["type"] == "switchyard.upsert")
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn webhook_logs_contain_neither_the_secret_nor_the_fields() {
+    let fake = webhook_fake::start_in_background(SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "webhook");
+    let run = WebhookRun {
+        dir: dir.path(),
+        fake: &fake,
+    };
+    let out = run.deliver(
+        SECRET,
+        "upsert",
+        &[serde_json::json!({"key": "p1", "fields": {"email": "ada.lovelace@example.com"}})],
+        "debug",
+    );
+    ok(&out);
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("webhook msg_"), "debug logs are on: {logs}");
+    let key_part = SECRET.trim_start_matches("whsec_");
+    assert!(!logs.contains(key_part), "secret in logs: {logs}");
+    assert!(!logs.contains("ada.lovelace"), "identifier in logs: {logs}");
+    assert!(!logs.contains(&fake.messages()[0].signature[3..]), "signature in logs");
+}
+
+#[test]
+fn webhook_fake_refuses_what_a_verifying_receiver_refuses() {
+    let fake = webhook_fake::start_in_background(SECRET);
+    let addr = fake.host_port();
+    let body = br#"{"type":"test.event","data":{"x":1}}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let post = |headers: &[(&str, &str)], body: &[u8]| {
+        request(&addr, "POST", "/in", headers, body).expect("request to the fake")
+    };
+    let ts = now.to_string();
+    let good = webhook_fake::sign(SECRET, "msg_1", now, body);
+
+    // Missing headers.
+    let r = post(&[("webhook-id", "msg_1"), ("webhook-timestamp", &ts)], body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("missing required headers"));
+    // Wrong signature: the spec suite's known-bad value, and one signed with another key.
+    let r = post(
+        &[
+            ("webhook-id", "msg_1"),
+            ("webhook-timestamp", &ts),
+            (
+                "webhook-signature",
+                "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OA=",
+            ),
+        ],
+        body,
+    );
+    assert_eq!(r.status, 401);
+    assert!(r.text().contains("no matching signature"));
+    let other = webhook_fake::sign(OTHER_SECRET, "msg_1", now, body);
+    let r = post(
+        &[
+            ("webhook-id", "msg_1"),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &other),
+        ],
+        body,
+    );
+    assert_eq!(r.status, 401);
+    // A signature over different bytes (re-serialised JSON) does not verify.
+    let r = post(
+        &[
+            ("webhook-id", "msg_1"),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &good),
+        ],
+        br#"{"type": "test.event", "data": {"x": 1}}"#,
+    );
+    assert_eq!(r.status, 401);
+    // Stale and future timestamps, correctly signed.
+    for skew in [-301, 301] {
+        let t = now + skew;
+        let sig = webhook_fake::sign(SECRET, "msg_1", t, body);
+        let r = post(
+            &[
+                ("webhook-id", "msg_1"),
+                ("webhook-timestamp", &t.to_string()),
+                ("webhook-signature", &sig),
+            ],
+            body,
+        );
+        assert_eq!(r.status, 401, "skew {skew}");
+        assert!(r.text().contains("tolerance"));
+    }
+    // Signed but not JSON.
+    let sig = webhook_fake::sign(SECRET, "msg_2", now, b"hello");
+    let r = post(
+        &[
+            ("webhook-id", "msg_2"),
+            ("webhook-timestamp", &ts),
+            ("webhook-signature", &sig),
+        ],
+        b"hello",
+    );
+    assert_eq!(r.status, 400);
+    assert!(fake.messages().is_empty(), "nothing refused was stored");
+
+    // A valid message (with a rotated-out key listed first) is accepted once; its id again is
+    // acknowledged as a duplicate.
+    let sigs = format!("{other} {good}");
+    let headers = [
+        ("webhook-id", "msg_1"),
+        ("webhook-timestamp", ts.as_str()),
+        ("webhook-signature", sigs.as_str()),
+    ];
+    assert_eq!(post(&headers, body).status, 204);
+    assert_eq!(post(&headers, body).status, 200);
+    assert_eq!(fake.messages().len(), 1);
+    assert_eq!(fake.duplicates(), 1);
+    assert_eq!(
+        request(&addr, "GET", "/in", &[], b"").unwrap().status,
+        405
+    );
+}
+
+// ---------------------------------------------------------------- slack
+
+fn slack_args(
+    cmd: &str,
+    fake: &slack_fake::Fake,
+    hook: &str,
+    config: serde_json::Value,
+) -> Vec<String> {
+    vec![
+        "plugin".into(),
+        cmd.into(),
+        "slack".into(),
+        "--config".into(),
+        config.to_string(),
+        "--secret".into(),
+        format!("webhook_url=https://hooks.slack.com{hook}"),
+        "--reroute".into(),
+        format!("hooks.slack.com=http://{}", fake.host_port()),
+        "--allow-private".into(),
+        fake.host_port(),
+    ]
+}
+
+fn slack_deliver(
+    dir: &Path,
+    fake: &slack_fake::Fake,
+    config: serde_json::Value,
+    action: &str,
+    records: &[serde_json::Value],
+    log: &str,
+) -> Output {
+    let mut args = slack_args("deliver", fake, HOOK, config);
+    let file = records_file(dir, &format!("slack-{action}.jsonl"), records);
+    args.extend(["--action".into(), action.into(), "--records".into(), file]);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    switchyard(dir, &refs, log)
+}
+
+fn slack_check(dir: &Path, fake: &slack_fake::Fake, hook: &str) -> Output {
+    let args = slack_args("check", fake, hook, serde_json::json!({"template": "x"}));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    switchyard(dir, &refs, "warn")
+}
+
+#[test]
+fn slack_posts_one_escaped_message_per_record() {
+    let fake = slack_fake::start_in_background(&[HOOK]);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "slack");
+    let config = serde_json::json!({
+        "template": "New VIP: {{first_name|someone}} ({{email}}) on <https://app.example.com|{{plan}}>",
+        "delete_template": "{{email}} left the VIPs",
+        "channel": "#alerts",
+        "icon_emoji": ":star:"
+    });
+    let records = [
+        serde_json::json!({"key": "p1", "fields": {"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}}),
+        serde_json::json!({"key": "p2", "fields": {"email": "bob@example.com", "first_name": "<!channel> & co", "plan": "free"}}),
+        serde_json::json!({"key": "p3", "fields": {"first_name": ""}}),
+    ];
+    let results = lines(&ok(&slack_deliver(
+        dir.path(),
+        &fake,
+        config.clone(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["result"], "ok", "{results:?}");
+    assert_eq!(results[1]["result"], "ok");
+    // p3 renders to text anyway (fallback), so it is posted too.
+    assert_eq!(results[2]["result"], "ok");
+    let posted = fake.posted();
+    assert_eq!(posted.len(), 3, "one message per record");
+    assert_eq!(posted[0].path, HOOK);
+    assert_eq!(
+        posted[0].body["text"],
+        "New VIP: Ada (ada@example.com) on <https://app.example.com|pro>"
+    );
+    assert_eq!(
+        posted[1].body["text"],
+        "New VIP: &lt;!channel&gt; &amp; co (bob@example.com) on <https://app.example.com|free>"
+    );
+    assert_eq!(
+        posted[2].body["text"],
+        "New VIP: someone () on <https://app.example.com|>"
+    );
+    assert_eq!(posted[0].body["channel"], "#alerts");
+    assert_eq!(posted[0].body["icon_emoji"], ":star:");
+    assert_eq!(posted[0].body["unfurl_links"], false);
+
+    let results = lines(&ok(&slack_deliver(
+        dir.path(),
+        &fake,
+        config,
+        "delete",
+        &records[..1],
+        "warn",
+    )));
+    assert_eq!(results[0]["result"], "ok");
+    assert_eq!(fake.posted()[3].body["text"], "ada@example.com left the VIPs");
+
+    // Without a delete_template an exit is acknowledged and nothing is posted; an event uses
+    // the template with nested properties.
+    let config = serde_json::json!({"template": "{{event}}: {{properties.total}} by {{email}}"});
+    let results = lines(&ok(&slack_deliver(
+        dir.path(),
+        &fake,
+        config.clone(),
+        "delete",
+        &records[..1],
+        "warn",
+    )));
+    assert_eq!(results[0]["result"], "ok");
+    assert_eq!(fake.posted().len(), 4);
+    let event = [serde_json::json!({"key": "e1", "fields": {
+        "event": "Order Completed", "email": "ada@example.com", "properties": {"total": 99.5}}})];
+    let results = lines(&ok(&slack_deliver(
+        dir.path(),
+        &fake,
+        config,
+        "track",
+        &event,
+        "warn",
+    )));
+    assert_eq!(results[0]["result"], "ok");
+    assert_eq!(
+        fake.posted()[4].body["text"],
+        "Order Completed: 99.5 by ada@example.com"
+    );
+}
+
+#[test]
+fn slack_maps_rejections_throttling_and_bad_webhooks() {
+    let fake = slack_fake::start_in_background(&[HOOK]);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "slack");
+    let config = serde_json::json!({"template": "Hello {{email}}"});
+    let records = [
+        serde_json::json!({"key": "p1", "fields": {"email": "ada@example.com"}}),
+        serde_json::json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
+        serde_json::json!({"key": "p3", "fields": {"email": "cy@example.com"}}),
+    ];
+    // p1 refused by Slack, p2 throttled, p3 posted.
+    fake.fail_next(1, 400, &[], "invalid_payload");
+    fake.fail_next(1, 429, &[("retry-after", "3")], "rate_limited");
+    let results = lines(&ok(&slack_deliver(
+        dir.path(),
+        &fake,
+        config.clone(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert_eq!(results[0]["result"], "rejected", "{results:?}");
+    assert_eq!(results[0]["reason"], "HTTP 400: invalid_payload");
+    assert_eq!(results[1]["result"], "retry");
+    assert_eq!(results[1]["after_ms"], 3000);
+    assert_eq!(results[2]["result"], "ok");
+    assert_eq!(fake.posted().len(), 1);
+
+    // A template that renders nothing is refused before Slack would say no_text.
+    let results = lines(&ok(&slack_deliver(
+        dir.path(),
+        &fake,
+        serde_json::json!({"template": "{{missing}}"}),
+        "upsert",
+        &records[..1],
+        "warn",
+    )));
+    assert_eq!(results[0]["result"], "rejected");
+    assert!(results[0]["reason"].as_str().unwrap().contains("empty"));
+
+    // A channel the workspace does not have fails the call as a config error.
+    let err = failed(&slack_deliver(
+        dir.path(),
+        &fake,
+        serde_json::json!({"template": "x {{email}}", "channel": "#nope"}),
+        "upsert",
+        &records[..1],
+        "warn",
+    ));
+    assert!(err.contains("channel_not_found"), "{err}");
+
+    // check: a live webhook passes (Slack answers no_text to the empty probe and posts nothing);
+    // a wrong token or a revoked webhook fails as unauthorized.
+    let before = fake.posted().len();
+    ok(&slack_check(dir.path(), &fake, HOOK));
+    assert_eq!(fake.posted().len(), before, "check posts nothing");
+    let err = failed(&slack_check(
+        dir.path(),
+        &fake,
+        "/services/T0001/B0002/wrongTokenPart",
+    ));
+    assert!(err.contains("unauthorized") && err.contains("invalid_token"), "{err}");
+    assert!(!err.contains("wrongTokenPart"), "the URL is not echoed: {err}");
+    fake.revoke(HOOK);
+    let err = failed(&slack_check(dir.path(), &fake, HOOK));
+    assert!(err.contains("unauthorized") && err.contains("no_service"), "{err}");
+    let err = failed(&slack_deliver(
+        dir.path(),
+        &fake,
+        config,
+        "upsert",
+        &records[..1],
+        "warn",
+    ));
+    assert!(err.contains("no_service"), "{err}");
+
+    // A webhook URL that is not Slack's is refused without a request.
+    let requests = fake.requests();
+    let mut args = slack_args("check", &fake, HOOK, serde_json::json!({"template": "x"}));
+    args[6] = "webhook_url=https://evil.example.com/services/x".into();
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let err = failed(&switchyard(dir.path(), &refs, "warn"));
+    assert!(err.contains("hooks.slack.com") && !err.contains("evil"), "{err}");
+    assert_eq!(fake.requests(), requests);
+}
+
+#[test]
+fn slack_logs_contain_neither_the_webhook_url_nor_the_fields() {
+    let fake = slack_fake::start_in_background(&[HOOK]);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "slack");
+    let out = slack_deliver(
+        dir.path(),
+        &fake,
+        serde_json::json!({"template": "Hello {{email}}"}),
+        "upsert",
+        &[serde_json::json!({"key": "p1", "fields": {"email": "ada.lovelace@example.com"}})],
+        "debug",
+    );
+    let results = lines(&ok(&out));
+    assert_eq!(results[0]["result"], "ok");
+    let logs = String::from_utf8_lossy(&out.stderr);
+    assert!(logs.contains("slack message 1"), "debug logs are on: {logs}");
+    assert!(!logs.contains("s3cretT0kenPart"), "webhook URL in logs: {logs}");
+    assert!(!logs.contains("ada.lovelace"), "identifier in logs: {logs}");
+}
+
+#[test]
+fn slack_fake_refuses_what_slack_refuses() {
+    let fake = slack_fake::start_in_background(&[HOOK]);
+    let addr = fake.host_port();
+    let json = [("content-type", "application/json")];
+    let post = |path: &str, headers: &[(&str, &str)], body: &str| {
+        request(&addr, "POST", path, headers, body.as_bytes()).expect("request to the fake")
+    };
+
+    let r = post(HOOK, &json, "{not json");
+    assert_eq!((r.status, r.text().as_str()), (400, "invalid_payload"));
+    let r = post(HOOK, &json, "[1,2]");
+    assert_eq!((r.status, r.text().as_str()), (400, "invalid_payload"));
+    let r = post(HOOK, &[("content-type", "text/plain")], r#"{"text":"hi"}"#);
+    assert_eq!((r.status, r.text().as_str()), (400, "invalid_payload"));
+    let r = post(HOOK, &json, "{}");
+    assert_eq!((r.status, r.text().as_str()), (400, "no_text"));
+    let r = post(HOOK, &json, r#"{"text":"  "}"#);
+    assert_eq!((r.status, r.text().as_str()), (400, "no_text"));
+    let r = post("/services/T9/B9/nothing", &json, r#"{"text":"hi"}"#);
+    assert_eq!((r.status, r.text().as_str()), (404, "no_service"));
+    let r = post("/services/T0001/B0002/wrong", &json, r#"{"text":"hi"}"#);
+    assert_eq!((r.status, r.text().as_str()), (403, "invalid_token"));
+    let r = post(HOOK, &json, r##"{"text":"hi","channel":"#nope"}"##);
+    assert_eq!((r.status, r.text().as_str()), (404, "channel_not_found"));
+    assert!(fake.posted().is_empty(), "nothing refused was posted");
+
+    let r = post(HOOK, &json, r##"{"text":"hi","channel":"#general"}"##);
+    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!(r.header("content-type"), Some("text/html"));
+    let r = post(HOOK, &json, r#"{"blocks":[{"type":"section"}]}"#);
+    assert_eq!(r.status, 200, "blocks without text are a message");
+    assert_eq!(fake.posted().len(), 2);
+}

@@ -1,0 +1,267 @@
+//! A Standard Webhooks v1.0.0 receiver, as a faithful receiving endpoint verifies deliveries:
+//! all three headers present, `webhook-timestamp` within the tolerance (5 minutes, the reference
+//! libraries' default), a `v1` signature (HMAC-SHA256 over `{id}.{timestamp}.{body}` with the
+//! base64-decoded `whsec_` secret) matching in constant time, over the raw bytes, and the body
+//! JSON. Missing or malformed headers answer 400; a stale timestamp or a bad signature 401. A
+//! message whose `webhook-id` was already accepted is acknowledged (200) and not stored again:
+//! the id is the idempotency key.
+//!
+//! Knobs: [`Fake::fail_next`] answers the next N verified requests with a status, headers and
+//! body (429 + Retry-After, 500, 422 ...). `GET` answers 405, as a POST-only endpoint does.
+
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use base64::Engine as _;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// Seconds a timestamp may differ from the receiver's clock.
+pub const TOLERANCE_SECS: i64 = 5 * 60;
+
+/// One accepted message.
+#[derive(Debug, Clone)]
+pub struct Message {
+    pub path: String,
+    pub id: String,
+    pub timestamp: i64,
+    pub signature: String,
+    pub body: serde_json::Value,
+    pub raw: Bytes,
+}
+
+#[derive(Debug, Clone)]
+struct Fault {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+#[derive(Default)]
+struct Inner {
+    key: Vec<u8>,
+    messages: Vec<Message>,
+    seen_ids: HashMap<String, usize>,
+    duplicates: usize,
+    refused: Vec<(u16, String)>,
+    faults: VecDeque<Fault>,
+}
+
+/// A running receiver.
+#[derive(Clone)]
+pub struct Fake {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+fn key_of(secret: &str) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
+        .expect("the fake's secret is base64")
+}
+
+/// Starts a receiver that verifies with `secret` (`whsec_...`).
+pub async fn start(secret: &str) -> Fake {
+    let inner = Arc::new(Mutex::new(Inner {
+        key: key_of(secret),
+        ..Inner::default()
+    }));
+    let app = Router::new()
+        .fallback(any(handle))
+        .with_state(inner.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Fake { addr, inner }
+}
+
+/// Starts a receiver on its own runtime thread, for tests that drive the binary.
+pub fn start_in_background(secret: &str) -> Fake {
+    let secret = secret.to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tx.send(start(&secret).await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+impl Fake {
+    pub fn host_port(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Accepted messages, in order.
+    pub fn messages(&self) -> Vec<Message> {
+        self.inner.lock().unwrap().messages.clone()
+    }
+
+    /// Deliveries acknowledged as duplicates of an accepted `webhook-id`.
+    pub fn duplicates(&self) -> usize {
+        self.inner.lock().unwrap().duplicates
+    }
+
+    /// Refused requests: (status, reason).
+    pub fn refused(&self) -> Vec<(u16, String)> {
+        self.inner.lock().unwrap().refused.clone()
+    }
+
+    /// Answers the next `n` verified requests with `status`, `headers` and `body`.
+    pub fn fail_next(&self, n: usize, status: u16, headers: &[(&str, &str)], body: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        for _ in 0..n {
+            inner.faults.push_back(Fault {
+                status,
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                body: body.to_string(),
+            });
+        }
+    }
+}
+
+/// `v1,<base64 HMAC-SHA256>`, for tests that sign requests themselves.
+pub fn sign(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key_of(secret)).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    )
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn refuse(inner: &mut Inner, status: StatusCode, reason: &str) -> Response {
+    inner.refused.push((status.as_u16(), reason.to_string()));
+    (
+        status,
+        axum::Json(serde_json::json!({ "message": reason })),
+    )
+        .into_response()
+}
+
+async fn handle(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    if method != Method::POST {
+        return (StatusCode::METHOD_NOT_ALLOWED, "POST only").into_response();
+    }
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (Some(id), Some(ts), Some(sigs)) = (
+        header("webhook-id"),
+        header("webhook-timestamp"),
+        header("webhook-signature"),
+    ) else {
+        return refuse(&mut inner, StatusCode::BAD_REQUEST, "missing required headers");
+    };
+    let Ok(timestamp) = ts.trim().parse::<i64>() else {
+        return refuse(&mut inner, StatusCode::BAD_REQUEST, "invalid webhook-timestamp");
+    };
+    if (now() - timestamp).abs() > TOLERANCE_SECS {
+        return refuse(
+            &mut inner,
+            StatusCode::UNAUTHORIZED,
+            "message timestamp outside the tolerance",
+        );
+    }
+    // Any `v1,<sig>` in the space-delimited list may match (key rotation).
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&inner.key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(&body);
+    let matched = sigs.split(' ').any(|entry| {
+        let Some(("v1", sig)) = entry.split_once(',') else {
+            return false;
+        };
+        let Ok(sig) = base64::engine::general_purpose::STANDARD.decode(sig) else {
+            return false;
+        };
+        // verify_slice compares in constant time.
+        mac.clone().verify_slice(&sig).is_ok()
+    });
+    if !matched {
+        return refuse(&mut inner, StatusCode::UNAUTHORIZED, "no matching signature found");
+    }
+    let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return refuse(&mut inner, StatusCode::BAD_REQUEST, "body is not JSON");
+    };
+    if !json["type"].is_string() || !json["data"].is_object() {
+        return refuse(
+            &mut inner,
+            StatusCode::BAD_REQUEST,
+            "body must have a string `type` and an object `data`",
+        );
+    }
+    if let Some(fault) = inner.faults.pop_front() {
+        let mut response = (
+            StatusCode::from_u16(fault.status).unwrap(),
+            fault.body.clone(),
+        )
+            .into_response();
+        for (k, v) in &fault.headers {
+            response.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        return response;
+    }
+    if inner.seen_ids.contains_key(&id) {
+        inner.duplicates += 1;
+        return (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({"duplicate": true})),
+        )
+            .into_response();
+    }
+    let index = inner.messages.len();
+    inner.seen_ids.insert(id.clone(), index);
+    inner.messages.push(Message {
+        path: uri.path().to_string(),
+        id,
+        timestamp,
+        signature: sigs,
+        body: json,
+        raw: body,
+    });
+    StatusCode::NO_CONTENT.into_response()
+}
