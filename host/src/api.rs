@@ -31,12 +31,18 @@ pub struct Hub {
     pub store: Store,
     pub metrics: Metrics,
     pub router: Router,
+    /// Runs syncs; the scheduler and the admin API share it.
+    pub engine: crate::sync::Engine,
 }
 
 impl Hub {
     pub async fn build(config: &Config) -> anyhow::Result<Hub> {
         let store = Store::open(&config.hub.database).await?;
         let metrics = Metrics::new();
+        let runtime = crate::runtime::Runtime::new(crate::runtime::Limits::default())?;
+        let registry = Arc::new(crate::registry::Registry::open(&config.hub.plugins_dir, runtime)?);
+        let engine = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
+            .with_metrics(metrics.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
             store.clone(),
@@ -73,12 +79,14 @@ impl Hub {
             .route("/v1/profiles/{id}/traits", get(get_traits))
             .route("/v1/profiles/{id}/events", get(get_events))
             .route("/v1/profiles/{id}/merges", get(get_merges))
-            .with_state(admin)
-            .merge(ingest);
+            .with_state(admin.clone())
+            .merge(ingest)
+            .merge(crate::sync::api::routes(engine.clone(), admin.token.clone()));
         Ok(Hub {
             store,
             metrics,
             router,
+            engine,
         })
     }
 }
@@ -94,16 +102,27 @@ async fn render_metrics(State(admin): State<AdminState>) -> Response {
         .into_response()
 }
 
-fn json_error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn json_error(status: StatusCode, message: &str) -> Response {
     (status, Json(serde_json::json!({"error": message}))).into_response()
 }
 
 /// Checks the bearer token and parses `{kind}:{value}`.
 fn authorise(admin: &AdminState, headers: &HeaderMap, id: &str) -> Result<Identifier, Response> {
-    let Some(token) = &admin.token else {
+    check_token(admin.token.as_deref(), headers)?;
+    Identifier::parse(id).ok_or_else(|| {
+        json_error(
+            StatusCode::BAD_REQUEST,
+            "profile ids are written KIND:VALUE, e.g. email:ada@example.com",
+        )
+    })
+}
+
+/// The admin bearer token check shared by every admin route.
+pub(crate) fn check_token(token: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(token) = token else {
         return Err(json_error(
             StatusCode::FORBIDDEN,
-            "the Profiles API is disabled: set [hub] admin_token",
+            "the admin API is disabled: set [hub] admin_token",
         ));
     };
     let given = headers
@@ -116,12 +135,7 @@ fn authorise(admin: &AdminState, headers: &HeaderMap, id: &str) -> Result<Identi
             "missing or wrong admin token (Authorization: Bearer ...)",
         ));
     }
-    Identifier::parse(id).ok_or_else(|| {
-        json_error(
-            StatusCode::BAD_REQUEST,
-            "profile ids are written KIND:VALUE, e.g. email:ada@example.com",
-        )
-    })
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -20,13 +20,8 @@ use crate::scaffold::{self, Kind};
 )]
 pub struct Cli {
     /// Where installed plugins live.
-    #[arg(
-        long,
-        global = true,
-        env = "SWITCHYARD_PLUGINS_DIR",
-        default_value = ".switchyard/plugins"
-    )]
-    pub plugins_dir: PathBuf,
+    #[arg(long, global = true, env = "SWITCHYARD_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
 
     #[command(subcommand)]
     pub command: Command,
@@ -45,6 +40,29 @@ pub enum Command {
     /// Install, inspect, write and try plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Check a project file: TOML, references, filters, mappings, each destination's config
+    /// against its plugin's schema, secrets. Prints every problem.
+    Validate {
+        #[arg(long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Write a commented example project file.
+    Init {
+        #[arg(default_value = "switchyard.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run syncs and read their history.
+    #[command(subcommand)]
+    Sync(crate::sync::commands::SyncCommand),
+    /// Records that could not be delivered.
+    #[command(subcommand)]
+    Dlq(crate::sync::commands::DlqCommand),
+    /// Inspect audiences.
+    #[command(subcommand)]
+    Audiences(crate::sync::commands::AudiencesCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -148,6 +166,10 @@ pub struct InstanceArgs {
     /// Exact host:port pairs the plugin may reach on private or loopback addresses.
     #[arg(long = "allow-private")]
     allow_private: Vec<String>,
+    /// Send requests for a granted host elsewhere, as HOST[:PORT]=URL (a staging API, a proxy,
+    /// a local fake). The target's host:port must also be in --allow-private if it is private.
+    #[arg(long = "reroute")]
+    reroutes: Vec<crate::runtime::net::Reroute>,
     /// Version requirement, e.g. "^1.2".
     #[arg(long)]
     version: Option<String>,
@@ -171,20 +193,80 @@ impl From<CliAction> for Action {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli.plugins_dir;
     match cli.command {
-        Command::Serve { config } => serve(&config).await,
+        Command::Serve { config } => serve(&config, dir).await,
         Command::Profiles(cmd) => profiles(cmd).await,
-        Command::Plugin(cmd) => plugin(cmd, cli.plugins_dir).await,
+        Command::Plugin(cmd) => {
+            plugin(cmd, dir.unwrap_or_else(|| ".switchyard/plugins".into())).await
+        }
+        Command::Validate { config } => {
+            let cfg = crate::config::Config::parse_unchecked(
+                &std::fs::read_to_string(&config).unwrap_or_default(),
+            )
+            .ok();
+            let plugins = dir
+                .or_else(|| cfg.map(|c| c.hub.plugins_dir))
+                .unwrap_or_else(|| ".switchyard/plugins".into());
+            let registry = registry(plugins).ok();
+            let problems = crate::validate::validate(&config, registry.as_ref());
+            if problems.is_empty() {
+                println!("{}: valid", config.display());
+                return Ok(());
+            }
+            for p in &problems {
+                println!("{p}");
+            }
+            bail!(
+                "{}: {} problem{}",
+                config.display(),
+                problems.len(),
+                if problems.len() == 1 { "" } else { "s" }
+            )
+        }
+        Command::Init { path, force } => {
+            if path.exists() && !force {
+                bail!("{} exists; pass --force to overwrite it", path.display());
+            }
+            std::fs::write(&path, include_str!("../../switchyard.example.toml"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}: edit it, then `switchyard validate --config {}`", path.display(), path.display());
+            Ok(())
+        }
+        Command::Sync(cmd) => crate::sync::commands::sync(cmd, dir).await,
+        Command::Dlq(cmd) => crate::sync::commands::dlq(cmd, dir).await,
+        Command::Audiences(cmd) => crate::sync::commands::audiences(cmd).await,
     }
 }
 
-async fn serve(path: &std::path::Path) -> anyhow::Result<()> {
-    let config = crate::config::Config::load(path)?;
+async fn serve(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let mut config = crate::config::Config::load(path)?;
+    if let Some(dir) = plugins_dir {
+        config.hub.plugins_dir = dir;
+    }
     let hub = crate::api::Hub::build(&config).await?;
     let listener = tokio::net::TcpListener::bind(&config.hub.listen)
         .await
         .with_context(|| format!("listening on {}", config.hub.listen))?;
     let addr = listener.local_addr()?;
+    tokio::spawn(crate::sync::scheduler::run(hub.engine.clone()));
+    // SIGHUP: re-read the file; audiences, destinations and syncs change for runs that start
+    // from now on, runs in flight finish with the config they started with.
+    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let engine = hub.engine.clone();
+        let path = path.to_path_buf();
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                match crate::config::Config::load(&path) {
+                    Ok(c) => {
+                        engine.reload(std::sync::Arc::new(c));
+                        tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs; [hub], [identity] and [sources] need a restart)");
+                    }
+                    Err(e) => tracing::error!("configuration not reloaded, keeping the running one: {e:#}"),
+                }
+            }
+        });
+    }
     tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
     println!("switchyard listening on http://{addr}");
     axum::serve(listener, hub.router)
@@ -225,7 +307,7 @@ async fn profiles(cmd: ProfilesCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn registry(dir: PathBuf) -> anyhow::Result<Registry> {
+pub(crate) fn registry(dir: PathBuf) -> anyhow::Result<Registry> {
     Registry::open(dir, Runtime::new(Limits::default())?)
 }
 
@@ -417,7 +499,8 @@ async fn configure(
         &manifest.allowed_hosts,
         (!args.allow_hosts.is_empty()).then_some(args.allow_hosts.as_slice()),
         &args.allow_private,
-    );
+    )
+    .with_reroutes(args.reroutes.clone());
     Ok(PluginInstance::new(
         plugin,
         PluginConfig {

@@ -1,5 +1,6 @@
-//! `switchyard.toml`: the hub's settings, identity rules and sources. Unknown keys are errors
-//! (with line and column), so a typo never silently falls back to a default.
+//! `switchyard.toml`: the hub's settings, identity rules, sources, audiences, destinations and
+//! syncs. Unknown keys are errors (with line and column), so a typo never silently falls back to
+//! a default; cross-references are checked together and every problem is reported at once.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -17,6 +18,192 @@ pub struct Config {
     pub identity: IdentityConfig,
     #[serde(default)]
     pub sources: BTreeMap<String, SourceConfig>,
+    #[serde(default)]
+    pub audiences: BTreeMap<String, AudienceConfig>,
+    #[serde(default)]
+    pub destinations: BTreeMap<String, DestinationConfig>,
+    #[serde(default)]
+    pub syncs: Vec<SyncConfig>,
+}
+
+/// `[audiences.NAME]`: the profiles a CEL filter accepts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceConfig {
+    /// A CEL expression over `traits`, `identifiers`, `events` (per name: count, first, last)
+    /// and `event_list` (name, ts, properties), with `now`; true means member.
+    pub filter: String,
+    #[serde(default)]
+    pub description: Option<String>,
+    /// How often membership is recomputed in full (changed profiles are re-evaluated before
+    /// every sync run regardless): an interval like `"1h"` or a cron expression.
+    #[serde(default)]
+    pub full_refresh: Option<String>,
+}
+
+/// `[destinations.NAME]`: one configured instance of a destination plugin.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Installed plugin name.
+    pub plugin: String,
+    /// Version requirement, e.g. `"^1.2"`; the newest installed version by default.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The plugin's settings, checked against the JSON Schema in its manifest.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Secret name → `${ENV_VAR}`, `file:PATH` or literal.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Hosts granted to the plugin (default: the hosts its manifest names).
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
+    /// Exact `host:port` pairs the plugin may reach on private or loopback addresses.
+    #[serde(default)]
+    pub allow_private_hosts: Vec<String>,
+    /// `HOST[:PORT]=URL`: send requests for a granted host elsewhere (staging, proxy, fake).
+    #[serde(default)]
+    pub reroute: Vec<String>,
+    /// Requests per second to this destination (default: the plugin's own).
+    #[serde(default)]
+    pub rate_per_second: Option<f64>,
+    /// Batches in flight at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+/// `[[syncs]]`: a model delivered to a destination.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncConfig {
+    pub name: String,
+    pub from: SyncFrom,
+    /// A `[destinations.NAME]`.
+    pub to: String,
+    pub mode: SyncMode,
+    /// Destination field → profile path (`traits.NAME`, `identifiers.KIND`, `id`,
+    /// `event.name`, `event.properties.NAME`, ...) or `{ value = LITERAL }`.
+    #[serde(default)]
+    pub mapping: BTreeMap<String, MappingValue>,
+    /// `"every 15m"`, a cron expression (`"0 */6 * * *"`), `"continuous"`, or absent (manual).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Stop a run that would remove more than this: a count (`500`) or a share of the
+    /// destination's records (`"10%"`).
+    #[serde(default)]
+    pub max_removals: Option<MaxRemovals>,
+    /// Attempts per record before it goes to the dead-letter store.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Records per plugin call (default and ceiling: the plugin's maximum).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+
+/// What a sync reads.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum SyncFrom {
+    /// `from = "all"`: every profile.
+    All(AllProfiles),
+    /// `from = { audience = "vip" }`
+    Audience { audience: String },
+    /// `from = { events = "Order Completed", filter = "event.properties.total > 100" }`
+    Events {
+        events: String,
+        #[serde(default)]
+        filter: Option<String>,
+    },
+}
+
+/// The literal `"all"`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AllProfiles;
+
+impl<'de> Deserialize<'de> for AllProfiles {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "all" {
+            Ok(AllProfiles)
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "from = \"{s}\" is not a model: use \"all\", {{ audience = \"NAME\" }} or {{ events = \"EVENT NAME\" }}"
+            )))
+        }
+    }
+}
+
+/// How a sync treats the destination.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Adds and changes.
+    Upsert,
+    /// Adds, changes and removals.
+    Mirror,
+    /// Each matching event, once.
+    Events,
+}
+
+/// One mapped field.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MappingValue {
+    Path(String),
+    Literal { value: toml::Value },
+}
+
+/// A removal guardrail.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum MaxRemovals {
+    Count(u64),
+    Percent(f64),
+}
+
+impl<'de> Deserialize<'de> for MaxRemovals {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(i64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) if n >= 0 => Ok(MaxRemovals::Count(n as u64)),
+            Raw::N(n) => Err(serde::de::Error::custom(format!(
+                "max_removals = {n}: must be 0 or more"
+            ))),
+            Raw::S(s) => s
+                .strip_suffix('%')
+                .and_then(|p| p.trim().parse::<f64>().ok())
+                .filter(|p| (0.0..=100.0).contains(p))
+                .map(MaxRemovals::Percent)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "max_removals = \"{s}\": use a count like 500 or a share like \"10%\""
+                    ))
+                }),
+        }
+    }
+}
+
+impl MaxRemovals {
+    /// The most removals allowed when the destination holds `existing` records.
+    pub fn limit(&self, existing: u64) -> u64 {
+        match *self {
+            MaxRemovals::Count(n) => n,
+            MaxRemovals::Percent(p) => ((existing as f64) * p / 100.0).floor() as u64,
+        }
+    }
 }
 
 /// `[hub]`
@@ -146,7 +333,17 @@ impl Config {
 
     /// Parses project text; errors carry line:column.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
-        let config: Config = toml::from_str(text).map_err(|e| {
+        let config = Config::parse_unchecked(text)?;
+        let problems = config.problems();
+        if !problems.is_empty() {
+            anyhow::bail!("{}", problems.join("\n"));
+        }
+        Ok(config)
+    }
+
+    /// Parses TOML only: what `switchyard validate` checks further before reporting.
+    pub fn parse_unchecked(text: &str) -> anyhow::Result<Config> {
+        toml::from_str(text).map_err(|e| {
             let location = e
                 .span()
                 .map(|span| {
@@ -157,23 +354,137 @@ impl Config {
                 })
                 .unwrap_or_default();
             anyhow::anyhow!("{location}{}", e.message())
-        })?;
-        config.check()?;
-        Ok(config)
+        })
     }
 
-    fn check(&self) -> anyhow::Result<()> {
+    /// Every problem this file has on its own (without plugins or secrets), one line each.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
         for (kind, rule) in &self.identity.kinds {
             if rule.limit == 0 {
-                anyhow::bail!("[identity.kinds.{kind}] limit must be at least 1");
+                problems.push(format!("[identity.kinds.{kind}] limit must be at least 1"));
             }
         }
         for (name, kind) in &self.identity.traits {
             if !self.identity.kinds.contains_key(kind) {
-                anyhow::bail!("[identity.traits] {name} maps to kind `{kind}`, which [identity.kinds] does not define");
+                problems.push(format!("[identity.traits] {name} maps to kind `{kind}`, which [identity.kinds] does not define"));
             }
         }
-        Ok(())
+        for (name, audience) in &self.audiences {
+            if let Err(e) = crate::audience::Filter::compile(&audience.filter) {
+                problems.push(format!("[audiences.{name}] filter: {e}"));
+            }
+            if let Some(s) = &audience.full_refresh {
+                if let Err(e) = crate::schedule::Schedule::parse(s) {
+                    problems.push(format!("[audiences.{name}] full_refresh: {e}"));
+                }
+            }
+        }
+        for (name, dest) in &self.destinations {
+            if dest.concurrency == 0 {
+                problems.push(format!("[destinations.{name}] concurrency must be at least 1"));
+            }
+            if let Some(r) = dest.rate_per_second {
+                if r.is_nan() || r <= 0.0 {
+                    problems.push(format!(
+                        "[destinations.{name}] rate_per_second must be more than 0"
+                    ));
+                }
+            }
+            if let Some(v) = &dest.version {
+                if semver::VersionReq::parse(v).is_err() {
+                    problems.push(format!("[destinations.{name}] version = \"{v}\" is not a version requirement like \"^1.2\""));
+                }
+            }
+            for r in &dest.reroute {
+                if let Err(e) = r.parse::<crate::runtime::net::Reroute>() {
+                    problems.push(format!("[destinations.{name}] {e}"));
+                }
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, sync) in self.syncs.iter().enumerate() {
+            let at = format!("[[syncs]] #{} \"{}\"", i + 1, sync.name);
+            if sync.name.is_empty()
+                || !sync
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.push(format!(
+                    "{at}: name must be letters, digits, '-' or '_' (it appears in URLs and metrics)"
+                ));
+            }
+            if !seen.insert(sync.name.clone()) {
+                problems.push(format!("{at}: another sync already has this name"));
+            }
+            if !self.destinations.contains_key(&sync.to) {
+                problems.push(format!(
+                    "{at}: to = \"{}\" names no [destinations.{}] (defined: {})",
+                    sync.to,
+                    sync.to,
+                    names(self.destinations.keys())
+                ));
+            }
+            match &sync.from {
+                SyncFrom::Audience { audience } if !self.audiences.contains_key(audience) => {
+                    problems.push(format!(
+                        "{at}: from.audience = \"{audience}\" names no [audiences.{audience}] (defined: {})",
+                        names(self.audiences.keys())
+                    ));
+                }
+                SyncFrom::Events {
+                    filter: Some(f), ..
+                } => {
+                    if let Err(e) = crate::audience::Filter::compile(f) {
+                        problems.push(format!("{at}: from.filter: {e}"));
+                    }
+                }
+                _ => {}
+            }
+            let events = matches!(sync.from, SyncFrom::Events { .. });
+            match (sync.mode, events) {
+                (SyncMode::Events, false) => problems.push(format!(
+                    "{at}: mode = \"events\" needs from = {{ events = \"EVENT NAME\" }}"
+                )),
+                (SyncMode::Upsert | SyncMode::Mirror, true) => problems.push(format!(
+                    "{at}: from = {{ events = ... }} needs mode = \"events\""
+                )),
+                _ => {}
+            }
+            if sync.mapping.is_empty() {
+                problems.push(format!("{at}: [syncs.mapping] is empty: map at least one destination field"));
+            }
+            for (field, value) in &sync.mapping {
+                if let MappingValue::Path(path) = value {
+                    if let Err(e) = crate::sync::mapping::Path::parse(path, events) {
+                        problems.push(format!("{at}: mapping.{field}: {e}"));
+                    }
+                }
+            }
+            if let Some(s) = &sync.schedule {
+                if let Err(e) = crate::schedule::Schedule::parse(s) {
+                    problems.push(format!("{at}: schedule: {e}"));
+                }
+            }
+            if sync.max_attempts == 0 {
+                problems.push(format!("{at}: max_attempts must be at least 1"));
+            }
+            if sync.batch_size == Some(0) {
+                problems.push(format!("{at}: batch_size must be at least 1"));
+            }
+        }
+        problems
+    }
+
+    /// The sync called `name`.
+    pub fn sync(&self, name: &str) -> anyhow::Result<&SyncConfig> {
+        self.syncs.iter().find(|s| s.name == name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no sync named `{name}` (defined: {})",
+                names(self.syncs.iter().map(|s| &s.name))
+            )
+        })
     }
 
     /// Every write key with its source, secrets resolved.
@@ -196,6 +507,15 @@ impl Config {
             .as_deref()
             .map(|spec| crate::cli::resolve_secret("hub.admin_token", spec))
             .transpose()
+    }
+}
+
+fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
+    let v: Vec<&str> = it.map(String::as_str).collect();
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
     }
 }
 

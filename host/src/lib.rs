@@ -5,13 +5,18 @@
 //! tracking API), `profiles`, `api`, `runtime` (plugins), `registry` (installed plugins), `cli`.
 
 pub mod api;
+pub mod audience;
 pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod ingest;
 pub mod metrics;
+pub mod model;
 pub mod profiles;
 pub mod registry;
 pub mod runtime;
+pub mod schedule;
 pub mod scaffold;
 pub mod store;
+pub mod sync;
+pub mod validate;

@@ -21,6 +21,23 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncLabels {
+    pub sync: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncRecordLabels {
+    pub sync: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SyncNameLabels {
+    pub sync: String,
+}
+
 /// The hub's metrics; cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
@@ -30,6 +47,9 @@ pub struct Metrics {
     pub events_rejected: Family<ReasonLabels, Counter>,
     pub commit_seconds: Histogram,
     pub queue_depth: Gauge,
+    pub sync_runs: Family<SyncLabels, Counter>,
+    pub sync_records: Family<SyncRecordLabels, Counter>,
+    pub sync_run_seconds: Family<SyncNameLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -71,7 +91,22 @@ impl Metrics {
             "Messages waiting for the writer",
             queue_depth.clone(),
         );
+        let sync_runs = Family::<SyncLabels, Counter>::default();
+        let sync_records = Family::<SyncRecordLabels, Counter>::default();
+        let sync_run_seconds = Family::<SyncNameLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 16))
+        });
+        registry.register("sync_runs", "Sync runs by sync and final status", sync_runs.clone());
+        registry.register(
+            "sync_records",
+            "Records a sync handed to its destination, by outcome (sent, succeeded, retried, rejected, dead_lettered)",
+            sync_records.clone(),
+        );
+        registry.register("sync_run_seconds", "Duration of sync runs", sync_run_seconds.clone());
         Metrics {
+            sync_runs,
+            sync_records,
+            sync_run_seconds,
             registry: Arc::new(registry),
             requests,
             events_accepted,
@@ -87,6 +122,41 @@ impl Metrics {
                 reason: reason.to_string(),
             })
             .inc_by(n);
+    }
+
+    /// A finished sync run.
+    pub fn sync_run(&self, sync: &str, status: &str, seconds: f64) {
+        self.sync_runs
+            .get_or_create(&SyncLabels {
+                sync: sync.to_string(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.sync_run_seconds
+            .get_or_create(&SyncNameLabels {
+                sync: sync.to_string(),
+            })
+            .observe(seconds);
+    }
+
+    /// Adds the change in a run's counters since the last call.
+    pub fn sync_records(&self, sync: &str, now: &crate::sync::delivery::Stats, before: &crate::sync::delivery::Stats) {
+        for (outcome, a, b) in [
+            ("sent", now.sent, before.sent),
+            ("succeeded", now.succeeded, before.succeeded),
+            ("retried", now.retried, before.retried),
+            ("rejected", now.rejected, before.rejected),
+            ("dead_lettered", now.dead_lettered, before.dead_lettered),
+        ] {
+            if a > b {
+                self.sync_records
+                    .get_or_create(&SyncRecordLabels {
+                        sync: sync.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .inc_by(a - b);
+            }
+        }
     }
 
     /// The OpenMetrics text exposition.

@@ -11,6 +11,42 @@ pub struct HttpPolicy {
     /// Exact `host:port` pairs the operator allows to reach private, loopback or link-local
     /// addresses.
     private_ok: Vec<String>,
+    /// Operator reroutes: requests for a granted `host[:port]` go to another base URL instead
+    /// (a staging API, a proxy, or a local fake in tests), after the grant check by name.
+    reroutes: Vec<Reroute>,
+}
+
+/// One `host[:port]=URL` reroute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reroute {
+    from: HostPattern,
+    /// Scheme and authority of the target, e.g. `http://127.0.0.1:8080`.
+    pub to: http::Uri,
+}
+
+impl std::str::FromStr for Reroute {
+    type Err = String;
+
+    /// `api.sendgrid.com=http://127.0.0.1:8080` (any port) or `api.sendgrid.com:443=...`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (from, to) = s
+            .split_once('=')
+            .ok_or_else(|| format!("reroute `{s}` must be HOST[:PORT]=http(s)://HOST:PORT"))?;
+        let to: http::Uri = to
+            .trim()
+            .parse()
+            .map_err(|e| format!("reroute `{s}`: target is not a URL: {e}"))?;
+        if to.scheme().is_none() || to.authority().is_none() {
+            return Err(format!(
+                "reroute `{s}`: target must be a scheme and host, like http://127.0.0.1:8080"
+            ));
+        }
+        let from = HostPattern::parse(from);
+        if from.host.contains('*') {
+            return Err(format!("reroute `{s}`: the source must be one exact host"));
+        }
+        Ok(Reroute { from, to })
+    }
 }
 
 /// Why a request was refused; the plugin sees `HTTP request denied`, the log sees this.
@@ -50,7 +86,24 @@ impl HttpPolicy {
                 .iter()
                 .map(|h| h.to_ascii_lowercase())
                 .collect(),
+            reroutes: Vec::new(),
         }
+    }
+
+    /// Adds operator reroutes. The target still has to pass the address check, so a loopback
+    /// fake needs its exact `host:port` in the private allowance too.
+    pub fn with_reroutes(mut self, reroutes: Vec<Reroute>) -> Self {
+        self.reroutes = reroutes;
+        self
+    }
+
+    /// Where a request for `host:port` really goes, when the operator rerouted it.
+    pub fn reroute(&self, host: &str, port: u16) -> Option<&http::Uri> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.reroutes
+            .iter()
+            .find(|r| r.from.host == host && r.from.port.is_none_or(|p| p == port))
+            .map(|r| &r.to)
     }
 
     /// Allows nothing.
@@ -253,6 +306,20 @@ mod tests {
         assert!(HttpPolicy::new(&s(&["*"]), None, &[])
             .check_name("x.com", 443)
             .is_err());
+    }
+
+    #[test]
+    fn reroutes_apply_to_granted_hosts_by_exact_name() {
+        let r: Reroute = "api.sendgrid.com=http://127.0.0.1:9000".parse().unwrap();
+        let p = HttpPolicy::new(&s(&["api.sendgrid.com"]), None, &[]).with_reroutes(vec![r]);
+        assert_eq!(
+            p.reroute("API.sendgrid.com", 443).map(|u| u.to_string()),
+            Some("http://127.0.0.1:9000/".to_string())
+        );
+        assert!(p.reroute("sendgrid.com", 443).is_none());
+        assert!("*.x.com=http://a:1".parse::<Reroute>().is_err());
+        assert!("api.x.com=/relative".parse::<Reroute>().is_err());
+        assert!("api.x.com".parse::<Reroute>().is_err());
     }
 
     #[test]

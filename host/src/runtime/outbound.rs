@@ -73,16 +73,25 @@ async fn gate(
     policy: &HttpPolicy,
     secrets: &[(String, String)],
 ) -> Result<http::Request<WasiBody>, Denied> {
-    let uri = request.uri().clone();
-    let tls = uri.scheme() == Some(&Scheme::HTTPS);
-    let host = uri
-        .host()
-        .ok_or_else(|| Denied::NotGranted("(no host)".into(), policy.describe()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+    let mut uri = request.uri().clone();
+    let mut tls = uri.scheme() == Some(&Scheme::HTTPS);
+    let mut host = uri_host(&uri, policy)?;
+    let mut port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     policy.check_name(&host, port)?;
+
+    // The grant is by the name the plugin asked for; a reroute then sends the request elsewhere,
+    // and the address check below applies to where it really goes.
+    if let Some(target) = policy.reroute(&host, port) {
+        let mut parts = uri.into_parts();
+        parts.scheme = target.scheme().cloned();
+        parts.authority = target.authority().cloned();
+        uri = http::Uri::from_parts(parts)
+            .map_err(|e| Denied::Unresolved(host.clone(), format!("reroute: {e}")))?;
+        tls = uri.scheme() == Some(&Scheme::HTTPS);
+        host = uri_host(&uri, policy)?;
+        port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        *request.uri_mut() = uri.clone();
+    }
 
     let addrs: Vec<SocketAddr> = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
@@ -113,6 +122,15 @@ async fn gate(
         }
     }
     Ok(request)
+}
+
+fn uri_host(uri: &http::Uri, policy: &HttpPolicy) -> Result<String, Denied> {
+    Ok(uri
+        .host()
+        .ok_or_else(|| Denied::NotGranted("(no host)".into(), policy.describe()))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string())
 }
 
 /// Replaces `{{secret:NAME}}` in header values with the instance's secret of that name.

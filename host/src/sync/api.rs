@@ -1,0 +1,164 @@
+//! The admin API of syncs: list, run (or plan), history, dead letters. Bearer admin token.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::{Engine, RunOptions};
+use crate::api::{check_token, json_error};
+
+#[derive(Clone)]
+struct SyncState {
+    engine: Engine,
+    token: Option<Arc<str>>,
+}
+
+pub fn routes(engine: Engine, token: Option<Arc<str>>) -> Router {
+    Router::new()
+        .route("/v1/syncs", get(list))
+        .route("/v1/syncs/{name}/run", post(run))
+        .route("/v1/syncs/{name}/runs", get(runs))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/replay", post(replay))
+        .with_state(SyncState { engine, token })
+}
+
+fn failed(e: anyhow::Error) -> Response {
+    let text = format!("{e:#}");
+    if text.starts_with("no sync named") {
+        return json_error(StatusCode::NOT_FOUND, &text);
+    }
+    if text.contains("already running") {
+        return json_error(StatusCode::CONFLICT, &text);
+    }
+    tracing::error!("sync API: {text}");
+    json_error(StatusCode::INTERNAL_SERVER_ERROR, &text)
+}
+
+async fn list(State(s): State<SyncState>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_token(s.token.as_deref(), &headers) {
+        return r;
+    }
+    let config = s.engine.config();
+    let mut out = Vec::new();
+    for sync in &config.syncs {
+        let last = match s.engine.runs(&sync.name, 1).await {
+            Ok(mut r) => r.pop(),
+            Err(e) => return failed(e),
+        };
+        out.push(serde_json::json!({
+            "name": sync.name,
+            "from": format!("{:?}", sync.from),
+            "to": sync.to,
+            "mode": format!("{:?}", sync.mode).to_lowercase(),
+            "schedule": sync.schedule,
+            "last_run": last,
+        }));
+    }
+    Json(serde_json::json!({ "syncs": out })).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RunQuery {
+    dry_run: bool,
+    full_resync: bool,
+    approve_removals: bool,
+}
+
+/// A dry run answers with the plan; a real run answers 202 at once and runs in the background
+/// (poll `/runs`), since delivering a large audience can take a while.
+async fn run(
+    State(s): State<SyncState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<RunQuery>,
+) -> Response {
+    if let Err(r) = check_token(s.token.as_deref(), &headers) {
+        return r;
+    }
+    if let Err(e) = s.engine.config().sync(&name) {
+        return failed(e);
+    }
+    let options = RunOptions {
+        dry_run: q.dry_run,
+        full_resync: q.full_resync,
+        approve_removals: q.approve_removals,
+    };
+    if q.dry_run {
+        return match s.engine.run(&name, options, None).await {
+            Ok(report) => Json(report).into_response(),
+            Err(e) => failed(e),
+        };
+    }
+    let engine = s.engine.clone();
+    let sync = name.clone();
+    tokio::spawn(async move {
+        if let Err(e) = engine.run(&sync, options, None).await {
+            tracing::warn!(sync = %sync, "run requested through the API failed: {e:#}");
+        }
+    });
+    (
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({"sync": name, "status": "started", "runs": format!("/v1/syncs/{name}/runs")})),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: i64,
+    #[serde(default)]
+    sync: Option<String>,
+}
+
+fn default_limit() -> i64 {
+    50
+}
+
+async fn runs(
+    State(s): State<SyncState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Response {
+    if let Err(r) = check_token(s.token.as_deref(), &headers) {
+        return r;
+    }
+    if let Err(e) = s.engine.config().sync(&name) {
+        return failed(e);
+    }
+    match s.engine.runs(&name, q.limit.clamp(1, 1000)).await {
+        Ok(runs) => Json(serde_json::json!({ "runs": runs })).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn dead_letters(State(s): State<SyncState>, headers: HeaderMap, Query(q): Query<Limit>) -> Response {
+    if let Err(r) = check_token(s.token.as_deref(), &headers) {
+        return r;
+    }
+    match s.engine.dead_letters(q.sync.as_deref(), q.limit.clamp(1, 10_000)).await {
+        Ok(d) => Json(serde_json::json!({ "dead_letters": d })).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn replay(State(s): State<SyncState>, headers: HeaderMap, Query(q): Query<Limit>) -> Response {
+    if let Err(r) = check_token(s.token.as_deref(), &headers) {
+        return r;
+    }
+    let Some(sync) = q.sync else {
+        return json_error(StatusCode::BAD_REQUEST, "say which sync: /v1/dead-letters/replay?sync=NAME");
+    };
+    match s.engine.replay(&sync).await {
+        Ok(n) => Json(serde_json::json!({ "sync": sync, "replayed": n })).into_response(),
+        Err(e) => failed(e),
+    }
+}

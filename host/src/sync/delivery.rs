@@ -1,0 +1,256 @@
+//! Delivery of planned records through a destination plugin: batches of the plugin's size, a
+//! token bucket per destination instance, bounded concurrency, per-record results, retries with
+//! exponential backoff, jitter and any Retry-After, then the dead-letter store. Every batch's
+//! outcome is committed (through the [`Ledger`]) before the next is counted as done, so a
+//! crash loses at most the batches in flight, which the next run re-plans.
+
+use std::collections::VecDeque;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+use tracing::Instrument as _;
+
+use crate::runtime::bindings::{Action, CallError, OutboundRecord, RecordResult};
+use crate::runtime::{PluginError, PluginInstance};
+
+/// One record on its way out.
+#[derive(Debug, Clone)]
+pub struct Item {
+    pub key: String,
+    /// Hash of `fields`, what the state remembers as acknowledged.
+    pub hash: String,
+    pub fields: String,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
+/// How one destination instance is driven.
+#[derive(Clone)]
+pub struct Target {
+    pub instance: Arc<PluginInstance>,
+    pub limiter: Arc<DefaultDirectRateLimiter>,
+    pub concurrency: usize,
+    pub batch_size: usize,
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to a minute.
+    pub backoff: Duration,
+}
+
+/// A token bucket of `per_second` requests with a burst of one second's worth.
+pub fn limiter(per_second: f64) -> Arc<DefaultDirectRateLimiter> {
+    let quota = if per_second >= 1.0 {
+        let n = NonZeroU32::new(per_second.round().min(u32::MAX as f64) as u32).unwrap_or(NonZeroU32::MIN);
+        Quota::per_second(n)
+    } else {
+        let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
+        Quota::with_period(period).unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+    };
+    Arc::new(RateLimiter::direct(quota))
+}
+
+/// Where outcomes go: committed per batch.
+#[allow(async_fn_in_trait)]
+pub trait Ledger {
+    /// Records the destination acknowledged, and records that are finished without success
+    /// (rejected, or out of attempts) with their reason. Must be durable when it returns.
+    async fn commit(&self, action: Action, acked: &[Item], dead: &[(Item, String)], stats: &Stats) -> anyhow::Result<()>;
+}
+
+/// Counters of one delivery.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Stats {
+    /// Records handed to the plugin, retries included.
+    pub sent: u64,
+    pub succeeded: u64,
+    /// Retry results (a record retried twice counts twice).
+    pub retried: u64,
+    pub rejected: u64,
+    pub dead_lettered: u64,
+}
+
+/// Why delivery stopped before every record was finished.
+#[derive(Debug, thiserror::Error)]
+pub enum Abort {
+    /// The destination refused the credentials or config: retrying cannot help.
+    #[error("{0}")]
+    Destination(String),
+    #[error("{0:#}")]
+    Commit(anyhow::Error),
+}
+
+struct Batch {
+    items: Vec<Item>,
+    not_before: Instant,
+}
+
+enum Outcome {
+    Results(Vec<RecordResult>),
+    /// Every record of the batch is retryable, after at least this long.
+    RetryAll(String, Option<u64>),
+    Fatal(String),
+}
+
+/// Delivers `items` with `action`; returns when each is acknowledged or dead-lettered.
+pub async fn deliver<L: Ledger>(
+    target: &Target,
+    action: Action,
+    items: Vec<Item>,
+    ledger: &L,
+    stats: &mut Stats,
+    mut progress: impl FnMut(&Stats),
+) -> Result<(), Abort> {
+    let size = target.batch_size.max(1);
+    let mut queue: VecDeque<Batch> = VecDeque::new();
+    let mut items = items;
+    while !items.is_empty() {
+        let rest = items.split_off(items.len().min(size));
+        queue.push_back(Batch {
+            items,
+            not_before: Instant::now(),
+        });
+        items = rest;
+    }
+    let mut inflight: JoinSet<(Vec<Item>, Outcome)> = JoinSet::new();
+    let mut fatal: Option<String> = None;
+    loop {
+        while fatal.is_none() && inflight.len() < target.concurrency.max(1) {
+            let Some(batch) = queue.pop_front() else { break };
+            stats.sent += batch.items.len() as u64;
+            let target = target.clone();
+            let span = tracing::info_span!("batch", records = batch.items.len(), ?action);
+            inflight.spawn(
+                async move {
+                    tokio::time::sleep_until(batch.not_before).await;
+                    target.limiter.until_ready().await;
+                    let records: Vec<OutboundRecord> = batch
+                        .items
+                        .iter()
+                        .map(|i| OutboundRecord {
+                            key: i.key.clone(),
+                            fields: i.fields.clone(),
+                        })
+                        .collect();
+                    let outcome = match target.instance.deliver(action, &records).await {
+                        Ok(results) => Outcome::Results(results),
+                        Err(e) => classify(e),
+                    };
+                    (batch.items, outcome)
+                }
+                .instrument(span),
+            );
+        }
+        let Some(joined) = inflight.join_next().await else { break };
+        let (batch, outcome) = match joined {
+            Ok(v) => v,
+            Err(e) => return Err(Abort::Destination(format!("delivery task failed: {e}"))),
+        };
+        let mut acked = Vec::new();
+        let mut dead = Vec::new();
+        let mut retry: Vec<(Item, u64)> = Vec::new();
+        match outcome {
+            Outcome::Fatal(reason) => {
+                // Nothing of this batch was acknowledged; the next run plans it again.
+                fatal.get_or_insert(reason);
+                continue;
+            }
+            Outcome::RetryAll(reason, after) => {
+                for item in batch {
+                    retry.push((with_error(item, &reason), after.unwrap_or(0)));
+                }
+            }
+            Outcome::Results(results) => {
+                for (item, result) in batch.into_iter().zip(results) {
+                    match result {
+                        RecordResult::Ok => acked.push(item),
+                        RecordResult::Rejected(reason) => dead.push((item, format!("rejected: {reason}"))),
+                        RecordResult::Retry(r) => retry.push((with_error(item, &r.reason), r.after_ms.unwrap_or(0))),
+                    }
+                }
+            }
+        }
+        stats.succeeded += acked.len() as u64;
+        stats.rejected += dead.len() as u64;
+        stats.retried += retry.len() as u64;
+        let mut again = Vec::new();
+        let mut wait_ms = 0u64;
+        for (mut item, after) in retry {
+            item.attempts += 1;
+            if item.attempts >= target.max_attempts {
+                let reason = format!(
+                    "gave up after {} attempts: {}",
+                    item.attempts,
+                    item.last_error.clone().unwrap_or_default()
+                );
+                dead.push((item, reason));
+            } else {
+                wait_ms = wait_ms.max(backoff_ms(target.backoff, item.attempts, after));
+                again.push(item);
+            }
+        }
+        stats.dead_lettered += dead.len() as u64;
+        if !acked.is_empty() || !dead.is_empty() {
+            ledger.commit(action, &acked, &dead, stats).await.map_err(Abort::Commit)?;
+        }
+        if !again.is_empty() {
+            tracing::debug!(records = again.len(), wait_ms, "retrying");
+            queue.push_back(Batch {
+                items: again,
+                not_before: Instant::now() + Duration::from_millis(wait_ms),
+            });
+        }
+        progress(stats);
+    }
+    match fatal {
+        Some(reason) => Err(Abort::Destination(reason)),
+        None => Ok(()),
+    }
+}
+
+fn with_error(mut item: Item, reason: &str) -> Item {
+    item.last_error = Some(reason.to_string());
+    item
+}
+
+/// Exponential backoff with jitter, never shorter than what the destination asked for.
+fn backoff_ms(base: Duration, attempt: u32, retry_after_ms: u64) -> u64 {
+    let exp = base.as_millis() as u64 * 2u64.saturating_pow(attempt.saturating_sub(1).min(16));
+    let capped = exp.min(60_000);
+    let jittered = (capped as f64 * (0.5 + fastrand::f64() * 0.5)) as u64;
+    jittered.max(retry_after_ms)
+}
+
+fn classify(e: PluginError) -> Outcome {
+    match e {
+        PluginError::Plugin { error, .. } => match error {
+            CallError::Transient(r) => Outcome::RetryAll(r.reason, r.after_ms),
+            CallError::Failed(m) => Outcome::RetryAll(format!("failed: {m}"), None),
+            CallError::Unauthorized(m) => Outcome::Fatal(format!("the destination refused the credentials: {m}")),
+            CallError::InvalidConfig(m) => Outcome::Fatal(format!("the destination says its config is invalid: {m}")),
+        },
+        PluginError::MissingExport { .. } => Outcome::Fatal(e.to_string()),
+        // Traps, deadlines, memory and contract breaches are this call's failure: retry.
+        other => Outcome::RetryAll(other.to_string(), None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_honours_retry_after_and_is_capped() {
+        let base = Duration::from_millis(500);
+        for _ in 0..50 {
+            let a1 = backoff_ms(base, 1, 0);
+            assert!((250..=500).contains(&a1), "{a1}");
+            let a3 = backoff_ms(base, 3, 0);
+            assert!((1000..=2000).contains(&a3), "{a3}");
+            assert!(backoff_ms(base, 30, 0) <= 60_000);
+            assert_eq!(backoff_ms(base, 1, 7_000), 7_000);
+        }
+    }
+}

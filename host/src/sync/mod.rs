@@ -1,0 +1,995 @@
+//! Syncs: a model (an audience, all profiles, or matching events) delivered to a destination
+//! instance. A run diffs the model against what the destination last acknowledged (per record
+//! key, a hash of the mapped payload) and sends only the difference; what is acknowledged is
+//! committed per batch, so a crash resumes where it stopped. One run per sync at a time, across
+//! hubs too (a lease row in the database).
+
+pub mod api;
+pub mod commands;
+pub mod delivery;
+pub mod mapping;
+pub mod scheduler;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use tracing::Instrument as _;
+
+use crate::audience::{self, Filter};
+use crate::config::{Config, DestinationConfig, SyncConfig, SyncFrom, SyncMode};
+use crate::metrics::Metrics;
+use crate::model;
+use crate::registry::Registry;
+use crate::runtime::bindings::{Action, PluginConfig};
+use crate::runtime::net::HttpPolicy;
+use crate::runtime::PluginInstance;
+use crate::store::{now_millis, Store};
+use delivery::{Abort, Item, Ledger, Stats, Target};
+use mapping::{Mapping, Subject};
+
+/// How long a run's lease lasts without renewal; a hub that dies frees its syncs after this.
+const LEASE_MS: i64 = 30_000;
+
+/// Options of one run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Plan and report, send nothing.
+    pub dry_run: bool,
+    /// Send every record of the model again, changed or not.
+    pub full_resync: bool,
+    /// Let this run remove more than `max_removals`.
+    pub approve_removals: bool,
+}
+
+/// What a run planned: counts and a few samples of each.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    pub adds: u64,
+    pub changes: u64,
+    pub removals: u64,
+    pub unchanged: u64,
+    /// Records waiting in the dead-letter store with the same payload, not re-sent.
+    pub parked: u64,
+    pub sample_adds: Vec<serde_json::Value>,
+    pub sample_changes: Vec<serde_json::Value>,
+    pub sample_removals: Vec<serde_json::Value>,
+}
+
+/// One run, as recorded in the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub id: String,
+    pub sync: String,
+    /// `running`, `succeeded`, `completed_with_errors`, `failed`, `blocked`, `planned`
+    /// (dry run) or `interrupted` (the hub stopped during it).
+    pub status: String,
+    pub dry_run: bool,
+    pub full_resync: bool,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub planned_adds: i64,
+    pub planned_changes: i64,
+    pub planned_removals: i64,
+    pub sent: i64,
+    pub succeeded: i64,
+    pub retried: i64,
+    pub rejected: i64,
+    pub dead_lettered: i64,
+    pub error: Option<String>,
+    /// Samples (only on the run just made, not from history).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan: Option<Plan>,
+}
+
+/// A record that could not be delivered.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetter {
+    pub id: String,
+    pub sync: String,
+    pub key: String,
+    pub action: String,
+    pub fields: serde_json::Value,
+    pub attempts: i64,
+    pub error: String,
+    pub at: String,
+    pub replayed_at: Option<String>,
+}
+
+/// Runs syncs against the store and the installed plugins.
+#[derive(Clone)]
+pub struct Engine {
+    store: Store,
+    registry: Arc<Registry>,
+    config: Arc<RwLock<Arc<Config>>>,
+    metrics: Option<Metrics>,
+    holder: Arc<str>,
+    /// First retry delay.
+    pub backoff: Duration,
+}
+
+/// Progress of a run, for a terminal's progress bar.
+pub trait Progress: Send + Sync {
+    fn planned(&self, total: u64);
+    fn advanced(&self, done: u64);
+}
+
+impl Engine {
+    pub fn new(store: Store, registry: Arc<Registry>, config: Arc<Config>) -> Engine {
+        let backoff = std::env::var("SWITCHYARD_RETRY_BASE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_millis(500));
+        Engine {
+            store,
+            registry,
+            config: Arc::new(RwLock::new(config)),
+            metrics: None,
+            holder: uuid::Uuid::new_v4().to_string().into(),
+            backoff,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Metrics) -> Engine {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The config runs start with; runs in flight keep the one they started with.
+    pub fn config(&self) -> Arc<Config> {
+        match self.config.read() {
+            Ok(c) => c.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Swaps in a new config (SIGHUP); in-flight runs are not disturbed.
+    pub fn reload(&self, config: Arc<Config>) {
+        match self.config.write() {
+            Ok(mut c) => *c = config,
+            Err(poisoned) => *poisoned.into_inner() = config,
+        }
+    }
+
+    /// Builds a configured instance of a destination.
+    pub async fn destination(&self, name: &str, dest: &DestinationConfig) -> anyhow::Result<PluginInstance> {
+        let plugin = self
+            .registry
+            .load(&dest.plugin, dest.version.as_deref())
+            .await
+            .with_context(|| format!("[destinations.{name}]"))?;
+        let mut secrets = Vec::new();
+        for (key, spec) in &dest.secrets {
+            secrets.push((
+                key.clone(),
+                crate::cli::resolve_secret(&format!("destinations.{name}.secrets.{key}"), spec)?,
+            ));
+        }
+        let config = serde_json::to_string(&dest.config)?;
+        let mut reroutes = Vec::new();
+        for r in &dest.reroute {
+            reroutes.push(r.parse().map_err(|e: String| anyhow::anyhow!("[destinations.{name}] {e}"))?);
+        }
+        let policy = HttpPolicy::new(
+            &plugin.manifest().allowed_hosts,
+            dest.allow_hosts.as_deref(),
+            &dest.allow_private_hosts,
+        )
+        .with_reroutes(reroutes);
+        Ok(PluginInstance::new(plugin, PluginConfig { config, secrets }, policy))
+    }
+
+    /// Runs a sync now. Fails at once if another run of it holds the lease.
+    pub async fn run(
+        &self,
+        name: &str,
+        options: RunOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> anyhow::Result<RunReport> {
+        let config = self.config();
+        let sync = config.sync(name)?.clone();
+        let span = tracing::info_span!("sync_run", sync = %name, dry_run = options.dry_run, full_resync = options.full_resync);
+        self.run_inner(&config, &sync, options, progress).instrument(span).await
+    }
+
+    async fn run_inner(
+        &self,
+        config: &Config,
+        sync: &SyncConfig,
+        options: RunOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> anyhow::Result<RunReport> {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        let started_at = now_millis();
+        let dest = config
+            .destinations
+            .get(&sync.to)
+            .with_context(|| format!("sync `{}`: no [destinations.{}]", sync.name, sync.to))?;
+
+        // A dry run only reads; a real run takes the lease first.
+        let lease = if options.dry_run {
+            None
+        } else {
+            Some(self.acquire(&sync.name, &run_id).await?)
+        };
+        let result = async {
+            if !options.dry_run {
+                sqlx::query(
+                    "INSERT INTO sync_runs (id, sync, status, started_at, dry_run, full_resync, planned_adds, planned_changes, planned_removals, sent, succeeded, retried, rejected, dead_lettered) \
+                     VALUES ($1, $2, 'running', $3, 0, $4, 0, 0, 0, 0, 0, 0, 0, 0)",
+                )
+                .bind(&run_id)
+                .bind(&sync.name)
+                .bind(started_at)
+                .bind(options.full_resync as i64)
+                .execute(self.store.pool())
+                .await?;
+            }
+            let instance = Arc::new(self.destination(&sync.to, dest).await?);
+            let manifest = instance.plugin().manifest().clone();
+            let action = match sync.mode {
+                SyncMode::Events => Action::Track,
+                _ => Action::Upsert,
+            };
+            if !manifest.actions.contains(&action) {
+                bail!(
+                    "plugin `{}` does not support `{action:?}` (it supports {:?}); change the sync's mode",
+                    manifest.name,
+                    manifest.actions
+                );
+            }
+            if sync.mode == SyncMode::Mirror && !manifest.actions.contains(&Action::Delete) {
+                bail!("plugin `{}` cannot delete records, so mode = \"mirror\" cannot work; use mode = \"upsert\"", manifest.name);
+            }
+            let rate = dest.rate_per_second.unwrap_or(manifest.default_rate_per_second);
+            let target = Target {
+                instance,
+                limiter: delivery::limiter(if rate > 0.0 { rate } else { 1000.0 }),
+                concurrency: dest.concurrency,
+                batch_size: sync
+                    .batch_size
+                    .unwrap_or(usize::MAX)
+                    .min(manifest.max_batch_size.max(1) as usize),
+                max_attempts: sync.max_attempts,
+                backoff: self.backoff,
+            };
+            let mut ctx = RunContext {
+                engine: self,
+                sync,
+                run_id: &run_id,
+                lease: lease.as_ref(),
+                stats: Stats::default(),
+                progress,
+                plan: Plan::default(),
+            };
+            match sync.mode {
+                SyncMode::Events => ctx.run_events(config, &target, &options).await?,
+                _ => ctx.run_profiles(config, &target, &options).await?,
+            }
+            Ok::<_, anyhow::Error>((ctx.plan, ctx.stats))
+        }
+        .await;
+
+        let finished = now_millis();
+        let (status, error, plan, stats) = match result {
+            Ok((plan, stats)) => {
+                let status = if options.dry_run {
+                    "planned"
+                } else if stats.dead_lettered > 0 {
+                    "completed_with_errors"
+                } else {
+                    "succeeded"
+                };
+                (status.to_string(), None, plan, stats)
+            }
+            Err(e) => {
+                let (status, plan, stats) = match e.downcast_ref::<Blocked>() {
+                    Some(b) => ("blocked", b.plan.clone(), Stats::default()),
+                    None => ("failed", Plan::default(), Stats::default()),
+                };
+                (status.to_string(), Some(format!("{e:#}")), plan, stats)
+            }
+        };
+        if !options.dry_run {
+            // Counters were committed batch by batch; read them back for the report.
+            sqlx::query(
+                "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, planned_adds = $4, planned_changes = $5, planned_removals = $6 WHERE id = $7",
+            )
+            .bind(&status)
+            .bind(finished)
+            .bind(&error)
+            .bind(plan.adds as i64)
+            .bind(plan.changes as i64)
+            .bind(plan.removals as i64)
+            .bind(&run_id)
+            .execute(self.store.pool())
+            .await?;
+        }
+        if let Some(lease) = lease {
+            lease.release(&self.store).await;
+        }
+        if let Some(m) = &self.metrics {
+            m.sync_run(&sync.name, &status, started.elapsed().as_secs_f64());
+        }
+        let mut report = if options.dry_run {
+            RunReport {
+                id: run_id,
+                sync: sync.name.clone(),
+                status,
+                dry_run: true,
+                full_resync: options.full_resync,
+                started_at: mapping::iso(started_at),
+                finished_at: Some(mapping::iso(finished)),
+                duration_ms: Some(finished - started_at),
+                planned_adds: plan.adds as i64,
+                planned_changes: plan.changes as i64,
+                planned_removals: plan.removals as i64,
+                sent: 0,
+                succeeded: 0,
+                retried: 0,
+                rejected: 0,
+                dead_lettered: 0,
+                error,
+                plan: None,
+            }
+        } else {
+            let _ = stats;
+            self.runs(&sync.name, 1)
+                .await?
+                .into_iter()
+                .find(|r| r.id == run_id)
+                .context("the run's history row is missing")?
+        };
+        tracing::info!(status = %report.status, sent = report.sent, succeeded = report.succeeded, dead_lettered = report.dead_lettered, "sync run finished");
+        report.plan = Some(plan);
+        Ok(report)
+    }
+
+    /// Takes the sync's lease, or says who holds it.
+    async fn acquire(&self, sync: &str, run_id: &str) -> anyhow::Result<Lease> {
+        let now = now_millis();
+        let holder = format!("{}:{run_id}", self.holder);
+        let taken = sqlx::query(
+            "INSERT INTO sync_leases (sync, holder, run_id, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (sync) DO UPDATE SET holder = excluded.holder, run_id = excluded.run_id, expires_at = excluded.expires_at \
+             WHERE sync_leases.expires_at < $5",
+        )
+        .bind(sync)
+        .bind(&holder)
+        .bind(run_id)
+        .bind(now + LEASE_MS)
+        .bind(now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if taken == 0 {
+            bail!("sync `{sync}` is already running (another run holds its lease); try again when it finishes");
+        }
+        // A run that was going when its hub died is over.
+        sqlx::query(
+            "UPDATE sync_runs SET status = 'interrupted', finished_at = $1, error = 'the hub stopped during this run; the next run resumed from what was acknowledged' \
+             WHERE sync = $2 AND status = 'running'",
+        )
+        .bind(now)
+        .bind(sync)
+        .execute(self.store.pool())
+        .await?;
+        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let store = self.store.clone();
+        let (sync_name, run) = (sync.to_string(), run_id.to_string());
+        let flag = lost.clone();
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis((LEASE_MS / 3) as u64)).await;
+                let ok = sqlx::query("UPDATE sync_leases SET expires_at = $1 WHERE sync = $2 AND run_id = $3")
+                    .bind(now_millis() + LEASE_MS)
+                    .bind(&sync_name)
+                    .bind(&run)
+                    .execute(store.pool())
+                    .await
+                    .map(|r| r.rows_affected() == 1)
+                    .unwrap_or(false);
+                if !ok {
+                    tracing::error!(sync = %sync_name, "lost the sync's lease; stopping the run");
+                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                }
+            }
+        });
+        Ok(Lease {
+            sync: sync.to_string(),
+            run_id: run_id.to_string(),
+            lost,
+            renew,
+        })
+    }
+
+    /// The newest runs of a sync, newest first.
+    pub async fn runs(&self, sync: &str, limit: i64) -> anyhow::Result<Vec<RunReport>> {
+        let rows = sqlx::query(
+            "SELECT id, sync, status, dry_run, full_resync, started_at, finished_at, planned_adds, planned_changes, planned_removals, \
+             sent, succeeded, retried, rejected, dead_lettered, error FROM sync_runs WHERE sync = $1 ORDER BY started_at DESC, id LIMIT $2",
+        )
+        .bind(sync)
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let started: i64 = r.try_get(5)?;
+                let finished: Option<i64> = r.try_get(6)?;
+                Ok(RunReport {
+                    id: r.try_get(0)?,
+                    sync: r.try_get(1)?,
+                    status: r.try_get(2)?,
+                    dry_run: r.try_get::<i64, _>(3)? != 0,
+                    full_resync: r.try_get::<i64, _>(4)? != 0,
+                    started_at: mapping::iso(started),
+                    finished_at: finished.map(mapping::iso),
+                    duration_ms: finished.map(|f| f - started),
+                    planned_adds: r.try_get(7)?,
+                    planned_changes: r.try_get(8)?,
+                    planned_removals: r.try_get(9)?,
+                    sent: r.try_get(10)?,
+                    succeeded: r.try_get(11)?,
+                    retried: r.try_get(12)?,
+                    rejected: r.try_get(13)?,
+                    dead_lettered: r.try_get(14)?,
+                    error: r.try_get(15)?,
+                    plan: None,
+                })
+            })
+            .collect()
+    }
+
+    /// Dead letters not yet replayed, of one sync or all.
+    pub async fn dead_letters(&self, sync: Option<&str>, limit: i64) -> anyhow::Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT id, sync, key, action, fields, attempts, error, at, replayed_at FROM dead_letters \
+             WHERE replayed_at IS NULL AND ($1 = '' OR sync = $1) ORDER BY at, id LIMIT $2",
+        )
+        .bind(sync.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let fields: String = r.try_get(4)?;
+                Ok(DeadLetter {
+                    id: r.try_get(0)?,
+                    sync: r.try_get(1)?,
+                    key: r.try_get(2)?,
+                    action: r.try_get(3)?,
+                    fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::String(fields)),
+                    attempts: r.try_get(5)?,
+                    error: r.try_get(6)?,
+                    at: mapping::iso(r.try_get(7)?),
+                    replayed_at: r.try_get::<Option<i64>, _>(8)?.map(mapping::iso),
+                })
+            })
+            .collect()
+    }
+
+    /// Marks a sync's dead letters for replay: the next run plans them again (with the
+    /// payload the model has then). Returns how many.
+    pub async fn replay(&self, sync: &str) -> anyhow::Result<u64> {
+        self.config().sync(sync)?;
+        let n = sqlx::query("UPDATE dead_letters SET replayed_at = $1 WHERE sync = $2 AND replayed_at IS NULL")
+            .bind(now_millis())
+            .bind(sync)
+            .execute(self.store.pool())
+            .await?
+            .rows_affected();
+        Ok(n)
+    }
+}
+
+/// The guardrail stopped a run.
+#[derive(Debug)]
+struct Blocked {
+    plan: Plan,
+    message: String,
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Blocked {}
+
+struct Lease {
+    sync: String,
+    run_id: String,
+    lost: Arc<std::sync::atomic::AtomicBool>,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    fn lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    async fn release(self, store: &Store) {
+        self.renew.abort();
+        if let Err(e) = sqlx::query("DELETE FROM sync_leases WHERE sync = $1 AND run_id = $2")
+            .bind(&self.sync)
+            .bind(&self.run_id)
+            .execute(store.pool())
+            .await
+        {
+            tracing::warn!(sync = %self.sync, "could not release the lease (it expires by itself): {e}");
+        }
+    }
+}
+
+struct RunContext<'a> {
+    engine: &'a Engine,
+    sync: &'a SyncConfig,
+    run_id: &'a str,
+    lease: Option<&'a Lease>,
+    stats: Stats,
+    progress: Option<Arc<dyn Progress>>,
+    plan: Plan,
+}
+
+/// Hash of a mapped payload, as the state remembers it.
+pub fn payload_hash(fields: &str) -> String {
+    hex::encode(&Sha256::digest(fields.as_bytes())[..16])
+}
+
+const SAMPLES: usize = 5;
+
+impl RunContext<'_> {
+    /// Audience / all-profiles syncs: diff the model against the acknowledged state.
+    async fn run_profiles(&mut self, config: &Config, target: &Target, options: &RunOptions) -> anyhow::Result<()> {
+        let store = &self.engine.store;
+        let sync = self.sync;
+        let mapping = Mapping::compile(&sync.mapping, false).map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
+
+        // Refresh the audience's changed profiles (or all, when its full refresh is due).
+        let audience = match &sync.from {
+            SyncFrom::Audience { audience } => {
+                let cfg = config
+                    .audiences
+                    .get(audience)
+                    .with_context(|| format!("no [audiences.{audience}]"))?;
+                let full_due = match &cfg.full_refresh {
+                    Some(s) => {
+                        let schedule = crate::schedule::Schedule::parse(s).map_err(|e| anyhow::anyhow!(e))?;
+                        let last = audience::last_full(store, audience).await?.and_then(chrono::DateTime::from_timestamp_millis);
+                        let now = chrono::Utc::now();
+                        schedule.next_after(last, now) <= now
+                    }
+                    None => false,
+                };
+                let r = audience::refresh(store, audience, cfg, full_due).await?;
+                if let Some(e) = r.first_error {
+                    tracing::warn!(audience = %audience, errors = r.errors, "filter failed on some profiles: {e}");
+                }
+                Some(audience.clone())
+            }
+            _ => None,
+        };
+
+        // What the destination holds now.
+        let mut state: HashMap<String, String> = HashMap::new();
+        for row in sqlx::query("SELECT key, hash FROM sync_records WHERE sync = $1")
+            .bind(&sync.name)
+            .fetch_all(store.pool())
+            .await?
+        {
+            state.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+        let existing = state.len() as u64;
+        let parked: HashSet<(String, String)> = sqlx::query("SELECT key, hash FROM dead_letters WHERE sync = $1 AND replayed_at IS NULL")
+            .bind(&sync.name)
+            .fetch_all(store.pool())
+            .await?
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<anyhow::Result<_>>()?;
+
+        // Walk the model in pages and sort each record into add / change / unchanged.
+        let mut upserts: Vec<Item> = Vec::new();
+        let mut after = String::new();
+        loop {
+            let rows = match &audience {
+                Some(a) => sqlx::query("SELECT profile_id FROM audience_members WHERE audience = $1 AND profile_id > $2 ORDER BY profile_id LIMIT 5000")
+                    .bind(a)
+                    .bind(&after)
+                    .fetch_all(store.pool())
+                    .await?,
+                None => sqlx::query("SELECT id FROM profiles WHERE id > $1 ORDER BY id LIMIT 5000")
+                    .bind(&after)
+                    .fetch_all(store.pool())
+                    .await?,
+            };
+            if rows.is_empty() {
+                break;
+            }
+            let ids: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+            after = ids.last().cloned().unwrap_or_default();
+            for p in model::load(store, &ids, false).await? {
+                let fields = mapping.apply(&Subject {
+                    profile_id: &p.id,
+                    created_at: p.created_at,
+                    updated_at: p.updated_at,
+                    traits: &p.traits,
+                    identifiers: &p.identifiers,
+                    event: None,
+                });
+                let text = serde_json::to_string(&fields)?;
+                let hash = payload_hash(&text);
+                let previous = state.remove(&p.id);
+                if previous.as_deref() == Some(hash.as_str()) && !options.full_resync {
+                    self.plan.unchanged += 1;
+                    continue;
+                }
+                if parked.contains(&(p.id.clone(), hash.clone())) {
+                    self.plan.parked += 1;
+                    continue;
+                }
+                let sample = serde_json::json!({"key": p.id, "fields": fields});
+                if previous.is_some() {
+                    self.plan.changes += 1;
+                    if self.plan.sample_changes.len() < SAMPLES {
+                        self.plan.sample_changes.push(sample);
+                    }
+                } else {
+                    self.plan.adds += 1;
+                    if self.plan.sample_adds.len() < SAMPLES {
+                        self.plan.sample_adds.push(sample);
+                    }
+                }
+                upserts.push(Item {
+                    key: p.id,
+                    hash,
+                    fields: text,
+                    attempts: 0,
+                    last_error: None,
+                });
+            }
+        }
+
+        // Whatever is left in the state is no longer in the model. Mirror removes it all;
+        // upsert removes only records whose profile is gone (merged away or erased).
+        let mut leftover: Vec<String> = state.into_keys().collect();
+        leftover.sort();
+        if sync.mode == SyncMode::Upsert && !leftover.is_empty() {
+            let alive = model::existing(store, &leftover).await?;
+            leftover.retain(|k| !alive.contains(k));
+        }
+        let mut deletes = Vec::with_capacity(leftover.len());
+        for chunk in leftover.chunks(model::CHUNK) {
+            let list = (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(",");
+            let sql = format!("SELECT key, hash, fields FROM sync_records WHERE sync = $1 AND key IN ({list})");
+            let mut q = sqlx::query(&sql).bind(&sync.name);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            for row in q.fetch_all(store.pool()).await? {
+                let fields: String = row.try_get(2)?;
+                if parked.contains(&(row.try_get(0)?, row.try_get(1)?)) {
+                    self.plan.parked += 1;
+                    continue;
+                }
+                if self.plan.sample_removals.len() < SAMPLES {
+                    self.plan.sample_removals.push(serde_json::json!({
+                        "key": row.try_get::<String, _>(0)?,
+                        "fields": serde_json::from_str::<serde_json::Value>(&fields).unwrap_or_default(),
+                    }));
+                }
+                deletes.push(Item {
+                    key: row.try_get(0)?,
+                    hash: row.try_get(1)?,
+                    fields,
+                    attempts: 0,
+                    last_error: None,
+                });
+            }
+        }
+        self.plan.removals = deletes.len() as u64;
+
+        if let Some(guard) = sync.max_removals {
+            let limit = guard.limit(existing);
+            if self.plan.removals > limit && !options.approve_removals {
+                let message = format!(
+                    "blocked by the guardrail: this run would remove {} of the destination's {existing} records, more than max_removals allows ({limit}). \
+                     Nothing was sent. If that is intended, run `switchyard sync run {} --approve-removals` (or POST /v1/syncs/{}/run?approve_removals=true), \
+                     or raise max_removals",
+                    self.plan.removals, sync.name, sync.name
+                );
+                return Err(Blocked {
+                    plan: std::mem::take(&mut self.plan),
+                    message,
+                }
+                .into());
+            }
+        }
+        if options.dry_run {
+            return Ok(());
+        }
+        if let Some(p) = &self.progress {
+            p.planned((deletes.len() + upserts.len()) as u64);
+        }
+        // Deletes first: when two synced profiles merged, the survivor's upsert must land after
+        // the merged-away record's delete, or a destination keyed by email would lose both.
+        self.deliver(target, Action::Delete, deletes).await?;
+        self.deliver(target, Action::Upsert, upserts).await?;
+        Ok(())
+    }
+
+    /// Events syncs: each matching event once, in the order received.
+    async fn run_events(&mut self, config: &Config, target: &Target, options: &RunOptions) -> anyhow::Result<()> {
+        let _ = config;
+        let store = &self.engine.store;
+        let sync = self.sync;
+        let (event_name, filter) = match &sync.from {
+            SyncFrom::Events { events, filter } => (
+                events.clone(),
+                filter.as_deref().map(Filter::compile).transpose().map_err(|e| anyhow::anyhow!("sync `{}` from.filter: {e}", sync.name))?,
+            ),
+            _ => bail!("sync `{}`: mode = \"events\" needs from = {{ events = ... }}", sync.name),
+        };
+        let mapping = Mapping::compile(&sync.mapping, true).map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
+        let cursor: Option<(i64, String)> = if options.full_resync {
+            None
+        } else {
+            sqlx::query_as("SELECT received_at, message_id FROM sync_cursors WHERE sync = $1")
+                .bind(&sync.name)
+                .fetch_optional(store.pool())
+                .await?
+        };
+        let (mut at, mut last_id) = cursor.unwrap_or((i64::MIN, String::new()));
+        // Messages are stamped before their commit lands: leave the last moments for next time.
+        let horizon = now_millis() - 2_000;
+        let page = (target.batch_size * target.concurrency.max(1) * 4).clamp(100, 20_000) as i64;
+        loop {
+            let rows = sqlx::query(
+                "SELECT message_id, profile_id, received_at, body FROM events WHERE kind = 'track' AND name = $1 \
+                 AND (received_at > $2 OR (received_at = $2 AND message_id > $3)) AND received_at < $4 \
+                 ORDER BY received_at, message_id LIMIT $5",
+            )
+            .bind(&event_name)
+            .bind(at)
+            .bind(&last_id)
+            .bind(horizon)
+            .bind(page)
+            .fetch_all(store.pool())
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            let mut events = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let body: String = r.try_get(3)?;
+                events.push((
+                    r.try_get::<String, _>(0)?,
+                    r.try_get::<String, _>(1)?,
+                    r.try_get::<i64, _>(2)?,
+                    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
+                ));
+            }
+            let mut ids: Vec<String> = events.iter().map(|e| e.1.clone()).collect();
+            ids.sort();
+            ids.dedup();
+            let profiles: HashMap<String, model::ProfileData> = model::load(store, &ids, filter.as_ref().is_some_and(|f| f.uses_events))
+                .await?
+                .into_iter()
+                .map(|p| (p.id.clone(), p))
+                .collect();
+            let keys: Vec<String> = events.iter().map(|e| e.0.clone()).collect();
+            let done = acked_keys(store, &sync.name, &keys).await?;
+            let mut items = Vec::new();
+            for (message_id, profile_id, _, body) in &events {
+                if done.contains(message_id) {
+                    self.plan.unchanged += 1;
+                    continue;
+                }
+                let empty = model::ProfileData { id: profile_id.clone(), ..Default::default() };
+                let p = profiles.get(profile_id).unwrap_or(&empty);
+                if let Some(f) = &filter {
+                    match f.matches(p, Some(body)) {
+                        Ok(true) => {}
+                        Ok(false) => continue,
+                        Err(e) => {
+                            tracing::warn!(message_id = %message_id, "event filter failed: {e}");
+                            continue;
+                        }
+                    }
+                }
+                let fields = mapping.apply(&Subject {
+                    profile_id: &p.id,
+                    created_at: p.created_at,
+                    updated_at: p.updated_at,
+                    traits: &p.traits,
+                    identifiers: &p.identifiers,
+                    event: Some(body),
+                });
+                let text = serde_json::to_string(&fields)?;
+                self.plan.adds += 1;
+                if self.plan.sample_adds.len() < SAMPLES {
+                    self.plan.sample_adds.push(serde_json::json!({"key": message_id, "fields": fields}));
+                }
+                items.push(Item {
+                    key: message_id.clone(),
+                    hash: payload_hash(&text),
+                    fields: text,
+                    attempts: 0,
+                    last_error: None,
+                });
+            }
+            let last = events.last().map(|e| (e.2, e.0.clone()));
+            if !options.dry_run {
+                if let Some(p) = &self.progress {
+                    p.planned(self.plan.adds);
+                }
+                self.deliver(target, Action::Track, items).await?;
+                if let Some((received, id)) = &last {
+                    sqlx::query(
+                        "INSERT INTO sync_cursors (sync, received_at, message_id) VALUES ($1, $2, $3) \
+                         ON CONFLICT (sync) DO UPDATE SET received_at = excluded.received_at, message_id = excluded.message_id",
+                    )
+                    .bind(&sync.name)
+                    .bind(received)
+                    .bind(id)
+                    .execute(store.pool())
+                    .await?;
+                }
+            }
+            match last {
+                Some((received, id)) => {
+                    at = received;
+                    last_id = id;
+                }
+                None => break,
+            }
+            if (rows.len() as i64) < page {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, target: &Target, action: Action, items: Vec<Item>) -> anyhow::Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        if self.lease.is_some_and(|l| l.lost()) {
+            bail!("the run lost its lease (the database was unreachable for too long)");
+        }
+        let ledger = RunLedger {
+            store: &self.engine.store,
+            sync: &self.sync.name,
+            run_id: self.run_id,
+        };
+        let progress = self.progress.clone();
+        let metrics = self.engine.metrics.clone();
+        let sync_name = self.sync.name.clone();
+        let mut last = Stats::default();
+        let result = delivery::deliver(target, action, items, &ledger, &mut self.stats, |s| {
+            if let Some(p) = &progress {
+                p.advanced(s.succeeded + s.dead_lettered);
+            }
+            if let Some(m) = &metrics {
+                m.sync_records(&sync_name, s, &last);
+            }
+            last = s.clone();
+        })
+        .await;
+        match result {
+            Ok(()) => Ok(()),
+            Err(Abort::Destination(reason)) => bail!("{reason}; records not yet acknowledged will be planned again by the next run"),
+            Err(Abort::Commit(e)) => Err(e.context("committing a batch's outcome")),
+        }
+    }
+}
+
+async fn acked_keys(store: &Store, sync: &str, keys: &[String]) -> anyhow::Result<HashSet<String>> {
+    let mut found = HashSet::new();
+    for chunk in keys.chunks(model::CHUNK) {
+        let list = (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(",");
+        let sql = format!("SELECT key FROM sync_records WHERE sync = $1 AND key IN ({list})");
+        let mut q = sqlx::query(&sql).bind(sync);
+        for k in chunk {
+            q = q.bind(k);
+        }
+        for row in q.fetch_all(store.pool()).await? {
+            found.insert(row.try_get(0)?);
+        }
+    }
+    Ok(found)
+}
+
+/// Commits a batch's outcome: the acknowledged state, dead letters, and the run's counters,
+/// in one transaction.
+struct RunLedger<'a> {
+    store: &'a Store,
+    sync: &'a str,
+    run_id: &'a str,
+}
+
+impl Ledger for RunLedger<'_> {
+    async fn commit(&self, action: Action, acked: &[Item], dead: &[(Item, String)], stats: &Stats) -> anyhow::Result<()> {
+        let now = now_millis();
+        let mut tx = self.store.pool().begin().await?;
+        for item in acked {
+            match action {
+                Action::Delete => {
+                    sqlx::query("DELETE FROM sync_records WHERE sync = $1 AND key = $2")
+                        .bind(self.sync)
+                        .bind(&item.key)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                Action::Upsert | Action::Track => {
+                    sqlx::query(
+                        "INSERT INTO sync_records (sync, key, hash, fields, acked_at) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (sync, key) DO UPDATE SET hash = excluded.hash, fields = excluded.fields, acked_at = excluded.acked_at",
+                    )
+                    .bind(self.sync)
+                    .bind(&item.key)
+                    .bind(&item.hash)
+                    .bind(&item.fields)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        for (item, reason) in dead {
+            sqlx::query(
+                "INSERT INTO dead_letters (id, sync, key, action, hash, fields, attempts, error, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(self.sync)
+            .bind(&item.key)
+            .bind(action_name(action))
+            .bind(&item.hash)
+            .bind(&item.fields)
+            .bind((item.attempts.max(1)) as i64)
+            .bind(reason)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE sync_runs SET sent = $1, succeeded = $2, retried = $3, rejected = $4, dead_lettered = $5 WHERE id = $6")
+            .bind(stats.sent as i64)
+            .bind(stats.succeeded as i64)
+            .bind(stats.retried as i64)
+            .bind(stats.rejected as i64)
+            .bind(stats.dead_lettered as i64)
+            .bind(self.run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn action_name(a: Action) -> &'static str {
+    match a {
+        Action::Upsert => "upsert",
+        Action::Delete => "delete",
+        Action::Track => "track",
+    }
+}
+
+/// Where the CLI finds the plugins of a config (its `[hub] plugins_dir`, unless overridden).
+pub fn plugins_dir(config: &Config, cli: Option<PathBuf>) -> PathBuf {
+    cli.unwrap_or_else(|| config.hub.plugins_dir.clone())
+}
