@@ -27,6 +27,8 @@ pub struct Hub {
     pub config: PathBuf,
     child: Option<Child>,
     pg_db: Option<String>,
+    /// Extra environment for the server process.
+    pub env: Vec<(String, String)>,
 }
 
 fn free_port() -> u16 {
@@ -63,6 +65,12 @@ impl Hub {
 
     /// Starts a hub; `extra_hub` is appended to the `[hub]` table.
     pub fn start_with(db: Db, extra_hub: &str) -> Hub {
+        Hub::start_project(db, extra_hub, "", &[])
+    }
+
+    /// Starts a hub whose project file also holds `project` (audiences, destinations, syncs),
+    /// with plugins under `<dir>/plugins` and extra environment for the server.
+    pub fn start_project(db: Db, extra_hub: &str, project: &str, env: &[(&str, &str)]) -> Hub {
         let dir = tempfile::tempdir().unwrap();
         let (database, pg_db) = match db {
             Db::Sqlite => (format!("sqlite://{}/hub.db", dir.path().display()), None),
@@ -80,8 +88,9 @@ impl Hub {
         std::fs::write(
             &config,
             format!(
-                "[hub]\nlisten = \"{addr}\"\ndatabase = \"{database}\"\nadmin_token = \"{ADMIN_TOKEN}\"\n{extra_hub}\n\n\
-                 [sources.web]\nwrite_keys = [\"{WRITE_KEY}\"]\n\n[sources.server]\nwrite_keys = [\"wk_test_server\"]\n"
+                "[hub]\nlisten = \"{addr}\"\ndatabase = \"{database}\"\nadmin_token = \"{ADMIN_TOKEN}\"\nplugins_dir = \"{plugins}\"\n{extra_hub}\n\n\
+                 [sources.web]\nwrite_keys = [\"{WRITE_KEY}\"]\n\n[sources.server]\nwrite_keys = [\"wk_test_server\"]\n\n{project}\n",
+                plugins = dir.path().join("plugins").display()
             ),
         )
         .unwrap();
@@ -92,6 +101,7 @@ impl Hub {
             config,
             child: None,
             pg_db,
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         };
         hub.spawn();
         hub
@@ -103,6 +113,7 @@ impl Hub {
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("SWITCHYARD_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .spawn()
             .expect("starting switchyard serve");
@@ -117,6 +128,42 @@ impl Hub {
             std::thread::sleep(Duration::from_millis(50));
         }
         panic!("switchyard serve did not come up on {}", self.addr);
+    }
+
+    /// The plugins directory of this hub.
+    pub fn plugins_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    /// Runs the CLI against this hub's project file and plugins (`--config` is appended for
+    /// commands that take it), with the hub's extra environment.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.arg("--plugins-dir").arg(self.plugins_dir()).args(args);
+        if !matches!(args.first(), Some(&"plugin")) {
+            cmd.arg("--config").arg(&self.config);
+        }
+        cmd.env("SWITCHYARD_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("running switchyard")
+    }
+
+    /// Installs built plugins (by crate name) into this hub's plugins directory.
+    pub fn install(&self, crates: &[&str]) {
+        for name in crates {
+            let wasm = super::plugin_wasm(name);
+            let out = self.cli(&["plugin", "install", wasm.to_str().unwrap()]);
+            assert!(out.status.success(), "installing {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    /// Rewrites the project part of the config and sends SIGHUP.
+    pub fn reload(&self, config_text: &str) {
+        std::fs::write(&self.config, config_text).unwrap();
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill").args(["-HUP", &c.id().to_string()]).status();
+        }
     }
 
     /// SIGKILL: no shutdown, no flush.
@@ -187,6 +234,28 @@ impl Hub {
             404 => None,
             s => panic!("GET profile {id}: {s} {}", r.text()),
         }
+    }
+
+    /// The first column of a query's rows, as text.
+    pub fn strings(&self, sql: &str) -> Vec<String> {
+        let url = self.database.clone();
+        let sql = sql.to_string();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                sqlx::any::install_default_drivers();
+                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .unwrap();
+                let rows: Vec<(String,)> = sqlx::query_as(&sql).fetch_all(&mut conn).await.unwrap();
+                rows.into_iter().map(|r| r.0).collect()
+            })
+        })
+        .join()
+        .unwrap()
     }
 
     /// Runs a query against the hub's database with sqlx, for counts the API does not show.

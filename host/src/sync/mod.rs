@@ -33,8 +33,15 @@ use crate::store::{now_millis, Store};
 use delivery::{Abort, Item, Ledger, Stats, Target};
 use mapping::{Mapping, Subject};
 
-/// How long a run's lease lasts without renewal; a hub that dies frees its syncs after this.
-const LEASE_MS: i64 = 30_000;
+/// How long a run's lease lasts without renewal (renewed every third of it); a hub that dies
+/// frees its syncs after this. `SWITCHYARD_LEASE_MS` overrides it.
+fn lease_ms() -> i64 {
+    std::env::var("SWITCHYARD_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v >= 300)
+        .unwrap_or(15_000)
+}
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
@@ -369,7 +376,7 @@ impl Engine {
         .bind(sync)
         .bind(&holder)
         .bind(run_id)
-        .bind(now + LEASE_MS)
+        .bind(now + lease_ms())
         .bind(now)
         .execute(self.store.pool())
         .await?
@@ -392,9 +399,9 @@ impl Engine {
         let flag = lost.clone();
         let renew = tokio::spawn(async move {
             loop {
-                tokio::time::sleep(Duration::from_millis((LEASE_MS / 3) as u64)).await;
+                tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
                 let ok = sqlx::query("UPDATE sync_leases SET expires_at = $1 WHERE sync = $2 AND run_id = $3")
-                    .bind(now_millis() + LEASE_MS)
+                    .bind(now_millis() + lease_ms())
                     .bind(&sync_name)
                     .bind(&run)
                     .execute(store.pool())

@@ -16,6 +16,8 @@ use crate::store::now_millis;
 /// Polls once a second until the process ends.
 pub async fn run(engine: Engine) {
     let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    // Syncs whose run could not start (another run held the lease): look again next tick.
+    let not_started: Arc<Mutex<HashSet<String>>> = Arc::default();
     // Per sync: when it last started here, and the newest change seen then (continuous).
     let mut last: HashMap<String, (DateTime<Utc>, i64)> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -30,15 +32,20 @@ pub async fn run(engine: Engine) {
                 continue;
             }
             let now = Utc::now();
+            if lock(&not_started).remove(&sync.name) {
+                last.remove(&sync.name);
+            }
             if !last.contains_key(&sync.name) {
-                let previous = engine
-                    .runs(&sync.name, 1)
-                    .await
-                    .ok()
-                    .and_then(|mut r| r.pop())
+                let latest = engine.runs(&sync.name, 1).await.ok().and_then(|mut r| r.pop());
+                // A run cut short (the hub died) is resumed at once; the
+                // acknowledged state makes it send only what had not landed.
+                let unfinished = latest
+                    .as_ref()
+                    .is_some_and(|r| matches!(r.status.as_str(), "running" | "interrupted"));
+                let previous = latest
                     .and_then(|r| DateTime::parse_from_rfc3339(&r.started_at).ok())
                     .map(|t| t.with_timezone(&Utc));
-                if let Some(p) = previous {
+                if let (Some(p), false) = (previous, unfinished) {
                     last.insert(sync.name.clone(), (p, i64::MIN));
                 }
             }
@@ -66,6 +73,7 @@ pub async fn run(engine: Engine) {
             lock(&running).insert(sync.name.clone());
             let engine = engine.clone();
             let running = running.clone();
+            let not_started = not_started.clone();
             let name = sync.name.clone();
             tokio::spawn(async move {
                 match engine.run(&name, RunOptions::default(), None).await {
@@ -73,7 +81,10 @@ pub async fn run(engine: Engine) {
                         tracing::warn!(sync = %name, status = %r.status, "scheduled run: {}", r.error.unwrap_or_default())
                     }
                     Ok(_) => {}
-                    Err(e) => tracing::info!(sync = %name, "scheduled run not started: {e:#}"),
+                    Err(e) => {
+                        tracing::info!(sync = %name, "scheduled run not started: {e:#}");
+                        lock(&not_started).insert(name.clone());
+                    }
                 }
                 lock(&running).remove(&name);
             });

@@ -19,6 +19,13 @@ struct Config {
     /// Send `Authorization: Bearer <token secret>` when true.
     #[serde(default)]
     use_token: bool,
+    /// Give up on a response after this many milliseconds (the hub then retries the batch).
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: u64,
+}
+
+fn default_timeout_ms() -> u64 {
+    30_000
 }
 
 struct JsonPost;
@@ -80,7 +87,10 @@ impl Destination for JsonPost {
             Action::Track => "track",
         };
         let body = serde_json::json!({ "action": action, "records": rows });
-        let response = authorised(ctx, Request::post(&ctx.config.url).json(&body)).send()?;
+        let request = Request::post(&ctx.config.url)
+            .json(&body)
+            .timeout(std::time::Duration::from_millis(ctx.config.timeout_ms));
+        let response = authorised(ctx, request).send()?;
         if matches!(response.status, 401 | 403) {
             // Bad credentials fail the whole batch: nothing here is the records' fault.
             return outcome::call_result(&response).map(|_| results);
