@@ -1,0 +1,696 @@
+//! Ad-platform destinations end to end, through the real `switchyard` binary and the real plugin
+//! components, against faithful fakes of the APIs:
+//! - `meta-custom-audiences` against a fake Graph API (`tests/fakes/meta.rs`),
+//! - `google-ads-customer-match` against a fake Google Ads REST API (`tests/fakes/google_ads.rs`).
+//!
+//! Each shows: records land mapped and hashed; per-record failures come back `rejected` with the
+//! API's message; throttling comes back `retry` with the API's wait; bad credentials fail
+//! `check`; logs hold neither the secret nor raw identifiers; and the fake refuses what the real
+//! API refuses.
+
+mod common;
+
+#[path = "fakes/meta.rs"]
+mod meta_fake;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+fn sha(s: &str) -> String {
+    hex::encode(Sha256::digest(s.as_bytes()))
+}
+
+fn run(plugins: &Path, args: &[&str], log: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--plugins-dir")
+        .arg(plugins)
+        .args(args)
+        .env("SWITCHYARD_LOG", log)
+        .output()
+        .expect("running switchyard")
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "switchyard failed:\nstdout: {}\nstderr: {}",
+        stdout(out),
+        stderr(out)
+    );
+    stdout(out)
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}\n{}",
+        stdout(out),
+        stderr(out)
+    );
+    stderr(out)
+}
+
+/// A plugins dir with `crate_name`'s component installed.
+fn install(crate_name: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = common::plugin_wasm(crate_name);
+    ok(&run(
+        dir.path(),
+        &["plugin", "install", wasm.to_str().unwrap()],
+        "warn",
+    ));
+    dir
+}
+
+fn records_file(dir: &Path, records: &[Value]) -> std::path::PathBuf {
+    let path = dir.join(format!("records-{}.jsonl", records.len()));
+    let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn results(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// A plain HTTP/1.1 request to a fake: (status, body).
+fn raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).unwrap();
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status: u16 = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        rest.to_string()
+    };
+    (status, body)
+}
+
+fn form(pairs: &[(&str, &str)]) -> Vec<u8> {
+    url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+        .into_bytes()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Meta Custom Audiences
+
+const META: &str = "meta-custom-audiences";
+
+struct MetaRun {
+    fake: meta_fake::Fake,
+    plugins: tempfile::TempDir,
+}
+
+impl MetaRun {
+    fn new() -> MetaRun {
+        MetaRun {
+            fake: meta_fake::start_in_background(),
+            plugins: install("meta-custom-audiences"),
+        }
+    }
+
+    fn args<'a>(&'a self, reroute: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+        let mut v = vec!["--reroute", reroute, "--allow-private", &self.hp()];
+        v.extend_from_slice(extra);
+        v
+    }
+
+    fn hp(&self) -> &'static str {
+        Box::leak(self.fake.host_port().into_boxed_str())
+    }
+
+    fn reroute(&self) -> String {
+        format!("graph.facebook.com={}", self.fake.url())
+    }
+
+    fn deliver(
+        &self,
+        config: Value,
+        token: &str,
+        action: &str,
+        records: &[Value],
+        log: &str,
+    ) -> Output {
+        let file = records_file(self.plugins.path(), records);
+        let config = config.to_string();
+        let secret = format!("access_token={token}");
+        let reroute = self.reroute();
+        let mut args = vec![
+            "plugin",
+            "deliver",
+            META,
+            "--config",
+            &config,
+            "--secret",
+            &secret,
+            "--action",
+            action,
+            "--records",
+            file.to_str().unwrap(),
+        ];
+        args.extend(self.args(&reroute, &[]));
+        run(self.plugins.path(), &args, log)
+    }
+
+    fn check(&self, config: Value, secrets: &[String]) -> Output {
+        let config = config.to_string();
+        let reroute = self.reroute();
+        let mut args = vec!["plugin", "check", META, "--config", &config];
+        for s in secrets {
+            args.push("--secret");
+            args.push(s);
+        }
+        args.extend(self.args(&reroute, &[]));
+        run(self.plugins.path(), &args, "warn")
+    }
+}
+
+fn meta_config() -> Value {
+    json!({"audience_id": meta_fake::AUDIENCE_ID, "default_phone_country_code": "1"})
+}
+
+#[test]
+fn meta_upserts_and_removes_hashed_multi_key_rows_in_one_session() {
+    let m = MetaRun::new();
+    let records = vec![
+        json!({"key": "p1", "fields": {"email": "  Test@Example.COM ", "phone": "+1 (555) 123-4567",
+               "first_name": "John", "last_name": "Doe", "country": "US", "city": "San Francisco",
+               "state": "California", "zip": "94045-1234", "gender": "male"}}),
+        json!({"key": "p2", "fields": {"email": "ada@example.org", "phone": "(212) 555-0100"}}),
+        json!({"key": "p3", "fields": {"first_name": "Nobody"}}),
+    ];
+    let out = m.deliver(meta_config(), meta_fake::TOKEN, "upsert", &records, "debug");
+    let res = results(&ok(&out));
+    assert_eq!(res.len(), 3, "{res:?}");
+    assert_eq!(res[0]["result"], "ok", "{res:?}");
+    assert_eq!(res[1]["result"], "ok", "{res:?}");
+    assert_eq!(res[2]["result"], "rejected");
+    assert!(
+        res[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no usable identifier"),
+        "{res:?}"
+    );
+
+    let uploads = m.fake.uploads();
+    assert_eq!(uploads.len(), 1);
+    let up = &uploads[0];
+    assert_eq!(up.method, "POST");
+    assert_eq!(
+        up.token_via, "header",
+        "the token travels in the Authorization header"
+    );
+    assert_eq!(
+        up.schema,
+        ["EMAIL", "PHONE", "GEN", "LN", "FN", "FI", "CT", "ST", "ZIP", "COUNTRY"]
+    );
+    let session = up.session.clone().unwrap();
+    assert_eq!(session["batch_seq"], 1);
+    assert_eq!(session["last_batch_flag"], true);
+    assert_eq!(session["estimated_num_total"], 2);
+    assert!(session["session_id"].as_u64().unwrap() > 0);
+
+    // Meta's published vectors, in the audience.
+    let members = m.fake.members();
+    assert_eq!(members.len(), 2, "{members:?}");
+    let john = &members[0];
+    assert_eq!(
+        john["EMAIL"],
+        "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b"
+    );
+    assert_eq!(
+        john["PHONE"],
+        "d6736136ea896c1bfdc553e0e86e702c70d060d805696ca3e4e9e0961353860a"
+    );
+    assert_eq!(
+        john["FN"],
+        "96d9632f363564cc3032521409cf22a852f2032eec099ed5967c0d000cec607a"
+    );
+    assert_eq!(
+        john["LN"],
+        "799ef92a11af918e3fb741df42934f3b568ed2d93ac1df74f1b8d41a27932a6f"
+    );
+    assert_eq!(
+        john["COUNTRY"],
+        "79adb2a2fce5c6ba215fe5f27f532d4e7edbac4b6a5e09e1ef3a08084a904621"
+    );
+    assert_eq!(
+        john["GEN"],
+        "62c66a7a5dd70c3146618063c344e531e6d4b59e379808443ce962b3abd63c5a"
+    );
+    assert_eq!(john["FI"], sha("j"));
+    assert_eq!(john["CT"], sha("sanfrancisco"));
+    assert_eq!(john["ST"], sha("ca"));
+    assert_eq!(john["ZIP"], sha("94045"));
+    let ada = &members[1];
+    assert_eq!(ada["EMAIL"], sha("ada@example.org"));
+    assert_eq!(
+        ada["PHONE"],
+        "d70a96108cd686be3737cbeed345f2a61c178747e3cb4448e6434e24ac150acd"
+    );
+    assert!(
+        !ada.contains_key("FN"),
+        "empty cells are not values: {ada:?}"
+    );
+
+    // Logs at debug level: no token, no raw email, phone or name.
+    let log = stderr(&out);
+    assert!(
+        log.contains("POST users: batch 1 of 1"),
+        "the plugin's debug log: {log}"
+    );
+    for secret in [
+        meta_fake::TOKEN,
+        "Test@Example.COM",
+        "test@example.com",
+        "ada@example.org",
+        "555-0100",
+        "5551234567",
+        "San Francisco",
+        "Nobody",
+    ] {
+        assert!(!log.contains(secret), "log leaks {secret}: {log}");
+    }
+
+    // Delete removes the person the hub last delivered.
+    let out = m.deliver(
+        meta_config(),
+        meta_fake::TOKEN,
+        "delete",
+        &records[1..2],
+        "warn",
+    );
+    let res = results(&ok(&out));
+    assert_eq!(res[0]["result"], "ok", "{res:?}");
+    let uploads = m.fake.uploads();
+    assert_eq!(uploads.len(), 2);
+    assert_eq!(uploads[1].method, "DELETE");
+    assert_eq!(uploads[1].schema, ["EMAIL", "PHONE"]);
+    let members = m.fake.members();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert_eq!(members[0]["EMAIL"], sha("test@example.com"));
+}
+
+#[test]
+fn meta_session_spans_the_requests_of_a_call_and_throttling_retries_the_rest() {
+    let m = MetaRun::new();
+    let records: Vec<Value> = (0..5)
+        .map(|i| json!({"key": format!("u{i}"), "fields": {"email": format!("user{i}@example.com")}}))
+        .collect();
+    let mut config = meta_config();
+    config["rows_per_request"] = json!(2);
+    config["schema"] = json!(["EMAIL", "PHONE"]);
+
+    let out = m.deliver(config.clone(), meta_fake::TOKEN, "upsert", &records, "warn");
+    let res = results(&ok(&out));
+    assert!(res.iter().all(|r| r["result"] == "ok"), "{res:?}");
+    let uploads = m.fake.uploads();
+    assert_eq!(uploads.len(), 3);
+    let sid = uploads[0].session.as_ref().unwrap()["session_id"].clone();
+    for (i, up) in uploads.iter().enumerate() {
+        let s = up.session.as_ref().unwrap();
+        assert_eq!(s["session_id"], sid, "one session per deliver call");
+        assert_eq!(s["batch_seq"], i + 1);
+        assert_eq!(s["last_batch_flag"], i == 2);
+        assert_eq!(s["estimated_num_total"], 5);
+        assert_eq!(up.schema, ["EMAIL", "PHONE"], "the configured schema");
+        assert!(up.rows.iter().all(|r| r[1].is_empty()));
+    }
+    assert_eq!(m.fake.members().len(), 5);
+
+    // The second request is throttled (80003): the first two records are in, the rest retry
+    // after Meta's estimated_time_to_regain_access, and nothing more is sent.
+    m.fake.pass_next();
+    m.fake.fail_next(meta_fake::Fault::rate_limited(2));
+    let before = m.fake.requests();
+    let out = m.deliver(config, meta_fake::TOKEN, "delete", &records, "warn");
+    let res = results(&ok(&out));
+    assert_eq!(
+        m.fake.requests() - before,
+        2,
+        "stops after the throttled request"
+    );
+    assert_eq!(res[0]["result"], "ok");
+    assert_eq!(res[1]["result"], "ok");
+    for r in &res[2..] {
+        assert_eq!(r["result"], "retry", "{res:?}");
+        assert_eq!(r["after_ms"], 120_000, "{res:?}");
+        assert!(r["reason"].as_str().unwrap().contains("80003"), "{res:?}");
+    }
+    assert_eq!(m.fake.members().len(), 3);
+}
+
+#[test]
+fn meta_errors_map_to_retry_rejected_and_unauthorized() {
+    let m = MetaRun::new();
+    let records = vec![
+        json!({"key": "good", "fields": {"email": "good@example.com"}}),
+        json!({"key": "bad", "fields": {"email": "flagged@example.com"}}),
+    ];
+    // Meta quotes an entry as invalid: that record alone is rejected with Meta's reason.
+    m.fake.mark_invalid(
+        &sha("flagged@example.com"),
+        "Invalid entry: hash does not match any format",
+    );
+    let res = results(&ok(&m.deliver(
+        meta_config(),
+        meta_fake::TOKEN,
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert_eq!(res[0]["result"], "ok", "{res:?}");
+    assert_eq!(res[1]["result"], "rejected", "{res:?}");
+    assert!(
+        res[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("hash does not match any format"),
+        "{res:?}"
+    );
+    assert_eq!(m.fake.members().len(), 1);
+
+    // Transient (code 2) → retry without a wait; the hub backs off.
+    m.fake.fail_next(meta_fake::Fault::error(
+        500,
+        2,
+        None,
+        "An unexpected error has occurred. Please retry your request later.",
+    ));
+    let res = results(&ok(&m.deliver(
+        meta_config(),
+        meta_fake::TOKEN,
+        "upsert",
+        &records[..1],
+        "warn",
+    )));
+    assert_eq!(res[0]["result"], "retry", "{res:?}");
+    assert!(res[0]["after_ms"].is_null(), "{res:?}");
+
+    // Application request limit (code 4, HTTP 403): a retry, not a credential problem.
+    m.fake.fail_next(meta_fake::Fault::error(
+        403,
+        4,
+        None,
+        "(#4) Application request limit reached",
+    ));
+    let res = results(&ok(&m.deliver(
+        meta_config(),
+        meta_fake::TOKEN,
+        "upsert",
+        &records[..1],
+        "warn",
+    )));
+    assert_eq!(res[0]["result"], "retry", "{res:?}");
+
+    // Invalid parameter (code 100) for the request → its records rejected with Meta's message.
+    m.fake.fail_next(meta_fake::Fault::error(
+        400,
+        100,
+        None,
+        "(#100) Invalid parameter",
+    ));
+    let res = results(&ok(&m.deliver(
+        meta_config(),
+        meta_fake::TOKEN,
+        "upsert",
+        &records[..1],
+        "warn",
+    )));
+    assert_eq!(res[0]["result"], "rejected", "{res:?}");
+    assert!(
+        res[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("Meta error 100"),
+        "{res:?}"
+    );
+    assert!(
+        res[0]["reason"].as_str().unwrap().contains("fbtrace_id"),
+        "{res:?}"
+    );
+
+    // A bad token fails the whole call as unauthorized (code 190).
+    let err = failed(&m.deliver(meta_config(), "EAAwrong", "upsert", &records[..1], "warn"));
+    assert!(
+        err.contains("unauthorized") || err.contains("Unauthorized"),
+        "{err}"
+    );
+    assert!(err.contains("190"), "{err}");
+    assert!(!err.contains("EAAwrong"), "the token is not echoed: {err}");
+}
+
+#[test]
+fn meta_check_reads_the_audience_with_the_token() {
+    let m = MetaRun::new();
+    let good = vec![format!("access_token={}", meta_fake::TOKEN)];
+    let out = ok(&m.check(meta_config(), &good));
+    assert!(out.contains("check passed"), "{out}");
+
+    let err = failed(&m.check(meta_config(), &["access_token=EAAexpired".to_string()]));
+    assert!(
+        err.to_lowercase().contains("unauthorized") && err.contains("190"),
+        "{err}"
+    );
+
+    let err = failed(&m.check(json!({"audience_id": "999"}), &good));
+    assert!(
+        err.contains("does not exist") && err.to_lowercase().contains("invalid config"),
+        "{err}"
+    );
+
+    let err = failed(&m.check(json!({"audience_id": "act_12"}), &good));
+    assert!(err.contains("numeric id"), "{err}");
+
+    // When the app requires appsecret_proof, the plugin signs the token with the app secret.
+    m.fake.require_appsecret_proof("app-secret-123");
+    let err = failed(&m.check(meta_config(), &good));
+    assert!(err.contains("appsecret_proof"), "{err}");
+    let with_secret = vec![good[0].clone(), "app_secret=app-secret-123".to_string()];
+    ok(&m.check(meta_config(), &with_secret));
+}
+
+#[test]
+fn meta_fake_rejects_what_graph_rejects() {
+    let fake = meta_fake::start_in_background();
+    let addr = fake.host_port();
+    let path = format!("/v25.0/{}/users", meta_fake::AUDIENCE_ID);
+    let hashed = sha("a@example.com");
+    let payload = json!({"schema": ["EMAIL", "FN"], "data": [[hashed, ""]]}).to_string();
+    let form_ct = ("content-type", "application/x-www-form-urlencoded");
+    let bearer = format!("Bearer {}", meta_fake::TOKEN);
+    let auth = ("authorization", bearer.as_str());
+    let code = |body: &str| -> i64 {
+        serde_json::from_str::<Value>(body).unwrap()["error"]["code"]
+            .as_i64()
+            .unwrap()
+    };
+
+    // No token: code 104; a wrong one: 190.
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct],
+        &form(&[("payload", &payload)]),
+    );
+    assert_eq!((s, code(&b)), (400, 104), "{b}");
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct, ("authorization", "Bearer nope")],
+        &form(&[("payload", &payload)]),
+    );
+    assert_eq!((s, code(&b)), (400, 190), "{b}");
+    assert!(
+        b.contains("fbtrace_id") && b.contains("OAuthException"),
+        "{b}"
+    );
+
+    // Unknown audience: 100/33.
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        "/v25.0/42/users",
+        &[form_ct, auth],
+        &form(&[("payload", &payload)]),
+    );
+    assert_eq!(s, 400);
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).unwrap()["error"]["error_subcode"],
+        33,
+        "{b}"
+    );
+
+    // Row length ≠ schema length, unknown key, missing payload, too many rows: code 100.
+    let short = json!({"schema": ["EMAIL", "FN"], "data": [[hashed]]}).to_string();
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct, auth],
+        &form(&[("payload", &short)]),
+    );
+    assert_eq!((s, code(&b)), (400, 100), "{b}");
+    assert!(b.contains("does not match the schema"), "{b}");
+    let unknown = json!({"schema": ["EMAIL", "SHOE_SIZE"], "data": [[hashed, "x"]]}).to_string();
+    let (_, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct, auth],
+        &form(&[("payload", &unknown)]),
+    );
+    assert_eq!(code(&b), 100, "{b}");
+    let (_, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct, auth],
+        &form(&[("session", "{}")]),
+    );
+    assert_eq!(code(&b), 100, "{b}");
+    let many: Vec<Value> = (0..10_001).map(|_| json!([hashed.clone()])).collect();
+    let big = json!({"schema": ["EMAIL"], "data": many}).to_string();
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[("content-type", "application/json"), auth],
+        json!({"payload": big}).to_string().as_bytes(),
+    );
+    assert_eq!((s, code(&b)), (400, 100), "{b}");
+    assert!(b.contains("10000"), "{b}");
+
+    // Session rules: batch_seq from 1, no repeats, nothing after the last batch.
+    let bad_session =
+        json!({"session_id": 7, "batch_seq": 0, "last_batch_flag": false}).to_string();
+    let (_, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct, auth],
+        &form(&[("payload", &payload), ("session", &bad_session)]),
+    );
+    assert_eq!(code(&b), 100, "{b}");
+    let last = json!({"session_id": 7, "batch_seq": 1, "last_batch_flag": true}).to_string();
+    let (s, _) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct, auth],
+        &form(&[("payload", &payload), ("session", &last)]),
+    );
+    assert_eq!(s, 200);
+    let after = json!({"session_id": 7, "batch_seq": 2, "last_batch_flag": false}).to_string();
+    let (_, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct, auth],
+        &form(&[("payload", &payload), ("session", &after)]),
+    );
+    assert!(b.contains("already finished"), "{b}");
+
+    // Unhashed values are counted invalid and not stored; the token also works as a parameter.
+    let raw_email =
+        json!({"schema": ["EMAIL", "FN"], "data": [["Bob@Example.com", ""], [hashed, sha("bob")]]})
+            .to_string();
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        &path,
+        &[form_ct],
+        &form(&[("payload", &raw_email), ("access_token", meta_fake::TOKEN)]),
+    );
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["num_received"], 2);
+    assert_eq!(v["num_invalid_entries"], 1);
+    assert_eq!(
+        v["invalid_entry_samples"]["Bob@Example.com"],
+        "EMAIL is not a SHA-256 hash"
+    );
+    assert!(
+        fake.members().iter().all(|m| m["EMAIL"] == hashed),
+        "{:?}",
+        fake.members()
+    );
+
+    // Reading the audience needs the token too.
+    let (s, b) = raw(
+        &addr,
+        "GET",
+        &format!("/v25.0/{}?fields=id,name", meta_fake::AUDIENCE_ID),
+        &[],
+        b"",
+    );
+    assert_eq!((s, code(&b)), (400, 104));
+    let (s, b) = raw(
+        &addr,
+        "GET",
+        &format!("/v25.0/{}?fields=id,name", meta_fake::AUDIENCE_ID),
+        &[auth],
+        b"",
+    );
+    assert_eq!(s, 200);
+    assert_eq!(
+        serde_json::from_str::<Value>(&b).unwrap()["name"],
+        meta_fake::AUDIENCE_NAME
+    );
+}
