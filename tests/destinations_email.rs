@@ -1,0 +1,541 @@
+//! Email destinations end to end: the `sendgrid` and `mailchimp` plugins run in the real hub
+//! binary (`switchyard plugin deliver|check`), their API hosts rerouted to faithful fakes
+//! (`tests/fakes/sendgrid.rs`, `tests/fakes/mailchimp.rs`). Each fake is also tested on its own
+//! with plain HTTP requests, to prove it refuses what the real API refuses.
+
+mod common;
+
+#[path = "fakes/sendgrid.rs"]
+mod sendgrid_fake;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::{json, Value};
+
+// ---- helpers ----
+
+/// Runs the hub binary with `args`, feeding `stdin`, with plugin logs at debug level.
+fn switchyard(plugins: &Path, args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--plugins-dir")
+        .arg(plugins)
+        .args(args)
+        .env("SWITCHYARD_LOG", "debug")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running switchyard");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "switchyard failed:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn jsonl(records: &[Value]) -> String {
+    records.iter().map(|r| format!("{r}\n")).collect()
+}
+
+fn install(plugins: &Path, crate_name: &str) {
+    let wasm = common::plugin_wasm(crate_name);
+    ok(&switchyard(
+        plugins,
+        &["plugin", "install", wasm.to_str().unwrap()],
+        "",
+    ));
+}
+
+/// A plain HTTP/1.1 request to a fake; returns status, lower-cased headers and body.
+fn raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(body).unwrap();
+    let mut buf = Vec::new();
+    stream.read_to_end(&mut buf).unwrap();
+    let split = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("response head");
+    let head = String::from_utf8_lossy(&buf[..split]).into_owned();
+    let mut body = buf[split + 4..].to_vec();
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    if headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.contains("chunked"))
+    {
+        body = dechunk(&body);
+    }
+    (status, headers, body)
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&data[end + 2..end + 2 + size]);
+        data = &data[end + 2 + size + 2..];
+    }
+}
+
+fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    headers
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+fn body_json(body: &[u8]) -> Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(body)))
+}
+
+// ============================== SendGrid ==============================
+
+mod sendgrid {
+    use super::sendgrid_fake::{self, Fake, Setup, API_KEY, LIST_ID, TEMPLATE_ID};
+    use super::*;
+
+    struct Hub {
+        dir: tempfile::TempDir,
+        fake: Fake,
+    }
+
+    fn hub() -> Hub {
+        let fake = Fake::start_in_background(Setup::default());
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), "sendgrid");
+        Hub { dir, fake }
+    }
+
+    impl Hub {
+        /// Runs `plugin <command> sendgrid` with the fake standing in for api.sendgrid.com.
+        fn run(&self, command: &str, config: &Value, key: &str, extra: &[&str], stdin: &str) -> Output {
+            let reroute = format!("api.sendgrid.com={}", self.fake.url());
+            let secret = format!("api_key={key}");
+            let config = config.to_string();
+            let hp = self.fake.host_port();
+            let mut args = vec![
+                "plugin", command, "sendgrid", "--config", &config, "--secret", &secret,
+                "--reroute", &reroute, "--allow-private", &hp,
+            ];
+            args.extend_from_slice(extra);
+            switchyard(self.dir.path(), &args, stdin)
+        }
+
+        fn deliver(&self, action: &str, config: &Value, records: &[Value]) -> (Vec<Value>, String) {
+            let out = self.run("deliver", config, API_KEY, &["--action", action], &jsonl(records));
+            let results = lines(&ok(&out));
+            assert_eq!(results.len(), records.len(), "one result per record");
+            (results, stderr(&out))
+        }
+    }
+
+    fn config() -> Value {
+        json!({
+            "list_ids": [LIST_ID],
+            "custom_fields": {"plan": "e1_T", "lifetime_value": "e2_N"},
+            "template_id": TEMPLATE_ID,
+            "from_email": "orders@shop.example.com",
+            "from_name": "Example Shop"
+        })
+    }
+
+    /// Neither the API key nor any email address may appear in the hub's output.
+    fn assert_no_leaks(logs: &str, emails: &[&str]) {
+        assert!(logs.contains("HTTP 202"), "the plugin's debug lines are expected in the output: {logs}");
+        assert!(!logs.contains(API_KEY), "the API key leaked into the logs: {logs}");
+        assert!(!logs.contains("s3cr3t"), "part of the API key leaked: {logs}");
+        for email in emails {
+            assert!(!logs.to_lowercase().contains(&email.to_lowercase()), "{email} leaked into the logs: {logs}");
+        }
+    }
+
+    #[test]
+    fn sendgrid_upsert_lands_contacts_mapped_and_rejects_what_sendgrid_refuses() {
+        let h = hub();
+        let records = vec![
+            json!({"key": "p1", "fields": {"email": "Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace",
+                                           "plan": "pro", "lifetime_value": 1234.5, "postal_code": 94107, "city": null}}),
+            json!({"key": "p2", "fields": {"email": "grace@example.org", "first_name": "Grace"}}),
+            // SendGrid refuses this address; the others must still land.
+            json!({"key": "p3", "fields": {"email": "not-an-email@", "first_name": "Bad"}}),
+            // A field neither reserved nor mapped: refused by the plugin before sending.
+            json!({"key": "p4", "fields": {"email": "x@example.com", "favourite_colour": "blue"}}),
+            // Too long for SendGrid's 50-character first_name.
+            json!({"key": "p5", "fields": {"email": "long@example.com", "first_name": "N".repeat(51)}}),
+        ];
+        let (results, logs) = h.deliver("upsert", &config(), &records);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(results[1]["result"], "ok", "{results:?}");
+        assert_eq!(results[2]["result"], "rejected");
+        assert_eq!(results[2]["reason"], "HTTP 400: email: Email address is invalid");
+        assert_eq!(results[3]["result"], "rejected");
+        assert!(results[3]["reason"].as_str().unwrap().contains("`favourite_colour`"), "{results:?}");
+        assert_eq!(results[4]["result"], "rejected");
+        assert_eq!(results[4]["reason"], "HTTP 400: first_name: must be at most 50 characters");
+
+        let ada = h.fake.contact("ada@example.com").expect("Ada stored");
+        assert_eq!(ada["email"], "ada@example.com");
+        assert_eq!(ada["first_name"], "Ada");
+        assert_eq!(ada["last_name"], "Lovelace");
+        assert_eq!(ada["postal_code"], "94107");
+        assert_eq!(ada["custom_fields"], json!({"e1_T": "pro", "e2_N": 1234.5}));
+        assert_eq!(ada["list_ids"], json!([LIST_ID]));
+        assert!(ada.get("city").is_none(), "null fields are left out");
+        assert_eq!(h.fake.contact("grace@example.org").unwrap()["first_name"], "Grace");
+        assert_eq!(h.fake.contact_count(), 2, "nothing else stored");
+
+        // The first PUT was refused as a whole (nothing stored), the second carried the rest.
+        let puts: Vec<_> = h.fake.seen().into_iter().filter(|s| s.method == "PUT").collect();
+        assert_eq!(puts.len(), 2);
+        assert_eq!(puts[0].uri, "/v3/marketing/contacts");
+        let second: Value = serde_json::from_slice(&puts[1].body).unwrap();
+        assert_eq!(second["contacts"].as_array().unwrap().len(), 2);
+        assert_eq!(second["list_ids"], json!([LIST_ID]));
+        assert_no_leaks(&logs, &["ada@example.com", "grace@example.org", "not-an-email@"]);
+
+        // A custom field id SendGrid does not know is refused by SendGrid for that record.
+        let bad_field = json!({"custom_fields": {"plan": "e9_T"}});
+        let (results, _) = h.deliver("upsert", &bad_field, &[json!({"key": "p6", "fields": {"email": "new@example.com", "plan": "x"}})]);
+        assert_eq!(results[0]["result"], "rejected");
+        assert_eq!(results[0]["reason"], "HTTP 400: custom_fields: invalid custom field ids supplied - e9_T");
+        assert!(h.fake.contact("new@example.com").is_none());
+    }
+
+    #[test]
+    fn sendgrid_delete_looks_contacts_up_by_email_then_deletes_their_ids() {
+        let h = hub();
+        let gone = h.fake.seed_contact("gone@example.com", &[LIST_ID]);
+        h.fake.seed_contact("kept@example.com", &[LIST_ID]);
+        h.fake.seed_contact("also-gone@example.com", &[]);
+        let records = vec![
+            json!({"key": "p1", "fields": {"email": "Gone@Example.com", "first_name": "G"}}),
+            json!({"key": "p2", "fields": {"email": "also-gone@example.com"}}),
+            // Unknown to SendGrid: already deleted.
+            json!({"key": "p3", "fields": {"email": "never-there@example.com"}}),
+            json!({"key": "p4", "fields": {"first_name": "no email"}}),
+        ];
+        let (results, logs) = h.deliver("delete", &config(), &records);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(results[1]["result"], "ok");
+        assert_eq!(results[2]["result"], "ok");
+        assert_eq!(results[3]["result"], "rejected");
+        assert!(h.fake.contact("gone@example.com").is_none());
+        assert!(h.fake.contact("also-gone@example.com").is_none());
+        assert!(h.fake.contact("kept@example.com").is_some());
+
+        let seen = h.fake.seen();
+        assert_eq!(seen[0].method, "POST");
+        assert_eq!(seen[0].uri, "/v3/marketing/contacts/search/emails");
+        let lookup: Value = serde_json::from_slice(&seen[0].body).unwrap();
+        assert_eq!(lookup["emails"].as_array().unwrap().len(), 3);
+        assert_eq!(seen[1].method, "DELETE");
+        assert!(seen[1].uri.starts_with("/v3/marketing/contacts?ids="), "{}", seen[1].uri);
+        assert!(seen[1].uri.contains(&gone), "{}", seen[1].uri);
+        assert_eq!(seen.len(), 2);
+        assert_no_leaks(&logs, &["gone@example.com", "never-there@example.com"]);
+
+        // remove_from_lists keeps the contact and takes it off the lists only.
+        let mut cfg = config();
+        cfg["delete_mode"] = json!("remove_from_lists");
+        let (results, _) = h.deliver("delete", &cfg, &[json!({"key": "k", "fields": {"email": "kept@example.com"}})]);
+        assert_eq!(results[0]["result"], "ok");
+        let kept = h.fake.contact("kept@example.com").unwrap();
+        assert_eq!(kept["list_ids"], json!([]));
+
+        // Nobody in the batch exists: SendGrid answers 404 and every record is done.
+        let (results, _) = h.deliver("delete", &config(), &[json!({"key": "n", "fields": {"email": "nobody@example.com"}})]);
+        assert_eq!(results[0]["result"], "ok");
+    }
+
+    #[test]
+    fn sendgrid_track_sends_dynamic_template_mail_per_record() {
+        let h = hub();
+        let mut cfg = config();
+        cfg["event_templates"] = json!({"Order Completed": TEMPLATE_ID});
+        cfg["template_id"] = json!("d-00000000000000000000000000000000");
+        let records = vec![
+            json!({"key": "e1", "fields": {"event": "Order Completed", "email": "ada@example.com", "name": "Ada",
+                                           "properties": {"order_id": "o-1", "total": 42.5}}}),
+            json!({"key": "e2", "fields": {"event": "Order Completed", "email": "bob@@example.com"}}),
+            json!({"key": "e3", "fields": {"event": "Order Completed", "email": "ada@example.com",
+                                           "properties": {"order_id": "o-2"}}}),
+            // The default template does not exist in SendGrid.
+            json!({"key": "e4", "fields": {"event": "Signed Up", "email": "cy@example.com"}}),
+            json!({"key": "e5", "fields": {"event": "Order Completed"}}),
+        ];
+        let (results, logs) = h.deliver("track", &cfg, &records);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(results[1]["result"], "rejected");
+        assert_eq!(results[1]["reason"], "HTTP 400: to.0.email: Does not contain a valid address.");
+        assert_eq!(results[2]["result"], "ok", "{results:?}");
+        assert_eq!(results[3]["result"], "rejected");
+        assert_eq!(results[3]["reason"], "HTTP 400: template_id: The template_id is not a valid template ID.");
+        assert_eq!(results[4]["result"], "rejected");
+
+        let mails = h.fake.mails();
+        assert_eq!(mails.len(), 2, "the same recipient twice goes out in two requests: {mails:?}");
+        let first = &mails[0];
+        assert_eq!(first["template_id"], TEMPLATE_ID);
+        assert_eq!(first["from"], json!({"email": "orders@shop.example.com", "name": "Example Shop"}));
+        let p = &first["personalizations"][0];
+        assert_eq!(p["to"], json!([{"email": "ada@example.com", "name": "Ada"}]));
+        assert_eq!(p["dynamic_template_data"]["properties"]["order_id"], "o-1");
+        assert_eq!(p["dynamic_template_data"]["event"], "Order Completed");
+        assert_eq!(p["custom_args"]["switchyard_key"], "e1");
+        assert_eq!(mails[1]["personalizations"][0]["dynamic_template_data"]["properties"]["order_id"], "o-2");
+        assert_no_leaks(&logs, &["ada@example.com", "bob@@example.com"]);
+
+        // Track without a sender is a config error for the whole call.
+        let mut no_from = cfg.clone();
+        no_from.as_object_mut().unwrap().remove("from_email");
+        let err = failed(&h.run("deliver", &no_from, API_KEY, &["--action", "track"], &jsonl(&records[..1])));
+        assert!(err.contains("from_email is required"), "{err}");
+    }
+
+    #[test]
+    fn sendgrid_429_is_retried_after_rate_limit_reset_and_500_backs_off() {
+        let h = hub();
+        let records = vec![
+            json!({"key": "p1", "fields": {"email": "ada@example.com"}}),
+            json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
+        ];
+        h.fake.throttle(1, 30);
+        let (results, _) = h.deliver("upsert", &config(), &records);
+        for r in &results {
+            assert_eq!(r["result"], "retry", "{results:?}");
+            let after = r["after_ms"].as_u64().expect("after_ms from X-RateLimit-Reset");
+            assert!((28_000..=31_000).contains(&after), "after_ms {after}");
+            assert!(r["reason"].as_str().unwrap().contains("429"), "{r}");
+        }
+        assert_eq!(h.fake.contact_count(), 0);
+
+        h.fake.fail_next(1);
+        let (results, _) = h.deliver("track", &config(), &[json!({"key": "e", "fields": {"email": "ada@example.com"}})]);
+        assert_eq!(results[0]["result"], "retry");
+        assert!(results[0]["after_ms"].is_null());
+
+        // The throttle is over: the same records go through.
+        let (results, _) = h.deliver("upsert", &config(), &records);
+        assert!(results.iter().all(|r| r["result"] == "ok"), "{results:?}");
+        assert_eq!(h.fake.contact_count(), 2);
+    }
+
+    #[test]
+    fn sendgrid_check_verifies_key_lists_and_custom_fields() {
+        let h = hub();
+        let out = ok(&h.run("check", &config(), API_KEY, &[], ""));
+        assert!(out.contains("check passed"), "{out}");
+        let seen: Vec<String> = h.fake.seen().iter().map(|s| format!("{} {}", s.method, s.uri)).collect();
+        assert_eq!(
+            seen,
+            vec![
+                "GET /v3/scopes".to_string(),
+                "GET /v3/marketing/field_definitions".to_string(),
+                format!("GET /v3/marketing/lists/{LIST_ID}"),
+            ]
+        );
+
+        let out = h.run("check", &config(), "SG.wrong-key", &[], "");
+        let err = failed(&out);
+        assert!(err.contains("unauthorized"), "{err}");
+        assert!(err.contains("The provided authorization grant is invalid, expired, or revoked"), "{err}");
+        assert!(!err.contains("SG.wrong-key"), "{err}");
+
+        let mut cfg = config();
+        cfg["custom_fields"] = json!({"plan": "e9_T"});
+        let err = failed(&h.run("check", &cfg, API_KEY, &[], ""));
+        assert!(err.contains("SendGrid has no custom field with id `e9_T`"), "{err}");
+
+        let mut cfg = config();
+        cfg["list_ids"] = json!(["00000000-0000-4000-8000-000000000000"]);
+        let err = failed(&h.run("check", &cfg, API_KEY, &[], ""));
+        assert!(err.contains("SendGrid has no list"), "{err}");
+
+        // A bad key fails delivery as a whole, as unauthorized.
+        let err = failed(&h.run("deliver", &config(), "SG.wrong-key", &["--action", "upsert"],
+                                &jsonl(&[json!({"key": "p", "fields": {"email": "a@example.com"}})])));
+        assert!(err.contains("unauthorized"), "{err}");
+        assert_eq!(h.fake.contact_count(), 0);
+    }
+
+    #[test]
+    fn sendgrid_fake_refuses_what_sendgrid_refuses() {
+        let fake = Fake::start_in_background(Setup::default());
+        let a = fake.addr;
+        let auth = format!("Bearer {API_KEY}");
+        let json_h = |auth: &str| vec![("authorization", auth.to_string()), ("content-type", "application/json".to_string())];
+        let put = |headers: Vec<(&str, String)>, body: &Value| {
+            let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            raw(a, "PUT", "/v3/marketing/contacts", &h, body.to_string().as_bytes())
+        };
+        let post = |path: &str, body: &Value| {
+            raw(a, "POST", path, &[("authorization", auth.as_str()), ("content-type", "application/json")], body.to_string().as_bytes())
+        };
+        let one = json!({"contacts": [{"email": "a@example.com"}]});
+        let expect = |resp: (u16, Vec<(String, String)>, Vec<u8>), status: u16, field: Option<&str>, needle: &str| {
+            assert_eq!(resp.0, status, "{}", String::from_utf8_lossy(&resp.2));
+            let body = body_json(&resp.2);
+            let errors = body["errors"].as_array().expect("SendGrid error shape");
+            assert!(
+                errors.iter().any(|e| e["message"].as_str().unwrap_or("").contains(needle)
+                    && field.is_none_or(|f| e["field"] == f)),
+                "expected {field:?} / {needle} in {body}"
+            );
+        };
+
+        // Auth first.
+        let (s, _, b) = raw(a, "PUT", "/v3/marketing/contacts", &[("content-type", "application/json")], one.to_string().as_bytes());
+        assert_eq!(s, 401);
+        assert_eq!(body_json(&b), json!({"errors": [{"field": null, "message": "authorization required"}]}));
+        expect(put(json_h("Bearer SG.nope"), &one), 401, None, "authorization grant is invalid");
+        expect(put(json_h("Basic Zm9vOmJhcg=="), &one), 401, None, "authorization grant is invalid");
+
+        // Body and limits.
+        expect(put(vec![("authorization", auth.clone())], &one), 400, None, "Content-Type should be application/json.");
+        expect(put(json_h(&auth), &json!({"contacts": []})), 400, Some("contacts"), "at least 1 item");
+        expect(put(json_h(&auth), &json!({"list_ids": [LIST_ID]})), 400, Some("contacts"), "contacts is required");
+        let many: Vec<Value> = (0..30_001).map(|i| json!({"email": format!("u{i}@example.com")})).collect();
+        expect(put(json_h(&auth), &json!({"contacts": many})), 400, Some("contacts"), "at most 30000 items");
+        let big = json!({"contacts": [{"email": "a@example.com", "first_name": "x".repeat(6_000_001)}]});
+        expect(put(json_h(&auth), &big), 413, None, "content too large");
+        expect(put(json_h(&auth), &json!({"contacts": [{"first_name": "Ada"}]})), 400, Some("contacts[0]"), "at least one identifier");
+        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com"}, {"email": "ada at example.com"}]})), 400, Some("contacts[1].email"), "Email address is invalid");
+        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com", "custom_fields": {"w1": "x"}}]})), 400, Some("contacts[0].custom_fields"), "invalid custom field ids supplied - w1");
+        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com", "custom_fields": {"e2_N": "many"}}]})), 400, Some("contacts[0].custom_fields.e2_N"), "Number");
+        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com", "plan": "pro"}]})), 400, Some("contacts[0].plan"), "unknown field");
+        expect(put(json_h(&auth), &json!({"list_ids": ["newsletter"], "contacts": [{"email": "a@example.com"}]})), 400, Some("list_ids[0]"), "uuid");
+        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com", "first_name": "x".repeat(51)}]})), 400, Some("contacts[0].first_name"), "at most 50");
+        assert_eq!(fake.contact_count(), 0, "refused requests store nothing");
+
+        // Accepted: 202 with a job id, rate-limit headers on every response.
+        let (s, h, b) = put(json_h(&auth), &json!({"list_ids": [LIST_ID], "contacts": [{"email": "A@Example.com"}]}));
+        assert_eq!(s, 202);
+        assert!(body_json(&b)["job_id"].is_string());
+        assert!(header(&h, "x-ratelimit-reset").is_some());
+        assert_eq!(fake.contact("a@example.com").unwrap()["email"], "a@example.com");
+
+        // Lookup and delete.
+        expect(post("/v3/marketing/contacts/search/emails", &json!({"emails": ["a@example.com", "bad@"]})), 400, Some("emails[1]"), "invalid email");
+        let hundred_one: Vec<String> = (0..101).map(|i| format!("u{i}@example.com")).collect();
+        expect(post("/v3/marketing/contacts/search/emails", &json!({"emails": hundred_one})), 400, Some("emails"), "between 1 and 100");
+        expect(post("/v3/marketing/contacts/search/emails", &json!({"emails": ["nobody@example.com"]})), 404, None, "No contacts found");
+        let (s, _, b) = post("/v3/marketing/contacts/search/emails", &json!({"emails": ["A@example.com", "nobody@example.com"]}));
+        assert_eq!(s, 200);
+        let found = body_json(&b);
+        assert!(found["result"]["a@example.com"]["contact"]["id"].is_string());
+        assert_eq!(found["result"]["nobody@example.com"]["error"], "contact not found");
+        let (s, _, b) = raw(a, "DELETE", "/v3/marketing/contacts", &[("authorization", auth.as_str())], b"");
+        assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
+
+        // Mail send.
+        let mail = |p: Value| json!({"from": {"email": "shop@example.com"}, "template_id": TEMPLATE_ID, "personalizations": p});
+        let to = |e: &str| json!({"to": [{"email": e}]});
+        expect(post("/v3/mail/send", &json!({"from": {"email": "shop@example.com"}, "template_id": TEMPLATE_ID})), 400, Some("personalizations"), "personalization");
+        expect(post("/v3/mail/send", &mail(json!([]))), 400, Some("personalizations"), "You must have at least one personalization.");
+        let thousand_one: Vec<Value> = (0..1001).map(|i| to(&format!("u{i}@example.com"))).collect();
+        expect(post("/v3/mail/send", &mail(json!(thousand_one))), 400, Some("personalizations"), "limited to 1000 personalizations");
+        expect(post("/v3/mail/send", &json!({"template_id": TEMPLATE_ID, "personalizations": [to("a@example.com")]})), 400, Some("from"), "from object must be provided");
+        expect(post("/v3/mail/send", &mail(json!([to("a@example.com"), to("A@example.com")]))), 400, None, "should only be included once");
+        expect(post("/v3/mail/send", &mail(json!([to("a@example.com"), to("nope")]))), 400, Some("personalizations.1.to.0.email"), "Does not contain a valid address.");
+        let mut both = mail(json!([to("a@example.com")]));
+        both["reply_to"] = json!({"email": "r@example.com"});
+        both["reply_to_list"] = json!([{"email": "r@example.com"}]);
+        expect(post("/v3/mail/send", &both), 400, Some("reply_to"), "mutually exclusive");
+        let mut cats = mail(json!([to("a@example.com")]));
+        cats["categories"] = json!((0..11).map(|i| format!("c{i}")).collect::<Vec<_>>());
+        expect(post("/v3/mail/send", &cats), 400, Some("categories"), "10 unique categories");
+        expect(post("/v3/mail/send", &json!({"from": {"email": "shop@example.com"}, "personalizations": [to("a@example.com")], "subject": "",
+                                            "content": [{"type": "text/plain", "value": "hi"}]})), 400, Some("subject"), "The subject is required");
+        let mut unknown = mail(json!([to("a@example.com")]));
+        unknown["template_id"] = json!("d-ffffffffffffffffffffffffffffffff");
+        expect(post("/v3/mail/send", &unknown), 400, Some("template_id"), "not a valid template ID");
+        assert!(fake.mails().is_empty(), "refused mail is not sent");
+        let (s, h, b) = post("/v3/mail/send", &mail(json!([to("a@example.com")])));
+        assert_eq!(s, 202, "{}", String::from_utf8_lossy(&b));
+        assert!(b.is_empty());
+        assert!(header(&h, "x-message-id").is_some());
+
+        // Unknown paths and methods; throttling and failures.
+        expect(raw(a, "GET", "/v3/nothing", &[("authorization", auth.as_str())], b""), 404, None, "not found");
+        expect(raw(a, "GET", "/v3/mail/send", &[("authorization", auth.as_str())], b""), 405, None, "method not allowed");
+        fake.throttle(1, 10);
+        let (s, h, b) = put(json_h(&auth), &one);
+        assert_eq!(s, 429);
+        assert_eq!(body_json(&b), json!({"errors": [{"field": null, "message": "too many requests"}]}));
+        assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
+        let reset: u64 = header(&h, "x-ratelimit-reset").unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        assert!((now + 8..=now + 11).contains(&reset), "reset {reset} now {now}");
+        fake.fail_next(1);
+        assert_eq!(put(json_h(&auth), &one).0, 500);
+        assert_eq!(put(json_h(&auth), &one).0, 202);
+        let _ = sendgrid_fake::valid_email("x@y.z");
+    }
+}
