@@ -10,6 +10,8 @@ mod common;
 
 #[path = "fakes/stripe.rs"]
 mod stripe_fake;
+#[path = "fakes/shopify.rs"]
+mod shopify_fake;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -162,7 +164,7 @@ fn raw(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    (status, head.to_ascii_lowercase(), body.to_string())
+    (status, head.to_string(), body.to_string())
 }
 
 fn raw_json(addr: &str, method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> (u16, Value) {
@@ -511,4 +513,280 @@ async fn stripe_webhooks_are_verified() {
     // Without a configured signing secret nothing is accepted.
     let (_d2, bare) = instance("stripe", json!({}), &[("api_key", STRIPE_KEY)], None).await;
     refused(bare.webhook(&webhook_request(&[("Stripe-Signature", &good)], body.as_bytes())).await);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shopify
+
+const SHOP: &str = "test-shop.myshopify.com";
+const SHOPIFY_TOKEN: &str = "shpat_0123456789abcdef0123456789abcdef";
+const SHOPIFY_SECRET: &str = "shopify-app-client-secret";
+
+fn shopify_fake_with_customers() -> shopify_fake::Fake {
+    let fake = shopify_fake::start_in_background(SHOP, SHOPIFY_TOKEN);
+    // Shop-local offsets, out of id order: the plugin must follow updated_at, not ids.
+    let updated = [
+        "2024-01-05T10:00:05-05:00",
+        "2024-01-05T15:00:01Z",
+        "2024-01-05T17:00:03+02:00",
+        "2024-01-05T10:00:04-05:00",
+        "2024-01-05T15:00:02Z",
+    ];
+    for (i, at) in updated.iter().enumerate() {
+        let id = 1000 + i as u64;
+        fake.add_customer(shopify_fake::customer(id, &format!("buyer{i}@example.com"), &format!("Buyer{i}"), "Shop", at));
+    }
+    fake
+}
+
+fn shopify_config(page_size: u32) -> Value {
+    json!({"shop": "test-shop", "page_size": page_size})
+}
+
+#[test]
+fn shopify_reads_customers_across_pages_then_only_changed_ones() {
+    let fake = shopify_fake_with_customers();
+    let dir = install("shopify");
+    let hp = fake.host_port();
+    let secrets = [format!("access_token={SHOPIFY_TOKEN}")];
+    let full = read_cli(dir.path(), "shopify", "customers", None, &shopify_config(2), &secrets, SHOP, &hp).unwrap();
+    // Ascending updated_at: 15:00:01Z, 15:00:02Z, 15:00:03Z (17:00:03+02), 15:00:04Z, 15:00:05Z.
+    assert_eq!(data_ids(&full.records), ["1001", "1004", "1002", "1003", "1000"]);
+    let first = &full.records[0]["data"];
+    assert_eq!(first["email"], "buyer1@example.com");
+    assert_eq!(first["first_name"], "Buyer1");
+    assert_eq!(first["accepts_marketing"], true);
+    assert_eq!(first["total_spent"], 199.0);
+    assert_eq!(first["country_code"], "CA");
+    assert_eq!(full.records[0]["updated_at"], "2024-01-05T15:00:01Z");
+
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0].param("order"), Some("updated_at asc"));
+    assert_eq!(seen[0].param("updated_at_min"), None);
+    assert!(seen[0].uri.starts_with("/admin/api/2025-07/customers.json?"));
+    for later in &seen[1..] {
+        assert!(later.param("page_info").is_some());
+        assert_eq!(later.query.len(), 2, "only limit with page_info: {later:?}");
+    }
+    assert_eq!(seen[0].token.as_deref(), Some(SHOPIFY_TOKEN));
+
+    // One customer edited in the admin, one new; the rest untouched.
+    fake.clear_requests();
+    fake.update_customer(1002, "email", json!("changed@example.com"), "2024-02-01T09:00:00-05:00");
+    fake.add_customer(shopify_fake::customer(1010, "new@example.com", "New", "Buyer", "2024-01-06T00:00:00Z"));
+    let inc = read_cli(dir.path(), "shopify", "customers", Some(&full.cursor), &shopify_config(2), &secrets, SHOP, &hp).unwrap();
+    assert_eq!(data_ids(&inc.records), ["1010", "1002"]);
+    assert_eq!(inc.records[1]["data"]["email"], "changed@example.com");
+    let seen = fake.requests();
+    assert_eq!(seen[0].param("updated_at_min"), Some("2024-01-05T15:00:05Z"));
+
+    let again = read_cli(dir.path(), "shopify", "customers", Some(&inc.cursor), &shopify_config(2), &secrets, SHOP, &hp).unwrap();
+    assert!(again.records.is_empty(), "{:?}", again.records);
+}
+
+#[test]
+fn shopify_orders_are_order_completed_events() {
+    let fake = shopify_fake_with_customers();
+    fake.add_order(shopify_fake::order(5001, 1001, 1000, "buyer0@example.com", 3, "2024-03-01T10:00:00-05:00"));
+    let mut closed = shopify_fake::order(5002, 1002, 1001, "buyer1@example.com", 1, "2024-03-02T10:00:00-05:00");
+    closed["closed_at"] = json!("2024-03-03T10:00:00-05:00");
+    fake.add_order(closed);
+    let hp = fake.host_port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_d, inst) = instance("shopify", shopify_config(250), &[("access_token", SHOPIFY_TOKEN)], Some((SHOP, &hp))).await;
+        let page = inst.read("orders", None).await.unwrap();
+        assert!(page.done);
+        assert_eq!(page.records.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["5001", "5002"], "closed orders too");
+        let e = &page.records[0].events[0];
+        assert_eq!((e.name.as_str(), e.message_id.as_str()), ("Order Completed", "5001"));
+        assert_eq!(e.timestamp, "2024-03-01T10:00:00-05:00");
+        let p: Value = serde_json::from_str(&e.properties).unwrap();
+        assert_eq!(p["total"], 59.97);
+        assert_eq!(p["currency"], "USD");
+        assert_eq!(p["line_item_count"], 3);
+        assert_eq!(p["email"], "buyer0@example.com");
+        assert_eq!(p["customer_id"], "1000");
+        assert_eq!(p["products"].as_array().unwrap().len(), 3);
+        let data: Value = serde_json::from_str(&page.records[1].data).unwrap();
+        assert_eq!(data["email"], "buyer1@example.com");
+        assert_eq!(data["name"], "#1002");
+    });
+    let seen = fake.requests();
+    assert_eq!(seen[0].param("status"), Some("any"));
+}
+
+#[test]
+fn shopify_429_and_a_full_bucket_back_off() {
+    let fake = shopify_fake_with_customers();
+    let dir = install("shopify");
+    let hp = fake.host_port();
+    let secrets = [format!("access_token={SHOPIFY_TOKEN}")];
+    fake.state.lock().unwrap().throttle = 1;
+    let err = read_cli(dir.path(), "shopify", "customers", None, &shopify_config(250), &secrets, SHOP, &hp).unwrap_err();
+    assert!(err.contains("transient: HTTP 429: Exceeded 2 calls per second"), "{err}");
+    assert!(err.contains("retry after 2000 ms"), "{err}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_d, inst) = instance("shopify", shopify_config(250), &[("access_token", SHOPIFY_TOKEN)], Some((SHOP, &hp))).await;
+        // A full bucket: Shopify's own 429 with Retry-After: 2.0.
+        fake.fill_bucket(40.0);
+        assert_eq!(transient_after(inst.read("customers", None).await), Some(2000));
+        // Nearly full: the read succeeds, then pauses until the bucket drained to 80%.
+        fake.fill_bucket(36.0);
+        let started = std::time::Instant::now();
+        let page = inst.read("customers", None).await.unwrap();
+        assert_eq!(page.records.len(), 5);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(2400), "paused {:?}", started.elapsed());
+        let used = fake.state.lock().unwrap().bucket;
+        assert!(used >= 36.0, "the call was counted: {used}");
+        // So the very next read is not refused.
+        assert!(inst.read("customers", None).await.is_ok());
+        fake.state.lock().unwrap().fail_500 = 1;
+        assert_eq!(transient_after(inst.read("customers", None).await), None);
+    });
+}
+
+#[test]
+fn shopify_bad_token_is_unauthorized_and_logs_hold_no_secret() {
+    let fake = shopify_fake_with_customers();
+    let dir = install("shopify");
+    let hp = fake.host_port();
+    let reroute = format!("{SHOP}=http://{hp}");
+    let config = shopify_config(250).to_string();
+    let err = failed(&switchyard(
+        dir.path(),
+        &["plugin", "check", "shopify", "--config", &config, "--secret", "access_token=shpat_wrong", "--reroute", &reroute, "--allow-private", &hp],
+    ));
+    assert!(err.contains("unauthorized: HTTP 401: [API] Invalid API key or access token"), "{err}");
+    let good = switchyard(
+        dir.path(),
+        &["plugin", "check", "shopify", "--config", &config, "--secret", &format!("access_token={SHOPIFY_TOKEN}"), "--reroute", &reroute, "--allow-private", &hp],
+    );
+    assert!(ok(&good).contains("check passed"));
+    let out = read_cli_log(
+        dir.path(), "shopify", "customers", None, &shopify_config(2), &[format!("access_token={SHOPIFY_TOKEN}")], SHOP, &hp, "debug",
+    )
+    .unwrap();
+    assert!(out.stderr.contains("shopify customers: 2 records, next page: true"), "{}", out.stderr);
+    assert!(!out.stderr.contains(SHOPIFY_TOKEN));
+    assert!(!out.stderr.contains("buyer1@example.com"));
+    // A shop name that is not a shop handle never becomes a request.
+    let err = read_cli(dir.path(), "shopify", "customers", None, &json!({"shop": "evil.com/x"}), &[format!("access_token={SHOPIFY_TOKEN}")], SHOP, &hp)
+        .unwrap_err();
+    assert!(err.contains("invalid config: shop `evil.com/x`"), "{err}");
+}
+
+#[test]
+fn shopify_fake_rejects_what_shopify_rejects() {
+    let fake = shopify_fake_with_customers();
+    let hp = fake.host_port();
+    let t = [("X-Shopify-Access-Token", SHOPIFY_TOKEN)];
+    let path = "/admin/api/2025-07/customers.json";
+    let (status, body) = raw_json(&hp, "GET", path, &[], b"");
+    assert_eq!(status, 401);
+    assert_eq!(body["errors"], "[API] Invalid API key or access token (unrecognized login or wrong password)");
+    assert_eq!(raw_json(&hp, "GET", path, &[("X-Shopify-Access-Token", "shpat_nope")], b"").0, 401);
+    assert_eq!(raw_json(&hp, "GET", path, &[("Authorization", &format!("Bearer {SHOPIFY_TOKEN}"))], b"").0, 401, "the token goes in its own header");
+    let (status, body) = raw_json(&hp, "GET", &format!("{path}?limit=251"), &t, b"");
+    assert_eq!(status, 400);
+    assert!(body["errors"]["limit"].is_string(), "{body}");
+    let (status, body) = raw_json(&hp, "GET", &format!("{path}?page_info=bm90LWEtY3Vyc29y"), &t, b"");
+    assert_eq!((status, body["errors"]["page_info"].as_str()), (400, Some("Invalid value.")));
+    // A real page_info, then the same with a filter next to it.
+    let (status, head, _) = raw(&hp, "GET", &format!("{path}?limit=2&order=updated_at%20asc"), &t, b"");
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("x-shopify-shop-api-call-limit: "), "{head}");
+    let link = head
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("link: "))
+        .map(|l| l[6..].to_string())
+        .expect("a Link header");
+    assert!(link.contains(&format!("<https://{SHOP}{path}?limit=2&page_info=")) && link.ends_with("rel=\"next\""), "{link}");
+    let page_info = link.split("page_info=").nth(1).unwrap().split('>').next().unwrap().to_string();
+    assert_eq!(raw_json(&hp, "GET", &format!("{path}?limit=2&page_info={page_info}"), &t, b"").0, 200);
+    let (status, body) = raw_json(&hp, "GET", &format!("{path}?limit=2&page_info={page_info}&updated_at_min=2024-01-01T00:00:00Z"), &t, b"");
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(raw_json(&hp, "GET", "/admin/api/2025-07/products.json", &t, b"").0, 404);
+    assert_eq!(raw_json(&hp, "POST", path, &t, b"{}").0, 404);
+    // Orders default to status=open, as Shopify's do.
+    let mut closed = shopify_fake::order(7, 1, 1, "c@example.com", 1, "2024-01-01T00:00:00Z");
+    closed["closed_at"] = json!("2024-01-02T00:00:00Z");
+    fake.add_order(closed);
+    let (_, body) = raw_json(&hp, "GET", "/admin/api/2025-07/orders.json", &t, b"");
+    assert_eq!(body["orders"], json!([]));
+    let (_, body) = raw_json(&hp, "GET", "/admin/api/2025-07/orders.json?status=any", &t, b"");
+    assert_eq!(body["orders"].as_array().unwrap().len(), 1);
+    // The bucket: 40 calls, then 429 with Retry-After 2.0.
+    fake.fill_bucket(40.0);
+    let (status, head, body) = raw(&hp, "GET", path, &t, b"");
+    assert_eq!(status, 429);
+    assert!(head.to_ascii_lowercase().contains("retry-after: 2.0"), "{head}");
+    assert!(body.contains("Exceeded 2 calls per second for api client"));
+}
+
+fn shopify_signed(body: &[u8], secret: &str) -> String {
+    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, hmac_sha256(secret.as_bytes(), body))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shopify_webhooks_are_verified() {
+    let (_d, inst) = instance(
+        "shopify",
+        shopify_config(250),
+        &[("access_token", SHOPIFY_TOKEN), ("webhook_secret", SHOPIFY_SECRET)],
+        None,
+    )
+    .await;
+    let order = shopify_fake::order(820982911946154508, 1234, 115310627314723954, "jon@example.com", 2, "2024-05-01T12:00:00-04:00").to_string();
+    let sig = shopify_signed(order.as_bytes(), SHOPIFY_SECRET);
+    let headers = |sig: &str, domain: &str| {
+        vec![
+            ("X-Shopify-Topic".to_string(), "orders/create".to_string()),
+            ("X-Shopify-Hmac-Sha256".to_string(), sig.to_string()),
+            ("X-Shopify-Shop-Domain".to_string(), domain.to_string()),
+            ("X-Shopify-Webhook-Id".to_string(), "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043".to_string()),
+            ("X-Shopify-API-Version".to_string(), "2025-07".to_string()),
+        ]
+    };
+    let request = |h: Vec<(String, String)>, body: &str| {
+        let pairs: Vec<(&str, &str)> = h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        webhook_request(&pairs, body.as_bytes())
+    };
+    let outcome = inst.webhook(&request(headers(&sig, SHOP), &order)).await.unwrap().unwrap();
+    assert_eq!(outcome.delivery_id.as_deref(), Some("b54557e4-bdd9-4b37-8a5f-bf7d70bcd043"));
+    assert_eq!(outcome.records.len(), 1);
+    assert_eq!(outcome.records[0].stream, "orders");
+    let record = &outcome.records[0].record;
+    assert_eq!(record.id, "820982911946154508");
+    assert_eq!(record.events[0].name, "Order Completed");
+    let p: Value = serde_json::from_str(&record.events[0].properties).unwrap();
+    assert_eq!(p["line_item_count"], 2);
+    assert_eq!(p["email"], "jon@example.com");
+
+    let refused = |r: Result<Result<_, WebhookError>, PluginError>| match r.unwrap() {
+        Err(WebhookError::Unauthorized(m)) => m,
+        other => panic!("expected unauthorized, got {other:?}"),
+    };
+    let wrong = shopify_signed(order.as_bytes(), "another-secret");
+    let m = refused(inst.webhook(&request(headers(&wrong, SHOP), &order)).await);
+    assert!(m.contains("does not match"), "{m}");
+    refused(inst.webhook(&request(headers(&sig, SHOP), &order.replace("jon@", "eve@"))).await);
+    let m = refused(inst.webhook(&request(headers(&sig, "other-shop.myshopify.com"), &order)).await);
+    assert!(m.contains("other-shop.myshopify.com"), "{m}");
+    let mut unsigned = headers(&sig, SHOP);
+    unsigned.retain(|(k, _)| k != "X-Shopify-Hmac-Sha256");
+    refused(inst.webhook(&request(unsigned, &order)).await);
+
+    // customers/delete carries only the id.
+    let deleted = r#"{"id":706405506930370084,"phone":null,"addresses":[],"tax_exemptions":[],"email_marketing_consent":null,"admin_graphql_api_id":"gid://shopify/Customer/706405506930370084"}"#;
+    let mut h = headers(&shopify_signed(deleted.as_bytes(), SHOPIFY_SECRET), SHOP);
+    h[0].1 = "customers/delete".into();
+    let outcome = inst.webhook(&request(h, deleted)).await.unwrap().unwrap();
+    assert_eq!(outcome.records[0].stream, "customers");
+    let data: Value = serde_json::from_str(&outcome.records[0].record.data).unwrap();
+    assert_eq!(data["deleted"], true);
+    assert_eq!(data["id"], "706405506930370084");
 }
