@@ -250,7 +250,10 @@ fn webhook_wrong_secret_fails_check_and_delivery() {
         err.contains("unauthorized") && err.contains("no matching signature"),
         "{err}"
     );
-    assert!(fake.messages().iter().all(|m| m.body["type"] == "switchyard.ping"));
+    assert!(fake
+        .messages()
+        .iter()
+        .all(|m| m.body["type"] == "switchyard.ping"));
 
     // Without the ping, check verifies the secret's format and that the URL answers (405).
     ok(&run.check(SECRET, serde_json::json!({"url": url})));
@@ -261,7 +264,10 @@ fn webhook_wrong_secret_fails_check_and_delivery() {
         SECRET,
         serde_json::json!({"url": fake.url("/hooks/switchyard"), "nope": 1}),
     ));
-    assert!(err.contains("nope"), "unknown config fields are refused: {err}");
+    assert!(
+        err.contains("nope"),
+        "unknown config fields are refused: {err}"
+    );
 
     let out = run.deliver(
         OTHER_SECRET,
@@ -301,7 +307,10 @@ fn webhook_logs_contain_neither_the_secret_nor_the_fields() {
     let key_part = SECRET.trim_start_matches("whsec_");
     assert!(!logs.contains(key_part), "secret in logs: {logs}");
     assert!(!logs.contains("ada.lovelace"), "identifier in logs: {logs}");
-    assert!(!logs.contains(&fake.messages()[0].signature[3..]), "signature in logs");
+    assert!(
+        !logs.contains(&fake.messages()[0].signature[3..]),
+        "signature in logs"
+    );
 }
 
 #[test]
@@ -397,10 +406,7 @@ fn webhook_fake_refuses_what_a_verifying_receiver_refuses() {
     assert_eq!(post(&headers, body).status, 200);
     assert_eq!(fake.messages().len(), 1);
     assert_eq!(fake.duplicates(), 1);
-    assert_eq!(
-        request(&addr, "GET", "/in", &[], b"").unwrap().status,
-        405
-    );
+    assert_eq!(request(&addr, "GET", "/in", &[], b"").unwrap().status, 405);
 }
 
 // ---------------------------------------------------------------- slack
@@ -504,7 +510,10 @@ fn slack_posts_one_escaped_message_per_record() {
         "warn",
     )));
     assert_eq!(results[0]["result"], "ok");
-    assert_eq!(fake.posted()[3].body["text"], "ada@example.com left the VIPs");
+    assert_eq!(
+        fake.posted()[3].body["text"],
+        "ada@example.com left the VIPs"
+    );
 
     // Without a delete_template an exit is acknowledged and nothing is posted; an event uses
     // the template with nested properties.
@@ -598,11 +607,20 @@ fn slack_maps_rejections_throttling_and_bad_webhooks() {
         &fake,
         "/services/T0001/B0002/wrongTokenPart",
     ));
-    assert!(err.contains("unauthorized") && err.contains("invalid_token"), "{err}");
-    assert!(!err.contains("wrongTokenPart"), "the URL is not echoed: {err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("invalid_token"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("wrongTokenPart"),
+        "the URL is not echoed: {err}"
+    );
     fake.revoke(HOOK);
     let err = failed(&slack_check(dir.path(), &fake, HOOK));
-    assert!(err.contains("unauthorized") && err.contains("no_service"), "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("no_service"),
+        "{err}"
+    );
     let err = failed(&slack_deliver(
         dir.path(),
         &fake,
@@ -619,7 +637,10 @@ fn slack_maps_rejections_throttling_and_bad_webhooks() {
     args[6] = "webhook_url=https://evil.example.com/services/x".into();
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let err = failed(&switchyard(dir.path(), &refs, "warn"));
-    assert!(err.contains("hooks.slack.com") && !err.contains("evil"), "{err}");
+    assert!(
+        err.contains("hooks.slack.com") && !err.contains("evil"),
+        "{err}"
+    );
     assert_eq!(fake.requests(), requests);
 }
 
@@ -639,8 +660,14 @@ fn slack_logs_contain_neither_the_webhook_url_nor_the_fields() {
     let results = lines(&ok(&out));
     assert_eq!(results[0]["result"], "ok");
     let logs = String::from_utf8_lossy(&out.stderr);
-    assert!(logs.contains("slack message 1"), "debug logs are on: {logs}");
-    assert!(!logs.contains("s3cretT0kenPart"), "webhook URL in logs: {logs}");
+    assert!(
+        logs.contains("slack message 1"),
+        "debug logs are on: {logs}"
+    );
+    assert!(
+        !logs.contains("s3cretT0kenPart"),
+        "webhook URL in logs: {logs}"
+    );
     assert!(!logs.contains("ada.lovelace"), "identifier in logs: {logs}");
 }
 

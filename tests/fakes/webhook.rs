@@ -163,11 +163,7 @@ fn now() -> i64 {
 
 fn refuse(inner: &mut Inner, status: StatusCode, reason: &str) -> Response {
     inner.refused.push((status.as_u16(), reason.to_string()));
-    (
-        status,
-        axum::Json(serde_json::json!({ "message": reason })),
-    )
-        .into_response()
+    (status, axum::Json(serde_json::json!({ "message": reason }))).into_response()
 }
 
 async fn handle(
@@ -192,10 +188,18 @@ async fn handle(
         header("webhook-timestamp"),
         header("webhook-signature"),
     ) else {
-        return refuse(&mut inner, StatusCode::BAD_REQUEST, "missing required headers");
+        return refuse(
+            &mut inner,
+            StatusCode::BAD_REQUEST,
+            "missing required headers",
+        );
     };
     let Ok(timestamp) = ts.trim().parse::<i64>() else {
-        return refuse(&mut inner, StatusCode::BAD_REQUEST, "invalid webhook-timestamp");
+        return refuse(
+            &mut inner,
+            StatusCode::BAD_REQUEST,
+            "invalid webhook-timestamp",
+        );
     };
     if (now() - timestamp).abs() > TOLERANCE_SECS {
         return refuse(
@@ -219,7 +223,11 @@ async fn handle(
         mac.clone().verify_slice(&sig).is_ok()
     });
     if !matched {
-        return refuse(&mut inner, StatusCode::UNAUTHORIZED, "no matching signature found");
+        return refuse(
+            &mut inner,
+            StatusCode::UNAUTHORIZED,
+            "no matching signature found",
+        );
     }
     let Ok(json) = serde_json::from_slice::<serde_json::Value>(&body) else {
         return refuse(&mut inner, StatusCode::BAD_REQUEST, "body is not JSON");

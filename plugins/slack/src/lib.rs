@@ -130,7 +130,9 @@ impl Destination for Slack {
                 ));
                 continue;
             }
-            let response = Request::post(url).json(&payload(&ctx.config, &text)).send()?;
+            let response = Request::post(url)
+                .json(&payload(&ctx.config, &text))
+                .send()?;
             switchyard_sdk::debug!("slack message {}: HTTP {}", i + 1, response.status);
             match classify(&response) {
                 Outcome::Posted => results.push(RecordResult::Ok),
@@ -218,9 +220,7 @@ fn call_error(response: &Response) -> CallError {
         (404 | 410, _) => CallError::InvalidConfig(format!(
             "{message} (check the webhook's channel or the `channel` override)"
         )),
-        (s, _) if outcome::is_retryable_status(s) => {
-            CallError::Transient(outcome::retry(response))
-        }
+        (s, _) if outcome::is_retryable_status(s) => CallError::Transient(outcome::retry(response)),
         _ => CallError::Failed(message),
     }
 }

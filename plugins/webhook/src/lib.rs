@@ -320,7 +320,10 @@ mod tests {
     #[test]
     fn bad_secrets_are_refused_without_echoing_them() {
         let e = signing_key("whsec_not base64!!").unwrap_err();
-        assert!(e.contains("does not decode") && !e.contains("not base64"), "{e}");
+        assert!(
+            e.contains("does not decode") && !e.contains("not base64"),
+            "{e}"
+        );
         let e = signing_key("whsec_c2hvcnQ=").unwrap_err();
         assert!(e.contains("5 bytes"), "{e}");
     }

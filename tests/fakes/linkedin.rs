@@ -1,0 +1,363 @@
+//! A fake of LinkedIn's Marketing API for DMP segment users, answering as LinkedIn does:
+//!
+//! - `POST /rest/dmpSegments/{id}/users`: `Authorization: Bearer <token>` (401
+//!   `INVALID_ACCESS_TOKEN` otherwise); `LinkedIn-Version` present (400 `VERSION_MISSING`) and
+//!   active (426 `NONEXISTENT_VERSION`); `X-Restli-Protocol-Version: 2.0.0` and
+//!   `X-RestLi-Method: BATCH_CREATE` (400); a known segment (404); a JSON `elements` list of 1 to
+//!   [`MAX_ELEMENTS`] (400). Then one status per element, in order: `201`, or `400` with an
+//!   `error.message` for an action other than ADD/REMOVE, an unknown `idType`, a malformed
+//!   `idValue` (SHA256_EMAIL = 64 lowercase hex, SHA512_EMAIL = 128, GOOGLE_AID a UUID), or no
+//!   user ids without both names.
+//! - `GET /rest/dmpSegments/{id}`: the segment, with the same header checks.
+//!
+//! Knobs: [`Fake::throttle_next`] (429, no Retry-After, as LinkedIn), [`Fake::reject_id`] (an
+//! element carrying that idValue gets a status and message), [`Fake::http_next`].
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use serde_json::{json, Value};
+
+/// Elements per request the fake accepts (LinkedIn does not document one; 5,000 is common).
+pub const MAX_ELEMENTS: usize = 5000;
+/// Versions the fake treats as active.
+pub const ACTIVE_VERSIONS: &[&str] = &["202505", "202509", "202510", "202601"];
+
+#[derive(Default)]
+struct Inner {
+    token: String,
+    segments: Vec<String>,
+    /// segment -> (idType, idValue)
+    members: HashMap<String, BTreeSet<(String, String)>>,
+    /// segment -> (firstName, lastName) matched by name only
+    named: HashMap<String, BTreeSet<(String, String)>>,
+    bodies: Vec<Value>,
+    headers: Vec<HeaderMap>,
+    throttle: usize,
+    http_faults: VecDeque<(u16, Value)>,
+    rejects: HashMap<String, (u16, String)>,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    pub addr: SocketAddr,
+    inner: Arc<Mutex<Inner>>,
+}
+
+pub async fn start(token: &str, segments: &[&str]) -> Fake {
+    let inner = Arc::new(Mutex::new(Inner {
+        token: token.to_string(),
+        segments: segments.iter().map(|s| s.to_string()).collect(),
+        ..Inner::default()
+    }));
+    let app = Router::new()
+        .fallback(any(handle))
+        .with_state(inner.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Fake { addr, inner }
+}
+
+pub fn start_in_background(token: &str, segments: &[&str]) -> Fake {
+    let token = token.to_string();
+    let segments: Vec<String> = segments.iter().map(|s| s.to_string()).collect();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+            tx.send(start(&token, &refs).await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+impl Fake {
+    pub fn host_port(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// `(idType, idValue)` pairs in a segment.
+    pub fn members(&self, segment: &str) -> BTreeSet<(String, String)> {
+        self.inner
+            .lock()
+            .unwrap()
+            .members
+            .get(segment)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Users matched by name only.
+    pub fn named(&self, segment: &str) -> BTreeSet<(String, String)> {
+        self.inner
+            .lock()
+            .unwrap()
+            .named
+            .get(segment)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn bodies(&self) -> Vec<Value> {
+        self.inner.lock().unwrap().bodies.clone()
+    }
+
+    /// Headers of the accepted batch requests.
+    pub fn headers(&self) -> Vec<HeaderMap> {
+        self.inner.lock().unwrap().headers.clone()
+    }
+
+    pub fn throttle_next(&self, n: usize) {
+        self.inner.lock().unwrap().throttle += n;
+    }
+
+    pub fn http_next(&self, status: u16, body: Value) {
+        self.inner
+            .lock()
+            .unwrap()
+            .http_faults
+            .push_back((status, body));
+    }
+
+    /// Elements carrying `id_value` get `status` and `message`.
+    pub fn reject_id(&self, id_value: &str, status: u16, message: &str) {
+        self.inner
+            .lock()
+            .unwrap()
+            .rejects
+            .insert(id_value.to_string(), (status, message.to_string()));
+    }
+}
+
+fn error(status: u16, code: &str, message: &str) -> Response {
+    let mut body = json!({"status": status, "code": code, "message": message});
+    if status == 401 {
+        body["serviceErrorCode"] = json!(65600);
+    }
+    (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response()
+}
+
+fn hex_of_len(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+fn is_uuid(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    parts.iter().map(|p| p.len()).collect::<Vec<_>>() == [8, 4, 4, 4, 12]
+        && parts
+            .iter()
+            .all(|p| p.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+async fn handle(
+    State(inner): State<Arc<Mutex<Inner>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut inner = inner.lock().unwrap();
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let parts: Vec<&str> = uri.path().trim_matches('/').split('/').collect();
+    let (segment, users) = match parts.as_slice() {
+        ["rest", "dmpSegments", id] => (id.to_string(), false),
+        ["rest", "dmpSegments", id, "users"] => (id.to_string(), true),
+        _ => return error(404, "NOT_FOUND", "No resource found"),
+    };
+    if header("authorization") != Some(format!("Bearer {}", inner.token).as_str()) {
+        return error(401, "INVALID_ACCESS_TOKEN", "Invalid access token");
+    }
+    match header("linkedin-version") {
+        None => {
+            return error(
+                400,
+                "VERSION_MISSING",
+                "A version must be present. Please specify a version by adding the LinkedIn-Version header.",
+            )
+        }
+        Some(v) if !ACTIVE_VERSIONS.contains(&v) => {
+            return error(
+                426,
+                "NONEXISTENT_VERSION",
+                &format!("Requested version {v} is not active"),
+            )
+        }
+        Some(_) => {}
+    }
+    if header("x-restli-protocol-version") != Some("2.0.0") {
+        return error(
+            400,
+            "ILLEGAL_ARGUMENT",
+            "X-Restli-Protocol-Version 2.0.0 is required",
+        );
+    }
+    if !inner.segments.contains(&segment) {
+        return error(
+            404,
+            "NOT_FOUND",
+            &format!("DmpSegment {segment} does not exist"),
+        );
+    }
+    if !users {
+        if method != Method::GET {
+            return error(405, "METHOD_NOT_ALLOWED", "Method not allowed");
+        }
+        return axum::Json(json!({
+            "id": segment.parse::<u64>().unwrap_or(0),
+            "name": "Fake segment",
+            "type": "USER",
+            "status": "READY",
+            "account": "urn:li:sponsoredAccount:516848833",
+            "destinations": [{"destination": "LINKEDIN", "status": "READY"}]
+        }))
+        .into_response();
+    }
+    if method != Method::POST {
+        return error(405, "METHOD_NOT_ALLOWED", "Method not allowed");
+    }
+    if header("x-restli-method")
+        .map(str::to_ascii_uppercase)
+        .as_deref()
+        != Some("BATCH_CREATE")
+    {
+        return error(
+            400,
+            "ILLEGAL_ARGUMENT",
+            "X-RestLi-Method: BATCH_CREATE is required for a batch of elements",
+        );
+    }
+    if inner.throttle > 0 {
+        inner.throttle -= 1;
+        return error(
+            429,
+            "TOO_MANY_REQUESTS",
+            "Resource level throttle 1 MINUTE limit for calls to this resource is reached.",
+        );
+    }
+    if let Some((status, body)) = inner.http_faults.pop_front() {
+        return (StatusCode::from_u16(status).unwrap(), axum::Json(body)).into_response();
+    }
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return error(400, "ILLEGAL_ARGUMENT", "Invalid JSON in the request body");
+    };
+    let Some(elements) = body["elements"].as_array() else {
+        return error(
+            400,
+            "ILLEGAL_ARGUMENT",
+            "/elements :: field is required but not found",
+        );
+    };
+    if elements.is_empty() || elements.len() > MAX_ELEMENTS {
+        return error(
+            400,
+            "ILLEGAL_ARGUMENT",
+            &format!(
+                "/elements :: between 1 and {MAX_ELEMENTS} elements are allowed, got {}",
+                elements.len()
+            ),
+        );
+    }
+    let mut statuses = Vec::with_capacity(elements.len());
+    for element in elements {
+        match check_element(&inner, element) {
+            Err((status, message)) => statuses
+                .push(json!({"status": status, "error": {"message": message, "status": status}})),
+            Ok(()) => {
+                let add = element["action"] == "ADD";
+                let ids = element["userIds"].as_array().cloned().unwrap_or_default();
+                for id in &ids {
+                    let pair = (
+                        id["idType"].as_str().unwrap_or("").to_string(),
+                        id["idValue"].as_str().unwrap_or("").to_string(),
+                    );
+                    let set = inner.members.entry(segment.clone()).or_default();
+                    if add {
+                        set.insert(pair);
+                    } else {
+                        set.remove(&pair);
+                    }
+                }
+                if ids.is_empty() {
+                    let pair = (
+                        element["firstName"].as_str().unwrap_or("").to_string(),
+                        element["lastName"].as_str().unwrap_or("").to_string(),
+                    );
+                    let set = inner.named.entry(segment.clone()).or_default();
+                    if add {
+                        set.insert(pair);
+                    } else {
+                        set.remove(&pair);
+                    }
+                }
+                statuses.push(json!({"status": 201}));
+            }
+        }
+    }
+    inner.bodies.push(body);
+    inner.headers.push(headers.clone());
+    axum::Json(json!({"elements": statuses})).into_response()
+}
+
+fn check_element(inner: &Inner, element: &Value) -> Result<(), (u16, String)> {
+    let action = element["action"].as_str().unwrap_or("");
+    if action != "ADD" && action != "REMOVE" {
+        return Err((
+            400,
+            format!("/action :: \"{action}\" is not an enum symbol"),
+        ));
+    }
+    let ids = element["userIds"].as_array().cloned().unwrap_or_default();
+    for id in &ids {
+        let value = id["idValue"].as_str().unwrap_or("");
+        let ok = match id["idType"].as_str().unwrap_or("") {
+            "SHA256_EMAIL" => hex_of_len(value, 64),
+            "SHA512_EMAIL" => hex_of_len(value, 128),
+            "GOOGLE_AID" => is_uuid(value),
+            other => {
+                return Err((
+                    400,
+                    format!("/userIds/idType :: \"{other}\" is not an enum symbol"),
+                ))
+            }
+        };
+        if !ok {
+            return Err((
+                400,
+                format!(
+                    "Invalid idValue for {}",
+                    id["idType"].as_str().unwrap_or("")
+                ),
+            ));
+        }
+        if let Some((status, message)) = inner.rejects.get(value) {
+            return Err((*status, message.clone()));
+        }
+    }
+    if ids.is_empty()
+        && (element["firstName"].as_str().unwrap_or("").is_empty()
+            || element["lastName"].as_str().unwrap_or("").is_empty())
+    {
+        return Err((
+            400,
+            "firstName and lastName are required when no userIds are given".to_string(),
+        ));
+    }
+    Ok(())
+}
