@@ -12,6 +12,8 @@ mod common;
 mod stripe_fake;
 #[path = "fakes/shopify.rs"]
 mod shopify_fake;
+#[path = "fakes/hubspot.rs"]
+mod hubspot_fake;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -789,4 +791,207 @@ async fn shopify_webhooks_are_verified() {
     let data: Value = serde_json::from_str(&outcome.records[0].record.data).unwrap();
     assert_eq!(data["deleted"], true);
     assert_eq!(data["id"], "706405506930370084");
+}
+
+// ---------------------------------------------------------------------------------------------
+// HubSpot
+
+const HUBSPOT_TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
+const HUBAPI: &str = "api.hubapi.com";
+
+fn hubspot_fake_with_contacts() -> hubspot_fake::Fake {
+    let fake = hubspot_fake::start_in_background(HUBSPOT_TOKEN);
+    for i in 1..=5 {
+        fake.add_contact(hubspot_fake::contact(
+            &format!("{}", 100 + i),
+            &format!("lead{i}@example.com"),
+            &format!("Lead{i}"),
+            "Person",
+            &format!("2024-02-0{i}T10:00:00.000Z"),
+        ));
+    }
+    fake
+}
+
+#[test]
+fn hubspot_lists_contacts_across_pages_then_searches_only_changed_ones() {
+    let fake = hubspot_fake_with_contacts();
+    let dir = install("hubspot");
+    let hp = fake.host_port();
+    let secrets = [format!("access_token={HUBSPOT_TOKEN}")];
+    let config = json!({"page_size": 2});
+    let full = read_cli(dir.path(), "hubspot", "contacts", None, &config, &secrets, HUBAPI, &hp).unwrap();
+    assert_eq!(data_ids(&full.records), ["101", "102", "103", "104", "105"]);
+    let first = &full.records[0]["data"];
+    assert_eq!(first["email"], "lead1@example.com");
+    assert_eq!(first["firstname"], "Lead1");
+    assert_eq!(first["phone"], "+1 617 555 0100");
+    assert_eq!(first["lifecyclestage"], "customer");
+    assert_eq!(first["lastmodifieddate"], "2024-02-01T10:00:00.000Z");
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert!(seen.iter().all(|r| r.method == "GET" && r.param("limit") == Some("2") && r.param("archived") == Some("false")));
+    assert_eq!(
+        seen[0].param("properties"),
+        Some("email,firstname,lastname,phone,company,lifecyclestage,lastmodifieddate,createdate")
+    );
+    assert!(seen[0].param("after").is_none() && seen[1].param("after").is_some());
+    assert_eq!(seen[0].authorization.as_deref(), Some(format!("Bearer {HUBSPOT_TOKEN}").as_str()));
+
+    fake.clear_requests();
+    fake.update_contact("103", "email", "moved@example.com", "2024-03-01T08:00:00.000Z");
+    fake.add_contact(hubspot_fake::contact("106", "lead6@example.com", "Lead6", "Person", "2024-02-20T00:00:00.000Z"));
+    let inc = read_cli(dir.path(), "hubspot", "contacts", Some(&full.cursor), &config, &secrets, HUBAPI, &hp).unwrap();
+    assert_eq!(data_ids(&inc.records), ["106", "103"], "changed since the watermark, oldest change first");
+    assert_eq!(inc.records[1]["data"]["email"], "moved@example.com");
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1);
+    assert_eq!((seen[0].method.as_str(), seen[0].uri.as_str()), ("POST", "/crm/v3/objects/contacts/search"));
+    let body = &seen[0].body;
+    assert_eq!(
+        body["filterGroups"][0]["filters"][0],
+        json!({"propertyName": "lastmodifieddate", "operator": "GT", "value": "1707127200000"}),
+        "GT the newest lastmodifieddate read (2024-02-05T10:00Z)"
+    );
+    assert_eq!(body["sorts"][0], json!({"propertyName": "lastmodifieddate", "direction": "ASCENDING"}));
+    assert_eq!(body["limit"], 2);
+
+    let again = read_cli(dir.path(), "hubspot", "contacts", Some(&inc.cursor), &config, &secrets, HUBAPI, &hp).unwrap();
+    assert!(again.records.is_empty(), "{:?}", again.records);
+}
+
+#[test]
+fn hubspot_companies_are_group_records() {
+    let fake = hubspot_fake_with_contacts();
+    fake.add_company(hubspot_fake::company("9001", "Acme Inc", "acme.example", "2024-01-01T00:00:00Z"));
+    fake.add_company(hubspot_fake::company("9002", "Globex", "globex.example", "2024-01-02T00:00:00Z"));
+    let hp = fake.host_port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_d, inst) = instance("hubspot", json!({"company_properties": ["name", "domain", "not_a_property"]}), &[("access_token", HUBSPOT_TOKEN)], Some((HUBAPI, &hp))).await;
+        let page = inst.read("companies", None).await.unwrap();
+        assert!(page.done);
+        let data: Vec<Value> = page.records.iter().map(|r| serde_json::from_str(&r.data).unwrap()).collect();
+        assert_eq!(data[0]["group_id"], "9001");
+        assert_eq!(data[0]["name"], "Acme Inc");
+        assert_eq!(data[1]["domain"], "globex.example");
+        assert_eq!(data[0]["not_a_property"], Value::Null, "HubSpot ignores unknown properties");
+        assert_eq!(page.records[1].updated_at.as_deref(), Some("2024-01-02T00:00:00Z"));
+        let cursor: Value = serde_json::from_str(page.cursor.as_deref().unwrap()).unwrap();
+        assert_eq!(cursor["since"], 1_704_153_600_000i64);
+        // The next run searches on hs_lastmodifieddate.
+        let page = inst.read("companies", page.cursor.as_deref()).await.unwrap();
+        assert!(page.records.is_empty() && page.done);
+    });
+    let search = fake.requests().into_iter().last().unwrap();
+    assert_eq!(search.body["filterGroups"][0]["filters"][0]["propertyName"], "hs_lastmodifieddate");
+}
+
+#[test]
+fn hubspot_rate_limits_are_honoured() {
+    let fake = hubspot_fake_with_contacts();
+    let dir = install("hubspot");
+    let hp = fake.host_port();
+    let secrets = [format!("access_token={HUBSPOT_TOKEN}")];
+    fake.throttle(1, "TEN_SECONDLY_ROLLING", Some("3"));
+    let err = read_cli(dir.path(), "hubspot", "contacts", None, &json!({}), &secrets, HUBAPI, &hp).unwrap_err();
+    assert!(err.contains("transient: HTTP 429: RATE_LIMIT: You have reached your ten_secondly_rolling limit."), "{err}");
+    assert!(err.contains("retry after 3000 ms"), "{err}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_d, inst) = instance("hubspot", json!({}), &[("access_token", HUBSPOT_TOKEN)], Some((HUBAPI, &hp))).await;
+        fake.throttle(1, "TEN_SECONDLY_ROLLING", Some("3"));
+        assert_eq!(transient_after(inst.read("contacts", None).await), Some(3000));
+        // No Retry-After: the interval the rate-limit headers give.
+        fake.state.lock().unwrap().interval_ms = 7000;
+        fake.throttle(1, "TEN_SECONDLY_ROLLING", None);
+        assert_eq!(transient_after(inst.read("contacts", None).await), Some(7000));
+        fake.throttle(1, "SECONDLY", None);
+        let search_cursor = json!({"since": 0}).to_string();
+        assert_eq!(transient_after(inst.read("contacts", Some(&search_cursor)).await), Some(1000));
+        // A window used up on a successful call: pause for it before returning.
+        {
+            let mut s = fake.state.lock().unwrap();
+            s.remaining_override = Some(0);
+            s.interval_ms = 1500;
+        }
+        let started = std::time::Instant::now();
+        let page = inst.read("contacts", None).await.unwrap();
+        assert_eq!(page.records.len(), 5);
+        assert!(started.elapsed() >= std::time::Duration::from_millis(1400), "{:?}", started.elapsed());
+        fake.state.lock().unwrap().remaining_override = None;
+        fake.state.lock().unwrap().fail_500 = 1;
+        assert_eq!(transient_after(inst.read("contacts", None).await), None);
+    });
+}
+
+#[test]
+fn hubspot_bad_token_is_unauthorized_and_logs_hold_no_secret() {
+    let fake = hubspot_fake_with_contacts();
+    let dir = install("hubspot");
+    let hp = fake.host_port();
+    let reroute = format!("{HUBAPI}=http://{hp}");
+    let err = failed(&switchyard(
+        dir.path(),
+        &["plugin", "check", "hubspot", "--secret", "access_token=pat-na1-wrong", "--reroute", &reroute, "--allow-private", &hp],
+    ));
+    assert!(err.contains("unauthorized: HTTP 401: INVALID_AUTHENTICATION"), "{err}");
+    let good = switchyard(
+        dir.path(),
+        &["plugin", "check", "hubspot", "--secret", &format!("access_token={HUBSPOT_TOKEN}"), "--reroute", &reroute, "--allow-private", &hp],
+    );
+    assert!(ok(&good).contains("check passed"));
+    let out = read_cli_log(dir.path(), "hubspot", "contacts", None, &json!({}), &[format!("access_token={HUBSPOT_TOKEN}")], HUBAPI, &hp, "debug").unwrap();
+    assert!(out.stderr.contains("hubspot contacts (list): 5 records"), "{}", out.stderr);
+    assert!(!out.stderr.contains(HUBSPOT_TOKEN));
+    assert!(!out.stderr.contains("lead1@example.com"));
+    // A forged cursor is refused by HubSpot with its message.
+    let err = read_cli(dir.path(), "hubspot", "contacts", Some(r#"{"after":"bm9wZQ"}"#), &json!({}), &[format!("access_token={HUBSPOT_TOKEN}")], HUBAPI, &hp)
+        .unwrap_err();
+    assert!(err.contains("VALIDATION_ERROR") && err.contains("`after` cursor"), "{err}");
+}
+
+#[test]
+fn hubspot_fake_rejects_what_hubspot_rejects() {
+    let fake = hubspot_fake_with_contacts();
+    let hp = fake.host_port();
+    let auth = format!("Bearer {HUBSPOT_TOKEN}");
+    let a = [("Authorization", auth.as_str()), ("Content-Type", "application/json")];
+    let (status, body) = raw_json(&hp, "GET", "/crm/v3/objects/contacts", &[], b"");
+    assert_eq!((status, body["category"].as_str()), (401, Some("INVALID_AUTHENTICATION")));
+    assert_eq!(raw_json(&hp, "GET", "/crm/v3/objects/contacts", &[("Authorization", "Bearer pat-na1-nope")], b"").0, 401);
+    let (status, body) = raw_json(&hp, "GET", "/crm/v3/objects/contacts?limit=101", &a, b"");
+    assert_eq!((status, body["category"].as_str()), (400, Some("VALIDATION_ERROR")));
+    assert_eq!(body["status"], "error");
+    assert!(body["correlationId"].is_string());
+    assert_eq!(raw_json(&hp, "GET", "/crm/v3/objects/contacts?after=garbage", &a, b"").0, 400);
+    let search = "/crm/v3/objects/contacts/search";
+    assert_eq!(raw_json(&hp, "POST", search, &a, br#"{"limit":201}"#).0, 400);
+    let six_groups = json!({"filterGroups": vec![json!({"filters": [{"propertyName": "email", "operator": "HAS_PROPERTY"}]}); 6]}).to_string();
+    assert_eq!(raw_json(&hp, "POST", search, &a, six_groups.as_bytes()).0, 400);
+    let eleven = json!({"filterGroups": [{"filters": vec![json!({"propertyName": "email", "operator": "HAS_PROPERTY"}); 11]}]}).to_string();
+    assert_eq!(raw_json(&hp, "POST", search, &a, eleven.as_bytes()).0, 400);
+    let (status, body) = raw_json(&hp, "POST", search, &a, br#"{"after":"10000","limit":100}"#);
+    assert_eq!(status, 400);
+    assert!(body["message"].as_str().unwrap().contains("10,000"));
+    assert_eq!(raw_json(&hp, "POST", search, &a, br#"{"filterGroups":[{"filters":[{"propertyName":"email","operator":"LIKE","value":"x"}]}]}"#).0, 400);
+    assert_eq!(raw_json(&hp, "POST", search, &a, b"not json").0, 400);
+    assert_eq!(raw_json(&hp, "GET", "/crm/v3/objects/deals", &a, b"").0, 404);
+    // What HubSpot serves: list headers, search by date in ms or ISO, unknown properties dropped.
+    let (status, head, _) = raw(&hp, "GET", "/crm/v3/objects/contacts?limit=2&properties=email,bogus", &a, b"");
+    assert_eq!(status, 200);
+    assert!(head.to_ascii_lowercase().contains("x-hubspot-ratelimit-remaining: 189"), "{head}");
+    let (_, body) = raw_json(&hp, "GET", "/crm/v3/objects/contacts?limit=2&properties=email,bogus", &a, b"");
+    assert!(body["results"][0]["properties"].get("bogus").is_none());
+    assert!(body["paging"]["next"]["after"].is_string());
+    let by_ms = json!({"filterGroups": [{"filters": [{"propertyName": "lastmodifieddate", "operator": "GTE", "value": "1707040800000"}]}]}).to_string();
+    let (status, head, text) = raw(&hp, "POST", search, &a, by_ms.as_bytes());
+    assert_eq!(status, 200);
+    assert!(!head.to_ascii_lowercase().contains("x-hubspot-ratelimit-remaining"), "search has no rate-limit headers");
+    let body: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(body["total"], 2, "{body}");
+    fake.throttle(1, "TEN_SECONDLY_ROLLING", None);
+    let (status, body) = raw_json(&hp, "GET", "/crm/v3/objects/contacts", &a, b"");
+    assert_eq!((status, body["errorType"].as_str(), body["policyName"].as_str()), (429, Some("RATE_LIMIT"), Some("TEN_SECONDLY_ROLLING")));
 }
