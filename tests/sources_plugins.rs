@@ -14,6 +14,8 @@ mod stripe_fake;
 mod shopify_fake;
 #[path = "fakes/hubspot.rs"]
 mod hubspot_fake;
+#[path = "fakes/http_json.rs"]
+mod http_json_fake;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -994,4 +996,185 @@ fn hubspot_fake_rejects_what_hubspot_rejects() {
     fake.throttle(1, "TEN_SECONDLY_ROLLING", None);
     let (status, body) = raw_json(&hp, "GET", "/crm/v3/objects/contacts", &a, b"");
     assert_eq!((status, body["errorType"].as_str(), body["policyName"].as_str()), (429, Some("RATE_LIMIT"), Some("TEN_SECONDLY_ROLLING")));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generic paginated JSON (http-json)
+
+const JSON_TOKEN: &str = "json-api-token-7f3a9c";
+
+fn json_fake_with_items() -> http_json_fake::Fake {
+    let fake = http_json_fake::start_in_background(JSON_TOKEN);
+    for i in 1..=5 {
+        fake.add_item(http_json_fake::item(&format!("it_{i}"), &format!("member{i}@example.com"), &format!("2024-04-0{i}T12:00:00Z")));
+    }
+    fake
+}
+
+/// `plugin read http-json` against the fake's own address (the plugin's hosts are the operator's
+/// to grant: `--allow-host`).
+fn read_json(dir: &Path, config: &Value, secrets: &[String], cursor: Option<&str>, hp: &str) -> Result<ReadOut, String> {
+    let config = config.to_string();
+    let mut args = vec!["plugin", "read", "http-json", "--stream", "records", "--config", &config, "--allow-host", hp, "--allow-private", hp];
+    for s in secrets {
+        args.push("--secret");
+        args.push(s);
+    }
+    if let Some(c) = cursor {
+        args.push("--cursor");
+        args.push(c);
+    }
+    let out = switchyard_log(dir, &args, "debug");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    if !out.status.success() {
+        return Err(stderr);
+    }
+    let cursor = stderr.lines().find_map(|l| l.strip_prefix("cursor: ")).unwrap_or_default().to_string();
+    Ok(ReadOut { records: lines(&String::from_utf8_lossy(&out.stdout)), cursor, stderr })
+}
+
+fn cursor_style_config(fake: &http_json_fake::Fake) -> Value {
+    json!({
+        "url": fake.url("/v1/items"),
+        "records_path": "data.items",
+        "id_field": "id",
+        "updated_at_field": "updated_at",
+        "incremental_param": "updated_since",
+        "page_size": 2,
+        "page_size_param": "limit",
+        "pagination": {"type": "cursor", "cursor_path": "data.next_cursor", "cursor_param": "cursor"}
+    })
+}
+
+#[test]
+fn http_json_cursor_paging_then_incremental_reads() {
+    let fake = json_fake_with_items();
+    let dir = install("http-json");
+    let hp = fake.host_port();
+    let secrets = [format!("token={JSON_TOKEN}")];
+    let config = cursor_style_config(&fake);
+    let full = read_json(dir.path(), &config, &secrets, None, &hp).unwrap();
+    assert_eq!(data_ids(&full.records), ["it_1", "it_2", "it_3", "it_4", "it_5"]);
+    assert_eq!(full.records[2]["data"]["email"], "member3@example.com");
+    assert_eq!(full.records[2]["updated_at"], "2024-04-03T12:00:00Z");
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    assert_eq!(seen[0].param("cursor"), None);
+    assert!(seen[1].param("cursor").is_some() && seen[2].param("cursor").is_some());
+    assert!(seen.iter().all(|r| r.param("limit") == Some("2") && r.param("updated_since").is_none()));
+    assert!(!full.stderr.contains(JSON_TOKEN), "the token leaked into the logs");
+    assert!(!full.stderr.contains("member1@example.com"));
+
+    fake.clear_requests();
+    fake.update_item("it_2", "plan", json!("pro"), "2024-05-01T00:00:00Z");
+    fake.add_item(http_json_fake::item("it_6", "member6@example.com", "2024-04-20T00:00:00Z"));
+    let inc = read_json(dir.path(), &config, &secrets, Some(&full.cursor), &hp).unwrap();
+    assert_eq!(data_ids(&inc.records), ["it_6", "it_2"], "only what changed; it_5 at the watermark is not read again");
+    assert_eq!(inc.records[1]["data"]["plan"], "pro");
+    let seen = fake.requests();
+    assert_eq!(seen[0].param("updated_since"), Some("2024-04-05T12:00:00Z"));
+    let again = read_json(dir.path(), &config, &secrets, Some(&inc.cursor), &hp).unwrap();
+    assert!(again.records.is_empty(), "{:?}", again.records);
+}
+
+#[test]
+fn http_json_page_numbers_and_link_headers() {
+    let fake = json_fake_with_items();
+    let dir = install("http-json");
+    let hp = fake.host_port();
+    let secrets = [format!("token={JSON_TOKEN}")];
+    // Page numbers, a bare API key in its own header, records under `results`.
+    let pages = json!({
+        "url": fake.url("/v2/items"), "records_path": "results", "updated_at_field": "updated_at",
+        "auth_header": "X-Api-Key", "auth_prefix": "", "page_size": 2, "page_size_param": "per_page",
+        "pagination": {"type": "page", "page_param": "page", "first_page": 1}
+    });
+    let out = read_json(dir.path(), &pages, &secrets, None, &hp).unwrap();
+    assert_eq!(data_ids(&out.records), ["it_1", "it_2", "it_3", "it_4", "it_5"]);
+    let pages_asked: Vec<_> = fake.requests().iter().map(|r| r.param("page").unwrap_or("").to_string()).collect();
+    assert_eq!(pages_asked, ["1", "2", "3"], "the short third page ends the run");
+
+    // Link headers, the body a bare array.
+    fake.clear_requests();
+    let link = json!({
+        "url": fake.url("/v3/items"), "page_size": 2, "page_size_param": "per_page",
+        "pagination": {"type": "link_header"}
+    });
+    let out = read_json(dir.path(), &link, &secrets, None, &hp).unwrap();
+    assert_eq!(data_ids(&out.records), ["it_1", "it_2", "it_3", "it_4", "it_5"]);
+    let uris: Vec<_> = fake.requests().iter().map(|r| r.uri.clone()).collect();
+    assert_eq!(uris, ["/v3/items?per_page=2", "/v3/items?page=2&per_page=2", "/v3/items?page=3&per_page=2"]);
+
+    // A records_path that is not there says so.
+    let wrong = json!({"url": fake.url("/v2/items"), "records_path": "data", "auth_header": "X-Api-Key", "auth_prefix": ""});
+    let err = read_json(dir.path(), &wrong, &secrets, None, &hp).unwrap_err();
+    assert!(err.contains("no array at `data` (records_path)"), "{err}");
+    // An unknown config field is refused before any call.
+    let err = read_json(dir.path(), &json!({"url": fake.url("/v1/items"), "recordz": "x"}), &secrets, None, &hp).unwrap_err();
+    assert!(err.contains("recordz"), "{err}");
+}
+
+#[test]
+fn http_json_429_bad_token_and_bad_cursor() {
+    let fake = json_fake_with_items();
+    let dir = install("http-json");
+    let hp = fake.host_port();
+    let config = cursor_style_config(&fake);
+    let err = read_json(dir.path(), &config, &["token=wrong".into()], None, &hp).unwrap_err();
+    assert!(err.contains("unauthorized: HTTP 401: missing or invalid credentials"), "{err}");
+    let check = switchyard(
+        dir.path(),
+        &["plugin", "check", "http-json", "--config", &config.to_string(), "--secret", &format!("token={JSON_TOKEN}"), "--allow-host", &hp, "--allow-private", &hp],
+    );
+    assert!(ok(&check).contains("check passed"));
+    fake.throttle(1, "4");
+    let err = read_json(dir.path(), &config, &[format!("token={JSON_TOKEN}")], None, &hp).unwrap_err();
+    assert!(err.contains("transient: HTTP 429: too many requests (retry after 4000 ms)"), "{err}");
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(dir.path(), Runtime::new(Limits::default()).unwrap()).unwrap();
+        reg.install(&plugin_wasm("http-json")).await.unwrap();
+        let plugin = reg.load("http-json", None).await.unwrap();
+        let policy = HttpPolicy::new(&plugin.manifest().allowed_hosts, Some(&[hp.clone()]), &[hp.clone()]);
+        let inst = PluginInstance::new(
+            plugin,
+            PluginConfig { config: config.to_string(), secrets: vec![("token".into(), JSON_TOKEN.into())] },
+            policy,
+        );
+        assert!(inst.streams().await.unwrap()[0].incremental);
+        fake.throttle(1, "4");
+        assert_eq!(transient_after(inst.read("records", None).await), Some(4000));
+        let forged = json!({"next": "bm90LWEtY3Vyc29y"}).to_string();
+        match inst.read("records", Some(&forged)).await {
+            Err(PluginError::Plugin { error: CallError::InvalidConfig(m), .. }) => {
+                assert!(m.contains("HTTP 400: cursor is malformed or expired"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+    });
+}
+
+#[test]
+fn http_json_fake_rejects_what_a_strict_api_rejects() {
+    let fake = json_fake_with_items();
+    let hp = fake.host_port();
+    let bearer = format!("Bearer {JSON_TOKEN}");
+    let a = [("Authorization", bearer.as_str())];
+    assert_eq!(raw_json(&hp, "GET", "/v1/items", &[], b"").0, 401);
+    assert_eq!(raw_json(&hp, "GET", "/v1/items", &[("Authorization", "Bearer nope")], b"").0, 401);
+    assert_eq!(raw_json(&hp, "GET", "/v2/items", &a, b"").0, 401, "v2 wants X-Api-Key");
+    let (status, body) = raw_json(&hp, "GET", "/v1/items?limit=101", &a, b"");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_parameter")));
+    assert_eq!(raw_json(&hp, "GET", "/v2/items?per_page=51", &[("X-Api-Key", JSON_TOKEN)], b"").0, 400);
+    let (status, body) = raw_json(&hp, "GET", "/v1/items?cursor=garbage", &a, b"");
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_cursor")));
+    assert_eq!(raw_json(&hp, "GET", "/v1/items?updated_since=yesterday", &a, b"").0, 400);
+    assert_eq!(raw_json(&hp, "GET", "/v3/items?page=0", &a, b"").0, 400);
+    assert_eq!(raw_json(&hp, "POST", "/v1/items", &a, b"{}").0, 404);
+    let (status, body) = raw_json(&hp, "GET", "/v1/items?limit=2&updated_since=2024-04-04T12:00:00Z", &a, b"");
+    assert_eq!(status, 200);
+    assert_eq!(data_ids(body["data"]["items"].as_array().unwrap()), ["it_4", "it_5"], "inclusive updated_since");
+    assert!(body["data"]["next_cursor"].is_null());
 }
