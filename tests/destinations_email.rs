@@ -8,6 +8,9 @@ mod common;
 #[path = "fakes/sendgrid.rs"]
 mod sendgrid_fake;
 
+#[path = "fakes/mailchimp.rs"]
+mod mailchimp_fake;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
@@ -537,5 +540,335 @@ mod sendgrid {
         assert_eq!(put(json_h(&auth), &one).0, 500);
         assert_eq!(put(json_h(&auth), &one).0, 202);
         let _ = sendgrid_fake::valid_email("x@y.z");
+    }
+}
+
+// ============================== Mailchimp ==============================
+
+mod mailchimp {
+    use super::mailchimp_fake::{subscriber_hash, Fake, Setup, API_KEY, LIST_ID};
+    use super::*;
+
+    struct Hub {
+        dir: tempfile::TempDir,
+        fake: Fake,
+    }
+
+    fn hub() -> Hub {
+        let fake = Fake::start_in_background(Setup::default());
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), "mailchimp");
+        Hub { dir, fake }
+    }
+
+    impl Hub {
+        /// Runs `plugin <command> mailchimp` with the fake standing in for the us14 datacenter
+        /// (and for us2, so that a key of another datacenter reaches it too).
+        fn run(&self, command: &str, config: &Value, key: &str, extra: &[&str], stdin: &str) -> Output {
+            let us14 = format!("us14.api.mailchimp.com={}", self.fake.url());
+            let us2 = format!("us2.api.mailchimp.com={}", self.fake.url());
+            let secret = format!("api_key={key}");
+            let config = config.to_string();
+            let hp = self.fake.host_port();
+            let mut args = vec![
+                "plugin", command, "mailchimp", "--config", &config, "--secret", &secret,
+                "--reroute", &us14, "--reroute", &us2, "--allow-private", &hp,
+            ];
+            args.extend_from_slice(extra);
+            switchyard(self.dir.path(), &args, stdin)
+        }
+
+        fn deliver(&self, action: &str, config: &Value, records: &[Value]) -> (Vec<Value>, String) {
+            let out = self.run("deliver", config, API_KEY, &["--action", action], &jsonl(records));
+            let results = lines(&ok(&out));
+            assert_eq!(results.len(), records.len(), "one result per record");
+            (results, stderr(&out))
+        }
+    }
+
+    fn config() -> Value {
+        json!({"list_id": LIST_ID, "merge_fields": {"plan": "PLAN"}})
+    }
+
+    /// Neither the API key nor an email address (nor its subscriber hash) may be logged.
+    fn assert_no_leaks(logs: &str, plugin_line: &str, emails: &[&str]) {
+        assert!(logs.contains(plugin_line), "the plugin's debug line `{plugin_line}` is expected: {logs}");
+        assert!(!logs.contains(API_KEY), "the API key leaked: {logs}");
+        assert!(!logs.contains("5f4dcc3b5aa765d61d8327deb882cf99"), "part of the API key leaked: {logs}");
+        for email in emails {
+            assert!(!logs.to_lowercase().contains(&email.to_lowercase()), "{email} leaked: {logs}");
+            assert!(!logs.contains(&subscriber_hash(email)), "the hash of {email} leaked: {logs}");
+        }
+    }
+
+    #[test]
+    fn mailchimp_batch_subscribe_lands_members_and_rejects_per_member_errors() {
+        let h = hub();
+        h.fake.seed_member("old@example.com", "subscribed");
+        h.fake.seed_forgotten("erased@example.com");
+        let records = vec![
+            json!({"key": "p1", "fields": {"email": "Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace",
+                                           "plan": "pro", "tags": ["vip"], "phone": null}}),
+            json!({"key": "p2", "fields": {"email": "bob@invalid"}}),
+            json!({"key": "p3", "fields": {"email": "erased@example.com", "first_name": "E"}}),
+            json!({"key": "p4", "fields": {"email": "old@example.com", "first_name": "Old"}}),
+            json!({"key": "p5", "fields": {"email": "x@example.com", "favourite_colour": "blue"}}),
+            // The same address again: it goes out in a second request.
+            json!({"key": "p6", "fields": {"email": "ada@example.com", "BIRTHDAY": "12/10"}}),
+            // A merge tag the audience does not have.
+            json!({"key": "p7", "fields": {"email": "cy@example.com", "SHOESIZE": 44}}),
+        ];
+        let (results, logs) = h.deliver("upsert", &config(), &records);
+        let r = |i: usize| (results[i]["result"].as_str().unwrap().to_string(), results[i]["reason"].as_str().unwrap_or("").to_string());
+        assert_eq!(r(0).0, "ok", "{results:?}");
+        assert_eq!(r(1), ("rejected".into(), "bob@invalid looks fake or invalid, please enter a real email address. (ERROR_GENERIC)".into()));
+        assert_eq!(r(2).0, "rejected");
+        assert!(r(2).1.contains("was permanently deleted and cannot be re-imported"), "{results:?}");
+        assert_eq!(r(3).0, "ok");
+        assert_eq!(r(4).0, "rejected");
+        assert!(r(4).1.contains("`favourite_colour`"));
+        assert_eq!(r(5).0, "ok");
+        assert_eq!(r(6), ("rejected".into(), "Your merge fields were invalid. SHOESIZE: no such merge field (ERROR_GENERIC)".into()));
+
+        let ada = h.fake.member("ada@example.com").expect("Ada is a member");
+        assert_eq!(ada["id"], subscriber_hash("ada@example.com"));
+        assert_eq!(ada["status"], "subscribed");
+        assert_eq!(ada["merge_fields"], json!({"FNAME": "Ada", "LNAME": "Lovelace", "PLAN": "pro", "BIRTHDAY": "12/10"}));
+        assert_eq!(ada["tags"][0]["name"], "vip");
+        assert_eq!(h.fake.member("old@example.com").unwrap()["merge_fields"]["FNAME"], "Old");
+        assert!(h.fake.member("bob@invalid").is_none());
+        assert!(h.fake.member("erased@example.com").is_none());
+
+        let posts: Vec<_> = h.fake.seen().into_iter().filter(|s| s.method == "POST").collect();
+        assert_eq!(posts.len(), 2, "two requests: Ada twice cannot share one");
+        assert_eq!(posts[0].uri, format!("/3.0/lists/{LIST_ID}"));
+        let first: Value = serde_json::from_slice(&posts[0].body).unwrap();
+        assert_eq!(first["update_existing"], true);
+        assert_eq!(first["members"].as_array().unwrap().len(), 5);
+        assert_eq!(first["members"][0]["email_address"], "Ada@Example.com");
+        assert_eq!(first["members"][0]["status"], "subscribed");
+        assert_no_leaks(&logs, "batch subscribe: HTTP 200, 1 created, 1 updated, 3 errors", &["ada@example.com", "bob@invalid", "erased@example.com", "old@example.com"]);
+    }
+
+    #[test]
+    fn mailchimp_member_mode_puts_by_subscriber_hash_and_keeps_existing_status() {
+        let h = hub();
+        h.fake.seed_member("left@example.com", "unsubscribed");
+        let mut cfg = config();
+        cfg["upsert_via"] = json!("member");
+        cfg["status"] = json!("pending");
+        let records = vec![
+            json!({"key": "p1", "fields": {"email": "New@Example.com", "first_name": "New"}}),
+            json!({"key": "p2", "fields": {"email": "left@example.com", "first_name": "Left"}}),
+            json!({"key": "p3", "fields": {"email": "forced@example.com", "status": "subscribed"}}),
+            json!({"key": "p4", "fields": {"email": "nope"}}),
+        ];
+        let (results, logs) = h.deliver("upsert", &cfg, &records);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(results[1]["result"], "ok");
+        assert_eq!(results[2]["result"], "ok");
+        assert_eq!(results[3]["result"], "rejected");
+        assert_eq!(results[3]["reason"], "HTTP 400: Invalid Resource: nope looks fake or invalid, please enter a real email address.");
+        assert_eq!(h.fake.member("new@example.com").unwrap()["status"], "pending");
+        let left = h.fake.member("left@example.com").unwrap();
+        assert_eq!(left["status"], "unsubscribed", "status_if_new leaves existing members alone");
+        assert_eq!(left["merge_fields"]["FNAME"], "Left");
+        assert_eq!(h.fake.member("forced@example.com").unwrap()["status"], "subscribed");
+
+        let puts: Vec<_> = h.fake.seen().into_iter().filter(|s| s.method == "PUT").collect();
+        assert_eq!(puts[0].uri, format!("/3.0/lists/{LIST_ID}/members/{}", subscriber_hash("new@example.com")));
+        let body: Value = serde_json::from_slice(&puts[0].body).unwrap();
+        assert_eq!(body["status_if_new"], "pending");
+        assert!(body.get("status").is_none(), "{body}");
+        assert_no_leaks(&logs, "upserted 4 members one by one", &["new@example.com", "left@example.com"]);
+    }
+
+    #[test]
+    fn mailchimp_delete_archives_or_permanently_deletes() {
+        let h = hub();
+        h.fake.seed_member("a@example.com", "subscribed");
+        h.fake.seed_member("b@example.com", "subscribed");
+        let records = vec![
+            json!({"key": "p1", "fields": {"email": "A@example.com"}}),
+            json!({"key": "p2", "fields": {"email": "never@example.com"}}),
+            json!({"key": "p3", "fields": {"first_name": "no email"}}),
+        ];
+        let (results, logs) = h.deliver("delete", &config(), &records);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(results[1]["result"], "ok", "an unknown member is already gone");
+        assert_eq!(results[2]["result"], "rejected");
+        assert_eq!(h.fake.member("a@example.com").unwrap()["status"], "archived");
+        let seen = h.fake.seen();
+        assert_eq!(seen[0].method, "DELETE");
+        assert_eq!(seen[0].uri, format!("/3.0/lists/{LIST_ID}/members/{}", subscriber_hash("a@example.com")));
+        assert_no_leaks(&logs, "delete (Archive): 1 removed, 1 already absent", &["a@example.com", "never@example.com"]);
+
+        let mut cfg = config();
+        cfg["delete_mode"] = json!("permanent");
+        let (results, _) = h.deliver("delete", &cfg, &[json!({"key": "p", "fields": {"email": "b@example.com"}})]);
+        assert_eq!(results[0]["result"], "ok");
+        assert!(h.fake.member("b@example.com").is_none());
+        assert!(h.fake.is_forgotten("b@example.com"));
+        let last = h.fake.seen().pop().unwrap();
+        assert_eq!(last.uri, format!("/3.0/lists/{LIST_ID}/members/{}/actions/delete-permanent", subscriber_hash("b@example.com")));
+        // Permanently deleted addresses cannot be re-imported.
+        let (results, _) = h.deliver("upsert", &config(), &[json!({"key": "p", "fields": {"email": "b@example.com"}})]);
+        assert_eq!(results[0]["result"], "rejected");
+    }
+
+    #[test]
+    fn mailchimp_429_and_500_are_retried() {
+        let h = hub();
+        let records = vec![
+            json!({"key": "p1", "fields": {"email": "a@example.com"}}),
+            json!({"key": "p2", "fields": {"email": "b@example.com"}}),
+        ];
+        // Mailchimp sends no wait hint: the hub backs off on its own.
+        h.fake.throttle(1, None);
+        let (results, _) = h.deliver("upsert", &config(), &records);
+        for r in &results {
+            assert_eq!(r["result"], "retry", "{results:?}");
+            assert!(r["after_ms"].is_null());
+            assert_eq!(r["reason"], "HTTP 429: Too Many Requests: You have exceeded the limit of 10 simultaneous connections.");
+        }
+        // A Retry-After, when present, is honoured.
+        h.fake.throttle(1, Some(7));
+        let (results, _) = h.deliver("delete", &config(), &records);
+        assert_eq!(results[0]["result"], "retry");
+        assert_eq!(results[0]["after_ms"], 7000);
+        assert_eq!(results[1]["result"], "retry", "the rest of the batch waits too");
+        assert_eq!(h.fake.seen().iter().filter(|s| s.method == "DELETE").count(), 1);
+        h.fake.fail_next(1);
+        let mut cfg = config();
+        cfg["upsert_via"] = json!("member");
+        let (results, _) = h.deliver("upsert", &cfg, &records);
+        assert_eq!(results[0]["result"], "retry");
+        assert_eq!(results[1]["result"], "retry");
+        assert_eq!(h.fake.member_count(), 0);
+        let (results, _) = h.deliver("upsert", &config(), &records);
+        assert!(results.iter().all(|r| r["result"] == "ok"), "{results:?}");
+        assert_eq!(h.fake.member_count(), 2);
+    }
+
+    #[test]
+    fn mailchimp_check_pings_and_finds_the_audience() {
+        let h = hub();
+        let out = ok(&h.run("check", &config(), API_KEY, &[], ""));
+        assert!(out.contains("check passed"), "{out}");
+        let seen: Vec<String> = h.fake.seen().iter().map(|s| format!("{} {}", s.method, s.uri)).collect();
+        assert_eq!(seen, vec!["GET /3.0/ping".to_string(), format!("GET /3.0/lists/{LIST_ID}?fields=id,name")]);
+
+        let err = failed(&h.run("check", &config(), "00000000000000000000000000000000-us14", &[], ""));
+        assert!(err.contains("unauthorized") && err.contains("API Key Invalid"), "{err}");
+        // A key of another datacenter goes to that datacenter, which does not know it.
+        let err = failed(&h.run("check", &config(), "5f4dcc3b5aa765d61d8327deb882cf99-us2", &[], ""));
+        assert!(err.contains("wrong datacenter"), "{err}");
+        // A key without its datacenter never leaves the sandbox.
+        let before = h.fake.seen().len();
+        let err = failed(&h.run("check", &config(), "5f4dcc3b5aa765d61d8327deb882cf99", &[], ""));
+        assert!(err.contains("must end in its datacenter"), "{err}");
+        assert!(!err.contains("5f4dcc3b5aa765d61d8327deb882cf99"), "{err}");
+        assert_eq!(h.fake.seen().len(), before);
+
+        let err = failed(&h.run("check", &json!({"list_id": "ffffffffff"}), API_KEY, &[], ""));
+        assert!(err.contains("Mailchimp has no audience `ffffffffff`"), "{err}");
+
+        let err = failed(&h.run("deliver", &config(), "00000000000000000000000000000000-us14", &["--action", "upsert"],
+                                &jsonl(&[json!({"key": "p", "fields": {"email": "a@example.com"}})])));
+        assert!(err.contains("unauthorized"), "{err}");
+        assert_eq!(h.fake.member_count(), 0);
+    }
+
+    #[test]
+    fn mailchimp_fake_refuses_what_mailchimp_refuses() {
+        use base64::Engine;
+        let fake = Fake::start_in_background(Setup::default());
+        let a = fake.addr;
+        let basic = |key: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("anystring:{key}")));
+        let auth = basic(API_KEY);
+        let send = |method: &str, path: &str, body: &Value| {
+            raw(a, method, path, &[("authorization", auth.as_str()), ("content-type", "application/json")], body.to_string().as_bytes())
+        };
+        let expect = |resp: (u16, Vec<(String, String)>, Vec<u8>), status: u16, title: &str, needle: &str| {
+            assert_eq!(resp.0, status, "{}", String::from_utf8_lossy(&resp.2));
+            assert_eq!(header(&resp.1, "content-type"), Some("application/problem+json; charset=utf-8"));
+            let body = body_json(&resp.2);
+            assert_eq!(body["title"], title, "{body}");
+            assert_eq!(body["status"], status);
+            assert!(body["type"].as_str().unwrap().starts_with("https://mailchimp.com/developer/"));
+            assert!(body.to_string().contains(needle), "expected {needle} in {body}");
+        };
+        let list = format!("/3.0/lists/{LIST_ID}");
+        let member = |email: &str| format!("{list}/members/{}", subscriber_hash(email));
+
+        // Auth.
+        expect(raw(a, "GET", "/3.0/ping", &[], b""), 401, "API Key Missing", "did not include an API key");
+        expect(raw(a, "GET", "/3.0/ping", &[("authorization", basic("wrong-us14").as_str())], b""), 401, "API Key Invalid", "wrong datacenter");
+        expect(raw(a, "GET", "/3.0/ping", &[("authorization", format!("Bearer {API_KEY}").as_str())], b""), 401, "API Key Missing", "API key");
+        let (s, _, b) = raw(a, "GET", "/3.0/ping", &[("authorization", auth.as_str())], b"");
+        assert_eq!((s, body_json(&b)), (200, json!({"health_status": "Everything's Chimpy!"})));
+
+        // Batch subscribe: schema and limits refuse the whole request.
+        let members = |n: usize| (0..n).map(|i| json!({"email_address": format!("u{i}@example.com"), "status": "subscribed"})).collect::<Vec<_>>();
+        expect(send("POST", &list, &json!({"members": members(501), "update_existing": true})), 400, "Invalid Resource", "more than 500 items");
+        expect(send("POST", &list, &json!({"update_existing": true})), 400, "Invalid Resource", "members");
+        expect(send("POST", &list, &json!({"members": [{"email_address": "a@example.com"}]})), 400, "Invalid Resource", "members.item:0.status");
+        expect(send("POST", &list, &json!({"members": [{"email_address": "a@example.com", "status": "archived"}]})), 400, "Invalid Resource", "not in enum");
+        expect(raw(a, "POST", &list, &[("authorization", auth.as_str()), ("content-type", "application/json")], b"{not json"), 400, "JSON Parse Error", "parsing");
+        expect(send("POST", "/3.0/lists/ffffffffff", &json!({"members": members(1)})), 404, "Resource Not Found", "could not be found");
+        assert_eq!(fake.member_count(), 0);
+        // Per-member errors come back with 200.
+        fake.seed_forgotten("gone@example.com");
+        fake.seed_member("old@example.com", "subscribed");
+        let (s, _, b) = send("POST", &list, &json!({"members": [
+            {"email_address": "ok@example.com", "status": "subscribed", "merge_fields": {"FNAME": "Ok"}},
+            {"email_address": "bad@nowhere", "status": "subscribed"},
+            {"email_address": "gone@example.com", "status": "subscribed"},
+            {"email_address": "old@example.com", "status": "subscribed"},
+            {"email_address": "tag@example.com", "status": "subscribed", "merge_fields": {"NOPE": "x"}}]}));
+        assert_eq!(s, 200);
+        let answer = body_json(&b);
+        assert_eq!(answer["total_created"], 1);
+        assert_eq!(answer["error_count"], 4);
+        let errors = answer["errors"].as_array().unwrap();
+        assert_eq!(errors[0]["email_address"], "bad@nowhere");
+        assert!(errors[0]["error"].as_str().unwrap().contains("looks fake or invalid"));
+        assert!(errors[1]["error"].as_str().unwrap().contains("permanently deleted"));
+        assert_eq!(errors[2]["error_code"], "ERROR_CONTACT_EXISTS", "update_existing defaults to false");
+        assert!(errors[3]["error"].as_str().unwrap().contains("merge fields were invalid"));
+        assert_eq!(answer["new_members"][0]["id"], subscriber_hash("ok@example.com"));
+
+        // Add or update by subscriber hash.
+        expect(send("PUT", &member("other@example.com"), &json!({"email_address": "new@example.com", "status_if_new": "subscribed"})), 400, "Invalid Resource", "doesn't match the URL");
+        expect(send("PUT", &member("new@example.com"), &json!({"email_address": "new@example.com"})), 400, "Invalid Resource", "status_if_new");
+        expect(send("PUT", &member("new@example.com"), &json!({"email_address": "new@example.com", "status_if_new": "gone"})), 400, "Invalid Resource", "not in enum");
+        expect(send("PUT", &member("gone@example.com"), &json!({"email_address": "gone@example.com", "status_if_new": "subscribed"})), 400, "Forgotten Email Not Subscribed", "cannot be re-imported");
+        expect(send("PUT", &member("x@y"), &json!({"email_address": "x@y", "status_if_new": "subscribed"})), 400, "Invalid Resource", "looks fake or invalid");
+        let (s, _, b) = send("PUT", &member("New@Example.com"), &json!({"email_address": "New@Example.com", "status_if_new": "pending"}));
+        assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
+        assert_eq!(body_json(&b)["id"], subscriber_hash("new@example.com"));
+        assert_eq!(body_json(&b)["status"], "pending");
+        let (s, _, _) = send("PUT", &member("old@example.com"), &json!({"email_address": "old@example.com"}));
+        assert_eq!(s, 200, "existing members need no status_if_new");
+
+        // Archive and permanent delete.
+        assert_eq!(send("DELETE", &member("old@example.com"), &json!({})).0, 204);
+        expect(send("DELETE", &member("old@example.com"), &json!({})), 404, "Resource Not Found", "could not be found");
+        expect(send("GET", &member("old@example.com"), &json!({})), 404, "Resource Not Found", "could not be found");
+        assert_eq!(send("POST", &format!("{}/actions/delete-permanent", member("ok@example.com")), &json!({})).0, 204);
+        assert!(fake.is_forgotten("ok@example.com"));
+        expect(send("PATCH", "/3.0/ping", &json!({})), 405, "Method Not Allowed", "not compatible");
+
+        // Knobs.
+        fake.throttle(1, None);
+        let (s, h, b) = send("GET", "/3.0/ping", &json!({}));
+        assert_eq!(s, 429);
+        assert_eq!(body_json(&b)["title"], "Too Many Requests");
+        assert!(header(&h, "retry-after").is_none() && header(&h, "x-ratelimit-reset").is_none());
+        fake.throttle(1, Some(3));
+        assert_eq!(header(&send("GET", "/3.0/ping", &json!({})).1, "retry-after"), Some("3"));
+        fake.fail_next(1);
+        assert_eq!(send("GET", "/3.0/ping", &json!({})).0, 500);
+        assert_eq!(send("GET", "/3.0/ping", &json!({})).0, 200);
     }
 }

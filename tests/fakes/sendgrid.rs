@@ -204,7 +204,11 @@ impl Fake {
 }
 
 fn fake_uuid(n: u64) -> String {
-    format!("{:08x}-0000-4000-8000-{:012x}", n.wrapping_mul(2654435761) & 0xffff_ffff, n)
+    format!(
+        "{:08x}-0000-4000-8000-{:012x}",
+        n.wrapping_mul(2654435761) & 0xffff_ffff,
+        n
+    )
 }
 
 fn now() -> u64 {
@@ -223,7 +227,10 @@ fn errors(status: StatusCode, list: Vec<(Option<String>, String)>) -> Response {
 }
 
 fn error(status: StatusCode, field: Option<&str>, message: &str) -> Response {
-    errors(status, vec![(field.map(str::to_string), message.to_string())])
+    errors(
+        status,
+        vec![(field.map(str::to_string), message.to_string())],
+    )
 }
 
 pub fn valid_email(email: &str) -> bool {
@@ -236,9 +243,9 @@ pub fn valid_email(email: &str) -> bool {
     !local.is_empty()
         && !domain.contains('@')
         && domain.contains('.')
-        && domain.split('.').all(|l| {
-            !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-')
-        })
+        && domain
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_alphanumeric() || c == '-'))
 }
 
 fn is_uuid(s: &str) -> bool {
@@ -316,7 +323,11 @@ fn route(
     }
     if st.fail > 0 {
         st.fail -= 1;
-        return error(StatusCode::INTERNAL_SERVER_ERROR, None, "internal server error");
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            None,
+            "internal server error",
+        );
     }
 
     // 3. Method and path.
@@ -354,7 +365,11 @@ fn route(
                 let count = st
                     .contacts
                     .values()
-                    .filter(|c| c["list_ids"].as_array().is_some_and(|l| l.iter().any(|x| x == id)))
+                    .filter(|c| {
+                        c["list_ids"]
+                            .as_array()
+                            .is_some_and(|l| l.iter().any(|x| x == id))
+                    })
                     .count();
                 axum::Json(json!({"id": id, "name": "Newsletter", "contact_count": count,
                                   "_metadata": {"self": format!("https://api.sendgrid.com/v3/marketing/lists/{id}")}}))
@@ -389,7 +404,11 @@ fn route(
                 return error(StatusCode::NOT_FOUND, Some("id"), "resource not found");
             }
             let Some(ids) = query.get("contact_ids").filter(|s| !s.is_empty()) else {
-                return error(StatusCode::BAD_REQUEST, Some("contact_ids"), "contact_ids is required");
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    Some("contact_ids"),
+                    "contact_ids is required",
+                );
             };
             let ids: BTreeSet<&str> = ids.split(',').collect();
             for c in st.contacts.values_mut() {
@@ -432,8 +451,7 @@ fn json_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
             "Content-Type should be application/json.",
         ));
     }
-    serde_json::from_slice(body)
-        .map_err(|_| error(StatusCode::BAD_REQUEST, None, "invalid JSON"))
+    serde_json::from_slice(body).map_err(|_| error(StatusCode::BAD_REQUEST, None, "invalid JSON"))
 }
 
 fn upsert_contacts(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &Bytes) -> Response {
@@ -445,7 +463,11 @@ fn upsert_contacts(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &By
         Err(r) => return r,
     };
     let Some(obj) = value.as_object() else {
-        return error(StatusCode::BAD_REQUEST, None, "request body must be an object");
+        return error(
+            StatusCode::BAD_REQUEST,
+            None,
+            "request body must be an object",
+        );
     };
     let mut errs: Vec<(Option<String>, String)> = Vec::new();
     for key in obj.keys() {
@@ -463,24 +485,47 @@ fn upsert_contacts(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &By
                         if setup.lists.iter().any(|l| l == s) {
                             lists.push(s.to_string());
                         } else {
-                            errs.push((Some(format!("list_ids[{i}]")), format!("list {s} does not exist")));
+                            errs.push((
+                                Some(format!("list_ids[{i}]")),
+                                format!("list {s} does not exist"),
+                            ));
                         }
                     }
-                    _ => errs.push((Some(format!("list_ids[{i}]")), "must be a valid uuid".into())),
+                    _ => errs.push((
+                        Some(format!("list_ids[{i}]")),
+                        "must be a valid uuid".into(),
+                    )),
                 }
             }
         }
-        Some(_) => errs.push((Some("list_ids".into()), "must be an array of list ids".into())),
+        Some(_) => errs.push((
+            Some("list_ids".into()),
+            "must be an array of list ids".into(),
+        )),
     }
     let contacts = match obj.get("contacts") {
         Some(Value::Array(c)) if c.is_empty() => {
-            return error(StatusCode::BAD_REQUEST, Some("contacts"), "contacts must contain at least 1 item");
+            return error(
+                StatusCode::BAD_REQUEST,
+                Some("contacts"),
+                "contacts must contain at least 1 item",
+            );
         }
         Some(Value::Array(c)) if c.len() > 30_000 => {
-            return error(StatusCode::BAD_REQUEST, Some("contacts"), "contacts must contain at most 30000 items");
+            return error(
+                StatusCode::BAD_REQUEST,
+                Some("contacts"),
+                "contacts must contain at most 30000 items",
+            );
         }
         Some(Value::Array(c)) => c,
-        _ => return error(StatusCode::BAD_REQUEST, Some("contacts"), "contacts is required"),
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                Some("contacts"),
+                "contacts is required",
+            )
+        }
     };
     let custom_types: BTreeMap<&str, &str> = setup
         .custom_fields
@@ -492,7 +537,10 @@ fn upsert_contacts(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &By
             errs.push((Some(format!("contacts[{i}]")), "must be an object".into()));
             continue;
         };
-        if !IDENTIFIERS.iter().any(|k| c.get(*k).is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))) {
+        if !IDENTIFIERS.iter().any(|k| {
+            c.get(*k)
+                .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+        }) {
             errs.push((
                 Some(format!("contacts[{i}]")),
                 "contact must have at least one identifier: email, phone_number_id, external_id or anonymous_id".into(),
@@ -513,17 +561,29 @@ fn upsert_contacts(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &By
                 }
             } else if key == "alternate_emails" {
                 match v.as_array() {
-                    Some(a) if a.len() <= 5 && a.iter().all(|e| e.as_str().is_some_and(valid_email)) => {}
-                    _ => errs.push((field, "must be a list of at most 5 valid email addresses".into())),
+                    Some(a)
+                        if a.len() <= 5
+                            && a.iter().all(|e| e.as_str().is_some_and(valid_email)) => {}
+                    _ => errs.push((
+                        field,
+                        "must be a list of at most 5 valid email addresses".into(),
+                    )),
                 }
             } else if key == "custom_fields" {
                 let Some(cf) = v.as_object() else {
                     errs.push((field, "must be an object".into()));
                     continue;
                 };
-                let unknown: Vec<&str> = cf.keys().filter(|k| !custom_types.contains_key(k.as_str())).map(String::as_str).collect();
+                let unknown: Vec<&str> = cf
+                    .keys()
+                    .filter(|k| !custom_types.contains_key(k.as_str()))
+                    .map(String::as_str)
+                    .collect();
                 if !unknown.is_empty() {
-                    errs.push((field.clone(), format!("invalid custom field ids supplied - {}", unknown.join(","))));
+                    errs.push((
+                        field.clone(),
+                        format!("invalid custom field ids supplied - {}", unknown.join(",")),
+                    ));
                 }
                 for (id, value) in cf {
                     let ok = match custom_types.get(id.as_str()) {
@@ -532,7 +592,13 @@ fn upsert_contacts(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &By
                         None => true,
                     };
                     if !ok {
-                        errs.push((Some(format!("contacts[{i}].custom_fields.{id}")), format!("invalid value for custom field type {}", custom_types[id.as_str()])));
+                        errs.push((
+                            Some(format!("contacts[{i}].custom_fields.{id}")),
+                            format!(
+                                "invalid value for custom field type {}",
+                                custom_types[id.as_str()]
+                            ),
+                        ));
                     }
                 }
             } else {
@@ -547,19 +613,28 @@ fn upsert_contacts(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &By
         let c = contact.as_object().cloned().unwrap_or_default();
         let key = IDENTIFIERS
             .iter()
-            .find_map(|k| c.get(*k).and_then(Value::as_str).map(|v| {
-                if *k == "email" { format!("email:{}", v.to_lowercase()) } else { format!("{k}:{v}") }
-            }))
+            .find_map(|k| {
+                c.get(*k).and_then(Value::as_str).map(|v| {
+                    if *k == "email" {
+                        format!("email:{}", v.to_lowercase())
+                    } else {
+                        format!("{k}:{v}")
+                    }
+                })
+            })
             .unwrap_or_default();
         st.next_id += 1;
         let fresh_id = fake_uuid(st.next_id);
-        let entry = st.contacts.entry(key).or_insert_with(|| {
-            json!({"id": fresh_id, "custom_fields": {}, "list_ids": []})
-        });
+        let entry = st
+            .contacts
+            .entry(key)
+            .or_insert_with(|| json!({"id": fresh_id, "custom_fields": {}, "list_ids": []}));
         for (k, v) in &c {
             match k.as_str() {
                 "custom_fields" => {
-                    if let (Some(stored), Some(new)) = (entry["custom_fields"].as_object_mut(), v.as_object()) {
+                    if let (Some(stored), Some(new)) =
+                        (entry["custom_fields"].as_object_mut(), v.as_object())
+                    {
                         for (id, val) in new {
                             stored.insert(id.clone(), val.clone());
                         }
@@ -586,10 +661,18 @@ fn search_emails(st: &Inner, headers: &HeaderMap, body: &Bytes) -> Response {
         Err(r) => return r,
     };
     let Some(emails) = value.get("emails").and_then(Value::as_array) else {
-        return error(StatusCode::BAD_REQUEST, Some("emails"), "emails is required");
+        return error(
+            StatusCode::BAD_REQUEST,
+            Some("emails"),
+            "emails is required",
+        );
     };
     if emails.is_empty() || emails.len() > 100 {
-        return error(StatusCode::BAD_REQUEST, Some("emails"), "emails must contain between 1 and 100 items");
+        return error(
+            StatusCode::BAD_REQUEST,
+            Some("emails"),
+            "emails must contain between 1 and 100 items",
+        );
     }
     let mut errs = Vec::new();
     for (i, e) in emails.iter().enumerate() {
@@ -604,7 +687,11 @@ fn search_emails(st: &Inner, headers: &HeaderMap, body: &Bytes) -> Response {
     }
     let mut result = Map::new();
     let mut found = 0;
-    for e in emails.iter().filter_map(Value::as_str).filter(|s| !s.is_empty()) {
+    for e in emails
+        .iter()
+        .filter_map(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         let lower = e.to_lowercase();
         match st.contacts.get(&format!("email:{lower}")) {
             Some(c) => {
@@ -632,10 +719,16 @@ fn mail_send(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &Bytes) -
     };
     let bad = |field: Option<&str>, message: &str| error(StatusCode::BAD_REQUEST, field, message);
     let Some(ps) = value.get("personalizations").and_then(Value::as_array) else {
-        return bad(Some("personalizations"), "The personalizations field is required and must have at least one personalization.");
+        return bad(
+            Some("personalizations"),
+            "The personalizations field is required and must have at least one personalization.",
+        );
     };
     if ps.is_empty() {
-        return bad(Some("personalizations"), "You must have at least one personalization.");
+        return bad(
+            Some("personalizations"),
+            "You must have at least one personalization.",
+        );
     }
     if ps.len() > 1000 {
         return bad(Some("personalizations"), &format!("The personalization block is limited to 1000 personalizations per API request. You have provided {} personalizations. Please consolidate your personalizations and try again.", ps.len()));
@@ -646,10 +739,16 @@ fn mail_send(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &Bytes) -
         _ => {}
     }
     if value.get("reply_to").is_some() && value.get("reply_to_list").is_some() {
-        return bad(Some("reply_to"), "The reply_to and reply_to_list fields are mutually exclusive; use only one.");
+        return bad(
+            Some("reply_to"),
+            "The reply_to and reply_to_list fields are mutually exclusive; use only one.",
+        );
     }
     if let Some(cats) = value.get("categories") {
-        let list: Vec<&str> = cats.as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+        let list: Vec<&str> = cats
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
         let unique: BTreeSet<&str> = list.iter().copied().collect();
         if list.len() > 10 || unique.len() != list.len() || list.iter().any(|c| c.len() > 255) {
             return bad(Some("categories"), "You may not have more than 10 unique categories per request, each at most 255 characters.");
@@ -658,18 +757,38 @@ fn mail_send(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &Bytes) -
     let template = value.get("template_id").and_then(Value::as_str);
     if let Some(t) = template {
         if !setup.templates.iter().any(|x| x == t) {
-            return bad(Some("template_id"), "The template_id is not a valid template ID.");
+            return bad(
+                Some("template_id"),
+                "The template_id is not a valid template ID.",
+            );
         }
     } else {
-        let subject_ok = value.get("subject").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
-            || ps.iter().all(|p| p.get("subject").and_then(Value::as_str).is_some_and(|s| !s.is_empty()));
+        let subject_ok = value
+            .get("subject")
+            .and_then(Value::as_str)
+            .is_some_and(|s| !s.is_empty())
+            || ps.iter().all(|p| {
+                p.get("subject")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.is_empty())
+            });
         if !subject_ok {
             return bad(Some("subject"), "The subject is required. You can get around this requirement if you use a template with a subject defined or if every personalization has a subject defined.");
         }
-        let content_ok = value.get("content").and_then(Value::as_array).is_some_and(|c| {
-            !c.is_empty() && c.iter().all(|i| i.get("type").and_then(Value::as_str).is_some_and(|s| !s.is_empty())
-                && i.get("value").and_then(Value::as_str).is_some_and(|s| !s.is_empty()))
-        });
+        let content_ok = value
+            .get("content")
+            .and_then(Value::as_array)
+            .is_some_and(|c| {
+                !c.is_empty()
+                    && c.iter().all(|i| {
+                        i.get("type")
+                            .and_then(Value::as_str)
+                            .is_some_and(|s| !s.is_empty())
+                            && i.get("value")
+                                .and_then(Value::as_str)
+                                .is_some_and(|s| !s.is_empty())
+                    })
+            });
         if !content_ok {
             return bad(Some("content"), "Unless a valid template_id is provided, the content parameter is required. There must be at least one defined content block.");
         }
@@ -679,12 +798,22 @@ fn mail_send(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &Bytes) -
     let mut duplicates: Vec<String> = Vec::new();
     let mut recipients = 0;
     for (i, p) in ps.iter().enumerate() {
-        let Some(to) = p.get("to").and_then(Value::as_array).filter(|t| !t.is_empty()) else {
+        let Some(to) = p
+            .get("to")
+            .and_then(Value::as_array)
+            .filter(|t| !t.is_empty())
+        else {
             errs.push((Some(format!("personalizations.{i}.to")), "The to array is required for all personalization objects, and must have at least one email object with a valid email address.".into()));
             continue;
         };
         for kind in ["to", "cc", "bcc"] {
-            for (j, r) in p.get(kind).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (j, r) in p
+                .get(kind)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 recipients += 1;
                 match r.get("email").and_then(Value::as_str) {
                     Some(e) if valid_email(e) => {
@@ -692,24 +821,39 @@ fn mail_send(st: &mut Inner, setup: &Setup, headers: &HeaderMap, body: &Bytes) -
                             duplicates.push(e.to_string());
                         }
                     }
-                    _ => errs.push((Some(format!("personalizations.{i}.{kind}.{j}.email")), "Does not contain a valid address.".into())),
+                    _ => errs.push((
+                        Some(format!("personalizations.{i}.{kind}.{j}.email")),
+                        "Does not contain a valid address.".into(),
+                    )),
                 }
             }
         }
         let _ = to;
         if let Some(d) = p.get("dynamic_template_data") {
             if !d.is_object() {
-                errs.push((Some(format!("personalizations.{i}.dynamic_template_data")), "dynamic_template_data must be an object".into()));
+                errs.push((
+                    Some(format!("personalizations.{i}.dynamic_template_data")),
+                    "dynamic_template_data must be an object".into(),
+                ));
             }
         }
         if let Some(args) = p.get("custom_args") {
-            if !args.as_object().is_some_and(|a| a.values().all(Value::is_string)) {
-                errs.push((Some(format!("personalizations.{i}.custom_args")), "custom_args values must be strings".into()));
+            if !args
+                .as_object()
+                .is_some_and(|a| a.values().all(Value::is_string))
+            {
+                errs.push((
+                    Some(format!("personalizations.{i}.custom_args")),
+                    "custom_args values must be strings".into(),
+                ));
             }
         }
     }
     if recipients > 1000 {
-        return bad(None, "There is a limit of 1000 total recipients (to + cc + bcc) per request.");
+        return bad(
+            None,
+            "There is a limit of 1000 total recipients (to + cc + bcc) per request.",
+        );
     }
     if !duplicates.is_empty() {
         errs.push((None, format!("Each unique email address in the personalizations array should only be included once. You have included {} more than once.", duplicates.join(", "))));

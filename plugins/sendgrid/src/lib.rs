@@ -183,7 +183,9 @@ impl Plugin for SendGrid {
         }
         for list in &ctx.config.list_ids {
             let response = api
-                .request(Request::get(&api.url(&format!("/v3/marketing/lists/{list}"))))
+                .request(Request::get(
+                    &api.url(&format!("/v3/marketing/lists/{list}")),
+                ))
                 .send()?;
             if response.status == 404 {
                 return Err(CallError::InvalidConfig(format!(
@@ -456,7 +458,9 @@ pub fn build_contact(
                     .map(|v| {
                         v.as_str()
                             .map(|s| Value::String(s.trim().to_string()))
-                            .ok_or_else(|| "field `alternate_emails` must be a list of strings".to_string())
+                            .ok_or_else(|| {
+                                "field `alternate_emails` must be a list of strings".to_string()
+                            })
                     })
                     .collect::<Result<_, _>>()?,
                 Value::String(s) => vec![Value::String(s.trim().to_string())],
@@ -524,7 +528,10 @@ fn kind(value: &Value) -> &'static str {
 }
 
 /// Splits contacts (record index, contact) into request bodies within the count and size limits.
-pub fn chunk_contacts(contacts: Vec<(usize, Value)>, list_overhead: usize) -> Vec<Vec<(usize, Value)>> {
+pub fn chunk_contacts(
+    contacts: Vec<(usize, Value)>,
+    list_overhead: usize,
+) -> Vec<Vec<(usize, Value)>> {
     let mut chunks = Vec::new();
     let mut current: Vec<(usize, Value)> = Vec::new();
     // `{"list_ids":[...],"contacts":[]}` plus a comma per contact.
@@ -560,7 +567,9 @@ fn upsert(
             Err(reason) => results[i] = Some(RecordResult::Rejected(reason)),
         }
     }
-    let overhead = serde_json::to_vec(&config.list_ids).map(|v| v.len()).unwrap_or(0);
+    let overhead = serde_json::to_vec(&config.list_ids)
+        .map(|v| v.len())
+        .unwrap_or(0);
     let mut queue = chunk_contacts(contacts, overhead);
     let mut requests = 0;
     while let Some(mut chunk) = queue.pop() {
@@ -573,7 +582,9 @@ fn upsert(
                 // Something keeps going wrong item by item; let the hub try the rest later.
                 for (i, _) in &chunk {
                     results[*i] = Some(RecordResult::Retry(switchyard_sdk::Retry {
-                        reason: "SendGrid kept refusing items of this batch; retrying the rest later".into(),
+                        reason:
+                            "SendGrid kept refusing items of this batch; retrying the rest later"
+                                .into(),
                         after_ms: None,
                     }));
                 }
@@ -741,7 +752,11 @@ fn delete(
         if ids.is_empty() {
             continue;
         }
-        let id_list = ids.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>().join(",");
+        let id_list = ids
+            .iter()
+            .map(|(_, id)| id.as_str())
+            .collect::<Vec<_>>()
+            .join(",");
         let mut outcome_all = RecordResult::Ok;
         let targets: Vec<String> = match config.delete_mode {
             DeleteMode::DeleteContact => vec![format!("/v3/marketing/contacts?ids={id_list}")],
@@ -804,11 +819,18 @@ fn build_mail(index: usize, record: &OutboundRecord, config: &Config) -> Result<
         .ok_or("no `email` field: a track record needs the recipient's email")?
         .to_string();
     let template = template_for(config, &fields).ok_or_else(|| {
-        let event = fields.get("event").and_then(Value::as_str).unwrap_or("(none)");
+        let event = fields
+            .get("event")
+            .and_then(Value::as_str)
+            .unwrap_or("(none)");
         format!("no dynamic template for event `{event}`: set template_id or event_templates")
     })?;
     let mut to = json!({ "email": email });
-    if let Some(name) = fields.get("name").and_then(Value::as_str).filter(|n| !n.trim().is_empty()) {
+    if let Some(name) = fields
+        .get("name")
+        .and_then(Value::as_str)
+        .filter(|n| !n.trim().is_empty())
+    {
         to["name"] = json!(name.trim());
     }
     let personalization = json!({
@@ -830,7 +852,9 @@ fn group_mails(mails: Vec<Mail>) -> Vec<Vec<Mail>> {
     let mut groups: Vec<(HashSet<String>, Vec<Mail>)> = Vec::new();
     for mail in mails {
         let slot = groups.iter().position(|(seen, g)| {
-            g[0].template == mail.template && g.len() < MAX_PERSONALIZATIONS && !seen.contains(&mail.email)
+            g[0].template == mail.template
+                && g.len() < MAX_PERSONALIZATIONS
+                && !seen.contains(&mail.email)
         });
         match slot {
             Some(s) => {
@@ -935,7 +959,10 @@ mod tests {
 
     #[test]
     fn contact_maps_reserved_and_custom_fields() {
-        let custom = BTreeMap::from([("plan".to_string(), "e1_T".to_string()), ("ltv".to_string(), "e2_N".to_string())]);
+        let custom = BTreeMap::from([
+            ("plan".to_string(), "e1_T".to_string()),
+            ("ltv".to_string(), "e2_N".to_string()),
+        ]);
         let c = build_contact(
             &fields(json!({"email": " Ada@Example.com ", "first_name": "Ada", "postal_code": 94107,
                            "plan": "pro", "ltv": 12.5, "city": null, "alternate_emails": ["a@b.co"]})),
@@ -951,7 +978,11 @@ mod tests {
 
     #[test]
     fn contact_rejects_unknown_fields_and_missing_identifiers() {
-        let err = build_contact(&fields(json!({"email": "a@b.co", "plan": "x"})), &BTreeMap::new()).unwrap_err();
+        let err = build_contact(
+            &fields(json!({"email": "a@b.co", "plan": "x"})),
+            &BTreeMap::new(),
+        )
+        .unwrap_err();
         assert!(err.contains("`plan`"), "{err}");
         let err = build_contact(&fields(json!({"first_name": "A"})), &BTreeMap::new()).unwrap_err();
         assert!(err.contains("no identifier"), "{err}");
@@ -962,9 +993,18 @@ mod tests {
 
     #[test]
     fn field_paths_name_items() {
-        assert_eq!(item_index("contacts[3].email", "contacts"), Some((3, "email".into())));
-        assert_eq!(item_index("contacts.12.custom_fields.e1_T", "contacts"), Some((12, "custom_fields.e1_T".into())));
-        assert_eq!(item_index("personalizations.0.to.0.email", "personalizations"), Some((0, "to.0.email".into())));
+        assert_eq!(
+            item_index("contacts[3].email", "contacts"),
+            Some((3, "email".into()))
+        );
+        assert_eq!(
+            item_index("contacts.12.custom_fields.e1_T", "contacts"),
+            Some((12, "custom_fields.e1_T".into()))
+        );
+        assert_eq!(
+            item_index("personalizations.0.to.0.email", "personalizations"),
+            Some((0, "to.0.email".into()))
+        );
         assert_eq!(item_index("emails[1]", "emails"), Some((1, String::new())));
         assert_eq!(item_index("list_ids", "contacts"), None);
         assert_eq!(item_index("contacts", "contacts"), None);
@@ -975,37 +1015,56 @@ mod tests {
         let response = Response {
             status: 400,
             headers: vec![],
-            body: br#"{"errors":[{"field":"contacts[1].email","message":"Email address is invalid"},
+            body:
+                br#"{"errors":[{"field":"contacts[1].email","message":"Email address is invalid"},
                                {"field":"contacts[1].first_name","message":"too long"},
                                {"field":"contacts[7].email","message":"out of range"}]}"#
-                .to_vec(),
+                    .to_vec(),
         };
         let (items, whole) = item_rejections(&response, "contacts", 3);
         assert_eq!(items.len(), 1);
-        assert_eq!(items[&1], "HTTP 400: email: Email address is invalid; first_name: too long");
+        assert_eq!(
+            items[&1],
+            "HTTP 400: email: Email address is invalid; first_name: too long"
+        );
         assert_eq!(whole, "HTTP 400: contacts[7].email: out of range");
     }
 
     #[test]
     fn chunks_respect_count_and_size() {
         let big = "x".repeat(1_000_000);
-        let contacts: Vec<(usize, Value)> = (0..13).map(|i| (i, json!({"email": format!("{i}@x.co"), "city": big}))).collect();
+        let contacts: Vec<(usize, Value)> = (0..13)
+            .map(|i| (i, json!({"email": format!("{i}@x.co"), "city": big})))
+            .collect();
         let chunks = chunk_contacts(contacts, 0);
-        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), vec![5, 5, 3]);
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![5, 5, 3]
+        );
         for chunk in &chunks {
             let body = json!({"contacts": chunk.iter().map(|(_, c)| c).collect::<Vec<_>>()});
             assert!(serde_json::to_vec(&body).unwrap().len() <= MAX_UPSERT_BODY_BYTES);
         }
-        let small: Vec<(usize, Value)> = (0..30_001).map(|i| (i, json!({"email": "a@b.co"}))).collect();
+        let small: Vec<(usize, Value)> = (0..30_001)
+            .map(|i| (i, json!({"email": "a@b.co"})))
+            .collect();
         let chunks = chunk_contacts(small, 0);
-        assert_eq!(chunks.iter().map(Vec::len).collect::<Vec<_>>(), vec![30_000, 1]);
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![30_000, 1]
+        );
     }
 
     #[test]
     fn mails_group_by_template_and_unique_address() {
-        let cfg = config(json!({"template_id": "d-default", "event_templates": {"Order Completed": "d-order"},
-                                "from_email": "shop@example.com"}));
-        let rec = |k: &str, f: Value| OutboundRecord { key: k.into(), fields: f.to_string() };
+        let cfg = config(
+            json!({"template_id": "d-default", "event_templates": {"Order Completed": "d-order"},
+                                "from_email": "shop@example.com"}),
+        );
+        let rec = |k: &str, f: Value| OutboundRecord {
+            key: k.into(),
+            fields: f.to_string(),
+        };
         let mails: Vec<Mail> = [
             rec("1", json!({"email": "a@x.co", "event": "Order Completed"})),
             rec("2", json!({"email": "A@x.co", "event": "Order Completed"})),
@@ -1017,18 +1076,45 @@ mod tests {
         .map(|(i, r)| build_mail(i, r, &cfg).unwrap())
         .collect();
         let groups = group_mails(mails);
-        let shape: Vec<(String, Vec<usize>)> = groups.iter().map(|g| (g[0].template.clone(), g.iter().map(|m| m.index).collect())).collect();
-        assert_eq!(shape, vec![("d-order".into(), vec![0, 3]), ("d-order".into(), vec![1]), ("d-default".into(), vec![2])]);
-        assert_eq!(groups[0][0].personalization["custom_args"]["switchyard_key"], "1");
-        assert_eq!(groups[0][0].personalization["dynamic_template_data"]["event"], "Order Completed");
+        let shape: Vec<(String, Vec<usize>)> = groups
+            .iter()
+            .map(|g| (g[0].template.clone(), g.iter().map(|m| m.index).collect()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                ("d-order".into(), vec![0, 3]),
+                ("d-order".into(), vec![1]),
+                ("d-default".into(), vec![2])
+            ]
+        );
+        assert_eq!(
+            groups[0][0].personalization["custom_args"]["switchyard_key"],
+            "1"
+        );
+        assert_eq!(
+            groups[0][0].personalization["dynamic_template_data"]["event"],
+            "Order Completed"
+        );
         let none = config(json!({"from_email": "shop@example.com"}));
-        assert!(build_mail(0, &rec("x", json!({"email": "a@x.co"})), &none).unwrap_err().contains("no dynamic template"));
+        assert!(build_mail(0, &rec("x", json!({"email": "a@x.co"})), &none)
+            .unwrap_err()
+            .contains("no dynamic template"));
     }
 
     #[test]
     fn only_429_waits_for_rate_limit_reset() {
-        let reset = (std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 20).to_string();
-        let resp = |status| Response { status, headers: vec![("x-ratelimit-reset".into(), reset.clone())], body: vec![] };
+        let reset = (std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 20)
+            .to_string();
+        let resp = |status| Response {
+            status,
+            headers: vec![("x-ratelimit-reset".into(), reset.clone())],
+            body: vec![],
+        };
         let after = retry(&resp(429)).after_ms.unwrap();
         assert!((18_000..=20_000).contains(&after), "{after}");
         assert_eq!(retry(&resp(500)).after_ms, None);
@@ -1036,10 +1122,22 @@ mod tests {
 
     #[test]
     fn config_is_checked() {
-        assert!(validate_config(&config(json!({"list_ids": ["ca7a3796-e8a8-4029-9ccb-df8937940562"]}))).is_ok());
-        assert!(matches!(validate_config(&config(json!({"list_ids": ["newsletter"]}))), Err(CallError::InvalidConfig(_))));
-        assert!(matches!(validate_config(&config(json!({"delete_mode": "remove_from_lists"}))), Err(CallError::InvalidConfig(_))));
-        assert!(matches!(validate_config(&config(json!({"custom_fields": {"first_name": "e1"}}))), Err(CallError::InvalidConfig(_))));
+        assert!(validate_config(&config(
+            json!({"list_ids": ["ca7a3796-e8a8-4029-9ccb-df8937940562"]})
+        ))
+        .is_ok());
+        assert!(matches!(
+            validate_config(&config(json!({"list_ids": ["newsletter"]}))),
+            Err(CallError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            validate_config(&config(json!({"delete_mode": "remove_from_lists"}))),
+            Err(CallError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            validate_config(&config(json!({"custom_fields": {"first_name": "e1"}}))),
+            Err(CallError::InvalidConfig(_))
+        ));
         assert!(serde_json::from_value::<Config>(json!({"listids": []})).is_err());
     }
 }

@@ -1,0 +1,869 @@
+//! Mailchimp destination (Marketing API 3.0): keeps the members of one audience (list).
+//!
+//! * `upsert`, `upsert_via = "batch"` (default): `POST /3.0/lists/{list_id}` ("batch subscribe
+//!   or unsubscribe", at most 500 members per request, `update_existing: true`). Mailchimp answers
+//!   200 even when some members fail; each entry of its `errors[]` (`email_address`, `error`,
+//!   `error_code`) rejects that record with Mailchimp's message.
+//! * `upsert`, `upsert_via = "member"`: `PUT /3.0/lists/{list_id}/members/{subscriber_hash}`
+//!   per record with `status_if_new`, so an existing member's status (say, unsubscribed) is kept.
+//! * `delete`: archives the member (`DELETE .../members/{subscriber_hash}`) or, with
+//!   `delete_mode = "permanent"`, deletes it for good (`POST .../actions/delete-permanent`; the
+//!   address can then never be re-imported). A member Mailchimp does not know is already gone.
+//!
+//! The subscriber hash is the MD5 of the lower-cased email (hex). The API key ends in its
+//! datacenter (`...-us14`), which picks the host `us14.api.mailchimp.com`.
+//!
+//! Fields read from a record (`fields`, a JSON object):
+//!
+//! * `email` (required): the member's address;
+//! * `status` (optional): `subscribed`, `unsubscribed`, `pending`, `transactional` or `cleaned`,
+//!   overriding the config's `status` for this record;
+//! * `tags` (list of strings), `language`, `vip` (boolean), `email_type` (`html` / `text`);
+//! * merge fields: every field named in the config's `merge_fields` map (defaults:
+//!   `first_name` → `FNAME`, `last_name` → `LNAME`, `phone` → `PHONE`), and any field whose name
+//!   already is a merge tag (upper-case letters, digits and `_`, e.g. `BIRTHDAY`).
+//!
+//! Any other field is rejected with a message naming it; `null` values are left out.
+//!
+//! Errors: 429 and 5xx are retried (after `Retry-After` when Mailchimp sends one; it usually
+//! does not, and the hub then backs off with jitter); 401/403 fail the call as unauthorized; a
+//! refused request rejects its records with Mailchimp's problem `title: detail`.
+//! The API key is only used to build the Basic `Authorization` header (Mailchimp's scheme needs
+//! the key inside a base64 value, so it cannot be a header placeholder) and its datacenter; it is
+//! never logged, and neither are email addresses or their hashes.
+
+use std::collections::{BTreeMap, HashSet};
+
+use md5::{Digest, Md5};
+use serde::Deserialize;
+use switchyard_sdk::http::{Request, Response};
+use switchyard_sdk::serde_json::{self, json, Map, Value};
+use switchyard_sdk::{
+    outcome, schemars, Action, CallError, Capabilities, Context, Destination, OutboundRecord,
+    Plugin, RecordResult, Retry,
+};
+
+/// Most members one batch subscribe request takes.
+pub const MAX_BATCH_MEMBERS: usize = 500;
+
+/// Settings of one `[destinations.NAME]` block using the `mailchimp` plugin.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The audience (list) id, from Audience → Settings → "Audience name and defaults".
+    pub list_id: String,
+    /// Status of members this destination adds: `subscribed` (default), `pending` (Mailchimp
+    /// sends a double opt-in email), `unsubscribed` or `transactional`. In `batch` mode it also
+    /// applies to existing members (Mailchimp's batch call has no `status_if_new`); use
+    /// `upsert_via = "member"` to leave existing members' status alone.
+    #[serde(default)]
+    pub status: MemberStatus,
+    /// `batch` (default): `POST /lists/{id}`, 500 members per request. `member`: one
+    /// `PUT /lists/{id}/members/{hash}` per record with `status_if_new`.
+    #[serde(default)]
+    pub upsert_via: UpsertVia,
+    /// Record field name → merge tag, e.g. `{"plan": "PLAN"}`. Added to the defaults
+    /// `first_name` → `FNAME`, `last_name` → `LNAME`, `phone` → `PHONE` (which it can override).
+    #[serde(default)]
+    pub merge_fields: BTreeMap<String, String>,
+    /// What `delete` does: `archive` (default; the member can come back) or `permanent`
+    /// (GDPR-style erase; Mailchimp then refuses to re-import the address).
+    #[serde(default)]
+    pub delete_mode: DeleteMode,
+    /// Let Mailchimp accept members even when required merge fields are missing.
+    #[serde(default)]
+    pub skip_merge_validation: bool,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MemberStatus {
+    #[default]
+    Subscribed,
+    Pending,
+    Unsubscribed,
+    Transactional,
+}
+
+impl MemberStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            MemberStatus::Subscribed => "subscribed",
+            MemberStatus::Pending => "pending",
+            MemberStatus::Unsubscribed => "unsubscribed",
+            MemberStatus::Transactional => "transactional",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UpsertVia {
+    #[default]
+    Batch,
+    Member,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteMode {
+    #[default]
+    Archive,
+    Permanent,
+}
+
+struct Mailchimp;
+
+impl Plugin for Mailchimp {
+    type Config = Config;
+
+    fn capabilities() -> Capabilities {
+        Capabilities::new()
+            .name("mailchimp")
+            // The datacenter in the API key picks the host, e.g. us14.api.mailchimp.com.
+            .allowed_host("*.api.mailchimp.com")
+            .secret(
+                "api_key",
+                "Mailchimp API key (Account → Extras → API keys), ending in its datacenter like -us14",
+                true,
+            )
+            .max_batch_size(MAX_BATCH_MEMBERS as u32)
+            // Mailchimp limits an account to 10 simultaneous connections, not to a rate; the hub
+            // makes one request at a time per batch, and 429s are retried.
+            .default_rate_per_second(10.0)
+            .actions(&[Action::Upsert, Action::Delete])
+    }
+
+    /// `GET /3.0/ping` proves the key and datacenter; `GET /3.0/lists/{list_id}` that the
+    /// audience exists.
+    fn check(ctx: &Context<Config>) -> Result<(), CallError> {
+        let api = Api::new(ctx)?;
+        let response = api.send(Request::get(&api.url("/ping")))?;
+        call_result(&response)?;
+        let response = api.send(Request::get(
+            &api.url(&format!("/lists/{}?fields=id,name", ctx.config.list_id)),
+        ))?;
+        if response.status == 404 {
+            return Err(CallError::InvalidConfig(format!(
+                "list_id: Mailchimp has no audience `{}` in this account",
+                ctx.config.list_id
+            )));
+        }
+        call_result(&response)
+    }
+}
+
+impl Destination for Mailchimp {
+    fn deliver(
+        ctx: &Context<Config>,
+        action: Action,
+        batch: Vec<OutboundRecord>,
+    ) -> Result<Vec<RecordResult>, CallError> {
+        let api = Api::new(ctx)?;
+        let mut results: Vec<Option<RecordResult>> = vec![None; batch.len()];
+        match (action, ctx.config.upsert_via) {
+            (Action::Upsert, UpsertVia::Batch) => upsert_batch(&api, &batch, &mut results)?,
+            (Action::Upsert, UpsertVia::Member) => upsert_members(&api, &batch, &mut results)?,
+            (Action::Delete, _) => delete(&api, &batch, &mut results)?,
+            (Action::Track, _) => {
+                return Err(CallError::InvalidConfig(
+                    "the mailchimp destination takes upsert and delete, not track".into(),
+                ))
+            }
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    RecordResult::Rejected("plugin bug: record was never sent".to_string())
+                })
+            })
+            .collect())
+    }
+}
+
+switchyard_sdk::export_destination!(Mailchimp);
+
+// ---- hashing, key, config ----
+
+/// Mailchimp's subscriber hash: MD5 of the lower-cased email, lowercase hex.
+pub fn subscriber_hash(email: &str) -> String {
+    hex::encode(Md5::digest(email.trim().to_lowercase().as_bytes()))
+}
+
+/// The datacenter at the end of an API key (`...-us14` → `us14`).
+pub fn datacenter(api_key: &str) -> Result<&str, CallError> {
+    let dc = api_key
+        .trim()
+        .rsplit_once('-')
+        .map(|(_, dc)| dc)
+        .unwrap_or("");
+    let letters = dc.trim_end_matches(|c: char| c.is_ascii_digit());
+    if letters.is_empty()
+        || letters.len() == dc.len()
+        || !letters.bytes().all(|b| b.is_ascii_lowercase())
+    {
+        return Err(CallError::InvalidConfig(
+            "secret `api_key` must end in its datacenter, like `...-us14` (copy the whole key from Mailchimp)"
+                .into(),
+        ));
+    }
+    Ok(dc)
+}
+
+/// A merge tag as Mailchimp names them: upper-case letters, digits, `_`, starting with a letter.
+pub fn is_merge_tag(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 10
+        && name.starts_with(|c: char| c.is_ascii_uppercase())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn merge_map(config: &Config) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = [
+        ("first_name", "FNAME"),
+        ("last_name", "LNAME"),
+        ("phone", "PHONE"),
+    ]
+    .into_iter()
+    .map(|(f, t)| (f.to_string(), t.to_string()))
+    .collect();
+    for (field, tag) in &config.merge_fields {
+        map.insert(field.clone(), tag.clone());
+    }
+    map
+}
+
+fn validate_config(config: &Config) -> Result<(), CallError> {
+    if config.list_id.is_empty() || !config.list_id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(CallError::InvalidConfig(format!(
+            "list_id: `{}` is not a Mailchimp audience id (letters and digits, like a1b2c3d4e5)",
+            config.list_id
+        )));
+    }
+    for (field, tag) in &config.merge_fields {
+        if !is_merge_tag(tag) {
+            return Err(CallError::InvalidConfig(format!(
+                "merge_fields.{field}: `{tag}` is not a merge tag (upper-case letters, digits and _, at most 10)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+// ---- HTTP ----
+
+struct Api<'a> {
+    base: String,
+    authorization: String,
+    ctx: &'a Context<Config>,
+}
+
+impl<'a> Api<'a> {
+    fn new(ctx: &'a Context<Config>) -> Result<Self, CallError> {
+        validate_config(&ctx.config)?;
+        let key = ctx.secret("api_key")?.trim();
+        let dc = datacenter(key)?;
+        // Build the header once; the key itself goes no further.
+        let authorization = Request::get("https://x")
+            .basic_auth("switchyard", key)
+            .headers
+            .into_iter()
+            .find(|(k, _)| k == "authorization")
+            .map(|(_, v)| v)
+            .unwrap_or_default();
+        Ok(Api {
+            base: format!("https://{dc}.api.mailchimp.com/3.0"),
+            authorization,
+            ctx,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn list_url(&self, rest: &str) -> String {
+        self.url(&format!("/lists/{}{rest}", self.ctx.config.list_id))
+    }
+
+    fn query(&self) -> &'static str {
+        if self.ctx.config.skip_merge_validation {
+            "?skip_merge_validation=true"
+        } else {
+            ""
+        }
+    }
+
+    fn send(&self, request: Request) -> Result<Response, CallError> {
+        Ok(request
+            .header("authorization", &self.authorization)
+            .header("accept", "application/json")
+            .send()?)
+    }
+}
+
+/// Mailchimp's problem document as one line: `title: detail` plus any field errors.
+pub fn problem_message(response: &Response) -> String {
+    let mut message = outcome::api_message(&response.body);
+    if let Ok(body) = serde_json::from_slice::<Value>(&response.body) {
+        let fields: Vec<String> = body
+            .get("errors")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| {
+                let m = e.get("message").and_then(Value::as_str)?;
+                Some(
+                    match e
+                        .get("field")
+                        .and_then(Value::as_str)
+                        .filter(|f| !f.is_empty())
+                    {
+                        Some(f) => format!("{f}: {m}"),
+                        None => m.to_string(),
+                    },
+                )
+            })
+            .collect();
+        if body.get("detail").is_some() && !fields.is_empty() {
+            message = format!("{message} ({})", fields.join("; "));
+        }
+    }
+    format!("HTTP {}: {message}", response.status)
+}
+
+fn call_result(response: &Response) -> Result<(), CallError> {
+    if response.is_success() {
+        return Ok(());
+    }
+    match response.status {
+        401 | 403 => Err(CallError::Unauthorized(problem_message(response))),
+        s if outcome::is_retryable_status(s) => Err(CallError::Transient(retry(response))),
+        _ => Err(CallError::InvalidConfig(problem_message(response))),
+    }
+}
+
+fn retry(response: &Response) -> Retry {
+    Retry {
+        reason: problem_message(response),
+        after_ms: outcome::retry_after_ms(response, now_unix_seconds()),
+    }
+}
+
+fn now_unix_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// What a response that is not a success means for the records it was about: `Err` for bad
+/// credentials, otherwise a retry (429/5xx) or a rejection with Mailchimp's message.
+fn failure(response: &Response) -> Result<RecordResult, CallError> {
+    match response.status {
+        401 | 403 => Err(CallError::Unauthorized(problem_message(response))),
+        s if outcome::is_retryable_status(s) => Ok(RecordResult::Retry(retry(response))),
+        _ => Ok(RecordResult::Rejected(problem_message(response))),
+    }
+}
+
+// ---- members ----
+
+/// A record turned into a Mailchimp member body (batch-member shape: `status` always set).
+#[derive(Debug)]
+pub struct Member {
+    pub index: usize,
+    /// Lower-cased, for matching Mailchimp's answers.
+    pub email: String,
+    pub body: Map<String, Value>,
+    /// Whether the record carried its own `status`.
+    pub explicit_status: bool,
+}
+
+pub fn build_member(
+    index: usize,
+    record: &OutboundRecord,
+    config: &Config,
+) -> Result<Member, String> {
+    let fields = match serde_json::from_str::<Value>(&record.fields) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => return Err("fields are not a JSON object".into()),
+        Err(e) => return Err(format!("fields are not valid JSON: {e}")),
+    };
+    let email = fields
+        .get("email")
+        .and_then(Value::as_str)
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .ok_or("no `email` field: Mailchimp members are keyed by email")?
+        .to_string();
+    let merge_map = merge_map(config);
+    let mut body = Map::new();
+    body.insert("email_address".into(), json!(email));
+    let mut merge = Map::new();
+    let mut explicit_status = false;
+    body.insert("status".into(), json!(config.status.as_str()));
+    for (name, value) in &fields {
+        if value.is_null() || name == "email" {
+            continue;
+        }
+        match name.as_str() {
+            "status" => {
+                let s = value.as_str().unwrap_or("");
+                if ![
+                    "subscribed",
+                    "unsubscribed",
+                    "cleaned",
+                    "pending",
+                    "transactional",
+                ]
+                .contains(&s)
+                {
+                    return Err(format!(
+                        "field `status` must be subscribed, unsubscribed, cleaned, pending or transactional, got {value}"
+                    ));
+                }
+                body.insert("status".into(), json!(s));
+                explicit_status = true;
+            }
+            "tags" => {
+                let tags: Vec<&str> = match value {
+                    Value::Array(items) => items
+                        .iter()
+                        .map(|t| t.as_str().ok_or("field `tags` must be a list of strings"))
+                        .collect::<Result<_, _>>()?,
+                    Value::String(s) => vec![s.as_str()],
+                    _ => return Err("field `tags` must be a list of strings".into()),
+                };
+                body.insert("tags".into(), json!(tags));
+            }
+            "language" | "email_type" => {
+                let s = value
+                    .as_str()
+                    .ok_or_else(|| format!("field `{name}` must be a string"))?;
+                body.insert(name.clone(), json!(s));
+            }
+            "vip" => {
+                let b = value.as_bool().ok_or("field `vip` must be true or false")?;
+                body.insert("vip".into(), json!(b));
+            }
+            _ => {
+                let tag = match merge_map.get(name) {
+                    Some(tag) => tag.clone(),
+                    None if is_merge_tag(name) => name.clone(),
+                    None => {
+                        return Err(format!(
+                            "field `{name}` is not a Mailchimp member field, a merge tag, or in this destination's merge_fields map"
+                        ))
+                    }
+                };
+                let v = match value {
+                    Value::String(_) | Value::Number(_) => value.clone(),
+                    Value::Bool(b) => json!(b.to_string()),
+                    // Address merge fields are objects (addr1, city, state, zip, country).
+                    Value::Object(_) => value.clone(),
+                    _ => {
+                        return Err(format!(
+                            "field `{name}` must be text, a number or an address object"
+                        ))
+                    }
+                };
+                merge.insert(tag, v);
+            }
+        }
+    }
+    if !merge.is_empty() {
+        body.insert("merge_fields".into(), Value::Object(merge));
+    }
+    Ok(Member {
+        index,
+        email: email.to_lowercase(),
+        body,
+        explicit_status,
+    })
+}
+
+/// Requests of at most 500 members in which every address appears once.
+pub fn group_members(members: Vec<Member>) -> Vec<Vec<Member>> {
+    let mut groups: Vec<(HashSet<String>, Vec<Member>)> = Vec::new();
+    for m in members {
+        match groups
+            .iter()
+            .position(|(seen, g)| g.len() < MAX_BATCH_MEMBERS && !seen.contains(&m.email))
+        {
+            Some(i) => {
+                groups[i].0.insert(m.email.clone());
+                groups[i].1.push(m);
+            }
+            None => groups.push((HashSet::from([m.email.clone()]), vec![m])),
+        }
+    }
+    groups.into_iter().map(|(_, g)| g).collect()
+}
+
+/// Per-member errors of a batch subscribe answer, by lower-cased address.
+pub fn batch_errors(body: &Value) -> BTreeMap<String, String> {
+    body.get("errors")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| {
+            let email = e
+                .get("email_address")
+                .and_then(Value::as_str)?
+                .trim()
+                .to_lowercase();
+            let error = e
+                .get("error")
+                .and_then(Value::as_str)
+                .unwrap_or("refused by Mailchimp");
+            let message = match e.get("error_code").and_then(Value::as_str) {
+                Some(code) => format!("{error} ({code})"),
+                None => error.to_string(),
+            };
+            Some((email, message))
+        })
+        .collect()
+}
+
+fn parse_all(
+    config: &Config,
+    batch: &[OutboundRecord],
+    results: &mut [Option<RecordResult>],
+) -> Vec<Member> {
+    let mut members = Vec::new();
+    for (i, record) in batch.iter().enumerate() {
+        match build_member(i, record, config) {
+            Ok(m) => members.push(m),
+            Err(reason) => results[i] = Some(RecordResult::Rejected(reason)),
+        }
+    }
+    members
+}
+
+fn upsert_batch(
+    api: &Api,
+    batch: &[OutboundRecord],
+    results: &mut [Option<RecordResult>],
+) -> Result<(), CallError> {
+    let members = parse_all(&api.ctx.config, batch, results);
+    for group in group_members(members) {
+        let body = json!({
+            "members": group.iter().map(|m| &m.body).collect::<Vec<_>>(),
+            "update_existing": true,
+        });
+        let response = api.send(Request::post(&api.list_url(api.query())).json(&body))?;
+        if !response.is_success() {
+            let shared = failure(&response)?;
+            switchyard_sdk::warn!(
+                "batch subscribe of {} members: {}",
+                group.len(),
+                problem_message(&response)
+            );
+            for m in &group {
+                results[m.index] = Some(shared.clone());
+            }
+            continue;
+        }
+        let answer: Value = response.json()?;
+        let errors = batch_errors(&answer);
+        switchyard_sdk::debug!(
+            "batch subscribe: HTTP {}, {} created, {} updated, {} errors",
+            response.status,
+            answer
+                .get("total_created")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            answer
+                .get("total_updated")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            errors.len()
+        );
+        for m in &group {
+            results[m.index] = Some(match errors.get(&m.email) {
+                Some(message) => RecordResult::Rejected(message.clone()),
+                None => RecordResult::Ok,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn upsert_members(
+    api: &Api,
+    batch: &[OutboundRecord],
+    results: &mut [Option<RecordResult>],
+) -> Result<(), CallError> {
+    let members = parse_all(&api.ctx.config, batch, results);
+    let mut stop: Option<RecordResult> = None;
+    for mut m in members {
+        if let Some(r) = &stop {
+            results[m.index] = Some(r.clone());
+            continue;
+        }
+        // status_if_new applies to new members only; an explicit status applies to everyone.
+        let status = m.body.remove("status").unwrap_or(json!("subscribed"));
+        m.body.insert("status_if_new".into(), status.clone());
+        if m.explicit_status {
+            m.body.insert("status".into(), status);
+        }
+        let url = api.list_url(&format!(
+            "/members/{}{}",
+            subscriber_hash(&m.email),
+            api.query()
+        ));
+        let response = api.send(Request::put(&url).json(&m.body))?;
+        if response.is_success() {
+            results[m.index] = Some(RecordResult::Ok);
+            continue;
+        }
+        let r = failure(&response)?;
+        if matches!(r, RecordResult::Retry(_)) {
+            // Throttled or down: the rest of the batch waits too.
+            stop = Some(r.clone());
+        }
+        results[m.index] = Some(r);
+    }
+    switchyard_sdk::debug!("upserted {} members one by one", batch.len());
+    Ok(())
+}
+
+fn delete(
+    api: &Api,
+    batch: &[OutboundRecord],
+    results: &mut [Option<RecordResult>],
+) -> Result<(), CallError> {
+    let mut stop: Option<RecordResult> = None;
+    let mut done: BTreeMap<String, RecordResult> = BTreeMap::new();
+    let (mut archived, mut missing) = (0, 0);
+    for (i, record) in batch.iter().enumerate() {
+        if let Some(r) = &stop {
+            results[i] = Some(r.clone());
+            continue;
+        }
+        let email = serde_json::from_str::<Value>(&record.fields)
+            .ok()
+            .and_then(|f| {
+                f.get("email")
+                    .and_then(Value::as_str)
+                    .map(|e| e.trim().to_lowercase())
+            })
+            .filter(|e| !e.is_empty());
+        let Some(email) = email else {
+            results[i] = Some(RecordResult::Rejected(
+                "no `email` field: Mailchimp members are deleted by email".into(),
+            ));
+            continue;
+        };
+        if let Some(r) = done.get(&email) {
+            results[i] = Some(r.clone());
+            continue;
+        }
+        let hash = subscriber_hash(&email);
+        let request = match api.ctx.config.delete_mode {
+            DeleteMode::Archive => Request::delete(&api.list_url(&format!("/members/{hash}"))),
+            DeleteMode::Permanent => {
+                Request::post(&api.list_url(&format!("/members/{hash}/actions/delete-permanent")))
+            }
+        };
+        let response = api.send(request)?;
+        let r = if response.is_success() {
+            archived += 1;
+            RecordResult::Ok
+        } else if response.status == 404 {
+            // Not on the list (never was, or already archived/deleted): nothing to do.
+            missing += 1;
+            RecordResult::Ok
+        } else {
+            let r = failure(&response)?;
+            if matches!(r, RecordResult::Retry(_)) {
+                stop = Some(r.clone());
+            }
+            r
+        };
+        done.insert(email, r.clone());
+        results[i] = Some(r);
+    }
+    switchyard_sdk::debug!(
+        "delete ({:?}): {archived} removed, {missing} already absent",
+        api.ctx.config.delete_mode
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(v: Value) -> Config {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn rec(fields: Value) -> OutboundRecord {
+        OutboundRecord {
+            key: "k".into(),
+            fields: fields.to_string(),
+        }
+    }
+
+    #[test]
+    fn subscriber_hash_matches_mailchimp_vectors() {
+        // api-contracts.md §2, "Test vectors (MD5 subscriber hash)".
+        assert_eq!(
+            subscriber_hash("test@example.com"),
+            "55502f40dc8b7c769880b10874abc9d0"
+        );
+        assert_eq!(
+            subscriber_hash("urist.mcvankab@freddiesjokes.com"),
+            "62eeb292278cc15f5817cb78f7790b08"
+        );
+        assert_eq!(
+            subscriber_hash("janedoe@gmail.com"),
+            "a9601f3839e5d5da764c1861a5e1daf6"
+        );
+        // Lower-cased (and trimmed) before hashing.
+        assert_eq!(
+            subscriber_hash(" Urist.McVankab@FreddiesJokes.com"),
+            "62eeb292278cc15f5817cb78f7790b08"
+        );
+    }
+
+    #[test]
+    fn datacenter_comes_from_the_key() {
+        assert_eq!(
+            datacenter("0123456789abcdef0123456789abcdef-us14").unwrap(),
+            "us14"
+        );
+        assert_eq!(datacenter("abc-def-us2").unwrap(), "us2");
+        for bad in [
+            "0123456789abcdef",
+            "abc-",
+            "abc-us",
+            "abc-14",
+            "abc-us14.evil.com",
+            "abc-US14",
+        ] {
+            assert!(
+                matches!(datacenter(bad), Err(CallError::InvalidConfig(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn members_map_merge_fields_tags_and_status() {
+        let cfg = config(json!({"list_id": "a1b2c3d4e5", "merge_fields": {"plan": "PLAN"}}));
+        let m = build_member(
+            3,
+            &rec(
+                json!({"email": " Ada@Example.com ", "first_name": "Ada", "last_name": null,
+            "plan": "pro", "BIRTHDAY": "12/10", "tags": ["vip"], "vip": true, "language": "en"}),
+            ),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(m.index, 3);
+        assert_eq!(m.email, "ada@example.com");
+        assert!(!m.explicit_status);
+        assert_eq!(
+            Value::Object(m.body),
+            json!({"email_address": "Ada@Example.com", "status": "subscribed",
+            "merge_fields": {"FNAME": "Ada", "PLAN": "pro", "BIRTHDAY": "12/10"}, "tags": ["vip"], "vip": true, "language": "en"})
+        );
+        let m = build_member(
+            0,
+            &rec(json!({"email": "a@b.co", "status": "unsubscribed"})),
+            &cfg,
+        )
+        .unwrap();
+        assert!(m.explicit_status);
+        assert_eq!(m.body["status"], "unsubscribed");
+        assert!(
+            build_member(0, &rec(json!({"email": "a@b.co", "favourite": 1})), &cfg)
+                .unwrap_err()
+                .contains("`favourite`")
+        );
+        assert!(build_member(
+            0,
+            &rec(json!({"email": "a@b.co", "status": "archived"})),
+            &cfg
+        )
+        .unwrap_err()
+        .contains("status"));
+        assert!(build_member(0, &rec(json!({"first_name": "A"})), &cfg)
+            .unwrap_err()
+            .contains("no `email`"));
+    }
+
+    #[test]
+    fn groups_hold_each_address_once_and_at_most_500() {
+        let cfg = config(json!({"list_id": "a1b2c3d4e5"}));
+        let mut members: Vec<Member> = (0..501)
+            .map(|i| build_member(i, &rec(json!({"email": format!("u{i}@x.co")})), &cfg).unwrap())
+            .collect();
+        members.push(build_member(501, &rec(json!({"email": "U0@x.co"})), &cfg).unwrap());
+        let groups = group_members(members);
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            vec![500, 2]
+        );
+        assert_eq!(
+            groups[1].iter().map(|m| m.index).collect::<Vec<_>>(),
+            vec![500, 501]
+        );
+    }
+
+    #[test]
+    fn batch_errors_by_address() {
+        let body = json!({"new_members": [], "updated_members": [], "errors": [
+            {"email_address": "Bad@X", "error": "Bad@X looks fake or invalid, please enter a real email address.", "error_code": "ERROR_GENERIC"},
+            {"email_address": "old@x.co", "error": "old@x.co is already a list member"}]});
+        let errors = batch_errors(&body);
+        assert_eq!(
+            errors["bad@x"],
+            "Bad@X looks fake or invalid, please enter a real email address. (ERROR_GENERIC)"
+        );
+        assert_eq!(errors["old@x.co"], "old@x.co is already a list member");
+    }
+
+    #[test]
+    fn problem_documents_read_as_one_line() {
+        let r = Response { status: 400, headers: vec![], body: br#"{"type":"https://mailchimp.com/developer/marketing/docs/errors/","title":"Invalid Resource","status":400,"detail":"Your merge fields were invalid.","instance":"x","errors":[{"field":"FNAME","message":"Please enter a value"}]}"#.to_vec() };
+        assert_eq!(problem_message(&r), "HTTP 400: Invalid Resource: Your merge fields were invalid. (FNAME: Please enter a value)");
+        let r = Response {
+            status: 429,
+            headers: vec![("retry-after".into(), "7".into())],
+            body: br#"{"title":"Too Many Requests","status":429,"detail":"slow down"}"#.to_vec(),
+        };
+        assert!(matches!(
+            failure(&r),
+            Ok(RecordResult::Retry(Retry {
+                after_ms: Some(7000),
+                ..
+            }))
+        ));
+        let r = Response { status: 401, headers: vec![], body: br#"{"title":"API Key Invalid","status":401,"detail":"Your API key may be invalid."}"#.to_vec() };
+        assert!(
+            matches!(failure(&r), Err(CallError::Unauthorized(m)) if m.contains("API Key Invalid"))
+        );
+    }
+
+    #[test]
+    fn config_is_checked() {
+        assert!(validate_config(&config(json!({"list_id": "a1b2c3d4e5"}))).is_ok());
+        assert!(validate_config(&config(json!({"list_id": "a1b2/../x"}))).is_err());
+        assert!(validate_config(&config(
+            json!({"list_id": "a1", "merge_fields": {"plan": "plan"}})
+        ))
+        .is_err());
+        assert!(serde_json::from_value::<Config>(json!({"list_id": "a1", "lists": []})).is_err());
+        assert!(
+            serde_json::from_value::<Config>(json!({"list_id": "a1", "status": "cleaned"}))
+                .is_err()
+        );
+    }
+}
