@@ -13,6 +13,9 @@ mod common;
 #[path = "fakes/meta.rs"]
 mod meta_fake;
 
+#[path = "fakes/google_ads.rs"]
+mod google_fake;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
@@ -109,8 +112,8 @@ fn raw(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // A server may answer and close before reading a body it refuses: read the answer anyway.
+    let _ = s.write_all(req.as_bytes()).and_then(|_| s.write_all(body));
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).unwrap();
     let text = String::from_utf8_lossy(&buf).into_owned();
@@ -692,5 +695,662 @@ fn meta_fake_rejects_what_graph_rejects() {
     assert_eq!(
         serde_json::from_str::<Value>(&b).unwrap()["name"],
         meta_fake::AUDIENCE_NAME
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Google Ads Customer Match
+
+const GADS: &str = "google-ads-customer-match";
+
+struct GoogleRun {
+    fake: google_fake::Fake,
+    plugins: tempfile::TempDir,
+}
+
+impl GoogleRun {
+    fn new() -> GoogleRun {
+        GoogleRun {
+            fake: google_fake::start_in_background(),
+            plugins: install(GADS),
+        }
+    }
+
+    fn base_args(&self) -> Vec<String> {
+        vec![
+            "--reroute".into(),
+            format!("googleads.googleapis.com={}", self.fake.url()),
+            "--reroute".into(),
+            format!("oauth2.googleapis.com={}", self.fake.url()),
+            "--allow-private".into(),
+            self.fake.host_port(),
+        ]
+    }
+
+    fn secrets(dev: &str, token: &str) -> Vec<String> {
+        vec![
+            format!("developer_token={dev}"),
+            format!("access_token={token}"),
+        ]
+    }
+
+    fn call(
+        &self,
+        head: &[&str],
+        config: &Value,
+        secrets: &[String],
+        tail: &[String],
+        log: &str,
+    ) -> Output {
+        let mut args: Vec<String> = head.iter().map(|s| s.to_string()).collect();
+        args.push("--config".into());
+        args.push(config.to_string());
+        for s in secrets {
+            args.push("--secret".into());
+            args.push(s.clone());
+        }
+        args.extend(self.base_args());
+        args.extend_from_slice(tail);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        run(self.plugins.path(), &refs, log)
+    }
+
+    fn deliver(
+        &self,
+        config: &Value,
+        secrets: &[String],
+        action: &str,
+        records: &[Value],
+        log: &str,
+    ) -> Output {
+        let file = records_file(self.plugins.path(), records);
+        let tail = vec![
+            "--action".to_string(),
+            action.to_string(),
+            "--records".to_string(),
+            file.to_str().unwrap().to_string(),
+        ];
+        self.call(&["plugin", "deliver", GADS], config, secrets, &tail, log)
+    }
+
+    fn check(&self, config: &Value, secrets: &[String]) -> Output {
+        self.call(&["plugin", "check", GADS], config, secrets, &[], "warn")
+    }
+}
+
+fn gads_config() -> Value {
+    json!({"customer_id": "123-456-7890", "user_list_id": google_fake::USER_LIST_ID,
+           "default_phone_country_code": "1", "default_country": "US",
+           "consent_ad_user_data": "GRANTED", "consent_ad_personalization": "GRANTED"})
+}
+
+fn gads_secrets() -> Vec<String> {
+    GoogleRun::secrets(google_fake::DEVELOPER_TOKEN, google_fake::ACCESS_TOKEN)
+}
+
+#[test]
+fn google_ads_creates_a_job_adds_hashed_operations_and_runs_it() {
+    let g = GoogleRun::new();
+    let records = vec![
+        json!({"key": "dana", "fields": {"email": "DanaM@example.com", "phone": "+1-800-555-0100",
+               "first_name": " Dana ", "last_name": "Smith", "zip": "94045"}}),
+        json!({"key": "cloudy", "fields": {"email": "cloudy.SanFrancisco+shopping@GMAIL.com", "phone": "(800) 555-0101"}}),
+        json!({"key": "nobody", "fields": {"first_name": "No", "last_name": "Address"}}),
+    ];
+    let out = g.deliver(&gads_config(), &gads_secrets(), "upsert", &records, "debug");
+    let res = results(&ok(&out));
+    assert_eq!(res[0]["result"], "ok", "{res:?}");
+    assert_eq!(res[1]["result"], "ok", "{res:?}");
+    assert_eq!(res[2]["result"], "rejected", "{res:?}");
+    assert!(
+        res[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no usable identifier"),
+        "{res:?}"
+    );
+
+    let calls = g.fake.calls();
+    let paths: Vec<&str> = calls.iter().map(|(_, p)| p.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "/v26/customers/1234567890/offlineUserDataJobs:create",
+            "/v26/customers/1234567890/offlineUserDataJobs/701:addOperations",
+            "/v26/customers/1234567890/offlineUserDataJobs/701:run",
+        ]
+    );
+    let h = g.fake.headers_of(1);
+    assert_eq!(h["developer-token"], google_fake::DEVELOPER_TOKEN);
+    assert_eq!(
+        h["authorization"],
+        format!("Bearer {}", google_fake::ACCESS_TOKEN).as_str()
+    );
+    assert!(h.get("login-customer-id").is_none());
+    let jobs = g.fake.jobs();
+    assert_eq!(jobs[0].status, "SUCCESS");
+    assert_eq!(
+        jobs[0].consent,
+        Some(json!({"adUserData": "GRANTED", "adPersonalization": "GRANTED"}))
+    );
+
+    // The Data Manager guide's vectors, as they landed in the list.
+    let members = g
+        .fake
+        .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
+    assert_eq!(members.len(), 2, "{members:?}");
+    assert_eq!(
+        members[0],
+        vec![
+            json!({"hashedEmail": "1df6b43bc68dd38eca94e6a65b4f466ae537b796c81a526918b40ac4a7b906c7"}),
+            json!({"hashedPhoneNumber": "fb4f73a6ec5fdb7077d564cdd22c3554b43ce49168550c3b12c547b78c517b30"}),
+            json!({"addressInfo": {"hashedFirstName": sha("dana"), "hashedLastName": sha("smith"),
+                                   "countryCode": "US", "postalCode": "94045"}}),
+        ]
+    );
+    assert_eq!(
+        members[1],
+        vec![
+            json!({"hashedEmail": "223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4"}),
+            json!({"hashedPhoneNumber": "61d6c2976b5d92b1ad63073a12fddd26040cd980067d03a93dd1cc50f1a3ac68"}),
+        ]
+    );
+
+    let log = stderr(&out);
+    assert!(
+        log.contains("addOperations 1 of 1"),
+        "the plugin's debug log: {log}"
+    );
+    for secret in [
+        google_fake::ACCESS_TOKEN,
+        google_fake::DEVELOPER_TOKEN,
+        "DanaM@example.com",
+        "danam@example.com",
+        "cloudy",
+        "555-0100",
+        "8005550101",
+        "Smith",
+    ] {
+        assert!(!log.contains(secret), "log leaks {secret}: {log}");
+    }
+
+    // Delete sends remove operations in a new job.
+    let res = results(&ok(&g.deliver(
+        &gads_config(),
+        &gads_secrets(),
+        "delete",
+        &records[..1],
+        "warn",
+    )));
+    assert_eq!(res[0]["result"], "ok", "{res:?}");
+    let jobs = g.fake.jobs();
+    assert_eq!(jobs.len(), 2);
+    assert_eq!(jobs[1].operations[0].0, "remove");
+    let members = g
+        .fake
+        .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
+    assert_eq!(members.len(), 1);
+    assert_eq!(
+        members[0][0]["hashedEmail"],
+        "223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4"
+    );
+}
+
+#[test]
+fn google_ads_partial_failures_reject_only_their_records() {
+    let g = GoogleRun::new();
+    let records: Vec<Value> = ["a@example.com", "blocked@example.com", "c@example.com"]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"key": format!("r{i}"), "fields": {"email": e}}))
+        .collect();
+    g.fake.reject_identifier(
+        &sha("blocked@example.com"),
+        json!({"offlineUserDataJobError": "INCOMPATIBLE_UPLOAD_KEY_TYPE"}),
+        "The user identifier is not compatible with the list's upload key type.",
+    );
+    let res = results(&ok(&g.deliver(
+        &gads_config(),
+        &gads_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert_eq!(res[0]["result"], "ok", "{res:?}");
+    assert_eq!(res[2]["result"], "ok", "{res:?}");
+    assert_eq!(res[1]["result"], "rejected", "{res:?}");
+    let reason = res[1]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("INCOMPATIBLE_UPLOAD_KEY_TYPE") && reason.contains("upload key type"),
+        "{reason}"
+    );
+    let members = g
+        .fake
+        .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
+    assert_eq!(members.len(), 2);
+    assert!(members
+        .iter()
+        .all(|m| m[0]["hashedEmail"] != sha("blocked@example.com")));
+}
+
+#[test]
+fn google_ads_quota_and_credential_errors() {
+    let g = GoogleRun::new();
+    let records = vec![
+        json!({"key": "k1", "fields": {"email": "dana@example.com"}}),
+        json!({"key": "k2", "fields": {"phone": "+1 800-555-0101"}}),
+    ];
+    // The job is created, addOperations is throttled: retry after Google's retryDelay, no run.
+    g.fake.pass_next();
+    g.fake.fail_next(google_fake::Fault::quota("30s"));
+    let res = results(&ok(&g.deliver(
+        &gads_config(),
+        &gads_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    for r in &res {
+        assert_eq!(r["result"], "retry", "{res:?}");
+        assert_eq!(r["after_ms"], 30_000, "{res:?}");
+        assert!(
+            r["reason"].as_str().unwrap().contains("RESOURCE_EXHAUSTED"),
+            "{res:?}"
+        );
+    }
+    assert!(
+        !g.fake.calls().iter().any(|(_, p)| p.ends_with(":run")),
+        "{:?}",
+        g.fake.calls()
+    );
+    assert!(g
+        .fake
+        .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+        .is_empty());
+
+    // A concurrent modification is transient too.
+    g.fake.pass_next();
+    g.fake.fail_next(google_fake::Fault::status(
+        400,
+        "INVALID_ARGUMENT",
+        json!({"databaseError": "CONCURRENT_MODIFICATION"}),
+        "Multiple requests were attempting to modify the same resource at once.",
+    ));
+    let res = results(&ok(&g.deliver(
+        &gads_config(),
+        &gads_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert!(
+        res.iter()
+            .all(|r| r["result"] == "retry" && r["after_ms"].is_null()),
+        "{res:?}"
+    );
+
+    // Then it goes through.
+    let res = results(&ok(&g.deliver(
+        &gads_config(),
+        &gads_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert!(res.iter().all(|r| r["result"] == "ok"), "{res:?}");
+
+    // Bad OAuth token / developer token: the call fails as unauthorized, secrets not echoed.
+    let err = failed(&g.deliver(
+        &gads_config(),
+        &GoogleRun::secrets(google_fake::DEVELOPER_TOKEN, "ya29.expired"),
+        "upsert",
+        &records,
+        "warn",
+    ));
+    assert!(
+        err.contains("unauthorized") && err.contains("UNAUTHENTICATED"),
+        "{err}"
+    );
+    assert!(!err.contains("ya29.expired"), "{err}");
+    let err = failed(&g.deliver(
+        &gads_config(),
+        &GoogleRun::secrets("wrong-dev", google_fake::ACCESS_TOKEN),
+        "upsert",
+        &records,
+        "warn",
+    ));
+    assert!(
+        err.contains("unauthorized") && err.contains("PERMISSION_DENIED"),
+        "{err}"
+    );
+}
+
+#[test]
+fn google_ads_check_reads_the_list_with_the_credentials() {
+    let g = GoogleRun::new();
+    let out = ok(&g.check(&gads_config(), &gads_secrets()));
+    assert!(out.contains("check passed"), "{out}");
+
+    let err = failed(&g.check(
+        &gads_config(),
+        &GoogleRun::secrets("wrong-dev", google_fake::ACCESS_TOKEN),
+    ));
+    assert!(
+        err.contains("unauthorized") && err.contains("DEVELOPER_TOKEN"),
+        "{err}"
+    );
+    let err = failed(&g.check(
+        &gads_config(),
+        &GoogleRun::secrets(google_fake::DEVELOPER_TOKEN, "ya29.bad"),
+    ));
+    assert!(
+        err.contains("unauthorized") && err.contains("OAUTH_TOKEN_INVALID"),
+        "{err}"
+    );
+    let err = failed(&g.check(
+        &json!({"customer_id": "1234567890", "user_list_id": "999"}),
+        &gads_secrets(),
+    ));
+    assert!(
+        err.contains("invalid config") && err.contains("not found"),
+        "{err}"
+    );
+    let err = failed(&g.check(
+        &json!({"customer_id": "12-34", "user_list_id": "1"}),
+        &gads_secrets(),
+    ));
+    assert!(err.contains("10-digit"), "{err}");
+
+    // A client account needs the manager as login-customer-id.
+    let client = json!({"customer_id": google_fake::CLIENT_CUSTOMER_ID, "user_list_id": google_fake::CLIENT_USER_LIST_ID});
+    let err = failed(&g.check(&client, &gads_secrets()));
+    assert!(err.contains("login-customer-id"), "{err}");
+    let mut via_manager = client.clone();
+    via_manager["login_customer_id"] = json!("999-888-7777");
+    ok(&g.check(&via_manager, &gads_secrets()));
+
+    // OAuth refresh-token flow instead of a static access token.
+    let refresh = vec![
+        format!("developer_token={}", google_fake::DEVELOPER_TOKEN),
+        format!("refresh_token={}", google_fake::REFRESH_TOKEN),
+        format!("client_id={}", google_fake::CLIENT_ID),
+        format!("client_secret={}", google_fake::CLIENT_SECRET),
+    ];
+    ok(&g.check(&gads_config(), &refresh));
+    assert_eq!(g.fake.token_grants(), 1);
+    let mut revoked = refresh.clone();
+    revoked[1] = "refresh_token=1//revoked".into();
+    let err = failed(&g.check(&gads_config(), &revoked));
+    assert!(
+        err.contains("unauthorized") && err.contains("invalid_grant"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("1//revoked") && !err.contains(google_fake::CLIENT_SECRET),
+        "{err}"
+    );
+}
+
+#[test]
+fn google_ads_fake_rejects_what_google_ads_rejects() {
+    let fake = google_fake::start_in_background();
+    let addr = fake.host_port();
+    let bearer = format!("Bearer {}", google_fake::ACCESS_TOKEN);
+    let auth = [
+        ("authorization", bearer.as_str()),
+        ("developer-token", google_fake::DEVELOPER_TOKEN),
+        ("content-type", "application/json"),
+    ];
+    let post = |path: &str, headers: &[(&str, &str)], body: &Value| {
+        raw(&addr, "POST", path, headers, body.to_string().as_bytes())
+    };
+    let err = |b: &str| serde_json::from_str::<Value>(b).unwrap()["error"].clone();
+    let create = json!({"job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata":
+        {"userList": google_fake::list_resource(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)}}});
+    let create_path = "/v26/customers/1234567890/offlineUserDataJobs:create";
+
+    // Credentials.
+    let (s, b) = post(create_path, &auth[1..], &create);
+    assert_eq!(
+        (s, err(&b)["status"].as_str().unwrap()),
+        (401, "UNAUTHENTICATED"),
+        "{b}"
+    );
+    let (s, b) = post(create_path, &[auth[0], auth[2]], &create);
+    assert_eq!(s, 401, "{b}");
+    assert!(b.contains("DEVELOPER_TOKEN_PARAMETER_MISSING"), "{b}");
+    let (s, b) = post(
+        create_path,
+        &[auth[0], ("developer-token", "nope"), auth[2]],
+        &create,
+    );
+    assert_eq!(
+        (s, err(&b)["status"].as_str().unwrap()),
+        (403, "PERMISSION_DENIED"),
+        "{b}"
+    );
+    let (s, b) = post(
+        create_path,
+        &[
+            auth[0],
+            auth[1],
+            auth[2],
+            ("login-customer-id", "999-888-7777"),
+        ],
+        &create,
+    );
+    assert_eq!(s, 400);
+    assert!(b.contains("INVALID_LOGIN_CUSTOMER_ID"), "{b}");
+    let (s, b) = post(
+        "/v26/customers/123-456-7890/offlineUserDataJobs:create",
+        &auth,
+        &create,
+    );
+    assert_eq!(s, 400);
+    assert!(b.contains("INVALID_CUSTOMER_ID"), "{b}");
+
+    // Job creation: a list of another customer, a wrong type, unknown fields.
+    let other = json!({"job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata":
+        {"userList": "customers/1234567890/userLists/1"}}});
+    let (s, b) = post(create_path, &auth, &other);
+    assert_eq!(s, 400);
+    assert!(b.contains("INVALID_USER_LIST_ID"), "{b}");
+    let (s, b) = post(
+        create_path,
+        &auth,
+        &json!({"job": {"type": "STORE_SALES_UPLOAD_FIRST_PARTY"}}),
+    );
+    assert_eq!(s, 400, "{b}");
+    let (s, b) = post(
+        create_path,
+        &auth,
+        &json!({"job": {"type": "CUSTOMER_MATCH_USER_LIST", "color": "red"}}),
+    );
+    assert_eq!(s, 400);
+    assert!(b.contains("Unknown name \\\"color\\\""), "{b}");
+
+    let (s, b) = post(create_path, &auth, &create);
+    assert_eq!(s, 200, "{b}");
+    let job = serde_json::from_str::<Value>(&b).unwrap()["resourceName"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let add_path = format!("/v26/{job}:addOperations");
+    let h = sha("x@example.com");
+
+    // Oneof: two identifier fields in one UserIdentifier; create and remove in one operation.
+    let (s, b) = post(
+        &add_path,
+        &auth,
+        &json!({"operations": [{"create": {"userIdentifiers": [{"hashedEmail": h, "hashedPhoneNumber": h}]}}]}),
+    );
+    assert_eq!(s, 400);
+    assert!(b.contains("Oneof field"), "{b}");
+    let (s, _) = post(
+        &add_path,
+        &auth,
+        &json!({"operations": [{"create": {"userIdentifiers": [{"hashedEmail": h}]}, "remove": {"userIdentifiers": [{"hashedEmail": h}]}}]}),
+    );
+    assert_eq!(s, 400);
+
+    // Limits: 21 identifiers in one operation; > 100,000 in one request.
+    let many: Vec<Value> = (0..21).map(|_| json!({"hashedEmail": h})).collect();
+    let (s, b) = post(
+        &add_path,
+        &auth,
+        &json!({"operations": [{"create": {"userIdentifiers": many}}]}),
+    );
+    assert_eq!(s, 400);
+    assert!(
+        b.contains("TOO_MANY_USER_IDENTIFIERS") && b.contains("\"index\":0"),
+        "{b}"
+    );
+    let op = json!({"create": {"userIdentifiers": (0..20).map(|_| json!({"hashedEmail": h})).collect::<Vec<_>>()}});
+    let ops: Vec<Value> = (0..5_001).map(|_| op.clone()).collect();
+    let (s, b) = post(&add_path, &auth, &json!({"operations": ops}));
+    assert_eq!(s, 400);
+    assert!(
+        b.contains("TOO_MANY_USER_IDENTIFIERS") && b.contains("\"index\":5000"),
+        "{b}"
+    );
+
+    // Hashing: a raw email is malformed SHA-256. Without partial failure the request fails...
+    let mixed = json!({"operations": [
+        {"create": {"userIdentifiers": [{"hashedEmail": h}]}},
+        {"create": {"userIdentifiers": [{"hashedEmail": "X@Example.com"}]}},
+        {"create": {"userIdentifiers": [{"addressInfo": {"hashedFirstName": h, "hashedLastName": h, "countryCode": "USA", "postalCode": "1"}}]}}]});
+    let (s, b) = post(&add_path, &auth, &mixed);
+    assert_eq!(s, 400);
+    assert!(
+        b.contains("INVALID_SHA256_FORMAT") && b.contains("hashed_email"),
+        "{b}"
+    );
+    assert!(
+        fake.jobs()[0].operations.is_empty(),
+        "nothing stored from a refused request"
+    );
+    // ... with it, only the bad operations are dropped and reported by index.
+    let mut partial = mixed.clone();
+    partial["enablePartialFailure"] = json!(true);
+    let (s, b) = post(&add_path, &auth, &partial);
+    assert_eq!(s, 200, "{b}");
+    let v: Value = serde_json::from_str(&b).unwrap();
+    let errors = v["partialFailureError"]["details"][0]["errors"]
+        .as_array()
+        .unwrap();
+    assert_eq!(errors.len(), 2, "{b}");
+    assert_eq!(
+        errors[0]["location"]["fieldPathElements"][0],
+        json!({"fieldName": "operations", "index": 1})
+    );
+    assert_eq!(
+        errors[1]["errorCode"]["offlineUserDataJobError"],
+        "INVALID_COUNTRY_CODE"
+    );
+    assert_eq!(fake.jobs()[0].operations.len(), 1);
+
+    // Run once; no operations after that.
+    let run_path = format!("/v26/{job}:run");
+    let (s, b) = post(&run_path, &auth, &json!({}));
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = post(
+        &add_path,
+        &auth,
+        &json!({"operations": [{"create": {"userIdentifiers": [{"hashedEmail": h}]}}]}),
+    );
+    assert_eq!(s, 400);
+    assert!(b.contains("INVALID_JOB_STATUS"), "{b}");
+    let (s, _) = post(&run_path, &auth, &json!({}));
+    assert_eq!(s, 400);
+    assert_eq!(
+        fake.members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID),
+        vec![vec![json!({"hashedEmail": h})]]
+    );
+
+    // The token endpoint refuses a bad client or refresh token.
+    let ct = ("content-type", "application/x-www-form-urlencoded");
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        "/token",
+        &[ct],
+        &form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", google_fake::CLIENT_ID),
+            ("client_secret", "x"),
+            ("refresh_token", google_fake::REFRESH_TOKEN),
+        ]),
+    );
+    assert_eq!(s, 401);
+    assert!(b.contains("invalid_client"), "{b}");
+    let (s, b) = raw(
+        &addr,
+        "POST",
+        "/token",
+        &[ct],
+        &form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", google_fake::CLIENT_ID),
+            ("client_secret", google_fake::CLIENT_SECRET),
+            ("refresh_token", "old"),
+        ]),
+    );
+    assert_eq!(s, 400);
+    assert!(b.contains("invalid_grant"), "{b}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Full-size batches inside the sandbox's limits
+
+#[test]
+fn full_batches_of_10000_records_fit_one_call() {
+    let records: Vec<Value> = (0..10_000)
+        .map(|i| {
+            json!({"key": format!("p{i}"), "fields": {
+                "email": format!("person.{i}@example.com"), "phone": format!("+1 415 555 {:04}", i % 10_000),
+                "first_name": "Ada", "last_name": format!("Lovelace{i}"), "country": "US",
+                "zip": "94045", "city": "San Francisco", "state": "CA", "gender": "f",
+                "date_of_birth": "1990-01-02", "external_id": format!("crm-{i}"),
+                "madid": format!("6032d997-3ab0-4de0-aa16-{i:012}")}})
+        })
+        .collect();
+
+    let m = MetaRun::new();
+    let res = results(&ok(&m.deliver(
+        meta_config(),
+        meta_fake::TOKEN,
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert_eq!(res.len(), 10_000);
+    assert!(
+        res.iter().all(|r| r["result"] == "ok"),
+        "{:?}",
+        res.iter().find(|r| r["result"] != "ok")
+    );
+    assert_eq!(m.fake.uploads().len(), 1, "10,000 rows go in one request");
+    assert_eq!(m.fake.members().len(), 10_000);
+
+    let g = GoogleRun::new();
+    let res = results(&ok(&g.deliver(
+        &gads_config(),
+        &gads_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert_eq!(res.len(), 10_000);
+    assert!(
+        res.iter().all(|r| r["result"] == "ok"),
+        "{:?}",
+        res.iter().find(|r| r["result"] != "ok")
+    );
+    assert_eq!(g.fake.jobs()[0].add_requests, 1);
+    assert_eq!(
+        g.fake
+            .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+            .len(),
+        10_000
     );
 }

@@ -30,7 +30,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
@@ -43,6 +43,8 @@ pub const TOKEN: &str = "EAAfake-system-user-token-7f3Kq9";
 pub const AUDIENCE_ID: &str = "23847000000000001";
 pub const AUDIENCE_NAME: &str = "Switchyard VIPs";
 pub const MAX_ROWS: usize = 10_000;
+/// Largest request body the fake reads (Graph's own cap is not published; 10,000 full rows fit).
+pub const MAX_BODY_BYTES: usize = 64 << 20;
 
 const MULTI_KEYS: &[&str] = &[
     "EXTERN_ID",
@@ -154,6 +156,7 @@ pub async fn start() -> Fake {
     let state = Arc::new(Mutex::new(state));
     let app = Router::new()
         .fallback(any(handle))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -453,9 +456,11 @@ async fn handle(
                         out.insert("name".into(), json!(st.audiences[&id]));
                     }
                     "" => {}
-                    other => return invalid_param(&format!(
+                    other => {
+                        return invalid_param(&format!(
                         "Tried accessing nonexisting field ({other}) on node type (CustomAudience)"
-                    )),
+                    ))
+                    }
                 }
             }
             out.entry("id").or_insert(json!(id));
@@ -659,28 +664,42 @@ fn users(
         }
     }
     let members = st.members.entry(id.to_string()).or_default();
-    for row in valid_rows {
-        if *method == Method::POST {
-            if !members.contains(&row) {
+    if *method == Method::POST {
+        let mut present: std::collections::HashSet<BTreeMap<String, String>> =
+            members.iter().cloned().collect();
+        for row in valid_rows {
+            if present.insert(row.clone()) {
                 members.push(row);
             }
-        } else {
-            // Removal matches a member by any identifying value it shares.
-            members.retain(|m| {
-                ![
-                    "EMAIL",
-                    "PHONE",
-                    "MADID",
-                    "EXTERN_ID",
-                    "EMAIL_SHA256",
-                    "PHONE_SHA256",
-                    "MOBILE_ADVERTISER_ID",
-                ]
-                .iter()
-                .any(|k| m.get(*k).is_some_and(|v| row.get(*k) == Some(v)))
-                    && *m != row
-            });
         }
+    } else {
+        // Removal matches a member by any identifying value it shares with a removed row.
+        const IDENTIFYING: [&str; 7] = [
+            "EMAIL",
+            "PHONE",
+            "MADID",
+            "EXTERN_ID",
+            "EMAIL_SHA256",
+            "PHONE_SHA256",
+            "MOBILE_ADVERTISER_ID",
+        ];
+        let gone: std::collections::HashSet<(String, String)> = valid_rows
+            .iter()
+            .flat_map(|r| {
+                IDENTIFYING
+                    .iter()
+                    .filter_map(|k| r.get(*k).map(|v| (k.to_string(), v.clone())))
+            })
+            .collect();
+        let exact: std::collections::HashSet<&BTreeMap<String, String>> =
+            valid_rows.iter().collect();
+        members.retain(|m| {
+            !exact.contains(m)
+                && !IDENTIFYING.iter().any(|k| {
+                    m.get(*k)
+                        .is_some_and(|v| gone.contains(&(k.to_string(), v.clone())))
+                })
+        });
     }
     let session_id = session
         .as_ref()

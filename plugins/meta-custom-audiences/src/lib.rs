@@ -251,17 +251,24 @@ impl Destination for MetaCustomAudiences {
                         .collect()
                 })
                 .collect();
-            let payload = serde_json::json!({ "schema": schema_names, "data": data });
+            // Serialised straight from borrowed rows: no copy of the hashes into a JSON tree.
+            #[derive(serde::Serialize)]
+            struct Payload<'a> {
+                schema: &'a [&'a str],
+                data: &'a [Vec<&'a str>],
+            }
+            let payload = serde_json::to_string(&Payload {
+                schema: &schema_names,
+                data: &data,
+            })
+            .map_err(|e| CallError::Failed(format!("serialising the payload: {e}")))?;
             let session = serde_json::json!({
                 "session_id": session_id,
                 "batch_seq": n + 1,
                 "last_batch_flag": n + 1 == chunks.len(),
                 "estimated_num_total": rows.len(),
             });
-            let body = form(&[
-                ("payload", &payload.to_string()),
-                ("session", &session.to_string()),
-            ]);
+            let body = form(&[("payload", &payload), ("session", &session.to_string())]);
             let request = Request::new(
                 if method == "POST" {
                     switchyard_sdk::http::Method::Post
@@ -729,13 +736,18 @@ fn form(pairs: &[(&str, &str)]) -> String {
 }
 
 fn urlencode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() * 3);
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    let mut out = String::with_capacity(s.len() + s.len() / 4);
     for b in s.bytes() {
         match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
                 out.push(b as char)
             }
-            _ => out.push_str(&format!("%{b:02X}")),
+            _ => {
+                out.push('%');
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 15) as usize] as char);
+            }
         }
     }
     out

@@ -1,0 +1,1031 @@
+//! A faithful fake of the Google Ads REST API parts Customer Match uses (api-contracts.md §4):
+//! `offlineUserDataJobs:create`, `offlineUserDataJobs/{id}:addOperations`, `:run`,
+//! `googleAds:search` (only `SELECT user_list... FROM user_list WHERE user_list.id = N`), and the
+//! OAuth token endpoint (`POST /token`, refresh-token grant) of oauth2.googleapis.com.
+//!
+//! Enforced like the real API, with its `google.rpc.Status` + `GoogleAdsFailure` error shape:
+//! - `Authorization: Bearer` (401 UNAUTHENTICATED `authenticationError`), `developer-token`
+//!   (missing: 401 `DEVELOPER_TOKEN_PARAMETER_MISSING`; unknown: 403
+//!   `authorizationError.DEVELOPER_TOKEN_PROHIBITED` — the exact enum names here are [U]);
+//!   `login-customer-id` of 10 digits (400 `headerError.INVALID_LOGIN_CUSTOMER_ID`) and, for a
+//!   client account reached through a manager, required (403 `USER_PERMISSION_DENIED`);
+//! - customer ids of 10 digits without dashes, the user list belonging to the customer
+//!   (`INVALID_USER_LIST_ID`), job type `CUSTOMER_MATCH_USER_LIST`, consent enum values;
+//! - JSON bodies only, unknown fields refused (400 "Invalid JSON payload received. Unknown
+//!   name"), a `UserIdentifier` setting exactly one oneof field, each operation exactly one of
+//!   `create` / `remove` / `removeAll`;
+//! - ≤ 20 identifiers per operation and ≤ 100,000 per request (`TOO_MANY_USER_IDENTIFIERS`,
+//!   request-level 400 with the operation's location);
+//! - hashed fields: 64-char lowercase hex (`INVALID_SHA256_FORMAT`), `addressInfo` with all of
+//!   hashed first/last name, 2-letter `countryCode` and `postalCode` (`fieldError.REQUIRED`,
+//!   `INVALID_COUNTRY_CODE`). Such operation errors are returned in `partialFailureError` (HTTP
+//!   200) when `enablePartialFailure` is true — only the failing operations are dropped — and as
+//!   a 400 refusing the whole request otherwise;
+//! - job state: operations only while PENDING, `run` only once (`offlineUserDataJobError`
+//!   `INVALID_JOB_STATUS` [U name]); the operations are applied to the list at `run`.
+//!
+//! Knobs: [`Fake::fail_next`] (e.g. 429 RESOURCE_EXHAUSTED with `retryDelay`), [`Fake::pass_next`],
+//! [`Fake::reject_identifier`] (an operation containing that value fails with the given error).
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use serde_json::{json, Map, Value};
+
+pub const DEVELOPER_TOKEN: &str = "devtok-ABCdef123456";
+pub const ACCESS_TOKEN: &str = "ya29.fake-access-token-Zx81";
+pub const CLIENT_ID: &str = "1234-abc.apps.googleusercontent.com";
+pub const CLIENT_SECRET: &str = "GOCSPX-fake-client-secret";
+pub const REFRESH_TOKEN: &str = "1//0fake-refresh-token";
+/// An account the token's user reaches directly.
+pub const CUSTOMER_ID: &str = "1234567890";
+pub const USER_LIST_ID: &str = "4567";
+/// A client account reached only through the manager account [`MANAGER_ID`].
+pub const CLIENT_CUSTOMER_ID: &str = "5550001111";
+pub const CLIENT_USER_LIST_ID: &str = "8901";
+pub const MANAGER_ID: &str = "9998887777";
+pub const MAX_IDS_PER_OPERATION: usize = 20;
+pub const MAX_IDS_PER_REQUEST: usize = 100_000;
+/// Largest request body the fake reads (100,000 hashed identifiers fit).
+pub const MAX_BODY_BYTES: usize = 64 << 20;
+const VERSION: &str = "v26";
+
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub customer: String,
+    pub user_list: String,
+    pub status: String,
+    pub consent: Option<Value>,
+    /// ("create" | "remove", userIdentifiers) accepted so far.
+    pub operations: Vec<(String, Vec<Value>)>,
+    pub add_requests: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct Fault {
+    pub status: u16,
+    pub body: Value,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Fault {
+    /// 429 RESOURCE_EXHAUSTED with a QuotaErrorDetails retryDelay.
+    pub fn quota(retry_delay: &str) -> Fault {
+        Fault {
+            status: 429,
+            body: status_body(
+                429,
+                "RESOURCE_EXHAUSTED",
+                "Resource has been exhausted (e.g. check quota).",
+                vec![json!({
+                    "errorCode": {"quotaError": "RESOURCE_TEMPORARILY_EXHAUSTED"},
+                    "message": "Too many requests. Retry in 30 seconds.",
+                    "details": {"quotaErrorDetails": {"rateScope": "DEVELOPER",
+                        "rateName": "Number of operations for basic access", "retryDelay": retry_delay}}
+                })],
+            ),
+            headers: vec![],
+        }
+    }
+
+    pub fn status(status: u16, name: &str, code: Value, message: &str) -> Fault {
+        Fault {
+            status,
+            body: status_body(
+                status,
+                name,
+                message,
+                vec![json!({"errorCode": code, "message": message})],
+            ),
+            headers: vec![],
+        }
+    }
+}
+
+#[derive(Default)]
+pub struct FakeState {
+    pub developer_tokens: BTreeSet<String>,
+    pub access_tokens: BTreeSet<String>,
+    /// customer → manager through which it must be reached (None: directly).
+    pub customers: BTreeMap<String, Option<String>>,
+    /// resource name → (name, members: each a list of userIdentifiers).
+    pub lists: BTreeMap<String, (String, Vec<Vec<Value>>)>,
+    pub jobs: BTreeMap<u64, Job>,
+    pub next_job: u64,
+    pub faults: VecDeque<Option<Fault>>,
+    /// identifier value → (errorCode, message) that makes an operation fail.
+    pub rejects: BTreeMap<String, (Value, String)>,
+    pub requests: Vec<(String, String, HeaderMap)>,
+    pub token_grants: usize,
+}
+
+#[derive(Clone)]
+pub struct Fake {
+    pub addr: SocketAddr,
+    pub state: Arc<Mutex<FakeState>>,
+}
+
+pub fn list_resource(customer: &str, list: &str) -> String {
+    format!("customers/{customer}/userLists/{list}")
+}
+
+pub async fn start() -> Fake {
+    let mut st = FakeState {
+        next_job: 700,
+        ..Default::default()
+    };
+    st.developer_tokens.insert(DEVELOPER_TOKEN.into());
+    st.access_tokens.insert(ACCESS_TOKEN.into());
+    st.customers.insert(CUSTOMER_ID.into(), None);
+    st.customers.insert(MANAGER_ID.into(), None);
+    st.customers
+        .insert(CLIENT_CUSTOMER_ID.into(), Some(MANAGER_ID.into()));
+    st.lists.insert(
+        list_resource(CUSTOMER_ID, USER_LIST_ID),
+        ("Switchyard VIPs".into(), vec![]),
+    );
+    st.lists.insert(
+        list_resource(CLIENT_CUSTOMER_ID, CLIENT_USER_LIST_ID),
+        ("Client list".into(), vec![]),
+    );
+    let state = Arc::new(Mutex::new(st));
+    let app = Router::new()
+        .fallback(any(handle))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    Fake { addr, state }
+}
+
+pub fn start_in_background() -> Fake {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tx.send(start().await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
+impl Fake {
+    pub fn host_port(&self) -> String {
+        self.addr.to_string()
+    }
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+    pub fn fail_next(&self, fault: Fault) {
+        self.state.lock().unwrap().faults.push_back(Some(fault));
+    }
+    pub fn pass_next(&self) {
+        self.state.lock().unwrap().faults.push_back(None);
+    }
+    pub fn reject_identifier(&self, value: &str, code: Value, message: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .rejects
+            .insert(value.into(), (code, message.into()));
+    }
+    pub fn members(&self, customer: &str, list: &str) -> Vec<Vec<Value>> {
+        self.state.lock().unwrap().lists[&list_resource(customer, list)]
+            .1
+            .clone()
+    }
+    pub fn jobs(&self) -> Vec<Job> {
+        self.state.lock().unwrap().jobs.values().cloned().collect()
+    }
+    /// (method, path) of every request.
+    pub fn calls(&self) -> Vec<(String, String)> {
+        self.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .map(|(m, p, _)| (m.clone(), p.clone()))
+            .collect()
+    }
+    pub fn headers_of(&self, n: usize) -> HeaderMap {
+        self.state.lock().unwrap().requests[n].2.clone()
+    }
+    pub fn token_grants(&self) -> usize {
+        self.state.lock().unwrap().token_grants
+    }
+}
+
+fn status_body(code: u16, status: &str, message: &str, errors: Vec<Value>) -> Value {
+    let mut error = json!({"code": code, "message": message, "status": status});
+    if !errors.is_empty() {
+        error["details"] = json!([{
+            "@type": format!("type.googleapis.com/google.ads.googleads.{VERSION}.errors.GoogleAdsFailure"),
+            "errors": errors,
+            "requestId": "fake-req-8Yk2",
+        }]);
+    }
+    json!({ "error": error })
+}
+
+fn reply(status: u16, body: Value) -> Response {
+    (
+        StatusCode::from_u16(status).unwrap(),
+        [
+            ("content-type", "application/json; charset=UTF-8"),
+            ("request-id", "fake-req-8Yk2"),
+        ],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn ads_error(
+    status: u16,
+    name: &str,
+    code: Value,
+    message: &str,
+    location: Option<Value>,
+) -> Response {
+    let mut e = json!({"errorCode": code, "message": message});
+    if let Some(l) = location {
+        e["location"] = l;
+    }
+    let top = if status == 400 {
+        "Request contains an invalid argument."
+    } else {
+        message
+    };
+    reply(status, status_body(status, name, top, vec![e]))
+}
+
+fn bad_json(message: &str) -> Response {
+    reply(
+        400,
+        json!({"error": {"code": 400, "message": format!("Invalid JSON payload received. {message}"),
+                         "status": "INVALID_ARGUMENT"}}),
+    )
+}
+
+fn loc(path: &[(&str, Option<usize>)]) -> Value {
+    let elements: Vec<Value> = path
+        .iter()
+        .map(|(name, index)| match index {
+            Some(i) => json!({"fieldName": name, "index": i}),
+            None => json!({"fieldName": name}),
+        })
+        .collect();
+    json!({ "fieldPathElements": elements })
+}
+
+fn is_hash(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| {
+        s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn check_keys(obj: &Map<String, Value>, allowed: &[&str], at: &str) -> Result<(), Response> {
+    for k in obj.keys() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(bad_json(&format!(
+                "Unknown name \"{k}\" at '{at}': Cannot find field."
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn handle(
+    State(state): State<Arc<Mutex<FakeState>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let mut st = state.lock().unwrap();
+    st.requests
+        .push((method.to_string(), uri.path().to_string(), headers.clone()));
+    let path = uri.path().to_string();
+
+    if path == "/token" {
+        return token(&mut st, &method, &headers, &body);
+    }
+
+    // 1. Authentication and headers.
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(bearer) = bearer else {
+        return ads_error(
+            401,
+            "UNAUTHENTICATED",
+            json!({"authenticationError": "NOT_ADS_USER"}),
+            "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+            None,
+        );
+    };
+    if !st.access_tokens.contains(bearer) {
+        return ads_error(
+            401,
+            "UNAUTHENTICATED",
+            json!({"authenticationError": "OAUTH_TOKEN_INVALID"}),
+            "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+            None,
+        );
+    }
+    let Some(dev) = headers.get("developer-token").and_then(|v| v.to_str().ok()) else {
+        return ads_error(
+            401,
+            "UNAUTHENTICATED",
+            json!({"authenticationError": "DEVELOPER_TOKEN_PARAMETER_MISSING"}),
+            "The developer token is not set in the request header.",
+            None,
+        );
+    };
+    if !st.developer_tokens.contains(dev) {
+        return ads_error(
+            403,
+            "PERMISSION_DENIED",
+            json!({"authorizationError": "DEVELOPER_TOKEN_PROHIBITED"}),
+            "Developer token is not allowed with the project sent in the request.",
+            None,
+        );
+    }
+    let login = match headers
+        .get("login-customer-id")
+        .map(|v| v.to_str().unwrap_or(""))
+    {
+        None => None,
+        Some(l) if l.len() == 10 && l.bytes().all(|b| b.is_ascii_digit()) => Some(l.to_string()),
+        Some(_) => {
+            return ads_error(
+                400,
+                "INVALID_ARGUMENT",
+                json!({"headerError": "INVALID_LOGIN_CUSTOMER_ID"}),
+                "The login customer ID could not be validated.",
+                None,
+            )
+        }
+    };
+
+    // 2. Route: /v26/customers/{cid}/...
+    let Some(rest) = path.strip_prefix(&format!("/{VERSION}/customers/")) else {
+        return reply(
+            404,
+            json!({"error": {"code": 404, "message": format!("Method not found: {path}"), "status": "NOT_FOUND"}}),
+        );
+    };
+    let (cid, tail) = rest.split_once('/').unwrap_or((rest, ""));
+    if cid.len() != 10 || !cid.bytes().all(|b| b.is_ascii_digit()) {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"requestError": "INVALID_CUSTOMER_ID"}),
+            "Customer ID is invalid.",
+            None,
+        );
+    }
+    match st.customers.get(cid) {
+        None => {
+            return ads_error(
+                403,
+                "PERMISSION_DENIED",
+                json!({"authorizationError": "USER_PERMISSION_DENIED"}),
+                "User doesn't have permission to access customer.",
+                None,
+            )
+        }
+        Some(Some(manager)) if login.as_deref() != Some(manager.as_str()) => {
+            return ads_error(
+                403,
+                "PERMISSION_DENIED",
+                json!({"authorizationError": "USER_PERMISSION_DENIED"}),
+                "User doesn't have permission to access customer. Note: If you're accessing a client customer, the manager's customer id must be set in the 'login-customer-id' header.",
+                None,
+            )
+        }
+        _ => {}
+    }
+    let cid = cid.to_string();
+    if method != Method::POST {
+        return reply(
+            404,
+            json!({"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}),
+        );
+    }
+    let is_json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(v @ Value::Object(_)) if is_json => v,
+        _ => return bad_json("The request body must be a JSON object (application/json)."),
+    };
+
+    if let Some(Some(f)) = st.faults.pop_front() {
+        let mut r = reply(f.status, f.body);
+        for (k, v) in f.headers {
+            r.headers_mut().insert(
+                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        return r;
+    }
+
+    if tail == "googleAds:search" {
+        return search(&st, &cid, &body);
+    }
+    if tail == "offlineUserDataJobs:create" {
+        return create_job(&mut st, &cid, &body);
+    }
+    if let Some(job) = tail.strip_prefix("offlineUserDataJobs/") {
+        if let Some((id, verb)) = job.split_once(':') {
+            if let Ok(id) = id.parse::<u64>() {
+                let known = st.jobs.get(&id).is_some_and(|j| j.customer == cid);
+                if !known {
+                    return reply(
+                        404,
+                        json!({"error": {"code": 404, "message": "Requested entity was not found.", "status": "NOT_FOUND"}}),
+                    );
+                }
+                return match verb {
+                    "addOperations" => add_operations(&mut st, id, &body),
+                    "run" => run_job(&mut st, id, &body),
+                    _ => reply(
+                        404,
+                        json!({"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}),
+                    ),
+                };
+            }
+        }
+    }
+    reply(
+        404,
+        json!({"error": {"code": 404, "message": format!("Method not found: {path}"), "status": "NOT_FOUND"}}),
+    )
+}
+
+fn token(st: &mut FakeState, method: &Method, headers: &HeaderMap, body: &[u8]) -> Response {
+    let form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if *method != Method::POST || !form {
+        return reply(
+            400,
+            json!({"error": "invalid_request", "error_description": "Invalid request"}),
+        );
+    }
+    let params: BTreeMap<String, String> = url::form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if params.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return reply(
+            400,
+            json!({"error": "unsupported_grant_type", "error_description": "Invalid grant_type"}),
+        );
+    }
+    if params.get("client_id").map(String::as_str) != Some(CLIENT_ID)
+        || params.get("client_secret").map(String::as_str) != Some(CLIENT_SECRET)
+    {
+        return reply(
+            401,
+            json!({"error": "invalid_client", "error_description": "The OAuth client was not found."}),
+        );
+    }
+    if params.get("refresh_token").map(String::as_str) != Some(REFRESH_TOKEN) {
+        return reply(
+            400,
+            json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+        );
+    }
+    st.token_grants += 1;
+    let token = format!("ya29.refreshed-{}", st.token_grants);
+    st.access_tokens.insert(token.clone());
+    reply(
+        200,
+        json!({"access_token": token, "expires_in": 3599, "scope": "https://www.googleapis.com/auth/adwords", "token_type": "Bearer"}),
+    )
+}
+
+fn search(st: &FakeState, cid: &str, body: &Value) -> Response {
+    let Some(query) = body.get("query").and_then(Value::as_str) else {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"queryError": "EXPECTED_SELECT"}),
+            "Expected SELECT.",
+            None,
+        );
+    };
+    let q = query.split_whitespace().collect::<Vec<_>>().join(" ");
+    let Some(id) = q
+        .strip_prefix("SELECT ")
+        .and_then(|s| s.split_once(" FROM user_list WHERE user_list.id = "))
+        .map(|(_, id)| id.trim().to_string())
+        .filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+    else {
+        return ads_error(400, "INVALID_ARGUMENT", json!({"queryError": "UNEXPECTED_END_OF_QUERY"}), "Error in query: the fake supports only SELECT ... FROM user_list WHERE user_list.id = N.", None);
+    };
+    let resource = list_resource(cid, &id);
+    let results: Vec<Value> = st
+        .lists
+        .get(&resource)
+        .map(|(name, _)| {
+            json!({"userList": {"resourceName": resource, "id": id, "name": name, "type": "CRM_BASED"}})
+        })
+        .into_iter()
+        .collect();
+    reply(
+        200,
+        json!({"results": results, "fieldMask": "userList.id,userList.name,userList.type", "queryResourceConsumption": "10"}),
+    )
+}
+
+fn create_job(st: &mut FakeState, cid: &str, body: &Value) -> Response {
+    let obj = body.as_object().unwrap();
+    if let Err(r) = check_keys(
+        obj,
+        &["job", "validateOnly", "enableMatchRateRangePreview"],
+        "",
+    ) {
+        return r;
+    }
+    let Some(job) = obj.get("job").and_then(Value::as_object) else {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"fieldError": "REQUIRED"}),
+            "The required field was not present.",
+            Some(loc(&[("job", None)])),
+        );
+    };
+    if let Err(r) = check_keys(
+        job,
+        &["type", "customerMatchUserListMetadata", "externalId"],
+        "job",
+    ) {
+        return r;
+    }
+    if job.get("type").and_then(Value::as_str) != Some("CUSTOMER_MATCH_USER_LIST") {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"offlineUserDataJobError": "INVALID_JOB_TYPE"}),
+            "The type of the job is not supported here.",
+            Some(loc(&[("job", None), ("type", None)])),
+        );
+    }
+    let Some(meta) = job
+        .get("customerMatchUserListMetadata")
+        .and_then(Value::as_object)
+    else {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"fieldError": "REQUIRED"}),
+            "The required field was not present.",
+            Some(loc(&[
+                ("job", None),
+                ("customer_match_user_list_metadata", None),
+            ])),
+        );
+    };
+    if let Err(r) = check_keys(
+        meta,
+        &["userList", "consent"],
+        "job.customer_match_user_list_metadata",
+    ) {
+        return r;
+    }
+    let list = meta.get("userList").and_then(Value::as_str).unwrap_or("");
+    if !list.starts_with(&format!("customers/{cid}/userLists/")) || !st.lists.contains_key(list) {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"offlineUserDataJobError": "INVALID_USER_LIST_ID"}),
+            "The user list ID provided for the job is invalid.",
+            Some(loc(&[
+                ("job", None),
+                ("customer_match_user_list_metadata", None),
+                ("user_list", None),
+            ])),
+        );
+    }
+    if let Some(consent) = meta.get("consent") {
+        let Some(c) = consent.as_object() else {
+            return bad_json("Invalid value at 'job.customer_match_user_list_metadata.consent'.");
+        };
+        if let Err(r) = check_keys(
+            c,
+            &["adUserData", "adPersonalization"],
+            "job.customer_match_user_list_metadata.consent",
+        ) {
+            return r;
+        }
+        for v in c.values() {
+            if !["UNSPECIFIED", "UNKNOWN", "GRANTED", "DENIED"].contains(&v.as_str().unwrap_or(""))
+            {
+                return bad_json(&format!("Invalid value at 'job.customer_match_user_list_metadata.consent' ({v}), not a ConsentStatus."));
+            }
+        }
+    }
+    if obj.get("validateOnly").and_then(Value::as_bool) == Some(true) {
+        return reply(200, json!({}));
+    }
+    st.next_job += 1;
+    let id = st.next_job;
+    st.jobs.insert(
+        id,
+        Job {
+            customer: cid.into(),
+            user_list: list.into(),
+            status: "PENDING".into(),
+            consent: meta.get("consent").cloned(),
+            operations: vec![],
+            add_requests: 0,
+        },
+    );
+    reply(
+        200,
+        json!({"resourceName": format!("customers/{cid}/offlineUserDataJobs/{id}")}),
+    )
+}
+
+/// Validates one operation; Err((errorCode, message, location)) for an operation-level error,
+/// or a whole-request response for malformed JSON.
+fn check_operation(
+    st: &FakeState,
+    k: usize,
+    op: &Value,
+) -> Result<Result<(String, Vec<Value>), (Value, String, Value)>, Response> {
+    let Some(obj) = op.as_object() else {
+        return Err(bad_json(&format!("Invalid value at 'operations[{k}]'.")));
+    };
+    if let Err(r) = check_keys(
+        obj,
+        &["create", "remove", "removeAll"],
+        &format!("operations[{k}]"),
+    ) {
+        return Err(r);
+    }
+    if obj.len() != 1 {
+        return Err(bad_json(&format!(
+            "Oneof field 'operation' is already set at 'operations[{k}]'."
+        )));
+    }
+    let (kind, inner) = obj.iter().next().unwrap();
+    if kind == "removeAll" {
+        return Ok(Ok(("removeAll".into(), vec![])));
+    }
+    let Some(inner) = inner.as_object() else {
+        return Err(bad_json(&format!(
+            "Invalid value at 'operations[{k}].{kind}'."
+        )));
+    };
+    if let Err(r) = check_keys(
+        inner,
+        &[
+            "userIdentifiers",
+            "transactionAttribute",
+            "userAttribute",
+            "consent",
+        ],
+        &format!("operations[{k}].{kind}"),
+    ) {
+        return Err(r);
+    }
+    let ids = inner
+        .get("userIdentifiers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let op_loc = |extra: &[(&str, Option<usize>)]| {
+        let mut p = vec![("operations", Some(k)), (kind.as_str(), None)];
+        p.extend_from_slice(extra);
+        loc(&p)
+    };
+    if ids.is_empty() {
+        return Ok(Err((
+            json!({"offlineUserDataJobError": "MISSING_USER_IDENTIFIER"}),
+            "User identifier is required.".into(),
+            op_loc(&[]),
+        )));
+    }
+    for (j, id) in ids.iter().enumerate() {
+        let at = format!("operations[{k}].{kind}.user_identifiers[{j}]");
+        let Some(o) = id.as_object() else {
+            return Err(bad_json(&format!("Invalid value at '{at}'.")));
+        };
+        if let Err(r) = check_keys(
+            o,
+            &[
+                "hashedEmail",
+                "hashedPhoneNumber",
+                "mobileId",
+                "thirdPartyUserId",
+                "addressInfo",
+                "userIdentifierSource",
+            ],
+            &at,
+        ) {
+            return Err(r);
+        }
+        let set: Vec<&String> = o.keys().filter(|k| *k != "userIdentifierSource").collect();
+        if set.len() != 1 {
+            return Err(bad_json(&format!(
+                "Oneof field 'identifier' is already set. Cannot set '{}' at '{at}'.",
+                set.get(1).map(|s| s.as_str()).unwrap_or("(none)")
+            )));
+        }
+        let field = set[0].as_str();
+        let value = &o[field];
+        let id_loc = |name: &str| op_loc(&[("user_identifiers", Some(j)), (name, None)]);
+        let malformed = (
+            json!({"offlineUserDataJobError": "INVALID_SHA256_FORMAT"}),
+            "The SHA256 encoded value is malformed.".to_string(),
+        );
+        match field {
+            "hashedEmail" | "hashedPhoneNumber" => {
+                if !is_hash(value) {
+                    let name = if field == "hashedEmail" {
+                        "hashed_email"
+                    } else {
+                        "hashed_phone_number"
+                    };
+                    return Ok(Err((malformed.0, malformed.1, id_loc(name))));
+                }
+            }
+            "addressInfo" => {
+                let Some(a) = value.as_object() else {
+                    return Err(bad_json(&format!("Invalid value at '{at}.address_info'.")));
+                };
+                if let Err(r) = check_keys(
+                    a,
+                    &[
+                        "hashedFirstName",
+                        "hashedLastName",
+                        "city",
+                        "state",
+                        "countryCode",
+                        "postalCode",
+                        "hashedStreetAddress",
+                    ],
+                    &format!("{at}.address_info"),
+                ) {
+                    return Err(r);
+                }
+                for (f, name) in [
+                    ("hashedFirstName", "hashed_first_name"),
+                    ("hashedLastName", "hashed_last_name"),
+                ] {
+                    match a.get(f) {
+                        None => {
+                            return Ok(Err((
+                                json!({"fieldError": "REQUIRED"}),
+                                "The required field was not present.".into(),
+                                id_loc(name),
+                            )))
+                        }
+                        Some(v) if !is_hash(v) => {
+                            return Ok(Err((
+                                malformed.0.clone(),
+                                malformed.1.clone(),
+                                id_loc(name),
+                            )))
+                        }
+                        _ => {}
+                    }
+                }
+                let cc = a.get("countryCode").and_then(Value::as_str).unwrap_or("");
+                if cc.len() != 2 || !cc.bytes().all(|b| b.is_ascii_uppercase()) {
+                    return Ok(Err((
+                        json!({"offlineUserDataJobError": "INVALID_COUNTRY_CODE"}),
+                        "Country code is invalid.".into(),
+                        id_loc("country_code"),
+                    )));
+                }
+                if a.get("postalCode")
+                    .and_then(Value::as_str)
+                    .is_none_or(|p| p.trim().is_empty())
+                {
+                    return Ok(Err((
+                        json!({"fieldError": "REQUIRED"}),
+                        "The required field was not present.".into(),
+                        id_loc("postal_code"),
+                    )));
+                }
+            }
+            _ => {
+                if value.as_str().is_none_or(str::is_empty) {
+                    return Ok(Err((
+                        json!({"fieldError": "REQUIRED"}),
+                        "The required field was not present.".into(),
+                        id_loc(field),
+                    )));
+                }
+            }
+        }
+        // Values a test marked as refused.
+        let values: Vec<String> = match value {
+            Value::String(s) => vec![s.clone()],
+            Value::Object(m) => m
+                .values()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+            _ => vec![],
+        };
+        for v in values {
+            if let Some((code, message)) = st.rejects.get(&v) {
+                return Ok(Err((
+                    code.clone(),
+                    message.clone(),
+                    op_loc(&[("user_identifiers", Some(j))]),
+                )));
+            }
+        }
+    }
+    Ok(Ok((kind.clone(), ids)))
+}
+
+fn add_operations(st: &mut FakeState, id: u64, body: &Value) -> Response {
+    let obj = body.as_object().unwrap();
+    if let Err(r) = check_keys(
+        obj,
+        &[
+            "operations",
+            "enablePartialFailure",
+            "enableWarnings",
+            "validateOnly",
+        ],
+        "",
+    ) {
+        return r;
+    }
+    let status = st.jobs[&id].status.clone();
+    if status != "PENDING" {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"offlineUserDataJobError": "INVALID_JOB_STATUS"}),
+            &format!("Operations cannot be added to a job in status {status}."),
+            None,
+        );
+    }
+    let Some(ops) = obj.get("operations").and_then(Value::as_array) else {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"fieldError": "REQUIRED"}),
+            "The required field was not present.",
+            Some(loc(&[("operations", None)])),
+        );
+    };
+    if ops.is_empty() {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"mutateError": "EMPTY_OPERATIONS"}),
+            "The request contains no operations.",
+            None,
+        );
+    }
+    // Request-level limits first.
+    let mut total = 0;
+    for (k, op) in ops.iter().enumerate() {
+        let n = op
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|i| i.get("userIdentifiers"))
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        total += n;
+        if n > MAX_IDS_PER_OPERATION || total > MAX_IDS_PER_REQUEST {
+            return ads_error(400, "INVALID_ARGUMENT", json!({"offlineUserDataJobError": "TOO_MANY_USER_IDENTIFIERS"}), "Maximum number of user identifiers allowed per request is 100,000 and per operation is 20.", Some(loc(&[("operations", Some(k))])));
+        }
+    }
+    let partial = obj.get("enablePartialFailure").and_then(Value::as_bool) == Some(true);
+    let mut good = Vec::new();
+    let mut errors = Vec::new();
+    for (k, op) in ops.iter().enumerate() {
+        match check_operation(st, k, op) {
+            Err(response) => return response,
+            Ok(Ok(accepted)) => good.push(accepted),
+            Ok(Err((code, message, location))) => {
+                errors.push(json!({"errorCode": code, "message": message, "location": location}))
+            }
+        }
+    }
+    if !errors.is_empty() && !partial {
+        return reply(
+            400,
+            status_body(
+                400,
+                "INVALID_ARGUMENT",
+                "Request contains an invalid argument.",
+                errors,
+            ),
+        );
+    }
+    if obj.get("validateOnly").and_then(Value::as_bool) == Some(true) {
+        return reply(200, json!({}));
+    }
+    let job = st.jobs.get_mut(&id).unwrap();
+    job.operations.extend(good);
+    job.add_requests += 1;
+    if errors.is_empty() {
+        return reply(200, json!({}));
+    }
+    let n = errors.len();
+    let failure = status_body(
+        3,
+        "INVALID_ARGUMENT",
+        &format!(
+            "Multiple errors in ‘details’. First error: {}",
+            errors[0]["message"].as_str().unwrap_or("")
+        ),
+        errors,
+    );
+    let mut pf = failure["error"].clone();
+    pf["code"] = json!(3);
+    if let Some(o) = pf.as_object_mut() {
+        o.remove("status");
+    }
+    let _ = n;
+    reply(200, json!({ "partialFailureError": pf }))
+}
+
+fn run_job(st: &mut FakeState, id: u64, body: &Value) -> Response {
+    if let Err(r) = check_keys(body.as_object().unwrap(), &["validateOnly"], "") {
+        return r;
+    }
+    let job = st.jobs[&id].clone();
+    if job.status != "PENDING" {
+        return ads_error(
+            400,
+            "INVALID_ARGUMENT",
+            json!({"offlineUserDataJobError": "INVALID_JOB_STATUS"}),
+            &format!("The job cannot be run in status {}.", job.status),
+            None,
+        );
+    }
+    let (_, members) = st.lists.get_mut(&job.user_list).unwrap();
+    // Operations apply in order; runs of the same kind are applied together (linear time).
+    let mut k = 0;
+    while k < job.operations.len() {
+        let kind = job.operations[k].0.clone();
+        let mut end = k;
+        while end < job.operations.len() && job.operations[end].0 == kind {
+            end += 1;
+        }
+        let run = &job.operations[k..end];
+        match kind.as_str() {
+            "create" => {
+                let mut present: std::collections::HashSet<String> = members
+                    .iter()
+                    .map(|m| Value::from(m.clone()).to_string())
+                    .collect();
+                for (_, ids) in run {
+                    if present.insert(Value::from(ids.clone()).to_string()) {
+                        members.push(ids.clone());
+                    }
+                }
+            }
+            "remove" => {
+                // A member goes when it shares any identifier with a removed user.
+                let gone: std::collections::HashSet<String> = run
+                    .iter()
+                    .flat_map(|(_, ids)| ids.iter().map(Value::to_string))
+                    .collect();
+                members.retain(|m| !m.iter().any(|x| gone.contains(&x.to_string())));
+            }
+            _ => members.clear(),
+        }
+        k = end;
+    }
+    st.jobs.get_mut(&id).unwrap().status = "SUCCESS".into();
+    reply(
+        200,
+        json!({"name": format!("customers/{}/operations/{id}-run", job.customer),
+               "metadata": {"@type": format!("type.googleapis.com/google.ads.googleads.{VERSION}.resources.OfflineUserDataJobMetadata")}}),
+    )
+}
