@@ -111,7 +111,7 @@ pub fn partial_failures(body: &Value) -> BTreeMap<Option<usize>, Vec<AdsError>> 
 /// `"30s"`, `"1.5s"` (protobuf Duration JSON) → milliseconds.
 pub fn parse_duration_ms(s: &str) -> Option<u64> {
     let secs: f64 = s.trim().strip_suffix('s')?.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| (secs * 1000.0) as u64)
+    (secs.is_finite() && secs >= 0.0).then_some((secs * 1000.0) as u64)
 }
 
 /// What a failed call means.
