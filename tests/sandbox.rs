@@ -216,6 +216,29 @@ async fn waiting_on_io_is_bounded_by_the_wall_clock_timeout() {
     next_call_works(&plugin).await;
 }
 
+/// Waiting on a slow API is not CPU: a response slower than the CPU deadline is fine as long as
+/// it comes within the wall-clock timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_on_io_does_not_count_towards_the_cpu_deadline() {
+    let server = LocalServer::start().await;
+    let plugin = probe().await;
+    let allowed = HttpPolicy::new(
+        &["*".to_string()],
+        Some(&[server.host_port()]),
+        &[server.host_port()],
+    );
+    let started = Instant::now();
+    let result = instance(
+        &plugin,
+        serde_json::json!({"mode": "fetch", "url": server.url("/slow")}),
+        allowed,
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await;
+    assert!(started.elapsed() > limits().cpu_deadline * 2);
+    assert!(result.is_ok(), "{:?}", result.err().map(|e| e.to_string()));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_files_and_no_environment() {
     // SAFETY: set before any plugin runs; the plugin must not see it.

@@ -119,6 +119,10 @@ async fn handle(
             tokio::time::sleep(std::time::Duration::from_secs(30)).await;
             StatusCode::OK.into_response()
         }
+        ("GET", "/slow") => {
+            tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+            axum::Json(serde_json::json!({"ok": true})).into_response()
+        }
         ("GET", "/pages") => {
             // 7 records, `limit` per page, the cursor is the next offset.
             let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).unwrap_or(3);

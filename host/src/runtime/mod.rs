@@ -2,9 +2,10 @@
 //! component per plugin and a fresh instance per call.
 //!
 //! A call gets no filesystem, environment or sockets; outbound HTTP only through
-//! [`net::HttpPolicy`]; a memory cap; a CPU deadline (epoch interruption) paired with a
-//! wall-clock timeout, since epochs do not advance while the guest waits on host I/O; and a cap
-//! on what it may return. Any trap is an error of that call alone.
+//! [`net::HttpPolicy`]; a memory cap; a CPU deadline (epoch interruption, counting only the
+//! ticks in which guest code runs, so waiting on a slow API is not CPU) paired with a
+//! wall-clock timeout for everything; and a cap on what it may return. Any trap is an error of
+//! that call alone.
 
 pub mod inspect;
 pub mod net;

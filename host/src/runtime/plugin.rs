@@ -216,9 +216,21 @@ impl PluginInstance {
         );
         let mut store = Store::new(&plugin.rt.engine, state);
         store.limiter(|s| &mut s.memory);
-        let ticks = (limits.cpu_deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        // The epoch is global and keeps ticking while the guest waits on HTTP, so an absolute
+        // deadline would count waiting as CPU. Instead the deadline is one tick ahead and each
+        // tick the guest is seen running is counted: time blocked in the host costs at most
+        // one tick per wait.
+        let budget = (limits.cpu_deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
+        let mut running_ticks = 0u64;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            running_ticks += 1;
+            if running_ticks >= budget {
+                Err(wasmtime::Trap::Interrupt.into())
+            } else {
+                Ok(wasmtime::UpdateDeadline::Continue(1))
+            }
+        });
         store
     }
 
