@@ -705,3 +705,199 @@ fn slack_fake_refuses_what_slack_refuses() {
     assert_eq!(r.status, 200, "blocks without text are a message");
     assert_eq!(fake.posted().len(), 2);
 }
+
+// ---------------------------------------------------------------- syncs through the hub
+
+mod syncs {
+    //! Both plugins driven by real syncs of a running hub: profiles and events in through the
+    //! tracking API, `switchyard sync run`, run history and dead letters from the CLI.
+
+    use std::time::{Duration, Instant};
+
+    use super::common::hub::{Db, Hub};
+    use super::*;
+    use serde_json::{json, Value};
+
+    const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
+
+    fn identify(hub: &Hub, user: &str, traits: Value) {
+        let r = hub.track("identify", json!({"userId": user, "traits": traits}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    fn order(hub: &Hub, user: &str, id: &str, total: f64) {
+        let r = hub.track("track", json!({"userId": user, "event": "Order Completed", "messageId": id,
+                                          "properties": {"order_id": id, "total": total}}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// Runs a sync; returns its newest entry of `sync runs`.
+    fn run(hub: &Hub, sync: &str) -> Value {
+        ok(&hub.cli(&["sync", "run", sync]));
+        let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
+        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
+    }
+
+    fn dead_letters(hub: &Hub, sync: &str) -> Vec<Value> {
+        lines(&ok(&hub.cli(&["dlq", "list", sync])))
+    }
+
+    fn counts(run: &Value) -> (&str, u64, u64, u64) {
+        (
+            run["status"].as_str().unwrap_or_default(),
+            run["succeeded"].as_u64().unwrap_or_default(),
+            run["retried"].as_u64().unwrap_or_default(),
+            run["dead_lettered"].as_u64().unwrap_or_default(),
+        )
+    }
+
+    /// Waits until events received at `since` are old enough for an events sync (2 s).
+    fn settle(since: Instant) {
+        let wait = Duration::from_millis(2200).saturating_sub(since.elapsed());
+        std::thread::sleep(wait);
+    }
+
+    /// Records of every accepted webhook message of a type, by key.
+    fn records_of(fake: &webhook_fake::Fake, kind: &str) -> Vec<Value> {
+        fake.messages()
+            .into_iter()
+            .filter(|m| m.body["type"] == kind)
+            .flat_map(|m| m.body["data"]["records"].as_array().cloned().unwrap_or_default())
+            .collect()
+    }
+
+    #[test]
+    fn webhook_sync_mirrors_an_audience_backs_off_and_dead_letters_rejections() {
+        let fake = webhook_fake::start_in_background(SECRET);
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.crm_hook]\nplugin = \"webhook\"\n\
+             config = {{ url = \"{url}\", type_prefix = \"acme\" }}\n\
+             secrets = {{ signing_secret = \"${{CRM_WEBHOOK_SECRET}}\" }}\n\
+             allow_hosts = [\"{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 100\nconcurrency = 1\n\n\
+             [[syncs]]\nname = \"vip-to-crm\"\nfrom = {{ audience = \"vip\" }}\nto = \"crm_hook\"\nmode = \"mirror\"\nbatch_size = 1\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nfirst_name = \"traits.first_name\"\nplan = \"traits.plan\"\n\n\
+             [[syncs]]\nname = \"orders-to-crm\"\nfrom = {{ events = \"Order Completed\" }}\nto = \"crm_hook\"\nmode = \"events\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nevent = \"event.name\"\ntotal = \"event.properties.total\"\n",
+            url = fake.url("/hooks/switchyard"),
+        );
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50"), ("CRM_WEBHOOK_SECRET", SECRET)]);
+        hub.install(&["webhook"]);
+        identify(&hub, "u1", json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
+        identify(&hub, "u2", json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
+        identify(&hub, "u3", json!({"email": "cy@example.com", "first_name": "Cy", "plan": "free"}));
+        order(&hub, "u1", "o-1", 42.5);
+        order(&hub, "u3", "o-2", 7.0);
+        let ordered = Instant::now();
+
+        // The receiver throttles the first message: the run waits out Retry-After and completes.
+        fake.fail_next(1, 429, &[("retry-after", "1")], "slow down");
+        let started = Instant::now();
+        let r = run(&hub, "vip-to-crm");
+        assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After honoured");
+        let mut upserts = records_of(&fake, "acme.upsert");
+        upserts.sort_by_key(|r| r["fields"]["email"].as_str().map(str::to_string));
+        assert_eq!(upserts.len(), 2, "{upserts:?}");
+        assert_eq!(upserts[0]["fields"], json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
+        assert_eq!(upserts[1]["fields"]["email"], "bob@example.com");
+
+        // The receiver refuses one record: it is dead-lettered with the receiver's message.
+        identify(&hub, "u4", json!({"email": "dee@example.com", "plan": "pro"}));
+        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        fake.fail_next(1, 422, &[("content-type", "application/json")], r#"{"message":"unknown plan tier"}"#);
+        let r = run(&hub, "vip-to-crm");
+        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = dead_letters(&hub, "vip-to-crm");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["error"], "rejected: HTTP 422: unknown plan tier", "{dead:?}");
+        assert_eq!(records_of(&fake, "acme.upsert").len(), 3);
+
+        // Mirror: leaving the audience sends the last delivered fields as a delete.
+        identify(&hub, "u2", json!({"plan": "free"}));
+        let r = run(&hub, "vip-to-crm");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        let deletes = records_of(&fake, "acme.delete");
+        assert_eq!(deletes.len(), 1, "{deletes:?}");
+        assert_eq!(deletes[0]["fields"], json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
+
+        // Events: each Order Completed once, mapped, signed like every other message.
+        settle(ordered);
+        let r = run(&hub, "orders-to-crm");
+        assert_eq!(counts(&r), ("succeeded", 2, 0, 0), "{r}");
+        let mut tracked: Vec<Value> = records_of(&fake, "acme.track").into_iter().map(|r| r["fields"].clone()).collect();
+        tracked.sort_by_key(|f| f["email"].as_str().map(str::to_string));
+        assert_eq!(tracked, vec![
+            json!({"email": "ada@example.com", "event": "Order Completed", "total": 42.5}),
+            json!({"email": "cy@example.com", "event": "Order Completed", "total": 7.0}),
+        ]);
+        run(&hub, "orders-to-crm");
+        assert_eq!(records_of(&fake, "acme.track").len(), 2, "each event once");
+        assert!(fake.refused().is_empty(), "every message verified: {:?}", fake.refused());
+    }
+
+    #[test]
+    fn slack_sync_posts_entries_leaves_and_events_backs_off_and_dead_letters_rejections() {
+        let fake = slack_fake::start_in_background(&[HOOK]);
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.sales_alerts]\nplugin = \"slack\"\n\
+             config = {{ template = \"New VIP: {{{{first_name|someone}}}} <{{{{email}}}}>\", delete_template = \"{{{{email}}}} is no longer a VIP\" }}\n\
+             secrets = {{ webhook_url = \"https://hooks.slack.com{HOOK}\" }}\n\
+             reroute = [\"hooks.slack.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 100\nconcurrency = 1\n\n\
+             [destinations.order_alerts]\nplugin = \"slack\"\n\
+             config = {{ template = \"{{{{email}}}} ordered for {{{{total}}}}\" }}\n\
+             secrets = {{ webhook_url = \"https://hooks.slack.com{HOOK}\" }}\n\
+             reroute = [\"hooks.slack.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 100\n\n\
+             [[syncs]]\nname = \"vip-to-slack\"\nfrom = {{ audience = \"vip\" }}\nto = \"sales_alerts\"\nmode = \"mirror\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nfirst_name = \"traits.first_name\"\n\n\
+             [[syncs]]\nname = \"orders-to-slack\"\nfrom = {{ events = \"Order Completed\" }}\nto = \"order_alerts\"\nmode = \"events\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nevent = \"event.name\"\ntotal = \"event.properties.total\"\n",
+        );
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        hub.install(&["slack"]);
+        identify(&hub, "u1", json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
+        identify(&hub, "u2", json!({"email": "bob@example.com", "plan": "pro"}));
+        identify(&hub, "u3", json!({"email": "cy@example.com", "first_name": "Cy", "plan": "free"}));
+        order(&hub, "u3", "o-1", 99.5);
+        let ordered = Instant::now();
+        let texts = |fake: &slack_fake::Fake| {
+            let mut t: Vec<String> = fake.posted().iter().map(|p| p.body["text"].as_str().unwrap().to_string()).collect();
+            t.sort();
+            t
+        };
+
+        // Slack rate-limits the first message (429 + Retry-After): retried, then both posted.
+        fake.fail_next(1, 429, &[("retry-after", "1")], "rate_limited");
+        let r = run(&hub, "vip-to-slack");
+        assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
+        assert_eq!(texts(&fake), vec![
+            "New VIP: Ada <ada@example.com>".to_string(),
+            "New VIP: someone <bob@example.com>".to_string(),
+        ]);
+
+        // Slack refuses one message: that record is dead-lettered with Slack's error.
+        identify(&hub, "u4", json!({"email": "dee@example.com", "first_name": "Dee", "plan": "pro"}));
+        identify(&hub, "u5", json!({"email": "eve@example.com", "first_name": "Eve", "plan": "pro"}));
+        fake.fail_next(1, 400, &[], "invalid_blocks");
+        let r = run(&hub, "vip-to-slack");
+        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = dead_letters(&hub, "vip-to-slack");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["error"], "rejected: HTTP 400: invalid_blocks");
+        assert_eq!(fake.posted().len(), 3);
+
+        // Mirror: leaving the audience posts the delete template.
+        identify(&hub, "u1", json!({"plan": "free"}));
+        run(&hub, "vip-to-slack");
+        assert_eq!(fake.posted().last().unwrap().body["text"], "ada@example.com is no longer a VIP");
+
+        // Events: one message per Order Completed, once.
+        settle(ordered);
+        let r = run(&hub, "orders-to-slack");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        assert_eq!(fake.posted().last().unwrap().body["text"], "cy@example.com ordered for 99.5");
+        run(&hub, "orders-to-slack");
+        assert_eq!(fake.posted().len(), 5, "each event once");
+    }
+}
