@@ -872,3 +872,164 @@ mod mailchimp {
         assert_eq!(send("GET", "/3.0/ping", &json!({})).0, 200);
     }
 }
+
+// ============================== syncs through the hub ==============================
+
+mod syncs {
+    //! Both plugins driven by real syncs of a running hub: profiles and events in through the
+    //! tracking API, `switchyard sync run`, run history and dead letters from the CLI.
+
+    use std::time::{Duration, Instant};
+
+    use super::common::hub::{Db, Hub};
+    use super::mailchimp_fake::{self, subscriber_hash};
+    use super::sendgrid_fake;
+    use super::*;
+
+    const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
+
+    fn identify(hub: &Hub, user: &str, traits: Value) {
+        let r = hub.track("identify", json!({"userId": user, "traits": traits}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// Runs a sync; returns its newest entry of `sync runs`.
+    fn run(hub: &Hub, sync: &str) -> Value {
+        ok(&hub.cli(&["sync", "run", sync]));
+        let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
+        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
+    }
+
+    fn dead_letters(hub: &Hub, sync: &str) -> Vec<Value> {
+        lines(&ok(&hub.cli(&["dlq", "list", sync])))
+    }
+
+    /// (status, succeeded, retried, dead-lettered) of a run.
+    fn counts(run: &Value) -> (&str, u64, u64, u64) {
+        (
+            run["status"].as_str().unwrap_or_default(),
+            run["succeeded"].as_u64().unwrap_or_default(),
+            run["retried"].as_u64().unwrap_or_default(),
+            run["dead_lettered"].as_u64().unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn sendgrid_sync_mirrors_an_audience_mails_events_backs_off_and_dead_letters_rejections() {
+        let fake = sendgrid_fake::Fake::start_in_background(sendgrid_fake::Setup::default());
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.newsletter]\nplugin = \"sendgrid\"\n\
+             config = {{ list_ids = [\"{list}\"], custom_fields = {{ plan = \"e1_T\" }}, template_id = \"{template}\", from_email = \"orders@shop.example.com\" }}\n\
+             secrets = {{ api_key = \"${{SENDGRID_API_KEY}}\" }}\n\
+             reroute = [\"api.sendgrid.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 100\n\n\
+             [[syncs]]\nname = \"vip-to-sendgrid\"\nfrom = {{ audience = \"vip\" }}\nto = \"newsletter\"\nmode = \"mirror\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nfirst_name = \"traits.first_name\"\nplan = \"traits.plan\"\n\n\
+             [[syncs]]\nname = \"order-confirmations\"\nfrom = {{ events = \"Order Completed\" }}\nto = \"newsletter\"\nmode = \"events\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nname = \"traits.first_name\"\nevent = \"event.name\"\norder_id = \"event.properties.order_id\"\n",
+            list = sendgrid_fake::LIST_ID,
+            template = sendgrid_fake::TEMPLATE_ID,
+        );
+        let env = [("SWITCHYARD_RETRY_BASE_MS", "50"), ("SENDGRID_API_KEY", sendgrid_fake::API_KEY)];
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
+        hub.install(&["sendgrid"]);
+        identify(&hub, "u1", json!({"email": "Ada@Example.com", "first_name": "Ada", "plan": "pro"}));
+        identify(&hub, "u2", json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
+        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+        let r = hub.track("track", json!({"userId": "u3", "event": "Order Completed", "properties": {"order_id": "o-1"}}));
+        assert_eq!(r.status, 200);
+        let ordered = Instant::now();
+
+        // 429 with X-RateLimit-Reset: the run waits for the reset and completes.
+        fake.throttle(1, 1);
+        let r = run(&hub, "vip-to-sendgrid");
+        assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        let ada = fake.contact("ada@example.com").expect("Ada upserted");
+        assert_eq!(ada["first_name"], "Ada");
+        assert_eq!(ada["custom_fields"], json!({"e1_T": "pro"}));
+        assert_eq!(ada["list_ids"], json!([sendgrid_fake::LIST_ID]));
+        assert!(fake.contact("bob@example.com").is_some());
+        assert!(fake.contact("cy@example.com").is_none(), "not in the audience");
+
+        // SendGrid refuses one contact of the request: dead-lettered with SendGrid's message.
+        identify(&hub, "u4", json!({"email": "dee@example.com", "first_name": "N".repeat(51), "plan": "pro"}));
+        identify(&hub, "u5", json!({"email": "eve@example.com", "first_name": "Eve", "plan": "pro"}));
+        let r = run(&hub, "vip-to-sendgrid");
+        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = dead_letters(&hub, "vip-to-sendgrid");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["error"], "rejected: HTTP 400: first_name: must be at most 50 characters");
+        assert!(fake.contact("dee@example.com").is_none());
+        assert_eq!(fake.contact("eve@example.com").unwrap()["first_name"], "Eve");
+
+        // Mirror: leaving the audience deletes the contact (looked up by email).
+        identify(&hub, "u2", json!({"plan": "free"}));
+        let r = run(&hub, "vip-to-sendgrid");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        assert!(fake.contact("bob@example.com").is_none());
+        assert!(fake.contact("ada@example.com").is_some());
+
+        // Events: each Order Completed becomes one dynamic-template mail.
+        std::thread::sleep(Duration::from_millis(2200).saturating_sub(ordered.elapsed()));
+        let r = run(&hub, "order-confirmations");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        let mails = fake.mails();
+        assert_eq!(mails.len(), 1, "{mails:?}");
+        assert_eq!(mails[0]["template_id"], sendgrid_fake::TEMPLATE_ID);
+        let p = &mails[0]["personalizations"][0];
+        assert_eq!(p["to"], json!([{"email": "cy@example.com"}]));
+        assert_eq!(p["dynamic_template_data"]["order_id"], "o-1");
+    }
+
+    #[test]
+    fn mailchimp_sync_mirrors_an_audience_backs_off_and_dead_letters_rejections() {
+        let fake = mailchimp_fake::Fake::start_in_background(mailchimp_fake::Setup::default());
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.newsletter]\nplugin = \"mailchimp\"\n\
+             config = {{ list_id = \"{list}\", merge_fields = {{ plan = \"PLAN\" }} }}\n\
+             secrets = {{ api_key = \"{key}\" }}\n\
+             reroute = [\"{dc}.api.mailchimp.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 100\n\n\
+             [[syncs]]\nname = \"vip-to-mailchimp\"\nfrom = {{ audience = \"vip\" }}\nto = \"newsletter\"\nmode = \"mirror\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nfirst_name = \"traits.first_name\"\nplan = \"traits.plan\"\n",
+            list = mailchimp_fake::LIST_ID,
+            key = mailchimp_fake::API_KEY,
+            dc = mailchimp_fake::DC,
+        );
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        hub.install(&["mailchimp"]);
+        identify(&hub, "u1", json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
+        identify(&hub, "u2", json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
+        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+
+        // Mailchimp's 429 carries no wait hint: the hub backs off on its own and completes.
+        fake.throttle(1, None);
+        let r = run(&hub, "vip-to-mailchimp");
+        assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        let ada = fake.member("ada@example.com").expect("Ada subscribed");
+        assert_eq!(ada["id"], subscriber_hash("ada@example.com"));
+        assert_eq!(ada["status"], "subscribed");
+        assert_eq!(ada["merge_fields"]["FNAME"], "Ada");
+        assert_eq!(ada["merge_fields"]["PLAN"], "pro");
+        assert_eq!(fake.member_count(), 2);
+
+        // A per-member error of the batch call: that member is dead-lettered, the other lands.
+        fake.seed_forgotten("gone@example.com");
+        identify(&hub, "u4", json!({"email": "gone@example.com", "plan": "pro"}));
+        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        let r = run(&hub, "vip-to-mailchimp");
+        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = dead_letters(&hub, "vip-to-mailchimp");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let error = dead[0]["error"].as_str().unwrap();
+        assert!(error.starts_with("rejected: ") && error.contains("permanently deleted"), "{error}");
+        assert!(fake.member("eve@example.com").is_some());
+
+        // Mirror: leaving the audience archives the member.
+        identify(&hub, "u2", json!({"plan": "free"}));
+        let r = run(&hub, "vip-to-mailchimp");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        assert_eq!(fake.member("bob@example.com").unwrap()["status"], "archived");
+        assert_eq!(fake.member("ada@example.com").unwrap()["status"], "subscribed");
+    }
+}
