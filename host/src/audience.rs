@@ -331,8 +331,11 @@ pub async fn last_full(store: &Store, name: &str) -> anyhow::Result<Option<i64>>
 async fn members_among(store: &Store, name: &str, ids: &[String]) -> anyhow::Result<HashSet<String>> {
     let mut found = HashSet::new();
     for chunk in ids.chunks(model::CHUNK) {
-        let list = (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(",");
-        let sql = format!("SELECT profile_id FROM audience_members WHERE audience = $1 AND profile_id IN ({list})");
+        let sql = format!(
+            "SELECT profile_id FROM audience_members WHERE audience = {} AND profile_id IN {}",
+            store.param(1),
+            store.value_groups(2, 1, chunk.len())
+        );
         let mut q = sqlx::query(&sql).bind(name);
         for id in chunk {
             q = q.bind(id);

@@ -153,6 +153,54 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX IF NOT EXISTS profiles_by_updated ON profiles (updated_at);
     CREATE INDEX IF NOT EXISTS events_by_name ON events (kind, name, received_at, message_id);
     "#,
+    // 3: source runs: per-stream cursors (committed with each page), run history, one lease per
+    // source, and the webhook deliveries already applied (replay protection)
+    r#"
+    CREATE TABLE IF NOT EXISTS source_cursors (
+        source TEXT NOT NULL,
+        stream TEXT NOT NULL,
+        cursor TEXT,
+        done BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (source, stream)
+    );
+    CREATE TABLE IF NOT EXISTS source_runs (
+        id TEXT PRIMARY KEY,
+        source TEXT NOT NULL,
+        status TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        finished_at BIGINT,
+        full_refresh BIGINT NOT NULL,
+        pages BIGINT NOT NULL,
+        records BIGINT NOT NULL,
+        events BIGINT NOT NULL,
+        retries BIGINT NOT NULL,
+        error TEXT
+    );
+    CREATE INDEX IF NOT EXISTS source_runs_by_source ON source_runs (source, started_at);
+    CREATE TABLE IF NOT EXISTS source_leases (
+        source TEXT PRIMARY KEY,
+        holder TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS source_deliveries (
+        source TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        records BIGINT NOT NULL,
+        at BIGINT NOT NULL,
+        PRIMARY KEY (source, delivery_id)
+    );
+    "#,
+    // 4: per sync, the model and mapping fingerprint of its last completed run and when that run
+    // started, so an unchanged re-run only looks at profiles changed since
+    r#"
+    CREATE TABLE IF NOT EXISTS sync_meta (
+        sync TEXT PRIMARY KEY,
+        fingerprint TEXT NOT NULL,
+        complete_started_at BIGINT NOT NULL
+    );
+    "#,
 ];
 
 impl Store {
@@ -220,6 +268,44 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// The `n`th bind placeholder of a statement whose placeholders all come from this and
+    /// [`Store::value_groups`] (SQLite cannot mix anonymous and numbered ones).
+    pub fn param(&self, n: usize) -> String {
+        match self.backend {
+            Backend::Sqlite => "?".to_string(),
+            Backend::Postgres => format!("${n}"),
+        }
+    }
+
+    /// `rows` groups of `cols` bind placeholders for a multi-row statement, `(..),(..)`.
+    /// SQLite gets anonymous `?` (sqlx resolves each `$N` by name, quadratic in the count),
+    /// PostgreSQL numbered `$N` starting at `first`.
+    pub fn value_groups(&self, first: usize, rows: usize, cols: usize) -> String {
+        let mut out = String::with_capacity(rows * (cols * 5 + 3));
+        let mut n = first;
+        for r in 0..rows {
+            if r > 0 {
+                out.push(',');
+            }
+            out.push('(');
+            for c in 0..cols {
+                if c > 0 {
+                    out.push(',');
+                }
+                match self.backend {
+                    Backend::Sqlite => out.push('?'),
+                    Backend::Postgres => {
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    }
+                }
+                n += 1;
+            }
+            out.push(')');
+        }
+        out
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {

@@ -499,6 +499,11 @@ impl Engine {
             .execute(self.store.pool())
             .await?
             .rows_affected();
+        // Replayed records may be changes of unchanged profiles: the next run compares in full.
+        sqlx::query("DELETE FROM sync_meta WHERE sync = $1")
+            .bind(sync)
+            .execute(self.store.pool())
+            .await?;
         Ok(n)
     }
 }
@@ -562,13 +567,21 @@ const SAMPLES: usize = 5;
 
 impl RunContext<'_> {
     /// Audience / all-profiles syncs: diff the model against the acknowledged state.
+    ///
+    /// Removals come first, from an anti-join of the state against the model (so the guardrail
+    /// knows their number before anything is sent, and a merged-away profile's delete lands
+    /// before the survivor's upsert). Then the model is walked page by page and each page's
+    /// adds and changes are delivered before the next page is read, so memory stays flat.
+    /// When the mapping and model are those of the last completed run, only profiles changed
+    /// since that run started, and members the destination lacks, are looked at.
     async fn run_profiles(&mut self, config: &Config, target: &Target, options: &RunOptions) -> anyhow::Result<()> {
         let store = &self.engine.store;
         let sync = self.sync;
+        let started_at = now_millis();
         let mapping = Mapping::compile(&sync.mapping, false).map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
 
         // Refresh the audience's changed profiles (or all, when its full refresh is due).
-        let audience = match &sync.from {
+        let population = match &sync.from {
             SyncFrom::Audience { audience } => {
                 let cfg = config
                     .audiences
@@ -587,21 +600,24 @@ impl RunContext<'_> {
                 if let Some(e) = r.first_error {
                     tracing::warn!(audience = %audience, errors = r.errors, "filter failed on some profiles: {e}");
                 }
-                Some(audience.clone())
+                model::Population::Audience(audience.clone())
             }
-            _ => None,
+            _ => model::Population::All,
         };
 
-        // What the destination holds now.
-        let mut state: HashMap<String, String> = HashMap::new();
-        for row in sqlx::query("SELECT key, hash FROM sync_records WHERE sync = $1")
+        let fingerprint = payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping));
+        let meta: Option<(String, i64)> = sqlx::query_as("SELECT fingerprint, complete_started_at FROM sync_meta WHERE sync = $1")
             .bind(&sync.name)
-            .fetch_all(store.pool())
-            .await?
-        {
-            state.insert(row.try_get(0)?, row.try_get(1)?);
-        }
-        let existing = state.len() as u64;
+            .fetch_optional(store.pool())
+            .await?;
+        let incremental_since = match meta {
+            Some((f, at)) if f == fingerprint && !options.full_resync => Some(at - 10_000),
+            _ => None,
+        };
+        let (existing,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sync_records WHERE sync = $1")
+            .bind(&sync.name)
+            .fetch_one(store.pool())
+            .await?;
         let parked: HashSet<(String, String)> = sqlx::query("SELECT key, hash FROM dead_letters WHERE sync = $1 AND replayed_at IS NULL")
             .bind(&sync.name)
             .fetch_all(store.pool())
@@ -610,109 +626,43 @@ impl RunContext<'_> {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<anyhow::Result<_>>()?;
 
-        // Walk the model in pages and sort each record into add / change / unchanged.
-        let mut upserts: Vec<Item> = Vec::new();
-        let mut after = String::new();
-        loop {
-            let rows = match &audience {
-                Some(a) => sqlx::query("SELECT profile_id FROM audience_members WHERE audience = $1 AND profile_id > $2 ORDER BY profile_id LIMIT 5000")
-                    .bind(a)
-                    .bind(&after)
-                    .fetch_all(store.pool())
-                    .await?,
-                None => sqlx::query("SELECT id FROM profiles WHERE id > $1 ORDER BY id LIMIT 5000")
-                    .bind(&after)
-                    .fetch_all(store.pool())
-                    .await?,
-            };
-            if rows.is_empty() {
-                break;
+        // Removals: what the destination holds that the model no longer has. Upsert mode only
+        // removes records whose profile is gone (merged away or erased).
+        let gone_sql = "SELECT key, hash, fields FROM sync_records r WHERE r.sync = $1 \
+                        AND NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = r.key) ORDER BY r.key";
+        let rows = match (&population, sync.mode) {
+            (model::Population::Audience(a), SyncMode::Mirror) => {
+                sqlx::query(
+                    "SELECT key, hash, fields FROM sync_records r WHERE r.sync = $1 \
+                     AND NOT EXISTS (SELECT 1 FROM audience_members m WHERE m.audience = $2 AND m.profile_id = r.key) ORDER BY r.key",
+                )
+                .bind(&sync.name)
+                .bind(a)
+                .fetch_all(store.pool())
+                .await?
             }
-            let ids: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
-            after = ids.last().cloned().unwrap_or_default();
-            for p in model::load(store, &ids, false).await? {
-                let fields = mapping.apply(&Subject {
-                    profile_id: &p.id,
-                    created_at: p.created_at,
-                    updated_at: p.updated_at,
-                    traits: &p.traits,
-                    identifiers: &p.identifiers,
-                    event: None,
-                });
-                let text = serde_json::to_string(&fields)?;
-                let hash = payload_hash(&text);
-                let previous = state.remove(&p.id);
-                if previous.as_deref() == Some(hash.as_str()) && !options.full_resync {
-                    self.plan.unchanged += 1;
-                    continue;
-                }
-                if parked.contains(&(p.id.clone(), hash.clone())) {
-                    self.plan.parked += 1;
-                    continue;
-                }
-                let sample = serde_json::json!({"key": p.id, "fields": fields});
-                if previous.is_some() {
-                    self.plan.changes += 1;
-                    if self.plan.sample_changes.len() < SAMPLES {
-                        self.plan.sample_changes.push(sample);
-                    }
-                } else {
-                    self.plan.adds += 1;
-                    if self.plan.sample_adds.len() < SAMPLES {
-                        self.plan.sample_adds.push(sample);
-                    }
-                }
-                upserts.push(Item {
-                    key: p.id,
-                    hash,
-                    fields: text,
-                    attempts: 0,
-                    last_error: None,
-                });
+            _ => sqlx::query(gone_sql).bind(&sync.name).fetch_all(store.pool()).await?,
+        };
+        let mut deletes = Vec::with_capacity(rows.len());
+        for row in rows {
+            let key: String = row.try_get(0)?;
+            let hash: String = row.try_get(1)?;
+            let fields: String = row.try_get(2)?;
+            if parked.contains(&(key.clone(), hash.clone())) {
+                self.plan.parked += 1;
+                continue;
             }
-        }
-
-        // Whatever is left in the state is no longer in the model. Mirror removes it all;
-        // upsert removes only records whose profile is gone (merged away or erased).
-        let mut leftover: Vec<String> = state.into_keys().collect();
-        leftover.sort();
-        if sync.mode == SyncMode::Upsert && !leftover.is_empty() {
-            let alive = model::existing(store, &leftover).await?;
-            leftover.retain(|k| !alive.contains(k));
-        }
-        let mut deletes = Vec::with_capacity(leftover.len());
-        for chunk in leftover.chunks(model::CHUNK) {
-            let list = (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(",");
-            let sql = format!("SELECT key, hash, fields FROM sync_records WHERE sync = $1 AND key IN ({list})");
-            let mut q = sqlx::query(&sql).bind(&sync.name);
-            for k in chunk {
-                q = q.bind(k);
+            if self.plan.sample_removals.len() < SAMPLES {
+                self.plan.sample_removals.push(serde_json::json!({
+                    "key": key,
+                    "fields": serde_json::from_str::<serde_json::Value>(&fields).unwrap_or_default(),
+                }));
             }
-            for row in q.fetch_all(store.pool()).await? {
-                let fields: String = row.try_get(2)?;
-                if parked.contains(&(row.try_get(0)?, row.try_get(1)?)) {
-                    self.plan.parked += 1;
-                    continue;
-                }
-                if self.plan.sample_removals.len() < SAMPLES {
-                    self.plan.sample_removals.push(serde_json::json!({
-                        "key": row.try_get::<String, _>(0)?,
-                        "fields": serde_json::from_str::<serde_json::Value>(&fields).unwrap_or_default(),
-                    }));
-                }
-                deletes.push(Item {
-                    key: row.try_get(0)?,
-                    hash: row.try_get(1)?,
-                    fields,
-                    attempts: 0,
-                    last_error: None,
-                });
-            }
+            deletes.push(Item { key, hash, fields, attempts: 0, last_error: None });
         }
         self.plan.removals = deletes.len() as u64;
-
         if let Some(guard) = sync.max_removals {
-            let limit = guard.limit(existing);
+            let limit = guard.limit(existing as u64);
             if self.plan.removals > limit && !options.approve_removals {
                 let message = format!(
                     "blocked by the guardrail: this run would remove {} of the destination's {existing} records, more than max_removals allows ({limit}). \
@@ -727,16 +677,118 @@ impl RunContext<'_> {
                 .into());
             }
         }
-        if options.dry_run {
-            return Ok(());
+        if !options.dry_run {
+            if let Some(p) = &self.progress {
+                p.planned(deletes.len() as u64);
+            }
+            self.deliver(target, Action::Delete, deletes).await?;
         }
-        if let Some(p) = &self.progress {
-            p.planned((deletes.len() + upserts.len()) as u64);
+
+        // Adds and changes, page by page.
+        const PAGE: usize = 20_000;
+        let mut pending_ids: Option<std::vec::IntoIter<String>> = match incremental_since {
+            Some(since) => {
+                let mut ids = model::changed(store, &population, since).await?;
+                let missing = match &population {
+                    model::Population::All => sqlx::query(
+                        "SELECT p.id FROM profiles p WHERE NOT EXISTS (SELECT 1 FROM sync_records r WHERE r.sync = $1 AND r.key = p.id)",
+                    )
+                    .bind(&sync.name)
+                    .fetch_all(store.pool())
+                    .await?,
+                    model::Population::Audience(a) => sqlx::query(
+                        "SELECT m.profile_id FROM audience_members m WHERE m.audience = $2 \
+                         AND NOT EXISTS (SELECT 1 FROM sync_records r WHERE r.sync = $1 AND r.key = m.profile_id)",
+                    )
+                    .bind(&sync.name)
+                    .bind(a)
+                    .fetch_all(store.pool())
+                    .await?,
+                };
+                for r in missing {
+                    ids.push(r.try_get(0)?);
+                }
+                ids.sort();
+                ids.dedup();
+                tracing::debug!(candidates = ids.len(), "incremental diff");
+                Some(ids.into_iter())
+            }
+            None => None,
+        };
+        let mut after = String::new();
+        loop {
+            let profiles = match pending_ids.as_mut() {
+                Some(ids) => {
+                    let chunk: Vec<String> = ids.by_ref().take(PAGE).collect();
+                    if chunk.is_empty() {
+                        break;
+                    }
+                    model::by_ids(store, &chunk).await?
+                }
+                None => {
+                    let page = model::page(store, &population, &after, PAGE as i64).await?;
+                    match page.last() {
+                        Some(last) => after = last.id.clone(),
+                        None => break,
+                    }
+                    page
+                }
+            };
+            let keys: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
+            let state = acked_hashes(store, &sync.name, &keys).await?;
+            let mut upserts = Vec::new();
+            for p in profiles {
+                let fields = mapping.apply(&Subject {
+                    profile_id: &p.id,
+                    created_at: p.created_at,
+                    updated_at: p.updated_at,
+                    traits: &p.traits,
+                    identifiers: &p.identifiers,
+                    event: None,
+                });
+                let text = serde_json::to_string(&fields)?;
+                let hash = payload_hash(&text);
+                let previous = state.get(&p.id);
+                if previous == Some(&hash) && !options.full_resync {
+                    self.plan.unchanged += 1;
+                    continue;
+                }
+                if parked.contains(&(p.id.clone(), hash.clone())) {
+                    self.plan.parked += 1;
+                    continue;
+                }
+                let sample = || serde_json::json!({"key": p.id, "fields": fields});
+                if previous.is_some() {
+                    self.plan.changes += 1;
+                    if self.plan.sample_changes.len() < SAMPLES {
+                        self.plan.sample_changes.push(sample());
+                    }
+                } else {
+                    self.plan.adds += 1;
+                    if self.plan.sample_adds.len() < SAMPLES {
+                        self.plan.sample_adds.push(sample());
+                    }
+                }
+                upserts.push(Item { key: p.id, hash, fields: text, attempts: 0, last_error: None });
+            }
+            if !options.dry_run {
+                if let Some(p) = &self.progress {
+                    p.planned(self.plan.adds + self.plan.changes + self.plan.removals);
+                }
+                self.deliver(target, Action::Upsert, upserts).await?;
+            }
         }
-        // Deletes first: when two synced profiles merged, the survivor's upsert must land after
-        // the merged-away record's delete, or a destination keyed by email would lose both.
-        self.deliver(target, Action::Delete, deletes).await?;
-        self.deliver(target, Action::Upsert, upserts).await?;
+        if !options.dry_run {
+            sqlx::query(
+                "INSERT INTO sync_meta (sync, fingerprint, complete_started_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (sync) DO UPDATE SET fingerprint = excluded.fingerprint, complete_started_at = excluded.complete_started_at",
+            )
+            .bind(&sync.name)
+            .bind(&fingerprint)
+            .bind(started_at)
+            .execute(store.pool())
+            .await?;
+        }
         Ok(())
     }
 
@@ -906,11 +958,34 @@ impl RunContext<'_> {
     }
 }
 
+/// The acknowledged payload hashes of these keys.
+async fn acked_hashes(store: &Store, sync: &str, keys: &[String]) -> anyhow::Result<HashMap<String, String>> {
+    let mut found = HashMap::with_capacity(keys.len());
+    for chunk in keys.chunks(model::CHUNK) {
+        let sql = format!(
+            "SELECT key, hash FROM sync_records WHERE sync = {} AND key IN {}",
+            store.param(1),
+            store.value_groups(2, 1, chunk.len())
+        );
+        let mut q = sqlx::query(&sql).bind(sync);
+        for k in chunk {
+            q = q.bind(k);
+        }
+        for row in q.fetch_all(store.pool()).await? {
+            found.insert(row.try_get(0)?, row.try_get(1)?);
+        }
+    }
+    Ok(found)
+}
+
 async fn acked_keys(store: &Store, sync: &str, keys: &[String]) -> anyhow::Result<HashSet<String>> {
     let mut found = HashSet::new();
     for chunk in keys.chunks(model::CHUNK) {
-        let list = (2..chunk.len() + 2).map(|i| format!("${i}")).collect::<Vec<_>>().join(",");
-        let sql = format!("SELECT key FROM sync_records WHERE sync = $1 AND key IN ({list})");
+        let sql = format!(
+            "SELECT key FROM sync_records WHERE sync = {} AND key IN {}",
+            store.param(1),
+            store.value_groups(2, 1, chunk.len())
+        );
         let mut q = sqlx::query(&sql).bind(sync);
         for k in chunk {
             q = q.bind(k);
@@ -933,28 +1008,34 @@ struct RunLedger<'a> {
 impl Ledger for RunLedger<'_> {
     async fn commit(&self, action: Action, acked: &[Item], dead: &[(Item, String)], stats: &Stats) -> anyhow::Result<()> {
         let now = now_millis();
-        let mut tx = self.store.pool().begin().await?;
-        for item in acked {
+        let store = self.store;
+        let mut tx = store.pool().begin().await?;
+        // Multi-row statements: one per 200 records instead of one per record.
+        for chunk in acked.chunks(200) {
             match action {
                 Action::Delete => {
-                    sqlx::query("DELETE FROM sync_records WHERE sync = $1 AND key = $2")
-                        .bind(self.sync)
-                        .bind(&item.key)
-                        .execute(&mut *tx)
-                        .await?;
+                    let sql = format!(
+                        "DELETE FROM sync_records WHERE sync = {} AND key IN {}",
+                        store.param(1),
+                        store.value_groups(2, 1, chunk.len())
+                    );
+                    let mut q = sqlx::query(&sql).bind(self.sync);
+                    for item in chunk {
+                        q = q.bind(&item.key);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
                 Action::Upsert | Action::Track => {
-                    sqlx::query(
-                        "INSERT INTO sync_records (sync, key, hash, fields, acked_at) VALUES ($1, $2, $3, $4, $5) \
+                    let sql = format!(
+                        "INSERT INTO sync_records (sync, key, hash, fields, acked_at) VALUES {} \
                          ON CONFLICT (sync, key) DO UPDATE SET hash = excluded.hash, fields = excluded.fields, acked_at = excluded.acked_at",
-                    )
-                    .bind(self.sync)
-                    .bind(&item.key)
-                    .bind(&item.hash)
-                    .bind(&item.fields)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                        store.value_groups(1, chunk.len(), 5)
+                    );
+                    let mut q = sqlx::query(&sql);
+                    for item in chunk {
+                        q = q.bind(self.sync).bind(&item.key).bind(&item.hash).bind(&item.fields).bind(now);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
             }
         }
