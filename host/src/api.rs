@@ -33,6 +33,8 @@ pub struct Hub {
     pub router: Router,
     /// Runs syncs; the scheduler and the admin API share it.
     pub engine: crate::sync::Engine,
+    /// Runs source plugins and applies their webhooks; the scheduler and the webhook route share it.
+    pub sources: crate::sources::SourceEngine,
 }
 
 impl Hub {
@@ -41,6 +43,8 @@ impl Hub {
         let metrics = Metrics::new();
         let runtime = crate::runtime::Runtime::new(crate::runtime::Limits::default())?;
         let registry = Arc::new(crate::registry::Registry::open(&config.hub.plugins_dir, runtime)?);
+        let sources = crate::sources::SourceEngine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
+            .with_metrics(metrics.clone());
         let engine = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
             .with_metrics(metrics.clone());
         let rules = IdentityRules::new(&config.identity);
@@ -81,12 +85,14 @@ impl Hub {
             .route("/v1/profiles/{id}/merges", get(get_merges))
             .with_state(admin.clone())
             .merge(ingest)
-            .merge(crate::sync::api::routes(engine.clone(), admin.token.clone()));
+            .merge(crate::sync::api::routes(engine.clone(), admin.token.clone()))
+            .merge(crate::sources::api::routes(sources.clone()));
         Ok(Hub {
             store,
             metrics,
             router,
             engine,
+            sources,
         })
     }
 }

@@ -63,6 +63,9 @@ pub enum Command {
     /// Inspect audiences.
     #[command(subcommand)]
     Audiences(crate::sync::commands::AudiencesCommand),
+    /// Run source plugins (pull) and read their history.
+    #[command(subcommand)]
+    Source(crate::sources::commands::SourceCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -236,6 +239,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sync(cmd) => crate::sync::commands::sync(cmd, dir).await,
         Command::Dlq(cmd) => crate::sync::commands::dlq(cmd, dir).await,
         Command::Audiences(cmd) => crate::sync::commands::audiences(cmd).await,
+        Command::Source(cmd) => crate::sources::commands::source(cmd, dir).await,
     }
 }
 
@@ -250,6 +254,7 @@ async fn serve(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow::
         .with_context(|| format!("listening on {}", config.hub.listen))?;
     let addr = listener.local_addr()?;
     tokio::spawn(crate::sync::scheduler::run(hub.engine.clone()));
+    tokio::spawn(crate::sources::scheduler::run(hub.sources.clone()));
     // SIGHUP: re-read the file; audiences, destinations and syncs change for runs that start
     // from now on, runs in flight finish with the config they started with.
     if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {

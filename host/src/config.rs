@@ -314,13 +314,56 @@ fn default_kinds() -> BTreeMap<String, KindRule> {
     ])
 }
 
-/// `[sources.NAME]`: a source of tracking-API messages (or, later, a source plugin).
-#[derive(Debug, Clone, Deserialize)]
+/// `[sources.NAME]`: a source of tracking-API messages (write keys), of records read by a source
+/// plugin (`plugin` and its settings), or both.
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// Write keys of this source for the tracking API: `${ENV_VAR}`, `file:PATH` or literal.
     #[serde(default)]
     pub write_keys: Vec<String>,
+    /// Installed source plugin that reads (and receives webhooks for) this source.
+    #[serde(default)]
+    pub plugin: Option<String>,
+    /// Version requirement, e.g. `"^1.2"`; the newest installed version by default.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The plugin's settings, checked against the JSON Schema in its manifest.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Secret name → `${ENV_VAR}`, `file:PATH` or literal.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Hosts granted to the plugin (default: the hosts its manifest names).
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
+    /// Exact `host:port` pairs the plugin may reach on private or loopback addresses.
+    #[serde(default)]
+    pub allow_private_hosts: Vec<String>,
+    /// `HOST[:PORT]=URL`: send requests for a granted host elsewhere (staging, proxy, fake).
+    #[serde(default)]
+    pub reroute: Vec<String>,
+    /// When `switchyard serve` reads the source: `"every 15m"`, a cron expression, or absent
+    /// (manual `switchyard source run` only).
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// Per stream: which record fields are identifiers and which are traits. Streams not listed
+    /// here are not read by a run (webhook records of them are ignored).
+    #[serde(default)]
+    pub streams: BTreeMap<String, SourceStreamConfig>,
+}
+
+/// `[sources.NAME.streams.STREAM]`: how a stream's records map onto profiles.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SourceStreamConfig {
+    /// Identifier kind → dotted path in the record's data, e.g. `email = "email"`,
+    /// `user_id = "customer_id"`. Kinds must exist in `[identity.kinds]`.
+    #[serde(default)]
+    pub identifiers: BTreeMap<String, String>,
+    /// Trait name → dotted path in the record's data, e.g. `first_name = "first_name"`.
+    #[serde(default)]
+    pub traits: BTreeMap<String, String>,
 }
 
 impl Config {
@@ -401,6 +444,9 @@ impl Config {
                     problems.push(format!("[destinations.{name}] {e}"));
                 }
             }
+        }
+        for (name, source) in &self.sources {
+            problems.extend(source_problems(name, source, &self.identity));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, sync) in self.syncs.iter().enumerate() {
@@ -510,6 +556,80 @@ impl Config {
     }
 }
 
+/// The problems of one `[sources.NAME]` on its own (plugin settings are checked by `validate`).
+fn source_problems(name: &str, source: &SourceConfig, identity: &IdentityConfig) -> Vec<String> {
+    let at = format!("[sources.{name}]");
+    let mut problems = Vec::new();
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        problems.push(format!(
+            "{at}: the name must be letters, digits, '-' or '_' (it appears in webhook URLs and metrics)"
+        ));
+    }
+    let Some(_) = &source.plugin else {
+        let plugin_keys = [
+            ("version", source.version.is_some()),
+            ("config", !source.config.is_empty()),
+            ("secrets", !source.secrets.is_empty()),
+            ("allow_hosts", source.allow_hosts.is_some()),
+            ("allow_private_hosts", !source.allow_private_hosts.is_empty()),
+            ("reroute", !source.reroute.is_empty()),
+            ("schedule", source.schedule.is_some()),
+            ("streams", !source.streams.is_empty()),
+        ];
+        for (key, set) in plugin_keys {
+            if set {
+                problems.push(format!("{at} {key} needs plugin = \"NAME\" (a source plugin to read with)"));
+            }
+        }
+        return problems;
+    };
+    if let Some(v) = &source.version {
+        if semver::VersionReq::parse(v).is_err() {
+            problems.push(format!("{at} version = \"{v}\" is not a version requirement like \"^1.2\""));
+        }
+    }
+    for r in &source.reroute {
+        if let Err(e) = r.parse::<crate::runtime::net::Reroute>() {
+            problems.push(format!("{at} {e}"));
+        }
+    }
+    if let Some(s) = &source.schedule {
+        if let Err(e) = crate::schedule::Schedule::parse(s) {
+            problems.push(format!("{at} schedule: {e}"));
+        }
+    }
+    if source.streams.is_empty() {
+        problems.push(format!(
+            "{at} has a plugin but no [sources.{name}.streams.STREAM]: name the streams to read and map their identifiers"
+        ));
+    }
+    for (stream, mapping) in &source.streams {
+        let at = format!("[sources.{name}.streams.{stream}]");
+        if mapping.identifiers.is_empty() {
+            problems.push(format!(
+                "{at} identifiers is empty: map at least one identifier kind to a record field (e.g. email = \"email\"), or records cannot join a profile"
+            ));
+        }
+        for (kind, path) in &mapping.identifiers {
+            if !identity.kinds.contains_key(kind) {
+                problems.push(format!(
+                    "{at} identifiers.{kind}: kind `{kind}` is not in [identity.kinds] (defined: {})",
+                    names(identity.kinds.keys())
+                ));
+            }
+            if path.trim().is_empty() {
+                problems.push(format!("{at} identifiers.{kind}: the record field path is empty"));
+            }
+        }
+        for (name, path) in &mapping.traits {
+            if path.trim().is_empty() {
+                problems.push(format!("{at} traits.{name}: the record field path is empty"));
+            }
+        }
+    }
+    problems
+}
+
 fn names<'a>(it: impl Iterator<Item = &'a String>) -> String {
     let v: Vec<&str> = it.map(String::as_str).collect();
     if v.is_empty() {
@@ -538,6 +658,28 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("3:1: unknown field `lisen`"), "{err}");
+    }
+
+    #[test]
+    fn source_plugin_settings_are_checked() {
+        let err = Config::parse(
+            "[sources.shop]\nplugin = \"shopify\"\nschedule = \"every fortnight\"\nreroute = [\"nope\"]\n\
+             [sources.shop.streams.customers]\nidentifiers = { email = \"email\", customer = \"id\" }\n\
+             [sources.keys]\nwrite_keys = [\"k\"]\nstreams = { a = {} }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[sources.shop] schedule: `every fortnight`"), "{err}");
+        assert!(err.contains("[sources.shop] reroute"), "{err}");
+        assert!(err.contains("[sources.shop.streams.customers] identifiers.customer: kind `customer` is not in [identity.kinds]"), "{err}");
+        assert!(err.contains("[sources.keys] streams needs plugin"), "{err}");
+        assert_eq!(err.lines().count(), 4, "{err}");
+        let ok = Config::parse(
+            "[sources.shop]\nplugin = \"shopify\"\nconfig = { shop = \"s\" }\nschedule = \"every 15m\"\n\
+             [sources.shop.streams.customers]\nidentifiers = { email = \"email\" }\ntraits = { first_name = \"first_name\" }\n",
+        )
+        .unwrap();
+        assert_eq!(ok.sources["shop"].streams["customers"].traits["first_name"], "first_name");
     }
 
     #[test]

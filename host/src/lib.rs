@@ -17,6 +17,7 @@ pub mod registry;
 pub mod runtime;
 pub mod schedule;
 pub mod scaffold;
+pub mod sources;
 pub mod store;
 pub mod sync;
 pub mod validate;

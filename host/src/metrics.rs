@@ -50,6 +50,97 @@ pub struct Metrics {
     pub sync_runs: Family<SyncLabels, Counter>,
     pub sync_records: Family<SyncRecordLabels, Counter>,
     pub sync_run_seconds: Family<SyncNameLabels, Histogram>,
+    /// Source runs, pages, records and webhooks (see [`SourceMetrics`]).
+    pub sources: SourceMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceStreamLabels {
+    pub source: String,
+    pub stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceNameLabels {
+    pub source: String,
+}
+
+/// Metrics of source plugins: what runs read and stored, how often they waited, and what
+/// webhooks were accepted or refused.
+#[derive(Clone)]
+pub struct SourceMetrics {
+    pub runs: Family<SourceLabels, Counter>,
+    pub run_seconds: Family<SourceNameLabels, Histogram>,
+    pub pages: Family<SourceStreamLabels, Counter>,
+    pub records_read: Family<SourceStreamLabels, Counter>,
+    pub records_stored: Family<SourceStreamLabels, Counter>,
+    pub events_stored: Family<SourceStreamLabels, Counter>,
+    pub retries: Family<SourceStreamLabels, Counter>,
+    /// Webhook deliveries by outcome (`applied`, `duplicate`, `unauthorized`, `bad_request`, `error`).
+    pub webhooks: Family<SourceLabels, Counter>,
+}
+
+impl SourceMetrics {
+    fn register(registry: &mut Registry) -> SourceMetrics {
+        let m = SourceMetrics {
+            runs: Family::default(),
+            run_seconds: Family::<SourceNameLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.01, 2.0, 16))
+            }),
+            pages: Family::default(),
+            records_read: Family::default(),
+            records_stored: Family::default(),
+            events_stored: Family::default(),
+            retries: Family::default(),
+            webhooks: Family::default(),
+        };
+        registry.register("source_runs", "Source runs by source and final status", m.runs.clone());
+        registry.register("source_run_seconds", "Duration of source runs", m.run_seconds.clone());
+        registry.register("source_pages", "Pages committed by source runs", m.pages.clone());
+        registry.register("source_records_read", "Records source plugins returned", m.records_read.clone());
+        registry.register("source_records_stored", "Source records resolved to a profile and stored", m.records_stored.clone());
+        registry.register("source_events_stored", "Events stored from source records (first time only)", m.events_stored.clone());
+        registry.register("source_read_retries", "Pages read again after a transient error (429, 5xx)", m.retries.clone());
+        registry.register("source_webhooks", "Webhook deliveries by source and outcome", m.webhooks.clone());
+        m
+    }
+
+    /// A finished run.
+    pub fn run(&self, source: &str, status: &str, seconds: f64) {
+        self.runs
+            .get_or_create(&SourceLabels { source: source.into(), status: status.into() })
+            .inc();
+        self.run_seconds
+            .get_or_create(&SourceNameLabels { source: source.into() })
+            .observe(seconds);
+    }
+
+    /// A committed page (or webhook delivery) of `read` records.
+    pub fn page(&self, source: &str, stream: &str, applied: &crate::sources::Applied, read: u64) {
+        let l = SourceStreamLabels { source: source.into(), stream: stream.into() };
+        self.pages.get_or_create(&l).inc();
+        self.records_read.get_or_create(&l).inc_by(read);
+        self.records_stored.get_or_create(&l).inc_by(applied.records);
+        self.events_stored.get_or_create(&l).inc_by(applied.events);
+    }
+
+    pub fn retry(&self, source: &str, stream: &str) {
+        self.retries
+            .get_or_create(&SourceStreamLabels { source: source.into(), stream: stream.into() })
+            .inc();
+    }
+
+    pub fn webhook(&self, source: &str, outcome: &str) {
+        self.webhooks
+            .get_or_create(&SourceLabels { source: source.into(), status: outcome.into() })
+            .inc();
+    }
 }
 
 impl Default for Metrics {
@@ -103,7 +194,9 @@ impl Metrics {
             sync_records.clone(),
         );
         registry.register("sync_run_seconds", "Duration of sync runs", sync_run_seconds.clone());
+        let sources = SourceMetrics::register(&mut registry);
         Metrics {
+            sources,
             sync_runs,
             sync_records,
             sync_run_seconds,

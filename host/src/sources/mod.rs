@@ -1,0 +1,841 @@
+//! Source runs: records read by a source plugin (pull, page by page) or pushed to it (webhooks)
+//! become profiles, traits and events through the same identity resolution as the tracking API.
+//!
+//! Each page is committed in one transaction together with the stream's new cursor, so a run
+//! killed at any moment resumes from the last committed page: nothing is lost (the cursor never
+//! moves past records that are not stored) and nothing is applied twice (events carry
+//! deterministic message ids, traits are last-writer-wins by the record's own update time, and
+//! identity resolution of the same identifiers is idempotent). One run per source at a time,
+//! across hubs too: a lease row in the database, renewed while the run goes and checked inside
+//! every page's transaction.
+
+pub mod api;
+pub mod commands;
+pub mod scheduler;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::{AnyConnection, Row};
+use tracing::Instrument as _;
+
+use crate::config::{Config, KindRule, SourceConfig, SourceStreamConfig};
+use crate::identity::{self, Identifier, IdentityRules};
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use crate::runtime::bindings::{CallError, Page, PluginConfig, SourceRecord};
+use crate::runtime::net::HttpPolicy;
+use crate::runtime::{PluginError, PluginInstance};
+use crate::store::{now_millis, Backend, Store};
+
+/// How long a run's lease lasts without renewal (renewed every third of it); a run whose process
+/// died frees its source after this. `SWITCHYARD_LEASE_MS` overrides it, as for syncs.
+fn lease_ms() -> i64 {
+    std::env::var("SWITCHYARD_LEASE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v >= 300)
+        .unwrap_or(15_000)
+}
+
+/// Attempts per page when `read` fails transiently (429, 5xx, network);
+/// `SWITCHYARD_SOURCE_ATTEMPTS` overrides it.
+fn max_attempts() -> u32 {
+    std::env::var("SWITCHYARD_SOURCE_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|v| *v >= 1)
+        .unwrap_or(5)
+}
+
+/// The longest wait honoured for one retry, whatever the API asks (a day-long Retry-After would
+/// otherwise hold the lease for a day).
+const MAX_WAIT: Duration = Duration::from_secs(120);
+
+/// Options of one run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Read every stream from the beginning instead of from its stored cursor.
+    pub full_refresh: bool,
+}
+
+/// One run, as recorded in the history.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub id: String,
+    pub source: String,
+    /// `running`, `succeeded`, `failed` or `interrupted` (its process died; the next run
+    /// resumed from the last committed page).
+    pub status: String,
+    pub full_refresh: bool,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub pages: i64,
+    pub records: i64,
+    pub events: i64,
+    pub retries: i64,
+    pub error: Option<String>,
+}
+
+/// Progress of a run, for a terminal's progress bar.
+pub trait Progress: Send + Sync {
+    /// Records committed so far in this run, and the stream being read.
+    fn records(&self, stream: &str, done: u64);
+}
+
+/// Runs sources and applies webhook deliveries against the store and the installed plugins.
+#[derive(Clone)]
+pub struct SourceEngine {
+    store: Store,
+    registry: Arc<Registry>,
+    config: Arc<Config>,
+    rules: IdentityRules,
+    metrics: Option<Metrics>,
+    holder: Arc<str>,
+    /// Configured instances by source name, built on first use (webhooks call them often).
+    instances: Arc<Mutex<HashMap<String, PluginInstance>>>,
+    /// First retry delay when the plugin names none.
+    pub backoff: Duration,
+}
+
+/// What applying a batch of records did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Applied {
+    /// Records resolved to a profile and stored.
+    pub records: u64,
+    /// Events stored for the first time (re-reads of the same event are not counted).
+    pub events: u64,
+    /// Records without any mapped identifier (or of an unmapped stream): nothing to join on.
+    pub skipped: u64,
+    /// Records whose identifiers a privacy erasure suppressed.
+    pub suppressed: u64,
+}
+
+impl SourceEngine {
+    pub fn new(store: Store, registry: Arc<Registry>, config: Arc<Config>) -> SourceEngine {
+        let backoff = std::env::var("SWITCHYARD_RETRY_BASE_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(Duration::from_millis(500));
+        SourceEngine {
+            rules: IdentityRules::new(&config.identity),
+            store,
+            registry,
+            config,
+            metrics: None,
+            holder: uuid::Uuid::new_v4().to_string().into(),
+            instances: Arc::default(),
+            backoff,
+        }
+    }
+
+    pub fn with_metrics(mut self, metrics: Metrics) -> SourceEngine {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The `[sources.NAME]` block of a plugin source.
+    pub fn source(&self, name: &str) -> anyhow::Result<&SourceConfig> {
+        let defined = || {
+            let v: Vec<&str> = self
+                .config
+                .sources
+                .iter()
+                .filter(|(_, s)| s.plugin.is_some())
+                .map(|(n, _)| n.as_str())
+                .collect();
+            if v.is_empty() {
+                "none".to_string()
+            } else {
+                v.join(", ")
+            }
+        };
+        match self.config.sources.get(name) {
+            Some(s) if s.plugin.is_some() => Ok(s),
+            Some(_) => bail!(
+                "[sources.{name}] has no plugin (it only holds tracking-API write keys); plugin sources: {}",
+                defined()
+            ),
+            None => bail!("no source named `{name}` (plugin sources: {})", defined()),
+        }
+    }
+
+    /// The configured plugin instance of a source (built once per process).
+    pub async fn instance(&self, name: &str) -> anyhow::Result<PluginInstance> {
+        if let Some(i) = lock(&self.instances).get(name) {
+            return Ok(i.clone());
+        }
+        let source = self.source(name)?;
+        let plugin_name = source.plugin.as_deref().unwrap_or_default();
+        let plugin = self
+            .registry
+            .load(plugin_name, source.version.as_deref())
+            .await
+            .with_context(|| format!("[sources.{name}]: install it with `switchyard plugin install`"))?;
+        if plugin.kind() != crate::runtime::bindings::PluginKind::Source {
+            bail!("[sources.{name}] plugin `{plugin_name}` is a destination plugin, not a source");
+        }
+        let mut secrets = Vec::new();
+        for (key, spec) in &source.secrets {
+            secrets.push((
+                key.clone(),
+                crate::cli::resolve_secret(&format!("sources.{name}.secrets.{key}"), spec)?,
+            ));
+        }
+        let config = serde_json::to_string(&source.config)?;
+        let mut reroutes = Vec::new();
+        for r in &source.reroute {
+            reroutes.push(
+                r.parse()
+                    .map_err(|e: String| anyhow::anyhow!("[sources.{name}] {e}"))?,
+            );
+        }
+        let policy = HttpPolicy::new(
+            &plugin.manifest().allowed_hosts,
+            source.allow_hosts.as_deref(),
+            &source.allow_private_hosts,
+        )
+        .with_reroutes(reroutes);
+        let instance = PluginInstance::new(plugin, PluginConfig { config, secrets }, policy);
+        lock(&self.instances).insert(name.to_string(), instance.clone());
+        Ok(instance)
+    }
+
+    /// Runs a source now: every configured stream, page by page. Fails at once if another run
+    /// of it holds the lease.
+    pub async fn run(
+        &self,
+        name: &str,
+        options: RunOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> anyhow::Result<RunReport> {
+        let source = self.source(name)?.clone();
+        let span = tracing::info_span!("source_run", source = %name, full_refresh = options.full_refresh);
+        self.run_inner(name, &source, options, progress)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_inner(
+        &self,
+        name: &str,
+        source: &SourceConfig,
+        options: RunOptions,
+        progress: Option<Arc<dyn Progress>>,
+    ) -> anyhow::Result<RunReport> {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let started = Instant::now();
+        let started_at = now_millis();
+        let lease = self.acquire(name, &run_id).await?;
+        sqlx::query(
+            "INSERT INTO source_runs (id, source, status, started_at, full_refresh, pages, records, events, retries) \
+             VALUES ($1, $2, 'running', $3, $4, 0, 0, 0, 0)",
+        )
+        .bind(&run_id)
+        .bind(name)
+        .bind(started_at)
+        .bind(options.full_refresh as i64)
+        .execute(self.store.pool())
+        .await?;
+        let mut ctx = RunContext {
+            engine: self,
+            source_name: name,
+            run_id: &run_id,
+            lease: &lease,
+            total: Applied::default(),
+            progress,
+        };
+        let result = ctx.read_streams(source, options).await;
+        let (status, error) = match &result {
+            Ok(()) => ("succeeded", None),
+            Err(e) => ("failed", Some(format!("{e:#}"))),
+        };
+        sqlx::query("UPDATE source_runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4")
+            .bind(status)
+            .bind(now_millis())
+            .bind(&error)
+            .bind(&run_id)
+            .execute(self.store.pool())
+            .await?;
+        lease.release(&self.store).await;
+        if let Some(m) = &self.metrics {
+            m.sources.run(name, status, started.elapsed().as_secs_f64());
+        }
+        let report = self
+            .runs(name, 5)
+            .await?
+            .into_iter()
+            .find(|r| r.id == run_id)
+            .context("the run's history row is missing")?;
+        match &report.error {
+            None => tracing::info!(pages = report.pages, records = report.records, events = report.events, "source run finished"),
+            Some(e) => tracing::warn!(pages = report.pages, records = report.records, "source run failed: {e}"),
+        }
+        Ok(report)
+    }
+
+    /// Takes the source's lease, or says who holds it.
+    async fn acquire(&self, source: &str, run_id: &str) -> anyhow::Result<Lease> {
+        let now = now_millis();
+        let taken = sqlx::query(
+            "INSERT INTO source_leases (source, holder, run_id, expires_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (source) DO UPDATE SET holder = excluded.holder, run_id = excluded.run_id, expires_at = excluded.expires_at \
+             WHERE source_leases.expires_at < $5",
+        )
+        .bind(source)
+        .bind(format!("{}:{run_id}", self.holder))
+        .bind(run_id)
+        .bind(now + lease_ms())
+        .bind(now)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
+        if taken == 0 {
+            bail!("source `{source}` is already running (another run holds its lease); try again when it finishes");
+        }
+        // A run that was going when its process died is over; this one resumes from its cursor.
+        sqlx::query(
+            "UPDATE source_runs SET status = 'interrupted', finished_at = $1, \
+             error = 'the run stopped before it finished; the next run resumed from the last committed page' \
+             WHERE source = $2 AND status = 'running'",
+        )
+        .bind(now)
+        .bind(source)
+        .execute(self.store.pool())
+        .await?;
+        let store = self.store.clone();
+        let (name, run) = (source.to_string(), run_id.to_string());
+        let renew = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
+                let renewed = sqlx::query("UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3")
+                    .bind(now_millis() + lease_ms())
+                    .bind(&name)
+                    .bind(&run)
+                    .execute(store.pool())
+                    .await;
+                match renewed {
+                    Ok(r) if r.rows_affected() == 1 => {}
+                    Ok(_) => {
+                        tracing::error!(source = %name, "lost the source's lease; the run stops at its next page");
+                        return;
+                    }
+                    Err(e) => tracing::warn!(source = %name, "renewing the lease: {e}"),
+                }
+            }
+        });
+        Ok(Lease {
+            source: source.to_string(),
+            run_id: run_id.to_string(),
+            renew,
+        })
+    }
+
+    /// The newest runs of a source, newest first.
+    pub async fn runs(&self, source: &str, limit: i64) -> anyhow::Result<Vec<RunReport>> {
+        let rows = sqlx::query(
+            "SELECT id, source, status, full_refresh, started_at, finished_at, pages, records, events, retries, error \
+             FROM source_runs WHERE source = $1 ORDER BY started_at DESC, id LIMIT $2",
+        )
+        .bind(source)
+        .bind(limit)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let started: i64 = r.try_get(4)?;
+                let finished: Option<i64> = r.try_get(5)?;
+                Ok(RunReport {
+                    id: r.try_get(0)?,
+                    source: r.try_get(1)?,
+                    status: r.try_get(2)?,
+                    full_refresh: r.try_get::<i64, _>(3)? != 0,
+                    started_at: iso(started),
+                    finished_at: finished.map(iso),
+                    duration_ms: finished.map(|f| f - started),
+                    pages: r.try_get(6)?,
+                    records: r.try_get(7)?,
+                    events: r.try_get(8)?,
+                    retries: r.try_get(9)?,
+                    error: r.try_get(10)?,
+                })
+            })
+            .collect()
+    }
+
+    /// The stored cursor of each stream of a source: (stream, cursor, done).
+    pub async fn cursors(&self, source: &str) -> anyhow::Result<Vec<(String, Option<String>, bool)>> {
+        let rows = sqlx::query("SELECT stream, cursor, done FROM source_cursors WHERE source = $1 ORDER BY stream")
+            .bind(source)
+            .fetch_all(self.store.pool())
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? != 0)))
+            .collect()
+    }
+
+    /// Applies records (of one page or one webhook delivery) inside the caller's transaction.
+    pub(crate) async fn apply(
+        &self,
+        conn: &mut AnyConnection,
+        source: &str,
+        records: &[(&str, &SourceRecord)],
+    ) -> anyhow::Result<Applied> {
+        let mappings = &self.source(source)?.streams;
+        apply_records(
+            conn,
+            self.store.backend(),
+            &self.rules,
+            &self.config.identity.kinds,
+            source,
+            mappings,
+            records,
+        )
+        .await
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// RFC 3339 of store milliseconds.
+pub fn iso(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
+struct Lease {
+    source: String,
+    run_id: String,
+    renew: tokio::task::JoinHandle<()>,
+}
+
+impl Lease {
+    async fn release(self, store: &Store) {
+        self.renew.abort();
+        if let Err(e) = sqlx::query("DELETE FROM source_leases WHERE source = $1 AND run_id = $2")
+            .bind(&self.source)
+            .bind(&self.run_id)
+            .execute(store.pool())
+            .await
+        {
+            tracing::warn!(source = %self.source, "could not release the lease (it expires by itself): {e}");
+        }
+    }
+}
+
+struct RunContext<'a> {
+    engine: &'a SourceEngine,
+    source_name: &'a str,
+    run_id: &'a str,
+    lease: &'a Lease,
+    total: Applied,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+impl RunContext<'_> {
+    async fn read_streams(&mut self, source: &SourceConfig, options: RunOptions) -> anyhow::Result<()> {
+        let engine = self.engine;
+        let name = self.source_name;
+        let instance = engine.instance(name).await?;
+        let offered = instance
+            .streams()
+            .await
+            .with_context(|| format!("listing the streams of source `{name}`"))?;
+        for stream in source.streams.keys() {
+            if !offered.iter().any(|s| &s.name == stream) {
+                bail!(
+                    "[sources.{name}.streams.{stream}]: plugin `{}` offers no stream `{stream}` (it offers: {})",
+                    instance.plugin().name(),
+                    offered.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                );
+            }
+        }
+        for stream in source.streams.keys() {
+            let span = tracing::info_span!("source_stream", stream = %stream);
+            self.read_stream(&instance, stream, options).instrument(span).await?;
+        }
+        Ok(())
+    }
+
+    async fn read_stream(&mut self, instance: &PluginInstance, stream: &str, options: RunOptions) -> anyhow::Result<()> {
+        let engine = self.engine;
+        let name = self.source_name;
+        let mut cursor: Option<String> = if options.full_refresh {
+            None
+        } else {
+            sqlx::query_as::<_, (Option<String>,)>("SELECT cursor FROM source_cursors WHERE source = $1 AND stream = $2")
+                .bind(name)
+                .bind(stream)
+                .fetch_optional(engine.store.pool())
+                .await?
+                .and_then(|r| r.0)
+        };
+        let mut page_no = 0u64;
+        loop {
+            page_no += 1;
+            let span = tracing::debug_span!("source_page", page = page_no, resumed_from = cursor.is_some());
+            let page = self.read_page(instance, stream, cursor.as_deref()).instrument(span.clone()).await?;
+            if !page.done && page.cursor.is_none() {
+                bail!(
+                    "plugin `{}` broke the contract: stream `{stream}` returned a page that is not `done` but has no cursor to continue from",
+                    instance.plugin().name()
+                );
+            }
+            if !page.done && page.records.is_empty() && page.cursor == cursor {
+                bail!(
+                    "plugin `{}` broke the contract: stream `{stream}` returned an empty page with the same cursor and not `done`; stopping rather than looping",
+                    instance.plugin().name()
+                );
+            }
+            let applied = self.commit_page(stream, &page).instrument(span).await?;
+            self.total.records += applied.records;
+            self.total.events += applied.events;
+            self.total.skipped += applied.skipped;
+            if let Some(m) = &engine.metrics {
+                m.sources.page(name, stream, &applied, page.records.len() as u64);
+            }
+            if let Some(p) = &self.progress {
+                p.records(stream, self.total.records + self.total.skipped + self.total.suppressed);
+            }
+            cursor = page.cursor;
+            if page.done {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads one page, waiting and retrying on transient errors.
+    async fn read_page(&mut self, instance: &PluginInstance, stream: &str, cursor: Option<&str>) -> anyhow::Result<Page> {
+        let attempts = max_attempts();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match instance.read(stream, cursor).await {
+                Ok(page) => return Ok(page),
+                Err(PluginError::Plugin { error: CallError::Transient(retry), .. }) if attempt < attempts => {
+                    let wait = match retry.after_ms {
+                        Some(ms) => Duration::from_millis(ms),
+                        None => {
+                            let base = self.engine.backoff.saturating_mul(1 << (attempt - 1).min(10));
+                            base + base.mul_f64(fastrand::f64() * 0.5)
+                        }
+                    }
+                    .min(MAX_WAIT);
+                    tracing::warn!(stream, attempt, wait_ms = wait.as_millis() as u64, "read failed transiently, retrying: {}", retry.reason);
+                    sqlx::query("UPDATE source_runs SET retries = retries + 1 WHERE id = $1")
+                        .bind(self.run_id)
+                        .execute(self.engine.store.pool())
+                        .await?;
+                    if let Some(m) = &self.engine.metrics {
+                        m.sources.retry(self.source_name, stream);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    let after = if attempt > 1 { format!(" after {attempt} attempts") } else { String::new() };
+                    return Err(anyhow::Error::new(e).context(format!("reading stream `{stream}`{after}")));
+                }
+            }
+        }
+    }
+
+    /// Stores a page's records and the stream's new cursor in one transaction.
+    async fn commit_page(&mut self, stream: &str, page: &Page) -> anyhow::Result<Applied> {
+        let engine = self.engine;
+        let now = now_millis();
+        let mut tx = engine.store.pool().begin().await?;
+        // First statement a write: on SQLite it takes the write lock before any read, and it
+        // fences the page on the lease (a run that lost its lease commits nothing more).
+        let held = sqlx::query("UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3")
+            .bind(now + lease_ms())
+            .bind(self.source_name)
+            .bind(&self.lease.run_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if held != 1 {
+            bail!("the run lost its lease (another run of source `{}` took over); this page was not stored", self.source_name);
+        }
+        let records: Vec<(&str, &SourceRecord)> = page.records.iter().map(|r| (stream, r)).collect();
+        let applied = engine.apply(&mut tx, self.source_name, &records).await?;
+        sqlx::query(
+            "INSERT INTO source_cursors (source, stream, cursor, done, updated_at) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (source, stream) DO UPDATE SET cursor = excluded.cursor, done = excluded.done, updated_at = excluded.updated_at",
+        )
+        .bind(self.source_name)
+        .bind(stream)
+        .bind(&page.cursor)
+        .bind(page.done as i64)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE source_runs SET pages = pages + 1, records = records + $1, events = events + $2 WHERE id = $3")
+            .bind(applied.records as i64)
+            .bind(applied.events as i64)
+            .bind(self.run_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await.context("committing a page")?;
+        tracing::debug!(records = applied.records, events = applied.events, skipped = applied.skipped, "page committed");
+        Ok(applied)
+    }
+}
+
+/// The value at a dotted path (`customer.email`, `emails.0`) of a record's data.
+fn at_path<'v>(data: &'v Value, path: &str) -> Option<&'v Value> {
+    let mut v = data;
+    for part in path.split('.') {
+        v = match v {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(v)
+}
+
+fn scalar(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if !s.trim().is_empty() => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn parse_time(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
+}
+
+/// The identifiers a stream mapping picks from a record, highest priority first.
+pub fn record_identifiers(
+    kinds: &BTreeMap<String, KindRule>,
+    mapping: &SourceStreamConfig,
+    data: &Value,
+) -> Vec<Identifier> {
+    let mut ids: Vec<Identifier> = mapping
+        .identifiers
+        .iter()
+        .filter(|(kind, _)| kinds.contains_key(*kind))
+        .filter_map(|(kind, path)| at_path(data, path).and_then(scalar).map(|v| Identifier::new(kind, &v)))
+        .collect();
+    ids.sort_by_key(|i| (kinds.get(&i.kind).map(|r| r.priority).unwrap_or(u32::MAX), i.kind.clone(), i.value.clone()));
+    ids.dedup();
+    ids
+}
+
+/// A trait or event waiting for the page's multi-row statements.
+struct PendingEvent {
+    message_id: String,
+    profile: String,
+    name: String,
+    ts: i64,
+    body: String,
+}
+
+/// Resolves each record to a profile (exactly as the tracking API's writer does), then writes
+/// the page's traits and events with a few multi-row statements.
+async fn apply_records(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    rules: &IdentityRules,
+    kinds: &BTreeMap<String, KindRule>,
+    source: &str,
+    mappings: &BTreeMap<String, SourceStreamConfig>,
+    records: &[(&str, &SourceRecord)],
+) -> anyhow::Result<Applied> {
+    let now = now_millis();
+    let mut applied = Applied::default();
+    // (profile, trait) → (value, ts); the later record wins ties, as `>=` does in the store.
+    let mut traits: HashMap<(String, String), (String, i64)> = HashMap::new();
+    let mut events: Vec<PendingEvent> = Vec::new();
+    for (stream, record) in records {
+        let Some(mapping) = mappings.get(*stream) else {
+            applied.skipped += 1;
+            continue;
+        };
+        let data: Value = match serde_json::from_str(&record.data) {
+            Ok(v @ Value::Object(_)) => v,
+            _ => {
+                tracing::warn!(stream, record = %record.id, "record data is not a JSON object; skipped");
+                applied.skipped += 1;
+                continue;
+            }
+        };
+        let ids = record_identifiers(kinds, mapping, &data);
+        if ids.is_empty() {
+            tracing::debug!(stream, record = %record.id, "no mapped identifier in the record; skipped");
+            applied.skipped += 1;
+            continue;
+        }
+        if is_suppressed(conn, &ids).await? {
+            applied.suppressed += 1;
+            continue;
+        }
+        let message_id = format!("src:{source}:{stream}:{}", record.id);
+        let Some(resolution) = identity::resolve(conn, backend, rules, ids, &message_id, "source", now).await? else {
+            applied.skipped += 1;
+            continue;
+        };
+        let profile = resolution.profile_id;
+        if !resolution.merged.is_empty() {
+            // Profiles merged away: what is still waiting for them belongs to the survivor.
+            let moved: HashMap<(String, String), (String, i64)> = traits
+                .drain()
+                .map(|((p, n), v)| (if resolution.merged.contains(&p) { (profile.clone(), n) } else { (p, n) }, v))
+                .fold(HashMap::new(), |mut acc, (k, v)| {
+                    match acc.get(&k) {
+                        Some(old) if old.1 > v.1 => {}
+                        _ => {
+                            acc.insert(k, v);
+                        }
+                    }
+                    acc
+                });
+            traits = moved;
+            for e in &mut events {
+                if resolution.merged.contains(&e.profile) {
+                    e.profile = profile.clone();
+                }
+            }
+        }
+        let ts = record.updated_at.as_deref().and_then(parse_time).unwrap_or(now);
+        for (name, path) in &mapping.traits {
+            let Some(value) = at_path(&data, path) else { continue };
+            let key = (profile.clone(), name.clone());
+            match traits.get(&key) {
+                Some(old) if old.1 > ts => {}
+                _ => {
+                    traits.insert(key, (value.to_string(), ts));
+                }
+            }
+        }
+        for (i, event) in record.events.iter().enumerate() {
+            let local = if event.message_id.is_empty() { i.to_string() } else { event.message_id.clone() };
+            let id = format!("src:{source}:{stream}:{}:{local}", record.id);
+            let at = parse_time(&event.timestamp).unwrap_or(ts);
+            let properties = match serde_json::from_str::<Value>(&event.properties) {
+                Ok(v @ Value::Object(_)) => v,
+                _ => Value::Object(Default::default()),
+            };
+            let body = serde_json::json!({
+                "type": "track",
+                "event": event.name,
+                "messageId": id,
+                "timestamp": iso(at),
+                "properties": properties,
+                "context": {"source": {"name": source, "stream": stream, "record_id": record.id}},
+            });
+            events.push(PendingEvent { message_id: id, profile: profile.clone(), name: event.name.clone(), ts: at, body: body.to_string() });
+        }
+        applied.records += 1;
+    }
+    write_traits(conn, traits).await?;
+    applied.events = write_events(conn, source, &events, now).await?;
+    Ok(applied)
+}
+
+async fn is_suppressed(conn: &mut AnyConnection, ids: &[Identifier]) -> anyhow::Result<bool> {
+    let clause = (0..ids.len())
+        .map(|i| format!("(kind = ${} AND value = ${})", 2 * i + 1, 2 * i + 2))
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let sql = format!("SELECT 1 FROM suppressions WHERE {clause} LIMIT 1");
+    let mut q = sqlx::query(&sql);
+    for id in ids {
+        q = q.bind(&id.kind).bind(&id.value);
+    }
+    Ok(q.fetch_optional(&mut *conn).await?.is_some())
+}
+
+/// Rows per multi-row statement (well under SQLite's and PostgreSQL's bind limits).
+const ROWS: usize = 200;
+
+async fn write_traits(conn: &mut AnyConnection, traits: HashMap<(String, String), (String, i64)>) -> anyhow::Result<()> {
+    let rows: Vec<_> = traits.into_iter().collect();
+    for chunk in rows.chunks(ROWS) {
+        let values = (0..chunk.len())
+            .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO traits (profile_id, name, value, ts) VALUES {values} \
+             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, ts = excluded.ts WHERE excluded.ts >= traits.ts"
+        );
+        let mut q = sqlx::query(&sql);
+        for ((profile, name), (value, ts)) in chunk {
+            q = q.bind(profile).bind(name).bind(value).bind(*ts);
+        }
+        q.execute(&mut *conn).await.context("storing traits")?;
+    }
+    Ok(())
+}
+
+async fn write_events(conn: &mut AnyConnection, source: &str, events: &[PendingEvent], now: i64) -> anyhow::Result<u64> {
+    // The same event twice in one page (a plugin repeating itself): keep the first.
+    let mut seen = std::collections::HashSet::new();
+    let unique: Vec<&PendingEvent> = events.iter().filter(|e| seen.insert(e.message_id.as_str())).collect();
+    let mut stored = 0;
+    for chunk in unique.chunks(ROWS / 2) {
+        let values = (0..chunk.len())
+            .map(|i| {
+                let b = 7 * i;
+                format!("(${}, ${}, ${}, 'track', ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        let sql = format!(
+            "INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body) VALUES {values} \
+             ON CONFLICT (message_id) DO NOTHING"
+        );
+        let mut q = sqlx::query(&sql);
+        for e in chunk {
+            q = q.bind(&e.message_id).bind(&e.profile).bind(source).bind(&e.name).bind(e.ts).bind(now).bind(&e.body);
+        }
+        stored += q.execute(&mut *conn).await.context("storing events")?.rows_affected();
+    }
+    Ok(stored)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_and_identifiers() {
+        let data = serde_json::json!({"email": " Ada@Example.com ", "customer": {"id": 42}, "tags": ["a", "b"], "phone": ""});
+        assert_eq!(at_path(&data, "customer.id"), Some(&serde_json::json!(42)));
+        assert_eq!(at_path(&data, "tags.1"), Some(&serde_json::json!("b")));
+        assert_eq!(at_path(&data, "customer.missing"), None);
+        let kinds = crate::config::IdentityConfig::default().kinds;
+        let mapping = SourceStreamConfig {
+            identifiers: BTreeMap::from([
+                ("email".to_string(), "email".to_string()),
+                ("user_id".to_string(), "customer.id".to_string()),
+                ("phone".to_string(), "phone".to_string()),
+                ("nonexistent".to_string(), "email".to_string()),
+            ]),
+            traits: BTreeMap::new(),
+        };
+        let ids = record_identifiers(&kinds, &mapping, &data);
+        assert_eq!(ids, vec![Identifier::new("user_id", "42"), Identifier::new("email", "ada@example.com")]);
+    }
+}
