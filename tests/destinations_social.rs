@@ -759,3 +759,149 @@ fn linkedin_fake_refuses_what_linkedin_refuses() {
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["type"], "USER");
 }
+
+// ---------------------------------------------------------------- syncs through the hub
+
+mod syncs {
+    //! Both plugins driven by real syncs of a running hub: profiles in through the tracking API,
+    //! `switchyard sync run`, run history and dead letters from the CLI.
+
+    use std::time::{Duration, Instant};
+
+    use super::common::hub::{Db, Hub};
+    use super::*;
+    use serde_json::Value;
+
+    const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
+
+    fn identify(hub: &Hub, user: &str, traits: Value) {
+        let r = hub.track("identify", json!({"userId": user, "traits": traits}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// Runs a sync; returns its newest entry of `sync runs`.
+    fn run(hub: &Hub, sync: &str) -> Value {
+        ok(&hub.cli(&["sync", "run", sync]));
+        let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
+        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
+    }
+
+    fn dead_letters(hub: &Hub, sync: &str) -> Vec<Value> {
+        lines(&ok(&hub.cli(&["dlq", "list", sync])))
+    }
+
+    /// (status, succeeded, retried, dead-lettered) of a run.
+    fn counts(run: &Value) -> (&str, u64, u64, u64) {
+        (
+            run["status"].as_str().unwrap_or_default(),
+            run["succeeded"].as_u64().unwrap_or_default(),
+            run["retried"].as_u64().unwrap_or_default(),
+            run["dead_lettered"].as_u64().unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn tiktok_sync_mirrors_an_audience_backs_off_on_40100_and_dead_letters_rejections() {
+        let fake = tiktok_fake::start_in_background(TT_TOKEN, ADVERTISER, &[AUDIENCE]);
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.tiktok_vips]\nplugin = \"tiktok-audiences\"\n\
+             config = {{ advertiser_id = \"{ADVERTISER}\", audience_id = \"{AUDIENCE}\", default_country_code = \"1\" }}\n\
+             secrets = {{ access_token = \"${{TIKTOK_ACCESS_TOKEN}}\" }}\n\
+             reroute = [\"business-api.tiktok.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nconcurrency = 1\n\n\
+             [[syncs]]\nname = \"vip-to-tiktok\"\nfrom = {{ audience = \"vip\" }}\nto = \"tiktok_vips\"\nmode = \"mirror\"\nbatch_size = 1\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nphone = \"identifiers.phone\"\n",
+        );
+        let env = [("SWITCHYARD_RETRY_BASE_MS", "50"), ("TIKTOK_ACCESS_TOKEN", TT_TOKEN)];
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
+        hub.install(&["tiktok-audiences"]);
+        identify(&hub, "u1", json!({"email": "JaneDoe+ads@Gmail.com", "phone": "(650) 555-0100", "plan": "pro"}));
+        identify(&hub, "u2", json!({"email": "bob@example.com", "plan": "pro"}));
+        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+        let emails = |fake: &tiktok_fake::Fake| fake.members(AUDIENCE, "EMAIL_SHA256");
+
+        // TikTok's rate limit is an HTTP 200 with code 40100: retried after a second, completed.
+        fake.rate_limit_next(1);
+        let started = Instant::now();
+        let r = run(&hub, "vip-to-tiktok");
+        assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "waited before retrying");
+        // TikTok's published vector: the +tag is dropped before hashing.
+        assert_eq!(emails(&fake), [sha256("janedoe@gmail.com"), sha256("bob@example.com")].into_iter().collect());
+        assert_eq!(fake.members(AUDIENCE, "PHONE_SHA256"), [sha256("+16505550100")].into_iter().collect());
+
+        // A request TikTok refuses (code 40002): its record is dead-lettered with TikTok's message.
+        identify(&hub, "u4", json!({"email": "dee@example.com", "plan": "pro"}));
+        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        fake.code_next(1, 40002, "Invalid audience: the audience is being calculated.");
+        let r = run(&hub, "vip-to-tiktok");
+        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = dead_letters(&hub, "vip-to-tiktok");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let error = dead[0]["error"].as_str().unwrap();
+        assert!(error.starts_with("rejected: ") && error.contains("40002") && error.contains("being calculated"), "{error}");
+        assert_eq!(emails(&fake).len(), 3);
+
+        // Mirror: leaving the audience deletes the user's hashes.
+        identify(&hub, "u2", json!({"plan": "free"}));
+        let r = run(&hub, "vip-to-tiktok");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        assert!(!emails(&fake).contains(&sha256("bob@example.com")));
+        assert!(emails(&fake).contains(&sha256("janedoe@gmail.com")));
+        assert_eq!(fake.bodies().last().unwrap()["action"], "delete");
+    }
+
+    /// LinkedIn sends no Retry-After with its per-minute 429, so the plugin waits a minute: this
+    /// test takes a little over 60 s.
+    #[test]
+    fn linkedin_sync_mirrors_an_audience_waits_out_429_and_dead_letters_rejections() {
+        let fake = linkedin_fake::start_in_background(LI_TOKEN, &[SEGMENT]);
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.linkedin_accounts]\nplugin = \"linkedin-audiences\"\n\
+             config = {{ segment_id = \"{SEGMENT}\", linkedin_version = \"202509\" }}\n\
+             secrets = {{ access_token = \"{LI_TOKEN}\" }}\n\
+             reroute = [\"api.linkedin.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\n\n\
+             [[syncs]]\nname = \"vip-to-linkedin\"\nfrom = {{ audience = \"vip\" }}\nto = \"linkedin_accounts\"\nmode = \"mirror\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nfirst_name = \"traits.first_name\"\nlast_name = \"traits.last_name\"\n\
+             company = \"traits.company\"\ncountry = \"traits.country\"\n",
+        );
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        hub.install(&["linkedin-audiences"]);
+        identify(&hub, "u1", json!({"email": " Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace",
+                                    "company": "Analytical Engines", "country": "gb", "plan": "pro"}));
+        identify(&hub, "u2", json!({"email": "bob@example.com", "plan": "pro"}));
+        identify(&hub, "u3", json!({"email": "blocked@example.com", "plan": "pro"}));
+        identify(&hub, "u4", json!({"email": "cy@example.com", "plan": "free"}));
+        let hashed = |e: &str| ("SHA256_EMAIL".to_string(), sha256(e));
+
+        // 429 on the first request, then one element refused: the run waits, then completes
+        // with that one record dead-lettered with LinkedIn's message.
+        fake.throttle_next(1);
+        fake.reject_id(&sha256("blocked@example.com"), 400, "The user is not eligible for this segment");
+        let started = Instant::now();
+        let r = run(&hub, "vip-to-linkedin");
+        assert_eq!(counts(&r), ("completed_with_errors", 2, 3, 1), "{r}");
+        assert!(started.elapsed() >= Duration::from_secs(59), "LinkedIn's minute waited out");
+        let dead = dead_letters(&hub, "vip-to-linkedin");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        assert_eq!(dead[0]["error"], "rejected: status 400: The user is not eligible for this segment");
+        let members = fake.members(SEGMENT);
+        assert_eq!(members, [hashed("ada@example.com"), hashed("bob@example.com")].into_iter().collect());
+        let body = fake.bodies().last().unwrap().clone();
+        let ada = body["elements"].as_array().unwrap().iter()
+            .find(|e| e["userIds"][0]["idValue"] == sha256("ada@example.com")).expect("Ada's element").clone();
+        assert_eq!(ada["action"], "ADD");
+        assert_eq!((ada["firstName"].as_str(), ada["lastName"].as_str(), ada["company"].as_str(), ada["country"].as_str()),
+                   (Some("Ada"), Some("Lovelace"), Some("Analytical Engines"), Some("GB")));
+
+        // Mirror: leaving the audience removes the user; an unchanged run sends nothing.
+        identify(&hub, "u2", json!({"plan": "free"}));
+        let r = run(&hub, "vip-to-linkedin");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        assert_eq!(fake.members(SEGMENT), [hashed("ada@example.com")].into_iter().collect());
+        let requests = fake.bodies().len();
+        assert_eq!(run(&hub, "vip-to-linkedin")["sent"], 0);
+        assert_eq!(fake.bodies().len(), requests);
+    }
+}
