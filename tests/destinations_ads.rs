@@ -1354,3 +1354,191 @@ fn full_batches_of_10000_records_fit_one_call() {
         10_000
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Syncs through the hub
+
+mod syncs {
+    //! Both plugins driven by real syncs of a running hub: profiles in through the tracking API,
+    //! `switchyard sync run`, run history and dead letters from the CLI.
+
+    use std::time::{Duration, Instant};
+
+    use super::common::hub::{Db, Hub};
+    use super::*;
+
+    const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
+
+    fn identify(hub: &Hub, user: &str, traits: Value) {
+        let r = hub.track("identify", json!({"userId": user, "traits": traits}));
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// Runs a sync; returns its newest entry of `sync runs`.
+    fn run(hub: &Hub, sync: &str) -> Value {
+        ok(&hub.cli(&["sync", "run", sync]));
+        let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
+        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
+    }
+
+    fn dead_letters(hub: &Hub, sync: &str) -> Vec<Value> {
+        results(&ok(&hub.cli(&["dlq", "list", sync])))
+    }
+
+    /// (status, succeeded, retried, dead-lettered) of a run.
+    fn counts(run: &Value) -> (&str, u64, u64, u64) {
+        (
+            run["status"].as_str().unwrap_or_default(),
+            run["succeeded"].as_u64().unwrap_or_default(),
+            run["retried"].as_u64().unwrap_or_default(),
+            run["dead_lettered"].as_u64().unwrap_or_default(),
+        )
+    }
+
+    #[test]
+    fn meta_sync_mirrors_an_audience_backs_off_on_code_4_and_dead_letters_invalid_entries() {
+        let fake = meta_fake::start_in_background();
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.meta_vips]\nplugin = \"meta-custom-audiences\"\n\
+             config = {{ audience_id = \"{audience}\", default_phone_country_code = \"1\", default_country = \"US\" }}\n\
+             secrets = {{ access_token = \"${{META_ACCESS_TOKEN}}\" }}\n\
+             reroute = [\"graph.facebook.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\n\n\
+             [[syncs]]\nname = \"vip-to-meta\"\nfrom = {{ audience = \"vip\" }}\nto = \"meta_vips\"\nmode = \"mirror\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nphone = \"identifiers.phone\"\nfirst_name = \"traits.first_name\"\n\
+             last_name = \"traits.last_name\"\ncountry = \"traits.country\"\n",
+            audience = meta_fake::AUDIENCE_ID,
+        );
+        let env = [("SWITCHYARD_RETRY_BASE_MS", "50"), ("META_ACCESS_TOKEN", meta_fake::TOKEN)];
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
+        hub.install(&["meta-custom-audiences"]);
+        identify(&hub, "u1", json!({"email": "Test@Example.COM", "phone": "+1 (555) 123-4567",
+                                    "first_name": "John", "last_name": "Doe", "country": "US", "plan": "pro"}));
+        identify(&hub, "u2", json!({"email": "ada@example.org", "plan": "pro"}));
+        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+        let emails = |fake: &meta_fake::Fake| -> Vec<String> {
+            let mut e: Vec<String> = fake.members().iter().map(|m| m["EMAIL"].clone()).collect();
+            e.sort();
+            e
+        };
+
+        // Application-level throttling (code 4, X-App-Usage, no wait given): the hub backs off.
+        fake.fail_next(meta_fake::Fault {
+            status: 400,
+            code: 4,
+            subcode: None,
+            message: "(#4) Application request limit reached".into(),
+            is_transient: true,
+            headers: vec![("x-app-usage".into(), r#"{"call_count":100,"total_cputime":25,"total_time":25}"#.into())],
+        });
+        let r = run(&hub, "vip-to-meta");
+        assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        // Meta's published vectors, as they landed in the audience.
+        let members = fake.members();
+        let john = members.iter().find(|m| m["EMAIL"] == "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b")
+            .unwrap_or_else(|| panic!("John's row: {members:?}"));
+        assert_eq!(john["PHONE"], "d6736136ea896c1bfdc553e0e86e702c70d060d805696ca3e4e9e0961353860a");
+        assert_eq!(john["FN"], "96d9632f363564cc3032521409cf22a852f2032eec099ed5967c0d000cec607a");
+        assert_eq!(john["LN"], "799ef92a11af918e3fb741df42934f3b568ed2d93ac1df74f1b8d41a27932a6f");
+        assert_eq!(john["COUNTRY"], "79adb2a2fce5c6ba215fe5f27f532d4e7edbac4b6a5e09e1ef3a08084a904621");
+        assert_eq!(members.len(), 2);
+
+        // Meta quotes one entry as invalid: that record is dead-lettered with Meta's reason.
+        fake.mark_invalid(&sha("flagged@example.com"), "Invalid entry: hash does not match any format");
+        identify(&hub, "u4", json!({"email": "flagged@example.com", "plan": "pro"}));
+        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        let r = run(&hub, "vip-to-meta");
+        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = dead_letters(&hub, "vip-to-meta");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let error = dead[0]["error"].as_str().unwrap();
+        assert!(error.starts_with("rejected: ") && error.contains("hash does not match any format"), "{error}");
+        assert!(emails(&fake).contains(&sha("eve@example.com")));
+        assert!(!emails(&fake).contains(&sha("flagged@example.com")));
+
+        // Mirror: leaving the audience removes the person (DELETE with the same hashes).
+        identify(&hub, "u2", json!({"plan": "free"}));
+        let r = run(&hub, "vip-to-meta");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        assert!(!emails(&fake).contains(&sha("ada@example.org")));
+        assert_eq!(fake.members().len(), 2);
+        assert_eq!(fake.uploads().last().unwrap().method, "DELETE");
+    }
+
+    #[test]
+    fn google_ads_sync_mirrors_an_audience_waits_out_quota_and_dead_letters_partial_failures() {
+        let fake = google_fake::start_in_background();
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.google_vips]\nplugin = \"google-ads-customer-match\"\n\
+             config = {{ customer_id = \"123-456-7890\", user_list_id = \"{list}\", default_phone_country_code = \"1\", default_country = \"US\",\n\
+             \x20          consent_ad_user_data = \"GRANTED\", consent_ad_personalization = \"GRANTED\" }}\n\
+             secrets = {{ developer_token = \"{dev}\", refresh_token = \"{refresh}\", client_id = \"{client}\", client_secret = \"{client_secret}\" }}\n\
+             reroute = [\"googleads.googleapis.com=http://{hp}\", \"oauth2.googleapis.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\n\n\
+             [[syncs]]\nname = \"vip-to-google\"\nfrom = {{ audience = \"vip\" }}\nto = \"google_vips\"\nmode = \"mirror\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nphone = \"identifiers.phone\"\nfirst_name = \"traits.first_name\"\n\
+             last_name = \"traits.last_name\"\nzip = \"traits.postal_code\"\n",
+            list = google_fake::USER_LIST_ID,
+            dev = google_fake::DEVELOPER_TOKEN,
+            refresh = google_fake::REFRESH_TOKEN,
+            client = google_fake::CLIENT_ID,
+            client_secret = google_fake::CLIENT_SECRET,
+        );
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        hub.install(&["google-ads-customer-match"]);
+        identify(&hub, "u1", json!({"email": "DanaM@example.com", "phone": "+1-800-555-0100", "first_name": " Dana ",
+                                    "last_name": "Smith", "postal_code": "94045", "plan": "pro"}));
+        identify(&hub, "u2", json!({"email": "cloudy.SanFrancisco+shopping@GMAIL.com", "plan": "pro"}));
+        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+        let emails = |fake: &google_fake::Fake| -> Vec<Value> {
+            fake.members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+                .iter()
+                .map(|m| m[0]["hashedEmail"].clone())
+                .collect()
+        };
+
+        // RESOURCE_EXHAUSTED with a retryDelay of 1 s: waited out, then the job runs.
+        fake.fail_next(google_fake::Fault::quota("1s"));
+        let started = Instant::now();
+        let r = run(&hub, "vip-to-google");
+        assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "retryDelay honoured");
+        let jobs = fake.jobs();
+        assert_eq!(jobs.iter().filter(|j| j.status == "SUCCESS").count(), 1, "one job ran");
+        // The Data Manager guide's vectors, as they landed in the list.
+        let members = fake.members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
+        let dana = members.iter()
+            .find(|m| m[0]["hashedEmail"] == "1df6b43bc68dd38eca94e6a65b4f466ae537b796c81a526918b40ac4a7b906c7")
+            .unwrap_or_else(|| panic!("Dana: {members:?}"));
+        assert_eq!(dana[1], json!({"hashedPhoneNumber": "fb4f73a6ec5fdb7077d564cdd22c3554b43ce49168550c3b12c547b78c517b30"}));
+        assert_eq!(dana[2], json!({"addressInfo": {"hashedFirstName": sha("dana"), "hashedLastName": sha("smith"),
+                                                   "countryCode": "US", "postalCode": "94045"}}));
+        assert!(emails(&fake).contains(&json!("223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4")));
+        assert!(fake.token_grants() >= 1, "the access token came from the refresh-token flow");
+
+        // Google refuses one operation in partialFailureError: that record is dead-lettered.
+        fake.reject_identifier(
+            &sha("blocked@example.com"),
+            json!({"offlineUserDataJobError": "INCOMPATIBLE_UPLOAD_KEY_TYPE"}),
+            "The user identifier is not compatible with the list's upload key type.",
+        );
+        identify(&hub, "u4", json!({"email": "blocked@example.com", "plan": "pro"}));
+        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        let r = run(&hub, "vip-to-google");
+        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = dead_letters(&hub, "vip-to-google");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let error = dead[0]["error"].as_str().unwrap();
+        assert!(error.starts_with("rejected: Google Ads: ") && error.contains("INCOMPATIBLE_UPLOAD_KEY_TYPE"), "{error}");
+        assert!(emails(&fake).contains(&json!(sha("eve@example.com"))));
+        assert!(!emails(&fake).contains(&json!(sha("blocked@example.com"))));
+
+        // Mirror: leaving the audience sends a remove operation with the same hashes.
+        identify(&hub, "u2", json!({"plan": "free"}));
+        let r = run(&hub, "vip-to-google");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        assert_eq!(fake.jobs().last().unwrap().operations[0].0, "remove");
+        assert!(!emails(&fake).contains(&json!("223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4")));
+        assert_eq!(emails(&fake).len(), 2);
+    }
+}
