@@ -162,13 +162,6 @@ fn webhook_delivers_signed_batches_the_receiver_verifies() {
     assert_eq!(sent[0]["fields"]["plan"], "pro");
     assert_eq!(sent[1]["fields"]["email"], "bob@example.com");
 
-    // The same batch again (a retry after a lost answer) carries the same webhook-id: the
-    // receiver acknowledges it and does not apply it twice.
-    let again = lines(&ok(&run.deliver(SECRET, "upsert", &records[..2], "warn")));
-    assert!(again.iter().all(|r| r["result"] == "ok"), "{again:?}");
-    assert_eq!(fake.messages().len(), 1);
-    assert_eq!(fake.duplicates(), 1);
-
     // Deletes and events are their own message types.
     let deleted = lines(&ok(&run.deliver(SECRET, "delete", &records[..1], "warn")));
     assert_eq!(deleted[0]["result"], "ok");
@@ -186,6 +179,23 @@ fn webhook_delivers_signed_batches_the_receiver_verifies() {
         42
     );
     assert_ne!(messages[1].id, messages[0].id);
+
+    // The same events again (a retry after a lost answer) carry the same webhook-id: the
+    // receiver acknowledges them and does not apply them twice.
+    let again = lines(&ok(&run.deliver(SECRET, "track", &track, "warn")));
+    assert_eq!(again[0]["result"], "ok");
+    assert_eq!(fake.messages().len(), 3);
+    assert_eq!(fake.duplicates(), 1);
+
+    // The same upsert again is a new state change (p1 was deleted in between): a receiver
+    // deduplicating on webhook-id must apply it, so it gets a new id.
+    let again = lines(&ok(&run.deliver(SECRET, "upsert", &records[..1], "warn")));
+    assert_eq!(again[0]["result"], "ok");
+    let messages = fake.messages();
+    assert_eq!(messages.len(), 4, "the re-added record was applied");
+    assert_eq!(messages[3].body["type"], "switchyard.upsert");
+    assert_ne!(messages[3].id, messages[0].id);
+    assert_eq!(fake.duplicates(), 1);
 }
 
 #[test]
@@ -820,6 +830,15 @@ mod syncs {
         let deletes = records_of(&fake, "acme.delete");
         assert_eq!(deletes.len(), 1, "{deletes:?}");
         assert_eq!(deletes[0]["fields"], json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
+
+        // Joining again re-sends the very same upsert: the receiver must apply it, not take it
+        // for a duplicate of the first one.
+        identify(&hub, "u2", json!({"plan": "pro"}));
+        let r = run(&hub, "vip-to-crm");
+        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        let bobs = records_of(&fake, "acme.upsert").into_iter().filter(|r| r["fields"]["email"] == "bob@example.com").count();
+        assert_eq!(bobs, 2, "the re-join was applied");
+        assert_eq!(fake.duplicates(), 0);
 
         // Events: each Order Completed once, mapped, signed like every other message.
         settle(ordered);

@@ -3,8 +3,13 @@
 //!
 //! Every request carries three headers:
 //!
-//! - `webhook-id`: `msg_` and a digest of the batch's action and records, so that a retry of
-//!   the same batch carries the same id and the receiver can deduplicate it;
+//! - `webhook-id`: `msg_` and a digest of the batch. For `track` (events, each keyed by its own
+//!   message id) the digest covers only the action and the records, so a retry of the same
+//!   batch carries the same id and a receiver deduplicating on it applies each event once.
+//!   Upserts and deletes are state changes that legitimately repeat with identical content (a
+//!   profile leaves an audience, then joins it again): their digest also covers the attempt
+//!   time, so a deduplicating receiver never drops the repeat (applying a retried upsert or
+//!   delete twice is harmless);
 //! - `webhook-timestamp`: the attempt time, integer Unix seconds;
 //! - `webhook-signature`: `v1,<base64 HMAC-SHA256>` over `{id}.{timestamp}.{body}`, keyed with
 //!   the base64-decoded part of the `whsec_...` signing secret.
@@ -130,7 +135,10 @@ impl Destination for Webhook {
             return Ok(results);
         }
         let action = action_name(action);
-        let id = message_id(action, &rows);
+        // Events are unique by key, so their id is stable across retries; state changes are
+        // not (the same upsert can follow a delete later), so theirs is unique per attempt.
+        let nonce = (action != "track").then(now_nanos);
+        let id = message_id(action, &rows, nonce);
         let body = message_body(&ctx.config.type_prefix, action, &rows, now_unix())?;
         let response = send_signed(ctx, &key, &id, body)?;
         switchyard_sdk::debug!(
@@ -222,11 +230,16 @@ pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
-/// `msg_` + 32 hex digits of SHA-256 over the action and the records: the same batch, resent
-/// after a failure, keeps its id.
-pub fn message_id(action: &str, rows: &[serde_json::Value]) -> String {
+/// `msg_` + 32 hex digits of SHA-256 over the action, the records and an optional `nonce`:
+/// without a nonce the same batch, resent after a failure, keeps its id; with one (the attempt
+/// time) every attempt has its own.
+pub fn message_id(action: &str, rows: &[serde_json::Value], nonce: Option<u128>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(action.as_bytes());
+    if let Some(nonce) = nonce {
+        hasher.update(b"@");
+        hasher.update(nonce.to_string().as_bytes());
+    }
     for row in rows {
         hasher.update(b"\n");
         hasher.update(row.to_string().as_bytes());
@@ -275,6 +288,22 @@ pub fn rfc3339(secs: u64) -> String {
         (rem % 3600) / 60,
         rem % 60
     )
+}
+
+/// The attempt time in nanoseconds since the Unix epoch.
+fn now_nanos() -> u128 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let now = switchyard_sdk::bindings::wasi::clocks::wall_clock::now();
+        now.seconds as u128 * 1_000_000_000 + now.nanoseconds as u128
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    }
 }
 
 fn now_unix() -> u64 {
@@ -332,11 +361,14 @@ mod tests {
     fn message_id_is_stable_for_the_same_batch_only() {
         let a = vec![serde_json::json!({"key": "p1", "fields": {"email": "a@x.com"}})];
         let b = vec![serde_json::json!({"key": "p1", "fields": {"email": "b@x.com"}})];
-        assert_eq!(message_id("upsert", &a), message_id("upsert", &a));
-        assert_ne!(message_id("upsert", &a), message_id("upsert", &b));
-        assert_ne!(message_id("upsert", &a), message_id("delete", &a));
-        assert!(message_id("upsert", &a).starts_with("msg_"));
-        assert_eq!(message_id("upsert", &a).len(), 4 + 32);
+        assert_eq!(message_id("track", &a, None), message_id("track", &a, None));
+        assert_ne!(message_id("track", &a, None), message_id("track", &b, None));
+        assert_ne!(message_id("upsert", &a, None), message_id("delete", &a, None));
+        assert!(message_id("upsert", &a, None).starts_with("msg_"));
+        assert_eq!(message_id("upsert", &a, Some(7)).len(), 4 + 32);
+        // A nonce (the attempt time) makes repeats of identical state changes distinct.
+        assert_ne!(message_id("upsert", &a, Some(1)), message_id("upsert", &a, Some(2)));
+        assert_eq!(message_id("upsert", &a, Some(1)), message_id("upsert", &a, Some(1)));
     }
 
     #[test]
