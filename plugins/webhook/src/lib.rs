@@ -363,12 +363,21 @@ mod tests {
         let b = vec![serde_json::json!({"key": "p1", "fields": {"email": "b@x.com"}})];
         assert_eq!(message_id("track", &a, None), message_id("track", &a, None));
         assert_ne!(message_id("track", &a, None), message_id("track", &b, None));
-        assert_ne!(message_id("upsert", &a, None), message_id("delete", &a, None));
+        assert_ne!(
+            message_id("upsert", &a, None),
+            message_id("delete", &a, None)
+        );
         assert!(message_id("upsert", &a, None).starts_with("msg_"));
         assert_eq!(message_id("upsert", &a, Some(7)).len(), 4 + 32);
         // A nonce (the attempt time) makes repeats of identical state changes distinct.
-        assert_ne!(message_id("upsert", &a, Some(1)), message_id("upsert", &a, Some(2)));
-        assert_eq!(message_id("upsert", &a, Some(1)), message_id("upsert", &a, Some(1)));
+        assert_ne!(
+            message_id("upsert", &a, Some(1)),
+            message_id("upsert", &a, Some(2))
+        );
+        assert_eq!(
+            message_id("upsert", &a, Some(1)),
+            message_id("upsert", &a, Some(1))
+        );
     }
 
     #[test]
