@@ -1409,13 +1409,28 @@ mod syncs {
              last_name = \"traits.last_name\"\ncountry = \"traits.country\"\n",
             audience = meta_fake::AUDIENCE_ID,
         );
-        let env = [("SWITCHYARD_RETRY_BASE_MS", "50"), ("META_ACCESS_TOKEN", meta_fake::TOKEN)];
+        let env = [
+            ("SWITCHYARD_RETRY_BASE_MS", "50"),
+            ("META_ACCESS_TOKEN", meta_fake::TOKEN),
+        ];
         let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
         hub.install(&["meta-custom-audiences"]);
-        identify(&hub, "u1", json!({"email": "Test@Example.COM", "phone": "+1 (555) 123-4567",
-                                    "first_name": "John", "last_name": "Doe", "country": "US", "plan": "pro"}));
-        identify(&hub, "u2", json!({"email": "ada@example.org", "plan": "pro"}));
-        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+        identify(
+            &hub,
+            "u1",
+            json!({"email": "Test@Example.COM", "phone": "+1 (555) 123-4567",
+                                    "first_name": "John", "last_name": "Doe", "country": "US", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u2",
+            json!({"email": "ada@example.org", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u3",
+            json!({"email": "cy@example.com", "plan": "free"}),
+        );
         let emails = |fake: &meta_fake::Fake| -> Vec<String> {
             let mut e: Vec<String> = fake.members().iter().map(|m| m["EMAIL"].clone()).collect();
             e.sort();
@@ -1429,30 +1444,63 @@ mod syncs {
             subcode: None,
             message: "(#4) Application request limit reached".into(),
             is_transient: true,
-            headers: vec![("x-app-usage".into(), r#"{"call_count":100,"total_cputime":25,"total_time":25}"#.into())],
+            headers: vec![(
+                "x-app-usage".into(),
+                r#"{"call_count":100,"total_cputime":25,"total_time":25}"#.into(),
+            )],
         });
         let r = run(&hub, "vip-to-meta");
         assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
         // Meta's published vectors, as they landed in the audience.
         let members = fake.members();
-        let john = members.iter().find(|m| m["EMAIL"] == "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b")
+        let john = members
+            .iter()
+            .find(|m| {
+                m["EMAIL"] == "973dfe463ec85785f5f95af5ba3906eedb2d931c24e69824a89ea65dba4e813b"
+            })
             .unwrap_or_else(|| panic!("John's row: {members:?}"));
-        assert_eq!(john["PHONE"], "d6736136ea896c1bfdc553e0e86e702c70d060d805696ca3e4e9e0961353860a");
-        assert_eq!(john["FN"], "96d9632f363564cc3032521409cf22a852f2032eec099ed5967c0d000cec607a");
-        assert_eq!(john["LN"], "799ef92a11af918e3fb741df42934f3b568ed2d93ac1df74f1b8d41a27932a6f");
-        assert_eq!(john["COUNTRY"], "79adb2a2fce5c6ba215fe5f27f532d4e7edbac4b6a5e09e1ef3a08084a904621");
+        assert_eq!(
+            john["PHONE"],
+            "d6736136ea896c1bfdc553e0e86e702c70d060d805696ca3e4e9e0961353860a"
+        );
+        assert_eq!(
+            john["FN"],
+            "96d9632f363564cc3032521409cf22a852f2032eec099ed5967c0d000cec607a"
+        );
+        assert_eq!(
+            john["LN"],
+            "799ef92a11af918e3fb741df42934f3b568ed2d93ac1df74f1b8d41a27932a6f"
+        );
+        assert_eq!(
+            john["COUNTRY"],
+            "79adb2a2fce5c6ba215fe5f27f532d4e7edbac4b6a5e09e1ef3a08084a904621"
+        );
         assert_eq!(members.len(), 2);
 
         // Meta quotes one entry as invalid: that record is dead-lettered with Meta's reason.
-        fake.mark_invalid(&sha("flagged@example.com"), "Invalid entry: hash does not match any format");
-        identify(&hub, "u4", json!({"email": "flagged@example.com", "plan": "pro"}));
-        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        fake.mark_invalid(
+            &sha("flagged@example.com"),
+            "Invalid entry: hash does not match any format",
+        );
+        identify(
+            &hub,
+            "u4",
+            json!({"email": "flagged@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u5",
+            json!({"email": "eve@example.com", "plan": "pro"}),
+        );
         let r = run(&hub, "vip-to-meta");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
         let dead = dead_letters(&hub, "vip-to-meta");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
-        assert!(error.starts_with("rejected: ") && error.contains("hash does not match any format"), "{error}");
+        assert!(
+            error.starts_with("rejected: ") && error.contains("hash does not match any format"),
+            "{error}"
+        );
         assert!(emails(&fake).contains(&sha("eve@example.com")));
         assert!(!emails(&fake).contains(&sha("flagged@example.com")));
 
@@ -1484,12 +1532,29 @@ mod syncs {
             client = google_fake::CLIENT_ID,
             client_secret = google_fake::CLIENT_SECRET,
         );
-        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        let hub = Hub::start_project(
+            Db::Sqlite,
+            "",
+            &project,
+            &[("SWITCHYARD_RETRY_BASE_MS", "50")],
+        );
         hub.install(&["google-ads-customer-match"]);
-        identify(&hub, "u1", json!({"email": "DanaM@example.com", "phone": "+1-800-555-0100", "first_name": " Dana ",
-                                    "last_name": "Smith", "postal_code": "94045", "plan": "pro"}));
-        identify(&hub, "u2", json!({"email": "cloudy.SanFrancisco+shopping@GMAIL.com", "plan": "pro"}));
-        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+        identify(
+            &hub,
+            "u1",
+            json!({"email": "DanaM@example.com", "phone": "+1-800-555-0100", "first_name": " Dana ",
+                                    "last_name": "Smith", "postal_code": "94045", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u2",
+            json!({"email": "cloudy.SanFrancisco+shopping@GMAIL.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u3",
+            json!({"email": "cy@example.com", "plan": "free"}),
+        );
         let emails = |fake: &google_fake::Fake| -> Vec<Value> {
             fake.members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
                 .iter()
@@ -1502,19 +1567,41 @@ mod syncs {
         let started = Instant::now();
         let r = run(&hub, "vip-to-google");
         assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
-        assert!(started.elapsed() >= Duration::from_secs(1), "retryDelay honoured");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "retryDelay honoured"
+        );
         let jobs = fake.jobs();
-        assert_eq!(jobs.iter().filter(|j| j.status == "SUCCESS").count(), 1, "one job ran");
+        assert_eq!(
+            jobs.iter().filter(|j| j.status == "SUCCESS").count(),
+            1,
+            "one job ran"
+        );
         // The Data Manager guide's vectors, as they landed in the list.
         let members = fake.members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
-        let dana = members.iter()
-            .find(|m| m[0]["hashedEmail"] == "1df6b43bc68dd38eca94e6a65b4f466ae537b796c81a526918b40ac4a7b906c7")
+        let dana = members
+            .iter()
+            .find(|m| {
+                m[0]["hashedEmail"]
+                    == "1df6b43bc68dd38eca94e6a65b4f466ae537b796c81a526918b40ac4a7b906c7"
+            })
             .unwrap_or_else(|| panic!("Dana: {members:?}"));
-        assert_eq!(dana[1], json!({"hashedPhoneNumber": "fb4f73a6ec5fdb7077d564cdd22c3554b43ce49168550c3b12c547b78c517b30"}));
-        assert_eq!(dana[2], json!({"addressInfo": {"hashedFirstName": sha("dana"), "hashedLastName": sha("smith"),
-                                                   "countryCode": "US", "postalCode": "94045"}}));
-        assert!(emails(&fake).contains(&json!("223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4")));
-        assert!(fake.token_grants() >= 1, "the access token came from the refresh-token flow");
+        assert_eq!(
+            dana[1],
+            json!({"hashedPhoneNumber": "fb4f73a6ec5fdb7077d564cdd22c3554b43ce49168550c3b12c547b78c517b30"})
+        );
+        assert_eq!(
+            dana[2],
+            json!({"addressInfo": {"hashedFirstName": sha("dana"), "hashedLastName": sha("smith"),
+                                                   "countryCode": "US", "postalCode": "94045"}})
+        );
+        assert!(emails(&fake).contains(&json!(
+            "223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4"
+        )));
+        assert!(
+            fake.token_grants() >= 1,
+            "the access token came from the refresh-token flow"
+        );
 
         // Google refuses one operation in partialFailureError: that record is dead-lettered.
         fake.reject_identifier(
@@ -1522,14 +1609,26 @@ mod syncs {
             json!({"offlineUserDataJobError": "INCOMPATIBLE_UPLOAD_KEY_TYPE"}),
             "The user identifier is not compatible with the list's upload key type.",
         );
-        identify(&hub, "u4", json!({"email": "blocked@example.com", "plan": "pro"}));
-        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        identify(
+            &hub,
+            "u4",
+            json!({"email": "blocked@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u5",
+            json!({"email": "eve@example.com", "plan": "pro"}),
+        );
         let r = run(&hub, "vip-to-google");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
         let dead = dead_letters(&hub, "vip-to-google");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
-        assert!(error.starts_with("rejected: Google Ads: ") && error.contains("INCOMPATIBLE_UPLOAD_KEY_TYPE"), "{error}");
+        assert!(
+            error.starts_with("rejected: Google Ads: ")
+                && error.contains("INCOMPATIBLE_UPLOAD_KEY_TYPE"),
+            "{error}"
+        );
         assert!(emails(&fake).contains(&json!(sha("eve@example.com"))));
         assert!(!emails(&fake).contains(&json!(sha("blocked@example.com"))));
 
@@ -1538,7 +1637,9 @@ mod syncs {
         let r = run(&hub, "vip-to-google");
         assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert_eq!(fake.jobs().last().unwrap().operations[0].0, "remove");
-        assert!(!emails(&fake).contains(&json!("223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4")));
+        assert!(!emails(&fake).contains(&json!(
+            "223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4"
+        )));
         assert_eq!(emails(&fake).len(), 2);
     }
 }

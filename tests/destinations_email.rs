@@ -930,13 +930,31 @@ mod syncs {
             list = sendgrid_fake::LIST_ID,
             template = sendgrid_fake::TEMPLATE_ID,
         );
-        let env = [("SWITCHYARD_RETRY_BASE_MS", "50"), ("SENDGRID_API_KEY", sendgrid_fake::API_KEY)];
+        let env = [
+            ("SWITCHYARD_RETRY_BASE_MS", "50"),
+            ("SENDGRID_API_KEY", sendgrid_fake::API_KEY),
+        ];
         let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
         hub.install(&["sendgrid"]);
-        identify(&hub, "u1", json!({"email": "Ada@Example.com", "first_name": "Ada", "plan": "pro"}));
-        identify(&hub, "u2", json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
-        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
-        let r = hub.track("track", json!({"userId": "u3", "event": "Order Completed", "properties": {"order_id": "o-1"}}));
+        identify(
+            &hub,
+            "u1",
+            json!({"email": "Ada@Example.com", "first_name": "Ada", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u2",
+            json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u3",
+            json!({"email": "cy@example.com", "plan": "free"}),
+        );
+        let r = hub.track(
+            "track",
+            json!({"userId": "u3", "event": "Order Completed", "properties": {"order_id": "o-1"}}),
+        );
         assert_eq!(r.status, 200);
         let ordered = Instant::now();
 
@@ -949,18 +967,35 @@ mod syncs {
         assert_eq!(ada["custom_fields"], json!({"e1_T": "pro"}));
         assert_eq!(ada["list_ids"], json!([sendgrid_fake::LIST_ID]));
         assert!(fake.contact("bob@example.com").is_some());
-        assert!(fake.contact("cy@example.com").is_none(), "not in the audience");
+        assert!(
+            fake.contact("cy@example.com").is_none(),
+            "not in the audience"
+        );
 
         // SendGrid refuses one contact of the request: dead-lettered with SendGrid's message.
-        identify(&hub, "u4", json!({"email": "dee@example.com", "first_name": "N".repeat(51), "plan": "pro"}));
-        identify(&hub, "u5", json!({"email": "eve@example.com", "first_name": "Eve", "plan": "pro"}));
+        identify(
+            &hub,
+            "u4",
+            json!({"email": "dee@example.com", "first_name": "N".repeat(51), "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u5",
+            json!({"email": "eve@example.com", "first_name": "Eve", "plan": "pro"}),
+        );
         let r = run(&hub, "vip-to-sendgrid");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
         let dead = dead_letters(&hub, "vip-to-sendgrid");
         assert_eq!(dead.len(), 1, "{dead:?}");
-        assert_eq!(dead[0]["error"], "rejected: HTTP 400: first_name: must be at most 50 characters");
+        assert_eq!(
+            dead[0]["error"],
+            "rejected: HTTP 400: first_name: must be at most 50 characters"
+        );
         assert!(fake.contact("dee@example.com").is_none());
-        assert_eq!(fake.contact("eve@example.com").unwrap()["first_name"], "Eve");
+        assert_eq!(
+            fake.contact("eve@example.com").unwrap()["first_name"],
+            "Eve"
+        );
 
         // Mirror: leaving the audience deletes the contact (looked up by email).
         identify(&hub, "u2", json!({"plan": "free"}));
@@ -996,11 +1031,28 @@ mod syncs {
             key = mailchimp_fake::API_KEY,
             dc = mailchimp_fake::DC,
         );
-        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        let hub = Hub::start_project(
+            Db::Sqlite,
+            "",
+            &project,
+            &[("SWITCHYARD_RETRY_BASE_MS", "50")],
+        );
         hub.install(&["mailchimp"]);
-        identify(&hub, "u1", json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
-        identify(&hub, "u2", json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
-        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+        identify(
+            &hub,
+            "u1",
+            json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u2",
+            json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u3",
+            json!({"email": "cy@example.com", "plan": "free"}),
+        );
 
         // Mailchimp's 429 carries no wait hint: the hub backs off on its own and completes.
         fake.throttle(1, None);
@@ -1015,21 +1067,38 @@ mod syncs {
 
         // A per-member error of the batch call: that member is dead-lettered, the other lands.
         fake.seed_forgotten("gone@example.com");
-        identify(&hub, "u4", json!({"email": "gone@example.com", "plan": "pro"}));
-        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        identify(
+            &hub,
+            "u4",
+            json!({"email": "gone@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u5",
+            json!({"email": "eve@example.com", "plan": "pro"}),
+        );
         let r = run(&hub, "vip-to-mailchimp");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
         let dead = dead_letters(&hub, "vip-to-mailchimp");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
-        assert!(error.starts_with("rejected: ") && error.contains("permanently deleted"), "{error}");
+        assert!(
+            error.starts_with("rejected: ") && error.contains("permanently deleted"),
+            "{error}"
+        );
         assert!(fake.member("eve@example.com").is_some());
 
         // Mirror: leaving the audience archives the member.
         identify(&hub, "u2", json!({"plan": "free"}));
         let r = run(&hub, "vip-to-mailchimp");
         assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
-        assert_eq!(fake.member("bob@example.com").unwrap()["status"], "archived");
-        assert_eq!(fake.member("ada@example.com").unwrap()["status"], "subscribed");
+        assert_eq!(
+            fake.member("bob@example.com").unwrap()["status"],
+            "archived"
+        );
+        assert_eq!(
+            fake.member("ada@example.com").unwrap()["status"],
+            "subscribed"
+        );
     }
 }

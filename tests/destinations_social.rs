@@ -812,12 +812,27 @@ mod syncs {
              [[syncs]]\nname = \"vip-to-tiktok\"\nfrom = {{ audience = \"vip\" }}\nto = \"tiktok_vips\"\nmode = \"mirror\"\nbatch_size = 1\n\
              [syncs.mapping]\nemail = \"identifiers.email\"\nphone = \"identifiers.phone\"\n",
         );
-        let env = [("SWITCHYARD_RETRY_BASE_MS", "50"), ("TIKTOK_ACCESS_TOKEN", TT_TOKEN)];
+        let env = [
+            ("SWITCHYARD_RETRY_BASE_MS", "50"),
+            ("TIKTOK_ACCESS_TOKEN", TT_TOKEN),
+        ];
         let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
         hub.install(&["tiktok-audiences"]);
-        identify(&hub, "u1", json!({"email": "JaneDoe+ads@Gmail.com", "phone": "(650) 555-0100", "plan": "pro"}));
-        identify(&hub, "u2", json!({"email": "bob@example.com", "plan": "pro"}));
-        identify(&hub, "u3", json!({"email": "cy@example.com", "plan": "free"}));
+        identify(
+            &hub,
+            "u1",
+            json!({"email": "JaneDoe+ads@Gmail.com", "phone": "(650) 555-0100", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u2",
+            json!({"email": "bob@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u3",
+            json!({"email": "cy@example.com", "plan": "free"}),
+        );
         let emails = |fake: &tiktok_fake::Fake| fake.members(AUDIENCE, "EMAIL_SHA256");
 
         // TikTok's rate limit is an HTTP 200 with code 40100: retried after a second, completed.
@@ -825,21 +840,49 @@ mod syncs {
         let started = Instant::now();
         let r = run(&hub, "vip-to-tiktok");
         assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
-        assert!(started.elapsed() >= Duration::from_secs(1), "waited before retrying");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "waited before retrying"
+        );
         // TikTok's published vector: the +tag is dropped before hashing.
-        assert_eq!(emails(&fake), [sha256("janedoe@gmail.com"), sha256("bob@example.com")].into_iter().collect());
-        assert_eq!(fake.members(AUDIENCE, "PHONE_SHA256"), [sha256("+16505550100")].into_iter().collect());
+        assert_eq!(
+            emails(&fake),
+            [sha256("janedoe@gmail.com"), sha256("bob@example.com")]
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(
+            fake.members(AUDIENCE, "PHONE_SHA256"),
+            [sha256("+16505550100")].into_iter().collect()
+        );
 
         // A request TikTok refuses (code 40002): its record is dead-lettered with TikTok's message.
-        identify(&hub, "u4", json!({"email": "dee@example.com", "plan": "pro"}));
-        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
-        fake.code_next(1, 40002, "Invalid audience: the audience is being calculated.");
+        identify(
+            &hub,
+            "u4",
+            json!({"email": "dee@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u5",
+            json!({"email": "eve@example.com", "plan": "pro"}),
+        );
+        fake.code_next(
+            1,
+            40002,
+            "Invalid audience: the audience is being calculated.",
+        );
         let r = run(&hub, "vip-to-tiktok");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
         let dead = dead_letters(&hub, "vip-to-tiktok");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
-        assert!(error.starts_with("rejected: ") && error.contains("40002") && error.contains("being calculated"), "{error}");
+        assert!(
+            error.starts_with("rejected: ")
+                && error.contains("40002")
+                && error.contains("being calculated"),
+            "{error}"
+        );
         assert_eq!(emails(&fake).len(), 3);
 
         // Mirror: leaving the audience deletes the user's hashes.
@@ -866,40 +909,96 @@ mod syncs {
              [syncs.mapping]\nemail = \"identifiers.email\"\nfirst_name = \"traits.first_name\"\nlast_name = \"traits.last_name\"\n\
              company = \"traits.company\"\ncountry = \"traits.country\"\n",
         );
-        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        let hub = Hub::start_project(
+            Db::Sqlite,
+            "",
+            &project,
+            &[("SWITCHYARD_RETRY_BASE_MS", "50")],
+        );
         hub.install(&["linkedin-audiences"]);
-        identify(&hub, "u1", json!({"email": " Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace",
-                                    "company": "Analytical Engines", "country": "gb", "plan": "pro"}));
-        identify(&hub, "u2", json!({"email": "bob@example.com", "plan": "pro"}));
-        identify(&hub, "u3", json!({"email": "blocked@example.com", "plan": "pro"}));
-        identify(&hub, "u4", json!({"email": "cy@example.com", "plan": "free"}));
+        identify(
+            &hub,
+            "u1",
+            json!({"email": " Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace",
+                                    "company": "Analytical Engines", "country": "gb", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u2",
+            json!({"email": "bob@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u3",
+            json!({"email": "blocked@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u4",
+            json!({"email": "cy@example.com", "plan": "free"}),
+        );
         let hashed = |e: &str| ("SHA256_EMAIL".to_string(), sha256(e));
 
         // 429 on the first request, then one element refused: the run waits, then completes
         // with that one record dead-lettered with LinkedIn's message.
         fake.throttle_next(1);
-        fake.reject_id(&sha256("blocked@example.com"), 400, "The user is not eligible for this segment");
+        fake.reject_id(
+            &sha256("blocked@example.com"),
+            400,
+            "The user is not eligible for this segment",
+        );
         let started = Instant::now();
         let r = run(&hub, "vip-to-linkedin");
         assert_eq!(counts(&r), ("completed_with_errors", 2, 3, 1), "{r}");
-        assert!(started.elapsed() >= Duration::from_secs(59), "LinkedIn's minute waited out");
+        assert!(
+            started.elapsed() >= Duration::from_secs(59),
+            "LinkedIn's minute waited out"
+        );
         let dead = dead_letters(&hub, "vip-to-linkedin");
         assert_eq!(dead.len(), 1, "{dead:?}");
-        assert_eq!(dead[0]["error"], "rejected: status 400: The user is not eligible for this segment");
+        assert_eq!(
+            dead[0]["error"],
+            "rejected: status 400: The user is not eligible for this segment"
+        );
         let members = fake.members(SEGMENT);
-        assert_eq!(members, [hashed("ada@example.com"), hashed("bob@example.com")].into_iter().collect());
+        assert_eq!(
+            members,
+            [hashed("ada@example.com"), hashed("bob@example.com")]
+                .into_iter()
+                .collect()
+        );
         let body = fake.bodies().last().unwrap().clone();
-        let ada = body["elements"].as_array().unwrap().iter()
-            .find(|e| e["userIds"][0]["idValue"] == sha256("ada@example.com")).expect("Ada's element").clone();
+        let ada = body["elements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["userIds"][0]["idValue"] == sha256("ada@example.com"))
+            .expect("Ada's element")
+            .clone();
         assert_eq!(ada["action"], "ADD");
-        assert_eq!((ada["firstName"].as_str(), ada["lastName"].as_str(), ada["company"].as_str(), ada["country"].as_str()),
-                   (Some("Ada"), Some("Lovelace"), Some("Analytical Engines"), Some("GB")));
+        assert_eq!(
+            (
+                ada["firstName"].as_str(),
+                ada["lastName"].as_str(),
+                ada["company"].as_str(),
+                ada["country"].as_str()
+            ),
+            (
+                Some("Ada"),
+                Some("Lovelace"),
+                Some("Analytical Engines"),
+                Some("GB")
+            )
+        );
 
         // Mirror: leaving the audience removes the user; an unchanged run sends nothing.
         identify(&hub, "u2", json!({"plan": "free"}));
         let r = run(&hub, "vip-to-linkedin");
         assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
-        assert_eq!(fake.members(SEGMENT), [hashed("ada@example.com")].into_iter().collect());
+        assert_eq!(
+            fake.members(SEGMENT),
+            [hashed("ada@example.com")].into_iter().collect()
+        );
         let requests = fake.bodies().len();
         assert_eq!(run(&hub, "vip-to-linkedin")["sent"], 0);
         assert_eq!(fake.bodies().len(), requests);

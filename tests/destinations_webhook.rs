@@ -736,8 +736,11 @@ mod syncs {
     }
 
     fn order(hub: &Hub, user: &str, id: &str, total: f64) {
-        let r = hub.track("track", json!({"userId": user, "event": "Order Completed", "messageId": id,
-                                          "properties": {"order_id": id, "total": total}}));
+        let r = hub.track(
+            "track",
+            json!({"userId": user, "event": "Order Completed", "messageId": id,
+                                          "properties": {"order_id": id, "total": total}}),
+        );
         assert_eq!(r.status, 200, "{}", r.text());
     }
 
@@ -772,7 +775,12 @@ mod syncs {
         fake.messages()
             .into_iter()
             .filter(|m| m.body["type"] == kind)
-            .flat_map(|m| m.body["data"]["records"].as_array().cloned().unwrap_or_default())
+            .flat_map(|m| {
+                m.body["data"]["records"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .collect()
     }
 
@@ -791,11 +799,31 @@ mod syncs {
              [syncs.mapping]\nemail = \"identifiers.email\"\nevent = \"event.name\"\ntotal = \"event.properties.total\"\n",
             url = fake.url("/hooks/switchyard"),
         );
-        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50"), ("CRM_WEBHOOK_SECRET", SECRET)]);
+        let hub = Hub::start_project(
+            Db::Sqlite,
+            "",
+            &project,
+            &[
+                ("SWITCHYARD_RETRY_BASE_MS", "50"),
+                ("CRM_WEBHOOK_SECRET", SECRET),
+            ],
+        );
         hub.install(&["webhook"]);
-        identify(&hub, "u1", json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
-        identify(&hub, "u2", json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
-        identify(&hub, "u3", json!({"email": "cy@example.com", "first_name": "Cy", "plan": "free"}));
+        identify(
+            &hub,
+            "u1",
+            json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u2",
+            json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u3",
+            json!({"email": "cy@example.com", "first_name": "Cy", "plan": "free"}),
+        );
         order(&hub, "u1", "o-1", 42.5);
         order(&hub, "u3", "o-2", 7.0);
         let ordered = Instant::now();
@@ -805,22 +833,44 @@ mod syncs {
         let started = Instant::now();
         let r = run(&hub, "vip-to-crm");
         assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
-        assert!(started.elapsed() >= Duration::from_secs(1), "Retry-After honoured");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "Retry-After honoured"
+        );
         let mut upserts = records_of(&fake, "acme.upsert");
         upserts.sort_by_key(|r| r["fields"]["email"].as_str().map(str::to_string));
         assert_eq!(upserts.len(), 2, "{upserts:?}");
-        assert_eq!(upserts[0]["fields"], json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
+        assert_eq!(
+            upserts[0]["fields"],
+            json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"})
+        );
         assert_eq!(upserts[1]["fields"]["email"], "bob@example.com");
 
         // The receiver refuses one record: it is dead-lettered with the receiver's message.
-        identify(&hub, "u4", json!({"email": "dee@example.com", "plan": "pro"}));
-        identify(&hub, "u5", json!({"email": "eve@example.com", "plan": "pro"}));
-        fake.fail_next(1, 422, &[("content-type", "application/json")], r#"{"message":"unknown plan tier"}"#);
+        identify(
+            &hub,
+            "u4",
+            json!({"email": "dee@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u5",
+            json!({"email": "eve@example.com", "plan": "pro"}),
+        );
+        fake.fail_next(
+            1,
+            422,
+            &[("content-type", "application/json")],
+            r#"{"message":"unknown plan tier"}"#,
+        );
         let r = run(&hub, "vip-to-crm");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
         let dead = dead_letters(&hub, "vip-to-crm");
         assert_eq!(dead.len(), 1, "{dead:?}");
-        assert_eq!(dead[0]["error"], "rejected: HTTP 422: unknown plan tier", "{dead:?}");
+        assert_eq!(
+            dead[0]["error"], "rejected: HTTP 422: unknown plan tier",
+            "{dead:?}"
+        );
         assert_eq!(records_of(&fake, "acme.upsert").len(), 3);
 
         // Mirror: leaving the audience sends the last delivered fields as a delete.
@@ -829,14 +879,20 @@ mod syncs {
         assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
         let deletes = records_of(&fake, "acme.delete");
         assert_eq!(deletes.len(), 1, "{deletes:?}");
-        assert_eq!(deletes[0]["fields"], json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
+        assert_eq!(
+            deletes[0]["fields"],
+            json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"})
+        );
 
         // Joining again re-sends the very same upsert: the receiver must apply it, not take it
         // for a duplicate of the first one.
         identify(&hub, "u2", json!({"plan": "pro"}));
         let r = run(&hub, "vip-to-crm");
         assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
-        let bobs = records_of(&fake, "acme.upsert").into_iter().filter(|r| r["fields"]["email"] == "bob@example.com").count();
+        let bobs = records_of(&fake, "acme.upsert")
+            .into_iter()
+            .filter(|r| r["fields"]["email"] == "bob@example.com")
+            .count();
         assert_eq!(bobs, 2, "the re-join was applied");
         assert_eq!(fake.duplicates(), 0);
 
@@ -844,15 +900,25 @@ mod syncs {
         settle(ordered);
         let r = run(&hub, "orders-to-crm");
         assert_eq!(counts(&r), ("succeeded", 2, 0, 0), "{r}");
-        let mut tracked: Vec<Value> = records_of(&fake, "acme.track").into_iter().map(|r| r["fields"].clone()).collect();
+        let mut tracked: Vec<Value> = records_of(&fake, "acme.track")
+            .into_iter()
+            .map(|r| r["fields"].clone())
+            .collect();
         tracked.sort_by_key(|f| f["email"].as_str().map(str::to_string));
-        assert_eq!(tracked, vec![
-            json!({"email": "ada@example.com", "event": "Order Completed", "total": 42.5}),
-            json!({"email": "cy@example.com", "event": "Order Completed", "total": 7.0}),
-        ]);
+        assert_eq!(
+            tracked,
+            vec![
+                json!({"email": "ada@example.com", "event": "Order Completed", "total": 42.5}),
+                json!({"email": "cy@example.com", "event": "Order Completed", "total": 7.0}),
+            ]
+        );
         run(&hub, "orders-to-crm");
         assert_eq!(records_of(&fake, "acme.track").len(), 2, "each event once");
-        assert!(fake.refused().is_empty(), "every message verified: {:?}", fake.refused());
+        assert!(
+            fake.refused().is_empty(),
+            "every message verified: {:?}",
+            fake.refused()
+        );
     }
 
     #[test]
@@ -873,15 +939,36 @@ mod syncs {
              [[syncs]]\nname = \"orders-to-slack\"\nfrom = {{ events = \"Order Completed\" }}\nto = \"order_alerts\"\nmode = \"events\"\n\
              [syncs.mapping]\nemail = \"identifiers.email\"\nevent = \"event.name\"\ntotal = \"event.properties.total\"\n",
         );
-        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        let hub = Hub::start_project(
+            Db::Sqlite,
+            "",
+            &project,
+            &[("SWITCHYARD_RETRY_BASE_MS", "50")],
+        );
         hub.install(&["slack"]);
-        identify(&hub, "u1", json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
-        identify(&hub, "u2", json!({"email": "bob@example.com", "plan": "pro"}));
-        identify(&hub, "u3", json!({"email": "cy@example.com", "first_name": "Cy", "plan": "free"}));
+        identify(
+            &hub,
+            "u1",
+            json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u2",
+            json!({"email": "bob@example.com", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u3",
+            json!({"email": "cy@example.com", "first_name": "Cy", "plan": "free"}),
+        );
         order(&hub, "u3", "o-1", 99.5);
         let ordered = Instant::now();
         let texts = |fake: &slack_fake::Fake| {
-            let mut t: Vec<String> = fake.posted().iter().map(|p| p.body["text"].as_str().unwrap().to_string()).collect();
+            let mut t: Vec<String> = fake
+                .posted()
+                .iter()
+                .map(|p| p.body["text"].as_str().unwrap().to_string())
+                .collect();
             t.sort();
             t
         };
@@ -890,14 +977,25 @@ mod syncs {
         fake.fail_next(1, 429, &[("retry-after", "1")], "rate_limited");
         let r = run(&hub, "vip-to-slack");
         assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
-        assert_eq!(texts(&fake), vec![
-            "New VIP: Ada <ada@example.com>".to_string(),
-            "New VIP: someone <bob@example.com>".to_string(),
-        ]);
+        assert_eq!(
+            texts(&fake),
+            vec![
+                "New VIP: Ada <ada@example.com>".to_string(),
+                "New VIP: someone <bob@example.com>".to_string(),
+            ]
+        );
 
         // Slack refuses one message: that record is dead-lettered with Slack's error.
-        identify(&hub, "u4", json!({"email": "dee@example.com", "first_name": "Dee", "plan": "pro"}));
-        identify(&hub, "u5", json!({"email": "eve@example.com", "first_name": "Eve", "plan": "pro"}));
+        identify(
+            &hub,
+            "u4",
+            json!({"email": "dee@example.com", "first_name": "Dee", "plan": "pro"}),
+        );
+        identify(
+            &hub,
+            "u5",
+            json!({"email": "eve@example.com", "first_name": "Eve", "plan": "pro"}),
+        );
         fake.fail_next(1, 400, &[], "invalid_blocks");
         let r = run(&hub, "vip-to-slack");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
@@ -909,13 +1007,19 @@ mod syncs {
         // Mirror: leaving the audience posts the delete template.
         identify(&hub, "u1", json!({"plan": "free"}));
         run(&hub, "vip-to-slack");
-        assert_eq!(fake.posted().last().unwrap().body["text"], "ada@example.com is no longer a VIP");
+        assert_eq!(
+            fake.posted().last().unwrap().body["text"],
+            "ada@example.com is no longer a VIP"
+        );
 
         // Events: one message per Order Completed, once.
         settle(ordered);
         let r = run(&hub, "orders-to-slack");
         assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
-        assert_eq!(fake.posted().last().unwrap().body["text"], "cy@example.com ordered for 99.5");
+        assert_eq!(
+            fake.posted().last().unwrap().body["text"],
+            "cy@example.com ordered for 99.5"
+        );
         run(&hub, "orders-to-slack");
         assert_eq!(fake.posted().len(), 5, "each event once");
     }
