@@ -44,15 +44,7 @@ async fn seed(store: &Store, n: usize) {
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         let rows = end - start;
-        let values = |cols: usize| {
-            (0..rows)
-                .map(|r| {
-                    let p: Vec<String> = (1..=cols).map(|c| format!("${}", r * cols + c)).collect();
-                    format!("({})", p.join(","))
-                })
-                .collect::<Vec<_>>()
-                .join(",")
-        };
+        let values = |cols: usize| store.value_groups(1, rows, cols);
         let sql = format!("INSERT INTO profiles (id, created_at, updated_at) VALUES {}", values(3));
         let mut q = sqlx::query(&sql);
         for i in start..end {

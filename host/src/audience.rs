@@ -247,7 +247,7 @@ pub async fn refresh(
     let mut after = String::new();
     loop {
         let rows = sqlx::query(
-            "SELECT id FROM profiles WHERE updated_at >= $1 AND id > $2 ORDER BY id LIMIT 2000",
+            "SELECT id FROM profiles WHERE updated_at >= $1 AND id > $2 ORDER BY id LIMIT 5000",
         )
         .bind(since)
         .bind(&after)
@@ -258,7 +258,11 @@ pub async fn refresh(
         }
         let ids: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
         after = ids.last().cloned().unwrap_or_default();
-        let profiles = model::load(store, &ids, filter.uses_events).await?;
+        let profiles = if filter.uses_events {
+            model::load(store, &ids, true).await?
+        } else {
+            model::by_ids(store, &ids).await?
+        };
         let current = members_among(store, name, &ids).await?;
         let mut join = Vec::new();
         let mut leave = Vec::new();
@@ -279,20 +283,28 @@ pub async fn refresh(
             }
         }
         let mut tx = store.pool().begin().await?;
-        for id in &join {
-            sqlx::query("INSERT INTO audience_members (audience, profile_id, since) VALUES ($1, $2, $3) ON CONFLICT (audience, profile_id) DO NOTHING")
-                .bind(name)
-                .bind(id)
-                .bind(started)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in join.chunks(300) {
+            let sql = format!(
+                "INSERT INTO audience_members (audience, profile_id, since) VALUES {} ON CONFLICT (audience, profile_id) DO NOTHING",
+                store.value_groups(1, chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(name).bind(id).bind(started);
+            }
+            q.execute(&mut *tx).await?;
         }
-        for id in &leave {
-            sqlx::query("DELETE FROM audience_members WHERE audience = $1 AND profile_id = $2")
-                .bind(name)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        for chunk in leave.chunks(300) {
+            let sql = format!(
+                "DELETE FROM audience_members WHERE audience = {} AND profile_id IN {}",
+                store.param(1),
+                store.value_groups(2, 1, chunk.len())
+            );
+            let mut q = sqlx::query(&sql).bind(name);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         report.joined += join.len() as u64;
