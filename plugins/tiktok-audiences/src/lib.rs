@@ -109,8 +109,10 @@ impl Plugin for TikTok {
         let data = envelope(&response).map_err(check_error)?;
         let found = data["list"].as_array().is_some_and(|list| {
             list.iter().any(|a| {
+                // TikTok returns the id as a string or as a number.
                 a["audience_id"].as_str() == Some(ctx.config.audience_id.as_str())
-                    || a["audience_id"].to_string() == ctx.config.audience_id
+                    || a["audience_id"].as_u64().map(|n| n.to_string()).as_deref()
+                        == Some(ctx.config.audience_id.as_str())
             })
         });
         if !found {
