@@ -487,11 +487,13 @@ impl RunContext<'_> {
                 .await?
                 .and_then(|r| r.0)
         };
-        let mut page_no = 0u64;
+        // One page read ahead: the plugin reads page N+1 (on another thread) while page N is
+        // being committed. Only committed pages move the stored cursor, so a crash still
+        // resumes after the last committed page; a read-ahead page is simply read again.
+        let mut page_no = 1u64;
+        let mut pending = self.spawn_read(instance, stream, cursor.clone(), page_no);
         loop {
-            page_no += 1;
-            let span = tracing::debug_span!("source_page", page = page_no, resumed_from = cursor.is_some());
-            let page = self.read_page(instance, stream, cursor.as_deref()).instrument(span.clone()).await?;
+            let page = pending.await.context("the page reader stopped")??;
             if !page.done && page.cursor.is_none() {
                 bail!(
                     "plugin `{}` broke the contract: stream `{stream}` returned a page that is not `done` but has no cursor to continue from",
@@ -504,10 +506,21 @@ impl RunContext<'_> {
                     instance.plugin().name()
                 );
             }
-            let applied = self.commit_page(stream, &page).instrument(span).await?;
+            let next = (!page.done).then(|| self.spawn_read(instance, stream, page.cursor.clone(), page_no + 1));
+            let span = tracing::debug_span!("source_page", page = page_no, records = page.records.len());
+            let applied = match self.commit_page(stream, &page).instrument(span).await {
+                Ok(a) => a,
+                Err(e) => {
+                    if let Some(n) = next {
+                        n.abort();
+                    }
+                    return Err(e);
+                }
+            };
             self.total.records += applied.records;
             self.total.events += applied.events;
             self.total.skipped += applied.skipped;
+            self.total.suppressed += applied.suppressed;
             if let Some(m) = &engine.metrics {
                 m.sources.page(name, stream, &applied, page.records.len() as u64);
             }
@@ -515,45 +528,31 @@ impl RunContext<'_> {
                 p.records(stream, self.total.records + self.total.skipped + self.total.suppressed);
             }
             cursor = page.cursor;
-            if page.done {
-                return Ok(());
+            match next {
+                Some(n) => pending = n,
+                None => return Ok(()),
             }
+            page_no += 1;
         }
     }
 
-    /// Reads one page, waiting and retrying on transient errors.
-    async fn read_page(&mut self, instance: &PluginInstance, stream: &str, cursor: Option<&str>) -> anyhow::Result<Page> {
-        let attempts = max_attempts();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match instance.read(stream, cursor).await {
-                Ok(page) => return Ok(page),
-                Err(PluginError::Plugin { error: CallError::Transient(retry), .. }) if attempt < attempts => {
-                    let wait = match retry.after_ms {
-                        Some(ms) => Duration::from_millis(ms),
-                        None => {
-                            let base = self.engine.backoff.saturating_mul(1 << (attempt - 1).min(10));
-                            base + base.mul_f64(fastrand::f64() * 0.5)
-                        }
-                    }
-                    .min(MAX_WAIT);
-                    tracing::warn!(stream, attempt, wait_ms = wait.as_millis() as u64, "read failed transiently, retrying: {}", retry.reason);
-                    sqlx::query("UPDATE source_runs SET retries = retries + 1 WHERE id = $1")
-                        .bind(self.run_id)
-                        .execute(self.engine.store.pool())
-                        .await?;
-                    if let Some(m) = &self.engine.metrics {
-                        m.sources.retry(self.source_name, stream);
-                    }
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => {
-                    let after = if attempt > 1 { format!(" after {attempt} attempts") } else { String::new() };
-                    return Err(anyhow::Error::new(e).context(format!("reading stream `{stream}`{after}")));
-                }
-            }
-        }
+    /// Reads one page on its own task, waiting and retrying on transient errors.
+    fn spawn_read(
+        &self,
+        instance: &PluginInstance,
+        stream: &str,
+        cursor: Option<String>,
+        page_no: u64,
+    ) -> tokio::task::JoinHandle<anyhow::Result<Page>> {
+        let span = tracing::debug_span!("source_read", stream, page = page_no, resumed_from = cursor.is_some());
+        let reader = Reader {
+            engine: self.engine.clone(),
+            instance: instance.clone(),
+            source: self.source_name.to_string(),
+            run_id: self.run_id.to_string(),
+            stream: stream.to_string(),
+        };
+        tokio::spawn(async move { reader.read(cursor.as_deref()).await }.instrument(span))
     }
 
     /// Stores a page's records and the stream's new cursor in one transaction.
@@ -595,6 +594,54 @@ impl RunContext<'_> {
         tx.commit().await.context("committing a page")?;
         tracing::debug!(records = applied.records, events = applied.events, skipped = applied.skipped, "page committed");
         Ok(applied)
+    }
+}
+
+/// Reads pages of one stream for a run.
+struct Reader {
+    engine: SourceEngine,
+    instance: PluginInstance,
+    source: String,
+    run_id: String,
+    stream: String,
+}
+
+impl Reader {
+    /// One page, waiting and retrying on transient errors (429s with the API's wait, 5xx and
+    /// network errors with exponential backoff and jitter), a bounded number of times.
+    async fn read(&self, cursor: Option<&str>) -> anyhow::Result<Page> {
+        let stream = self.stream.as_str();
+        let attempts = max_attempts();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.instance.read(stream, cursor).await {
+                Ok(page) => return Ok(page),
+                Err(PluginError::Plugin { error: CallError::Transient(retry), .. }) if attempt < attempts => {
+                    let wait = match retry.after_ms {
+                        Some(ms) => Duration::from_millis(ms),
+                        None => {
+                            let base = self.engine.backoff.saturating_mul(1 << (attempt - 1).min(10));
+                            base + base.mul_f64(fastrand::f64() * 0.5)
+                        }
+                    }
+                    .min(MAX_WAIT);
+                    tracing::warn!(stream, attempt, wait_ms = wait.as_millis() as u64, "read failed transiently, retrying: {}", retry.reason);
+                    sqlx::query("UPDATE source_runs SET retries = retries + 1 WHERE id = $1")
+                        .bind(&self.run_id)
+                        .execute(self.engine.store.pool())
+                        .await?;
+                    if let Some(m) = &self.engine.metrics {
+                        m.sources.retry(&self.source, stream);
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => {
+                    let after = if attempt > 1 { format!(" after {attempt} attempts") } else { String::new() };
+                    return Err(anyhow::Error::new(e).context(format!("reading stream `{stream}`{after}")));
+                }
+            }
+        }
     }
 }
 
@@ -642,7 +689,7 @@ pub fn record_identifiers(
     ids
 }
 
-/// A trait or event waiting for the page's multi-row statements.
+/// An event waiting for the page's multi-row statements.
 struct PendingEvent {
     message_id: String,
     profile: String,
@@ -651,8 +698,35 @@ struct PendingEvent {
     body: String,
 }
 
-/// Resolves each record to a profile (exactly as the tracking API's writer does), then writes
-/// the page's traits and events with a few multi-row statements.
+/// A record ready for identity resolution.
+struct Decoded<'a> {
+    stream: &'a str,
+    record: &'a SourceRecord,
+    mapping: &'a SourceStreamConfig,
+    data: Value,
+    ids: Vec<Identifier>,
+}
+
+/// Profiles created and identifiers attached by the page's fast path, written together.
+#[derive(Default)]
+struct IdentityBatch {
+    new_profiles: Vec<String>,
+    new_ids: Vec<(Identifier, String)>,
+    /// Existing profiles a record matched exactly (their `updated_at` moves to now).
+    touched: std::collections::HashSet<String>,
+}
+
+/// Resolves each record to a profile, then writes the page's traits and events with a few
+/// multi-row statements.
+///
+/// Resolution gives exactly what `identity::resolve` (the tracking API's path) gives. On SQLite,
+/// whose transaction holds the database's only write lock, the page's identifiers are looked up
+/// at once and the two common cases are decided in memory and written in bulk: no identifier
+/// known (a new profile) and every identifier already held by one profile (nothing to attach).
+/// Everything else (attaching a new identifier to a profile, which may break a kind's limit, or
+/// identifiers spread over several profiles, a merge) goes through `identity::resolve` itself,
+/// record by record. On PostgreSQL, where several hubs write at once and `resolve` takes
+/// per-identifier advisory locks, every record goes through `resolve`.
 async fn apply_records(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -664,9 +738,7 @@ async fn apply_records(
 ) -> anyhow::Result<Applied> {
     let now = now_millis();
     let mut applied = Applied::default();
-    // (profile, trait) → (value, ts); the later record wins ties, as `>=` does in the store.
-    let mut traits: HashMap<(String, String), (String, i64)> = HashMap::new();
-    let mut events: Vec<PendingEvent> = Vec::new();
+    let mut decoded = Vec::with_capacity(records.len());
     for (stream, record) in records {
         let Some(mapping) = mappings.get(*stream) else {
             applied.skipped += 1;
@@ -686,40 +758,99 @@ async fn apply_records(
             applied.skipped += 1;
             continue;
         }
-        if is_suppressed(conn, &ids).await? {
+        decoded.push(Decoded { stream, record, mapping, data, ids });
+    }
+    let mut all: Vec<&Identifier> = decoded.iter().flat_map(|d| d.ids.iter()).collect();
+    all.sort();
+    all.dedup();
+    let suppressed = lookup(conn, backend, &all, "suppressions", "kind").await?;
+    let fast = backend == Backend::Sqlite;
+    // Who holds each of the page's identifiers; absent: nobody yet.
+    let mut holder: HashMap<Identifier, String> = if fast {
+        lookup(conn, backend, &all, "identifiers", "profile_id").await?
+    } else {
+        HashMap::new()
+    };
+    let mut batch = IdentityBatch::default();
+    // (profile, trait) → (value, ts); the later record wins ties, as `>=` does in the store.
+    let mut traits: HashMap<(String, String), (String, i64)> = HashMap::new();
+    let mut events: Vec<PendingEvent> = Vec::new();
+    for d in decoded {
+        let (stream, record) = (d.stream, d.record);
+        if d.ids.iter().any(|i| suppressed.contains_key(i)) {
             applied.suppressed += 1;
             continue;
         }
-        let message_id = format!("src:{source}:{stream}:{}", record.id);
-        let Some(resolution) = identity::resolve(conn, backend, rules, ids, &message_id, "source", now).await? else {
-            applied.skipped += 1;
-            continue;
-        };
-        let profile = resolution.profile_id;
-        if !resolution.merged.is_empty() {
-            // Profiles merged away: what is still waiting for them belongs to the survivor.
-            let moved: HashMap<(String, String), (String, i64)> = traits
-                .drain()
-                .map(|((p, n), v)| (if resolution.merged.contains(&p) { (profile.clone(), n) } else { (p, n) }, v))
-                .fold(HashMap::new(), |mut acc, (k, v)| {
-                    match acc.get(&k) {
-                        Some(old) if old.1 > v.1 => {}
-                        _ => {
-                            acc.insert(k, v);
-                        }
+        let mut decided = None;
+        if fast {
+            let mut matched: Vec<&String> = d.ids.iter().filter_map(|i| holder.get(i)).collect();
+            matched.sort();
+            matched.dedup();
+            match matched.len() {
+                0 => {
+                    let p = format!("prf_{}", uuid::Uuid::new_v4().simple());
+                    batch.new_profiles.push(p.clone());
+                    for id in &d.ids {
+                        holder.insert(id.clone(), p.clone());
+                        batch.new_ids.push((id.clone(), p.clone()));
                     }
-                    acc
-                });
-            traits = moved;
-            for e in &mut events {
-                if resolution.merged.contains(&e.profile) {
-                    e.profile = profile.clone();
+                    decided = Some(p);
                 }
+                1 if d.ids.iter().all(|i| holder.contains_key(i)) => {
+                    let p = matched[0].clone();
+                    batch.touched.insert(p.clone());
+                    decided = Some(p);
+                }
+                _ => {}
             }
         }
+        let profile = match decided {
+            Some(p) => p,
+            None => {
+                // `resolve` must see what the fast path decided so far.
+                batch.flush(conn, backend, now).await?;
+                let message_id = format!("src:{source}:{stream}:{}", record.id);
+                let Some(resolution) =
+                    identity::resolve(conn, backend, rules, d.ids.clone(), &message_id, "source", now).await?
+                else {
+                    applied.skipped += 1;
+                    continue;
+                };
+                let profile = resolution.profile_id;
+                if !resolution.merged.is_empty() {
+                    // Profiles merged away: whatever still points at them belongs to the survivor.
+                    for p in holder.values_mut() {
+                        if resolution.merged.contains(p) {
+                            *p = profile.clone();
+                        }
+                    }
+                    let moved: Vec<_> = traits.drain().collect();
+                    for ((p, n), v) in moved {
+                        let p = if resolution.merged.contains(&p) { profile.clone() } else { p };
+                        match traits.get(&(p.clone(), n.clone())) {
+                            Some(old) if old.1 > v.1 => {}
+                            _ => {
+                                traits.insert((p, n), v);
+                            }
+                        }
+                    }
+                    for e in &mut events {
+                        if resolution.merged.contains(&e.profile) {
+                            e.profile = profile.clone();
+                        }
+                    }
+                }
+                if fast {
+                    for id in d.ids.iter().filter(|i| !resolution.dropped.contains(i)) {
+                        holder.insert(id.clone(), profile.clone());
+                    }
+                }
+                profile
+            }
+        };
         let ts = record.updated_at.as_deref().and_then(parse_time).unwrap_or(now);
-        for (name, path) in &mapping.traits {
-            let Some(value) = at_path(&data, path) else { continue };
+        for (name, path) in &d.mapping.traits {
+            let Some(value) = at_path(&d.data, path) else { continue };
             let key = (profile.clone(), name.clone());
             match traits.get(&key) {
                 Some(old) if old.1 > ts => {}
@@ -748,37 +879,124 @@ async fn apply_records(
         }
         applied.records += 1;
     }
-    write_traits(conn, traits).await?;
-    applied.events = write_events(conn, source, &events, now).await?;
+    batch.flush(conn, backend, now).await?;
+    write_traits(conn, backend, traits).await?;
+    applied.events = write_events(conn, backend, source, &events, now).await?;
     Ok(applied)
-}
-
-async fn is_suppressed(conn: &mut AnyConnection, ids: &[Identifier]) -> anyhow::Result<bool> {
-    let clause = (0..ids.len())
-        .map(|i| format!("(kind = ${} AND value = ${})", 2 * i + 1, 2 * i + 2))
-        .collect::<Vec<_>>()
-        .join(" OR ");
-    let sql = format!("SELECT 1 FROM suppressions WHERE {clause} LIMIT 1");
-    let mut q = sqlx::query(&sql);
-    for id in ids {
-        q = q.bind(&id.kind).bind(&id.value);
-    }
-    Ok(q.fetch_optional(&mut *conn).await?.is_some())
 }
 
 /// Rows per multi-row statement (well under SQLite's and PostgreSQL's bind limits).
 const ROWS: usize = 200;
 
-async fn write_traits(conn: &mut AnyConnection, traits: HashMap<(String, String), (String, i64)>) -> anyhow::Result<()> {
+/// `rows` groups of `cols` placeholders, `(..),(..)`: anonymous `?` on SQLite (sqlx resolves
+/// numbered ones by name there, quadratic in their count), `$N` from `first` on PostgreSQL.
+/// `fixed` puts a literal in a column instead of a placeholder.
+fn groups(backend: Backend, first: usize, rows: usize, cols: usize, fixed: &[(usize, &str)]) -> String {
+    let mut out = String::with_capacity(rows * (cols * 5 + 3));
+    let mut n = first;
+    for r in 0..rows {
+        out.push_str(if r == 0 { "(" } else { ",(" });
+        for c in 0..cols {
+            if c > 0 {
+                out.push(',');
+            }
+            if let Some((_, literal)) = fixed.iter().find(|(at, _)| *at == c) {
+                out.push_str(literal);
+                continue;
+            }
+            match backend {
+                Backend::Sqlite => out.push('?'),
+                Backend::Postgres => {
+                    out.push('$');
+                    out.push_str(&n.to_string());
+                }
+            }
+            n += 1;
+        }
+        out.push(')');
+    }
+    out
+}
+
+/// For each identifier found in `table` (by kind and value), the value of `column`.
+async fn lookup(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    ids: &[&Identifier],
+    table: &str,
+    column: &str,
+) -> anyhow::Result<HashMap<Identifier, String>> {
+    let mut found = HashMap::new();
+    let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for id in ids {
+        by_kind.entry(id.kind.as_str()).or_default().push(id.value.as_str());
+    }
+    for (kind, values) in by_kind {
+        for chunk in values.chunks(ROWS * 2) {
+            let list = groups(backend, 2, 1, chunk.len(), &[]);
+            let first = if backend == Backend::Sqlite { "?" } else { "$1" };
+            let sql = format!("SELECT value, {column} FROM {table} WHERE kind = {first} AND value IN {list}");
+            let mut q = sqlx::query(&sql).bind(kind);
+            for v in chunk {
+                q = q.bind(*v);
+            }
+            for row in q.fetch_all(&mut *conn).await.with_context(|| format!("looking up {table}"))? {
+                found.insert(Identifier { kind: kind.to_string(), value: row.try_get(0)? }, row.try_get(1)?);
+            }
+        }
+    }
+    Ok(found)
+}
+
+impl IdentityBatch {
+    /// Writes the new profiles and identifiers and touches matched profiles, then starts over.
+    async fn flush(&mut self, conn: &mut AnyConnection, backend: Backend, now: i64) -> anyhow::Result<()> {
+        for chunk in self.new_profiles.chunks(ROWS) {
+            let sql = format!("INSERT INTO profiles (id, created_at, updated_at) VALUES {}", groups(backend, 1, chunk.len(), 3, &[]));
+            let mut q = sqlx::query(&sql);
+            for p in chunk {
+                q = q.bind(p).bind(now).bind(now);
+            }
+            q.execute(&mut *conn).await.context("creating profiles")?;
+        }
+        for chunk in self.new_ids.chunks(ROWS) {
+            let sql = format!(
+                "INSERT INTO identifiers (kind, value, profile_id, first_seen) VALUES {} \
+                 ON CONFLICT (kind, value) DO UPDATE SET profile_id = excluded.profile_id",
+                groups(backend, 1, chunk.len(), 4, &[])
+            );
+            let mut q = sqlx::query(&sql);
+            for (id, p) in chunk {
+                q = q.bind(&id.kind).bind(&id.value).bind(p).bind(now);
+            }
+            q.execute(&mut *conn).await.context("attaching identifiers")?;
+        }
+        let touched: Vec<&String> = self.touched.iter().collect();
+        for chunk in touched.chunks(ROWS * 2) {
+            let first = if backend == Backend::Sqlite { "?" } else { "$1" };
+            let sql = format!("UPDATE profiles SET updated_at = {first} WHERE id IN {}", groups(backend, 2, 1, chunk.len(), &[]));
+            let mut q = sqlx::query(&sql).bind(now);
+            for p in chunk {
+                q = q.bind(*p);
+            }
+            q.execute(&mut *conn).await.context("touching profiles")?;
+        }
+        *self = IdentityBatch::default();
+        Ok(())
+    }
+}
+
+async fn write_traits(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    traits: HashMap<(String, String), (String, i64)>,
+) -> anyhow::Result<()> {
     let rows: Vec<_> = traits.into_iter().collect();
     for chunk in rows.chunks(ROWS) {
-        let values = (0..chunk.len())
-            .map(|i| format!("(${}, ${}, ${}, ${})", 4 * i + 1, 4 * i + 2, 4 * i + 3, 4 * i + 4))
-            .collect::<Vec<_>>()
-            .join(", ");
         let sql = format!(
-            "INSERT INTO traits (profile_id, name, value, ts) VALUES {values} \
-             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, ts = excluded.ts WHERE excluded.ts >= traits.ts"
+            "INSERT INTO traits (profile_id, name, value, ts) VALUES {} \
+             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, ts = excluded.ts WHERE excluded.ts >= traits.ts",
+            groups(backend, 1, chunk.len(), 4, &[])
         );
         let mut q = sqlx::query(&sql);
         for ((profile, name), (value, ts)) in chunk {
@@ -789,22 +1007,22 @@ async fn write_traits(conn: &mut AnyConnection, traits: HashMap<(String, String)
     Ok(())
 }
 
-async fn write_events(conn: &mut AnyConnection, source: &str, events: &[PendingEvent], now: i64) -> anyhow::Result<u64> {
+async fn write_events(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    source: &str,
+    events: &[PendingEvent],
+    now: i64,
+) -> anyhow::Result<u64> {
     // The same event twice in one page (a plugin repeating itself): keep the first.
     let mut seen = std::collections::HashSet::new();
     let unique: Vec<&PendingEvent> = events.iter().filter(|e| seen.insert(e.message_id.as_str())).collect();
     let mut stored = 0;
     for chunk in unique.chunks(ROWS / 2) {
-        let values = (0..chunk.len())
-            .map(|i| {
-                let b = 7 * i;
-                format!("(${}, ${}, ${}, 'track', ${}, ${}, ${}, ${})", b + 1, b + 2, b + 3, b + 4, b + 5, b + 6, b + 7)
-            })
-            .collect::<Vec<_>>()
-            .join(", ");
         let sql = format!(
-            "INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body) VALUES {values} \
-             ON CONFLICT (message_id) DO NOTHING"
+            "INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body) VALUES {} \
+             ON CONFLICT (message_id) DO NOTHING",
+            groups(backend, 1, chunk.len(), 8, &[(3, "'track'")])
         );
         let mut q = sqlx::query(&sql);
         for e in chunk {
@@ -837,5 +1055,90 @@ mod tests {
         };
         let ids = record_identifiers(&kinds, &mapping, &data);
         assert_eq!(ids, vec![Identifier::new("user_id", "42"), Identifier::new("email", "ada@example.com")]);
+    }
+
+    fn record(id: &str, data: Value, updated_at: &str, event: Option<&str>) -> SourceRecord {
+        SourceRecord {
+            id: id.to_string(),
+            data: data.to_string(),
+            updated_at: Some(updated_at.to_string()),
+            events: event
+                .map(|name| crate::runtime::bindings::SourceEvent {
+                    name: name.to_string(),
+                    message_id: format!("e-{id}"),
+                    timestamp: updated_at.to_string(),
+                    properties: r#"{"total": 1}"#.to_string(),
+                })
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    async fn scalar_query(store: &Store, sql: &str) -> i64 {
+        sqlx::query_as::<_, (i64,)>(sql).fetch_one(store.pool()).await.unwrap().0
+    }
+
+    /// The batched path decides new and exactly-matched records in memory and hands attaches,
+    /// merges and limit conflicts to `identity::resolve`, within one page, in order.
+    #[tokio::test]
+    async fn a_page_creates_attaches_merges_and_respects_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display())).await.unwrap();
+        let identity = crate::config::IdentityConfig::default();
+        let rules = IdentityRules::new(&identity);
+        let mapping = SourceStreamConfig {
+            identifiers: BTreeMap::from([
+                ("email".to_string(), "email".to_string()),
+                ("user_id".to_string(), "user".to_string()),
+            ]),
+            traits: BTreeMap::from([("name".to_string(), "name".to_string())]),
+        };
+        let mappings = BTreeMap::from([("people".to_string(), mapping)]);
+        let page = vec![
+            record("a", serde_json::json!({"email": "a@x.com", "name": "A old"}), "2024-01-01T00:00:00Z", Some("Order Completed")),
+            record("b", serde_json::json!({"email": "A@x.com", "name": "A new"}), "2024-01-02T00:00:00Z", None),
+            record("c", serde_json::json!({"email": "b@x.com", "user": "u1"}), "2024-01-01T00:00:00Z", Some("Order Completed")),
+            // Joins the profiles of a@ and u1: a merge, through `resolve`.
+            record("d", serde_json::json!({"email": "a@x.com", "user": "u1"}), "2024-01-01T00:00:00Z", None),
+            // u1 known, c@ new: an attach, through `resolve`.
+            record("e", serde_json::json!({"email": "c@x.com", "user": "u1"}), "2024-01-01T00:00:00Z", None),
+            // A second user id for a@'s profile would break user_id's limit of 1: u2 wins alone.
+            record("f", serde_json::json!({"email": "a@x.com", "user": "u2"}), "2024-01-01T00:00:00Z", None),
+            record("g", serde_json::json!({"name": "nobody"}), "2024-01-01T00:00:00Z", None),
+        ];
+        let refs: Vec<(&str, &SourceRecord)> = page.iter().map(|r| ("people", r)).collect();
+        let mut tx = store.pool().begin().await.unwrap();
+        let applied = apply_records(&mut tx, store.backend(), &rules, &identity.kinds, "crm", &mappings, &refs).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(applied, Applied { records: 6, events: 2, skipped: 1, suppressed: 0 });
+        assert_eq!(scalar_query(&store, "SELECT COUNT(*) FROM profiles").await, 2);
+        let mut conn = store.pool().acquire().await.unwrap();
+        let main = identity::profile_of(&mut conn, &Identifier::new("email", "a@x.com")).await.unwrap().unwrap();
+        for id in [("email", "b@x.com"), ("email", "c@x.com"), ("user_id", "u1")] {
+            let p = identity::profile_of(&mut conn, &Identifier::new(id.0, id.1)).await.unwrap();
+            assert_eq!(p.as_deref(), Some(main.as_str()), "{id:?}");
+        }
+        let other = identity::profile_of(&mut conn, &Identifier::new("user_id", "u2")).await.unwrap().unwrap();
+        assert_ne!(other, main);
+        let (name,): (String,) = sqlx::query_as("SELECT value FROM traits WHERE profile_id = $1 AND name = 'name'")
+            .bind(&main)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(name, "\"A new\"", "the newer record's trait wins");
+        let n = scalar_query(&store, &format!("SELECT COUNT(*) FROM events WHERE profile_id = '{main}'")).await;
+        assert_eq!(n, 2, "both events on the surviving profile");
+        let merges = scalar_query(&store, "SELECT COUNT(*) FROM merges").await;
+        assert_eq!(merges, 1);
+        drop(conn);
+
+        // The same page again: nothing new, nothing twice.
+        let mut tx = store.pool().begin().await.unwrap();
+        let again = apply_records(&mut tx, store.backend(), &rules, &identity.kinds, "crm", &mappings, &refs).await.unwrap();
+        tx.commit().await.unwrap();
+        assert_eq!(again.events, 0);
+        assert_eq!(scalar_query(&store, "SELECT COUNT(*) FROM profiles").await, 2);
+        assert_eq!(scalar_query(&store, "SELECT COUNT(*) FROM identifiers").await, 5);
+        assert_eq!(scalar_query(&store, "SELECT COUNT(*) FROM events").await, 2);
     }
 }
