@@ -298,6 +298,9 @@ fn guardrail_and_dry_run() {
     for i in 0..10 {
         identify(&hub, &format!("g{i}"), json!({"email": format!("g{i}@example.com"), "plan": "pro"}));
     }
+    let preview = ok(&hub.cli(&["audiences", "preview", "vip", "--sample", "3"]));
+    assert!(preview.starts_with("vip: 10 profiles"), "{preview}");
+    assert_eq!(preview.lines().filter(|l| l.contains("@example.com")).count(), 3, "{preview}");
     let plan: Value = serde_json::from_str(&ok(&hub.cli(&["sync", "run", "vip", "--dry-run"]))).unwrap();
     assert_eq!(plan["planned_adds"], 10);
     assert_eq!(plan["plan"]["sample_adds"].as_array().unwrap().len(), 5);
@@ -470,6 +473,14 @@ email = "identifiers.email"
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
     }
+    // `switchyard init` writes the commented example project, which validates as is.
+    let init = dir.path().join("new.toml");
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("init").arg(&init).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (valid, text) = validate(dir.path(), &plugins, &std::fs::read_to_string(&init).unwrap());
+    assert!(valid, "{text}");
+    let again = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("init").arg(&init).output().unwrap();
+    assert!(!again.status.success(), "init never overwrites without --force");
     let good = "[destinations.hook]\nplugin = \"json-post-destination\"\nconfig = { url = \"https://example.com/in\" }\n\
                 [[syncs]]\nname = \"a\"\nfrom = \"all\"\nto = \"hook\"\nmode = \"mirror\"\n[syncs.mapping]\nemail = \"identifiers.email\"\n";
     let (valid, text) = validate(dir.path(), &plugins, good);

@@ -160,6 +160,16 @@ plan = "traits.plan"
         );
 
         let t = Instant::now();
+        let plan = engine
+            .run("bench", RunOptions { dry_run: true, ..Default::default() }, None)
+            .await
+            .unwrap();
+        println!(
+            "dry run (plan only: read, map, hash, diff): {} adds in {:.2} s",
+            plan.planned_adds,
+            t.elapsed().as_secs_f64()
+        );
+        let t = Instant::now();
         let report = engine.run("bench", RunOptions::default(), None).await.unwrap();
         let first = t.elapsed().as_secs_f64();
         assert_eq!(report.status, "succeeded", "{report:?}");

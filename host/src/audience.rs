@@ -235,14 +235,16 @@ pub async fn refresh(
         ..Default::default()
     };
 
-    // Profiles gone (merged away or deleted) leave every audience.
-    let gone = sqlx::query(
-        "DELETE FROM audience_members WHERE audience = $1 AND profile_id NOT IN (SELECT id FROM profiles)",
-    )
-    .bind(name)
-    .execute(store.pool())
-    .await?;
-    report.left += gone.rows_affected();
+    // Profiles gone (merged away or deleted) leave every audience; only look when some went.
+    if full || profiles_gone_since(store, since).await? {
+        let gone = sqlx::query(
+            "DELETE FROM audience_members WHERE audience = $1 AND profile_id NOT IN (SELECT id FROM profiles)",
+        )
+        .bind(name)
+        .execute(store.pool())
+        .await?;
+        report.left += gone.rows_affected();
+    }
 
     let mut after = String::new();
     loop {
@@ -311,6 +313,17 @@ pub async fn refresh(
         report.left += leave.len() as u64;
     }
 
+    if report.joined + report.left > 0 {
+        sqlx::query(
+            "INSERT INTO audience_changes (audience, changed_at) VALUES ($1, $2) \
+             ON CONFLICT (audience) DO UPDATE SET changed_at = excluded.changed_at",
+        )
+        .bind(name)
+        .bind(started)
+        .execute(store.pool())
+        .await?;
+    }
+
     // Writers stamp updated_at before their commit lands; look back a little next time so a
     // profile committed just after this scan is not missed.
     let through = started - 10_000;
@@ -329,6 +342,31 @@ pub async fn refresh(
     .context("saving audience state")?;
     tracing::info!(evaluated = report.evaluated, joined = report.joined, left = report.left, full, "audience refreshed");
     Ok(report)
+}
+
+/// Whether any profile was merged away or erased at or after `since` (ms).
+pub async fn profiles_gone_since(store: &Store, since: i64) -> anyhow::Result<bool> {
+    let merged: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM merges WHERE at >= $1 LIMIT 1")
+        .bind(since)
+        .fetch_optional(store.pool())
+        .await?;
+    if merged.is_some() {
+        return Ok(true);
+    }
+    let erased: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM suppressions WHERE at >= $1 LIMIT 1")
+        .bind(since)
+        .fetch_optional(store.pool())
+        .await?;
+    Ok(erased.is_some())
+}
+
+/// When the audience's membership last changed (ms), if ever recorded.
+pub async fn membership_changed_at(store: &Store, name: &str) -> anyhow::Result<Option<i64>> {
+    let row: Option<(i64,)> = sqlx::query_as("SELECT changed_at FROM audience_changes WHERE audience = $1")
+        .bind(name)
+        .fetch_optional(store.pool())
+        .await?;
+    Ok(row.map(|r| r.0))
 }
 
 /// When the audience was last recomputed in full (ms), if ever.

@@ -19,7 +19,7 @@ pub enum Path {
     Identifier(String),
     /// `identifiers.KIND[]`: every value of the kind, as a list.
     Identifiers(String),
-    /// `event.name`, `event.timestamp`, `event.message_id`, `event.properties.x`, `event.context.x`
+    /// `event.name`, `event.timestamp`, `event.message_id`, `event.properties[.x]`, `event.context[.x]`
     Event(Vec<String>),
 }
 
@@ -47,7 +47,7 @@ impl Path {
                 "name" | "timestamp" | "message_id" | "type" if parts.len() == 2 => {
                     Ok(Path::Event(rest()))
                 }
-                "properties" | "context" if parts.len() >= 3 => Ok(Path::Event(rest())),
+                "properties" | "context" => Ok(Path::Event(rest())),
                 _ => Err(format!(
                     "`{text}`: use event.name, event.timestamp, event.message_id, event.properties.NAME or event.context.NAME"
                 )),
@@ -183,6 +183,7 @@ mod tests {
         );
         assert!(Path::parse("event.name", false).unwrap_err().contains("only apply"));
         assert!(Path::parse("event.properties.total", true).is_ok());
+        assert!(Path::parse("event.properties", true).is_ok(), "the whole properties object");
         assert!(Path::parse("trait.email", false).unwrap_err().contains("not a path"));
         assert!(Path::parse("traits..x", false).is_err());
     }

@@ -626,11 +626,30 @@ impl RunContext<'_> {
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
             .collect::<anyhow::Result<_>>()?;
 
+        // In an incremental run, membership and existence can only have changed if the audience
+        // changed or profiles went away since the last completed run; otherwise both anti-joins
+        // over the whole state are skipped.
+        let (check_removals, check_missing) = match incremental_since {
+            None => (true, true),
+            Some(since) => {
+                let gone = audience::profiles_gone_since(store, since).await?;
+                let joined_or_left = match &population {
+                    model::Population::Audience(a) => {
+                        audience::membership_changed_at(store, a).await?.is_none_or(|t| t >= since)
+                    }
+                    // New profiles are among the changed ones.
+                    model::Population::All => false,
+                };
+                (gone || joined_or_left, joined_or_left)
+            }
+        };
+
         // Removals: what the destination holds that the model no longer has. Upsert mode only
         // removes records whose profile is gone (merged away or erased).
         let gone_sql = "SELECT key, hash, fields FROM sync_records r WHERE r.sync = $1 \
                         AND NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = r.key) ORDER BY r.key";
         let rows = match (&population, sync.mode) {
+            _ if !check_removals => Vec::new(),
             (model::Population::Audience(a), SyncMode::Mirror) => {
                 sqlx::query(
                     "SELECT key, hash, fields FROM sync_records r WHERE r.sync = $1 \
@@ -690,6 +709,7 @@ impl RunContext<'_> {
             Some(since) => {
                 let mut ids = model::changed(store, &population, since).await?;
                 let missing = match &population {
+                    _ if !check_missing => Vec::new(),
                     model::Population::All => sqlx::query(
                         "SELECT p.id FROM profiles p WHERE NOT EXISTS (SELECT 1 FROM sync_records r WHERE r.sync = $1 AND r.key = p.id)",
                     )
