@@ -40,8 +40,12 @@ async fn serve(total: usize) -> std::net::SocketAddr {
                 if i > start {
                     body.push(',');
                 }
+                // Distinct, ascending update times, as a real API's "updated since" order has.
+                let updated = chrono::DateTime::from_timestamp(1_704_067_200 + i as i64, 0)
+                    .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                    .unwrap_or_default();
                 body.push_str(&format!(
-                    "{{\"id\":\"r{i}\",\"email\":\"user{i}@example.com\",\"first_name\":\"User\",\"last_name\":\"N{i}\",\"plan\":\"pro\",\"updated_at\":\"2024-01-01T00:00:00Z\"}}"
+                    "{{\"id\":\"r{i}\",\"email\":\"user{i}@example.com\",\"first_name\":\"User\",\"last_name\":\"N{i}\",\"plan\":\"pro\",\"updated_at\":\"{updated}\"}}"
                 ));
             }
             body.push_str("],\"next\":");

@@ -560,6 +560,12 @@ impl RunContext<'_> {
         let engine = self.engine;
         let now = now_millis();
         let mut tx = engine.store.pool().begin().await?;
+        if engine.store.backend() == Backend::Sqlite {
+            // A page of thousands of new profiles touches more B-tree pages than SQLite's default
+            // 2 MB page cache holds, which then spills mid-transaction; give the page's
+            // connection room (per connection; it stays for later use of the connection).
+            sqlx::query("PRAGMA cache_size = -32768").execute(&mut *tx).await?;
+        }
         // First statement a write: on SQLite it takes the write lock before any read, and it
         // fences the page on the lease (a run that lost its lease commits nothing more).
         let held = sqlx::query("UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3")
@@ -788,7 +794,7 @@ async fn apply_records(
             matched.dedup();
             match matched.len() {
                 0 => {
-                    let p = format!("prf_{}", uuid::Uuid::new_v4().simple());
+                    let p = ordered_profile_id(now, batch.new_profiles.len());
                     batch.new_profiles.push(p.clone());
                     for id in &d.ids {
                         holder.insert(id.clone(), p.clone());
@@ -883,6 +889,15 @@ async fn apply_records(
     write_traits(conn, backend, traits).await?;
     applied.events = write_events(conn, backend, source, &events, now).await?;
     Ok(applied)
+}
+
+/// A new profile id in the store's format (`prf_` and 32 hex digits) that sorts by creation:
+/// the time, then the position in the page, then randomness. A page's thousands of new profiles
+/// (and their traits and identifier index entries, keyed by profile) then land at the end of
+/// the B-trees instead of all over them, which is most of what a SQLite commit writes.
+fn ordered_profile_id(now_ms: i64, seq: usize) -> String {
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("prf_{:012x}{:06x}{}", now_ms.max(0) as u64 & 0xffff_ffff_ffff, seq & 0xff_ffff, &random[..14])
 }
 
 /// Rows per multi-row statement (well under SQLite's and PostgreSQL's bind limits).
