@@ -10,10 +10,10 @@
 
 mod common;
 
-#[path = "fakes/stripe.rs"]
-mod stripe_fake;
 #[path = "fakes/shopify.rs"]
 mod shopify_fake;
+#[path = "fakes/stripe.rs"]
+mod stripe_fake;
 
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -71,9 +71,30 @@ fn runs(hub: &Hub, source: &str) -> Vec<Value> {
 
 fn stripe_full_then_incremental(db: Db) {
     let fake = stripe_fake(5);
-    fake.add_charge(stripe_fake::charge("ch_1", "cus_2", 1999, "usd", "succeeded", 1_700_001_000));
-    fake.add_charge(stripe_fake::charge("ch_2", "cus_3", 500, "eur", "failed", 1_700_001_100));
-    fake.add_charge(stripe_fake::charge("ch_3", "cus_2", 2500, "usd", "succeeded", 1_700_001_200));
+    fake.add_charge(stripe_fake::charge(
+        "ch_1",
+        "cus_2",
+        1999,
+        "usd",
+        "succeeded",
+        1_700_001_000,
+    ));
+    fake.add_charge(stripe_fake::charge(
+        "ch_2",
+        "cus_3",
+        500,
+        "eur",
+        "failed",
+        1_700_001_100,
+    ));
+    fake.add_charge(stripe_fake::charge(
+        "ch_3",
+        "cus_2",
+        2500,
+        "usd",
+        "succeeded",
+        1_700_001_200,
+    ));
     let project = format!(
         "{}[audiences.payers]\nfilter = 'events[\"Charge Succeeded\"].count >= 2'\n",
         stripe_source("billing", &fake, 2, "")
@@ -84,17 +105,38 @@ fn stripe_full_then_incremental(db: Db) {
     let out = ok(&hub.cli(&["source", "run", "billing"]));
     assert!(out.contains("billing: succeeded"), "{out}");
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 5);
-    assert_eq!(hub.count("SELECT COUNT(*) FROM identifiers WHERE kind = 'email'"), 5);
-    let p = hub.profile("email:user2@example.com").expect("profile of a Stripe customer");
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM identifiers WHERE kind = 'email'"),
+        5
+    );
+    let p = hub
+        .profile("email:user2@example.com")
+        .expect("profile of a Stripe customer");
     assert_eq!(p["traits"]["name"], "User 2", "{p}");
     assert_eq!(p["traits"]["plan"], "pro", "{p}");
     assert_eq!(p["traits"]["last_charge_currency"], "USD", "{p}");
     // Charges became events of the customer's profile, with Stripe's properties.
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events WHERE source = 'billing' AND kind = 'track'"), 3);
-    let events = hub.admin_get("/v1/profiles/email:user2@example.com/events").json();
-    let names: Vec<&str> = events["data"].as_array().unwrap().iter().filter_map(|e| e["event"].as_str()).collect();
-    assert_eq!(names.iter().filter(|n| **n == "Charge Succeeded").count(), 2, "{events}");
-    let bodies = hub.strings("SELECT body FROM events WHERE message_id = 'src:billing:charges:ch_1:ch_1:succeeded'");
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events WHERE source = 'billing' AND kind = 'track'"),
+        3
+    );
+    let events = hub
+        .admin_get("/v1/profiles/email:user2@example.com/events")
+        .json();
+    let names: Vec<&str> = events["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["event"].as_str())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| **n == "Charge Succeeded").count(),
+        2,
+        "{events}"
+    );
+    let bodies = hub.strings(
+        "SELECT body FROM events WHERE message_id = 'src:billing:charges:ch_1:ch_1:succeeded'",
+    );
     let body: Value = serde_json::from_str(&bodies[0]).unwrap();
     assert_eq!(body["properties"]["amount"], 19.99);
     assert_eq!(body["properties"]["currency"], "USD");
@@ -106,7 +148,10 @@ fn stripe_full_then_incremental(db: Db) {
     let history = runs(&hub, "billing");
     assert_eq!(history.len(), 1);
     assert_eq!(history[0]["status"], "succeeded");
-    assert_eq!(history[0]["records"], 8, "5 customers + 3 charges: {history:?}");
+    assert_eq!(
+        history[0]["records"], 8,
+        "5 customers + 3 charges: {history:?}"
+    );
     assert_eq!(history[0]["events"], 3);
     // 5 customers at 2 a page, 3 charges at 2 a page.
     assert_eq!(history[0]["pages"], 5, "{history:?}");
@@ -114,27 +159,57 @@ fn stripe_full_then_incremental(db: Db) {
 
     // Incremental: only what is new is fetched and applied.
     fake.clear_requests();
-    fake.add_customer(stripe_fake::customer("cus_6", "user6@example.com", "User 6", 1_700_000_900));
-    fake.add_charge(stripe_fake::charge("ch_4", "cus_6", 100, "usd", "succeeded", 1_700_001_300));
+    fake.add_customer(stripe_fake::customer(
+        "cus_6",
+        "user6@example.com",
+        "User 6",
+        1_700_000_900,
+    ));
+    fake.add_charge(stripe_fake::charge(
+        "ch_4",
+        "cus_6",
+        100,
+        "usd",
+        "succeeded",
+        1_700_001_300,
+    ));
     ok(&hub.cli(&["source", "run", "billing"]));
     let seen = fake.requests();
-    assert!(seen.iter().all(|r| r.param("created[gte]").is_some()), "incremental reads filter by creation: {seen:?}");
+    assert!(
+        seen.iter().all(|r| r.param("created[gte]").is_some()),
+        "incremental reads filter by creation: {seen:?}"
+    );
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 6);
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events WHERE source = 'billing'"), 4);
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events WHERE source = 'billing'"),
+        4
+    );
     let history = runs(&hub, "billing");
-    assert_eq!(history[0]["records"], 2, "only the new customer and charge: {history:?}");
+    assert_eq!(
+        history[0]["records"], 2,
+        "only the new customer and charge: {history:?}"
+    );
 
     // A full refresh reads everything again and changes nothing: no new profile, no event twice.
     fake.clear_requests();
     let out = ok(&hub.cli(&["source", "run", "billing", "--full-refresh"]));
     assert!(out.contains("0 new events"), "{out}");
-    assert!(fake.requests().iter().all(|r| r.param("created[gte]").is_none()));
+    assert!(fake
+        .requests()
+        .iter()
+        .all(|r| r.param("created[gte]").is_none()));
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 6);
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events WHERE source = 'billing'"), 4);
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events WHERE source = 'billing'"),
+        4
+    );
     assert_eq!(runs(&hub, "billing")[0]["records"], 10);
 
     let list = ok(&hub.cli(&["source", "list"]));
-    assert!(list.contains("billing\tplugin stripe\tstreams charges,customers\tmanual\tlast: succeeded"), "{list}");
+    assert!(
+        list.contains("billing\tplugin stripe\tstreams charges,customers\tmanual\tlast: succeeded"),
+        "{list}"
+    );
 }
 
 #[test]
@@ -150,24 +225,41 @@ fn stripe_full_then_incremental_postgres() {
 #[test]
 fn a_source_record_and_a_tracking_event_share_one_profile() {
     let fake = stripe_fake(2);
-    let hub = Hub::start_project(Db::Sqlite, "", &stripe_source("billing", &fake, 100, ""), &[]);
+    let hub = Hub::start_project(
+        Db::Sqlite,
+        "",
+        &stripe_source("billing", &fake, 100, ""),
+        &[],
+    );
     hub.install(&["stripe"]);
     let r = hub.track(
         "identify",
         json!({"userId": "u-1", "traits": {"email": "USER1@example.com", "favourite": "tea"}, "timestamp": "2020-01-01T00:00:00Z"}),
     );
     assert_eq!(r.status, 200, "{}", r.text());
-    let r = hub.track("track", json!({"userId": "u-1", "event": "Signed Up", "timestamp": "2020-01-01T00:00:00Z"}));
+    let r = hub.track(
+        "track",
+        json!({"userId": "u-1", "event": "Signed Up", "timestamp": "2020-01-01T00:00:00Z"}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     ok(&hub.cli(&["source", "run", "billing"]));
-    assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 2, "user1's record joined the tracked profile");
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM profiles"),
+        2,
+        "user1's record joined the tracked profile"
+    );
     let p = hub.profile("user_id:u-1").unwrap();
-    assert_eq!(hub.profile("email:user1@example.com").unwrap()["id"], p["id"]);
+    assert_eq!(
+        hub.profile("email:user1@example.com").unwrap()["id"],
+        p["id"]
+    );
     assert_eq!(p["traits"]["favourite"], "tea", "{p}");
     assert_eq!(p["traits"]["name"], "User 1", "{p}");
     let profile_id = p["id"].as_str().unwrap();
     assert_eq!(
-        hub.count(&format!("SELECT COUNT(*) FROM events WHERE profile_id = '{profile_id}' AND name = 'Signed Up'")),
+        hub.count(&format!(
+            "SELECT COUNT(*) FROM events WHERE profile_id = '{profile_id}' AND name = 'Signed Up'"
+        )),
         1
     );
 }
@@ -178,7 +270,14 @@ fn a_source_record_and_a_tracking_event_share_one_profile() {
 fn a_killed_run_resumes_from_its_last_committed_page() {
     let fake = stripe_fake(40);
     for i in 1..=40 {
-        fake.add_charge(stripe_fake::charge(&format!("ch_{i}"), &format!("cus_{i}"), 100 * i, "usd", "succeeded", 1_700_010_000 + i));
+        fake.add_charge(stripe_fake::charge(
+            &format!("ch_{i}"),
+            &format!("cus_{i}"),
+            100 * i,
+            "usd",
+            "succeeded",
+            1_700_010_000 + i,
+        ));
     }
     let hub = Hub::start_project(
         Db::Sqlite,
@@ -201,7 +300,10 @@ fn a_killed_run_resumes_from_its_last_committed_page() {
     // Let a few pages of charges land, then make Stripe throttle so the run stalls mid-stream.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        assert!(Instant::now() < deadline, "the run never reached the charges");
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached the charges"
+        );
         if hub.count("SELECT COUNT(*) FROM events") >= 3 {
             fake.throttle(1000, Some("1"));
             break;
@@ -212,10 +314,19 @@ fn a_killed_run_resumes_from_its_last_committed_page() {
     child.kill().unwrap();
     child.wait().unwrap();
     let events_before = hub.count("SELECT COUNT(*) FROM events");
-    assert!((3..40).contains(&events_before), "killed mid-stream: {events_before} events");
-    assert_eq!(hub.count("SELECT COUNT(*) FROM source_runs WHERE status = 'running'"), 1);
+    assert!(
+        (3..40).contains(&events_before),
+        "killed mid-stream: {events_before} events"
+    );
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM source_runs WHERE status = 'running'"),
+        1
+    );
     let cursor = hub.strings("SELECT cursor FROM source_cursors WHERE stream = 'charges'");
-    assert!(!cursor.is_empty() && cursor[0].contains("ch_"), "the committed page's cursor: {cursor:?}");
+    assert!(
+        !cursor.is_empty() && cursor[0].contains("ch_"),
+        "the committed page's cursor: {cursor:?}"
+    );
 
     fake.throttle(0, None);
     fake.clear_requests();
@@ -223,16 +334,30 @@ fn a_killed_run_resumes_from_its_last_committed_page() {
     let out = ok(&hub.cli(&["source", "run", "billing"]));
     assert!(out.contains("succeeded"), "{out}");
     let first = &fake.requests()[0];
-    assert!(first.uri.starts_with("/v1/charges"), "charges (read first) resume: {first:?}");
-    assert!(first.param("starting_after").is_some(), "resumed after the last committed page: {first:?}");
+    assert!(
+        first.uri.starts_with("/v1/charges"),
+        "charges (read first) resume: {first:?}"
+    );
+    assert!(
+        first.param("starting_after").is_some(),
+        "resumed after the last committed page: {first:?}"
+    );
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 40);
     assert_eq!(hub.count("SELECT COUNT(*) FROM identifiers"), 40);
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events"), 40, "every charge once");
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events"),
+        40,
+        "every charge once"
+    );
     let history = runs(&hub, "billing");
     assert_eq!(history[0]["status"], "succeeded");
     assert_eq!(history[1]["status"], "interrupted");
     let resumed_records = history[0]["records"].as_i64().unwrap();
-    assert_eq!(resumed_records, 40 - events_before + 40, "the resumed run read only the charges not committed, then the customers: {history:?}");
+    assert_eq!(
+        resumed_records,
+        40 - events_before + 40,
+        "the resumed run read only the charges not committed, then the customers: {history:?}"
+    );
 }
 
 #[test]
@@ -248,8 +373,15 @@ fn a_429_is_waited_out_then_a_run_fails_with_the_reason() {
     fake.throttle(2, Some("1"));
     let started = Instant::now();
     let out = ok(&hub.cli(&["source", "run", "billing"]));
-    assert!(out.contains("succeeded") && out.contains("2 retries"), "{out}");
-    assert!(started.elapsed() >= Duration::from_secs(2), "waited Retry-After twice: {:?}", started.elapsed());
+    assert!(
+        out.contains("succeeded") && out.contains("2 retries"),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited Retry-After twice: {:?}",
+        started.elapsed()
+    );
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 3);
     let statuses: Vec<u16> = fake.requests().iter().map(|r| r.status).collect();
     assert_eq!(&statuses[..3], &[429, 429, 200], "{statuses:?}");
@@ -259,10 +391,19 @@ fn a_429_is_waited_out_then_a_run_fails_with_the_reason() {
     assert!(!out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("billing: failed"), "{stdout}");
-    assert!(stdout.contains("after 3 attempts") && stdout.contains("429"), "{stdout}");
+    assert!(
+        stdout.contains("after 3 attempts") && stdout.contains("429"),
+        "{stdout}"
+    );
     let history = runs(&hub, "billing");
     assert_eq!(history[0]["status"], "failed");
-    assert!(history[0]["error"].as_str().unwrap().contains("Request rate limit exceeded"), "{history:?}");
+    assert!(
+        history[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Request rate limit exceeded"),
+        "{history:?}"
+    );
 }
 
 fn stripe_signed(body: &str, t: u64, secret: &str) -> String {
@@ -273,13 +414,21 @@ fn stripe_signed(body: &str, t: u64, secret: &str) -> String {
 }
 
 fn now_unix() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[test]
 fn stripe_webhooks_are_verified_applied_once_and_refused_when_stale_or_wrong() {
     let fake = stripe_fake(0);
-    let hub = Hub::start_project(Db::Sqlite, "", &stripe_source("billing", &fake, 100, ""), &[]);
+    let hub = Hub::start_project(
+        Db::Sqlite,
+        "",
+        &stripe_source("billing", &fake, 100, ""),
+        &[],
+    );
     hub.install(&["stripe"]);
     let body = json!({
         "id": "evt_1NG8Du2eZvKYlo2CUI79vXWy", "object": "event", "type": "charge.succeeded", "api_version": "2024-06-20",
@@ -292,7 +441,15 @@ fn stripe_webhooks_are_verified_applied_once_and_refused_when_stale_or_wrong() {
     })
     .to_string();
     let post = |sig: &str, body: &str| {
-        hub.request("POST", "/v1/webhooks/billing", &[("stripe-signature", sig), ("content-type", "application/json")], body.as_bytes())
+        hub.request(
+            "POST",
+            "/v1/webhooks/billing",
+            &[
+                ("stripe-signature", sig),
+                ("content-type", "application/json"),
+            ],
+            body.as_bytes(),
+        )
     };
     let t = now_unix();
     // A wrong signature, and a stale timestamp: 401, nothing stored.
@@ -308,9 +465,14 @@ fn stripe_webhooks_are_verified_applied_once_and_refused_when_stale_or_wrong() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "applied");
     assert_eq!(r.json()["events"], 1);
-    let p = hub.profile("email:payer@example.com").expect("the webhook built a profile");
+    let p = hub
+        .profile("email:payer@example.com")
+        .expect("the webhook built a profile");
     assert_eq!(p["traits"]["last_charge_currency"], "USD");
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events WHERE name = 'Charge Succeeded'"), 1);
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events WHERE name = 'Charge Succeeded'"),
+        1
+    );
     // The same delivery again (a replay, freshly signed): refused as a duplicate, nothing stored.
     let r = post(&stripe_signed(&body, now_unix(), STRIPE_WHSEC), &body);
     assert_eq!(r.status, 200, "{}", r.text());
@@ -321,7 +483,12 @@ fn stripe_webhooks_are_verified_applied_once_and_refused_when_stale_or_wrong() {
     let r = hub.request("POST", "/v1/webhooks/web", &[], body.as_bytes());
     assert_eq!(r.status, 404, "{}", r.text());
     let metrics = hub.request("GET", "/metrics", &[], b"").text();
-    assert!(metrics.contains("switchyard_source_webhooks_total{source=\"billing\",status=\"unauthorized\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains(
+            "switchyard_source_webhooks_total{source=\"billing\",status=\"unauthorized\"} 2"
+        ),
+        "{metrics}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -350,8 +517,22 @@ fn shopify_fake() -> shopify_fake::Fake {
             &format!("2024-01-05T15:00:0{i}Z"),
         ));
     }
-    fake.add_order(shopify_fake::order(5001, 1001, 1000, "buyer0@example.com", 3, "2024-03-01T10:00:00-05:00"));
-    fake.add_order(shopify_fake::order(5002, 1002, 1001, "buyer1@example.com", 1, "2024-03-02T10:00:00-05:00"));
+    fake.add_order(shopify_fake::order(
+        5001,
+        1001,
+        1000,
+        "buyer0@example.com",
+        3,
+        "2024-03-01T10:00:00-05:00",
+    ));
+    fake.add_order(shopify_fake::order(
+        5002,
+        1002,
+        1001,
+        "buyer1@example.com",
+        1,
+        "2024-03-02T10:00:00-05:00",
+    ));
     fake
 }
 
@@ -362,19 +543,37 @@ fn shopify_full_then_incremental_and_signed_webhooks() {
     hub.install(&["shopify"]);
     ok(&hub.cli(&["source", "run", "shop"]));
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 5);
-    assert_eq!(hub.count("SELECT COUNT(*) FROM identifiers WHERE kind = 'email'"), 5);
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events WHERE name = 'Order Completed'"), 2);
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM identifiers WHERE kind = 'email'"),
+        5
+    );
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events WHERE name = 'Order Completed'"),
+        2
+    );
     let history = runs(&hub, "shop");
     assert_eq!(history[0]["records"], 7);
-    assert_eq!(history[0]["pages"], 3 + 1, "5 customers at 2 a page, 2 orders on one page: {history:?}");
+    assert_eq!(
+        history[0]["pages"],
+        3 + 1,
+        "5 customers at 2 a page, 2 orders on one page: {history:?}"
+    );
 
     // Edited in the admin: only the changed customer is fetched, and its trait changes.
     fake.clear_requests();
     fake.update_customer(1003, "first_name", json!("Renamed"), "2024-02-01T09:00:00Z");
     ok(&hub.cli(&["source", "run", "shop"]));
     let seen = fake.requests();
-    assert_eq!(seen[0].param("updated_at_min"), Some("2024-01-05T15:00:04Z"), "{seen:?}");
-    assert_eq!(runs(&hub, "shop")[0]["records"], 1, "only the edited customer");
+    assert_eq!(
+        seen[0].param("updated_at_min"),
+        Some("2024-01-05T15:00:04Z"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        runs(&hub, "shop")[0]["records"],
+        1,
+        "only the edited customer"
+    );
     let traits = hub.strings(
         "SELECT t.value FROM traits t JOIN identifiers i ON i.profile_id = t.profile_id \
          WHERE i.kind = 'email' AND i.value = 'buyer3@example.com' AND t.name = 'first_name'",
@@ -382,12 +581,23 @@ fn shopify_full_then_incremental_and_signed_webhooks() {
     assert_eq!(traits, ["\"Renamed\""]);
 
     // Webhooks: orders/create signed with the app secret.
-    let order = shopify_fake::order(6001, 1003, 1004, "buyer4@example.com", 2, "2024-05-01T12:00:00-04:00").to_string();
+    let order = shopify_fake::order(
+        6001,
+        1003,
+        1004,
+        "buyer4@example.com",
+        2,
+        "2024-05-01T12:00:00-04:00",
+    )
+    .to_string();
     let sign = |body: &str, secret: &str| {
         use hmac::{Hmac, Mac};
         let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
         mac.update(body.as_bytes());
-        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, mac.finalize().into_bytes())
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            mac.finalize().into_bytes(),
+        )
     };
     let post = |sig: &str, id: &str, body: &str| {
         hub.request(
@@ -406,11 +616,18 @@ fn shopify_full_then_incremental_and_signed_webhooks() {
     };
     let r = post(&sign(&order, "not-the-secret"), "wh-1", &order);
     assert_eq!(r.status, 401, "{}", r.text());
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events"), 2, "nothing stored");
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events"),
+        2,
+        "nothing stored"
+    );
     let r = post(&sign(&order, SHOPIFY_SECRET), "wh-1", &order);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "applied");
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events WHERE name = 'Order Completed'"), 3);
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events WHERE name = 'Order Completed'"),
+        3
+    );
     let r = post(&sign(&order, SHOPIFY_SECRET), "wh-1", &order);
     assert_eq!(r.json()["status"], "duplicate", "a replayed delivery id");
     // A new delivery of the same order (orders/updated, say) stores no second event either:
@@ -418,7 +635,10 @@ fn shopify_full_then_incremental_and_signed_webhooks() {
     let r = post(&sign(&order, SHOPIFY_SECRET), "wh-2", &order);
     assert_eq!(r.json()["status"], "applied");
     assert_eq!(r.json()["events"], 0);
-    assert_eq!(hub.count("SELECT COUNT(*) FROM events WHERE name = 'Order Completed'"), 3);
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM events WHERE name = 'Order Completed'"),
+        3
+    );
     // A body that is not JSON, properly signed: 400.
     let r = post(&sign("not json", SHOPIFY_SECRET), "wh-3", "not json");
     assert_eq!(r.status, 400, "{}", r.text());
@@ -429,12 +649,24 @@ fn shopify_full_then_incremental_and_signed_webhooks() {
 #[test]
 fn a_killed_hub_resumes_its_scheduled_source_run() {
     let fake = stripe_fake(40);
-    let mut hub = Hub::start_project(Db::Sqlite, "", &stripe_source("billing", &fake, 1, ""), &[("SWITCHYARD_LEASE_MS", "1000")]);
+    let mut hub = Hub::start_project(
+        Db::Sqlite,
+        "",
+        &stripe_source("billing", &fake, 1, ""),
+        &[("SWITCHYARD_LEASE_MS", "1000")],
+    );
     hub.install(&["stripe"]);
     // Now that the plugin is installed, schedule the source and restart: the first run is due now.
     hub.kill();
     let text = std::fs::read_to_string(&hub.config).unwrap();
-    std::fs::write(&hub.config, text.replace("plugin = \"stripe\"\n", "plugin = \"stripe\"\nschedule = \"every 1h\"\n")).unwrap();
+    std::fs::write(
+        &hub.config,
+        text.replace(
+            "plugin = \"stripe\"\n",
+            "plugin = \"stripe\"\nschedule = \"every 1h\"\n",
+        ),
+    )
+    .unwrap();
     hub.spawn();
     let deadline = Instant::now() + Duration::from_secs(60);
     while hub.count("SELECT COUNT(*) FROM profiles") < 3 {

@@ -22,7 +22,10 @@ use switchyard::sources::{RunOptions, SourceEngine};
 use switchyard::store::Store;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// `GET /items?limit=N&cursor=OFFSET` → `{"data": [...], "next": "OFFSET" | null}` over `total`
@@ -66,9 +69,15 @@ async fn serve(total: usize) -> std::net::SocketAddr {
 fn plugin_wasm() -> std::path::PathBuf {
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")));
+        .unwrap_or_else(|| {
+            std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target"))
+        });
     let path = target.join("wasm32-wasip2/plugin/http_json.wasm");
-    assert!(path.exists(), "{} is missing: run tools/build-plugins", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run tools/build-plugins",
+        path.display()
+    );
     path
 }
 
@@ -76,7 +85,10 @@ fn main() {
     let total: usize = env_or("SWITCHYARD_BENCH_RECORDS", 100_000);
     let page: usize = env_or("SWITCHYARD_BENCH_PAGE", 1000);
     let pg = std::env::var("SWITCHYARD_BENCH_PG").is_ok_and(|v| v == "1");
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let dir = tempfile::tempdir().unwrap();
         let addr = serve(total).await;

@@ -42,7 +42,10 @@ async fn webhook(
         if engine.source(&source).is_err() {
             return (
                 "unknown",
-                json_error(StatusCode::NOT_FOUND, &format!("no source `{source}` with a plugin is configured")),
+                json_error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no source `{source}` with a plugin is configured"),
+                ),
             );
         }
         let instance = match engine.instance(&source).await {
@@ -51,16 +54,27 @@ async fn webhook(
                 tracing::error!("webhook for source `{source}`: {e:#}");
                 return (
                     "error",
-                    json_error(StatusCode::SERVICE_UNAVAILABLE, &format!("source `{source}` cannot take webhooks now: {e:#}")),
+                    json_error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &format!("source `{source}` cannot take webhooks now: {e:#}"),
+                    ),
                 );
             }
         };
         let request = WebhookRequest {
             method: method.to_string(),
-            path: uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| uri.path().to_string()),
+            path: uri
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_else(|| uri.path().to_string()),
             headers: headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_ascii_lowercase(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_ascii_lowercase(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             body: body.to_vec(),
         };
@@ -68,7 +82,10 @@ async fn webhook(
             Ok(Ok(d)) => d,
             Ok(Err(WebhookError::Unauthorized(reason))) => {
                 tracing::warn!("webhook refused: {reason}");
-                return ("unauthorized", json_error(StatusCode::UNAUTHORIZED, &reason));
+                return (
+                    "unauthorized",
+                    json_error(StatusCode::UNAUTHORIZED, &reason),
+                );
             }
             Ok(Err(WebhookError::BadRequest(reason))) => {
                 tracing::warn!("webhook refused: {reason}");
@@ -76,13 +93,24 @@ async fn webhook(
             }
             Err(e) => {
                 tracing::error!("webhook: {e}");
-                return ("error", json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}")));
+                return (
+                    "error",
+                    json_error(StatusCode::INTERNAL_SERVER_ERROR, &format!("{e}")),
+                );
             }
         };
-        match store(&engine, &source, delivery.delivery_id.as_deref(), &delivery.records).await {
+        match store(
+            &engine,
+            &source,
+            delivery.delivery_id.as_deref(),
+            &delivery.records,
+        )
+        .await
+        {
             Ok(Some(applied)) => {
                 if let Some(m) = &engine.metrics {
-                    m.sources.page(&source, "webhook", &applied, delivery.records.len() as u64);
+                    m.sources
+                        .page(&source, "webhook", &applied, delivery.records.len() as u64);
                 }
                 (
                     "applied",
@@ -107,7 +135,13 @@ async fn webhook(
             ),
             Err(e) => {
                 tracing::error!("storing a webhook delivery: {e:#}");
-                ("error", json_error(StatusCode::INTERNAL_SERVER_ERROR, "storing the delivery failed; see the hub's log (the sender may retry)"))
+                (
+                    "error",
+                    json_error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "storing the delivery failed; see the hub's log (the sender may retry)",
+                    ),
+                )
             }
         }
     }
@@ -118,7 +152,11 @@ async fn webhook(
         m.sources.webhook(&source, label);
     }
     let _guard = span.enter();
-    tracing::info!(outcome = label, status = response.status().as_u16(), "webhook handled");
+    tracing::info!(
+        outcome = label,
+        status = response.status().as_u16(),
+        "webhook handled"
+    );
     response
 }
 
@@ -139,7 +177,11 @@ async fn store(
          ON CONFLICT (source, delivery_id) DO NOTHING",
     )
     .bind(source)
-    .bind(if id.is_empty() { format!("anonymous:{}", uuid::Uuid::new_v4()) } else { id })
+    .bind(if id.is_empty() {
+        format!("anonymous:{}", uuid::Uuid::new_v4())
+    } else {
+        id
+    })
     .bind(records.len() as i64)
     .bind(now_millis())
     .execute(&mut *tx)
@@ -149,7 +191,10 @@ async fn store(
         tx.rollback().await?;
         return Ok(None);
     }
-    let list: Vec<(&str, &SourceRecord)> = records.iter().map(|r| (r.stream.as_str(), &r.record)).collect();
+    let list: Vec<(&str, &SourceRecord)> = records
+        .iter()
+        .map(|r| (r.stream.as_str(), &r.record))
+        .collect();
     let applied = engine.apply(&mut tx, source, &list).await?;
     tx.commit().await?;
     Ok(Some(applied))

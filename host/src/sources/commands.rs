@@ -45,7 +45,11 @@ async fn engine(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<Sou
     }
     let store = Store::open(&config.hub.database).await?;
     let registry = crate::cli::registry(config.hub.plugins_dir.clone())?;
-    Ok(SourceEngine::new(store, Arc::new(registry), Arc::new(config)))
+    Ok(SourceEngine::new(
+        store,
+        Arc::new(registry),
+        Arc::new(config),
+    ))
 }
 
 struct Bar(indicatif::ProgressBar);
@@ -66,7 +70,9 @@ fn print_report(r: &RunReport) {
         r.records,
         r.events,
         r.retries,
-        r.duration_ms.map(|d| format!(" in {d} ms")).unwrap_or_default()
+        r.duration_ms
+            .map(|d| format!(" in {d} ms"))
+            .unwrap_or_default()
     );
     if let Some(e) = &r.error {
         println!("  {e}");
@@ -88,13 +94,20 @@ pub async fn source(cmd: SourceCommand, plugins_dir: Option<PathBuf>) -> anyhow:
                     s.plugin.as_deref().unwrap_or_default(),
                     s.streams.keys().cloned().collect::<Vec<_>>().join(","),
                     s.schedule.as_deref().unwrap_or("manual"),
-                    last.map(|r| format!("last: {} at {} ({} records)", r.status, r.started_at, r.records))
-                        .unwrap_or_else(|| "never run".into())
+                    last.map(|r| format!(
+                        "last: {} at {} ({} records)",
+                        r.status, r.started_at, r.records
+                    ))
+                    .unwrap_or_else(|| "never run".into())
                 );
                 for (stream, cursor, done) in engine.cursors(name).await? {
                     println!(
                         "  {stream}: {}{}",
-                        if done { "caught up" } else { "resumes mid-stream" },
+                        if done {
+                            "caught up"
+                        } else {
+                            "resumes mid-stream"
+                        },
                         cursor.map(|c| format!(", cursor {c}")).unwrap_or_default()
                     );
                 }
@@ -103,13 +116,19 @@ pub async fn source(cmd: SourceCommand, plugins_dir: Option<PathBuf>) -> anyhow:
                 println!("no [sources.NAME] with a plugin in {}", config.display());
             }
         }
-        SourceCommand::Run { name, config, full_refresh } => {
+        SourceCommand::Run {
+            name,
+            config,
+            full_refresh,
+        } => {
             let engine = engine(&config, plugins_dir).await?;
             engine.source(&name)?;
             let progress: Option<Arc<dyn Progress>> = if std::io::stderr().is_terminal() {
                 let bar = indicatif::ProgressBar::new_spinner().with_style(
-                    indicatif::ProgressStyle::with_template("{spinner} {prefix} {msg}: {pos} records ({per_sec}, {elapsed})")
-                        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                    indicatif::ProgressStyle::with_template(
+                        "{spinner} {prefix} {msg}: {pos} records ({per_sec}, {elapsed})",
+                    )
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
                 );
                 bar.set_prefix(name.clone());
                 bar.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -117,13 +136,22 @@ pub async fn source(cmd: SourceCommand, plugins_dir: Option<PathBuf>) -> anyhow:
             } else {
                 None
             };
-            let report = engine.run(&name, RunOptions { full_refresh }, progress).await?;
+            let report = engine
+                .run(&name, RunOptions { full_refresh }, progress)
+                .await?;
             print_report(&report);
             if report.status == "failed" {
-                bail!("source `{name}` run failed: {}", report.error.unwrap_or_default());
+                bail!(
+                    "source `{name}` run failed: {}",
+                    report.error.unwrap_or_default()
+                );
             }
         }
-        SourceCommand::Runs { name, config, limit } => {
+        SourceCommand::Runs {
+            name,
+            config,
+            limit,
+        } => {
             let engine = engine(&config, plugins_dir).await?;
             engine.source(&name)?;
             for r in engine.runs(&name, limit).await? {

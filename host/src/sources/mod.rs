@@ -185,7 +185,9 @@ impl SourceEngine {
             .registry
             .load(plugin_name, source.version.as_deref())
             .await
-            .with_context(|| format!("[sources.{name}]: install it with `switchyard plugin install`"))?;
+            .with_context(|| {
+                format!("[sources.{name}]: install it with `switchyard plugin install`")
+            })?;
         if plugin.kind() != crate::runtime::bindings::PluginKind::Source {
             bail!("[sources.{name}] plugin `{plugin_name}` is a destination plugin, not a source");
         }
@@ -224,7 +226,8 @@ impl SourceEngine {
         progress: Option<Arc<dyn Progress>>,
     ) -> anyhow::Result<RunReport> {
         let source = self.source(name)?.clone();
-        let span = tracing::info_span!("source_run", source = %name, full_refresh = options.full_refresh);
+        let span =
+            tracing::info_span!("source_run", source = %name, full_refresh = options.full_refresh);
         self.run_inner(name, &source, options, progress)
             .instrument(span)
             .await
@@ -264,13 +267,15 @@ impl SourceEngine {
             Ok(()) => ("succeeded", None),
             Err(e) => ("failed", Some(format!("{e:#}"))),
         };
-        sqlx::query("UPDATE source_runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4")
-            .bind(status)
-            .bind(now_millis())
-            .bind(&error)
-            .bind(&run_id)
-            .execute(self.store.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE source_runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4",
+        )
+        .bind(status)
+        .bind(now_millis())
+        .bind(&error)
+        .bind(&run_id)
+        .execute(self.store.pool())
+        .await?;
         lease.release(&self.store).await;
         if let Some(m) = &self.metrics {
             m.sources.run(name, status, started.elapsed().as_secs_f64());
@@ -282,8 +287,17 @@ impl SourceEngine {
             .find(|r| r.id == run_id)
             .context("the run's history row is missing")?;
         match &report.error {
-            None => tracing::info!(pages = report.pages, records = report.records, events = report.events, "source run finished"),
-            Some(e) => tracing::warn!(pages = report.pages, records = report.records, "source run failed: {e}"),
+            None => tracing::info!(
+                pages = report.pages,
+                records = report.records,
+                events = report.events,
+                "source run finished"
+            ),
+            Some(e) => tracing::warn!(
+                pages = report.pages,
+                records = report.records,
+                "source run failed: {e}"
+            ),
         }
         Ok(report)
     }
@@ -322,12 +336,14 @@ impl SourceEngine {
         let renew = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
-                let renewed = sqlx::query("UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3")
-                    .bind(now_millis() + lease_ms())
-                    .bind(&name)
-                    .bind(&run)
-                    .execute(store.pool())
-                    .await;
+                let renewed = sqlx::query(
+                    "UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3",
+                )
+                .bind(now_millis() + lease_ms())
+                .bind(&name)
+                .bind(&run)
+                .execute(store.pool())
+                .await;
                 match renewed {
                     Ok(r) if r.rows_affected() == 1 => {}
                     Ok(_) => {
@@ -378,11 +394,16 @@ impl SourceEngine {
     }
 
     /// The stored cursor of each stream of a source: (stream, cursor, done).
-    pub async fn cursors(&self, source: &str) -> anyhow::Result<Vec<(String, Option<String>, bool)>> {
-        let rows = sqlx::query("SELECT stream, cursor, done FROM source_cursors WHERE source = $1 ORDER BY stream")
-            .bind(source)
-            .fetch_all(self.store.pool())
-            .await?;
+    pub async fn cursors(
+        &self,
+        source: &str,
+    ) -> anyhow::Result<Vec<(String, Option<String>, bool)>> {
+        let rows = sqlx::query(
+            "SELECT stream, cursor, done FROM source_cursors WHERE source = $1 ORDER BY stream",
+        )
+        .bind(source)
+        .fetch_all(self.store.pool())
+        .await?;
         rows.iter()
             .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? != 0)))
             .collect()
@@ -450,7 +471,11 @@ struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
-    async fn read_streams(&mut self, source: &SourceConfig, options: RunOptions) -> anyhow::Result<()> {
+    async fn read_streams(
+        &mut self,
+        source: &SourceConfig,
+        options: RunOptions,
+    ) -> anyhow::Result<()> {
         let engine = self.engine;
         let name = self.source_name;
         let instance = engine.instance(name).await?;
@@ -469,23 +494,32 @@ impl RunContext<'_> {
         }
         for stream in source.streams.keys() {
             let span = tracing::info_span!("source_stream", stream = %stream);
-            self.read_stream(&instance, stream, options).instrument(span).await?;
+            self.read_stream(&instance, stream, options)
+                .instrument(span)
+                .await?;
         }
         Ok(())
     }
 
-    async fn read_stream(&mut self, instance: &PluginInstance, stream: &str, options: RunOptions) -> anyhow::Result<()> {
+    async fn read_stream(
+        &mut self,
+        instance: &PluginInstance,
+        stream: &str,
+        options: RunOptions,
+    ) -> anyhow::Result<()> {
         let engine = self.engine;
         let name = self.source_name;
         let mut cursor: Option<String> = if options.full_refresh {
             None
         } else {
-            sqlx::query_as::<_, (Option<String>,)>("SELECT cursor FROM source_cursors WHERE source = $1 AND stream = $2")
-                .bind(name)
-                .bind(stream)
-                .fetch_optional(engine.store.pool())
-                .await?
-                .and_then(|r| r.0)
+            sqlx::query_as::<_, (Option<String>,)>(
+                "SELECT cursor FROM source_cursors WHERE source = $1 AND stream = $2",
+            )
+            .bind(name)
+            .bind(stream)
+            .fetch_optional(engine.store.pool())
+            .await?
+            .and_then(|r| r.0)
         };
         // One page read ahead: the plugin reads page N+1 (on another thread) while page N is
         // being committed. Only committed pages move the stored cursor, so a crash still
@@ -506,8 +540,10 @@ impl RunContext<'_> {
                     instance.plugin().name()
                 );
             }
-            let next = (!page.done).then(|| self.spawn_read(instance, stream, page.cursor.clone(), page_no + 1));
-            let span = tracing::debug_span!("source_page", page = page_no, records = page.records.len());
+            let next = (!page.done)
+                .then(|| self.spawn_read(instance, stream, page.cursor.clone(), page_no + 1));
+            let span =
+                tracing::debug_span!("source_page", page = page_no, records = page.records.len());
             let applied = match self.commit_page(stream, &page).instrument(span).await {
                 Ok(a) => a,
                 Err(e) => {
@@ -522,10 +558,14 @@ impl RunContext<'_> {
             self.total.skipped += applied.skipped;
             self.total.suppressed += applied.suppressed;
             if let Some(m) = &engine.metrics {
-                m.sources.page(name, stream, &applied, page.records.len() as u64);
+                m.sources
+                    .page(name, stream, &applied, page.records.len() as u64);
             }
             if let Some(p) = &self.progress {
-                p.records(stream, self.total.records + self.total.skipped + self.total.suppressed);
+                p.records(
+                    stream,
+                    self.total.records + self.total.skipped + self.total.suppressed,
+                );
             }
             cursor = page.cursor;
             match next {
@@ -544,7 +584,12 @@ impl RunContext<'_> {
         cursor: Option<String>,
         page_no: u64,
     ) -> tokio::task::JoinHandle<anyhow::Result<Page>> {
-        let span = tracing::debug_span!("source_read", stream, page = page_no, resumed_from = cursor.is_some());
+        let span = tracing::debug_span!(
+            "source_read",
+            stream,
+            page = page_no,
+            resumed_from = cursor.is_some()
+        );
         let reader = Reader {
             engine: self.engine.clone(),
             instance: instance.clone(),
@@ -564,21 +609,26 @@ impl RunContext<'_> {
             // A page of thousands of new profiles touches more B-tree pages than SQLite's default
             // 2 MB page cache holds, which then spills mid-transaction; give the page's
             // connection room (per connection; it stays for later use of the connection).
-            sqlx::query("PRAGMA cache_size = -32768").execute(&mut *tx).await?;
+            sqlx::query("PRAGMA cache_size = -32768")
+                .execute(&mut *tx)
+                .await?;
         }
         // First statement a write: on SQLite it takes the write lock before any read, and it
         // fences the page on the lease (a run that lost its lease commits nothing more).
-        let held = sqlx::query("UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3")
-            .bind(now + lease_ms())
-            .bind(self.source_name)
-            .bind(&self.lease.run_id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
+        let held = sqlx::query(
+            "UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3",
+        )
+        .bind(now + lease_ms())
+        .bind(self.source_name)
+        .bind(&self.lease.run_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         if held != 1 {
             bail!("the run lost its lease (another run of source `{}` took over); this page was not stored", self.source_name);
         }
-        let records: Vec<(&str, &SourceRecord)> = page.records.iter().map(|r| (stream, r)).collect();
+        let records: Vec<(&str, &SourceRecord)> =
+            page.records.iter().map(|r| (stream, r)).collect();
         let applied = engine.apply(&mut tx, self.source_name, &records).await?;
         sqlx::query(
             "INSERT INTO source_cursors (source, stream, cursor, done, updated_at) VALUES ($1, $2, $3, $4, $5) \
@@ -598,7 +648,12 @@ impl RunContext<'_> {
             .execute(&mut *tx)
             .await?;
         tx.commit().await.context("committing a page")?;
-        tracing::debug!(records = applied.records, events = applied.events, skipped = applied.skipped, "page committed");
+        tracing::debug!(
+            records = applied.records,
+            events = applied.events,
+            skipped = applied.skipped,
+            "page committed"
+        );
         Ok(applied)
     }
 }
@@ -623,16 +678,28 @@ impl Reader {
             attempt += 1;
             match self.instance.read(stream, cursor).await {
                 Ok(page) => return Ok(page),
-                Err(PluginError::Plugin { error: CallError::Transient(retry), .. }) if attempt < attempts => {
+                Err(PluginError::Plugin {
+                    error: CallError::Transient(retry),
+                    ..
+                }) if attempt < attempts => {
                     let wait = match retry.after_ms {
                         Some(ms) => Duration::from_millis(ms),
                         None => {
-                            let base = self.engine.backoff.saturating_mul(1 << (attempt - 1).min(10));
+                            let base = self
+                                .engine
+                                .backoff
+                                .saturating_mul(1 << (attempt - 1).min(10));
                             base + base.mul_f64(fastrand::f64() * 0.5)
                         }
                     }
                     .min(MAX_WAIT);
-                    tracing::warn!(stream, attempt, wait_ms = wait.as_millis() as u64, "read failed transiently, retrying: {}", retry.reason);
+                    tracing::warn!(
+                        stream,
+                        attempt,
+                        wait_ms = wait.as_millis() as u64,
+                        "read failed transiently, retrying: {}",
+                        retry.reason
+                    );
                     sqlx::query("UPDATE source_runs SET retries = retries + 1 WHERE id = $1")
                         .bind(&self.run_id)
                         .execute(self.engine.store.pool())
@@ -643,8 +710,14 @@ impl Reader {
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
-                    let after = if attempt > 1 { format!(" after {attempt} attempts") } else { String::new() };
-                    return Err(anyhow::Error::new(e).context(format!("reading stream `{stream}`{after}")));
+                    let after = if attempt > 1 {
+                        format!(" after {attempt} attempts")
+                    } else {
+                        String::new()
+                    };
+                    return Err(
+                        anyhow::Error::new(e).context(format!("reading stream `{stream}`{after}"))
+                    );
                 }
             }
         }
@@ -688,9 +761,19 @@ pub fn record_identifiers(
         .identifiers
         .iter()
         .filter(|(kind, _)| kinds.contains_key(*kind))
-        .filter_map(|(kind, path)| at_path(data, path).and_then(scalar).map(|v| Identifier::new(kind, &v)))
+        .filter_map(|(kind, path)| {
+            at_path(data, path)
+                .and_then(scalar)
+                .map(|v| Identifier::new(kind, &v))
+        })
         .collect();
-    ids.sort_by_key(|i| (kinds.get(&i.kind).map(|r| r.priority).unwrap_or(u32::MAX), i.kind.clone(), i.value.clone()));
+    ids.sort_by_key(|i| {
+        (
+            kinds.get(&i.kind).map(|r| r.priority).unwrap_or(u32::MAX),
+            i.kind.clone(),
+            i.value.clone(),
+        )
+    });
     ids.dedup();
     ids
 }
@@ -764,7 +847,13 @@ async fn apply_records(
             applied.skipped += 1;
             continue;
         }
-        decoded.push(Decoded { stream, record, mapping, data, ids });
+        decoded.push(Decoded {
+            stream,
+            record,
+            mapping,
+            data,
+            ids,
+        });
     }
     let mut all: Vec<&Identifier> = decoded.iter().flat_map(|d| d.ids.iter()).collect();
     all.sort();
@@ -816,8 +905,16 @@ async fn apply_records(
                 // `resolve` must see what the fast path decided so far.
                 batch.flush(conn, backend, now).await?;
                 let message_id = format!("src:{source}:{stream}:{}", record.id);
-                let Some(resolution) =
-                    identity::resolve(conn, backend, rules, d.ids.clone(), &message_id, "source", now).await?
+                let Some(resolution) = identity::resolve(
+                    conn,
+                    backend,
+                    rules,
+                    d.ids.clone(),
+                    &message_id,
+                    "source",
+                    now,
+                )
+                .await?
                 else {
                     applied.skipped += 1;
                     continue;
@@ -832,7 +929,11 @@ async fn apply_records(
                     }
                     let moved: Vec<_> = traits.drain().collect();
                     for ((p, n), v) in moved {
-                        let p = if resolution.merged.contains(&p) { profile.clone() } else { p };
+                        let p = if resolution.merged.contains(&p) {
+                            profile.clone()
+                        } else {
+                            p
+                        };
                         match traits.get(&(p.clone(), n.clone())) {
                             Some(old) if old.1 > v.1 => {}
                             _ => {
@@ -854,9 +955,15 @@ async fn apply_records(
                 profile
             }
         };
-        let ts = record.updated_at.as_deref().and_then(parse_time).unwrap_or(now);
+        let ts = record
+            .updated_at
+            .as_deref()
+            .and_then(parse_time)
+            .unwrap_or(now);
         for (name, path) in &d.mapping.traits {
-            let Some(value) = at_path(&d.data, path) else { continue };
+            let Some(value) = at_path(&d.data, path) else {
+                continue;
+            };
             let key = (profile.clone(), name.clone());
             match traits.get(&key) {
                 Some(old) if old.1 > ts => {}
@@ -866,7 +973,11 @@ async fn apply_records(
             }
         }
         for (i, event) in record.events.iter().enumerate() {
-            let local = if event.message_id.is_empty() { i.to_string() } else { event.message_id.clone() };
+            let local = if event.message_id.is_empty() {
+                i.to_string()
+            } else {
+                event.message_id.clone()
+            };
             let id = format!("src:{source}:{stream}:{}:{local}", record.id);
             let at = parse_time(&event.timestamp).unwrap_or(ts);
             let properties = match serde_json::from_str::<Value>(&event.properties) {
@@ -881,7 +992,13 @@ async fn apply_records(
                 "properties": properties,
                 "context": {"source": {"name": source, "stream": stream, "record_id": record.id}},
             });
-            events.push(PendingEvent { message_id: id, profile: profile.clone(), name: event.name.clone(), ts: at, body: body.to_string() });
+            events.push(PendingEvent {
+                message_id: id,
+                profile: profile.clone(),
+                name: event.name.clone(),
+                ts: at,
+                body: body.to_string(),
+            });
         }
         applied.records += 1;
     }
@@ -897,7 +1014,12 @@ async fn apply_records(
 /// the B-trees instead of all over them, which is most of what a SQLite commit writes.
 fn ordered_profile_id(now_ms: i64, seq: usize) -> String {
     let random = uuid::Uuid::new_v4().simple().to_string();
-    format!("prf_{:012x}{:06x}{}", now_ms.max(0) as u64 & 0xffff_ffff_ffff, seq & 0xff_ffff, &random[..14])
+    format!(
+        "prf_{:012x}{:06x}{}",
+        now_ms.max(0) as u64 & 0xffff_ffff_ffff,
+        seq & 0xff_ffff,
+        &random[..14]
+    )
 }
 
 /// Rows per multi-row statement (well under SQLite's and PostgreSQL's bind limits).
@@ -906,7 +1028,13 @@ const ROWS: usize = 200;
 /// `rows` groups of `cols` placeholders, `(..),(..)`: anonymous `?` on SQLite (sqlx resolves
 /// numbered ones by name there, quadratic in their count), `$N` from `first` on PostgreSQL.
 /// `fixed` puts a literal in a column instead of a placeholder.
-fn groups(backend: Backend, first: usize, rows: usize, cols: usize, fixed: &[(usize, &str)]) -> String {
+fn groups(
+    backend: Backend,
+    first: usize,
+    rows: usize,
+    cols: usize,
+    fixed: &[(usize, &str)],
+) -> String {
     let mut out = String::with_capacity(rows * (cols * 5 + 3));
     let mut n = first;
     for r in 0..rows {
@@ -944,19 +1072,38 @@ async fn lookup(
     let mut found = HashMap::new();
     let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for id in ids {
-        by_kind.entry(id.kind.as_str()).or_default().push(id.value.as_str());
+        by_kind
+            .entry(id.kind.as_str())
+            .or_default()
+            .push(id.value.as_str());
     }
     for (kind, values) in by_kind {
         for chunk in values.chunks(ROWS * 2) {
             let list = groups(backend, 2, 1, chunk.len(), &[]);
-            let first = if backend == Backend::Sqlite { "?" } else { "$1" };
-            let sql = format!("SELECT value, {column} FROM {table} WHERE kind = {first} AND value IN {list}");
+            let first = if backend == Backend::Sqlite {
+                "?"
+            } else {
+                "$1"
+            };
+            let sql = format!(
+                "SELECT value, {column} FROM {table} WHERE kind = {first} AND value IN {list}"
+            );
             let mut q = sqlx::query(&sql).bind(kind);
             for v in chunk {
                 q = q.bind(*v);
             }
-            for row in q.fetch_all(&mut *conn).await.with_context(|| format!("looking up {table}"))? {
-                found.insert(Identifier { kind: kind.to_string(), value: row.try_get(0)? }, row.try_get(1)?);
+            for row in q
+                .fetch_all(&mut *conn)
+                .await
+                .with_context(|| format!("looking up {table}"))?
+            {
+                found.insert(
+                    Identifier {
+                        kind: kind.to_string(),
+                        value: row.try_get(0)?,
+                    },
+                    row.try_get(1)?,
+                );
             }
         }
     }
@@ -965,9 +1112,17 @@ async fn lookup(
 
 impl IdentityBatch {
     /// Writes the new profiles and identifiers and touches matched profiles, then starts over.
-    async fn flush(&mut self, conn: &mut AnyConnection, backend: Backend, now: i64) -> anyhow::Result<()> {
+    async fn flush(
+        &mut self,
+        conn: &mut AnyConnection,
+        backend: Backend,
+        now: i64,
+    ) -> anyhow::Result<()> {
         for chunk in self.new_profiles.chunks(ROWS) {
-            let sql = format!("INSERT INTO profiles (id, created_at, updated_at) VALUES {}", groups(backend, 1, chunk.len(), 3, &[]));
+            let sql = format!(
+                "INSERT INTO profiles (id, created_at, updated_at) VALUES {}",
+                groups(backend, 1, chunk.len(), 3, &[])
+            );
             let mut q = sqlx::query(&sql);
             for p in chunk {
                 q = q.bind(p).bind(now).bind(now);
@@ -984,12 +1139,21 @@ impl IdentityBatch {
             for (id, p) in chunk {
                 q = q.bind(&id.kind).bind(&id.value).bind(p).bind(now);
             }
-            q.execute(&mut *conn).await.context("attaching identifiers")?;
+            q.execute(&mut *conn)
+                .await
+                .context("attaching identifiers")?;
         }
         let touched: Vec<&String> = self.touched.iter().collect();
         for chunk in touched.chunks(ROWS * 2) {
-            let first = if backend == Backend::Sqlite { "?" } else { "$1" };
-            let sql = format!("UPDATE profiles SET updated_at = {first} WHERE id IN {}", groups(backend, 2, 1, chunk.len(), &[]));
+            let first = if backend == Backend::Sqlite {
+                "?"
+            } else {
+                "$1"
+            };
+            let sql = format!(
+                "UPDATE profiles SET updated_at = {first} WHERE id IN {}",
+                groups(backend, 2, 1, chunk.len(), &[])
+            );
             let mut q = sqlx::query(&sql).bind(now);
             for p in chunk {
                 q = q.bind(*p);
@@ -1031,7 +1195,10 @@ async fn write_events(
 ) -> anyhow::Result<u64> {
     // The same event twice in one page (a plugin repeating itself): keep the first.
     let mut seen = std::collections::HashSet::new();
-    let unique: Vec<&PendingEvent> = events.iter().filter(|e| seen.insert(e.message_id.as_str())).collect();
+    let unique: Vec<&PendingEvent> = events
+        .iter()
+        .filter(|e| seen.insert(e.message_id.as_str()))
+        .collect();
     let mut stored = 0;
     for chunk in unique.chunks(ROWS / 2) {
         let sql = format!(
@@ -1041,9 +1208,20 @@ async fn write_events(
         );
         let mut q = sqlx::query(&sql);
         for e in chunk {
-            q = q.bind(&e.message_id).bind(&e.profile).bind(source).bind(&e.name).bind(e.ts).bind(now).bind(&e.body);
+            q = q
+                .bind(&e.message_id)
+                .bind(&e.profile)
+                .bind(source)
+                .bind(&e.name)
+                .bind(e.ts)
+                .bind(now)
+                .bind(&e.body);
         }
-        stored += q.execute(&mut *conn).await.context("storing events")?.rows_affected();
+        stored += q
+            .execute(&mut *conn)
+            .await
+            .context("storing events")?
+            .rows_affected();
     }
     Ok(stored)
 }
@@ -1069,7 +1247,13 @@ mod tests {
             traits: BTreeMap::new(),
         };
         let ids = record_identifiers(&kinds, &mapping, &data);
-        assert_eq!(ids, vec![Identifier::new("user_id", "42"), Identifier::new("email", "ada@example.com")]);
+        assert_eq!(
+            ids,
+            vec![
+                Identifier::new("user_id", "42"),
+                Identifier::new("email", "ada@example.com")
+            ]
+        );
     }
 
     fn record(id: &str, data: Value, updated_at: &str, event: Option<&str>) -> SourceRecord {
@@ -1090,7 +1274,11 @@ mod tests {
     }
 
     async fn scalar_query(store: &Store, sql: &str) -> i64 {
-        sqlx::query_as::<_, (i64,)>(sql).fetch_one(store.pool()).await.unwrap().0
+        sqlx::query_as::<_, (i64,)>(sql)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .0
     }
 
     /// The batched path decides new and exactly-matched records in memory and hands attaches,
@@ -1098,7 +1286,9 @@ mod tests {
     #[tokio::test]
     async fn a_page_creates_attaches_merges_and_respects_limits() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display())).await.unwrap();
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
         let identity = crate::config::IdentityConfig::default();
         let rules = IdentityRules::new(&identity);
         let mapping = SourceStreamConfig {
@@ -1109,39 +1299,112 @@ mod tests {
             traits: BTreeMap::from([("name".to_string(), "name".to_string())]),
         };
         let mappings = BTreeMap::from([("people".to_string(), mapping)]);
-        let page = vec![
-            record("a", serde_json::json!({"email": "a@x.com", "name": "A old"}), "2024-01-01T00:00:00Z", Some("Order Completed")),
-            record("b", serde_json::json!({"email": "A@x.com", "name": "A new"}), "2024-01-02T00:00:00Z", None),
-            record("c", serde_json::json!({"email": "b@x.com", "user": "u1"}), "2024-01-01T00:00:00Z", Some("Order Completed")),
+        let page = [
+            record(
+                "a",
+                serde_json::json!({"email": "a@x.com", "name": "A old"}),
+                "2024-01-01T00:00:00Z",
+                Some("Order Completed"),
+            ),
+            record(
+                "b",
+                serde_json::json!({"email": "A@x.com", "name": "A new"}),
+                "2024-01-02T00:00:00Z",
+                None,
+            ),
+            record(
+                "c",
+                serde_json::json!({"email": "b@x.com", "user": "u1"}),
+                "2024-01-01T00:00:00Z",
+                Some("Order Completed"),
+            ),
             // Joins the profiles of a@ and u1: a merge, through `resolve`.
-            record("d", serde_json::json!({"email": "a@x.com", "user": "u1"}), "2024-01-01T00:00:00Z", None),
+            record(
+                "d",
+                serde_json::json!({"email": "a@x.com", "user": "u1"}),
+                "2024-01-01T00:00:00Z",
+                None,
+            ),
             // u1 known, c@ new: an attach, through `resolve`.
-            record("e", serde_json::json!({"email": "c@x.com", "user": "u1"}), "2024-01-01T00:00:00Z", None),
+            record(
+                "e",
+                serde_json::json!({"email": "c@x.com", "user": "u1"}),
+                "2024-01-01T00:00:00Z",
+                None,
+            ),
             // A second user id for a@'s profile would break user_id's limit of 1: u2 wins alone.
-            record("f", serde_json::json!({"email": "a@x.com", "user": "u2"}), "2024-01-01T00:00:00Z", None),
-            record("g", serde_json::json!({"name": "nobody"}), "2024-01-01T00:00:00Z", None),
+            record(
+                "f",
+                serde_json::json!({"email": "a@x.com", "user": "u2"}),
+                "2024-01-01T00:00:00Z",
+                None,
+            ),
+            record(
+                "g",
+                serde_json::json!({"name": "nobody"}),
+                "2024-01-01T00:00:00Z",
+                None,
+            ),
         ];
         let refs: Vec<(&str, &SourceRecord)> = page.iter().map(|r| ("people", r)).collect();
         let mut tx = store.pool().begin().await.unwrap();
-        let applied = apply_records(&mut tx, store.backend(), &rules, &identity.kinds, "crm", &mappings, &refs).await.unwrap();
+        let applied = apply_records(
+            &mut tx,
+            store.backend(),
+            &rules,
+            &identity.kinds,
+            "crm",
+            &mappings,
+            &refs,
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
-        assert_eq!(applied, Applied { records: 6, events: 2, skipped: 1, suppressed: 0 });
-        assert_eq!(scalar_query(&store, "SELECT COUNT(*) FROM profiles").await, 2);
+        assert_eq!(
+            applied,
+            Applied {
+                records: 6,
+                events: 2,
+                skipped: 1,
+                suppressed: 0
+            }
+        );
+        assert_eq!(
+            scalar_query(&store, "SELECT COUNT(*) FROM profiles").await,
+            2
+        );
         let mut conn = store.pool().acquire().await.unwrap();
-        let main = identity::profile_of(&mut conn, &Identifier::new("email", "a@x.com")).await.unwrap().unwrap();
-        for id in [("email", "b@x.com"), ("email", "c@x.com"), ("user_id", "u1")] {
-            let p = identity::profile_of(&mut conn, &Identifier::new(id.0, id.1)).await.unwrap();
+        let main = identity::profile_of(&mut conn, &Identifier::new("email", "a@x.com"))
+            .await
+            .unwrap()
+            .unwrap();
+        for id in [
+            ("email", "b@x.com"),
+            ("email", "c@x.com"),
+            ("user_id", "u1"),
+        ] {
+            let p = identity::profile_of(&mut conn, &Identifier::new(id.0, id.1))
+                .await
+                .unwrap();
             assert_eq!(p.as_deref(), Some(main.as_str()), "{id:?}");
         }
-        let other = identity::profile_of(&mut conn, &Identifier::new("user_id", "u2")).await.unwrap().unwrap();
-        assert_ne!(other, main);
-        let (name,): (String,) = sqlx::query_as("SELECT value FROM traits WHERE profile_id = $1 AND name = 'name'")
-            .bind(&main)
-            .fetch_one(&mut *conn)
+        let other = identity::profile_of(&mut conn, &Identifier::new("user_id", "u2"))
             .await
+            .unwrap()
             .unwrap();
+        assert_ne!(other, main);
+        let (name,): (String,) =
+            sqlx::query_as("SELECT value FROM traits WHERE profile_id = $1 AND name = 'name'")
+                .bind(&main)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
         assert_eq!(name, "\"A new\"", "the newer record's trait wins");
-        let n = scalar_query(&store, &format!("SELECT COUNT(*) FROM events WHERE profile_id = '{main}'")).await;
+        let n = scalar_query(
+            &store,
+            &format!("SELECT COUNT(*) FROM events WHERE profile_id = '{main}'"),
+        )
+        .await;
         assert_eq!(n, 2, "both events on the surviving profile");
         let merges = scalar_query(&store, "SELECT COUNT(*) FROM merges").await;
         assert_eq!(merges, 1);
@@ -1149,11 +1412,27 @@ mod tests {
 
         // The same page again: nothing new, nothing twice.
         let mut tx = store.pool().begin().await.unwrap();
-        let again = apply_records(&mut tx, store.backend(), &rules, &identity.kinds, "crm", &mappings, &refs).await.unwrap();
+        let again = apply_records(
+            &mut tx,
+            store.backend(),
+            &rules,
+            &identity.kinds,
+            "crm",
+            &mappings,
+            &refs,
+        )
+        .await
+        .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(again.events, 0);
-        assert_eq!(scalar_query(&store, "SELECT COUNT(*) FROM profiles").await, 2);
-        assert_eq!(scalar_query(&store, "SELECT COUNT(*) FROM identifiers").await, 5);
+        assert_eq!(
+            scalar_query(&store, "SELECT COUNT(*) FROM profiles").await,
+            2
+        );
+        assert_eq!(
+            scalar_query(&store, "SELECT COUNT(*) FROM identifiers").await,
+            5
+        );
         assert_eq!(scalar_query(&store, "SELECT COUNT(*) FROM events").await, 2);
     }
 }

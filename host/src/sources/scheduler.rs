@@ -20,8 +20,12 @@ pub async fn run(engine: SourceEngine) {
     loop {
         tick.tick().await;
         for (name, source) in &engine.config().sources {
-            let (Some(_), Some(spec)) = (&source.plugin, &source.schedule) else { continue };
-            let Ok(schedule) = Schedule::parse(spec) else { continue };
+            let (Some(_), Some(spec)) = (&source.plugin, &source.schedule) else {
+                continue;
+            };
+            let Ok(schedule) = Schedule::parse(spec) else {
+                continue;
+            };
             if super::lock(&running).contains(name) {
                 continue;
             }
