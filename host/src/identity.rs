@@ -274,7 +274,10 @@ fn fits_limits<'a>(
         .all(|(kind, values)| values.len() as u32 <= rules.limit(kind))
 }
 
-fn lock_key(id: &Identifier) -> i64 {
+/// The PostgreSQL advisory lock key of an identifier. Everything that resolves identities in
+/// bulk (source pages) takes these same keys, in ascending order, so it serialises with
+/// [`resolve`] on other hubs without deadlocks.
+pub fn lock_key(id: &Identifier) -> i64 {
     let digest = Sha256::digest(format!("{}\u{0}{}", id.kind, id.value).as_bytes());
     let mut bytes = [0u8; 8];
     bytes.copy_from_slice(&digest[..8]);

@@ -808,14 +808,14 @@ struct IdentityBatch {
 /// Resolves each record to a profile, then writes the page's traits and events with a few
 /// multi-row statements.
 ///
-/// Resolution gives exactly what `identity::resolve` (the tracking API's path) gives. On SQLite,
-/// whose transaction holds the database's only write lock, the page's identifiers are looked up
-/// at once and the two common cases are decided in memory and written in bulk: no identifier
-/// known (a new profile) and every identifier already held by one profile (nothing to attach).
-/// Everything else (attaching a new identifier to a profile, which may break a kind's limit, or
-/// identifiers spread over several profiles, a merge) goes through `identity::resolve` itself,
-/// record by record. On PostgreSQL, where several hubs write at once and `resolve` takes
-/// per-identifier advisory locks, every record goes through `resolve`.
+/// Resolution gives exactly what `identity::resolve` (the tracking API's path) gives. The page's
+/// identifiers are first locked against concurrent resolution (SQLite: the transaction already
+/// holds the database's write lock; PostgreSQL: the advisory locks `resolve` takes, all at once
+/// in key order), then looked up at once, and the two common cases are decided in memory and
+/// written in bulk: no identifier known (a new profile) and every identifier already held by one
+/// profile (nothing to attach). Everything else (attaching a new identifier to a profile, which
+/// may break a kind's limit, or identifiers spread over several profiles, a merge) goes through
+/// `identity::resolve` itself, record by record, in order.
 async fn apply_records(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -858,14 +858,12 @@ async fn apply_records(
     let mut all: Vec<&Identifier> = decoded.iter().flat_map(|d| d.ids.iter()).collect();
     all.sort();
     all.dedup();
+    if backend == Backend::Postgres {
+        lock_identifiers(conn, &all).await?;
+    }
     let suppressed = lookup(conn, backend, &all, "suppressions", "kind").await?;
-    let fast = backend == Backend::Sqlite;
     // Who holds each of the page's identifiers; absent: nobody yet.
-    let mut holder: HashMap<Identifier, String> = if fast {
-        lookup(conn, backend, &all, "identifiers", "profile_id").await?
-    } else {
-        HashMap::new()
-    };
+    let mut holder = lookup(conn, backend, &all, "identifiers", "profile_id").await?;
     let mut batch = IdentityBatch::default();
     // (profile, trait) → (value, ts); the later record wins ties, as `>=` does in the store.
     let mut traits: HashMap<(String, String), (String, i64)> = HashMap::new();
@@ -877,27 +875,25 @@ async fn apply_records(
             continue;
         }
         let mut decided = None;
-        if fast {
-            let mut matched: Vec<&String> = d.ids.iter().filter_map(|i| holder.get(i)).collect();
-            matched.sort();
-            matched.dedup();
-            match matched.len() {
-                0 => {
-                    let p = ordered_profile_id(now, batch.new_profiles.len());
-                    batch.new_profiles.push(p.clone());
-                    for id in &d.ids {
-                        holder.insert(id.clone(), p.clone());
-                        batch.new_ids.push((id.clone(), p.clone()));
-                    }
-                    decided = Some(p);
+        let mut matched: Vec<&String> = d.ids.iter().filter_map(|i| holder.get(i)).collect();
+        matched.sort();
+        matched.dedup();
+        match matched.len() {
+            0 => {
+                let p = ordered_profile_id(now, batch.new_profiles.len());
+                batch.new_profiles.push(p.clone());
+                for id in &d.ids {
+                    holder.insert(id.clone(), p.clone());
+                    batch.new_ids.push((id.clone(), p.clone()));
                 }
-                1 if d.ids.iter().all(|i| holder.contains_key(i)) => {
-                    let p = matched[0].clone();
-                    batch.touched.insert(p.clone());
-                    decided = Some(p);
-                }
-                _ => {}
+                decided = Some(p);
             }
+            1 if d.ids.iter().all(|i| holder.contains_key(i)) => {
+                let p = matched[0].clone();
+                batch.touched.insert(p.clone());
+                decided = Some(p);
+            }
+            _ => {}
         }
         let profile = match decided {
             Some(p) => p,
@@ -947,10 +943,8 @@ async fn apply_records(
                         }
                     }
                 }
-                if fast {
-                    for id in d.ids.iter().filter(|i| !resolution.dropped.contains(i)) {
-                        holder.insert(id.clone(), profile.clone());
-                    }
+                for id in d.ids.iter().filter(|i| !resolution.dropped.contains(i)) {
+                    holder.insert(id.clone(), profile.clone());
                 }
                 profile
             }
@@ -1022,6 +1016,33 @@ fn ordered_profile_id(now_ms: i64, seq: usize) -> String {
     )
 }
 
+/// Takes the PostgreSQL advisory locks of a page's identifiers, the very keys `identity::resolve`
+/// takes, in ascending order (so hubs resolving the same identifiers wait for each other and
+/// never deadlock); held until the transaction ends.
+async fn lock_identifiers(conn: &mut AnyConnection, ids: &[&Identifier]) -> anyhow::Result<()> {
+    let mut keys: Vec<i64> = ids.iter().map(|id| identity::lock_key(id)).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    for chunk in keys.chunks(ROWS * 5) {
+        let values = (1..=chunk.len())
+            .map(|i| format!("(${i}::bigint)"))
+            .collect::<Vec<_>>()
+            .join(",");
+        // The sorted subquery feeds the aggregate row by row: locks are taken in key order.
+        let sql = format!(
+            "SELECT COUNT(pg_advisory_xact_lock(k)) FROM (SELECT k FROM (VALUES {values}) AS v(k) ORDER BY k) AS sorted"
+        );
+        let mut q = sqlx::query(&sql);
+        for k in chunk {
+            q = q.bind(*k);
+        }
+        q.execute(&mut *conn)
+            .await
+            .context("locking the page's identifiers")?;
+    }
+    Ok(())
+}
+
 /// Rows per multi-row statement (well under SQLite's and PostgreSQL's bind limits).
 const ROWS: usize = 200;
 
@@ -1079,15 +1100,19 @@ async fn lookup(
     }
     for (kind, values) in by_kind {
         for chunk in values.chunks(ROWS * 2) {
-            let list = groups(backend, 2, 1, chunk.len(), &[]);
-            let first = if backend == Backend::Sqlite {
-                "?"
-            } else {
-                "$1"
+            let sql = match backend {
+                Backend::Sqlite => format!(
+                    "SELECT value, {column} FROM {table} WHERE kind = ? AND value IN {}",
+                    groups(backend, 2, 1, chunk.len(), &[])
+                ),
+                // A join against the list, not `IN ($2, $3, ...)`: PostgreSQL cannot hash a list
+                // of parameters, and a table it still believes empty (not yet analysed) gets a
+                // sequential scan, each row compared with every value: quadratic.
+                Backend::Postgres => format!(
+                    "SELECT t.value, t.{column} FROM (VALUES {}) AS v(value) JOIN {table} t ON t.kind = $1 AND t.value = v.value",
+                    groups(backend, 2, chunk.len(), 1, &[])
+                ),
             };
-            let sql = format!(
-                "SELECT value, {column} FROM {table} WHERE kind = {first} AND value IN {list}"
-            );
             let mut q = sqlx::query(&sql).bind(kind);
             for v in chunk {
                 q = q.bind(*v);
@@ -1145,15 +1170,17 @@ impl IdentityBatch {
         }
         let touched: Vec<&String> = self.touched.iter().collect();
         for chunk in touched.chunks(ROWS * 2) {
-            let first = if backend == Backend::Sqlite {
-                "?"
-            } else {
-                "$1"
+            let sql = match backend {
+                Backend::Sqlite => format!(
+                    "UPDATE profiles SET updated_at = ? WHERE id IN {}",
+                    groups(backend, 2, 1, chunk.len(), &[])
+                ),
+                // A join, for the reason given in `lookup`.
+                Backend::Postgres => format!(
+                    "UPDATE profiles SET updated_at = $1 FROM (VALUES {}) AS v(id) WHERE profiles.id = v.id",
+                    groups(backend, 2, chunk.len(), 1, &[])
+                ),
             };
-            let sql = format!(
-                "UPDATE profiles SET updated_at = {first} WHERE id IN {}",
-                groups(backend, 2, 1, chunk.len(), &[])
-            );
             let mut q = sqlx::query(&sql).bind(now);
             for p in chunk {
                 q = q.bind(*p);
