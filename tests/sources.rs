@@ -694,3 +694,46 @@ fn a_killed_hub_resumes_its_scheduled_source_run() {
     assert_eq!(hub.count("SELECT COUNT(*) FROM identifiers"), 40);
     assert!(hub.count("SELECT COUNT(*) FROM source_runs WHERE status = 'interrupted'") >= 1);
 }
+
+/// `switchyard validate` checks each plugin source: installed, a source, its config against the
+/// plugin's JSON Schema, its secrets; and the file's own rules (kinds, schedules), all at once.
+#[test]
+fn validate_reports_every_source_problem() {
+    let fake = stripe_fake(0);
+    let hub = Hub::start_project(
+        Db::Sqlite,
+        "",
+        &stripe_source("billing", &fake, 100, ""),
+        &[],
+    );
+    hub.install(&["stripe", "webhook"]);
+    let path = hub.dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[sources.billing]\nplugin = \"stripe\"\nconfig = { page_size = 500 }\nsecrets = { token = \"x\" }\n\
+         [sources.billing.streams.customers]\nidentifiers = { email = \"email\", customer = \"id\" }\n\n\
+         [sources.hooks]\nplugin = \"webhook\"\nschedule = \"every fortnight\"\n[sources.hooks.streams.x]\nidentifiers = { email = \"e\" }\n\n\
+         [sources.gone]\nplugin = \"not-installed\"\n[sources.gone.streams.x]\nidentifiers = { email = \"e\" }\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--plugins-dir")
+        .arg(hub.plugins_dir())
+        .args(["validate", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for expected in [
+        "[sources.billing.streams.customers] identifiers.customer: kind `customer` is not in [identity.kinds]",
+        "[sources.hooks] schedule: `every fortnight`",
+        "[sources.billing] config.page_size",
+        "[sources.billing] secrets.api_key is missing",
+        "[sources.billing] secrets.token: plugin `stripe` declares no such secret",
+        "[sources.hooks] plugin `webhook` is a destination plugin, not a source",
+        "[sources.gone]",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+}
