@@ -248,13 +248,20 @@ pub async fn refresh(
 
     let mut after = String::new();
     loop {
-        let rows = sqlx::query(
-            "SELECT id FROM profiles WHERE updated_at >= $1 AND id > $2 ORDER BY id LIMIT 5000",
-        )
-        .bind(since)
-        .bind(&after)
-        .fetch_all(store.pool())
-        .await?;
+        // A full pass walks the primary key; an incremental one starts from the updated_at
+        // index (a full pass through that index would sort every page anew).
+        let rows = if full {
+            sqlx::query("SELECT id FROM profiles WHERE id > $1 ORDER BY id LIMIT 5000")
+                .bind(&after)
+                .fetch_all(store.pool())
+                .await?
+        } else {
+            sqlx::query("SELECT id FROM profiles WHERE updated_at >= $1 AND id > $2 ORDER BY id LIMIT 5000")
+                .bind(since)
+                .bind(&after)
+                .fetch_all(store.pool())
+                .await?
+        };
         if rows.is_empty() {
             break;
         }

@@ -174,9 +174,12 @@ pub async fn page(
         }
         Population::Audience(name) => {
             sqlx::query(&format!(
-                "SELECT p.id, p.created_at, p.updated_at, {traits}, {identifiers} FROM audience_members m \
-                 JOIN profiles p ON p.id = m.profile_id \
-                 WHERE m.audience = $1 AND m.profile_id > $2 ORDER BY m.profile_id LIMIT $3"
+                // The page of member ids first (an index range, no sort), then the aggregates for
+                // those only: otherwise SQLite may compute them for every remaining member
+                // before sorting and cutting the page.
+                "SELECT p.id, p.created_at, p.updated_at, {traits}, {identifiers} FROM \
+                 (SELECT profile_id FROM audience_members WHERE audience = $1 AND profile_id > $2 ORDER BY profile_id LIMIT $3) m \
+                 CROSS JOIN profiles p WHERE p.id = m.profile_id ORDER BY p.id"
             ))
             .bind(name)
             .bind(after)

@@ -117,6 +117,8 @@ pub struct Engine {
     config: Arc<RwLock<Arc<Config>>>,
     metrics: Option<Metrics>,
     holder: Arc<str>,
+    /// One token bucket per destination instance, shared by every sync that delivers to it.
+    limiters: Arc<std::sync::Mutex<HashMap<String, (f64, Arc<governor::DefaultDirectRateLimiter>)>>>,
     /// First retry delay.
     pub backoff: Duration,
 }
@@ -140,6 +142,7 @@ impl Engine {
             config: Arc::new(RwLock::new(config)),
             metrics: None,
             holder: uuid::Uuid::new_v4().to_string().into(),
+            limiters: Arc::default(),
             backoff,
         }
     }
@@ -263,7 +266,7 @@ impl Engine {
             let rate = dest.rate_per_second.unwrap_or(manifest.default_rate_per_second);
             let target = Target {
                 instance,
-                limiter: delivery::limiter(if rate > 0.0 { rate } else { 1000.0 }),
+                limiter: self.limiter(&sync.to, if rate > 0.0 { rate } else { 1000.0 }),
                 concurrency: dest.concurrency,
                 batch_size: sync
                     .batch_size
@@ -362,6 +365,19 @@ impl Engine {
         tracing::info!(status = %report.status, sent = report.sent, succeeded = report.succeeded, dead_lettered = report.dead_lettered, "sync run finished");
         report.plan = Some(plan);
         Ok(report)
+    }
+
+    /// The destination instance's token bucket (a new one when its rate changed).
+    fn limiter(&self, destination: &str, rate: f64) -> Arc<governor::DefaultDirectRateLimiter> {
+        let mut all = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
+        match all.get(destination) {
+            Some((r, l)) if *r == rate => l.clone(),
+            _ => {
+                let l = delivery::limiter(rate);
+                all.insert(destination.to_string(), (rate, l.clone()));
+                l
+            }
+        }
     }
 
     /// Takes the sync's lease, or says who holds it.
