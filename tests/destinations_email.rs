@@ -136,8 +136,8 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
         let Some(end) = data.windows(2).position(|w| w == b"\r\n") else {
             return out;
         };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16)
-            .unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..end]).trim(), 16).unwrap_or(0);
         if size == 0 {
             return out;
         }
@@ -178,21 +178,43 @@ mod sendgrid {
 
     impl Hub {
         /// Runs `plugin <command> sendgrid` with the fake standing in for api.sendgrid.com.
-        fn run(&self, command: &str, config: &Value, key: &str, extra: &[&str], stdin: &str) -> Output {
+        fn run(
+            &self,
+            command: &str,
+            config: &Value,
+            key: &str,
+            extra: &[&str],
+            stdin: &str,
+        ) -> Output {
             let reroute = format!("api.sendgrid.com={}", self.fake.url());
             let secret = format!("api_key={key}");
             let config = config.to_string();
             let hp = self.fake.host_port();
             let mut args = vec![
-                "plugin", command, "sendgrid", "--config", &config, "--secret", &secret,
-                "--reroute", &reroute, "--allow-private", &hp,
+                "plugin",
+                command,
+                "sendgrid",
+                "--config",
+                &config,
+                "--secret",
+                &secret,
+                "--reroute",
+                &reroute,
+                "--allow-private",
+                &hp,
             ];
             args.extend_from_slice(extra);
             switchyard(self.dir.path(), &args, stdin)
         }
 
         fn deliver(&self, action: &str, config: &Value, records: &[Value]) -> (Vec<Value>, String) {
-            let out = self.run("deliver", config, API_KEY, &["--action", action], &jsonl(records));
+            let out = self.run(
+                "deliver",
+                config,
+                API_KEY,
+                &["--action", action],
+                &jsonl(records),
+            );
             let results = lines(&ok(&out));
             assert_eq!(results.len(), records.len(), "one result per record");
             (results, stderr(&out))
@@ -211,11 +233,23 @@ mod sendgrid {
 
     /// Neither the API key nor any email address may appear in the hub's output.
     fn assert_no_leaks(logs: &str, emails: &[&str]) {
-        assert!(logs.contains("HTTP 202"), "the plugin's debug lines are expected in the output: {logs}");
-        assert!(!logs.contains(API_KEY), "the API key leaked into the logs: {logs}");
-        assert!(!logs.contains("s3cr3t"), "part of the API key leaked: {logs}");
+        assert!(
+            logs.contains("HTTP 202"),
+            "the plugin's debug lines are expected in the output: {logs}"
+        );
+        assert!(
+            !logs.contains(API_KEY),
+            "the API key leaked into the logs: {logs}"
+        );
+        assert!(
+            !logs.contains("s3cr3t"),
+            "part of the API key leaked: {logs}"
+        );
         for email in emails {
-            assert!(!logs.to_lowercase().contains(&email.to_lowercase()), "{email} leaked into the logs: {logs}");
+            assert!(
+                !logs.to_lowercase().contains(&email.to_lowercase()),
+                "{email} leaked into the logs: {logs}"
+            );
         }
     }
 
@@ -237,11 +271,23 @@ mod sendgrid {
         assert_eq!(results[0]["result"], "ok", "{results:?}");
         assert_eq!(results[1]["result"], "ok", "{results:?}");
         assert_eq!(results[2]["result"], "rejected");
-        assert_eq!(results[2]["reason"], "HTTP 400: email: Email address is invalid");
+        assert_eq!(
+            results[2]["reason"],
+            "HTTP 400: email: Email address is invalid"
+        );
         assert_eq!(results[3]["result"], "rejected");
-        assert!(results[3]["reason"].as_str().unwrap().contains("`favourite_colour`"), "{results:?}");
+        assert!(
+            results[3]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("`favourite_colour`"),
+            "{results:?}"
+        );
         assert_eq!(results[4]["result"], "rejected");
-        assert_eq!(results[4]["reason"], "HTTP 400: first_name: must be at most 50 characters");
+        assert_eq!(
+            results[4]["reason"],
+            "HTTP 400: first_name: must be at most 50 characters"
+        );
 
         let ada = h.fake.contact("ada@example.com").expect("Ada stored");
         assert_eq!(ada["email"], "ada@example.com");
@@ -251,23 +297,41 @@ mod sendgrid {
         assert_eq!(ada["custom_fields"], json!({"e1_T": "pro", "e2_N": 1234.5}));
         assert_eq!(ada["list_ids"], json!([LIST_ID]));
         assert!(ada.get("city").is_none(), "null fields are left out");
-        assert_eq!(h.fake.contact("grace@example.org").unwrap()["first_name"], "Grace");
+        assert_eq!(
+            h.fake.contact("grace@example.org").unwrap()["first_name"],
+            "Grace"
+        );
         assert_eq!(h.fake.contact_count(), 2, "nothing else stored");
 
         // The first PUT was refused as a whole (nothing stored), the second carried the rest.
-        let puts: Vec<_> = h.fake.seen().into_iter().filter(|s| s.method == "PUT").collect();
+        let puts: Vec<_> = h
+            .fake
+            .seen()
+            .into_iter()
+            .filter(|s| s.method == "PUT")
+            .collect();
         assert_eq!(puts.len(), 2);
         assert_eq!(puts[0].uri, "/v3/marketing/contacts");
         let second: Value = serde_json::from_slice(&puts[1].body).unwrap();
         assert_eq!(second["contacts"].as_array().unwrap().len(), 2);
         assert_eq!(second["list_ids"], json!([LIST_ID]));
-        assert_no_leaks(&logs, &["ada@example.com", "grace@example.org", "not-an-email@"]);
+        assert_no_leaks(
+            &logs,
+            &["ada@example.com", "grace@example.org", "not-an-email@"],
+        );
 
         // A custom field id SendGrid does not know is refused by SendGrid for that record.
         let bad_field = json!({"custom_fields": {"plan": "e9_T"}});
-        let (results, _) = h.deliver("upsert", &bad_field, &[json!({"key": "p6", "fields": {"email": "new@example.com", "plan": "x"}})]);
+        let (results, _) = h.deliver(
+            "upsert",
+            &bad_field,
+            &[json!({"key": "p6", "fields": {"email": "new@example.com", "plan": "x"}})],
+        );
         assert_eq!(results[0]["result"], "rejected");
-        assert_eq!(results[0]["reason"], "HTTP 400: custom_fields: invalid custom field ids supplied - e9_T");
+        assert_eq!(
+            results[0]["reason"],
+            "HTTP 400: custom_fields: invalid custom field ids supplied - e9_T"
+        );
         assert!(h.fake.contact("new@example.com").is_none());
     }
 
@@ -299,7 +363,11 @@ mod sendgrid {
         let lookup: Value = serde_json::from_slice(&seen[0].body).unwrap();
         assert_eq!(lookup["emails"].as_array().unwrap().len(), 3);
         assert_eq!(seen[1].method, "DELETE");
-        assert!(seen[1].uri.starts_with("/v3/marketing/contacts?ids="), "{}", seen[1].uri);
+        assert!(
+            seen[1].uri.starts_with("/v3/marketing/contacts?ids="),
+            "{}",
+            seen[1].uri
+        );
         assert!(seen[1].uri.contains(&gone), "{}", seen[1].uri);
         assert_eq!(seen.len(), 2);
         assert_no_leaks(&logs, &["gone@example.com", "never-there@example.com"]);
@@ -307,13 +375,21 @@ mod sendgrid {
         // remove_from_lists keeps the contact and takes it off the lists only.
         let mut cfg = config();
         cfg["delete_mode"] = json!("remove_from_lists");
-        let (results, _) = h.deliver("delete", &cfg, &[json!({"key": "k", "fields": {"email": "kept@example.com"}})]);
+        let (results, _) = h.deliver(
+            "delete",
+            &cfg,
+            &[json!({"key": "k", "fields": {"email": "kept@example.com"}})],
+        );
         assert_eq!(results[0]["result"], "ok");
         let kept = h.fake.contact("kept@example.com").unwrap();
         assert_eq!(kept["list_ids"], json!([]));
 
         // Nobody in the batch exists: SendGrid answers 404 and every record is done.
-        let (results, _) = h.deliver("delete", &config(), &[json!({"key": "n", "fields": {"email": "nobody@example.com"}})]);
+        let (results, _) = h.deliver(
+            "delete",
+            &config(),
+            &[json!({"key": "n", "fields": {"email": "nobody@example.com"}})],
+        );
         assert_eq!(results[0]["result"], "ok");
     }
 
@@ -336,29 +412,54 @@ mod sendgrid {
         let (results, logs) = h.deliver("track", &cfg, &records);
         assert_eq!(results[0]["result"], "ok", "{results:?}");
         assert_eq!(results[1]["result"], "rejected");
-        assert_eq!(results[1]["reason"], "HTTP 400: to.0.email: Does not contain a valid address.");
+        assert_eq!(
+            results[1]["reason"],
+            "HTTP 400: to.0.email: Does not contain a valid address."
+        );
         assert_eq!(results[2]["result"], "ok", "{results:?}");
         assert_eq!(results[3]["result"], "rejected");
-        assert_eq!(results[3]["reason"], "HTTP 400: template_id: The template_id is not a valid template ID.");
+        assert_eq!(
+            results[3]["reason"],
+            "HTTP 400: template_id: The template_id is not a valid template ID."
+        );
         assert_eq!(results[4]["result"], "rejected");
 
         let mails = h.fake.mails();
-        assert_eq!(mails.len(), 2, "the same recipient twice goes out in two requests: {mails:?}");
+        assert_eq!(
+            mails.len(),
+            2,
+            "the same recipient twice goes out in two requests: {mails:?}"
+        );
         let first = &mails[0];
         assert_eq!(first["template_id"], TEMPLATE_ID);
-        assert_eq!(first["from"], json!({"email": "orders@shop.example.com", "name": "Example Shop"}));
+        assert_eq!(
+            first["from"],
+            json!({"email": "orders@shop.example.com", "name": "Example Shop"})
+        );
         let p = &first["personalizations"][0];
-        assert_eq!(p["to"], json!([{"email": "ada@example.com", "name": "Ada"}]));
+        assert_eq!(
+            p["to"],
+            json!([{"email": "ada@example.com", "name": "Ada"}])
+        );
         assert_eq!(p["dynamic_template_data"]["properties"]["order_id"], "o-1");
         assert_eq!(p["dynamic_template_data"]["event"], "Order Completed");
         assert_eq!(p["custom_args"]["switchyard_key"], "e1");
-        assert_eq!(mails[1]["personalizations"][0]["dynamic_template_data"]["properties"]["order_id"], "o-2");
+        assert_eq!(
+            mails[1]["personalizations"][0]["dynamic_template_data"]["properties"]["order_id"],
+            "o-2"
+        );
         assert_no_leaks(&logs, &["ada@example.com", "bob@@example.com"]);
 
         // Track without a sender is a config error for the whole call.
         let mut no_from = cfg.clone();
         no_from.as_object_mut().unwrap().remove("from_email");
-        let err = failed(&h.run("deliver", &no_from, API_KEY, &["--action", "track"], &jsonl(&records[..1])));
+        let err = failed(&h.run(
+            "deliver",
+            &no_from,
+            API_KEY,
+            &["--action", "track"],
+            &jsonl(&records[..1]),
+        ));
         assert!(err.contains("from_email is required"), "{err}");
     }
 
@@ -373,14 +474,20 @@ mod sendgrid {
         let (results, _) = h.deliver("upsert", &config(), &records);
         for r in &results {
             assert_eq!(r["result"], "retry", "{results:?}");
-            let after = r["after_ms"].as_u64().expect("after_ms from X-RateLimit-Reset");
+            let after = r["after_ms"]
+                .as_u64()
+                .expect("after_ms from X-RateLimit-Reset");
             assert!((28_000..=31_000).contains(&after), "after_ms {after}");
             assert!(r["reason"].as_str().unwrap().contains("429"), "{r}");
         }
         assert_eq!(h.fake.contact_count(), 0);
 
         h.fake.fail_next(1);
-        let (results, _) = h.deliver("track", &config(), &[json!({"key": "e", "fields": {"email": "ada@example.com"}})]);
+        let (results, _) = h.deliver(
+            "track",
+            &config(),
+            &[json!({"key": "e", "fields": {"email": "ada@example.com"}})],
+        );
         assert_eq!(results[0]["result"], "retry");
         assert!(results[0]["after_ms"].is_null());
 
@@ -395,7 +502,12 @@ mod sendgrid {
         let h = hub();
         let out = ok(&h.run("check", &config(), API_KEY, &[], ""));
         assert!(out.contains("check passed"), "{out}");
-        let seen: Vec<String> = h.fake.seen().iter().map(|s| format!("{} {}", s.method, s.uri)).collect();
+        let seen: Vec<String> = h
+            .fake
+            .seen()
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.uri))
+            .collect();
         assert_eq!(
             seen,
             vec![
@@ -408,13 +520,19 @@ mod sendgrid {
         let out = h.run("check", &config(), "SG.wrong-key", &[], "");
         let err = failed(&out);
         assert!(err.contains("unauthorized"), "{err}");
-        assert!(err.contains("The provided authorization grant is invalid, expired, or revoked"), "{err}");
+        assert!(
+            err.contains("The provided authorization grant is invalid, expired, or revoked"),
+            "{err}"
+        );
         assert!(!err.contains("SG.wrong-key"), "{err}");
 
         let mut cfg = config();
         cfg["custom_fields"] = json!({"plan": "e9_T"});
         let err = failed(&h.run("check", &cfg, API_KEY, &[], ""));
-        assert!(err.contains("SendGrid has no custom field with id `e9_T`"), "{err}");
+        assert!(
+            err.contains("SendGrid has no custom field with id `e9_T`"),
+            "{err}"
+        );
 
         let mut cfg = config();
         cfg["list_ids"] = json!(["00000000-0000-4000-8000-000000000000"]);
@@ -422,8 +540,13 @@ mod sendgrid {
         assert!(err.contains("SendGrid has no list"), "{err}");
 
         // A bad key fails delivery as a whole, as unauthorized.
-        let err = failed(&h.run("deliver", &config(), "SG.wrong-key", &["--action", "upsert"],
-                                &jsonl(&[json!({"key": "p", "fields": {"email": "a@example.com"}})])));
+        let err = failed(&h.run(
+            "deliver",
+            &config(),
+            "SG.wrong-key",
+            &["--action", "upsert"],
+            &jsonl(&[json!({"key": "p", "fields": {"email": "a@example.com"}})]),
+        ));
         assert!(err.contains("unauthorized"), "{err}");
         assert_eq!(h.fake.contact_count(), 0);
     }
@@ -433,92 +556,321 @@ mod sendgrid {
         let fake = Fake::start_in_background(Setup::default());
         let a = fake.addr;
         let auth = format!("Bearer {API_KEY}");
-        let json_h = |auth: &str| vec![("authorization", auth.to_string()), ("content-type", "application/json".to_string())];
+        let json_h = |auth: &str| {
+            vec![
+                ("authorization", auth.to_string()),
+                ("content-type", "application/json".to_string()),
+            ]
+        };
         let put = |headers: Vec<(&str, String)>, body: &Value| {
             let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-            raw(a, "PUT", "/v3/marketing/contacts", &h, body.to_string().as_bytes())
+            raw(
+                a,
+                "PUT",
+                "/v3/marketing/contacts",
+                &h,
+                body.to_string().as_bytes(),
+            )
         };
         let post = |path: &str, body: &Value| {
-            raw(a, "POST", path, &[("authorization", auth.as_str()), ("content-type", "application/json")], body.to_string().as_bytes())
+            raw(
+                a,
+                "POST",
+                path,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string().as_bytes(),
+            )
         };
         let one = json!({"contacts": [{"email": "a@example.com"}]});
-        let expect = |resp: (u16, Vec<(String, String)>, Vec<u8>), status: u16, field: Option<&str>, needle: &str| {
+        let expect = |resp: (u16, Vec<(String, String)>, Vec<u8>),
+                      status: u16,
+                      field: Option<&str>,
+                      needle: &str| {
             assert_eq!(resp.0, status, "{}", String::from_utf8_lossy(&resp.2));
             let body = body_json(&resp.2);
             let errors = body["errors"].as_array().expect("SendGrid error shape");
             assert!(
-                errors.iter().any(|e| e["message"].as_str().unwrap_or("").contains(needle)
-                    && field.is_none_or(|f| e["field"] == f)),
+                errors
+                    .iter()
+                    .any(|e| e["message"].as_str().unwrap_or("").contains(needle)
+                        && field.is_none_or(|f| e["field"] == f)),
                 "expected {field:?} / {needle} in {body}"
             );
         };
 
         // Auth first.
-        let (s, _, b) = raw(a, "PUT", "/v3/marketing/contacts", &[("content-type", "application/json")], one.to_string().as_bytes());
+        let (s, _, b) = raw(
+            a,
+            "PUT",
+            "/v3/marketing/contacts",
+            &[("content-type", "application/json")],
+            one.to_string().as_bytes(),
+        );
         assert_eq!(s, 401);
-        assert_eq!(body_json(&b), json!({"errors": [{"field": null, "message": "authorization required"}]}));
-        expect(put(json_h("Bearer SG.nope"), &one), 401, None, "authorization grant is invalid");
-        expect(put(json_h("Basic Zm9vOmJhcg=="), &one), 401, None, "authorization grant is invalid");
+        assert_eq!(
+            body_json(&b),
+            json!({"errors": [{"field": null, "message": "authorization required"}]})
+        );
+        expect(
+            put(json_h("Bearer SG.nope"), &one),
+            401,
+            None,
+            "authorization grant is invalid",
+        );
+        expect(
+            put(json_h("Basic Zm9vOmJhcg=="), &one),
+            401,
+            None,
+            "authorization grant is invalid",
+        );
 
         // Body and limits.
-        expect(put(vec![("authorization", auth.clone())], &one), 400, None, "Content-Type should be application/json.");
-        expect(put(json_h(&auth), &json!({"contacts": []})), 400, Some("contacts"), "at least 1 item");
-        expect(put(json_h(&auth), &json!({"list_ids": [LIST_ID]})), 400, Some("contacts"), "contacts is required");
-        let many: Vec<Value> = (0..30_001).map(|i| json!({"email": format!("u{i}@example.com")})).collect();
-        expect(put(json_h(&auth), &json!({"contacts": many})), 400, Some("contacts"), "at most 30000 items");
-        let big = json!({"contacts": [{"email": "a@example.com", "first_name": "x".repeat(6_000_001)}]});
+        expect(
+            put(vec![("authorization", auth.clone())], &one),
+            400,
+            None,
+            "Content-Type should be application/json.",
+        );
+        expect(
+            put(json_h(&auth), &json!({"contacts": []})),
+            400,
+            Some("contacts"),
+            "at least 1 item",
+        );
+        expect(
+            put(json_h(&auth), &json!({"list_ids": [LIST_ID]})),
+            400,
+            Some("contacts"),
+            "contacts is required",
+        );
+        let many: Vec<Value> = (0..30_001)
+            .map(|i| json!({"email": format!("u{i}@example.com")}))
+            .collect();
+        expect(
+            put(json_h(&auth), &json!({"contacts": many})),
+            400,
+            Some("contacts"),
+            "at most 30000 items",
+        );
+        let big =
+            json!({"contacts": [{"email": "a@example.com", "first_name": "x".repeat(6_000_001)}]});
         expect(put(json_h(&auth), &big), 413, None, "content too large");
-        expect(put(json_h(&auth), &json!({"contacts": [{"first_name": "Ada"}]})), 400, Some("contacts[0]"), "at least one identifier");
-        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com"}, {"email": "ada at example.com"}]})), 400, Some("contacts[1].email"), "Email address is invalid");
-        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com", "custom_fields": {"w1": "x"}}]})), 400, Some("contacts[0].custom_fields"), "invalid custom field ids supplied - w1");
-        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com", "custom_fields": {"e2_N": "many"}}]})), 400, Some("contacts[0].custom_fields.e2_N"), "Number");
-        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com", "plan": "pro"}]})), 400, Some("contacts[0].plan"), "unknown field");
-        expect(put(json_h(&auth), &json!({"list_ids": ["newsletter"], "contacts": [{"email": "a@example.com"}]})), 400, Some("list_ids[0]"), "uuid");
-        expect(put(json_h(&auth), &json!({"contacts": [{"email": "a@example.com", "first_name": "x".repeat(51)}]})), 400, Some("contacts[0].first_name"), "at most 50");
+        expect(
+            put(json_h(&auth), &json!({"contacts": [{"first_name": "Ada"}]})),
+            400,
+            Some("contacts[0]"),
+            "at least one identifier",
+        );
+        expect(
+            put(
+                json_h(&auth),
+                &json!({"contacts": [{"email": "a@example.com"}, {"email": "ada at example.com"}]}),
+            ),
+            400,
+            Some("contacts[1].email"),
+            "Email address is invalid",
+        );
+        expect(
+            put(
+                json_h(&auth),
+                &json!({"contacts": [{"email": "a@example.com", "custom_fields": {"w1": "x"}}]}),
+            ),
+            400,
+            Some("contacts[0].custom_fields"),
+            "invalid custom field ids supplied - w1",
+        );
+        expect(
+            put(
+                json_h(&auth),
+                &json!({"contacts": [{"email": "a@example.com", "custom_fields": {"e2_N": "many"}}]}),
+            ),
+            400,
+            Some("contacts[0].custom_fields.e2_N"),
+            "Number",
+        );
+        expect(
+            put(
+                json_h(&auth),
+                &json!({"contacts": [{"email": "a@example.com", "plan": "pro"}]}),
+            ),
+            400,
+            Some("contacts[0].plan"),
+            "unknown field",
+        );
+        expect(
+            put(
+                json_h(&auth),
+                &json!({"list_ids": ["newsletter"], "contacts": [{"email": "a@example.com"}]}),
+            ),
+            400,
+            Some("list_ids[0]"),
+            "uuid",
+        );
+        expect(
+            put(
+                json_h(&auth),
+                &json!({"contacts": [{"email": "a@example.com", "first_name": "x".repeat(51)}]}),
+            ),
+            400,
+            Some("contacts[0].first_name"),
+            "at most 50",
+        );
         assert_eq!(fake.contact_count(), 0, "refused requests store nothing");
 
         // Accepted: 202 with a job id, rate-limit headers on every response.
-        let (s, h, b) = put(json_h(&auth), &json!({"list_ids": [LIST_ID], "contacts": [{"email": "A@Example.com"}]}));
+        let (s, h, b) = put(
+            json_h(&auth),
+            &json!({"list_ids": [LIST_ID], "contacts": [{"email": "A@Example.com"}]}),
+        );
         assert_eq!(s, 202);
         assert!(body_json(&b)["job_id"].is_string());
         assert!(header(&h, "x-ratelimit-reset").is_some());
-        assert_eq!(fake.contact("a@example.com").unwrap()["email"], "a@example.com");
+        assert_eq!(
+            fake.contact("a@example.com").unwrap()["email"],
+            "a@example.com"
+        );
 
         // Lookup and delete.
-        expect(post("/v3/marketing/contacts/search/emails", &json!({"emails": ["a@example.com", "bad@"]})), 400, Some("emails[1]"), "invalid email");
+        expect(
+            post(
+                "/v3/marketing/contacts/search/emails",
+                &json!({"emails": ["a@example.com", "bad@"]}),
+            ),
+            400,
+            Some("emails[1]"),
+            "invalid email",
+        );
         let hundred_one: Vec<String> = (0..101).map(|i| format!("u{i}@example.com")).collect();
-        expect(post("/v3/marketing/contacts/search/emails", &json!({"emails": hundred_one})), 400, Some("emails"), "between 1 and 100");
-        expect(post("/v3/marketing/contacts/search/emails", &json!({"emails": ["nobody@example.com"]})), 404, None, "No contacts found");
-        let (s, _, b) = post("/v3/marketing/contacts/search/emails", &json!({"emails": ["A@example.com", "nobody@example.com"]}));
+        expect(
+            post(
+                "/v3/marketing/contacts/search/emails",
+                &json!({"emails": hundred_one}),
+            ),
+            400,
+            Some("emails"),
+            "between 1 and 100",
+        );
+        expect(
+            post(
+                "/v3/marketing/contacts/search/emails",
+                &json!({"emails": ["nobody@example.com"]}),
+            ),
+            404,
+            None,
+            "No contacts found",
+        );
+        let (s, _, b) = post(
+            "/v3/marketing/contacts/search/emails",
+            &json!({"emails": ["A@example.com", "nobody@example.com"]}),
+        );
         assert_eq!(s, 200);
         let found = body_json(&b);
         assert!(found["result"]["a@example.com"]["contact"]["id"].is_string());
-        assert_eq!(found["result"]["nobody@example.com"]["error"], "contact not found");
-        let (s, _, b) = raw(a, "DELETE", "/v3/marketing/contacts", &[("authorization", auth.as_str())], b"");
+        assert_eq!(
+            found["result"]["nobody@example.com"]["error"],
+            "contact not found"
+        );
+        let (s, _, b) = raw(
+            a,
+            "DELETE",
+            "/v3/marketing/contacts",
+            &[("authorization", auth.as_str())],
+            b"",
+        );
         assert_eq!(s, 400, "{}", String::from_utf8_lossy(&b));
 
         // Mail send.
         let mail = |p: Value| json!({"from": {"email": "shop@example.com"}, "template_id": TEMPLATE_ID, "personalizations": p});
         let to = |e: &str| json!({"to": [{"email": e}]});
-        expect(post("/v3/mail/send", &json!({"from": {"email": "shop@example.com"}, "template_id": TEMPLATE_ID})), 400, Some("personalizations"), "personalization");
-        expect(post("/v3/mail/send", &mail(json!([]))), 400, Some("personalizations"), "You must have at least one personalization.");
-        let thousand_one: Vec<Value> = (0..1001).map(|i| to(&format!("u{i}@example.com"))).collect();
-        expect(post("/v3/mail/send", &mail(json!(thousand_one))), 400, Some("personalizations"), "limited to 1000 personalizations");
-        expect(post("/v3/mail/send", &json!({"template_id": TEMPLATE_ID, "personalizations": [to("a@example.com")]})), 400, Some("from"), "from object must be provided");
-        expect(post("/v3/mail/send", &mail(json!([to("a@example.com"), to("A@example.com")]))), 400, None, "should only be included once");
-        expect(post("/v3/mail/send", &mail(json!([to("a@example.com"), to("nope")]))), 400, Some("personalizations.1.to.0.email"), "Does not contain a valid address.");
+        expect(
+            post(
+                "/v3/mail/send",
+                &json!({"from": {"email": "shop@example.com"}, "template_id": TEMPLATE_ID}),
+            ),
+            400,
+            Some("personalizations"),
+            "personalization",
+        );
+        expect(
+            post("/v3/mail/send", &mail(json!([]))),
+            400,
+            Some("personalizations"),
+            "You must have at least one personalization.",
+        );
+        let thousand_one: Vec<Value> = (0..1001)
+            .map(|i| to(&format!("u{i}@example.com")))
+            .collect();
+        expect(
+            post("/v3/mail/send", &mail(json!(thousand_one))),
+            400,
+            Some("personalizations"),
+            "limited to 1000 personalizations",
+        );
+        expect(
+            post(
+                "/v3/mail/send",
+                &json!({"template_id": TEMPLATE_ID, "personalizations": [to("a@example.com")]}),
+            ),
+            400,
+            Some("from"),
+            "from object must be provided",
+        );
+        expect(
+            post(
+                "/v3/mail/send",
+                &mail(json!([to("a@example.com"), to("A@example.com")])),
+            ),
+            400,
+            None,
+            "should only be included once",
+        );
+        expect(
+            post(
+                "/v3/mail/send",
+                &mail(json!([to("a@example.com"), to("nope")])),
+            ),
+            400,
+            Some("personalizations.1.to.0.email"),
+            "Does not contain a valid address.",
+        );
         let mut both = mail(json!([to("a@example.com")]));
         both["reply_to"] = json!({"email": "r@example.com"});
         both["reply_to_list"] = json!([{"email": "r@example.com"}]);
-        expect(post("/v3/mail/send", &both), 400, Some("reply_to"), "mutually exclusive");
+        expect(
+            post("/v3/mail/send", &both),
+            400,
+            Some("reply_to"),
+            "mutually exclusive",
+        );
         let mut cats = mail(json!([to("a@example.com")]));
         cats["categories"] = json!((0..11).map(|i| format!("c{i}")).collect::<Vec<_>>());
-        expect(post("/v3/mail/send", &cats), 400, Some("categories"), "10 unique categories");
-        expect(post("/v3/mail/send", &json!({"from": {"email": "shop@example.com"}, "personalizations": [to("a@example.com")], "subject": "",
-                                            "content": [{"type": "text/plain", "value": "hi"}]})), 400, Some("subject"), "The subject is required");
+        expect(
+            post("/v3/mail/send", &cats),
+            400,
+            Some("categories"),
+            "10 unique categories",
+        );
+        expect(
+            post(
+                "/v3/mail/send",
+                &json!({"from": {"email": "shop@example.com"}, "personalizations": [to("a@example.com")], "subject": "",
+                                            "content": [{"type": "text/plain", "value": "hi"}]}),
+            ),
+            400,
+            Some("subject"),
+            "The subject is required",
+        );
         let mut unknown = mail(json!([to("a@example.com")]));
         unknown["template_id"] = json!("d-ffffffffffffffffffffffffffffffff");
-        expect(post("/v3/mail/send", &unknown), 400, Some("template_id"), "not a valid template ID");
+        expect(
+            post("/v3/mail/send", &unknown),
+            400,
+            Some("template_id"),
+            "not a valid template ID",
+        );
         assert!(fake.mails().is_empty(), "refused mail is not sent");
         let (s, h, b) = post("/v3/mail/send", &mail(json!([to("a@example.com")])));
         assert_eq!(s, 202, "{}", String::from_utf8_lossy(&b));
@@ -526,16 +878,47 @@ mod sendgrid {
         assert!(header(&h, "x-message-id").is_some());
 
         // Unknown paths and methods; throttling and failures.
-        expect(raw(a, "GET", "/v3/nothing", &[("authorization", auth.as_str())], b""), 404, None, "not found");
-        expect(raw(a, "GET", "/v3/mail/send", &[("authorization", auth.as_str())], b""), 405, None, "method not allowed");
+        expect(
+            raw(
+                a,
+                "GET",
+                "/v3/nothing",
+                &[("authorization", auth.as_str())],
+                b"",
+            ),
+            404,
+            None,
+            "not found",
+        );
+        expect(
+            raw(
+                a,
+                "GET",
+                "/v3/mail/send",
+                &[("authorization", auth.as_str())],
+                b"",
+            ),
+            405,
+            None,
+            "method not allowed",
+        );
         fake.throttle(1, 10);
         let (s, h, b) = put(json_h(&auth), &one);
         assert_eq!(s, 429);
-        assert_eq!(body_json(&b), json!({"errors": [{"field": null, "message": "too many requests"}]}));
+        assert_eq!(
+            body_json(&b),
+            json!({"errors": [{"field": null, "message": "too many requests"}]})
+        );
         assert_eq!(header(&h, "x-ratelimit-remaining"), Some("0"));
         let reset: u64 = header(&h, "x-ratelimit-reset").unwrap().parse().unwrap();
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-        assert!((now + 8..=now + 11).contains(&reset), "reset {reset} now {now}");
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(
+            (now + 8..=now + 11).contains(&reset),
+            "reset {reset} now {now}"
+        );
         fake.fail_next(1);
         assert_eq!(put(json_h(&auth), &one).0, 500);
         assert_eq!(put(json_h(&auth), &one).0, 202);
@@ -564,22 +947,46 @@ mod mailchimp {
     impl Hub {
         /// Runs `plugin <command> mailchimp` with the fake standing in for the us14 datacenter
         /// (and for us2, so that a key of another datacenter reaches it too).
-        fn run(&self, command: &str, config: &Value, key: &str, extra: &[&str], stdin: &str) -> Output {
+        fn run(
+            &self,
+            command: &str,
+            config: &Value,
+            key: &str,
+            extra: &[&str],
+            stdin: &str,
+        ) -> Output {
             let us14 = format!("us14.api.mailchimp.com={}", self.fake.url());
             let us2 = format!("us2.api.mailchimp.com={}", self.fake.url());
             let secret = format!("api_key={key}");
             let config = config.to_string();
             let hp = self.fake.host_port();
             let mut args = vec![
-                "plugin", command, "mailchimp", "--config", &config, "--secret", &secret,
-                "--reroute", &us14, "--reroute", &us2, "--allow-private", &hp,
+                "plugin",
+                command,
+                "mailchimp",
+                "--config",
+                &config,
+                "--secret",
+                &secret,
+                "--reroute",
+                &us14,
+                "--reroute",
+                &us2,
+                "--allow-private",
+                &hp,
             ];
             args.extend_from_slice(extra);
             switchyard(self.dir.path(), &args, stdin)
         }
 
         fn deliver(&self, action: &str, config: &Value, records: &[Value]) -> (Vec<Value>, String) {
-            let out = self.run("deliver", config, API_KEY, &["--action", action], &jsonl(records));
+            let out = self.run(
+                "deliver",
+                config,
+                API_KEY,
+                &["--action", action],
+                &jsonl(records),
+            );
             let results = lines(&ok(&out));
             assert_eq!(results.len(), records.len(), "one result per record");
             (results, stderr(&out))
@@ -592,12 +999,24 @@ mod mailchimp {
 
     /// Neither the API key nor an email address (nor its subscriber hash) may be logged.
     fn assert_no_leaks(logs: &str, plugin_line: &str, emails: &[&str]) {
-        assert!(logs.contains(plugin_line), "the plugin's debug line `{plugin_line}` is expected: {logs}");
+        assert!(
+            logs.contains(plugin_line),
+            "the plugin's debug line `{plugin_line}` is expected: {logs}"
+        );
         assert!(!logs.contains(API_KEY), "the API key leaked: {logs}");
-        assert!(!logs.contains("5f4dcc3b5aa765d61d8327deb882cf99"), "part of the API key leaked: {logs}");
+        assert!(
+            !logs.contains("5f4dcc3b5aa765d61d8327deb882cf99"),
+            "part of the API key leaked: {logs}"
+        );
         for email in emails {
-            assert!(!logs.to_lowercase().contains(&email.to_lowercase()), "{email} leaked: {logs}");
-            assert!(!logs.contains(&subscriber_hash(email)), "the hash of {email} leaked: {logs}");
+            assert!(
+                !logs.to_lowercase().contains(&email.to_lowercase()),
+                "{email} leaked: {logs}"
+            );
+            assert!(
+                !logs.contains(&subscriber_hash(email)),
+                "the hash of {email} leaked: {logs}"
+            );
         }
     }
 
@@ -619,27 +1038,54 @@ mod mailchimp {
             json!({"key": "p7", "fields": {"email": "cy@example.com", "SHOESIZE": 44}}),
         ];
         let (results, logs) = h.deliver("upsert", &config(), &records);
-        let r = |i: usize| (results[i]["result"].as_str().unwrap().to_string(), results[i]["reason"].as_str().unwrap_or("").to_string());
+        let r = |i: usize| {
+            (
+                results[i]["result"].as_str().unwrap().to_string(),
+                results[i]["reason"].as_str().unwrap_or("").to_string(),
+            )
+        };
         assert_eq!(r(0).0, "ok", "{results:?}");
         assert_eq!(r(1), ("rejected".into(), "bob@invalid looks fake or invalid, please enter a real email address. (ERROR_GENERIC)".into()));
         assert_eq!(r(2).0, "rejected");
-        assert!(r(2).1.contains("was permanently deleted and cannot be re-imported"), "{results:?}");
+        assert!(
+            r(2).1
+                .contains("was permanently deleted and cannot be re-imported"),
+            "{results:?}"
+        );
         assert_eq!(r(3).0, "ok");
         assert_eq!(r(4).0, "rejected");
         assert!(r(4).1.contains("`favourite_colour`"));
         assert_eq!(r(5).0, "ok");
-        assert_eq!(r(6), ("rejected".into(), "Your merge fields were invalid. SHOESIZE: no such merge field (ERROR_GENERIC)".into()));
+        assert_eq!(
+            r(6),
+            (
+                "rejected".into(),
+                "Your merge fields were invalid. SHOESIZE: no such merge field (ERROR_GENERIC)"
+                    .into()
+            )
+        );
 
         let ada = h.fake.member("ada@example.com").expect("Ada is a member");
         assert_eq!(ada["id"], subscriber_hash("ada@example.com"));
         assert_eq!(ada["status"], "subscribed");
-        assert_eq!(ada["merge_fields"], json!({"FNAME": "Ada", "LNAME": "Lovelace", "PLAN": "pro", "BIRTHDAY": "12/10"}));
+        assert_eq!(
+            ada["merge_fields"],
+            json!({"FNAME": "Ada", "LNAME": "Lovelace", "PLAN": "pro", "BIRTHDAY": "12/10"})
+        );
         assert_eq!(ada["tags"][0]["name"], "vip");
-        assert_eq!(h.fake.member("old@example.com").unwrap()["merge_fields"]["FNAME"], "Old");
+        assert_eq!(
+            h.fake.member("old@example.com").unwrap()["merge_fields"]["FNAME"],
+            "Old"
+        );
         assert!(h.fake.member("bob@invalid").is_none());
         assert!(h.fake.member("erased@example.com").is_none());
 
-        let posts: Vec<_> = h.fake.seen().into_iter().filter(|s| s.method == "POST").collect();
+        let posts: Vec<_> = h
+            .fake
+            .seen()
+            .into_iter()
+            .filter(|s| s.method == "POST")
+            .collect();
         assert_eq!(posts.len(), 2, "two requests: Ada twice cannot share one");
         assert_eq!(posts[0].uri, format!("/3.0/lists/{LIST_ID}"));
         let first: Value = serde_json::from_slice(&posts[0].body).unwrap();
@@ -647,7 +1093,16 @@ mod mailchimp {
         assert_eq!(first["members"].as_array().unwrap().len(), 5);
         assert_eq!(first["members"][0]["email_address"], "Ada@Example.com");
         assert_eq!(first["members"][0]["status"], "subscribed");
-        assert_no_leaks(&logs, "batch subscribe: HTTP 200, 1 created, 1 updated, 3 errors", &["ada@example.com", "bob@invalid", "erased@example.com", "old@example.com"]);
+        assert_no_leaks(
+            &logs,
+            "batch subscribe: HTTP 200, 1 created, 1 updated, 3 errors",
+            &[
+                "ada@example.com",
+                "bob@invalid",
+                "erased@example.com",
+                "old@example.com",
+            ],
+        );
     }
 
     #[test]
@@ -669,18 +1124,42 @@ mod mailchimp {
         assert_eq!(results[2]["result"], "ok");
         assert_eq!(results[3]["result"], "rejected");
         assert_eq!(results[3]["reason"], "HTTP 400: Invalid Resource: nope looks fake or invalid, please enter a real email address.");
-        assert_eq!(h.fake.member("new@example.com").unwrap()["status"], "pending");
+        assert_eq!(
+            h.fake.member("new@example.com").unwrap()["status"],
+            "pending"
+        );
         let left = h.fake.member("left@example.com").unwrap();
-        assert_eq!(left["status"], "unsubscribed", "status_if_new leaves existing members alone");
+        assert_eq!(
+            left["status"], "unsubscribed",
+            "status_if_new leaves existing members alone"
+        );
         assert_eq!(left["merge_fields"]["FNAME"], "Left");
-        assert_eq!(h.fake.member("forced@example.com").unwrap()["status"], "subscribed");
+        assert_eq!(
+            h.fake.member("forced@example.com").unwrap()["status"],
+            "subscribed"
+        );
 
-        let puts: Vec<_> = h.fake.seen().into_iter().filter(|s| s.method == "PUT").collect();
-        assert_eq!(puts[0].uri, format!("/3.0/lists/{LIST_ID}/members/{}", subscriber_hash("new@example.com")));
+        let puts: Vec<_> = h
+            .fake
+            .seen()
+            .into_iter()
+            .filter(|s| s.method == "PUT")
+            .collect();
+        assert_eq!(
+            puts[0].uri,
+            format!(
+                "/3.0/lists/{LIST_ID}/members/{}",
+                subscriber_hash("new@example.com")
+            )
+        );
         let body: Value = serde_json::from_slice(&puts[0].body).unwrap();
         assert_eq!(body["status_if_new"], "pending");
         assert!(body.get("status").is_none(), "{body}");
-        assert_no_leaks(&logs, "upserted 4 members one by one", &["new@example.com", "left@example.com"]);
+        assert_no_leaks(
+            &logs,
+            "upserted 4 members one by one",
+            &["new@example.com", "left@example.com"],
+        );
     }
 
     #[test]
@@ -695,24 +1174,54 @@ mod mailchimp {
         ];
         let (results, logs) = h.deliver("delete", &config(), &records);
         assert_eq!(results[0]["result"], "ok", "{results:?}");
-        assert_eq!(results[1]["result"], "ok", "an unknown member is already gone");
+        assert_eq!(
+            results[1]["result"], "ok",
+            "an unknown member is already gone"
+        );
         assert_eq!(results[2]["result"], "rejected");
-        assert_eq!(h.fake.member("a@example.com").unwrap()["status"], "archived");
+        assert_eq!(
+            h.fake.member("a@example.com").unwrap()["status"],
+            "archived"
+        );
         let seen = h.fake.seen();
         assert_eq!(seen[0].method, "DELETE");
-        assert_eq!(seen[0].uri, format!("/3.0/lists/{LIST_ID}/members/{}", subscriber_hash("a@example.com")));
-        assert_no_leaks(&logs, "delete (Archive): 1 removed, 1 already absent", &["a@example.com", "never@example.com"]);
+        assert_eq!(
+            seen[0].uri,
+            format!(
+                "/3.0/lists/{LIST_ID}/members/{}",
+                subscriber_hash("a@example.com")
+            )
+        );
+        assert_no_leaks(
+            &logs,
+            "delete (Archive): 1 removed, 1 already absent",
+            &["a@example.com", "never@example.com"],
+        );
 
         let mut cfg = config();
         cfg["delete_mode"] = json!("permanent");
-        let (results, _) = h.deliver("delete", &cfg, &[json!({"key": "p", "fields": {"email": "b@example.com"}})]);
+        let (results, _) = h.deliver(
+            "delete",
+            &cfg,
+            &[json!({"key": "p", "fields": {"email": "b@example.com"}})],
+        );
         assert_eq!(results[0]["result"], "ok");
         assert!(h.fake.member("b@example.com").is_none());
         assert!(h.fake.is_forgotten("b@example.com"));
         let last = h.fake.seen().pop().unwrap();
-        assert_eq!(last.uri, format!("/3.0/lists/{LIST_ID}/members/{}/actions/delete-permanent", subscriber_hash("b@example.com")));
+        assert_eq!(
+            last.uri,
+            format!(
+                "/3.0/lists/{LIST_ID}/members/{}/actions/delete-permanent",
+                subscriber_hash("b@example.com")
+            )
+        );
         // Permanently deleted addresses cannot be re-imported.
-        let (results, _) = h.deliver("upsert", &config(), &[json!({"key": "p", "fields": {"email": "b@example.com"}})]);
+        let (results, _) = h.deliver(
+            "upsert",
+            &config(),
+            &[json!({"key": "p", "fields": {"email": "b@example.com"}})],
+        );
         assert_eq!(results[0]["result"], "rejected");
     }
 
@@ -736,8 +1245,18 @@ mod mailchimp {
         let (results, _) = h.deliver("delete", &config(), &records);
         assert_eq!(results[0]["result"], "retry");
         assert_eq!(results[0]["after_ms"], 7000);
-        assert_eq!(results[1]["result"], "retry", "the rest of the batch waits too");
-        assert_eq!(h.fake.seen().iter().filter(|s| s.method == "DELETE").count(), 1);
+        assert_eq!(
+            results[1]["result"], "retry",
+            "the rest of the batch waits too"
+        );
+        assert_eq!(
+            h.fake
+                .seen()
+                .iter()
+                .filter(|s| s.method == "DELETE")
+                .count(),
+            1
+        );
         h.fake.fail_next(1);
         let mut cfg = config();
         cfg["upsert_via"] = json!("member");
@@ -755,26 +1274,66 @@ mod mailchimp {
         let h = hub();
         let out = ok(&h.run("check", &config(), API_KEY, &[], ""));
         assert!(out.contains("check passed"), "{out}");
-        let seen: Vec<String> = h.fake.seen().iter().map(|s| format!("{} {}", s.method, s.uri)).collect();
-        assert_eq!(seen, vec!["GET /3.0/ping".to_string(), format!("GET /3.0/lists/{LIST_ID}?fields=id,name")]);
+        let seen: Vec<String> = h
+            .fake
+            .seen()
+            .iter()
+            .map(|s| format!("{} {}", s.method, s.uri))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                "GET /3.0/ping".to_string(),
+                format!("GET /3.0/lists/{LIST_ID}?fields=id,name")
+            ]
+        );
 
-        let err = failed(&h.run("check", &config(), "00000000000000000000000000000000-us14", &[], ""));
-        assert!(err.contains("unauthorized") && err.contains("API Key Invalid"), "{err}");
+        let err = failed(&h.run(
+            "check",
+            &config(),
+            "00000000000000000000000000000000-us14",
+            &[],
+            "",
+        ));
+        assert!(
+            err.contains("unauthorized") && err.contains("API Key Invalid"),
+            "{err}"
+        );
         // A key of another datacenter goes to that datacenter, which does not know it.
-        let err = failed(&h.run("check", &config(), "5f4dcc3b5aa765d61d8327deb882cf99-us2", &[], ""));
+        let err = failed(&h.run(
+            "check",
+            &config(),
+            "5f4dcc3b5aa765d61d8327deb882cf99-us2",
+            &[],
+            "",
+        ));
         assert!(err.contains("wrong datacenter"), "{err}");
         // A key without its datacenter never leaves the sandbox.
         let before = h.fake.seen().len();
-        let err = failed(&h.run("check", &config(), "5f4dcc3b5aa765d61d8327deb882cf99", &[], ""));
+        let err = failed(&h.run(
+            "check",
+            &config(),
+            "5f4dcc3b5aa765d61d8327deb882cf99",
+            &[],
+            "",
+        ));
         assert!(err.contains("must end in its datacenter"), "{err}");
         assert!(!err.contains("5f4dcc3b5aa765d61d8327deb882cf99"), "{err}");
         assert_eq!(h.fake.seen().len(), before);
 
         let err = failed(&h.run("check", &json!({"list_id": "ffffffffff"}), API_KEY, &[], ""));
-        assert!(err.contains("Mailchimp has no audience `ffffffffff`"), "{err}");
+        assert!(
+            err.contains("Mailchimp has no audience `ffffffffff`"),
+            "{err}"
+        );
 
-        let err = failed(&h.run("deliver", &config(), "00000000000000000000000000000000-us14", &["--action", "upsert"],
-                                &jsonl(&[json!({"key": "p", "fields": {"email": "a@example.com"}})])));
+        let err = failed(&h.run(
+            "deliver",
+            &config(),
+            "00000000000000000000000000000000-us14",
+            &["--action", "upsert"],
+            &jsonl(&[json!({"key": "p", "fields": {"email": "a@example.com"}})]),
+        ));
         assert!(err.contains("unauthorized"), "{err}");
         assert_eq!(h.fake.member_count(), 0);
     }
@@ -784,80 +1343,297 @@ mod mailchimp {
         use base64::Engine;
         let fake = Fake::start_in_background(Setup::default());
         let a = fake.addr;
-        let basic = |key: &str| format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("anystring:{key}")));
+        let basic = |key: &str| {
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("anystring:{key}"))
+            )
+        };
         let auth = basic(API_KEY);
         let send = |method: &str, path: &str, body: &Value| {
-            raw(a, method, path, &[("authorization", auth.as_str()), ("content-type", "application/json")], body.to_string().as_bytes())
+            raw(
+                a,
+                method,
+                path,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                body.to_string().as_bytes(),
+            )
         };
-        let expect = |resp: (u16, Vec<(String, String)>, Vec<u8>), status: u16, title: &str, needle: &str| {
+        let expect = |resp: (u16, Vec<(String, String)>, Vec<u8>),
+                      status: u16,
+                      title: &str,
+                      needle: &str| {
             assert_eq!(resp.0, status, "{}", String::from_utf8_lossy(&resp.2));
-            assert_eq!(header(&resp.1, "content-type"), Some("application/problem+json; charset=utf-8"));
+            assert_eq!(
+                header(&resp.1, "content-type"),
+                Some("application/problem+json; charset=utf-8")
+            );
             let body = body_json(&resp.2);
             assert_eq!(body["title"], title, "{body}");
             assert_eq!(body["status"], status);
-            assert!(body["type"].as_str().unwrap().starts_with("https://mailchimp.com/developer/"));
-            assert!(body.to_string().contains(needle), "expected {needle} in {body}");
+            assert!(body["type"]
+                .as_str()
+                .unwrap()
+                .starts_with("https://mailchimp.com/developer/"));
+            assert!(
+                body.to_string().contains(needle),
+                "expected {needle} in {body}"
+            );
         };
         let list = format!("/3.0/lists/{LIST_ID}");
         let member = |email: &str| format!("{list}/members/{}", subscriber_hash(email));
 
         // Auth.
-        expect(raw(a, "GET", "/3.0/ping", &[], b""), 401, "API Key Missing", "did not include an API key");
-        expect(raw(a, "GET", "/3.0/ping", &[("authorization", basic("wrong-us14").as_str())], b""), 401, "API Key Invalid", "wrong datacenter");
-        expect(raw(a, "GET", "/3.0/ping", &[("authorization", format!("Bearer {API_KEY}").as_str())], b""), 401, "API Key Missing", "API key");
-        let (s, _, b) = raw(a, "GET", "/3.0/ping", &[("authorization", auth.as_str())], b"");
-        assert_eq!((s, body_json(&b)), (200, json!({"health_status": "Everything's Chimpy!"})));
+        expect(
+            raw(a, "GET", "/3.0/ping", &[], b""),
+            401,
+            "API Key Missing",
+            "did not include an API key",
+        );
+        expect(
+            raw(
+                a,
+                "GET",
+                "/3.0/ping",
+                &[("authorization", basic("wrong-us14").as_str())],
+                b"",
+            ),
+            401,
+            "API Key Invalid",
+            "wrong datacenter",
+        );
+        expect(
+            raw(
+                a,
+                "GET",
+                "/3.0/ping",
+                &[("authorization", format!("Bearer {API_KEY}").as_str())],
+                b"",
+            ),
+            401,
+            "API Key Missing",
+            "API key",
+        );
+        let (s, _, b) = raw(
+            a,
+            "GET",
+            "/3.0/ping",
+            &[("authorization", auth.as_str())],
+            b"",
+        );
+        assert_eq!(
+            (s, body_json(&b)),
+            (200, json!({"health_status": "Everything's Chimpy!"}))
+        );
 
         // Batch subscribe: schema and limits refuse the whole request.
-        let members = |n: usize| (0..n).map(|i| json!({"email_address": format!("u{i}@example.com"), "status": "subscribed"})).collect::<Vec<_>>();
-        expect(send("POST", &list, &json!({"members": members(501), "update_existing": true})), 400, "Invalid Resource", "more than 500 items");
-        expect(send("POST", &list, &json!({"update_existing": true})), 400, "Invalid Resource", "members");
-        expect(send("POST", &list, &json!({"members": [{"email_address": "a@example.com"}]})), 400, "Invalid Resource", "members.item:0.status");
-        expect(send("POST", &list, &json!({"members": [{"email_address": "a@example.com", "status": "archived"}]})), 400, "Invalid Resource", "not in enum");
-        expect(raw(a, "POST", &list, &[("authorization", auth.as_str()), ("content-type", "application/json")], b"{not json"), 400, "JSON Parse Error", "parsing");
-        expect(send("POST", "/3.0/lists/ffffffffff", &json!({"members": members(1)})), 404, "Resource Not Found", "could not be found");
+        let members = |n: usize| {
+            (0..n).map(|i| json!({"email_address": format!("u{i}@example.com"), "status": "subscribed"})).collect::<Vec<_>>()
+        };
+        expect(
+            send(
+                "POST",
+                &list,
+                &json!({"members": members(501), "update_existing": true}),
+            ),
+            400,
+            "Invalid Resource",
+            "more than 500 items",
+        );
+        expect(
+            send("POST", &list, &json!({"update_existing": true})),
+            400,
+            "Invalid Resource",
+            "members",
+        );
+        expect(
+            send(
+                "POST",
+                &list,
+                &json!({"members": [{"email_address": "a@example.com"}]}),
+            ),
+            400,
+            "Invalid Resource",
+            "members.item:0.status",
+        );
+        expect(
+            send(
+                "POST",
+                &list,
+                &json!({"members": [{"email_address": "a@example.com", "status": "archived"}]}),
+            ),
+            400,
+            "Invalid Resource",
+            "not in enum",
+        );
+        expect(
+            raw(
+                a,
+                "POST",
+                &list,
+                &[
+                    ("authorization", auth.as_str()),
+                    ("content-type", "application/json"),
+                ],
+                b"{not json",
+            ),
+            400,
+            "JSON Parse Error",
+            "parsing",
+        );
+        expect(
+            send(
+                "POST",
+                "/3.0/lists/ffffffffff",
+                &json!({"members": members(1)}),
+            ),
+            404,
+            "Resource Not Found",
+            "could not be found",
+        );
         assert_eq!(fake.member_count(), 0);
         // Per-member errors come back with 200.
         fake.seed_forgotten("gone@example.com");
         fake.seed_member("old@example.com", "subscribed");
-        let (s, _, b) = send("POST", &list, &json!({"members": [
+        let (s, _, b) = send(
+            "POST",
+            &list,
+            &json!({"members": [
             {"email_address": "ok@example.com", "status": "subscribed", "merge_fields": {"FNAME": "Ok"}},
             {"email_address": "bad@nowhere", "status": "subscribed"},
             {"email_address": "gone@example.com", "status": "subscribed"},
             {"email_address": "old@example.com", "status": "subscribed"},
-            {"email_address": "tag@example.com", "status": "subscribed", "merge_fields": {"NOPE": "x"}}]}));
+            {"email_address": "tag@example.com", "status": "subscribed", "merge_fields": {"NOPE": "x"}}]}),
+        );
         assert_eq!(s, 200);
         let answer = body_json(&b);
         assert_eq!(answer["total_created"], 1);
         assert_eq!(answer["error_count"], 4);
         let errors = answer["errors"].as_array().unwrap();
         assert_eq!(errors[0]["email_address"], "bad@nowhere");
-        assert!(errors[0]["error"].as_str().unwrap().contains("looks fake or invalid"));
-        assert!(errors[1]["error"].as_str().unwrap().contains("permanently deleted"));
-        assert_eq!(errors[2]["error_code"], "ERROR_CONTACT_EXISTS", "update_existing defaults to false");
-        assert!(errors[3]["error"].as_str().unwrap().contains("merge fields were invalid"));
-        assert_eq!(answer["new_members"][0]["id"], subscriber_hash("ok@example.com"));
+        assert!(errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("looks fake or invalid"));
+        assert!(errors[1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("permanently deleted"));
+        assert_eq!(
+            errors[2]["error_code"], "ERROR_CONTACT_EXISTS",
+            "update_existing defaults to false"
+        );
+        assert!(errors[3]["error"]
+            .as_str()
+            .unwrap()
+            .contains("merge fields were invalid"));
+        assert_eq!(
+            answer["new_members"][0]["id"],
+            subscriber_hash("ok@example.com")
+        );
 
         // Add or update by subscriber hash.
-        expect(send("PUT", &member("other@example.com"), &json!({"email_address": "new@example.com", "status_if_new": "subscribed"})), 400, "Invalid Resource", "doesn't match the URL");
-        expect(send("PUT", &member("new@example.com"), &json!({"email_address": "new@example.com"})), 400, "Invalid Resource", "status_if_new");
-        expect(send("PUT", &member("new@example.com"), &json!({"email_address": "new@example.com", "status_if_new": "gone"})), 400, "Invalid Resource", "not in enum");
-        expect(send("PUT", &member("gone@example.com"), &json!({"email_address": "gone@example.com", "status_if_new": "subscribed"})), 400, "Forgotten Email Not Subscribed", "cannot be re-imported");
-        expect(send("PUT", &member("x@y"), &json!({"email_address": "x@y", "status_if_new": "subscribed"})), 400, "Invalid Resource", "looks fake or invalid");
-        let (s, _, b) = send("PUT", &member("New@Example.com"), &json!({"email_address": "New@Example.com", "status_if_new": "pending"}));
+        expect(
+            send(
+                "PUT",
+                &member("other@example.com"),
+                &json!({"email_address": "new@example.com", "status_if_new": "subscribed"}),
+            ),
+            400,
+            "Invalid Resource",
+            "doesn't match the URL",
+        );
+        expect(
+            send(
+                "PUT",
+                &member("new@example.com"),
+                &json!({"email_address": "new@example.com"}),
+            ),
+            400,
+            "Invalid Resource",
+            "status_if_new",
+        );
+        expect(
+            send(
+                "PUT",
+                &member("new@example.com"),
+                &json!({"email_address": "new@example.com", "status_if_new": "gone"}),
+            ),
+            400,
+            "Invalid Resource",
+            "not in enum",
+        );
+        expect(
+            send(
+                "PUT",
+                &member("gone@example.com"),
+                &json!({"email_address": "gone@example.com", "status_if_new": "subscribed"}),
+            ),
+            400,
+            "Forgotten Email Not Subscribed",
+            "cannot be re-imported",
+        );
+        expect(
+            send(
+                "PUT",
+                &member("x@y"),
+                &json!({"email_address": "x@y", "status_if_new": "subscribed"}),
+            ),
+            400,
+            "Invalid Resource",
+            "looks fake or invalid",
+        );
+        let (s, _, b) = send(
+            "PUT",
+            &member("New@Example.com"),
+            &json!({"email_address": "New@Example.com", "status_if_new": "pending"}),
+        );
         assert_eq!(s, 200, "{}", String::from_utf8_lossy(&b));
         assert_eq!(body_json(&b)["id"], subscriber_hash("new@example.com"));
         assert_eq!(body_json(&b)["status"], "pending");
-        let (s, _, _) = send("PUT", &member("old@example.com"), &json!({"email_address": "old@example.com"}));
+        let (s, _, _) = send(
+            "PUT",
+            &member("old@example.com"),
+            &json!({"email_address": "old@example.com"}),
+        );
         assert_eq!(s, 200, "existing members need no status_if_new");
 
         // Archive and permanent delete.
-        assert_eq!(send("DELETE", &member("old@example.com"), &json!({})).0, 204);
-        expect(send("DELETE", &member("old@example.com"), &json!({})), 404, "Resource Not Found", "could not be found");
-        expect(send("GET", &member("old@example.com"), &json!({})), 404, "Resource Not Found", "could not be found");
-        assert_eq!(send("POST", &format!("{}/actions/delete-permanent", member("ok@example.com")), &json!({})).0, 204);
+        assert_eq!(
+            send("DELETE", &member("old@example.com"), &json!({})).0,
+            204
+        );
+        expect(
+            send("DELETE", &member("old@example.com"), &json!({})),
+            404,
+            "Resource Not Found",
+            "could not be found",
+        );
+        expect(
+            send("GET", &member("old@example.com"), &json!({})),
+            404,
+            "Resource Not Found",
+            "could not be found",
+        );
+        assert_eq!(
+            send(
+                "POST",
+                &format!("{}/actions/delete-permanent", member("ok@example.com")),
+                &json!({})
+            )
+            .0,
+            204
+        );
         assert!(fake.is_forgotten("ok@example.com"));
-        expect(send("PATCH", "/3.0/ping", &json!({})), 405, "Method Not Allowed", "not compatible");
+        expect(
+            send("PATCH", "/3.0/ping", &json!({})),
+            405,
+            "Method Not Allowed",
+            "not compatible",
+        );
 
         // Knobs.
         fake.throttle(1, None);
@@ -866,7 +1642,10 @@ mod mailchimp {
         assert_eq!(body_json(&b)["title"], "Too Many Requests");
         assert!(header(&h, "retry-after").is_none() && header(&h, "x-ratelimit-reset").is_none());
         fake.throttle(1, Some(3));
-        assert_eq!(header(&send("GET", "/3.0/ping", &json!({})).1, "retry-after"), Some("3"));
+        assert_eq!(
+            header(&send("GET", "/3.0/ping", &json!({})).1, "retry-after"),
+            Some("3")
+        );
         fake.fail_next(1);
         assert_eq!(send("GET", "/3.0/ping", &json!({})).0, 500);
         assert_eq!(send("GET", "/3.0/ping", &json!({})).0, 200);

@@ -72,39 +72,78 @@ fn audience_syncs(db: Db) {
     let hub = Hub::start_project(db, "", &project, &[]);
     hub.install(&["json-post-destination"]);
 
-    identify(&hub, "u1", json!({"email": "ada@example.com", "name": "Ada", "plan": "pro"}));
-    identify(&hub, "u2", json!({"email": "bob@example.com", "name": "Bob", "plan": "pro"}));
-    identify(&hub, "u3", json!({"email": "cy@example.com", "name": "Cy", "plan": "free"}));
+    identify(
+        &hub,
+        "u1",
+        json!({"email": "ada@example.com", "name": "Ada", "plan": "pro"}),
+    );
+    identify(
+        &hub,
+        "u2",
+        json!({"email": "bob@example.com", "name": "Bob", "plan": "pro"}),
+    );
+    identify(
+        &hub,
+        "u3",
+        json!({"email": "cy@example.com", "name": "Cy", "plan": "free"}),
+    );
 
     // First run: both members are added, the free user is not.
     ok(&hub.cli(&["sync", "run", "vip-mirror"]));
     ok(&hub.cli(&["sync", "run", "vip-upsert"]));
     let held = by_email(&mirror);
     assert_eq!(held.len(), 2, "{held:?}");
-    assert_eq!(held["ada@example.com"], json!({"email": "ada@example.com", "name": "Ada", "plan": "pro", "source": "switchyard"}));
+    assert_eq!(
+        held["ada@example.com"],
+        json!({"email": "ada@example.com", "name": "Ada", "plan": "pro", "source": "switchyard"})
+    );
     assert_eq!(by_email(&upsert).len(), 2);
     let run = last_run(&hub, "vip-mirror");
-    assert_eq!((run["status"].as_str(), run["planned_adds"].as_i64(), run["succeeded"].as_i64()), (Some("succeeded"), Some(2), Some(2)));
+    assert_eq!(
+        (
+            run["status"].as_str(),
+            run["planned_adds"].as_i64(),
+            run["succeeded"].as_i64()
+        ),
+        (Some("succeeded"), Some(2), Some(2))
+    );
 
     // Unchanged re-run: nothing is sent.
     let requests = mirror.with(|s| s.requests);
     ok(&hub.cli(&["sync", "run", "vip-mirror"]));
-    assert_eq!(mirror.with(|s| s.requests), requests, "an unchanged re-run must send nothing");
+    assert_eq!(
+        mirror.with(|s| s.requests),
+        requests,
+        "an unchanged re-run must send nothing"
+    );
     assert_eq!(last_run(&hub, "vip-mirror")["sent"], 0);
 
     // A trait change re-sends that one record.
     identify(&hub, "u1", json!({"name": "Ada Lovelace"}));
     ok(&hub.cli(&["sync", "run", "vip-mirror"]));
     let run = last_run(&hub, "vip-mirror");
-    assert_eq!((run["planned_changes"].as_i64(), run["planned_adds"].as_i64(), run["sent"].as_i64()), (Some(1), Some(0), Some(1)));
+    assert_eq!(
+        (
+            run["planned_changes"].as_i64(),
+            run["planned_adds"].as_i64(),
+            run["sent"].as_i64()
+        ),
+        (Some(1), Some(0), Some(1))
+    );
     assert_eq!(by_email(&mirror)["ada@example.com"]["name"], "Ada Lovelace");
 
     // Bob leaves the audience: deleted in mirror mode, kept in upsert mode.
     identify(&hub, "u2", json!({"plan": "free"}));
     ok(&hub.cli(&["sync", "run", "vip-mirror"]));
     ok(&hub.cli(&["sync", "run", "vip-upsert"]));
-    assert!(!by_email(&mirror).contains_key("bob@example.com"), "mirror mode removes a profile that left");
-    assert!(by_email(&upsert).contains_key("bob@example.com"), "upsert mode keeps it");
+    assert!(
+        !by_email(&mirror).contains_key("bob@example.com"),
+        "mirror mode removes a profile that left"
+    );
+    assert!(
+        by_email(&upsert).contains_key("bob@example.com"),
+        "upsert mode keeps it"
+    );
     assert_eq!(last_run(&hub, "vip-mirror")["planned_removals"], 1);
 
     // Two synced profiles merge: exactly one record remains, in both modes. Dee is known
@@ -115,11 +154,18 @@ fn audience_syncs(db: Db) {
     ok(&hub.cli(&["sync", "run", "vip-upsert"]));
     assert_eq!(mirror.records().len(), 2);
     let dee = hub.profile("anonymous_id:device-4").expect("Dee's profile");
-    let r = hub.track("identify", json!({"userId": "u1", "anonymousId": "device-4"}));
+    let r = hub.track(
+        "identify",
+        json!({"userId": "u1", "anonymousId": "device-4"}),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let merged = hub.profile("user_id:u1").expect("merged profile");
     let merged_id = merged["id"].as_str().unwrap().to_string();
-    assert_eq!(hub.profile("email:dee@example.com").unwrap()["id"], merged["id"], "Dee merged into u1's profile");
+    assert_eq!(
+        hub.profile("email:dee@example.com").unwrap()["id"],
+        merged["id"],
+        "Dee merged into u1's profile"
+    );
     assert_ne!(dee["id"], merged["id"]);
     ok(&hub.cli(&["sync", "run", "vip-mirror"]));
     ok(&hub.cli(&["sync", "run", "vip-upsert"]));
@@ -127,10 +173,22 @@ fn audience_syncs(db: Db) {
         let records = sink.records();
         let people: Vec<&Value> = records
             .values()
-            .filter(|f| matches!(f["email"].as_str(), Some("ada@example.com" | "dee@example.com")))
+            .filter(|f| {
+                matches!(
+                    f["email"].as_str(),
+                    Some("ada@example.com" | "dee@example.com")
+                )
+            })
             .collect();
-        assert_eq!(people.len(), 1, "{name}: one record for the merged person: {records:?}");
-        assert!(records.contains_key(&merged_id), "{name}: the survivor's record is kept");
+        assert_eq!(
+            people.len(),
+            1,
+            "{name}: one record for the merged person: {records:?}"
+        );
+        assert!(
+            records.contains_key(&merged_id),
+            "{name}: the survivor's record is kept"
+        );
         assert_eq!(records.len(), total, "{name}: {records:?}");
     }
     for sink in [&mirror, &upsert] {
@@ -168,7 +226,12 @@ fn faults_end_in_ack_or_dead_letter() {
          [syncs.mapping]\nemail = \"identifiers.email\"\nn = \"traits.n\"\n",
         destination("flaky", &sink, ", timeout_ms = 400"),
     );
-    let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+    let hub = Hub::start_project(
+        Db::Sqlite,
+        "",
+        &project,
+        &[("SWITCHYARD_RETRY_BASE_MS", "50")],
+    );
     hub.install(&["json-post-destination"]);
     let batch: Vec<Value> = (0..600)
         .map(|i| json!({"type": "identify", "userId": format!("f{i}"), "traits": {"email": format!("f{i}@example.com"), "n": i}}))
@@ -178,7 +241,10 @@ fn faults_end_in_ack_or_dead_letter() {
     let out = hub.cli(&["sync", "run", "everyone"]);
     let run = last_run(&hub, "everyone");
     assert!(
-        matches!(run["status"].as_str(), Some("succeeded" | "completed_with_errors")),
+        matches!(
+            run["status"].as_str(),
+            Some("succeeded" | "completed_with_errors")
+        ),
         "{run}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
@@ -187,16 +253,39 @@ fn faults_end_in_ack_or_dead_letter() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let dead: HashSet<String> = dlq.iter().map(|d| d["key"].as_str().unwrap().to_string()).collect();
+    let dead: HashSet<String> = dlq
+        .iter()
+        .map(|d| d["key"].as_str().unwrap().to_string())
+        .collect();
     for d in &dlq {
-        assert!(d["error"].as_str().unwrap().contains("gave up after 3 attempts"), "{d}");
+        assert!(
+            d["error"]
+                .as_str()
+                .unwrap()
+                .contains("gave up after 3 attempts"),
+            "{d}"
+        );
     }
-    assert_eq!(held.len() + dead.len(), 600, "every record is acknowledged or dead-lettered");
+    assert_eq!(
+        held.len() + dead.len(),
+        600,
+        "every record is acknowledged or dead-lettered"
+    );
     assert!(held.is_disjoint(&dead));
-    assert_eq!(hub.count("SELECT COUNT(*) FROM sync_records WHERE sync = 'everyone'") as usize, held.len());
+    assert_eq!(
+        hub.count("SELECT COUNT(*) FROM sync_records WHERE sync = 'everyone'") as usize,
+        held.len()
+    );
     let stats = sink.with(|s| (s.throttled, s.failed, s.hung, s.resent_after_ack.clone()));
-    assert!(stats.0 > 0 && stats.1 > 0 && stats.2 > 0, "faults were injected: {stats:?}");
-    assert!(stats.3.is_empty(), "re-sent after acknowledgement: {:?}", stats.3);
+    assert!(
+        stats.0 > 0 && stats.1 > 0 && stats.2 > 0,
+        "faults were injected: {stats:?}"
+    );
+    assert!(
+        stats.3.is_empty(),
+        "re-sent after acknowledgement: {:?}",
+        stats.3
+    );
     assert_eq!(run["succeeded"].as_u64().unwrap() as usize, held.len());
     assert_eq!(run["dead_lettered"].as_u64().unwrap() as usize, dead.len());
     assert!(run["retried"].as_u64().unwrap() > 0);
@@ -259,10 +348,16 @@ fn sigkill_mid_run_resumes() {
         let run = hub.admin_get("/v1/syncs/all-users/runs").json();
         let runs = run["runs"].as_array().cloned().unwrap_or_default();
         if runs.first().is_some_and(|r| r["status"] == "succeeded") {
-            assert!(runs.iter().any(|r| r["status"] == "interrupted"), "{runs:?}");
+            assert!(
+                runs.iter().any(|r| r["status"] == "interrupted"),
+                "{runs:?}"
+            );
             break;
         }
-        assert!(Instant::now() < deadline, "the run was not resumed: {runs:?}");
+        assert!(
+            Instant::now() < deadline,
+            "the run was not resumed: {runs:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(sink.records().len(), 1000, "nothing skipped");
@@ -280,7 +375,13 @@ fn sigkill_mid_run_resumes() {
         acked_before.len()
     );
     // Only the batch in flight at the kill (the hub never heard its answer) may arrive twice.
-    sink.with(|s| assert!(s.resent_after_ack.len() <= 20, "{:?}", s.resent_after_ack.len()));
+    sink.with(|s| {
+        assert!(
+            s.resent_after_ack.len() <= 20,
+            "{:?}",
+            s.resent_after_ack.len()
+        )
+    });
 }
 
 /// The guardrail stops a run that would remove too much, until an operator approves it; a dry
@@ -296,12 +397,24 @@ fn guardrail_and_dry_run() {
     let hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
     hub.install(&["json-post-destination"]);
     for i in 0..10 {
-        identify(&hub, &format!("g{i}"), json!({"email": format!("g{i}@example.com"), "plan": "pro"}));
+        identify(
+            &hub,
+            &format!("g{i}"),
+            json!({"email": format!("g{i}@example.com"), "plan": "pro"}),
+        );
     }
     let preview = ok(&hub.cli(&["audiences", "preview", "vip", "--sample", "3"]));
     assert!(preview.starts_with("vip: 10 profiles"), "{preview}");
-    assert_eq!(preview.lines().filter(|l| l.contains("@example.com")).count(), 3, "{preview}");
-    let plan: Value = serde_json::from_str(&ok(&hub.cli(&["sync", "run", "vip", "--dry-run"]))).unwrap();
+    assert_eq!(
+        preview
+            .lines()
+            .filter(|l| l.contains("@example.com"))
+            .count(),
+        3,
+        "{preview}"
+    );
+    let plan: Value =
+        serde_json::from_str(&ok(&hub.cli(&["sync", "run", "vip", "--dry-run"]))).unwrap();
     assert_eq!(plan["planned_adds"], 10);
     assert_eq!(plan["plan"]["sample_adds"].as_array().unwrap().len(), 5);
     assert_eq!(sink.with(|s| s.requests), 0, "a dry run sends nothing");
@@ -338,12 +451,18 @@ fn events_sync_sends_each_event_once() {
         let r = hub.track("track", json!({"userId": "e1", "event": "Order Completed", "messageId": format!("m{i}"), "properties": {"total": total}}));
         assert_eq!(r.status, 200);
     }
-    hub.track("track", json!({"userId": "e1", "event": "Viewed", "properties": {"total": 99}}));
+    hub.track(
+        "track",
+        json!({"userId": "e1", "event": "Viewed", "properties": {"total": 99}}),
+    );
     std::thread::sleep(Duration::from_millis(2200)); // events settle for 2 s before a sync reads them
     ok(&hub.cli(&["sync", "run", "orders"]));
     let events = sink.with(|s| s.events.clone());
     assert_eq!(events.len(), 2, "{events:?}");
-    assert_eq!(events[0].1, json!({"email": "e1@example.com", "event": "Order Completed", "total": 10}));
+    assert_eq!(
+        events[0].1,
+        json!({"email": "e1@example.com", "event": "Order Completed", "total": 10})
+    );
     ok(&hub.cli(&["sync", "run", "orders"]));
     assert_eq!(sink.with(|s| s.events.len()), 2, "each event once");
 }
@@ -362,11 +481,25 @@ fn admin_api() {
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let list = hub.admin_get("/v1/syncs").json();
     assert_eq!(list["syncs"][0]["name"], "everyone");
-    assert!(hub.request("POST", "/v1/syncs/everyone/run", &[], b"").status == 401);
-    let r = hub.request("POST", "/v1/syncs/everyone/run?dry_run=true", &[("authorization", &auth)], b"");
+    assert!(
+        hub.request("POST", "/v1/syncs/everyone/run", &[], b"")
+            .status
+            == 401
+    );
+    let r = hub.request(
+        "POST",
+        "/v1/syncs/everyone/run?dry_run=true",
+        &[("authorization", &auth)],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["planned_adds"], 1);
-    let r = hub.request("POST", "/v1/syncs/everyone/run", &[("authorization", &auth)], b"");
+    let r = hub.request(
+        "POST",
+        "/v1/syncs/everyone/run",
+        &[("authorization", &auth)],
+        b"",
+    );
     assert_eq!(r.status, 202, "{}", r.text());
     let deadline = Instant::now() + Duration::from_secs(30);
     while sink.records().is_empty() {
@@ -380,7 +513,10 @@ fn admin_api() {
     let dl = hub.admin_get("/v1/dead-letters?sync=everyone").json();
     assert_eq!(dl["dead_letters"], json!([]));
     let metrics = hub.request("GET", "/metrics", &[], b"").text();
-    assert!(metrics.contains("switchyard_sync_runs_total{sync=\"everyone\",status=\"succeeded\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("switchyard_sync_runs_total{sync=\"everyone\",status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
 }
 
 fn validate(dir: &std::path::Path, plugins: &std::path::Path, text: &str) -> (bool, String) {
@@ -397,7 +533,11 @@ fn validate(dir: &std::path::Path, plugins: &std::path::Path, text: &str) -> (bo
         .unwrap();
     (
         out.status.success(),
-        format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
     )
 }
 
@@ -417,7 +557,10 @@ fn validate_reports_every_problem() {
 
     let (valid, text) = validate(dir.path(), &plugins, "[hub]\nlisten = \"x\"\nlisen = 1\n");
     assert!(!valid);
-    assert!(text.contains("project.toml:3:1: unknown field `lisen`"), "{text}");
+    assert!(
+        text.contains("project.toml:3:1: unknown field `lisen`"),
+        "{text}"
+    );
     let (valid, text) = validate(dir.path(), &plugins, "[hub\n");
     assert!(!valid && text.contains("project.toml:1:"), "{text}");
 
@@ -475,12 +618,31 @@ email = "identifiers.email"
     }
     // `switchyard init` writes the commented example project, which validates as is.
     let init = dir.path().join("new.toml");
-    let out = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("init").arg(&init).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (valid, text) = validate(dir.path(), &plugins, &std::fs::read_to_string(&init).unwrap());
+    let out = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("init")
+        .arg(&init)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (valid, text) = validate(
+        dir.path(),
+        &plugins,
+        &std::fs::read_to_string(&init).unwrap(),
+    );
     assert!(valid, "{text}");
-    let again = Command::new(env!("CARGO_BIN_EXE_switchyard")).arg("init").arg(&init).output().unwrap();
-    assert!(!again.status.success(), "init never overwrites without --force");
+    let again = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("init")
+        .arg(&init)
+        .output()
+        .unwrap();
+    assert!(
+        !again.status.success(),
+        "init never overwrites without --force"
+    );
     let good = "[destinations.hook]\nplugin = \"json-post-destination\"\nconfig = { url = \"https://example.com/in\" }\n\
                 [[syncs]]\nname = \"a\"\nfrom = \"all\"\nto = \"hook\"\nmode = \"mirror\"\n[syncs.mapping]\nemail = \"identifiers.email\"\n";
     let (valid, text) = validate(dir.path(), &plugins, good);

@@ -27,9 +27,11 @@ fn peak_rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
@@ -45,22 +47,39 @@ async fn seed(store: &Store, n: usize) {
         let end = (start + chunk).min(n);
         let rows = end - start;
         let values = |cols: usize| store.value_groups(1, rows, cols);
-        let sql = format!("INSERT INTO profiles (id, created_at, updated_at) VALUES {}", values(3));
+        let sql = format!(
+            "INSERT INTO profiles (id, created_at, updated_at) VALUES {}",
+            values(3)
+        );
         let mut q = sqlx::query(&sql);
         for i in start..end {
             q = q.bind(format!("prf_{i:08}")).bind(now).bind(now);
         }
         q.execute(&mut *tx).await.unwrap();
-        let sql = format!("INSERT INTO identifiers (kind, value, profile_id, first_seen) VALUES {}", values(4));
+        let sql = format!(
+            "INSERT INTO identifiers (kind, value, profile_id, first_seen) VALUES {}",
+            values(4)
+        );
         let mut q = sqlx::query(&sql);
         for i in start..end {
-            q = q.bind("email").bind(format!("user{i}@example.com")).bind(format!("prf_{i:08}")).bind(now);
+            q = q
+                .bind("email")
+                .bind(format!("user{i}@example.com"))
+                .bind(format!("prf_{i:08}"))
+                .bind(now);
         }
         q.execute(&mut *tx).await.unwrap();
-        let sql = format!("INSERT INTO traits (profile_id, name, value, ts) VALUES {}", values(4));
+        let sql = format!(
+            "INSERT INTO traits (profile_id, name, value, ts) VALUES {}",
+            values(4)
+        );
         let mut q = sqlx::query(&sql);
         for i in start..end {
-            q = q.bind(format!("prf_{i:08}")).bind("plan").bind("\"pro\"").bind(now);
+            q = q
+                .bind(format!("prf_{i:08}"))
+                .bind("plan")
+                .bind("\"pro\"")
+                .bind(now);
         }
         q.execute(&mut *tx).await.unwrap();
         if end % 100_000 == 0 {
@@ -98,7 +117,11 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
         .join("wasm32-wasip2/plugin/json_post_destination.wasm");
-    assert!(wasm.exists(), "{}: run tools/build-plugins first", wasm.display());
+    assert!(
+        wasm.exists(),
+        "{}: run tools/build-plugins first",
+        wasm.display()
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -42,9 +42,16 @@ impl Hub {
         let store = Store::open(&config.hub.database).await?;
         let metrics = Metrics::new();
         let runtime = crate::runtime::Runtime::new(crate::runtime::Limits::default())?;
-        let registry = Arc::new(crate::registry::Registry::open(&config.hub.plugins_dir, runtime)?);
-        let sources = crate::sources::SourceEngine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
-            .with_metrics(metrics.clone());
+        let registry = Arc::new(crate::registry::Registry::open(
+            &config.hub.plugins_dir,
+            runtime,
+        )?);
+        let sources = crate::sources::SourceEngine::new(
+            store.clone(),
+            registry.clone(),
+            Arc::new(config.clone()),
+        )
+        .with_metrics(metrics.clone());
         let engine = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
             .with_metrics(metrics.clone());
         let rules = IdentityRules::new(&config.identity);
@@ -85,7 +92,10 @@ impl Hub {
             .route("/v1/profiles/{id}/merges", get(get_merges))
             .with_state(admin.clone())
             .merge(ingest)
-            .merge(crate::sync::api::routes(engine.clone(), admin.token.clone()))
+            .merge(crate::sync::api::routes(
+                engine.clone(),
+                admin.token.clone(),
+            ))
             .merge(crate::sources::api::routes(sources.clone()));
         Ok(Hub {
             store,

@@ -36,7 +36,10 @@ impl Filter {
     pub fn compile(source: &str) -> Result<Filter, String> {
         let program = Program::compile(source).map_err(|e| {
             let detail = e.to_string();
-            format!("`{source}` is not a valid CEL expression: {}", detail.trim())
+            format!(
+                "`{source}` is not a valid CEL expression: {}",
+                detail.trim()
+            )
         })?;
         let filter = Filter {
             uses_events: program
@@ -79,17 +82,26 @@ impl Filter {
         }
     }
 
-    fn evaluate(&self, profile: &ProfileData, event: Option<&Value>) -> Result<CelValue, cel::ExecutionError> {
+    fn evaluate(
+        &self,
+        profile: &ProfileData,
+        event: Option<&Value>,
+    ) -> Result<CelValue, cel::ExecutionError> {
         ROOT.with(|root| {
             let mut ctx = root.new_inner_scope();
-            ctx.add_variable_from_value("traits", json_to_cel(&Value::Object(profile.traits.clone())));
+            ctx.add_variable_from_value(
+                "traits",
+                json_to_cel(&Value::Object(profile.traits.clone())),
+            );
             let ids: HashMap<String, CelValue> = profile
                 .identifiers
                 .iter()
                 .map(|(k, v)| {
                     (
                         k.clone(),
-                        CelValue::List(Arc::new(v.iter().map(|s| CelValue::from(s.as_str())).collect())),
+                        CelValue::List(Arc::new(
+                            v.iter().map(|s| CelValue::from(s.as_str())).collect(),
+                        )),
                     )
                 })
                 .collect();
@@ -221,7 +233,8 @@ pub async fn refresh(
     config: &AudienceConfig,
     full: bool,
 ) -> anyhow::Result<Refresh> {
-    let filter = Filter::compile(&config.filter).map_err(|e| anyhow::anyhow!("[audiences.{name}] filter: {e}"))?;
+    let filter = Filter::compile(&config.filter)
+        .map_err(|e| anyhow::anyhow!("[audiences.{name}] filter: {e}"))?;
     let started = now_millis();
     let state: Option<(String, i64)> =
         sqlx::query_as("SELECT filter, evaluated_through FROM audience_state WHERE audience = $1")
@@ -229,7 +242,11 @@ pub async fn refresh(
             .fetch_optional(store.pool())
             .await?;
     let full = full || state.as_ref().is_none_or(|(f, _)| *f != config.filter);
-    let since = if full { i64::MIN } else { state.map(|s| s.1).unwrap_or(i64::MIN) };
+    let since = if full {
+        i64::MIN
+    } else {
+        state.map(|s| s.1).unwrap_or(i64::MIN)
+    };
     let mut report = Refresh {
         full,
         ..Default::default()
@@ -256,16 +273,21 @@ pub async fn refresh(
                 .fetch_all(store.pool())
                 .await?
         } else {
-            sqlx::query("SELECT id FROM profiles WHERE updated_at >= $1 AND id > $2 ORDER BY id LIMIT 5000")
-                .bind(since)
-                .bind(&after)
-                .fetch_all(store.pool())
-                .await?
+            sqlx::query(
+                "SELECT id FROM profiles WHERE updated_at >= $1 AND id > $2 ORDER BY id LIMIT 5000",
+            )
+            .bind(since)
+            .bind(&after)
+            .fetch_all(store.pool())
+            .await?
         };
         if rows.is_empty() {
             break;
         }
-        let ids: Vec<String> = rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?;
+        let ids: Vec<String> = rows
+            .iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?;
         after = ids.last().cloned().unwrap_or_default();
         let profiles = if filter.uses_events {
             model::load(store, &ids, true).await?
@@ -347,7 +369,13 @@ pub async fn refresh(
     .execute(store.pool())
     .await
     .context("saving audience state")?;
-    tracing::info!(evaluated = report.evaluated, joined = report.joined, left = report.left, full, "audience refreshed");
+    tracing::info!(
+        evaluated = report.evaluated,
+        joined = report.joined,
+        left = report.left,
+        full,
+        "audience refreshed"
+    );
     Ok(report)
 }
 
@@ -360,32 +388,39 @@ pub async fn profiles_gone_since(store: &Store, since: i64) -> anyhow::Result<bo
     if merged.is_some() {
         return Ok(true);
     }
-    let erased: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM suppressions WHERE at >= $1 LIMIT 1")
-        .bind(since)
-        .fetch_optional(store.pool())
-        .await?;
+    let erased: Option<(i64,)> =
+        sqlx::query_as("SELECT 1 FROM suppressions WHERE at >= $1 LIMIT 1")
+            .bind(since)
+            .fetch_optional(store.pool())
+            .await?;
     Ok(erased.is_some())
 }
 
 /// When the audience's membership last changed (ms), if ever recorded.
 pub async fn membership_changed_at(store: &Store, name: &str) -> anyhow::Result<Option<i64>> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT changed_at FROM audience_changes WHERE audience = $1")
-        .bind(name)
-        .fetch_optional(store.pool())
-        .await?;
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT changed_at FROM audience_changes WHERE audience = $1")
+            .bind(name)
+            .fetch_optional(store.pool())
+            .await?;
     Ok(row.map(|r| r.0))
 }
 
 /// When the audience was last recomputed in full (ms), if ever.
 pub async fn last_full(store: &Store, name: &str) -> anyhow::Result<Option<i64>> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT full_at FROM audience_state WHERE audience = $1")
-        .bind(name)
-        .fetch_optional(store.pool())
-        .await?;
+    let row: Option<(i64,)> =
+        sqlx::query_as("SELECT full_at FROM audience_state WHERE audience = $1")
+            .bind(name)
+            .fetch_optional(store.pool())
+            .await?;
     Ok(row.map(|r| r.0).filter(|t| *t > 0))
 }
 
-async fn members_among(store: &Store, name: &str, ids: &[String]) -> anyhow::Result<HashSet<String>> {
+async fn members_among(
+    store: &Store,
+    name: &str,
+    ids: &[String],
+) -> anyhow::Result<HashSet<String>> {
     let mut found = HashSet::new();
     for chunk in ids.chunks(model::CHUNK) {
         let sql = format!(
@@ -406,16 +441,22 @@ async fn members_among(store: &Store, name: &str, ids: &[String]) -> anyhow::Res
 
 /// Size and a sample of members, for `switchyard audiences preview`.
 pub async fn preview(store: &Store, name: &str, sample: i64) -> anyhow::Result<(i64, Vec<String>)> {
-    let (size,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM audience_members WHERE audience = $1")
-        .bind(name)
-        .fetch_one(store.pool())
-        .await?;
+    let (size,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM audience_members WHERE audience = $1")
+            .bind(name)
+            .fetch_one(store.pool())
+            .await?;
     let rows = sqlx::query("SELECT profile_id FROM audience_members WHERE audience = $1 ORDER BY since DESC, profile_id LIMIT $2")
         .bind(name)
         .bind(sample)
         .fetch_all(store.pool())
         .await?;
-    Ok((size, rows.iter().map(|r| r.try_get(0)).collect::<Result<_, _>>()?))
+    Ok((
+        size,
+        rows.iter()
+            .map(|r| r.try_get(0))
+            .collect::<Result<_, _>>()?,
+    ))
 }
 
 #[cfg(test)]
@@ -447,8 +488,13 @@ mod tests {
         let f = Filter::compile(r#"traits.plan == "pro" && traits.age > 40"#).unwrap();
         assert!(f.matches(&p, None).unwrap());
         let f = Filter::compile(r#"traits.country == "NO""#).unwrap();
-        assert!(!f.matches(&p, None).unwrap(), "a missing trait is not a match");
-        let f = Filter::compile(r#""email" in identifiers && identifiers.email[0].endsWith("@x.io")"#).unwrap();
+        assert!(
+            !f.matches(&p, None).unwrap(),
+            "a missing trait is not a match"
+        );
+        let f =
+            Filter::compile(r#""email" in identifiers && identifiers.email[0].endsWith("@x.io")"#)
+                .unwrap();
         assert!(f.matches(&p, None).unwrap());
     }
 
@@ -482,11 +528,16 @@ mod tests {
     #[test]
     fn errors_point_at_the_expression() {
         let e = Filter::compile("traits.plan ==").unwrap_err();
-        assert!(e.contains("`traits.plan ==` is not a valid CEL expression"), "{e}");
+        assert!(
+            e.contains("`traits.plan ==` is not a valid CEL expression"),
+            "{e}"
+        );
         let e = Filter::compile("trait.plan == 1").unwrap_err();
         assert!(e.contains("unknown name `trait`"), "{e}");
         let f = Filter::compile("traits.plan").unwrap();
-        let e = f.matches(&profile(json!({"plan": "x"}), &[]), None).unwrap_err();
+        let e = f
+            .matches(&profile(json!({"plan": "x"}), &[]), None)
+            .unwrap_err();
         assert!(e.contains("not true or false"), "{e}");
     }
 }

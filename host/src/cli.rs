@@ -233,7 +233,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             std::fs::write(&path, include_str!("../../switchyard.example.toml"))
                 .with_context(|| format!("writing {}", path.display()))?;
-            println!("wrote {}: edit it, then `switchyard validate --config {}`", path.display(), path.display());
+            println!(
+                "wrote {}: edit it, then `switchyard validate --config {}`",
+                path.display(),
+                path.display()
+            );
             Ok(())
         }
         Command::Sync(cmd) => crate::sync::commands::sync(cmd, dir).await,
@@ -267,7 +271,9 @@ async fn serve(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow::
                         engine.reload(std::sync::Arc::new(c));
                         tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs; [hub], [identity] and [sources] need a restart)");
                     }
-                    Err(e) => tracing::error!("configuration not reloaded, keeping the running one: {e:#}"),
+                    Err(e) => tracing::error!(
+                        "configuration not reloaded, keeping the running one: {e:#}"
+                    ),
                 }
             }
         });

@@ -425,7 +425,9 @@ impl Config {
         }
         for (name, dest) in &self.destinations {
             if dest.concurrency == 0 {
-                problems.push(format!("[destinations.{name}] concurrency must be at least 1"));
+                problems.push(format!(
+                    "[destinations.{name}] concurrency must be at least 1"
+                ));
             }
             if let Some(r) = dest.rate_per_second {
                 if r.is_nan() || r <= 0.0 {
@@ -499,7 +501,9 @@ impl Config {
                 _ => {}
             }
             if sync.mapping.is_empty() {
-                problems.push(format!("{at}: [syncs.mapping] is empty: map at least one destination field"));
+                problems.push(format!(
+                    "{at}: [syncs.mapping] is empty: map at least one destination field"
+                ));
             }
             for (field, value) in &sync.mapping {
                 if let MappingValue::Path(path) = value {
@@ -560,7 +564,10 @@ impl Config {
 fn source_problems(name: &str, source: &SourceConfig, identity: &IdentityConfig) -> Vec<String> {
     let at = format!("[sources.{name}]");
     let mut problems = Vec::new();
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+    if !name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
         problems.push(format!(
             "{at}: the name must be letters, digits, '-' or '_' (it appears in webhook URLs and metrics)"
         ));
@@ -571,21 +578,28 @@ fn source_problems(name: &str, source: &SourceConfig, identity: &IdentityConfig)
             ("config", !source.config.is_empty()),
             ("secrets", !source.secrets.is_empty()),
             ("allow_hosts", source.allow_hosts.is_some()),
-            ("allow_private_hosts", !source.allow_private_hosts.is_empty()),
+            (
+                "allow_private_hosts",
+                !source.allow_private_hosts.is_empty(),
+            ),
             ("reroute", !source.reroute.is_empty()),
             ("schedule", source.schedule.is_some()),
             ("streams", !source.streams.is_empty()),
         ];
         for (key, set) in plugin_keys {
             if set {
-                problems.push(format!("{at} {key} needs plugin = \"NAME\" (a source plugin to read with)"));
+                problems.push(format!(
+                    "{at} {key} needs plugin = \"NAME\" (a source plugin to read with)"
+                ));
             }
         }
         return problems;
     };
     if let Some(v) = &source.version {
         if semver::VersionReq::parse(v).is_err() {
-            problems.push(format!("{at} version = \"{v}\" is not a version requirement like \"^1.2\""));
+            problems.push(format!(
+                "{at} version = \"{v}\" is not a version requirement like \"^1.2\""
+            ));
         }
     }
     for r in &source.reroute {
@@ -618,12 +632,16 @@ fn source_problems(name: &str, source: &SourceConfig, identity: &IdentityConfig)
                 ));
             }
             if path.trim().is_empty() {
-                problems.push(format!("{at} identifiers.{kind}: the record field path is empty"));
+                problems.push(format!(
+                    "{at} identifiers.{kind}: the record field path is empty"
+                ));
             }
         }
         for (name, path) in &mapping.traits {
             if path.trim().is_empty() {
-                problems.push(format!("{at} traits.{name}: the record field path is empty"));
+                problems.push(format!(
+                    "{at} traits.{name}: the record field path is empty"
+                ));
             }
         }
     }
@@ -669,7 +687,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(err.contains("[sources.shop] schedule: `every fortnight`"), "{err}");
+        assert!(
+            err.contains("[sources.shop] schedule: `every fortnight`"),
+            "{err}"
+        );
         assert!(err.contains("[sources.shop] reroute"), "{err}");
         assert!(err.contains("[sources.shop.streams.customers] identifiers.customer: kind `customer` is not in [identity.kinds]"), "{err}");
         assert!(err.contains("[sources.keys] streams needs plugin"), "{err}");
@@ -679,7 +700,10 @@ mod tests {
              [sources.shop.streams.customers]\nidentifiers = { email = \"email\" }\ntraits = { first_name = \"first_name\" }\n",
         )
         .unwrap();
-        assert_eq!(ok.sources["shop"].streams["customers"].traits["first_name"], "first_name");
+        assert_eq!(
+            ok.sources["shop"].streams["customers"].traits["first_name"],
+            "first_name"
+        );
     }
 
     #[test]

@@ -100,45 +100,93 @@ impl SourceMetrics {
             retries: Family::default(),
             webhooks: Family::default(),
         };
-        registry.register("source_runs", "Source runs by source and final status", m.runs.clone());
-        registry.register("source_run_seconds", "Duration of source runs", m.run_seconds.clone());
-        registry.register("source_pages", "Pages committed by source runs", m.pages.clone());
-        registry.register("source_records_read", "Records source plugins returned", m.records_read.clone());
-        registry.register("source_records_stored", "Source records resolved to a profile and stored", m.records_stored.clone());
-        registry.register("source_events_stored", "Events stored from source records (first time only)", m.events_stored.clone());
-        registry.register("source_read_retries", "Pages read again after a transient error (429, 5xx)", m.retries.clone());
-        registry.register("source_webhooks", "Webhook deliveries by source and outcome", m.webhooks.clone());
+        registry.register(
+            "source_runs",
+            "Source runs by source and final status",
+            m.runs.clone(),
+        );
+        registry.register(
+            "source_run_seconds",
+            "Duration of source runs",
+            m.run_seconds.clone(),
+        );
+        registry.register(
+            "source_pages",
+            "Pages committed by source runs",
+            m.pages.clone(),
+        );
+        registry.register(
+            "source_records_read",
+            "Records source plugins returned",
+            m.records_read.clone(),
+        );
+        registry.register(
+            "source_records_stored",
+            "Source records resolved to a profile and stored",
+            m.records_stored.clone(),
+        );
+        registry.register(
+            "source_events_stored",
+            "Events stored from source records (first time only)",
+            m.events_stored.clone(),
+        );
+        registry.register(
+            "source_read_retries",
+            "Pages read again after a transient error (429, 5xx)",
+            m.retries.clone(),
+        );
+        registry.register(
+            "source_webhooks",
+            "Webhook deliveries by source and outcome",
+            m.webhooks.clone(),
+        );
         m
     }
 
     /// A finished run.
     pub fn run(&self, source: &str, status: &str, seconds: f64) {
         self.runs
-            .get_or_create(&SourceLabels { source: source.into(), status: status.into() })
+            .get_or_create(&SourceLabels {
+                source: source.into(),
+                status: status.into(),
+            })
             .inc();
         self.run_seconds
-            .get_or_create(&SourceNameLabels { source: source.into() })
+            .get_or_create(&SourceNameLabels {
+                source: source.into(),
+            })
             .observe(seconds);
     }
 
     /// A committed page (or webhook delivery) of `read` records.
     pub fn page(&self, source: &str, stream: &str, applied: &crate::sources::Applied, read: u64) {
-        let l = SourceStreamLabels { source: source.into(), stream: stream.into() };
+        let l = SourceStreamLabels {
+            source: source.into(),
+            stream: stream.into(),
+        };
         self.pages.get_or_create(&l).inc();
         self.records_read.get_or_create(&l).inc_by(read);
-        self.records_stored.get_or_create(&l).inc_by(applied.records);
+        self.records_stored
+            .get_or_create(&l)
+            .inc_by(applied.records);
         self.events_stored.get_or_create(&l).inc_by(applied.events);
     }
 
     pub fn retry(&self, source: &str, stream: &str) {
         self.retries
-            .get_or_create(&SourceStreamLabels { source: source.into(), stream: stream.into() })
+            .get_or_create(&SourceStreamLabels {
+                source: source.into(),
+                stream: stream.into(),
+            })
             .inc();
     }
 
     pub fn webhook(&self, source: &str, outcome: &str) {
         self.webhooks
-            .get_or_create(&SourceLabels { source: source.into(), status: outcome.into() })
+            .get_or_create(&SourceLabels {
+                source: source.into(),
+                status: outcome.into(),
+            })
             .inc();
     }
 }
@@ -187,13 +235,21 @@ impl Metrics {
         let sync_run_seconds = Family::<SyncNameLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.01, 2.0, 16))
         });
-        registry.register("sync_runs", "Sync runs by sync and final status", sync_runs.clone());
+        registry.register(
+            "sync_runs",
+            "Sync runs by sync and final status",
+            sync_runs.clone(),
+        );
         registry.register(
             "sync_records",
             "Records a sync handed to its destination, by outcome (sent, succeeded, retried, rejected, dead_lettered)",
             sync_records.clone(),
         );
-        registry.register("sync_run_seconds", "Duration of sync runs", sync_run_seconds.clone());
+        registry.register(
+            "sync_run_seconds",
+            "Duration of sync runs",
+            sync_run_seconds.clone(),
+        );
         let sources = SourceMetrics::register(&mut registry);
         Metrics {
             sources,
@@ -233,7 +289,12 @@ impl Metrics {
     }
 
     /// Adds the change in a run's counters since the last call.
-    pub fn sync_records(&self, sync: &str, now: &crate::sync::delivery::Stats, before: &crate::sync::delivery::Stats) {
+    pub fn sync_records(
+        &self,
+        sync: &str,
+        now: &crate::sync::delivery::Stats,
+        before: &crate::sync::delivery::Stats,
+    ) {
         for (outcome, a, b) in [
             ("sent", now.sent, before.sent),
             ("succeeded", now.succeeded, before.succeeded),

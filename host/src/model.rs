@@ -192,7 +192,11 @@ pub async fn page(
 }
 
 /// Profiles of a population updated at or after `since` (through the `updated_at` index).
-pub async fn changed(store: &Store, population: &Population, since: i64) -> anyhow::Result<Vec<String>> {
+pub async fn changed(
+    store: &Store,
+    population: &Population,
+    since: i64,
+) -> anyhow::Result<Vec<String>> {
     let rows = match population {
         Population::All => {
             sqlx::query("SELECT id FROM profiles WHERE updated_at >= $1 ORDER BY id")
@@ -258,7 +262,10 @@ fn decode(rows: Vec<sqlx::any::AnyRow>) -> anyhow::Result<Vec<ProfileData>> {
 }
 
 /// Which of these profile ids still exist.
-pub async fn existing(store: &Store, ids: &[String]) -> anyhow::Result<std::collections::HashSet<String>> {
+pub async fn existing(
+    store: &Store,
+    ids: &[String],
+) -> anyhow::Result<std::collections::HashSet<String>> {
     let mut found = std::collections::HashSet::new();
     for chunk in ids.chunks(CHUNK) {
         let sql = format!(

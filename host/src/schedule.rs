@@ -63,10 +63,18 @@ mod tests {
 
     #[test]
     fn parses_intervals_cron_and_continuous() {
-        assert!(matches!(Schedule::parse("every 15m"), Ok(Schedule::Every(d)) if d.as_secs() == 900));
+        assert!(
+            matches!(Schedule::parse("every 15m"), Ok(Schedule::Every(d)) if d.as_secs() == 900)
+        );
         assert!(matches!(Schedule::parse("1h"), Ok(Schedule::Every(_))));
-        assert!(matches!(Schedule::parse("continuous"), Ok(Schedule::Continuous)));
-        assert!(matches!(Schedule::parse("0 */6 * * *"), Ok(Schedule::Cron(_))));
+        assert!(matches!(
+            Schedule::parse("continuous"),
+            Ok(Schedule::Continuous)
+        ));
+        assert!(matches!(
+            Schedule::parse("0 */6 * * *"),
+            Ok(Schedule::Cron(_))
+        ));
         let err = Schedule::parse("every fortnight").unwrap_err();
         assert!(err.contains("neither an interval"), "{err}");
         assert!(Schedule::parse("every 10ms").is_err());
@@ -77,7 +85,10 @@ mod tests {
         let now = Utc::now();
         let every = Schedule::parse("every 10m").unwrap();
         assert_eq!(every.next_after(None, now), now);
-        assert_eq!(every.next_after(Some(now), now), now + chrono::Duration::minutes(10));
+        assert_eq!(
+            every.next_after(Some(now), now),
+            now + chrono::Duration::minutes(10)
+        );
         let cron = Schedule::parse("0 * * * *").unwrap();
         let next = cron.next_after(Some(now), now);
         assert!(next > now && next <= now + chrono::Duration::hours(1));

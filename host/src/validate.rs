@@ -32,7 +32,9 @@ pub fn validate(path: &Path, registry: Option<&Registry>) -> Vec<String> {
 fn check_source_plugins(config: &Config, registry: &Registry) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, source) in &config.sources {
-        let Some(plugin_name) = &source.plugin else { continue };
+        let Some(plugin_name) = &source.plugin else {
+            continue;
+        };
         let at = format!("[sources.{name}]");
         let plugin = match registry.find(plugin_name, source.version.as_deref()) {
             Ok(p) => p,
@@ -42,7 +44,10 @@ fn check_source_plugins(config: &Config, registry: &Registry) -> Vec<String> {
             }
         };
         if plugin.kind != "source" {
-            problems.push(format!("{at} plugin `{}` is a {} plugin, not a source", plugin.name, plugin.kind));
+            problems.push(format!(
+                "{at} plugin `{}` is a {} plugin, not a source",
+                plugin.name, plugin.kind
+            ));
             continue;
         }
         let instance = match serde_json::to_value(&source.config) {
@@ -56,11 +61,21 @@ fn check_source_plugins(config: &Config, registry: &Registry) -> Vec<String> {
             Ok(validator) => {
                 for error in validator.iter_errors(&instance) {
                     let path = error.instance_path.to_string();
-                    let field = if path.is_empty() { "config".to_string() } else { format!("config{}", path.replace('/', ".")) };
-                    problems.push(format!("{at} {field}: {error} (plugin `{}` {})", plugin.name, plugin.version));
+                    let field = if path.is_empty() {
+                        "config".to_string()
+                    } else {
+                        format!("config{}", path.replace('/', "."))
+                    };
+                    problems.push(format!(
+                        "{at} {field}: {error} (plugin `{}` {})",
+                        plugin.name, plugin.version
+                    ));
                 }
             }
-            Err(e) => problems.push(format!("{at} plugin `{}` publishes an unusable config schema: {e}", plugin.name)),
+            Err(e) => problems.push(format!(
+                "{at} plugin `{}` publishes an unusable config schema: {e}",
+                plugin.name
+            )),
         }
         for secret in &plugin.secrets {
             if secret.required && !source.secrets.contains_key(&secret.name) {
@@ -75,7 +90,12 @@ fn check_source_plugins(config: &Config, registry: &Registry) -> Vec<String> {
                 problems.push(format!(
                     "{at} secrets.{key}: plugin `{}` declares no such secret (it knows: {})",
                     plugin.name,
-                    plugin.secrets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    plugin
+                        .secrets
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }
@@ -93,14 +113,18 @@ fn check_secrets(config: &Config) -> Vec<String> {
     }
     for (name, source) in &config.sources {
         for (key, spec) in &source.secrets {
-            if let Err(e) = crate::cli::resolve_secret(&format!("sources.{name}.secrets.{key}"), spec) {
+            if let Err(e) =
+                crate::cli::resolve_secret(&format!("sources.{name}.secrets.{key}"), spec)
+            {
                 problems.push(format!("[sources.{name}] {e:#}"));
             }
         }
     }
     for (name, dest) in &config.destinations {
         for (key, spec) in &dest.secrets {
-            if let Err(e) = crate::cli::resolve_secret(&format!("destinations.{name}.secrets.{key}"), spec) {
+            if let Err(e) =
+                crate::cli::resolve_secret(&format!("destinations.{name}.secrets.{key}"), spec)
+            {
                 problems.push(format!("[destinations.{name}] {e:#}"));
             }
         }
@@ -120,7 +144,10 @@ fn check_plugins(config: &Config, registry: &Registry) -> Vec<String> {
             }
         };
         if plugin.kind != "destination" {
-            problems.push(format!("{at} plugin `{}` is a {} plugin, not a destination", plugin.name, plugin.kind));
+            problems.push(format!(
+                "{at} plugin `{}` is a {} plugin, not a destination",
+                plugin.name, plugin.kind
+            ));
             continue;
         }
         let instance = match serde_json::to_value(&dest.config) {
@@ -139,10 +166,16 @@ fn check_plugins(config: &Config, registry: &Registry) -> Vec<String> {
                     } else {
                         format!("config{}", path.replace('/', "."))
                     };
-                    problems.push(format!("{at} {field}: {error} (plugin `{}` {})", plugin.name, plugin.version));
+                    problems.push(format!(
+                        "{at} {field}: {error} (plugin `{}` {})",
+                        plugin.name, plugin.version
+                    ));
                 }
             }
-            Err(e) => problems.push(format!("{at} plugin `{}` publishes an unusable config schema: {e}", plugin.name)),
+            Err(e) => problems.push(format!(
+                "{at} plugin `{}` publishes an unusable config schema: {e}",
+                plugin.name
+            )),
         }
         for secret in &plugin.secrets {
             if secret.required && !dest.secrets.contains_key(&secret.name) {
@@ -157,7 +190,12 @@ fn check_plugins(config: &Config, registry: &Registry) -> Vec<String> {
                 problems.push(format!(
                     "{at} secrets.{key}: plugin `{}` declares no such secret (it knows: {})",
                     plugin.name,
-                    plugin.secrets.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                    plugin
+                        .secrets
+                        .iter()
+                        .map(|s| s.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
             }
         }

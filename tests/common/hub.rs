@@ -101,7 +101,10 @@ impl Hub {
             config,
             child: None,
             pg_db,
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         hub.spawn();
         hub
@@ -154,7 +157,11 @@ impl Hub {
         for name in crates {
             let wasm = super::plugin_wasm(name);
             let out = self.cli(&["plugin", "install", wasm.to_str().unwrap()]);
-            assert!(out.status.success(), "installing {name}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "installing {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 
@@ -162,7 +169,9 @@ impl Hub {
     pub fn reload(&self, config_text: &str) {
         std::fs::write(&self.config, config_text).unwrap();
         if let Some(c) = &self.child {
-            let _ = Command::new("kill").args(["-HUP", &c.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-HUP", &c.id().to_string()])
+                .status();
         }
     }
 

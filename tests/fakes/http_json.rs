@@ -34,7 +34,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -73,7 +76,11 @@ impl Fake {
     }
     pub fn update_item(&self, id: &str, field: &str, value: Value, updated_at: &str) {
         let mut s = self.state.lock().unwrap();
-        let item = s.items.iter_mut().find(|i| i["id"] == id).expect("no such item");
+        let item = s
+            .items
+            .iter_mut()
+            .find(|i| i["id"] == id)
+            .expect("no such item");
         item[field] = value;
         item["updated_at"] = json!(updated_at);
     }
@@ -89,8 +96,13 @@ pub fn item(id: &str, email: &str, updated_at: &str) -> Value {
 }
 
 pub async fn start(token: &str) -> Fake {
-    let state = Arc::new(Mutex::new(State { token: token.to_string(), ..State::default() }));
-    let app = Router::new().fallback(any(handle)).with_state(state.clone());
+    let state = Arc::new(Mutex::new(State {
+        token: token.to_string(),
+        ..State::default()
+    }));
+    let app = Router::new()
+        .fallback(any(handle))
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     state.lock().unwrap().base = format!("http://{addr}");
@@ -104,7 +116,10 @@ pub fn start_in_background(token: &str) -> Fake {
     let (tx, rx) = std::sync::mpsc::channel();
     let token = token.to_string();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             tx.send(start(&token).await).unwrap();
             std::future::pending::<()>().await;
@@ -114,50 +129,106 @@ pub fn start_in_background(token: &str) -> Fake {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({"error": {"code": code, "message": message}}))).into_response()
+    (
+        status,
+        axum::Json(json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
 }
 
 fn time(v: &str) -> Option<i64> {
-    chrono::DateTime::parse_from_rfc3339(v).ok().map(|d| d.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .map(|d| d.timestamp_millis())
 }
 
-async fn handle(AxState(state): AxState<Arc<Mutex<State>>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn handle(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let query: Vec<(String, String)> =
-        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let mut s = state.lock().unwrap();
     let response = answer(&mut s, &method, &uri, &query, &headers);
-    s.requests.push(Seen { uri: uri.to_string(), query, status: response.status().as_u16() });
+    s.requests.push(Seen {
+        uri: uri.to_string(),
+        query,
+        status: response.status().as_u16(),
+    });
     response
 }
 
-fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)], headers: &HeaderMap) -> Response {
-    let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+fn answer(
+    s: &mut State,
+    method: &Method,
+    uri: &Uri,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+) -> Response {
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let style = match (method.as_str(), uri.path()) {
         ("GET", "/v1/items") => 1,
         ("GET", "/v2/items") => 2,
         ("GET", "/v3/items") => 3,
-        _ => return error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {} {}", method, uri.path())),
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {} {}", method, uri.path()),
+            )
+        }
     };
     let authorised = match style {
         2 => header("x-api-key") == Some(s.token.as_str()),
         _ => header("authorization") == Some(format!("Bearer {}", s.token).as_str()),
     };
     if !authorised {
-        return error(StatusCode::UNAUTHORIZED, "unauthorized", "missing or invalid credentials");
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "missing or invalid credentials",
+        );
     }
     let since = match get("updated_since") {
         None => None,
         Some(t) => match time(t) {
             Some(ms) => Some(ms),
-            None => return error(StatusCode::BAD_REQUEST, "invalid_parameter", "updated_since must be an RFC 3339 time"),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    "updated_since must be an RFC 3339 time",
+                )
+            }
         },
     };
-    let (size_param, max) = if style == 2 { ("per_page", 50) } else if style == 1 { ("limit", 100) } else { ("per_page", 100) };
+    let (size_param, max) = if style == 2 {
+        ("per_page", 50)
+    } else if style == 1 {
+        ("limit", 100)
+    } else {
+        ("per_page", 100)
+    };
     let size = match get(size_param).map(str::parse::<usize>) {
         None => 10,
         Some(Ok(n)) if (1..=max).contains(&n) => n,
-        Some(_) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", &format!("{size_param} must be between 1 and {max}")),
+        Some(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_parameter",
+                &format!("{size_param} must be between 1 and {max}"),
+            )
+        }
     };
     let offset = if style == 1 {
         match get("cursor") {
@@ -166,23 +237,42 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
                 .decode(c)
                 .ok()
                 .and_then(|b| String::from_utf8(b).ok())
-                .and_then(|t| t.strip_prefix("offset:").and_then(|o| o.parse::<usize>().ok()))
-            {
+                .and_then(|t| {
+                    t.strip_prefix("offset:")
+                        .and_then(|o| o.parse::<usize>().ok())
+                }) {
                 Some(o) => o,
-                None => return error(StatusCode::BAD_REQUEST, "invalid_cursor", "cursor is malformed or expired"),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_cursor",
+                        "cursor is malformed or expired",
+                    )
+                }
             },
         }
     } else {
         match get("page").map(str::parse::<usize>) {
             None => 0,
             Some(Ok(p)) if p >= 1 => (p - 1) * size,
-            Some(_) => return error(StatusCode::BAD_REQUEST, "invalid_parameter", "page must be a number from 1"),
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_parameter",
+                    "page must be a number from 1",
+                )
+            }
         }
     };
     if s.throttle > 0 {
         s.throttle -= 1;
-        let mut r = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests");
-        r.headers_mut().insert("retry-after", s.retry_after.parse().unwrap());
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many requests",
+        );
+        r.headers_mut()
+            .insert("retry-after", s.retry_after.parse().unwrap());
         return r;
     }
     let mut items: Vec<&Value> = s
@@ -190,19 +280,36 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
         .iter()
         .filter(|i| since.is_none_or(|t| i["updated_at"].as_str().and_then(time).unwrap_or(0) >= t))
         .collect();
-    items.sort_by_key(|i| (i["updated_at"].as_str().and_then(time).unwrap_or(0), i["id"].as_str().unwrap_or("").to_string()));
-    let page: Vec<Value> = items.iter().skip(offset).take(size).map(|v| (*v).clone()).collect();
+    items.sort_by_key(|i| {
+        (
+            i["updated_at"].as_str().and_then(time).unwrap_or(0),
+            i["id"].as_str().unwrap_or("").to_string(),
+        )
+    });
+    let page: Vec<Value> = items
+        .iter()
+        .skip(offset)
+        .take(size)
+        .map(|v| (*v).clone())
+        .collect();
     let more = offset + page.len() < items.len();
     match style {
         1 => {
-            let next = more.then(|| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("offset:{}", offset + page.len())));
+            let next = more.then(|| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(format!("offset:{}", offset + page.len()))
+            });
             axum::Json(json!({"data": {"items": page, "next_cursor": next}})).into_response()
         }
         2 => axum::Json(json!({"results": page, "page": offset / size + 1})).into_response(),
         _ => {
             let mut r = axum::Json(Value::Array(page)).into_response();
             if more {
-                let next = format!("<{}/v3/items?page={}&per_page={size}>; rel=\"next\"", s.base, offset / size + 2);
+                let next = format!(
+                    "<{}/v3/items?page={}&per_page={size}>; rel=\"next\"",
+                    s.base,
+                    offset / size + 2
+                );
                 r.headers_mut().insert("link", next.parse().unwrap());
             }
             r

@@ -36,7 +36,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -84,7 +87,11 @@ impl Fake {
     /// Sets a contact property and its modification time, as an edit in HubSpot does.
     pub fn update_contact(&self, id: &str, property: &str, value: &str, modified: &str) {
         let mut s = self.state.lock().unwrap();
-        let c = s.contacts.iter_mut().find(|c| c["id"] == id).expect("no such contact");
+        let c = s
+            .contacts
+            .iter_mut()
+            .find(|c| c["id"] == id)
+            .expect("no such contact");
         c["properties"][property] = json!(value);
         c["properties"]["lastmodifieddate"] = json!(modified);
         c["updatedAt"] = json!(modified);
@@ -136,7 +143,9 @@ pub async fn start(token: &str) -> Fake {
         fail_500: 0,
         counter: 0,
     }));
-    let app = Router::new().fallback(any(handle)).with_state(state.clone());
+    let app = Router::new()
+        .fallback(any(handle))
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -149,7 +158,10 @@ pub fn start_in_background(token: &str) -> Fake {
     let (tx, rx) = std::sync::mpsc::channel();
     let token = token.to_string();
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             tx.send(start(&token).await).unwrap();
             std::future::pending::<()>().await;
@@ -171,7 +183,11 @@ fn error(status: StatusCode, category: &str, message: &str, n: u64) -> Response 
 }
 
 fn modified_property(object_type: &str) -> &'static str {
-    if object_type == "contacts" { "lastmodifieddate" } else { "hs_lastmodifieddate" }
+    if object_type == "contacts" {
+        "lastmodifieddate"
+    } else {
+        "hs_lastmodifieddate"
+    }
 }
 
 /// Dates in filters and properties: epoch milliseconds or ISO 8601.
@@ -179,27 +195,56 @@ fn as_ms(v: &str) -> Option<i64> {
     if !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()) {
         return v.parse().ok();
     }
-    chrono::DateTime::parse_from_rfc3339(v).ok().map(|d| d.timestamp_millis())
+    chrono::DateTime::parse_from_rfc3339(v)
+        .ok()
+        .map(|d| d.timestamp_millis())
 }
 
 /// The object with only the asked properties (plus those HubSpot always sends).
 fn shaped(object: &Value, object_type: &str, asked: Option<&[String]>) -> Value {
     let defaults: &[&str] = if object_type == "contacts" {
-        &["createdate", "email", "firstname", "hs_object_id", "lastmodifieddate", "lastname"]
+        &[
+            "createdate",
+            "email",
+            "firstname",
+            "hs_object_id",
+            "lastmodifieddate",
+            "lastname",
+        ]
     } else {
-        &["createdate", "domain", "hs_lastmodifieddate", "hs_object_id", "name"]
+        &[
+            "createdate",
+            "domain",
+            "hs_lastmodifieddate",
+            "hs_object_id",
+            "name",
+        ]
     };
     let mut props = serde_json::Map::new();
     let always = ["hs_object_id", "createdate", modified_property(object_type)];
     let wanted: Vec<String> = match asked {
-        Some(a) => a.iter().cloned().chain(always.iter().map(|s| s.to_string())).collect(),
+        Some(a) => a
+            .iter()
+            .cloned()
+            .chain(always.iter().map(|s| s.to_string()))
+            .collect(),
         None => defaults.iter().map(|s| s.to_string()).collect(),
     };
     for name in wanted {
         // Unknown properties are silently left out; known but unset ones come back as null.
         if let Some(v) = object["properties"].get(&name) {
             props.insert(name, v.clone());
-        } else if ["phone", "company", "lifecyclestage", "industry", "city", "country", "numberofemployees"].contains(&name.as_str()) {
+        } else if [
+            "phone",
+            "company",
+            "lifecyclestage",
+            "industry",
+            "city",
+            "country",
+            "numberofemployees",
+        ]
+        .contains(&name.as_str())
+        {
             props.insert(name, Value::Null);
         }
     }
@@ -208,9 +253,17 @@ fn shaped(object: &Value, object_type: &str, asked: Option<&[String]>) -> Value 
     out
 }
 
-async fn handle(AxState(state): AxState<Arc<Mutex<State>>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
+async fn handle(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let query: Vec<(String, String)> =
-        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let mut s = state.lock().unwrap();
     s.counter += 1;
     let response = answer(&mut s, &method, &uri, &query, &headers, &body);
@@ -219,14 +272,24 @@ async fn handle(AxState(state): AxState<Arc<Mutex<State>>>, method: Method, uri:
         uri: uri.to_string(),
         query,
         body: serde_json::from_slice(&body).unwrap_or(Value::Null),
-        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         status: response.status().as_u16(),
     };
     s.requests.push(seen);
     response
 }
 
-fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)], headers: &HeaderMap, body: &[u8]) -> Response {
+fn answer(
+    s: &mut State,
+    method: &Method,
+    uri: &Uri,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
     let n = s.counter;
     // 1. Authentication.
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
@@ -238,9 +301,22 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
     // 2. Route.
     let parts: Vec<&str> = uri.path().trim_start_matches('/').split('/').collect();
     let (object_type, search) = match (method.as_str(), parts.as_slice()) {
-        ("GET", ["crm", "v3", "objects", t]) if *t == "contacts" || *t == "companies" => (t.to_string(), false),
-        ("POST", ["crm", "v3", "objects", t, "search"]) if *t == "contacts" || *t == "companies" => (t.to_string(), true),
-        _ => return error(StatusCode::NOT_FOUND, "OBJECT_NOT_FOUND", &format!("Unable to route {} {}", method, uri.path()), n),
+        ("GET", ["crm", "v3", "objects", t]) if *t == "contacts" || *t == "companies" => {
+            (t.to_string(), false)
+        }
+        ("POST", ["crm", "v3", "objects", t, "search"])
+            if *t == "contacts" || *t == "companies" =>
+        {
+            (t.to_string(), true)
+        }
+        _ => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "OBJECT_NOT_FOUND",
+                &format!("Unable to route {} {}", method, uri.path()),
+                n,
+            )
+        }
     };
     // 3. Rate limit and faults.
     if s.throttle > 0 {
@@ -254,38 +330,94 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
         )
             .into_response();
         if let Some(after) = &s.retry_after {
-            r.headers_mut().insert("retry-after", after.parse().unwrap());
+            r.headers_mut()
+                .insert("retry-after", after.parse().unwrap());
         }
         if !search {
-            r.headers_mut().insert("x-hubspot-ratelimit-interval-milliseconds", s.interval_ms.to_string().parse().unwrap());
+            r.headers_mut().insert(
+                "x-hubspot-ratelimit-interval-milliseconds",
+                s.interval_ms.to_string().parse().unwrap(),
+            );
         }
         return r;
     }
     if s.fail_500 > 0 {
         s.fail_500 -= 1;
-        return error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "internal error", n);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL_ERROR",
+            "internal error",
+            n,
+        );
     }
-    let objects = if object_type == "contacts" { &s.contacts } else { &s.companies };
+    let objects = if object_type == "contacts" {
+        &s.contacts
+    } else {
+        &s.companies
+    };
     let modified = modified_property(&object_type);
     let mut response = if search {
         let Ok(req) = serde_json::from_slice::<Value>(body) else {
-            return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "Invalid input JSON on line 1: the body is not JSON", n);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "Invalid input JSON on line 1: the body is not JSON",
+                n,
+            );
         };
-        let limit = req.get("limit").map(|l| l.as_i64().unwrap_or(-1)).unwrap_or(10);
+        let limit = req
+            .get("limit")
+            .map(|l| l.as_i64().unwrap_or(-1))
+            .unwrap_or(10);
         if !(1..=200).contains(&limit) {
-            return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "limit must be between 1 and 200", n);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "limit must be between 1 and 200",
+                n,
+            );
         }
-        let groups = req.get("filterGroups").and_then(Value::as_array).cloned().unwrap_or_default();
-        let total_filters: usize = groups.iter().map(|g| g["filters"].as_array().map_or(0, Vec::len)).sum();
-        if groups.len() > 5 || total_filters > 25 || groups.iter().any(|g| g["filters"].as_array().map_or(0, Vec::len) > 10) {
+        let groups = req
+            .get("filterGroups")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let total_filters: usize = groups
+            .iter()
+            .map(|g| g["filters"].as_array().map_or(0, Vec::len))
+            .sum();
+        if groups.len() > 5
+            || total_filters > 25
+            || groups
+                .iter()
+                .any(|g| g["filters"].as_array().map_or(0, Vec::len) > 10)
+        {
             return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "Too many filter groups or filters: at most 5 groups, 10 filters per group and 25 filters in all", n);
         }
         let offset = match req.get("after") {
             None | Some(Value::Null) => 0,
-            Some(a) => match a.as_str().and_then(|a| a.parse::<u64>().ok()).or_else(|| a.as_u64()) {
-                Some(o) if o >= 10_000 => return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "paging beyond 10,000 results is not supported", n),
+            Some(a) => match a
+                .as_str()
+                .and_then(|a| a.parse::<u64>().ok())
+                .or_else(|| a.as_u64())
+            {
+                Some(o) if o >= 10_000 => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "VALIDATION_ERROR",
+                        "paging beyond 10,000 results is not supported",
+                        n,
+                    )
+                }
                 Some(o) => o as usize,
-                None => return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "after must be a number", n),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "VALIDATION_ERROR",
+                        "after must be a number",
+                        n,
+                    )
+                }
             },
         };
         let mut filters: Vec<Vec<(String, String, Option<String>)>> = Vec::new();
@@ -293,23 +425,62 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
             let mut group = Vec::new();
             for f in g["filters"].as_array().cloned().unwrap_or_default() {
                 let op = f["operator"].as_str().unwrap_or("").to_string();
-                if !["EQ", "NEQ", "LT", "LTE", "GT", "GTE", "HAS_PROPERTY", "NOT_HAS_PROPERTY"].contains(&op.as_str()) {
-                    return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", &format!("Unsupported operator {op}"), n);
+                if ![
+                    "EQ",
+                    "NEQ",
+                    "LT",
+                    "LTE",
+                    "GT",
+                    "GTE",
+                    "HAS_PROPERTY",
+                    "NOT_HAS_PROPERTY",
+                ]
+                .contains(&op.as_str())
+                {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "VALIDATION_ERROR",
+                        &format!("Unsupported operator {op}"),
+                        n,
+                    );
                 }
                 let Some(prop) = f["propertyName"].as_str() else {
-                    return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "filters need a propertyName", n);
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "VALIDATION_ERROR",
+                        "filters need a propertyName",
+                        n,
+                    );
                 };
-                let value = f.get("value").map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()));
+                let value = f.get("value").map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                });
                 if value.is_none() && !op.ends_with("HAS_PROPERTY") {
-                    return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", &format!("filter on {prop} needs a value"), n);
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "VALIDATION_ERROR",
+                        &format!("filter on {prop} needs a value"),
+                        n,
+                    );
                 }
                 group.push((prop.to_string(), op, value));
             }
             filters.push(group);
         }
-        let sorts = req.get("sorts").and_then(Value::as_array).cloned().unwrap_or_default();
+        let sorts = req
+            .get("sorts")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         if sorts.len() > 1 {
-            return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "only one sort is supported", n);
+            return error(
+                StatusCode::BAD_REQUEST,
+                "VALIDATION_ERROR",
+                "only one sort is supported",
+                n,
+            );
         }
         let matches = |o: &Value| {
             filters.is_empty()
@@ -320,7 +491,9 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
                             "HAS_PROPERTY" => have.is_some(),
                             "NOT_HAS_PROPERTY" => have.is_none(),
                             _ => {
-                                let (Some(have), Some(want)) = (have, value.as_deref()) else { return false };
+                                let (Some(have), Some(want)) = (have, value.as_deref()) else {
+                                    return false;
+                                };
                                 let ord = match (as_ms(have), as_ms(want)) {
                                     (Some(a), Some(b)) => a.cmp(&b),
                                     _ => have.cmp(want),
@@ -342,7 +515,10 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
         if let Some(sort) = sorts.first() {
             let prop = sort["propertyName"].as_str().unwrap_or("").to_string();
             let key = |o: &Value| {
-                let v = o["properties"][prop.as_str()].as_str().unwrap_or("").to_string();
+                let v = o["properties"][prop.as_str()]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string();
                 (as_ms(&v).unwrap_or(i64::MIN), v)
             };
             found.sort_by_key(|o| key(o));
@@ -350,10 +526,24 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
                 found.reverse();
             }
         } else {
-            found.sort_by_key(|o| o["id"].as_str().and_then(|i| i.parse::<u64>().ok()).unwrap_or(0));
+            found.sort_by_key(|o| {
+                o["id"]
+                    .as_str()
+                    .and_then(|i| i.parse::<u64>().ok())
+                    .unwrap_or(0)
+            });
         }
-        let asked: Option<Vec<String>> = req.get("properties").and_then(Value::as_array).map(|a| a.iter().filter_map(|p| p.as_str().map(str::to_string)).collect());
-        let page: Vec<Value> = found.iter().skip(offset).take(limit as usize).map(|o| shaped(o, &object_type, asked.as_deref())).collect();
+        let asked: Option<Vec<String>> = req.get("properties").and_then(Value::as_array).map(|a| {
+            a.iter()
+                .filter_map(|p| p.as_str().map(str::to_string))
+                .collect()
+        });
+        let page: Vec<Value> = found
+            .iter()
+            .skip(offset)
+            .take(limit as usize)
+            .map(|o| shaped(o, &object_type, asked.as_deref()))
+            .collect();
         let mut out = json!({"total": found.len(), "results": page});
         if offset + (limit as usize) < found.len() {
             let next = (offset + limit as usize).to_string();
@@ -361,11 +551,23 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
         }
         axum::Json(out).into_response()
     } else {
-        let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        let get = |name: &str| {
+            query
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
         let limit = match get("limit").map(|l| l.parse::<i64>()) {
             None => 10,
             Some(Ok(l)) if (1..=100).contains(&l) => l as usize,
-            Some(_) => return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", "limit must be between 1 and 100", n),
+            Some(_) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "VALIDATION_ERROR",
+                    "limit must be between 1 and 100",
+                    n,
+                )
+            }
         };
         let archived = get("archived") == Some("true");
         let after_id: u64 = match get("after") {
@@ -377,22 +579,45 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
                 .and_then(|t| t.strip_prefix("id:").and_then(|i| i.parse().ok()))
             {
                 Some(id) => id,
-                None => return error(StatusCode::BAD_REQUEST, "VALIDATION_ERROR", &format!("Invalid input JSON: `after` cursor {a} is not valid"), n),
+                None => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "VALIDATION_ERROR",
+                        &format!("Invalid input JSON: `after` cursor {a} is not valid"),
+                        n,
+                    )
+                }
             },
         };
-        let asked: Option<Vec<String>> = get("properties").map(|p| p.split(',').map(|x| x.trim().to_string()).filter(|x| !x.is_empty()).collect());
-        let id_of = |o: &Value| o["id"].as_str().and_then(|i| i.parse::<u64>().ok()).unwrap_or(0);
+        let asked: Option<Vec<String>> = get("properties").map(|p| {
+            p.split(',')
+                .map(|x| x.trim().to_string())
+                .filter(|x| !x.is_empty())
+                .collect()
+        });
+        let id_of = |o: &Value| {
+            o["id"]
+                .as_str()
+                .and_then(|i| i.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         let mut found: Vec<&Value> = objects
             .iter()
             .filter(|o| o["archived"].as_bool().unwrap_or(false) == archived && id_of(o) > after_id)
             .collect();
         found.sort_by_key(|o| id_of(o));
-        let page: Vec<Value> = found.iter().take(limit).map(|o| shaped(o, &object_type, asked.as_deref())).collect();
+        let page: Vec<Value> = found
+            .iter()
+            .take(limit)
+            .map(|o| shaped(o, &object_type, asked.as_deref()))
+            .collect();
         let mut out = json!({"results": page});
         if found.len() > limit {
             if let Some(last) = page.last() {
-                let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("id:{}", id_of(last)));
-                out["paging"] = json!({"next": {"after": cursor, "link": format!("?after={cursor}")}});
+                let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(format!("id:{}", id_of(last)));
+                out["paging"] =
+                    json!({"next": {"after": cursor, "link": format!("?after={cursor}")}});
             }
         }
         let mut r = axum::Json(out).into_response();
@@ -400,7 +625,10 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
         for (k, v) in [
             ("x-hubspot-ratelimit-daily", "250000".to_string()),
             ("x-hubspot-ratelimit-daily-remaining", "249000".to_string()),
-            ("x-hubspot-ratelimit-interval-milliseconds", s.interval_ms.to_string()),
+            (
+                "x-hubspot-ratelimit-interval-milliseconds",
+                s.interval_ms.to_string(),
+            ),
             ("x-hubspot-ratelimit-max", "190".to_string()),
             ("x-hubspot-ratelimit-remaining", remaining.to_string()),
             ("x-hubspot-ratelimit-secondly", "19".to_string()),
@@ -410,7 +638,9 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
         }
         r
     };
-    response.headers_mut().insert("x-hubspot-correlation-id", correlation(n).parse().unwrap());
+    response
+        .headers_mut()
+        .insert("x-hubspot-correlation-id", correlation(n).parse().unwrap());
     let _ = modified;
     response
 }

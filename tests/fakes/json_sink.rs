@@ -136,7 +136,11 @@ async fn receive(State(sink): State<JsonSink>, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return bad(&sink.state, "body is not JSON");
     };
-    let Some(action) = body.get("action").and_then(Value::as_str).map(str::to_string) else {
+    let Some(action) = body
+        .get("action")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
         return bad(&sink.state, "action is missing");
     };
     if !matches!(action.as_str(), "upsert" | "delete" | "track") {
@@ -152,17 +156,31 @@ async fn receive(State(sink): State<JsonSink>, body: Bytes) -> Response {
     for r in records {
         match (r.get("key").and_then(Value::as_str), r.get("fields")) {
             (Some(k), Some(f @ Value::Object(_))) => parsed.push((k.to_string(), f.clone())),
-            _ => return bad(&sink.state, "each record needs a string key and object fields"),
+            _ => {
+                return bad(
+                    &sink.state,
+                    "each record needs a string key and object fields",
+                )
+            }
         }
     }
     let roll = sink.roll();
     if roll < faults.throttle {
         sink.state.lock().unwrap().throttled += 1;
-        return (StatusCode::TOO_MANY_REQUESTS, [("retry-after", "1")], axum::Json(json!({"error": "rate limited"}))).into_response();
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "1")],
+            axum::Json(json!({"error": "rate limited"})),
+        )
+            .into_response();
     }
     if roll < faults.throttle + faults.error {
         sink.state.lock().unwrap().failed += 1;
-        return (StatusCode::INTERNAL_SERVER_ERROR, axum::Json(json!({"error": "internal error"}))).into_response();
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(json!({"error": "internal error"})),
+        )
+            .into_response();
     }
     if roll < faults.throttle + faults.error + faults.hang {
         sink.state.lock().unwrap().hung += 1;

@@ -36,7 +36,10 @@ pub struct Seen {
 
 impl Seen {
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 }
 
@@ -81,7 +84,11 @@ impl Fake {
     /// Changes a customer in place (and its `updated_at`), as an edit in the Shopify admin does.
     pub fn update_customer(&self, id: u64, field: &str, value: Value, updated_at: &str) {
         let mut s = self.state.lock().unwrap();
-        let c = s.customers.iter_mut().find(|c| c["id"] == id).expect("no such customer");
+        let c = s
+            .customers
+            .iter_mut()
+            .find(|c| c["id"] == id)
+            .expect("no such customer");
         c[field] = value;
         c["updated_at"] = json!(updated_at);
     }
@@ -107,7 +114,14 @@ pub fn customer(id: u64, email: &str, first: &str, last: &str, updated_at: &str)
 }
 
 /// An order as Shopify returns it: `items` line items of 19.99 each, quantity 1.
-pub fn order(id: u64, number: u64, customer_id: u64, email: &str, items: usize, updated_at: &str) -> Value {
+pub fn order(
+    id: u64,
+    number: u64,
+    customer_id: u64,
+    email: &str,
+    items: usize,
+    updated_at: &str,
+) -> Value {
     let line_items: Vec<Value> = (0..items)
         .map(|i| json!({"id": id * 10 + i as u64, "product_id": 632910392 + i as u64, "variant_id": 808950810 + i as u64,
                          "sku": format!("SKU-{i}"), "name": format!("Product {i}"), "title": format!("Product {i}"),
@@ -136,7 +150,9 @@ pub async fn start(shop: &str, token: &str) -> Fake {
         throttle: 0,
         fail_500: 0,
     }));
-    let app = Router::new().fallback(any(handle)).with_state(state.clone());
+    let app = Router::new()
+        .fallback(any(handle))
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -149,7 +165,10 @@ pub fn start_in_background(shop: &str, token: &str) -> Fake {
     let (tx, rx) = std::sync::mpsc::channel();
     let (shop, token) = (shop.to_string(), token.to_string());
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             tx.send(start(&shop, &token).await).unwrap();
             std::future::pending::<()>().await;
@@ -177,43 +196,72 @@ fn encode_page_info(filters: &[(String, String)], last: (i64, u64), direction: &
 }
 
 fn decode_page_info(s: &str) -> Option<(Vec<(String, String)>, (i64, u64), String)> {
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(s).ok()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
     let v: Value = serde_json::from_slice(&bytes).ok()?;
     let filters = serde_json::from_value(v["filters"].clone()).ok()?;
-    Some((filters, (v["last_value"].as_i64()?, v["last_id"].as_u64()?), v["direction"].as_str()?.to_string()))
+    Some((
+        filters,
+        (v["last_value"].as_i64()?, v["last_id"].as_u64()?),
+        v["direction"].as_str()?.to_string(),
+    ))
 }
 
-async fn handle(AxState(state): AxState<Arc<Mutex<State>>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
+async fn handle(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
     let query: Vec<(String, String)> =
-        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let mut s = state.lock().unwrap();
     let mut response = answer(&mut s, &method, &uri, &query, &headers);
     let used = s.bucket.ceil() as u64;
     if response.status() != StatusCode::UNAUTHORIZED {
-        response
-            .headers_mut()
-            .insert("x-shopify-shop-api-call-limit", format!("{used}/{}", BUCKET_SIZE as u64).parse().unwrap());
+        response.headers_mut().insert(
+            "x-shopify-shop-api-call-limit",
+            format!("{used}/{}", BUCKET_SIZE as u64).parse().unwrap(),
+        );
     }
     let seen = Seen {
         method: method.to_string(),
         uri: uri.to_string(),
         query,
-        token: headers.get("x-shopify-access-token").and_then(|v| v.to_str().ok()).map(str::to_string),
+        token: headers
+            .get("x-shopify-access-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         status: response.status().as_u16(),
     };
     s.requests.push(seen);
     response
 }
 
-fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)], headers: &HeaderMap) -> Response {
+fn answer(
+    s: &mut State,
+    method: &Method,
+    uri: &Uri,
+    query: &[(String, String)],
+    headers: &HeaderMap,
+) -> Response {
     // 1. Authentication.
-    let token = headers.get("x-shopify-access-token").and_then(|v| v.to_str().ok());
+    let token = headers
+        .get("x-shopify-access-token")
+        .and_then(|v| v.to_str().ok());
     if token != Some(s.token.as_str()) {
-        return errors(StatusCode::UNAUTHORIZED, json!("[API] Invalid API key or access token (unrecognized login or wrong password)"));
+        return errors(
+            StatusCode::UNAUTHORIZED,
+            json!("[API] Invalid API key or access token (unrecognized login or wrong password)"),
+        );
     }
     // 2. The leaky bucket: leak, then take a slot or refuse.
     let now = Instant::now();
-    s.bucket = (s.bucket - now.duration_since(s.leaked_at).as_secs_f64() * LEAK_PER_SECOND).max(0.0);
+    s.bucket =
+        (s.bucket - now.duration_since(s.leaked_at).as_secs_f64() * LEAK_PER_SECOND).max(0.0);
     s.leaked_at = now;
     if s.throttle > 0 || s.bucket + 1.0 > BUCKET_SIZE {
         s.throttle = s.throttle.saturating_sub(1);
@@ -221,35 +269,56 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
             StatusCode::TOO_MANY_REQUESTS,
             json!("Exceeded 2 calls per second for api client. Reduce request rates to resume uninterrupted service."),
         );
-        r.headers_mut().insert("retry-after", "2.0".parse().unwrap());
+        r.headers_mut()
+            .insert("retry-after", "2.0".parse().unwrap());
         return r;
     }
     s.bucket += 1.0;
     if s.fail_500 > 0 {
         s.fail_500 -= 1;
-        return errors(StatusCode::INTERNAL_SERVER_ERROR, json!("Internal Server Error"));
+        return errors(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!("Internal Server Error"),
+        );
     }
     // 3. Method and path.
     let path = uri.path();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let resource = match (method.as_str(), parts.as_slice()) {
         ("GET", ["admin", "api", version, file])
-            if version.len() == 7 && version.as_bytes()[4] == b'-' && (*file == "customers.json" || *file == "orders.json") =>
+            if version.len() == 7
+                && version.as_bytes()[4] == b'-'
+                && (*file == "customers.json" || *file == "orders.json") =>
         {
             file.trim_end_matches(".json").to_string()
         }
         _ => return errors(StatusCode::NOT_FOUND, json!("Not Found")),
     };
     // 4. Parameters.
-    let get = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let get = |name: &str| {
+        query
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let limit = match get("limit").map(|l| l.parse::<i64>()) {
         None => 50,
         Some(Ok(n)) if (1..=250).contains(&n) => n as usize,
-        Some(_) => return errors(StatusCode::BAD_REQUEST, json!({"limit": "Limit must be between 1 and 250"})),
+        Some(_) => {
+            return errors(
+                StatusCode::BAD_REQUEST,
+                json!({"limit": "Limit must be between 1 and 250"}),
+            )
+        }
     };
-    let (filters, after, direction): (Vec<(String, String)>, Option<(i64, u64)>, String) = match get("page_info") {
+    let (filters, after, direction): (Vec<(String, String)>, Option<(i64, u64)>, String) = match get(
+        "page_info",
+    ) {
         Some(page_info) => {
-            if let Some((extra, _)) = query.iter().find(|(k, _)| !matches!(k.as_str(), "page_info" | "limit" | "fields")) {
+            if let Some((extra, _)) = query
+                .iter()
+                .find(|(k, _)| !matches!(k.as_str(), "page_info" | "limit" | "fields"))
+            {
                 return errors(
                     StatusCode::BAD_REQUEST,
                     json!({"page_info": format!("cannot be combined with `{extra}`: only limit and fields may be sent with page_info")}),
@@ -257,38 +326,76 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
             }
             match decode_page_info(page_info) {
                 Some((f, last, d)) => (f, Some(last), d),
-                None => return errors(StatusCode::BAD_REQUEST, json!({"page_info": "Invalid value."})),
+                None => {
+                    return errors(
+                        StatusCode::BAD_REQUEST,
+                        json!({"page_info": "Invalid value."}),
+                    )
+                }
             }
         }
         None => (
-            query.iter().filter(|(k, _)| !matches!(k.as_str(), "limit" | "fields")).cloned().collect(),
+            query
+                .iter()
+                .filter(|(k, _)| !matches!(k.as_str(), "limit" | "fields"))
+                .cloned()
+                .collect(),
             None,
             "next".to_string(),
         ),
     };
-    let filter = |name: &str| filters.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+    let filter = |name: &str| {
+        filters
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
     let mut bounds = Vec::new();
-    for name in ["updated_at_min", "updated_at_max", "created_at_min", "created_at_max"] {
+    for name in [
+        "updated_at_min",
+        "updated_at_max",
+        "created_at_min",
+        "created_at_max",
+    ] {
         if let Some(v) = filter(name) {
             match chrono::DateTime::parse_from_rfc3339(v) {
                 Ok(d) => bounds.push((name, d.timestamp())),
-                Err(_) => return errors(StatusCode::BAD_REQUEST, json!({ name: "is not a valid date" })),
+                Err(_) => {
+                    return errors(
+                        StatusCode::BAD_REQUEST,
+                        json!({ name: "is not a valid date" }),
+                    )
+                }
             }
         }
     }
     let since_id: u64 = filter("since_id").and_then(|v| v.parse().ok()).unwrap_or(0);
-    let ids: Option<Vec<u64>> = filter("ids").map(|v| v.split(',').filter_map(|i| i.trim().parse().ok()).collect());
+    let ids: Option<Vec<u64>> =
+        filter("ids").map(|v| v.split(',').filter_map(|i| i.trim().parse().ok()).collect());
     let status = filter("status").unwrap_or("open");
-    let (order_field, descending) = match filter("order").map(|o| o.split_whitespace().collect::<Vec<_>>()) {
-        Some(o) if o.len() == 2 && ["updated_at", "created_at", "id"].contains(&o[0]) && ["asc", "desc"].contains(&o[1]) => {
-            (o[0].to_string(), o[1] == "desc")
-        }
-        _ => ("id".to_string(), false),
+    let (order_field, descending) =
+        match filter("order").map(|o| o.split_whitespace().collect::<Vec<_>>()) {
+            Some(o)
+                if o.len() == 2
+                    && ["updated_at", "created_at", "id"].contains(&o[0])
+                    && ["asc", "desc"].contains(&o[1]) =>
+            {
+                (o[0].to_string(), o[1] == "desc")
+            }
+            _ => ("id".to_string(), false),
+        };
+    let source = if resource == "customers" {
+        &s.customers
+    } else {
+        &s.orders
     };
-    let source = if resource == "customers" { &s.customers } else { &s.orders };
     let key = |v: &Value| -> (i64, u64) {
         let id = v["id"].as_u64().unwrap_or(0);
-        if order_field == "id" { (id as i64, id) } else { (ts(v, &order_field), id) }
+        if order_field == "id" {
+            (id as i64, id)
+        } else {
+            (ts(v, &order_field), id)
+        }
     };
     let mut items: Vec<&Value> = source
         .iter()
@@ -299,7 +406,9 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
                 "created_at_min" => ts(v, "created_at") >= *t,
                 _ => ts(v, "created_at") <= *t,
             }) && v["id"].as_u64().unwrap_or(0) > since_id
-                && ids.as_ref().is_none_or(|ids| ids.contains(&v["id"].as_u64().unwrap_or(0)))
+                && ids
+                    .as_ref()
+                    .is_none_or(|ids| ids.contains(&v["id"].as_u64().unwrap_or(0)))
                 && (resource != "orders"
                     || match status {
                         "any" => true,
@@ -318,30 +427,49 @@ fn answer(s: &mut State, method: &Method, uri: &Uri, query: &[(String, String)],
         items.retain(|v| {
             let k = key(v);
             let beyond = if descending { k < last } else { k > last };
-            if forward { beyond } else { !beyond && k != last }
+            if forward {
+                beyond
+            } else {
+                !beyond && k != last
+            }
         });
     }
     let page: Vec<Value> = if forward {
         items.iter().take(limit).map(|v| (*v).clone()).collect()
     } else {
-        items[items.len().saturating_sub(limit)..].iter().map(|v| (*v).clone()).collect()
+        items[items.len().saturating_sub(limit)..]
+            .iter()
+            .map(|v| (*v).clone())
+            .collect()
     };
-    let has_next = if forward { items.len() > page.len() } else { true };
+    let has_next = if forward {
+        items.len() > page.len()
+    } else {
+        true
+    };
     let base = format!("https://{}{}", s.shop, path);
     let mut links = Vec::new();
     if after.is_some() {
         if let Some(first) = page.first() {
-            links.push(format!("<{base}?limit={limit}&page_info={}>; rel=\"previous\"", encode_page_info(&filters, key(first), "prev")));
+            links.push(format!(
+                "<{base}?limit={limit}&page_info={}>; rel=\"previous\"",
+                encode_page_info(&filters, key(first), "prev")
+            ));
         }
     }
     if has_next {
         if let Some(last) = page.last() {
-            links.push(format!("<{base}?limit={limit}&page_info={}>; rel=\"next\"", encode_page_info(&filters, key(last), "next")));
+            links.push(format!(
+                "<{base}?limit={limit}&page_info={}>; rel=\"next\"",
+                encode_page_info(&filters, key(last), "next")
+            ));
         }
     }
     let mut response = axum::Json(json!({ resource.as_str(): page })).into_response();
     if !links.is_empty() {
-        response.headers_mut().insert("link", links.join(", ").parse().unwrap());
+        response
+            .headers_mut()
+            .insert("link", links.join(", ").parse().unwrap());
     }
     response
 }

@@ -100,7 +100,14 @@ pub fn customer(id: &str, email: &str, name: &str, created: i64) -> Value {
 }
 
 /// A charge object as Stripe returns it (customer not expanded).
-pub fn charge(id: &str, customer: &str, amount: i64, currency: &str, status: &str, created: i64) -> Value {
+pub fn charge(
+    id: &str,
+    customer: &str,
+    amount: i64,
+    currency: &str,
+    status: &str,
+    created: i64,
+) -> Value {
     json!({
         "id": id, "object": "charge", "amount": amount, "amount_captured": amount,
         "amount_refunded": 0, "billing_details": {"email": null, "name": null, "phone": null},
@@ -116,7 +123,9 @@ pub async fn start(api_key: &str) -> Fake {
         api_key: api_key.to_string(),
         ..State::default()
     }));
-    let app = Router::new().fallback(any(handle)).with_state(state.clone());
+    let app = Router::new()
+        .fallback(any(handle))
+        .with_state(state.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -143,7 +152,12 @@ pub fn start_in_background(api_key: &str) -> Fake {
 }
 
 fn error(status: StatusCode, error: Value, request_id: &str) -> Response {
-    (status, [("request-id", request_id.to_string())], axum::Json(json!({ "error": error }))).into_response()
+    (
+        status,
+        [("request-id", request_id.to_string())],
+        axum::Json(json!({ "error": error })),
+    )
+        .into_response()
 }
 
 fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Value {
@@ -153,7 +167,10 @@ fn invalid(message: &str, param: Option<&str>, code: Option<&str>) -> Value {
     }
     if let Some(c) = code {
         e["code"] = json!(c);
-        e["doc_url"] = json!(format!("https://stripe.com/docs/error-codes/{}", c.replace('_', "-")));
+        e["doc_url"] = json!(format!(
+            "https://stripe.com/docs/error-codes/{}",
+            c.replace('_', "-")
+        ));
     }
     e
 }
@@ -165,21 +182,39 @@ fn presented_key(headers: &HeaderMap) -> Option<String> {
         return Some(token.trim().to_string());
     }
     let encoded = value.strip_prefix("Basic ")?;
-    let decoded = base64::engine::general_purpose::STANDARD.decode(encoded.trim()).ok()?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
     let text = String::from_utf8(decoded).ok()?;
     Some(text.split(':').next().unwrap_or("").to_string())
 }
 
 fn masked(key: &str) -> String {
     let prefix: String = key.chars().take(8).collect();
-    let suffix: String = key.chars().rev().take(4).collect::<Vec<_>>().into_iter().rev().collect();
-    format!("{prefix}{}{suffix}", "*".repeat(key.len().saturating_sub(12)))
+    let suffix: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!(
+        "{prefix}{}{suffix}",
+        "*".repeat(key.len().saturating_sub(12))
+    )
 }
 
-async fn handle(AxState(state): AxState<Arc<Mutex<State>>>, method: Method, uri: Uri, headers: HeaderMap) -> Response {
-    let query: Vec<(String, String)> = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
-        .into_owned()
-        .collect();
+async fn handle(
+    AxState(state): AxState<Arc<Mutex<State>>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let query: Vec<(String, String)> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
     let mut s = state.lock().unwrap();
     s.request_counter += 1;
     let request_id = format!("req_{:014}", s.request_counter);
@@ -188,7 +223,10 @@ async fn handle(AxState(state): AxState<Arc<Mutex<State>>>, method: Method, uri:
         method: method.to_string(),
         uri: uri.to_string(),
         query,
-        authorization: headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_string),
+        authorization: headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
         status: response.status().as_u16(),
     };
     s.requests.push(seen);
@@ -243,44 +281,116 @@ fn answer(
     for (k, v) in query {
         match k.as_str() {
             "limit" => match v.parse::<i64>() {
-                Ok(n) if n < 1 => return error(StatusCode::BAD_REQUEST, invalid("This value must be greater than or equal to 1.", Some("limit"), None), request_id),
-                Ok(n) if n > 100 => return error(StatusCode::BAD_REQUEST, invalid("This value must be less than or equal to 100.", Some("limit"), None), request_id),
+                Ok(n) if n < 1 => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        invalid(
+                            "This value must be greater than or equal to 1.",
+                            Some("limit"),
+                            None,
+                        ),
+                        request_id,
+                    )
+                }
+                Ok(n) if n > 100 => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        invalid(
+                            "This value must be less than or equal to 100.",
+                            Some("limit"),
+                            None,
+                        ),
+                        request_id,
+                    )
+                }
                 Ok(n) => limit = n,
-                Err(_) => return error(StatusCode::BAD_REQUEST, invalid(&format!("Invalid integer: {v}"), Some("limit"), None), request_id),
+                Err(_) => {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        invalid(&format!("Invalid integer: {v}"), Some("limit"), None),
+                        request_id,
+                    )
+                }
             },
             "starting_after" => starting_after = Some(v.as_str()),
             "ending_before" => ending_before = Some(v.as_str()),
-            "created" | "created[gt]" | "created[gte]" | "created[lt]" | "created[lte]" => match v.parse::<i64>() {
-                Ok(n) => created.push((k.as_str(), n)),
-                Err(_) => return error(StatusCode::BAD_REQUEST, invalid(&format!("Invalid integer: {v}"), Some(k), None), request_id),
-            },
+            "created" | "created[gt]" | "created[gte]" | "created[lt]" | "created[lte]" => {
+                match v.parse::<i64>() {
+                    Ok(n) => created.push((k.as_str(), n)),
+                    Err(_) => {
+                        return error(
+                            StatusCode::BAD_REQUEST,
+                            invalid(&format!("Invalid integer: {v}"), Some(k), None),
+                            request_id,
+                        )
+                    }
+                }
+            }
             "expand[]" => {
                 if !expandable.contains(&v.as_str()) {
-                    return error(StatusCode::BAD_REQUEST, invalid(&format!("This property cannot be expanded ({v})."), Some("expand"), None), request_id);
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        invalid(
+                            &format!("This property cannot be expanded ({v})."),
+                            Some("expand"),
+                            None,
+                        ),
+                        request_id,
+                    );
                 }
                 expand.push(v.as_str());
             }
             other if extra_params.contains(&other) => filters.push((other, v.as_str())),
-            other => return error(StatusCode::BAD_REQUEST, invalid(&format!("Received unknown parameter: {other}"), Some(other), Some("parameter_unknown")), request_id),
+            other => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    invalid(
+                        &format!("Received unknown parameter: {other}"),
+                        Some(other),
+                        Some("parameter_unknown"),
+                    ),
+                    request_id,
+                )
+            }
         }
     }
     if starting_after.is_some() && ending_before.is_some() {
-        return error(StatusCode::BAD_REQUEST, invalid("You may only specify one of these parameters: ending_before, starting_after.", Some("ending_before"), None), request_id);
+        return error(
+            StatusCode::BAD_REQUEST,
+            invalid(
+                "You may only specify one of these parameters: ending_before, starting_after.",
+                Some("ending_before"),
+                None,
+            ),
+            request_id,
+        );
     }
     // Newest first; ties by id, descending.
     let mut sorted: Vec<&Value> = objects.iter().collect();
     sorted.sort_by(|a, b| {
-        let key = |v: &Value| (v["created"].as_i64().unwrap_or(0), v["id"].as_str().unwrap_or("").to_string());
+        let key = |v: &Value| {
+            (
+                v["created"].as_i64().unwrap_or(0),
+                v["id"].as_str().unwrap_or("").to_string(),
+            )
+        };
         key(b).cmp(&key(a))
     });
     let position = |cursor: &str, param: &str| -> Result<usize, Response> {
-        sorted.iter().position(|o| o["id"] == cursor).ok_or_else(|| {
-            error(
-                StatusCode::BAD_REQUEST,
-                invalid(&format!("No such {noun}: '{cursor}'"), Some(param), Some("resource_missing")),
-                request_id,
-            )
-        })
+        sorted
+            .iter()
+            .position(|o| o["id"] == cursor)
+            .ok_or_else(|| {
+                error(
+                    StatusCode::BAD_REQUEST,
+                    invalid(
+                        &format!("No such {noun}: '{cursor}'"),
+                        Some(param),
+                        Some("resource_missing"),
+                    ),
+                    request_id,
+                )
+            })
     };
     let keep = |o: &Value| {
         let c = o["created"].as_i64().unwrap_or(0);
@@ -308,7 +418,11 @@ fn answer(
             },
             None => 0,
         };
-        let rest: Vec<&Value> = sorted[start..].iter().copied().filter(|o| keep(o)).collect();
+        let rest: Vec<&Value> = sorted[start..]
+            .iter()
+            .copied()
+            .filter(|o| keep(o))
+            .collect();
         let n = rest.len().min(limit as usize);
         (rest[..n].to_vec(), rest.len() > n)
     };
@@ -316,7 +430,12 @@ fn answer(
     if expand.contains(&"data.customer") {
         for object in &mut data {
             if let Some(id) = object["customer"].as_str().map(str::to_string) {
-                object["customer"] = s.customers.iter().find(|c| c["id"] == id.as_str()).cloned().unwrap_or(Value::Null);
+                object["customer"] = s
+                    .customers
+                    .iter()
+                    .find(|c| c["id"] == id.as_str())
+                    .cloned()
+                    .unwrap_or(Value::Null);
             }
         }
     }
@@ -330,17 +449,25 @@ fn answer(
             request_id,
         );
         if let Some(after) = &s.retry_after {
-            response.headers_mut().insert("retry-after", after.parse().unwrap());
+            response
+                .headers_mut()
+                .insert("retry-after", after.parse().unwrap());
         }
         return response;
     }
     if s.fail_500 > 0 {
         s.fail_500 -= 1;
-        return error(StatusCode::INTERNAL_SERVER_ERROR, json!({"type": "api_error", "message": "An unknown error occurred"}), request_id);
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"type": "api_error", "message": "An unknown error occurred"}),
+            request_id,
+        );
     }
     (
         [("request-id", request_id.to_string())],
-        axum::Json(json!({"object": "list", "url": uri.path(), "has_more": has_more, "data": data})),
+        axum::Json(
+            json!({"object": "list", "url": uri.path(), "has_more": has_more, "data": data}),
+        ),
     )
         .into_response()
 }

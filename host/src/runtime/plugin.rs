@@ -220,7 +220,8 @@ impl PluginInstance {
         // deadline would count waiting as CPU. Instead the deadline is one tick ahead and each
         // tick the guest is seen running is counted: time blocked in the host costs at most
         // one tick per wait.
-        let budget = (limits.cpu_deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
+        let budget =
+            (limits.cpu_deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
         let mut running_ticks = 0u64;
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {

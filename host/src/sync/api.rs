@@ -140,22 +140,37 @@ async fn runs(
     }
 }
 
-async fn dead_letters(State(s): State<SyncState>, headers: HeaderMap, Query(q): Query<Limit>) -> Response {
+async fn dead_letters(
+    State(s): State<SyncState>,
+    headers: HeaderMap,
+    Query(q): Query<Limit>,
+) -> Response {
     if let Err(r) = check_token(s.token.as_deref(), &headers) {
         return r;
     }
-    match s.engine.dead_letters(q.sync.as_deref(), q.limit.clamp(1, 10_000)).await {
+    match s
+        .engine
+        .dead_letters(q.sync.as_deref(), q.limit.clamp(1, 10_000))
+        .await
+    {
         Ok(d) => Json(serde_json::json!({ "dead_letters": d })).into_response(),
         Err(e) => failed(e),
     }
 }
 
-async fn replay(State(s): State<SyncState>, headers: HeaderMap, Query(q): Query<Limit>) -> Response {
+async fn replay(
+    State(s): State<SyncState>,
+    headers: HeaderMap,
+    Query(q): Query<Limit>,
+) -> Response {
     if let Err(r) = check_token(s.token.as_deref(), &headers) {
         return r;
     }
     let Some(sync) = q.sync else {
-        return json_error(StatusCode::BAD_REQUEST, "say which sync: /v1/dead-letters/replay?sync=NAME");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "say which sync: /v1/dead-letters/replay?sync=NAME",
+        );
     };
     match s.engine.replay(&sync).await {
         Ok(n) => Json(serde_json::json!({ "sync": sync, "replayed": n })).into_response(),

@@ -144,7 +144,8 @@ pub async fn sync(cmd: SyncCommand, plugins_dir: Option<PathBuf>) -> anyhow::Res
             approve_removals,
         } => {
             let engine = engine(&config, plugins_dir).await?;
-            let progress: Option<Arc<dyn Progress>> = if !dry_run && std::io::stderr().is_terminal() {
+            let progress: Option<Arc<dyn Progress>> = if !dry_run && std::io::stderr().is_terminal()
+            {
                 let bar = indicatif::ProgressBar::new(0).with_style(
                     indicatif::ProgressStyle::with_template(
                         "{spinner} {msg} [{bar:40}] {pos}/{len} records ({per_sec}, eta {eta})",
@@ -177,7 +178,11 @@ pub async fn sync(cmd: SyncCommand, plugins_dir: Option<PathBuf>) -> anyhow::Res
                 _ => {}
             }
         }
-        SyncCommand::Runs { name, config, limit } => {
+        SyncCommand::Runs {
+            name,
+            config,
+            limit,
+        } => {
             let engine = engine(&config, plugins_dir).await?;
             engine.config().sync(&name)?;
             for r in engine.runs(&name, limit).await? {
@@ -190,7 +195,11 @@ pub async fn sync(cmd: SyncCommand, plugins_dir: Option<PathBuf>) -> anyhow::Res
 
 pub async fn dlq(cmd: DlqCommand, plugins_dir: Option<PathBuf>) -> anyhow::Result<()> {
     match cmd {
-        DlqCommand::List { sync, config, limit } => {
+        DlqCommand::List {
+            sync,
+            config,
+            limit,
+        } => {
             let engine = engine(&config, plugins_dir).await?;
             if let Some(s) = &sync {
                 engine.config().sync(s)?;
@@ -212,7 +221,11 @@ pub async fn dlq(cmd: DlqCommand, plugins_dir: Option<PathBuf>) -> anyhow::Resul
 
 pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {
     match cmd {
-        AudiencesCommand::Preview { name, config, sample } => {
+        AudiencesCommand::Preview {
+            name,
+            config,
+            sample,
+        } => {
             let cfg = Config::load(&config)?;
             let audience = cfg.audiences.get(&name).ok_or_else(|| {
                 anyhow::anyhow!(
@@ -225,9 +238,15 @@ pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {
             let refresh = crate::audience::refresh(&store, &name, audience, false).await?;
             let (size, members) = crate::audience::preview(&store, &name, sample).await?;
             let profiles = crate::model::load(&store, &members, false).await?;
-            println!("{name}: {size} profiles ({} evaluated now, {} joined, {} left)", refresh.evaluated, refresh.joined, refresh.left);
+            println!(
+                "{name}: {size} profiles ({} evaluated now, {} joined, {} left)",
+                refresh.evaluated, refresh.joined, refresh.left
+            );
             if let Some(e) = refresh.first_error {
-                println!("  the filter failed on {} profiles, e.g.: {e}", refresh.errors);
+                println!(
+                    "  the filter failed on {} profiles, e.g.: {e}",
+                    refresh.errors
+                );
             }
             for p in profiles {
                 println!(

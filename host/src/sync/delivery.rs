@@ -43,7 +43,8 @@ pub struct Target {
 /// A token bucket of `per_second` requests with a burst of one second's worth.
 pub fn limiter(per_second: f64) -> Arc<DefaultDirectRateLimiter> {
     let quota = if per_second >= 1.0 {
-        let n = NonZeroU32::new(per_second.round().min(u32::MAX as f64) as u32).unwrap_or(NonZeroU32::MIN);
+        let n = NonZeroU32::new(per_second.round().min(u32::MAX as f64) as u32)
+            .unwrap_or(NonZeroU32::MIN);
         Quota::per_second(n)
     } else {
         let period = Duration::from_secs_f64(1.0 / per_second.max(0.001));
@@ -57,7 +58,13 @@ pub fn limiter(per_second: f64) -> Arc<DefaultDirectRateLimiter> {
 pub trait Ledger {
     /// Records the destination acknowledged, and records that are finished without success
     /// (rejected, or out of attempts) with their reason. Must be durable when it returns.
-    async fn commit(&self, action: Action, acked: &[Item], dead: &[(Item, String)], stats: &Stats) -> anyhow::Result<()>;
+    async fn commit(
+        &self,
+        action: Action,
+        acked: &[Item],
+        dead: &[(Item, String)],
+        stats: &Stats,
+    ) -> anyhow::Result<()>;
 }
 
 /// Counters of one delivery.
@@ -118,7 +125,9 @@ pub async fn deliver<L: Ledger>(
     let mut fatal: Option<String> = None;
     loop {
         while fatal.is_none() && inflight.len() < target.concurrency.max(1) {
-            let Some(batch) = queue.pop_front() else { break };
+            let Some(batch) = queue.pop_front() else {
+                break;
+            };
             stats.sent += batch.items.len() as u64;
             let target = target.clone();
             let span = tracing::info_span!("batch", records = batch.items.len(), ?action);
@@ -143,7 +152,9 @@ pub async fn deliver<L: Ledger>(
                 .instrument(span),
             );
         }
-        let Some(joined) = inflight.join_next().await else { break };
+        let Some(joined) = inflight.join_next().await else {
+            break;
+        };
         let (batch, outcome) = match joined {
             Ok(v) => v,
             Err(e) => return Err(Abort::Destination(format!("delivery task failed: {e}"))),
@@ -166,8 +177,12 @@ pub async fn deliver<L: Ledger>(
                 for (item, result) in batch.into_iter().zip(results) {
                     match result {
                         RecordResult::Ok => acked.push(item),
-                        RecordResult::Rejected(reason) => dead.push((item, format!("rejected: {reason}"))),
-                        RecordResult::Retry(r) => retry.push((with_error(item, &r.reason), r.after_ms.unwrap_or(0))),
+                        RecordResult::Rejected(reason) => {
+                            dead.push((item, format!("rejected: {reason}")))
+                        }
+                        RecordResult::Retry(r) => {
+                            retry.push((with_error(item, &r.reason), r.after_ms.unwrap_or(0)))
+                        }
                     }
                 }
             }
@@ -193,7 +208,10 @@ pub async fn deliver<L: Ledger>(
         }
         stats.dead_lettered += dead.len() as u64;
         if !acked.is_empty() || !dead.is_empty() {
-            ledger.commit(action, &acked, &dead, stats).await.map_err(Abort::Commit)?;
+            ledger
+                .commit(action, &acked, &dead, stats)
+                .await
+                .map_err(Abort::Commit)?;
         }
         if !again.is_empty() {
             tracing::debug!(records = again.len(), wait_ms, "retrying");
@@ -228,8 +246,12 @@ fn classify(e: PluginError) -> Outcome {
         PluginError::Plugin { error, .. } => match error {
             CallError::Transient(r) => Outcome::RetryAll(r.reason, r.after_ms),
             CallError::Failed(m) => Outcome::RetryAll(format!("failed: {m}"), None),
-            CallError::Unauthorized(m) => Outcome::Fatal(format!("the destination refused the credentials: {m}")),
-            CallError::InvalidConfig(m) => Outcome::Fatal(format!("the destination says its config is invalid: {m}")),
+            CallError::Unauthorized(m) => {
+                Outcome::Fatal(format!("the destination refused the credentials: {m}"))
+            }
+            CallError::InvalidConfig(m) => {
+                Outcome::Fatal(format!("the destination says its config is invalid: {m}"))
+            }
         },
         PluginError::MissingExport { .. } => Outcome::Fatal(e.to_string()),
         // Traps, deadlines, memory and contract breaches are this call's failure: retry.

@@ -136,9 +136,10 @@ fn resolve(path: &Path, s: &Subject<'_>) -> Option<Value> {
             .get(kind)
             .and_then(|v| v.first())
             .map(|v| Value::String(v.clone())),
-        Path::Identifiers(kind) => s.identifiers.get(kind).map(|v| {
-            Value::Array(v.iter().map(|x| Value::String(x.clone())).collect())
-        }),
+        Path::Identifiers(kind) => s
+            .identifiers
+            .get(kind)
+            .map(|v| Value::Array(v.iter().map(|x| Value::String(x.clone())).collect())),
         Path::Event(parts) => {
             let event = s.event?;
             match parts[0].as_str() {
@@ -181,10 +182,17 @@ mod tests {
             Path::parse("identifiers.email[]", false),
             Ok(Path::Identifiers("email".into()))
         );
-        assert!(Path::parse("event.name", false).unwrap_err().contains("only apply"));
+        assert!(Path::parse("event.name", false)
+            .unwrap_err()
+            .contains("only apply"));
         assert!(Path::parse("event.properties.total", true).is_ok());
-        assert!(Path::parse("event.properties", true).is_ok(), "the whole properties object");
-        assert!(Path::parse("trait.email", false).unwrap_err().contains("not a path"));
+        assert!(
+            Path::parse("event.properties", true).is_ok(),
+            "the whole properties object"
+        );
+        assert!(Path::parse("trait.email", false)
+            .unwrap_err()
+            .contains("not a path"));
         assert!(Path::parse("traits..x", false).is_err());
     }
 
@@ -192,8 +200,14 @@ mod tests {
     fn applies_paths_and_literals_and_skips_absent_fields() {
         let mapping = Mapping::compile(
             &BTreeMap::from([
-                ("email".into(), MappingValue::Path("identifiers.email".into())),
-                ("city".into(), MappingValue::Path("traits.address.city".into())),
+                (
+                    "email".into(),
+                    MappingValue::Path("identifiers.email".into()),
+                ),
+                (
+                    "city".into(),
+                    MappingValue::Path("traits.address.city".into()),
+                ),
                 ("plan".into(), MappingValue::Path("traits.plan".into())),
                 (
                     "source".into(),
@@ -205,8 +219,14 @@ mod tests {
             false,
         )
         .unwrap();
-        let traits = json!({"address": {"city": "Oslo"}}).as_object().unwrap().clone();
-        let ids = BTreeMap::from([("email".to_string(), vec!["a@x.io".to_string(), "b@x.io".to_string()])]);
+        let traits = json!({"address": {"city": "Oslo"}})
+            .as_object()
+            .unwrap()
+            .clone();
+        let ids = BTreeMap::from([(
+            "email".to_string(),
+            vec!["a@x.io".to_string(), "b@x.io".to_string()],
+        )]);
         let out = mapping.apply(&Subject {
             profile_id: "p1",
             created_at: 0,

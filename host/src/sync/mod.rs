@@ -118,7 +118,8 @@ pub struct Engine {
     metrics: Option<Metrics>,
     holder: Arc<str>,
     /// One token bucket per destination instance, shared by every sync that delivers to it.
-    limiters: Arc<std::sync::Mutex<HashMap<String, (f64, Arc<governor::DefaultDirectRateLimiter>)>>>,
+    limiters:
+        Arc<std::sync::Mutex<HashMap<String, (f64, Arc<governor::DefaultDirectRateLimiter>)>>>,
     /// First retry delay.
     pub backoff: Duration,
 }
@@ -173,7 +174,11 @@ impl Engine {
     }
 
     /// Builds a configured instance of a destination.
-    pub async fn destination(&self, name: &str, dest: &DestinationConfig) -> anyhow::Result<PluginInstance> {
+    pub async fn destination(
+        &self,
+        name: &str,
+        dest: &DestinationConfig,
+    ) -> anyhow::Result<PluginInstance> {
         let plugin = self
             .registry
             .load(&dest.plugin, dest.version.as_deref())
@@ -189,7 +194,10 @@ impl Engine {
         let config = serde_json::to_string(&dest.config)?;
         let mut reroutes = Vec::new();
         for r in &dest.reroute {
-            reroutes.push(r.parse().map_err(|e: String| anyhow::anyhow!("[destinations.{name}] {e}"))?);
+            reroutes.push(
+                r.parse()
+                    .map_err(|e: String| anyhow::anyhow!("[destinations.{name}] {e}"))?,
+            );
         }
         let policy = HttpPolicy::new(
             &plugin.manifest().allowed_hosts,
@@ -197,7 +205,11 @@ impl Engine {
             &dest.allow_private_hosts,
         )
         .with_reroutes(reroutes);
-        Ok(PluginInstance::new(plugin, PluginConfig { config, secrets }, policy))
+        Ok(PluginInstance::new(
+            plugin,
+            PluginConfig { config, secrets },
+            policy,
+        ))
     }
 
     /// Runs a sync now. Fails at once if another run of it holds the lease.
@@ -210,7 +222,9 @@ impl Engine {
         let config = self.config();
         let sync = config.sync(name)?.clone();
         let span = tracing::info_span!("sync_run", sync = %name, dry_run = options.dry_run, full_resync = options.full_resync);
-        self.run_inner(&config, &sync, options, progress).instrument(span).await
+        self.run_inner(&config, &sync, options, progress)
+            .instrument(span)
+            .await
     }
 
     async fn run_inner(
@@ -416,14 +430,16 @@ impl Engine {
         let renew = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
-                let ok = sqlx::query("UPDATE sync_leases SET expires_at = $1 WHERE sync = $2 AND run_id = $3")
-                    .bind(now_millis() + lease_ms())
-                    .bind(&sync_name)
-                    .bind(&run)
-                    .execute(store.pool())
-                    .await
-                    .map(|r| r.rows_affected() == 1)
-                    .unwrap_or(false);
+                let ok = sqlx::query(
+                    "UPDATE sync_leases SET expires_at = $1 WHERE sync = $2 AND run_id = $3",
+                )
+                .bind(now_millis() + lease_ms())
+                .bind(&sync_name)
+                .bind(&run)
+                .execute(store.pool())
+                .await
+                .map(|r| r.rows_affected() == 1)
+                .unwrap_or(false);
                 if !ok {
                     tracing::error!(sync = %sync_name, "lost the sync's lease; stopping the run");
                     flag.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -478,7 +494,11 @@ impl Engine {
     }
 
     /// Dead letters not yet replayed, of one sync or all.
-    pub async fn dead_letters(&self, sync: Option<&str>, limit: i64) -> anyhow::Result<Vec<DeadLetter>> {
+    pub async fn dead_letters(
+        &self,
+        sync: Option<&str>,
+        limit: i64,
+    ) -> anyhow::Result<Vec<DeadLetter>> {
         let rows = sqlx::query(
             "SELECT id, sync, key, action, fields, attempts, error, at, replayed_at FROM dead_letters \
              WHERE replayed_at IS NULL AND ($1 = '' OR sync = $1) ORDER BY at, id LIMIT $2",
@@ -495,7 +515,8 @@ impl Engine {
                     sync: r.try_get(1)?,
                     key: r.try_get(2)?,
                     action: r.try_get(3)?,
-                    fields: serde_json::from_str(&fields).unwrap_or(serde_json::Value::String(fields)),
+                    fields: serde_json::from_str(&fields)
+                        .unwrap_or(serde_json::Value::String(fields)),
                     attempts: r.try_get(5)?,
                     error: r.try_get(6)?,
                     at: mapping::iso(r.try_get(7)?),
@@ -509,12 +530,14 @@ impl Engine {
     /// payload the model has then). Returns how many.
     pub async fn replay(&self, sync: &str) -> anyhow::Result<u64> {
         self.config().sync(sync)?;
-        let n = sqlx::query("UPDATE dead_letters SET replayed_at = $1 WHERE sync = $2 AND replayed_at IS NULL")
-            .bind(now_millis())
-            .bind(sync)
-            .execute(self.store.pool())
-            .await?
-            .rows_affected();
+        let n = sqlx::query(
+            "UPDATE dead_letters SET replayed_at = $1 WHERE sync = $2 AND replayed_at IS NULL",
+        )
+        .bind(now_millis())
+        .bind(sync)
+        .execute(self.store.pool())
+        .await?
+        .rows_affected();
         // Replayed records may be changes of unchanged profiles: the next run compares in full.
         sqlx::query("DELETE FROM sync_meta WHERE sync = $1")
             .bind(sync)
@@ -590,11 +613,17 @@ impl RunContext<'_> {
     /// adds and changes are delivered before the next page is read, so memory stays flat.
     /// When the mapping and model are those of the last completed run, only profiles changed
     /// since that run started, and members the destination lacks, are looked at.
-    async fn run_profiles(&mut self, config: &Config, target: &Target, options: &RunOptions) -> anyhow::Result<()> {
+    async fn run_profiles(
+        &mut self,
+        config: &Config,
+        target: &Target,
+        options: &RunOptions,
+    ) -> anyhow::Result<()> {
         let store = &self.engine.store;
         let sync = self.sync;
         let started_at = now_millis();
-        let mapping = Mapping::compile(&sync.mapping, false).map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
+        let mapping = Mapping::compile(&sync.mapping, false)
+            .map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
 
         // Refresh the audience's changed profiles (or all, when its full refresh is due).
         let population = match &sync.from {
@@ -605,8 +634,11 @@ impl RunContext<'_> {
                     .with_context(|| format!("no [audiences.{audience}]"))?;
                 let full_due = match &cfg.full_refresh {
                     Some(s) => {
-                        let schedule = crate::schedule::Schedule::parse(s).map_err(|e| anyhow::anyhow!(e))?;
-                        let last = audience::last_full(store, audience).await?.and_then(chrono::DateTime::from_timestamp_millis);
+                        let schedule =
+                            crate::schedule::Schedule::parse(s).map_err(|e| anyhow::anyhow!(e))?;
+                        let last = audience::last_full(store, audience)
+                            .await?
+                            .and_then(chrono::DateTime::from_timestamp_millis);
                         let now = chrono::Utc::now();
                         schedule.next_after(last, now) <= now
                     }
@@ -622,25 +654,30 @@ impl RunContext<'_> {
         };
 
         let fingerprint = payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping));
-        let meta: Option<(String, i64)> = sqlx::query_as("SELECT fingerprint, complete_started_at FROM sync_meta WHERE sync = $1")
-            .bind(&sync.name)
-            .fetch_optional(store.pool())
-            .await?;
+        let meta: Option<(String, i64)> = sqlx::query_as(
+            "SELECT fingerprint, complete_started_at FROM sync_meta WHERE sync = $1",
+        )
+        .bind(&sync.name)
+        .fetch_optional(store.pool())
+        .await?;
         let incremental_since = match meta {
             Some((f, at)) if f == fingerprint && !options.full_resync => Some(at - 10_000),
             _ => None,
         };
-        let (existing,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM sync_records WHERE sync = $1")
-            .bind(&sync.name)
-            .fetch_one(store.pool())
-            .await?;
-        let parked: HashSet<(String, String)> = sqlx::query("SELECT key, hash FROM dead_letters WHERE sync = $1 AND replayed_at IS NULL")
-            .bind(&sync.name)
-            .fetch_all(store.pool())
-            .await?
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<anyhow::Result<_>>()?;
+        let (existing,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM sync_records WHERE sync = $1")
+                .bind(&sync.name)
+                .fetch_one(store.pool())
+                .await?;
+        let parked: HashSet<(String, String)> = sqlx::query(
+            "SELECT key, hash FROM dead_letters WHERE sync = $1 AND replayed_at IS NULL",
+        )
+        .bind(&sync.name)
+        .fetch_all(store.pool())
+        .await?
+        .iter()
+        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+        .collect::<anyhow::Result<_>>()?;
 
         // In an incremental run, membership and existence can only have changed if the audience
         // changed or profiles went away since the last completed run; otherwise both anti-joins
@@ -650,9 +687,9 @@ impl RunContext<'_> {
             Some(since) => {
                 let gone = audience::profiles_gone_since(store, since).await?;
                 let joined_or_left = match &population {
-                    model::Population::Audience(a) => {
-                        audience::membership_changed_at(store, a).await?.is_none_or(|t| t >= since)
-                    }
+                    model::Population::Audience(a) => audience::membership_changed_at(store, a)
+                        .await?
+                        .is_none_or(|t| t >= since),
                     // New profiles are among the changed ones.
                     model::Population::All => false,
                 };
@@ -693,7 +730,13 @@ impl RunContext<'_> {
                     "fields": serde_json::from_str::<serde_json::Value>(&fields).unwrap_or_default(),
                 }));
             }
-            deletes.push(Item { key, hash, fields, attempts: 0, last_error: None });
+            deletes.push(Item {
+                key,
+                hash,
+                fields,
+                attempts: 0,
+                last_error: None,
+            });
         }
         self.plan.removals = deletes.len() as u64;
         if let Some(guard) = sync.max_removals {
@@ -805,7 +848,13 @@ impl RunContext<'_> {
                         self.plan.sample_adds.push(sample());
                     }
                 }
-                upserts.push(Item { key: p.id, hash, fields: text, attempts: 0, last_error: None });
+                upserts.push(Item {
+                    key: p.id,
+                    hash,
+                    fields: text,
+                    attempts: 0,
+                    last_error: None,
+                });
             }
             if !options.dry_run {
                 if let Some(p) = &self.progress {
@@ -829,18 +878,31 @@ impl RunContext<'_> {
     }
 
     /// Events syncs: each matching event once, in the order received.
-    async fn run_events(&mut self, config: &Config, target: &Target, options: &RunOptions) -> anyhow::Result<()> {
+    async fn run_events(
+        &mut self,
+        config: &Config,
+        target: &Target,
+        options: &RunOptions,
+    ) -> anyhow::Result<()> {
         let _ = config;
         let store = &self.engine.store;
         let sync = self.sync;
         let (event_name, filter) = match &sync.from {
             SyncFrom::Events { events, filter } => (
                 events.clone(),
-                filter.as_deref().map(Filter::compile).transpose().map_err(|e| anyhow::anyhow!("sync `{}` from.filter: {e}", sync.name))?,
+                filter
+                    .as_deref()
+                    .map(Filter::compile)
+                    .transpose()
+                    .map_err(|e| anyhow::anyhow!("sync `{}` from.filter: {e}", sync.name))?,
             ),
-            _ => bail!("sync `{}`: mode = \"events\" needs from = {{ events = ... }}", sync.name),
+            _ => bail!(
+                "sync `{}`: mode = \"events\" needs from = {{ events = ... }}",
+                sync.name
+            ),
         };
-        let mapping = Mapping::compile(&sync.mapping, true).map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
+        let mapping = Mapping::compile(&sync.mapping, true)
+            .map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
         let cursor: Option<(i64, String)> = if options.full_resync {
             None
         } else {
@@ -882,11 +944,12 @@ impl RunContext<'_> {
             let mut ids: Vec<String> = events.iter().map(|e| e.1.clone()).collect();
             ids.sort();
             ids.dedup();
-            let profiles: HashMap<String, model::ProfileData> = model::load(store, &ids, filter.as_ref().is_some_and(|f| f.uses_events))
-                .await?
-                .into_iter()
-                .map(|p| (p.id.clone(), p))
-                .collect();
+            let profiles: HashMap<String, model::ProfileData> =
+                model::load(store, &ids, filter.as_ref().is_some_and(|f| f.uses_events))
+                    .await?
+                    .into_iter()
+                    .map(|p| (p.id.clone(), p))
+                    .collect();
             let keys: Vec<String> = events.iter().map(|e| e.0.clone()).collect();
             let done = acked_keys(store, &sync.name, &keys).await?;
             let mut items = Vec::new();
@@ -895,7 +958,10 @@ impl RunContext<'_> {
                     self.plan.unchanged += 1;
                     continue;
                 }
-                let empty = model::ProfileData { id: profile_id.clone(), ..Default::default() };
+                let empty = model::ProfileData {
+                    id: profile_id.clone(),
+                    ..Default::default()
+                };
                 let p = profiles.get(profile_id).unwrap_or(&empty);
                 if let Some(f) = &filter {
                     match f.matches(p, Some(body)) {
@@ -918,7 +984,9 @@ impl RunContext<'_> {
                 let text = serde_json::to_string(&fields)?;
                 self.plan.adds += 1;
                 if self.plan.sample_adds.len() < SAMPLES {
-                    self.plan.sample_adds.push(serde_json::json!({"key": message_id, "fields": fields}));
+                    self.plan
+                        .sample_adds
+                        .push(serde_json::json!({"key": message_id, "fields": fields}));
                 }
                 items.push(Item {
                     key: message_id.clone(),
@@ -960,7 +1028,12 @@ impl RunContext<'_> {
         Ok(())
     }
 
-    async fn deliver(&mut self, target: &Target, action: Action, items: Vec<Item>) -> anyhow::Result<()> {
+    async fn deliver(
+        &mut self,
+        target: &Target,
+        action: Action,
+        items: Vec<Item>,
+    ) -> anyhow::Result<()> {
         if items.is_empty() {
             return Ok(());
         }
@@ -988,14 +1061,20 @@ impl RunContext<'_> {
         .await;
         match result {
             Ok(()) => Ok(()),
-            Err(Abort::Destination(reason)) => bail!("{reason}; records not yet acknowledged will be planned again by the next run"),
+            Err(Abort::Destination(reason)) => bail!(
+                "{reason}; records not yet acknowledged will be planned again by the next run"
+            ),
             Err(Abort::Commit(e)) => Err(e.context("committing a batch's outcome")),
         }
     }
 }
 
 /// The acknowledged payload hashes of these keys.
-async fn acked_hashes(store: &Store, sync: &str, keys: &[String]) -> anyhow::Result<HashMap<String, String>> {
+async fn acked_hashes(
+    store: &Store,
+    sync: &str,
+    keys: &[String],
+) -> anyhow::Result<HashMap<String, String>> {
     let mut found = HashMap::with_capacity(keys.len());
     for chunk in keys.chunks(model::CHUNK) {
         let sql = format!(
@@ -1042,7 +1121,13 @@ struct RunLedger<'a> {
 }
 
 impl Ledger for RunLedger<'_> {
-    async fn commit(&self, action: Action, acked: &[Item], dead: &[(Item, String)], stats: &Stats) -> anyhow::Result<()> {
+    async fn commit(
+        &self,
+        action: Action,
+        acked: &[Item],
+        dead: &[(Item, String)],
+        stats: &Stats,
+    ) -> anyhow::Result<()> {
         let now = now_millis();
         let store = self.store;
         let mut tx = store.pool().begin().await?;
@@ -1069,7 +1154,12 @@ impl Ledger for RunLedger<'_> {
                     );
                     let mut q = sqlx::query(&sql);
                     for item in chunk {
-                        q = q.bind(self.sync).bind(&item.key).bind(&item.hash).bind(&item.fields).bind(now);
+                        q = q
+                            .bind(self.sync)
+                            .bind(&item.key)
+                            .bind(&item.hash)
+                            .bind(&item.fields)
+                            .bind(now);
                     }
                     q.execute(&mut *tx).await?;
                 }

@@ -27,7 +27,9 @@ pub async fn run(engine: Engine) {
         let config = engine.config();
         for sync in &config.syncs {
             let Some(spec) = &sync.schedule else { continue };
-            let Ok(schedule) = Schedule::parse(spec) else { continue };
+            let Ok(schedule) = Schedule::parse(spec) else {
+                continue;
+            };
             if lock(&running).contains(&sync.name) {
                 continue;
             }
@@ -36,7 +38,11 @@ pub async fn run(engine: Engine) {
                 last.remove(&sync.name);
             }
             if !last.contains_key(&sync.name) {
-                let latest = engine.runs(&sync.name, 1).await.ok().and_then(|mut r| r.pop());
+                let latest = engine
+                    .runs(&sync.name, 1)
+                    .await
+                    .ok()
+                    .and_then(|mut r| r.pop());
                 // A run cut short (the hub died) is resumed at once; the
                 // acknowledged state makes it send only what had not landed.
                 let unfinished = latest
@@ -65,7 +71,10 @@ pub async fn run(engine: Engine) {
                 // Run when something changed since the last look, and for a few seconds after
                 // the newest change (messages committed just behind their timestamps).
                 let seen = previous.map(|p| p.1).unwrap_or(i64::MIN);
-                if previous.is_some() && newest <= seen && now_millis().saturating_sub(newest) > 5_000 {
+                if previous.is_some()
+                    && newest <= seen
+                    && now_millis().saturating_sub(newest) > 5_000
+                {
                     continue;
                 }
             }

@@ -212,7 +212,11 @@ impl Plugin for HttpJson {
         Capabilities::new()
             // Any host: the operator grants the API's host explicitly (`allow_hosts`).
             .allowed_host("*")
-            .secret("token", "API token or key sent in `auth_header`, if the API needs one", false)
+            .secret(
+                "token",
+                "API token or key sent in `auth_header`, if the API needs one",
+                false,
+            )
             .max_batch_size(10_000)
             .default_rate_per_second(5.0)
     }
@@ -240,7 +244,11 @@ impl Source for HttpJson {
         }])
     }
 
-    fn read(ctx: &Context<Config>, stream: &str, cursor: Option<String>) -> Result<Page, CallError> {
+    fn read(
+        ctx: &Context<Config>,
+        stream: &str,
+        cursor: Option<String>,
+    ) -> Result<Page, CallError> {
         let config = &ctx.config;
         validate(config)?;
         if stream != config.stream {
@@ -276,7 +284,10 @@ impl Source for HttpJson {
                 .as_deref()
                 .and_then(|f| scalar_text(lookup(item, f)));
             if let Some(at) = &updated {
-                if state.since.as_deref().is_some_and(|s| compare_times(at, s).is_eq())
+                if state
+                    .since
+                    .as_deref()
+                    .is_some_and(|s| compare_times(at, s).is_eq())
                     && state.seen.contains(&id)
                 {
                     continue;
@@ -304,7 +315,8 @@ impl Source for HttpJson {
                         .as_deref()
                         .and_then(|p| p.parse::<u64>().ok())
                         .unwrap_or(*first_page);
-                    let short = config.page_size_param.is_some() && (items.len() as u64) < u64::from(config.page_size);
+                    let short = config.page_size_param.is_some()
+                        && (items.len() as u64) < u64::from(config.page_size);
                     (!short).then(|| (current + 1).to_string())
                 }
                 Pagination::LinkHeader => response
@@ -313,7 +325,11 @@ impl Source for HttpJson {
                     .map(|l| absolute(&l, &url)),
             }
         };
-        debug!("http-json {stream}: {} records, more: {}", records.len(), next.is_some());
+        debug!(
+            "http-json {stream}: {} records, more: {}",
+            records.len(),
+            next.is_some()
+        );
         let done = next.is_none();
         let cursor = match next {
             Some(n) => Cursor {
@@ -343,7 +359,9 @@ fn validate(config: &Config) -> Result<(), CallError> {
         ));
     }
     if config.id_field.trim().is_empty() {
-        return Err(CallError::InvalidConfig("id_field must not be empty".into()));
+        return Err(CallError::InvalidConfig(
+            "id_field must not be empty".into(),
+        ));
     }
     Ok(())
 }
@@ -368,8 +386,14 @@ fn first_url(config: &Config, cursor: &Cursor) -> String {
                 params.push((cursor_param.clone(), next.clone()));
             }
         }
-        Pagination::Page { page_param, first_page } => {
-            let page = cursor.next.clone().unwrap_or_else(|| first_page.to_string());
+        Pagination::Page {
+            page_param,
+            first_page,
+        } => {
+            let page = cursor
+                .next
+                .clone()
+                .unwrap_or_else(|| first_page.to_string());
             params.push((page_param.clone(), page));
         }
         Pagination::None | Pagination::LinkHeader => {}
@@ -386,7 +410,11 @@ fn get(ctx: &Context<Config>, url: &str) -> Result<Response, CallError> {
     if ctx.has_secret("token") {
         request = request.header(
             &ctx.config.auth_header,
-            &format!("{}{}", ctx.config.auth_prefix, ctx.secret_placeholder("token")),
+            &format!(
+                "{}{}",
+                ctx.config.auth_prefix,
+                ctx.secret_placeholder("token")
+            ),
         );
     }
     Ok(request.send()?)
@@ -395,7 +423,10 @@ fn get(ctx: &Context<Config>, url: &str) -> Result<Response, CallError> {
 /// `outcome::call_result`, with the wait also in the reason so the CLI shows it.
 fn check_response(response: &Response) -> Result<(), CallError> {
     match outcome::call_result(response) {
-        Err(CallError::Transient(Retry { reason, after_ms: Some(ms) })) => Err(CallError::Transient(Retry {
+        Err(CallError::Transient(Retry {
+            reason,
+            after_ms: Some(ms),
+        })) => Err(CallError::Transient(Retry {
             reason: format!("{reason} (retry after {ms} ms)"),
             after_ms: Some(ms),
         })),
@@ -407,7 +438,8 @@ fn check_response(response: &Response) -> Result<(), CallError> {
 pub fn records_at<'a>(body: &'a Value, path: &str) -> Result<&'a Vec<Value>, CallError> {
     lookup(body, path).and_then(Value::as_array).ok_or_else(|| {
         CallError::Failed(if path.is_empty() {
-            "the response body is not a JSON array; set records_path to where the records are".into()
+            "the response body is not a JSON array; set records_path to where the records are"
+                .into()
         } else {
             format!("the response has no array at `{path}` (records_path)")
         })
@@ -453,7 +485,12 @@ pub fn parse_time_ms(s: &str) -> Option<i64> {
         return None;
     }
     let b = s.as_bytes();
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -466,7 +503,11 @@ pub fn parse_time_ms(s: &str) -> Option<i64> {
     let mut millis = 0;
     if let Some(frac) = rest.strip_prefix('.') {
         let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
-        let padded: String = digits.chars().chain(std::iter::repeat('0')).take(3).collect();
+        let padded: String = digits
+            .chars()
+            .chain(std::iter::repeat('0'))
+            .take(3)
+            .collect();
         millis = padded.parse().ok()?;
         rest = &frac[digits.len()..];
     }
@@ -478,7 +519,8 @@ pub fn parse_time_ms(s: &str) -> Option<i64> {
                 b'-' => -1,
                 _ => return None,
             };
-            sign * (rest.get(1..3)?.parse::<i64>().ok()? * 3600 + rest.get(4..6)?.parse::<i64>().ok()? * 60)
+            sign * (rest.get(1..3)?.parse::<i64>().ok()? * 3600
+                + rest.get(4..6)?.parse::<i64>().ok()? * 60)
         }
     };
     let yy = if mo <= 2 { y - 1 } else { y };
@@ -502,7 +544,13 @@ pub fn next_link(header: &str) -> Option<String> {
             p == "rel=\"next\"" || p == "rel=next"
         });
         if is_next {
-            return Some(target.trim().trim_start_matches('<').trim_end_matches('>').to_string());
+            return Some(
+                target
+                    .trim()
+                    .trim_start_matches('<')
+                    .trim_end_matches('>')
+                    .to_string(),
+            );
         }
     }
     None
@@ -559,42 +607,86 @@ mod tests {
     fn paths() {
         let body = json!({"data": {"items": [{"id": 1, "meta": {"updated": "x"}}]}});
         assert_eq!(records_at(&body, "data.items").unwrap().len(), 1);
-        assert_eq!(lookup(&body, "data.items.0.meta.updated"), Some(&json!("x")));
+        assert_eq!(
+            lookup(&body, "data.items.0.meta.updated"),
+            Some(&json!("x"))
+        );
         assert!(records_at(&body, "data").is_err());
         assert!(records_at(&json!([1, 2]), "").is_ok());
     }
 
     #[test]
     fn urls_per_pagination_style() {
-        let c = config(json!({"page_size": 50, "page_size_param": "limit", "incremental_param": "updated_since",
-            "updated_at_field": "updated_at", "pagination": {"type": "cursor", "cursor_path": "meta.next"}}));
-        let cur = Cursor { since: Some("2024-01-01T00:00:00+01:00".into()), next: Some("a b".into()), ..Cursor::default() };
+        let c = config(
+            json!({"page_size": 50, "page_size_param": "limit", "incremental_param": "updated_since",
+            "updated_at_field": "updated_at", "pagination": {"type": "cursor", "cursor_path": "meta.next"}}),
+        );
+        let cur = Cursor {
+            since: Some("2024-01-01T00:00:00+01:00".into()),
+            next: Some("a b".into()),
+            ..Cursor::default()
+        };
         assert_eq!(
             first_url(&c, &cur),
             "https://api.example.com/v1/items?active=1&limit=50&updated_since=2024-01-01T00%3A00%3A00%2B01%3A00&cursor=a%20b"
         );
         let p = config(json!({"pagination": {"type": "page", "page_param": "p", "first_page": 0}}));
-        assert_eq!(first_url(&p, &Cursor::default()), "https://api.example.com/v1/items?active=1&p=0");
-        assert_eq!(first_url(&p, &Cursor { next: Some("3".into()), ..Cursor::default() }), "https://api.example.com/v1/items?active=1&p=3");
-        assert!(serde_json::from_value::<Config>(json!({"url": "https://x", "pagination": {"type": "bogus"}})).is_err());
-        assert!(serde_json::from_value::<Config>(json!({"url": "https://x", "unknown": 1})).is_err());
+        assert_eq!(
+            first_url(&p, &Cursor::default()),
+            "https://api.example.com/v1/items?active=1&p=0"
+        );
+        assert_eq!(
+            first_url(
+                &p,
+                &Cursor {
+                    next: Some("3".into()),
+                    ..Cursor::default()
+                }
+            ),
+            "https://api.example.com/v1/items?active=1&p=3"
+        );
+        assert!(serde_json::from_value::<Config>(
+            json!({"url": "https://x", "pagination": {"type": "bogus"}})
+        )
+        .is_err());
+        assert!(
+            serde_json::from_value::<Config>(json!({"url": "https://x", "unknown": 1})).is_err()
+        );
     }
 
     #[test]
     fn links() {
         let h = r#"<https://api.example.com/items?page=3>; rel="next", <https://api.example.com/items?page=1>; rel="prev""#;
-        assert_eq!(next_link(h).as_deref(), Some("https://api.example.com/items?page=3"));
+        assert_eq!(
+            next_link(h).as_deref(),
+            Some("https://api.example.com/items?page=3")
+        );
         assert_eq!(next_link(r#"<https://a/x>; rel="last""#), None);
-        assert_eq!(absolute("/items?page=2", "https://a.example/v1/items?page=1"), "https://a.example/items?page=2");
-        assert_eq!(absolute("items?page=2", "https://a.example/v1/list?page=1"), "https://a.example/v1/items?page=2");
-        assert_eq!(origin("https://API.example.com:8443/x?y"), "https://api.example.com:8443");
+        assert_eq!(
+            absolute("/items?page=2", "https://a.example/v1/items?page=1"),
+            "https://a.example/items?page=2"
+        );
+        assert_eq!(
+            absolute("items?page=2", "https://a.example/v1/list?page=1"),
+            "https://a.example/v1/items?page=2"
+        );
+        assert_eq!(
+            origin("https://API.example.com:8443/x?y"),
+            "https://api.example.com:8443"
+        );
     }
 
     #[test]
     fn times_compare_as_instants() {
         use std::cmp::Ordering::*;
-        assert_eq!(compare_times("2024-01-01T10:00:00+02:00", "2024-01-01T08:00:00Z"), Equal);
-        assert_eq!(compare_times("2024-01-01T10:00:00.5Z", "2024-01-01T10:00:00Z"), Greater);
+        assert_eq!(
+            compare_times("2024-01-01T10:00:00+02:00", "2024-01-01T08:00:00Z"),
+            Equal
+        );
+        assert_eq!(
+            compare_times("2024-01-01T10:00:00.5Z", "2024-01-01T10:00:00Z"),
+            Greater
+        );
         assert_eq!(compare_times("9", "10"), Less);
         assert_eq!(compare_times("b", "a"), Greater);
     }
@@ -608,7 +700,12 @@ mod tests {
         let done = c.finished();
         assert_eq!(done.since.as_deref(), Some("2024-01-02T00:00:00Z"));
         assert_eq!(done.seen, ["b", "c"]);
-        let same = Cursor { since: done.since.clone(), seen: vec!["b".into()], ..Cursor::default() }.finished();
+        let same = Cursor {
+            since: done.since.clone(),
+            seen: vec!["b".into()],
+            ..Cursor::default()
+        }
+        .finished();
         assert_eq!(same.seen, ["b"]);
         assert!(Cursor::parse(Some("nope")).is_err());
     }

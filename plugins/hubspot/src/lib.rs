@@ -61,15 +61,29 @@ pub struct Config {
 }
 
 fn default_contact_properties() -> Vec<String> {
-    ["email", "firstname", "lastname", "phone", "company", "lifecyclestage"]
-        .map(String::from)
-        .to_vec()
+    [
+        "email",
+        "firstname",
+        "lastname",
+        "phone",
+        "company",
+        "lifecyclestage",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn default_company_properties() -> Vec<String> {
-    ["name", "domain", "industry", "city", "country", "numberofemployees"]
-        .map(String::from)
-        .to_vec()
+    [
+        "name",
+        "domain",
+        "industry",
+        "city",
+        "country",
+        "numberofemployees",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn default_page_size() -> u32 {
@@ -207,9 +221,11 @@ impl Plugin for HubSpot {
     }
 
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {
-        let response = Request::get(&format!("{API}/crm/v3/objects/contacts?limit=1&archived=false"))
-            .bearer_auth(&ctx.secret_placeholder("access_token"))
-            .send()?;
+        let response = Request::get(&format!(
+            "{API}/crm/v3/objects/contacts?limit=1&archived=false"
+        ))
+        .bearer_auth(&ctx.secret_placeholder("access_token"))
+        .send()?;
         check_response(&response)
     }
 }
@@ -230,7 +246,11 @@ impl Source for HubSpot {
         ])
     }
 
-    fn read(ctx: &Context<Config>, stream: &str, cursor: Option<String>) -> Result<Page, CallError> {
+    fn read(
+        ctx: &Context<Config>,
+        stream: &str,
+        cursor: Option<String>,
+    ) -> Result<Page, CallError> {
         let stream = Stream::parse(stream)?;
         let mut state = Cursor::parse(cursor.as_deref())?;
         let properties = properties(ctx, stream);
@@ -278,7 +298,8 @@ impl Source for HubSpot {
             .ok_or_else(|| CallError::Failed("HubSpot's answer has no `results` list".into()))?;
         let mut records = Vec::with_capacity(results.len());
         for object in results {
-            let (record, modified) = object_record(stream, object, &properties).map_err(CallError::Failed)?;
+            let (record, modified) =
+                object_record(stream, object, &properties).map_err(CallError::Failed)?;
             if let Some(m) = modified {
                 state.max = Some(state.max.map_or(m, |x| x.max(m)));
             }
@@ -295,7 +316,11 @@ impl Source for HubSpot {
         debug!(
             "hubspot {} ({}): {} records, more: {}",
             stream.name(),
-            if state.since.is_some() { "search" } else { "list" },
+            if state.since.is_some() {
+                "search"
+            } else {
+                "list"
+            },
             records.len(),
             next_after.is_some()
         );
@@ -329,7 +354,11 @@ fn properties(ctx: &Context<Config>, stream: Stream) -> Vec<String> {
 }
 
 /// A CRM object as a record, with its last-modified time (Unix ms) when known.
-pub fn object_record(stream: Stream, object: &Value, properties: &[String]) -> Result<(SourceRecord, Option<i64>), String> {
+pub fn object_record(
+    stream: Stream,
+    object: &Value,
+    properties: &[String],
+) -> Result<(SourceRecord, Option<i64>), String> {
     let id = match object.get("id") {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -344,8 +373,14 @@ pub fn object_record(stream: Stream, object: &Value, properties: &[String]) -> R
     for p in properties {
         data.insert(p.clone(), props.get(p).cloned().unwrap_or(Value::Null));
     }
-    data.insert("created_at".into(), object.get("createdAt").cloned().unwrap_or(Value::Null));
-    data.insert("updated_at".into(), object.get("updatedAt").cloned().unwrap_or(Value::Null));
+    data.insert(
+        "created_at".into(),
+        object.get("createdAt").cloned().unwrap_or(Value::Null),
+    );
+    data.insert(
+        "updated_at".into(),
+        object.get("updatedAt").cloned().unwrap_or(Value::Null),
+    );
     let modified_text = props
         .get(stream.modified_property())
         .and_then(Value::as_str)
@@ -386,7 +421,13 @@ pub fn check_response(response: &Response) -> Result<(), CallError> {
         401 | 403 => CallError::Unauthorized(message),
         s if outcome::is_retryable_status(s) => {
             let after = outcome::retry_after_ms(response, now_ms() as u64 / 1000).or_else(|| {
-                (s == 429).then(|| rate_limit_wait_ms(response, body.get("policyName").and_then(Value::as_str), now_ms()))
+                (s == 429).then(|| {
+                    rate_limit_wait_ms(
+                        response,
+                        body.get("policyName").and_then(Value::as_str),
+                        now_ms(),
+                    )
+                })
             });
             CallError::Transient(Retry {
                 reason: match after {
@@ -417,7 +458,11 @@ pub fn rate_limit_wait_ms(response: &Response, policy: Option<&str>, now_ms: i64
 
 /// After a successful call that used up a window, wait for the window before the next call.
 pub fn back_off_ms(response: &Response) -> Option<u64> {
-    let num = |h: &str| response.header(h).and_then(|v| v.trim().parse::<i64>().ok());
+    let num = |h: &str| {
+        response
+            .header(h)
+            .and_then(|v| v.trim().parse::<i64>().ok())
+    };
     if num("x-hubspot-ratelimit-remaining") == Some(0) {
         return Some(
             num("x-hubspot-ratelimit-interval-milliseconds")
@@ -435,7 +480,8 @@ fn back_off(response: &Response) {
     if let Some(ms) = back_off_ms(response) {
         debug!("hubspot rate-limit window used up, pausing {ms} ms");
         #[cfg(target_arch = "wasm32")]
-        switchyard_sdk::bindings::wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+        switchyard_sdk::bindings::wasi::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000)
+            .block();
     }
 }
 
@@ -476,7 +522,12 @@ pub fn parse_time_ms(s: &str) -> Option<i64> {
         return None;
     }
     let b = s.as_bytes();
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -489,7 +540,11 @@ pub fn parse_time_ms(s: &str) -> Option<i64> {
     let mut millis = 0i64;
     if let Some(frac) = rest.strip_prefix('.') {
         let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
-        let padded: String = digits.chars().chain(std::iter::repeat('0')).take(3).collect();
+        let padded: String = digits
+            .chars()
+            .chain(std::iter::repeat('0'))
+            .take(3)
+            .collect();
         millis = padded.parse().ok()?;
         rest = &frac[digits.len()..];
     }
@@ -501,7 +556,8 @@ pub fn parse_time_ms(s: &str) -> Option<i64> {
                 b'-' => -1,
                 _ => return None,
             };
-            sign * (rest.get(1..3)?.parse::<i64>().ok()? * 3600 + rest.get(4..6)?.parse::<i64>().ok()? * 60)
+            sign * (rest.get(1..3)?.parse::<i64>().ok()? * 3600
+                + rest.get(4..6)?.parse::<i64>().ok()? * 60)
         }
     };
     let yy = if mo <= 2 { y - 1 } else { y };
@@ -523,16 +579,28 @@ mod tests {
     fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
         Response {
             status,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             body: body.as_bytes().to_vec(),
         }
     }
 
     #[test]
     fn times() {
-        assert_eq!(parse_time_ms("2019-12-07T16:50:06.678Z"), Some(1_575_737_406_678));
-        assert_eq!(parse_time_ms("2019-12-07T16:50:06Z"), Some(1_575_737_406_000));
-        assert_eq!(parse_time_ms("2019-12-07T16:50:06.6Z"), Some(1_575_737_406_600));
+        assert_eq!(
+            parse_time_ms("2019-12-07T16:50:06.678Z"),
+            Some(1_575_737_406_678)
+        );
+        assert_eq!(
+            parse_time_ms("2019-12-07T16:50:06Z"),
+            Some(1_575_737_406_000)
+        );
+        assert_eq!(
+            parse_time_ms("2019-12-07T16:50:06.6Z"),
+            Some(1_575_737_406_600)
+        );
         assert_eq!(parse_time_ms("1575737406678"), Some(1_575_737_406_678));
         assert_eq!(parse_time_ms("soon"), None);
     }
@@ -540,34 +608,73 @@ mod tests {
     #[test]
     fn list_run_leaves_a_watermark_guarded_by_its_start() {
         let now = 1_700_000_000_000;
-        let c = Cursor { max: Some(1_600_000_000_000), started: Some(now), ..Cursor::default() };
+        let c = Cursor {
+            max: Some(1_600_000_000_000),
+            started: Some(now),
+            ..Cursor::default()
+        };
         let (next, done) = c.clone().advance(Some("abc".into()), now);
         assert!(!done);
         assert_eq!(next.after.as_deref(), Some("abc"));
         let (end, done) = next.advance(None, now + 1000);
         assert!(done);
-        assert_eq!(end, Cursor { since: Some(1_600_000_000_000), ..Cursor::default() });
+        assert_eq!(
+            end,
+            Cursor {
+                since: Some(1_600_000_000_000),
+                ..Cursor::default()
+            }
+        );
         // A record modified during the run: the watermark falls back to the run's start − 5 min.
-        let c = Cursor { max: Some(now + 60_000), started: Some(now), ..Cursor::default() };
-        assert_eq!(c.advance(None, now + 120_000).0.since, Some(now - LIST_MARGIN_MS));
+        let c = Cursor {
+            max: Some(now + 60_000),
+            started: Some(now),
+            ..Cursor::default()
+        };
+        assert_eq!(
+            c.advance(None, now + 120_000).0.since,
+            Some(now - LIST_MARGIN_MS)
+        );
         // An empty account keeps listing.
         assert_eq!(Cursor::default().advance(None, now).0.since, None);
     }
 
     #[test]
     fn search_runs_advance_and_restart_at_the_cap() {
-        let c = Cursor { since: Some(100), max: Some(500), ..Cursor::default() };
+        let c = Cursor {
+            since: Some(100),
+            max: Some(500),
+            ..Cursor::default()
+        };
         let (next, done) = c.clone().advance(Some("200".into()), 0);
         assert!(!done);
         assert_eq!(next.after.as_deref(), Some("200"));
         let (restart, done) = c.clone().advance(Some("10000".into()), 0);
         assert!(!done);
-        assert_eq!(restart, Cursor { since: Some(500), inclusive: true, max: Some(500), ..Cursor::default() });
+        assert_eq!(
+            restart,
+            Cursor {
+                since: Some(500),
+                inclusive: true,
+                max: Some(500),
+                ..Cursor::default()
+            }
+        );
         let (end, done) = c.advance(None, 0);
         assert!(done);
-        assert_eq!(end, Cursor { since: Some(500), ..Cursor::default() });
+        assert_eq!(
+            end,
+            Cursor {
+                since: Some(500),
+                ..Cursor::default()
+            }
+        );
         // Nothing found: the watermark stays.
-        let (end, _) = Cursor { since: Some(100), ..Cursor::default() }.advance(None, 0);
+        let (end, _) = Cursor {
+            since: Some(100),
+            ..Cursor::default()
+        }
+        .advance(None, 0);
         assert_eq!(end.since, Some(100));
         assert!(Cursor::parse(Some("{\"bogus\":1}")).is_err());
     }
@@ -577,7 +684,12 @@ mod tests {
         let o = json!({"id": "512", "properties": {"email": "a@x.com", "firstname": "A", "hs_object_id": "512",
             "createdate": "2019-10-30T03:30:17.883Z", "lastmodifieddate": "2019-12-07T16:50:06.678Z"},
             "createdAt": "2019-10-30T03:30:17.883Z", "updatedAt": "2019-12-07T16:50:06.678Z", "archived": false});
-        let props = vec!["email".to_string(), "firstname".into(), "phone".into(), "lastmodifieddate".into()];
+        let props = vec![
+            "email".to_string(),
+            "firstname".into(),
+            "phone".into(),
+            "lastmodifieddate".into(),
+        ];
         let (r, m) = object_record(Stream::Contacts, &o, &props).unwrap();
         assert_eq!(r.id, "512");
         assert_eq!(m, Some(1_575_737_406_678));
@@ -585,9 +697,17 @@ mod tests {
         assert_eq!(data["email"], "a@x.com");
         assert_eq!(data["phone"], Value::Null);
         assert_eq!(data["updated_at"], "2019-12-07T16:50:06.678Z");
-        let (c, _) = object_record(Stream::Companies, &json!({"id": "7", "properties": {"name": "Acme"}}), &["name".into()]).unwrap();
+        let (c, _) = object_record(
+            Stream::Companies,
+            &json!({"id": "7", "properties": {"name": "Acme"}}),
+            &["name".into()],
+        )
+        .unwrap();
         let data: Value = serde_json::from_str(&c.data).unwrap();
-        assert_eq!((data["group_id"].as_str(), data["name"].as_str()), (Some("7"), Some("Acme")));
+        assert_eq!(
+            (data["group_id"].as_str(), data["name"].as_str()),
+            (Some("7"), Some("Acme"))
+        );
     }
 
     #[test]
@@ -596,11 +716,19 @@ mod tests {
         match check_response(&resp(429, &[("retry-after", "3")], body)) {
             Err(CallError::Transient(r)) => {
                 assert_eq!(r.after_ms, Some(3000));
-                assert!(r.reason.contains("RATE_LIMIT: You have reached"), "{}", r.reason);
+                assert!(
+                    r.reason.contains("RATE_LIMIT: You have reached"),
+                    "{}",
+                    r.reason
+                );
             }
             other => panic!("{other:?}"),
         }
-        match check_response(&resp(429, &[("x-hubspot-ratelimit-interval-milliseconds", "10000")], body)) {
+        match check_response(&resp(
+            429,
+            &[("x-hubspot-ratelimit-interval-milliseconds", "10000")],
+            body,
+        )) {
             Err(CallError::Transient(r)) => assert_eq!(r.after_ms, Some(10_000)),
             other => panic!("{other:?}"),
         }
@@ -609,13 +737,36 @@ mod tests {
             Err(CallError::Transient(r)) => assert_eq!(r.after_ms, Some(1000)),
             other => panic!("{other:?}"),
         }
-        assert_eq!(rate_limit_wait_ms(&resp(429, &[], ""), Some("DAILY"), 86_400_000 * 3 + 1000), 86_399_000);
+        assert_eq!(
+            rate_limit_wait_ms(&resp(429, &[], ""), Some("DAILY"), 86_400_000 * 3 + 1000),
+            86_399_000
+        );
         assert!(matches!(
             check_response(&resp(401, &[], r#"{"status":"error","message":"Authentication credentials not found.","category":"INVALID_AUTHENTICATION"}"#)),
             Err(CallError::Unauthorized(m)) if m == "HTTP 401: INVALID_AUTHENTICATION: Authentication credentials not found."
         ));
-        assert_eq!(back_off_ms(&resp(200, &[("x-hubspot-ratelimit-remaining", "0"), ("x-hubspot-ratelimit-interval-milliseconds", "10000")], "")), Some(10_000));
-        assert_eq!(back_off_ms(&resp(200, &[("x-hubspot-ratelimit-remaining", "5")], "")), None);
-        assert_eq!(back_off_ms(&resp(200, &[("x-hubspot-ratelimit-secondly-remaining", "0")], "")), Some(1000));
+        assert_eq!(
+            back_off_ms(&resp(
+                200,
+                &[
+                    ("x-hubspot-ratelimit-remaining", "0"),
+                    ("x-hubspot-ratelimit-interval-milliseconds", "10000")
+                ],
+                ""
+            )),
+            Some(10_000)
+        );
+        assert_eq!(
+            back_off_ms(&resp(200, &[("x-hubspot-ratelimit-remaining", "5")], "")),
+            None
+        );
+        assert_eq!(
+            back_off_ms(&resp(
+                200,
+                &[("x-hubspot-ratelimit-secondly-remaining", "0")],
+                ""
+            )),
+            Some(1000)
+        );
     }
 }

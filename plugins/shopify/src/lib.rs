@@ -88,7 +88,14 @@ impl Config {
             )));
         }
         let v = self.api_version.as_bytes();
-        if v.len() != 7 || v[4] != b'-' || !self.api_version.chars().enumerate().all(|(i, c)| i == 4 || c.is_ascii_digit()) {
+        if v.len() != 7
+            || v[4] != b'-'
+            || !self
+                .api_version
+                .chars()
+                .enumerate()
+                .all(|(i, c)| i == 4 || c.is_ascii_digit())
+        {
             return Err(CallError::InvalidConfig(format!(
                 "api_version `{}` must look like `2025-07`",
                 self.api_version
@@ -253,11 +260,21 @@ impl Source for Shopify {
         ])
     }
 
-    fn read(ctx: &Context<Config>, stream: &str, cursor: Option<String>) -> Result<Page, CallError> {
+    fn read(
+        ctx: &Context<Config>,
+        stream: &str,
+        cursor: Option<String>,
+    ) -> Result<Page, CallError> {
         let stream = Stream::parse(stream)?;
         let domain = ctx.config.shop_domain()?;
         let mut state = Cursor::parse(cursor.as_deref())?;
-        let url = list_url(&domain, &ctx.config.api_version, stream, ctx.config.page_size, &state);
+        let url = list_url(
+            &domain,
+            &ctx.config.api_version,
+            stream,
+            ctx.config.page_size,
+            &state,
+        );
         let response = get(ctx, &url)?;
         check_response(&response)?;
         let body: Value = response.json()?;
@@ -265,10 +282,7 @@ impl Source for Shopify {
             .get(stream.name())
             .and_then(Value::as_array)
             .ok_or_else(|| {
-                CallError::Failed(format!(
-                    "Shopify's answer has no `{}` list",
-                    stream.name()
-                ))
+                CallError::Failed(format!("Shopify's answer has no `{}` list", stream.name()))
             })?;
         let mut records = Vec::with_capacity(items.len());
         for item in items {
@@ -312,7 +326,10 @@ impl Source for Shopify {
         })
     }
 
-    fn webhook(ctx: &Context<Config>, request: WebhookRequest) -> Result<WebhookOutcome, WebhookError> {
+    fn webhook(
+        ctx: &Context<Config>,
+        request: WebhookRequest,
+    ) -> Result<WebhookOutcome, WebhookError> {
         let secret = ctx.secret("webhook_secret").map_err(|_| {
             WebhookError::Unauthorized(
                 "no `webhook_secret` is configured for this Shopify source, so no webhook can be verified".into(),
@@ -325,8 +342,9 @@ impl Source for Shopify {
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.as_str())
         };
-        let signature = header("x-shopify-hmac-sha256")
-            .ok_or_else(|| WebhookError::Unauthorized("missing X-Shopify-Hmac-Sha256 header".into()))?;
+        let signature = header("x-shopify-hmac-sha256").ok_or_else(|| {
+            WebhookError::Unauthorized("missing X-Shopify-Hmac-Sha256 header".into())
+        })?;
         if !verify_hmac(signature, &request.body, secret) {
             return Err(WebhookError::Unauthorized(
                 "X-Shopify-Hmac-Sha256 does not match the body".into(),
@@ -358,7 +376,13 @@ impl Source for Shopify {
 }
 
 /// The request for one page.
-fn list_url(domain: &str, version: &str, stream: Stream, page_size: u32, cursor: &Cursor) -> String {
+fn list_url(
+    domain: &str,
+    version: &str,
+    stream: Stream,
+    page_size: u32,
+    cursor: &Cursor,
+) -> String {
     let limit = page_size.clamp(1, MAX_PAGE);
     let mut url = format!(
         "https://{domain}/admin/api/{version}/{}.json?limit={limit}",
@@ -381,7 +405,10 @@ fn list_url(domain: &str, version: &str, stream: Stream, page_size: u32, cursor:
 
 fn get(ctx: &Context<Config>, url: &str) -> Result<Response, CallError> {
     Ok(Request::get(url)
-        .header("x-shopify-access-token", &ctx.secret_placeholder("access_token"))
+        .header(
+            "x-shopify-access-token",
+            &ctx.secret_placeholder("access_token"),
+        )
         .header("accept", "application/json")
         .send()?)
 }
@@ -422,7 +449,11 @@ pub fn error_text(body: &[u8]) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Array(list)) => list
             .iter()
-            .map(|v| v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string()))
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| v.to_string())
+            })
             .collect::<Vec<_>>()
             .join("; "),
         Some(Value::Object(fields)) => fields
@@ -432,7 +463,11 @@ pub fn error_text(body: &[u8]) -> String {
                     Value::String(s) => s.clone(),
                     Value::Array(a) => a
                         .iter()
-                        .map(|m| m.as_str().map(str::to_string).unwrap_or_else(|| m.to_string()))
+                        .map(|m| {
+                            m.as_str()
+                                .map(str::to_string)
+                                .unwrap_or_else(|| m.to_string())
+                        })
                         .collect::<Vec<_>>()
                         .join(", "),
                     other => other.to_string(),
@@ -530,8 +565,17 @@ pub fn customer_record(c: &Value) -> Result<SourceRecord, String> {
     let mut data = Map::new();
     data.insert("id".into(), json!(id));
     for key in [
-        "email", "first_name", "last_name", "phone", "state", "verified_email", "tags",
-        "orders_count", "currency", "created_at", "updated_at",
+        "email",
+        "first_name",
+        "last_name",
+        "phone",
+        "state",
+        "verified_email",
+        "tags",
+        "orders_count",
+        "currency",
+        "created_at",
+        "updated_at",
     ] {
         data.insert(key.into(), opt(c, key));
     }
@@ -554,7 +598,10 @@ pub fn customer_record(c: &Value) -> Result<SourceRecord, String> {
     Ok(SourceRecord {
         id,
         data: Value::Object(data).to_string(),
-        updated_at: c.get("updated_at").and_then(Value::as_str).map(str::to_string),
+        updated_at: c
+            .get("updated_at")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         events: vec![],
     })
 }
@@ -652,7 +699,10 @@ pub fn order_record(o: &Value) -> Result<SourceRecord, String> {
     Ok(SourceRecord {
         id,
         data: data.to_string(),
-        updated_at: o.get("updated_at").and_then(Value::as_str).map(str::to_string),
+        updated_at: o
+            .get("updated_at")
+            .and_then(Value::as_str)
+            .map(str::to_string),
         events,
     })
 }
@@ -674,8 +724,12 @@ pub fn topic_records(topic: &str, body: &Value) -> Result<Vec<StreamRecord>, Str
                 record: customer_record(&body)?,
             }]
         }
-        "orders/create" | "orders/updated" | "orders/paid" | "orders/fulfilled"
-        | "orders/partially_fulfilled" | "orders/cancelled" => vec![StreamRecord {
+        "orders/create"
+        | "orders/updated"
+        | "orders/paid"
+        | "orders/fulfilled"
+        | "orders/partially_fulfilled"
+        | "orders/cancelled" => vec![StreamRecord {
             stream: "orders".into(),
             record: order_record(body)?,
         }],
@@ -750,7 +804,12 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         return None;
     }
     let b = s.as_bytes();
-    if b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') || b[13] != b':' || b[16] != b':' {
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
         return None;
     }
     let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
@@ -817,9 +876,21 @@ mod tests {
     #[test]
     fn webhook_hmac_vector() {
         // base64(HMAC-SHA256("hush", "{\"id\":1}")), computed per Shopify's verification guide.
-        assert!(verify_hmac("VnKUjZsLuN5iZWjn5EntcBVCF9kMN43LglzCE1/GSeY=", br#"{"id":1}"#, "hush"));
-        assert!(!verify_hmac("VnKUjZsLuN5iZWjn5EntcBVCF9kMN43LglzCE1/GSeY=", br#"{"id":2}"#, "hush"));
-        assert!(!verify_hmac("VnKUjZsLuN5iZWjn5EntcBVCF9kMN43LglzCE1/GSeY=", br#"{"id":1}"#, "other"));
+        assert!(verify_hmac(
+            "VnKUjZsLuN5iZWjn5EntcBVCF9kMN43LglzCE1/GSeY=",
+            br#"{"id":1}"#,
+            "hush"
+        ));
+        assert!(!verify_hmac(
+            "VnKUjZsLuN5iZWjn5EntcBVCF9kMN43LglzCE1/GSeY=",
+            br#"{"id":2}"#,
+            "hush"
+        ));
+        assert!(!verify_hmac(
+            "VnKUjZsLuN5iZWjn5EntcBVCF9kMN43LglzCE1/GSeY=",
+            br#"{"id":1}"#,
+            "other"
+        ));
         assert!(!verify_hmac("", br#"{"id":1}"#, "hush"));
     }
 
@@ -855,9 +926,15 @@ mod tests {
 
     #[test]
     fn timestamps_with_offsets() {
-        assert_eq!(parse_rfc3339("2024-01-05T10:10:30-05:00"), Some(1_704_467_430));
+        assert_eq!(
+            parse_rfc3339("2024-01-05T10:10:30-05:00"),
+            Some(1_704_467_430)
+        );
         assert_eq!(parse_rfc3339("2024-01-05T15:10:30Z"), Some(1_704_467_430));
-        assert_eq!(parse_rfc3339("2024-01-05T15:10:30.123+00:00"), Some(1_704_467_430));
+        assert_eq!(
+            parse_rfc3339("2024-01-05T15:10:30.123+00:00"),
+            Some(1_704_467_430)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
         assert_eq!(rfc3339(1_704_467_430), "2024-01-05T15:10:30Z");
     }
@@ -874,7 +951,10 @@ mod tests {
         assert_eq!(r.id, "450789469");
         assert_eq!(r.events.len(), 1);
         let e = &r.events[0];
-        assert_eq!((e.name.as_str(), e.message_id.as_str()), ("Order Completed", "450789469"));
+        assert_eq!(
+            (e.name.as_str(), e.message_id.as_str()),
+            ("Order Completed", "450789469")
+        );
         assert_eq!(e.timestamp, "2008-01-10T11:00:00-05:00");
         let p: Value = serde_json::from_str(&e.properties).unwrap();
         assert_eq!(p["total"], 598.94);
@@ -886,7 +966,10 @@ mod tests {
         assert_eq!(p["products"][1]["name"], "IPod Nano");
         let mut cancelled = o.clone();
         cancelled["cancelled_at"] = json!("2008-01-11T11:00:00-05:00");
-        assert_eq!(order_record(&cancelled).unwrap().events[1].name, "Order Cancelled");
+        assert_eq!(
+            order_record(&cancelled).unwrap().events[1].name,
+            "Order Cancelled"
+        );
     }
 
     #[test]
@@ -904,21 +987,44 @@ mod tests {
             error_text(br#"{"errors":"[API] Invalid API key or access token (unrecognized login or wrong password)"}"#),
             "[API] Invalid API key or access token (unrecognized login or wrong password)"
         );
-        assert_eq!(error_text(br#"{"errors":{"email":["is invalid"],"limit":"Invalid"}}"#), "email: is invalid; limit: Invalid");
-        let r = |status, headers: Vec<(String, String)>| Response { status, headers, body: b"{}".to_vec() };
+        assert_eq!(
+            error_text(br#"{"errors":{"email":["is invalid"],"limit":"Invalid"}}"#),
+            "email: is invalid; limit: Invalid"
+        );
+        let r = |status, headers: Vec<(String, String)>| Response {
+            status,
+            headers,
+            body: b"{}".to_vec(),
+        };
         match check_response(&r(429, vec![("retry-after".into(), "2.0".into())])) {
             Err(CallError::Transient(t)) => assert_eq!(t.after_ms, Some(2000)),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(check_response(&r(401, vec![])), Err(CallError::Unauthorized(_))));
-        assert!(matches!(check_response(&r(404, vec![])), Err(CallError::InvalidConfig(_))));
+        assert!(matches!(
+            check_response(&r(401, vec![])),
+            Err(CallError::Unauthorized(_))
+        ));
+        assert!(matches!(
+            check_response(&r(404, vec![])),
+            Err(CallError::InvalidConfig(_))
+        ));
     }
 
     #[test]
     fn shop_domains() {
-        let c = |shop: &str| Config { shop: shop.into(), api_version: "2025-07".into(), page_size: 250 };
-        assert_eq!(c("my-store").shop_domain().unwrap(), "my-store.myshopify.com");
-        assert_eq!(c("My-Store.myshopify.com").shop_domain().unwrap(), "my-store.myshopify.com");
+        let c = |shop: &str| Config {
+            shop: shop.into(),
+            api_version: "2025-07".into(),
+            page_size: 250,
+        };
+        assert_eq!(
+            c("my-store").shop_domain().unwrap(),
+            "my-store.myshopify.com"
+        );
+        assert_eq!(
+            c("My-Store.myshopify.com").shop_domain().unwrap(),
+            "my-store.myshopify.com"
+        );
         assert!(c("evil.com/x").shop_domain().is_err());
         assert!(c("").shop_domain().is_err());
         let mut bad = c("s");

@@ -232,7 +232,11 @@ impl Source for Stripe {
         ])
     }
 
-    fn read(ctx: &Context<Config>, stream: &str, cursor: Option<String>) -> Result<Page, CallError> {
+    fn read(
+        ctx: &Context<Config>,
+        stream: &str,
+        cursor: Option<String>,
+    ) -> Result<Page, CallError> {
         let stream = Stream::parse(stream)?;
         let mut state = Cursor::parse(cursor.as_deref())?;
         let url = list_url(stream, ctx.config.page_size, &state);
@@ -242,11 +246,15 @@ impl Source for Stripe {
         let mut records = Vec::with_capacity(list.data.len());
         let mut last_id = None;
         for object in &list.data {
-            let id = str_field(object, "id")
-                .ok_or_else(|| CallError::Failed("Stripe returned an object without an `id`".into()))?;
-            let created = object.get("created").and_then(Value::as_i64).ok_or_else(|| {
-                CallError::Failed(format!("Stripe object {id} has no integer `created`"))
+            let id = str_field(object, "id").ok_or_else(|| {
+                CallError::Failed("Stripe returned an object without an `id`".into())
             })?;
+            let created = object
+                .get("created")
+                .and_then(Value::as_i64)
+                .ok_or_else(|| {
+                    CallError::Failed(format!("Stripe object {id} has no integer `created`"))
+                })?;
             last_id = Some(id.to_string());
             // Already read at exactly the watermark second by the previous run.
             if state.since == Some(created) && state.seen.iter().any(|s| s == id) {
@@ -280,7 +288,10 @@ impl Source for Stripe {
         })
     }
 
-    fn webhook(ctx: &Context<Config>, request: WebhookRequest) -> Result<WebhookOutcome, WebhookError> {
+    fn webhook(
+        ctx: &Context<Config>,
+        request: WebhookRequest,
+    ) -> Result<WebhookOutcome, WebhookError> {
         let secret = ctx.secret("webhook_secret").map_err(|_| {
             WebhookError::Unauthorized(
                 "no `webhook_secret` is configured for this Stripe source, so no webhook can be verified"
@@ -421,7 +432,10 @@ pub fn customer_record(c: &Value) -> Result<SourceRecord, CallError> {
         "metadata".into(),
         c.get("metadata").cloned().unwrap_or_else(|| json!({})),
     );
-    data.insert("created".into(), created.map(rfc3339).map_or(Value::Null, Value::String));
+    data.insert(
+        "created".into(),
+        created.map(rfc3339).map_or(Value::Null, Value::String),
+    );
     if c.get("deleted").and_then(Value::as_bool) == Some(true) {
         data.insert("deleted".into(), json!(true));
     }
@@ -506,7 +520,9 @@ pub fn charge_record(ch: &Value, event_kind: Option<&str>) -> Result<SourceRecor
         events.push(SourceEvent {
             name: name.to_string(),
             message_id: format!("{id}:{kind}"),
-            timestamp: created_at.clone().unwrap_or_else(|| rfc3339(now_unix() as i64)),
+            timestamp: created_at
+                .clone()
+                .unwrap_or_else(|| rfc3339(now_unix() as i64)),
             properties: properties.to_string(),
         });
     }
@@ -732,7 +748,10 @@ mod tests {
         assert_eq!(again.seen, vec!["cus_3".to_string()]);
         // Round trip and malformed text.
         assert_eq!(Cursor::parse(Some(&done.text())).unwrap(), done);
-        assert!(matches!(Cursor::parse(Some("garbage")), Err(CallError::Failed(_))));
+        assert!(matches!(
+            Cursor::parse(Some("garbage")),
+            Err(CallError::Failed(_))
+        ));
         assert_eq!(Cursor::parse(None).unwrap(), Cursor::default());
     }
 
@@ -795,7 +814,10 @@ mod tests {
             headers,
             body: body.to_vec(),
         };
-        assert!(matches!(check_response(&resp(401, vec![])), Err(CallError::Unauthorized(_))));
+        assert!(matches!(
+            check_response(&resp(401, vec![])),
+            Err(CallError::Unauthorized(_))
+        ));
         match check_response(&resp(429, vec![("retry-after".into(), "3".into())])) {
             Err(CallError::Transient(r)) => assert_eq!(r.after_ms, Some(3000)),
             other => panic!("{other:?}"),
@@ -804,7 +826,10 @@ mod tests {
             Err(CallError::Transient(r)) => assert_eq!(r.after_ms, Some(1000)),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(check_response(&resp(400, vec![])), Err(CallError::Failed(_))));
+        assert!(matches!(
+            check_response(&resp(400, vec![])),
+            Err(CallError::Failed(_))
+        ));
     }
 
     #[test]
