@@ -25,6 +25,7 @@ on_both!(
     concurrent_first_messages_create_one_profile,
     identify_joins_two_profiles_and_logs_the_merge,
     profiles_api_reads_pages_and_erases,
+    one_batch_resolves_like_the_same_messages_one_by_one,
 );
 
 fn ok(r: common::hub::HttpResponse) {
@@ -337,4 +338,114 @@ fn profiles_api_reads_pages_and_erases(db: Db) {
         "an erased user must not be re-created"
     );
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 0);
+}
+
+/// The messages of [`one_batch_resolves_like_the_same_messages_one_by_one`], with identities
+/// and message ids under `p`: new profiles, an attach, a merge, a conflicting second user id, an
+/// alias, a group, out-of-order traits, a duplicate and a message whose external ids break a
+/// kind's limit.
+fn identity_story(p: &str) -> Vec<serde_json::Value> {
+    vec![
+        json!({"type": "track", "anonymousId": format!("{p}a1"), "event": "Viewed", "messageId": format!("{p}m1")}),
+        json!({"type": "page", "anonymousId": format!("{p}a2"), "name": "Home", "messageId": format!("{p}m2")}),
+        json!({"type": "identify", "anonymousId": format!("{p}a1"), "userId": format!("{p}u1"), "timestamp": "2026-01-02T00:00:00Z",
+               "traits": {"email": format!("{p}ada@example.com"), "plan": "free"}, "messageId": format!("{p}m3")}),
+        json!({"type": "identify", "anonymousId": format!("{p}a2"), "timestamp": "2026-01-01T00:00:00Z",
+               "traits": {"email": format!("{p}ada@example.com"), "plan": "older", "city": "Paris"}, "messageId": format!("{p}m4")}),
+        json!({"type": "identify", "userId": format!("{p}u2"), "traits": {"email": format!("{p}ada@example.com")}, "messageId": format!("{p}m5")}),
+        json!({"type": "alias", "previousId": format!("{p}a3"), "userId": format!("{p}u1"), "messageId": format!("{p}m6")}),
+        json!({"type": "track", "userId": format!("{p}u1"), "event": "Upgraded", "messageId": format!("{p}m7")}),
+        json!({"type": "group", "userId": format!("{p}u2"), "groupId": format!("{p}g1"), "traits": {"name": "Acme"}, "messageId": format!("{p}m8")}),
+        json!({"type": "identify", "userId": format!("{p}u1"), "timestamp": "2026-01-03T00:00:00Z", "traits": {"plan": "pro"}, "messageId": format!("{p}m9")}),
+        json!({"type": "track", "userId": format!("{p}u1"), "event": "Upgraded", "messageId": format!("{p}m7")}),
+        json!({"type": "track", "userId": format!("{p}u3"), "event": "Signed Up", "messageId": format!("{p}m10"),
+               "context": {"externalIds": [{"id": format!("{p}u3b"), "type": "userId"}]}}),
+        json!({"type": "alias", "previousId": format!("{p}u3"), "userId": format!("{p}u4"), "messageId": format!("{p}m11")}),
+    ]
+}
+
+/// The store's identity state for identities under `p`, with profile ids replaced by their
+/// identifiers and `p` by `P-`, so two runs of one story compare equal.
+fn identity_snapshot(hub: &Hub, p: &str) -> Vec<String> {
+    let canon = |s: &str| s.replace(p, "P-");
+    let mut names: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for row in hub.strings(&format!(
+        "SELECT profile_id || ' ' || kind || ':' || value FROM identifiers WHERE value LIKE '{p}%'"
+    )) {
+        let (profile, id) = row.split_once(' ').unwrap();
+        names
+            .entry(profile.to_string())
+            .or_default()
+            .push(canon(id));
+    }
+    let name = |profile: &str| {
+        let mut ids = names.get(profile).cloned().unwrap_or_default();
+        ids.sort();
+        format!("[{}]", ids.join(" "))
+    };
+    let mut out: Vec<String> = names
+        .keys()
+        .map(|p| format!("profile {}", name(p)))
+        .collect();
+    let queries = [
+        ("trait", format!("SELECT profile_id || ' ' || name || '=' || value FROM traits WHERE profile_id IN (SELECT profile_id FROM identifiers WHERE value LIKE '{p}%')")),
+        ("event", format!("SELECT profile_id || ' ' || kind || ' ' || message_id FROM events WHERE message_id LIKE '{p}%'")),
+        ("merge", format!("SELECT into_profile || ' ' || reason || ' ' || identifier_kind || ':' || identifier_value FROM merges WHERE message_id LIKE '{p}%'")),
+        ("group", format!("SELECT profile_id || ' ' || group_id FROM profile_groups WHERE group_id LIKE '{p}%'")),
+    ];
+    for (what, sql) in queries {
+        for row in hub.strings(&sql) {
+            let (profile, rest) = row.split_once(' ').unwrap();
+            out.push(format!("{what} {} {}", name(profile), canon(rest)));
+        }
+    }
+    out.sort();
+    out
+}
+
+fn one_batch_resolves_like_the_same_messages_one_by_one(db: Db) {
+    let hub = Hub::start(db);
+    for message in identity_story("one-") {
+        ok(hub.track("batch", json!({ "batch": [message] })));
+    }
+    ok(hub.track("batch", json!({ "batch": identity_story("all-") })));
+    let one = identity_snapshot(&hub, "one-");
+    let all = identity_snapshot(&hub, "all-");
+    assert_eq!(all, one, "one batch and one message at a time disagree");
+    // And what they agree on is right.
+    let profiles: Vec<&String> = one.iter().filter(|l| l.starts_with("profile ")).collect();
+    assert_eq!(
+        profiles,
+        [
+            "profile [anonymous_id:P-a1 anonymous_id:P-a2 anonymous_id:P-a3 email:P-ada@example.com user_id:P-u1]",
+            "profile [user_id:P-u2]",
+            // The alias of two user ids cannot join them (one user id per profile), and of
+            // two user ids in one message only the first is kept.
+            "profile [user_id:P-u3]",
+        ],
+        "{one:#?}"
+    );
+    let u1 = "[anonymous_id:P-a1 anonymous_id:P-a2 anonymous_id:P-a3 email:P-ada@example.com user_id:P-u1]";
+    assert!(
+        one.contains(&format!("trait {u1} plan=\"pro\"")),
+        "{one:#?}"
+    );
+    assert!(
+        one.contains(&format!("trait {u1} city=\"Paris\"")),
+        "{one:#?}"
+    );
+    assert!(
+        one.contains(&"group [user_id:P-u2] P-g1".to_string()),
+        "{one:#?}"
+    );
+    assert_eq!(
+        one.iter().filter(|l| l.starts_with("merge ")).count(),
+        1,
+        "{one:#?}"
+    );
+    assert_eq!(
+        one.iter().filter(|l| l.starts_with("event ")).count(),
+        11,
+        "{one:#?}"
+    );
 }

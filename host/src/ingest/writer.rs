@@ -11,9 +11,10 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::message::{Message, MessageType};
-use crate::identity::{self, Identifier, IdentityRules};
+use crate::identity::batch::{self, Batch, NewEvent};
+use crate::identity::{Identifier, IdentityRules};
 use crate::metrics::Metrics;
-use crate::store::{now_millis, Store};
+use crate::store::{now_millis, Backend, Store};
 
 /// Most messages one transaction takes.
 const MAX_GROUP: usize = 10_000;
@@ -156,134 +157,155 @@ async fn run(
     }
 }
 
-/// Stores every job's messages in one transaction.
+/// Stores every job's messages in one transaction, resolving their identities through one
+/// identity [`Batch`] (all identifiers looked up at once, multi-row writes at the end).
 async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::Result<Vec<Stored>> {
+    let backend = store.backend();
+    let now = now_millis();
     let mut tx = store.pool().begin().await?;
-    let mut seen: HashSet<&str> = HashSet::new();
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        let mut stored = Stored::default();
-        for message in &job.messages {
-            if !seen.insert(message.message_id.as_str())
-                || already_stored(&mut tx, &message.message_id).await?
-            {
-                stored.duplicates += 1;
+    if backend == Backend::Sqlite {
+        // Take the write lock before the first read: a read transaction that later writes
+        // fails at once (SQLITE_BUSY, no waiting) if another connection wrote in between.
+        sqlx::query("UPDATE profiles SET updated_at = updated_at WHERE id = ''")
+            .execute(&mut *tx)
+            .await?;
+    }
+    let message_ids: Vec<&str> = jobs
+        .iter()
+        .flat_map(|j| j.messages.iter().map(|m| m.message_id.as_str()))
+        .collect();
+    let already = batch::stored_events(&mut tx, backend, &message_ids).await?;
+    let mut seen: HashSet<&str> = HashSet::with_capacity(message_ids.len());
+    // Each new message's identifiers; an alias's previousId is looked up both as a user id and
+    // as an anonymous id, since which one it is depends on who holds it.
+    let mut todo: Vec<(usize, &Message, Vec<Identifier>)> = Vec::with_capacity(message_ids.len());
+    let mut results = vec![Stored::default(); jobs.len()];
+    for (j, job) in jobs.iter().enumerate() {
+        for m in &job.messages {
+            let id = m.message_id.as_str();
+            if !seen.insert(id) || already.contains(id) {
+                results[j].duplicates += 1;
                 continue;
             }
-            match apply(&mut tx, store, rules, &job.source, message).await? {
-                true => stored.accepted += 1,
-                false => stored.suppressed += 1,
-            }
+            let ids = match m.kind {
+                MessageType::Alias => alias_candidates(m),
+                _ => rules.identifiers(m),
+            };
+            todo.push((j, m, ids));
         }
-        results.push(stored);
     }
+    let mut batch = Batch::prepare(
+        &mut tx,
+        backend,
+        rules,
+        todo.iter().flat_map(|(_, _, ids)| ids.iter()),
+        now,
+    )
+    .await?;
+    for (j, m, ids) in todo {
+        let ids = match m.kind {
+            MessageType::Alias => alias_identifiers(&mut tx, &mut batch, rules, m).await?,
+            _ => ids,
+        };
+        if batch.is_suppressed(&mut tx, &ids).await? {
+            results[j].suppressed += 1;
+            continue;
+        }
+        let Some(profile) = batch
+            .resolve(&mut tx, &ids, &m.message_id, m.kind.as_str())
+            .await?
+        else {
+            results[j].suppressed += 1;
+            continue;
+        };
+        let ts = m.timestamp.timestamp_millis();
+        match m.kind {
+            MessageType::Identify => {
+                for (name, value) in &m.traits {
+                    batch.set_trait(&profile, name, value.to_string(), ts);
+                }
+            }
+            MessageType::Group => {
+                if let Some(group) = &m.group_id {
+                    store_group(&mut tx, &profile, group, m, ts).await?;
+                }
+            }
+            _ => {}
+        }
+        batch.add_event(NewEvent {
+            message_id: m.message_id.clone(),
+            profile,
+            source: jobs[j].source.clone(),
+            kind: m.kind.as_str(),
+            name: m.event.clone().or_else(|| m.name.clone()),
+            ts,
+            received_at: m.received_at.timestamp_millis(),
+            body: m.raw.to_string(),
+        });
+        results[j].accepted += 1;
+    }
+    batch.finish(&mut tx).await?;
     tx.commit().await?;
     Ok(results)
 }
 
-async fn already_stored(conn: &mut sqlx::AnyConnection, message_id: &str) -> anyhow::Result<bool> {
-    let row: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM events WHERE message_id = $1")
-        .bind(message_id)
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(row.is_some())
+/// Both readings of an alias's identifiers, for the batch's look-up.
+fn alias_candidates(m: &Message) -> Vec<Identifier> {
+    let mut ids = Vec::new();
+    if let Some(user) = &m.user_id {
+        ids.push(Identifier::new("user_id", user));
+    }
+    if let Some(previous) = &m.previous_id {
+        ids.push(Identifier::new("user_id", previous));
+        ids.push(Identifier::new("anonymous_id", previous));
+    }
+    ids
 }
 
-/// Applies one message; false when a privacy erasure suppresses its identifiers.
-async fn apply(
+/// The identifiers an `alias` joins: its userId and its previousId, read as whichever kind
+/// already holds it (a user id or an anonymous id), as of the messages before it.
+async fn alias_identifiers(
     conn: &mut sqlx::AnyConnection,
-    store: &Store,
+    batch: &mut Batch<'_>,
     rules: &IdentityRules,
-    source: &str,
     m: &Message,
-) -> anyhow::Result<bool> {
-    let now = now_millis();
-    let ids = if m.kind == MessageType::Alias {
-        identity::alias_identifiers(conn, rules, m).await?
-    } else {
-        rules.identifiers(m)
-    };
-    if is_suppressed(conn, &ids).await? {
-        return Ok(false);
+) -> anyhow::Result<Vec<Identifier>> {
+    let mut ids = Vec::new();
+    if let Some(user) = &m.user_id {
+        ids.push(Identifier::new("user_id", user));
     }
-    let reason = m.kind.as_str();
-    let Some(resolution) = identity::resolve(
-        conn,
-        store.backend(),
-        rules,
-        ids,
-        &m.message_id,
-        reason,
-        now,
-    )
-    .await?
-    else {
-        return Ok(false);
-    };
-    let profile = &resolution.profile_id;
-    let ts = m.timestamp.timestamp_millis();
-    if m.kind == MessageType::Identify {
-        for (name, value) in &m.traits {
-            sqlx::query(
-                "INSERT INTO traits (profile_id, name, value, ts) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, ts = excluded.ts \
-                 WHERE excluded.ts >= traits.ts",
-            )
-            .bind(profile)
-            .bind(name)
-            .bind(value.to_string())
-            .bind(ts)
-            .execute(&mut *conn)
-            .await?;
+    if let Some(previous) = &m.previous_id {
+        let as_user = Identifier::new("user_id", previous);
+        if batch.is_held(conn, &as_user).await? {
+            ids.push(as_user);
+        } else {
+            ids.push(Identifier::new("anonymous_id", previous));
         }
     }
-    if m.kind == MessageType::Group {
-        if let Some(group) = &m.group_id {
-            sqlx::query(
-                "INSERT INTO account_groups (group_id, traits, ts) VALUES ($1, $2, $3) \
-                 ON CONFLICT (group_id) DO UPDATE SET traits = excluded.traits, ts = excluded.ts WHERE excluded.ts >= account_groups.ts",
-            )
-            .bind(group)
-            .bind(serde_json::Value::Object(m.traits.clone()).to_string())
-            .bind(ts)
-            .execute(&mut *conn)
-            .await?;
-            sqlx::query("INSERT INTO profile_groups (profile_id, group_id) VALUES ($1, $2) ON CONFLICT (profile_id, group_id) DO NOTHING")
-                .bind(profile)
-                .bind(group)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
-    let name = m.event.clone().or_else(|| m.name.clone());
+    Ok(rules.ordered(ids))
+}
+
+/// A `group` call: the account's traits (last writer wins) and the profile's link to it.
+async fn store_group(
+    conn: &mut sqlx::AnyConnection,
+    profile: &str,
+    group: &str,
+    m: &Message,
+    ts: i64,
+) -> anyhow::Result<()> {
     sqlx::query(
-        "INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (message_id) DO NOTHING",
+        "INSERT INTO account_groups (group_id, traits, ts) VALUES ($1, $2, $3) \
+         ON CONFLICT (group_id) DO UPDATE SET traits = excluded.traits, ts = excluded.ts WHERE excluded.ts >= account_groups.ts",
     )
-    .bind(&m.message_id)
-    .bind(profile)
-    .bind(source)
-    .bind(m.kind.as_str())
-    .bind(name)
+    .bind(group)
+    .bind(serde_json::Value::Object(m.traits.clone()).to_string())
     .bind(ts)
-    .bind(m.received_at.timestamp_millis())
-    .bind(m.raw.to_string())
     .execute(&mut *conn)
     .await?;
-    Ok(true)
-}
-
-async fn is_suppressed(conn: &mut sqlx::AnyConnection, ids: &[Identifier]) -> anyhow::Result<bool> {
-    for id in ids {
-        let row: Option<(i64,)> =
-            sqlx::query_as("SELECT 1 FROM suppressions WHERE kind = $1 AND value = $2")
-                .bind(&id.kind)
-                .bind(&id.value)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if row.is_some() {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+    sqlx::query("INSERT INTO profile_groups (profile_id, group_id) VALUES ($1, $2) ON CONFLICT (profile_id, group_id) DO NOTHING")
+        .bind(profile)
+        .bind(group)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
 }

@@ -24,7 +24,8 @@ use sqlx::{AnyConnection, Row};
 use tracing::Instrument as _;
 
 use crate::config::{Config, KindRule, SourceConfig, SourceStreamConfig};
-use crate::identity::{self, Identifier, IdentityRules};
+use crate::identity::batch::{Batch, NewEvent};
+use crate::identity::{Identifier, IdentityRules};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::runtime::bindings::{CallError, Page, PluginConfig, SourceRecord};
@@ -778,15 +779,6 @@ pub fn record_identifiers(
     ids
 }
 
-/// An event waiting for the page's multi-row statements.
-struct PendingEvent {
-    message_id: String,
-    profile: String,
-    name: String,
-    ts: i64,
-    body: String,
-}
-
 /// A record ready for identity resolution.
 struct Decoded<'a> {
     stream: &'a str,
@@ -796,26 +788,9 @@ struct Decoded<'a> {
     ids: Vec<Identifier>,
 }
 
-/// Profiles created and identifiers attached by the page's fast path, written together.
-#[derive(Default)]
-struct IdentityBatch {
-    new_profiles: Vec<String>,
-    new_ids: Vec<(Identifier, String)>,
-    /// Existing profiles a record matched exactly (their `updated_at` moves to now).
-    touched: std::collections::HashSet<String>,
-}
-
-/// Resolves each record to a profile, then writes the page's traits and events with a few
-/// multi-row statements.
-///
-/// Resolution gives exactly what `identity::resolve` (the tracking API's path) gives. The page's
-/// identifiers are first locked against concurrent resolution (SQLite: the transaction already
-/// holds the database's write lock; PostgreSQL: the advisory locks `resolve` takes, all at once
-/// in key order), then looked up at once, and the two common cases are decided in memory and
-/// written in bulk: no identifier known (a new profile) and every identifier already held by one
-/// profile (nothing to attach). Everything else (attaching a new identifier to a profile, which
-/// may break a kind's limit, or identifiers spread over several profiles, a merge) goes through
-/// `identity::resolve` itself, record by record, in order.
+/// Resolves each record to a profile through an identity [`Batch`] (all of the page's
+/// identifiers looked up at once, the common cases decided in memory), then writes the page's
+/// profiles, identifiers, traits and events with a few multi-row statements.
 async fn apply_records(
     conn: &mut AnyConnection,
     backend: Backend,
@@ -855,99 +830,24 @@ async fn apply_records(
             ids,
         });
     }
-    let mut all: Vec<&Identifier> = decoded.iter().flat_map(|d| d.ids.iter()).collect();
-    all.sort();
-    all.dedup();
-    if backend == Backend::Postgres {
-        lock_identifiers(conn, &all).await?;
-    }
-    let suppressed = lookup(conn, backend, &all, "suppressions", "kind").await?;
-    // Who holds each of the page's identifiers; absent: nobody yet.
-    let mut holder = lookup(conn, backend, &all, "identifiers", "profile_id").await?;
-    let mut batch = IdentityBatch::default();
-    // (profile, trait) → (value, ts); the later record wins ties, as `>=` does in the store.
-    let mut traits: HashMap<(String, String), (String, i64)> = HashMap::new();
-    let mut events: Vec<PendingEvent> = Vec::new();
+    let mut batch = Batch::prepare(
+        conn,
+        backend,
+        rules,
+        decoded.iter().flat_map(|d| d.ids.iter()),
+        now,
+    )
+    .await?;
     for d in decoded {
         let (stream, record) = (d.stream, d.record);
-        if d.ids.iter().any(|i| suppressed.contains_key(i)) {
+        if batch.is_suppressed(conn, &d.ids).await? {
             applied.suppressed += 1;
             continue;
         }
-        let mut decided = None;
-        let mut matched: Vec<&String> = d.ids.iter().filter_map(|i| holder.get(i)).collect();
-        matched.sort();
-        matched.dedup();
-        match matched.len() {
-            0 => {
-                let p = ordered_profile_id(now, batch.new_profiles.len());
-                batch.new_profiles.push(p.clone());
-                for id in &d.ids {
-                    holder.insert(id.clone(), p.clone());
-                    batch.new_ids.push((id.clone(), p.clone()));
-                }
-                decided = Some(p);
-            }
-            1 if d.ids.iter().all(|i| holder.contains_key(i)) => {
-                let p = matched[0].clone();
-                batch.touched.insert(p.clone());
-                decided = Some(p);
-            }
-            _ => {}
-        }
-        let profile = match decided {
-            Some(p) => p,
-            None => {
-                // `resolve` must see what the fast path decided so far.
-                batch.flush(conn, backend, now).await?;
-                let message_id = format!("src:{source}:{stream}:{}", record.id);
-                let Some(resolution) = identity::resolve(
-                    conn,
-                    backend,
-                    rules,
-                    d.ids.clone(),
-                    &message_id,
-                    "source",
-                    now,
-                )
-                .await?
-                else {
-                    applied.skipped += 1;
-                    continue;
-                };
-                let profile = resolution.profile_id;
-                if !resolution.merged.is_empty() {
-                    // Profiles merged away: whatever still points at them belongs to the survivor.
-                    for p in holder.values_mut() {
-                        if resolution.merged.contains(p) {
-                            *p = profile.clone();
-                        }
-                    }
-                    let moved: Vec<_> = traits.drain().collect();
-                    for ((p, n), v) in moved {
-                        let p = if resolution.merged.contains(&p) {
-                            profile.clone()
-                        } else {
-                            p
-                        };
-                        match traits.get(&(p.clone(), n.clone())) {
-                            Some(old) if old.1 > v.1 => {}
-                            _ => {
-                                traits.insert((p, n), v);
-                            }
-                        }
-                    }
-                    for e in &mut events {
-                        if resolution.merged.contains(&e.profile) {
-                            e.profile = profile.clone();
-                        }
-                    }
-                }
-                for id in d.ids.iter().filter(|i| !resolution.dropped.contains(i)) {
-                    holder.insert(id.clone(), profile.clone());
-                }
-                profile
-            }
+        let message_id = format!("src:{source}:{stream}:{}", record.id);
+        let Some(profile) = batch.resolve(conn, &d.ids, &message_id, "source").await? else {
+            applied.skipped += 1;
+            continue;
         };
         let ts = record
             .updated_at
@@ -955,15 +855,8 @@ async fn apply_records(
             .and_then(parse_time)
             .unwrap_or(now);
         for (name, path) in &d.mapping.traits {
-            let Some(value) = at_path(&d.data, path) else {
-                continue;
-            };
-            let key = (profile.clone(), name.clone());
-            match traits.get(&key) {
-                Some(old) if old.1 > ts => {}
-                _ => {
-                    traits.insert(key, (value.to_string(), ts));
-                }
+            if let Some(value) = at_path(&d.data, path) {
+                batch.set_trait(&profile, name, value.to_string(), ts);
             }
         }
         for (i, event) in record.events.iter().enumerate() {
@@ -986,271 +879,21 @@ async fn apply_records(
                 "properties": properties,
                 "context": {"source": {"name": source, "stream": stream, "record_id": record.id}},
             });
-            events.push(PendingEvent {
+            batch.add_event(NewEvent {
                 message_id: id,
                 profile: profile.clone(),
-                name: event.name.clone(),
+                source: source.to_string(),
+                kind: "track",
+                name: Some(event.name.clone()),
                 ts: at,
+                received_at: now,
                 body: body.to_string(),
             });
         }
         applied.records += 1;
     }
-    batch.flush(conn, backend, now).await?;
-    write_traits(conn, backend, traits).await?;
-    applied.events = write_events(conn, backend, source, &events, now).await?;
+    applied.events = batch.finish(conn).await?;
     Ok(applied)
-}
-
-/// A new profile id in the store's format (`prf_` and 32 hex digits) that sorts by creation:
-/// the time, then the position in the page, then randomness. A page's thousands of new profiles
-/// (and their traits and identifier index entries, keyed by profile) then land at the end of
-/// the B-trees instead of all over them, which is most of what a SQLite commit writes.
-fn ordered_profile_id(now_ms: i64, seq: usize) -> String {
-    let random = uuid::Uuid::new_v4().simple().to_string();
-    format!(
-        "prf_{:012x}{:06x}{}",
-        now_ms.max(0) as u64 & 0xffff_ffff_ffff,
-        seq & 0xff_ffff,
-        &random[..14]
-    )
-}
-
-/// Takes the PostgreSQL advisory locks of a page's identifiers, the very keys `identity::resolve`
-/// takes, in ascending order (so hubs resolving the same identifiers wait for each other and
-/// never deadlock); held until the transaction ends.
-async fn lock_identifiers(conn: &mut AnyConnection, ids: &[&Identifier]) -> anyhow::Result<()> {
-    let mut keys: Vec<i64> = ids.iter().map(|id| identity::lock_key(id)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    for chunk in keys.chunks(ROWS * 5) {
-        let values = (1..=chunk.len())
-            .map(|i| format!("(${i}::bigint)"))
-            .collect::<Vec<_>>()
-            .join(",");
-        // The sorted subquery feeds the aggregate row by row: locks are taken in key order.
-        let sql = format!(
-            "SELECT COUNT(pg_advisory_xact_lock(k)) FROM (SELECT k FROM (VALUES {values}) AS v(k) ORDER BY k) AS sorted"
-        );
-        let mut q = sqlx::query(&sql);
-        for k in chunk {
-            q = q.bind(*k);
-        }
-        q.execute(&mut *conn)
-            .await
-            .context("locking the page's identifiers")?;
-    }
-    Ok(())
-}
-
-/// Rows per multi-row statement (well under SQLite's and PostgreSQL's bind limits).
-const ROWS: usize = 200;
-
-/// `rows` groups of `cols` placeholders, `(..),(..)`: anonymous `?` on SQLite (sqlx resolves
-/// numbered ones by name there, quadratic in their count), `$N` from `first` on PostgreSQL.
-/// `fixed` puts a literal in a column instead of a placeholder.
-fn groups(
-    backend: Backend,
-    first: usize,
-    rows: usize,
-    cols: usize,
-    fixed: &[(usize, &str)],
-) -> String {
-    let mut out = String::with_capacity(rows * (cols * 5 + 3));
-    let mut n = first;
-    for r in 0..rows {
-        out.push_str(if r == 0 { "(" } else { ",(" });
-        for c in 0..cols {
-            if c > 0 {
-                out.push(',');
-            }
-            if let Some((_, literal)) = fixed.iter().find(|(at, _)| *at == c) {
-                out.push_str(literal);
-                continue;
-            }
-            match backend {
-                Backend::Sqlite => out.push('?'),
-                Backend::Postgres => {
-                    out.push('$');
-                    out.push_str(&n.to_string());
-                }
-            }
-            n += 1;
-        }
-        out.push(')');
-    }
-    out
-}
-
-/// For each identifier found in `table` (by kind and value), the value of `column`.
-async fn lookup(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    ids: &[&Identifier],
-    table: &str,
-    column: &str,
-) -> anyhow::Result<HashMap<Identifier, String>> {
-    let mut found = HashMap::new();
-    let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-    for id in ids {
-        by_kind
-            .entry(id.kind.as_str())
-            .or_default()
-            .push(id.value.as_str());
-    }
-    for (kind, values) in by_kind {
-        for chunk in values.chunks(ROWS * 2) {
-            let sql = match backend {
-                Backend::Sqlite => format!(
-                    "SELECT value, {column} FROM {table} WHERE kind = ? AND value IN {}",
-                    groups(backend, 2, 1, chunk.len(), &[])
-                ),
-                // A join against the list, not `IN ($2, $3, ...)`: PostgreSQL cannot hash a list
-                // of parameters, and a table it still believes empty (not yet analysed) gets a
-                // sequential scan, each row compared with every value: quadratic.
-                Backend::Postgres => format!(
-                    "SELECT t.value, t.{column} FROM (VALUES {}) AS v(value) JOIN {table} t ON t.kind = $1 AND t.value = v.value",
-                    groups(backend, 2, chunk.len(), 1, &[])
-                ),
-            };
-            let mut q = sqlx::query(&sql).bind(kind);
-            for v in chunk {
-                q = q.bind(*v);
-            }
-            for row in q
-                .fetch_all(&mut *conn)
-                .await
-                .with_context(|| format!("looking up {table}"))?
-            {
-                found.insert(
-                    Identifier {
-                        kind: kind.to_string(),
-                        value: row.try_get(0)?,
-                    },
-                    row.try_get(1)?,
-                );
-            }
-        }
-    }
-    Ok(found)
-}
-
-impl IdentityBatch {
-    /// Writes the new profiles and identifiers and touches matched profiles, then starts over.
-    async fn flush(
-        &mut self,
-        conn: &mut AnyConnection,
-        backend: Backend,
-        now: i64,
-    ) -> anyhow::Result<()> {
-        for chunk in self.new_profiles.chunks(ROWS) {
-            let sql = format!(
-                "INSERT INTO profiles (id, created_at, updated_at) VALUES {}",
-                groups(backend, 1, chunk.len(), 3, &[])
-            );
-            let mut q = sqlx::query(&sql);
-            for p in chunk {
-                q = q.bind(p).bind(now).bind(now);
-            }
-            q.execute(&mut *conn).await.context("creating profiles")?;
-        }
-        for chunk in self.new_ids.chunks(ROWS) {
-            let sql = format!(
-                "INSERT INTO identifiers (kind, value, profile_id, first_seen) VALUES {} \
-                 ON CONFLICT (kind, value) DO UPDATE SET profile_id = excluded.profile_id",
-                groups(backend, 1, chunk.len(), 4, &[])
-            );
-            let mut q = sqlx::query(&sql);
-            for (id, p) in chunk {
-                q = q.bind(&id.kind).bind(&id.value).bind(p).bind(now);
-            }
-            q.execute(&mut *conn)
-                .await
-                .context("attaching identifiers")?;
-        }
-        let touched: Vec<&String> = self.touched.iter().collect();
-        for chunk in touched.chunks(ROWS * 2) {
-            let sql = match backend {
-                Backend::Sqlite => format!(
-                    "UPDATE profiles SET updated_at = ? WHERE id IN {}",
-                    groups(backend, 2, 1, chunk.len(), &[])
-                ),
-                // A join, for the reason given in `lookup`.
-                Backend::Postgres => format!(
-                    "UPDATE profiles SET updated_at = $1 FROM (VALUES {}) AS v(id) WHERE profiles.id = v.id",
-                    groups(backend, 2, chunk.len(), 1, &[])
-                ),
-            };
-            let mut q = sqlx::query(&sql).bind(now);
-            for p in chunk {
-                q = q.bind(*p);
-            }
-            q.execute(&mut *conn).await.context("touching profiles")?;
-        }
-        *self = IdentityBatch::default();
-        Ok(())
-    }
-}
-
-async fn write_traits(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    traits: HashMap<(String, String), (String, i64)>,
-) -> anyhow::Result<()> {
-    let rows: Vec<_> = traits.into_iter().collect();
-    for chunk in rows.chunks(ROWS) {
-        let sql = format!(
-            "INSERT INTO traits (profile_id, name, value, ts) VALUES {} \
-             ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, ts = excluded.ts WHERE excluded.ts >= traits.ts",
-            groups(backend, 1, chunk.len(), 4, &[])
-        );
-        let mut q = sqlx::query(&sql);
-        for ((profile, name), (value, ts)) in chunk {
-            q = q.bind(profile).bind(name).bind(value).bind(*ts);
-        }
-        q.execute(&mut *conn).await.context("storing traits")?;
-    }
-    Ok(())
-}
-
-async fn write_events(
-    conn: &mut AnyConnection,
-    backend: Backend,
-    source: &str,
-    events: &[PendingEvent],
-    now: i64,
-) -> anyhow::Result<u64> {
-    // The same event twice in one page (a plugin repeating itself): keep the first.
-    let mut seen = std::collections::HashSet::new();
-    let unique: Vec<&PendingEvent> = events
-        .iter()
-        .filter(|e| seen.insert(e.message_id.as_str()))
-        .collect();
-    let mut stored = 0;
-    for chunk in unique.chunks(ROWS / 2) {
-        let sql = format!(
-            "INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body) VALUES {} \
-             ON CONFLICT (message_id) DO NOTHING",
-            groups(backend, 1, chunk.len(), 8, &[(3, "'track'")])
-        );
-        let mut q = sqlx::query(&sql);
-        for e in chunk {
-            q = q
-                .bind(&e.message_id)
-                .bind(&e.profile)
-                .bind(source)
-                .bind(&e.name)
-                .bind(e.ts)
-                .bind(now)
-                .bind(&e.body);
-        }
-        stored += q
-            .execute(&mut *conn)
-            .await
-            .context("storing events")?
-            .rows_affected();
-    }
-    Ok(stored)
 }
 
 #[cfg(test)]
@@ -1401,7 +1044,7 @@ mod tests {
             2
         );
         let mut conn = store.pool().acquire().await.unwrap();
-        let main = identity::profile_of(&mut conn, &Identifier::new("email", "a@x.com"))
+        let main = crate::identity::profile_of(&mut conn, &Identifier::new("email", "a@x.com"))
             .await
             .unwrap()
             .unwrap();
@@ -1410,12 +1053,12 @@ mod tests {
             ("email", "c@x.com"),
             ("user_id", "u1"),
         ] {
-            let p = identity::profile_of(&mut conn, &Identifier::new(id.0, id.1))
+            let p = crate::identity::profile_of(&mut conn, &Identifier::new(id.0, id.1))
                 .await
                 .unwrap();
             assert_eq!(p.as_deref(), Some(main.as_str()), "{id:?}");
         }
-        let other = identity::profile_of(&mut conn, &Identifier::new("user_id", "u2"))
+        let other = crate::identity::profile_of(&mut conn, &Identifier::new("user_id", "u2"))
             .await
             .unwrap()
             .unwrap();

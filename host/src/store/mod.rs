@@ -15,6 +15,37 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// `rows` groups of `cols` bind placeholders for a multi-row statement, `(..),(..)`.
+    /// SQLite gets anonymous `?` (sqlx resolves each `$N` by name, quadratic in the count),
+    /// PostgreSQL numbered `$N` starting at `first`.
+    pub fn value_groups(self, first: usize, rows: usize, cols: usize) -> String {
+        let mut out = String::with_capacity(rows * (cols * 5 + 3));
+        let mut n = first;
+        for r in 0..rows {
+            if r > 0 {
+                out.push(',');
+            }
+            out.push('(');
+            for c in 0..cols {
+                if c > 0 {
+                    out.push(',');
+                }
+                match self {
+                    Backend::Sqlite => out.push('?'),
+                    Backend::Postgres => {
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    }
+                }
+                n += 1;
+            }
+            out.push(')');
+        }
+        out
+    }
+}
+
 /// A connection pool with the schema in place.
 #[derive(Clone)]
 pub struct Store {
@@ -287,32 +318,9 @@ impl Store {
     }
 
     /// `rows` groups of `cols` bind placeholders for a multi-row statement, `(..),(..)`.
-    /// SQLite gets anonymous `?` (sqlx resolves each `$N` by name, quadratic in the count),
-    /// PostgreSQL numbered `$N` starting at `first`.
+    /// See [`Backend::value_groups`].
     pub fn value_groups(&self, first: usize, rows: usize, cols: usize) -> String {
-        let mut out = String::with_capacity(rows * (cols * 5 + 3));
-        let mut n = first;
-        for r in 0..rows {
-            if r > 0 {
-                out.push(',');
-            }
-            out.push('(');
-            for c in 0..cols {
-                if c > 0 {
-                    out.push(',');
-                }
-                match self.backend {
-                    Backend::Sqlite => out.push('?'),
-                    Backend::Postgres => {
-                        out.push('$');
-                        out.push_str(&n.to_string());
-                    }
-                }
-                n += 1;
-            }
-            out.push(')');
-        }
-        out
+        self.backend.value_groups(first, rows, cols)
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {

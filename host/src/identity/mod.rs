@@ -6,6 +6,8 @@
 //! highest-priority match wins and nothing is merged that should not be. Every merge is logged
 //! with the message and the identifier that joined the two profiles.
 
+pub mod batch;
+
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
@@ -13,7 +15,7 @@ use sha2::{Digest, Sha256};
 use sqlx::AnyConnection;
 
 use crate::config::{IdentityConfig, KindRule};
-use crate::ingest::message::{Message, MessageType};
+use crate::ingest::message::Message;
 use crate::store::Backend;
 
 /// One identifier of a profile.
@@ -106,6 +108,12 @@ impl IdentityRules {
             };
             push(&kind, Some(value));
         }
+        self.ordered(ids)
+    }
+
+    /// Identifiers highest priority first, without repeats: the order resolution drops them in
+    /// (last first) when a kind's limit would break.
+    pub fn ordered(&self, mut ids: Vec<Identifier>) -> Vec<Identifier> {
         ids.sort_by_key(|i| (self.priority(&i.kind), i.kind.clone(), i.value.clone()));
         ids.dedup();
         ids
@@ -385,30 +393,4 @@ async fn merge(
     .await?;
     tracing::info!(into, from, reason, message_id, identifier = %joined_by.kind, "merged profiles");
     Ok(())
-}
-
-/// The identifiers an `alias` joins: its userId and its previousId, read as whichever kind
-/// already holds it (a user id or an anonymous id).
-pub async fn alias_identifiers(
-    conn: &mut AnyConnection,
-    rules: &IdentityRules,
-    message: &Message,
-) -> anyhow::Result<Vec<Identifier>> {
-    debug_assert_eq!(message.kind, MessageType::Alias);
-    let mut ids = Vec::new();
-    if let Some(user) = &message.user_id {
-        ids.push(Identifier::new("user_id", user));
-    }
-    if let Some(previous) = &message.previous_id {
-        let as_user = Identifier::new("user_id", previous);
-        let as_anon = Identifier::new("anonymous_id", previous);
-        if profile_of(conn, &as_user).await?.is_some() {
-            ids.push(as_user);
-        } else {
-            ids.push(as_anon);
-        }
-    }
-    ids.sort_by_key(|i| (rules.priority(&i.kind), i.value.clone()));
-    ids.dedup();
-    Ok(ids)
 }
