@@ -96,7 +96,11 @@ impl Hub {
                 engine.clone(),
                 admin.token.clone(),
             ))
-            .merge(crate::sources::api::routes(sources.clone()));
+            .merge(crate::sources::api::routes(sources.clone()))
+            .merge(crate::sources::api::admin_routes(
+                sources.clone(),
+                admin.token.clone(),
+            ));
         Ok(Hub {
             store,
             metrics,

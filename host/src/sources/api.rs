@@ -1,3 +1,12 @@
+//! The sources' HTTP routes: the admin API of source runs (Bearer admin token), like the one
+//! syncs have, and the webhook route of push sources.
+//!
+//! Admin API: `GET /v1/sources` (every plugin source with its streams, schedule and last run),
+//! `POST /v1/sources/{name}/run?full_refresh=` (202; the run goes on in the background, poll
+//! `/runs`), `GET /v1/sources/{name}/runs?limit=` (history, newest first) and
+//! `GET /v1/sources/{name}/cursors` (where each stream's next run starts). An unknown source, or
+//! one without a plugin, is a 404; a run asked for while another holds the source's lease is a 409.
+//!
 //! `POST /v1/webhooks/{source}`: push sources. The raw request (method, path and query,
 //! headers, the exact body bytes) goes to the source plugin's `webhook` export, which verifies
 //! the sender's signature; only a verified delivery is stored, through the same identity
@@ -9,16 +18,20 @@
 //! `401` for a missing or wrong signature or a stale timestamp, `400` for a payload the sender
 //! does not document, `404` for a source without a plugin; nothing is stored on any of these.
 
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::Deserialize;
 use tracing::Instrument as _;
 
-use super::SourceEngine;
-use crate::api::json_error;
+use super::{RunOptions, SourceEngine};
+use crate::api::{check_token, json_error};
 use crate::runtime::bindings::{SourceRecord, WebhookError, WebhookRequest};
 use crate::store::now_millis;
 
@@ -27,6 +40,246 @@ pub fn routes(engine: SourceEngine) -> Router {
     Router::new()
         .route("/v1/webhooks/{source}", post(webhook))
         .with_state(engine)
+}
+
+/// The admin routes of source runs, merged into the hub's router; `token` is `[hub] admin_token`
+/// (None: the admin API answers 403, as the Profiles API does).
+pub fn admin_routes(engine: SourceEngine, token: Option<Arc<str>>) -> Router {
+    Router::new()
+        .route("/v1/sources", get(list))
+        .route("/v1/sources/{name}/run", post(run))
+        .route("/v1/sources/{name}/runs", get(runs))
+        .route("/v1/sources/{name}/cursors", get(cursors))
+        .with_state(AdminState { engine, token })
+}
+
+#[derive(Clone)]
+struct AdminState {
+    engine: SourceEngine,
+    token: Option<Arc<str>>,
+}
+
+/// How long `POST .../run` waits for the run to take the source's lease, so that it can answer
+/// with the run's id (or a 409). Taking a lease is one statement; this only bounds a stuck store.
+const START_WAIT: Duration = Duration::from_secs(5);
+
+/// 404 for an unknown source or one without a plugin (the engine's message lists the plugin
+/// sources), 409 for a run refused because another one holds the lease, else 500.
+fn failed(e: anyhow::Error) -> Response {
+    let text = format!("{e:#}");
+    if text.starts_with("no source named") || text.contains("has no plugin") {
+        return json_error(StatusCode::NOT_FOUND, &text);
+    }
+    if text.contains("is already running") {
+        return json_error(StatusCode::CONFLICT, &text);
+    }
+    tracing::error!("sources API: {text}");
+    json_error(StatusCode::INTERNAL_SERVER_ERROR, &text)
+}
+
+/// Checks the admin token and that `name` is a plugin source: the response to send otherwise.
+fn authorise(s: &AdminState, headers: &HeaderMap, name: &str) -> Result<(), Response> {
+    check_token(s.token.as_deref(), headers)?;
+    s.engine.source(name).map(|_| ()).map_err(failed)
+}
+
+async fn list(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(r) = check_token(s.token.as_deref(), &headers) {
+        return r;
+    }
+    let config = s.engine.config();
+    let mut out = Vec::new();
+    for (name, source) in config.sources.iter().filter(|(_, c)| c.plugin.is_some()) {
+        let last = match s.engine.runs(name, 1).await {
+            Ok(mut r) => r.pop(),
+            Err(e) => return failed(e),
+        };
+        out.push(serde_json::json!({
+            "name": name,
+            "plugin": source.plugin,
+            "version": source.version,
+            "schedule": source.schedule,
+            "streams": source.streams.keys().collect::<Vec<_>>(),
+            "last_run": last,
+        }));
+    }
+    Json(serde_json::json!({ "sources": out })).into_response()
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RunQuery {
+    full_refresh: bool,
+}
+
+/// The run of the source's lease, when one holds it now (`live`) or held it last (any).
+async fn lease_holder(
+    engine: &SourceEngine,
+    source: &str,
+    live: bool,
+) -> anyhow::Result<Option<String>> {
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT run_id, expires_at FROM source_leases WHERE source = $1")
+            .bind(source)
+            .fetch_optional(engine.store().pool())
+            .await?;
+    Ok(row
+        .filter(|(_, expires)| !live || *expires >= crate::store::now_millis())
+        .map(|(id, _)| id))
+}
+
+fn conflict(source: &str, run_id: &str) -> Response {
+    (
+        StatusCode::CONFLICT,
+        Json(serde_json::json!({
+            "error": format!("source `{source}` is already running (run {run_id} holds its lease); try again when it finishes"),
+            "run_id": run_id,
+            "runs": format!("/v1/sources/{source}/runs"),
+        })),
+    )
+        .into_response()
+}
+
+/// Starts a run and answers 202 once it holds the source's lease (with its id), or 409 when
+/// another run holds it. The run itself goes on in the background, since reading a large source
+/// takes a while: poll `/runs`.
+async fn run(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<RunQuery>,
+) -> Response {
+    if let Err(r) = authorise(&s, &headers, &name) {
+        return r;
+    }
+    let span = tracing::info_span!("source_api_run", source = %name, full_refresh = q.full_refresh);
+    async {
+        // A run going (here, on another hub, or from the CLI) answers at once; the engine's own
+        // lease check below catches one that starts in between.
+        let previous = match lease_holder(&s.engine, &name, false).await {
+            Ok(p) => p,
+            Err(e) => return failed(e),
+        };
+        match lease_holder(&s.engine, &name, true).await {
+            Ok(Some(holder)) => return conflict(&name, &holder),
+            Ok(None) => {}
+            Err(e) => return failed(e),
+        }
+        let (tx, mut finished) = tokio::sync::oneshot::channel();
+        let engine = s.engine.clone();
+        let source = name.clone();
+        let options = RunOptions {
+            full_refresh: q.full_refresh,
+        };
+        tokio::spawn(
+            async move {
+                let result = engine.run(&source, options, None).await;
+                match &result {
+                    Ok(r) if r.status == "failed" => tracing::warn!(
+                        "run requested through the API failed: {}",
+                        r.error.as_deref().unwrap_or_default()
+                    ),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!("run requested through the API did not start: {e:#}"),
+                }
+                // The request may have been answered already; then nobody listens.
+                let _ = tx.send(result);
+            }
+            .instrument(tracing::Span::current()),
+        );
+        let accepted = |run_id: Option<&str>, status: &str| {
+            (
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({
+                    "source": name,
+                    "run_id": run_id,
+                    "status": status,
+                    "full_refresh": q.full_refresh,
+                    "runs": format!("/v1/sources/{name}/runs"),
+                })),
+            )
+                .into_response()
+        };
+        let deadline = Instant::now() + START_WAIT;
+        loop {
+            tokio::select! {
+                result = &mut finished => {
+                    return match result {
+                        // Already over (a small source): still 202, with how it ended.
+                        Ok(Ok(report)) => accepted(Some(&report.id), &report.status),
+                        Ok(Err(e)) => failed(e),
+                        Err(_) => json_error(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            "the run stopped unexpectedly; see the hub's log",
+                        ),
+                    };
+                }
+                _ = tokio::time::sleep(Duration::from_millis(10)) => {}
+            }
+            // The lease taken by a run other than the one that held it before is this run (a run
+            // started on another hub in these milliseconds would make this one fail with a
+            // conflict, logged above; the id answered is then the run actually going).
+            match lease_holder(&s.engine, &name, true).await {
+                Ok(Some(id)) if previous.as_deref() != Some(id.as_str()) => {
+                    return accepted(Some(&id), "running")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!("reading the source's lease: {e:#}"),
+            }
+            if Instant::now() >= deadline {
+                return accepted(None, "starting");
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+fn default_limit() -> i64 {
+    50
+}
+
+async fn runs(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Response {
+    if let Err(r) = authorise(&s, &headers, &name) {
+        return r;
+    }
+    match s.engine.runs(&name, q.limit.clamp(1, 1000)).await {
+        Ok(runs) => Json(serde_json::json!({ "runs": runs })).into_response(),
+        Err(e) => failed(e),
+    }
+}
+
+async fn cursors(
+    State(s): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Response {
+    if let Err(r) = authorise(&s, &headers, &name) {
+        return r;
+    }
+    match s.engine.cursors(&name).await {
+        Ok(list) => {
+            let cursors: Vec<_> = list
+                .into_iter()
+                .map(|(stream, cursor, done)| {
+                    serde_json::json!({"stream": stream, "cursor": cursor, "done": done})
+                })
+                .collect();
+            Json(serde_json::json!({ "source": name, "cursors": cursors })).into_response()
+        }
+        Err(e) => failed(e),
+    }
 }
 
 async fn webhook(
