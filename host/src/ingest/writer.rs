@@ -40,14 +40,75 @@ pub enum SubmitError {
 
 struct Job {
     source: String,
-    messages: Vec<Message>,
+    messages: Vec<Prepared>,
     reply: oneshot::Sender<Result<Stored, String>>,
+}
+
+/// A message reduced to what storing it takes: identifiers found, traits and the stored body
+/// serialised. The request's own task prepares it (in parallel with other requests), so the
+/// single writer only resolves identities and writes.
+struct Prepared {
+    message_id: String,
+    kind: MessageType,
+    /// The identifiers to resolve, highest priority first; for an alias, both readings of its
+    /// previousId (see [`alias_identifiers`]).
+    ids: Vec<Identifier>,
+    /// Alias only: (userId, previousId).
+    alias: Option<(Option<String>, Option<String>)>,
+    /// Identify only: trait name → value as JSON text.
+    traits: Vec<(String, String)>,
+    /// Group only: (groupId, the account's traits as JSON text).
+    group: Option<(String, String)>,
+    name: Option<String>,
+    ts: i64,
+    received_at: i64,
+    body: String,
+}
+
+impl Prepared {
+    fn new(rules: &IdentityRules, m: Message) -> Prepared {
+        let (ids, alias) = match m.kind {
+            MessageType::Alias => (
+                alias_candidates(&m),
+                Some((m.user_id.clone(), m.previous_id.clone())),
+            ),
+            _ => (rules.identifiers(&m), None),
+        };
+        let traits = match m.kind {
+            MessageType::Identify => m
+                .traits
+                .iter()
+                .map(|(name, value)| (name.clone(), value.to_string()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let group = match (m.kind, &m.group_id) {
+            (MessageType::Group, Some(group)) => Some((
+                group.clone(),
+                serde_json::Value::Object(m.traits.clone()).to_string(),
+            )),
+            _ => None,
+        };
+        Prepared {
+            ids,
+            alias,
+            traits,
+            group,
+            name: m.event.clone().or_else(|| m.name.clone()),
+            ts: m.timestamp.timestamp_millis(),
+            received_at: m.received_at.timestamp_millis(),
+            body: m.raw.to_string(),
+            kind: m.kind,
+            message_id: m.message_id,
+        }
+    }
 }
 
 /// Hands messages to the writer task.
 #[derive(Clone)]
 pub struct Ingestor {
     tx: mpsc::UnboundedSender<Job>,
+    rules: Arc<IdentityRules>,
     queued: Arc<AtomicUsize>,
     capacity: usize,
     metrics: Metrics,
@@ -63,9 +124,17 @@ impl Ingestor {
     ) -> Ingestor {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(run(store, rules, rx, queued.clone(), metrics.clone()));
+        let rules = Arc::new(rules);
+        tokio::spawn(run(
+            store,
+            rules.clone(),
+            rx,
+            queued.clone(),
+            metrics.clone(),
+        ));
         Ingestor {
             tx,
+            rules,
             queued,
             capacity,
             metrics,
@@ -85,6 +154,10 @@ impl Ingestor {
             return Err(SubmitError::QueueFull(before));
         }
         self.metrics.queue_depth.set((before + n) as i64);
+        let messages = messages
+            .into_iter()
+            .map(|m| Prepared::new(&self.rules, m))
+            .collect();
         let (reply, wait) = oneshot::channel();
         if self
             .tx
@@ -108,7 +181,7 @@ impl Ingestor {
 
 async fn run(
     store: Store,
-    rules: IdentityRules,
+    rules: Arc<IdentityRules>,
     mut rx: mpsc::UnboundedReceiver<Job>,
     queued: Arc<AtomicUsize>,
     metrics: Metrics,
@@ -178,7 +251,7 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
     let mut seen: HashSet<&str> = HashSet::with_capacity(message_ids.len());
     // Each new message's identifiers; an alias's previousId is looked up both as a user id and
     // as an anonymous id, since which one it is depends on who holds it.
-    let mut todo: Vec<(usize, &Message, Vec<Identifier>)> = Vec::with_capacity(message_ids.len());
+    let mut todo: Vec<(usize, &Prepared)> = Vec::with_capacity(message_ids.len());
     let mut results = vec![Stored::default(); jobs.len()];
     for (j, job) in jobs.iter().enumerate() {
         for m in &job.messages {
@@ -187,60 +260,52 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
                 results[j].duplicates += 1;
                 continue;
             }
-            let ids = match m.kind {
-                MessageType::Alias => alias_candidates(m),
-                _ => rules.identifiers(m),
-            };
-            todo.push((j, m, ids));
+            todo.push((j, m));
         }
     }
     let mut batch = Batch::prepare(
         &mut tx,
         backend,
         rules,
-        todo.iter().flat_map(|(_, _, ids)| ids.iter()),
+        todo.iter().flat_map(|(_, m)| m.ids.iter()),
         now,
     )
     .await?;
-    for (j, m, ids) in todo {
-        let ids = match m.kind {
-            MessageType::Alias => alias_identifiers(&mut tx, &mut batch, rules, m).await?,
-            _ => ids,
+    for (j, m) in todo {
+        let alias_ids;
+        let ids = match (&m.kind, &m.alias) {
+            (MessageType::Alias, alias) => {
+                alias_ids = alias_identifiers(&mut tx, &mut batch, rules, alias.as_ref()).await?;
+                &alias_ids
+            }
+            _ => &m.ids,
         };
-        if batch.is_suppressed(&mut tx, &ids).await? {
+        if batch.is_suppressed(&mut tx, ids).await? {
             results[j].suppressed += 1;
             continue;
         }
         let Some(profile) = batch
-            .resolve(&mut tx, &ids, &m.message_id, m.kind.as_str())
+            .resolve(&mut tx, ids, &m.message_id, m.kind.as_str())
             .await?
         else {
             results[j].suppressed += 1;
             continue;
         };
-        let ts = m.timestamp.timestamp_millis();
-        match m.kind {
-            MessageType::Identify => {
-                for (name, value) in &m.traits {
-                    batch.set_trait(&profile, name, value.to_string(), ts);
-                }
-            }
-            MessageType::Group => {
-                if let Some(group) = &m.group_id {
-                    store_group(&mut tx, &profile, group, m, ts).await?;
-                }
-            }
-            _ => {}
+        for (name, value) in &m.traits {
+            batch.set_trait(&profile, name, value.clone(), m.ts);
+        }
+        if let Some((group, traits)) = &m.group {
+            store_group(&mut tx, &profile, group, traits, m.ts).await?;
         }
         batch.add_event(NewEvent {
             message_id: m.message_id.clone(),
             profile,
             source: jobs[j].source.clone(),
             kind: m.kind.as_str(),
-            name: m.event.clone().or_else(|| m.name.clone()),
-            ts,
-            received_at: m.received_at.timestamp_millis(),
-            body: m.raw.to_string(),
+            name: m.name.clone(),
+            ts: m.ts,
+            received_at: m.received_at,
+            body: m.body.clone(),
         });
         results[j].accepted += 1;
     }
@@ -268,13 +333,16 @@ async fn alias_identifiers(
     conn: &mut sqlx::AnyConnection,
     batch: &mut Batch<'_>,
     rules: &IdentityRules,
-    m: &Message,
+    alias: Option<&(Option<String>, Option<String>)>,
 ) -> anyhow::Result<Vec<Identifier>> {
     let mut ids = Vec::new();
-    if let Some(user) = &m.user_id {
+    let Some((user, previous)) = alias else {
+        return Ok(ids);
+    };
+    if let Some(user) = user {
         ids.push(Identifier::new("user_id", user));
     }
-    if let Some(previous) = &m.previous_id {
+    if let Some(previous) = previous {
         let as_user = Identifier::new("user_id", previous);
         if batch.is_held(conn, &as_user).await? {
             ids.push(as_user);
@@ -290,7 +358,7 @@ async fn store_group(
     conn: &mut sqlx::AnyConnection,
     profile: &str,
     group: &str,
-    m: &Message,
+    traits: &str,
     ts: i64,
 ) -> anyhow::Result<()> {
     sqlx::query(
@@ -298,7 +366,7 @@ async fn store_group(
          ON CONFLICT (group_id) DO UPDATE SET traits = excluded.traits, ts = excluded.ts WHERE excluded.ts >= account_groups.ts",
     )
     .bind(group)
-    .bind(serde_json::Value::Object(m.traits.clone()).to_string())
+    .bind(traits)
     .bind(ts)
     .execute(&mut *conn)
     .await?;
