@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::identity::{self, Identifier};
-use crate::store::{now_millis, Store};
+use crate::store::{now_millis, Backend, Store};
 
 /// A profile as the API returns it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -37,6 +37,11 @@ pub struct Merge {
     pub at: String,
 }
 
+/// A stored trait value: JSON text, or (written by something older) a plain string.
+fn trait_value(text: String) -> Value {
+    serde_json::from_str(&text).unwrap_or(Value::String(text))
+}
+
 fn rfc3339(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms)
         .single()
@@ -61,22 +66,45 @@ impl Profiles {
         identity::profile_of(&mut conn, id).await
     }
 
+    /// One statement, so a lookup costs one round trip to the store, not four.
     pub async fn get(&self, id: &Identifier) -> anyhow::Result<Option<Profile>> {
-        let Some(profile_id) = self.find(id).await? else {
+        let (identifiers, traits) = match self.store.backend() {
+            Backend::Sqlite => (
+                "(SELECT json_group_array(json_array(x.kind, x.value)) FROM (SELECT kind, value FROM identifiers WHERE profile_id = p.id ORDER BY kind, value) x)",
+                "(SELECT json_group_array(json_array(t.name, t.value)) FROM (SELECT name, value FROM traits WHERE profile_id = p.id ORDER BY name) t)",
+            ),
+            Backend::Postgres => (
+                "(SELECT json_agg(json_build_array(x.kind, x.value) ORDER BY x.kind, x.value)::text FROM identifiers x WHERE x.profile_id = p.id)",
+                "(SELECT json_agg(json_build_array(t.name, t.value) ORDER BY t.name)::text FROM traits t WHERE t.profile_id = p.id)",
+            ),
+        };
+        let sql = format!(
+            "SELECT p.id, p.created_at, p.updated_at, {identifiers}, {traits} \
+             FROM identifiers i JOIN profiles p ON p.id = i.profile_id WHERE i.kind = $1 AND i.value = $2"
+        );
+        let row: Option<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(&sql)
+            .bind(&id.kind)
+            .bind(&id.value)
+            .fetch_optional(self.store.pool())
+            .await?;
+        let Some((profile_id, created, updated, identifiers, traits)) = row else {
             return Ok(None);
         };
-        let mut conn = self.store.pool().acquire().await?;
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT created_at, updated_at FROM profiles WHERE id = $1")
-                .bind(&profile_id)
-                .fetch_optional(&mut *conn)
-                .await?;
-        let Some((created, updated)) = row else {
-            return Ok(None);
+        let pairs = |text: Option<String>, what: &str| -> anyhow::Result<Vec<(String, String)>> {
+            match text {
+                None => Ok(Vec::new()),
+                Some(t) => serde_json::from_str(&t)
+                    .with_context(|| format!("reading the {what} of profile {profile_id}")),
+            }
         };
-        let identifiers = identity::identifiers_of(&mut conn, &profile_id).await?;
-        drop(conn);
-        let traits = self.traits_of(&profile_id).await?;
+        let identifiers = pairs(identifiers, "identifiers")?
+            .into_iter()
+            .map(|(kind, value)| Identifier { kind, value })
+            .collect();
+        let traits = pairs(traits, "traits")?
+            .into_iter()
+            .map(|(name, value)| (name, trait_value(value)))
+            .collect();
         Ok(Some(Profile {
             id: profile_id,
             identifiers,
@@ -94,12 +122,7 @@ impl Profiles {
                 .await?;
         Ok(rows
             .into_iter()
-            .map(|(name, value)| {
-                (
-                    name,
-                    serde_json::from_str(&value).unwrap_or(Value::String(value)),
-                )
-            })
+            .map(|(name, value)| (name, trait_value(value)))
             .collect())
     }
 
