@@ -289,7 +289,7 @@ impl Store {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         // Read pages through a memory map instead of a read() call each: a
                         // profile lookup is then a few B-tree walks in memory.
-                        conn.execute("PRAGMA mmap_size = 1073741824").await?;
+                        conn.execute("PRAGMA mmap_size = 268435456").await?;
                         conn.execute("PRAGMA foreign_keys = OFF").await?;
                     }
                     Ok(())
