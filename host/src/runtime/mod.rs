@@ -203,10 +203,16 @@ fn engine_config(limits: &Limits) -> Config {
     pool.total_memories(n * 2);
     pool.total_tables(n * 4);
     pool.max_memory_size(limits.memory_bytes);
-    // Reset a slot's first pages with memset instead of returning them to the kernel, so a
-    // fresh instance does not page-fault its way through the heap it touches on every call.
-    pool.linear_memory_keep_resident(1 << 20);
+    // Reset a slot's pages with memset instead of returning them to the kernel, so a fresh
+    // instance does not page-fault its way through the heap it touches on every call. With
+    // PAGEMAP_SCAN (Linux 6.7+) only the pages the last call dirtied are reset: a Rust guest's
+    // 1 MiB shadow stack sits below its data and is mostly untouched, and memsetting all of it
+    // was a third of the cost of a fresh instance.
+    pool.pagemap_scan(wasmtime::Enabled::Auto);
+    pool.linear_memory_keep_resident(4 << 20);
     pool.table_keep_resident(64 << 10);
+    // Whatever must still go back to the kernel goes in batches of madvise calls.
+    pool.decommit_batch_size(16);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     config
 }
