@@ -106,6 +106,25 @@ fn main() {
             subprocess.as_secs_f64() / wasm.as_secs_f64(),
         );
     }
+
+    // Isolation per call, as the Wasm plugin has it: a fresh subprocess per call (spawn, one
+    // record, exit) against a fresh Wasm instance per call.
+    let one = records(1);
+    let wasm = time_per_iter(|| {
+        rt.block_on(mapper.deliver(Action::Upsert, &one)).unwrap();
+    });
+    let fresh_process = time_per_iter(|| {
+        let mut w = Worker::spawn();
+        w.round_trip(&one);
+        w.finish();
+    });
+    println!();
+    println!(
+        "batch 1, fresh sandbox per call: wasm {:.0} rec/s, subprocess spawned per call {:.0} rec/s: wasm {:.1}x faster",
+        1.0 / wasm.as_secs_f64(),
+        1.0 / fresh_process.as_secs_f64(),
+        fresh_process.as_secs_f64() / wasm.as_secs_f64()
+    );
 }
 
 /// Median time of one iteration over several rounds of `MEASURE_FOR / 5`, after a warm-up.
@@ -149,7 +168,7 @@ fn records(n: usize) -> Vec<OutboundRecord> {
 /// empty line per batch, answering one line per record.
 struct Worker {
     child: std::process::Child,
-    stdin: std::process::ChildStdin,
+    stdin: Option<std::process::ChildStdin>,
     stdout: BufReader<std::process::ChildStdout>,
     line: String,
 }
@@ -163,7 +182,7 @@ impl Worker {
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
-        let stdin = child.stdin.take().unwrap();
+        let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap());
         Worker {
             child,
@@ -184,8 +203,9 @@ impl Worker {
             buf.push(b'\n');
         }
         buf.push(b'\n');
-        self.stdin.write_all(&buf).unwrap();
-        self.stdin.flush().unwrap();
+        let stdin = self.stdin.as_mut().expect("worker input open");
+        stdin.write_all(&buf).unwrap();
+        stdin.flush().unwrap();
         for _ in 0..batch.len() {
             self.line.clear();
             self.stdout.read_line(&mut self.line).unwrap();
@@ -198,9 +218,18 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Closes its input and waits for it to exit.
+    fn finish(mut self) {
+        self.stdin.take();
+        self.child.wait().unwrap();
+    }
+}
+
 impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
