@@ -235,14 +235,12 @@ async fn run(
 async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::Result<Vec<Stored>> {
     let backend = store.backend();
     let now = now_millis();
-    let mut tx = store.pool().begin().await?;
-    if backend == Backend::Sqlite {
-        // Take the write lock before the first read: a read transaction that later writes
-        // fails at once (SQLITE_BUSY, no waiting) if another connection wrote in between.
-        sqlx::query("UPDATE profiles SET updated_at = updated_at WHERE id = ''")
-            .execute(&mut *tx)
-            .await?;
-    }
+    // SQLite: take the write lock up front. A read transaction that later writes fails at once
+    // (SQLITE_BUSY, no waiting) if another connection wrote in between.
+    let mut tx = match backend {
+        Backend::Sqlite => store.pool().begin_with("BEGIN IMMEDIATE").await?,
+        Backend::Postgres => store.pool().begin().await?,
+    };
     let message_ids: Vec<&str> = jobs
         .iter()
         .flat_map(|j| j.messages.iter().map(|m| m.message_id.as_str()))
