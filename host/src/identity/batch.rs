@@ -112,9 +112,10 @@ impl<'r> Batch<'r> {
         if self.backend == Backend::Postgres {
             lock_identifiers(conn, &ids).await?;
         }
-        let (held, suppressed) = lookup(conn, self.backend, &ids).await?;
+        let suppressed = lookup(conn, self.backend, &ids, "suppressions", "kind").await?;
+        self.suppressed.extend(suppressed.into_keys());
+        let held = lookup(conn, self.backend, &ids, "identifiers", "profile_id").await?;
         self.holder.extend(held);
-        self.suppressed.extend(suppressed);
         self.looked_up.extend(ids.into_iter().cloned());
         Ok(())
     }
@@ -323,15 +324,15 @@ async fn lock_identifiers(conn: &mut AnyConnection, ids: &[&Identifier]) -> anyh
     Ok(())
 }
 
-/// Who holds each identifier found (kind and value), and which are suppressed, in one
-/// statement per kind and chunk.
+/// For each identifier found in `table` (by kind and value), the value of `column`.
 async fn lookup(
     conn: &mut AnyConnection,
     backend: Backend,
     ids: &[&Identifier],
-) -> anyhow::Result<(HashMap<Identifier, String>, HashSet<Identifier>)> {
-    let mut held = HashMap::new();
-    let mut suppressed = HashSet::new();
+    table: &str,
+    column: &str,
+) -> anyhow::Result<HashMap<Identifier, String>> {
+    let mut found = HashMap::new();
     let mut by_kind: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for id in ids {
         by_kind
@@ -341,48 +342,39 @@ async fn lookup(
     }
     for (kind, values) in by_kind {
         for chunk in values.chunks(ROWS * 2) {
-            // A join against the list rather than `IN (...)`: PostgreSQL cannot hash a list of
-            // parameters, and a table it still believes empty (not yet analysed) would get a
-            // sequential scan, each row compared with every value: quadratic.
-            let kind_param = match backend {
-                Backend::Sqlite => "?".to_string(),
-                Backend::Postgres => format!("${}", chunk.len() + 1),
+            let sql = match backend {
+                Backend::Sqlite => format!(
+                    "SELECT value, {column} FROM {table} WHERE kind = ? AND value IN {}",
+                    backend.value_groups(2, 1, chunk.len())
+                ),
+                // A join against the list, not `IN ($2, $3, ...)`: PostgreSQL cannot hash a list
+                // of parameters, and a table it still believes empty (not yet analysed) gets a
+                // sequential scan, each row compared with every value: quadratic.
+                Backend::Postgres => format!(
+                    "SELECT t.value, t.{column} FROM (VALUES {}) AS v(value) JOIN {table} t ON t.kind = $1 AND t.value = v.value",
+                    backend.value_groups(2, chunk.len(), 1)
+                ),
             };
-            let sql = format!(
-                "WITH v(value) AS (VALUES {}) \
-                 SELECT 'held', t.value, t.profile_id FROM v JOIN identifiers t ON t.kind = {kind_param} AND t.value = v.value \
-                 UNION ALL \
-                 SELECT 'suppressed', s.value, s.kind FROM v JOIN suppressions s ON s.kind = {kind_param} AND s.value = v.value",
-                backend.value_groups(1, chunk.len(), 1)
-            );
-            let mut q = sqlx::query(&sql);
+            let mut q = sqlx::query(&sql).bind(kind);
             for v in chunk {
                 q = q.bind(*v);
-            }
-            q = q.bind(kind);
-            if backend == Backend::Sqlite {
-                // Anonymous placeholders: the kind once per use.
-                q = q.bind(kind);
             }
             for row in q
                 .fetch_all(&mut *conn)
                 .await
-                .context("looking up identifiers and suppressions")?
+                .with_context(|| format!("looking up {table}"))?
             {
-                let what: String = row.try_get(0)?;
-                let id = Identifier {
-                    kind: kind.to_string(),
-                    value: row.try_get(1)?,
-                };
-                if what == "held" {
-                    held.insert(id, row.try_get(2)?);
-                } else {
-                    suppressed.insert(id);
-                }
+                found.insert(
+                    Identifier {
+                        kind: kind.to_string(),
+                        value: row.try_get(0)?,
+                    },
+                    row.try_get(1)?,
+                );
             }
         }
     }
-    Ok((held, suppressed))
+    Ok(found)
 }
 
 impl Pending {
