@@ -5,6 +5,8 @@
 
 mod common;
 
+use common::ok;
+
 #[path = "fakes/sendgrid.rs"]
 mod sendgrid_fake;
 
@@ -39,16 +41,6 @@ fn switchyard(plugins: &Path, args: &[&str], stdin: &str) -> Output {
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "switchyard failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn failed(out: &Output) -> String {

@@ -14,6 +14,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use common::hub::request;
+use common::ok;
 use common::plugin_wasm;
 
 /// 32 random-looking bytes, base64, as Standard Webhooks secrets are.
@@ -29,16 +30,6 @@ fn switchyard(plugins: &Path, args: &[&str], log: &str) -> Output {
         .env("SWITCHYARD_LOG", log)
         .output()
         .expect("running switchyard")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "switchyard failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn failed(out: &Output) -> String {

@@ -15,10 +15,11 @@ mod shopify_fake;
 #[path = "fakes/stripe.rs"]
 mod stripe_fake;
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::hub::{Db, Hub};
+use common::ok;
 use serde_json::{json, Value};
 
 const STRIPE_KEY: &str = "sk_test_51FakeKeyForTests0000abcd";
@@ -26,16 +27,6 @@ const STRIPE_WHSEC: &str = "whsec_testEndpointSecret123";
 const SHOP: &str = "test-shop.myshopify.com";
 const SHOPIFY_TOKEN: &str = "shpat_0123456789abcdef0123456789abcdef";
 const SHOPIFY_SECRET: &str = "shopify-app-client-secret";
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "switchyard failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 fn stripe_source(name: &str, fake: &stripe_fake::Fake, page_size: u32, extra: &str) -> String {
     let hp = fake.host_port();

@@ -16,27 +16,18 @@ mod http_json_fake;
 #[path = "fakes/hubspot.rs"]
 mod hubspot_fake;
 
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::hub::{Db, HttpResponse, Hub, ADMIN_TOKEN};
+use common::ok;
 use serde_json::{json, Value};
 
 const HUBSPOT_TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
 const HUBAPI: &str = "api.hubapi.com";
 const JSON_TOKEN: &str = "json-api-token-7f3a9c";
 const POLICY: &str = "TEN_SECONDLY_ROLLING";
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "switchyard failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// `switchyard source runs NAME`: the history, newest first.
 fn runs(hub: &Hub, source: &str) -> Vec<Value> {

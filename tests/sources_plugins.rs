@@ -23,6 +23,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::Arc;
 
+use common::ok;
 use common::plugin_wasm;
 use serde_json::{json, Value};
 use switchyard::registry::Registry;
@@ -45,16 +46,6 @@ fn switchyard_log(plugins: &Path, args: &[&str], log: &str) -> Output {
         .env("SWITCHYARD_LOG", log)
         .output()
         .expect("running switchyard")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "switchyard failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn failed(out: &Output) -> String {

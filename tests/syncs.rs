@@ -8,10 +8,11 @@ mod common;
 mod json_sink;
 
 use std::collections::{HashMap, HashSet};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::hub::{Db, Hub, ADMIN_TOKEN};
+use common::ok;
 use json_sink::{Faults, JsonSink};
 use serde_json::{json, Value};
 
@@ -22,16 +23,6 @@ fn destination(name: &str, sink: &JsonSink, extra_config: &str) -> String {
         sink.url(),
         hp = sink.host_port()
     )
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "switchyard failed:\nstdout: {}\nstderr: {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The newest run of a sync, from `sync runs`.
