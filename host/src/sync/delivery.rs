@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tracing::Instrument as _;
@@ -94,6 +95,12 @@ struct Batch {
     not_before: Instant,
 }
 
+/// What the delivery loop waits for next.
+enum Next<T> {
+    Page(Option<Vec<Item>>),
+    Finished(Option<T>),
+}
+
 enum Outcome {
     Results(Vec<RecordResult>),
     /// Every record of the batch is retryable, after at least this long.
@@ -101,26 +108,31 @@ enum Outcome {
     Fatal(String),
 }
 
-/// Delivers `items` with `action`; returns when each is acknowledged or dead-lettered.
-pub async fn deliver<L: Ledger>(
+/// Delivers every page received from `pages` (with `action`) until the sender is dropped, taking the next page
+/// while the last batches of the previous one are still in flight, so the planner that fills
+/// the channel works while the destination does. Returns when each record is acknowledged or
+/// dead-lettered, or at the first fatal outcome (dropping `pages`, which stops the sender).
+pub async fn deliver_pages<L: Ledger>(
     target: &Target,
     action: Action,
-    items: Vec<Item>,
+    mut pages: mpsc::Receiver<Vec<Item>>,
     ledger: &L,
     stats: &mut Stats,
     mut progress: impl FnMut(&Stats),
 ) -> Result<(), Abort> {
     let size = target.batch_size.max(1);
     let mut queue: VecDeque<Batch> = VecDeque::new();
-    let mut items = items;
-    while !items.is_empty() {
-        let rest = items.split_off(items.len().min(size));
-        queue.push_back(Batch {
-            items,
-            not_before: Instant::now(),
-        });
-        items = rest;
-    }
+    let enqueue = |queue: &mut VecDeque<Batch>, mut items: Vec<Item>| {
+        while !items.is_empty() {
+            let rest = items.split_off(items.len().min(size));
+            queue.push_back(Batch {
+                items,
+                not_before: Instant::now(),
+            });
+            items = rest;
+        }
+    };
+    let mut open = true;
     let mut inflight: JoinSet<(Vec<Item>, Outcome)> = JoinSet::new();
     let mut fatal: Option<String> = None;
     loop {
@@ -152,8 +164,30 @@ pub async fn deliver<L: Ledger>(
                 .instrument(span),
             );
         }
-        let Some(joined) = inflight.join_next().await else {
-            break;
+        let next = if open && fatal.is_none() && queue.is_empty() {
+            // Out of work: take the next page, or a finished batch if one comes first.
+            if inflight.is_empty() {
+                Next::Page(pages.recv().await)
+            } else {
+                tokio::select! {
+                    page = pages.recv() => Next::Page(page),
+                    joined = inflight.join_next() => Next::Finished(joined),
+                }
+            }
+        } else {
+            Next::Finished(inflight.join_next().await)
+        };
+        let joined = match next {
+            Next::Page(Some(items)) => {
+                enqueue(&mut queue, items);
+                continue;
+            }
+            Next::Page(None) => {
+                open = false;
+                continue;
+            }
+            Next::Finished(Some(joined)) => joined,
+            Next::Finished(None) => break,
         };
         let (batch, outcome) = match joined {
             Ok(v) => v,

@@ -68,6 +68,25 @@ pub struct Plan {
     pub sample_removals: Vec<serde_json::Value>,
 }
 
+impl Plan {
+    /// Adds a later part of the same run's plan to this one.
+    fn absorb(&mut self, other: Plan) {
+        self.adds += other.adds;
+        self.changes += other.changes;
+        self.removals += other.removals;
+        self.unchanged += other.unchanged;
+        self.parked += other.parked;
+        for (mine, theirs) in [
+            (&mut self.sample_adds, other.sample_adds),
+            (&mut self.sample_changes, other.sample_changes),
+            (&mut self.sample_removals, other.sample_removals),
+        ] {
+            let room = SAMPLES.saturating_sub(mine.len());
+            mine.extend(theirs.into_iter().take(room));
+        }
+    }
+}
+
 /// One run, as recorded in the history.
 #[derive(Debug, Clone, Serialize)]
 pub struct RunReport {
@@ -597,6 +616,106 @@ struct RunContext<'a> {
     plan: Plan,
 }
 
+const LEASE_LOST: &str = "the run lost its lease (the database was unreachable for too long)";
+
+/// Walks the model of an audience / all-profiles sync page by page and plans each page: the
+/// records the destination lacks or holds with another payload. It owns what it needs so that
+/// it can run as its own task, a page ahead of delivery.
+struct PagePlanner {
+    store: Store,
+    sync: String,
+    population: model::Population,
+    mapping: Mapping,
+    /// (key, hash) of records parked in the dead-letter store, not planned again.
+    parked: HashSet<(String, String)>,
+    full_resync: bool,
+    lease_lost: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Incremental runs: the candidate ids still to look at. Full runs walk the population.
+    pending_ids: Option<std::vec::IntoIter<String>>,
+    after: String,
+    plan: Plan,
+}
+
+impl PagePlanner {
+    /// Profiles read per page.
+    const PAGE: usize = 20_000;
+
+    /// The next page's adds and changes (possibly none); `None` once the model is walked.
+    async fn next_page(&mut self) -> anyhow::Result<Option<Vec<Item>>> {
+        if self
+            .lease_lost
+            .as_ref()
+            .is_some_and(|l| l.load(std::sync::atomic::Ordering::SeqCst))
+        {
+            bail!(LEASE_LOST);
+        }
+        let store = &self.store;
+        let profiles = match self.pending_ids.as_mut() {
+            Some(ids) => {
+                let chunk: Vec<String> = ids.by_ref().take(Self::PAGE).collect();
+                if chunk.is_empty() {
+                    return Ok(None);
+                }
+                model::by_ids(store, &chunk).await?
+            }
+            None => {
+                let page =
+                    model::page(store, &self.population, &self.after, Self::PAGE as i64).await?;
+                match page.last() {
+                    Some(last) => self.after = last.id.clone(),
+                    None => return Ok(None),
+                }
+                page
+            }
+        };
+        let keys: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
+        let state = acked_hashes(store, &self.sync, &keys).await?;
+        let plan = &mut self.plan;
+        let mut upserts = Vec::new();
+        for p in profiles {
+            let fields = self.mapping.apply(&Subject {
+                profile_id: &p.id,
+                created_at: p.created_at,
+                updated_at: p.updated_at,
+                traits: &p.traits,
+                identifiers: &p.identifiers,
+                event: None,
+            });
+            let text = serde_json::to_string(&fields)?;
+            let hash = payload_hash(&text);
+            let previous = state.get(&p.id);
+            if previous == Some(&hash) && !self.full_resync {
+                plan.unchanged += 1;
+                continue;
+            }
+            if self.parked.contains(&(p.id.clone(), hash.clone())) {
+                plan.parked += 1;
+                continue;
+            }
+            let sample = || serde_json::json!({"key": p.id, "fields": fields});
+            if previous.is_some() {
+                plan.changes += 1;
+                if plan.sample_changes.len() < SAMPLES {
+                    plan.sample_changes.push(sample());
+                }
+            } else {
+                plan.adds += 1;
+                if plan.sample_adds.len() < SAMPLES {
+                    plan.sample_adds.push(sample());
+                }
+            }
+            upserts.push(Item {
+                key: p.id,
+                hash,
+                fields: text,
+                attempts: 0,
+                last_error: None,
+            });
+        }
+        Ok(Some(upserts))
+    }
+}
+
 /// Hash of a mapped payload, as the state remembers it.
 pub fn payload_hash(fields: &str) -> String {
     hex::encode(&Sha256::digest(fields.as_bytes())[..16])
@@ -762,9 +881,9 @@ impl RunContext<'_> {
             self.deliver(target, Action::Delete, deletes).await?;
         }
 
-        // Adds and changes, page by page.
-        const PAGE: usize = 20_000;
-        let mut pending_ids: Option<std::vec::IntoIter<String>> = match incremental_since {
+        // Adds and changes, page by page: the planner reads and diffs the next page while the
+        // destination takes the last one.
+        let pending_ids = match incremental_since {
             Some(since) => {
                 let mut ids = model::changed(store, &population, since).await?;
                 let missing = match &population {
@@ -794,74 +913,47 @@ impl RunContext<'_> {
             }
             None => None,
         };
-        let mut after = String::new();
-        loop {
-            let profiles = match pending_ids.as_mut() {
-                Some(ids) => {
-                    let chunk: Vec<String> = ids.by_ref().take(PAGE).collect();
-                    if chunk.is_empty() {
-                        break;
+        let mut planner = PagePlanner {
+            store: store.clone(),
+            sync: sync.name.clone(),
+            population,
+            mapping,
+            parked,
+            full_resync: options.full_resync,
+            lease_lost: self.lease.map(|l| l.lost.clone()),
+            pending_ids,
+            after: String::new(),
+            plan: Plan::default(),
+        };
+        if options.dry_run {
+            while planner.next_page().await?.is_some() {}
+            self.plan.absorb(planner.plan);
+        } else {
+            let (pages, received) = tokio::sync::mpsc::channel(1);
+            let progress = self.progress.clone();
+            let removals = self.plan.removals;
+            let producer = tokio::spawn(
+                async move {
+                    while let Some(items) = planner.next_page().await? {
+                        if let Some(p) = &progress {
+                            p.planned(removals + planner.plan.adds + planner.plan.changes);
+                        }
+                        if pages.send(items).await.is_err() {
+                            // Delivery stopped; it reports why.
+                            break;
+                        }
                     }
-                    model::by_ids(store, &chunk).await?
+                    Ok::<_, anyhow::Error>(planner.plan)
                 }
-                None => {
-                    let page = model::page(store, &population, &after, PAGE as i64).await?;
-                    match page.last() {
-                        Some(last) => after = last.id.clone(),
-                        None => break,
-                    }
-                    page
-                }
-            };
-            let keys: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
-            let state = acked_hashes(store, &sync.name, &keys).await?;
-            let mut upserts = Vec::new();
-            for p in profiles {
-                let fields = mapping.apply(&Subject {
-                    profile_id: &p.id,
-                    created_at: p.created_at,
-                    updated_at: p.updated_at,
-                    traits: &p.traits,
-                    identifiers: &p.identifiers,
-                    event: None,
-                });
-                let text = serde_json::to_string(&fields)?;
-                let hash = payload_hash(&text);
-                let previous = state.get(&p.id);
-                if previous == Some(&hash) && !options.full_resync {
-                    self.plan.unchanged += 1;
-                    continue;
-                }
-                if parked.contains(&(p.id.clone(), hash.clone())) {
-                    self.plan.parked += 1;
-                    continue;
-                }
-                let sample = || serde_json::json!({"key": p.id, "fields": fields});
-                if previous.is_some() {
-                    self.plan.changes += 1;
-                    if self.plan.sample_changes.len() < SAMPLES {
-                        self.plan.sample_changes.push(sample());
-                    }
-                } else {
-                    self.plan.adds += 1;
-                    if self.plan.sample_adds.len() < SAMPLES {
-                        self.plan.sample_adds.push(sample());
-                    }
-                }
-                upserts.push(Item {
-                    key: p.id,
-                    hash,
-                    fields: text,
-                    attempts: 0,
-                    last_error: None,
-                });
-            }
-            if !options.dry_run {
-                if let Some(p) = &self.progress {
-                    p.planned(self.plan.adds + self.plan.changes + self.plan.removals);
-                }
-                self.deliver(target, Action::Upsert, upserts).await?;
-            }
+                .in_current_span(),
+            );
+            let delivered = self.deliver_pages(target, Action::Upsert, received).await;
+            let planned = producer
+                .await
+                .context("the sync's planner task failed")
+                .and_then(|r| r);
+            delivered?;
+            self.plan.absorb(planned?);
         }
         if !options.dry_run {
             sqlx::query(
@@ -1037,8 +1129,22 @@ impl RunContext<'_> {
         if items.is_empty() {
             return Ok(());
         }
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        // Room for this one page, and the receiver is right here.
+        let _ = tx.try_send(items);
+        drop(tx);
+        self.deliver_pages(target, action, rx).await
+    }
+
+    /// Delivers every page from `pages` until its sender is dropped.
+    async fn deliver_pages(
+        &mut self,
+        target: &Target,
+        action: Action,
+        pages: tokio::sync::mpsc::Receiver<Vec<Item>>,
+    ) -> anyhow::Result<()> {
         if self.lease.is_some_and(|l| l.lost()) {
-            bail!("the run lost its lease (the database was unreachable for too long)");
+            bail!(LEASE_LOST);
         }
         let ledger = RunLedger {
             store: &self.engine.store,
@@ -1049,16 +1155,17 @@ impl RunContext<'_> {
         let metrics = self.engine.metrics.clone();
         let sync_name = self.sync.name.clone();
         let mut last = Stats::default();
-        let result = delivery::deliver(target, action, items, &ledger, &mut self.stats, |s| {
-            if let Some(p) = &progress {
-                p.advanced(s.succeeded + s.dead_lettered);
-            }
-            if let Some(m) = &metrics {
-                m.sync_records(&sync_name, s, &last);
-            }
-            last = s.clone();
-        })
-        .await;
+        let result =
+            delivery::deliver_pages(target, action, pages, &ledger, &mut self.stats, |s| {
+                if let Some(p) = &progress {
+                    p.advanced(s.succeeded + s.dead_lettered);
+                }
+                if let Some(m) = &metrics {
+                    m.sync_records(&sync_name, s, &last);
+                }
+                last = s.clone();
+            })
+            .await;
         match result {
             Ok(()) => Ok(()),
             Err(Abort::Destination(reason)) => bail!(
