@@ -221,7 +221,11 @@ fn faults_end_in_ack_or_dead_letter() {
         Db::Sqlite,
         "",
         &project,
-        &[("SWITCHYARD_RETRY_BASE_MS", "50")],
+        // Pages of 64 profiles: delivery of one page overlaps the planning of the next.
+        &[
+            ("SWITCHYARD_RETRY_BASE_MS", "50"),
+            ("SWITCHYARD_SYNC_PAGE", "64"),
+        ],
     );
     hub.install(&["json-post-destination"]);
     let batch: Vec<Value> = (0..600)
@@ -304,7 +308,10 @@ fn sigkill_mid_run_resumes() {
          [syncs.mapping]\nemail = \"identifiers.email\"\n",
         destination("slow", &sink, "").replace("rate_per_second = 1000", "rate_per_second = 1000\nconcurrency = 1"),
     );
-    let env = [("SWITCHYARD_LEASE_MS", "1500")];
+    let env = [
+        ("SWITCHYARD_LEASE_MS", "1500"),
+        ("SWITCHYARD_SYNC_PAGE", "128"),
+    ];
     let mut hub = Hub::start_project(Db::Sqlite, "", "", &env);
     hub.install(&["json-post-destination"]);
     let batch: Vec<Value> = (0..1000)

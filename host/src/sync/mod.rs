@@ -141,6 +141,8 @@ pub struct Engine {
         Arc<std::sync::Mutex<HashMap<String, (f64, Arc<governor::DefaultDirectRateLimiter>)>>>,
     /// First retry delay.
     pub backoff: Duration,
+    /// Profiles planned per page; `SWITCHYARD_SYNC_PAGE` overrides it (tests use small pages).
+    page_size: usize,
 }
 
 /// Progress of a run, for a terminal's progress bar.
@@ -156,6 +158,11 @@ impl Engine {
             .and_then(|v| v.parse().ok())
             .map(Duration::from_millis)
             .unwrap_or(Duration::from_millis(500));
+        let page_size = std::env::var("SWITCHYARD_SYNC_PAGE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&n: &usize| n > 0)
+            .unwrap_or(PagePlanner::PAGE);
         Engine {
             store,
             registry,
@@ -164,6 +171,7 @@ impl Engine {
             holder: uuid::Uuid::new_v4().to_string().into(),
             limiters: Arc::default(),
             backoff,
+            page_size,
         }
     }
 
@@ -633,11 +641,12 @@ struct PagePlanner {
     /// Incremental runs: the candidate ids still to look at. Full runs walk the population.
     pending_ids: Option<std::vec::IntoIter<String>>,
     after: String,
+    page_size: usize,
     plan: Plan,
 }
 
 impl PagePlanner {
-    /// Profiles read per page.
+    /// Profiles read per page by default.
     const PAGE: usize = 20_000;
 
     /// The next page's adds and changes (possibly none); `None` once the model is walked.
@@ -652,15 +661,15 @@ impl PagePlanner {
         let store = &self.store;
         let profiles = match self.pending_ids.as_mut() {
             Some(ids) => {
-                let chunk: Vec<String> = ids.by_ref().take(Self::PAGE).collect();
+                let chunk: Vec<String> = ids.by_ref().take(self.page_size).collect();
                 if chunk.is_empty() {
                     return Ok(None);
                 }
                 model::by_ids(store, &chunk).await?
             }
             None => {
-                let page =
-                    model::page(store, &self.population, &self.after, Self::PAGE as i64).await?;
+                let page = model::page(store, &self.population, &self.after, self.page_size as i64)
+                    .await?;
                 match page.last() {
                     Some(last) => self.after = last.id.clone(),
                     None => return Ok(None),
@@ -923,6 +932,7 @@ impl RunContext<'_> {
             lease_lost: self.lease.map(|l| l.lost.clone()),
             pending_ids,
             after: String::new(),
+            page_size: self.engine.page_size,
             plan: Plan::default(),
         };
         if options.dry_run {
