@@ -8,7 +8,8 @@
 //! for batches of 1, 100 and 1,000 records, plus the cost of a fresh instance with an empty call.
 //!
 //! Run: `tools/build-plugins && cargo bench -p switchyard --bench plugin_throughput`
-//! (`SWITCHYARD_BENCH_ONLY=instance` measures only the fresh-instance cost, e.g. under perf).
+//! `SWITCHYARD_BENCH_SIZES=1000` measures only the batch sizes given (comma-separated), e.g.
+//! under `perf record` with `SWITCHYARD_WASM_PROFILER=perfmap`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -77,7 +78,11 @@ fn main() {
 
     let mapper = instance("map");
     let mut worker = Worker::spawn();
-    for size in [1usize, 100, 1000] {
+    let sizes: Vec<usize> = std::env::var("SWITCHYARD_BENCH_SIZES")
+        .ok()
+        .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1, 100, 1000]);
+    for size in sizes {
         let batch = records(size);
         let wasm = time_per_iter(|| {
             let results = rt.block_on(mapper.deliver(Action::Upsert, &batch)).unwrap();

@@ -214,6 +214,10 @@ fn engine_config(limits: &Limits) -> Config {
     // Whatever must still go back to the kernel goes in batches of madvise calls.
     pool.decommit_batch_size(16);
     config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    // `perf` can name plugin functions when the JIT writes /tmp/perf-PID.map.
+    if std::env::var("SWITCHYARD_WASM_PROFILER").as_deref() == Ok("perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     config
 }
 
