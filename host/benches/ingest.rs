@@ -6,7 +6,8 @@
 //!
 //! Run: `cargo bench -p switchyard --bench ingest` (SQLite), and with
 //! `SWITCHYARD_BENCH_PG=1` for PostgreSQL at 127.0.0.1:5432. Knobs: `SWITCHYARD_BENCH_SECS`
-//! (default 8), `SWITCHYARD_BENCH_PROFILES` (default 1000000), `SWITCHYARD_BENCH_RATE` (5000).
+//! (default 8), `SWITCHYARD_BENCH_PROFILES` (default 1000000), `SWITCHYARD_BENCH_RATE` (5000),
+//! `SWITCHYARD_BENCH_MMAP_MIB` (the hub's `[hub] sqlite_mmap_mib`, default 256).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -93,9 +94,13 @@ fn start(database: &str, dir: tempfile::TempDir) -> Server {
         .port();
     let addr = format!("127.0.0.1:{port}");
     let config = dir.path().join("switchyard.toml");
+    // `SWITCHYARD_BENCH_MMAP_MIB` sets `[hub] sqlite_mmap_mib` (default: the hub's default).
+    let mmap = std::env::var("SWITCHYARD_BENCH_MMAP_MIB")
+        .map(|v| format!("sqlite_mmap_mib = {v}\n"))
+        .unwrap_or_default();
     std::fs::write(
         &config,
-        format!("[hub]\nlisten = \"{addr}\"\ndatabase = \"{database}\"\nadmin_token = \"bench\"\n\n[sources.web]\nwrite_keys = [\"wk_bench\"]\n"),
+        format!("[hub]\nlisten = \"{addr}\"\ndatabase = \"{database}\"\nadmin_token = \"bench\"\n{mmap}\n[sources.web]\nwrite_keys = [\"wk_bench\"]\n"),
     )
     .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))

@@ -39,7 +39,7 @@ pub struct Hub {
 
 impl Hub {
     pub async fn build(config: &Config) -> anyhow::Result<Hub> {
-        let store = Store::open(&config.hub.database).await?;
+        let store = config.hub.open_store().await?;
         let metrics = Metrics::new();
         let runtime = crate::runtime::Runtime::new(crate::runtime::Limits::default())?;
         let registry = Arc::new(crate::registry::Registry::open(

@@ -302,7 +302,7 @@ async fn profiles(cmd: ProfilesCommand) -> anyhow::Result<()> {
     let config = crate::config::Config::load(path)?;
     let identifier = crate::identity::Identifier::parse(id)
         .with_context(|| format!("`{id}` is not KIND:VALUE, e.g. email:ada@example.com"))?;
-    let store = crate::store::Store::open(&config.hub.database).await?;
+    let store = config.hub.open_store().await?;
     let profiles = crate::profiles::Profiles::new(store);
     if delete {
         match profiles.delete(&identifier).await? {

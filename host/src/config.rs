@@ -225,6 +225,11 @@ pub struct HubConfig {
     /// Messages waiting for the writer before the tracking API answers 429.
     #[serde(default = "default_queue")]
     pub ingest_queue: usize,
+    /// SQLite only: how much of the database file is read through a memory map, in MiB. Pages
+    /// past it are read with a system call each. Raising it to the file's size makes profile
+    /// lookups faster on a large store; the mapped pages count in the process's resident memory.
+    #[serde(default = "default_sqlite_mmap_mib")]
+    pub sqlite_mmap_mib: u64,
 }
 
 impl Default for HubConfig {
@@ -235,6 +240,7 @@ impl Default for HubConfig {
             plugins_dir: default_plugins_dir(),
             admin_token: None,
             ingest_queue: default_queue(),
+            sqlite_mmap_mib: default_sqlite_mmap_mib(),
         }
     }
 }
@@ -250,6 +256,16 @@ fn default_plugins_dir() -> PathBuf {
 }
 fn default_queue() -> usize {
     50_000
+}
+fn default_sqlite_mmap_mib() -> u64 {
+    crate::store::DEFAULT_SQLITE_MMAP_MIB
+}
+
+impl HubConfig {
+    /// Opens the hub's database with the hub's store settings.
+    pub async fn open_store(&self) -> anyhow::Result<crate::store::Store> {
+        crate::store::Store::open_with(&self.database, self.sqlite_mmap_mib).await
+    }
 }
 
 /// `[identity]`: which identifiers join messages into one profile.

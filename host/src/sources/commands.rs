@@ -9,7 +9,6 @@ use clap::Subcommand;
 
 use super::{Progress, RunOptions, RunReport, SourceEngine};
 use crate::config::Config;
-use crate::store::Store;
 
 #[derive(Subcommand, Debug)]
 pub enum SourceCommand {
@@ -43,7 +42,7 @@ async fn engine(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<Sou
     if let Some(dir) = plugins_dir {
         config.hub.plugins_dir = dir;
     }
-    let store = Store::open(&config.hub.database).await?;
+    let store = config.hub.open_store().await?;
     let registry = crate::cli::registry(config.hub.plugins_dir.clone())?;
     Ok(SourceEngine::new(
         store,

@@ -241,9 +241,18 @@ const MIGRATIONS: &[&str] = &[
     "#,
 ];
 
+/// Default `[hub] sqlite_mmap_mib`: enough for a store of a few hundred thousand profiles, while
+/// a sync walking a million keeps the process under half a GiB resident.
+pub const DEFAULT_SQLITE_MMAP_MIB: u64 = 256;
+
 impl Store {
     /// Opens (creating if needed) the database at `url` and applies pending migrations.
     pub async fn open(url: &str) -> anyhow::Result<Store> {
+        Store::open_with(url, DEFAULT_SQLITE_MMAP_MIB).await
+    }
+
+    /// [`Store::open`], mapping up to `sqlite_mmap_mib` MiB of a SQLite file into memory.
+    pub async fn open_with(url: &str, sqlite_mmap_mib: u64) -> anyhow::Result<Store> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -289,7 +298,10 @@ impl Store {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         // Read pages through a memory map instead of a read() call each: a
                         // profile lookup is then a few B-tree walks in memory.
-                        conn.execute("PRAGMA mmap_size = 268435456").await?;
+                        conn.execute(
+                            format!("PRAGMA mmap_size = {}", sqlite_mmap_mib << 20).as_str(),
+                        )
+                        .await?;
                         conn.execute("PRAGMA foreign_keys = OFF").await?;
                     }
                     Ok(())
@@ -404,5 +416,22 @@ mod tests {
             "postgres://u:***@h/db"
         );
         assert_eq!(redact_url("sqlite://a.db"), "sqlite://a.db");
+    }
+
+    #[tokio::test]
+    async fn sqlite_memory_map_follows_the_hub_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/m.db", dir.path().display());
+        for (mib, expected) in [(None, DEFAULT_SQLITE_MMAP_MIB), (Some(8), 8)] {
+            let store = match mib {
+                Some(mib) => Store::open_with(&url, mib).await.unwrap(),
+                None => Store::open(&url).await.unwrap(),
+            };
+            let (bytes,): (i64,) = sqlx::query_as("PRAGMA mmap_size")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(bytes as u64, expected << 20);
+        }
     }
 }

@@ -9,7 +9,6 @@ use clap::Subcommand;
 
 use super::{Engine, Progress, RunOptions, RunReport};
 use crate::config::Config;
-use crate::store::Store;
 
 #[derive(Subcommand, Debug)]
 pub enum SyncCommand {
@@ -78,7 +77,7 @@ async fn engine(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow:
     if let Some(dir) = plugins_dir {
         config.hub.plugins_dir = dir;
     }
-    let store = Store::open(&config.hub.database).await?;
+    let store = config.hub.open_store().await?;
     let registry = crate::cli::registry(config.hub.plugins_dir.clone())?;
     Ok(Engine::new(store, Arc::new(registry), Arc::new(config)))
 }
@@ -234,7 +233,7 @@ pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {
                     cfg.audiences.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             })?;
-            let store = Store::open(&cfg.hub.database).await?;
+            let store = cfg.hub.open_store().await?;
             let refresh = crate::audience::refresh(&store, &name, audience, false).await?;
             let (size, members) = crate::audience::preview(&store, &name, sample).await?;
             let profiles = crate::model::load(&store, &members, false).await?;
