@@ -294,6 +294,7 @@ pub async fn refresh(
         } else {
             model::by_ids(store, &ids).await?
         };
+        store.analyze_if_stale("audience_members").await?;
         let current = members_among(store, name, &ids).await?;
         let mut join = Vec::new();
         let mut leave = Vec::new();

@@ -678,6 +678,7 @@ impl PagePlanner {
             }
         };
         let keys: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
+        store.analyze_if_stale("sync_records").await?;
         let state = acked_hashes(store, &self.sync, &keys).await?;
         let plan = &mut self.plan;
         let mut upserts = Vec::new();
