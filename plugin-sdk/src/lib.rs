@@ -60,6 +60,7 @@
 //! Build it with `switchyard plugin build` (or `cargo build --release --target wasm32-wasip2`)
 //! and install the `.wasm` with `switchyard plugin install`.
 
+pub mod alloc;
 pub mod http;
 pub mod log;
 pub mod outcome;
@@ -71,6 +72,15 @@ pub use plugin::{Capabilities, Context, Destination, Plugin, Source};
 pub use schemars;
 pub use serde_json;
 pub use switchyard_sdk_macros::{export_destination, export_source};
+
+// Every plugin gets the size-class allocator unless it turns the feature off (see `alloc`).
+#[cfg(all(
+    target_arch = "wasm32",
+    not(target_feature = "atomics"),
+    feature = "size-class-alloc"
+))]
+#[global_allocator]
+static ALLOCATOR: alloc::SizeClasses = alloc::SizeClasses::new();
 
 /// The plugin API version (the `switchyard:plugin` WIT package version) this SDK builds against.
 pub const API_VERSION: &str = "1.0.0";
