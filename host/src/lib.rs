@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod ingest;
+pub mod lease;
 pub mod metrics;
 pub mod model;
 pub mod profiles;

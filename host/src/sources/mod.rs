@@ -26,22 +26,13 @@ use tracing::Instrument as _;
 use crate::config::{Config, KindRule, SourceConfig, SourceStreamConfig};
 use crate::identity::batch::{Batch, NewEvent};
 use crate::identity::{Identifier, IdentityRules};
+use crate::lease::{self, Lease};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::runtime::bindings::{CallError, Page, PluginConfig, SourceRecord};
 use crate::runtime::net::HttpPolicy;
 use crate::runtime::{PluginError, PluginInstance};
 use crate::store::{now_millis, Backend, Store};
-
-/// How long a run's lease lasts without renewal (renewed every third of it); a run whose process
-/// died frees its source after this. `SWITCHYARD_LEASE_MS` overrides it, as for syncs.
-fn lease_ms() -> i64 {
-    std::env::var("SWITCHYARD_LEASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|v| *v >= 300)
-        .unwrap_or(15_000)
-}
 
 /// Attempts per page when `read` fails transiently (429, 5xx, network);
 /// `SWITCHYARD_SOURCE_ATTEMPTS` overrides it.
@@ -305,61 +296,19 @@ impl SourceEngine {
 
     /// Takes the source's lease, or says who holds it.
     async fn acquire(&self, source: &str, run_id: &str) -> anyhow::Result<Lease> {
-        let now = now_millis();
-        let taken = sqlx::query(
-            "INSERT INTO source_leases (source, holder, run_id, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (source) DO UPDATE SET holder = excluded.holder, run_id = excluded.run_id, expires_at = excluded.expires_at \
-             WHERE source_leases.expires_at < $5",
-        )
-        .bind(source)
-        .bind(format!("{}:{run_id}", self.holder))
-        .bind(run_id)
-        .bind(now + lease_ms())
-        .bind(now)
-        .execute(self.store.pool())
-        .await?
-        .rows_affected();
-        if taken == 0 {
-            bail!("source `{source}` is already running (another run holds its lease); try again when it finishes");
-        }
+        let lease =
+            Lease::acquire(&self.store, lease::SOURCE, source, &self.holder, run_id).await?;
         // A run that was going when its process died is over; this one resumes from its cursor.
         sqlx::query(
             "UPDATE source_runs SET status = 'interrupted', finished_at = $1, \
              error = 'the run stopped before it finished; the next run resumed from the last committed page' \
              WHERE source = $2 AND status = 'running'",
         )
-        .bind(now)
+        .bind(now_millis())
         .bind(source)
         .execute(self.store.pool())
         .await?;
-        let store = self.store.clone();
-        let (name, run) = (source.to_string(), run_id.to_string());
-        let renew = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
-                let renewed = sqlx::query(
-                    "UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3",
-                )
-                .bind(now_millis() + lease_ms())
-                .bind(&name)
-                .bind(&run)
-                .execute(store.pool())
-                .await;
-                match renewed {
-                    Ok(r) if r.rows_affected() == 1 => {}
-                    Ok(_) => {
-                        tracing::error!(source = %name, "lost the source's lease; the run stops at its next page");
-                        return;
-                    }
-                    Err(e) => tracing::warn!(source = %name, "renewing the lease: {e}"),
-                }
-            }
-        });
-        Ok(Lease {
-            source: source.to_string(),
-            run_id: run_id.to_string(),
-            renew,
-        })
+        Ok(lease)
     }
 
     /// The newest runs of a source, newest first.
@@ -440,26 +389,6 @@ pub fn iso(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
-}
-
-struct Lease {
-    source: String,
-    run_id: String,
-    renew: tokio::task::JoinHandle<()>,
-}
-
-impl Lease {
-    async fn release(self, store: &Store) {
-        self.renew.abort();
-        if let Err(e) = sqlx::query("DELETE FROM source_leases WHERE source = $1 AND run_id = $2")
-            .bind(&self.source)
-            .bind(&self.run_id)
-            .execute(store.pool())
-            .await
-        {
-            tracing::warn!(source = %self.source, "could not release the lease (it expires by itself): {e}");
-        }
-    }
 }
 
 struct RunContext<'a> {
@@ -616,18 +545,7 @@ impl RunContext<'_> {
         }
         // First statement a write: on SQLite it takes the write lock before any read, and it
         // fences the page on the lease (a run that lost its lease commits nothing more).
-        let held = sqlx::query(
-            "UPDATE source_leases SET expires_at = $1 WHERE source = $2 AND run_id = $3",
-        )
-        .bind(now + lease_ms())
-        .bind(self.source_name)
-        .bind(&self.lease.run_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if held != 1 {
-            bail!("the run lost its lease (another run of source `{}` took over); this page was not stored", self.source_name);
-        }
+        self.lease.fence(&mut tx).await?;
         let records: Vec<(&str, &SourceRecord)> =
             page.records.iter().map(|r| (stream, r)).collect();
         let applied = engine.apply(&mut tx, self.source_name, &records).await?;

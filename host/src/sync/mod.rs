@@ -23,6 +23,7 @@ use tracing::Instrument as _;
 
 use crate::audience::{self, Filter};
 use crate::config::{Config, DestinationConfig, SyncConfig, SyncFrom, SyncMode};
+use crate::lease::{self, Lease};
 use crate::metrics::Metrics;
 use crate::model;
 use crate::registry::Registry;
@@ -32,16 +33,6 @@ use crate::runtime::PluginInstance;
 use crate::store::{now_millis, Store};
 use delivery::{Abort, Item, Ledger, Stats, Target};
 use mapping::{Mapping, Subject};
-
-/// How long a run's lease lasts without renewal (renewed every third of it); a hub that dies
-/// frees its syncs after this. `SWITCHYARD_LEASE_MS` overrides it.
-fn lease_ms() -> i64 {
-    std::env::var("SWITCHYARD_LEASE_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .filter(|v| *v >= 300)
-        .unwrap_or(15_000)
-}
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
@@ -423,63 +414,17 @@ impl Engine {
 
     /// Takes the sync's lease, or says who holds it.
     async fn acquire(&self, sync: &str, run_id: &str) -> anyhow::Result<Lease> {
-        let now = now_millis();
-        let holder = format!("{}:{run_id}", self.holder);
-        let taken = sqlx::query(
-            "INSERT INTO sync_leases (sync, holder, run_id, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (sync) DO UPDATE SET holder = excluded.holder, run_id = excluded.run_id, expires_at = excluded.expires_at \
-             WHERE sync_leases.expires_at < $5",
-        )
-        .bind(sync)
-        .bind(&holder)
-        .bind(run_id)
-        .bind(now + lease_ms())
-        .bind(now)
-        .execute(self.store.pool())
-        .await?
-        .rows_affected();
-        if taken == 0 {
-            bail!("sync `{sync}` is already running (another run holds its lease); try again when it finishes");
-        }
+        let lease = Lease::acquire(&self.store, lease::SYNC, sync, &self.holder, run_id).await?;
         // A run that was going when its hub died is over.
         sqlx::query(
             "UPDATE sync_runs SET status = 'interrupted', finished_at = $1, error = 'the hub stopped during this run; the next run resumed from what was acknowledged' \
              WHERE sync = $2 AND status = 'running'",
         )
-        .bind(now)
+        .bind(now_millis())
         .bind(sync)
         .execute(self.store.pool())
         .await?;
-        let lost = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let store = self.store.clone();
-        let (sync_name, run) = (sync.to_string(), run_id.to_string());
-        let flag = lost.clone();
-        let renew = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
-                let ok = sqlx::query(
-                    "UPDATE sync_leases SET expires_at = $1 WHERE sync = $2 AND run_id = $3",
-                )
-                .bind(now_millis() + lease_ms())
-                .bind(&sync_name)
-                .bind(&run)
-                .execute(store.pool())
-                .await
-                .map(|r| r.rows_affected() == 1)
-                .unwrap_or(false);
-                if !ok {
-                    tracing::error!(sync = %sync_name, "lost the sync's lease; stopping the run");
-                    flag.store(true, std::sync::atomic::Ordering::SeqCst);
-                    return;
-                }
-            }
-        });
-        Ok(Lease {
-            sync: sync.to_string(),
-            run_id: run_id.to_string(),
-            lost,
-            renew,
-        })
+        Ok(lease)
     }
 
     /// The newest runs of a sync, newest first.
@@ -589,31 +534,6 @@ impl std::fmt::Display for Blocked {
 
 impl std::error::Error for Blocked {}
 
-struct Lease {
-    sync: String,
-    run_id: String,
-    lost: Arc<std::sync::atomic::AtomicBool>,
-    renew: tokio::task::JoinHandle<()>,
-}
-
-impl Lease {
-    fn lost(&self) -> bool {
-        self.lost.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
-    async fn release(self, store: &Store) {
-        self.renew.abort();
-        if let Err(e) = sqlx::query("DELETE FROM sync_leases WHERE sync = $1 AND run_id = $2")
-            .bind(&self.sync)
-            .bind(&self.run_id)
-            .execute(store.pool())
-            .await
-        {
-            tracing::warn!(sync = %self.sync, "could not release the lease (it expires by itself): {e}");
-        }
-    }
-}
-
 struct RunContext<'a> {
     engine: &'a Engine,
     sync: &'a SyncConfig,
@@ -624,7 +544,8 @@ struct RunContext<'a> {
     plan: Plan,
 }
 
-const LEASE_LOST: &str = "the run lost its lease (the database was unreachable for too long)";
+const LEASE_LOST: &str =
+    "the run lost its lease (another run took over, or the database was unreachable until it expired)";
 
 /// Walks the model of an audience / all-profiles sync page by page and plans each page: the
 /// records the destination lacks or holds with another payload. It owns what it needs so that
@@ -930,7 +851,7 @@ impl RunContext<'_> {
             mapping,
             parked,
             full_resync: options.full_resync,
-            lease_lost: self.lease.map(|l| l.lost.clone()),
+            lease_lost: self.lease.map(Lease::lost_flag),
             pending_ids,
             after: String::new(),
             page_size: self.engine.page_size,
