@@ -251,6 +251,7 @@ impl PluginInstance {
             Ok(Ok(value)) => {
                 tracing::debug!(
                     elapsed_us = started.elapsed().as_micros() as u64,
+                    memory_kib = store.data().memory.peak >> 10,
                     "call done"
                 );
                 Ok(value)

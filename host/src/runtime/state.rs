@@ -51,6 +51,7 @@ impl PluginState {
             memory: MemoryCap {
                 limit: memory_bytes,
                 hit: false,
+                peak: 0,
             },
             stdout,
             stderr,
@@ -132,6 +133,8 @@ impl LogHost for PluginState {
 pub(crate) struct MemoryCap {
     pub limit: usize,
     pub hit: bool,
+    /// Largest linear memory granted during the call, for the call's log event.
+    pub peak: usize,
 }
 
 impl wasmtime::ResourceLimiter for MemoryCap {
@@ -145,6 +148,7 @@ impl wasmtime::ResourceLimiter for MemoryCap {
             self.hit = true;
             return Ok(false);
         }
+        self.peak = self.peak.max(desired);
         Ok(true)
     }
 

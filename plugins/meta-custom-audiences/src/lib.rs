@@ -269,6 +269,7 @@ impl Destination for MetaCustomAudiences {
                 "estimated_num_total": rows.len(),
             });
             let body = form(&[("payload", &payload), ("session", &session.to_string())]);
+            drop((payload, data));
             let request = Request::new(
                 if method == "POST" {
                     switchyard_sdk::http::Method::Post
@@ -728,25 +729,38 @@ fn current_year() -> u32 {
 
 /// `application/x-www-form-urlencoded` body.
 fn form(pairs: &[(&str, &str)]) -> String {
-    pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn urlencode(s: &str) -> String {
-    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-    let mut out = String::with_capacity(s.len() + s.len() / 4);
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                out.push(b as char)
+    // Sized exactly and written once: a full request's payload is megabytes, and copies of it
+    // count against the plugin's memory cap.
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
+    let encoded_len = |s: &str| {
+        s.bytes()
+            .map(|b| if unreserved(b) { 1 } else { 3 })
+            .sum::<usize>()
+    };
+    let separators = pairs.len().saturating_sub(1);
+    let len: usize = separators
+        + pairs
+            .iter()
+            .map(|(k, v)| encoded_len(k) + 1 + encoded_len(v))
+            .sum::<usize>();
+    let mut out = String::with_capacity(len);
+    for (k, v) in pairs {
+        if !out.is_empty() {
+            out.push('&');
+        }
+        for (i, part) in [k, v].into_iter().enumerate() {
+            if i == 1 {
+                out.push('=');
             }
-            _ => {
-                out.push('%');
-                out.push(HEX[(b >> 4) as usize] as char);
-                out.push(HEX[(b & 15) as usize] as char);
+            for b in part.bytes() {
+                if unreserved(b) {
+                    out.push(b as char);
+                } else {
+                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+                    out.push('%');
+                    out.push(HEX[(b >> 4) as usize] as char);
+                    out.push(HEX[(b & 15) as usize] as char);
+                }
             }
         }
     }
@@ -875,6 +889,9 @@ mod tests {
             form(&[("payload", "{\"a\":[1]}")]),
             "payload=%7B%22a%22%3A%5B1%5D%7D"
         );
+        let two = form(&[("a b", "x&y=z"), ("session", "{}"), ("e", "")]);
+        assert_eq!(two, "a%20b=x%26y%3Dz&session=%7B%7D&e=");
+        assert_eq!(two.capacity(), two.len(), "sized exactly");
         let batch = vec![OutboundRecord {
             key: "k".into(),
             fields: "{}".into(),
