@@ -369,6 +369,71 @@ pub struct SourceConfig {
     pub streams: BTreeMap<String, SourceStreamConfig>,
 }
 
+/// What a `[destinations.NAME]` or `[sources.NAME]` block says about running its plugin, so that
+/// validating the block and building its plugin instance treat both kinds alike.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginBlock<'a> {
+    /// `destinations` or `sources`.
+    pub table: &'static str,
+    pub name: &'a str,
+    /// The plugin kind the block needs: `destination` or `source`.
+    pub kind: &'static str,
+    pub plugin: &'a str,
+    pub version: Option<&'a str>,
+    pub config: &'a toml::Table,
+    pub secrets: &'a BTreeMap<String, String>,
+    pub allow_hosts: Option<&'a [String]>,
+    pub allow_private_hosts: &'a [String],
+    pub reroute: &'a [String],
+}
+
+impl PluginBlock<'_> {
+    /// The block as messages name it, e.g. `[destinations.crm]`.
+    pub fn at(&self) -> String {
+        format!("[{}.{}]", self.table, self.name)
+    }
+
+    /// Where a secret is set, e.g. `destinations.crm.secrets.token`.
+    pub fn secret_path(&self, key: &str) -> String {
+        format!("{}.{}.secrets.{key}", self.table, self.name)
+    }
+}
+
+impl DestinationConfig {
+    pub fn block<'a>(&'a self, name: &'a str) -> PluginBlock<'a> {
+        PluginBlock {
+            table: "destinations",
+            name,
+            kind: "destination",
+            plugin: &self.plugin,
+            version: self.version.as_deref(),
+            config: &self.config,
+            secrets: &self.secrets,
+            allow_hosts: self.allow_hosts.as_deref(),
+            allow_private_hosts: &self.allow_private_hosts,
+            reroute: &self.reroute,
+        }
+    }
+}
+
+impl SourceConfig {
+    /// The source's plugin block; None for a source of tracking-API messages only.
+    pub fn block<'a>(&'a self, name: &'a str) -> Option<PluginBlock<'a>> {
+        Some(PluginBlock {
+            table: "sources",
+            name,
+            kind: "source",
+            plugin: self.plugin.as_deref()?,
+            version: self.version.as_deref(),
+            config: &self.config,
+            secrets: &self.secrets,
+            allow_hosts: self.allow_hosts.as_deref(),
+            allow_private_hosts: &self.allow_private_hosts,
+            reroute: &self.reroute,
+        })
+    }
+}
+
 /// `[sources.NAME.streams.STREAM]`: how a stream's records map onto profiles.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]

@@ -9,9 +9,11 @@ use anyhow::{bail, Context as _};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::runtime::bindings::{Action, PluginKind, PluginManifest};
+use crate::config::PluginBlock;
+use crate::runtime::bindings::{Action, PluginConfig, PluginKind, PluginManifest};
 use crate::runtime::inspect::{self, ComponentInfo};
-use crate::runtime::{Plugin, Runtime, WasmContext as _};
+use crate::runtime::net::HttpPolicy;
+use crate::runtime::{Plugin, PluginInstance, Runtime, WasmContext as _};
 
 /// What `plugin list` and `plugin info` show, and what install recorded.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,6 +235,52 @@ impl Registry {
             unsafe { self.runtime.load_precompiled(&artefact)? }
         };
         Ok(Arc::new(self.runtime.load(component).await?))
+    }
+
+    /// The plugin instance a `[destinations.NAME]` or `[sources.NAME]` block configures: its
+    /// plugin loaded and of the kind the block needs, secrets resolved, and outbound HTTP
+    /// limited to what the manifest asks for and the block grants.
+    pub async fn instance(&self, block: &PluginBlock<'_>) -> anyhow::Result<PluginInstance> {
+        let at = block.at();
+        let plugin = self
+            .load(block.plugin, block.version)
+            .await
+            .with_context(|| format!("{at}: install it with `switchyard plugin install`"))?;
+        let kind = match plugin.kind() {
+            PluginKind::Source => "source",
+            PluginKind::Destination => "destination",
+        };
+        if kind != block.kind {
+            bail!(
+                "{at} plugin `{}` is a {kind} plugin, not a {}",
+                block.plugin,
+                block.kind
+            );
+        }
+        let mut secrets = Vec::new();
+        for (key, spec) in block.secrets {
+            secrets.push((
+                key.clone(),
+                crate::cli::resolve_secret(&block.secret_path(key), spec)?,
+            ));
+        }
+        let config = serde_json::to_string(block.config)?;
+        let reroutes = block
+            .reroute
+            .iter()
+            .map(|r| r.parse().map_err(|e: String| anyhow::anyhow!("{at} {e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let policy = HttpPolicy::new(
+            &plugin.manifest().allowed_hosts,
+            block.allow_hosts,
+            block.allow_private_hosts,
+        )
+        .with_reroutes(reroutes);
+        Ok(PluginInstance::new(
+            plugin,
+            PluginConfig { config, secrets },
+            policy,
+        ))
     }
 
     /// Removes every version of `name`, or one version.

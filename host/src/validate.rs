@@ -5,8 +5,8 @@
 
 use std::path::Path;
 
-use crate::config::{Config, SyncMode};
-use crate::registry::Registry;
+use crate::config::{Config, PluginBlock, SyncMode};
+use crate::registry::{InstalledPlugin, Registry};
 
 /// Checks the file at `path`; returns one line per problem (empty: valid).
 pub fn validate(path: &Path, registry: Option<&Registry>) -> Vec<String> {
@@ -32,32 +32,39 @@ pub fn validate(path: &Path, registry: Option<&Registry>) -> Vec<String> {
 fn check_source_plugins(config: &Config, registry: &Registry) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, source) in &config.sources {
-        let Some(plugin_name) = &source.plugin else {
-            continue;
-        };
-        let at = format!("[sources.{name}]");
-        let plugin = match registry.find(plugin_name, source.version.as_deref()) {
-            Ok(p) => p,
-            Err(e) => {
-                problems.push(format!("{at} {e:#}"));
-                continue;
-            }
-        };
-        if plugin.kind != "source" {
-            problems.push(format!(
-                "{at} plugin `{}` is a {} plugin, not a source",
-                plugin.name, plugin.kind
-            ));
-            continue;
+        if let Some(block) = source.block(name) {
+            check_block(&block, registry, &mut problems);
         }
-        let instance = match serde_json::to_value(&source.config) {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(format!("{at} config cannot be read as JSON: {e}"));
-                continue;
-            }
-        };
-        match jsonschema::validator_for(&plugin.config_schema) {
+    }
+    problems
+}
+
+/// A plugin block's plugin: installed, of the block's kind, the block's config valid against the
+/// plugin's JSON Schema, its required secrets given and no unknown ones. Returns the plugin
+/// when it is installed and of the right kind, for checks of what it can do.
+fn check_block(
+    block: &PluginBlock,
+    registry: &Registry,
+    problems: &mut Vec<String>,
+) -> Option<InstalledPlugin> {
+    let at = block.at();
+    let plugin = match registry.find(block.plugin, block.version) {
+        Ok(p) => p,
+        Err(e) => {
+            problems.push(format!("{at} {e:#}"));
+            return None;
+        }
+    };
+    if plugin.kind != block.kind {
+        problems.push(format!(
+            "{at} plugin `{}` is a {} plugin, not a {}",
+            plugin.name, plugin.kind, block.kind
+        ));
+        return None;
+    }
+    match serde_json::to_value(block.config) {
+        Err(e) => problems.push(format!("{at} config cannot be read as JSON: {e}")),
+        Ok(instance) => match jsonschema::validator_for(&plugin.config_schema) {
             Ok(validator) => {
                 for error in validator.iter_errors(&instance) {
                     let path = error.instance_path.to_string();
@@ -76,31 +83,31 @@ fn check_source_plugins(config: &Config, registry: &Registry) -> Vec<String> {
                 "{at} plugin `{}` publishes an unusable config schema: {e}",
                 plugin.name
             )),
-        }
-        for secret in &plugin.secrets {
-            if secret.required && !source.secrets.contains_key(&secret.name) {
-                problems.push(format!(
-                    "{at} secrets.{} is missing: plugin `{}` requires it ({})",
-                    secret.name, plugin.name, secret.description
-                ));
-            }
-        }
-        for key in source.secrets.keys() {
-            if !plugin.secrets.iter().any(|s| &s.name == key) {
-                problems.push(format!(
-                    "{at} secrets.{key}: plugin `{}` declares no such secret (it knows: {})",
-                    plugin.name,
-                    plugin
-                        .secrets
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
+        },
+    }
+    for secret in &plugin.secrets {
+        if secret.required && !block.secrets.contains_key(&secret.name) {
+            problems.push(format!(
+                "{at} secrets.{} is missing: plugin `{}` requires it ({})",
+                secret.name, plugin.name, secret.description
+            ));
         }
     }
-    problems
+    for key in block.secrets.keys() {
+        if !plugin.secrets.iter().any(|s| &s.name == key) {
+            problems.push(format!(
+                "{at} secrets.{key}: plugin `{}` declares no such secret (it knows: {})",
+                plugin.name,
+                plugin
+                    .secrets
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    Some(plugin)
 }
 
 fn check_secrets(config: &Config) -> Vec<String> {
@@ -111,21 +118,20 @@ fn check_secrets(config: &Config) -> Vec<String> {
     if let Err(e) = config.write_keys() {
         problems.push(format!("[sources] {e:#}"));
     }
-    for (name, source) in &config.sources {
-        for (key, spec) in &source.secrets {
-            if let Err(e) =
-                crate::cli::resolve_secret(&format!("sources.{name}.secrets.{key}"), spec)
-            {
-                problems.push(format!("[sources.{name}] {e:#}"));
-            }
-        }
-    }
-    for (name, dest) in &config.destinations {
-        for (key, spec) in &dest.secrets {
-            if let Err(e) =
-                crate::cli::resolve_secret(&format!("destinations.{name}.secrets.{key}"), spec)
-            {
-                problems.push(format!("[destinations.{name}] {e:#}"));
+    let blocks = config
+        .sources
+        .iter()
+        .filter_map(|(name, source)| source.block(name))
+        .chain(
+            config
+                .destinations
+                .iter()
+                .map(|(name, dest)| dest.block(name)),
+        );
+    for block in blocks {
+        for (key, spec) in block.secrets {
+            if let Err(e) = crate::cli::resolve_secret(&block.secret_path(key), spec) {
+                problems.push(format!("{} {e:#}", block.at()));
             }
         }
     }
@@ -135,70 +141,9 @@ fn check_secrets(config: &Config) -> Vec<String> {
 fn check_plugins(config: &Config, registry: &Registry) -> Vec<String> {
     let mut problems = Vec::new();
     for (name, dest) in &config.destinations {
-        let at = format!("[destinations.{name}]");
-        let plugin = match registry.find(&dest.plugin, dest.version.as_deref()) {
-            Ok(p) => p,
-            Err(e) => {
-                problems.push(format!("{at} {e:#}"));
-                continue;
-            }
-        };
-        if plugin.kind != "destination" {
-            problems.push(format!(
-                "{at} plugin `{}` is a {} plugin, not a destination",
-                plugin.name, plugin.kind
-            ));
+        let Some(plugin) = check_block(&dest.block(name), registry, &mut problems) else {
             continue;
-        }
-        let instance = match serde_json::to_value(&dest.config) {
-            Ok(v) => v,
-            Err(e) => {
-                problems.push(format!("{at} config cannot be read as JSON: {e}"));
-                continue;
-            }
         };
-        match jsonschema::validator_for(&plugin.config_schema) {
-            Ok(validator) => {
-                for error in validator.iter_errors(&instance) {
-                    let path = error.instance_path.to_string();
-                    let field = if path.is_empty() {
-                        "config".to_string()
-                    } else {
-                        format!("config{}", path.replace('/', "."))
-                    };
-                    problems.push(format!(
-                        "{at} {field}: {error} (plugin `{}` {})",
-                        plugin.name, plugin.version
-                    ));
-                }
-            }
-            Err(e) => problems.push(format!(
-                "{at} plugin `{}` publishes an unusable config schema: {e}",
-                plugin.name
-            )),
-        }
-        for secret in &plugin.secrets {
-            if secret.required && !dest.secrets.contains_key(&secret.name) {
-                problems.push(format!(
-                    "{at} secrets.{} is missing: plugin `{}` requires it ({})",
-                    secret.name, plugin.name, secret.description
-                ));
-            }
-        }
-        for key in dest.secrets.keys() {
-            if !plugin.secrets.iter().any(|s| &s.name == key) {
-                problems.push(format!(
-                    "{at} secrets.{key}: plugin `{}` declares no such secret (it knows: {})",
-                    plugin.name,
-                    plugin
-                        .secrets
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-        }
         for sync in config.syncs.iter().filter(|s| &s.to == name) {
             let needs: &[&str] = match sync.mode {
                 SyncMode::Upsert => &["upsert"],

@@ -29,8 +29,7 @@ use crate::identity::{Identifier, IdentityRules};
 use crate::lease::{self, Lease};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
-use crate::runtime::bindings::{CallError, Page, PluginConfig, SourceRecord};
-use crate::runtime::net::HttpPolicy;
+use crate::runtime::bindings::{CallError, Page, SourceRecord};
 use crate::runtime::{PluginError, PluginInstance};
 use crate::store::{now_millis, Backend, Store};
 
@@ -172,39 +171,10 @@ impl SourceEngine {
             return Ok(i.clone());
         }
         let source = self.source(name)?;
-        let plugin_name = source.plugin.as_deref().unwrap_or_default();
-        let plugin = self
-            .registry
-            .load(plugin_name, source.version.as_deref())
-            .await
-            .with_context(|| {
-                format!("[sources.{name}]: install it with `switchyard plugin install`")
-            })?;
-        if plugin.kind() != crate::runtime::bindings::PluginKind::Source {
-            bail!("[sources.{name}] plugin `{plugin_name}` is a destination plugin, not a source");
-        }
-        let mut secrets = Vec::new();
-        for (key, spec) in &source.secrets {
-            secrets.push((
-                key.clone(),
-                crate::cli::resolve_secret(&format!("sources.{name}.secrets.{key}"), spec)?,
-            ));
-        }
-        let config = serde_json::to_string(&source.config)?;
-        let mut reroutes = Vec::new();
-        for r in &source.reroute {
-            reroutes.push(
-                r.parse()
-                    .map_err(|e: String| anyhow::anyhow!("[sources.{name}] {e}"))?,
-            );
-        }
-        let policy = HttpPolicy::new(
-            &plugin.manifest().allowed_hosts,
-            source.allow_hosts.as_deref(),
-            &source.allow_private_hosts,
-        )
-        .with_reroutes(reroutes);
-        let instance = PluginInstance::new(plugin, PluginConfig { config, secrets }, policy);
+        let block = source
+            .block(name)
+            .with_context(|| format!("[sources.{name}] has no `plugin` to read with"))?;
+        let instance = self.registry.instance(&block).await?;
         lock(&self.instances).insert(name.to_string(), instance.clone());
         Ok(instance)
     }

@@ -27,8 +27,7 @@ use crate::lease::{self, Lease};
 use crate::metrics::Metrics;
 use crate::model;
 use crate::registry::Registry;
-use crate::runtime::bindings::{Action, PluginConfig};
-use crate::runtime::net::HttpPolicy;
+use crate::runtime::bindings::Action;
 use crate::runtime::PluginInstance;
 use crate::store::{now_millis, Store};
 use delivery::{Abort, Item, Ledger, Stats, Target};
@@ -197,37 +196,7 @@ impl Engine {
         name: &str,
         dest: &DestinationConfig,
     ) -> anyhow::Result<PluginInstance> {
-        let plugin = self
-            .registry
-            .load(&dest.plugin, dest.version.as_deref())
-            .await
-            .with_context(|| format!("[destinations.{name}]"))?;
-        let mut secrets = Vec::new();
-        for (key, spec) in &dest.secrets {
-            secrets.push((
-                key.clone(),
-                crate::cli::resolve_secret(&format!("destinations.{name}.secrets.{key}"), spec)?,
-            ));
-        }
-        let config = serde_json::to_string(&dest.config)?;
-        let mut reroutes = Vec::new();
-        for r in &dest.reroute {
-            reroutes.push(
-                r.parse()
-                    .map_err(|e: String| anyhow::anyhow!("[destinations.{name}] {e}"))?,
-            );
-        }
-        let policy = HttpPolicy::new(
-            &plugin.manifest().allowed_hosts,
-            dest.allow_hosts.as_deref(),
-            &dest.allow_private_hosts,
-        )
-        .with_reroutes(reroutes);
-        Ok(PluginInstance::new(
-            plugin,
-            PluginConfig { config, secrets },
-            policy,
-        ))
+        self.registry.instance(&dest.block(name)).await
     }
 
     /// Runs a sync now. Fails at once if another run of it holds the lease.
