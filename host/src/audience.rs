@@ -53,12 +53,12 @@ impl Filter {
         // A dry evaluation on an empty profile catches misspelt names (`trait.plan`) now
         // rather than on every profile later. (Names bound by macros like `e` in
         // `event_list.filter(e, ...)` are fine; a static check would flag them.)
-        if let Err(e) = filter.evaluate(&ProfileData::default(), Some(&Value::Null)) {
-            if let cel::ExecutionError::UndeclaredReference(name) = &e {
-                return Err(format!(
-                    "`{source}`: unknown name `{name}`; a filter can read traits, identifiers, events, event_list, event and now"
-                ));
-            }
+        if let Err(cel::ExecutionError::UndeclaredReference(name)) =
+            filter.evaluate(&ProfileData::default(), Some(&Value::Null))
+        {
+            return Err(format!(
+                "`{source}`: unknown name `{name}`; a filter can read traits, identifiers, events, event_list, event and now"
+            ));
         }
         Ok(filter)
     }

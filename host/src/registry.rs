@@ -197,12 +197,11 @@ impl Registry {
         }
         candidates
             .into_iter()
-            .filter(|p| match (&req, semver::Version::parse(&p.version)) {
+            .rfind(|p| match (&req, semver::Version::parse(&p.version)) {
                 (Some(r), Ok(v)) => r.matches(&v),
                 (Some(_), Err(_)) => false,
                 (None, _) => true,
             })
-            .next_back()
             .ok_or_else(|| {
                 anyhow::anyhow!(
                     "no installed version of `{name}` matches `{}`",

@@ -140,7 +140,7 @@ impl HttpPolicy {
     /// allowed this exact `host:port`.
     pub fn check_addr(&self, host: &str, port: u16, ip: IpAddr) -> Result<(), Denied> {
         let key = format!("{}:{port}", host.trim_end_matches('.').to_ascii_lowercase());
-        if is_public(ip) || self.private_ok.iter().any(|p| *p == key) {
+        if is_public(ip) || self.private_ok.contains(&key) {
             Ok(())
         } else {
             Err(Denied::PrivateAddress(key, ip))
