@@ -34,6 +34,14 @@ pub struct LeaseKind {
     column: &'static str,
 }
 
+impl LeaseKind {
+    /// Moves a held lease's expiry: `$1` new expiry, `$2` name, `$3` run id.
+    fn renew_sql(&self) -> String {
+        let LeaseKind { table, column, .. } = self;
+        format!("UPDATE {table} SET expires_at = $1 WHERE {column} = $2 AND run_id = $3")
+    }
+}
+
 /// One run of a `[[syncs]]` entry at a time.
 pub const SYNC: LeaseKind = LeaseKind {
     noun: "sync",
@@ -130,20 +138,14 @@ impl Lease {
     /// of a transaction that must commit only while this run holds the lease (on SQLite it
     /// also takes the write lock before any read).
     pub async fn fence(&self, tx: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
-        let LeaseKind {
-            table,
-            column,
-            noun,
-        } = self.kind;
-        let held = sqlx::query(&format!(
-            "UPDATE {table} SET expires_at = $1 WHERE {column} = $2 AND run_id = $3"
-        ))
-        .bind(now_millis() + lease_ms())
-        .bind(&self.name)
-        .bind(&self.run_id)
-        .execute(tx)
-        .await?
-        .rows_affected();
+        let noun = self.kind.noun;
+        let held = sqlx::query(&self.kind.renew_sql())
+            .bind(now_millis() + lease_ms())
+            .bind(&self.name)
+            .bind(&self.run_id)
+            .execute(tx)
+            .await?
+            .rows_affected();
         if held != 1 {
             self.lost.store(true, Ordering::SeqCst);
             bail!(
@@ -185,8 +187,7 @@ async fn renew(
     mut expires_at: i64,
     lost: Arc<AtomicBool>,
 ) {
-    let LeaseKind { table, column, .. } = kind;
-    let sql = format!("UPDATE {table} SET expires_at = $1 WHERE {column} = $2 AND run_id = $3");
+    let sql = kind.renew_sql();
     loop {
         tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
         let next = now_millis() + lease_ms();
