@@ -3,7 +3,9 @@
 //!
 //! - through the `sandbox-probe` destination plugin (a fresh instance per call, no network),
 //! - natively, by the very same Rust function,
-//! - by a subprocess speaking JSON lines over stdio, the way Airbyte and Singer connectors run,
+//! - by a subprocess speaking JSON lines over stdio, the way Airbyte and Singer connectors run:
+//!   started for each call and exiting after it (Airbyte starts a connector per job; this is the
+//!   isolation the plugin's fresh instance gives), and one kept alive across calls,
 //!
 //! for batches of 1, 100 and 1,000 records, plus the cost of a fresh instance with an empty call.
 //!
@@ -27,8 +29,12 @@ const WORKER_ENV: &str = "SWITCHYARD_BENCH_WORKER";
 const MEASURE_FOR: Duration = Duration::from_millis(1500);
 
 fn main() {
-    if std::env::var_os(WORKER_ENV).is_some() {
-        return worker();
+    if let Ok(mode) = std::env::var(WORKER_ENV) {
+        let workload = WORKLOADS
+            .iter()
+            .find(|w| w.mode == mode)
+            .expect("known workload");
+        return worker(workload);
     }
     let wasm_path = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
@@ -70,67 +76,93 @@ fn main() {
         "fresh instance + empty deliver call: {:.1} µs",
         per_call.as_secs_f64() * 1e6
     );
-    println!();
-    println!(
-        "{:>6}  {:>16}  {:>16}  {:>16}  {:>12}  {:>14}",
-        "batch", "wasm rec/s", "native rec/s", "subprocess rec/s", "wasm/native", "wasm/subproc"
-    );
-
-    let mapper = instance("map");
-    let mut worker = Worker::spawn();
     let sizes: Vec<usize> = std::env::var("SWITCHYARD_BENCH_SIZES")
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 100, 1000]);
-    for size in sizes {
-        let batch = records(size);
-        let wasm = time_per_iter(|| {
-            let results = rt.block_on(mapper.deliver(Action::Upsert, &batch)).unwrap();
-            assert!(matches!(results[0], RecordResult::Ok));
-        });
-        let native = time_per_iter(|| {
-            let mut out = Vec::with_capacity(size * 128);
-            let results: Vec<RecordResult> = batch
-                .iter()
-                .map(|r| match map::map_record(&r.key, &r.fields, &mut out) {
-                    Ok(()) => RecordResult::Ok,
-                    Err(e) => RecordResult::Rejected(e),
-                })
-                .collect();
-            std::hint::black_box((&out, results));
-        });
-        let subprocess = time_per_iter(|| worker.round_trip(&batch));
-        let rate = |d: Duration| size as f64 / d.as_secs_f64();
+    for workload in WORKLOADS {
+        println!();
+        println!("{}", workload.title);
         println!(
-            "{:>6}  {:>16.0}  {:>16.0}  {:>16.0}  {:>11.2}x  {:>13.1}x",
-            size,
-            rate(wasm),
-            rate(native),
-            rate(subprocess),
-            wasm.as_secs_f64() / native.as_secs_f64(),
-            subprocess.as_secs_f64() / wasm.as_secs_f64(),
+            "{:>6}  {:>12}  {:>12}  {:>16}  {:>16}  {:>11}  {:>13}  {:>13}",
+            "batch",
+            "wasm rec/s",
+            "native rec/s",
+            "spawned rec/s",
+            "kept-alive rec/s",
+            "wasm/native",
+            "wasm/spawned",
+            "wasm/kept"
         );
+        let mapper = instance(workload.mode);
+        let mut worker = Worker::spawn(workload);
+        for &size in &sizes {
+            let batch = records(size);
+            let wasm = time_per_iter(|| {
+                let results = rt.block_on(mapper.deliver(Action::Upsert, &batch)).unwrap();
+                assert!(matches!(results[0], RecordResult::Ok));
+            });
+            let native = time_per_iter(|| {
+                let mut out = Vec::with_capacity(size * 128);
+                let results: Vec<RecordResult> = batch
+                    .iter()
+                    .map(|r| match (workload.map)(&r.key, &r.fields, &mut out) {
+                        Ok(()) => RecordResult::Ok,
+                        Err(e) => RecordResult::Rejected(e),
+                    })
+                    .collect();
+                std::hint::black_box((&out, results));
+            });
+            // The Airbyte way: a connector process is started for each job and exits after
+            // it, which is the isolation a fresh Wasm instance per call gives.
+            let spawned = time_per_iter(|| {
+                let mut w = Worker::spawn(workload);
+                w.round_trip(&batch);
+                w.finish();
+            });
+            // One process kept alive across calls: cheaper, but calls share its state.
+            let kept = time_per_iter(|| worker.round_trip(&batch));
+            let rate = |d: Duration| size as f64 / d.as_secs_f64();
+            let times = |slow: Duration, fast: Duration| slow.as_secs_f64() / fast.as_secs_f64();
+            println!(
+                "{:>6}  {:>12.0}  {:>12.0}  {:>16.0}  {:>16.0}  {:>10.2}x  {:>12.1}x  {:>12.1}x",
+                size,
+                rate(wasm),
+                rate(native),
+                rate(spawned),
+                rate(kept),
+                times(wasm, native),
+                times(spawned, wasm),
+                times(kept, wasm),
+            );
+        }
     }
-
-    // Isolation per call, as the Wasm plugin has it: a fresh subprocess per call (spawn, one
-    // record, exit) against a fresh Wasm instance per call.
-    let one = records(1);
-    let wasm = time_per_iter(|| {
-        rt.block_on(mapper.deliver(Action::Upsert, &one)).unwrap();
-    });
-    let fresh_process = time_per_iter(|| {
-        let mut w = Worker::spawn();
-        w.round_trip(&one);
-        w.finish();
-    });
     println!();
-    println!(
-        "batch 1, fresh sandbox per call: wasm {:.0} rec/s, subprocess spawned per call {:.0} rec/s: wasm {:.1}x faster",
-        1.0 / wasm.as_secs_f64(),
-        1.0 / fresh_process.as_secs_f64(),
-        fresh_process.as_secs_f64() / wasm.as_secs_f64()
-    );
+    println!("wasm/native: how much slower the plugin is than native code;");
+    println!("wasm/spawned, wasm/kept: how much faster the plugin is than a subprocess started");
+    println!("per call (a fresh sandbox per call, as the plugin has) or kept alive across calls.");
 }
+
+/// One way of writing the mapping, run the same by the plugin, natively and by the worker.
+struct Workload {
+    title: &'static str,
+    /// The probe plugin's `mode` and the worker's `SWITCHYARD_BENCH_WORKER` value.
+    mode: &'static str,
+    map: fn(&str, &str, &mut Vec<u8>) -> Result<(), String>,
+}
+
+const WORKLOADS: &[Workload] = &[
+    Workload {
+        title: "fields parsed into serde_json::Value (any shape):",
+        mode: "map",
+        map: map::map_record,
+    },
+    Workload {
+        title: "fields deserialised into a struct borrowing from the record:",
+        mode: "map-typed",
+        map: map::map_record_typed,
+    },
+];
 
 /// Median time of one iteration over several rounds of `MEASURE_FOR / 5`, after a warm-up.
 fn time_per_iter(mut f: impl FnMut()) -> Duration {
@@ -179,10 +211,10 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn() -> Worker {
+    fn spawn(workload: &Workload) -> Worker {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new(exe)
-            .env(WORKER_ENV, "1")
+            .env(WORKER_ENV, workload.mode)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -238,7 +270,7 @@ impl Drop for Worker {
     }
 }
 
-fn worker() {
+fn worker(workload: &Workload) {
     let stdin = std::io::stdin();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     let mut pending = Vec::new();
@@ -251,7 +283,7 @@ fn worker() {
         }
         let record: serde_json::Value = serde_json::from_str(&line).unwrap();
         mapped.clear();
-        let result = match map::map_record(
+        let result = match (workload.map)(
             record["key"].as_str().unwrap_or(""),
             record["fields"].as_str().unwrap_or("{}"),
             &mut mapped,

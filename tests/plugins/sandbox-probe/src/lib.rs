@@ -1,7 +1,7 @@
 //! A destination that does what its config's `mode` says, so tests can prove the sandbox holds:
 //! `loop`, `alloc`, `panic`, `fetch` (GET `url`), `socket` (TCP to `url` as host:port),
-//! `read-file`, `read-env`, `big-output` (1 MiB of reasons), and `map` (the
-//! benchmark's workload: parse, map and serialise every record, no network).
+//! `read-file`, `read-env`, `big-output` (1 MiB of reasons), and `map` / `map-typed` (the
+//! benchmark's workloads: parse, map and serialise every record, no network; see `map.rs`).
 
 use serde::Deserialize;
 use switchyard_sdk::{
@@ -41,11 +41,15 @@ impl Destination for Probe {
         let note = |text: String| Ok(vec![RecordResult::Rejected(text); batch.len()]);
         match ctx.config.mode.as_str() {
             "ok" => Ok(vec![RecordResult::Ok; batch.len()]),
-            "map" => {
+            mode @ ("map" | "map-typed") => {
+                let map_record = match mode {
+                    "map" => map::map_record,
+                    _ => map::map_record_typed,
+                };
                 let mut out = Vec::with_capacity(batch.len() * 128);
                 let results = batch
                     .iter()
-                    .map(|r| match map::map_record(&r.key, &r.fields, &mut out) {
+                    .map(|r| match map_record(&r.key, &r.fields, &mut out) {
                         Ok(()) => RecordResult::Ok,
                         Err(e) => RecordResult::Rejected(e),
                     })
