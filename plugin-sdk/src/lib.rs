@@ -57,6 +57,30 @@
 //! switchyard_sdk::export_destination!(Hook);
 //! ```
 //!
+//! A record's `fields` is a JSON object. Parsing it into `serde_json::Value` takes any shape;
+//! when a plugin knows the fields it sends, deserialising into a struct that borrows from the
+//! record (`&'a str`, `Cow<'a, str>`, `&'a serde_json::value::RawValue` to pass a value through
+//! untouched) skips the rest unparsed and allocates little: in the plugin benchmark it maps
+//! records about twice as fast inside the sandbox.
+//!
+//! ```
+//! use std::borrow::Cow;
+//! use serde::Deserialize;
+//!
+//! #[derive(Deserialize)]
+//! struct Contact<'a> {
+//!     #[serde(borrow)]
+//!     email: Option<Cow<'a, str>>,
+//!     #[serde(borrow)]
+//!     first_name: Option<&'a switchyard_sdk::serde_json::value::RawValue>,
+//! }
+//!
+//! let fields = r#"{"email":"Ada@Example.com","first_name":"Ada","orders":3}"#;
+//! let contact: Contact = switchyard_sdk::serde_json::from_str(fields).unwrap();
+//! assert_eq!(contact.email.as_deref(), Some("Ada@Example.com"));
+//! assert_eq!(contact.first_name.map(|v| v.get()), Some("\"Ada\""));
+//! ```
+//!
 //! Build it with `switchyard plugin build` (or `cargo build --release --target wasm32-wasip2`)
 //! and install the `.wasm` with `switchyard plugin install`.
 
