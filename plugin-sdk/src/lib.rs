@@ -89,6 +89,7 @@ pub mod http;
 pub mod log;
 pub mod outcome;
 pub mod pii;
+pub mod watermark;
 
 mod plugin;
 

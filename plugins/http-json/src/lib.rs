@@ -26,8 +26,9 @@ use serde_json::Value;
 use switchyard_sdk::{
     debug,
     http::{Request, Response},
-    outcome, schemars, CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceRecord,
-    StreamInfo,
+    outcome, schemars,
+    watermark::Watermark,
+    CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceRecord, StreamInfo,
 };
 
 /// Settings of one `[sources.NAME]` block using the generic JSON source.
@@ -125,25 +126,15 @@ fn default_first_page() -> u64 {
     1
 }
 
-/// Where a read stands. Serialised as the page cursor.
+/// Where a read stands. Serialised as the page cursor: the watermark on `updated_at_field` and
+/// the page to read next.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Cursor {
-    /// Watermark of this run (the newest update time the previous run read).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<String>,
-    /// Ids read at exactly `since`, skipped when seen again.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub seen: Vec<String>,
+    #[serde(flatten)]
+    pub mark: Watermark<Time>,
     /// The next page: the API's cursor, a page number, or the next URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<String>,
-    /// Newest update time read in this run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<String>,
-    /// Ids read in this run at `max`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub max_ids: Vec<String>,
 }
 
 impl Cursor {
@@ -157,51 +148,33 @@ impl Cursor {
             }),
         }
     }
+}
 
-    fn observe(&mut self, id: &str, at: &str) {
-        match self.max.as_deref().map(|m| compare_times(at, m)) {
-            Some(std::cmp::Ordering::Less) => {}
-            Some(std::cmp::Ordering::Equal) => {
-                if !self.max_ids.iter().any(|i| i == id) {
-                    self.max_ids.push(id.to_string());
-                }
-            }
-            _ => {
-                self.max = Some(at.to_string());
-                self.max_ids = vec![id.to_string()];
-            }
-        }
-    }
+/// An update time as the API wrote it, sent back as is and ordered by [`compare_times`]
+/// (RFC 3339 by instant, numbers by value, anything else as text).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Time(pub String);
 
-    fn finished(self) -> Cursor {
-        let newer = match (&self.max, &self.since) {
-            (Some(m), Some(s)) => compare_times(m, s).is_gt(),
-            (Some(_), None) => true,
-            _ => false,
-        };
-        if newer {
-            Cursor {
-                since: self.max,
-                seen: self.max_ids,
-                ..Cursor::default()
-            }
-        } else {
-            let mut seen = self.seen;
-            if self.max.is_some() {
-                for id in self.max_ids {
-                    if !seen.contains(&id) {
-                        seen.push(id);
-                    }
-                }
-            }
-            Cursor {
-                since: self.since,
-                seen,
-                ..Cursor::default()
-            }
-        }
+impl Ord for Time {
+    fn cmp(&self, other: &Time) -> std::cmp::Ordering {
+        compare_times(&self.0, &other.0)
     }
 }
+
+impl PartialOrd for Time {
+    fn partial_cmp(&self, other: &Time) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for Time {
+    fn eq(&self, other: &Time) -> bool {
+        self.cmp(other).is_eq()
+    }
+}
+
+impl Eq for Time {}
 
 struct HttpJson;
 
@@ -284,15 +257,11 @@ impl Source for HttpJson {
                 .as_deref()
                 .and_then(|f| scalar_text(lookup(item, f)));
             if let Some(at) = &updated {
-                if state
-                    .since
-                    .as_deref()
-                    .is_some_and(|s| compare_times(at, s).is_eq())
-                    && state.seen.contains(&id)
-                {
+                let at = Time(at.clone());
+                if state.mark.already_read(&id, &at) {
                     continue;
                 }
-                state.observe(&id, at);
+                state.mark.observe(&id, at);
             }
             records.push(SourceRecord {
                 id,
@@ -336,7 +305,10 @@ impl Source for HttpJson {
                 next: Some(n),
                 ..state
             },
-            None => state.finished(),
+            None => Cursor {
+                mark: state.mark.finished(),
+                next: None,
+            },
         };
         Ok(Page {
             records,
@@ -377,8 +349,8 @@ fn first_url(config: &Config, cursor: &Cursor) -> String {
     if let Some(p) = &config.page_size_param {
         params.push((p.clone(), config.page_size.to_string()));
     }
-    if let (Some(param), Some(since)) = (&config.incremental_param, &cursor.since) {
-        params.push((param.clone(), since.clone()));
+    if let (Some(param), Some(since)) = (&config.incremental_param, &cursor.mark.since) {
+        params.push((param.clone(), since.0.clone()));
     }
     match &config.pagination {
         Pagination::Cursor { cursor_param, .. } => {
@@ -622,9 +594,11 @@ mod tests {
             "updated_at_field": "updated_at", "pagination": {"type": "cursor", "cursor_path": "meta.next"}}),
         );
         let cur = Cursor {
-            since: Some("2024-01-01T00:00:00+01:00".into()),
+            mark: Watermark {
+                since: Some(Time("2024-01-01T00:00:00+01:00".into())),
+                ..Watermark::default()
+            },
             next: Some("a b".into()),
-            ..Cursor::default()
         };
         assert_eq!(
             first_url(&c, &cur),
@@ -692,21 +666,24 @@ mod tests {
     }
 
     #[test]
-    fn cursor_watermarks() {
-        let mut c = Cursor::default();
-        c.observe("a", "2024-01-01T00:00:00Z");
-        c.observe("b", "2024-01-02T00:00:00Z");
-        c.observe("c", "2024-01-02T00:00:00Z");
-        let done = c.finished();
-        assert_eq!(done.since.as_deref(), Some("2024-01-02T00:00:00Z"));
-        assert_eq!(done.seen, ["b", "c"]);
-        let same = Cursor {
-            since: done.since.clone(),
-            seen: vec!["b".into()],
-            ..Cursor::default()
-        }
-        .finished();
-        assert_eq!(same.seen, ["b"]);
+    fn cursor_watermarks_order_times_as_instants() {
+        let mut mark = Watermark::default();
+        mark.observe("a", Time("2024-01-02T00:00:00Z".into()));
+        // The same instant written with an offset counts as the same time.
+        mark.observe("b", Time("2024-01-02T01:00:00+01:00".into()));
+        mark.observe("c", Time("2024-01-01T23:00:00Z".into()));
+        let next = mark.finished();
+        assert_eq!(
+            next.since.as_ref().map(|t| t.0.as_str()),
+            Some("2024-01-02T00:00:00Z")
+        );
+        assert_eq!(next.seen, ["a", "b"]);
+        assert!(next.already_read("b", &Time("2024-01-02T00:00:00.000Z".into())));
+        // Stored cursors keep their keys; the time is sent back exactly as the API wrote it.
+        let stored = r#"{"since":"2024-01-02T00:00:00Z","seen":["a"],"next":"3"}"#;
+        let cursor = Cursor::parse(Some(stored)).unwrap();
+        assert_eq!(cursor.next.as_deref(), Some("3"));
+        assert_eq!(serde_json::to_string(&cursor).unwrap(), stored);
         assert!(Cursor::parse(Some("nope")).is_err());
     }
 }

@@ -42,8 +42,10 @@ use sha2::Sha256;
 use switchyard_sdk::{
     debug,
     http::{Request, Response},
-    outcome, schemars, CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceEvent,
-    SourceRecord, StreamInfo, StreamRecord, WebhookError, WebhookOutcome, WebhookRequest,
+    outcome, schemars,
+    watermark::Watermark,
+    CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceEvent, SourceRecord,
+    StreamInfo, StreamRecord, WebhookError, WebhookOutcome, WebhookRequest,
 };
 
 /// Shopify's largest `limit`.
@@ -105,25 +107,15 @@ impl Config {
     }
 }
 
-/// Where a stream's read stands. Serialised as the page cursor.
+/// Where a stream's read stands. Serialised as the page cursor: the watermark on `updated_at`
+/// (Unix seconds; a run asks for `updated_at_min` of it) and the page to read next.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Cursor {
-    /// `updated_at_min` of this run (Unix seconds): the watermark the previous run left.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<i64>,
-    /// Ids already read whose `updated_at` is exactly `since`, skipped when seen again.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub seen: Vec<String>,
+    #[serde(flatten)]
+    pub mark: Watermark<i64>,
     /// `page_info` of the next page; none before a run's first page and once it is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_info: Option<String>,
-    /// Newest `updated_at` read so far in this run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<i64>,
-    /// Ids read in this run whose `updated_at` equals `max`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub max_ids: Vec<String>,
 }
 
 impl Cursor {
@@ -140,49 +132,6 @@ impl Cursor {
 
     fn text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
-    }
-
-    fn observe(&mut self, id: &str, at: i64) {
-        match self.max {
-            Some(m) if at < m => {}
-            Some(m) if at == m => {
-                if !self.max_ids.iter().any(|i| i == id) {
-                    self.max_ids.push(id.to_string());
-                }
-            }
-            _ => {
-                self.max = Some(at);
-                self.max_ids = vec![id.to_string()];
-            }
-        }
-    }
-
-    fn finished(self) -> Cursor {
-        match self.max {
-            Some(max) if Some(max) > self.since => Cursor {
-                since: Some(max),
-                seen: self.max_ids,
-                ..Cursor::default()
-            },
-            Some(max) => {
-                let mut seen = self.seen;
-                for id in self.max_ids {
-                    if !seen.contains(&id) {
-                        seen.push(id);
-                    }
-                }
-                Cursor {
-                    since: Some(max),
-                    seen,
-                    ..Cursor::default()
-                }
-            }
-            None => Cursor {
-                since: self.since,
-                seen: self.seen,
-                ..Cursor::default()
-            },
-        }
     }
 }
 
@@ -296,10 +245,10 @@ impl Source for Shopify {
                 .and_then(Value::as_str)
                 .and_then(parse_rfc3339);
             if let Some(at) = updated {
-                if state.since == Some(at) && state.seen.iter().any(|s| *s == record.id) {
+                if state.mark.already_read(&record.id, &at) {
                     continue;
                 }
-                state.observe(&record.id, at);
+                state.mark.observe(&record.id, at);
             }
             records.push(record);
         }
@@ -317,7 +266,10 @@ impl Source for Shopify {
                 page_info: Some(page_info),
                 ..state
             },
-            None => state.finished(),
+            None => Cursor {
+                mark: state.mark.finished(),
+                page_info: None,
+            },
         };
         Ok(Page {
             records,
@@ -397,7 +349,7 @@ fn list_url(
     if stream == Stream::Orders {
         url.push_str("&status=any");
     }
-    if let Some(since) = cursor.since {
+    if let Some(since) = cursor.mark.since {
         let _ = write!(url, "&updated_at_min={}", encode(&rfc3339(since)));
     }
     url
@@ -907,7 +859,10 @@ mod tests {
     #[test]
     fn urls_keep_filters_out_of_page_info_requests() {
         let first = Cursor {
-            since: Some(1_704_467_430),
+            mark: Watermark {
+                since: Some(1_704_467_430),
+                ..Watermark::default()
+            },
             ..Cursor::default()
         };
         assert_eq!(

@@ -39,8 +39,10 @@ use sha2::Sha256;
 use switchyard_sdk::{
     debug,
     http::{Request, Response},
-    outcome, schemars, CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceEvent,
-    SourceRecord, StreamInfo, StreamRecord, WebhookError, WebhookOutcome, WebhookRequest,
+    outcome, schemars,
+    watermark::Watermark,
+    CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceEvent, SourceRecord,
+    StreamInfo, StreamRecord, WebhookError, WebhookOutcome, WebhookRequest,
 };
 
 const API: &str = "https://api.stripe.com";
@@ -74,25 +76,15 @@ fn default_tolerance() -> u64 {
     300
 }
 
-/// Where a stream's read stands. Serialised as the page cursor.
+/// Where a stream's read stands. Serialised as the page cursor: the watermark on `created`
+/// (Unix seconds; a run asks for `created[gte]` of it) and the page to read next.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Cursor {
-    /// `created[gte]` of this run: the watermark the previous run left.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub since: Option<i64>,
-    /// Ids already read whose `created` equals `since`, skipped when seen again.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub seen: Vec<String>,
+    #[serde(flatten)]
+    pub mark: Watermark<i64>,
     /// `starting_after` of the next page; none before a run's first page and once it is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
-    /// Newest `created` read so far in this run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max: Option<i64>,
-    /// Ids read in this run whose `created` equals `max`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub max_ids: Vec<String>,
 }
 
 impl Cursor {
@@ -109,52 +101,6 @@ impl Cursor {
 
     fn text(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// Folds one object's creation time into the run's newest.
-    fn observe(&mut self, id: &str, created: i64) {
-        match self.max {
-            Some(m) if created < m => {}
-            Some(m) if created == m => {
-                if !self.max_ids.iter().any(|i| i == id) {
-                    self.max_ids.push(id.to_string());
-                }
-            }
-            _ => {
-                self.max = Some(created);
-                self.max_ids = vec![id.to_string()];
-            }
-        }
-    }
-
-    /// The cursor the next run starts from.
-    fn finished(self) -> Cursor {
-        match self.max {
-            Some(max) if Some(max) > self.since => Cursor {
-                since: Some(max),
-                seen: self.max_ids,
-                ..Cursor::default()
-            },
-            Some(max) => {
-                // Nothing newer than the watermark: keep it, remembering every id read at it.
-                let mut seen = self.seen;
-                for id in self.max_ids {
-                    if !seen.contains(&id) {
-                        seen.push(id);
-                    }
-                }
-                Cursor {
-                    since: Some(max),
-                    seen,
-                    ..Cursor::default()
-                }
-            }
-            None => Cursor {
-                since: self.since,
-                seen: self.seen,
-                ..Cursor::default()
-            },
-        }
     }
 }
 
@@ -257,10 +203,10 @@ impl Source for Stripe {
                 })?;
             last_id = Some(id.to_string());
             // Already read at exactly the watermark second by the previous run.
-            if state.since == Some(created) && state.seen.iter().any(|s| s == id) {
+            if state.mark.already_read(id, &created) {
                 continue;
             }
-            state.observe(id, created);
+            state.mark.observe(id, created);
             records.push(match stream {
                 Stream::Customers => customer_record(object)?,
                 Stream::Charges => charge_record(object, None)?,
@@ -279,7 +225,10 @@ impl Source for Stripe {
                 ..state
             }
         } else {
-            state.finished()
+            Cursor {
+                mark: state.mark.finished(),
+                after: None,
+            }
         };
         Ok(Page {
             records,
@@ -333,7 +282,7 @@ fn stream_name(stream: Stream) -> &'static str {
 fn list_url(stream: Stream, page_size: u32, cursor: &Cursor) -> String {
     let limit = page_size.clamp(1, MAX_PAGE);
     let mut url = format!("{API}/v1/{}?limit={limit}", stream_name(stream));
-    if let Some(since) = cursor.since {
+    if let Some(since) = cursor.mark.since {
         let _ = write!(url, "&created%5Bgte%5D={since}");
     }
     if let Some(after) = &cursor.after {
@@ -728,39 +677,32 @@ mod tests {
     }
 
     #[test]
-    fn cursor_tracks_watermark_and_boundary_ids() {
-        let mut c = Cursor::default();
-        c.observe("cus_3", 300);
-        c.observe("cus_2", 300);
-        c.observe("cus_1", 100);
-        let done = c.finished();
-        assert_eq!(done.since, Some(300));
-        assert_eq!(done.seen, vec!["cus_3".to_string(), "cus_2".to_string()]);
-        assert_eq!(done.after, None);
-        // A run that read nothing new keeps the watermark and its ids.
-        let again = Cursor {
-            since: Some(300),
-            seen: vec!["cus_3".into()],
-            ..Cursor::default()
-        }
-        .finished();
-        assert_eq!(again.since, Some(300));
-        assert_eq!(again.seen, vec!["cus_3".to_string()]);
-        // Round trip and malformed text.
-        assert_eq!(Cursor::parse(Some(&done.text())).unwrap(), done);
+    fn cursor_text_keeps_its_keys() {
+        // Cursors stored by earlier versions use these keys: they must still parse.
+        let stored =
+            r#"{"since":300,"seen":["cus_3"],"max":400,"max_ids":["cus_5"],"after":"cus_9"}"#;
+        let c = Cursor::parse(Some(stored)).unwrap();
+        assert_eq!(c.mark.since, Some(300));
+        assert_eq!(c.mark.seen, ["cus_3"]);
+        assert_eq!(c.mark.max, Some(400));
+        assert_eq!(c.after.as_deref(), Some("cus_9"));
+        assert_eq!(Cursor::parse(Some(&c.text())).unwrap(), c);
         assert!(matches!(
             Cursor::parse(Some("garbage")),
             Err(CallError::Failed(_))
         ));
         assert_eq!(Cursor::parse(None).unwrap(), Cursor::default());
+        assert_eq!(Cursor::default().text(), "{}");
     }
 
     #[test]
     fn list_urls() {
         let c = Cursor {
-            since: Some(1_680_000_000),
+            mark: Watermark {
+                since: Some(1_680_000_000),
+                ..Watermark::default()
+            },
             after: Some("cus_A b".into()),
-            ..Cursor::default()
         };
         assert_eq!(
             list_url(Stream::Customers, 500, &c),
