@@ -1,7 +1,7 @@
 //! Plugin call throughput, side by side in one run: the same mapping work (parse a record's
 //! fields, map and rename them, normalise the email, serialise) done
 //!
-//! - through the `sandbox-probe` destination plugin (a fresh instance per call, no network),
+//! - through the `bench-mapper` destination plugin (a fresh instance per call, no network),
 //! - natively, by the very same Rust function,
 //! - by a subprocess speaking JSON lines over stdio, the way Airbyte and Singer connectors run:
 //!   started for each call and exiting after it (Airbyte starts a connector per job; this is the
@@ -22,7 +22,7 @@ use switchyard::runtime::bindings::{Action, OutboundRecord, PluginConfig, Record
 use switchyard::runtime::net::HttpPolicy;
 use switchyard::runtime::{Limits, PluginInstance, Runtime};
 
-#[path = "../../tests/plugins/sandbox-probe/src/map.rs"]
+#[path = "../../tests/plugins/bench-mapper/src/map.rs"]
 mod map;
 
 const WORKER_ENV: &str = "SWITCHYARD_BENCH_WORKER";
@@ -39,7 +39,7 @@ fn main() {
     let wasm_path = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
-        .join("wasm32-wasip2/plugin/sandbox_probe.wasm");
+        .join("wasm32-wasip2/plugin/bench_mapper.wasm");
     let bytes = std::fs::read(&wasm_path).unwrap_or_else(|e| {
         panic!(
             "{}: {e}; run tools/build-plugins first",
@@ -146,7 +146,7 @@ fn main() {
 /// One way of writing the mapping, run the same by the plugin, natively and by the worker.
 struct Workload {
     title: &'static str,
-    /// The probe plugin's `mode` and the worker's `SWITCHYARD_BENCH_WORKER` value.
+    /// The plugin's `mode` and the worker's `SWITCHYARD_BENCH_WORKER` value.
     mode: &'static str,
     map: fn(&str, &str, &mut Vec<u8>) -> Result<(), String>,
 }

@@ -1,7 +1,7 @@
 //! A destination that does what its config's `mode` says, so tests can prove the sandbox holds:
 //! `loop`, `alloc`, `panic`, `fetch` (GET `url`), `socket` (TCP to `url` as host:port),
 //! `read-file`, `read-env`, `big-output` (1 MiB of reasons), and `map` / `map-typed` (the
-//! benchmark's workloads: parse, map and serialise every record, no network; see `map.rs`).
+//! benchmark's workloads, shared with `bench-mapper`: parse, map and serialise every record).
 
 use serde::Deserialize;
 use switchyard_sdk::{
@@ -9,7 +9,7 @@ use switchyard_sdk::{
     Plugin, RecordResult,
 };
 
-#[path = "map.rs"]
+#[path = "../../bench-mapper/src/map.rs"]
 mod map;
 
 #[derive(Deserialize, schemars::JsonSchema)]
