@@ -1,7 +1,7 @@
 //! A destination that does what its config's `mode` says, so tests can prove the sandbox holds:
 //! `loop`, `alloc`, `panic`, `fetch` (GET `url`), `socket` (TCP to `url` as host:port),
-//! `read-file`, `read-env`, `big-output` (1 MiB of reasons), and `map` / `map-typed` (the
-//! benchmark's workloads, shared with `bench-mapper`: parse, map and serialise every record).
+//! `read-file`, `read-env`, `big-output` (1 MiB of reasons), and `map` (a normal call: the
+//! benchmark's `Value` mapping, shared with `bench-mapper`).
 
 use serde::Deserialize;
 use switchyard_sdk::{
@@ -10,6 +10,7 @@ use switchyard_sdk::{
 };
 
 #[path = "../../bench-mapper/src/map.rs"]
+#[allow(dead_code)] // the typed mapping is only bench-mapper's
 mod map;
 
 #[derive(Deserialize, schemars::JsonSchema)]
@@ -41,15 +42,11 @@ impl Destination for Probe {
         let note = |text: String| Ok(vec![RecordResult::Rejected(text); batch.len()]);
         match ctx.config.mode.as_str() {
             "ok" => Ok(vec![RecordResult::Ok; batch.len()]),
-            mode @ ("map" | "map-typed") => {
-                let map_record = match mode {
-                    "map" => map::map_record,
-                    _ => map::map_record_typed,
-                };
+            "map" => {
                 let mut out = Vec::with_capacity(batch.len() * 128);
                 let results = batch
                     .iter()
-                    .map(|r| match map_record(&r.key, &r.fields, &mut out) {
+                    .map(|r| match map::map_record(&r.key, &r.fields, &mut out) {
                         Ok(()) => RecordResult::Ok,
                         Err(e) => RecordResult::Rejected(e),
                     })
