@@ -553,7 +553,7 @@ fn stripe_429_is_a_retry_with_the_wait() {
             Err(PluginError::Plugin {
                 error: CallError::Failed(m),
                 ..
-            }) => assert!(m.contains("not a Stripe cursor"), "{m}"),
+            }) => assert!(m.contains("not one the Stripe source wrote"), "{m}"),
             other => panic!("{other:?}"),
         }
     });

@@ -85,10 +85,12 @@
 //! and install the `.wasm` with `switchyard plugin install`.
 
 pub mod alloc;
+pub mod cursor;
 pub mod http;
 pub mod log;
 pub mod outcome;
 pub mod pii;
+pub mod time;
 pub mod watermark;
 
 mod plugin;

@@ -28,7 +28,7 @@ pub mod normalize;
 
 use serde::Deserialize;
 use switchyard_sdk::{
-    debug, http::Request, info, schemars, serde_json, warn, Action, CallError, Capabilities,
+    debug, http::Request, info, schemars, serde_json, time, warn, Action, CallError, Capabilities,
     Context, Destination, OutboundRecord, Plugin, RecordResult, Retry,
 };
 
@@ -146,7 +146,7 @@ impl Plugin for CustomerMatch {
             .json(&json!({ "query": query }))
             .send()?;
         if !response.is_success() {
-            return Err(call_error(classify(&response, now_unix())));
+            return Err(call_error(classify(&response, time::now_unix())));
         }
         let body: Value = response.json()?;
         let Some(list) = body.pointer("/results/0/userList") else {
@@ -235,7 +235,7 @@ impl Destination for CustomerMatch {
             .json(&body)
             .send()?;
         if !response.is_success() {
-            return Err(call_error(classify(&response, now_unix())));
+            return Err(call_error(classify(&response, time::now_unix())));
         }
         let created: Value = response.json()?;
         let job = created
@@ -308,7 +308,7 @@ impl Destination for CustomerMatch {
                 );
                 continue;
             }
-            let failure = classify(&response, now_unix());
+            let failure = classify(&response, time::now_unix());
             warn!(
                 "{job} addOperations {} of {}: {}",
                 n + 1,
@@ -380,7 +380,7 @@ impl Destination for CustomerMatch {
                 );
                 return Ok(results);
             }
-            Ok(r) => failure_text(&classify(&r, now_unix())),
+            Ok(r) => failure_text(&classify(&r, time::now_unix())),
             Err(e) => e.to_string(),
         };
         warn!("{job}:run failed: {failure}");
@@ -605,13 +605,6 @@ fn urlencode(s: &str) -> String {
         }
     }
     out
-}
-
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 switchyard_sdk::export_destination!(CustomerMatch);

@@ -24,9 +24,9 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use switchyard_sdk::{
-    debug,
+    cursor, debug,
     http::{Request, Response},
-    outcome, schemars,
+    outcome, schemars, time,
     watermark::Watermark,
     CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceRecord, StreamInfo,
 };
@@ -137,19 +137,6 @@ pub struct Cursor {
     pub next: Option<String>,
 }
 
-impl Cursor {
-    pub fn parse(text: Option<&str>) -> Result<Cursor, CallError> {
-        match text.map(str::trim) {
-            None | Some("") => Ok(Cursor::default()),
-            Some(t) => serde_json::from_str(t).map_err(|e| {
-                CallError::Failed(format!(
-                    "stored cursor is not an http-json cursor ({e}); reset the stream's cursor to read from the start"
-                ))
-            }),
-        }
-    }
-}
-
 /// An update time as the API wrote it, sent back as is and ordered by [`compare_times`]
 /// (RFC 3339 by instant, numbers by value, anything else as text).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -230,7 +217,7 @@ impl Source for HttpJson {
                 config.stream
             )));
         }
-        let mut state = Cursor::parse(cursor.as_deref())?;
+        let mut state: Cursor = cursor::parse(cursor.as_deref(), "http-json")?;
         let url = match (&config.pagination, &state.next) {
             (Pagination::LinkHeader, Some(next)) => {
                 if origin(next) != origin(&config.url) {
@@ -300,7 +287,7 @@ impl Source for HttpJson {
             next.is_some()
         );
         let done = next.is_none();
-        let cursor = match next {
+        let next = match next {
             Some(n) => Cursor {
                 next: Some(n),
                 ..state
@@ -312,7 +299,7 @@ impl Source for HttpJson {
         };
         Ok(Page {
             records,
-            cursor: Some(serde_json::to_string(&cursor).unwrap_or_default()),
+            cursor: Some(cursor::text(&next)),
             done,
         })
     }
@@ -441,68 +428,13 @@ fn scalar_text(v: Option<&Value>) -> Option<String> {
 
 /// Orders two update times: as RFC 3339 instants, as numbers, or as text.
 pub fn compare_times(a: &str, b: &str) -> std::cmp::Ordering {
-    if let (Some(x), Some(y)) = (parse_time_ms(a), parse_time_ms(b)) {
+    if let (Some(x), Some(y)) = (time::parse_ms(a), time::parse_ms(b)) {
         return x.cmp(&y);
     }
     if let (Ok(x), Ok(y)) = (a.trim().parse::<f64>(), b.trim().parse::<f64>()) {
         return x.partial_cmp(&y).unwrap_or(std::cmp::Ordering::Equal);
     }
     a.cmp(b)
-}
-
-/// RFC 3339 to Unix milliseconds.
-pub fn parse_time_ms(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s.len() < 19 {
-        return None;
-    }
-    let b = s.as_bytes();
-    if b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
-        let padded: String = digits
-            .chars()
-            .chain(std::iter::repeat('0'))
-            .take(3)
-            .collect();
-        millis = padded.parse().ok()?;
-        rest = &frac[digits.len()..];
-    }
-    let offset = match rest {
-        "Z" | "z" | "" => 0,
-        _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            sign * (rest.get(1..3)?.parse::<i64>().ok()? * 3600
-                + rest.get(4..6)?.parse::<i64>().ok()? * 60)
-        }
-    };
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + mi * 60 + se - offset) * 1000 + millis)
 }
 
 /// The target of the `rel="next"` link of a `Link` header.
@@ -681,9 +613,9 @@ mod tests {
         assert!(next.already_read("b", &Time("2024-01-02T00:00:00.000Z".into())));
         // Stored cursors keep their keys; the time is sent back exactly as the API wrote it.
         let stored = r#"{"since":"2024-01-02T00:00:00Z","seen":["a"],"next":"3"}"#;
-        let cursor = Cursor::parse(Some(stored)).unwrap();
+        let cursor: Cursor = cursor::parse(Some(stored), "http-json").unwrap();
         assert_eq!(cursor.next.as_deref(), Some("3"));
-        assert_eq!(serde_json::to_string(&cursor).unwrap(), stored);
-        assert!(Cursor::parse(Some("nope")).is_err());
+        assert_eq!(cursor::text(&cursor), stored);
+        assert!(cursor::parse::<Cursor>(Some("nope"), "http-json").is_err());
     }
 }

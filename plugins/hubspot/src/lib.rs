@@ -28,10 +28,10 @@ use std::fmt::Write as _;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use switchyard_sdk::{
-    debug,
+    cursor, debug,
     http::{Request, Response},
-    outcome, schemars, CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceRecord,
-    StreamInfo,
+    outcome, schemars, time, CallError, Capabilities, Context, Page, Plugin, Retry, Source,
+    SourceRecord, StreamInfo,
 };
 
 const API: &str = "https://api.hubapi.com";
@@ -143,21 +143,6 @@ pub struct Cursor {
 }
 
 impl Cursor {
-    pub fn parse(text: Option<&str>) -> Result<Cursor, CallError> {
-        match text.map(str::trim) {
-            None | Some("") => Ok(Cursor::default()),
-            Some(t) => serde_json::from_str(t).map_err(|e| {
-                CallError::Failed(format!(
-                    "stored cursor is not a HubSpot cursor ({e}); reset the stream's cursor to read from the start"
-                ))
-            }),
-        }
-    }
-
-    fn text(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
     /// The cursor after a page: the next page's, or the next run's once done.
     pub fn advance(mut self, next_after: Option<String>, now_ms: i64) -> (Cursor, bool) {
         let searching = self.since.is_some();
@@ -252,13 +237,13 @@ impl Source for HubSpot {
         cursor: Option<String>,
     ) -> Result<Page, CallError> {
         let stream = Stream::parse(stream)?;
-        let mut state = Cursor::parse(cursor.as_deref())?;
+        let mut state: Cursor = cursor::parse(cursor.as_deref(), "HubSpot")?;
         let properties = properties(ctx, stream);
         let limit = ctx.config.page_size.clamp(1, MAX_PAGE);
         let request = match state.since {
             None => {
                 if state.started.is_none() {
-                    state.started = Some(now_ms());
+                    state.started = Some(time::now_unix_ms());
                 }
                 let mut url = format!(
                     "{API}/crm/v3/objects/{}?limit={limit}&archived=false&properties={}",
@@ -325,10 +310,10 @@ impl Source for HubSpot {
             next_after.is_some()
         );
         back_off(&response);
-        let (next, done) = state.advance(next_after, now_ms());
+        let (next, done) = state.advance(next_after, time::now_unix_ms());
         Ok(Page {
             records,
-            cursor: Some(next.text()),
+            cursor: Some(cursor::text(&next)),
             done,
         })
     }
@@ -420,12 +405,12 @@ pub fn check_response(response: &Response) -> Result<(), CallError> {
     Err(match status {
         401 | 403 => CallError::Unauthorized(message),
         s if outcome::is_retryable_status(s) => {
-            let after = outcome::retry_after_ms(response, now_ms() as u64 / 1000).or_else(|| {
+            let after = outcome::retry_after_ms(response, time::now_unix()).or_else(|| {
                 (s == 429).then(|| {
                     rate_limit_wait_ms(
                         response,
                         body.get("policyName").and_then(Value::as_str),
-                        now_ms(),
+                        time::now_unix_ms(),
                     )
                 })
             });
@@ -497,77 +482,13 @@ fn encode(s: &str) -> String {
     out
 }
 
-fn now_ms() -> i64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        let now = switchyard_sdk::bindings::wasi::clocks::wall_clock::now();
-        now.seconds as i64 * 1000 + i64::from(now.nanoseconds / 1_000_000)
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
-}
-
 /// HubSpot times: RFC 3339 (`2019-12-07T16:50:06.678Z`) or Unix milliseconds as text.
 pub fn parse_time_ms(s: &str) -> Option<i64> {
     let s = s.trim();
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s.parse().ok();
     }
-    if s.len() < 19 {
-        return None;
-    }
-    let b = s.as_bytes();
-    if b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    let mut millis = 0i64;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits: String = frac.chars().take_while(char::is_ascii_digit).collect();
-        let padded: String = digits
-            .chars()
-            .chain(std::iter::repeat('0'))
-            .take(3)
-            .collect();
-        millis = padded.parse().ok()?;
-        rest = &frac[digits.len()..];
-    }
-    let offset = match rest {
-        "Z" | "z" | "" => 0,
-        _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            sign * (rest.get(1..3)?.parse::<i64>().ok()? * 3600
-                + rest.get(4..6)?.parse::<i64>().ok()? * 60)
-        }
-    };
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + h * 3600 + mi * 60 + se - offset) * 1000 + millis)
+    time::parse_ms(s)
 }
 
 switchyard_sdk::export_source!(HubSpot);
@@ -676,7 +597,7 @@ mod tests {
         }
         .advance(None, 0);
         assert_eq!(end.since, Some(100));
-        assert!(Cursor::parse(Some("{\"bogus\":1}")).is_err());
+        assert!(cursor::parse::<Cursor>(Some("{\"bogus\":1}"), "HubSpot").is_err());
     }
 
     #[test]

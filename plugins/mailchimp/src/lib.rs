@@ -39,7 +39,7 @@ use serde::Deserialize;
 use switchyard_sdk::http::{Request, Response};
 use switchyard_sdk::serde_json::{self, json, Map, Value};
 use switchyard_sdk::{
-    outcome, schemars, Action, CallError, Capabilities, Context, Destination, OutboundRecord,
+    outcome, schemars, time, Action, CallError, Capabilities, Context, Destination, OutboundRecord,
     Plugin, RecordResult, Retry,
 };
 
@@ -349,15 +349,8 @@ fn call_result(response: &Response) -> Result<(), CallError> {
 fn retry(response: &Response) -> Retry {
     Retry {
         reason: problem_message(response),
-        after_ms: outcome::retry_after_ms(response, now_unix_seconds()),
+        after_ms: outcome::retry_after_ms(response, time::now_unix()),
     }
-}
-
-fn now_unix_seconds() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
 }
 
 /// What a response that is not a success means for the records it was about: `Err` for bad

@@ -47,8 +47,8 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use switchyard_sdk::{
-    debug, http::Request, info, pii, schemars, serde_json, warn, Action, CallError, Capabilities,
-    Context, Destination, OutboundRecord, Plugin, RecordResult,
+    debug, http::Request, info, pii, schemars, serde_json, time, warn, Action, CallError,
+    Capabilities, Context, Destination, OutboundRecord, Plugin, RecordResult,
 };
 
 use graph::{classify, Failure, GraphError, UsersResponse};
@@ -144,7 +144,7 @@ impl Plugin for MetaCustomAudiences {
             );
             return Ok(());
         }
-        Err(match classify(&response, now_unix()) {
+        Err(match classify(&response, time::now_unix()) {
             Failure::Unauthorized(m) => CallError::Unauthorized(m),
             Failure::InvalidConfig(m) | Failure::Rejected(m) => CallError::InvalidConfig(m),
             Failure::Retry(r) => CallError::Transient(r),
@@ -313,7 +313,7 @@ impl Destination for MetaCustomAudiences {
                 );
                 continue;
             }
-            let failure = classify(&response, now_unix());
+            let failure = classify(&response, time::now_unix());
             warn!(
                 "{method} users batch {} of {}: HTTP {}: {}",
                 n + 1,
@@ -692,11 +692,7 @@ pub fn appsecret_proof(app_secret: &str, access_token: &str) -> Result<String, C
 fn session_id(batch: &[OutboundRecord]) -> u64 {
     use sha2::Digest;
     let mut h = Sha256::new();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    h.update(nanos.to_le_bytes());
+    h.update(time::now().as_nanos().to_le_bytes());
     for r in batch {
         h.update(r.key.as_bytes());
         h.update([0]);
@@ -707,24 +703,8 @@ fn session_id(batch: &[OutboundRecord]) -> u64 {
     (u64::from_le_bytes(b) & ((1 << 53) - 1)).max(1)
 }
 
-fn now_unix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn current_year() -> u32 {
-    // Civil year from days since the epoch (Howard Hinnant's algorithm, years only).
-    let days = (now_unix() / 86_400) as i64 + 719_468;
-    let era = days.div_euclid(146_097);
-    let doe = days - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    year.clamp(1970, 9999) as u32
+    u32::try_from(time::year(time::now_unix() as i64)).unwrap_or(1970)
 }
 
 /// `application/x-www-form-urlencoded` body.

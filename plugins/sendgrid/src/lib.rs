@@ -1104,12 +1104,7 @@ mod tests {
 
     #[test]
     fn only_429_waits_for_rate_limit_reset() {
-        let reset = (std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 20)
-            .to_string();
+        let reset = (switchyard_sdk::time::now_unix() + 20).to_string();
         let resp = |status| Response {
             status,
             headers: vec![("x-ratelimit-reset".into(), reset.clone())],

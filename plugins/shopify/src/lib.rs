@@ -40,9 +40,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use switchyard_sdk::{
-    debug,
+    cursor, debug,
     http::{Request, Response},
-    outcome, schemars,
+    outcome, schemars, time,
     watermark::Watermark,
     CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceEvent, SourceRecord,
     StreamInfo, StreamRecord, WebhookError, WebhookOutcome, WebhookRequest,
@@ -116,23 +116,6 @@ pub struct Cursor {
     /// `page_info` of the next page; none before a run's first page and once it is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub page_info: Option<String>,
-}
-
-impl Cursor {
-    pub fn parse(text: Option<&str>) -> Result<Cursor, CallError> {
-        match text.map(str::trim) {
-            None | Some("") => Ok(Cursor::default()),
-            Some(t) => serde_json::from_str(t).map_err(|e| {
-                CallError::Failed(format!(
-                    "stored cursor is not a Shopify cursor ({e}); reset the stream's cursor to read from the start"
-                ))
-            }),
-        }
-    }
-
-    fn text(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -216,7 +199,7 @@ impl Source for Shopify {
     ) -> Result<Page, CallError> {
         let stream = Stream::parse(stream)?;
         let domain = ctx.config.shop_domain()?;
-        let mut state = Cursor::parse(cursor.as_deref())?;
+        let mut state: Cursor = cursor::parse(cursor.as_deref(), "Shopify")?;
         let url = list_url(
             &domain,
             &ctx.config.api_version,
@@ -243,7 +226,7 @@ impl Source for Shopify {
             let updated = item
                 .get("updated_at")
                 .and_then(Value::as_str)
-                .and_then(parse_rfc3339);
+                .and_then(time::parse_unix);
             if let Some(at) = updated {
                 if state.mark.already_read(&record.id, &at) {
                     continue;
@@ -261,7 +244,7 @@ impl Source for Shopify {
         );
         back_off(&response);
         let done = next.is_none();
-        let cursor = match next {
+        let next = match next {
             Some(page_info) => Cursor {
                 page_info: Some(page_info),
                 ..state
@@ -273,7 +256,7 @@ impl Source for Shopify {
         };
         Ok(Page {
             records,
-            cursor: Some(cursor.text()),
+            cursor: Some(cursor::text(&next)),
             done,
         })
     }
@@ -350,7 +333,7 @@ fn list_url(
         url.push_str("&status=any");
     }
     if let Some(since) = cursor.mark.since {
-        let _ = write!(url, "&updated_at_min={}", encode(&rfc3339(since)));
+        let _ = write!(url, "&updated_at_min={}", encode(&time::rfc3339(since)));
     }
     url
 }
@@ -375,7 +358,7 @@ pub fn check_response(response: &Response) -> Result<(), CallError> {
     Err(match status {
         401 | 403 => CallError::Unauthorized(message),
         s if outcome::is_retryable_status(s) => {
-            let after = outcome::retry_after_ms(response, now_unix());
+            let after = outcome::retry_after_ms(response, time::now_unix());
             // Without a Retry-After, a full standard bucket drains a slot in half a second.
             let after = after.or((s == 429).then_some(1000));
             CallError::Transient(Retry {
@@ -735,90 +718,6 @@ fn decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn now_unix() -> u64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        switchyard_sdk::bindings::wasi::clocks::wall_clock::now().seconds
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-}
-
-/// `2024-01-05T10:20:30-05:00` (fraction and `Z` allowed) to Unix seconds.
-pub fn parse_rfc3339(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if s.len() < 19 {
-        return None;
-    }
-    let b = s.as_bytes();
-    if b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, se) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    let mut rest = &s[19..];
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" | "" => 0,
-        _ => {
-            let sign = match rest.as_bytes()[0] {
-                b'+' => 1,
-                b'-' => -1,
-                _ => return None,
-            };
-            let oh = rest.get(1..3)?.parse::<i64>().ok()?;
-            let om = rest.get(4..6)?.parse::<i64>().ok()?;
-            sign * (oh * 3600 + om * 60)
-        }
-    };
-    let yy = if mo <= 2 { y - 1 } else { y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + se - offset)
-}
-
-/// Unix seconds as RFC 3339 UTC.
-pub fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
 switchyard_sdk::export_source!(Shopify);
 
 #[cfg(test)]
@@ -877,21 +776,6 @@ mod tests {
             list_url("s.myshopify.com", "2025-07", Stream::Customers, 10, &next),
             "https://s.myshopify.com/admin/api/2025-07/customers.json?limit=10&page_info=ab%2Bc%3D"
         );
-    }
-
-    #[test]
-    fn timestamps_with_offsets() {
-        assert_eq!(
-            parse_rfc3339("2024-01-05T10:10:30-05:00"),
-            Some(1_704_467_430)
-        );
-        assert_eq!(parse_rfc3339("2024-01-05T15:10:30Z"), Some(1_704_467_430));
-        assert_eq!(
-            parse_rfc3339("2024-01-05T15:10:30.123+00:00"),
-            Some(1_704_467_430)
-        );
-        assert_eq!(parse_rfc3339("yesterday"), None);
-        assert_eq!(rfc3339(1_704_467_430), "2024-01-05T15:10:30Z");
     }
 
     #[test]

@@ -37,9 +37,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use sha2::Sha256;
 use switchyard_sdk::{
-    debug,
+    cursor, debug,
     http::{Request, Response},
-    outcome, schemars,
+    outcome, schemars, time,
     watermark::Watermark,
     CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceEvent, SourceRecord,
     StreamInfo, StreamRecord, WebhookError, WebhookOutcome, WebhookRequest,
@@ -85,23 +85,6 @@ pub struct Cursor {
     /// `starting_after` of the next page; none before a run's first page and once it is done.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
-}
-
-impl Cursor {
-    pub fn parse(text: Option<&str>) -> Result<Cursor, CallError> {
-        match text.map(str::trim) {
-            None | Some("") => Ok(Cursor::default()),
-            Some(t) => serde_json::from_str(t).map_err(|e| {
-                CallError::Failed(format!(
-                    "stored cursor is not a Stripe cursor ({e}); reset the stream's cursor to read from the start"
-                ))
-            }),
-        }
-    }
-
-    fn text(&self) -> String {
-        serde_json::to_string(self).unwrap_or_default()
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +167,7 @@ impl Source for Stripe {
         cursor: Option<String>,
     ) -> Result<Page, CallError> {
         let stream = Stream::parse(stream)?;
-        let mut state = Cursor::parse(cursor.as_deref())?;
+        let mut state: Cursor = cursor::parse(cursor.as_deref(), "Stripe")?;
         let url = list_url(stream, ctx.config.page_size, &state);
         let response = get(ctx, &url)?;
         check_response(&response)?;
@@ -232,7 +215,7 @@ impl Source for Stripe {
         };
         Ok(Page {
             records,
-            cursor: Some(next.text()),
+            cursor: Some(cursor::text(&next)),
             done: !more,
         })
     }
@@ -257,7 +240,7 @@ impl Source for Stripe {
             header,
             &request.body,
             secret,
-            now_unix(),
+            time::now_unix(),
             ctx.config.webhook_tolerance_seconds,
         )
         .map_err(WebhookError::Unauthorized)?;
@@ -316,14 +299,14 @@ pub fn check_response(response: &Response) -> Result<(), CallError> {
         401 | 403 => CallError::Unauthorized(message),
         429 => {
             // Stripe's limiters work per second; without a Retry-After, wait one second.
-            let after = outcome::retry_after_ms(response, now_unix()).unwrap_or(1000);
+            let after = outcome::retry_after_ms(response, time::now_unix()).unwrap_or(1000);
             CallError::Transient(Retry {
                 reason: format!("{message} (retry after {after} ms)"),
                 after_ms: Some(after),
             })
         }
         s if outcome::is_retryable_status(s) => {
-            let after = outcome::retry_after_ms(response, now_unix());
+            let after = outcome::retry_after_ms(response, time::now_unix());
             CallError::Transient(Retry {
                 reason: match after {
                     Some(ms) => format!("{message} (retry after {ms} ms)"),
@@ -383,7 +366,9 @@ pub fn customer_record(c: &Value) -> Result<SourceRecord, CallError> {
     );
     data.insert(
         "created".into(),
-        created.map(rfc3339).map_or(Value::Null, Value::String),
+        created
+            .map(time::rfc3339)
+            .map_or(Value::Null, Value::String),
     );
     if c.get("deleted").and_then(Value::as_bool) == Some(true) {
         data.insert("deleted".into(), json!(true));
@@ -420,7 +405,7 @@ pub fn charge_record(ch: &Value, event_kind: Option<&str>) -> Result<SourceRecor
         .or_else(|| str_field(billing, "email"))
         .or_else(|| str_field(ch, "receipt_email"));
     let name = customer_name.or_else(|| str_field(billing, "name"));
-    let created_at = created.map(rfc3339);
+    let created_at = created.map(time::rfc3339);
     let data = json!({
         "id": id,
         "amount": amount,
@@ -471,7 +456,7 @@ pub fn charge_record(ch: &Value, event_kind: Option<&str>) -> Result<SourceRecor
             message_id: format!("{id}:{kind}"),
             timestamp: created_at
                 .clone()
-                .unwrap_or_else(|| rfc3339(now_unix() as i64)),
+                .unwrap_or_else(|| time::rfc3339(time::now_unix() as i64)),
             properties: properties.to_string(),
         });
     }
@@ -596,42 +581,6 @@ fn encode(s: &str) -> String {
     out
 }
 
-fn now_unix() -> u64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        switchyard_sdk::bindings::wasi::clocks::wall_clock::now().seconds
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-}
-
-/// Unix seconds as RFC 3339 UTC, e.g. `2023-04-07T18:59:53Z`.
-pub fn rfc3339(unix: i64) -> String {
-    let days = unix.div_euclid(86_400);
-    let secs = unix.rem_euclid(86_400);
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
 switchyard_sdk::export_source!(Stripe);
 
 #[cfg(test)]
@@ -681,18 +630,24 @@ mod tests {
         // Cursors stored by earlier versions use these keys: they must still parse.
         let stored =
             r#"{"since":300,"seen":["cus_3"],"max":400,"max_ids":["cus_5"],"after":"cus_9"}"#;
-        let c = Cursor::parse(Some(stored)).unwrap();
+        let c = cursor::parse::<Cursor>(Some(stored), "Stripe").unwrap();
         assert_eq!(c.mark.since, Some(300));
         assert_eq!(c.mark.seen, ["cus_3"]);
         assert_eq!(c.mark.max, Some(400));
         assert_eq!(c.after.as_deref(), Some("cus_9"));
-        assert_eq!(Cursor::parse(Some(&c.text())).unwrap(), c);
+        assert_eq!(
+            cursor::parse::<Cursor>(Some(&cursor::text(&c)), "Stripe").unwrap(),
+            c
+        );
         assert!(matches!(
-            Cursor::parse(Some("garbage")),
+            cursor::parse::<Cursor>(Some("garbage"), "Stripe"),
             Err(CallError::Failed(_))
         ));
-        assert_eq!(Cursor::parse(None).unwrap(), Cursor::default());
-        assert_eq!(Cursor::default().text(), "{}");
+        assert_eq!(
+            cursor::parse::<Cursor>(None, "Stripe").unwrap(),
+            Cursor::default()
+        );
+        assert_eq!(cursor::text(&Cursor::default()), "{}");
     }
 
     #[test]
@@ -772,13 +727,6 @@ mod tests {
             check_response(&resp(400, vec![])),
             Err(CallError::Failed(_))
         ));
-    }
-
-    #[test]
-    fn rfc3339_dates() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339(1_680_893_993), "2023-04-07T18:59:53Z");
     }
 
     #[test]

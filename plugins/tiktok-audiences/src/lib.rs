@@ -24,8 +24,8 @@
 use serde::Deserialize;
 use switchyard_sdk::{
     http::{Request, Response},
-    outcome, pii, schemars, serde_json, Action, CallError, Capabilities, Context, Destination,
-    OutboundRecord, Plugin, RecordResult, Retry,
+    outcome, pii, schemars, serde_json, time, Action, CallError, Capabilities, Context,
+    Destination, OutboundRecord, Plugin, RecordResult, Retry,
 };
 
 const BASE: &str = "https://business-api.tiktok.com/open_api/v1.3";
@@ -378,7 +378,7 @@ pub fn envelope(response: &Response) -> Result<serde_json::Value, Failure> {
     let reason = format!("TikTok code {code}: {message} (request_id {request_id})");
     Err(match code {
         40100 => Failure::Retry(Retry {
-            after_ms: Some(rate_limit_wait_ms(message, now_unix())),
+            after_ms: Some(rate_limit_wait_ms(message, time::now_unix())),
             reason,
         }),
         40001 | 40101..=40199 => Failure::Call(CallError::Unauthorized(reason)),
@@ -430,20 +430,6 @@ pub fn encode_query(value: &str) -> String {
         }
     }
     out
-}
-
-fn now_unix() -> u64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        switchyard_sdk::bindings::wasi::clocks::wall_clock::now().seconds
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
 }
 
 switchyard_sdk::export_destination!(TikTok);

@@ -31,7 +31,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use switchyard_sdk::{
     http::{Request, Response},
-    outcome, schemars, serde_json, Action, CallError, Capabilities, Context, Destination,
+    outcome, schemars, serde_json, time, Action, CallError, Capabilities, Context, Destination,
     OutboundRecord, Plugin, RecordResult,
 };
 
@@ -89,8 +89,8 @@ impl Plugin for Webhook {
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {
         let key = signing_key(ctx.secret(SECRET)?).map_err(CallError::InvalidConfig)?;
         if ctx.config.ping_on_check {
-            let body = message_body(&ctx.config.type_prefix, "ping", &[], now_unix())?;
-            let response = send_signed(ctx, &key, &ping_id(now_unix()), body)?;
+            let body = message_body(&ctx.config.type_prefix, "ping", &[], time::now_unix())?;
+            let response = send_signed(ctx, &key, &ping_id(time::now_unix()), body)?;
             return outcome::call_result(&response);
         }
         // An unsigned GET changes nothing; receivers usually answer 405 (POST only). Any answer
@@ -137,9 +137,9 @@ impl Destination for Webhook {
         let action = action_name(action);
         // Events are unique by key, so their id is stable across retries; state changes are
         // not (the same upsert can follow a delete later), so theirs is unique per attempt.
-        let nonce = (action != "track").then(now_nanos);
+        let nonce = (action != "track").then(|| time::now().as_nanos());
         let id = message_id(action, &rows, nonce);
-        let body = message_body(&ctx.config.type_prefix, action, &rows, now_unix())?;
+        let body = message_body(&ctx.config.type_prefix, action, &rows, time::now_unix())?;
         let response = send_signed(ctx, &key, &id, body)?;
         switchyard_sdk::debug!(
             "webhook {id}: {} {action} records, HTTP {}",
@@ -184,7 +184,7 @@ fn send_signed(
     id: &str,
     body: Vec<u8>,
 ) -> Result<Response, CallError> {
-    let timestamp = now_unix();
+    let timestamp = time::now_unix();
     let signature = sign(key, id, timestamp, &body);
     Ok(Request::post(&ctx.config.url)
         .header("content-type", "application/json")
@@ -262,62 +262,10 @@ pub fn message_body(
 ) -> Result<Vec<u8>, CallError> {
     let body = serde_json::json!({
         "type": format!("{prefix}.{action}"),
-        "timestamp": rfc3339(now),
+        "timestamp": time::rfc3339(now as i64),
         "data": { "action": action, "records": rows },
     });
     serde_json::to_vec(&body).map_err(|e| CallError::Failed(format!("serialising the body: {e}")))
-}
-
-/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ`.
-pub fn rfc3339(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60
-    )
-}
-
-/// The attempt time in nanoseconds since the Unix epoch.
-fn now_nanos() -> u128 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        let now = switchyard_sdk::bindings::wasi::clocks::wall_clock::now();
-        now.seconds as u128 * 1_000_000_000 + now.nanoseconds as u128
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    }
-}
-
-fn now_unix() -> u64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        switchyard_sdk::bindings::wasi::clocks::wall_clock::now().seconds
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
 }
 
 switchyard_sdk::export_destination!(Webhook);
@@ -390,8 +338,6 @@ mod tests {
         assert_eq!(body["timestamp"], "2021-02-25T15:02:10Z");
         assert_eq!(body["data"]["action"], "upsert");
         assert_eq!(body["data"]["records"][0]["key"], "p1");
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
     }
 
     fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
