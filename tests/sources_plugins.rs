@@ -84,6 +84,7 @@ struct ReadOut {
 }
 
 /// `switchyard plugin read NAME --stream S [--cursor C] --config .. --secret .. --reroute ..`.
+#[allow(clippy::too_many_arguments)] // one per CLI flag, as the command line reads
 fn read_cli(
     dir: &Path,
     plugin: &str,
@@ -2113,8 +2114,8 @@ fn http_json_429_bad_token_and_bad_cursor() {
         let plugin = reg.load("http-json", None).await.unwrap();
         let policy = HttpPolicy::new(
             &plugin.manifest().allowed_hosts,
-            Some(&[hp.clone()]),
-            &[hp.clone()],
+            Some(std::slice::from_ref(&hp)),
+            std::slice::from_ref(&hp),
         );
         let inst = PluginInstance::new(
             plugin,

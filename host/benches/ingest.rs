@@ -103,7 +103,7 @@ fn start(database: &str, dir: tempfile::TempDir) -> Server {
         format!("[hub]\nlisten = \"{addr}\"\ndatabase = \"{database}\"\nadmin_token = \"bench\"\n{mmap}\n[sources.web]\nwrite_keys = [\"wk_bench\"]\n"),
     )
     .unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["serve", "--config"])
         .arg(&config)
         .env("SWITCHYARD_LOG", "error")
@@ -121,6 +121,8 @@ fn start(database: &str, dir: tempfile::TempDir) -> Server {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not start");
 }
 

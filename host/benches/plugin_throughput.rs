@@ -22,6 +22,8 @@ use switchyard::runtime::bindings::{Action, OutboundRecord, PluginConfig, Record
 use switchyard::runtime::net::HttpPolicy;
 use switchyard::runtime::{Limits, PluginInstance, Runtime};
 
+// Its unit tests run in bench-mapper; here they are compiled out, leaving their import unused.
+#[allow(unused_imports)]
 #[path = "../../tests/plugins/bench-mapper/src/map.rs"]
 mod map;
 

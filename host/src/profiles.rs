@@ -49,6 +49,10 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A profile's row with its identifiers and traits aggregated as JSON text:
+/// (id, created_at, updated_at, identifiers, traits).
+type ProfileRow = (String, i64, i64, Option<String>, Option<String>);
+
 /// Reads profiles.
 #[derive(Clone)]
 pub struct Profiles {
@@ -82,7 +86,7 @@ impl Profiles {
             "SELECT p.id, p.created_at, p.updated_at, {identifiers}, {traits} \
              FROM identifiers i JOIN profiles p ON p.id = i.profile_id WHERE i.kind = $1 AND i.value = $2"
         );
-        let row: Option<(String, i64, i64, Option<String>, Option<String>)> = sqlx::query_as(&sql)
+        let row: Option<ProfileRow> = sqlx::query_as(&sql)
             .bind(&id.kind)
             .bind(&id.value)
             .fetch_optional(self.store.pool())

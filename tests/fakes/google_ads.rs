@@ -671,23 +671,26 @@ fn create_job(st: &mut FakeState, cid: &str, body: &Value) -> Response {
     )
 }
 
-/// Validates one operation; Err((errorCode, message, location)) for an operation-level error,
-/// or a whole-request response for malformed JSON.
+/// An operation that passed: its kind (`create`, `remove`, `removeAll`) and user identifiers.
+type ValidOperation = (String, Vec<Value>);
+/// An operation-level error: (errorCode, message, location).
+type OperationError = (Value, String, Value);
+
+/// Validates one operation: an operation-level error fails that operation alone; malformed JSON
+/// fails the whole request (the outer `Err`, the response to send).
 fn check_operation(
     st: &FakeState,
     k: usize,
     op: &Value,
-) -> Result<Result<(String, Vec<Value>), (Value, String, Value)>, Response> {
+) -> Result<Result<ValidOperation, OperationError>, Response> {
     let Some(obj) = op.as_object() else {
         return Err(bad_json(&format!("Invalid value at 'operations[{k}]'.")));
     };
-    if let Err(r) = check_keys(
+    check_keys(
         obj,
         &["create", "remove", "removeAll"],
         &format!("operations[{k}]"),
-    ) {
-        return Err(r);
-    }
+    )?;
     if obj.len() != 1 {
         return Err(bad_json(&format!(
             "Oneof field 'operation' is already set at 'operations[{k}]'."
@@ -702,7 +705,7 @@ fn check_operation(
             "Invalid value at 'operations[{k}].{kind}'."
         )));
     };
-    if let Err(r) = check_keys(
+    check_keys(
         inner,
         &[
             "userIdentifiers",
@@ -711,9 +714,7 @@ fn check_operation(
             "consent",
         ],
         &format!("operations[{k}].{kind}"),
-    ) {
-        return Err(r);
-    }
+    )?;
     let ids = inner
         .get("userIdentifiers")
         .and_then(Value::as_array)
@@ -736,7 +737,7 @@ fn check_operation(
         let Some(o) = id.as_object() else {
             return Err(bad_json(&format!("Invalid value at '{at}'.")));
         };
-        if let Err(r) = check_keys(
+        check_keys(
             o,
             &[
                 "hashedEmail",
@@ -747,9 +748,7 @@ fn check_operation(
                 "userIdentifierSource",
             ],
             &at,
-        ) {
-            return Err(r);
-        }
+        )?;
         let set: Vec<&String> = o.keys().filter(|k| *k != "userIdentifierSource").collect();
         if set.len() != 1 {
             return Err(bad_json(&format!(
@@ -779,7 +778,7 @@ fn check_operation(
                 let Some(a) = value.as_object() else {
                     return Err(bad_json(&format!("Invalid value at '{at}.address_info'.")));
                 };
-                if let Err(r) = check_keys(
+                check_keys(
                     a,
                     &[
                         "hashedFirstName",
@@ -791,9 +790,7 @@ fn check_operation(
                         "hashedStreetAddress",
                     ],
                     &format!("{at}.address_info"),
-                ) {
-                    return Err(r);
-                }
+                )?;
                 for (f, name) in [
                     ("hashedFirstName", "hashed_first_name"),
                     ("hashedLastName", "hashed_last_name"),

@@ -195,7 +195,11 @@ fn encode_page_info(filters: &[(String, String)], last: (i64, u64), direction: &
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
 }
 
-fn decode_page_info(s: &str) -> Option<(Vec<(String, String)>, (i64, u64), String)> {
+/// What a `page_info` token carries: the list's filters, the position after which the next page
+/// starts (`updated_at`, id) and the sort direction.
+type PageInfo = (Vec<(String, String)>, (i64, u64), String);
+
+fn decode_page_info(s: &str) -> Option<PageInfo> {
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(s)
         .ok()?;
@@ -311,9 +315,7 @@ fn answer(
             )
         }
     };
-    let (filters, after, direction): (Vec<(String, String)>, Option<(i64, u64)>, String) = match get(
-        "page_info",
-    ) {
+    let (filters, after, direction) = match get("page_info") {
         Some(page_info) => {
             if let Some((extra, _)) = query
                 .iter()

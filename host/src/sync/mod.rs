@@ -118,6 +118,9 @@ pub struct DeadLetter {
     pub replayed_at: Option<String>,
 }
 
+/// A destination instance's token bucket and the rate (requests/s) it was made for.
+type RateLimiter = (f64, Arc<governor::DefaultDirectRateLimiter>);
+
 /// Runs syncs against the store and the installed plugins.
 #[derive(Clone)]
 pub struct Engine {
@@ -127,8 +130,7 @@ pub struct Engine {
     metrics: Option<Metrics>,
     holder: Arc<str>,
     /// One token bucket per destination instance, shared by every sync that delivers to it.
-    limiters:
-        Arc<std::sync::Mutex<HashMap<String, (f64, Arc<governor::DefaultDirectRateLimiter>)>>>,
+    limiters: Arc<std::sync::Mutex<HashMap<String, RateLimiter>>>,
     /// First retry delay.
     pub backoff: Duration,
     /// Profiles planned per page; `SWITCHYARD_SYNC_PAGE` overrides it (tests use small pages).

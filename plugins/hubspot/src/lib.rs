@@ -147,7 +147,7 @@ impl Cursor {
     pub fn advance(mut self, next_after: Option<String>, now_ms: i64) -> (Cursor, bool) {
         let searching = self.since.is_some();
         match next_after {
-            Some(after) if searching && after.parse::<u64>().map_or(false, |n| n >= SEARCH_CAP) => {
+            Some(after) if searching && after.parse::<u64>().is_ok_and(|n| n >= SEARCH_CAP) => {
                 // HubSpot refuses to page past 10,000 search results: search again from the newest
                 // time read, inclusively, so a record sharing that millisecond is not lost.
                 let since = self.max.or(self.since);
