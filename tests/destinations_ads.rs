@@ -10,6 +10,8 @@
 
 mod common;
 
+use common::{failed, switchyard};
+
 #[path = "fakes/meta.rs"]
 mod meta_fake;
 
@@ -19,7 +21,7 @@ mod google_fake;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -29,16 +31,6 @@ use sha2::{Digest, Sha256};
 
 fn sha(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn run(plugins: &Path, args: &[&str], log: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--plugins-dir")
-        .arg(plugins)
-        .args(args)
-        .env("SWITCHYARD_LOG", log)
-        .output()
-        .expect("running switchyard")
 }
 
 fn stdout(out: &Output) -> String {
@@ -59,25 +51,10 @@ fn ok(out: &Output) -> String {
     stdout(out)
 }
 
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}\n{}",
-        stdout(out),
-        stderr(out)
-    );
-    stderr(out)
-}
-
 /// A plugins dir with `crate_name`'s component installed.
 fn install(crate_name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = common::plugin_wasm(crate_name);
-    ok(&run(
-        dir.path(),
-        &["plugin", "install", wasm.to_str().unwrap()],
-        "warn",
-    ));
+    common::install_plugin(dir.path(), crate_name);
     dir
 }
 
@@ -205,7 +182,7 @@ impl MetaRun {
             file.to_str().unwrap(),
         ];
         args.extend(self.args(&reroute, &[]));
-        run(self.plugins.path(), &args, log)
+        switchyard(self.plugins.path(), &args, log)
     }
 
     fn check(&self, config: Value, secrets: &[String]) -> Output {
@@ -217,7 +194,7 @@ impl MetaRun {
             args.push(s);
         }
         args.extend(self.args(&reroute, &[]));
-        run(self.plugins.path(), &args, "warn")
+        switchyard(self.plugins.path(), &args, "warn")
     }
 }
 
@@ -752,7 +729,7 @@ impl GoogleRun {
         args.extend(self.base_args());
         args.extend_from_slice(tail);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-        run(self.plugins.path(), &refs, log)
+        switchyard(self.plugins.path(), &refs, log)
     }
 
     fn deliver(
@@ -1375,7 +1352,7 @@ mod syncs {
     }
 
     /// Runs a sync; returns its newest entry of `sync runs`.
-    fn run(hub: &Hub, sync: &str) -> Value {
+    fn switchyard(hub: &Hub, sync: &str) -> Value {
         ok(&hub.cli(&["sync", "run", sync]));
         let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
         serde_json::from_str(out.lines().next().expect("a run")).unwrap()
@@ -1449,7 +1426,7 @@ mod syncs {
                 r#"{"call_count":100,"total_cputime":25,"total_time":25}"#.into(),
             )],
         });
-        let r = run(&hub, "vip-to-meta");
+        let r = switchyard(&hub, "vip-to-meta");
         assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
         // Meta's published vectors, as they landed in the audience.
         let members = fake.members();
@@ -1492,7 +1469,7 @@ mod syncs {
             "u5",
             json!({"email": "eve@example.com", "plan": "pro"}),
         );
-        let r = run(&hub, "vip-to-meta");
+        let r = switchyard(&hub, "vip-to-meta");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
         let dead = dead_letters(&hub, "vip-to-meta");
         assert_eq!(dead.len(), 1, "{dead:?}");
@@ -1506,7 +1483,7 @@ mod syncs {
 
         // Mirror: leaving the audience removes the person (DELETE with the same hashes).
         identify(&hub, "u2", json!({"plan": "free"}));
-        let r = run(&hub, "vip-to-meta");
+        let r = switchyard(&hub, "vip-to-meta");
         assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert!(!emails(&fake).contains(&sha("ada@example.org")));
         assert_eq!(fake.members().len(), 2);
@@ -1565,7 +1542,7 @@ mod syncs {
         // RESOURCE_EXHAUSTED with a retryDelay of 1 s: waited out, then the job runs.
         fake.fail_next(google_fake::Fault::quota("1s"));
         let started = Instant::now();
-        let r = run(&hub, "vip-to-google");
+        let r = switchyard(&hub, "vip-to-google");
         assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
         assert!(
             started.elapsed() >= Duration::from_secs(1),
@@ -1619,7 +1596,7 @@ mod syncs {
             "u5",
             json!({"email": "eve@example.com", "plan": "pro"}),
         );
-        let r = run(&hub, "vip-to-google");
+        let r = switchyard(&hub, "vip-to-google");
         assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
         let dead = dead_letters(&hub, "vip-to-google");
         assert_eq!(dead.len(), 1, "{dead:?}");
@@ -1634,7 +1611,7 @@ mod syncs {
 
         // Mirror: leaving the audience sends a remove operation with the same hashes.
         identify(&hub, "u2", json!({"plan": "free"}));
-        let r = run(&hub, "vip-to-google");
+        let r = switchyard(&hub, "vip-to-google");
         assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert_eq!(fake.jobs().last().unwrap().operations[0].0, "remove");
         assert!(!emails(&fake).contains(&json!(

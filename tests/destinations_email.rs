@@ -6,6 +6,7 @@
 mod common;
 
 use common::ok;
+use common::{failed, install_plugin as install, lines};
 
 #[path = "fakes/sendgrid.rs"]
 mod sendgrid_fake;
@@ -43,37 +44,12 @@ fn switchyard(plugins: &Path, args: &[&str], stdin: &str) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-fn lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
 fn jsonl(records: &[Value]) -> String {
     records.iter().map(|r| format!("{r}\n")).collect()
-}
-
-fn install(plugins: &Path, crate_name: &str) {
-    let wasm = common::plugin_wasm(crate_name);
-    ok(&switchyard(
-        plugins,
-        &["plugin", "install", wasm.to_str().unwrap()],
-        "",
-    ));
 }
 
 /// A plain HTTP/1.1 request to a fake; returns status, lower-cased headers and body.

@@ -13,11 +13,11 @@ mod linkedin_fake;
 mod tiktok_fake;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::hub::request;
 use common::ok;
-use common::plugin_wasm;
+use common::{failed, install_plugin as install, lines, switchyard};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -29,45 +29,6 @@ const SEGMENT: &str = "10804";
 
 fn sha256(s: &str) -> String {
     hex::encode(Sha256::digest(s.as_bytes()))
-}
-
-fn switchyard(plugins: &Path, args: &[String], log: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--plugins-dir")
-        .arg(plugins)
-        .args(args)
-        .env("SWITCHYARD_LOG", log)
-        .output()
-        .expect("running switchyard")
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn install(dir: &Path, crate_name: &str) {
-    let wasm = plugin_wasm(crate_name);
-    ok(&switchyard(
-        dir,
-        &[
-            "plugin".into(),
-            "install".into(),
-            wasm.display().to_string(),
-        ],
-        "warn",
-    ));
 }
 
 /// Runs `plugin <cmd> <plugin>` with the API host rerouted to the fake.

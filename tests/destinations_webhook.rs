@@ -11,51 +11,16 @@ mod slack_fake;
 mod webhook_fake;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::hub::request;
 use common::ok;
-use common::plugin_wasm;
+use common::{failed, install_plugin as install, lines, switchyard};
 
 /// 32 random-looking bytes, base64, as Standard Webhooks secrets are.
 const SECRET: &str = "whsec_c3dpdGNoeWFyZC10ZXN0LXNpZ25pbmcta2V5LTMyYg==";
 const OTHER_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const HOOK: &str = "/services/T0001/B0002/s3cretT0kenPart9f8e7d";
-
-fn switchyard(plugins: &Path, args: &[&str], log: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--plugins-dir")
-        .arg(plugins)
-        .args(args)
-        .env("SWITCHYARD_LOG", log)
-        .output()
-        .expect("running switchyard")
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
-}
-
-fn install(dir: &Path, crate_name: &str) {
-    let wasm = plugin_wasm(crate_name);
-    ok(&switchyard(
-        dir,
-        &["plugin", "install", wasm.to_str().unwrap()],
-        "warn",
-    ));
-}
 
 fn records_file(dir: &Path, name: &str, records: &[serde_json::Value]) -> String {
     let path = dir.join(name);

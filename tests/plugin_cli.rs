@@ -8,16 +8,11 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::ok;
+use common::{failed, lines};
 use common::{plugin_wasm, target_dir, LocalServer};
 
 fn switchyard(plugins: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--plugins-dir")
-        .arg(plugins)
-        .args(args)
-        .env("SWITCHYARD_LOG", "warn")
-        .output()
-        .expect("running switchyard")
+    common::switchyard(plugins, args, "warn")
 }
 
 fn switchyard_with_stdin(plugins: &Path, args: &[&str], stdin: &str) -> Output {
@@ -38,22 +33,6 @@ fn switchyard_with_stdin(plugins: &Path, args: &[&str], stdin: &str) -> Output {
         .write_all(stdin.as_bytes())
         .unwrap();
     child.wait_with_output().unwrap()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn lines(text: &str) -> Vec<serde_json::Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
 }
 
 #[test]

@@ -20,11 +20,12 @@ mod stripe_fake;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use common::ok;
 use common::plugin_wasm;
+use common::{failed, lines};
 use serde_json::{json, Value};
 use switchyard::registry::Registry;
 use switchyard::runtime::bindings::{CallError, Page, PluginConfig, WebhookError, WebhookRequest};
@@ -35,43 +36,13 @@ use switchyard::runtime::{Limits, PluginError, PluginInstance, Runtime};
 // Helpers: the binary, a raw HTTP client for the fakes, and library instances for webhooks.
 
 fn switchyard(plugins: &Path, args: &[&str]) -> Output {
-    switchyard_log(plugins, args, "warn")
-}
-
-fn switchyard_log(plugins: &Path, args: &[&str], log: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .arg("--plugins-dir")
-        .arg(plugins)
-        .args(args)
-        .env("SWITCHYARD_LOG", log)
-        .output()
-        .expect("running switchyard")
-}
-
-fn failed(out: &Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn lines(text: &str) -> Vec<Value> {
-    text.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::switchyard(plugins, args, "warn")
 }
 
 /// Installs a built plugin into a fresh plugins directory.
 fn install(crate_name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let wasm = plugin_wasm(crate_name);
-    ok(&switchyard(
-        dir.path(),
-        &["plugin", "install", wasm.to_str().unwrap()],
-    ));
+    common::install_plugin(dir.path(), crate_name);
     dir
 }
 
@@ -143,7 +114,7 @@ fn read_cli_log(
         args.push("--cursor");
         args.push(c);
     }
-    let out = switchyard_log(dir, &args, log);
+    let out = common::switchyard(dir, &args, log);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(stderr);
@@ -1922,7 +1893,7 @@ fn read_json(
         args.push("--cursor");
         args.push(c);
     }
-    let out = switchyard_log(dir, &args, "debug");
+    let out = common::switchyard(dir, &args, "debug");
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(stderr);

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
 
 pub mod hub;
@@ -26,6 +28,51 @@ pub fn ok(out: &std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Runs `switchyard --plugins-dir PLUGINS ARGS..` with `SWITCHYARD_LOG` = `log` and waits for it.
+pub fn switchyard<S: AsRef<OsStr>>(plugins: &Path, args: &[S], log: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .arg("--plugins-dir")
+        .arg(plugins)
+        .args(args)
+        .env("SWITCHYARD_LOG", log)
+        .output()
+        .expect("running switchyard")
+}
+
+/// The stderr of a `switchyard` command that must have failed; else fails the test with both of
+/// its outputs.
+pub fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure, got:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The JSON value on each non-blank line of a command's output (`plugin deliver`, `plugin read`).
+pub fn lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// Installs the bundled plugin built from crate `crate_name` into the plugins directory `plugins`.
+pub fn install_plugin(plugins: &Path, crate_name: &str) {
+    let wasm = plugin_wasm(crate_name);
+    ok(&switchyard(
+        plugins,
+        &[
+            OsStr::new("plugin"),
+            OsStr::new("install"),
+            wasm.as_os_str(),
+        ],
+        "warn",
+    ));
 }
 
 /// The workspace's target directory.
