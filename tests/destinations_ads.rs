@@ -1341,36 +1341,10 @@ mod syncs {
 
     use std::time::{Duration, Instant};
 
-    use super::common::hub::{Db, Hub};
+    use super::common::hub::{run_counts, Db, Hub};
     use super::*;
 
     const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
-
-    fn identify(hub: &Hub, user: &str, traits: Value) {
-        let r = hub.track("identify", json!({"userId": user, "traits": traits}));
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-
-    /// Runs a sync; returns its newest entry of `sync runs`.
-    fn switchyard(hub: &Hub, sync: &str) -> Value {
-        ok(&hub.cli(&["sync", "run", sync]));
-        let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
-        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
-    }
-
-    fn dead_letters(hub: &Hub, sync: &str) -> Vec<Value> {
-        results(&ok(&hub.cli(&["dlq", "list", sync])))
-    }
-
-    /// (status, succeeded, retried, dead-lettered) of a run.
-    fn counts(run: &Value) -> (&str, u64, u64, u64) {
-        (
-            run["status"].as_str().unwrap_or_default(),
-            run["succeeded"].as_u64().unwrap_or_default(),
-            run["retried"].as_u64().unwrap_or_default(),
-            run["dead_lettered"].as_u64().unwrap_or_default(),
-        )
-    }
 
     #[test]
     fn meta_sync_mirrors_an_audience_backs_off_on_code_4_and_dead_letters_invalid_entries() {
@@ -1392,22 +1366,12 @@ mod syncs {
         ];
         let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
         hub.install(&["meta-custom-audiences"]);
-        identify(
-            &hub,
-            "u1",
+        hub.identify("u1",
             json!({"email": "Test@Example.COM", "phone": "+1 (555) 123-4567",
                                     "first_name": "John", "last_name": "Doe", "country": "US", "plan": "pro"}),
         );
-        identify(
-            &hub,
-            "u2",
-            json!({"email": "ada@example.org", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u3",
-            json!({"email": "cy@example.com", "plan": "free"}),
-        );
+        hub.identify("u2", json!({"email": "ada@example.org", "plan": "pro"}));
+        hub.identify("u3", json!({"email": "cy@example.com", "plan": "free"}));
         let emails = |fake: &meta_fake::Fake| -> Vec<String> {
             let mut e: Vec<String> = fake.members().iter().map(|m| m["EMAIL"].clone()).collect();
             e.sort();
@@ -1426,8 +1390,8 @@ mod syncs {
                 r#"{"call_count":100,"total_cputime":25,"total_time":25}"#.into(),
             )],
         });
-        let r = switchyard(&hub, "vip-to-meta");
-        assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        let r = hub.run_sync("vip-to-meta");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 2, 0), "{r}");
         // Meta's published vectors, as they landed in the audience.
         let members = fake.members();
         let john = members
@@ -1459,19 +1423,11 @@ mod syncs {
             &sha("flagged@example.com"),
             "Invalid entry: hash does not match any format",
         );
-        identify(
-            &hub,
-            "u4",
-            json!({"email": "flagged@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u5",
-            json!({"email": "eve@example.com", "plan": "pro"}),
-        );
-        let r = switchyard(&hub, "vip-to-meta");
-        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
-        let dead = dead_letters(&hub, "vip-to-meta");
+        hub.identify("u4", json!({"email": "flagged@example.com", "plan": "pro"}));
+        hub.identify("u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        let r = hub.run_sync("vip-to-meta");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-meta");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
         assert!(
@@ -1482,9 +1438,9 @@ mod syncs {
         assert!(!emails(&fake).contains(&sha("flagged@example.com")));
 
         // Mirror: leaving the audience removes the person (DELETE with the same hashes).
-        identify(&hub, "u2", json!({"plan": "free"}));
-        let r = switchyard(&hub, "vip-to-meta");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        hub.identify("u2", json!({"plan": "free"}));
+        let r = hub.run_sync("vip-to-meta");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert!(!emails(&fake).contains(&sha("ada@example.org")));
         assert_eq!(fake.members().len(), 2);
         assert_eq!(fake.uploads().last().unwrap().method, "DELETE");
@@ -1516,22 +1472,16 @@ mod syncs {
             &[("SWITCHYARD_RETRY_BASE_MS", "50")],
         );
         hub.install(&["google-ads-customer-match"]);
-        identify(
-            &hub,
+        hub.identify(
             "u1",
             json!({"email": "DanaM@example.com", "phone": "+1-800-555-0100", "first_name": " Dana ",
                                     "last_name": "Smith", "postal_code": "94045", "plan": "pro"}),
         );
-        identify(
-            &hub,
+        hub.identify(
             "u2",
             json!({"email": "cloudy.SanFrancisco+shopping@GMAIL.com", "plan": "pro"}),
         );
-        identify(
-            &hub,
-            "u3",
-            json!({"email": "cy@example.com", "plan": "free"}),
-        );
+        hub.identify("u3", json!({"email": "cy@example.com", "plan": "free"}));
         let emails = |fake: &google_fake::Fake| -> Vec<Value> {
             fake.members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
                 .iter()
@@ -1542,8 +1492,8 @@ mod syncs {
         // RESOURCE_EXHAUSTED with a retryDelay of 1 s: waited out, then the job runs.
         fake.fail_next(google_fake::Fault::quota("1s"));
         let started = Instant::now();
-        let r = switchyard(&hub, "vip-to-google");
-        assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        let r = hub.run_sync("vip-to-google");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 2, 0), "{r}");
         assert!(
             started.elapsed() >= Duration::from_secs(1),
             "retryDelay honoured"
@@ -1586,19 +1536,11 @@ mod syncs {
             json!({"offlineUserDataJobError": "INCOMPATIBLE_UPLOAD_KEY_TYPE"}),
             "The user identifier is not compatible with the list's upload key type.",
         );
-        identify(
-            &hub,
-            "u4",
-            json!({"email": "blocked@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u5",
-            json!({"email": "eve@example.com", "plan": "pro"}),
-        );
-        let r = switchyard(&hub, "vip-to-google");
-        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
-        let dead = dead_letters(&hub, "vip-to-google");
+        hub.identify("u4", json!({"email": "blocked@example.com", "plan": "pro"}));
+        hub.identify("u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        let r = hub.run_sync("vip-to-google");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-google");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
         assert!(
@@ -1610,9 +1552,9 @@ mod syncs {
         assert!(!emails(&fake).contains(&json!(sha("blocked@example.com"))));
 
         // Mirror: leaving the audience sends a remove operation with the same hashes.
-        identify(&hub, "u2", json!({"plan": "free"}));
-        let r = switchyard(&hub, "vip-to-google");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        hub.identify("u2", json!({"plan": "free"}));
+        let r = hub.run_sync("vip-to-google");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert_eq!(fake.jobs().last().unwrap().operations[0].0, "remove");
         assert!(!emails(&fake).contains(&json!(
             "223ebda6f6889b1494551ba902d9d381daf2f642bae055888e96343d53e9f9c4"

@@ -1628,38 +1628,12 @@ mod syncs {
 
     use std::time::{Duration, Instant};
 
-    use super::common::hub::{Db, Hub};
+    use super::common::hub::{run_counts, Db, Hub};
     use super::mailchimp_fake::{self, subscriber_hash};
     use super::sendgrid_fake;
     use super::*;
 
     const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
-
-    fn identify(hub: &Hub, user: &str, traits: Value) {
-        let r = hub.track("identify", json!({"userId": user, "traits": traits}));
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-
-    /// Runs a sync; returns its newest entry of `sync runs`.
-    fn run(hub: &Hub, sync: &str) -> Value {
-        ok(&hub.cli(&["sync", "run", sync]));
-        let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
-        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
-    }
-
-    fn dead_letters(hub: &Hub, sync: &str) -> Vec<Value> {
-        lines(&ok(&hub.cli(&["dlq", "list", sync])))
-    }
-
-    /// (status, succeeded, retried, dead-lettered) of a run.
-    fn counts(run: &Value) -> (&str, u64, u64, u64) {
-        (
-            run["status"].as_str().unwrap_or_default(),
-            run["succeeded"].as_u64().unwrap_or_default(),
-            run["retried"].as_u64().unwrap_or_default(),
-            run["dead_lettered"].as_u64().unwrap_or_default(),
-        )
-    }
 
     #[test]
     fn sendgrid_sync_mirrors_an_audience_mails_events_backs_off_and_dead_letters_rejections() {
@@ -1683,21 +1657,15 @@ mod syncs {
         ];
         let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
         hub.install(&["sendgrid"]);
-        identify(
-            &hub,
+        hub.identify(
             "u1",
             json!({"email": "Ada@Example.com", "first_name": "Ada", "plan": "pro"}),
         );
-        identify(
-            &hub,
+        hub.identify(
             "u2",
             json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
         );
-        identify(
-            &hub,
-            "u3",
-            json!({"email": "cy@example.com", "plan": "free"}),
-        );
+        hub.identify("u3", json!({"email": "cy@example.com", "plan": "free"}));
         let r = hub.track(
             "track",
             json!({"userId": "u3", "event": "Order Completed", "properties": {"order_id": "o-1"}}),
@@ -1707,8 +1675,8 @@ mod syncs {
 
         // 429 with X-RateLimit-Reset: the run waits for the reset and completes.
         fake.throttle(1, 1);
-        let r = run(&hub, "vip-to-sendgrid");
-        assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        let r = hub.run_sync("vip-to-sendgrid");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 2, 0), "{r}");
         let ada = fake.contact("ada@example.com").expect("Ada upserted");
         assert_eq!(ada["first_name"], "Ada");
         assert_eq!(ada["custom_fields"], json!({"e1_T": "pro"}));
@@ -1720,19 +1688,17 @@ mod syncs {
         );
 
         // SendGrid refuses one contact of the request: dead-lettered with SendGrid's message.
-        identify(
-            &hub,
+        hub.identify(
             "u4",
             json!({"email": "dee@example.com", "first_name": "N".repeat(51), "plan": "pro"}),
         );
-        identify(
-            &hub,
+        hub.identify(
             "u5",
             json!({"email": "eve@example.com", "first_name": "Eve", "plan": "pro"}),
         );
-        let r = run(&hub, "vip-to-sendgrid");
-        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
-        let dead = dead_letters(&hub, "vip-to-sendgrid");
+        let r = hub.run_sync("vip-to-sendgrid");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-sendgrid");
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert_eq!(
             dead[0]["error"],
@@ -1745,16 +1711,16 @@ mod syncs {
         );
 
         // Mirror: leaving the audience deletes the contact (looked up by email).
-        identify(&hub, "u2", json!({"plan": "free"}));
-        let r = run(&hub, "vip-to-sendgrid");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        hub.identify("u2", json!({"plan": "free"}));
+        let r = hub.run_sync("vip-to-sendgrid");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert!(fake.contact("bob@example.com").is_none());
         assert!(fake.contact("ada@example.com").is_some());
 
         // Events: each Order Completed becomes one dynamic-template mail.
         std::thread::sleep(Duration::from_millis(2200).saturating_sub(ordered.elapsed()));
-        let r = run(&hub, "order-confirmations");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        let r = hub.run_sync("order-confirmations");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         let mails = fake.mails();
         assert_eq!(mails.len(), 1, "{mails:?}");
         assert_eq!(mails[0]["template_id"], sendgrid_fake::TEMPLATE_ID);
@@ -1785,26 +1751,20 @@ mod syncs {
             &[("SWITCHYARD_RETRY_BASE_MS", "50")],
         );
         hub.install(&["mailchimp"]);
-        identify(
-            &hub,
+        hub.identify(
             "u1",
             json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}),
         );
-        identify(
-            &hub,
+        hub.identify(
             "u2",
             json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
         );
-        identify(
-            &hub,
-            "u3",
-            json!({"email": "cy@example.com", "plan": "free"}),
-        );
+        hub.identify("u3", json!({"email": "cy@example.com", "plan": "free"}));
 
         // Mailchimp's 429 carries no wait hint: the hub backs off on its own and completes.
         fake.throttle(1, None);
-        let r = run(&hub, "vip-to-mailchimp");
-        assert_eq!(counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        let r = hub.run_sync("vip-to-mailchimp");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 2, 0), "{r}");
         let ada = fake.member("ada@example.com").expect("Ada subscribed");
         assert_eq!(ada["id"], subscriber_hash("ada@example.com"));
         assert_eq!(ada["status"], "subscribed");
@@ -1814,19 +1774,11 @@ mod syncs {
 
         // A per-member error of the batch call: that member is dead-lettered, the other lands.
         fake.seed_forgotten("gone@example.com");
-        identify(
-            &hub,
-            "u4",
-            json!({"email": "gone@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u5",
-            json!({"email": "eve@example.com", "plan": "pro"}),
-        );
-        let r = run(&hub, "vip-to-mailchimp");
-        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
-        let dead = dead_letters(&hub, "vip-to-mailchimp");
+        hub.identify("u4", json!({"email": "gone@example.com", "plan": "pro"}));
+        hub.identify("u5", json!({"email": "eve@example.com", "plan": "pro"}));
+        let r = hub.run_sync("vip-to-mailchimp");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-mailchimp");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
         assert!(
@@ -1836,9 +1788,9 @@ mod syncs {
         assert!(fake.member("eve@example.com").is_some());
 
         // Mirror: leaving the audience archives the member.
-        identify(&hub, "u2", json!({"plan": "free"}));
-        let r = run(&hub, "vip-to-mailchimp");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        hub.identify("u2", json!({"plan": "free"}));
+        let r = hub.run_sync("vip-to-mailchimp");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert_eq!(
             fake.member("bob@example.com").unwrap()["status"],
             "archived"

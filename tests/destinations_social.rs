@@ -720,37 +720,10 @@ mod syncs {
 
     use std::time::{Duration, Instant};
 
-    use super::common::hub::{Db, Hub};
+    use super::common::hub::{run_counts, Db, Hub};
     use super::*;
-    use serde_json::Value;
 
     const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
-
-    fn identify(hub: &Hub, user: &str, traits: Value) {
-        let r = hub.track("identify", json!({"userId": user, "traits": traits}));
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
-
-    /// Runs a sync; returns its newest entry of `sync runs`.
-    fn run(hub: &Hub, sync: &str) -> Value {
-        ok(&hub.cli(&["sync", "run", sync]));
-        let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
-        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
-    }
-
-    fn dead_letters(hub: &Hub, sync: &str) -> Vec<Value> {
-        lines(&ok(&hub.cli(&["dlq", "list", sync])))
-    }
-
-    /// (status, succeeded, retried, dead-lettered) of a run.
-    fn counts(run: &Value) -> (&str, u64, u64, u64) {
-        (
-            run["status"].as_str().unwrap_or_default(),
-            run["succeeded"].as_u64().unwrap_or_default(),
-            run["retried"].as_u64().unwrap_or_default(),
-            run["dead_lettered"].as_u64().unwrap_or_default(),
-        )
-    }
 
     #[test]
     fn tiktok_sync_mirrors_an_audience_backs_off_on_40100_and_dead_letters_rejections() {
@@ -770,28 +743,19 @@ mod syncs {
         ];
         let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
         hub.install(&["tiktok-audiences"]);
-        identify(
-            &hub,
+        hub.identify(
             "u1",
             json!({"email": "JaneDoe+ads@Gmail.com", "phone": "(650) 555-0100", "plan": "pro"}),
         );
-        identify(
-            &hub,
-            "u2",
-            json!({"email": "bob@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u3",
-            json!({"email": "cy@example.com", "plan": "free"}),
-        );
+        hub.identify("u2", json!({"email": "bob@example.com", "plan": "pro"}));
+        hub.identify("u3", json!({"email": "cy@example.com", "plan": "free"}));
         let emails = |fake: &tiktok_fake::Fake| fake.members(AUDIENCE, "EMAIL_SHA256");
 
         // TikTok's rate limit is an HTTP 200 with code 40100: retried after a second, completed.
         fake.rate_limit_next(1);
         let started = Instant::now();
-        let r = run(&hub, "vip-to-tiktok");
-        assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
+        let r = hub.run_sync("vip-to-tiktok");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 1, 0), "{r}");
         assert!(
             started.elapsed() >= Duration::from_secs(1),
             "waited before retrying"
@@ -809,24 +773,16 @@ mod syncs {
         );
 
         // A request TikTok refuses (code 40002): its record is dead-lettered with TikTok's message.
-        identify(
-            &hub,
-            "u4",
-            json!({"email": "dee@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u5",
-            json!({"email": "eve@example.com", "plan": "pro"}),
-        );
+        hub.identify("u4", json!({"email": "dee@example.com", "plan": "pro"}));
+        hub.identify("u5", json!({"email": "eve@example.com", "plan": "pro"}));
         fake.code_next(
             1,
             40002,
             "Invalid audience: the audience is being calculated.",
         );
-        let r = run(&hub, "vip-to-tiktok");
-        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
-        let dead = dead_letters(&hub, "vip-to-tiktok");
+        let r = hub.run_sync("vip-to-tiktok");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-tiktok");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
         assert!(
@@ -838,9 +794,9 @@ mod syncs {
         assert_eq!(emails(&fake).len(), 3);
 
         // Mirror: leaving the audience deletes the user's hashes.
-        identify(&hub, "u2", json!({"plan": "free"}));
-        let r = run(&hub, "vip-to-tiktok");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        hub.identify("u2", json!({"plan": "free"}));
+        let r = hub.run_sync("vip-to-tiktok");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert!(!emails(&fake).contains(&sha256("bob@example.com")));
         assert!(emails(&fake).contains(&sha256("janedoe@gmail.com")));
         assert_eq!(fake.bodies().last().unwrap()["action"], "delete");
@@ -868,27 +824,13 @@ mod syncs {
             &[("SWITCHYARD_RETRY_BASE_MS", "50")],
         );
         hub.install(&["linkedin-audiences"]);
-        identify(
-            &hub,
-            "u1",
+        hub.identify("u1",
             json!({"email": " Ada@Example.com", "first_name": "Ada", "last_name": "Lovelace",
                                     "company": "Analytical Engines", "country": "gb", "plan": "pro"}),
         );
-        identify(
-            &hub,
-            "u2",
-            json!({"email": "bob@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u3",
-            json!({"email": "blocked@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u4",
-            json!({"email": "cy@example.com", "plan": "free"}),
-        );
+        hub.identify("u2", json!({"email": "bob@example.com", "plan": "pro"}));
+        hub.identify("u3", json!({"email": "blocked@example.com", "plan": "pro"}));
+        hub.identify("u4", json!({"email": "cy@example.com", "plan": "free"}));
         let hashed = |e: &str| ("SHA256_EMAIL".to_string(), sha256(e));
 
         // 429 on the first request, then one element refused: the run waits, then completes
@@ -900,13 +842,13 @@ mod syncs {
             "The user is not eligible for this segment",
         );
         let started = Instant::now();
-        let r = run(&hub, "vip-to-linkedin");
-        assert_eq!(counts(&r), ("completed_with_errors", 2, 3, 1), "{r}");
+        let r = hub.run_sync("vip-to-linkedin");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 2, 3, 1), "{r}");
         assert!(
             started.elapsed() >= Duration::from_secs(59),
             "LinkedIn's minute waited out"
         );
-        let dead = dead_letters(&hub, "vip-to-linkedin");
+        let dead = hub.dead_letters("vip-to-linkedin");
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert_eq!(
             dead[0]["error"],
@@ -944,15 +886,15 @@ mod syncs {
         );
 
         // Mirror: leaving the audience removes the user; an unchanged run sends nothing.
-        identify(&hub, "u2", json!({"plan": "free"}));
-        let r = run(&hub, "vip-to-linkedin");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        hub.identify("u2", json!({"plan": "free"}));
+        let r = hub.run_sync("vip-to-linkedin");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert_eq!(
             fake.members(SEGMENT),
             [hashed("ada@example.com")].into_iter().collect()
         );
         let requests = fake.bodies().len();
-        assert_eq!(run(&hub, "vip-to-linkedin")["sent"], 0);
+        assert_eq!(hub.run_sync("vip-to-linkedin")["sent"], 0);
         assert_eq!(fake.bodies().len(), requests);
     }
 }

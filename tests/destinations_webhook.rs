@@ -680,16 +680,11 @@ mod syncs {
 
     use std::time::{Duration, Instant};
 
-    use super::common::hub::{Db, Hub};
+    use super::common::hub::{run_counts, Db, Hub};
     use super::*;
     use serde_json::{json, Value};
 
     const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
-
-    fn identify(hub: &Hub, user: &str, traits: Value) {
-        let r = hub.track("identify", json!({"userId": user, "traits": traits}));
-        assert_eq!(r.status, 200, "{}", r.text());
-    }
 
     fn order(hub: &Hub, user: &str, id: &str, total: f64) {
         let r = hub.track(
@@ -698,26 +693,6 @@ mod syncs {
                                           "properties": {"order_id": id, "total": total}}),
         );
         assert_eq!(r.status, 200, "{}", r.text());
-    }
-
-    /// Runs a sync; returns its newest entry of `sync runs`.
-    fn run(hub: &Hub, sync: &str) -> Value {
-        ok(&hub.cli(&["sync", "run", sync]));
-        let out = ok(&hub.cli(&["sync", "runs", sync, "--limit", "1"]));
-        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
-    }
-
-    fn dead_letters(hub: &Hub, sync: &str) -> Vec<Value> {
-        lines(&ok(&hub.cli(&["dlq", "list", sync])))
-    }
-
-    fn counts(run: &Value) -> (&str, u64, u64, u64) {
-        (
-            run["status"].as_str().unwrap_or_default(),
-            run["succeeded"].as_u64().unwrap_or_default(),
-            run["retried"].as_u64().unwrap_or_default(),
-            run["dead_lettered"].as_u64().unwrap_or_default(),
-        )
     }
 
     /// Waits until events received at `since` are old enough for an events sync (2 s).
@@ -765,18 +740,15 @@ mod syncs {
             ],
         );
         hub.install(&["webhook"]);
-        identify(
-            &hub,
+        hub.identify(
             "u1",
             json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}),
         );
-        identify(
-            &hub,
+        hub.identify(
             "u2",
             json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
         );
-        identify(
-            &hub,
+        hub.identify(
             "u3",
             json!({"email": "cy@example.com", "first_name": "Cy", "plan": "free"}),
         );
@@ -787,8 +759,8 @@ mod syncs {
         // The receiver throttles the first message: the run waits out Retry-After and completes.
         fake.fail_next(1, 429, &[("retry-after", "1")], "slow down");
         let started = Instant::now();
-        let r = run(&hub, "vip-to-crm");
-        assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
+        let r = hub.run_sync("vip-to-crm");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 1, 0), "{r}");
         assert!(
             started.elapsed() >= Duration::from_secs(1),
             "Retry-After honoured"
@@ -803,25 +775,17 @@ mod syncs {
         assert_eq!(upserts[1]["fields"]["email"], "bob@example.com");
 
         // The receiver refuses one record: it is dead-lettered with the receiver's message.
-        identify(
-            &hub,
-            "u4",
-            json!({"email": "dee@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
-            "u5",
-            json!({"email": "eve@example.com", "plan": "pro"}),
-        );
+        hub.identify("u4", json!({"email": "dee@example.com", "plan": "pro"}));
+        hub.identify("u5", json!({"email": "eve@example.com", "plan": "pro"}));
         fake.fail_next(
             1,
             422,
             &[("content-type", "application/json")],
             r#"{"message":"unknown plan tier"}"#,
         );
-        let r = run(&hub, "vip-to-crm");
-        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
-        let dead = dead_letters(&hub, "vip-to-crm");
+        let r = hub.run_sync("vip-to-crm");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-crm");
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert_eq!(
             dead[0]["error"], "rejected: HTTP 422: unknown plan tier",
@@ -830,9 +794,9 @@ mod syncs {
         assert_eq!(records_of(&fake, "acme.upsert").len(), 3);
 
         // Mirror: leaving the audience sends the last delivered fields as a delete.
-        identify(&hub, "u2", json!({"plan": "free"}));
-        let r = run(&hub, "vip-to-crm");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        hub.identify("u2", json!({"plan": "free"}));
+        let r = hub.run_sync("vip-to-crm");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         let deletes = records_of(&fake, "acme.delete");
         assert_eq!(deletes.len(), 1, "{deletes:?}");
         assert_eq!(
@@ -842,9 +806,9 @@ mod syncs {
 
         // Joining again re-sends the very same upsert: the receiver must apply it, not take it
         // for a duplicate of the first one.
-        identify(&hub, "u2", json!({"plan": "pro"}));
-        let r = run(&hub, "vip-to-crm");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        hub.identify("u2", json!({"plan": "pro"}));
+        let r = hub.run_sync("vip-to-crm");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         let bobs = records_of(&fake, "acme.upsert")
             .into_iter()
             .filter(|r| r["fields"]["email"] == "bob@example.com")
@@ -854,8 +818,8 @@ mod syncs {
 
         // Events: each Order Completed once, mapped, signed like every other message.
         settle(ordered);
-        let r = run(&hub, "orders-to-crm");
-        assert_eq!(counts(&r), ("succeeded", 2, 0, 0), "{r}");
+        let r = hub.run_sync("orders-to-crm");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 0, 0), "{r}");
         let mut tracked: Vec<Value> = records_of(&fake, "acme.track")
             .into_iter()
             .map(|r| r["fields"].clone())
@@ -868,7 +832,7 @@ mod syncs {
                 json!({"email": "cy@example.com", "event": "Order Completed", "total": 7.0}),
             ]
         );
-        run(&hub, "orders-to-crm");
+        hub.run_sync("orders-to-crm");
         assert_eq!(records_of(&fake, "acme.track").len(), 2, "each event once");
         assert!(
             fake.refused().is_empty(),
@@ -902,18 +866,12 @@ mod syncs {
             &[("SWITCHYARD_RETRY_BASE_MS", "50")],
         );
         hub.install(&["slack"]);
-        identify(
-            &hub,
+        hub.identify(
             "u1",
             json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}),
         );
-        identify(
-            &hub,
-            "u2",
-            json!({"email": "bob@example.com", "plan": "pro"}),
-        );
-        identify(
-            &hub,
+        hub.identify("u2", json!({"email": "bob@example.com", "plan": "pro"}));
+        hub.identify(
             "u3",
             json!({"email": "cy@example.com", "first_name": "Cy", "plan": "free"}),
         );
@@ -931,8 +889,8 @@ mod syncs {
 
         // Slack rate-limits the first message (429 + Retry-After): retried, then both posted.
         fake.fail_next(1, 429, &[("retry-after", "1")], "rate_limited");
-        let r = run(&hub, "vip-to-slack");
-        assert_eq!(counts(&r), ("succeeded", 2, 1, 0), "{r}");
+        let r = hub.run_sync("vip-to-slack");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 1, 0), "{r}");
         assert_eq!(
             texts(&fake),
             vec![
@@ -942,27 +900,25 @@ mod syncs {
         );
 
         // Slack refuses one message: that record is dead-lettered with Slack's error.
-        identify(
-            &hub,
+        hub.identify(
             "u4",
             json!({"email": "dee@example.com", "first_name": "Dee", "plan": "pro"}),
         );
-        identify(
-            &hub,
+        hub.identify(
             "u5",
             json!({"email": "eve@example.com", "first_name": "Eve", "plan": "pro"}),
         );
         fake.fail_next(1, 400, &[], "invalid_blocks");
-        let r = run(&hub, "vip-to-slack");
-        assert_eq!(counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
-        let dead = dead_letters(&hub, "vip-to-slack");
+        let r = hub.run_sync("vip-to-slack");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 1, 0, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-slack");
         assert_eq!(dead.len(), 1, "{dead:?}");
         assert_eq!(dead[0]["error"], "rejected: HTTP 400: invalid_blocks");
         assert_eq!(fake.posted().len(), 3);
 
         // Mirror: leaving the audience posts the delete template.
-        identify(&hub, "u1", json!({"plan": "free"}));
-        run(&hub, "vip-to-slack");
+        hub.identify("u1", json!({"plan": "free"}));
+        hub.run_sync("vip-to-slack");
         assert_eq!(
             fake.posted().last().unwrap().body["text"],
             "ada@example.com is no longer a VIP"
@@ -970,13 +926,13 @@ mod syncs {
 
         // Events: one message per Order Completed, once.
         settle(ordered);
-        let r = run(&hub, "orders-to-slack");
-        assert_eq!(counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        let r = hub.run_sync("orders-to-slack");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
         assert_eq!(
             fake.posted().last().unwrap().body["text"],
             "cy@example.com ordered for 99.5"
         );
-        run(&hub, "orders-to-slack");
+        hub.run_sync("orders-to-slack");
         assert_eq!(fake.posted().len(), 5, "each event once");
     }
 }

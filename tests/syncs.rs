@@ -31,11 +31,6 @@ fn last_run(hub: &Hub, sync: &str) -> Value {
     serde_json::from_str(out.lines().next().expect("a run")).unwrap()
 }
 
-fn identify(hub: &Hub, user: &str, traits: Value) {
-    let r = hub.track("identify", json!({"userId": user, "traits": traits}));
-    assert_eq!(r.status, 200, "{}", r.text());
-}
-
 fn by_email(sink: &JsonSink) -> HashMap<String, Value> {
     sink.records()
         .into_values()
@@ -63,18 +58,15 @@ fn audience_syncs(db: Db) {
     let hub = Hub::start_project(db, "", &project, &[]);
     hub.install(&["json-post-destination"]);
 
-    identify(
-        &hub,
+    hub.identify(
         "u1",
         json!({"email": "ada@example.com", "name": "Ada", "plan": "pro"}),
     );
-    identify(
-        &hub,
+    hub.identify(
         "u2",
         json!({"email": "bob@example.com", "name": "Bob", "plan": "pro"}),
     );
-    identify(
-        &hub,
+    hub.identify(
         "u3",
         json!({"email": "cy@example.com", "name": "Cy", "plan": "free"}),
     );
@@ -110,7 +102,7 @@ fn audience_syncs(db: Db) {
     assert_eq!(last_run(&hub, "vip-mirror")["sent"], 0);
 
     // A trait change re-sends that one record.
-    identify(&hub, "u1", json!({"name": "Ada Lovelace"}));
+    hub.identify("u1", json!({"name": "Ada Lovelace"}));
     ok(&hub.cli(&["sync", "run", "vip-mirror"]));
     let run = last_run(&hub, "vip-mirror");
     assert_eq!(
@@ -124,7 +116,7 @@ fn audience_syncs(db: Db) {
     assert_eq!(by_email(&mirror)["ada@example.com"]["name"], "Ada Lovelace");
 
     // Bob leaves the audience: deleted in mirror mode, kept in upsert mode.
-    identify(&hub, "u2", json!({"plan": "free"}));
+    hub.identify("u2", json!({"plan": "free"}));
     ok(&hub.cli(&["sync", "run", "vip-mirror"]));
     ok(&hub.cli(&["sync", "run", "vip-upsert"]));
     assert!(
@@ -395,8 +387,7 @@ fn guardrail_and_dry_run() {
     let hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
     hub.install(&["json-post-destination"]);
     for i in 0..10 {
-        identify(
-            &hub,
+        hub.identify(
             &format!("g{i}"),
             json!({"email": format!("g{i}@example.com"), "plan": "pro"}),
         );
@@ -420,7 +411,7 @@ fn guardrail_and_dry_run() {
     ok(&hub.cli(&["sync", "run", "vip"]));
     assert_eq!(sink.records().len(), 10);
     for i in 0..5 {
-        identify(&hub, &format!("g{i}"), json!({"plan": "free"}));
+        hub.identify(&format!("g{i}"), json!({"plan": "free"}));
     }
     let out = hub.cli(&["sync", "run", "vip"]);
     assert!(!out.status.success());
@@ -444,7 +435,7 @@ fn events_sync_sends_each_event_once() {
     );
     let hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
     hub.install(&["json-post-destination"]);
-    identify(&hub, "e1", json!({"email": "e1@example.com"}));
+    hub.identify("e1", json!({"email": "e1@example.com"}));
     for (i, total) in [5, 10, 25].iter().enumerate() {
         let r = hub.track("track", json!({"userId": "e1", "event": "Order Completed", "messageId": format!("m{i}"), "properties": {"total": total}}));
         assert_eq!(r.status, 200);
@@ -475,7 +466,7 @@ fn admin_api() {
     );
     let hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
     hub.install(&["json-post-destination"]);
-    identify(&hub, "a1", json!({"email": "a1@example.com"}));
+    hub.identify("a1", json!({"email": "a1@example.com"}));
     let auth = format!("Bearer {ADMIN_TOKEN}");
     let list = hub.admin_get("/v1/syncs").json();
     assert_eq!(list["syncs"][0]["name"], "everyone");

@@ -217,6 +217,27 @@ impl Hub {
         )
     }
 
+    /// Sends `identify` for a user with traits through the tracking API; it must be accepted.
+    pub fn identify(&self, user: &str, traits: serde_json::Value) {
+        let r = self.track(
+            "identify",
+            serde_json::json!({"userId": user, "traits": traits}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+
+    /// Runs a sync with `switchyard sync run`; returns its newest entry of `sync runs`.
+    pub fn run_sync(&self, sync: &str) -> serde_json::Value {
+        super::ok(&self.cli(&["sync", "run", sync]));
+        let out = super::ok(&self.cli(&["sync", "runs", sync, "--limit", "1"]));
+        serde_json::from_str(out.lines().next().expect("a run")).unwrap()
+    }
+
+    /// The sync's dead letters, from `switchyard dlq list`.
+    pub fn dead_letters(&self, sync: &str) -> Vec<serde_json::Value> {
+        super::lines(&super::ok(&self.cli(&["dlq", "list", sync])))
+    }
+
     pub fn admin_get(&self, path: &str) -> HttpResponse {
         self.request(
             "GET",
@@ -309,6 +330,16 @@ fn uuid_like() -> String {
             .as_nanos(),
     );
     format!("{:016x}", h.finish())
+}
+
+/// (status, succeeded, retried, dead-lettered) of a sync run.
+pub fn run_counts(run: &serde_json::Value) -> (&str, u64, u64, u64) {
+    (
+        run["status"].as_str().unwrap_or_default(),
+        run["succeeded"].as_u64().unwrap_or_default(),
+        run["retried"].as_u64().unwrap_or_default(),
+        run["dead_lettered"].as_u64().unwrap_or_default(),
+    )
 }
 
 pub fn basic(key: &str) -> String {
