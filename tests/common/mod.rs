@@ -75,6 +75,38 @@ pub fn install_plugin(plugins: &Path, crate_name: &str) {
     ));
 }
 
+/// Serves `app` on a free loopback port from a task of the current runtime; the address.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(listener, app).await.unwrap();
+    });
+    addr
+}
+
+/// Runs `start` on a Tokio runtime of its own, on a thread that keeps it running, and returns
+/// what `start` made: for starting a fake API from a test that has no runtime.
+pub fn in_background<T, F, Fut>(start: F) -> T
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            tx.send(start().await).unwrap();
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv().unwrap()
+}
+
 /// The workspace's target directory.
 pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
@@ -117,11 +149,7 @@ impl LocalServer {
     pub async fn start() -> LocalServer {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let app = Router::new().fallback(any(handle)).with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let addr = serve(app).await;
         LocalServer { addr, seen }
     }
 

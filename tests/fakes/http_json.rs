@@ -113,19 +113,8 @@ pub async fn start(token: &str) -> Fake {
 }
 
 pub fn start_in_background(token: &str) -> Fake {
-    let (tx, rx) = std::sync::mpsc::channel();
     let token = token.to_string();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tx.send(start(&token).await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    crate::common::in_background(move || async move { start(&token).await })
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response {

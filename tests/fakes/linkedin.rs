@@ -62,30 +62,17 @@ pub async fn start(token: &str, segments: &[&str]) -> Fake {
     let app = Router::new()
         .fallback(any(handle))
         .with_state(inner.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let addr = crate::common::serve(app).await;
     Fake { addr, inner }
 }
 
 pub fn start_in_background(token: &str, segments: &[&str]) -> Fake {
     let token = token.to_string();
     let segments: Vec<String> = segments.iter().map(|s| s.to_string()).collect();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
-            tx.send(start(&token, &refs).await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    crate::common::in_background(move || async move {
+        let refs: Vec<&str> = segments.iter().map(String::as_str).collect();
+        start(&token, &refs).await
+    })
 }
 
 impl Fake {

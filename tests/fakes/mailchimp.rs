@@ -104,27 +104,12 @@ impl Fake {
             .fallback(any(handle))
             .layer(axum::extract::DefaultBodyLimit::max(64 << 20))
             .with_state(inner.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        let addr = crate::common::serve(app).await;
         Fake { addr, inner }
     }
 
     pub fn start_in_background(setup: Setup) -> Fake {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                tx.send(Fake::start(setup).await).unwrap();
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().unwrap()
+        crate::common::in_background(move || async move { Fake::start(setup).await })
     }
 
     pub fn url(&self) -> String {

@@ -158,28 +158,13 @@ pub async fn start() -> Fake {
         .fallback(any(handle))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let addr = crate::common::serve(app).await;
     Fake { addr, state }
 }
 
 /// Starts the fake on its own runtime thread, for tests that drive the binary.
 pub fn start_in_background() -> Fake {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tx.send(start().await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    crate::common::in_background(move || async move { start().await })
 }
 
 impl Fake {

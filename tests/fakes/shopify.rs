@@ -153,28 +153,13 @@ pub async fn start(shop: &str, token: &str) -> Fake {
     let app = Router::new()
         .fallback(any(handle))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let addr = crate::common::serve(app).await;
     Fake { addr, state }
 }
 
 pub fn start_in_background(shop: &str, token: &str) -> Fake {
-    let (tx, rx) = std::sync::mpsc::channel();
     let (shop, token) = (shop.to_string(), token.to_string());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tx.send(start(&shop, &token).await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    crate::common::in_background(move || async move { start(&shop, &token).await })
 }
 
 fn errors(status: StatusCode, errors: Value) -> Response {

@@ -126,29 +126,14 @@ pub async fn start(api_key: &str) -> Fake {
     let app = Router::new()
         .fallback(any(handle))
         .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let addr = crate::common::serve(app).await;
     Fake { addr, state }
 }
 
 /// Starts the fake on its own runtime thread, for tests that drive the binary synchronously.
 pub fn start_in_background(api_key: &str) -> Fake {
-    let (tx, rx) = std::sync::mpsc::channel();
     let key = api_key.to_string();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tx.send(start(&key).await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    crate::common::in_background(move || async move { start(&key).await })
 }
 
 fn error(status: StatusCode, error: Value, request_id: &str) -> Response {

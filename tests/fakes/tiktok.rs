@@ -74,30 +74,17 @@ pub async fn start(token: &str, advertiser: &str, audiences: &[&str]) -> Fake {
     let app = Router::new()
         .fallback(any(handle))
         .with_state(inner.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let addr = crate::common::serve(app).await;
     Fake { addr, inner }
 }
 
 pub fn start_in_background(token: &str, advertiser: &str, audiences: &[&str]) -> Fake {
     let (token, advertiser) = (token.to_string(), advertiser.to_string());
     let audiences: Vec<String> = audiences.iter().map(|a| a.to_string()).collect();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let refs: Vec<&str> = audiences.iter().map(String::as_str).collect();
-            tx.send(start(&token, &advertiser, &refs).await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    crate::common::in_background(move || async move {
+        let refs: Vec<&str> = audiences.iter().map(String::as_str).collect();
+        start(&token, &advertiser, &refs).await
+    })
 }
 
 impl Fake {

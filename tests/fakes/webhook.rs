@@ -78,29 +78,14 @@ pub async fn start(secret: &str) -> Fake {
     let app = Router::new()
         .fallback(any(handle))
         .with_state(inner.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(listener, app).await.unwrap();
-    });
+    let addr = crate::common::serve(app).await;
     Fake { addr, inner }
 }
 
 /// Starts a receiver on its own runtime thread, for tests that drive the binary.
 pub fn start_in_background(secret: &str) -> Fake {
     let secret = secret.to_string();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tx.send(start(&secret).await).unwrap();
-            std::future::pending::<()>().await;
-        });
-    });
-    rx.recv().unwrap()
+    crate::common::in_background(move || async move { start(&secret).await })
 }
 
 impl Fake {
