@@ -155,19 +155,7 @@ impl LocalServer {
 
     /// Starts the server on its own runtime thread, for tests that drive the binary.
     pub fn start_in_background() -> LocalServer {
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                let server = LocalServer::start().await;
-                tx.send(server).unwrap();
-                std::future::pending::<()>().await;
-            });
-        });
-        rx.recv().unwrap()
+        in_background(LocalServer::start)
     }
 
     pub fn url(&self, path: &str) -> String {
