@@ -171,6 +171,19 @@ pub struct Response {
 }
 
 impl Response {
+    /// A response built by hand, e.g. in a plugin's unit tests of how it reads an API's answers:
+    /// `Response::new(429, &[("retry-after", "2")], r#"{"error":"slow down"}"#)`.
+    pub fn new(status: u16, headers: &[(&str, &str)], body: impl AsRef<[u8]>) -> Response {
+        Response {
+            status,
+            headers: headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.to_string()))
+                .collect(),
+            body: body.as_ref().to_vec(),
+        }
+    }
+
     /// The first value of a header (name matched case-insensitively).
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers

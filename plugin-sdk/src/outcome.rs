@@ -45,7 +45,7 @@ pub fn call_result(response: &Response) -> Result<(), CallError> {
 pub fn retry(response: &Response) -> Retry {
     Retry {
         reason: format!("HTTP {}: {}", response.status, api_message(&response.body)),
-        after_ms: retry_after_ms(response, now_unix_seconds()),
+        after_ms: retry_after_ms(response, crate::time::now_unix()),
     }
 }
 
@@ -136,83 +136,53 @@ pub fn describe_call_error(error: &CallError) -> String {
     }
 }
 
-fn now_unix_seconds() -> u64 {
-    #[cfg(target_arch = "wasm32")]
-    {
-        crate::bindings::wasi::clocks::wall_clock::now().seconds
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    }
-}
-
 /// Parses an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) into Unix seconds.
 pub fn parse_http_date(s: &str) -> Option<u64> {
     let parts: Vec<&str> = s.split_whitespace().collect();
     if parts.len() != 6 || parts[5] != "GMT" {
         return None;
     }
-    let day: u64 = parts[1].parse().ok()?;
+    let day: i64 = parts[1].parse().ok()?;
     let month = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ]
     .iter()
-    .position(|m| *m == parts[2])? as u64
+    .position(|m| *m == parts[2])? as i64
         + 1;
     let year: i64 = parts[3].parse().ok()?;
-    let hms: Vec<u64> = parts[4]
+    let hms: Vec<i64> = parts[4]
         .split(':')
         .map(|p| p.parse().ok())
         .collect::<Option<_>>()?;
-    if hms.len() != 3 || !(1..=31).contains(&day) {
+    let [h, m, sec] = hms[..] else {
+        return None;
+    };
+    if !(0..24).contains(&h) || !(0..60).contains(&m) || !(0..=60).contains(&sec) {
         return None;
     }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = if y >= 0 { y } else { y - 399 } / 400;
-    let yoe = (y - era * 400) as u64;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe as i64 - 719_468;
-    let secs = days * 86_400 + (hms[0] * 3600 + hms[1] * 60 + hms[2]) as i64;
-    u64::try_from(secs).ok()
+    let days = crate::time::days_from_civil_checked(year, month, day)?;
+    u64::try_from(days * 86_400 + h * 3600 + m * 60 + sec).ok()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-        Response {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-        }
-    }
-
     #[test]
     fn maps_statuses_to_record_results() {
         assert!(matches!(
-            record_result(&resp(202, &[], "")),
+            record_result(&Response::new(202, &[], "")),
             RecordResult::Ok
         ));
-        match record_result(&resp(429, &[("retry-after", "7")], "")) {
+        match record_result(&Response::new(429, &[("retry-after", "7")], "")) {
             RecordResult::Retry(r) => assert_eq!(r.after_ms, Some(7000)),
             other => panic!("{other:?}"),
         }
-        match record_result(&resp(503, &[], "")) {
+        match record_result(&Response::new(503, &[], "")) {
             RecordResult::Retry(r) => assert_eq!(r.after_ms, None),
             other => panic!("{other:?}"),
         }
-        match record_result(&resp(
+        match record_result(&Response::new(
             400,
             &[],
             r#"{"errors":[{"field":"email","message":"invalid email"}]}"#,
@@ -225,30 +195,30 @@ mod tests {
     #[test]
     fn call_errors_by_status() {
         assert!(matches!(
-            call_result(&resp(401, &[], "{}")),
+            call_result(&Response::new(401, &[], "{}")),
             Err(CallError::Unauthorized(_))
         ));
         assert!(matches!(
-            call_result(&resp(500, &[], "")),
+            call_result(&Response::new(500, &[], "")),
             Err(CallError::Transient(_))
         ));
         assert!(matches!(
-            call_result(&resp(404, &[], "")),
+            call_result(&Response::new(404, &[], "")),
             Err(CallError::InvalidConfig(_))
         ));
-        assert!(call_result(&resp(200, &[], "")).is_ok());
+        assert!(call_result(&Response::new(200, &[], "")).is_ok());
     }
 
     #[test]
     fn retry_after_forms() {
         let now = 1_700_000_000;
-        let date = resp(429, &[("Retry-After", "Tue, 14 Nov 2023 22:13:30 GMT")], "");
+        let date = Response::new(429, &[("Retry-After", "Tue, 14 Nov 2023 22:13:30 GMT")], "");
         assert_eq!(retry_after_ms(&date, now), Some(10_000));
-        let reset = resp(429, &[("X-RateLimit-Reset", "1700000030")], "");
+        let reset = Response::new(429, &[("X-RateLimit-Reset", "1700000030")], "");
         assert_eq!(retry_after_ms(&reset, now), Some(30_000));
-        let relative = resp(429, &[("x-ratelimit-reset", "5")], "");
+        let relative = Response::new(429, &[("x-ratelimit-reset", "5")], "");
         assert_eq!(retry_after_ms(&relative, now), Some(5_000));
-        assert_eq!(retry_after_ms(&resp(429, &[], ""), now), None);
+        assert_eq!(retry_after_ms(&Response::new(429, &[], ""), now), None);
     }
 
     #[test]
@@ -259,6 +229,15 @@ mod tests {
             Some(784_111_777)
         );
         assert_eq!(parse_http_date("yesterday"), None);
+        for bad in [
+            "Fri, 30 Feb 2024 08:49:37 GMT",
+            "Sun, 06 Nov 1994 24:49:37 GMT",
+            "Sun, 06 Nov 1994 08:49 GMT",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Thu, 01 Jan 1960 00:00:00 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -67,13 +67,7 @@ pub fn parse_ms(text: &str) -> Option<i64> {
     let (year, month, day) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
     let (hour, minute, second) = (num(11, 13)?, num(14, 16)?, num(17, 19)?);
     // 60 is a leap second, which Unix time folds into the next.
-    if !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
+    if hour > 23 || minute > 59 || second > 60 {
         return None;
     }
     let mut rest = &s[19..];
@@ -108,7 +102,7 @@ pub fn parse_ms(text: &str) -> Option<i64> {
             sign * (h * 3600 + m * 60)
         }
     };
-    let days = days_from_civil(year, month, day);
+    let days = days_from_civil_checked(year, month, day)?;
     Some((days * 86_400 + hour * 3600 + minute * 60 + second - offset) * 1000 + millis)
 }
 
@@ -157,6 +151,13 @@ fn days_in_month(year: i64, month: i64) -> i64 {
         4 | 6 | 9 | 11 => 30,
         _ => 31,
     }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date; `None` for a date that does not exist
+/// (month 13, February 30).
+pub(crate) fn days_from_civil_checked(year: i64, month: i64, day: i64) -> Option<i64> {
+    let real = (1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month);
+    real.then(|| days_from_civil(year, month, day))
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date.

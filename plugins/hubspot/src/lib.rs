@@ -497,17 +497,6 @@ switchyard_sdk::export_source!(HubSpot);
 mod tests {
     use super::*;
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-        Response {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-        }
-    }
-
     #[test]
     fn times() {
         assert_eq!(
@@ -634,7 +623,7 @@ mod tests {
     #[test]
     fn rate_limits() {
         let body = r#"{"status":"error","message":"You have reached your ten_secondly_rolling limit.","errorType":"RATE_LIMIT","policyName":"TEN_SECONDLY_ROLLING"}"#;
-        match check_response(&resp(429, &[("retry-after", "3")], body)) {
+        match check_response(&Response::new(429, &[("retry-after", "3")], body)) {
             Err(CallError::Transient(r)) => {
                 assert_eq!(r.after_ms, Some(3000));
                 assert!(
@@ -645,7 +634,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        match check_response(&resp(
+        match check_response(&Response::new(
             429,
             &[("x-hubspot-ratelimit-interval-milliseconds", "10000")],
             body,
@@ -654,20 +643,24 @@ mod tests {
             other => panic!("{other:?}"),
         }
         let secondly = body.replace("TEN_SECONDLY_ROLLING", "SECONDLY");
-        match check_response(&resp(429, &[], &secondly)) {
+        match check_response(&Response::new(429, &[], &secondly)) {
             Err(CallError::Transient(r)) => assert_eq!(r.after_ms, Some(1000)),
             other => panic!("{other:?}"),
         }
         assert_eq!(
-            rate_limit_wait_ms(&resp(429, &[], ""), Some("DAILY"), 86_400_000 * 3 + 1000),
+            rate_limit_wait_ms(
+                &Response::new(429, &[], ""),
+                Some("DAILY"),
+                86_400_000 * 3 + 1000
+            ),
             86_399_000
         );
         assert!(matches!(
-            check_response(&resp(401, &[], r#"{"status":"error","message":"Authentication credentials not found.","category":"INVALID_AUTHENTICATION"}"#)),
+            check_response(&Response::new(401, &[], r#"{"status":"error","message":"Authentication credentials not found.","category":"INVALID_AUTHENTICATION"}"#)),
             Err(CallError::Unauthorized(m)) if m == "HTTP 401: INVALID_AUTHENTICATION: Authentication credentials not found."
         ));
         assert_eq!(
-            back_off_ms(&resp(
+            back_off_ms(&Response::new(
                 200,
                 &[
                     ("x-hubspot-ratelimit-remaining", "0"),
@@ -678,11 +671,15 @@ mod tests {
             Some(10_000)
         );
         assert_eq!(
-            back_off_ms(&resp(200, &[("x-hubspot-ratelimit-remaining", "5")], "")),
+            back_off_ms(&Response::new(
+                200,
+                &[("x-hubspot-ratelimit-remaining", "5")],
+                ""
+            )),
             None
         );
         assert_eq!(
-            back_off_ms(&resp(
+            back_off_ms(&Response::new(
                 200,
                 &[("x-hubspot-ratelimit-secondly-remaining", "0")],
                 ""

@@ -218,20 +218,9 @@ impl UsersResponse {
 mod tests {
     use super::*;
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-        Response {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-        }
-    }
-
     #[test]
     fn rate_limit_codes_retry_with_the_regain_time() {
-        let r = resp(
+        let r = Response::new(
             400,
             &[(
                 "x-business-use-case-usage",
@@ -250,11 +239,11 @@ mod tests {
         for code in [4, 17, 613] {
             let body = format!(r#"{{"error":{{"message":"limit","code":{code}}}}}"#);
             assert!(matches!(
-                classify(&resp(403, &[], &body), 0),
+                classify(&Response::new(403, &[], &body), 0),
                 Failure::Retry(Retry { after_ms: None, .. })
             ));
         }
-        let r = resp(
+        let r = Response::new(
             400,
             &[(
                 "x-ad-account-usage",
@@ -273,7 +262,7 @@ mod tests {
 
     #[test]
     fn token_permission_audience_and_parameter_errors() {
-        let e = |body: &str| classify(&resp(400, &[], body), 0);
+        let e = |body: &str| classify(&Response::new(400, &[], body), 0);
         assert!(matches!(
             e(
                 r#"{"error":{"message":"Invalid OAuth access token","type":"OAuthException","code":190}}"#
@@ -301,7 +290,7 @@ mod tests {
             Failure::Rejected(m) if m == "Meta error 100: Invalid parameter [fbtrace_id X]"
         ));
         assert!(matches!(
-            classify(&resp(503, &[("retry-after", "5")], "oops"), 0),
+            classify(&Response::new(503, &[("retry-after", "5")], "oops"), 0),
             Failure::Retry(Retry {
                 after_ms: Some(5000),
                 ..

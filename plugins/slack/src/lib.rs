@@ -324,52 +324,48 @@ mod tests {
         );
     }
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-        Response {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-        }
-    }
-
     #[test]
     fn maps_slack_errors() {
-        assert!(matches!(classify(&resp(200, &[], "ok")), Outcome::Posted));
-        match classify(&resp(400, &[], "invalid_payload")) {
+        assert!(matches!(
+            classify(&Response::new(200, &[], "ok")),
+            Outcome::Posted
+        ));
+        match classify(&Response::new(400, &[], "invalid_payload")) {
             Outcome::Rejected(m) => assert_eq!(m, "HTTP 400: invalid_payload"),
             other => panic!("{other:?}"),
         }
-        match classify(&resp(400, &[], "no_text")) {
+        match classify(&Response::new(400, &[], "no_text")) {
             Outcome::Rejected(m) => assert_eq!(m, "HTTP 400: no_text"),
             other => panic!("{other:?}"),
         }
-        match classify(&resp(429, &[("retry-after", "30")], "rate_limited")) {
+        match classify(&Response::new(
+            429,
+            &[("retry-after", "30")],
+            "rate_limited",
+        )) {
             Outcome::Retry(r) => assert_eq!(r.after_ms, Some(30_000)),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            classify(&resp(500, &[], "rollup_error")),
+            classify(&Response::new(500, &[], "rollup_error")),
             Outcome::Retry(_)
         ));
         assert!(matches!(
-            classify(&resp(404, &[], "no_service")),
+            classify(&Response::new(404, &[], "no_service")),
             Outcome::Call(CallError::Unauthorized(_))
         ));
         assert!(matches!(
-            classify(&resp(403, &[], "invalid_token")),
+            classify(&Response::new(403, &[], "invalid_token")),
             Outcome::Call(CallError::Unauthorized(_))
         ));
-        match classify(&resp(404, &[], "channel_not_found")) {
+        match classify(&Response::new(404, &[], "channel_not_found")) {
             Outcome::Call(CallError::InvalidConfig(m)) => {
                 assert!(m.contains("channel_not_found"), "{m}")
             }
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            classify(&resp(410, &[], "channel_is_archived")),
+            classify(&Response::new(410, &[], "channel_is_archived")),
             Outcome::Call(CallError::InvalidConfig(_))
         ));
     }

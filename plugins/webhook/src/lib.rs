@@ -340,37 +340,34 @@ mod tests {
         assert_eq!(body["data"]["records"][0]["key"], "p1");
     }
 
-    fn resp(status: u16, headers: &[(&str, &str)], body: &str) -> Response {
-        Response {
-            status,
-            headers: headers
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            body: body.as_bytes().to_vec(),
-        }
-    }
-
     #[test]
     fn outcomes() {
         assert!(matches!(
-            batch_outcome(&resp(204, &[], "")),
+            batch_outcome(&Response::new(204, &[], "")),
             Ok(RecordResult::Ok)
         ));
-        match batch_outcome(&resp(429, &[("retry-after", "12")], "slow down")) {
+        match batch_outcome(&Response::new(429, &[("retry-after", "12")], "slow down")) {
             Ok(RecordResult::Retry(r)) => assert_eq!(r.after_ms, Some(12_000)),
             other => panic!("{other:?}"),
         }
-        match batch_outcome(&resp(422, &[], r#"{"message":"unknown field plan"}"#)) {
+        match batch_outcome(&Response::new(
+            422,
+            &[],
+            r#"{"message":"unknown field plan"}"#,
+        )) {
             Ok(RecordResult::Rejected(m)) => assert_eq!(m, "HTTP 422: unknown field plan"),
             other => panic!("{other:?}"),
         }
-        match batch_outcome(&resp(301, &[("location", "https://new.example.com/")], "")) {
+        match batch_outcome(&Response::new(
+            301,
+            &[("location", "https://new.example.com/")],
+            "",
+        )) {
             Ok(RecordResult::Rejected(m)) => assert!(m.contains("new.example.com"), "{m}"),
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            batch_outcome(&resp(401, &[], "bad signature")),
+            batch_outcome(&Response::new(401, &[], "bad signature")),
             Err(CallError::Unauthorized(_))
         ));
     }
