@@ -10,7 +10,8 @@
 //! for batches of 1, 100 and 1,000 records, plus the cost of a fresh instance with an empty call.
 //!
 //! Run: `tools/build-plugins && cargo bench -p switchyard --bench plugin_throughput`
-//! `SWITCHYARD_BENCH_SIZES=1000` measures only the batch sizes given (comma-separated), e.g.
+//! `SWITCHYARD_BENCH_SIZES=1000` measures only the batch sizes given (comma-separated) and
+//! `SWITCHYARD_BENCH_WORKLOADS=map-typed` only the workloads given (`map`, `map-typed`), e.g.
 //! under `perf record` with `SWITCHYARD_WASM_PROFILER=perfmap`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -82,7 +83,16 @@ fn main() {
         .ok()
         .map(|v| v.split(',').filter_map(|s| s.trim().parse().ok()).collect())
         .unwrap_or_else(|| vec![1, 100, 1000]);
+    let only: Option<Vec<String>> = std::env::var("SWITCHYARD_BENCH_WORKLOADS")
+        .ok()
+        .map(|v| v.split(',').map(|s| s.trim().to_string()).collect());
     for workload in WORKLOADS {
+        if only
+            .as_ref()
+            .is_some_and(|o| !o.iter().any(|m| m == workload.mode))
+        {
+            continue;
+        }
         println!();
         println!("{}", workload.title);
         println!(

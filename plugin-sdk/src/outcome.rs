@@ -235,6 +235,7 @@ mod tests {
             "Sun, 06 Nov 1994 08:49 GMT",
             "Sun, 06 Nov 1994 08:49:37 PST",
             "Thu, 01 Jan 1960 00:00:00 GMT",
+            "Thu, 01 Jan 99999999999999 00:00:00 GMT",
         ] {
             assert_eq!(parse_http_date(bad), None, "{bad}");
         }

@@ -154,9 +154,12 @@ fn days_in_month(year: i64, month: i64) -> i64 {
 }
 
 /// Days since 1970-01-01 of a proleptic Gregorian date; `None` for a date that does not exist
-/// (month 13, February 30).
+/// (month 13, February 30) or a year outside 0–9999 (which also keeps the arithmetic in range).
 pub(crate) fn days_from_civil_checked(year: i64, month: i64, day: i64) -> Option<i64> {
-    let real = (1..=12).contains(&month) && day >= 1 && day <= days_in_month(year, month);
+    let real = (0..=9999).contains(&year)
+        && (1..=12).contains(&month)
+        && day >= 1
+        && day <= days_in_month(year, month);
     real.then(|| days_from_civil(year, month, day))
 }
 
