@@ -268,30 +268,31 @@ impl Hub {
 
     /// The first column of a query's rows, as text.
     pub fn strings(&self, sql: &str) -> Vec<String> {
-        let url = self.database.clone();
         let sql = sql.to_string();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async move {
-                sqlx::any::install_default_drivers();
-                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
-                    .await
-                    .unwrap();
-                let rows: Vec<(String,)> = sqlx::query_as(&sql).fetch_all(&mut conn).await.unwrap();
-                rows.into_iter().map(|r| r.0).collect()
-            })
+        self.with_db(move |mut conn| async move {
+            let rows: Vec<(String,)> = sqlx::query_as(&sql).fetch_all(&mut conn).await.unwrap();
+            rows.into_iter().map(|r| r.0).collect()
         })
-        .join()
-        .unwrap()
     }
 
     /// Runs a query against the hub's database with sqlx, for counts the API does not show.
     pub fn count(&self, sql: &str) -> i64 {
-        let url = self.database.clone();
         let sql = sql.to_string();
+        self.with_db(move |mut conn| async move {
+            let (n,): (i64,) = sqlx::query_as(&sql).fetch_one(&mut conn).await.unwrap();
+            n
+        })
+    }
+
+    /// Runs `query` on a connection of its own to the hub's database, on a runtime of its own
+    /// (the tests that look into the database drive the binary and have none).
+    fn with_db<T, F, Fut>(&self, query: F) -> T
+    where
+        F: FnOnce(sqlx::AnyConnection) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = T>,
+        T: Send + 'static,
+    {
+        let url = self.database.clone();
         std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -299,11 +300,10 @@ impl Hub {
                 .unwrap();
             rt.block_on(async move {
                 sqlx::any::install_default_drivers();
-                let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+                let conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
                     .await
                     .unwrap();
-                let (n,): (i64,) = sqlx::query_as(&sql).fetch_one(&mut conn).await.unwrap();
-                n
+                query(conn).await
             })
         })
         .join()
