@@ -293,18 +293,12 @@ impl Hub {
         T: Send + 'static,
     {
         let url = self.database.clone();
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
+        super::runtime_thread(move || async move {
+            sqlx::any::install_default_drivers();
+            let conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+                .await
                 .unwrap();
-            rt.block_on(async move {
-                sqlx::any::install_default_drivers();
-                let conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
-                    .await
-                    .unwrap();
-                query(conn).await
-            })
+            query(conn).await
         })
         .join()
         .unwrap()

@@ -94,17 +94,27 @@ where
     T: Send + 'static,
 {
     let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            tx.send(start().await).unwrap();
-            std::future::pending::<()>().await;
-        });
+    runtime_thread(move || async move {
+        tx.send(start().await).unwrap();
+        std::future::pending::<()>().await
     });
     rx.recv().unwrap()
+}
+
+/// Runs `work` to completion on a current-thread Tokio runtime of a new thread.
+pub fn runtime_thread<T, F, Fut>(work: F) -> std::thread::JoinHandle<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(work())
+    })
 }
 
 /// The workspace's target directory.
