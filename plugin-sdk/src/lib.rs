@@ -90,6 +90,7 @@ pub mod http;
 pub mod log;
 pub mod outcome;
 pub mod pii;
+pub mod sunset;
 pub mod time;
 pub mod watermark;
 
