@@ -1495,7 +1495,11 @@ fn hubspot_lists_contacts_across_pages_then_searches_only_changed_ones() {
     );
     assert_eq!(inc.records[1]["data"]["email"], "moved@example.com");
     let seen = fake.requests();
-    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        seen.len(),
+        2,
+        "105 (re-read in the lookback, not emitted), 106, then 103"
+    );
     assert_eq!(
         (seen[0].method.as_str(), seen[0].uri.as_str()),
         ("POST", "/crm/v3/objects/contacts/search")
@@ -1503,8 +1507,8 @@ fn hubspot_lists_contacts_across_pages_then_searches_only_changed_ones() {
     let body = &seen[0].body;
     assert_eq!(
         body["filterGroups"][0]["filters"][0],
-        json!({"propertyName": "lastmodifieddate", "operator": "GT", "value": "1707127200000"}),
-        "GT the newest lastmodifieddate read (2024-02-05T10:00Z)"
+        json!({"propertyName": "lastmodifieddate", "operator": "GT", "value": "1707126600000"}),
+        "GT the newest lastmodifieddate read (2024-02-05T10:00Z) minus the 10-minute lookback"
     );
     assert_eq!(
         body["sorts"][0],
@@ -1733,6 +1737,131 @@ fn hubspot_bad_token_is_unauthorized_and_logs_hold_no_secret() {
         err.contains("VALIDATION_ERROR") && err.contains("`after` cursor"),
         "{err}"
     );
+}
+
+/// Reads pages through the library until the run is done, at most `max_pages` of them.
+async fn read_run(
+    inst: &PluginInstance,
+    stream: &str,
+    cursor: Option<String>,
+    max_pages: usize,
+) -> (Vec<String>, String) {
+    let mut cursor = cursor;
+    let mut ids = Vec::new();
+    for _ in 0..max_pages {
+        let page = inst.read(stream, cursor.as_deref()).await.unwrap();
+        ids.extend(page.records.iter().map(|r| r.id.clone()));
+        cursor = page.cursor;
+        if page.done {
+            return (ids, cursor.unwrap_or_default());
+        }
+    }
+    panic!(
+        "the run did not end within {max_pages} pages ({} records read, cursor {cursor:?})",
+        ids.len()
+    );
+}
+
+#[test]
+fn hubspot_search_past_10000_records_of_one_millisecond_ends() {
+    // HubSpot's month-end batch update stamps every record with one lastmodifieddate
+    // (airbytehq/airbyte issue #43317): 10,050 of them, then 3 later changes.
+    let fake = hubspot_fake_with_contacts();
+    {
+        let mut s = fake.state.lock().unwrap();
+        for id in 1_000..11_050 {
+            s.contacts.push(hubspot_fake::contact(
+                &id.to_string(),
+                &format!("c{id}@example.com"),
+                "Batch",
+                "Person",
+                "2024-03-31T23:59:59.000Z",
+            ));
+        }
+        for (id, at) in [
+            ("20001", "2024-04-01T08:00:00.000Z"),
+            ("20002", "2024-04-01T09:00:00.000Z"),
+            ("20003", "2024-04-02T09:00:00.000Z"),
+        ] {
+            s.contacts.push(hubspot_fake::contact(
+                id,
+                "late@example.com",
+                "Late",
+                "Person",
+                at,
+            ));
+        }
+    }
+    let hp = fake.host_port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (ids, cursor) = rt.block_on(async {
+        let (_d, inst) = instance(
+            "hubspot",
+            json!({"lookback_minutes": 0}),
+            &[("access_token", HUBSPOT_TOKEN)],
+            Some((HUBAPI, &hp)),
+        )
+        .await;
+        // The watermark of an earlier run: 2024-02-05T10:00Z.
+        let start = json!({"since": 1_707_127_200_000i64}).to_string();
+        read_run(&inst, "contacts", Some(start), 400).await
+    });
+    let unique: std::collections::HashSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), 10_053, "every changed record is read");
+    assert!(unique.contains(&"11049".to_string()) && unique.contains(&"20003".to_string()));
+    let cursor: Value = serde_json::from_str(&cursor).unwrap();
+    assert_eq!(cursor["since"], 1_712_048_400_000i64, "{cursor}");
+    let seen = fake.requests();
+    assert!(
+        seen.iter().all(|r| r.status == 200),
+        "no request past the cap"
+    );
+    assert!(
+        seen.iter().any(|r| r.body["filterGroups"][0]["filters"][2]
+            == json!({"propertyName": "hs_object_id", "operator": "GT", "value": "10999"})),
+        "the split restarts above the last id read"
+    );
+}
+
+#[test]
+fn hubspot_lookback_reads_records_the_index_showed_late_once() {
+    let fake = hubspot_fake_with_contacts();
+    // Changed just before 105 (2024-02-05T10:00Z) but not yet in HubSpot's search index.
+    fake.add_contact(hubspot_fake::contact(
+        "107",
+        "late@example.com",
+        "Late",
+        "Indexed",
+        "2024-02-05T09:58:00.000Z",
+    ));
+    fake.hide_from_search("107");
+    let hp = fake.host_port();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let (_d, inst) = instance(
+            "hubspot",
+            json!({}),
+            &[("access_token", HUBSPOT_TOKEN)],
+            Some((HUBAPI, &hp)),
+        )
+        .await;
+        // An earlier run's watermark: 2024-02-04T12:00Z.
+        let start = json!({"since": 1_707_048_000_000i64}).to_string();
+        let (ids, cursor) = read_run(&inst, "contacts", Some(start), 10).await;
+        assert_eq!(ids, ["105"]);
+        fake.index("107");
+        fake.clear_requests();
+        let (ids, cursor) = read_run(&inst, "contacts", Some(cursor), 10).await;
+        assert_eq!(ids, ["107"], "late in the index: read; 105 again: not emitted twice");
+        let search = &fake.requests()[0].body;
+        assert_eq!(
+            search["filterGroups"][0]["filters"][0],
+            json!({"propertyName": "lastmodifieddate", "operator": "GT", "value": (1_707_127_200_000i64 - 600_000).to_string()}),
+            "10 minutes before the watermark by default"
+        );
+        let (ids, _) = read_run(&inst, "contacts", Some(cursor), 10).await;
+        assert!(ids.is_empty(), "{ids:?}");
+    });
 }
 
 #[test]

@@ -8,10 +8,28 @@
 //! paging past 10,000 results; HubSpot's error body
 //! `{"status":"error","message","correlationId","category"}`; `X-HubSpot-RateLimit-*` headers on
 //! list calls (not on search, as HubSpot's docs say); 429 `RATE_LIMIT` bodies. Knobs: throttle the
-//! next N requests (with or without `Retry-After`), force `Remaining`, 500s.
+//! next N requests (with or without `Retry-After`), force `Remaining`, 500s, and records the
+//! search index does not show yet.
+//!
+//! What it refuses or hides, and where the real API says so (checked 2026-12-06):
+//! - Paging a search past 10,000 results: 400 `VALIDATION_ERROR`. "The search endpoints are
+//!   limited to 10,000 total results for any given query. Attempting to page beyond 10,000 will
+//!   result in a 400 error" — https://developers.hubspot.com/docs/api-reference/2026-03/crm/search-the-crm
+//!   (Limitations), as connectors meet it: `airbytehq/airbyte` issue #43317 (≥10,000 records of
+//!   one `lastmodifieddate` loop forever at the cap), AWS Glue's HubSpot connector limitations.
+//! - More than one sort: 400 ("only one sort is supported"; HubSpot's search page: one sorting
+//!   rule per search), which is why a connector splits one timestamp by a filter on
+//!   `hs_object_id` and a sort on it alone (`airbytehq/airbyte` PR #44899).
+//! - Search is eventually consistent: a record can reach the search index after newer ones were
+//!   returned (`airbytehq/airbyte` PR #69203, 2025-11, lookback window; `estuary/connectors`
+//!   PR #2210, 1-hour horizon). [`Fake::hide_from_search`] models it; the list endpoint, which
+//!   is not served by the search index, shows such records.
+//! - > 5 filter groups, > 10 filters a group, > 25 in all: 400 (HubSpot changelog "Expanded
+//!   Filtering Capabilities … Search API", 2024-08-26); `limit` > 200 search / > 100 list: 400.
 
 #![allow(dead_code)]
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -59,6 +77,8 @@ pub struct State {
     /// `X-HubSpot-RateLimit-Interval-Milliseconds`.
     pub interval_ms: u64,
     pub fail_500: usize,
+    /// Ids the search index does not show yet (lag); the list endpoint shows them.
+    pub search_hidden: HashSet<String>,
     counter: u64,
 }
 
@@ -95,6 +115,18 @@ impl Fake {
         c["properties"][property] = json!(value);
         c["properties"]["lastmodifieddate"] = json!(modified);
         c["updatedAt"] = json!(modified);
+    }
+    /// Keeps a record out of search results until [`Fake::index`] (HubSpot's index lag).
+    pub fn hide_from_search(&self, id: &str) {
+        self.state
+            .lock()
+            .unwrap()
+            .search_hidden
+            .insert(id.to_string());
+    }
+    /// The search index catches up with a hidden record.
+    pub fn index(&self, id: &str) {
+        self.state.lock().unwrap().search_hidden.remove(id);
     }
     pub fn throttle(&self, n: usize, policy: &str, retry_after: Option<&str>) {
         let mut s = self.state.lock().unwrap();
@@ -141,6 +173,7 @@ pub async fn start(token: &str) -> Fake {
         remaining_override: None,
         interval_ms: 10_000,
         fail_500: 0,
+        search_hidden: HashSet::new(),
         counter: 0,
     }));
     let app = Router::new()
@@ -496,7 +529,12 @@ fn answer(
                     })
                 })
         };
-        let mut found: Vec<&Value> = objects.iter().filter(|o| matches(o)).collect();
+        let hidden = &s.search_hidden;
+        let mut found: Vec<&Value> = objects
+            .iter()
+            .filter(|o| !o["id"].as_str().is_some_and(|id| hidden.contains(id)))
+            .filter(|o| matches(o))
+            .collect();
         if let Some(sort) = sorts.first() {
             let prop = sort["propertyName"].as_str().unwrap_or("").to_string();
             let key = |o: &Value| {
