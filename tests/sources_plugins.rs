@@ -922,7 +922,7 @@ fn shopify_reads_customers_across_pages_then_only_changed_ones() {
     assert_eq!(seen[0].param("updated_at_min"), None);
     assert!(seen[0]
         .uri
-        .starts_with("/admin/api/2025-07/customers.json?"));
+        .starts_with("/admin/api/2026-07/customers.json?"));
     for later in &seen[1..] {
         assert!(later.param("page_info").is_some());
         assert_eq!(later.query.len(), 2, "only limit with page_info: {later:?}");
@@ -1098,6 +1098,75 @@ fn shopify_429_and_a_full_bucket_back_off() {
 }
 
 #[test]
+fn shopify_asks_for_a_version_shopify_still_serves_and_names_a_retired_one() {
+    let fake = shopify_fake_with_customers();
+    let dir = install("shopify");
+    let hp = fake.host_port();
+    let secrets = [format!("access_token={SHOPIFY_TOKEN}")];
+    // The default: Shopify serves it as asked (no silent fall-forward to another schema).
+    read_cli(
+        dir.path(),
+        "shopify",
+        "customers",
+        None,
+        &shopify_config(250),
+        &secrets,
+        SHOP,
+        &hp,
+    )
+    .unwrap();
+    let seen = fake.requests();
+    let asked = seen[0].uri.split('/').nth(3).unwrap().to_string();
+    assert_eq!(
+        seen[0].api_version.as_deref(),
+        Some(asked.as_str()),
+        "the default api_version {asked} is served as another version: it is past Shopify's support window"
+    );
+    // A pinned retired version: a read warns, naming what Shopify served; check fails.
+    let retired = json!({"shop": "test-shop", "api_version": "2025-04"});
+    let out = read_cli(
+        dir.path(),
+        "shopify",
+        "customers",
+        None,
+        &retired,
+        &secrets,
+        SHOP,
+        &hp,
+    )
+    .unwrap();
+    assert_eq!(out.records.len(), 5);
+    assert!(
+        out.stderr.contains(
+            "Shopify answered with API version 2026-01, not the configured api_version 2025-04"
+        ),
+        "{}",
+        out.stderr
+    );
+    let reroute = format!("{SHOP}=http://{hp}");
+    let err = failed(&switchyard(
+        dir.path(),
+        &[
+            "plugin",
+            "check",
+            "shopify",
+            "--config",
+            &retired.to_string(),
+            "--secret",
+            &secrets[0],
+            "--reroute",
+            &reroute,
+            "--allow-private",
+            &hp,
+        ],
+    ));
+    assert!(
+        err.contains("invalid config: Shopify answered with API version 2026-01"),
+        "{err}"
+    );
+}
+
+#[test]
 fn shopify_bad_token_is_unauthorized_and_logs_hold_no_secret() {
     let fake = shopify_fake_with_customers();
     let dir = install("shopify");
@@ -1181,7 +1250,22 @@ fn shopify_fake_rejects_what_shopify_rejects() {
     let fake = shopify_fake_with_customers();
     let hp = fake.host_port();
     let t = [("X-Shopify-Access-Token", SHOPIFY_TOKEN)];
-    let path = "/admin/api/2025-07/customers.json";
+    let path = "/admin/api/2026-07/customers.json";
+    // A supported version is served as asked; a retired one as the oldest supported, not refused.
+    let (status, head, _) = raw(&hp, "GET", path, &t, b"");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-shopify-api-version: 2026-07"),
+        "{head}"
+    );
+    let (status, head, _) = raw(&hp, "GET", "/admin/api/2025-07/customers.json", &t, b"");
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("x-shopify-api-version: 2026-01"),
+        "{head}"
+    );
     let (status, body) = raw_json(&hp, "GET", path, &[], b"");
     assert_eq!(status, 401);
     assert_eq!(
@@ -1277,7 +1361,7 @@ fn shopify_fake_rejects_what_shopify_rejects() {
     );
     assert_eq!(status, 400, "{body}");
     assert_eq!(
-        raw_json(&hp, "GET", "/admin/api/2025-07/products.json", &t, b"").0,
+        raw_json(&hp, "GET", "/admin/api/2026-07/products.json", &t, b"").0,
         404
     );
     assert_eq!(raw_json(&hp, "POST", path, &t, b"{}").0, 404);
@@ -1285,12 +1369,12 @@ fn shopify_fake_rejects_what_shopify_rejects() {
     let mut closed = shopify_fake::order(7, 1, 1, "c@example.com", 1, "2024-01-01T00:00:00Z");
     closed["closed_at"] = json!("2024-01-02T00:00:00Z");
     fake.add_order(closed);
-    let (_, body) = raw_json(&hp, "GET", "/admin/api/2025-07/orders.json", &t, b"");
+    let (_, body) = raw_json(&hp, "GET", "/admin/api/2026-07/orders.json", &t, b"");
     assert_eq!(body["orders"], json!([]));
     let (_, body) = raw_json(
         &hp,
         "GET",
-        "/admin/api/2025-07/orders.json?status=any",
+        "/admin/api/2026-07/orders.json?status=any",
         &t,
         b"",
     );
@@ -1344,7 +1428,7 @@ async fn shopify_webhooks_are_verified() {
                 "X-Shopify-Webhook-Id".to_string(),
                 "b54557e4-bdd9-4b37-8a5f-bf7d70bcd043".to_string(),
             ),
-            ("X-Shopify-API-Version".to_string(), "2025-07".to_string()),
+            ("X-Shopify-API-Version".to_string(), "2026-07".to_string()),
         ]
     };
     let request = |h: Vec<(String, String)>, body: &str| {

@@ -6,7 +6,19 @@
 //! `updated_at_min/max`, `created_at_min/max`, `since_id`, `ids`, `order=FIELD asc|desc`, orders'
 //! `status` (default `open`), Shopify's `{"errors": ...}` shapes, and the leaky bucket: 40 calls
 //! leaking 2 per second, reported in `X-Shopify-Shop-Api-Call-Limit`, 429 with
-//! `Retry-After: 2.0` when full. Knobs: fill the bucket, throttle the next N requests, 500s.
+//! `Retry-After: 2.0` when full. Knobs: fill the bucket, throttle the next N requests, 500s,
+//! the supported API versions.
+//!
+//! API versions, as Shopify serves them (checked 2026-12-06): every response names the version
+//! that served it in `X-Shopify-API-Version`; a request for a version past its support window is
+//! not refused but answered as the oldest supported version ("Shopify falls forward when your
+//! selected version becomes inaccessible", https://shopify.dev/docs/api/usage/versioning;
+//! "Requests for the 2019-04 or 2019-07 versions will no longer receive them. Instead, these
+//! requests receive version 2019-10", https://shopify.dev/changelog/api-versions-2019-04-and-2019-10-upcoming-end-of-support;
+//! 2025-07 stopped being served on 2026-07-16 and pinned apps silently got 2025-10,
+//! https://dev.to/flarecanary/shopify-retires-api-version-2025-07-on-july-16-pinned-apps-dont-error-they-silently-fall-2hfi).
+//! Each stable version is supported for at least 12 months, so on 2026-12-06 the supported
+//! ones are 2026-01, 2026-04, 2026-07 and 2026-10 ([`SUPPORTED`]).
 
 #![allow(dead_code)]
 
@@ -23,6 +35,8 @@ use base64::Engine as _;
 use serde_json::{json, Value};
 
 pub const BUCKET_SIZE: f64 = 40.0;
+/// Stable versions Shopify serves as asked (December 2026), oldest first.
+pub const SUPPORTED: &[&str] = &["2026-01", "2026-04", "2026-07", "2026-10"];
 pub const LEAK_PER_SECOND: f64 = 2.0;
 
 #[derive(Debug, Clone)]
@@ -32,6 +46,8 @@ pub struct Seen {
     pub query: Vec<(String, String)>,
     pub token: Option<String>,
     pub status: u16,
+    /// The version that served it (`X-Shopify-API-Version`).
+    pub api_version: Option<String>,
 }
 
 impl Seen {
@@ -57,6 +73,8 @@ pub struct State {
     pub throttle: usize,
     /// Answer the next N authenticated requests with 500.
     pub fail_500: usize,
+    /// Versions served as asked, oldest first; older ones are answered as the oldest.
+    pub supported: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -149,6 +167,7 @@ pub async fn start(shop: &str, token: &str) -> Fake {
         leaked_at: Instant::now(),
         throttle: 0,
         fail_500: 0,
+        supported: SUPPORTED.iter().map(|v| v.to_string()).collect(),
     }));
     let app = Router::new()
         .fallback(any(handle))
@@ -209,6 +228,12 @@ async fn handle(
             .collect();
     let mut s = state.lock().unwrap();
     let mut response = answer(&mut s, &method, &uri, &query, &headers);
+    let served = served_version(&s.supported, uri.path());
+    if let Some(v) = &served {
+        response
+            .headers_mut()
+            .insert("x-shopify-api-version", v.parse().unwrap());
+    }
     let used = s.bucket.ceil() as u64;
     if response.status() != StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
@@ -225,9 +250,22 @@ async fn handle(
             .and_then(|v| v.to_str().ok())
             .map(str::to_string),
         status: response.status().as_u16(),
+        api_version: served,
     };
     s.requests.push(seen);
     response
+}
+
+/// The version that answers a request for `/admin/api/{version}/...`: itself while supported (or
+/// newer, a release candidate), else the oldest supported one — Shopify falls forward.
+fn served_version(supported: &[String], path: &str) -> Option<String> {
+    let asked = path.strip_prefix("/admin/api/")?.split('/').next()?;
+    let oldest = supported.first()?;
+    Some(if asked < oldest.as_str() {
+        oldest.clone()
+    } else {
+        asked.to_string()
+    })
 }
 
 fn answer(

@@ -27,6 +27,13 @@
 //! requests/s on standard plans). When a response shows the bucket 90% full the plugin pauses
 //! until it has drained to 80% before returning; a 429 is transient with its `Retry-After`.
 //!
+//! API version: `api_version` (default [`DEFAULT_VERSION`]). Shopify does not refuse a version
+//! past its support window: it answers as the oldest supported version and says so in
+//! `X-Shopify-API-Version`. The plugin compares that header with the version it asked for: a
+//! read logs a warning naming both, and `check` fails, so a stale pinned version is seen before
+//! its answers change shape. [`SUNSETS`] lists the versions' support end; a unit test fails when
+//! the default is within 60 days of it.
+//!
 //! Webhooks: `X-Shopify-Hmac-Sha256` = base64(HMAC-SHA256(app client secret, raw body)), compared
 //! in constant time; `X-Shopify-Shop-Domain` must be the configured shop; the delivery id is
 //! `X-Shopify-Webhook-Id`. Topics `customers/create|update|enable|disable|delete` yield
@@ -42,7 +49,9 @@ use sha2::Sha256;
 use switchyard_sdk::{
     cursor, debug,
     http::{Request, Response},
-    outcome, schemars, time,
+    outcome, schemars,
+    sunset::Sunset,
+    time,
     watermark::Watermark,
     CallError, Capabilities, Context, Page, Plugin, Retry, Source, SourceEvent, SourceRecord,
     StreamInfo, StreamRecord, WebhookError, WebhookOutcome, WebhookRequest,
@@ -51,13 +60,49 @@ use switchyard_sdk::{
 /// Shopify's largest `limit`.
 const MAX_PAGE: u32 = 250;
 
+/// The Admin API version asked for unless the config says otherwise.
+pub const DEFAULT_VERSION: &str = "2026-07";
+
+/// When Shopify stops serving each version the plugin may default to. Shopify supports each
+/// stable version for at least 12 months from its release (https://shopify.dev/docs/api/usage/versioning,
+/// checked 2026-12-06); the dates are that guaranteed minimum, except 2025-07's, which is when
+/// Shopify actually stopped serving it. Add the next version here when moving the default.
+pub const SUNSETS: &[Sunset] = &[
+    Sunset {
+        version: "2025-07",
+        sunset: "2026-07-16",
+        source: "https://dev.to/flarecanary/shopify-retires-api-version-2025-07-on-july-16-pinned-apps-dont-error-they-silently-fall-2hfi",
+    },
+    Sunset {
+        version: "2025-10",
+        sunset: "2026-10-01",
+        source: "https://shopify.dev/docs/api/usage/versioning (supported at least 12 months)",
+    },
+    Sunset {
+        version: "2026-01",
+        sunset: "2027-01-01",
+        source: "https://shopify.dev/docs/api/usage/versioning (supported at least 12 months)",
+    },
+    Sunset {
+        version: "2026-04",
+        sunset: "2027-04-01",
+        source: "https://shopify.dev/docs/api/usage/versioning (supported at least 12 months)",
+    },
+    Sunset {
+        version: "2026-07",
+        sunset: "2027-07-01",
+        source: "https://shopify.dev/docs/api/usage/versioning (supported at least 12 months); stable since 2026-07-01, https://shopify.dev/changelog/release-notes/2026-07",
+    },
+];
+
 /// Settings of one `[sources.NAME]` block using the Shopify plugin.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The shop: `my-store` or `my-store.myshopify.com`.
     pub shop: String,
-    /// Admin API version, `YYYY-MM`; default `2025-07`.
+    /// Admin API version, `YYYY-MM`; default `2026-07`. Shopify serves a retired version as its
+    /// oldest supported one: keep this within Shopify's support window (12 months).
     #[serde(default = "default_version")]
     pub api_version: String,
     /// Objects per page (Shopify's `limit`, 1-250); default 250.
@@ -67,7 +112,7 @@ pub struct Config {
 }
 
 fn default_version() -> String {
-    "2025-07".to_string()
+    DEFAULT_VERSION.to_string()
 }
 
 fn default_page_size() -> u32 {
@@ -99,7 +144,7 @@ impl Config {
                 .all(|(i, c)| i == 4 || c.is_ascii_digit())
         {
             return Err(CallError::InvalidConfig(format!(
-                "api_version `{}` must look like `2025-07`",
+                "api_version `{}` must look like `2026-07`",
                 self.api_version
             )));
         }
@@ -172,7 +217,11 @@ impl Plugin for Shopify {
             ctx.config.api_version
         );
         let response = get(ctx, &url)?;
-        check_response(&response)
+        check_response(&response)?;
+        match served_elsewhere(&ctx.config.api_version, &response) {
+            Some(note) => Err(CallError::InvalidConfig(note)),
+            None => Ok(()),
+        }
     }
 }
 
@@ -209,6 +258,9 @@ impl Source for Shopify {
         );
         let response = get(ctx, &url)?;
         check_response(&response)?;
+        if let Some(note) = served_elsewhere(&ctx.config.api_version, &response) {
+            switchyard_sdk::warn!("{note}");
+        }
         let body: Value = response.json()?;
         let items = body
             .get(stream.name())
@@ -336,6 +388,17 @@ fn list_url(
         let _ = write!(url, "&updated_at_min={}", encode(&time::rfc3339(since)));
     }
     url
+}
+
+/// When Shopify answered with another version than the one asked for (it serves a retired
+/// version as its oldest supported one), what to tell the operator.
+pub fn served_elsewhere(asked: &str, response: &Response) -> Option<String> {
+    let served = response.header("x-shopify-api-version")?.trim();
+    (!served.is_empty() && served != asked).then(|| {
+        format!(
+            "Shopify answered with API version {served}, not the configured api_version {asked}: {asked} is no longer supported and Shopify serves the oldest supported version instead; set api_version to a supported version (the default is {DEFAULT_VERSION})"
+        )
+    })
 }
 
 fn get(ctx: &Context<Config>, url: &str) -> Result<Response, CallError> {
@@ -723,6 +786,31 @@ switchyard_sdk::export_source!(Shopify);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_api_version_is_not_near_its_sunset() {
+        switchyard_sdk::sunset::assert_fresh(
+            DEFAULT_VERSION,
+            SUNSETS,
+            switchyard_sdk::sunset::MARGIN_DAYS,
+        );
+        assert_eq!(default_version(), DEFAULT_VERSION);
+    }
+
+    #[test]
+    fn a_version_served_as_another_is_named() {
+        let r = |v: &str| Response::new(200, &[("x-shopify-api-version", v)], "{}");
+        assert_eq!(served_elsewhere("2026-07", &r("2026-07")), None);
+        assert_eq!(
+            served_elsewhere("2026-07", &Response::new(200, &[], "{}")),
+            None
+        );
+        let note = served_elsewhere("2025-07", &r("2026-01")).unwrap();
+        assert!(
+            note.contains("API version 2026-01, not the configured api_version 2025-07"),
+            "{note}"
+        );
+    }
 
     #[test]
     fn webhook_hmac_vector() {
