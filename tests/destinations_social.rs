@@ -468,7 +468,10 @@ fn linkedin_adds_and_removes_users_with_the_required_headers() {
         "only hashes leave"
     );
     let headers = &fake.headers()[0];
-    assert_eq!(headers["linkedin-version"], "202509");
+    assert_eq!(
+        headers["linkedin-version"], "202607",
+        "the plugin's default version, served until 2027-07-15"
+    );
     assert_eq!(headers["x-restli-protocol-version"], "2.0.0");
     assert_eq!(headers["x-restli-method"], "BATCH_CREATE");
     assert_eq!(
@@ -489,13 +492,13 @@ fn linkedin_adds_and_removes_users_with_the_required_headers() {
 
     // SHA-512 on request.
     let config =
-        json!({"segment_id": SEGMENT, "email_hash": "sha512", "linkedin_version": "202601"});
+        json!({"segment_id": SEGMENT, "email_hash": "sha512", "linkedin_version": "202606"});
     ok(&api.deliver(LI_TOKEN, &config, "upsert", &records[..1], "warn"));
     let sha512 = "3af3174fa10ef8bd28ce7620c25fe18d1d5f93b9b3c4db3413402a0ec66369eab560c8cc0cefed323a2213ddec7c8a2c9ab912761215ada3e3c8c447cb318e07";
     assert!(fake
         .members(SEGMENT)
         .contains(&("SHA512_EMAIL".to_string(), sha512.to_string())));
-    assert_eq!(fake.headers()[2]["linkedin-version"], "202601");
+    assert_eq!(fake.headers()[2]["linkedin-version"], "202606");
 }
 
 #[test]
@@ -552,9 +555,14 @@ fn linkedin_maps_per_element_errors_and_throttling() {
     )));
     assert_eq!(results[0]["result"], "retry");
 
-    let config = json!({"segment_id": SEGMENT, "linkedin_version": "202001"});
-    let err = failed(&api.deliver(LI_TOKEN, &config, "upsert", &records[..1], "warn"));
-    assert!(err.contains("426") && err.contains("not active"), "{err}");
+    for version in ["202001", linkedin_fake::SUNSET_VERSION] {
+        let config = json!({"segment_id": SEGMENT, "linkedin_version": version});
+        let err = failed(&api.deliver(LI_TOKEN, &config, "upsert", &records[..1], "warn"));
+        assert!(
+            err.contains("426") && err.contains("not active") && err.contains("linkedin_version"),
+            "{err}"
+        );
+    }
     let err = failed(&api.deliver(
         LI_TOKEN,
         &json!({"segment_id": SEGMENT, "linkedin_version": "2025-09"}),
@@ -582,11 +590,18 @@ fn linkedin_bad_token_segment_or_version_fail_check() {
     assert!(!err.contains("AQX-expired"));
     let err = failed(&api.check(LI_TOKEN, &json!({"segment_id": "999"})));
     assert!(err.contains("DMP segment 999 not found"), "{err}");
-    let err = failed(&api.check(
-        LI_TOKEN,
-        &json!({"segment_id": SEGMENT, "linkedin_version": "202001"}),
-    ));
-    assert!(err.contains("not active"), "{err}");
+    for version in ["202001", linkedin_fake::SUNSET_VERSION] {
+        let err = failed(&api.check(
+            LI_TOKEN,
+            &json!({"segment_id": SEGMENT, "linkedin_version": version}),
+        ));
+        assert!(
+            err.to_lowercase().contains("invalid config")
+                && err.contains("not active")
+                && err.contains(version),
+            "{err}"
+        );
+    }
     let err = failed(&api.deliver(
         "AQX-expired",
         &li_config(),
@@ -596,6 +611,55 @@ fn linkedin_bad_token_segment_or_version_fail_check() {
     ));
     assert!(err.contains("unauthorized"), "{err}");
     assert!(fake.bodies().is_empty());
+}
+
+/// L2: a 404 on `/users` is about the segment, never the records. A segment that reads fine but
+/// is too new to take users gets the batch retried after a minute; an unknown segment fails the
+/// call. Before the fix both came back `rejected` (dead letters).
+#[test]
+fn linkedin_404_on_users_retries_a_new_segment_and_fails_an_unknown_one() {
+    let fake = linkedin_fake::start_in_background(LI_TOKEN, &[SEGMENT]);
+    let dir = tempfile::tempdir().unwrap();
+    let api = linkedin(dir.path(), &fake);
+    let records = [
+        json!({"key": "p1", "fields": {"email": "ada@example.com"}}),
+        json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
+    ];
+    fake.segment_is_new(1);
+    let results = lines(&ok(&api.deliver(
+        LI_TOKEN,
+        &li_config(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    for r in &results {
+        assert_eq!(r["result"], "retry", "{results:?}");
+        assert_eq!(r["after_ms"], 60_000, "{results:?}");
+    }
+    assert!(fake.members(SEGMENT).is_empty());
+    // The retry goes through once the segment takes users.
+    let results = lines(&ok(&api.deliver(
+        LI_TOKEN,
+        &li_config(),
+        "upsert",
+        &records,
+        "warn",
+    )));
+    assert!(results.iter().all(|r| r["result"] == "ok"), "{results:?}");
+    assert_eq!(fake.members(SEGMENT).len(), 2);
+
+    let err = failed(&api.deliver(
+        LI_TOKEN,
+        &json!({"segment_id": "999"}),
+        "delete",
+        &records,
+        "warn",
+    ));
+    assert!(
+        err.to_lowercase().contains("invalid config") && err.contains("DMP segment 999 not found"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -631,7 +695,7 @@ fn linkedin_fake_refuses_what_linkedin_refuses() {
     let bearer = format!("Bearer {LI_TOKEN}");
     let full: Vec<(&str, &str)> = vec![
         ("authorization", bearer.as_str()),
-        ("linkedin-version", "202509"),
+        ("linkedin-version", "202607"),
         ("x-restli-protocol-version", "2.0.0"),
         ("x-restli-method", "BATCH_CREATE"),
         ("content-type", "application/json"),
@@ -653,13 +717,20 @@ fn linkedin_fake_refuses_what_linkedin_refuses() {
         (r.status, r.json()["code"].clone()),
         (400, json!("VERSION_MISSING"))
     );
-    let mut old = full.clone();
-    old[1] = ("linkedin-version", "202001");
-    let r = post(&path, &old, &good);
-    assert_eq!(
-        (r.status, r.json()["code"].clone()),
-        (426, json!("NONEXISTENT_VERSION"))
-    );
+    for version in ["202001", "202512", linkedin_fake::SUNSET_VERSION] {
+        let mut old = full.clone();
+        old[1] = ("linkedin-version", version);
+        let r = post(&path, &old, &good);
+        assert_eq!(
+            (r.status, r.json()["code"].clone()),
+            (426, json!("NONEXISTENT_VERSION")),
+            "{version}"
+        );
+        assert_eq!(
+            r.json()["message"],
+            format!("Requested version {version} is not active")
+        );
+    }
     assert_eq!(
         post(&path, &without("x-restli-protocol-version"), &good).status,
         400
@@ -810,7 +881,7 @@ mod syncs {
         let hp = fake.host_port();
         let project = format!(
             "{VIP}\n[destinations.linkedin_accounts]\nplugin = \"linkedin-audiences\"\n\
-             config = {{ segment_id = \"{SEGMENT}\", linkedin_version = \"202509\" }}\n\
+             config = {{ segment_id = \"{SEGMENT}\" }}\n\
              secrets = {{ access_token = \"{LI_TOKEN}\" }}\n\
              reroute = [\"api.linkedin.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\n\n\
              [[syncs]]\nname = \"vip-to-linkedin\"\nfrom = {{ audience = \"vip\" }}\nto = \"linkedin_accounts\"\nmode = \"mirror\"\n\

@@ -2,16 +2,38 @@
 //!
 //! - `POST /rest/dmpSegments/{id}/users`: `Authorization: Bearer <token>` (401
 //!   `INVALID_ACCESS_TOKEN` otherwise); `LinkedIn-Version` present (400 `VERSION_MISSING`) and
-//!   active (426 `NONEXISTENT_VERSION`); `X-Restli-Protocol-Version: 2.0.0` and
-//!   `X-RestLi-Method: BATCH_CREATE` (400); a known segment (404); a JSON `elements` list of 1 to
-//!   [`MAX_ELEMENTS`] (400). Then one status per element, in order: `201`, or `400` with an
-//!   `error.message` for an action other than ADD/REMOVE, an unknown `idType`, a malformed
-//!   `idValue` (SHA256_EMAIL = 64 lowercase hex, SHA512_EMAIL = 128, GOOGLE_AID a UUID), or no
-//!   user ids without both names.
+//!   served today (426 `NONEXISTENT_VERSION`, see [`SUNSETS`]); `X-Restli-Protocol-Version:
+//!   2.0.0` and `X-RestLi-Method: BATCH_CREATE` (400); a known segment (404); a JSON `elements`
+//!   list of 1 to [`MAX_ELEMENTS`] (400). Then one status per element, in order: `201`, or `400`
+//!   with an `error.message` for an action other than ADD/REMOVE, an unknown `idType`, a
+//!   malformed `idValue` (SHA256_EMAIL = 64 lowercase hex, SHA512_EMAIL = 128, GOOGLE_AID a
+//!   UUID), or no user ids without both names.
 //! - `GET /rest/dmpSegments/{id}`: the segment, with the same header checks.
 //!
+//! Each refusal and where it comes from (checked 2026-12-06):
+//! - 426 `{"status":426,"code":"NONEXISTENT_VERSION","message":"Requested version 202504 is not
+//!   active"}` for a version past its sunset: the body LinkedIn sent for sunset versions in
+//!   n8n-io/n8n#28600 (2026-04-17, 20250401), ComposioHQ/composio#3231 (2026-04-17) and #4320
+//!   (2026-08-31); sunset dates from LinkedIn's migrations table
+//!   (https://learn.microsoft.com/en-us/linkedin/marketing/integrations/migrations; rows 202510-202603
+//!   read on the it-it copy, 202604-202607 on the copy in api-evangelist/linkedin-ads
+//!   lifecycle/linkedin-ads-lifecycle.yml, generated 2026-08-13). A version is refused from its
+//!   sunset day on, relative to the real clock, so a stale version turns into a red test.
+//! - 429 without `Retry-After` or rate-limit headers: "DMP Segment Users", section Rate Limits
+//!   (https://learn.microsoft.com/en-us/linkedin/marketing/matched-audiences/create-and-manage-segment-users):
+//!   a 1-minute limit per member on the streaming endpoints; LinkedIn documents no headers.
+//! - 404 on `/users` for a segment that exists but is new: same page ("After creating a DMP
+//!   segment, wait 5 seconds") and Segment's connector, which retries a 404 because "Audiences are
+//!   usually available to accept batches of data 1 - 2 minutes after they're created"
+//!   (segmentio/action-destinations linkedin-audiences/updateAudience, 2026-08-21).
+//! - 401 `{"status":401,"serviceErrorCode":65600,"code":"INVALID_ACCESS_TOKEN"}`: the shape
+//!   LinkedIn clients parse (e.g. the LinkedIn Ads client verified against api.linkedin.com on
+//!   2026-08-15 whose error type documents `serviceErrorCode` 65600 and `INVALID_ACCESS_TOKEN`).
+//!
 //! Knobs: [`Fake::throttle_next`] (429, no Retry-After, as LinkedIn), [`Fake::reject_id`] (an
-//! element carrying that idValue gets a status and message), [`Fake::http_next`].
+//! element carrying that idValue gets a status and message), [`Fake::http_next`],
+//! [`Fake::segment_is_new`] (the users endpoint answers 404 for the next requests while the
+//! segment itself reads fine).
 
 #![allow(dead_code)]
 
@@ -29,8 +51,37 @@ use serde_json::{json, Value};
 
 /// Elements per request the fake accepts (LinkedIn does not document one; 5,000 is common).
 pub const MAX_ELEMENTS: usize = 5000;
-/// Versions the fake treats as active.
-pub const ACTIVE_VERSIONS: &[&str] = &["202505", "202509", "202510", "202601"];
+/// LinkedIn Marketing versions and their sunset day (`YYYY-MM-DD`): served before it, 426 from
+/// it on. Versions not listed (202001, 202512: LinkedIn published none) are refused too.
+pub const SUNSETS: &[(&str, &str)] = &[
+    ("202504", "2026-04-15"),
+    ("202505", "2026-05-15"),
+    ("202506", "2026-06-15"),
+    ("202507", "2026-07-15"),
+    ("202508", "2026-08-17"),
+    ("202509", "2026-09-15"),
+    ("202510", "2026-10-15"),
+    ("202511", "2026-11-16"),
+    ("202601", "2027-01-15"),
+    ("202602", "2027-02-15"),
+    ("202603", "2027-03-16"),
+    ("202604", "2027-04-15"),
+    ("202605", "2027-05-15"),
+    ("202606", "2027-06-15"),
+    ("202607", "2027-07-15"),
+];
+
+/// Whether LinkedIn serves `version` today (UTC).
+pub fn is_served(version: &str) -> bool {
+    let today = chrono::Utc::now().date_naive();
+    SUNSETS.iter().any(|(v, sunset)| {
+        *v == version
+            && chrono::NaiveDate::parse_from_str(sunset, "%Y-%m-%d").is_ok_and(|d| today < d)
+    })
+}
+
+/// A version LinkedIn has sunset (for tests of the refusal).
+pub const SUNSET_VERSION: &str = "202509";
 
 #[derive(Default)]
 struct Inner {
@@ -45,6 +96,8 @@ struct Inner {
     throttle: usize,
     http_faults: VecDeque<(u16, Value)>,
     rejects: HashMap<String, (u16, String)>,
+    /// Requests to `/users` still answered 404 because the segment is new.
+    fresh: usize,
 }
 
 #[derive(Clone)]
@@ -123,6 +176,12 @@ impl Fake {
             .push_back((status, body));
     }
 
+    /// The segment reads fine but the next `n` requests to its users endpoint answer 404, as a
+    /// segment created moments ago does.
+    pub fn segment_is_new(&self, n: usize) {
+        self.inner.lock().unwrap().fresh += n;
+    }
+
     /// Elements carrying `id_value` get `status` and `message`.
     pub fn reject_id(&self, id_value: &str, status: u16, message: &str) {
         self.inner
@@ -179,7 +238,7 @@ async fn handle(
                 "A version must be present. Please specify a version by adding the LinkedIn-Version header.",
             )
         }
-        Some(v) if !ACTIVE_VERSIONS.contains(&v) => {
+        Some(v) if !is_served(v) => {
             return error(
                 426,
                 "NONEXISTENT_VERSION",
@@ -228,6 +287,14 @@ async fn handle(
             400,
             "ILLEGAL_ARGUMENT",
             "X-RestLi-Method: BATCH_CREATE is required for a batch of elements",
+        );
+    }
+    if inner.fresh > 0 {
+        inner.fresh -= 1;
+        return error(
+            404,
+            "NOT_FOUND",
+            &format!("DmpSegment {segment} is not available yet"),
         );
     }
     if inner.throttle > 0 {

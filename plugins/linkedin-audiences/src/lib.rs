@@ -19,18 +19,94 @@
 //! LinkedIn answers `200 {"elements": [{"status": 201}, {"status": 400, "error": {"message"}}]}`,
 //! one status per element in order: each record gets its own (2xx ok, 429/5xx retry, other 4xx
 //! rejected with LinkedIn's message). A whole-request `429` (LinkedIn sends no Retry-After; the
-//! limit is per minute) is retried after a minute; `401`/`403` fail the call as unauthorized.
+//! limit is per minute) is retried after a minute; `401`/`403` fail the call as unauthorized;
+//! `426` (a version past its sunset) fails it as a config error. A `404` is never the records'
+//! fault: the plugin reads the segment, and fails the call as a config error when it does not
+//! exist, or retries the batch after a minute when it does (a segment created moments ago answers
+//! 404 on `/users` for a while).
 
 use serde::Deserialize;
 use sha2::{Digest, Sha512};
 use switchyard_sdk::{
     http::{Request, Response},
-    outcome, pii, schemars, serde_json, Action, CallError, Capabilities, Context, Destination,
-    OutboundRecord, Plugin, RecordResult, Retry,
+    outcome, pii, schemars, serde_json,
+    sunset::Sunset,
+    Action, CallError, Capabilities, Context, Destination, OutboundRecord, Plugin, RecordResult,
+    Retry,
 };
 
 const BASE: &str = "https://api.linkedin.com/rest";
 const PROTOCOL_VERSION: &str = "2.0.0";
+
+/// The `LinkedIn-Version` a config without `linkedin_version` sends: the newest version LinkedIn
+/// documented as "Latest" when checked (2026-12-06), live until 2027-07-15.
+pub const DEFAULT_VERSION: &str = "202607";
+
+/// LinkedIn Marketing versions and the day LinkedIn stops serving them (then every call answers
+/// `426 NONEXISTENT_VERSION`). Checked 2026-12-06.
+pub const SUNSETS: &[Sunset] = &[
+    Sunset {
+        version: "202509",
+        sunset: "2026-09-15",
+        source: MIGRATIONS_MIRROR,
+    },
+    Sunset {
+        version: "202510",
+        sunset: "2026-10-15",
+        source: MIGRATIONS,
+    },
+    Sunset {
+        version: "202511",
+        sunset: "2026-11-16",
+        source: MIGRATIONS,
+    },
+    Sunset {
+        version: "202601",
+        sunset: "2027-01-15",
+        source: MIGRATIONS,
+    },
+    Sunset {
+        version: "202602",
+        sunset: "2027-02-15",
+        source: MIGRATIONS,
+    },
+    Sunset {
+        version: "202603",
+        sunset: "2027-03-16",
+        source: MIGRATIONS,
+    },
+    Sunset {
+        version: "202604",
+        sunset: "2027-04-15",
+        source: MIGRATIONS_MIRROR,
+    },
+    Sunset {
+        version: "202605",
+        sunset: "2027-05-15",
+        source: MIGRATIONS_MIRROR,
+    },
+    Sunset {
+        version: "202606",
+        sunset: "2027-06-15",
+        source: MIGRATIONS_MIRROR,
+    },
+    Sunset {
+        version: "202607",
+        sunset: "2027-07-15",
+        source: MIGRATIONS_MIRROR,
+    },
+];
+const MIGRATIONS: &str = "https://learn.microsoft.com/it-it/linkedin/marketing/integrations/migrations (API Migration Status table)";
+const MIGRATIONS_MIRROR: &str = "LinkedIn's migrations table as copied on 2026-08-13 in api-evangelist/linkedin-ads lifecycle/linkedin-ads-lifecycle.yml (source https://learn.microsoft.com/en-us/linkedin/marketing/integrations/migrations)";
+
+/// Requests per second by default: half of LinkedIn's per-member ceiling of 600 requests per
+/// minute on the DMP streaming endpoints, so another integration on the same member token does
+/// not tip both into 429.
+pub const DEFAULT_RATE_PER_SECOND: f64 = 5.0;
+
+/// How long a batch waits when `/users` answers 404 for a segment that exists: Segment's
+/// connector observed segments accept users "1 - 2 minutes after they're created".
+const FRESH_SEGMENT_WAIT_MS: u64 = 60_000;
 
 /// Which email hash to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
@@ -48,8 +124,8 @@ pub struct Config {
     /// (type USER) and wait a few seconds before streaming users to it.
     #[schemars(regex(pattern = r"^[0-9]+$"))]
     pub segment_id: String,
-    /// The `LinkedIn-Version` (YYYYMM) of the Marketing API to call. LinkedIn sunsets versions
-    /// after about a year: move it forward when LinkedIn answers 426.
+    /// The `LinkedIn-Version` (YYYYMM) of the Marketing API to call (default 202607). LinkedIn
+    /// sunsets versions after about a year: move it forward when LinkedIn answers 426.
     #[serde(default = "default_version")]
     #[schemars(regex(pattern = r"^[0-9]{6}$"))]
     pub linkedin_version: String,
@@ -59,7 +135,7 @@ pub struct Config {
 }
 
 fn default_version() -> String {
-    "202509".to_string()
+    DEFAULT_VERSION.to_string()
 }
 
 fn default_hash() -> EmailHash {
@@ -85,30 +161,14 @@ impl Plugin for LinkedIn {
             // LinkedIn does not document a maximum number of elements per BATCH_CREATE; 5,000 is
             // the size integrations commonly use.
             .max_batch_size(5000)
-            // 600 requests per minute per member on /dmpSegments/{id}/users.
-            .default_rate_per_second(10.0)
+            .default_rate_per_second(DEFAULT_RATE_PER_SECOND)
             .actions(&[Action::Upsert, Action::Delete])
     }
 
-    /// Reads the segment with the same headers: proves the token, the version and the id.
+    /// Reads the segment with the write path's headers, without side effects: proves the token,
+    /// that LinkedIn still serves `linkedin_version`, and that the segment exists.
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {
-        let url = format!("{BASE}/dmpSegments/{}", ctx.config.segment_id);
-        let response = headers(ctx, Request::get(&url)).send()?;
-        match response.status {
-            200..=299 => Ok(()),
-            404 => Err(CallError::InvalidConfig(format!(
-                "DMP segment {} not found: {}",
-                ctx.config.segment_id,
-                outcome::api_message(&response.body)
-            ))),
-            426 => Err(CallError::InvalidConfig(format!(
-                "LinkedIn-Version {} is not active: {} (set linkedin_version to a current YYYYMM)",
-                ctx.config.linkedin_version,
-                outcome::api_message(&response.body)
-            ))),
-            429 => Err(CallError::Transient(throttled(&response))),
-            _ => outcome::call_result(&response),
-        }
+        read_segment(ctx)
     }
 }
 
@@ -147,7 +207,24 @@ impl Destination for LinkedIn {
             .header("x-restli-method", "BATCH_CREATE")
             .json(&serde_json::json!({ "elements": elements }))
             .send()?;
-        let per_element = element_results(&response, elements.len())?;
+        if response.status == 404 {
+            // Not the records' fault: either the segment id is wrong (fail the call) or the
+            // segment is too new to take users yet (retry the batch).
+            read_segment(ctx)?;
+            let retry = RecordResult::Retry(Retry {
+                reason: format!(
+                    "DMP segment {} exists but its users endpoint answered 404 ({}); a new segment takes users after a minute or two",
+                    ctx.config.segment_id,
+                    outcome::api_message(&response.body)
+                ),
+                after_ms: Some(FRESH_SEGMENT_WAIT_MS),
+            });
+            for i in sent {
+                results[i] = retry.clone();
+            }
+            return Ok(results);
+        }
+        let per_element = element_results(&response, elements.len(), &ctx.config.linkedin_version)?;
         let failed = per_element
             .iter()
             .filter(|r| !matches!(r, RecordResult::Ok))
@@ -162,6 +239,36 @@ impl Destination for LinkedIn {
         }
         Ok(results)
     }
+}
+
+/// `GET /rest/dmpSegments/{id}`: Ok when the segment exists; a wrong token, an inactive
+/// version or an unknown segment is the call's error.
+fn read_segment(ctx: &Context<Config>) -> Result<(), CallError> {
+    let url = format!("{BASE}/dmpSegments/{}", ctx.config.segment_id);
+    let response = headers(ctx, Request::get(&url)).send()?;
+    segment_answer(&response, &ctx.config)
+}
+
+/// What a segment read means for the call.
+pub fn segment_answer(response: &Response, config: &Config) -> Result<(), CallError> {
+    match response.status {
+        200..=299 => Ok(()),
+        404 => Err(CallError::InvalidConfig(format!(
+            "DMP segment {} not found: {} (check segment_id and that the token's member can see the ad account)",
+            config.segment_id,
+            outcome::api_message(&response.body)
+        ))),
+        426 => Err(version_error(response, &config.linkedin_version)),
+        429 => Err(CallError::Transient(throttled(response))),
+        _ => outcome::call_result(response),
+    }
+}
+
+fn version_error(response: &Response, version: &str) -> CallError {
+    CallError::InvalidConfig(format!(
+        "LinkedIn no longer serves LinkedIn-Version {version} (HTTP 426: {}); set linkedin_version to a current YYYYMM such as {DEFAULT_VERSION}",
+        outcome::api_message(&response.body)
+    ))
 }
 
 fn headers(ctx: &Context<Config>, request: Request) -> Request {
@@ -250,16 +357,25 @@ pub fn email_id(hash: EmailHash, raw: &str) -> Option<(&'static str, String)> {
     })
 }
 
-/// Per-element results of a BATCH_CREATE answer, in order.
-pub fn element_results(response: &Response, sent: usize) -> Result<Vec<RecordResult>, CallError> {
+/// Per-element results of a BATCH_CREATE answer, in order. (`deliver` handles a 404 before this:
+/// it is about the segment, never the records.)
+pub fn element_results(
+    response: &Response,
+    sent: usize,
+    version: &str,
+) -> Result<Vec<RecordResult>, CallError> {
     match response.status {
         401 | 403 => return outcome::call_result(response).map(|_| Vec::new()),
         429 => return Ok(vec![RecordResult::Retry(throttled(response)); sent]),
-        426 => {
-            return Err(CallError::InvalidConfig(format!(
-                "HTTP 426: {} (set linkedin_version to a current YYYYMM)",
-                outcome::api_message(&response.body)
-            )))
+        426 => return Err(version_error(response, version)),
+        404 => {
+            return Ok(vec![
+                RecordResult::Retry(Retry {
+                    reason: format!("HTTP 404: {}", outcome::api_message(&response.body)),
+                    after_ms: Some(FRESH_SEGMENT_WAIT_MS),
+                });
+                sent
+            ])
         }
         s if !(200..300).contains(&s) => return Ok(vec![outcome::record_result(response); sent]),
         _ => {}
@@ -390,6 +506,7 @@ mod tests {
                 {"status": 503}
             ]})),
             4,
+            "202607",
         )
         .unwrap();
         assert!(matches!(r[0], RecordResult::Ok));
@@ -404,6 +521,7 @@ mod tests {
         let r = element_results(
             &resp(429, json!({"status": 429, "message": "throttled"})),
             2,
+            "202607",
         )
         .unwrap();
         match &r[1] {
@@ -411,10 +529,15 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(matches!(
-            element_results(&resp(401, json!({"status": 401, "code": "INVALID_ACCESS_TOKEN", "message": "Invalid access token"})), 1),
+            element_results(&resp(401, json!({"status": 401, "code": "INVALID_ACCESS_TOKEN", "message": "Invalid access token"})), 1, "202607"),
             Err(CallError::Unauthorized(m)) if m.contains("Invalid access token")
         ));
-        match &element_results(&resp(400, json!({"status": 400, "message": "bad"})), 1).unwrap()[0]
+        match &element_results(
+            &resp(400, json!({"status": 400, "message": "bad"})),
+            1,
+            "202607",
+        )
+        .unwrap()[0]
         {
             RecordResult::Rejected(m) => assert_eq!(m, "HTTP 400: bad"),
             other => panic!("{other:?}"),
@@ -423,11 +546,66 @@ mod tests {
             element_results(
                 &resp(
                     426,
-                    json!({"status": 426, "code": "NONEXISTENT_VERSION", "message": "Requested version 202001 is not active"})
+                    json!({"status": 426, "code": "NONEXISTENT_VERSION", "message": "Requested version 202509 is not active"})
                 ),
-                1
+                1,
+                "202509"
             ),
-            Err(CallError::InvalidConfig(_))
+            Err(CallError::InvalidConfig(m)) if m.contains("202509") && m.contains(DEFAULT_VERSION)
         ));
+    }
+
+    /// L2: a 404 is about the segment (wrong id, or created moments ago), never the records':
+    /// it must not come back as a rejection that dead-letters the whole batch.
+    #[test]
+    fn a_404_on_users_is_never_a_rejection() {
+        let r = element_results(
+            &resp(404, json!({"status": 404, "code": "NOT_FOUND", "message": "DmpSegment 1 does not exist"})),
+            3,
+            DEFAULT_VERSION,
+        )
+        .unwrap();
+        assert!(
+            r.iter().all(|x| matches!(
+                x,
+                RecordResult::Retry(Retry {
+                    after_ms: Some(60_000),
+                    ..
+                })
+            )),
+            "{r:?}"
+        );
+        let config = Config {
+            segment_id: "999".into(),
+            linkedin_version: DEFAULT_VERSION.into(),
+            email_hash: EmailHash::Sha256,
+        };
+        assert!(matches!(
+            segment_answer(&resp(404, json!({"status": 404, "message": "DmpSegment 999 does not exist"})), &config),
+            Err(CallError::InvalidConfig(m)) if m.contains("DMP segment 999 not found")
+        ));
+        assert!(segment_answer(&resp(200, json!({"id": 999})), &config).is_ok());
+    }
+
+    /// L1: the default version must have more than 60 days left before LinkedIn's sunset (it
+    /// failed with the old default 202509, sunset 2026-09-15).
+    #[test]
+    fn default_version_is_not_near_its_sunset() {
+        switchyard_sdk::sunset::assert_fresh(
+            DEFAULT_VERSION,
+            SUNSETS,
+            switchyard_sdk::sunset::MARGIN_DAYS,
+        );
+        assert_eq!(default_version(), DEFAULT_VERSION);
+    }
+
+    /// L3: the default rate stays well under LinkedIn's 600 requests per minute per member.
+    #[test]
+    #[allow(clippy::assertions_on_constants)]
+    fn default_rate_leaves_room_under_the_per_member_ceiling() {
+        assert!(
+            DEFAULT_RATE_PER_SECOND * 60.0 <= 600.0 / 2.0,
+            "{DEFAULT_RATE_PER_SECOND}/s"
+        );
     }
 }
