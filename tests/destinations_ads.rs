@@ -496,6 +496,17 @@ fn meta_check_reads_the_audience_with_the_token() {
     let err = failed(&m.check(json!({"audience_id": "act_12"}), &good));
     assert!(err.contains("numeric id"), "{err}");
 
+    // A version Meta retired fails check (code 2635), not the first sync.
+    let mut retired = meta_config();
+    retired["api_version"] = json!(meta_fake::RETIRED_VERSION);
+    let err = failed(&m.check(retired, &good));
+    assert!(
+        err.contains("2635")
+            && err.contains("api_version")
+            && err.to_lowercase().contains("invalid config"),
+        "{err}"
+    );
+
     // When the app requires appsecret_proof, the plugin signs the token with the app secret.
     m.fake.require_appsecret_proof("app-secret-123");
     let err = failed(&m.check(meta_config(), &good));
@@ -504,11 +515,43 @@ fn meta_check_reads_the_audience_with_the_token() {
     ok(&m.check(meta_config(), &with_secret));
 }
 
+/// M2: what would refuse every upload fails `check` (and the call), never dead-letters records:
+/// unaccepted Custom Audience terms and a flagged audience. Before the fix `check` passed both
+/// and every record of a sync was dead-lettered.
+#[test]
+fn meta_unaccepted_terms_and_flagged_audiences_fail_check_and_the_call() {
+    let m = MetaRun::new();
+    let good = vec![format!("access_token={}", meta_fake::TOKEN)];
+    let records = vec![json!({"key": "p1", "fields": {"email": "ada@example.org"}})];
+    m.fake.decline_terms();
+    let err = failed(&m.check(meta_config(), &good));
+    assert!(
+        err.to_lowercase().contains("invalid config")
+            && err.contains("Custom Audience terms")
+            && err.contains(&format!("act={}", meta_fake::AD_ACCOUNT_ID)),
+        "{err}"
+    );
+    let err = failed(&m.deliver(meta_config(), meta_fake::TOKEN, "upsert", &records, "warn"));
+    assert!(
+        err.contains("2663") && err.contains("Custom Audience terms"),
+        "{err}"
+    );
+
+    let m = MetaRun::new();
+    m.fake.flag_audience();
+    let err = failed(&m.check(meta_config(), &good));
+    assert!(err.contains("flagged") && err.contains("471"), "{err}");
+    let err = failed(&m.deliver(meta_config(), meta_fake::TOKEN, "delete", &records, "warn"));
+    assert!(err.contains("Audience Upload Blocked"), "{err}");
+    assert!(m.fake.uploads().is_empty());
+}
+
 #[test]
 fn meta_fake_rejects_what_graph_rejects() {
     let fake = meta_fake::start_in_background();
     let addr = fake.host_port();
-    let path = format!("/v25.0/{}/users", meta_fake::AUDIENCE_ID);
+    let ver = meta_fake::LATEST_VERSION;
+    let path = format!("/{ver}/{}/users", meta_fake::AUDIENCE_ID);
     let hashed = sha("a@example.com");
     let payload = json!({"schema": ["EMAIL", "FN"], "data": [[hashed, ""]]}).to_string();
     let form_ct = ("content-type", "application/x-www-form-urlencoded");
@@ -546,7 +589,7 @@ fn meta_fake_rejects_what_graph_rejects() {
     let (s, b) = raw(
         &addr,
         "POST",
-        "/v25.0/42/users",
+        &format!("/{ver}/42/users"),
         &[form_ct, auth],
         &form(&[("payload", &payload)]),
     );
@@ -656,7 +699,7 @@ fn meta_fake_rejects_what_graph_rejects() {
     let (s, b) = raw(
         &addr,
         "GET",
-        &format!("/v25.0/{}?fields=id,name", meta_fake::AUDIENCE_ID),
+        &format!("/{ver}/{}?fields=id,name", meta_fake::AUDIENCE_ID),
         &[],
         b"",
     );
@@ -664,15 +707,83 @@ fn meta_fake_rejects_what_graph_rejects() {
     let (s, b) = raw(
         &addr,
         "GET",
-        &format!("/v25.0/{}?fields=id,name", meta_fake::AUDIENCE_ID),
+        &format!(
+            "/{ver}/{}?fields=id,name,account_id",
+            meta_fake::AUDIENCE_ID
+        ),
+        &[auth],
+        b"",
+    );
+    assert_eq!(s, 200);
+    let audience = serde_json::from_str::<Value>(&b).unwrap();
+    assert_eq!(audience["name"], meta_fake::AUDIENCE_NAME);
+    assert_eq!(audience["account_id"], meta_fake::AD_ACCOUNT_ID);
+    let (s, b) = raw(
+        &addr,
+        "GET",
+        &format!(
+            "/{ver}/act_{}?fields=tos_accepted",
+            meta_fake::AD_ACCOUNT_ID
+        ),
         &[auth],
         b"",
     );
     assert_eq!(s, 200);
     assert_eq!(
-        serde_json::from_str::<Value>(&b).unwrap()["name"],
-        meta_fake::AUDIENCE_NAME
+        serde_json::from_str::<Value>(&b).unwrap()["tos_accepted"]["custom_audience_tos"],
+        1
     );
+
+    // A retired version: code 2635; a version that never existed: 2500.
+    let (s, b) = raw(
+        &addr,
+        "GET",
+        &format!(
+            "/{}/{}?fields=id",
+            meta_fake::RETIRED_VERSION,
+            meta_fake::AUDIENCE_ID
+        ),
+        &[auth],
+        b"",
+    );
+    assert_eq!((s, code(&b)), (400, 2635), "{b}");
+    assert!(b.contains("deprecated version of the Ads API"), "{b}");
+    let (_, b) = raw(
+        &addr,
+        "GET",
+        &format!("/v99.0/{}", meta_fake::AUDIENCE_ID),
+        &[auth],
+        b"",
+    );
+    assert_eq!(code(&b), 2500, "{b}");
+
+    // DELETE: Graph ignores a form body (payload missing) but reads a JSON body or the query.
+    let members = fake.members().len();
+    assert!(members > 0);
+    let gone = json!({"schema": ["EMAIL", "FN"], "data": [[hashed, ""]]}).to_string();
+    let (s, b) = raw(
+        &addr,
+        "DELETE",
+        &path,
+        &[form_ct, auth],
+        &form(&[("payload", &gone)]),
+    );
+    assert_eq!((s, code(&b)), (400, 100), "{b}");
+    assert!(b.contains("Missing required parameter: payload"), "{b}");
+    assert_eq!(fake.members().len(), members, "nothing removed");
+    let query = String::from_utf8(form(&[("payload", &gone)])).unwrap();
+    let (s, b) = raw(&addr, "DELETE", &format!("{path}?{query}"), &[auth], b"");
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = raw(
+        &addr,
+        "DELETE",
+        &path,
+        &[("content-type", "application/json"), auth],
+        json!({"payload": {"schema": ["EMAIL"], "data": [[sha("nobody@example.com")]]}})
+            .to_string()
+            .as_bytes(),
+    );
+    assert_eq!(s, 200, "{b}");
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -18,10 +18,45 @@
 //!   (`{entry: reason}`), and not stored, as Meta does. Valid rows are added (POST) to or removed
 //!   (DELETE) from the audience's members.
 //!
+//! - `GET /v{N}.0/act_{account}?fields=tos_accepted`: the ad account's Custom Audience terms.
+//!
+//! Each refusal and where it comes from (checked 2026-12-06):
+//! - DELETE parameters are read from the query string or a JSON body only; a form body on DELETE
+//!   is ignored, so its `payload` is missing: "(#100) Missing required parameter: payload".
+//!   facebook/facebook-python-business-sdk `facebook_business/api.py` (GET and DELETE send
+//!   `params=`, only other methods `data=`), its issue #156 (a DELETE to `/{audience}/users` with
+//!   a `session=…&payload=…` body answered that error), facebook-java-business-sdk#179 (support:
+//!   "for DELETE requests, the payload is a part of the URL"). Segment sends DELETE with a JSON
+//!   body (`facebook-custom-audiences/sync/functions.ts` `sendRequest`, `json: {payload}`,
+//!   2026-08-21); RudderStack puts the payload in the query string or a JSON body
+//!   (`fb_custom_audience/util.ts` `responseBuilderSimple`, `FB_CUSTOM_AUDIENCE_PAYLOAD_IN_BODY`,
+//!   2026-08-06).
+//! - A retired Marketing API version: HTTP 400 `{"code":2635,"type":"OAuthException","message":
+//!   "(#2635) You are calling a deprecated version of the Ads API. Please update to the latest
+//!   version: v27.0."}` (Meta blog "Upcoming change in Marketing API version deprecation",
+//!   2024-04-16; body as quoted in maraujo/pySocialWatcher#25). Expiry dates from Meta's
+//!   version history
+//!   (https://developers.facebook.com/documentation/ads-commerce/marketing-api/marketing-api-changelog/versions):
+//!   v22.0 2026-02-19, v23.0 2026-06-09, v24.0 2026-11-10, v25.0 2027-02-23; v26.0 and v27.0
+//!   TBD. Refused from that day on, by the real clock. (Meta may instead upgrade calls to
+//!   endpoints a version did not change; the fake models the refusal.)
+//! - Custom Audience terms not accepted: writes answer `(#2663) Terms of service has not been
+//!   accepted. To accept, go to https://www.facebook.com/customaudiences/app/tos/?act=…`
+//!   (facebook-nodejs-business-sdk#26, facebook-php-business-sdk#43); the account reads
+//!   `{"tos_accepted": {}}` ("Custom Audience Terms Of Service", section Check if you signed:
+//!   https://developers.facebook.com/documentation/ads-commerce/marketing-api/audiences/reference/custom-audience-terms-of-service).
+//! - A flagged audience: `operation_status` 471 on read, and writes answer 100/1713230 "Audience
+//!   Upload Blocked" ("Custom Audience Users", updated 2025-10-08:
+//!   https://developers.facebook.com/documentation/ads-commerce/marketing-api/reference/custom-audience/users).
+//! - Rate limits: no 429; HTTP 400 with codes 4/17/613/80003 and `X-Business-Use-Case-Usage`
+//!   (`estimated_time_to_regain_access` in minutes)
+//!   (https://developers.facebook.com/docs/marketing-api/overview/rate-limiting), via
+//!   [`Fault::rate_limited`].
+//!
 //! Knobs: [`Fake::fail_next`] answers the next requests with a Graph error (e.g. code 80003 with
 //! `X-Business-Use-Case-Usage` and `estimated_time_to_regain_access`, transient code 2, 500);
 //! [`Fake::mark_invalid`] makes the fake treat given entries as invalid with a reason (what Meta
-//! does with hashes of unmatchable data).
+//! does with hashes of unmatchable data); [`Fake::decline_terms`]; [`Fake::flag_audience`].
 
 #![allow(dead_code)]
 
@@ -42,6 +77,35 @@ use sha2::Sha256;
 pub const TOKEN: &str = "EAAfake-system-user-token-7f3Kq9";
 pub const AUDIENCE_ID: &str = "23847000000000001";
 pub const AUDIENCE_NAME: &str = "Switchyard VIPs";
+/// The ad account that owns [`AUDIENCE_ID`].
+pub const AD_ACCOUNT_ID: &str = "516848833";
+/// The newest version Meta serves.
+pub const LATEST_VERSION: &str = "v27.0";
+/// A version Meta retired (2026-11-10).
+pub const RETIRED_VERSION: &str = "v24.0";
+/// Marketing API versions with a published expiry (`None`: TBD).
+pub const EXPIRIES: &[(u32, Option<&str>)] = &[
+    (22, Some("2026-02-19")),
+    (23, Some("2026-06-09")),
+    (24, Some("2026-11-10")),
+    (25, Some("2027-02-23")),
+    (26, None),
+    (27, None),
+];
+
+/// `Some(true)` if Meta serves major version `n` today, `Some(false)` if it retired it, `None` if
+/// it never existed.
+pub fn served(n: u32) -> Option<bool> {
+    let today = chrono::Utc::now().date_naive();
+    match EXPIRIES.iter().find(|(v, _)| *v == n) {
+        Some((_, None)) => Some(true),
+        Some((_, Some(day))) => {
+            Some(chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").is_ok_and(|d| today < d))
+        }
+        None if n < EXPIRIES[0].0 => Some(false),
+        None => None,
+    }
+}
 pub const MAX_ROWS: usize = 10_000;
 /// Largest request body the fake reads (Graph's own cap is not published; 10,000 full rows fit).
 pub const MAX_BODY_BYTES: usize = 64 << 20;
@@ -139,6 +203,8 @@ pub struct FakeState {
     pub faults: VecDeque<Option<Fault>>,
     pub invalid: BTreeMap<String, String>,
     pub requests: usize,
+    pub terms_declined: bool,
+    pub flagged: bool,
 }
 
 #[derive(Clone)]
@@ -188,6 +254,14 @@ impl Fake {
             .unwrap()
             .invalid
             .insert(entry.to_string(), reason.to_string());
+    }
+    /// The ad account has not accepted the Custom Audience terms.
+    pub fn decline_terms(&self) {
+        self.state.lock().unwrap().terms_declined = true;
+    }
+    /// The audience is flagged for integrity restrictions (operation_status 471).
+    pub fn flag_audience(&self) {
+        self.state.lock().unwrap().flagged = true;
     }
     pub fn require_appsecret_proof(&self, app_secret: &str) {
         self.state.lock().unwrap().app_secret = Some(app_secret.to_string());
@@ -301,6 +375,10 @@ async fn handle(
                 }
                 _ => return invalid_param("The request body is not a valid JSON object"),
             }
+        } else if content_type.starts_with("application/x-www-form-urlencoded")
+            && method == Method::DELETE
+        {
+            // Graph does not read a DELETE's form body: its parameters are simply absent.
         } else if content_type.starts_with("application/x-www-form-urlencoded") {
             let Ok(text) = std::str::from_utf8(&body) else {
                 return invalid_param("The request body is not valid UTF-8");
@@ -392,8 +470,52 @@ async fn handle(
     if !version_ok || segments.len() < 2 || segments.len() > 3 {
         return graph_error(400, "OAuthException", 2500, None, "Unknown path components");
     }
+    let major: u32 = segments[0]
+        .trim_start_matches('v')
+        .split('.')
+        .next()
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    match served(major) {
+        Some(true) => {}
+        Some(false) => {
+            return graph_error(
+                400,
+                "OAuthException",
+                2635,
+                None,
+                &format!("(#2635) You are calling a deprecated version of the Ads API. Please update to the latest version: {LATEST_VERSION}."),
+            )
+        }
+        None => {
+            return graph_error(
+                400,
+                "OAuthException",
+                2500,
+                None,
+                &format!("Unknown path components: /{}", segments[0]),
+            )
+        }
+    }
     let id = segments[1].to_string();
     let edge = segments.get(2).copied();
+    if let Some(account) = id.strip_prefix("act_") {
+        if account != AD_ACCOUNT_ID || edge.is_some() || method != Method::GET {
+            return graph_error(
+                400,
+                "GraphMethodException",
+                100,
+                Some(33),
+                &format!("Unsupported {} request. Object with ID '{id}' does not exist, cannot be loaded due to missing permissions, or does not support this operation.", method.as_str().to_lowercase()),
+            );
+        }
+        let tos = if st.terms_declined {
+            json!({})
+        } else {
+            json!({"custom_audience_tos": 1})
+        };
+        return axum::Json(json!({"tos_accepted": tos, "id": id})).into_response();
+    }
     if !st.audiences.contains_key(&id) {
         let verb = if method == Method::GET { "get" } else { "post" };
         return graph_error(
@@ -440,6 +562,19 @@ async fn handle(
                     "name" => {
                         out.insert("name".into(), json!(st.audiences[&id]));
                     }
+                    "account_id" => {
+                        out.insert("account_id".into(), json!(AD_ACCOUNT_ID));
+                    }
+                    "operation_status" => {
+                        out.insert(
+                            "operation_status".into(),
+                            if st.flagged {
+                                json!({"code": 471, "description": "This audience has been flagged for integrity restrictions."})
+                            } else {
+                                json!({"code": 200, "description": "Normal"})
+                            },
+                        );
+                    }
                     "" => {}
                     other => {
                         return invalid_param(&format!(
@@ -450,6 +585,25 @@ async fn handle(
             }
             out.entry("id").or_insert(json!(id));
             axum::Json(Value::Object(out)).into_response()
+        }
+        ("POST" | "DELETE", Some("users")) if st.terms_declined => graph_error(
+            400,
+            "OAuthException",
+            2663,
+            None,
+            &format!("(#2663) Terms of service has not been accepted. To accept, go to https://www.facebook.com/customaudiences/app/tos/?act={AD_ACCOUNT_ID}"),
+        ),
+        ("POST" | "DELETE", Some("users")) if st.flagged => {
+            let body = json!({"error": {"message": "Invalid parameter", "type": "OAuthException", "code": 100,
+                "error_subcode": 1713230, "error_user_title": "Audience Upload Blocked",
+                "error_user_msg": "Before updating user memberships, you must resolve integrity restrictions on this Data File Custom Audience. Go to Audience Manager to appeal the restrictions or create a new audience with updated data",
+                "is_transient": false, "fbtrace_id": fbtrace()}});
+            (
+                StatusCode::BAD_REQUEST,
+                [("content-type", "application/json")],
+                body.to_string(),
+            )
+                .into_response()
         }
         ("POST" | "DELETE", Some("users")) => users(&mut st, &method, &id, params, token_via),
         (_, Some("users")) | (_, None) => graph_error(
@@ -499,7 +653,7 @@ fn users(
     let payload = match json_param(&params, "payload") {
         Ok(Some(Value::Object(p))) => p,
         Ok(Some(_)) => return invalid_param("Param payload must be a JSON object"),
-        Ok(None) => return invalid_param("The parameter payload is required"),
+        Ok(None) => return invalid_param("Missing required parameter: payload"),
         Err(r) => return r,
     };
     let session = match json_param(&params, "session") {

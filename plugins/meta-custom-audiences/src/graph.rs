@@ -113,6 +113,25 @@ pub fn classify(response: &Response, now_unix: u64) -> Failure {
             after_ms: wait_ms(response, now_unix),
         });
     }
+    // A retired API version: "(#2635) You are calling a deprecated version of the Ads API.
+    // Please update to the latest version: vXX.0." (Meta blog "Upcoming change in Marketing API
+    // version deprecation", 2024-04-16). Every request fails the same way until the config moves.
+    if code == 2635 {
+        return Failure::InvalidConfig(format!(
+            "{text}; set api_version to a version Meta still serves (the plugin's default is {})",
+            crate::DEFAULT_VERSION
+        ));
+    }
+    // Custom Audience terms not accepted: "(#2655)/(#2663) Terms of service has not been
+    // accepted. To accept, go to https://www.facebook.com/customaudiences/app/tos/?act=..."
+    // (facebook-php-business-sdk#43, facebook-nodejs-business-sdk#26), or a permission error
+    // 200 with subcode 1870090 on custom-audience writes. No record can go through until the
+    // terms are accepted: a config problem, not a rejection of these records.
+    if matches!(code, 2655 | 2663) || (code == 200 && sub == 1870090) {
+        return Failure::InvalidConfig(format!(
+            "{text}; accept Meta's Custom Audience terms for the ad account (https://business.facebook.com/ads/manage/customaudiences/tos/) with the user that owns the token"
+        ));
+    }
     // Token problems: 190 invalid/expired (subcodes 458-467), 102 session, 104 missing token,
     // 2500 no active token; permissions: 10, 200-299 (294 needs ads_management).
     if matches!(code, 102 | 104 | 190 | 2500 | 10) || (200..300).contains(&code) {
@@ -295,6 +314,27 @@ mod tests {
                 after_ms: Some(5000),
                 ..
             })
+        ));
+    }
+
+    /// M2: unaccepted terms and a retired version are the configuration's problem: the call
+    /// fails instead of every record being dead-lettered.
+    #[test]
+    fn terms_and_retired_versions_are_config_errors() {
+        let e = |body: &str| classify(&Response::new(400, &[], body), 0);
+        for body in [
+            r#"{"error":{"message":"(#2655) Terms of service has not been accepted","type":"OAuthException","code":2655}}"#,
+            r#"{"error":{"message":"(#2663) Terms of service has not been accepted. To accept, go to https://www.facebook.com/customaudiences/app/tos/?act=1","type":"OAuthException","code":2663}}"#,
+            r#"{"error":{"message":"(#200) Permissions error","code":200,"error_subcode":1870090}}"#,
+        ] {
+            assert!(
+                matches!(e(body), Failure::InvalidConfig(ref m) if m.contains("Custom Audience terms")),
+                "{body}"
+            );
+        }
+        assert!(matches!(
+            e(r#"{"error":{"message":"(#2635) You are calling a deprecated version of the Ads API. Please update to the latest version: v26.0.","type":"OAuthException","code":2635}}"#),
+            Failure::InvalidConfig(m) if m.contains("api_version")
         ));
     }
 

@@ -1,7 +1,9 @@
 //! Meta (Facebook) Custom Audiences destination.
 //!
 //! `upsert` adds people to a customer-file Custom Audience (`POST /{version}/{audience_id}/users`),
-//! `delete` removes them (`DELETE /{version}/{audience_id}/users`). Each request carries up to
+//! `delete` removes them (`DELETE /{version}/{audience_id}/users`), both with a JSON body
+//! `{"payload": {"schema", "data"}, "session": {...}}`: Graph reads a DELETE's parameters from the
+//! query string or a JSON body only, never from a form body. Each request carries up to
 //! 10,000 rows in Meta's multi-key schema, every value normalised and SHA-256 hashed as Meta
 //! specifies (`MADID` and `EXTERN_ID` are sent as they are), and all requests of one `deliver`
 //! call form one upload session (`session_id`, `batch_seq` from 1, `last_batch_flag`,
@@ -35,7 +37,8 @@
 //! limits (error codes 4, 17, 32, 613, 80003, 80004) and transient errors (1, 2,
 //! `is_transient`) are retried, after Meta's `estimated_time_to_regain_access`; token errors
 //! (190, 102, 104) and permission errors (10, 2xx) fail the call as unauthorized; a missing,
-//! deleted or flagged audience fails it as invalid config; any other Graph error rejects the
+//! deleted or flagged audience, unaccepted Custom Audience terms (2655, 2663, 200/1870090) and a
+//! retired API version (2635) fail it as invalid config; any other Graph error rejects the
 //! request's rows with Meta's message.
 
 mod graph;
@@ -47,8 +50,8 @@ use hmac::{Hmac, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 use switchyard_sdk::{
-    debug, http::Request, info, pii, schemars, serde_json, time, warn, Action, CallError,
-    Capabilities, Context, Destination, OutboundRecord, Plugin, RecordResult,
+    debug, http::Request, info, pii, schemars, serde_json, sunset::Sunset, time, warn, Action,
+    CallError, Capabilities, Context, Destination, OutboundRecord, Plugin, RecordResult,
 };
 
 use graph::{classify, Failure, GraphError, UsersResponse};
@@ -58,8 +61,47 @@ use normalize::Key;
 pub const MAX_ROWS_PER_REQUEST: usize = 10_000;
 const GRAPH: &str = "https://graph.facebook.com";
 
+/// The Marketing API version a config without `api_version` calls: v26.0 (released 2026-07-29).
+/// v25.0 expires 2027-02-23 and v24.0 expired 2026-11-10.
+pub const DEFAULT_VERSION: &str = "v26.0";
+
+/// Marketing API versions and the day Meta stops serving them (then calls fail with code 2635,
+/// or are silently upgraded to the next version where the endpoint did not change). Checked
+/// 2026-12-06 on Meta's version history.
+pub const SUNSETS: &[Sunset] = &[
+    Sunset {
+        version: "v23.0",
+        sunset: "2026-06-09",
+        source: VERSIONS,
+    },
+    Sunset {
+        version: "v24.0",
+        sunset: "2026-11-10",
+        source: VERSIONS,
+    },
+    Sunset {
+        version: "v25.0",
+        sunset: "2027-02-23",
+        source: VERSIONS,
+    },
+    // "TBD" on Meta's page. Estimate: release + 11 months, the shortest life of v21.0-v25.0
+    // (v21.0: 2024-10-02 to 2025-09-09); replace with Meta's date once published.
+    Sunset {
+        version: "v26.0",
+        sunset: "2027-06-29",
+        source: VERSIONS_ESTIMATE,
+    },
+    Sunset {
+        version: "v27.0",
+        sunset: "2027-10-04",
+        source: VERSIONS_ESTIMATE,
+    },
+];
+const VERSIONS: &str = "https://developers.facebook.com/documentation/ads-commerce/marketing-api/marketing-api-changelog/versions";
+const VERSIONS_ESTIMATE: &str = "estimated (Meta lists TBD): https://developers.facebook.com/documentation/ads-commerce/marketing-api/marketing-api-changelog/versions";
+
 fn default_version() -> String {
-    "v25.0".to_string()
+    DEFAULT_VERSION.to_string()
 }
 
 /// Settings of one `[destinations.NAME]` block using this plugin.
@@ -68,7 +110,7 @@ fn default_version() -> String {
 pub struct Config {
     /// Id of the customer-file Custom Audience (digits), from Ads Manager or the API.
     pub audience_id: String,
-    /// Graph API version, e.g. `v25.0`.
+    /// Marketing API version, e.g. `v26.0` (the default).
     #[serde(default = "default_version")]
     pub api_version: String,
     /// The multi-key schema to send, e.g. `["EMAIL", "PHONE", "FN", "LN", "COUNTRY"]`. Default:
@@ -113,42 +155,105 @@ impl Plugin for MetaCustomAudiences {
             .actions(&[Action::Upsert, Action::Delete])
     }
 
-    /// Reads the audience (`GET /{audience_id}?fields=id,name`): proves the token works and
-    /// can see the audience.
+    /// Exercises what can fail on the write path, without side effects: reads the audience
+    /// (`GET /{audience_id}?fields=id,name,account_id,operation_status`: the token, the version,
+    /// the id, an integrity flag) and its ad account's Custom Audience terms
+    /// (`GET /act_{account_id}?fields=tos_accepted`), which Meta requires before any upload.
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {
         validate(&ctx.config)?;
         let url = format!(
-            "{GRAPH}/{}/{}?fields=id,name{}",
+            "{GRAPH}/{}/{}?fields=id,name,account_id,operation_status{}",
             ctx.config.api_version,
             ctx.config.audience_id,
             proof_query(ctx)?
         );
         let response = authorised(ctx, Request::get(&url)).send()?;
-        if response.is_success() {
-            #[derive(Deserialize)]
-            struct Audience {
-                id: Option<String>,
-                name: Option<String>,
-            }
-            let audience: Audience = response.json()?;
-            if audience.id.as_deref() != Some(ctx.config.audience_id.as_str()) {
+        if !response.is_success() || GraphError::parse(&response.body).is_some() {
+            return Err(check_error(&response));
+        }
+        let audience: AudienceRead = response.json()?;
+        audience.usable(&ctx.config.audience_id)?;
+        let Some(account) = audience.account_id.as_deref().filter(|a| !a.is_empty()) else {
+            return Err(CallError::InvalidConfig(format!(
+                "Meta did not say which ad account owns audience {}; cannot check its Custom Audience terms",
+                ctx.config.audience_id
+            )));
+        };
+        let url = format!(
+            "{GRAPH}/{}/act_{}?fields=tos_accepted{}",
+            ctx.config.api_version,
+            account.trim_start_matches("act_"),
+            proof_query(ctx)?
+        );
+        let response = authorised(ctx, Request::get(&url)).send()?;
+        if !response.is_success() || GraphError::parse(&response.body).is_some() {
+            return Err(check_error(&response));
+        }
+        terms_accepted(&response.json()?, account)?;
+        info!(
+            "audience {} ({}) is reachable and ad account {account} accepted the Custom Audience terms",
+            ctx.config.audience_id,
+            audience.name.unwrap_or_default()
+        );
+        Ok(())
+    }
+}
+
+/// The fields `check` reads from the audience.
+#[derive(Debug, Deserialize)]
+pub struct AudienceRead {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub account_id: Option<String>,
+    pub operation_status: Option<serde_json::Value>,
+}
+
+impl AudienceRead {
+    /// The audience Meta answered for is the configured one and is not flagged (471).
+    pub fn usable(&self, audience_id: &str) -> Result<(), CallError> {
+        if self.id.as_deref() != Some(audience_id) {
+            return Err(CallError::InvalidConfig(format!(
+                "Meta answered for audience {:?}, not {audience_id}",
+                self.id
+            )));
+        }
+        if let Some(status) = &self.operation_status {
+            if status.get("code").and_then(serde_json::Value::as_i64) == Some(471) {
                 return Err(CallError::InvalidConfig(format!(
-                    "Meta answered for audience {:?}, not {}",
-                    audience.id, ctx.config.audience_id
+                    "audience {audience_id} is flagged (operation_status 471: {}); Meta refuses membership changes until its restrictions are resolved in Audience Manager",
+                    status
+                        .get("description")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("integrity restrictions")
                 )));
             }
-            info!(
-                "audience {} ({}) is reachable",
-                ctx.config.audience_id,
-                audience.name.unwrap_or_default()
-            );
-            return Ok(());
         }
-        Err(match classify(&response, time::now_unix()) {
-            Failure::Unauthorized(m) => CallError::Unauthorized(m),
-            Failure::InvalidConfig(m) | Failure::Rejected(m) => CallError::InvalidConfig(m),
-            Failure::Retry(r) => CallError::Transient(r),
-        })
+        Ok(())
+    }
+}
+
+/// Ok when the ad account's `tos_accepted` has `custom_audience_tos: 1`.
+pub fn terms_accepted(account: &serde_json::Value, account_id: &str) -> Result<(), CallError> {
+    let accepted = account
+        .get("tos_accepted")
+        .and_then(|t| t.get("custom_audience_tos"))
+        .is_some_and(|v| v.as_i64() == Some(1) || v.as_bool() == Some(true));
+    if accepted {
+        return Ok(());
+    }
+    let id = account_id.trim_start_matches("act_");
+    Err(CallError::InvalidConfig(format!(
+        "ad account act_{id} has not accepted Meta's Custom Audience terms, so every upload would be refused; accept them at https://business.facebook.com/ads/manage/customaudiences/tos/?act={id} with the user or system user that owns the token"
+    )))
+}
+
+/// A failed read during `check`: the same classification as the write path, where a record-level
+/// rejection means the configuration is wrong.
+fn check_error(response: &switchyard_sdk::http::Response) -> CallError {
+    match classify(response, time::now_unix()) {
+        Failure::Unauthorized(m) => CallError::Unauthorized(m),
+        Failure::InvalidConfig(m) | Failure::Rejected(m) => CallError::InvalidConfig(m),
+        Failure::Retry(r) => CallError::Transient(r),
     }
 }
 
@@ -251,25 +356,17 @@ impl Destination for MetaCustomAudiences {
                         .collect()
                 })
                 .collect();
-            // Serialised straight from borrowed rows: no copy of the hashes into a JSON tree.
-            #[derive(serde::Serialize)]
-            struct Payload<'a> {
-                schema: &'a [&'a str],
-                data: &'a [Vec<&'a str>],
-            }
-            let payload = serde_json::to_string(&Payload {
-                schema: &schema_names,
-                data: &data,
-            })
-            .map_err(|e| CallError::Failed(format!("serialising the payload: {e}")))?;
-            let session = serde_json::json!({
-                "session_id": session_id,
-                "batch_seq": n + 1,
-                "last_batch_flag": n + 1 == chunks.len(),
-                "estimated_num_total": rows.len(),
-            });
-            let body = form(&[("payload", &payload), ("session", &session.to_string())]);
-            drop((payload, data));
+            let body = users_body(
+                &schema_names,
+                &data,
+                Session {
+                    session_id,
+                    batch_seq: n + 1,
+                    last_batch_flag: n + 1 == chunks.len(),
+                    estimated_num_total: rows.len(),
+                },
+            )?;
+            drop(data);
             let request = Request::new(
                 if method == "POST" {
                     switchyard_sdk::http::Method::Post
@@ -278,8 +375,8 @@ impl Destination for MetaCustomAudiences {
                 },
                 &url,
             )
-            .header("content-type", "application/x-www-form-urlencoded")
-            .body(body.into_bytes());
+            .header("content-type", "application/json")
+            .body(body);
             let sent = authorised(ctx, request).send();
             let response = match sent {
                 Ok(r) => r,
@@ -621,7 +718,7 @@ fn validate(config: &Config) -> Result<(), CallError> {
             .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
     if !ok {
         return Err(CallError::InvalidConfig(format!(
-            "api_version `{}` must look like v25.0",
+            "api_version `{}` must look like v26.0",
             config.api_version
         )));
     }
@@ -707,44 +804,41 @@ fn current_year() -> u32 {
     u32::try_from(time::year(time::now_unix() as i64)).unwrap_or(1970)
 }
 
-/// `application/x-www-form-urlencoded` body.
-fn form(pairs: &[(&str, &str)]) -> String {
-    // Sized exactly and written once: a full request's payload is megabytes, and copies of it
-    // count against the plugin's memory cap.
-    let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~');
-    let encoded_len = |s: &str| {
-        s.bytes()
-            .map(|b| if unreserved(b) { 1 } else { 3 })
-            .sum::<usize>()
-    };
-    let separators = pairs.len().saturating_sub(1);
-    let len: usize = separators
-        + pairs
-            .iter()
-            .map(|(k, v)| encoded_len(k) + 1 + encoded_len(v))
-            .sum::<usize>();
-    let mut out = String::with_capacity(len);
-    for (k, v) in pairs {
-        if !out.is_empty() {
-            out.push('&');
-        }
-        for (i, part) in [k, v].into_iter().enumerate() {
-            if i == 1 {
-                out.push('=');
-            }
-            for b in part.bytes() {
-                if unreserved(b) {
-                    out.push(b as char);
-                } else {
-                    const HEX: &[u8; 16] = b"0123456789ABCDEF";
-                    out.push('%');
-                    out.push(HEX[(b >> 4) as usize] as char);
-                    out.push(HEX[(b & 15) as usize] as char);
-                }
-            }
-        }
+/// The upload session a request belongs to.
+#[derive(Debug, serde::Serialize)]
+pub struct Session {
+    pub session_id: u64,
+    pub batch_seq: usize,
+    pub last_batch_flag: bool,
+    pub estimated_num_total: usize,
+}
+
+/// The JSON body of a `/users` request, POST or DELETE alike:
+/// `{"payload": {"schema": [...], "data": [[...]]}, "session": {...}}`. Graph ignores a form
+/// body on DELETE ("(#100) Missing required parameter: payload"), and the query string cannot
+/// hold 10,000 rows; Segment and RudderStack send this JSON body. Serialised straight from
+/// borrowed rows into one buffer: a full request is megabytes, and copies of it count against
+/// the plugin's memory cap.
+pub fn users_body(
+    schema: &[&str],
+    data: &[Vec<&str>],
+    session: Session,
+) -> Result<Vec<u8>, CallError> {
+    #[derive(serde::Serialize)]
+    struct Payload<'a> {
+        schema: &'a [&'a str],
+        data: &'a [Vec<&'a str>],
     }
-    out
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        payload: Payload<'a>,
+        session: Session,
+    }
+    serde_json::to_vec(&Body {
+        payload: Payload { schema, data },
+        session,
+    })
+    .map_err(|e| CallError::Failed(format!("serialising the request body: {e}")))
 }
 
 switchyard_sdk::export_destination!(MetaCustomAudiences);
@@ -863,15 +957,69 @@ mod tests {
         .is_err());
     }
 
+    /// M1: removals (and adds) carry `payload` and `session` as JSON objects in a JSON body,
+    /// where Graph reads them on DELETE.
     #[test]
-    fn form_encoding_and_session_ids() {
+    fn users_body_is_json_with_payload_and_session_objects() {
+        let body = users_body(
+            &["EMAIL", "FN"],
+            &[vec!["a", ""], vec!["b", "c"]],
+            Session {
+                session_id: 7,
+                batch_seq: 1,
+                last_batch_flag: true,
+                estimated_num_total: 2,
+            },
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(
-            form(&[("payload", "{\"a\":[1]}")]),
-            "payload=%7B%22a%22%3A%5B1%5D%7D"
+            v,
+            serde_json::json!({
+                "payload": {"schema": ["EMAIL", "FN"], "data": [["a", ""], ["b", "c"]]},
+                "session": {"session_id": 7, "batch_seq": 1, "last_batch_flag": true, "estimated_num_total": 2}
+            })
         );
-        let two = form(&[("a b", "x&y=z"), ("session", "{}"), ("e", "")]);
-        assert_eq!(two, "a%20b=x%26y%3Dz&session=%7B%7D&e=");
-        assert_eq!(two.capacity(), two.len(), "sized exactly");
+    }
+
+    #[test]
+    fn default_version_is_not_near_its_sunset() {
+        switchyard_sdk::sunset::assert_fresh(
+            DEFAULT_VERSION,
+            SUNSETS,
+            switchyard_sdk::sunset::MARGIN_DAYS,
+        );
+        assert_eq!(default_version(), DEFAULT_VERSION);
+    }
+
+    #[test]
+    fn check_refuses_flagged_audiences_and_unaccepted_terms() {
+        let read = |v: serde_json::Value| serde_json::from_value::<AudienceRead>(v).unwrap();
+        assert!(read(serde_json::json!({"id": "1", "account_id": "9", "operation_status": {"code": 200, "description": "Normal"}})).usable("1").is_ok());
+        assert!(matches!(
+            read(serde_json::json!({"id": "1", "operation_status": {"code": 471, "description": "Flagged"}})).usable("1"),
+            Err(CallError::InvalidConfig(m)) if m.contains("471")
+        ));
+        assert!(read(serde_json::json!({"id": "2"})).usable("1").is_err());
+        assert!(terms_accepted(
+            &serde_json::json!({"tos_accepted": {"custom_audience_tos": 1}, "id": "act_9"}),
+            "9"
+        )
+        .is_ok());
+        for unsigned in [
+            serde_json::json!({"tos_accepted": {}}),
+            serde_json::json!({"tos_accepted": {"custom_audience_tos": 0}}),
+            serde_json::json!({"id": "act_9"}),
+        ] {
+            assert!(matches!(
+                terms_accepted(&unsigned, "act_9"),
+                Err(CallError::InvalidConfig(m)) if m.contains("customaudiences/tos/?act=9")
+            ));
+        }
+    }
+
+    #[test]
+    fn session_ids() {
         let batch = vec![OutboundRecord {
             key: "k".into(),
             fields: "{}".into(),
