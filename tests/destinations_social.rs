@@ -146,13 +146,15 @@ fn tiktok_adds_and_removes_hashed_users() {
         fake.members(AUDIENCE, "PHONE_SHA256")
             .into_iter()
             .collect::<Vec<_>>(),
-        [sha256("+16505550100")]
+        [sha256("16505550100")],
+        "digits with the country code, no +: the form both TikTok customer-file pages accept"
     );
     assert_eq!(
         fake.members(AUDIENCE, "IDFA_SHA256")
             .into_iter()
             .collect::<Vec<_>>(),
-        [sha256("6D92078A-8246-4BA4-AE5B-76104861E7DC")]
+        [sha256("6d92078a-8246-4ba4-ae5b-76104861e7dc")],
+        "IDFA lower-cased, as TikTok's example and RudderStack"
     );
     let bodies = fake.bodies();
     assert_eq!(bodies.len(), 1, "one request for the batch");
@@ -182,6 +184,20 @@ fn tiktok_adds_and_removes_hashed_users() {
         .members(AUDIENCE, "EMAIL_SHA256")
         .contains(&sha256("bob@example.com")));
     assert_eq!(fake.members(AUDIENCE, "EMAIL_SHA256").len(), 1);
+
+    // phone_format = "e164" hashes +E.164 for accounts whose match tests favour it.
+    let mut e164 = tiktok_config();
+    e164["phone_format"] = json!("e164");
+    ok(&api.deliver(
+        TT_TOKEN,
+        &e164,
+        "upsert",
+        &[json!({"key": "p9", "fields": {"phone": "(650) 555-0199"}})],
+        "warn",
+    ));
+    assert!(fake
+        .members(AUDIENCE, "PHONE_SHA256")
+        .contains(&sha256("+16505550199")));
 
     // Events are not an audience operation.
     let err = failed(&api.deliver(TT_TOKEN, &tiktok_config(), "track", &records[..1], "warn"));
@@ -364,6 +380,11 @@ fn tiktok_fake_refuses_what_tiktok_refuses() {
             "Audience 42 does not exist",
         ),
         (with("batch_data", json!([[{}]])), 40002, "at least one id"),
+        (
+            with("id_schema", json!(["IDFA_MD5"])),
+            40002,
+            "MD5 hex digest",
+        ),
         (with("batch_data", json!([])), 40002, "at least 1"),
         (
             with(
@@ -840,7 +861,7 @@ mod syncs {
         );
         assert_eq!(
             fake.members(AUDIENCE, "PHONE_SHA256"),
-            [sha256("+16505550100")].into_iter().collect()
+            [sha256("16505550100")].into_iter().collect()
         );
 
         // A request TikTok refuses (code 40002): its record is dead-lettered with TikTok's message.

@@ -10,6 +10,22 @@
 //! - `GET /open_api/v1.3/advertiser/info/?advertiser_ids=["…"]` and
 //!   `GET /open_api/v1.3/dmp/custom_audience/get/?advertiser_id=…&custom_audience_ids=["…"]`.
 //!
+//! Each refusal and where it comes from (checked 2026-12-06):
+//! - Everything answers HTTP 200 with a non-zero `code`; 40104 (no `Access-Token`) and 40105
+//!   ("Access token is incorrect or has been revoked."): Segment treats `code !== 0` as failure
+//!   (`segmentio/action-destinations` `tiktok-audiences/functions.ts`, 2026-08-21), RudderStack
+//!   sends `Access-Token` without `Bearer` (`rudderlabs/rudder-transformer`
+//!   `src/v0/destinations/tiktok_audience/recordTransform.ts`, 2026-08-06).
+//! - `id_schema` values: `EMAIL_SHA256`, `PHONE_SHA256`, `IDFA_SHA256`, `AAID_SHA256`,
+//!   `IDFA_MD5`, `AAID_MD5` (RudderStack `tiktok_audience/config.ts`; Braze's TikTok sync sends
+//!   the four SHA-256 ones); `GAID_*` kept as accepted since TikTok's help pages name GAID, though
+//!   no connector sends it. A `*_SHA256` id must be 64 lowercase hex and a `*_MD5` id 32
+//!   lowercase hex (40002): TikTok's customer-file pages ask for hashes, lower case.
+//! - Rate limit: HTTP 200, code 40100 "Too many requests", no `Retry-After` (api-contracts §5a;
+//!   TikTok publishes QPS/QPM/QPD limits per app, not headers).
+//! - The phone form inside a hash cannot be seen by TikTok or the fake: which form matches
+//!   (digits vs `+E.164`) is documented in the plugin README, not enforced here.
+//!
 //! Knobs: [`Fake::rate_limit_next`] (code 40100), [`Fake::code_next`] (any code and message),
 //! [`Fake::http_next`] (a raw HTTP status such as 500).
 
@@ -37,6 +53,7 @@ const SCHEMAS: &[&str] = &[
     "GAID_SHA256",
     "AAID_SHA256",
     "IDFA_MD5",
+    "AAID_MD5",
     "GAID_MD5",
 ];
 
@@ -153,8 +170,8 @@ fn bad(message: &str) -> Response {
     envelope(40002, message, json!({}))
 }
 
-fn is_sha256(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+fn is_lower_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
 async fn handle(
@@ -308,9 +325,15 @@ fn mapping(inner: &mut Inner, body: &[u8]) -> Response {
                 continue;
             }
             let id = obj.get("id").and_then(Value::as_str).unwrap_or("");
-            if schema[k].ends_with("SHA256") && !is_sha256(id) {
+            if schema[k].ends_with("SHA256") && !is_lower_hex(id, 64) {
                 return bad(&format!(
                     "batch_data[{r}][{k}]: id must be a lowercase SHA256 hex digest for {}.",
+                    schema[k]
+                ));
+            }
+            if schema[k].ends_with("MD5") && !is_lower_hex(id, 32) {
+                return bad(&format!(
+                    "batch_data[{r}][{k}]: id must be a lowercase MD5 hex digest for {}.",
                     schema[k]
                 ));
             }

@@ -7,10 +7,13 @@
 //! - `email`: trimmed, lower-cased, and as TikTok's customer-file guide asks, a `+tag` in the
 //!   local part removed (`Jane+ads@x.com` → `jane@x.com`); then SHA-256, lowercase hex
 //!   (`EMAIL_SHA256`). A value that already is 64 hex digits is taken as a hash.
-//! - `phone`: E.164 with `+` (`+16505550100`; `default_country_code` for national numbers), then
-//!   SHA-256 (`PHONE_SHA256`), or a 64-hex hash.
-//! - `advertising_id`: when `advertising_id_type` is set (`IDFA` upper-case, `GAID`/`AAID`
-//!   lower-case, as devices report them), SHA-256 (`IDFA_SHA256`, `GAID_SHA256`, `AAID_SHA256`).
+//! - `phone`: by default digits with the country code and no `+` (`16505550100`;
+//!   `default_country_code` for national numbers), the one form both of TikTok's customer-file
+//!   pages accept; `phone_format = "e164"` hashes `+16505550100` instead. Then SHA-256
+//!   (`PHONE_SHA256`), or a 64-hex hash as is.
+//! - `advertising_id`: when `advertising_id_type` is set, trimmed and lower-cased (TikTok asks for
+//!   consistent case; its hashed example and RudderStack use lower case), then SHA-256
+//!   (`IDFA_SHA256`, or `AAID_SHA256` for Android: `GAID` is the same id).
 //!
 //! A record with none of them usable is rejected without a request. Raw identifiers are never
 //! logged.
@@ -35,10 +38,23 @@ const BASE: &str = "https://business-api.tiktok.com/open_api/v1.3";
 pub enum AdvertisingIdType {
     /// Apple's IDFA.
     IDFA,
-    /// Google advertising id.
+    /// Google advertising id: Android's advertising id, sent as `AAID_SHA256`.
     GAID,
     /// Android advertising id.
     AAID,
+}
+
+/// How a phone number is written before hashing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum PhoneFormat {
+    /// Country code and number, digits only: `16505550100` (TikTok's "List of supported IDs and
+    /// formats for a customer file": remove symbols including "+").
+    #[default]
+    Digits,
+    /// E.164 with the plus: `+16505550100` (TikTok's "How to create a Custom Audience with a
+    /// customer file" recommends it and lists "without +" as also supported).
+    E164,
 }
 
 /// Settings of one `[destinations.NAME]` block using the TikTok audiences plugin.
@@ -61,6 +77,9 @@ pub struct Config {
     /// Country calling code for phones written without one, e.g. `"1"` or `"44"`.
     #[serde(default)]
     pub default_country_code: Option<String>,
+    /// `digits` (default, `16505550100`) or `e164` (`+16505550100`): the phone form hashed.
+    #[serde(default)]
+    pub phone_format: PhoneFormat,
 }
 
 fn yes() -> bool {
@@ -214,8 +233,9 @@ pub fn id_schema(config: &Config) -> Result<Vec<(&'static str, Source)>, CallErr
     if let Some(kind) = config.advertising_id_type {
         let name = match kind {
             AdvertisingIdType::IDFA => "IDFA_SHA256",
-            AdvertisingIdType::GAID => "GAID_SHA256",
-            AdvertisingIdType::AAID => "AAID_SHA256",
+            // The Google advertising id is Android's advertising id; TikTok's documented Android
+            // schema is AAID (RudderStack and Braze send only IDFA/AAID).
+            AdvertisingIdType::GAID | AdvertisingIdType::AAID => "AAID_SHA256",
         };
         schema.push((name, Source::AdvertisingId(kind)));
     }
@@ -259,7 +279,7 @@ pub fn user_row(
                 if pii::is_sha256_hex(raw) {
                     Ok(raw.to_ascii_lowercase())
                 } else {
-                    pii::hash_phone_e164(raw, config.default_country_code.as_deref()).ok_or_else(
+                    hash_phone(raw, config.phone_format, config.default_country_code.as_deref()).ok_or_else(
                         || {
                             "`phone` is not a valid phone number with a country code (set default_country_code for national numbers)"
                                 .to_string()
@@ -327,12 +347,20 @@ pub fn hash_email(raw: &str) -> Option<String> {
     normalize_email(raw).map(|e| pii::sha256_hex(&e))
 }
 
-/// IDFA upper-case, GAID/AAID lower-case, as the devices report them.
-pub fn normalize_maid(raw: &str, kind: AdvertisingIdType) -> String {
-    match kind {
-        AdvertisingIdType::IDFA => raw.trim().to_ascii_uppercase(),
-        AdvertisingIdType::GAID | AdvertisingIdType::AAID => raw.trim().to_ascii_lowercase(),
+/// SHA-256 of the phone in the configured form.
+pub fn hash_phone(raw: &str, format: PhoneFormat, default_cc: Option<&str>) -> Option<String> {
+    match format {
+        PhoneFormat::Digits => pii::hash_phone_digits(raw, default_cc),
+        PhoneFormat::E164 => pii::hash_phone_e164(raw, default_cc),
     }
+}
+
+/// Every advertising id trimmed and lower-cased: TikTok wants one consistent case, its hashed
+/// example is lower case, and RudderStack lower-cases IDFA and AAID before hashing
+/// (`tiktok_audience/recordTransform.ts`). An upper-case IDFA would hash to a different value
+/// than the lower-case form TikTok's own examples use.
+pub fn normalize_maid(raw: &str, _kind: AdvertisingIdType) -> String {
+    raw.trim().to_ascii_lowercase()
 }
 
 /// Why a response is not a success.
@@ -447,6 +475,7 @@ mod tests {
             send_phone: true,
             advertising_id_type: Some(AdvertisingIdType::IDFA),
             default_country_code: Some("1".into()),
+            phone_format: PhoneFormat::default(),
         }
     }
 
@@ -487,7 +516,7 @@ mod tests {
             row[0],
             json!({"id": "d6117306485ed0e50afab3ac871e98f81699151f30281527d63ff5f233656c69", "audience_ids": ["1234345"]})
         );
-        assert_eq!(row[1]["id"], pii::sha256_hex("+16505550100"));
+        assert_eq!(row[1]["id"], pii::sha256_hex("16505550100"), "digits, no +");
         assert_eq!(row[2], json!({}));
         let row = user_row(
             &c,
@@ -497,11 +526,53 @@ mod tests {
         .unwrap();
         assert_eq!(
             row[2]["id"],
-            pii::sha256_hex("6D92078A-8246-4BA4-AE5B-76104861E7DC")
+            pii::sha256_hex("6d92078a-8246-4ba4-ae5b-76104861e7dc"),
+            "IDFA lower-cased"
+        );
+        let row = user_row(
+            &c,
+            &schema,
+            r#"{"advertising_id":" 6D92078A-8246-4BA4-AE5B-76104861E7DC "}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            row[2]["id"],
+            pii::sha256_hex("6d92078a-8246-4ba4-ae5b-76104861e7dc")
         );
         let hashed = pii::sha256_hex("a@b.co").to_ascii_uppercase();
         let row = user_row(&c, &schema, &format!(r#"{{"email":"{hashed}"}}"#)).unwrap();
         assert_eq!(row[0]["id"], pii::sha256_hex("a@b.co"), "pre-hashed kept");
+    }
+
+    /// T1/T2: phone digits without `+` by default (`e164` on request); GAID goes out as
+    /// TikTok's Android schema AAID_SHA256.
+    #[test]
+    fn phone_format_and_android_schema() {
+        assert_eq!(
+            hash_phone("(657) 777-0000", PhoneFormat::Digits, Some("1")).unwrap(),
+            pii::sha256_hex("16577770000"),
+            "TikTok's normalisation example: (657)777-0000 -> 16577770000"
+        );
+        assert_eq!(
+            hash_phone("+374-93-828222", PhoneFormat::Digits, None).unwrap(),
+            pii::sha256_hex("37493828222")
+        );
+        assert_eq!(
+            hash_phone("(657) 777-0000", PhoneFormat::E164, Some("1")).unwrap(),
+            pii::sha256_hex("+16577770000")
+        );
+        let c: Config = serde_json::from_value(
+            json!({"advertiser_id": "1", "audience_id": "2", "phone_format": "e164"}),
+        )
+        .unwrap();
+        assert_eq!(c.phone_format, PhoneFormat::E164);
+        let c: Config = serde_json::from_value(
+            json!({"advertiser_id": "1", "audience_id": "2", "advertising_id_type": "GAID"}),
+        )
+        .unwrap();
+        assert_eq!(c.phone_format, PhoneFormat::Digits);
+        let names: Vec<_> = id_schema(&c).unwrap().iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, ["EMAIL_SHA256", "PHONE_SHA256", "AAID_SHA256"]);
     }
 
     #[test]
