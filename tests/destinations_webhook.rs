@@ -198,6 +198,75 @@ fn webhook_maps_throttling_server_errors_and_rejections() {
 }
 
 #[test]
+fn webhook_410_gone_stops_delivery_to_the_endpoint() {
+    let fake = webhook_fake::start_in_background(SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "webhook");
+    let run = WebhookRun {
+        dir: dir.path(),
+        fake: &fake,
+    };
+    let records = [serde_json::json!({"key": "p1", "fields": {"email": "ada@example.com"}})];
+    // Standard Webhooks: 410 means "disable the webhook endpoint, and stop sending it messages".
+    fake.fail_next(1, 410, &[], "endpoint disabled");
+    let err = failed(&run.deliver(SECRET, "upsert", &records, "warn"));
+    assert!(
+        err.contains("invalid config: HTTP 410") && err.contains("endpoint disabled"),
+        "a 410 fails the call (the sync stops), it does not reject the records: {err}"
+    );
+    fake.fail_next(1, 410, &[], "endpoint disabled");
+    let ping = serde_json::json!({"url": fake.url("/hooks/switchyard"), "ping_on_check": true});
+    let err = failed(&run.check(SECRET, ping));
+    assert!(err.contains("invalid config: HTTP 410"), "{err}");
+}
+
+#[test]
+fn webhook_retried_upserts_keep_their_id_with_stable_ids() {
+    let fake = webhook_fake::start_in_background(SECRET);
+    let dir = tempfile::tempdir().unwrap();
+    install(dir.path(), "webhook");
+    let run = WebhookRun {
+        dir: dir.path(),
+        fake: &fake,
+    };
+    let records = [serde_json::json!({"key": "p1", "fields": {
+        "email": "ada@example.com", "updated_at": "2026-12-06T08:00:00Z"}})];
+    let deliver = |config: serde_json::Value, action: &str| {
+        let mut args = run.args("deliver", SECRET, config);
+        let file = records_file(dir.path(), "stable.jsonl", &records);
+        args.extend(["--action".into(), action.into(), "--records".into(), file]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        lines(&ok(&switchyard(dir.path(), &refs, "warn")))
+    };
+    let stable = serde_json::json!({"url": fake.url("/hooks/switchyard"), "stable_ids": true});
+    // The receiver applies the batch but its answer is lost (500): the hub retries the batch.
+    fake.accept_then_fail(1, 500, "timed out after commit");
+    assert_eq!(deliver(stable.clone(), "upsert")[0]["result"], "retry");
+    assert_eq!(deliver(stable.clone(), "upsert")[0]["result"], "ok");
+    let ids = fake.attempt_ids();
+    assert_eq!(ids.len(), 2);
+    assert_eq!(
+        ids[0], ids[1],
+        "a resent message keeps its webhook-id (the spec's idempotency key)"
+    );
+    assert_eq!(fake.messages().len(), 1, "the receiver applied it once");
+    assert_eq!(fake.duplicates(), 1);
+    // A delete of the same record is another message.
+    assert_eq!(deliver(stable, "delete")[0]["result"], "ok");
+    assert_eq!(fake.messages().len(), 2);
+
+    // The default: every attempt of an upsert has its own id (a re-join with identical fields
+    // must not be taken for a retry), so the receiver applies the retry again, harmlessly.
+    let plain = serde_json::json!({"url": fake.url("/hooks/switchyard")});
+    fake.accept_then_fail(1, 500, "timed out after commit");
+    assert_eq!(deliver(plain.clone(), "upsert")[0]["result"], "retry");
+    assert_eq!(deliver(plain, "upsert")[0]["result"], "ok");
+    let ids = fake.attempt_ids();
+    assert_ne!(ids[3], ids[4]);
+    assert_eq!(fake.messages().len(), 4);
+}
+
+#[test]
 fn webhook_wrong_secret_fails_check_and_delivery() {
     let fake = webhook_fake::start_in_background(SECRET);
     let dir = tempfile::tempdir().unwrap();

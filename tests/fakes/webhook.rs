@@ -7,7 +7,23 @@
 //! the id is the idempotency key.
 //!
 //! Knobs: [`Fake::fail_next`] answers the next N verified requests with a status, headers and
-//! body (429 + Retry-After, 500, 422 ...). `GET` answers 405, as a POST-only endpoint does.
+//! body (429 + Retry-After, 500, 410, 422 ...); [`Fake::accept_then_fail`] applies the next N
+//! messages and then answers with an error (a receiver that committed the batch but whose answer
+//! was lost — the case an idempotency key exists for). `GET` answers 405, as a POST-only
+//! endpoint does.
+//!
+//! What it refuses, and where the spec says so (Standard Webhooks v1.0.0,
+//! `standard-webhooks/standard-webhooks` `spec/standard-webhooks.md`, https://www.standardwebhooks.com/,
+//! checked 2026-12-06; tolerance and header checks as `libraries/python/standardwebhooks/webhooks.py`):
+//! - a missing header (400), a timestamp more than 5 minutes off (401), no matching `v1`
+//!   signature (401): "Verifying signatures" and the reference library;
+//! - a `webhook-id` it already applied is acknowledged and not applied again: "Use the
+//!   `webhook-id` header as an idempotency key to prevent accidentally processing the same
+//!   webhook more than once"; the id "remains the same no matter how many times a webhook that
+//!   has failed is retried" ("Webhook metadata"). This fake remembers ids for its lifetime (the
+//!   spec's example keeps them 5 minutes; a test runs well within that).
+//! - 410 Gone (a knob): "the server is no longer interested in receiving webhooks from this
+//!   source. Sender should disable the webhook endpoint" ("Delivery success and failure").
 
 #![allow(dead_code)]
 
@@ -54,6 +70,10 @@ struct Inner {
     duplicates: usize,
     refused: Vec<(u16, String)>,
     faults: VecDeque<Fault>,
+    /// Apply the next N messages, then answer with this fault.
+    after_accept: VecDeque<Fault>,
+    /// `webhook-id` of every verified request, in order (retries included).
+    attempt_ids: Vec<String>,
 }
 
 /// A running receiver.
@@ -110,6 +130,23 @@ impl Fake {
     /// Refused requests: (status, reason).
     pub fn refused(&self) -> Vec<(u16, String)> {
         self.inner.lock().unwrap().refused.clone()
+    }
+
+    /// `webhook-id` of every verified request, in order, retries included.
+    pub fn attempt_ids(&self) -> Vec<String> {
+        self.inner.lock().unwrap().attempt_ids.clone()
+    }
+
+    /// Applies the next `n` new messages, then answers `status` (a lost acknowledgement).
+    pub fn accept_then_fail(&self, n: usize, status: u16, body: &str) {
+        let mut inner = self.inner.lock().unwrap();
+        for _ in 0..n {
+            inner.after_accept.push_back(Fault {
+                status,
+                headers: vec![],
+                body: body.to_string(),
+            });
+        }
     }
 
     /// Answers the next `n` verified requests with `status`, `headers` and `body`.
@@ -224,6 +261,7 @@ async fn handle(
             "body must have a string `type` and an object `data`",
         );
     }
+    inner.attempt_ids.push(id.clone());
     if let Some(fault) = inner.faults.pop_front() {
         let mut response = (
             StatusCode::from_u16(fault.status).unwrap(),
@@ -256,5 +294,8 @@ async fn handle(
         body: json,
         raw: body,
     });
+    if let Some(fault) = inner.after_accept.pop_front() {
+        return (StatusCode::from_u16(fault.status).unwrap(), fault.body).into_response();
+    }
     StatusCode::NO_CONTENT.into_response()
 }

@@ -3,13 +3,18 @@
 //!
 //! Every request carries three headers:
 //!
-//! - `webhook-id`: `msg_` and a digest of the batch. For `track` (events, each keyed by its own
-//!   message id) the digest covers only the action and the records, so a retry of the same
-//!   batch carries the same id and a receiver deduplicating on it applies each event once.
-//!   Upserts and deletes are state changes that legitimately repeat with identical content (a
-//!   profile leaves an audience, then joins it again): their digest also covers the attempt
-//!   time, so a deduplicating receiver never drops the repeat (applying a retried upsert or
-//!   delete twice is harmless);
+//! - `webhook-id`: `msg_` and a digest of the batch. The spec wants it "the same when the same
+//!   webhook is being resent (e.g. due to a previous failure)" and new for every other message
+//!   (Standard Webhooks v1.0.0, "Webhook metadata" and "Verifying Webhook Signatures"). For
+//!   `track` (events, each keyed by its own message id) the digest covers the action and the
+//!   records, so a retry carries the same id and a deduplicating receiver applies each event
+//!   once. Upserts and deletes are state changes that legitimately repeat with identical content
+//!   (a profile leaves an audience, then joins it again), and the hub does not tell a plugin
+//!   which call is a retry of which, so by default their digest also covers the attempt time
+//!   (a receiver never drops a repeat; applying a retried upsert or delete twice is harmless).
+//!   With `stable_ids = true` it covers only the action and the records, as for `track`: retries
+//!   keep their id — safe when the mapping carries a field that changes with every change of
+//!   the profile (`updated_at = "updated_at"`), so a re-join never looks like a retry;
 //! - `webhook-timestamp`: the attempt time, integer Unix seconds;
 //! - `webhook-signature`: `v1,<base64 HMAC-SHA256>` over `{id}.{timestamp}.{body}`, keyed with
 //!   the base64-decoded part of the `whsec_...` signing secret.
@@ -22,8 +27,11 @@
 //! `properties`) is forwarded as is; a record whose fields are not a JSON object is rejected.
 //!
 //! Outcomes: 2xx acknowledges the whole batch; 429 and 5xx (and 408/425) are retried honouring
-//! `Retry-After`; 401/403 fail the call as unauthorized; 3xx (redirects are not followed, as the
-//! spec asks) and other 4xx reject the batch's records with the receiver's message.
+//! `Retry-After`; 401/403 fail the call as unauthorized; 410 Gone fails it as invalid config
+//! (the spec: "the server is no longer interested in receiving webhooks from this source. Sender
+//! should disable the webhook endpoint", so the sync stops until the operator fixes the URL);
+//! 3xx (redirects are not followed, as the spec asks) and other 4xx reject the batch's records
+//! with the receiver's message.
 
 use base64::Engine as _;
 use hmac::{Hmac, Mac};
@@ -54,6 +62,14 @@ pub struct Config {
     /// verifies the secret's format and that the URL answers at all.
     #[serde(default)]
     pub ping_on_check: bool,
+    /// When true, the `webhook-id` of upserts and deletes is a digest of the action and the
+    /// records only, so a retry keeps its id (as the spec asks) and a deduplicating receiver
+    /// applies it once. Map a field that changes with every change of the profile (e.g.
+    /// `updated_at = "updated_at"`), or a profile that leaves and re-joins the audience with the
+    /// same fields would be taken for a duplicate. When false (default), every attempt of an
+    /// upsert or delete has its own id.
+    #[serde(default)]
+    pub stable_ids: bool,
 }
 
 fn default_type_prefix() -> String {
@@ -91,6 +107,9 @@ impl Plugin for Webhook {
         if ctx.config.ping_on_check {
             let body = message_body(&ctx.config.type_prefix, "ping", &[], time::now_unix())?;
             let response = send_signed(ctx, &key, &ping_id(time::now_unix()), body)?;
+            if response.status == 410 {
+                return Err(gone(&response));
+            }
             return outcome::call_result(&response);
         }
         // An unsigned GET changes nothing; receivers usually answer 405 (POST only). Any answer
@@ -136,8 +155,9 @@ impl Destination for Webhook {
         }
         let action = action_name(action);
         // Events are unique by key, so their id is stable across retries; state changes are
-        // not (the same upsert can follow a delete later), so theirs is unique per attempt.
-        let nonce = (action != "track").then(|| time::now().as_nanos());
+        // not (the same upsert can follow a delete later), so theirs is unique per attempt
+        // unless the operator's mapping makes every state change distinct (`stable_ids`).
+        let nonce = (action != "track" && !ctx.config.stable_ids).then(|| time::now().as_nanos());
         let id = message_id(action, &rows, nonce);
         let body = message_body(&ctx.config.type_prefix, action, &rows, time::now_unix())?;
         let response = send_signed(ctx, &key, &id, body)?;
@@ -162,10 +182,20 @@ fn action_name(action: Action) -> &'static str {
     }
 }
 
+/// 410 Gone: the receiver asks not to be sent anything more (Standard Webhooks: disable the
+/// endpoint), which only the operator can change.
+fn gone(response: &Response) -> CallError {
+    CallError::InvalidConfig(format!(
+        "HTTP 410: the receiver no longer accepts webhooks at this URL ({}); fix `url` or remove the destination",
+        outcome::api_message(&response.body)
+    ))
+}
+
 /// What the receiver's answer means for every record of the batch.
 pub fn batch_outcome(response: &Response) -> Result<RecordResult, CallError> {
     match response.status {
         401 | 403 => outcome::call_result(response).map(|_| RecordResult::Ok),
+        410 => Err(gone(response)),
         300..=399 => Ok(RecordResult::Rejected(format!(
             "HTTP {}: the receiver redirected{}; webhooks do not follow redirects, configure the final URL",
             response.status,
@@ -370,5 +400,14 @@ mod tests {
             batch_outcome(&Response::new(401, &[], "bad signature")),
             Err(CallError::Unauthorized(_))
         ));
+        match batch_outcome(&Response::new(410, &[], "endpoint disabled")) {
+            Err(CallError::InvalidConfig(m)) => {
+                assert!(
+                    m.starts_with("HTTP 410:") && m.contains("endpoint disabled"),
+                    "{m}"
+                )
+            }
+            other => panic!("410 must stop delivery to the endpoint: {other:?}"),
+        }
     }
 }
