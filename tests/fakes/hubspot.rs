@@ -24,8 +24,9 @@
 //!   returned (`airbytehq/airbyte` PR #69203, 2025-11, lookback window; `estuary/connectors`
 //!   PR #2210, 1-hour horizon). [`Fake::hide_from_search`] models it; the list endpoint, which
 //!   is not served by the search index, shows such records.
-//! - > 5 filter groups, > 10 filters a group, > 25 in all: 400 (HubSpot changelog "Expanded
-//!   Filtering Capabilities … Search API", 2024-08-26); `limit` > 200 search / > 100 list: 400.
+//! - More than 5 filter groups, 10 filters a group or 25 in all: 400 (HubSpot changelog
+//!   "Expanded Filtering Capabilities … Search API", 2024-08-26); a `limit` above 200 (search)
+//!   or 100 (list): 400.
 
 #![allow(dead_code)]
 

@@ -8,6 +8,12 @@
 //! Knobs: [`Fake::fail_next`] answers the next N valid messages with a status, headers and body
 //! (e.g. `429` + `Retry-After` + `rate_limited`, `500 rollup_error`, `400 invalid_payload`);
 //! [`Fake::revoke`] disables a webhook.
+//!
+//! Where each refusal comes from (checked 2026-12-06): the plain-text error strings and their
+//! statuses — https://api.slack.com/changelog/2016-05-17-changes-to-errors-for-incoming-webhooks
+//! and https://api.slack.com/messaging/webhooks; `no_service` for a revoked webhook —
+//! `slackapi/slack-github-action` issue #249; about one message per second, 429 with
+//! `Retry-After` — https://api.slack.com/docs/rate-limits.
 
 #![allow(dead_code)]
 

@@ -5,6 +5,12 @@
 //! on charges, unknown parameters refused, newest-first order, and Stripe's
 //! `{"error":{"type","code","param","message"}}` error shape. Knobs answer the next N requests
 //! with 429 (optionally with `Retry-After`) or 500.
+//!
+//! Where each refusal comes from (checked 2026-12-06): `limit` outside 1-100, the cursor
+//! parameters and `created` ranges — https://docs.stripe.com/api/customers/list and
+//! https://docs.stripe.com/api/pagination; the error shape, `resource_missing` and the 401 for a
+//! missing or bad key — https://docs.stripe.com/api/errors; 429 without `X-RateLimit-*` headers —
+//! https://docs.stripe.com/rate-limits; `expand[]` — https://docs.stripe.com/expand.
 
 #![allow(dead_code)]
 
