@@ -1493,6 +1493,17 @@ async fn shopify_webhooks_are_verified() {
 const HUBSPOT_TOKEN: &str = "pat-na1-11111111-2222-3333-4444-555555555555";
 const HUBAPI: &str = "api.hubapi.com";
 
+/// A configured HubSpot instance whose API calls go to the fake.
+async fn hubspot_instance(config: Value, fake: &str) -> (tempfile::TempDir, PluginInstance) {
+    instance(
+        "hubspot",
+        config,
+        &[("access_token", HUBSPOT_TOKEN)],
+        Some((HUBAPI, fake)),
+    )
+    .await
+}
+
 fn hubspot_fake_with_contacts() -> hubspot_fake::Fake {
     let fake = hubspot_fake::start_in_background(HUBSPOT_TOKEN);
     for i in 1..=5 {
@@ -1632,11 +1643,9 @@ fn hubspot_companies_are_group_records() {
     let hp = fake.host_port();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (_d, inst) = instance(
-            "hubspot",
+        let (_d, inst) = hubspot_instance(
             json!({"company_properties": ["name", "domain", "not_a_property"]}),
-            &[("access_token", HUBSPOT_TOKEN)],
-            Some((HUBAPI, &hp)),
+            &hp,
         )
         .await;
         let page = inst.read("companies", None).await.unwrap();
@@ -1702,13 +1711,7 @@ fn hubspot_rate_limits_are_honoured() {
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (_d, inst) = instance(
-            "hubspot",
-            json!({}),
-            &[("access_token", HUBSPOT_TOKEN)],
-            Some((HUBAPI, &hp)),
-        )
-        .await;
+        let (_d, inst) = hubspot_instance(json!({}), &hp).await;
         fake.throttle(1, "TEN_SECONDLY_ROLLING", Some("3"));
         assert_eq!(
             transient_after(inst.read("contacts", None).await),
@@ -1879,13 +1882,7 @@ fn hubspot_search_past_10000_records_of_one_millisecond_ends() {
     let hp = fake.host_port();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (ids, cursor) = rt.block_on(async {
-        let (_d, inst) = instance(
-            "hubspot",
-            json!({"lookback_minutes": 0}),
-            &[("access_token", HUBSPOT_TOKEN)],
-            Some((HUBAPI, &hp)),
-        )
-        .await;
+        let (_d, inst) = hubspot_instance(json!({"lookback_minutes": 0}), &hp).await;
         // The watermark of an earlier run: 2024-02-05T10:00Z.
         let start = json!({"since": 1_707_127_200_000i64}).to_string();
         read_run(&inst, "contacts", Some(start), 400).await
@@ -1922,13 +1919,7 @@ fn hubspot_lookback_reads_records_the_index_showed_late_once() {
     let hp = fake.host_port();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let (_d, inst) = instance(
-            "hubspot",
-            json!({}),
-            &[("access_token", HUBSPOT_TOKEN)],
-            Some((HUBAPI, &hp)),
-        )
-        .await;
+        let (_d, inst) = hubspot_instance(json!({}), &hp).await;
         // An earlier run's watermark: 2024-02-04T12:00Z.
         let start = json!({"since": 1_707_048_000_000i64}).to_string();
         let (ids, cursor) = read_run(&inst, "contacts", Some(start), 10).await;
