@@ -98,7 +98,7 @@ fn hubspot_fake(contacts: usize) -> hubspot_fake::Fake {
 fn hubspot_source(fake: &hubspot_fake::Fake, page_size: u32) -> String {
     let hp = fake.host_port();
     format!(
-        "[sources.crm]\nplugin = \"hubspot\"\nconfig = {{ page_size = {page_size} }}\n\
+        "[sources.crm]\nplugin = \"hubspot\"\nconfig = {{ page_size = {page_size}, lookback_minutes = 0 }}\n\
          secrets = {{ access_token = \"{HUBSPOT_TOKEN}\" }}\n\
          reroute = [\"{HUBAPI}=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\n\n\
          [sources.crm.streams.contacts]\nidentifiers = {{ email = \"email\" }}\n\
