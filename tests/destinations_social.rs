@@ -430,6 +430,14 @@ fn linkedin<'a>(dir: &'a Path, fake: &linkedin_fake::Fake) -> Api<'a> {
     }
 }
 
+/// Two records with an email each.
+fn ada_and_bob() -> [serde_json::Value; 2] {
+    [
+        json!({"key": "p1", "fields": {"email": "ada@example.com"}}),
+        json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
+    ]
+}
+
 fn li_config() -> serde_json::Value {
     json!({"segment_id": SEGMENT})
 }
@@ -527,10 +535,7 @@ fn linkedin_maps_per_element_errors_and_throttling() {
     let fake = linkedin_fake::start_in_background(LI_TOKEN, &[SEGMENT]);
     let dir = tempfile::tempdir().unwrap();
     let api = linkedin(dir.path(), &fake);
-    let records = [
-        json!({"key": "p1", "fields": {"email": "ada@example.com"}}),
-        json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
-    ];
+    let records = ada_and_bob();
     fake.reject_id(
         &sha256("bob@example.com"),
         400,
@@ -642,10 +647,7 @@ fn linkedin_404_on_users_retries_a_new_segment_and_fails_an_unknown_one() {
     let fake = linkedin_fake::start_in_background(LI_TOKEN, &[SEGMENT]);
     let dir = tempfile::tempdir().unwrap();
     let api = linkedin(dir.path(), &fake);
-    let records = [
-        json!({"key": "p1", "fields": {"email": "ada@example.com"}}),
-        json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
-    ];
+    let records = ada_and_bob();
     fake.segment_is_new(1);
     let results = lines(&ok(&api.deliver(
         LI_TOKEN,
