@@ -490,3 +490,292 @@ fn installed_plugins_start_from_the_precompiled_cache() {
     ));
     assert!(err.contains("changed since it was installed"), "{err}");
 }
+
+/// Rounds of the cold-cache race in the tests below; `SWITCHYARD_TEST_COLD_ROUNDS` raises it
+/// (the report on issue 15 ran 100 loads).
+fn cold_rounds(default: usize) -> usize {
+    std::env::var("SWITCHYARD_TEST_COLD_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What a child process ended with, for messages: its exit code, or the signal that killed it
+/// (SIGBUS, 7, was issue 15's crash: one loader rewrote the cached native code in place while
+/// another had it mapped).
+fn ended(out: &Output) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (out.status.code(), out.status.signal()) {
+        (_, Some(sig)) => format!("killed by signal {sig}"),
+        (code, None) => format!("exit code {code:?}"),
+    }
+}
+
+/// Files in a plugin version directory other than the component, its manifest and one artefact:
+/// left-over temporary files of an interrupted or racing write.
+fn stray_files(version_dir: &Path) -> Vec<String> {
+    std::fs::read_dir(version_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "plugin.wasm" && n != "manifest.json" && !n.ends_with(".cwasm"))
+        .filter(|n| !n.ends_with(".lock"))
+        .collect()
+}
+
+/// Issue 15, point 1: with no cached native code (first start after an install or an upgrade)
+/// many loads at once each compiled the component and wrote the cache file in place, truncating
+/// it under loaders that had it memory-mapped: they died of SIGBUS. Now the artefact is written
+/// to a temporary file and renamed into place under a lock, once.
+#[test]
+fn parallel_loads_of_an_uncached_plugin_never_crash_and_compile_once() {
+    const LOADERS: usize = 8;
+    let dir = tempfile::tempdir().unwrap();
+    ok(&switchyard(
+        dir.path(),
+        &[
+            "plugin",
+            "install",
+            plugin_wasm("sandbox-probe").to_str().unwrap(),
+        ],
+    ));
+    let version_dir = dir.path().join("sandbox-probe/0.1.0");
+    let artefacts = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(&version_dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+            .collect()
+    };
+    let rounds = cold_rounds(2);
+    for round in 0..rounds {
+        for a in artefacts() {
+            std::fs::remove_file(a).unwrap();
+        }
+        let children: Vec<_> = (0..LOADERS)
+            .map(|_| {
+                let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                    .arg("--plugins-dir")
+                    .arg(dir.path())
+                    .args([
+                        "plugin",
+                        "deliver",
+                        "sandbox-probe",
+                        "--config",
+                        "{\"mode\":\"map\"}",
+                    ])
+                    .env("SWITCHYARD_LOG", "warn,switchyard::registry=info")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("running switchyard");
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(b"{\"key\":\"a\",\"fields\":{\"email\":\"A@B.co\"}}\n")
+                    .unwrap();
+                child
+            })
+            .collect();
+        let mut compiled = 0;
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: a loader failed ({}): {}",
+                ended(&out),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(
+                lines(&String::from_utf8_lossy(&out.stdout))[0]["result"],
+                "ok"
+            );
+            compiled += String::from_utf8_lossy(&out.stderr)
+                .matches("compiled and cached the plugin")
+                .count();
+        }
+        assert_eq!(
+            compiled, 1,
+            "round {round}: one loader compiled, the others waited"
+        );
+        assert_eq!(artefacts().len(), 1, "round {round}: one artefact");
+        assert_eq!(
+            stray_files(&version_dir),
+            Vec::<String>::new(),
+            "round {round}: no temporary files left"
+        );
+    }
+}
+
+/// Issue 15, point 1: concurrent installs of the same plugin all succeed (the last one wins),
+/// none fails with `Directory not empty`, and no `.staging-*` directory is left behind.
+#[test]
+fn concurrent_installs_of_one_plugin_all_succeed_and_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = plugin_wasm("json-post-destination");
+    for round in 0..cold_rounds(2) {
+        let children: Vec<_> = (0..6)
+            .map(|_| {
+                Command::new(env!("CARGO_BIN_EXE_switchyard"))
+                    .arg("--plugins-dir")
+                    .arg(dir.path())
+                    .args(["plugin", "install"])
+                    .arg(&wasm)
+                    .env("SWITCHYARD_LOG", "warn")
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "round {round}: an install failed ({}): {}",
+                ended(&out),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let leftovers: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.') && !n.ends_with(".lock"))
+            .collect();
+        assert_eq!(leftovers, Vec::<String>::new(), "round {round}");
+        let list = ok(&switchyard(dir.path(), &["plugin", "list", "--json"]));
+        let list: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(
+            stray_files(&dir.path().join("json-post-destination/0.1.0")),
+            Vec::<String>::new()
+        );
+    }
+}
+
+/// A registry on `dir` whose runtime caps plugin memory at `mib` MiB: the one input of a
+/// `manifest()` call a test sets exactly (`manifest-probe` declares other hosts under less).
+fn registry_with_memory(dir: &Path, mib: usize) -> switchyard::registry::Registry {
+    let limits = switchyard::runtime::Limits {
+        memory_bytes: mib << 20,
+        ..Default::default()
+    };
+    switchyard::registry::Registry::open(dir, switchyard::runtime::Runtime::new(limits).unwrap())
+        .unwrap()
+}
+
+/// Issue 15, point 2: the hosts a plugin may call were whatever its `manifest()` returned at
+/// each load, not what install recorded and showed. Now the record is the grant, and a load
+/// whose manifest differs from it is refused, saying what differs and to reinstall.
+#[test]
+fn a_manifest_that_changes_after_install_is_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = plugin_wasm("manifest-probe");
+    let out = ok(&switchyard(
+        dir.path(),
+        &["plugin", "install", wasm.to_str().unwrap()],
+    ));
+    assert!(out.contains("asks to call: api.example.com"), "{out}");
+    assert!(
+        out.contains("max batch size: 100, default rate: 10/s"),
+        "{out}"
+    );
+    assert!(out.contains("actions: upsert"), "{out}");
+    assert!(out.contains("grants are fixed at install"), "{out}");
+    let info = ok(&switchyard(
+        dir.path(),
+        &["plugin", "info", "manifest-probe"],
+    ));
+    assert!(info.contains("asks to call: api.example.com"), "{info}");
+    // Loaded as installed, it runs.
+    let out = ok(&switchyard_with_stdin(
+        dir.path(),
+        &["plugin", "deliver", "manifest-probe"],
+        "{\"key\":\"a\",\"fields\":{}}\n",
+    ));
+    assert_eq!(lines(&out)[0]["result"], "ok");
+
+    let path = dir.path().to_path_buf();
+    common::runtime_thread(move || async move {
+        // With less memory its manifest asks for another host: refused, not granted.
+        let err = registry_with_memory(&path, 24)
+            .load("manifest-probe", None)
+            .await
+            .expect_err("a changed manifest must not load");
+        let text = format!("{err:#}");
+        match err.downcast_ref::<switchyard::registry::LoadError>() {
+            Some(switchyard::registry::LoadError::ManifestChanged { differences, .. }) => {
+                assert_eq!(
+                    differences,
+                    &[r#"allowed_hosts: recorded ["api.example.com"], now ["elsewhere.example.net"]"#],
+                    "{text}"
+                );
+            }
+            None => panic!("not a ManifestChanged error: {text}"),
+        }
+        assert!(text.contains("reinstall it to change them"), "{text}");
+        // The same component under the memory it was installed with loads again.
+        let plugin = registry_with_memory(&path, 64)
+            .load("manifest-probe", None)
+            .await
+            .unwrap();
+        assert_eq!(plugin.manifest().allowed_hosts, ["api.example.com"]);
+    })
+    .join()
+    .unwrap();
+}
+
+/// Issue 15, point 7: `manifest()` output was not capped (a 24 MiB description installed and
+/// `plugin list` printed it). An oversized manifest is refused at install with the field, its
+/// size and the cap; and a record kept from before the caps is printed clipped.
+#[test]
+fn an_oversized_manifest_is_refused_at_install_and_listings_stay_short() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = plugin_wasm("manifest-probe");
+    let path = dir.path().to_path_buf();
+    let err = common::runtime_thread(move || async move {
+        // Under 8 MiB the probe declares a 1.5 MiB description and 1,000 hosts.
+        registry_with_memory(&path, 8)
+            .install(&wasm)
+            .await
+            .expect_err("an oversized manifest must not install")
+    })
+    .join()
+    .unwrap();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("the manifest's description is 1572864 bytes, over the cap of 512"),
+        "{text}"
+    );
+    assert!(text.len() < 300, "the error itself is short: {text}");
+    let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| !n.to_string_lossy().ends_with(".lock"))
+        .collect();
+    assert!(leftovers.is_empty(), "nothing installed: {leftovers:?}");
+
+    // A record written before the caps existed: listing and info print little of it.
+    common::install_plugin(dir.path(), "manifest-probe");
+    let record = dir.path().join("manifest-probe/0.1.0/manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    m["description"] = "x".repeat(24 << 20).into();
+    m["allowed_hosts"] = (0..5000)
+        .map(|i| format!("h{i}.example.com"))
+        .collect::<Vec<_>>()
+        .into();
+    std::fs::write(&record, serde_json::to_vec(&m).unwrap()).unwrap();
+    let list = ok(&switchyard(dir.path(), &["plugin", "list"]));
+    assert!(list.len() < 1000, "{} bytes", list.len());
+    let json = ok(&switchyard(dir.path(), &["plugin", "list", "--json"]));
+    assert!(json.len() < 300_000, "{} bytes", json.len());
+    let info = ok(&switchyard(
+        dir.path(),
+        &["plugin", "info", "manifest-probe"],
+    ));
+    assert!(info.len() < 8000, "{} bytes", info.len());
+    assert!(info.contains("and 4936 more"), "{info}");
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
-use crate::registry::{InstalledPlugin, Registry};
+use crate::registry::{caps, clip, InstalledPlugin, Registry};
 use crate::runtime::bindings::{Action, OutboundRecord, PluginConfig, RecordResult};
 use crate::runtime::net::HttpPolicy;
 use crate::runtime::{Limits, PluginInstance, Runtime};
@@ -345,11 +345,16 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
                 "installed {} {} ({}, plugin API {})",
                 p.name, p.version, p.kind, p.api_version
             );
-            print_capabilities(&p);
+            print_grants(&p);
+            println!("  these grants are fixed at install: a load that finds the plugin declaring others is refused; reinstall to change them");
         }
         PluginCommand::List { json } => {
             let reg = registry(dir)?;
-            let list = reg.list()?;
+            let mut list = reg.list()?;
+            // A record kept from before the manifest caps may hold anything; print little of it.
+            for p in &mut list {
+                p.description = clip(&p.description, caps::DESCRIPTION);
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&list)?);
             } else if list.is_empty() {
@@ -362,7 +367,10 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
                 for p in list {
                     println!(
                         "{:<28} {:<10} {:<12} {}",
-                        p.name, p.version, p.kind, p.description
+                        clip(&p.name, 64),
+                        clip(&p.version, 20),
+                        p.kind,
+                        clip(p.description.lines().next().unwrap_or_default(), 100)
                     );
                 }
             }
@@ -372,21 +380,19 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             let p = reg.find(&name, None)?;
             println!(
                 "{} {} ({}, plugin API {})",
-                p.name, p.version, p.kind, p.api_version
+                clip(&p.name, 64),
+                clip(&p.version, 20),
+                p.kind,
+                p.api_version
             );
-            println!("  {}", p.description);
             println!("  sha256: {}", p.sha256);
-            println!(
-                "  max batch size: {}, default rate: {}/s",
-                p.max_batch_size, p.default_rate_per_second
-            );
-            if !p.actions.is_empty() {
-                println!("  actions: {}", p.actions.join(", "));
-            }
-            print_capabilities(&p);
+            print_grants(&p);
             println!(
                 "  config schema:\n{}",
-                serde_json::to_string_pretty(&p.config_schema)?
+                clip(
+                    &serde_json::to_string_pretty(&p.config_schema)?,
+                    caps::CONFIG_SCHEMA
+                )
             );
         }
         PluginCommand::Remove { name, version } => {
@@ -461,22 +467,50 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_capabilities(p: &InstalledPlugin) {
+/// What install recorded and granted: shown at install and by `plugin info`. Clipped, since a
+/// record kept from before the manifest caps may hold anything.
+fn print_grants(p: &InstalledPlugin) {
+    println!("  {}", clip(&p.description, caps::DESCRIPTION));
+    println!(
+        "  max batch size: {}, default rate: {}/s",
+        p.max_batch_size, p.default_rate_per_second
+    );
+    if !p.actions.is_empty() {
+        println!("  actions: {}", clip(&p.actions.join(", "), 80));
+    }
     if p.allowed_hosts.is_empty() {
         println!("  asks to call: no hosts");
     } else {
-        println!("  asks to call: {}", p.allowed_hosts.join(", "));
+        let shown: Vec<String> = p
+            .allowed_hosts
+            .iter()
+            .take(caps::HOSTS)
+            .map(|h| clip(h, caps::HOST))
+            .collect();
+        let more = p.allowed_hosts.len().saturating_sub(shown.len());
+        println!(
+            "  asks to call: {}{}",
+            shown.join(", "),
+            if more > 0 {
+                format!(" and {more} more")
+            } else {
+                String::new()
+            }
+        );
     }
     if p.secrets.is_empty() {
         println!("  asks for secrets: none");
     } else {
-        for s in &p.secrets {
+        for s in p.secrets.iter().take(caps::SECRETS) {
             println!(
                 "  asks for secret `{}`{}: {}",
-                s.name,
+                clip(&s.name, caps::SECRET_NAME),
                 if s.required { "" } else { " (optional)" },
-                s.description
+                clip(&s.description, caps::SECRET_DESCRIPTION)
             );
+        }
+        if p.secrets.len() > caps::SECRETS {
+            println!("  and {} more secrets", p.secrets.len() - caps::SECRETS);
         }
     }
 }
