@@ -813,7 +813,10 @@ fn parallel_source_runs_on_a_cold_plugin_cache_do_not_crash_the_hub() {
                         let source = format!("members{i}");
                         let r = admin(hub, "POST", &format!("/v1/sources/{source}/run"));
                         assert_eq!(r.status, 202, "round {round}: {}", r.text());
-                        let id = r.json()["run_id"].as_str().unwrap().to_string();
+                        let id = r.json()["run_id"]
+                            .as_str()
+                            .unwrap_or_else(|| panic!("round {round}: {}", r.text()))
+                            .to_string();
                         (source, id)
                     })
                 })
@@ -856,6 +859,13 @@ fn parallel_source_runs_on_a_cold_plugin_cache_do_not_crash_the_hub() {
             "round {round}: one artefact"
         );
         assert_eq!(admin(&hub, "GET", "/healthz").status, 200);
+        // A run is recorded as finished a moment before it lets go of its lease; the next
+        // round's restart must not find a lease of this one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while hub.count("SELECT COUNT(*) FROM source_leases") > 0 {
+            assert!(Instant::now() < deadline, "round {round}: leases never released");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 3);
 }
