@@ -17,9 +17,10 @@
 //!   result in a 400 error" — https://developers.hubspot.com/docs/api-reference/2026-03/crm/search-the-crm
 //!   (Limitations), as connectors meet it: `airbytehq/airbyte` issue #43317 (≥10,000 records of
 //!   one `lastmodifieddate` loop forever at the cap), AWS Glue's HubSpot connector limitations.
-//! - More than one sort: 400 ("only one sort is supported"; HubSpot's search page: one sorting
-//!   rule per search), which is why a connector splits one timestamp by a filter on
-//!   `hs_object_id` and a sort on it alone (`airbytehq/airbyte` PR #44899).
+//! - More than one sort: 400. HubSpot's search guide (same page, "Sorting") allows one sorting
+//!   rule per search; the snapshot read on 2026-12-06 did not show that section, so this is
+//!   unverified here. Either way a connector splits one timestamp by a filter on
+//!   `hs_object_id` and a sort on it alone (`airbytehq/airbyte` PR #44899), which needs one.
 //! - Search is eventually consistent: a record can reach the search index after newer ones were
 //!   returned (`airbytehq/airbyte` PR #69203, 2025-11, lookback window; `estuary/connectors`
 //!   PR #2210, 1-hour horizon). [`Fake::hide_from_search`] models it; the list endpoint, which
