@@ -303,16 +303,23 @@ mod sendgrid {
         assert!(h.fake.contact("new@example.com").is_none());
     }
 
+    /// S1: a profile leaving the synced audience comes off the synced list only; the contact,
+    /// its other lists and its fields stay. Erasing it account-wide takes
+    /// `delete_mode = "delete_contact"`, by name.
     #[test]
-    fn sendgrid_delete_looks_contacts_up_by_email_then_deletes_their_ids() {
+    fn sendgrid_removal_takes_contacts_off_the_synced_lists_only_unless_erasing_is_named() {
+        const OTHER_LIST: &str = "0b7a3796-e8a8-4029-9ccb-df8937940999";
         let h = hub();
-        let gone = h.fake.seed_contact("gone@example.com", &[LIST_ID]);
+        let gone = h
+            .fake
+            .seed_contact("gone@example.com", &[LIST_ID, OTHER_LIST]);
         h.fake.seed_contact("kept@example.com", &[LIST_ID]);
-        h.fake.seed_contact("also-gone@example.com", &[]);
+        h.fake.seed_contact("elsewhere@example.com", &[OTHER_LIST]);
         let records = vec![
             json!({"key": "p1", "fields": {"email": "Gone@Example.com", "first_name": "G"}}),
-            json!({"key": "p2", "fields": {"email": "also-gone@example.com"}}),
-            // Unknown to SendGrid: already deleted.
+            // On another list only: nothing of this sync's to remove.
+            json!({"key": "p2", "fields": {"email": "elsewhere@example.com"}}),
+            // Unknown to SendGrid: nothing to remove.
             json!({"key": "p3", "fields": {"email": "never-there@example.com"}}),
             json!({"key": "p4", "fields": {"first_name": "no email"}}),
         ];
@@ -321,36 +328,64 @@ mod sendgrid {
         assert_eq!(results[1]["result"], "ok");
         assert_eq!(results[2]["result"], "ok");
         assert_eq!(results[3]["result"], "rejected");
-        assert!(h.fake.contact("gone@example.com").is_none());
-        assert!(h.fake.contact("also-gone@example.com").is_none());
-        assert!(h.fake.contact("kept@example.com").is_some());
-
+        let g = h
+            .fake
+            .contact("gone@example.com")
+            .expect("the contact stays in SendGrid");
+        assert_eq!(
+            g["list_ids"],
+            json!([OTHER_LIST]),
+            "only the synced list is left"
+        );
+        assert_eq!(
+            h.fake.contact("elsewhere@example.com").unwrap()["list_ids"],
+            json!([OTHER_LIST])
+        );
+        assert_eq!(h.fake.contact_count(), 3, "nothing deleted");
         let seen = h.fake.seen();
-        assert_eq!(seen[0].method, "POST");
         assert_eq!(seen[0].uri, "/v3/marketing/contacts/search/emails");
         let lookup: Value = serde_json::from_slice(&seen[0].body).unwrap();
         assert_eq!(lookup["emails"].as_array().unwrap().len(), 3);
         assert_eq!(seen[1].method, "DELETE");
-        assert!(
-            seen[1].uri.starts_with("/v3/marketing/contacts?ids="),
-            "{}",
-            seen[1].uri
+        assert_eq!(
+            seen[1].uri,
+            format!("/v3/marketing/lists/{LIST_ID}/contacts?contact_ids={gone}")
         );
-        assert!(seen[1].uri.contains(&gone), "{}", seen[1].uri);
         assert_eq!(seen.len(), 2);
+        assert!(
+            !seen
+                .iter()
+                .any(|s| s.uri.starts_with("/v3/marketing/contacts?")),
+            "no account-wide delete by default"
+        );
         assert_no_leaks(&logs, &["gone@example.com", "never-there@example.com"]);
 
-        // remove_from_lists keeps the contact and takes it off the lists only.
+        // Without lists there is nothing to remove from: the operator must say what they want.
+        let err = failed(&h.run(
+            "deliver",
+            &json!({}),
+            API_KEY,
+            &["--action", "delete"],
+            &jsonl(&records[..1]),
+        ));
+        assert!(err.contains("delete_mode = \"delete_contact\""), "{err}");
+
+        // Erasing, named: the contact is deleted from the whole account.
         let mut cfg = config();
-        cfg["delete_mode"] = json!("remove_from_lists");
+        cfg["delete_mode"] = json!("delete_contact");
         let (results, _) = h.deliver(
             "delete",
             &cfg,
             &[json!({"key": "k", "fields": {"email": "kept@example.com"}})],
         );
         assert_eq!(results[0]["result"], "ok");
-        let kept = h.fake.contact("kept@example.com").unwrap();
-        assert_eq!(kept["list_ids"], json!([]));
+        assert!(h.fake.contact("kept@example.com").is_none());
+        let last = h.fake.seen().pop().unwrap();
+        assert!(
+            last.uri.starts_with("/v3/marketing/contacts?ids="),
+            "{}",
+            last.uri
+        );
 
         // Nobody in the batch exists: SendGrid answers 404 and every record is done.
         let (results, _) = h.deliver(
@@ -359,6 +394,144 @@ mod sendgrid {
             &[json!({"key": "n", "fields": {"email": "nobody@example.com"}})],
         );
         assert_eq!(results[0]["result"], "ok");
+
+        // The synced list was deleted in SendGrid: a config error, not dead letters.
+        let mut gone_list = config();
+        gone_list["list_ids"] = json!(["11111111-2222-4333-8444-555555555555"]);
+        h.fake
+            .seed_contact("x@example.com", &["11111111-2222-4333-8444-555555555555"]);
+        let err = failed(&h.run(
+            "deliver",
+            &gone_list,
+            API_KEY,
+            &["--action", "delete"],
+            &jsonl(&[json!({"key": "x", "fields": {"email": "x@example.com"}})]),
+        ));
+        assert!(err.contains("SendGrid has no list"), "{err}");
+    }
+
+    /// S3: `search/emails` also matches `alternate_emails`; the contact it returns for such an
+    /// address is someone else and is neither removed nor deleted.
+    #[test]
+    fn sendgrid_removal_leaves_a_contact_found_by_an_alternate_email_alone() {
+        let h = hub();
+        h.fake.seed_contact_with(
+            "owner@example.com",
+            &[LIST_ID],
+            json!({"alternate_emails": ["shared@example.com"]}),
+        );
+        let mut cfg = config();
+        cfg["delete_mode"] = json!("delete_contact");
+        for cfg in [config(), cfg] {
+            let (results, _) = h.deliver(
+                "delete",
+                &cfg,
+                &[json!({"key": "s", "fields": {"email": "shared@example.com"}})],
+            );
+            assert_eq!(results[0]["result"], "ok", "{results:?}");
+            let owner = h.fake.contact("owner@example.com").expect("owner kept");
+            assert_eq!(owner["list_ids"], json!([LIST_ID]));
+        }
+        assert!(
+            !h.fake.seen().iter().any(|s| s.method == "DELETE"),
+            "nothing removed"
+        );
+    }
+
+    /// S2: 202 is "queued". The plugin follows the import job; a contact the job refused is
+    /// rejected naming the job, the others are ok, and a job that fails entirely rejects all.
+    #[test]
+    fn sendgrid_upsert_follows_the_import_job_and_reads_per_contact_errors() {
+        let h = hub();
+        h.fake.pending_polls(2);
+        h.fake
+            .fail_in_job("capped@example.com", "contact limit of the plan reached");
+        // Already stored exactly as it will be sent: an unchanged contact still counts as stored.
+        h.fake
+            .seed_contact_with("same@example.com", &[LIST_ID], json!({"first_name": "Sam"}));
+        let records = vec![
+            json!({"key": "p1", "fields": {"email": "ada@example.com", "first_name": "Ada"}}),
+            json!({"key": "p2", "fields": {"email": "capped@example.com", "first_name": "Cap"}}),
+            json!({"key": "p3", "fields": {"external_id": "crm-7", "first_name": "NoMail"}}),
+        ];
+        let (results, logs) = h.deliver("upsert", &config(), &records);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(results[1]["result"], "rejected", "{results:?}");
+        let reason = results[1]["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("import job") && reason.contains("1 of 3 contacts errored"),
+            "{reason}"
+        );
+        // No email to look it up by: sent again rather than claimed.
+        assert_eq!(results[2]["result"], "retry", "{results:?}");
+        assert!(h.fake.contact("ada@example.com").is_some());
+        assert!(h.fake.contact("capped@example.com").is_none());
+        let polls = h
+            .fake
+            .seen()
+            .iter()
+            .filter(|s| s.method == "GET" && s.uri.starts_with("/v3/marketing/contacts/imports/"))
+            .count();
+        assert_eq!(polls, 3, "two pending answers, then the finished job");
+        assert!(logs.contains("import job"), "{logs}");
+        assert_no_leaks(&logs, &["ada@example.com", "capped@example.com"]);
+
+        // A clean job: every contact ok, the unchanged one included.
+        h.fake.pending_polls(0);
+        let (results, _) = h.deliver(
+            "upsert",
+            &config(),
+            &[
+                json!({"key": "p4", "fields": {"email": "same@example.com", "first_name": "Sam"}}),
+                json!({"key": "p5", "fields": {"email": "bo@example.com"}}),
+            ],
+        );
+        assert!(results.iter().all(|r| r["result"] == "ok"), "{results:?}");
+
+        // Every contact refused: the job `failed`, all rejected.
+        h.fake
+            .fail_in_job("cap2@example.com", "contact limit of the plan reached");
+        let (results, _) = h.deliver(
+            "upsert",
+            &config(),
+            &[json!({"key": "p6", "fields": {"email": "cap2@example.com"}})],
+        );
+        assert_eq!(results[0]["result"], "rejected", "{results:?}");
+        assert!(
+            results[0]["reason"].as_str().unwrap().contains("failed"),
+            "{results:?}"
+        );
+    }
+
+    /// S2: a job SendGrid has not finished within `import_wait_secs` is never claimed as
+    /// stored: its contacts are retried (an upsert is idempotent).
+    #[test]
+    fn sendgrid_upsert_retries_contacts_whose_import_job_is_still_pending() {
+        let h = hub();
+        h.fake.hold_jobs(true);
+        let mut cfg = config();
+        cfg["import_wait_secs"] = json!(2);
+        let started = std::time::Instant::now();
+        let (results, _) = h.deliver(
+            "upsert",
+            &cfg,
+            &[json!({"key": "p1", "fields": {"email": "ada@example.com"}})],
+        );
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        assert_eq!(results[0]["result"], "retry", "{results:?}");
+        assert_eq!(results[0]["after_ms"], 60_000);
+        let reason = results[0]["reason"].as_str().unwrap();
+        assert!(reason.contains("still pending after 2 s"), "{reason}");
+        assert!(h.fake.contact("ada@example.com").is_none());
+
+        // SendGrid catches up: the retry lands and is confirmed.
+        h.fake.hold_jobs(false);
+        let (results, _) = h.deliver(
+            "upsert",
+            &cfg,
+            &[json!({"key": "p1", "fields": {"email": "ada@example.com"}})],
+        );
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
     }
 
     #[test]
@@ -694,11 +867,111 @@ mod sendgrid {
             &json!({"list_ids": [LIST_ID], "contacts": [{"email": "A@Example.com"}]}),
         );
         assert_eq!(s, 202);
-        assert!(body_json(&b)["job_id"].is_string());
+        let job = body_json(&b)["job_id"].as_str().unwrap().to_string();
         assert!(header(&h, "x-ratelimit-reset").is_some());
+        assert!(
+            fake.contact("a@example.com").is_none(),
+            "202 is queued: nothing stored before the job runs"
+        );
+        let get = |path: &str| raw(a, "GET", path, &[("authorization", auth.as_str())], b"");
+        let (s, _, b) = get(&format!("/v3/marketing/contacts/imports/{job}"));
+        assert_eq!(s, 200);
+        let status = body_json(&b);
+        assert_eq!(status["status"], "pending");
+        assert_eq!(status["job_type"], "upsert_contacts");
+        assert_eq!(status["results"], json!({"requested_count": 1}));
+        let (_, _, b) = get(&format!("/v3/marketing/contacts/imports/{job}"));
+        let status = body_json(&b);
+        assert_eq!(status["status"], "completed");
+        assert_eq!(status["results"]["created_count"], 1);
+        assert_eq!(status["results"]["errored_count"], 0);
+        assert!(status["finished_at"].is_string());
         assert_eq!(
             fake.contact("a@example.com").unwrap()["email"],
             "a@example.com"
+        );
+        assert_eq!(get("/v3/marketing/contacts/imports/no-such-job").0, 404);
+        // Contacts refused inside the job: `errored` (some) or `failed` (all), with counts.
+        fake.pending_polls(0);
+        fake.fail_in_job("capped@example.com", "limit");
+        let (_, _, b) = put(
+            json_h(&auth),
+            &json!({"contacts": [{"email": "capped@example.com"}, {"email": "ok@example.com"}]}),
+        );
+        let job = body_json(&b)["job_id"].as_str().unwrap().to_string();
+        let (_, _, b) = get(&format!("/v3/marketing/contacts/imports/{job}"));
+        let status = body_json(&b);
+        assert_eq!(status["status"], "errored");
+        assert_eq!(status["results"]["errored_count"], 1);
+        assert!(status["results"]["errors_url"].is_string());
+        assert!(fake.contact("capped@example.com").is_none());
+        let (_, _, b) = put(
+            json_h(&auth),
+            &json!({"contacts": [{"email": "capped@example.com"}]}),
+        );
+        let job = body_json(&b)["job_id"].as_str().unwrap().to_string();
+        let (_, _, b) = get(&format!("/v3/marketing/contacts/imports/{job}"));
+        assert_eq!(body_json(&b)["status"], "failed");
+        fake.hold_jobs(true);
+        let (_, _, b) = put(
+            json_h(&auth),
+            &json!({"contacts": [{"email": "late@example.com"}]}),
+        );
+        let job = body_json(&b)["job_id"].as_str().unwrap().to_string();
+        for _ in 0..3 {
+            let (_, _, b) = get(&format!("/v3/marketing/contacts/imports/{job}"));
+            assert_eq!(body_json(&b)["status"], "pending");
+        }
+        fake.hold_jobs(false);
+        fake.pending_polls(1);
+
+        // List membership removal: contact_ids required, unknown list or contact id 404.
+        let owner = fake.seed_contact_with(
+            "owner@example.com",
+            &[LIST_ID],
+            json!({"alternate_emails": ["alt@example.com"]}),
+        );
+        let del = |path: &str| raw(a, "DELETE", path, &[("authorization", auth.as_str())], b"");
+        expect(
+            del(&format!("/v3/marketing/lists/{LIST_ID}/contacts")),
+            400,
+            Some("contact_ids"),
+            "required",
+        );
+        assert_eq!(
+            del("/v3/marketing/lists/11111111-2222-4333-8444-555555555555/contacts?contact_ids=x")
+                .0,
+            404
+        );
+        assert_eq!(
+            del(&format!(
+                "/v3/marketing/lists/{LIST_ID}/contacts?contact_ids={owner},nope"
+            ))
+            .0,
+            404
+        );
+        assert_eq!(
+            fake.contact("owner@example.com").unwrap()["list_ids"],
+            json!([LIST_ID])
+        );
+        let (s, _, b) = del(&format!(
+            "/v3/marketing/lists/{LIST_ID}/contacts?contact_ids={owner}"
+        ));
+        assert_eq!(s, 202);
+        assert!(body_json(&b)["job_id"].is_string());
+        assert_eq!(
+            fake.contact("owner@example.com").unwrap()["list_ids"],
+            json!([])
+        );
+        // The lookup matches alternate emails too, returning the owner.
+        let (s, _, b) = post(
+            "/v3/marketing/contacts/search/emails",
+            &json!({"emails": ["alt@example.com"]}),
+        );
+        assert_eq!(s, 200);
+        assert_eq!(
+            body_json(&b)["result"]["alt@example.com"]["contact"]["email"],
+            "owner@example.com"
         );
 
         // Lookup and delete.
@@ -1710,11 +1983,31 @@ mod syncs {
             "Eve"
         );
 
-        // Mirror: leaving the audience deletes the contact (looked up by email).
+        // The import job refuses one contact: dead-lettered naming the job, not "stored".
+        fake.fail_in_job("fay@example.com", "contact limit of the plan reached");
+        hub.identify(
+            "u6",
+            json!({"email": "fay@example.com", "first_name": "Fay", "plan": "pro"}),
+        );
+        let r = hub.run_sync("vip-to-sendgrid");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 0, 0, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-sendgrid");
+        assert!(
+            dead.iter().any(|d| d["error"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("rejected: SendGrid's import job"))),
+            "{dead:?}"
+        );
+
+        // Mirror: leaving the audience takes the contact off the synced list; it stays in
+        // SendGrid.
         hub.identify("u2", json!({"plan": "free"}));
         let r = hub.run_sync("vip-to-sendgrid");
         assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
-        assert!(fake.contact("bob@example.com").is_none());
+        let bob = fake
+            .contact("bob@example.com")
+            .expect("Bob kept in SendGrid");
+        assert_eq!(bob["list_ids"], json!([]));
         assert!(fake.contact("ada@example.com").is_some());
 
         // Events: each Order Completed becomes one dynamic-template mail.

@@ -2,12 +2,15 @@
 //!
 //! * `upsert`: `PUT /v3/marketing/contacts` (at most 30,000 contacts or 6 MB per request, the
 //!   API's own limits), adding every contact to the configured `list_ids`. SendGrid answers
-//!   `202 {"job_id"}` and processes the contacts asynchronously; the job id is logged.
+//!   `202 {"job_id"}`, which only means queued: [`jobs`] follows the import job and turns its
+//!   outcome into per-record results (a job not done in `import_wait_secs` is retried, never
+//!   claimed).
 //! * `delete`: looks the contacts up by email (`POST /v3/marketing/contacts/search/emails`, 100
-//!   addresses per request), then `DELETE /v3/marketing/contacts?ids=...`, or, with
-//!   `delete_mode = "remove_from_lists"`, removes them from the configured lists only
-//!   (`DELETE /v3/marketing/lists/{id}/contacts?contact_ids=...`). An address SendGrid does not
-//!   know is already deleted: `ok`.
+//!   addresses per request; only a contact whose primary `email` is the address counts) and, by
+//!   default, removes them from the configured lists only
+//!   (`DELETE /v3/marketing/lists/{id}/contacts?contact_ids=...`). Erasing them from the whole
+//!   account (`DELETE /v3/marketing/contacts?ids=...`) takes `delete_mode = "delete_contact"`.
+//!   An address SendGrid does not know is already gone: `ok`.
 //! * `track`: one transactional email per record through `POST /v3/mail/send` with a dynamic
 //!   template (`template_id`, or `event_templates[event]`); the record's fields are the template's
 //!   `dynamic_template_data`. Up to 1,000 records share one request (one personalization each).
@@ -33,8 +36,11 @@
 //! The API key only ever travels as a `{{secret:api_key}}` placeholder, and no email address
 //! is logged.
 
+mod jobs;
+
 use std::collections::{BTreeMap, HashSet};
 
+use jobs::Submitted;
 use serde::Deserialize;
 use switchyard_sdk::http::{Request, Response};
 use switchyard_sdk::serde_json::{self, json, Map, Value};
@@ -51,6 +57,14 @@ pub const MAX_UPSERT_BODY_BYTES: usize = 6_000_000;
 pub const MAX_LOOKUP_EMAILS: usize = 100;
 /// Most personalizations (and recipients) of one `POST /v3/mail/send`.
 pub const MAX_PERSONALIZATIONS: usize = 1_000;
+/// How long an upsert waits for its import job by default. SendGrid took 33 s to finish a
+/// one-contact job in a live recording (NangoHQ/integration-templates, 2026-07-15), and the
+/// hub stops a plugin call after 60 s.
+pub const DEFAULT_IMPORT_WAIT_SECS: u64 = 40;
+/// The longest wait the config may ask for, leaving room in the 60 s call for the requests.
+pub const MAX_IMPORT_WAIT_SECS: u64 = 50;
+/// When contacts whose import job did not finish in time are sent again.
+pub const PENDING_RETRY_MS: u64 = 60_000;
 
 /// Reserved contact fields sent as they are (besides `email` and the other identifiers).
 const RESERVED_TEXT_FIELDS: &[&str] = &[
@@ -83,10 +97,17 @@ pub struct Config {
     /// `GET /v3/marketing/field_definitions`).
     #[serde(default)]
     pub custom_fields: BTreeMap<String, String>,
-    /// What `delete` does: `delete_contact` (default) removes the contact from SendGrid,
-    /// `remove_from_lists` only removes it from `list_ids`.
+    /// What `delete` (a profile leaving the synced audience) does: `remove_from_lists`
+    /// (default) takes the contact off `list_ids` and keeps it in SendGrid;
+    /// `delete_contact` erases the contact from the whole SendGrid account (every list,
+    /// segment and custom field, including lists this destination never touched), only when
+    /// named here.
     #[serde(default)]
     pub delete_mode: DeleteMode,
+    /// Seconds an upsert waits for SendGrid's asynchronous import job to finish before its
+    /// contacts are retried later (1-50; a plugin call may take 60 s in all).
+    #[serde(default = "default_import_wait_secs")]
+    pub import_wait_secs: u64,
     /// Dynamic template (`d-...`) sent for `track` records whose event has no entry in
     /// `event_templates`.
     #[serde(default)]
@@ -111,14 +132,18 @@ pub struct Config {
     pub on_behalf_of: Option<String>,
 }
 
+fn default_import_wait_secs() -> u64 {
+    DEFAULT_IMPORT_WAIT_SECS
+}
+
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeleteMode {
-    /// Delete the contact from SendGrid.
+    /// Remove the contact from `list_ids` only (`DELETE /v3/marketing/lists/{id}/contacts`).
     #[default]
-    DeleteContact,
-    /// Remove the contact from `list_ids` only.
     RemoveFromLists,
+    /// Erase the contact from the whole SendGrid account (`DELETE /v3/marketing/contacts`).
+    DeleteContact,
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
@@ -250,10 +275,11 @@ pub fn validate_config(config: &Config) -> Result<(), CallError> {
             )));
         }
     }
-    if config.delete_mode == DeleteMode::RemoveFromLists && config.list_ids.is_empty() {
-        return Err(CallError::InvalidConfig(
-            "delete_mode = \"remove_from_lists\" needs at least one entry in list_ids".into(),
-        ));
+    if !(1..=MAX_IMPORT_WAIT_SECS).contains(&config.import_wait_secs) {
+        return Err(CallError::InvalidConfig(format!(
+            "import_wait_secs: {} is outside 1-{MAX_IMPORT_WAIT_SECS} (a plugin call may take 60 s in all)",
+            config.import_wait_secs
+        )));
     }
     if config.categories.len() > 10 {
         return Err(CallError::InvalidConfig(format!(
@@ -572,6 +598,8 @@ fn upsert(
         .unwrap_or(0);
     let mut queue = chunk_contacts(contacts, overhead);
     let mut requests = 0;
+    let mut submitted: Vec<Submitted> = Vec::new();
+    let started = switchyard_sdk::time::now();
     while let Some(mut chunk) = queue.pop() {
         loop {
             if chunk.is_empty() {
@@ -600,18 +628,33 @@ fn upsert(
                 .request(Request::put(&api.url("/v3/marketing/contacts")).json(&body))
                 .send()?;
             if response.is_success() {
+                // 202 means queued, not stored: the import job says what became of them.
                 let job = response
                     .json::<Value>()
                     .ok()
-                    .and_then(|v| v.get("job_id").and_then(Value::as_str).map(str::to_string))
-                    .unwrap_or_else(|| "(none)".to_string());
+                    .and_then(|v| v.get("job_id").and_then(Value::as_str).map(str::to_string));
                 switchyard_sdk::debug!(
-                    "upserted {} contacts: HTTP {}, job {job}",
+                    "queued {} contacts: HTTP {}, job {}",
                     chunk.len(),
-                    response.status
+                    response.status,
+                    job.as_deref().unwrap_or("(none)")
                 );
-                for (i, _) in &chunk {
-                    results[*i] = Some(RecordResult::Ok);
+                match job {
+                    Some(job) => submitted.push(Submitted {
+                        job,
+                        contacts: chunk,
+                    }),
+                    None => {
+                        for (i, _) in &chunk {
+                            results[*i] = Some(RecordResult::Retry(switchyard_sdk::Retry {
+                                reason: format!(
+                                    "SendGrid answered HTTP {} without a job_id, so the import cannot be followed; sending again later",
+                                    response.status
+                                ),
+                                after_ms: None,
+                            }));
+                        }
+                    }
                 }
                 break;
             }
@@ -650,7 +693,8 @@ fn upsert(
             chunk = kept;
         }
     }
-    Ok(())
+    let deadline = started + std::time::Duration::from_secs(config.import_wait_secs);
+    jobs::follow(api, config, submitted, deadline, results)
 }
 
 // ---- delete ----
@@ -660,12 +704,23 @@ fn record_email(fields: &Map<String, Value>) -> Option<String> {
     (!email.is_empty()).then_some(email)
 }
 
+/// A contact found for a record's address: its id and the lists it is on.
+struct Found {
+    id: String,
+    list_ids: Vec<String>,
+}
+
 fn delete(
     api: &Api,
     config: &Config,
     batch: &[OutboundRecord],
     results: &mut [Option<RecordResult>],
 ) -> Result<(), CallError> {
+    if config.delete_mode == DeleteMode::RemoveFromLists && config.list_ids.is_empty() {
+        return Err(CallError::InvalidConfig(
+            "delete: no list to remove contacts from; set list_ids, or opt into erasing contacts from the whole SendGrid account with delete_mode = \"delete_contact\"".into(),
+        ));
+    }
     // Unique addresses, each with the records that carry it.
     let mut by_email: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, record) in batch.iter().enumerate() {
@@ -674,23 +729,24 @@ fn delete(
                 Some(email) => by_email.entry(email).or_default().push(i),
                 None => {
                     results[i] = Some(RecordResult::Rejected(
-                        "no `email` field: SendGrid contacts are deleted by email".to_string(),
+                        "no `email` field: SendGrid contacts are found by email".to_string(),
                     ))
                 }
             },
             Err(reason) => results[i] = Some(RecordResult::Rejected(reason)),
         }
     }
+    let set = |results: &mut [Option<RecordResult>], email: &str, r: RecordResult| {
+        for i in &by_email[email] {
+            results[*i] = Some(r.clone());
+        }
+    };
     let emails: Vec<String> = by_email.keys().cloned().collect();
+    let mut alternates = 0;
     for chunk in emails.chunks(MAX_LOOKUP_EMAILS) {
         let mut chunk: Vec<String> = chunk.to_vec();
-        let set = |results: &mut [Option<RecordResult>], email: &str, r: RecordResult| {
-            for i in &by_email[email] {
-                results[*i] = Some(r.clone());
-            }
-        };
         // Look up the contact ids; a 400 naming some addresses drops those and asks again.
-        let mut ids: Vec<(String, String)> = Vec::new();
+        let mut found: Vec<(String, Found)> = Vec::new();
         let mut attempts = 0;
         loop {
             attempts += 1;
@@ -704,7 +760,7 @@ fn delete(
                 )
                 .send()?;
             if response.status == 404 {
-                // None of them exists: already deleted.
+                // None of them exists: nothing to remove.
                 for email in &chunk {
                     set(results, email, RecordResult::Ok);
                 }
@@ -712,17 +768,44 @@ fn delete(
             }
             if response.is_success() {
                 let body: Value = response.json()?;
-                let found = body.get("result").and_then(Value::as_object);
                 for email in &chunk {
-                    let id = found
+                    let contact = body
+                        .get("result")
                         .and_then(|r| r.get(email))
-                        .and_then(|e| e.get("contact"))
-                        .and_then(|c| c.get("id"))
-                        .and_then(Value::as_str);
+                        .and_then(|e| e.get("contact"));
+                    let Some(contact) = contact else {
+                        // Not found: nothing to remove.
+                        set(results, email, RecordResult::Ok);
+                        continue;
+                    };
+                    // The lookup also matches `alternate_emails`: a contact whose primary
+                    // address differs is someone else's, and is left alone.
+                    let primary = contact.get("email").and_then(Value::as_str).unwrap_or("");
+                    let id = contact.get("id").and_then(Value::as_str);
                     match id {
-                        Some(id) => ids.push((email.clone(), id.to_string())),
-                        // Not found: nothing to delete.
-                        None => set(results, email, RecordResult::Ok),
+                        Some(id) if primary.eq_ignore_ascii_case(email) => {
+                            let list_ids = contact
+                                .get("list_ids")
+                                .and_then(Value::as_array)
+                                .map(|a| {
+                                    a.iter()
+                                        .filter_map(Value::as_str)
+                                        .map(str::to_string)
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            found.push((
+                                email.clone(),
+                                Found {
+                                    id: id.to_string(),
+                                    list_ids,
+                                },
+                            ));
+                        }
+                        _ => {
+                            alternates += 1;
+                            set(results, email, RecordResult::Ok);
+                        }
                     }
                 }
                 break;
@@ -749,31 +832,62 @@ fn delete(
             }
             chunk = kept;
         }
-        if ids.is_empty() {
+        if found.is_empty() {
             continue;
         }
-        let id_list = ids
-            .iter()
-            .map(|(_, id)| id.as_str())
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut outcome_all = RecordResult::Ok;
-        let targets: Vec<String> = match config.delete_mode {
-            DeleteMode::DeleteContact => vec![format!("/v3/marketing/contacts?ids={id_list}")],
+        // One request per target, for the contacts it concerns.
+        let targets: Vec<(Option<&str>, Vec<&str>)> = match config.delete_mode {
+            DeleteMode::DeleteContact => {
+                vec![(None, found.iter().map(|(_, f)| f.id.as_str()).collect())]
+            }
             DeleteMode::RemoveFromLists => config
                 .list_ids
                 .iter()
-                .map(|list| format!("/v3/marketing/lists/{list}/contacts?contact_ids={id_list}"))
+                .map(|list| {
+                    let ids = found
+                        .iter()
+                        .filter(|(_, f)| f.list_ids.iter().any(|l| l == list))
+                        .map(|(_, f)| f.id.as_str())
+                        .collect();
+                    (Some(list.as_str()), ids)
+                })
                 .collect(),
         };
-        for target in targets {
-            let response = api.request(Request::delete(&api.url(&target))).send()?;
+        let mut outcome_all = RecordResult::Ok;
+        for (list, ids) in targets {
+            if ids.is_empty() {
+                continue;
+            }
+            let id_list = ids.join(",");
+            let path = match list {
+                None => format!("/v3/marketing/contacts?ids={id_list}"),
+                Some(list) => format!("/v3/marketing/lists/{list}/contacts?contact_ids={id_list}"),
+            };
+            let response = api.request(Request::delete(&api.url(&path))).send()?;
             if response.is_success() {
-                switchyard_sdk::debug!("deleted {} contacts: HTTP {}", ids.len(), response.status);
+                switchyard_sdk::debug!(
+                    "{} {} contacts: HTTP {}",
+                    if list.is_some() {
+                        "removed from a list"
+                    } else {
+                        "deleted"
+                    },
+                    ids.len(),
+                    response.status
+                );
                 continue;
             }
             outcome_all = match whole_request_failure(&response)? {
                 Some(shared) => shared,
+                None if response.status == 404 => match list {
+                    // "The specified list ID does not exist or one or more contact IDs do not
+                    // exist" (OAS): which one decides who must act.
+                    Some(list) => missing_list_or_contacts(api, list)?,
+                    None => RecordResult::Retry(switchyard_sdk::Retry {
+                        reason: "SendGrid no longer knows some of these contacts; looking them up again later".into(),
+                        after_ms: None,
+                    }),
+                },
                 None => RecordResult::Rejected(format!(
                     "HTTP {}: {}",
                     response.status,
@@ -782,11 +896,36 @@ fn delete(
             };
             break;
         }
-        for (email, _) in &ids {
+        for (email, _) in &found {
             set(results, email, outcome_all.clone());
         }
     }
+    if alternates > 0 {
+        switchyard_sdk::warn!(
+            "{alternates} addresses belong to other contacts as alternate emails; those contacts were left alone"
+        );
+    }
     Ok(())
+}
+
+/// After a 404 on a list removal: a list that is gone is the operator's to fix; otherwise a
+/// contact vanished between lookup and removal, and the records are retried.
+fn missing_list_or_contacts(api: &Api, list: &str) -> Result<RecordResult, CallError> {
+    let response = api
+        .request(Request::get(
+            &api.url(&format!("/v3/marketing/lists/{list}")),
+        ))
+        .send()?;
+    if response.status == 404 {
+        return Err(CallError::InvalidConfig(format!(
+            "list_ids: SendGrid has no list `{list}`"
+        )));
+    }
+    Ok(RecordResult::Retry(switchyard_sdk::Retry {
+        reason: "SendGrid no longer knows some of these contacts; looking them up again later"
+            .into(),
+        after_ms: None,
+    }))
 }
 
 // ---- track ----
@@ -1116,6 +1255,19 @@ mod tests {
     }
 
     #[test]
+    fn removal_defaults_to_the_lists_and_erasing_is_opt_in_by_name() {
+        let c = config(json!({"list_ids": ["ca7a3796-e8a8-4029-9ccb-df8937940562"]}));
+        assert_eq!(c.delete_mode, DeleteMode::RemoveFromLists);
+        assert_eq!(c.import_wait_secs, DEFAULT_IMPORT_WAIT_SECS);
+        assert_eq!(
+            config(json!({"delete_mode": "delete_contact"})).delete_mode,
+            DeleteMode::DeleteContact
+        );
+        // An upsert- or track-only destination needs no list.
+        assert!(validate_config(&config(json!({}))).is_ok());
+    }
+
+    #[test]
     fn config_is_checked() {
         assert!(validate_config(&config(
             json!({"list_ids": ["ca7a3796-e8a8-4029-9ccb-df8937940562"]})
@@ -1126,7 +1278,11 @@ mod tests {
             Err(CallError::InvalidConfig(_))
         ));
         assert!(matches!(
-            validate_config(&config(json!({"delete_mode": "remove_from_lists"}))),
+            validate_config(&config(json!({"import_wait_secs": 0}))),
+            Err(CallError::InvalidConfig(_))
+        ));
+        assert!(matches!(
+            validate_config(&config(json!({"import_wait_secs": 55}))),
             Err(CallError::InvalidConfig(_))
         ));
         assert!(matches!(
