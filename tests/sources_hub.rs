@@ -863,9 +863,111 @@ fn parallel_source_runs_on_a_cold_plugin_cache_do_not_crash_the_hub() {
         // round's restart must not find a lease of this one.
         let deadline = Instant::now() + Duration::from_secs(10);
         while hub.count("SELECT COUNT(*) FROM source_leases") > 0 {
-            assert!(Instant::now() < deadline, "round {round}: leases never released");
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: leases never released"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Source run caps (issue 15, point 7)
+
+/// A source whose API always has a next page ran forever. A run now stops at
+/// `max_pages_per_run` as `capped`, naming the cap, with every page it read committed and no page
+/// read past the cap; the next run resumes from the stored cursor.
+#[test]
+fn an_endless_source_stops_at_its_page_cap_and_the_next_run_resumes() {
+    let fake = json_fake(0);
+    fake.endless();
+    let project = json_source(&fake, 2).replace(
+        "[sources.members.config]",
+        "max_pages_per_run = 5\n\n[sources.members.config]",
+    );
+    let hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
+    hub.install(&["http-json"]);
+
+    let out = hub.cli(&["source", "run", "members"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a capped run is not a success: {stdout}"
+    );
+    assert!(stdout.contains("members: capped"), "{stdout}");
+    assert!(
+        stderr.contains(
+            "stopped at the cap of 5 pages per run ([sources.members] max_pages_per_run)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(fake.requests().len(), 5, "no page read past the cap");
+    assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 10);
+    let history = runs(&hub, "members");
+    assert_eq!(history[0]["status"], "capped", "{history:?}");
+    assert_eq!(history[0]["pages"], 5, "{history:?}");
+    assert!(
+        history[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("the next run resumes from the stored cursor"),
+        "{history:?}"
+    );
+    let (c, done) = cursor(&hub, "members", "records");
+    assert!(!done);
+    let next = c["next"].as_str().expect("a mid-stream cursor").to_string();
+
+    fake.clear_requests();
+    let out = hub.cli(&["source", "run", "members"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("members: capped"));
+    let seen = fake.requests();
+    assert_eq!(
+        seen[0].param("cursor"),
+        Some(next.as_str()),
+        "resumed: {seen:?}"
+    );
+    assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 20);
+}
+
+/// The same for wall time: with `max_run_time`, a slow endless source stops at the deadline,
+/// even in the middle of a read, as `capped` with what it committed kept.
+#[test]
+fn an_endless_source_stops_at_its_time_cap() {
+    let fake = json_fake(0);
+    fake.endless();
+    fake.delay(400);
+    let project = json_source(&fake, 1).replace(
+        "[sources.members.config]",
+        "max_run_time = \"2s\"\n\n[sources.members.config]",
+    );
+    let hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
+    hub.install(&["http-json"]);
+
+    let started = Instant::now();
+    let out = hub.cli(&["source", "run", "members"]);
+    let elapsed = started.elapsed();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stderr.contains("stopped at the cap of 2s per run ([sources.members] max_run_time)"),
+        "{stderr}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(20),
+        "stopped at the cap: {elapsed:?}"
+    );
+    let history = runs(&hub, "members");
+    assert_eq!(history[0]["status"], "capped", "{history:?}");
+    let pages = history[0]["pages"].as_i64().unwrap();
+    assert!(
+        pages >= 1,
+        "pages read before the deadline are kept: {history:?}"
+    );
+    assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), pages);
+    let (_, done) = cursor(&hub, "members", "records");
+    assert!(!done);
 }

@@ -363,6 +363,14 @@ pub struct SourceConfig {
     /// (manual `switchyard source run` only).
     #[serde(default)]
     pub schedule: Option<String>,
+    /// Most pages one run reads, all streams together (default 10,000). A run that reaches it
+    /// stops with status `capped`, keeping every page it committed, and the next run resumes
+    /// from the stored cursor: a source that never says it is done cannot run forever.
+    #[serde(default)]
+    pub max_pages_per_run: Option<u64>,
+    /// Longest one run reads, e.g. `"30m"` (default `"1h"`); as for `max_pages_per_run`.
+    #[serde(default)]
+    pub max_run_time: Option<String>,
     /// Per stream: which record fields are identifiers and which are traits. Streams not listed
     /// here are not read by a run (webhook records of them are ignored).
     #[serde(default)]
@@ -416,7 +424,37 @@ impl DestinationConfig {
     }
 }
 
+/// The caps of one source run: `max_pages_per_run` and `max_run_time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunCaps {
+    pub pages: u64,
+    pub time: std::time::Duration,
+}
+
+impl Default for RunCaps {
+    fn default() -> Self {
+        RunCaps {
+            pages: 10_000,
+            time: std::time::Duration::from_secs(3600),
+        }
+    }
+}
+
 impl SourceConfig {
+    /// The caps of a run of this source, defaults for what is not set (a `max_run_time` that
+    /// does not parse is reported by validation, before any run).
+    pub fn run_caps(&self) -> RunCaps {
+        let default = RunCaps::default();
+        RunCaps {
+            pages: self.max_pages_per_run.unwrap_or(default.pages),
+            time: self
+                .max_run_time
+                .as_deref()
+                .and_then(|t| humantime::parse_duration(t).ok())
+                .unwrap_or(default.time),
+        }
+    }
+
     /// The source's plugin block; None for a source of tracking-API messages only.
     pub fn block<'a>(&'a self, name: &'a str) -> Option<PluginBlock<'a>> {
         Some(PluginBlock {
@@ -665,6 +703,8 @@ fn source_problems(name: &str, source: &SourceConfig, identity: &IdentityConfig)
             ),
             ("reroute", !source.reroute.is_empty()),
             ("schedule", source.schedule.is_some()),
+            ("max_pages_per_run", source.max_pages_per_run.is_some()),
+            ("max_run_time", source.max_run_time.is_some()),
             ("streams", !source.streams.is_empty()),
         ];
         for (key, set) in plugin_keys {
@@ -691,6 +731,18 @@ fn source_problems(name: &str, source: &SourceConfig, identity: &IdentityConfig)
     if let Some(s) = &source.schedule {
         if let Err(e) = crate::schedule::Schedule::parse(s) {
             problems.push(format!("{at} schedule: {e}"));
+        }
+    }
+    if source.max_pages_per_run == Some(0) {
+        problems.push(format!("{at} max_pages_per_run must be at least 1"));
+    }
+    if let Some(t) = &source.max_run_time {
+        match humantime::parse_duration(t) {
+            Ok(d) if d >= std::time::Duration::from_secs(1) => {}
+            Ok(_) => problems.push(format!("{at} max_run_time = \"{t}\" must be at least 1s")),
+            Err(e) => problems.push(format!(
+                "{at} max_run_time = \"{t}\" is not a duration like \"30m\" or \"2h\": {e}"
+            )),
         }
     }
     if source.streams.is_empty() {
@@ -776,6 +828,20 @@ mod tests {
         assert!(err.contains("[sources.shop.streams.customers] identifiers.customer: kind `customer` is not in [identity.kinds]"), "{err}");
         assert!(err.contains("[sources.keys] streams needs plugin"), "{err}");
         assert_eq!(err.lines().count(), 4, "{err}");
+        let err = Config::parse(
+            "[sources.shop]\nplugin = \"shopify\"\nmax_pages_per_run = 0\nmax_run_time = \"soon\"\n\
+             [sources.shop.streams.customers]\nidentifiers = { email = \"email\" }\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("[sources.shop] max_pages_per_run must be at least 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("[sources.shop] max_run_time = \"soon\" is not a duration"),
+            "{err}"
+        );
         let ok = Config::parse(
             "[sources.shop]\nplugin = \"shopify\"\nconfig = { shop = \"s\" }\nschedule = \"every 15m\"\n\
              [sources.shop.streams.customers]\nidentifiers = { email = \"email\" }\ntraits = { first_name = \"first_name\" }\n",
@@ -784,6 +850,19 @@ mod tests {
         assert_eq!(
             ok.sources["shop"].streams["customers"].traits["first_name"],
             "first_name"
+        );
+        assert_eq!(ok.sources["shop"].run_caps(), RunCaps::default());
+        let capped = Config::parse(
+            "[sources.shop]\nplugin = \"shopify\"\nmax_pages_per_run = 5\nmax_run_time = \"90s\"\n\
+             [sources.shop.streams.customers]\nidentifiers = { email = \"email\" }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            capped.sources["shop"].run_caps(),
+            RunCaps {
+                pages: 5,
+                time: std::time::Duration::from_secs(90)
+            }
         );
     }
 

@@ -11,6 +11,11 @@
 //!
 //! Items are returned ordered by (`updated_at`, `id`); `updated_since` keeps items updated at or
 //! after the time (inclusive, as many APIs do). Errors are `{"error": {"code", "message"}}`.
+//!
+//! Misbehaviour on request, for the hub's source-run caps: `endless` makes `/v1/items` an API
+//! that never says it is done (past the stored items it makes up new ones, and every page has a
+//! `next_cursor`, as a feed that keeps growing or a paging bug does), and `delay_ms` answers
+//! every request that much later.
 
 #![allow(dead_code)]
 
@@ -50,6 +55,10 @@ pub struct State {
     pub retry_after: String,
     /// `http://127.0.0.1:PORT`, for the Link headers.
     pub base: String,
+    /// `/v1/items` never ends: made-up items past the stored ones, always a `next_cursor`.
+    pub endless: bool,
+    /// Every answer waits this long.
+    pub delay_ms: u64,
 }
 
 #[derive(Clone)]
@@ -83,6 +92,14 @@ impl Fake {
             .expect("no such item");
         item[field] = value;
         item["updated_at"] = json!(updated_at);
+    }
+    /// Makes `/v1/items` endless (see the module docs).
+    pub fn endless(&self) {
+        self.state.lock().unwrap().endless = true;
+    }
+    /// Answers every request `ms` milliseconds late.
+    pub fn delay(&self, ms: u64) {
+        self.state.lock().unwrap().delay_ms = ms;
     }
     pub fn throttle(&self, n: usize, retry_after: &str) {
         let mut s = self.state.lock().unwrap();
@@ -141,6 +158,10 @@ async fn handle(
         url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
+    let delay = state.lock().unwrap().delay_ms;
+    if delay > 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
+    }
     let mut s = state.lock().unwrap();
     let response = answer(&mut s, &method, &uri, &query, &headers);
     s.requests.push(Seen {
@@ -275,13 +296,26 @@ fn answer(
             i["id"].as_str().unwrap_or("").to_string(),
         )
     });
-    let page: Vec<Value> = items
+    let mut page: Vec<Value> = items
         .iter()
         .skip(offset)
         .take(size)
         .map(|v| (*v).clone())
         .collect();
-    let more = offset + page.len() < items.len();
+    let mut more = offset + page.len() < items.len();
+    if s.endless && style == 1 {
+        for n in offset + page.len()..offset + size {
+            let at = chrono::DateTime::from_timestamp(1_717_200_000 + n as i64, 0)
+                .unwrap()
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            page.push(item(
+                &format!("gen_{n:06}"),
+                &format!("gen{n}@example.com"),
+                &at,
+            ));
+        }
+        more = true;
+    }
     match style {
         1 => {
             let next = more.then(|| {

@@ -175,8 +175,9 @@ async fn run(
             async move {
                 let result = engine.run(&source, options, None).await;
                 match &result {
-                    Ok(r) if r.status == "failed" => tracing::warn!(
-                        "run requested through the API failed: {}",
+                    Ok(r) if r.status == "failed" || r.status == "capped" => tracing::warn!(
+                        "run requested through the API {}: {}",
+                        r.status,
                         r.error.as_deref().unwrap_or_default()
                     ),
                     Ok(_) => {}

@@ -139,9 +139,10 @@ pub async fn source(cmd: SourceCommand, plugins_dir: Option<PathBuf>) -> anyhow:
                 .run(&name, RunOptions { full_refresh }, progress)
                 .await?;
             print_report(&report);
-            if report.status == "failed" {
+            if report.status == "failed" || report.status == "capped" {
                 bail!(
-                    "source `{name}` run failed: {}",
+                    "source `{name}` run {}: {}",
+                    report.status,
                     report.error.unwrap_or_default()
                 );
             }

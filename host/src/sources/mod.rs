@@ -8,6 +8,10 @@
 //! identity resolution of the same identifiers is idempotent). One run per source at a time,
 //! across hubs too: a lease row in the database, renewed while the run goes and checked inside
 //! every page's transaction.
+//!
+//! A run is capped in pages and in wall time (`max_pages_per_run`, `max_run_time`): a source
+//! that never says it is done stops as `capped` with what it read committed, and the next run
+//! resumes from its cursor.
 
 pub mod api;
 pub mod commands;
@@ -23,7 +27,7 @@ use serde_json::Value;
 use sqlx::{AnyConnection, Row};
 use tracing::Instrument as _;
 
-use crate::config::{Config, KindRule, SourceConfig, SourceStreamConfig};
+use crate::config::{Config, KindRule, RunCaps, SourceConfig, SourceStreamConfig};
 use crate::identity::batch::{Batch, NewEvent};
 use crate::identity::{Identifier, IdentityRules};
 use crate::lease::{self, Lease};
@@ -59,8 +63,10 @@ pub struct RunOptions {
 pub struct RunReport {
     pub id: String,
     pub source: String,
-    /// `running`, `succeeded`, `failed` or `interrupted` (its process died; the next run
-    /// resumed from the last committed page).
+    /// `running`, `succeeded`, `failed`, `capped` (it reached `max_pages_per_run` or
+    /// `max_run_time`; what it read is committed and the next run resumes from the stored
+    /// cursor) or `interrupted` (its process died; the next run resumed from the last
+    /// committed page).
     pub status: String,
     pub full_refresh: bool,
     pub started_at: String,
@@ -71,6 +77,16 @@ pub struct RunReport {
     pub events: i64,
     pub retries: i64,
     pub error: Option<String>,
+}
+
+/// Why a run stopped before its streams were done: one of its caps. Callers tell it from a
+/// failure by downcasting (the run's status is then `capped`).
+#[derive(Debug, thiserror::Error)]
+pub enum RunCapped {
+    #[error("stopped at the cap of {pages} pages per run ([sources.{name}] max_pages_per_run); every page read is committed and the next run resumes from the stored cursor")]
+    Pages { name: String, pages: u64 },
+    #[error("stopped at the cap of {} per run ([sources.{name}] max_run_time); every page read is committed and the next run resumes from the stored cursor", humantime::format_duration(*.limit))]
+    Time { name: String, limit: Duration },
 }
 
 /// Progress of a run, for a terminal's progress bar.
@@ -216,6 +232,7 @@ impl SourceEngine {
         .bind(options.full_refresh as i64)
         .execute(self.store.pool())
         .await?;
+        let caps = source.run_caps();
         let mut ctx = RunContext {
             engine: self,
             source_name: name,
@@ -223,10 +240,14 @@ impl SourceEngine {
             lease: &lease,
             total: Applied::default(),
             progress,
+            caps,
+            deadline: tokio::time::Instant::now() + caps.time,
+            pages: 0,
         };
         let result = ctx.read_streams(source, options).await;
         let (status, error) = match &result {
             Ok(()) => ("succeeded", None),
+            Err(e) if e.downcast_ref::<RunCapped>().is_some() => ("capped", Some(format!("{e:#}"))),
             Err(e) => ("failed", Some(format!("{e:#}"))),
         };
         sqlx::query(
@@ -368,6 +389,11 @@ struct RunContext<'a> {
     lease: &'a Lease,
     total: Applied,
     progress: Option<Arc<dyn Progress>>,
+    caps: RunCaps,
+    /// When the run reaches `max_run_time`.
+    deadline: tokio::time::Instant,
+    /// Pages committed in this run, all streams together.
+    pages: u64,
 }
 
 impl RunContext<'_> {
@@ -409,6 +435,7 @@ impl RunContext<'_> {
     ) -> anyhow::Result<()> {
         let engine = self.engine;
         let name = self.source_name;
+        self.check_caps()?;
         let mut cursor: Option<String> = if options.full_refresh {
             None
         } else {
@@ -427,7 +454,14 @@ impl RunContext<'_> {
         let mut page_no = 1u64;
         let mut pending = self.spawn_read(instance, stream, cursor.clone(), page_no);
         loop {
-            let page = pending.await.context("the page reader stopped")??;
+            // A read (with its retries and waits) is cut short at the run's deadline.
+            let page = match tokio::time::timeout_at(self.deadline, &mut pending).await {
+                Ok(read) => read.context("the page reader stopped")??,
+                Err(_) => {
+                    pending.abort();
+                    return Err(self.time_capped().into());
+                }
+            };
             if !page.done && page.cursor.is_none() {
                 bail!(
                     "plugin `{}` broke the contract: stream `{stream}` returned a page that is not `done` but has no cursor to continue from",
@@ -440,7 +474,8 @@ impl RunContext<'_> {
                     instance.plugin().name()
                 );
             }
-            let next = (!page.done)
+            // No page is read ahead past the page cap.
+            let next = (!page.done && self.pages + 1 < self.caps.pages)
                 .then(|| self.spawn_read(instance, stream, page.cursor.clone(), page_no + 1));
             let span =
                 tracing::debug_span!("source_page", page = page_no, records = page.records.len());
@@ -453,6 +488,7 @@ impl RunContext<'_> {
                     return Err(e);
                 }
             };
+            self.pages += 1;
             self.total.records += applied.records;
             self.total.events += applied.events;
             self.total.skipped += applied.skipped;
@@ -468,11 +504,47 @@ impl RunContext<'_> {
                 );
             }
             cursor = page.cursor;
+            if page.done {
+                return Ok(());
+            }
+            if let Err(capped) = self.check_caps() {
+                if let Some(n) = next {
+                    n.abort();
+                }
+                return Err(capped.into());
+            }
             match next {
                 Some(n) => pending = n,
-                None => return Ok(()),
+                None => return Err(self.page_capped().into()),
             }
             page_no += 1;
+        }
+    }
+
+    /// Whether the run may read another page.
+    fn check_caps(&self) -> Result<(), RunCapped> {
+        if self.pages >= self.caps.pages {
+            return Err(self.page_capped());
+        }
+        if tokio::time::Instant::now() >= self.deadline {
+            return Err(self.time_capped());
+        }
+        Ok(())
+    }
+
+    fn page_capped(&self) -> RunCapped {
+        tracing::warn!(pages = self.pages, "source run reached its page cap");
+        RunCapped::Pages {
+            name: self.source_name.to_string(),
+            pages: self.caps.pages,
+        }
+    }
+
+    fn time_capped(&self) -> RunCapped {
+        tracing::warn!(pages = self.pages, "source run reached its time cap");
+        RunCapped::Time {
+            name: self.source_name.to_string(),
+            limit: self.caps.time,
         }
     }
 

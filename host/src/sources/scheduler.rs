@@ -56,8 +56,8 @@ pub async fn run(engine: SourceEngine) {
             let (engine, running, name) = (engine.clone(), running.clone(), name.clone());
             tokio::spawn(async move {
                 match engine.run(&name, RunOptions::default(), None).await {
-                    Ok(r) if r.status == "failed" => {
-                        tracing::warn!(source = %name, "scheduled run failed: {}", r.error.unwrap_or_default())
+                    Ok(r) if r.status == "failed" || r.status == "capped" => {
+                        tracing::warn!(source = %name, "scheduled run {}: {}", r.status, r.error.unwrap_or_default())
                     }
                     Ok(_) => {}
                     Err(e) => tracing::info!(source = %name, "scheduled run not started: {e:#}"),
