@@ -16,11 +16,19 @@ fn switchyard(plugins: &Path, args: &[&str]) -> Output {
 }
 
 fn switchyard_with_stdin(plugins: &Path, args: &[&str], stdin: &str) -> Output {
+    spawn_with_stdin(plugins, args, stdin, "warn")
+        .wait_with_output()
+        .unwrap()
+}
+
+/// Starts `switchyard --plugins-dir PLUGINS ARGS..` with `stdin` written to it, without waiting.
+fn spawn_with_stdin(plugins: &Path, args: &[&str], stdin: &str, log: &str) -> std::process::Child {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .arg("--plugins-dir")
         .arg(plugins)
         .args(args)
+        .env("SWITCHYARD_LOG", log)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -32,7 +40,16 @@ fn switchyard_with_stdin(plugins: &Path, args: &[&str], stdin: &str) -> Output {
         .unwrap()
         .write_all(stdin.as_bytes())
         .unwrap();
-    child.wait_with_output().unwrap()
+    child
+}
+
+/// The cached native code (`.cwasm` files) of an installed version.
+fn artefacts(version_dir: &Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(version_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect()
 }
 
 #[test]
@@ -432,13 +449,7 @@ fn installed_plugins_start_from_the_precompiled_cache() {
         ],
     ));
     let version_dir = dir.path().join("sandbox-probe/0.1.0");
-    let artefacts = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(&version_dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
-            .collect()
-    };
+    let artefacts = || artefacts(&version_dir);
     assert_eq!(artefacts().len(), 1, "install precompiles once");
     let deliver = |dir: &Path| {
         let out = ok(&switchyard_with_stdin(
@@ -530,53 +541,27 @@ fn stray_files(version_dir: &Path) -> Vec<String> {
 fn parallel_loads_of_an_uncached_plugin_never_crash_and_compile_once() {
     const LOADERS: usize = 8;
     let dir = tempfile::tempdir().unwrap();
-    ok(&switchyard(
-        dir.path(),
-        &[
-            "plugin",
-            "install",
-            plugin_wasm("sandbox-probe").to_str().unwrap(),
-        ],
-    ));
+    common::install_plugin(dir.path(), "sandbox-probe");
     let version_dir = dir.path().join("sandbox-probe/0.1.0");
-    let artefacts = || -> Vec<std::path::PathBuf> {
-        std::fs::read_dir(&version_dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
-            .collect()
-    };
     let rounds = cold_rounds(2);
     for round in 0..rounds {
-        for a in artefacts() {
+        for a in artefacts(&version_dir) {
             std::fs::remove_file(a).unwrap();
         }
         let children: Vec<_> = (0..LOADERS)
             .map(|_| {
-                let mut child = Command::new(env!("CARGO_BIN_EXE_switchyard"))
-                    .arg("--plugins-dir")
-                    .arg(dir.path())
-                    .args([
+                spawn_with_stdin(
+                    dir.path(),
+                    &[
                         "plugin",
                         "deliver",
                         "sandbox-probe",
                         "--config",
                         "{\"mode\":\"map\"}",
-                    ])
-                    .env("SWITCHYARD_LOG", "warn,switchyard::registry=info")
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    .spawn()
-                    .expect("running switchyard");
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(b"{\"key\":\"a\",\"fields\":{\"email\":\"A@B.co\"}}\n")
-                    .unwrap();
-                child
+                    ],
+                    "{\"key\":\"a\",\"fields\":{\"email\":\"A@B.co\"}}\n",
+                    "warn,switchyard::registry=info",
+                )
             })
             .collect();
         let mut compiled = 0;
@@ -600,7 +585,11 @@ fn parallel_loads_of_an_uncached_plugin_never_crash_and_compile_once() {
             compiled, 1,
             "round {round}: one loader compiled, the others waited"
         );
-        assert_eq!(artefacts().len(), 1, "round {round}: one artefact");
+        assert_eq!(
+            artefacts(&version_dir).len(),
+            1,
+            "round {round}: one artefact"
+        );
         assert_eq!(
             stray_files(&version_dir),
             Vec::<String>::new(),

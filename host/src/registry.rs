@@ -182,6 +182,7 @@ impl Registry {
 
         // The version directory is built whole beside its place (removed again if anything
         // fails), then swapped in.
+        self.remove_stale_staging();
         let staging = tempfile::Builder::new()
             .prefix(&format!(".staging-{}-", record.name))
             .tempdir_in(&self.dir)
@@ -199,6 +200,30 @@ impl Registry {
             .context("the install thread stopped")??;
         tracing::info!(plugin = %record.name, version = %record.version, "installed");
         Ok(record)
+    }
+
+    /// Removes staging and replaced directories an install killed mid-way left behind (a
+    /// running install's are younger than an hour).
+    fn remove_stale_staging(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(3600));
+            if (name.starts_with(".staging-") || name.starts_with(".replaced-")) && stale {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Ok(()) => tracing::info!("removed {name}, left by an interrupted install"),
+                    Err(e) => tracing::warn!("could not remove {name}: {e}"),
+                }
+            }
+        }
     }
 
     fn artefact_name(&self, sha: &str) -> String {
@@ -417,15 +442,7 @@ fn compile_into_cache(
 ) -> anyhow::Result<Option<Vec<u8>>> {
     let mut lock_name = artefact.file_name().unwrap_or_default().to_os_string();
     lock_name.push(".lock");
-    let lock_path = dir.join(lock_name);
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let _lock = lock_exclusive(&dir.join(lock_name))?;
     if artefact.exists() {
         return Ok(None);
     }
@@ -441,6 +458,20 @@ fn compile_into_cache(
     write_atomically(artefact, &compiled)?;
     tracing::info!(artefact = %artefact.display(), "compiled and cached the plugin");
     Ok(Some(compiled))
+}
+
+/// An exclusive `flock` on `path` (created if missing), held until the file is dropped; waits
+/// for whoever holds it, in this process or another.
+fn lock_exclusive(path: &Path) -> anyhow::Result<File> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("locking {}", path.display()))?;
+    Ok(file)
 }
 
 /// Writes a new file and syncs it to disk.
@@ -481,15 +512,7 @@ fn sync_dir(dir: &Path) -> anyhow::Result<()> {
 fn swap_in(plugins: &Path, staging: tempfile::TempDir, target: &Path) -> anyhow::Result<()> {
     let parent = target.parent().unwrap_or(plugins);
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let lock_path = plugins.join(".install.lock");
-    let lock = File::options()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .with_context(|| format!("opening {}", lock_path.display()))?;
-    lock.lock()
-        .with_context(|| format!("locking {}", lock_path.display()))?;
+    let _lock = lock_exclusive(&plugins.join(".install.lock"))?;
     let moving = || format!("moving the plugin into {}", target.display());
     if !target.exists() {
         std::fs::rename(staging.path(), target).with_context(moving)?;
