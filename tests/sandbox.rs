@@ -361,3 +361,32 @@ async fn returned_data_is_capped() {
     );
     next_call_works(&plugin).await;
 }
+
+/// IPv6 forms that embed an IPv4 address are judged by that address: on a network with NAT64,
+/// 6to4 or IPv4-compatible routing they reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv4_embedded_in_ipv6_is_refused() {
+    let server = LocalServer::start().await;
+    let plugin = probe().await;
+    let port = server.addr.port();
+    for host in [
+        "[::127.0.0.1]",
+        "[64:ff9b::7f00:1]",
+        "[::ffff:127.0.0.1]",
+        "[2002:7f00:1::1]",
+        "[64:ff9b:1::7f00:1]",
+    ] {
+        let granted = HttpPolicy::new(&["*".to_string()], Some(&[format!("{host}:{port}")]), &[]);
+        let fetch =
+            serde_json::json!({"mode": "fetch", "url": format!("http://{host}:{port}/probe")});
+        let results = instance(&plugin, fetch, granted)
+            .deliver(Action::Upsert, &batch(1))
+            .await
+            .unwrap();
+        assert!(
+            rejected_reason(&results).contains("request denied by the hub"),
+            "{host}: {results:?}"
+        );
+    }
+    assert_eq!(server.hits(), 0);
+}

@@ -238,24 +238,69 @@ impl std::fmt::Display for HostPattern {
 }
 
 /// Whether an address is on the public internet (not loopback, private, link-local, CGNAT,
-/// unique-local, documentation, multicast or unspecified).
+/// unique-local, documentation, multicast or unspecified). An IPv6 address that carries an IPv4
+/// address (see [`embedded_v4`]) is judged by what it carries: on a network with NAT64, a 6to4
+/// relay or IPv4-compatible routing, `[64:ff9b::7f00:1]` reaches 127.0.0.1.
 pub fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public_v4(v4);
-            }
-            let seg0 = v6.segments()[0];
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (seg0 & 0xfe00) == 0xfc00 // unique local
-                || (seg0 & 0xffc0) == 0xfe80 // link-local
-                || seg0 == 0x2001 && v6.segments()[1] == 0x0db8 // documentation
-                || v6 == Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0))
-        }
+        IpAddr::V6(v6) => match embedded_v4(v6) {
+            Embedded::None => is_public_v6(v6),
+            Embedded::One(v4) => is_public_v4(v4),
+            // Teredo: the packet goes to the server, and the server relays it to the client.
+            Embedded::Two(server, client) => is_public_v4(server) && is_public_v4(client),
+            Embedded::Local => false,
+        },
     }
+}
+
+/// What IPv4 address(es) an IPv6 address embeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Embedded {
+    None,
+    One(Ipv4Addr),
+    /// Teredo's server and (de-obfuscated) client.
+    Two(Ipv4Addr, Ipv4Addr),
+    /// NAT64 local-use `64:ff9b:1::/48` (RFC 8215): where the IPv4 address sits depends on the
+    /// prefix length the network chose, and the prefix is never routed publicly, so the whole
+    /// range is non-public.
+    Local,
+}
+
+/// Unwraps every form that embeds IPv4 in IPv6: IPv4-mapped `::ffff:a.b.c.d`, IPv4-translated
+/// `::ffff:0:a.b.c.d` (SIIT), IPv4-compatible `::a.b.c.d` (deprecated, `::` and `::1`
+/// included: they unwrap to 0.0.0.0/8, non-public as they should be), NAT64 well-known
+/// `64:ff9b::/96` (RFC 6052) and local-use `64:ff9b:1::/48` (RFC 8215), 6to4 `2002::/16`
+/// (RFC 3056) and Teredo `2001::/32` (RFC 4380).
+fn embedded_v4(v6: Ipv6Addr) -> Embedded {
+    let s = v6.segments();
+    let v4 = |hi: u16, lo: u16| Ipv4Addr::from((u32::from(hi) << 16) | u32::from(lo));
+    match s {
+        [0, 0, 0, 0, 0, 0xffff, hi, lo] // mapped
+        | [0, 0, 0, 0, 0xffff, 0, hi, lo] // translated
+        | [0, 0, 0, 0, 0, 0, hi, lo] // compatible
+        | [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => Embedded::One(v4(hi, lo)), // NAT64 well-known
+        [0x64, 0xff9b, 1, ..] => Embedded::Local,
+        [0x2002, hi, lo, ..] => Embedded::One(v4(hi, lo)),
+        // Teredo: the server's address in bits 32-63, the client's in bits 96-127, inverted.
+        [0x2001, 0, shi, slo, _, _, chi, clo] => Embedded::Two(v4(shi, slo), v4(!chi, !clo)),
+        _ => Embedded::None,
+    }
+}
+
+fn is_public_v6(v6: Ipv6Addr) -> bool {
+    let s = v6.segments();
+    !(v6.is_loopback()
+        || v6.is_unspecified()
+        || v6.is_multicast()
+        || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
+        || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
+        || (s[0] & 0xffc0) == 0xfec0 // site-local fec0::/10 (deprecated, still routed inside some networks)
+        || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation 2001:db8::/32
+        || (s[0] == 0x3fff && (s[1] & 0xf000) == 0) // documentation 3fff::/20
+        || (s[0] == 0x2001 && s[1] == 0x0002 && s[2] == 0) // benchmarking 2001:2::/48
+        || (s[0] == 0x0100 && s[1] == 0 && s[2] == 0 && s[3] == 0) // discard-only 100::/64
+        || (s[0] == 0x64 && s[1] == 0xff9b)) // the rest of NAT64's 64:ff9b::/32, unassigned
 }
 
 fn is_public_v4(ip: Ipv4Addr) -> bool {
@@ -269,6 +314,7 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || ip.is_documentation()
         || o[0] == 0
         || (o[0] == 100 && (64..128).contains(&o[1])) // CGNAT 100.64/10
+        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments 192.0.0/24
         || (o[0] == 198 && (o[1] == 18 || o[1] == 19)) // benchmarking
         || o[0] >= 240)
 }
@@ -357,5 +403,106 @@ mod tests {
         for good in ["1.1.1.1", "2606:4700::1111", "93.184.216.34"] {
             assert!(is_public(good.parse().unwrap()), "{good}");
         }
+    }
+
+    fn public(ip: &str) -> bool {
+        is_public(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv4_mapped_and_translated_are_judged_by_their_ipv4() {
+        for bad in [
+            "::ffff:127.0.0.1",
+            "::ffff:10.1.2.3",
+            "::ffff:169.254.169.254",
+        ] {
+            assert!(!public(bad), "{bad}");
+        }
+        assert!(public("::ffff:93.184.216.34"));
+        for bad in ["::ffff:0:127.0.0.1", "::ffff:0:192.168.0.1"] {
+            assert!(!public(bad), "{bad}");
+        }
+        assert!(public("::ffff:0:93.184.216.34"));
+    }
+
+    #[test]
+    fn ipv4_compatible_is_judged_by_its_ipv4() {
+        for bad in [
+            "::127.0.0.1",
+            "::7f00:1",
+            "::10.0.0.1",
+            "::169.254.169.254",
+            "::",
+            "::1",
+        ] {
+            assert!(!public(bad), "{bad}");
+        }
+        assert!(public("::93.184.216.34"));
+    }
+
+    #[test]
+    fn nat64_well_known_prefix_is_judged_by_its_ipv4() {
+        for bad in [
+            "64:ff9b::7f00:1",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "64:ff9b::10.0.0.1",
+        ] {
+            assert!(!public(bad), "{bad}");
+        }
+        assert!(public("64:ff9b::93.184.216.34"));
+        // Elsewhere in 64:ff9b::/32 nothing is assigned.
+        assert!(!public("64:ff9b:0:1::5db8:d822"));
+    }
+
+    #[test]
+    fn nat64_local_use_prefix_is_never_public() {
+        // RFC 8215: 64:ff9b:1::/48; the IPv4 address sits where the local prefix length puts it.
+        for bad in [
+            "64:ff9b:1::7f00:1",
+            "64:ff9b:1:7f00:1::",
+            "64:ff9b:1::5db8:d822",
+        ] {
+            assert!(!public(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn six_to_four_is_judged_by_its_ipv4() {
+        for bad in [
+            "2002:7f00:1::",
+            "2002:7f00:0001::1",
+            "2002:a00:1::1",
+            "2002:a9fe:a9fe::",
+        ] {
+            assert!(!public(bad), "{bad}");
+        }
+        assert!(public("2002:5db8:d822::1"));
+    }
+
+    #[test]
+    fn teredo_is_judged_by_server_and_client() {
+        // Server 65.54.227.120 (public); client 127.0.0.1 obfuscated (each bit inverted).
+        assert!(!public("2001:0:4136:e378:8000:63bf:80ff:fffe"));
+        // Server loopback, client public 93.184.216.34 (inverted a247:27dd).
+        assert!(!public("2001:0:7f00:1:8000:63bf:a247:27dd"));
+        // Both public.
+        assert!(public("2001:0:4136:e378:8000:63bf:a247:27dd"));
+    }
+
+    #[test]
+    fn other_non_public_ipv6_ranges() {
+        for bad in [
+            "fec0::1",
+            "3fff::1",
+            "2001:2::1",
+            "100::1",
+            "ff02::1",
+            "fe80::1",
+            "fd12::1",
+        ] {
+            assert!(!public(bad), "{bad}");
+        }
+        assert!(public("2a00:1450:4001::1"));
     }
 }
