@@ -810,6 +810,8 @@ impl GoogleRun {
             format!("googleads.googleapis.com={}", self.fake.url()),
             "--reroute".into(),
             format!("oauth2.googleapis.com={}", self.fake.url()),
+            "--reroute".into(),
+            format!("datamanager.googleapis.com={}", self.fake.url()),
             "--allow-private".into(),
             self.fake.host_port(),
         ]
@@ -1177,6 +1179,94 @@ fn google_ads_check_reads_the_list_with_the_credentials() {
         !err.contains("1//revoked") && !err.contains(google_fake::CLIENT_SECRET),
         "{err}"
     );
+}
+
+/// G1: since 2026-04-01 a developer token that is not allowlisted for Customer Match gets
+/// `CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE`; that is a configuration problem naming the Data
+/// Manager API, not "unauthorized" and not dead letters, and `check` sees it.
+#[test]
+fn google_ads_non_allowlisted_token_is_invalid_config_naming_data_manager() {
+    let g = GoogleRun::new();
+    let secrets = GoogleRun::secrets(google_fake::NEW_DEVELOPER_TOKEN, google_fake::ACCESS_TOKEN);
+    let records = vec![json!({"key": "k1", "fields": {"email": "dana@example.com"}})];
+    let err = failed(&g.deliver(&gads_config(), &secrets, "upsert", &records, "warn"));
+    assert!(
+        err.contains("invalid config") && err.contains("Data Manager") && err.contains("CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"),
+        "{err}"
+    );
+    let err = failed(&g.check(&gads_config(), &secrets));
+    assert!(err.contains("invalid config") && err.contains("Data Manager"), "{err}");
+    assert!(g
+        .fake
+        .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+        .is_empty());
+}
+
+/// G2: a list has one upload key type; contact identifiers, CRM ids and mobile ids are never
+/// mixed in one operation, and a record without the list's key is rejected saying so.
+#[test]
+fn google_ads_upload_key_type_keeps_identifiers_apart() {
+    let g = GoogleRun::new();
+    let mixed = vec![
+        json!({"key": "both", "fields": {"email": "dana@example.com", "crm_id": "c-1", "mobile_id": "6032d997-3ab0-4de0-aa16-000000000001"}}),
+    ];
+    let res = results(&ok(&g.deliver(&gads_config(), &gads_secrets(), "upsert", &mixed, "warn")));
+    assert_eq!(res[0]["result"], "ok", "{res:?}");
+    assert_eq!(
+        g.fake.members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID),
+        vec![vec![json!({"hashedEmail": sha("dana@example.com")})]]
+    );
+
+    // A CRM_ID list takes only thirdPartyUserId; a record without crm_id is refused locally.
+    let mut crm = gads_config();
+    crm["user_list_id"] = json!(google_fake::CRM_USER_LIST_ID);
+    crm["upload_key_type"] = json!("crm_id");
+    let records = vec![
+        json!({"key": "both", "fields": {"email": "dana@example.com", "crm_id": "c-1"}}),
+        json!({"key": "email-only", "fields": {"email": "eve@example.com"}}),
+    ];
+    let res = results(&ok(&g.deliver(&crm, &gads_secrets(), "upsert", &records, "warn")));
+    assert_eq!(res[0]["result"], "ok", "{res:?}");
+    assert_eq!(res[1]["result"], "rejected", "{res:?}");
+    let reason = res[1]["reason"].as_str().unwrap();
+    assert!(reason.contains("crm_id") && reason.contains("upload_key_type"), "{reason}");
+    assert_eq!(
+        g.fake.members(google_fake::CUSTOMER_ID, google_fake::CRM_USER_LIST_ID),
+        vec![vec![json!({"thirdPartyUserId": "c-1"})]]
+    );
+
+    // check compares the configured key type with the list's.
+    let mut wrong = gads_config();
+    wrong["user_list_id"] = json!(google_fake::MOBILE_USER_LIST_ID);
+    let err = failed(&g.check(&wrong, &gads_secrets()));
+    assert!(
+        err.contains("invalid config") && err.contains("MOBILE_ADVERTISING_ID") && err.contains("upload_key_type"),
+        "{err}"
+    );
+}
+
+/// G3: removal jobs carry no consent (Google: "For remove requests, consent is not needed"),
+/// and `DENIED` consent is refused for upserts before any job is made (Google fails such jobs).
+#[test]
+fn google_ads_consent_only_on_upserts_and_never_denied() {
+    let g = GoogleRun::new();
+    let records = vec![json!({"key": "k1", "fields": {"email": "dana@example.com"}})];
+    ok(&g.deliver(&gads_config(), &gads_secrets(), "upsert", &records, "warn"));
+    ok(&g.deliver(&gads_config(), &gads_secrets(), "delete", &records, "warn"));
+    let jobs = g.fake.jobs();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs[0].consent.is_some());
+    assert_eq!(jobs[1].consent, None, "no consent on a remove job");
+    assert!(g
+        .fake
+        .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+        .is_empty());
+
+    let mut denied = gads_config();
+    denied["consent_ad_user_data"] = json!("DENIED");
+    let err = failed(&g.deliver(&denied, &gads_secrets(), "upsert", &records, "warn"));
+    assert!(err.contains("invalid config") && err.contains("DENIED"), "{err}");
+    assert_eq!(g.fake.jobs().len(), 2, "no job was created");
 }
 
 #[test]

@@ -1,7 +1,9 @@
-//! A faithful fake of the Google Ads REST API parts Customer Match uses (api-contracts.md §4):
-//! `offlineUserDataJobs:create`, `offlineUserDataJobs/{id}:addOperations`, `:run`,
-//! `googleAds:search` (only `SELECT user_list... FROM user_list WHERE user_list.id = N`), and the
-//! OAuth token endpoint (`POST /token`, refresh-token grant) of oauth2.googleapis.com.
+//! A faithful fake of the two Google APIs the Customer Match plugin can use, on one server:
+//!
+//! **Google Ads REST API** (api-contracts.md §4): `offlineUserDataJobs:create`,
+//! `offlineUserDataJobs/{id}:addOperations`, `:run`, `googleAds:search` (only `SELECT ... FROM
+//! user_list WHERE user_list.id = N`), and the OAuth token endpoint (`POST /token`,
+//! refresh-token grant) of oauth2.googleapis.com.
 //!
 //! Enforced like the real API, with its `google.rpc.Status` + `GoogleAdsFailure` error shape:
 //! - `Authorization: Bearer` (401 UNAUTHENTICATED `authenticationError`), `developer-token`
@@ -9,11 +11,29 @@
 //!   `authorizationError.DEVELOPER_TOKEN_PROHIBITED` — the exact enum names here are [U]);
 //!   `login-customer-id` of 10 digits (400 `headerError.INVALID_LOGIN_CUSTOMER_ID`) and, for a
 //!   client account reached through a manager, required (403 `USER_PERMISSION_DENIED`);
+//! - **developer tokens not allowlisted for Customer Match** ([`NEW_DEVELOPER_TOKEN`]): reads
+//!   (`googleAds:search`) still work, but `offlineUserDataJobs:create` (also with
+//!   `validateOnly`) and `:addOperations` are refused with
+//!   `notAllowlistedError.CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE`. Source: Google Ads
+//!   developer blog, "Changes to Customer Match Support in the Google Ads API", 2026-03-04
+//!   (https://developers.google.com/ads/blog/posts/2026/03/changes-to-customer-match-support-in),
+//!   and the Customer Match troubleshooting page
+//!   (https://developers.google.com/google-ads/api/docs/remarketing/audience-segments/customer-match/troubleshoot),
+//!   both as quoted in connector-review.md (checked 2026-12-06). The HTTP status (403
+//!   PERMISSION_DENIED) and message text are [U];
 //! - customer ids of 10 digits without dashes, the user list belonging to the customer
 //!   (`INVALID_USER_LIST_ID`), job type `CUSTOMER_MATCH_USER_LIST`, consent enum values;
 //! - JSON bodies only, unknown fields refused (400 "Invalid JSON payload received. Unknown
 //!   name"), a `UserIdentifier` setting exactly one oneof field, each operation exactly one of
 //!   `create` / `remove` / `removeAll`;
+//! - **the list's upload key type**: a `CONTACT_INFO` list takes only `hashedEmail`,
+//!   `hashedPhoneNumber` and `addressInfo`, a `CRM_ID` list only `thirdPartyUserId`, a
+//!   `MOBILE_ADVERTISING_ID` list only `mobileId`; an operation with any other identifier fails
+//!   as a whole with `offlineUserDataJobError.INCOMPATIBLE_UPLOAD_KEY_TYPE` ("Upload data is not
+//!   compatible with the upload key type of the associated user list",
+//!   https://developers.google.com/google-ads/api/reference/rpc/latest/OfflineUserDataJobErrorEnum.OfflineUserDataJobError
+//!   and CustomerMatchUploadKeyTypeEnum, checked 2026-12-06: "Mixed data types are not allowed
+//!   on the same list");
 //! - ≤ 20 identifiers per operation and ≤ 100,000 per request (`TOO_MANY_USER_IDENTIFIERS`,
 //!   request-level 400 with the operation's location);
 //! - hashed fields: 64-char lowercase hex (`INVALID_SHA256_FORMAT`), `addressInfo` with all of
@@ -22,10 +42,57 @@
 //!   200) when `enablePartialFailure` is true — only the failing operations are dropped — and as
 //!   a 400 refusing the whole request otherwise;
 //! - job state: operations only while PENDING, `run` only once (`offlineUserDataJobError`
-//!   `INVALID_JOB_STATUS` [U name]); the operations are applied to the list at `run`.
+//!   `INVALID_JOB_STATUS` [U name]); the operations are applied to the list at `run`. A job with
+//!   `create` operations and `adUserData: DENIED` consent ends FAILED
+//!   (`CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS`, Customer Match get-started guide as quoted in
+//!   connector-review.md G3) and applies nothing.
+//!
+//! **Data Manager API** (`https://datamanager.googleapis.com/v1/...`): `audienceMembers:ingest`,
+//! `audienceMembers:remove` and `accountTypes/GOOGLE_ADS/accounts/{id}/userLists/{id}` (GET).
+//! Sources, all checked 2026-12-06: the REST reference pages
+//! https://developers.google.com/data-manager/api/reference/rest/v1/audienceMembers/ingest,
+//! .../audienceMembers/remove, .../AudienceMember, .../UserData, .../Destination,
+//! .../ErrorReason, .../accountTypes.accounts.userLists/list (and the UserList resource);
+//! limits https://developers.google.com/data-manager/api/limits; error shape from the
+//! "Send audience members" quickstart
+//! (https://developers.google.com/data-manager/api/get-started/quickstart/send-audience-members)
+//! and https://developers.google.com/data-manager/api/devguides/concepts/understand-errors;
+//! RudderStack `rudderlabs/rudder-transformer`
+//! `src/v0/destinations/google_adwords_remarketing_lists/dataManager/{config.ts,util.ts,networkHandler.ts}`
+//! (stored 2026-08). Refused like the real API:
+//! - no developer token; `Authorization: Bearer` (401 UNAUTHENTICATED) with the
+//!   `https://www.googleapis.com/auth/datamanager` scope (403 PERMISSION_DENIED,
+//!   `ACCESS_TOKEN_SCOPE_INSUFFICIENT`, the standard Google API answer for a token without the
+//!   method's scope);
+//! - errors as `google.rpc.Status` with `google.rpc.ErrorInfo` (`domain:
+//!   datamanager.googleapis.com`, `reason` from ErrorReason) and `google.rpc.BadRequest`
+//!   `fieldViolations` naming the member (`audience_members.audience_members[N]...`); a request
+//!   with any bad member is refused as a whole (400 INVALID_ARGUMENT), nothing is applied;
+//! - `destinations` 1–10 (`TOO_MANY_DESTINATIONS`), `operatingAccount {accountType:
+//!   GOOGLE_ADS, accountId}` the caller can reach (403 PERMISSION_DENIED; a client account
+//!   needs its manager as `loginAccount`), `productDestinationId` a list of that account
+//!   (`INVALID_USER_LIST_ID` [U status 400]);
+//! - `audienceMembers` 1–10,000 (`TOO_MANY_AUDIENCE_MEMBERS`), each exactly one data field
+//!   (`userData`, `mobileData`, `userIdData`, ...; oneof), one data type per request
+//!   (`MULTIPLE_DATA_TYPES_NOT_ALLOWED`), the type the list's upload key type takes
+//!   (`CONTACT_ID` → userData, `MOBILE_ID` → mobileData, `USER_ID` → userIdData;
+//!   `INVALID_USER_LIST_TYPE` [U which reason Google uses]); ≤ 10 user identifiers
+//!   (`TOO_MANY_USER_IDENTIFIERS`), each exactly one of `emailAddress` / `phoneNumber` /
+//!   `address`; hex-encoded values (`INVALID_HEX_ENCODING`) that are SHA-256 digests
+//!   (`INVALID_SHA256_FORMAT`), `address` with `givenName`, `familyName`, `regionCode`,
+//!   `postalCode` (`REQUIRED_FIELD_MISSING`), `encoding` required with userData;
+//! - `ingest` needs `termsOfService.customerMatchTermsOfServiceStatus: ACCEPTED` ("This must be
+//!   accepted for all uploads to Customer Match userlists"; `TERMS_AND_CONDITIONS_NOT_SIGNED`,
+//!   [U status 400]); consent values `CONSENT_GRANTED | CONSENT_DENIED |
+//!   CONSENT_STATUS_UNSPECIFIED`; `remove` has neither `consent` nor `termsOfService` (unknown
+//!   names refused);
+//! - `validateOnly: true`: validated, nothing applied;
+//! - quota: 429 RESOURCE_EXHAUSTED (300 requests/min, 100,000/day per Cloud project), here via
+//!   [`Fault::dm_quota`] with a `google.rpc.RetryInfo` `retryDelay` and/or `Retry-After`.
 //!
 //! Knobs: [`Fake::fail_next`] (e.g. 429 RESOURCE_EXHAUSTED with `retryDelay`), [`Fake::pass_next`],
-//! [`Fake::reject_identifier`] (an operation containing that value fails with the given error).
+//! [`Fake::reject_identifier`] (an operation or member containing that value fails with the
+//! given error).
 
 #![allow(dead_code)]
 
@@ -42,6 +109,10 @@ use axum::Router;
 use serde_json::{json, Map, Value};
 
 pub const DEVELOPER_TOKEN: &str = "devtok-ABCdef123456";
+/// A valid developer token that never used Customer Match before 2026-04-01: not allowlisted.
+pub const NEW_DEVELOPER_TOKEN: &str = "devtok-NEW-2026-xyz";
+/// An access token with only the adwords scope (no datamanager scope).
+pub const ADWORDS_ONLY_TOKEN: &str = "ya29.adwords-only-token-Qq12";
 pub const ACCESS_TOKEN: &str = "ya29.fake-access-token-Zx81";
 pub const CLIENT_ID: &str = "1234-abc.apps.googleusercontent.com";
 pub const CLIENT_SECRET: &str = "GOCSPX-fake-client-secret";
@@ -49,6 +120,10 @@ pub const REFRESH_TOKEN: &str = "1//0fake-refresh-token";
 /// An account the token's user reaches directly.
 pub const CUSTOMER_ID: &str = "1234567890";
 pub const USER_LIST_ID: &str = "4567";
+/// A `CRM_ID` (Data Manager: `USER_ID`) list of [`CUSTOMER_ID`].
+pub const CRM_USER_LIST_ID: &str = "4568";
+/// A `MOBILE_ADVERTISING_ID` (Data Manager: `MOBILE_ID`) list of [`CUSTOMER_ID`].
+pub const MOBILE_USER_LIST_ID: &str = "4569";
 /// A client account reached only through the manager account [`MANAGER_ID`].
 pub const CLIENT_CUSTOMER_ID: &str = "5550001111";
 pub const CLIENT_USER_LIST_ID: &str = "8901";
@@ -57,6 +132,11 @@ pub const MAX_IDS_PER_OPERATION: usize = 20;
 pub const MAX_IDS_PER_REQUEST: usize = 100_000;
 /// Largest request body the fake reads (100,000 hashed identifiers fit).
 pub const MAX_BODY_BYTES: usize = 64 << 20;
+/// Data Manager limits (https://developers.google.com/data-manager/api/limits).
+pub const DM_MAX_MEMBERS: usize = 10_000;
+pub const DM_MAX_IDENTIFIERS: usize = 10;
+pub const DM_MAX_DESTINATIONS: usize = 10;
+pub const DM_SCOPE: &str = "https://www.googleapis.com/auth/datamanager";
 const VERSION: &str = "v26";
 
 #[derive(Debug, Clone)]
@@ -97,6 +177,24 @@ impl Fault {
         }
     }
 
+    /// Data Manager 429 RESOURCE_EXHAUSTED: `google.rpc.RetryInfo` with `retry_delay` (when
+    /// given) and a `Retry-After` header (when given).
+    pub fn dm_quota(retry_delay: Option<&str>, retry_after: Option<&str>) -> Fault {
+        let mut details = vec![json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+            "reason": "RESOURCE_EXHAUSTED", "domain": "datamanager.googleapis.com"})];
+        if let Some(d) = retry_delay {
+            details.push(json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": d}));
+        }
+        Fault {
+            status: 429,
+            body: json!({"error": {"code": 429, "message": "Too many requests.",
+                                   "status": "RESOURCE_EXHAUSTED", "details": details}}),
+            headers: retry_after
+                .map(|r| vec![("retry-after".to_string(), r.to_string())])
+                .unwrap_or_default(),
+        }
+    }
+
     pub fn status(status: u16, name: &str, code: Value, message: &str) -> Fault {
         Fault {
             status,
@@ -122,6 +220,17 @@ pub struct FakeState {
     pub jobs: BTreeMap<u64, Job>,
     pub next_job: u64,
     pub faults: VecDeque<Option<Fault>>,
+    /// list resource → Google Ads upload key type (`CONTACT_INFO`, `CRM_ID`,
+    /// `MOBILE_ADVERTISING_ID`).
+    pub key_types: BTreeMap<String, String>,
+    /// Developer tokens allowlisted for Customer Match uploads through the Google Ads API.
+    pub allowlisted: BTreeSet<String>,
+    /// Access tokens without the datamanager scope.
+    pub adwords_only: BTreeSet<String>,
+    /// list resource → Data Manager audience members (each the member's data object).
+    pub dm_members: BTreeMap<String, Vec<Value>>,
+    /// (path, body) of every Data Manager POST.
+    pub dm_bodies: Vec<(String, Value)>,
     /// identifier value → (errorCode, message) that makes an operation fail.
     pub rejects: BTreeMap<String, (Value, String)>,
     pub requests: Vec<(String, String, HeaderMap)>,
@@ -144,7 +253,11 @@ pub async fn start() -> Fake {
         ..Default::default()
     };
     st.developer_tokens.insert(DEVELOPER_TOKEN.into());
+    st.developer_tokens.insert(NEW_DEVELOPER_TOKEN.into());
+    st.allowlisted.insert(DEVELOPER_TOKEN.into());
     st.access_tokens.insert(ACCESS_TOKEN.into());
+    st.access_tokens.insert(ADWORDS_ONLY_TOKEN.into());
+    st.adwords_only.insert(ADWORDS_ONLY_TOKEN.into());
     st.customers.insert(CUSTOMER_ID.into(), None);
     st.customers.insert(MANAGER_ID.into(), None);
     st.customers
@@ -157,6 +270,14 @@ pub async fn start() -> Fake {
         list_resource(CLIENT_CUSTOMER_ID, CLIENT_USER_LIST_ID),
         ("Client list".into(), vec![]),
     );
+    for (id, name, key) in [
+        (CRM_USER_LIST_ID, "CRM ids", "CRM_ID"),
+        (MOBILE_USER_LIST_ID, "App users", "MOBILE_ADVERTISING_ID"),
+    ] {
+        let resource = list_resource(CUSTOMER_ID, id);
+        st.lists.insert(resource.clone(), (name.into(), vec![]));
+        st.key_types.insert(resource, key.into());
+    }
     let state = Arc::new(Mutex::new(st));
     let app = Router::new()
         .fallback(any(handle))
@@ -189,6 +310,21 @@ impl Fake {
             .unwrap()
             .rejects
             .insert(value.into(), (code, message.into()));
+    }
+    /// Members added through the Data Manager API (each the member's data object, e.g.
+    /// `{"userData": {"userIdentifiers": [...]}}`).
+    pub fn dm_members(&self, customer: &str, list: &str) -> Vec<Value> {
+        self.state
+            .lock()
+            .unwrap()
+            .dm_members
+            .get(&list_resource(customer, list))
+            .cloned()
+            .unwrap_or_default()
+    }
+    /// (path, body) of every Data Manager POST.
+    pub fn dm_bodies(&self) -> Vec<(String, Value)> {
+        self.state.lock().unwrap().dm_bodies.clone()
     }
     pub fn members(&self, customer: &str, list: &str) -> Vec<Vec<Value>> {
         self.state.lock().unwrap().lists[&list_resource(customer, list)]
@@ -312,6 +448,9 @@ async fn handle(
     if path == "/token" {
         return token(&mut st, &method, &headers, &body);
     }
+    if path.starts_with("/v1/") {
+        return data_manager(&mut st, &method, &path, &headers, &body);
+    }
 
     // 1. Authentication and headers.
     let bearer = headers
@@ -426,18 +565,21 @@ async fn handle(
     };
 
     if let Some(Some(f)) = st.faults.pop_front() {
-        let mut r = reply(f.status, f.body);
-        for (k, v) in f.headers {
-            r.headers_mut().insert(
-                axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                v.parse().unwrap(),
-            );
-        }
-        return r;
+        return fault_response(f);
     }
 
     if tail == "googleAds:search" {
         return search(&st, &cid, &body);
+    }
+    // Since 2026-04-01 Customer Match uploads need an allowlisted developer token.
+    if tail.starts_with("offlineUserDataJobs") && !st.allowlisted.contains(dev) {
+        return ads_error(
+            403,
+            "PERMISSION_DENIED",
+            json!({"notAllowlistedError": "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"}),
+            "Customer is not allowlisted for accessing this feature.",
+            None,
+        );
     }
     if tail == "offlineUserDataJobs:create" {
         return create_job(&mut st, &cid, &body);
@@ -508,7 +650,7 @@ fn token(st: &mut FakeState, method: &Method, headers: &HeaderMap, body: &[u8]) 
     st.access_tokens.insert(token.clone());
     reply(
         200,
-        json!({"access_token": token, "expires_in": 3599, "scope": "https://www.googleapis.com/auth/adwords", "token_type": "Bearer"}),
+        json!({"access_token": token, "expires_in": 3599, "scope": format!("https://www.googleapis.com/auth/adwords {DM_SCOPE}"), "token_type": "Bearer"}),
     )
 }
 
@@ -536,13 +678,14 @@ fn search(st: &FakeState, cid: &str, body: &Value) -> Response {
         .lists
         .get(&resource)
         .map(|(name, _)| {
-            json!({"userList": {"resourceName": resource, "id": id, "name": name, "type": "CRM_BASED"}})
+            json!({"userList": {"resourceName": resource, "id": id, "name": name, "type": "CRM_BASED",
+                "crmBasedUserList": {"uploadKeyType": key_type(st, &resource), "dataSourceType": "FIRST_PARTY"}}})
         })
         .into_iter()
         .collect();
     reply(
         200,
-        json!({"results": results, "fieldMask": "userList.id,userList.name,userList.type", "queryResourceConsumption": "10"}),
+        json!({"results": results, "fieldMask": "userList.id,userList.name,userList.type,userList.crmBasedUserList.uploadKeyType", "queryResourceConsumption": "10"}),
     )
 }
 
@@ -665,6 +808,7 @@ type OperationError = (Value, String, Value);
 /// fails the whole request (the outer `Err`, the response to send).
 fn check_operation(
     st: &FakeState,
+    key: &str,
     k: usize,
     op: &Value,
 ) -> Result<Result<ValidOperation, OperationError>, Response> {
@@ -743,6 +887,18 @@ fn check_operation(
         }
         let field = set[0].as_str();
         let value = &o[field];
+        let fits = match key {
+            "CRM_ID" => field == "thirdPartyUserId",
+            "MOBILE_ADVERTISING_ID" => field == "mobileId",
+            _ => matches!(field, "hashedEmail" | "hashedPhoneNumber" | "addressInfo"),
+        };
+        if !fits {
+            return Ok(Err((
+                json!({"offlineUserDataJobError": "INCOMPATIBLE_UPLOAD_KEY_TYPE"}),
+                "Upload data is not compatible with the upload key type of the associated user list.".into(),
+                op_loc(&[("user_identifiers", Some(j))]),
+            )));
+        }
         let id_loc = |name: &str| op_loc(&[("user_identifiers", Some(j)), (name, None)]);
         let malformed = (
             json!({"offlineUserDataJobError": "INVALID_SHA256_FORMAT"}),
@@ -906,10 +1062,11 @@ fn add_operations(st: &mut FakeState, id: u64, body: &Value) -> Response {
         }
     }
     let partial = obj.get("enablePartialFailure").and_then(Value::as_bool) == Some(true);
+    let key = key_type(st, &st.jobs[&id].user_list).to_string();
     let mut good = Vec::new();
     let mut errors = Vec::new();
     for (k, op) in ops.iter().enumerate() {
-        match check_operation(st, k, op) {
+        match check_operation(st, &key, k, op) {
             Err(response) => return response,
             Ok(Ok(accepted)) => good.push(accepted),
             Ok(Err((code, message, location))) => {
@@ -970,6 +1127,20 @@ fn run_job(st: &mut FakeState, id: u64, body: &Value) -> Response {
             None,
         );
     }
+    let denied = job
+        .consent
+        .as_ref()
+        .and_then(|c| c.get("adUserData"))
+        .and_then(Value::as_str)
+        == Some("DENIED");
+    if denied && job.operations.iter().any(|(kind, _)| kind == "create") {
+        st.jobs.get_mut(&id).unwrap().status = "FAILED".into();
+        return reply(
+            200,
+            json!({"name": format!("customers/{}/operations/{id}-run", job.customer),
+                   "metadata": {"failureReason": "CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS"}}),
+        );
+    }
     let (_, members) = st.lists.get_mut(&job.user_list).unwrap();
     // Operations apply in order; runs of the same kind are applied together (linear time).
     let mut k = 0;
@@ -1010,4 +1181,410 @@ fn run_job(st: &mut FakeState, id: u64, body: &Value) -> Response {
         json!({"name": format!("customers/{}/operations/{id}-run", job.customer),
                "metadata": {"@type": format!("type.googleapis.com/google.ads.googleads.{VERSION}.resources.OfflineUserDataJobMetadata")}}),
     )
+}
+
+fn key_type<'a>(st: &'a FakeState, list: &str) -> &'a str {
+    st.key_types
+        .get(list)
+        .map(String::as_str)
+        .unwrap_or("CONTACT_INFO")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Data Manager API
+
+const DM_DOMAIN: &str = "datamanager.googleapis.com";
+
+/// A Data Manager error: `google.rpc.Status` with ErrorInfo and, when given, BadRequest
+/// field violations `(field, reason, description)`.
+fn dm_error(status: u16, name: &str, reason: &str, message: &str, violations: &[(String, String, String)]) -> Response {
+    let mut details = vec![json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                                  "reason": reason, "domain": DM_DOMAIN})];
+    if !violations.is_empty() {
+        let v: Vec<Value> = violations
+            .iter()
+            .map(|(field, reason, description)| {
+                let mut o = json!({"field": field, "reason": reason});
+                if !description.is_empty() {
+                    o["description"] = json!(description);
+                }
+                o
+            })
+            .collect();
+        details.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": v}));
+    }
+    reply(
+        status,
+        json!({"error": {"code": status, "message": message, "status": name, "details": details}}),
+    )
+}
+
+fn dm_invalid(reason: &str, violations: &[(String, String, String)]) -> Response {
+    dm_error(400, "INVALID_ARGUMENT", reason, "There was a problem with the request.", violations)
+}
+
+fn is_hex(s: &str) -> bool {
+    !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn data_manager(
+    st: &mut FakeState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    // OAuth with the datamanager scope; no developer token involved.
+    let bearer = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(bearer) = bearer.filter(|b| st.access_tokens.contains(*b)) else {
+        return reply(
+            401,
+            json!({"error": {"code": 401, "message": "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+                             "status": "UNAUTHENTICATED",
+                             "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "ACCESS_TOKEN_TYPE_UNSUPPORTED", "domain": "googleapis.com"}]}}),
+        );
+    };
+    if st.adwords_only.contains(bearer) {
+        return reply(
+            403,
+            json!({"error": {"code": 403, "message": "Request had insufficient authentication scopes.",
+                             "status": "PERMISSION_DENIED",
+                             "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "ACCESS_TOKEN_SCOPE_INSUFFICIENT", "domain": "googleapis.com",
+                                          "metadata": {"method": "google.ads.datamanager.v1.IngestionService", "service": DM_DOMAIN}}]}}),
+        );
+    }
+
+    if *method == Method::GET {
+        if let Some(Some(f)) = st.faults.pop_front() {
+            return fault_response(f);
+        }
+        return dm_get_user_list(st, path, headers);
+    }
+    if *method != Method::POST {
+        return reply(404, json!({"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}));
+    }
+    let remove = match path {
+        "/v1/audienceMembers:ingest" => false,
+        "/v1/audienceMembers:remove" => true,
+        _ => {
+            return reply(404, json!({"error": {"code": 404, "message": format!("Method not found: {path}"), "status": "NOT_FOUND"}}))
+        }
+    };
+    let is_json = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let body: Value = match serde_json::from_slice(body) {
+        Ok(v @ Value::Object(_)) if is_json => v,
+        _ => return bad_json("The request body must be a JSON object (application/json)."),
+    };
+    st.dm_bodies.push((path.to_string(), body.clone()));
+    if let Some(Some(f)) = st.faults.pop_front() {
+        return fault_response(f);
+    }
+    let obj = body.as_object().unwrap();
+    let mut allowed = vec!["destinations", "audienceMembers", "validateOnly", "encoding", "encryptionInfo"];
+    if !remove {
+        allowed.extend(["consent", "termsOfService"]);
+    }
+    if let Err(r) = check_keys(obj, &allowed, "") {
+        return r;
+    }
+
+    // Destinations.
+    let destinations = obj.get("destinations").and_then(Value::as_array).cloned().unwrap_or_default();
+    if destinations.is_empty() {
+        return dm_invalid("REQUIRED_FIELD_MISSING", &[("destinations".into(), "REQUIRED_FIELD_MISSING".into(), String::new())]);
+    }
+    if destinations.len() > DM_MAX_DESTINATIONS {
+        return dm_invalid("TOO_MANY_DESTINATIONS", &[("destinations".into(), "TOO_MANY_DESTINATIONS".into(), "Maximum number of destinations allowed per request is 10.".into())]);
+    }
+    let mut lists = Vec::new();
+    for (d, dest) in destinations.iter().enumerate() {
+        let at = format!("destinations[{d}]");
+        let Some(o) = dest.as_object() else {
+            return bad_json(&format!("Invalid value at '{at}'."));
+        };
+        if let Err(r) = check_keys(o, &["reference", "loginAccount", "linkedAccount", "operatingAccount", "productDestinationId"], &at) {
+            return r;
+        }
+        let account = |name: &str| -> Result<Option<String>, Response> {
+            let Some(a) = o.get(name) else { return Ok(None) };
+            let Some(a) = a.as_object() else {
+                return Err(bad_json(&format!("Invalid value at '{at}.{name}'.")));
+            };
+            check_keys(a, &["accountType", "product", "accountId"], &format!("{at}.{name}"))?;
+            let kind = a.get("accountType").or_else(|| a.get("product")).and_then(Value::as_str).unwrap_or("");
+            if kind != "GOOGLE_ADS" {
+                return Err(dm_invalid("INVALID_DESTINATION", &[(format!("destinations.{at}.{name}"), "INVALID_DESTINATION".into(), "This fake knows only GOOGLE_ADS accounts.".into())]));
+            }
+            let id = a.get("accountId").and_then(Value::as_str).unwrap_or("");
+            if id.len() != 10 || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(dm_invalid("INVALID_DESTINATION", &[(format!("destinations.{at}.{name}.account_id"), "INVALID_FORMAT".into(), "Account ID must be 10 digits without dashes.".into())]));
+            }
+            Ok(Some(id.to_string()))
+        };
+        let operating = match account("operatingAccount") {
+            Ok(Some(id)) => id,
+            Ok(None) => return dm_invalid("REQUIRED_FIELD_MISSING", &[(format!("destinations.{at}.operating_account"), "REQUIRED_FIELD_MISSING".into(), String::new())]),
+            Err(r) => return r,
+        };
+        let login = match account("loginAccount") {
+            Ok(l) => l,
+            Err(r) => return r,
+        };
+        let reachable = match st.customers.get(&operating) {
+            None => false,
+            Some(None) => login.is_none() || login.as_deref() == Some(operating.as_str()),
+            Some(Some(manager)) => login.as_deref() == Some(manager.as_str()),
+        };
+        if !reachable {
+            return dm_error(403, "PERMISSION_DENIED", "PERMISSION_DENIED", "The caller does not have permission", &[]);
+        }
+        let list = o.get("productDestinationId").and_then(Value::as_str).unwrap_or("");
+        let resource = list_resource(&operating, list);
+        if list.is_empty() || !st.lists.contains_key(&resource) {
+            return dm_invalid("INVALID_USER_LIST_ID", &[(format!("destinations.{at}.product_destination_id"), "INVALID_USER_LIST_ID".into(), "User list is not valid.".into())]);
+        }
+        lists.push(resource);
+    }
+
+    if !remove {
+        let tos = body.pointer("/termsOfService/customerMatchTermsOfServiceStatus").and_then(Value::as_str);
+        if tos != Some("ACCEPTED") {
+            return dm_invalid("TERMS_AND_CONDITIONS_NOT_SIGNED", &[("terms_of_service".into(), "TERMS_AND_CONDITIONS_NOT_SIGNED".into(), "Required terms and conditions are not accepted.".into())]);
+        }
+        if let Some(c) = obj.get("consent") {
+            let Some(c) = c.as_object() else { return bad_json("Invalid value at 'consent'.") };
+            if let Err(r) = check_keys(c, &["adUserData", "adPersonalization"], "consent") {
+                return r;
+            }
+            for v in c.values() {
+                if !["CONSENT_GRANTED", "CONSENT_DENIED", "CONSENT_STATUS_UNSPECIFIED"].contains(&v.as_str().unwrap_or("")) {
+                    return bad_json(&format!("Invalid value at 'consent' ({v}), not a ConsentStatus."));
+                }
+            }
+        }
+    }
+    let encoding = obj.get("encoding").and_then(Value::as_str);
+    if let Some(e) = encoding {
+        if !["HEX", "BASE64"].contains(&e) {
+            return bad_json(&format!("Invalid value at 'encoding' (\"{e}\")."));
+        }
+    }
+
+    // Members.
+    let members = obj.get("audienceMembers").and_then(Value::as_array).cloned().unwrap_or_default();
+    if members.is_empty() {
+        return dm_invalid("REQUIRED_FIELD_MISSING", &[("audience_members".into(), "REQUIRED_FIELD_MISSING".into(), String::new())]);
+    }
+    if members.len() > DM_MAX_MEMBERS {
+        return dm_invalid("TOO_MANY_AUDIENCE_MEMBERS", &[("audience_members".into(), "TOO_MANY_AUDIENCE_MEMBERS".into(), "Maximum number of audience members allowed per request is 10,000.".into())]);
+    }
+    let mut violations: Vec<(String, String, String)> = Vec::new();
+    let mut kinds = BTreeSet::new();
+    let mut data = Vec::with_capacity(members.len());
+    for (n, m) in members.iter().enumerate() {
+        let at = format!("audience_members.audience_members[{n}]");
+        let Some(o) = m.as_object() else {
+            return bad_json(&format!("Invalid value at 'audience_members[{n}]'."));
+        };
+        if let Err(r) = check_keys(o, &["destinationReferences", "consent", "userData", "pairData", "mobileData", "userIdData", "ppidData"], &format!("audience_members[{n}]")) {
+            return r;
+        }
+        let set: Vec<&String> = o.keys().filter(|k| !matches!(k.as_str(), "destinationReferences" | "consent")).collect();
+        if set.len() != 1 {
+            return bad_json(&format!("Oneof field 'data' is already set. Cannot set '{}' at 'audience_members[{n}]'.", set.get(1).map(|s| s.as_str()).unwrap_or("(none)")));
+        }
+        let kind = set[0].as_str();
+        kinds.insert(kind.to_string());
+        let value = &o[kind];
+        let mut bad = |reason: &str, field: &str, description: &str| {
+            violations.push((format!("{at}{field}"), reason.to_string(), description.to_string()));
+        };
+        let mut values: Vec<String> = Vec::new();
+        match kind {
+            "userData" => {
+                let ids = value.get("userIdentifiers").and_then(Value::as_array).cloned().unwrap_or_default();
+                if ids.is_empty() {
+                    bad("REQUIRED_FIELD_MISSING", ".user_data.user_identifiers", "");
+                } else if ids.len() > DM_MAX_IDENTIFIERS {
+                    bad("TOO_MANY_USER_IDENTIFIERS", ".user_data.user_identifiers", "Maximum number of user identifiers allowed per audience member is 10.");
+                }
+                if encoding.is_none() {
+                    return dm_invalid("REQUIRED_FIELD_MISSING", &[("encoding".into(), "REQUIRED_FIELD_MISSING".into(), "Encoding is required for UserData uploads.".into())]);
+                }
+                for id in &ids {
+                    let Some(io) = id.as_object() else { return bad_json("Invalid value at 'user_identifiers'.") };
+                    if let Err(r) = check_keys(io, &["emailAddress", "phoneNumber", "address"], &format!("audience_members[{n}].user_data.user_identifiers")) {
+                        return r;
+                    }
+                    if io.len() != 1 {
+                        return bad_json("Oneof field 'identifier' is already set.");
+                    }
+                    let (field, v) = io.iter().next().unwrap();
+                    let hashes: Vec<String> = match field.as_str() {
+                        "address" => {
+                            let a = v.as_object().cloned().unwrap_or_default();
+                            if let Err(r) = check_keys(&a, &["givenName", "familyName", "regionCode", "postalCode"], "address") {
+                                return r;
+                            }
+                            for f in ["givenName", "familyName", "regionCode", "postalCode"] {
+                                if a.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+                                    bad("REQUIRED_FIELD_MISSING", ".user_data.user_identifiers", &format!("{f} is required."));
+                                }
+                            }
+                            let rc = a.get("regionCode").and_then(Value::as_str).unwrap_or("");
+                            if rc.len() != 2 || !rc.bytes().all(|b| b.is_ascii_uppercase()) {
+                                bad("INVALID_FORMAT", ".user_data.user_identifiers", "Region code must be ISO-3166-1 alpha-2.");
+                            }
+                            if let Some(p) = a.get("postalCode").and_then(Value::as_str) {
+                                values.push(p.to_string());
+                            }
+                            ["givenName", "familyName"].iter().filter_map(|f| a.get(*f).and_then(Value::as_str).map(str::to_string)).collect()
+                        }
+                        _ => vec![v.as_str().unwrap_or("").to_string()],
+                    };
+                    for h in hashes {
+                        if encoding == Some("HEX") && !is_hex(&h) {
+                            bad("INVALID_HEX_ENCODING", ".user_data.user_identifiers", "Email is not hex encoded.");
+                        } else if encoding == Some("HEX") && h.len() != 64 {
+                            bad("INVALID_SHA256_FORMAT", "", "");
+                        }
+                        values.push(h);
+                    }
+                }
+            }
+            "mobileData" => {
+                let ids = value.get("mobileIds").and_then(Value::as_array).cloned().unwrap_or_default();
+                if ids.is_empty() {
+                    bad("REQUIRED_FIELD_MISSING", ".mobile_data.mobile_ids", "");
+                } else if ids.len() > DM_MAX_IDENTIFIERS {
+                    bad("TOO_MANY_USER_IDENTIFIERS", ".mobile_data.mobile_ids", "At most 10 mobileIds can be provided in a single AudienceMember.");
+                }
+                for id in ids {
+                    let v = id.as_str().unwrap_or("");
+                    if v.is_empty() || v.len() > 64 {
+                        bad("INVALID_MOBILE_ID_FORMAT", ".mobile_data.mobile_ids", "Mobile ID format is not valid.");
+                    }
+                    values.push(v.to_string());
+                }
+            }
+            "userIdData" => {
+                let v = value.get("userId").and_then(Value::as_str).unwrap_or("");
+                if v.is_empty() {
+                    bad("REQUIRED_FIELD_MISSING", ".user_id_data.user_id", "");
+                }
+                values.push(v.to_string());
+            }
+            _ => bad("INVALID_AUDIENCE_MEMBER", "", "This fake takes userData, mobileData and userIdData."),
+        }
+        for v in values {
+            if let Some((code, message)) = st.rejects.get(&v) {
+                let reason = code.as_str().map(str::to_string).unwrap_or_else(|| code.to_string());
+                bad(&reason, "", message);
+            }
+        }
+        let mut one = Map::new();
+        one.insert(kind.to_string(), value.clone());
+        data.push(Value::Object(one));
+    }
+    if kinds.len() > 1 {
+        return dm_invalid("MULTIPLE_DATA_TYPES_NOT_ALLOWED", &[("audience_members".into(), "MULTIPLE_DATA_TYPES_NOT_ALLOWED".into(), "Multiple data types are not allowed to be ingested in a single request.".into())]);
+    }
+    // The list's upload key type decides the data type it takes.
+    let kind = kinds.into_iter().next().unwrap_or_default();
+    for list in &lists {
+        let fits = match key_type(st, list) {
+            "CRM_ID" => kind == "userIdData",
+            "MOBILE_ADVERTISING_ID" => kind == "mobileData",
+            _ => kind == "userData",
+        };
+        if !fits {
+            return dm_invalid("INVALID_USER_LIST_TYPE", &[("audience_members".into(), "INVALID_USER_LIST_TYPE".into(), "Type of the user list is not applicable for this request.".into())]);
+        }
+    }
+    if !violations.is_empty() {
+        return dm_invalid("INVALID_ARGUMENT", &violations);
+    }
+    if obj.get("validateOnly").and_then(Value::as_bool) == Some(true) {
+        return reply(200, json!({}));
+    }
+    for list in lists {
+        let stored = st.dm_members.entry(list).or_default();
+        if remove {
+            // A member goes when it shares any identifier with a removed one.
+            let gone: BTreeSet<String> = data.iter().flat_map(identifier_texts).collect();
+            stored.retain(|m| !identifier_texts(m).iter().any(|x| gone.contains(x)));
+        } else {
+            for m in &data {
+                if !stored.contains(m) {
+                    stored.push(m.clone());
+                }
+            }
+        }
+    }
+    st.next_job += 1;
+    reply(200, json!({"requestId": format!("dm-req-{}", st.next_job)}))
+}
+
+/// Each identifier of a stored member as JSON text.
+fn identifier_texts(member: &Value) -> Vec<String> {
+    if let Some(ids) = member.pointer("/userData/userIdentifiers").and_then(Value::as_array) {
+        return ids.iter().map(Value::to_string).collect();
+    }
+    if let Some(ids) = member.pointer("/mobileData/mobileIds").and_then(Value::as_array) {
+        return ids.iter().map(Value::to_string).collect();
+    }
+    member.pointer("/userIdData/userId").map(|v| vec![v.to_string()]).unwrap_or_default()
+}
+
+/// `GET /v1/accountTypes/GOOGLE_ADS/accounts/{id}/userLists/{list}` with an optional
+/// `login-account: accountTypes/GOOGLE_ADS/accounts/{manager}` header.
+fn dm_get_user_list(st: &FakeState, path: &str, headers: &HeaderMap) -> Response {
+    let parts: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
+    let ["accountTypes", "GOOGLE_ADS", "accounts", account, "userLists", list] = parts[..] else {
+        return reply(404, json!({"error": {"code": 404, "message": format!("Method not found: {path}"), "status": "NOT_FOUND"}}));
+    };
+    let login = headers
+        .get("login-account")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("accountTypes/GOOGLE_ADS/accounts/"));
+    let reachable = match st.customers.get(account) {
+        None => false,
+        Some(None) => true,
+        Some(Some(manager)) => login == Some(manager.as_str()),
+    };
+    if !reachable {
+        return dm_error(403, "PERMISSION_DENIED", "PERMISSION_DENIED", "The caller does not have permission", &[]);
+    }
+    let resource = list_resource(account, list);
+    let Some((name, _)) = st.lists.get(&resource) else {
+        return dm_error(404, "NOT_FOUND", "NOT_FOUND", "Resource not found.", &[]);
+    };
+    let key = match key_type(st, &resource) {
+        "CRM_ID" => "USER_ID",
+        "MOBILE_ADVERTISING_ID" => "MOBILE_ID",
+        _ => "CONTACT_ID",
+    };
+    reply(
+        200,
+        json!({"name": format!("accountTypes/GOOGLE_ADS/accounts/{account}/userLists/{list}"), "id": list,
+               "displayName": name, "membershipStatus": "OPEN",
+               "ingestedUserListInfo": {"uploadKeyTypes": [key]}}),
+    )
+}
+
+fn fault_response(f: Fault) -> Response {
+    let mut r = reply(f.status, f.body);
+    for (k, v) in f.headers {
+        r.headers_mut().insert(
+            axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
+    r
 }
