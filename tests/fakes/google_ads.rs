@@ -183,7 +183,9 @@ impl Fault {
         let mut details = vec![json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
             "reason": "RESOURCE_EXHAUSTED", "domain": "datamanager.googleapis.com"})];
         if let Some(d) = retry_delay {
-            details.push(json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": d}));
+            details.push(
+                json!({"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": d}),
+            );
         }
         Fault {
             status: 429,
@@ -1197,7 +1199,13 @@ const DM_DOMAIN: &str = "datamanager.googleapis.com";
 
 /// A Data Manager error: `google.rpc.Status` with ErrorInfo and, when given, BadRequest
 /// field violations `(field, reason, description)`.
-fn dm_error(status: u16, name: &str, reason: &str, message: &str, violations: &[(String, String, String)]) -> Response {
+fn dm_error(
+    status: u16,
+    name: &str,
+    reason: &str,
+    message: &str,
+    violations: &[(String, String, String)],
+) -> Response {
     let mut details = vec![json!({"@type": "type.googleapis.com/google.rpc.ErrorInfo",
                                   "reason": reason, "domain": DM_DOMAIN})];
     if !violations.is_empty() {
@@ -1211,7 +1219,9 @@ fn dm_error(status: u16, name: &str, reason: &str, message: &str, violations: &[
                 o
             })
             .collect();
-        details.push(json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": v}));
+        details.push(
+            json!({"@type": "type.googleapis.com/google.rpc.BadRequest", "fieldViolations": v}),
+        );
     }
     reply(
         status,
@@ -1220,7 +1230,13 @@ fn dm_error(status: u16, name: &str, reason: &str, message: &str, violations: &[
 }
 
 fn dm_invalid(reason: &str, violations: &[(String, String, String)]) -> Response {
-    dm_error(400, "INVALID_ARGUMENT", reason, "There was a problem with the request.", violations)
+    dm_error(
+        400,
+        "INVALID_ARGUMENT",
+        reason,
+        "There was a problem with the request.",
+        violations,
+    )
 }
 
 fn is_hex(s: &str) -> bool {
@@ -1264,13 +1280,19 @@ fn data_manager(
         return dm_get_user_list(st, path, headers);
     }
     if *method != Method::POST {
-        return reply(404, json!({"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}));
+        return reply(
+            404,
+            json!({"error": {"code": 404, "message": "Method not found.", "status": "NOT_FOUND"}}),
+        );
     }
     let remove = match path {
         "/v1/audienceMembers:ingest" => false,
         "/v1/audienceMembers:remove" => true,
         _ => {
-            return reply(404, json!({"error": {"code": 404, "message": format!("Method not found: {path}"), "status": "NOT_FOUND"}}))
+            return reply(
+                404,
+                json!({"error": {"code": 404, "message": format!("Method not found: {path}"), "status": "NOT_FOUND"}}),
+            )
         }
     };
     let is_json = headers
@@ -1286,7 +1308,13 @@ fn data_manager(
         return fault_response(f);
     }
     let obj = body.as_object().unwrap();
-    let mut allowed = vec!["destinations", "audienceMembers", "validateOnly", "encoding", "encryptionInfo"];
+    let mut allowed = vec![
+        "destinations",
+        "audienceMembers",
+        "validateOnly",
+        "encoding",
+        "encryptionInfo",
+    ];
     if !remove {
         allowed.extend(["consent", "termsOfService"]);
     }
@@ -1295,12 +1323,30 @@ fn data_manager(
     }
 
     // Destinations.
-    let destinations = obj.get("destinations").and_then(Value::as_array).cloned().unwrap_or_default();
+    let destinations = obj
+        .get("destinations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if destinations.is_empty() {
-        return dm_invalid("REQUIRED_FIELD_MISSING", &[("destinations".into(), "REQUIRED_FIELD_MISSING".into(), String::new())]);
+        return dm_invalid(
+            "REQUIRED_FIELD_MISSING",
+            &[(
+                "destinations".into(),
+                "REQUIRED_FIELD_MISSING".into(),
+                String::new(),
+            )],
+        );
     }
     if destinations.len() > DM_MAX_DESTINATIONS {
-        return dm_invalid("TOO_MANY_DESTINATIONS", &[("destinations".into(), "TOO_MANY_DESTINATIONS".into(), "Maximum number of destinations allowed per request is 10.".into())]);
+        return dm_invalid(
+            "TOO_MANY_DESTINATIONS",
+            &[(
+                "destinations".into(),
+                "TOO_MANY_DESTINATIONS".into(),
+                "Maximum number of destinations allowed per request is 10.".into(),
+            )],
+        );
     }
     let mut lists = Vec::new();
     for (d, dest) in destinations.iter().enumerate() {
@@ -1308,28 +1354,71 @@ fn data_manager(
         let Some(o) = dest.as_object() else {
             return bad_json(&format!("Invalid value at '{at}'."));
         };
-        if let Err(r) = check_keys(o, &["reference", "loginAccount", "linkedAccount", "operatingAccount", "productDestinationId"], &at) {
+        if let Err(r) = check_keys(
+            o,
+            &[
+                "reference",
+                "loginAccount",
+                "linkedAccount",
+                "operatingAccount",
+                "productDestinationId",
+            ],
+            &at,
+        ) {
             return r;
         }
         let account = |name: &str| -> Result<Option<String>, Response> {
-            let Some(a) = o.get(name) else { return Ok(None) };
+            let Some(a) = o.get(name) else {
+                return Ok(None);
+            };
             let Some(a) = a.as_object() else {
                 return Err(bad_json(&format!("Invalid value at '{at}.{name}'.")));
             };
-            check_keys(a, &["accountType", "product", "accountId"], &format!("{at}.{name}"))?;
-            let kind = a.get("accountType").or_else(|| a.get("product")).and_then(Value::as_str).unwrap_or("");
+            check_keys(
+                a,
+                &["accountType", "product", "accountId"],
+                &format!("{at}.{name}"),
+            )?;
+            let kind = a
+                .get("accountType")
+                .or_else(|| a.get("product"))
+                .and_then(Value::as_str)
+                .unwrap_or("");
             if kind != "GOOGLE_ADS" {
-                return Err(dm_invalid("INVALID_DESTINATION", &[(format!("destinations.{at}.{name}"), "INVALID_DESTINATION".into(), "This fake knows only GOOGLE_ADS accounts.".into())]));
+                return Err(dm_invalid(
+                    "INVALID_DESTINATION",
+                    &[(
+                        format!("destinations.{at}.{name}"),
+                        "INVALID_DESTINATION".into(),
+                        "This fake knows only GOOGLE_ADS accounts.".into(),
+                    )],
+                ));
             }
             let id = a.get("accountId").and_then(Value::as_str).unwrap_or("");
             if id.len() != 10 || !id.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(dm_invalid("INVALID_DESTINATION", &[(format!("destinations.{at}.{name}.account_id"), "INVALID_FORMAT".into(), "Account ID must be 10 digits without dashes.".into())]));
+                return Err(dm_invalid(
+                    "INVALID_DESTINATION",
+                    &[(
+                        format!("destinations.{at}.{name}.account_id"),
+                        "INVALID_FORMAT".into(),
+                        "Account ID must be 10 digits without dashes.".into(),
+                    )],
+                ));
             }
             Ok(Some(id.to_string()))
         };
         let operating = match account("operatingAccount") {
             Ok(Some(id)) => id,
-            Ok(None) => return dm_invalid("REQUIRED_FIELD_MISSING", &[(format!("destinations.{at}.operating_account"), "REQUIRED_FIELD_MISSING".into(), String::new())]),
+            Ok(None) => {
+                return dm_invalid(
+                    "REQUIRED_FIELD_MISSING",
+                    &[(
+                        format!("destinations.{at}.operating_account"),
+                        "REQUIRED_FIELD_MISSING".into(),
+                        String::new(),
+                    )],
+                )
+            }
             Err(r) => return r,
         };
         let login = match account("loginAccount") {
@@ -1342,29 +1431,64 @@ fn data_manager(
             Some(Some(manager)) => login.as_deref() == Some(manager.as_str()),
         };
         if !reachable {
-            return dm_error(403, "PERMISSION_DENIED", "PERMISSION_DENIED", "The caller does not have permission", &[]);
+            return dm_error(
+                403,
+                "PERMISSION_DENIED",
+                "PERMISSION_DENIED",
+                "The caller does not have permission",
+                &[],
+            );
         }
-        let list = o.get("productDestinationId").and_then(Value::as_str).unwrap_or("");
+        let list = o
+            .get("productDestinationId")
+            .and_then(Value::as_str)
+            .unwrap_or("");
         let resource = list_resource(&operating, list);
         if list.is_empty() || !st.lists.contains_key(&resource) {
-            return dm_invalid("INVALID_USER_LIST_ID", &[(format!("destinations.{at}.product_destination_id"), "INVALID_USER_LIST_ID".into(), "User list is not valid.".into())]);
+            return dm_invalid(
+                "INVALID_USER_LIST_ID",
+                &[(
+                    format!("destinations.{at}.product_destination_id"),
+                    "INVALID_USER_LIST_ID".into(),
+                    "User list is not valid.".into(),
+                )],
+            );
         }
         lists.push(resource);
     }
 
     if !remove {
-        let tos = body.pointer("/termsOfService/customerMatchTermsOfServiceStatus").and_then(Value::as_str);
+        let tos = body
+            .pointer("/termsOfService/customerMatchTermsOfServiceStatus")
+            .and_then(Value::as_str);
         if tos != Some("ACCEPTED") {
-            return dm_invalid("TERMS_AND_CONDITIONS_NOT_SIGNED", &[("terms_of_service".into(), "TERMS_AND_CONDITIONS_NOT_SIGNED".into(), "Required terms and conditions are not accepted.".into())]);
+            return dm_invalid(
+                "TERMS_AND_CONDITIONS_NOT_SIGNED",
+                &[(
+                    "terms_of_service".into(),
+                    "TERMS_AND_CONDITIONS_NOT_SIGNED".into(),
+                    "Required terms and conditions are not accepted.".into(),
+                )],
+            );
         }
         if let Some(c) = obj.get("consent") {
-            let Some(c) = c.as_object() else { return bad_json("Invalid value at 'consent'.") };
+            let Some(c) = c.as_object() else {
+                return bad_json("Invalid value at 'consent'.");
+            };
             if let Err(r) = check_keys(c, &["adUserData", "adPersonalization"], "consent") {
                 return r;
             }
             for v in c.values() {
-                if !["CONSENT_GRANTED", "CONSENT_DENIED", "CONSENT_STATUS_UNSPECIFIED"].contains(&v.as_str().unwrap_or("")) {
-                    return bad_json(&format!("Invalid value at 'consent' ({v}), not a ConsentStatus."));
+                if ![
+                    "CONSENT_GRANTED",
+                    "CONSENT_DENIED",
+                    "CONSENT_STATUS_UNSPECIFIED",
+                ]
+                .contains(&v.as_str().unwrap_or(""))
+                {
+                    return bad_json(&format!(
+                        "Invalid value at 'consent' ({v}), not a ConsentStatus."
+                    ));
                 }
             }
         }
@@ -1377,12 +1501,30 @@ fn data_manager(
     }
 
     // Members.
-    let members = obj.get("audienceMembers").and_then(Value::as_array).cloned().unwrap_or_default();
+    let members = obj
+        .get("audienceMembers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if members.is_empty() {
-        return dm_invalid("REQUIRED_FIELD_MISSING", &[("audience_members".into(), "REQUIRED_FIELD_MISSING".into(), String::new())]);
+        return dm_invalid(
+            "REQUIRED_FIELD_MISSING",
+            &[(
+                "audience_members".into(),
+                "REQUIRED_FIELD_MISSING".into(),
+                String::new(),
+            )],
+        );
     }
     if members.len() > DM_MAX_MEMBERS {
-        return dm_invalid("TOO_MANY_AUDIENCE_MEMBERS", &[("audience_members".into(), "TOO_MANY_AUDIENCE_MEMBERS".into(), "Maximum number of audience members allowed per request is 10,000.".into())]);
+        return dm_invalid(
+            "TOO_MANY_AUDIENCE_MEMBERS",
+            &[(
+                "audience_members".into(),
+                "TOO_MANY_AUDIENCE_MEMBERS".into(),
+                "Maximum number of audience members allowed per request is 10,000.".into(),
+            )],
+        );
     }
     let mut violations: Vec<(String, String, String)> = Vec::new();
     let mut kinds = BTreeSet::new();
@@ -1392,34 +1534,77 @@ fn data_manager(
         let Some(o) = m.as_object() else {
             return bad_json(&format!("Invalid value at 'audience_members[{n}]'."));
         };
-        if let Err(r) = check_keys(o, &["destinationReferences", "consent", "userData", "pairData", "mobileData", "userIdData", "ppidData"], &format!("audience_members[{n}]")) {
+        if let Err(r) = check_keys(
+            o,
+            &[
+                "destinationReferences",
+                "consent",
+                "userData",
+                "pairData",
+                "mobileData",
+                "userIdData",
+                "ppidData",
+            ],
+            &format!("audience_members[{n}]"),
+        ) {
             return r;
         }
-        let set: Vec<&String> = o.keys().filter(|k| !matches!(k.as_str(), "destinationReferences" | "consent")).collect();
+        let set: Vec<&String> = o
+            .keys()
+            .filter(|k| !matches!(k.as_str(), "destinationReferences" | "consent"))
+            .collect();
         if set.len() != 1 {
-            return bad_json(&format!("Oneof field 'data' is already set. Cannot set '{}' at 'audience_members[{n}]'.", set.get(1).map(|s| s.as_str()).unwrap_or("(none)")));
+            return bad_json(&format!(
+                "Oneof field 'data' is already set. Cannot set '{}' at 'audience_members[{n}]'.",
+                set.get(1).map(|s| s.as_str()).unwrap_or("(none)")
+            ));
         }
         let kind = set[0].as_str();
         kinds.insert(kind.to_string());
         let value = &o[kind];
         let mut bad = |reason: &str, field: &str, description: &str| {
-            violations.push((format!("{at}{field}"), reason.to_string(), description.to_string()));
+            violations.push((
+                format!("{at}{field}"),
+                reason.to_string(),
+                description.to_string(),
+            ));
         };
         let mut values: Vec<String> = Vec::new();
         match kind {
             "userData" => {
-                let ids = value.get("userIdentifiers").and_then(Value::as_array).cloned().unwrap_or_default();
+                let ids = value
+                    .get("userIdentifiers")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 if ids.is_empty() {
                     bad("REQUIRED_FIELD_MISSING", ".user_data.user_identifiers", "");
                 } else if ids.len() > DM_MAX_IDENTIFIERS {
-                    bad("TOO_MANY_USER_IDENTIFIERS", ".user_data.user_identifiers", "Maximum number of user identifiers allowed per audience member is 10.");
+                    bad(
+                        "TOO_MANY_USER_IDENTIFIERS",
+                        ".user_data.user_identifiers",
+                        "Maximum number of user identifiers allowed per audience member is 10.",
+                    );
                 }
                 if encoding.is_none() {
-                    return dm_invalid("REQUIRED_FIELD_MISSING", &[("encoding".into(), "REQUIRED_FIELD_MISSING".into(), "Encoding is required for UserData uploads.".into())]);
+                    return dm_invalid(
+                        "REQUIRED_FIELD_MISSING",
+                        &[(
+                            "encoding".into(),
+                            "REQUIRED_FIELD_MISSING".into(),
+                            "Encoding is required for UserData uploads.".into(),
+                        )],
+                    );
                 }
                 for id in &ids {
-                    let Some(io) = id.as_object() else { return bad_json("Invalid value at 'user_identifiers'.") };
-                    if let Err(r) = check_keys(io, &["emailAddress", "phoneNumber", "address"], &format!("audience_members[{n}].user_data.user_identifiers")) {
+                    let Some(io) = id.as_object() else {
+                        return bad_json("Invalid value at 'user_identifiers'.");
+                    };
+                    if let Err(r) = check_keys(
+                        io,
+                        &["emailAddress", "phoneNumber", "address"],
+                        &format!("audience_members[{n}].user_data.user_identifiers"),
+                    ) {
                         return r;
                     }
                     if io.len() != 1 {
@@ -1429,28 +1614,49 @@ fn data_manager(
                     let hashes: Vec<String> = match field.as_str() {
                         "address" => {
                             let a = v.as_object().cloned().unwrap_or_default();
-                            if let Err(r) = check_keys(&a, &["givenName", "familyName", "regionCode", "postalCode"], "address") {
+                            if let Err(r) = check_keys(
+                                &a,
+                                &["givenName", "familyName", "regionCode", "postalCode"],
+                                "address",
+                            ) {
                                 return r;
                             }
                             for f in ["givenName", "familyName", "regionCode", "postalCode"] {
                                 if a.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
-                                    bad("REQUIRED_FIELD_MISSING", ".user_data.user_identifiers", &format!("{f} is required."));
+                                    bad(
+                                        "REQUIRED_FIELD_MISSING",
+                                        ".user_data.user_identifiers",
+                                        &format!("{f} is required."),
+                                    );
                                 }
                             }
                             let rc = a.get("regionCode").and_then(Value::as_str).unwrap_or("");
                             if rc.len() != 2 || !rc.bytes().all(|b| b.is_ascii_uppercase()) {
-                                bad("INVALID_FORMAT", ".user_data.user_identifiers", "Region code must be ISO-3166-1 alpha-2.");
+                                bad(
+                                    "INVALID_FORMAT",
+                                    ".user_data.user_identifiers",
+                                    "Region code must be ISO-3166-1 alpha-2.",
+                                );
                             }
                             if let Some(p) = a.get("postalCode").and_then(Value::as_str) {
                                 values.push(p.to_string());
                             }
-                            ["givenName", "familyName"].iter().filter_map(|f| a.get(*f).and_then(Value::as_str).map(str::to_string)).collect()
+                            ["givenName", "familyName"]
+                                .iter()
+                                .filter_map(|f| {
+                                    a.get(*f).and_then(Value::as_str).map(str::to_string)
+                                })
+                                .collect()
                         }
                         _ => vec![v.as_str().unwrap_or("").to_string()],
                     };
                     for h in hashes {
                         if encoding == Some("HEX") && !is_hex(&h) {
-                            bad("INVALID_HEX_ENCODING", ".user_data.user_identifiers", "Email is not hex encoded.");
+                            bad(
+                                "INVALID_HEX_ENCODING",
+                                ".user_data.user_identifiers",
+                                "Email is not hex encoded.",
+                            );
                         } else if encoding == Some("HEX") && h.len() != 64 {
                             bad("INVALID_SHA256_FORMAT", "", "");
                         }
@@ -1459,16 +1665,28 @@ fn data_manager(
                 }
             }
             "mobileData" => {
-                let ids = value.get("mobileIds").and_then(Value::as_array).cloned().unwrap_or_default();
+                let ids = value
+                    .get("mobileIds")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
                 if ids.is_empty() {
                     bad("REQUIRED_FIELD_MISSING", ".mobile_data.mobile_ids", "");
                 } else if ids.len() > DM_MAX_IDENTIFIERS {
-                    bad("TOO_MANY_USER_IDENTIFIERS", ".mobile_data.mobile_ids", "At most 10 mobileIds can be provided in a single AudienceMember.");
+                    bad(
+                        "TOO_MANY_USER_IDENTIFIERS",
+                        ".mobile_data.mobile_ids",
+                        "At most 10 mobileIds can be provided in a single AudienceMember.",
+                    );
                 }
                 for id in ids {
                     let v = id.as_str().unwrap_or("");
                     if v.is_empty() || v.len() > 64 {
-                        bad("INVALID_MOBILE_ID_FORMAT", ".mobile_data.mobile_ids", "Mobile ID format is not valid.");
+                        bad(
+                            "INVALID_MOBILE_ID_FORMAT",
+                            ".mobile_data.mobile_ids",
+                            "Mobile ID format is not valid.",
+                        );
                     }
                     values.push(v.to_string());
                 }
@@ -1480,11 +1698,18 @@ fn data_manager(
                 }
                 values.push(v.to_string());
             }
-            _ => bad("INVALID_AUDIENCE_MEMBER", "", "This fake takes userData, mobileData and userIdData."),
+            _ => bad(
+                "INVALID_AUDIENCE_MEMBER",
+                "",
+                "This fake takes userData, mobileData and userIdData.",
+            ),
         }
         for v in values {
             if let Some((code, message)) = st.rejects.get(&v) {
-                let reason = code.as_str().map(str::to_string).unwrap_or_else(|| code.to_string());
+                let reason = code
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| code.to_string());
                 bad(&reason, "", message);
             }
         }
@@ -1493,7 +1718,14 @@ fn data_manager(
         data.push(Value::Object(one));
     }
     if kinds.len() > 1 {
-        return dm_invalid("MULTIPLE_DATA_TYPES_NOT_ALLOWED", &[("audience_members".into(), "MULTIPLE_DATA_TYPES_NOT_ALLOWED".into(), "Multiple data types are not allowed to be ingested in a single request.".into())]);
+        return dm_invalid(
+            "MULTIPLE_DATA_TYPES_NOT_ALLOWED",
+            &[(
+                "audience_members".into(),
+                "MULTIPLE_DATA_TYPES_NOT_ALLOWED".into(),
+                "Multiple data types are not allowed to be ingested in a single request.".into(),
+            )],
+        );
     }
     // The list's upload key type decides the data type it takes.
     let kind = kinds.into_iter().next().unwrap_or_default();
@@ -1504,7 +1736,14 @@ fn data_manager(
             _ => kind == "userData",
         };
         if !fits {
-            return dm_invalid("INVALID_USER_LIST_TYPE", &[("audience_members".into(), "INVALID_USER_LIST_TYPE".into(), "Type of the user list is not applicable for this request.".into())]);
+            return dm_invalid(
+                "INVALID_USER_LIST_TYPE",
+                &[(
+                    "audience_members".into(),
+                    "INVALID_USER_LIST_TYPE".into(),
+                    "Type of the user list is not applicable for this request.".into(),
+                )],
+            );
         }
     }
     if !violations.is_empty() {
@@ -1520,8 +1759,10 @@ fn data_manager(
             let gone: BTreeSet<String> = data.iter().flat_map(identifier_texts).collect();
             stored.retain(|m| !identifier_texts(m).iter().any(|x| gone.contains(x)));
         } else {
+            let mut present: std::collections::HashSet<String> =
+                stored.iter().map(Value::to_string).collect();
             for m in &data {
-                if !stored.contains(m) {
+                if present.insert(m.to_string()) {
                     stored.push(m.clone());
                 }
             }
@@ -1533,13 +1774,22 @@ fn data_manager(
 
 /// Each identifier of a stored member as JSON text.
 fn identifier_texts(member: &Value) -> Vec<String> {
-    if let Some(ids) = member.pointer("/userData/userIdentifiers").and_then(Value::as_array) {
+    if let Some(ids) = member
+        .pointer("/userData/userIdentifiers")
+        .and_then(Value::as_array)
+    {
         return ids.iter().map(Value::to_string).collect();
     }
-    if let Some(ids) = member.pointer("/mobileData/mobileIds").and_then(Value::as_array) {
+    if let Some(ids) = member
+        .pointer("/mobileData/mobileIds")
+        .and_then(Value::as_array)
+    {
         return ids.iter().map(Value::to_string).collect();
     }
-    member.pointer("/userIdData/userId").map(|v| vec![v.to_string()]).unwrap_or_default()
+    member
+        .pointer("/userIdData/userId")
+        .map(|v| vec![v.to_string()])
+        .unwrap_or_default()
 }
 
 /// `GET /v1/accountTypes/GOOGLE_ADS/accounts/{id}/userLists/{list}` with an optional
@@ -1547,7 +1797,10 @@ fn identifier_texts(member: &Value) -> Vec<String> {
 fn dm_get_user_list(st: &FakeState, path: &str, headers: &HeaderMap) -> Response {
     let parts: Vec<&str> = path.trim_start_matches("/v1/").split('/').collect();
     let ["accountTypes", "GOOGLE_ADS", "accounts", account, "userLists", list] = parts[..] else {
-        return reply(404, json!({"error": {"code": 404, "message": format!("Method not found: {path}"), "status": "NOT_FOUND"}}));
+        return reply(
+            404,
+            json!({"error": {"code": 404, "message": format!("Method not found: {path}"), "status": "NOT_FOUND"}}),
+        );
     };
     let login = headers
         .get("login-account")
@@ -1559,7 +1812,13 @@ fn dm_get_user_list(st: &FakeState, path: &str, headers: &HeaderMap) -> Response
         Some(Some(manager)) => login == Some(manager.as_str()),
     };
     if !reachable {
-        return dm_error(403, "PERMISSION_DENIED", "PERMISSION_DENIED", "The caller does not have permission", &[]);
+        return dm_error(
+            403,
+            "PERMISSION_DENIED",
+            "PERMISSION_DENIED",
+            "The caller does not have permission",
+            &[],
+        );
     }
     let resource = list_resource(account, list);
     let Some((name, _)) = st.lists.get(&resource) else {

@@ -114,6 +114,24 @@ pub fn parse_duration_ms(s: &str) -> Option<u64> {
     (secs.is_finite() && secs >= 0.0).then_some((secs * 1000.0) as u64)
 }
 
+/// Whether an error code says the developer token / customer may not upload Customer Match
+/// data through the Google Ads API any more (since 2026-04-01 only allowlisted tokens may:
+/// https://developers.google.com/ads/blog/posts/2026/03/changes-to-customer-match-support-in).
+pub fn is_not_allowlisted(code: &str) -> bool {
+    matches!(
+        code,
+        "notAllowlistedError.CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"
+            | "userDataError.OPERATIONS_FOR_CUSTOMER_MATCH_NOT_ALLOWED"
+    )
+}
+
+/// What to tell the operator when Google refuses Customer Match through the Google Ads API.
+pub fn not_allowlisted_message(google: &str) -> String {
+    format!(
+        "Google no longer accepts Customer Match uploads through the Google Ads API from this developer token ({google}); use the Data Manager API: set api = \"data_manager\" (the default) with an OAuth token of the https://www.googleapis.com/auth/datamanager scope"
+    )
+}
+
 /// What a failed call means.
 #[derive(Debug, Clone)]
 pub enum Failure {
@@ -157,6 +175,10 @@ pub fn classify(response: &Response, now_unix: u64) -> Failure {
     }
 
     let has = |prefix: &str| errors.iter().any(|e| e.code.starts_with(prefix));
+    // Before the 403 → unauthorized rule: the credentials are fine, the API path is closed.
+    if errors.iter().any(|e| is_not_allowlisted(&e.code)) {
+        return Failure::InvalidConfig(not_allowlisted_message(&text));
+    }
     let quota = status_name == "RESOURCE_EXHAUSTED" || response.status == 429 || has("quotaError");
     if quota {
         let delay = errors
@@ -323,6 +345,34 @@ mod tests {
             classify(&resp(503, Value::Null), 0),
             Failure::Retry(_)
         ));
+    }
+
+    /// G1: the errors of a developer token Google no longer allowlists for Customer Match are
+    /// a configuration problem naming the Data Manager API, whatever the HTTP status.
+    #[test]
+    fn not_allowlisted_is_invalid_config_naming_data_manager() {
+        for (status, name, code) in [
+            (
+                403,
+                "PERMISSION_DENIED",
+                serde_json::json!({"notAllowlistedError": "CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"}),
+            ),
+            (
+                400,
+                "INVALID_ARGUMENT",
+                serde_json::json!({"userDataError": "OPERATIONS_FOR_CUSTOMER_MATCH_NOT_ALLOWED"}),
+            ),
+        ] {
+            match classify(&resp(status, failure(status, name, code, Value::Null)), 0) {
+                Failure::InvalidConfig(m) => {
+                    assert!(
+                        m.contains("Data Manager API") && m.contains("api = \"data_manager\""),
+                        "{m}"
+                    )
+                }
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

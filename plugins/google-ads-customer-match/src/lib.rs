@@ -1,55 +1,82 @@
 //! Google Ads Customer Match destination.
 //!
-//! Adds people to (`upsert`) or removes them from (`delete`) a Customer Match user list with
-//! the REST OfflineUserDataJobService: `offlineUserDataJobs:create` (type
-//! `CUSTOMER_MATCH_USER_LIST`, the list's resource name, optional consent) →
-//! `offlineUserDataJobs/{id}:addOperations` (one `create` or `remove` operation per record,
-//! `enablePartialFailure: true`, at most 100,000 user identifiers per request) → `:run`.
+//! Adds people to (`upsert`) or removes them from (`delete`) a Customer Match user list through
+//! one of two Google APIs, chosen by the `api` setting:
 //!
-//! Record fields read (all optional, at least one identifier needed):
+//! - `data_manager` (the default): the Data Manager API, `POST
+//!   https://datamanager.googleapis.com/v1/audienceMembers:ingest` / `:remove`, one request per
+//!   batch of up to 10,000 members. Since 2026-04-01 this is the only way for new Customer Match
+//!   integrations (Google Ads developer blog, 2026-03-04).
+//! - `google_ads`: the Google Ads API's OfflineUserDataJobService (`offlineUserDataJobs:create`
+//!   → `:addOperations` → `:run`), for developer tokens Google still allowlists for it.
 //!
-//! | field | user identifier |
-//! |---|---|
-//! | `email` | `hashedEmail`: trimmed, lowercased; for gmail.com/googlemail.com dots and `+suffix` dropped; SHA-256 hex |
-//! | `phone` | `hashedPhoneNumber`: E.164 with `+` (`default_phone_country_code` for national numbers); SHA-256 hex |
-//! | `first_name`, `last_name`, `country` (or `country_code`), `zip` (or `postal_code`) | `addressInfo`: `hashedFirstName`, `hashedLastName` (trimmed, lowercased, SHA-256 hex), `countryCode` (ISO alpha-2, `default_country` when missing), `postalCode` (as is); sent only when all four are known |
-//! | `mobile_id` | `mobileId` (IDFA/AAID, as is) |
-//! | `crm_id` | `thirdPartyUserId` (as is) |
+//! A list has one upload key type (`upload_key_type`): `contact_info` lists get hashed email,
+//! phone and address; `crm_id` lists the record's `crm_id`; `mobile_id` lists its `mobile_id`.
+//! Identifiers of other kinds are never mixed in (Google refuses the whole member).
 //!
-//! A value that already is a 64-character SHA-256 hex digest is sent as is (lowercased).
-//! Operations the API refuses in `partialFailureError` (matched by
-//! `location.fieldPathElements[operations].index`) are rejected with Google's message; quota
-//! errors (HTTP 429 / `RESOURCE_EXHAUSTED`, `quotaError.*`) and transient errors are retried,
-//! after the `retryDelay` Google gives; `UNAUTHENTICATED` / `PERMISSION_DENIED` fail the call as
-//! unauthorized.
+//! The README has the full table of record fields, requests and result mapping.
 
 mod ads;
+mod data_manager;
 pub mod normalize;
+mod offline_jobs;
 
 use serde::Deserialize;
 use switchyard_sdk::{
-    debug, http::Request, info, schemars, serde_json, time, warn, Action, CallError, Capabilities,
-    Context, Destination, OutboundRecord, Plugin, RecordResult, Retry,
+    http::Request, schemars, serde_json, sunset::Sunset, Action, CallError, Capabilities, Context,
+    Destination, OutboundRecord, Plugin, RecordResult,
 };
 
-use ads::{classify, partial_failures, Failure};
-use serde_json::{json, Value};
+use normalize::{Identifier, UploadKeyType};
+use serde_json::Value;
 
-const API: &str = "https://googleads.googleapis.com";
 const TOKEN_URL: &str = "https://oauth2.googleapis.com/token";
-/// Google's limit of user identifiers in one addOperations request.
-pub const MAX_IDENTIFIERS_PER_REQUEST: usize = 100_000;
-/// Google's limit of user identifiers in one operation.
-pub const MAX_IDENTIFIERS_PER_OPERATION: usize = 20;
-/// Operations per request Google recommends (and the plugin's batch size).
-pub const OPERATIONS_PER_REQUEST: usize = 10_000;
+
+/// The Google Ads API version used by default (`api = "google_ads"` only).
+pub const DEFAULT_VERSION: &str = "v26";
+
+/// Sunset dates of Google Ads API versions the default may be, from Google's timetable
+/// (https://developers.google.com/google-ads/api/docs/sunset-dates, checked 2026-12-06; major
+/// versions live about 12 months). Months Google gives without a day are entered as their first
+/// day, so the check errs early.
+pub const SUNSETS: &[Sunset] = &[
+    Sunset {
+        version: "v20",
+        sunset: "2026-06-01",
+        source: "https://developers.google.com/google-ads/api/docs/sunset-dates (v20 released 2025-06-04, ~12 months)",
+    },
+    Sunset {
+        version: "v23",
+        sunset: "2027-02-01",
+        source: "https://developers.google.com/google-ads/api/docs/sunset-dates (v23 released 2026-01, ~12 months)",
+    },
+    Sunset {
+        version: "v26",
+        sunset: "2027-11-01",
+        source: "https://developers.google.com/ads/blog/posts/2025/09/more-frequent-releases-coming-for (v26 projected sunset November 2027)",
+    },
+];
 
 fn default_version() -> String {
-    "v26".to_string()
+    DEFAULT_VERSION.to_string()
+}
+
+/// Which Google API carries the uploads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// The Data Manager API (`audienceMembers:ingest` / `:remove`): OAuth with the
+    /// `datamanager` scope, no developer token. Required for new Customer Match integrations
+    /// since 2026-04-01.
+    #[default]
+    DataManager,
+    /// The Google Ads API's OfflineUserDataJobService: only for developer tokens Google kept on
+    /// its Customer Match allowlist (others get `CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE`).
+    GoogleAds,
 }
 
 /// Consent the user list's members gave (EU user consent policy).
-#[derive(Debug, Clone, Copy, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum ConsentStatus {
     Granted,
@@ -58,11 +85,20 @@ pub enum ConsentStatus {
 }
 
 impl ConsentStatus {
-    fn as_str(self) -> &'static str {
+    /// Google Ads API `ConsentStatus`.
+    fn google_ads(self) -> &'static str {
         match self {
             ConsentStatus::Granted => "GRANTED",
             ConsentStatus::Denied => "DENIED",
             ConsentStatus::Unspecified => "UNSPECIFIED",
+        }
+    }
+    /// Data Manager API `ConsentStatus`.
+    fn data_manager(self) -> &'static str {
+        match self {
+            ConsentStatus::Granted => "CONSENT_GRANTED",
+            ConsentStatus::Denied => "CONSENT_DENIED",
+            ConsentStatus::Unspecified => "CONSENT_STATUS_UNSPECIFIED",
         }
     }
 }
@@ -75,10 +111,23 @@ pub struct Config {
     pub customer_id: String,
     /// The Customer Match user list id (digits), as in `customers/{customer_id}/userLists/{id}`.
     pub user_list_id: String,
-    /// The manager account to act through (`login-customer-id`), when access goes via an MCC.
+    /// The manager account to act through, when access goes via an MCC (Data Manager
+    /// `loginAccount`, Google Ads `login-customer-id`).
     #[serde(default)]
     pub login_customer_id: Option<String>,
-    /// Google Ads API version, e.g. `v26`.
+    /// `data_manager` (default) or `google_ads` (OfflineUserDataJobService; allowlisted
+    /// developer tokens only).
+    #[serde(default)]
+    pub api: Api,
+    /// The list's upload key type: `contact_info` (default), `crm_id` or `mobile_id`.
+    #[serde(default)]
+    pub upload_key_type: UploadKeyType,
+    /// Set to true once the account accepted Google's Customer Match terms
+    /// (https://support.google.com/adspolicy/answer/6299717); sent as the Data Manager
+    /// `termsOfService`, which uploads to Customer Match lists require.
+    #[serde(default)]
+    pub customer_match_terms_accepted: bool,
+    /// Google Ads API version, e.g. `v26` (`api = "google_ads"` only).
     #[serde(default = "default_version")]
     pub api_version: String,
     /// Country calling code (digits, e.g. `1`) for phone numbers written without one.
@@ -87,10 +136,10 @@ pub struct Config {
     /// ISO 3166-1 alpha-2 country (e.g. `US`) for the address of records without `country`.
     #[serde(default)]
     pub default_country: Option<String>,
-    /// Consent for using the members' data for advertising (`ad_user_data`).
+    /// Consent for using the members' data for advertising (`ad_user_data`), sent with upserts.
     #[serde(default)]
     pub consent_ad_user_data: Option<ConsentStatus>,
-    /// Consent for personalised advertising (`ad_personalization`).
+    /// Consent for personalised advertising (`ad_personalization`), sent with upserts.
     #[serde(default)]
     pub consent_ad_personalization: Option<ConsentStatus>,
 }
@@ -103,16 +152,17 @@ impl Plugin for CustomerMatch {
     fn capabilities() -> Capabilities {
         Capabilities::new()
             .name("google-ads-customer-match")
+            .allowed_host("datamanager.googleapis.com")
             .allowed_host("googleads.googleapis.com")
             .allowed_host("oauth2.googleapis.com")
             .secret(
                 "developer_token",
-                "Google Ads API developer token (sent as the developer-token header)",
-                true,
+                "Google Ads API developer token (only for api = \"google_ads\"; sent as the developer-token header)",
+                false,
             )
             .secret(
                 "access_token",
-                "OAuth 2.0 access token with the adwords scope; or set refresh_token, client_id and client_secret instead",
+                "OAuth 2.0 access token with the datamanager scope (api = \"google_ads\": adwords); or set refresh_token, client_id and client_secret instead",
                 false,
             )
             .secret(
@@ -122,52 +172,24 @@ impl Plugin for CustomerMatch {
             )
             .secret("client_id", "OAuth 2.0 client id (with refresh_token)", false)
             .secret("client_secret", "OAuth 2.0 client secret (with refresh_token)", false)
-            .max_batch_size(OPERATIONS_PER_REQUEST as u32)
-            // Each delivery is a create/addOperations/run job; Google throttles per developer
-            // token and recommends few, large requests.
+            .max_batch_size(data_manager::MAX_MEMBERS as u32)
+            // One request per delivery (Data Manager: 300 requests/min per Cloud project);
+            // OfflineUserDataJobService jobs are throttled per developer token.
             .default_rate_per_second(1.0)
             .actions(&[Action::Upsert, Action::Delete])
     }
 
-    /// A read of the user list with `googleAds:search` (GAQL): proves the developer token,
-    /// the OAuth token and access to the customer, and that the list exists and is a CRM list.
+    /// Exercises the write path without changing anything: Data Manager reads the list's
+    /// upload key type and sends a `validateOnly` ingest; Google Ads reads the list with GAQL
+    /// and creates a `validateOnly` job. A wrong token, account, list, key type, terms or a
+    /// developer token without Customer Match access fails here, not as dead letters.
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {
         let ids = Ids::from_config(&ctx.config)?;
         let auth = bearer(ctx)?;
-        let query = format!(
-            "SELECT user_list.id, user_list.name, user_list.type FROM user_list WHERE user_list.id = {}",
-            ids.user_list
-        );
-        let url = format!(
-            "{API}/{}/customers/{}/googleAds:search",
-            ctx.config.api_version, ids.customer
-        );
-        let response = headers(ctx, &ids, &auth, Request::post(&url))
-            .json(&json!({ "query": query }))
-            .send()?;
-        if !response.is_success() {
-            return Err(call_error(classify(&response, time::now_unix())));
+        match ctx.config.api {
+            Api::DataManager => data_manager::check(ctx, &ids, &auth),
+            Api::GoogleAds => offline_jobs::check(ctx, &ids, &auth),
         }
-        let body: Value = response.json()?;
-        let Some(list) = body.pointer("/results/0/userList") else {
-            return Err(CallError::InvalidConfig(format!(
-                "user list {} not found in customer {}",
-                ids.user_list, ids.customer
-            )));
-        };
-        let kind = list.get("type").and_then(Value::as_str).unwrap_or("");
-        if !kind.is_empty() && kind != "CRM_BASED" {
-            return Err(CallError::InvalidConfig(format!(
-                "user list {} is of type {kind}; Customer Match needs a CRM_BASED list",
-                ids.user_list
-            )));
-        }
-        info!(
-            "user list {} ({}) is reachable",
-            ids.user_list,
-            list.get("name").and_then(Value::as_str).unwrap_or("")
-        );
-        Ok(())
     }
 }
 
@@ -178,278 +200,65 @@ impl Destination for CustomerMatch {
         batch: Vec<OutboundRecord>,
     ) -> Result<Vec<RecordResult>, CallError> {
         let ids = Ids::from_config(&ctx.config)?;
-        let kind =
+        let remove =
             match action {
-                Action::Upsert => "create",
-                Action::Delete => "remove",
+                Action::Upsert => false,
+                Action::Delete => true,
                 Action::Track => return Err(CallError::InvalidConfig(
                     "google-ads-customer-match syncs list membership (upsert/delete), not events"
                         .into(),
                 )),
             };
+        if !remove {
+            refuse_denied_consent(&ctx.config)?;
+        }
         let opts = normalize::Options {
             default_country_code: ctx.config.default_phone_country_code.clone(),
             default_country: ctx.config.default_country.clone(),
         };
         let mut results = vec![RecordResult::Ok; batch.len()];
-        // (record index, userIdentifiers as JSON text): compact, so that a full batch of
-        // 10,000 records stays far inside the sandbox's memory cap.
-        let mut ops: Vec<(usize, Vec<String>)> = Vec::with_capacity(batch.len());
+        let mut members: Vec<(usize, Vec<Identifier>)> = Vec::with_capacity(batch.len());
         for (i, record) in batch.iter().enumerate() {
-            match normalize::user_identifiers(&record.fields, &opts) {
-                Ok(identifiers) => {
-                    ops.push((i, identifiers.iter().map(Value::to_string).collect()))
-                }
+            match normalize::identifiers(&record.fields, &opts, ctx.config.upload_key_type) {
+                Ok(found) => members.push((i, found)),
                 Err(reason) => {
-                    debug!("record {}: rejected before sending: {reason}", record.key);
+                    switchyard_sdk::debug!(
+                        "record {}: rejected before sending: {reason}",
+                        record.key
+                    );
                     results[i] = RecordResult::Rejected(reason);
                 }
             }
         }
-        if ops.is_empty() {
+        if members.is_empty() {
             return Ok(results);
         }
         let auth = bearer(ctx)?;
-        let base = format!(
-            "{API}/{}/customers/{}/offlineUserDataJobs",
-            ctx.config.api_version, ids.customer
-        );
-
-        // 1. Create the job.
-        let mut metadata = json!({ "userList": ids.user_list_resource() });
-        let mut consent = serde_json::Map::new();
-        if let Some(c) = ctx.config.consent_ad_user_data {
-            consent.insert("adUserData".into(), json!(c.as_str()));
-        }
-        if let Some(c) = ctx.config.consent_ad_personalization {
-            consent.insert("adPersonalization".into(), json!(c.as_str()));
-        }
-        if !consent.is_empty() {
-            metadata["consent"] = Value::Object(consent);
-        }
-        let body = json!({
-            "job": { "type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata": metadata },
-            "validateOnly": false,
-        });
-        let response = headers(ctx, &ids, &auth, Request::post(&format!("{base}:create")))
-            .json(&body)
-            .send()?;
-        if !response.is_success() {
-            return Err(call_error(classify(&response, time::now_unix())));
-        }
-        let created: Value = response.json()?;
-        let job = created
-            .get("resourceName")
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                CallError::Failed(
-                    "offlineUserDataJobs:create answered without a resourceName".into(),
-                )
-            })?
-            .to_string();
-        let job_url = format!("{API}/{}/{job}", ctx.config.api_version);
-        debug!("created {job} for {} operations", ops.len());
-
-        // 2. Add operations, in requests of at most 100,000 identifiers and 10,000 operations.
-        let chunks = chunk(&ops);
-        let mut sent_any = false;
-        for (n, range) in chunks.iter().enumerate() {
-            let part = &ops[range.clone()];
-            let body = add_operations_body(kind, part);
-            let response = match headers(
-                ctx,
-                &ids,
-                &auth,
-                Request::post(&format!("{job_url}:addOperations")),
-            )
-            .header("content-type", "application/json")
-            .body(body.into_bytes())
-            .send()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    let error: CallError = e.into();
-                    let reason = switchyard_sdk::outcome::describe_call_error(&error);
-                    for (i, _) in &ops[range.start..] {
-                        results[*i] = RecordResult::Retry(Retry {
-                            reason: reason.clone(),
-                            after_ms: None,
-                        });
-                    }
-                    break;
-                }
-            };
-            if response.is_success() {
-                sent_any = true;
-                let answer: Value = serde_json::from_slice(&response.body).unwrap_or(Value::Null);
-                let failures = partial_failures(&answer);
-                let mut rejected = 0;
-                for (op, errors) in &failures {
-                    let message = errors
-                        .iter()
-                        .map(|e| e.describe())
-                        .collect::<Vec<_>>()
-                        .join("; ");
-                    let targets: Vec<usize> = match op {
-                        Some(k) => part.get(*k).map(|(i, _)| *i).into_iter().collect(),
-                        // An error without an operation index concerns the whole request.
-                        None => part.iter().map(|(i, _)| *i).collect(),
-                    };
-                    for i in targets {
-                        results[i] = RecordResult::Rejected(format!("Google Ads: {message}"));
-                        rejected += 1;
-                    }
-                }
-                debug!(
-                    "{job} addOperations {} of {}: {} operations, {rejected} refused",
-                    n + 1,
-                    chunks.len(),
-                    part.len()
-                );
-                continue;
+        match ctx.config.api {
+            Api::DataManager => {
+                data_manager::deliver(ctx, &ids, &auth, remove, &members, &mut results)?
             }
-            let failure = classify(&response, time::now_unix());
-            warn!(
-                "{job} addOperations {} of {}: {}",
-                n + 1,
-                chunks.len(),
-                failure_text(&failure)
-            );
-            match failure {
-                // Bad credentials or a bad list before anything went in: the whole call fails.
-                f @ (Failure::Unauthorized(_) | Failure::InvalidConfig(_)) if !sent_any => {
-                    return Err(call_error(f))
-                }
-                Failure::Rejected(by_op, text) => {
-                    // Without partial failure (or for a request-level refusal) Google names
-                    // the operations at fault; the others were not applied, so they retry.
-                    let named: Vec<usize> = by_op.keys().flatten().copied().collect();
-                    for (k, (i, _)) in part.iter().enumerate() {
-                        results[*i] = match by_op.get(&Some(k)) {
-                            Some(errors) => RecordResult::Rejected(format!(
-                                "Google Ads: {}",
-                                errors.iter().map(|e| e.describe()).collect::<Vec<_>>().join("; ")
-                            )),
-                            None if named.is_empty() => {
-                                RecordResult::Rejected(format!("Google Ads: {text}"))
-                            }
-                            None => RecordResult::Retry(Retry {
-                                reason: format!("not applied: another operation of the request was refused ({text})"),
-                                after_ms: None,
-                            }),
-                        };
-                    }
-                }
-                other => {
-                    let retry = match other {
-                        Failure::Retry(r) => r,
-                        Failure::Unauthorized(m) | Failure::InvalidConfig(m) => Retry {
-                            reason: m,
-                            after_ms: None,
-                        },
-                        Failure::Rejected(_, m) => Retry {
-                            reason: m,
-                            after_ms: None,
-                        },
-                    };
-                    for (i, _) in &ops[range.start..] {
-                        results[*i] = RecordResult::Retry(retry.clone());
-                    }
-                    break;
-                }
-            }
-        }
-
-        // 3. Run the job so that what was added is applied.
-        if !sent_any {
-            return Ok(results);
-        }
-        let response = headers(ctx, &ids, &auth, Request::post(&format!("{job_url}:run")))
-            .json(&json!({ "validateOnly": false }))
-            .send();
-        let failure = match response {
-            Ok(r) if r.is_success() => {
-                let op: Value = serde_json::from_slice(&r.body).unwrap_or(Value::Null);
-                info!(
-                    "{job} running ({}): {} records",
-                    op.get("name").and_then(Value::as_str).unwrap_or("?"),
-                    results
-                        .iter()
-                        .filter(|r| matches!(r, RecordResult::Ok))
-                        .count()
-                );
-                return Ok(results);
-            }
-            Ok(r) => failure_text(&classify(&r, time::now_unix())),
-            Err(e) => e.to_string(),
-        };
-        warn!("{job}:run failed: {failure}");
-        for r in results.iter_mut() {
-            if matches!(r, RecordResult::Ok) {
-                *r = RecordResult::Retry(Retry {
-                    reason: format!("the job was not run: {failure}"),
-                    after_ms: None,
-                });
+            Api::GoogleAds => {
+                offline_jobs::deliver(ctx, &ids, &auth, remove, &members, &mut results)?
             }
         }
         Ok(results)
     }
 }
 
-/// The addOperations request body, written directly (no intermediate JSON tree).
-fn add_operations_body(kind: &str, part: &[(usize, Vec<String>)]) -> String {
-    let size: usize = part
-        .iter()
-        .map(|(_, ids)| ids.iter().map(|i| i.len() + 1).sum::<usize>() + 40)
-        .sum();
-    let mut body = String::with_capacity(size + 100);
-    body.push_str(
-        r#"{"enablePartialFailure":true,"enableWarnings":false,"validateOnly":false,"operations":["#,
-    );
-    for (k, (_, ids)) in part.iter().enumerate() {
-        if k > 0 {
-            body.push(',');
-        }
-        body.push_str(r#"{""#);
-        body.push_str(kind);
-        body.push_str(r#"":{"userIdentifiers":["#);
-        body.push_str(&ids.join(","));
-        body.push_str("]}}");
+/// Google fails Customer Match uploads whose `adUserData` consent is DENIED
+/// (`CUSTOMER_NOT_ACCEPTED_CUSTOMER_DATA_TERMS`): refuse before sending anything.
+fn refuse_denied_consent(c: &Config) -> Result<(), CallError> {
+    if c.consent_ad_user_data == Some(ConsentStatus::Denied) {
+        return Err(CallError::InvalidConfig(
+            "consent_ad_user_data = \"DENIED\": Google refuses Customer Match uploads without ad_user_data consent; sync only people who granted it (GRANTED) or leave it unset".into(),
+        ));
     }
-    body.push_str("]}");
-    body
+    Ok(())
 }
 
-/// Splits operations into requests of ≤ 10,000 operations and ≤ 100,000 identifiers.
-fn chunk<T>(ops: &[(usize, Vec<T>)]) -> Vec<std::ops::Range<usize>> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut identifiers = 0;
-    for (k, (_, ids)) in ops.iter().enumerate() {
-        if k > start
-            && (k - start >= OPERATIONS_PER_REQUEST
-                || identifiers + ids.len() > MAX_IDENTIFIERS_PER_REQUEST)
-        {
-            out.push(start..k);
-            start = k;
-            identifiers = 0;
-        }
-        identifiers += ids.len();
-    }
-    if start < ops.len() {
-        out.push(start..ops.len());
-    }
-    out
-}
-
-fn failure_text(f: &Failure) -> String {
-    match f {
-        Failure::Unauthorized(m) | Failure::InvalidConfig(m) | Failure::Rejected(_, m) => m.clone(),
-        Failure::Retry(r) => r.reason.clone(),
-    }
-}
-
-fn call_error(f: Failure) -> CallError {
+fn call_error(f: ads::Failure) -> CallError {
+    use ads::Failure;
     match f {
         Failure::Unauthorized(m) => CallError::Unauthorized(m),
         Failure::InvalidConfig(m) => CallError::InvalidConfig(m),
@@ -492,6 +301,7 @@ impl Ids {
             )));
         }
         let v = c.api_version.strip_prefix('v').unwrap_or("");
+
         if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
             return Err(CallError::InvalidConfig(format!(
                 "api_version `{}` must look like v26",
@@ -583,17 +393,6 @@ fn bearer(ctx: &Context<Config>) -> Result<String, CallError> {
     Ok(format!("Bearer {}", ctx.secret_placeholder("access_token")))
 }
 
-fn headers(ctx: &Context<Config>, ids: &Ids, auth: &str, request: Request) -> Request {
-    let mut r = request.header("authorization", auth).header(
-        "developer-token",
-        &ctx.secret_placeholder("developer_token"),
-    );
-    if let Some(login) = &ids.login {
-        r = r.header("login-customer-id", login);
-    }
-    r
-}
-
 fn urlencode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
@@ -612,6 +411,8 @@ switchyard_sdk::export_destination!(CustomerMatch);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use serde_json::json;
 
     fn cfg(v: Value) -> Config {
         serde_json::from_value(v).unwrap()
@@ -646,37 +447,32 @@ mod tests {
     }
 
     #[test]
-    fn requests_stay_within_googles_limits() {
-        let one = |n: usize| (0, vec![Value::Null; n]);
-        let ops: Vec<_> = (0..25_000).map(|_| one(1)).collect();
-        let c = chunk(&ops);
-        assert_eq!(c, vec![0..10_000, 10_000..20_000, 20_000..25_000]);
-        let body = add_operations_body(
-            "remove",
-            &[
-                (
-                    0,
-                    vec![
-                        r#"{"hashedEmail":"ab"}"#.to_string(),
-                        r#"{"mobileId":"x"}"#.to_string(),
-                    ],
-                ),
-                (1, vec![r#"{"hashedPhoneNumber":"cd"}"#.to_string()]),
-            ],
+    fn defaults_are_data_manager_and_contact_info() {
+        let c = cfg(json!({"customer_id": "1234567890", "user_list_id": "1"}));
+        assert_eq!(c.api, Api::DataManager);
+        assert_eq!(c.upload_key_type, UploadKeyType::ContactInfo);
+        assert!(!c.customer_match_terms_accepted);
+        let c = cfg(
+            json!({"customer_id": "1234567890", "user_list_id": "1", "api": "google_ads", "upload_key_type": "crm_id"}),
         );
-        let parsed: Value = serde_json::from_str(&body).unwrap();
         assert_eq!(
-            parsed,
-            json!({"enablePartialFailure": true, "enableWarnings": false, "validateOnly": false,
-            "operations": [{"remove": {"userIdentifiers": [{"hashedEmail": "ab"}, {"mobileId": "x"}]}},
-                           {"remove": {"userIdentifiers": [{"hashedPhoneNumber": "cd"}]}}]})
+            (c.api, c.upload_key_type),
+            (Api::GoogleAds, UploadKeyType::CrmId)
         );
-        let ops: Vec<_> = (0..9_000).map(|_| one(20)).collect();
-        let c = chunk(&ops);
-        assert!(c
-            .iter()
-            .all(|r| r.len() * 20 <= MAX_IDENTIFIERS_PER_REQUEST));
-        assert_eq!(c.iter().map(|r| r.len()).sum::<usize>(), 9_000);
-        assert_eq!(c[0], 0..5_000);
+        assert!(serde_json::from_value::<Config>(
+            json!({"customer_id": "1", "user_list_id": "1", "api": "adwords"})
+        )
+        .is_err());
+    }
+
+    /// The default Google Ads API version must have more than 60 days before its sunset.
+    #[test]
+    fn default_api_version_is_not_near_its_sunset() {
+        switchyard_sdk::sunset::assert_fresh(
+            DEFAULT_VERSION,
+            SUNSETS,
+            switchyard_sdk::sunset::MARGIN_DAYS,
+        );
+        assert_eq!(default_version(), DEFAULT_VERSION);
     }
 }

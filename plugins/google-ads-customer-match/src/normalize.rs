@@ -1,7 +1,7 @@
 //! Google's Customer Match formatting: normalise, then SHA-256 (lowercase hex), per identifier,
 //! built on `switchyard_sdk::pii`.
 
-use switchyard_sdk::{pii, serde_json};
+use switchyard_sdk::{pii, schemars, serde_json};
 
 use serde_json::{json, Value};
 
@@ -53,8 +53,92 @@ fn hashed(raw: &str, norm: impl Fn(&str) -> Option<String>) -> Option<String> {
     norm(raw).map(|v| pii::sha256_hex(&v))
 }
 
-/// The `userIdentifiers` of one record (each a oneof: exactly one field), or why there are none.
-pub fn user_identifiers(fields: &str, opts: &Options) -> Result<Vec<Value>, String> {
+/// The kind of key a Customer Match list is matched on. A list has exactly one, and Google
+/// refuses identifiers of another kind ("Mixed data types are not allowed on the same list",
+/// CrmBasedUserListInfo.upload_key_type; `INCOMPATIBLE_UPLOAD_KEY_TYPE`), so a record's
+/// identifiers are built for the list's key only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UploadKeyType {
+    /// Email, phone and address (Google Ads `CONTACT_INFO`, Data Manager `CONTACT_ID`).
+    #[default]
+    ContactInfo,
+    /// The advertiser's own user id, from `crm_id` (`CRM_ID`, Data Manager `USER_ID`).
+    CrmId,
+    /// IDFA / AAID, from `mobile_id` (`MOBILE_ADVERTISING_ID`, Data Manager `MOBILE_ID`).
+    MobileId,
+}
+
+impl UploadKeyType {
+    /// The config spelling, for messages.
+    pub fn config_name(self) -> &'static str {
+        match self {
+            UploadKeyType::ContactInfo => "contact_info",
+            UploadKeyType::CrmId => "crm_id",
+            UploadKeyType::MobileId => "mobile_id",
+        }
+    }
+    /// Google Ads API `CustomerMatchUploadKeyType`.
+    pub fn google_ads_name(self) -> &'static str {
+        match self {
+            UploadKeyType::ContactInfo => "CONTACT_INFO",
+            UploadKeyType::CrmId => "CRM_ID",
+            UploadKeyType::MobileId => "MOBILE_ADVERTISING_ID",
+        }
+    }
+    /// Data Manager API `IngestedUserListInfo.UploadKeyType`.
+    pub fn data_manager_name(self) -> &'static str {
+        match self {
+            UploadKeyType::ContactInfo => "CONTACT_ID",
+            UploadKeyType::CrmId => "USER_ID",
+            UploadKeyType::MobileId => "MOBILE_ID",
+        }
+    }
+}
+
+/// One normalised (and, where Google wants it, hashed) identifier, independent of the API's
+/// field names.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Identifier {
+    Email(String),
+    Phone(String),
+    Address {
+        first: String,
+        last: String,
+        country: String,
+        postal: String,
+    },
+    MobileId(String),
+    CrmId(String),
+}
+
+impl Identifier {
+    /// As a Google Ads API `UserIdentifier`.
+    pub fn google_ads(&self) -> Value {
+        match self {
+            Identifier::Email(h) => json!({ "hashedEmail": h }),
+            Identifier::Phone(h) => json!({ "hashedPhoneNumber": h }),
+            Identifier::Address {
+                first,
+                last,
+                country,
+                postal,
+            } => json!({ "addressInfo": {
+                "hashedFirstName": first, "hashedLastName": last, "countryCode": country, "postalCode": postal
+            }}),
+            Identifier::MobileId(m) => json!({ "mobileId": m }),
+            Identifier::CrmId(id) => json!({ "thirdPartyUserId": id }),
+        }
+    }
+}
+
+/// The identifiers of one record for a list keyed on `key`, or why there are none. Fields of
+/// other key types are ignored (never mixed in).
+pub fn identifiers(
+    fields: &str,
+    opts: &Options,
+    key: UploadKeyType,
+) -> Result<Vec<Identifier>, String> {
     let value: Value =
         serde_json::from_str(fields).map_err(|e| format!("fields are not JSON: {e}"))?;
     let obj = value
@@ -67,17 +151,32 @@ pub fn user_identifiers(fields: &str, opts: &Options) -> Result<Vec<Value>, Stri
             _ => None,
         })
     };
+    let single = |field: &str, make: fn(String) -> Identifier| {
+        text(&[field])
+            .map(|v| vec![make(v.trim().to_string())])
+            .ok_or_else(|| {
+                format!(
+                    "no {field}: this list's upload_key_type is {}, so only `{field}` identifies a member",
+                    key.config_name()
+                )
+            })
+    };
+    match key {
+        UploadKeyType::CrmId => return single("crm_id", Identifier::CrmId),
+        UploadKeyType::MobileId => return single("mobile_id", Identifier::MobileId),
+        UploadKeyType::ContactInfo => {}
+    }
     let mut out = Vec::new();
     let mut invalid = Vec::new();
     if let Some(raw) = text(&["email"]) {
         match hashed(&raw, email) {
-            Some(h) => out.push(json!({ "hashedEmail": h })),
+            Some(h) => out.push(Identifier::Email(h)),
             None => invalid.push("email"),
         }
     }
     if let Some(raw) = text(&["phone"]) {
         match hashed(&raw, |p| phone(p, opts.default_country_code.as_deref())) {
-            Some(h) => out.push(json!({ "hashedPhoneNumber": h })),
+            Some(h) => out.push(Identifier::Phone(h)),
             None => invalid.push("phone"),
         }
     }
@@ -88,20 +187,17 @@ pub fn user_identifiers(fields: &str, opts: &Options) -> Result<Vec<Value>, Stri
         .or_else(|| opts.default_country.as_deref().and_then(country_code));
     let postal = text(&["zip", "postal_code"]).and_then(|p| postal_code(&p));
     // Google matches an address only with all four parts.
-    if let (Some(f), Some(l), Some(c), Some(p)) = (&first, &last, &country, &postal) {
-        out.push(json!({ "addressInfo": {
-            "hashedFirstName": f, "hashedLastName": l, "countryCode": c, "postalCode": p
-        }}));
-    }
-    if let Some(m) = text(&["mobile_id"]) {
-        out.push(json!({ "mobileId": m.trim() }));
-    }
-    if let Some(id) = text(&["crm_id"]) {
-        out.push(json!({ "thirdPartyUserId": id.trim() }));
+    if let (Some(first), Some(last), Some(country), Some(postal)) = (first, last, country, postal) {
+        out.push(Identifier::Address {
+            first,
+            last,
+            country,
+            postal,
+        });
     }
     if out.is_empty() {
         let mut reason = String::from(
-            "no usable identifier: needs email, phone, mobile_id, crm_id, or first_name + last_name + country + zip",
+            "no usable identifier: a contact_info list needs email, phone, or first_name + last_name + country + zip",
         );
         if !invalid.is_empty() {
             reason.push_str(&format!(" (invalid: {})", invalid.join(", ")));
@@ -109,6 +205,12 @@ pub fn user_identifiers(fields: &str, opts: &Options) -> Result<Vec<Value>, Stri
         return Err(reason);
     }
     Ok(out)
+}
+
+/// The Google Ads `userIdentifiers` of one record (contact info only; see [`identifiers`]).
+pub fn user_identifiers(fields: &str, opts: &Options) -> Result<Vec<Value>, String> {
+    identifiers(fields, opts, UploadKeyType::ContactInfo)
+        .map(|ids| ids.iter().map(Identifier::google_ads).collect())
 }
 
 #[cfg(test)]
@@ -183,7 +285,7 @@ mod tests {
         };
         let ids = user_identifiers(
             &json!({"email": "Dana@Example.com", "phone": "(800)555-0100", "first_name": " Dana ",
-                    "last_name": "Smith", "zip": "94045", "crm_id": "c-1"})
+                    "last_name": "Smith", "zip": "94045", "crm_id": "c-1", "mobile_id": "m-1"})
             .to_string(),
             &opts,
         )
@@ -206,7 +308,8 @@ mod tests {
         );
         assert_eq!(ids[2]["addressInfo"]["countryCode"], "US");
         assert_eq!(ids[2]["addressInfo"]["postalCode"], "94045");
-        assert_eq!(ids[3], json!({"thirdPartyUserId": "c-1"}));
+        // crm_id and mobile_id are another list's keys: never mixed into contact info.
+        assert_eq!(ids.len(), 3, "{ids:?}");
         // Every identifier sets exactly one oneof field.
         assert!(ids.iter().all(|i| i.as_object().unwrap().len() == 1));
 
@@ -228,5 +331,43 @@ mod tests {
         assert_eq!(name("  Mary   Ann "), Some("mary ann".into()));
         assert_eq!(country_code("gb"), Some("GB".into()));
         assert_eq!(country_code("GBR"), None);
+    }
+
+    /// G2: a record's identifiers are built for the list's key type only; a record without
+    /// that key is refused with a reason naming it.
+    #[test]
+    fn identifiers_follow_the_upload_key_type() {
+        let fields =
+            json!({"email": "dana@example.com", "crm_id": " c-1 ", "mobile_id": "m-1"}).to_string();
+        let opts = Options::default();
+        assert_eq!(
+            identifiers(&fields, &opts, UploadKeyType::ContactInfo).unwrap(),
+            vec![Identifier::Email(pii::sha256_hex("dana@example.com"))]
+        );
+        assert_eq!(
+            identifiers(&fields, &opts, UploadKeyType::CrmId).unwrap(),
+            vec![Identifier::CrmId("c-1".into())]
+        );
+        assert_eq!(
+            identifiers(&fields, &opts, UploadKeyType::MobileId).unwrap(),
+            vec![Identifier::MobileId("m-1".into())]
+        );
+        let err = identifiers(
+            &json!({"email": "a@b.co"}).to_string(),
+            &opts,
+            UploadKeyType::CrmId,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("no crm_id") && err.contains("upload_key_type is crm_id"),
+            "{err}"
+        );
+        let err = identifiers(
+            &json!({"crm_id": "c"}).to_string(),
+            &opts,
+            UploadKeyType::ContactInfo,
+        )
+        .unwrap_err();
+        assert!(err.contains("no usable identifier"), "{err}");
     }
 }
