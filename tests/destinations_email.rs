@@ -1333,7 +1333,8 @@ mod mailchimp {
         assert_eq!(first["update_existing"], true);
         assert_eq!(first["members"].as_array().unwrap().len(), 5);
         assert_eq!(first["members"][0]["email_address"], "Ada@Example.com");
-        assert_eq!(first["members"][0]["status"], "subscribed");
+        assert_eq!(first["members"][0]["status_if_new"], "subscribed");
+        assert!(first["members"][0].get("status").is_none(), "{first}");
         assert_no_leaks(
             &logs,
             "batch subscribe: HTTP 200, 1 created, 1 updated, 3 errors",
@@ -1343,6 +1344,133 @@ mod mailchimp {
                 "erased@example.com",
                 "old@example.com",
             ],
+        );
+    }
+
+    /// C1: the default batch upsert leaves every existing member's status as it is:
+    /// unsubscribed and cleaned members are not resubscribed (and not refused every run), pending
+    /// members are not pushed past double opt-in; their merge fields still update.
+    #[test]
+    fn mailchimp_batch_upsert_never_changes_an_existing_members_status() {
+        let h = hub();
+        for (email, status) in [
+            ("left@example.com", "unsubscribed"),
+            ("bounced@example.com", "cleaned"),
+            ("unconfirmed@example.com", "pending"),
+            ("fan@example.com", "subscribed"),
+        ] {
+            h.fake.seed_member(email, status);
+        }
+        let records: Vec<Value> = [
+            "left@example.com",
+            "bounced@example.com",
+            "unconfirmed@example.com",
+            "fan@example.com",
+            "new@example.com",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"key": format!("p{i}"), "fields": {"email": e, "first_name": "Up", "plan": "pro"}}))
+        .collect();
+        for via in ["batch", "member"] {
+            let mut cfg = config();
+            cfg["upsert_via"] = json!(via);
+            let (results, _) = h.deliver("upsert", &cfg, &records);
+            assert!(
+                results.iter().all(|r| r["result"] == "ok"),
+                "{via}: {results:?}"
+            );
+            let status = |e: &str| h.fake.member(e).unwrap()["status"].clone();
+            assert_eq!(status("left@example.com"), "unsubscribed", "{via}");
+            assert_eq!(status("bounced@example.com"), "cleaned", "{via}");
+            assert_eq!(status("unconfirmed@example.com"), "pending", "{via}");
+            assert_eq!(status("fan@example.com"), "subscribed", "{via}");
+            assert_eq!(status("new@example.com"), "subscribed", "{via}");
+            assert_eq!(
+                h.fake.member("left@example.com").unwrap()["merge_fields"]["PLAN"],
+                "pro"
+            );
+        }
+    }
+
+    /// C1: what Mailchimp refuses for compliance reads per member as a rejection with
+    /// Mailchimp's own message; the rest of the batch lands.
+    #[test]
+    fn mailchimp_compliance_refusals_are_rejected_per_member_with_mailchimps_message() {
+        let h = hub();
+        h.fake.seed_member("left@example.com", "unsubscribed");
+        h.fake.seed_forgotten("erased@example.com");
+        let records = vec![
+            // The record itself asks to resubscribe an unsubscribed member.
+            json!({"key": "p1", "fields": {"email": "left@example.com", "status": "subscribed"}}),
+            json!({"key": "p2", "fields": {"email": "erased@example.com"}}),
+            json!({"key": "p3", "fields": {"email": "ok@example.com"}}),
+        ];
+        let (results, _) = h.deliver("upsert", &config(), &records);
+        assert_eq!(results[0]["result"], "rejected", "{results:?}");
+        assert_eq!(
+            results[0]["reason"],
+            "left@example.com is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed. (ERROR_GENERIC)"
+        );
+        assert_eq!(results[1]["result"], "rejected");
+        assert!(results[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("permanently deleted"));
+        assert_eq!(results[2]["result"], "ok");
+        assert_eq!(
+            h.fake.member("left@example.com").unwrap()["status"],
+            "unsubscribed"
+        );
+
+        let mut cfg = config();
+        cfg["upsert_via"] = json!("member");
+        let (results, _) = h.deliver("upsert", &cfg, &records);
+        assert_eq!(results[0]["result"], "rejected", "{results:?}");
+        assert_eq!(
+            results[0]["reason"],
+            "HTTP 400: Member In Compliance State: left@example.com is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed."
+        );
+        assert_eq!(results[1]["result"], "rejected");
+        assert!(results[1]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("HTTP 400: Forgotten Email Not Subscribed: "));
+        assert_eq!(results[2]["result"], "ok");
+    }
+
+    /// New members of a double opt-in audience are added `pending` (Mailchimp mails the
+    /// confirmation) unless the config names a status.
+    #[test]
+    fn mailchimp_new_members_are_pending_when_the_audience_has_double_opt_in() {
+        let fake = Fake::start_in_background(Setup {
+            double_optin: true,
+            ..Setup::default()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        install(dir.path(), "mailchimp");
+        let h = Hub { dir, fake };
+        let (results, _) = h.deliver(
+            "upsert",
+            &config(),
+            &[json!({"key": "p", "fields": {"email": "new@example.com"}})],
+        );
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(
+            h.fake.member("new@example.com").unwrap()["status"],
+            "pending"
+        );
+        let mut cfg = config();
+        cfg["status"] = json!("subscribed");
+        let (results, _) = h.deliver(
+            "upsert",
+            &cfg,
+            &[json!({"key": "p", "fields": {"email": "named@example.com"}})],
+        );
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(
+            h.fake.member("named@example.com").unwrap()["status"],
+            "subscribed"
         );
     }
 
@@ -1457,6 +1585,22 @@ mod mailchimp {
                 subscriber_hash("b@example.com")
             )
         );
+        // Unsubscribe mode: the member stays, unsubscribed.
+        h.fake.seed_member("c@example.com", "subscribed");
+        let mut cfg = config();
+        cfg["delete_mode"] = json!("unsubscribe");
+        let (results, _) = h.deliver(
+            "delete",
+            &cfg,
+            &[json!({"key": "p", "fields": {"email": "c@example.com"}})],
+        );
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(
+            h.fake.member("c@example.com").unwrap()["status"],
+            "unsubscribed"
+        );
+        assert_eq!(h.fake.seen().pop().unwrap().method, "PATCH");
+
         // Permanently deleted addresses cannot be re-imported.
         let (results, _) = h.deliver(
             "upsert",
@@ -1690,15 +1834,30 @@ mod mailchimp {
             "Invalid Resource",
             "members",
         );
+        // A new batch member with neither status nor status_if_new is that member's error.
+        let (s, _, b) = send(
+            "POST",
+            &list,
+            &json!({"members": [{"email_address": "a@example.com"}]}),
+        );
+        assert_eq!(s, 200);
+        assert!(
+            body_json(&b)["errors"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("status_if_new"),
+            "{}",
+            String::from_utf8_lossy(&b)
+        );
         expect(
             send(
                 "POST",
                 &list,
-                &json!({"members": [{"email_address": "a@example.com"}]}),
+                &json!({"members": [{"email_address": "a@example.com", "status_if_new": "gone"}]}),
             ),
             400,
             "Invalid Resource",
-            "members.item:0.status",
+            "members.item:0.status_if_new",
         );
         expect(
             send(
@@ -1841,6 +2000,80 @@ mod mailchimp {
             &json!({"email_address": "old@example.com"}),
         );
         assert_eq!(s, 200, "existing members need no status_if_new");
+
+        // Compliance state: unsubscribed/cleaned members are not resubscribed, by PUT, PATCH
+        // or batch; unsubscribed → pending is allowed; status_if_new never touches them.
+        fake.seed_member("left@example.com", "unsubscribed");
+        fake.seed_member("bounced@example.com", "cleaned");
+        for (email, status) in [
+            ("left@example.com", "subscribed"),
+            ("bounced@example.com", "subscribed"),
+            ("bounced@example.com", "pending"),
+        ] {
+            let body = json!({"email_address": email, "status": status});
+            expect(
+                send("PUT", &member(email), &body),
+                400,
+                "Member In Compliance State",
+                "is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed.",
+            );
+            expect(
+                send("PATCH", &member(email), &json!({"status": status})),
+                400,
+                "Member In Compliance State",
+                "cannot be subscribed",
+            );
+        }
+        let (s, _, b) = send(
+            "POST",
+            &list,
+            &json!({"members": [{"email_address": "left@example.com", "status": "subscribed"},
+                                {"email_address": "bounced@example.com", "status_if_new": "subscribed"}],
+                    "update_existing": true}),
+        );
+        assert_eq!(s, 200);
+        let answer = body_json(&b);
+        assert_eq!(answer["error_count"], 1, "{answer}");
+        assert!(answer["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("compliance state"));
+        assert_eq!(answer["total_updated"], 1);
+        assert_eq!(
+            fake.member("left@example.com").unwrap()["status"],
+            "unsubscribed"
+        );
+        assert_eq!(
+            fake.member("bounced@example.com").unwrap()["status"],
+            "cleaned"
+        );
+        let (s, _, _) = send(
+            "PUT",
+            &member("left@example.com"),
+            &json!({"email_address": "left@example.com", "status": "pending"}),
+        );
+        assert_eq!(s, 200);
+        assert_eq!(
+            fake.member("left@example.com").unwrap()["status"],
+            "pending"
+        );
+        // The API itself lets pending become subscribed: clients must not send it.
+        let (s, _, _) = send(
+            "PATCH",
+            &member("left@example.com"),
+            &json!({"status": "subscribed"}),
+        );
+        assert_eq!(s, 200);
+        expect(
+            send(
+                "PATCH",
+                &member("nobody@example.com"),
+                &json!({"status": "unsubscribed"}),
+            ),
+            404,
+            "Resource Not Found",
+            "could not be found",
+        );
 
         // Archive and permanent delete.
         assert_eq!(

@@ -1,17 +1,46 @@
 //! A faithful fake of the Mailchimp Marketing API 3.0 parts the `mailchimp` plugin uses (see
 //! `/work/shared/reference/api-contracts.md` §2): ping, get list, batch subscribe
-//! (`POST /3.0/lists/{id}`), add-or-update / get / archive a member by subscriber hash, and
-//! permanent deletion.
+//! (`POST /3.0/lists/{id}`), add-or-update / get / update / archive a member by subscriber
+//! hash, and permanent deletion.
 //!
-//! It enforces what Mailchimp enforces: HTTP Basic auth with the account's API key as password
-//! (401 `API Key Missing` / `API Key Invalid`, which is also what a key for another datacenter
-//! gets), JSON bodies, at most 500 members per batch with `email_address` and a valid `status`,
-//! the subscriber hash = MD5 of the lower-cased email, `status_if_new` for new members, valid
-//! addresses, known merge tags, and addresses that were permanently deleted cannot come back.
-//! Errors are RFC 7807 `application/problem+json` (`type`, `title`, `status`, `detail`,
-//! `instance`, sometimes `errors[]`); batch subscribe answers 200 with per-member `errors[]`.
-//! Knobs answer the next requests with 429 (`Too Many Requests`, optionally with
-//! `Retry-After`; Mailchimp itself sends no rate-limit headers) or 500.
+//! Every refusal it models, with where it comes from (checked 2026-12-06):
+//!
+//! * HTTP Basic auth with the account's API key as password, else 401 `API Key Missing` /
+//!   `API Key Invalid` (also what a key for another datacenter gets)
+//!   (<https://mailchimp.com/developer/marketing/docs/fundamentals/#api-structure>,
+//!   <https://mailchimp.com/developer/marketing/docs/errors/>).
+//! * Errors are RFC 7807 `application/problem+json` (`type`, `title`, `status`, `detail`,
+//!   `instance`, sometimes `errors[]`) (<https://mailchimp.com/developer/marketing/docs/errors/>).
+//! * Batch subscribe: at most 500 members ("Up to 500 members may be added or updated with
+//!   each API call", `mailchimp/mailchimp-marketing-typescript-sdk`
+//!   `BatchSubscribeOrUnsubscribeListsRequest.ts`), 400 beyond; answers 200 with per-member
+//!   `errors[]` (`email_address`, `error`, `error_code` `ERROR_CONTACT_EXISTS`/`ERROR_GENERIC`,
+//!   `mailchimp-marketing-python-sdk` `batch_subscribe_or_unsubscribe_lists_response_errors_item*.py`).
+//!   Members take `status_if_new` as well as `status` (`...members_item_status_if_new.py`);
+//!   `update_existing` is "whether this batch operation will change existing members'
+//!   subscription status" (TypeScript SDK). A member without `status` keeps its status.
+//!   [U] whether the live API still insists on `status` per batch member; the fake does not.
+//! * Add-or-update (`PUT .../members/{hash}`): the hash must be the MD5 of the lower-cased
+//!   email (400 "The email address in the request body doesn't match the URL" [U]);
+//!   `status_if_new` is "required only if the email address is not already present on the
+//!   list" (SDK `UpsertMemberListsRequest`), 400 without it for a new member.
+//! * Compliance state: an `unsubscribed` or `cleaned` member cannot be set to `subscribed`
+//!   (nor a `cleaned` one to `pending`): 400 `Member In Compliance State`, "EMAIL is in a
+//!   compliance state due to unsubscribe, bounce, or compliance review and cannot be
+//!   subscribed." (live responses quoted in `ibericode/mailchimp-for-wordpress` #798,
+//!   2025-11-04, and `tbar0970/jethro-pmm` #656); in a batch the same text is that member's
+//!   error. `unsubscribed` → `pending` is allowed (Mailchimp then mails an opt-in request;
+//!   `forem/forem` #6256, `beabee-communityrm/monorepo` #106) [U: not in Mailchimp's docs].
+//!   `pending` → `subscribed` is allowed by the API: that is exactly why a client must not
+//!   send `status` for existing members.
+//! * Permanently deleted addresses cannot come back: 400 `Forgotten Email Not Subscribed`
+//!   ("...was permanently deleted and cannot be re-imported...",
+//!   <https://mailchimp.com/developer/marketing/docs/errors/>, api-contracts.md §2).
+//! * Valid addresses ("looks fake or invalid") and known merge tags (400 `Invalid Resource`).
+//! * 429 `Too Many Requests` with no rate-limit headers (Mailchimp sends none; 10 simultaneous
+//!   connections per account, <https://mailchimp.com/developer/marketing/docs/fundamentals/>),
+//!   optionally `Retry-After` from a knob; 500 from a knob.
+//! * The audience's `double_optin` setting is reported by `GET /lists/{id}`.
 
 #![allow(dead_code)]
 
@@ -48,6 +77,8 @@ pub struct Setup {
     pub list_id: String,
     /// Merge tags defined on the audience.
     pub merge_tags: Vec<String>,
+    /// The audience asks new subscribers to confirm (`GET /lists/{id}` → `double_optin`).
+    pub double_optin: bool,
 }
 
 impl Default for Setup {
@@ -59,6 +90,7 @@ impl Default for Setup {
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
+            double_optin: false,
         }
     }
 }
@@ -351,7 +383,10 @@ fn route(
                 .values()
                 .filter(|m| m["status"] == "subscribed")
                 .count();
-            ok_json(json!({"id": id, "name": "Newsletter", "stats": {"member_count": count}}))
+            ok_json(
+                json!({"id": id, "name": "Newsletter", "double_optin": setup.double_optin,
+                           "stats": {"member_count": count}}),
+            )
         }
         ("POST", ["3.0", "lists", id]) if list_ok(id) => {
             batch(st, setup, headers, body, skip_merge)
@@ -364,6 +399,9 @@ fn route(
         }
         ("PUT", ["3.0", "lists", id, "members", hash]) if list_ok(id) => {
             put_member(st, setup, hash, headers, body, skip_merge)
+        }
+        ("PATCH", ["3.0", "lists", id, "members", hash]) if list_ok(id) => {
+            patch_member(st, hash, headers, body)
         }
         ("DELETE", ["3.0", "lists", id, "members", hash]) if list_ok(id) => {
             match st
@@ -522,6 +560,72 @@ fn store(st: &mut Inner, setup: &Setup, m: &Map<String, Value>, status: &str) ->
     (new, member)
 }
 
+/// The status a write leaves a member in, or Mailchimp's refusal (title, detail).
+fn next_status(
+    existing: Option<&str>,
+    status: Option<&str>,
+    status_if_new: Option<&str>,
+    email: &str,
+) -> Result<String, (&'static str, String)> {
+    match (existing, status) {
+        (Some(current), None) => Ok(current.to_string()),
+        (Some(current), Some(wanted)) => {
+            let refused = match wanted {
+                "subscribed" => current == "unsubscribed" || current == "cleaned",
+                "pending" => current == "cleaned",
+                _ => false,
+            };
+            if refused && current != wanted {
+                Err(("Member In Compliance State", format!(
+                    "{email} is in a compliance state due to unsubscribe, bounce, or compliance review and cannot be subscribed."
+                )))
+            } else {
+                Ok(wanted.to_string())
+            }
+        }
+        (None, Some(s)) => Ok(s.to_string()),
+        (None, None) => match status_if_new {
+            Some(s) => Ok(s.to_string()),
+            None => Err((
+                "Invalid Resource",
+                format!("{email}: status_if_new is required for an address not yet on the list"),
+            )),
+        },
+    }
+}
+
+fn patch_member(st: &mut Inner, hash: &str, headers: &HeaderMap, body: &Bytes) -> Response {
+    let value = match parse_json(headers, body) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let Some(member) = st
+        .members
+        .get(hash)
+        .filter(|m| m["status"] != "archived")
+        .cloned()
+    else {
+        return not_found();
+    };
+    let wanted = value.get("status").and_then(Value::as_str);
+    if wanted.is_some_and(|s| !STATUSES.contains(&s)) {
+        return invalid_resource(
+            "The resource submitted could not be validated. For field-specific details, see the 'errors' array.",
+            Some(json!([{"field": "status", "message": "Schema describes enum, input value was not in enum"}])),
+        );
+    }
+    let email = member["email_address"].as_str().unwrap_or("").to_string();
+    match next_status(member["status"].as_str(), wanted, None, &email) {
+        Ok(status) => {
+            let mut m = member;
+            m["status"] = json!(status);
+            st.members.insert(hash.to_string(), m.clone());
+            ok_json(m)
+        }
+        Err((title, detail)) => problem(StatusCode::BAD_REQUEST, title, &detail, None),
+    }
+}
+
 fn batch(
     st: &mut Inner,
     setup: &Setup,
@@ -557,9 +661,12 @@ fn batch(
         if !obj.get("email_address").is_some_and(Value::is_string) {
             schema.push(json!({"field": format!("members.item:{i}.email_address"), "message": "This value should not be blank."}));
         }
-        match obj.get("status").and_then(Value::as_str) {
-            Some(s) if STATUSES.contains(&s) => {}
-            _ => schema.push(json!({"field": format!("members.item:{i}.status"), "message": "Schema describes enum, input value was not in enum"})),
+        for key in ["status", "status_if_new"] {
+            match obj.get(key) {
+                None => {}
+                Some(v) if v.as_str().is_some_and(|s| STATUSES.contains(&s)) => {}
+                Some(_) => schema.push(json!({"field": format!("members.item:{i}.{key}"), "message": "Schema describes enum, input value was not in enum"})),
+            }
         }
     }
     if !schema.is_empty() {
@@ -581,18 +688,32 @@ fn batch(
             );
             continue;
         }
-        let exists = st
+        let existing = st
             .members
             .get(&subscriber_hash(email))
-            .is_some_and(|x| x["status"] != "archived");
-        if exists && !update_existing {
+            .filter(|x| x["status"] != "archived")
+            .and_then(|x| x["status"].as_str().map(str::to_string));
+        if existing.is_some() && !update_existing {
             errors.push(json!({"email_address": email,
                 "error": format!("{email} is already a list member, do you want to update? please provide update_existing:true in the request body"),
                 "error_code": "ERROR_CONTACT_EXISTS"}));
             continue;
         }
-        let status = m["status"].as_str().unwrap_or("subscribed");
-        let (new, member) = store(st, setup, m, status);
+        let status = match next_status(
+            existing.as_deref(),
+            m.get("status").and_then(Value::as_str),
+            m.get("status_if_new").and_then(Value::as_str),
+            email,
+        ) {
+            Ok(s) => s,
+            Err((_, detail)) => {
+                errors.push(
+                    json!({"email_address": email, "error": detail, "error_code": "ERROR_GENERIC"}),
+                );
+                continue;
+            }
+        };
+        let (new, member) = store(st, setup, m, &status);
         if new {
             new_members.push(member)
         } else {
@@ -658,17 +779,22 @@ fn put_member(
     let existing = st
         .members
         .get(&subscriber_hash(email))
-        .filter(|x| x["status"] != "archived");
-    let status = match (existing, m.get("status").and_then(Value::as_str), m.get("status_if_new").and_then(Value::as_str)) {
-        (_, Some(s), _) => s.to_string(),
-        (Some(x), None, _) => x["status"].as_str().unwrap_or("subscribed").to_string(),
-        (None, None, Some(s)) => s.to_string(),
-        (None, None, None) => {
+        .filter(|x| x["status"] != "archived")
+        .and_then(|x| x["status"].as_str().map(str::to_string));
+    let status = match next_status(
+        existing.as_deref(),
+        m.get("status").and_then(Value::as_str),
+        m.get("status_if_new").and_then(Value::as_str),
+        email,
+    ) {
+        Ok(s) => s,
+        Err(("Invalid Resource", _)) => {
             return invalid_resource(
                 "The resource submitted could not be validated. For field-specific details, see the 'errors' array.",
                 Some(json!([{"field": "status_if_new", "message": "This value should not be blank."}])),
             )
         }
+        Err((title, detail)) => return problem(StatusCode::BAD_REQUEST, title, &detail, None),
     };
     let (_, member) = store(st, setup, m, &status);
     ok_json(member)

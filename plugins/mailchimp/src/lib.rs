@@ -1,14 +1,26 @@
 //! Mailchimp destination (Marketing API 3.0): keeps the members of one audience (list).
 //!
+//! An upsert never changes an existing member's subscription status unless the record itself
+//! carries a `status`: members get `status_if_new` (applied only to addresses not yet on the
+//! list) and no `status`. So unsubscribed and cleaned members stay so (Mailchimp refuses to
+//! resubscribe them: "Member In Compliance State"), and pending members are not pushed past
+//! double opt-in.
+//!
 //! * `upsert`, `upsert_via = "batch"` (default): `POST /3.0/lists/{list_id}` ("batch subscribe
-//!   or unsubscribe", at most 500 members per request, `update_existing: true`). Mailchimp answers
-//!   200 even when some members fail; each entry of its `errors[]` (`email_address`, `error`,
-//!   `error_code`) rejects that record with Mailchimp's message.
+//!   or unsubscribe", at most 500 members per request, `update_existing: true`, each member
+//!   with `status_if_new`, which Mailchimp's API definition has per batch member). Mailchimp
+//!   answers 200 even when some members fail; each entry of its `errors[]` (`email_address`,
+//!   `error`, `error_code`) rejects that record with Mailchimp's message.
 //! * `upsert`, `upsert_via = "member"`: `PUT /3.0/lists/{list_id}/members/{subscriber_hash}`
-//!   per record with `status_if_new`, so an existing member's status (say, unsubscribed) is kept.
-//! * `delete`: archives the member (`DELETE .../members/{subscriber_hash}`) or, with
-//!   `delete_mode = "permanent"`, deletes it for good (`POST .../actions/delete-permanent`; the
-//!   address can then never be re-imported). A member Mailchimp does not know is already gone.
+//!   per record, same body; a refusal (`Member In Compliance State`, `Forgotten Email Not
+//!   Subscribed`) rejects the record with Mailchimp's `title: detail`.
+//! * The status for new members is the config's `status`, else `pending` when the audience
+//!   has double opt-in (`GET /3.0/lists/{list_id}` → `double_optin`) and `subscribed` when not.
+//! * `delete`: archives the member (`DELETE .../members/{subscriber_hash}`, the default; the
+//!   contact can come back), or with `delete_mode = "unsubscribe"` sets it `unsubscribed`
+//!   (`PATCH .../members/{subscriber_hash}`), or only with `delete_mode = "permanent"` deletes
+//!   it for good (`POST .../actions/delete-permanent`; the address can then never be
+//!   re-imported). A member Mailchimp does not know is already gone.
 //!
 //! The subscriber hash is the MD5 of the lower-cased email (hex). The API key ends in its
 //! datacenter (`...-us14`), which picks the host `us14.api.mailchimp.com`.
@@ -16,8 +28,9 @@
 //! Fields read from a record (`fields`, a JSON object):
 //!
 //! * `email` (required): the member's address;
-//! * `status` (optional): `subscribed`, `unsubscribed`, `pending`, `transactional` or `cleaned`,
-//!   overriding the config's `status` for this record;
+//! * `status` (optional): `subscribed`, `unsubscribed`, `pending`, `transactional` or `cleaned`:
+//!   the member's status, new or existing (the only way an upsert changes an existing
+//!   member's status);
 //! * `tags` (list of strings), `language`, `vip` (boolean), `email_type` (`html` / `text`);
 //! * merge fields: every field named in the config's `merge_fields` map (defaults:
 //!   `first_name` → `FNAME`, `last_name` → `LNAME`, `phone` → `PHONE`), and any field whose name
@@ -52,12 +65,12 @@ pub const MAX_BATCH_MEMBERS: usize = 500;
 pub struct Config {
     /// The audience (list) id, from Audience → Settings → "Audience name and defaults".
     pub list_id: String,
-    /// Status of members this destination adds: `subscribed` (default), `pending` (Mailchimp
-    /// sends a double opt-in email), `unsubscribed` or `transactional`. In `batch` mode it also
-    /// applies to existing members (Mailchimp's batch call has no `status_if_new`); use
-    /// `upsert_via = "member"` to leave existing members' status alone.
+    /// Status of members this destination adds (`status_if_new`; existing members keep
+    /// theirs): `subscribed`, `pending` (Mailchimp sends a double opt-in email),
+    /// `unsubscribed` or `transactional`. Unset: `pending` when the audience has double
+    /// opt-in, else `subscribed`.
     #[serde(default)]
-    pub status: MemberStatus,
+    pub status: Option<MemberStatus>,
     /// `batch` (default): `POST /lists/{id}`, 500 members per request. `member`: one
     /// `PUT /lists/{id}/members/{hash}` per record with `status_if_new`.
     #[serde(default)]
@@ -66,8 +79,10 @@ pub struct Config {
     /// `first_name` → `FNAME`, `last_name` → `LNAME`, `phone` → `PHONE` (which it can override).
     #[serde(default)]
     pub merge_fields: BTreeMap<String, String>,
-    /// What `delete` does: `archive` (default; the member can come back) or `permanent`
-    /// (GDPR-style erase; Mailchimp then refuses to re-import the address).
+    /// What `delete` (a profile leaving the synced audience) does: `archive` (default; the
+    /// member leaves the audience and can come back), `unsubscribe` (the member stays,
+    /// unsubscribed), or, only when named, `permanent` (erases the member; Mailchimp then
+    /// refuses to re-import the address).
     #[serde(default)]
     pub delete_mode: DeleteMode,
     /// Let Mailchimp accept members even when required merge fields are missing.
@@ -109,6 +124,7 @@ pub enum UpsertVia {
 pub enum DeleteMode {
     #[default]
     Archive,
+    Unsubscribe,
     Permanent,
 }
 
@@ -162,8 +178,21 @@ impl Destination for Mailchimp {
         let api = Api::new(ctx)?;
         let mut results: Vec<Option<RecordResult>> = vec![None; batch.len()];
         match (action, ctx.config.upsert_via) {
-            (Action::Upsert, UpsertVia::Batch) => upsert_batch(&api, &batch, &mut results)?,
-            (Action::Upsert, UpsertVia::Member) => upsert_members(&api, &batch, &mut results)?,
+            (Action::Upsert, via) => {
+                let if_new = match status_if_new(&api) {
+                    Ok(status) => status,
+                    // Throttled or down: every record waits, as for any other request.
+                    Err(CallError::Transient(retry)) => {
+                        return Ok(vec![RecordResult::Retry(retry); batch.len()])
+                    }
+                    Err(e) => return Err(e),
+                };
+                let members = parse_all(&api.ctx.config, if_new, &batch, &mut results);
+                match via {
+                    UpsertVia::Batch => upsert_batch(&api, members, &mut results)?,
+                    UpsertVia::Member => upsert_members(&api, members, &mut results)?,
+                }
+            }
             (Action::Delete, _) => delete(&api, &batch, &mut results)?,
             (Action::Track, _) => {
                 return Err(CallError::InvalidConfig(
@@ -365,7 +394,8 @@ fn failure(response: &Response) -> Result<RecordResult, CallError> {
 
 // ---- members ----
 
-/// A record turned into a Mailchimp member body (batch-member shape: `status` always set).
+/// A record turned into a Mailchimp member body: `status_if_new` always, `status` only when
+/// the record carries one (so an existing member's status is never changed behind its back).
 #[derive(Debug)]
 pub struct Member {
     pub index: usize,
@@ -380,6 +410,7 @@ pub fn build_member(
     index: usize,
     record: &OutboundRecord,
     config: &Config,
+    status_if_new: MemberStatus,
 ) -> Result<Member, String> {
     let fields = match serde_json::from_str::<Value>(&record.fields) {
         Ok(Value::Object(map)) => map,
@@ -398,7 +429,7 @@ pub fn build_member(
     body.insert("email_address".into(), json!(email));
     let mut merge = Map::new();
     let mut explicit_status = false;
-    body.insert("status".into(), json!(config.status.as_str()));
+    body.insert("status_if_new".into(), json!(status_if_new.as_str()));
     for (name, value) in &fields {
         if value.is_null() || name == "email" {
             continue;
@@ -522,14 +553,39 @@ pub fn batch_errors(body: &Value) -> BTreeMap<String, String> {
         .collect()
 }
 
+/// The status new members get: the config's, else `pending` when the audience has double
+/// opt-in (Mailchimp then mails the confirmation), else `subscribed`.
+fn status_if_new(api: &Api) -> Result<MemberStatus, CallError> {
+    if let Some(status) = api.ctx.config.status {
+        return Ok(status);
+    }
+    let response = api.send(Request::get(&api.list_url("?fields=double_optin")))?;
+    if response.status == 404 {
+        return Err(CallError::InvalidConfig(format!(
+            "list_id: Mailchimp has no audience `{}` in this account",
+            api.ctx.config.list_id
+        )));
+    }
+    call_result(&response)?;
+    let list: Value = response.json()?;
+    Ok(
+        if list.get("double_optin").and_then(Value::as_bool) == Some(true) {
+            MemberStatus::Pending
+        } else {
+            MemberStatus::Subscribed
+        },
+    )
+}
+
 fn parse_all(
     config: &Config,
+    status_if_new: MemberStatus,
     batch: &[OutboundRecord],
     results: &mut [Option<RecordResult>],
 ) -> Vec<Member> {
     let mut members = Vec::new();
     for (i, record) in batch.iter().enumerate() {
-        match build_member(i, record, config) {
+        match build_member(i, record, config, status_if_new) {
             Ok(m) => members.push(m),
             Err(reason) => results[i] = Some(RecordResult::Rejected(reason)),
         }
@@ -539,10 +595,9 @@ fn parse_all(
 
 fn upsert_batch(
     api: &Api,
-    batch: &[OutboundRecord],
+    members: Vec<Member>,
     results: &mut [Option<RecordResult>],
 ) -> Result<(), CallError> {
-    let members = parse_all(&api.ctx.config, batch, results);
     for group in group_members(members) {
         let body = json!({
             "members": group.iter().map(|m| &m.body).collect::<Vec<_>>(),
@@ -588,21 +643,15 @@ fn upsert_batch(
 
 fn upsert_members(
     api: &Api,
-    batch: &[OutboundRecord],
+    members: Vec<Member>,
     results: &mut [Option<RecordResult>],
 ) -> Result<(), CallError> {
-    let members = parse_all(&api.ctx.config, batch, results);
+    let count = members.len();
     let mut stop: Option<RecordResult> = None;
-    for mut m in members {
+    for m in members {
         if let Some(r) = &stop {
             results[m.index] = Some(r.clone());
             continue;
-        }
-        // status_if_new applies to new members only; an explicit status applies to everyone.
-        let status = m.body.remove("status").unwrap_or(json!("subscribed"));
-        m.body.insert("status_if_new".into(), status.clone());
-        if m.explicit_status {
-            m.body.insert("status".into(), status);
         }
         let url = api.list_url(&format!(
             "/members/{}{}",
@@ -621,7 +670,7 @@ fn upsert_members(
         }
         results[m.index] = Some(r);
     }
-    switchyard_sdk::debug!("upserted {} members one by one", batch.len());
+    switchyard_sdk::debug!("upserted {count} members one by one");
     Ok(())
 }
 
@@ -659,6 +708,8 @@ fn delete(
         let hash = subscriber_hash(&email);
         let request = match api.ctx.config.delete_mode {
             DeleteMode::Archive => Request::delete(&api.list_url(&format!("/members/{hash}"))),
+            DeleteMode::Unsubscribe => Request::patch(&api.list_url(&format!("/members/{hash}")))
+                .json(&json!({ "status": "unsubscribed" })),
             DeleteMode::Permanent => {
                 Request::post(&api.list_url(&format!("/members/{hash}/actions/delete-permanent")))
             }
@@ -757,6 +808,7 @@ mod tests {
             "plan": "pro", "BIRTHDAY": "12/10", "tags": ["vip"], "vip": true, "language": "en"}),
             ),
             &cfg,
+            MemberStatus::Subscribed,
         )
         .unwrap();
         assert_eq!(m.index, 3);
@@ -764,41 +816,101 @@ mod tests {
         assert!(!m.explicit_status);
         assert_eq!(
             Value::Object(m.body),
-            json!({"email_address": "Ada@Example.com", "status": "subscribed",
+            json!({"email_address": "Ada@Example.com", "status_if_new": "subscribed",
             "merge_fields": {"FNAME": "Ada", "PLAN": "pro", "BIRTHDAY": "12/10"}, "tags": ["vip"], "vip": true, "language": "en"})
         );
         let m = build_member(
             0,
             &rec(json!({"email": "a@b.co", "status": "unsubscribed"})),
             &cfg,
+            MemberStatus::Subscribed,
         )
         .unwrap();
         assert!(m.explicit_status);
         assert_eq!(m.body["status"], "unsubscribed");
-        assert!(
-            build_member(0, &rec(json!({"email": "a@b.co", "favourite": 1})), &cfg)
-                .unwrap_err()
-                .contains("`favourite`")
-        );
+        assert!(build_member(
+            0,
+            &rec(json!({"email": "a@b.co", "favourite": 1})),
+            &cfg,
+            MemberStatus::Subscribed
+        )
+        .unwrap_err()
+        .contains("`favourite`"));
         assert!(build_member(
             0,
             &rec(json!({"email": "a@b.co", "status": "archived"})),
-            &cfg
+            &cfg,
+            MemberStatus::Subscribed,
         )
         .unwrap_err()
         .contains("status"));
-        assert!(build_member(0, &rec(json!({"first_name": "A"})), &cfg)
-            .unwrap_err()
-            .contains("no `email`"));
+        assert!(build_member(
+            0,
+            &rec(json!({"first_name": "A"})),
+            &cfg,
+            MemberStatus::Subscribed
+        )
+        .unwrap_err()
+        .contains("no `email`"));
+    }
+
+    #[test]
+    fn existing_members_status_is_only_changed_by_the_record_itself() {
+        let cfg = config(json!({"list_id": "a1b2c3d4e5"}));
+        assert_eq!(
+            cfg.status, None,
+            "unset: decided by the audience's double opt-in"
+        );
+        let m = build_member(
+            0,
+            &rec(json!({"email": "a@b.co"})),
+            &cfg,
+            MemberStatus::Pending,
+        )
+        .unwrap();
+        assert_eq!(m.body["status_if_new"], "pending");
+        assert!(m.body.get("status").is_none(), "{:?}", m.body);
+        let m = build_member(
+            0,
+            &rec(json!({"email": "a@b.co", "status": "unsubscribed"})),
+            &cfg,
+            MemberStatus::Subscribed,
+        )
+        .unwrap();
+        assert_eq!(m.body["status"], "unsubscribed");
+        assert_eq!(m.body["status_if_new"], "subscribed");
+        let cfg = config(json!({"list_id": "a1b2c3d4e5", "delete_mode": "unsubscribe"}));
+        assert_eq!(cfg.delete_mode, DeleteMode::Unsubscribe);
+        assert_eq!(
+            config(json!({"list_id": "a1b2c3d4e5"})).delete_mode,
+            DeleteMode::Archive,
+            "erasing is never the default"
+        );
     }
 
     #[test]
     fn groups_hold_each_address_once_and_at_most_500() {
         let cfg = config(json!({"list_id": "a1b2c3d4e5"}));
         let mut members: Vec<Member> = (0..501)
-            .map(|i| build_member(i, &rec(json!({"email": format!("u{i}@x.co")})), &cfg).unwrap())
+            .map(|i| {
+                build_member(
+                    i,
+                    &rec(json!({"email": format!("u{i}@x.co")})),
+                    &cfg,
+                    MemberStatus::Subscribed,
+                )
+                .unwrap()
+            })
             .collect();
-        members.push(build_member(501, &rec(json!({"email": "U0@x.co"})), &cfg).unwrap());
+        members.push(
+            build_member(
+                501,
+                &rec(json!({"email": "U0@x.co"})),
+                &cfg,
+                MemberStatus::Subscribed,
+            )
+            .unwrap(),
+        );
         let groups = group_members(members);
         assert_eq!(
             groups.iter().map(Vec::len).collect::<Vec<_>>(),
