@@ -563,10 +563,11 @@ fn store(st: &mut Inner, setup: &Setup, m: &Map<String, Value>, status: &str) ->
 /// The status a write leaves a member in, or Mailchimp's refusal (title, detail).
 fn next_status(
     existing: Option<&str>,
-    status: Option<&str>,
-    status_if_new: Option<&str>,
+    body: &Map<String, Value>,
     email: &str,
 ) -> Result<String, (&'static str, String)> {
+    let status = body.get("status").and_then(Value::as_str);
+    let status_if_new = body.get("status_if_new").and_then(Value::as_str);
     match (existing, status) {
         (Some(current), None) => Ok(current.to_string()),
         (Some(current), Some(wanted)) => {
@@ -607,15 +608,19 @@ fn patch_member(st: &mut Inner, hash: &str, headers: &HeaderMap, body: &Bytes) -
     else {
         return not_found();
     };
-    let wanted = value.get("status").and_then(Value::as_str);
-    if wanted.is_some_and(|s| !STATUSES.contains(&s)) {
+    let mut patch = value.as_object().cloned().unwrap_or_default();
+    patch.remove("status_if_new");
+    if patch
+        .get("status")
+        .is_some_and(|s| !s.as_str().is_some_and(|s| STATUSES.contains(&s)))
+    {
         return invalid_resource(
             "The resource submitted could not be validated. For field-specific details, see the 'errors' array.",
             Some(json!([{"field": "status", "message": "Schema describes enum, input value was not in enum"}])),
         );
     }
     let email = member["email_address"].as_str().unwrap_or("").to_string();
-    match next_status(member["status"].as_str(), wanted, None, &email) {
+    match next_status(member["status"].as_str(), &patch, &email) {
         Ok(status) => {
             let mut m = member;
             m["status"] = json!(status);
@@ -699,12 +704,7 @@ fn batch(
                 "error_code": "ERROR_CONTACT_EXISTS"}));
             continue;
         }
-        let status = match next_status(
-            existing.as_deref(),
-            m.get("status").and_then(Value::as_str),
-            m.get("status_if_new").and_then(Value::as_str),
-            email,
-        ) {
+        let status = match next_status(existing.as_deref(), m, email) {
             Ok(s) => s,
             Err((_, detail)) => {
                 errors.push(
@@ -783,8 +783,7 @@ fn put_member(
         .and_then(|x| x["status"].as_str().map(str::to_string));
     let status = match next_status(
         existing.as_deref(),
-        m.get("status").and_then(Value::as_str),
-        m.get("status_if_new").and_then(Value::as_str),
+        m,
         email,
     ) {
         Ok(s) => s,

@@ -207,16 +207,7 @@ impl Plugin for SendGrid {
             }
         }
         for list in &ctx.config.list_ids {
-            let response = api
-                .request(Request::get(
-                    &api.url(&format!("/v3/marketing/lists/{list}")),
-                ))
-                .send()?;
-            if response.status == 404 {
-                return Err(CallError::InvalidConfig(format!(
-                    "list_ids: SendGrid has no list `{list}`"
-                )));
-            }
+            let response = require_list(&api, list)?;
             outcome::call_result(&response)?;
         }
         Ok(())
@@ -908,9 +899,8 @@ fn delete(
     Ok(())
 }
 
-/// After a 404 on a list removal: a list that is gone is the operator's to fix; otherwise a
-/// contact vanished between lookup and removal, and the records are retried.
-fn missing_list_or_contacts(api: &Api, list: &str) -> Result<RecordResult, CallError> {
+/// `GET /v3/marketing/lists/{id}`; a config error naming the list when SendGrid has none.
+fn require_list(api: &Api, list: &str) -> Result<Response, CallError> {
     let response = api
         .request(Request::get(
             &api.url(&format!("/v3/marketing/lists/{list}")),
@@ -921,6 +911,13 @@ fn missing_list_or_contacts(api: &Api, list: &str) -> Result<RecordResult, CallE
             "list_ids: SendGrid has no list `{list}`"
         )));
     }
+    Ok(response)
+}
+
+/// After a 404 on a list removal: a list that is gone is the operator's to fix; otherwise a
+/// contact vanished between lookup and removal, and the records are retried.
+fn missing_list_or_contacts(api: &Api, list: &str) -> Result<RecordResult, CallError> {
+    require_list(api, list)?;
     Ok(RecordResult::Retry(switchyard_sdk::Retry {
         reason: "SendGrid no longer knows some of these contacts; looking them up again later"
             .into(),
