@@ -2061,4 +2061,60 @@ mod syncs {
         )));
         assert_eq!(emails(&fake).len(), 2);
     }
+
+    /// The default path through a running hub: Data Manager ingest with a 429 waited out, a
+    /// refused member dead-lettered while the rest of its request goes again, and mirror
+    /// removals through `audienceMembers:remove`.
+    #[test]
+    fn google_ads_data_manager_sync_mirrors_an_audience_and_dead_letters_refused_members() {
+        let fake = google_fake::start_in_background();
+        let hp = fake.host_port();
+        let project = format!(
+            "{VIP}\n[destinations.google_vips]\nplugin = \"google-ads-customer-match\"\n\
+             config = {{ customer_id = \"123-456-7890\", user_list_id = \"{list}\", customer_match_terms_accepted = true, consent_ad_user_data = \"GRANTED\" }}\n\
+             secrets = {{ refresh_token = \"{refresh}\", client_id = \"{client}\", client_secret = \"{client_secret}\" }}\n\
+             reroute = [\"datamanager.googleapis.com=http://{hp}\", \"oauth2.googleapis.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\n\n\
+             [[syncs]]\nname = \"vip-to-google\"\nfrom = {{ audience = \"vip\" }}\nto = \"google_vips\"\nmode = \"mirror\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\n",
+            list = google_fake::USER_LIST_ID,
+            refresh = google_fake::REFRESH_TOKEN,
+            client = google_fake::CLIENT_ID,
+            client_secret = google_fake::CLIENT_SECRET,
+        );
+        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        hub.install(&["google-ads-customer-match"]);
+        hub.identify("u1", json!({"email": "dana@example.com", "plan": "pro"}));
+        hub.identify("u2", json!({"email": "cy@example.com", "plan": "pro"}));
+        let emails = |fake: &google_fake::Fake| -> Vec<Value> {
+            fake.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+                .iter()
+                .map(|m| m["userData"]["userIdentifiers"][0]["emailAddress"].clone())
+                .collect()
+        };
+
+        fake.fail_next(google_fake::Fault::dm_quota(Some("1s"), None));
+        let started = Instant::now();
+        let r = hub.run_sync("vip-to-google");
+        assert_eq!(run_counts(&r), ("succeeded", 2, 2, 0), "{r}");
+        assert!(started.elapsed() >= Duration::from_secs(1), "retryDelay honoured");
+        assert_eq!(emails(&fake).len(), 2);
+
+        fake.reject_identifier(&sha("blocked@example.com"), json!("INVALID_AUDIENCE_MEMBER"), "This audience member is not valid.");
+        hub.identify("u3", json!({"email": "blocked@example.com", "plan": "pro"}));
+        hub.identify("u4", json!({"email": "eve@example.com", "plan": "pro"}));
+        let r = hub.run_sync("vip-to-google");
+        assert_eq!(run_counts(&r), ("completed_with_errors", 1, 1, 1), "{r}");
+        let dead = hub.dead_letters("vip-to-google");
+        assert_eq!(dead.len(), 1, "{dead:?}");
+        let error = dead[0]["error"].as_str().unwrap();
+        assert!(error.starts_with("rejected: Data Manager: INVALID_AUDIENCE_MEMBER"), "{error}");
+        assert!(emails(&fake).contains(&json!(sha("eve@example.com"))));
+
+        hub.identify("u2", json!({"plan": "free"}));
+        let r = hub.run_sync("vip-to-google");
+        assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
+        assert_eq!(fake.dm_bodies().last().unwrap().0, "/v1/audienceMembers:remove");
+        assert!(!emails(&fake).contains(&json!(sha("cy@example.com"))));
+        assert_eq!(emails(&fake).len(), 2);
+    }
 }

@@ -23,14 +23,46 @@ pub fn phone(raw: &str, default_country_code: Option<&str>) -> Option<String> {
     pii::normalize_phone_e164(raw, default_country_code)
 }
 
-/// First or last name: trimmed, lowercase, inner whitespace collapsed to one space.
-pub fn name(raw: &str) -> Option<String> {
-    let n = raw
+/// Honorifics Google asks to leave out of given names ("Don't include prefixes such as Mrs.").
+const PREFIXES: &[&str] = &["mr", "mrs", "ms", "miss", "mx", "dr", "prof", "sir"];
+/// Suffixes Google asks to leave out of family names ("Don't include suffixes such as Jr.").
+const SUFFIXES: &[&str] = &["jr", "sr", "ii", "iii", "iv", "phd", "md", "esq"];
+
+/// Lower-cased words without punctuation (AddressInfo: "all lowercase, with no punctuation").
+fn name_words(raw: &str) -> Vec<String> {
+    raw.to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || c.is_whitespace())
+        .collect::<String>()
         .split_whitespace()
-        .collect::<Vec<_>>()
-        .join(" ")
-        .to_lowercase();
-    (!n.is_empty()).then_some(n)
+        .map(str::to_string)
+        .collect()
+}
+
+fn joined(words: &[String]) -> Option<String> {
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// Given name: [`name_words`] without a leading honorific (when a name remains).
+pub fn first_name(raw: &str) -> Option<String> {
+    let words = name_words(raw);
+    match words.split_first() {
+        Some((first, rest)) if !rest.is_empty() && PREFIXES.contains(&first.as_str()) => {
+            joined(rest)
+        }
+        _ => joined(&words),
+    }
+}
+
+/// Family name: [`name_words`] without a trailing suffix (when a name remains).
+pub fn last_name(raw: &str) -> Option<String> {
+    let words = name_words(raw);
+    match words.split_last() {
+        Some((last, rest)) if !rest.is_empty() && SUFFIXES.contains(&last.as_str()) => {
+            joined(rest)
+        }
+        _ => joined(&words),
+    }
 }
 
 /// Country: ISO 3166-1 alpha-2, upper case (sent unhashed).
@@ -180,8 +212,8 @@ pub fn identifiers(
             None => invalid.push("phone"),
         }
     }
-    let first = text(&["first_name"]).and_then(|f| hashed(&f, name));
-    let last = text(&["last_name"]).and_then(|l| hashed(&l, name));
+    let first = text(&["first_name"]).and_then(|f| hashed(&f, first_name));
+    let last = text(&["last_name"]).and_then(|l| hashed(&l, last_name));
     let country = text(&["country", "country_code"])
         .and_then(|c| country_code(&c))
         .or_else(|| opts.default_country.as_deref().and_then(country_code));
@@ -328,7 +360,7 @@ mod tests {
         let ids =
             user_identifiers(&json!({"email": pre}).to_string(), &Options::default()).unwrap();
         assert_eq!(ids[0]["hashedEmail"], pre.to_ascii_lowercase());
-        assert_eq!(name("  Mary   Ann "), Some("mary ann".into()));
+        assert_eq!(first_name("  Mary   Ann "), Some("mary ann".into()));
         assert_eq!(country_code("gb"), Some("GB".into()));
         assert_eq!(country_code("GBR"), None);
     }
@@ -369,5 +401,22 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.contains("no usable identifier"), "{err}");
+    }
+
+    /// G3: names lower-cased without punctuation (AddressInfo reference: "all lowercase, with
+    /// no punctuation"), given names without prefixes such as "Mrs.", family names without
+    /// suffixes such as "Jr." (Data Manager formatting guide).
+    #[test]
+    fn names_lose_punctuation_prefixes_and_suffixes() {
+        assert_eq!(first_name(" Mrs. Mary-Ann ").as_deref(), Some("maryann"));
+        assert_eq!(first_name("Dr Jane").as_deref(), Some("jane"));
+        assert_eq!(last_name("Smith, Jr.").as_deref(), Some("smith"));
+        assert_eq!(last_name("O'Brien III").as_deref(), Some("obrien"));
+        assert_eq!(last_name("van der Berg").as_deref(), Some("van der berg"));
+        // A lone word that looks like a prefix or suffix is a name.
+        assert_eq!(first_name("Ms").as_deref(), Some("ms"));
+        assert_eq!(last_name("Junior").as_deref(), Some("junior"));
+        assert_eq!(first_name("José").as_deref(), Some("josé"));
+        assert_eq!(first_name(" .. "), None);
     }
 }
