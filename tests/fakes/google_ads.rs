@@ -1239,8 +1239,38 @@ fn dm_invalid(reason: &str, violations: &[(String, String, String)]) -> Response
     )
 }
 
+/// A required list field of 1 to `max` entries (REQUIRED_FIELD_MISSING / `too_many`).
+fn dm_list(
+    obj: &Map<String, Value>,
+    key: &str,
+    field: &str,
+    max: usize,
+    too_many: &str,
+    message: &str,
+) -> Result<Vec<Value>, Response> {
+    let items = obj
+        .get(key)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let missing = "REQUIRED_FIELD_MISSING";
+    if items.is_empty() {
+        return Err(dm_invalid(
+            missing,
+            &[(field.into(), missing.into(), String::new())],
+        ));
+    }
+    if items.len() > max {
+        return Err(dm_invalid(
+            too_many,
+            &[(field.into(), too_many.into(), message.into())],
+        ));
+    }
+    Ok(items)
+}
+
 fn is_hex(s: &str) -> bool {
-    !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit())
+    !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 fn data_manager(
@@ -1323,31 +1353,17 @@ fn data_manager(
     }
 
     // Destinations.
-    let destinations = obj
-        .get("destinations")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if destinations.is_empty() {
-        return dm_invalid(
-            "REQUIRED_FIELD_MISSING",
-            &[(
-                "destinations".into(),
-                "REQUIRED_FIELD_MISSING".into(),
-                String::new(),
-            )],
-        );
-    }
-    if destinations.len() > DM_MAX_DESTINATIONS {
-        return dm_invalid(
-            "TOO_MANY_DESTINATIONS",
-            &[(
-                "destinations".into(),
-                "TOO_MANY_DESTINATIONS".into(),
-                "Maximum number of destinations allowed per request is 10.".into(),
-            )],
-        );
-    }
+    let destinations = match dm_list(
+        obj,
+        "destinations",
+        "destinations",
+        DM_MAX_DESTINATIONS,
+        "TOO_MANY_DESTINATIONS",
+        "Maximum number of destinations allowed per request is 10.",
+    ) {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
     let mut lists = Vec::new();
     for (d, dest) in destinations.iter().enumerate() {
         let at = format!("destinations[{d}]");
@@ -1501,31 +1517,17 @@ fn data_manager(
     }
 
     // Members.
-    let members = obj
-        .get("audienceMembers")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    if members.is_empty() {
-        return dm_invalid(
-            "REQUIRED_FIELD_MISSING",
-            &[(
-                "audience_members".into(),
-                "REQUIRED_FIELD_MISSING".into(),
-                String::new(),
-            )],
-        );
-    }
-    if members.len() > DM_MAX_MEMBERS {
-        return dm_invalid(
-            "TOO_MANY_AUDIENCE_MEMBERS",
-            &[(
-                "audience_members".into(),
-                "TOO_MANY_AUDIENCE_MEMBERS".into(),
-                "Maximum number of audience members allowed per request is 10,000.".into(),
-            )],
-        );
-    }
+    let members = match dm_list(
+        obj,
+        "audienceMembers",
+        "audience_members",
+        DM_MAX_MEMBERS,
+        "TOO_MANY_AUDIENCE_MEMBERS",
+        "Maximum number of audience members allowed per request is 10,000.",
+    ) {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
     let mut violations: Vec<(String, String, String)> = Vec::new();
     let mut kinds = BTreeSet::new();
     let mut data = Vec::with_capacity(members.len());
