@@ -1284,6 +1284,8 @@ fn google_ads_consent_only_on_upserts_and_never_denied() {
     let err = failed(&g.deliver(&denied, &gads_secrets(), "upsert", &records, "warn"));
     assert!(err.contains("invalid config") && err.contains("DENIED"), "{err}");
     assert_eq!(g.fake.jobs().len(), 2, "no job was created");
+    let err = failed(&g.check(&denied, &gads_secrets()));
+    assert!(err.contains("invalid config") && err.contains("DENIED"), "{err}");
 }
 
 /// G1: the Data Manager API is the default path: one `audienceMembers:ingest` / `:remove` per

@@ -543,7 +543,8 @@ mod tests {
             UploadKeyType::ContactInfo,
         );
         let ingest: Value =
-            serde_json::from_str(&body(&c, &ids, false, std::slice::from_ref(&member), false)).unwrap();
+            serde_json::from_str(&body(&c, &ids, false, std::slice::from_ref(&member), false))
+                .unwrap();
         assert_eq!(
             ingest,
             json!({"destinations": [{"operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": "1234567890"},

@@ -185,6 +185,7 @@ impl Plugin for CustomerMatch {
     /// developer token without Customer Match access fails here, not as dead letters.
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {
         let ids = Ids::from_config(&ctx.config)?;
+        refuse_denied_consent(&ctx.config)?;
         let auth = bearer(ctx)?;
         match ctx.config.api {
             Api::DataManager => data_manager::check(ctx, &ids, &auth),

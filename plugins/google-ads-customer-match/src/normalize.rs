@@ -58,9 +58,7 @@ pub fn first_name(raw: &str) -> Option<String> {
 pub fn last_name(raw: &str) -> Option<String> {
     let words = name_words(raw);
     match words.split_last() {
-        Some((last, rest)) if !rest.is_empty() && SUFFIXES.contains(&last.as_str()) => {
-            joined(rest)
-        }
+        Some((last, rest)) if !rest.is_empty() && SUFFIXES.contains(&last.as_str()) => joined(rest),
         _ => joined(&words),
     }
 }
