@@ -61,7 +61,8 @@ impl Hub {
             config.hub.ingest_queue,
             metrics.clone(),
         );
-        let write_keys: HashMap<String, String> = config.write_keys()?.into_iter().collect();
+        let write_keys: Arc<HashMap<String, String>> =
+            Arc::new(config.write_keys()?.into_iter().collect());
         if write_keys.is_empty() {
             tracing::warn!("no [sources.*] write_keys configured: the tracking API will answer 401 to everything");
         }
@@ -69,11 +70,18 @@ impl Hub {
         if token.is_none() {
             tracing::warn!("no [hub] admin_token: the Profiles API is disabled");
         }
+        let origins = config
+            .sources
+            .iter()
+            .map(|(name, source)| (name.clone(), source.allowed_origins.clone()))
+            .collect();
         let ingest = ingest::routes(IngestState {
             ingestor,
-            write_keys: Arc::new(write_keys),
+            origins: Arc::new(ingest::cors::OriginPolicy::new(origins, write_keys.clone())),
+            write_keys,
             limits: Arc::new(Limits::default()),
             metrics: metrics.clone(),
+            proxies: Arc::new(config.hub.trusted_proxies.clone()),
         });
         let admin = AdminState {
             profiles: Profiles::new(store.clone()),

@@ -280,7 +280,11 @@ async fn serve(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow::
     }
     tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
     println!("switchyard listening on http://{addr}");
-    axum::serve(listener, hub.router)
+    // Connect info: the tracking API's `context.ip` is the peer's address.
+    let app = hub
+        .router
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let ctrl_c = tokio::signal::ctrl_c();
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();

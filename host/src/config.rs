@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+pub mod web;
+
 /// The whole project file.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -230,6 +232,10 @@ pub struct HubConfig {
     /// lookups faster on a large store; the mapped pages count in the process's resident memory.
     #[serde(default = "default_sqlite_mmap_mib")]
     pub sqlite_mmap_mib: u64,
+    /// Peers (addresses or CIDR ranges) whose `X-Forwarded-For` names the client, for
+    /// `context.ip` (a load balancer or reverse proxy in front of the hub).
+    #[serde(default)]
+    pub trusted_proxies: web::TrustedProxies,
 }
 
 impl Default for HubConfig {
@@ -241,6 +247,7 @@ impl Default for HubConfig {
             admin_token: None,
             ingest_queue: default_queue(),
             sqlite_mmap_mib: default_sqlite_mmap_mib(),
+            trusted_proxies: web::TrustedProxies::default(),
         }
     }
 }
@@ -338,6 +345,10 @@ pub struct SourceConfig {
     /// Write keys of this source for the tracking API: `${ENV_VAR}`, `file:PATH` or literal.
     #[serde(default)]
     pub write_keys: Vec<String>,
+    /// Browser origins whose pages may send this source's events (`["https://shop.example"]`
+    /// or `"*"`); none by default. Server SDKs send no `Origin` and are not affected.
+    #[serde(default)]
+    pub allowed_origins: web::AllowedOrigins,
     /// Installed source plugin that reads (and receives webhooks for) this source.
     #[serde(default)]
     pub plugin: Option<String>,

@@ -71,6 +71,18 @@ impl Hub {
     /// Starts a hub whose project file also holds `project` (audiences, destinations, syncs),
     /// with plugins under `<dir>/plugins` and extra environment for the server.
     pub fn start_project(db: Db, extra_hub: &str, project: &str, env: &[(&str, &str)]) -> Hub {
+        Hub::start_full(db, extra_hub, "", project, env)
+    }
+
+    /// Starts a hub whose `[sources.web]` (write key [`WRITE_KEY`]) also holds `web_source`,
+    /// e.g. `allowed_origins = [...]`.
+    pub fn start_full(
+        db: Db,
+        extra_hub: &str,
+        web_source: &str,
+        project: &str,
+        env: &[(&str, &str)],
+    ) -> Hub {
         let dir = tempfile::tempdir().unwrap();
         let (database, pg_db) = match db {
             Db::Sqlite => (format!("sqlite://{}/hub.db", dir.path().display()), None),
@@ -89,7 +101,7 @@ impl Hub {
             &config,
             format!(
                 "[hub]\nlisten = \"{addr}\"\ndatabase = \"{database}\"\nadmin_token = \"{ADMIN_TOKEN}\"\nplugins_dir = \"{plugins}\"\n{extra_hub}\n\n\
-                 [sources.web]\nwrite_keys = [\"{WRITE_KEY}\"]\n\n[sources.server]\nwrite_keys = [\"wk_test_server\"]\n\n{project}\n",
+                 [sources.web]\nwrite_keys = [\"{WRITE_KEY}\"]\n{web_source}\n\n[sources.server]\nwrite_keys = [\"wk_test_server\"]\n\n{project}\n",
                 plugins = dir.path().join("plugins").display()
             ),
         )

@@ -125,6 +125,29 @@ impl Message {
             .collect()
     }
 
+    /// Sets `context.ip` (in the message and its stored body) unless the client set it: the
+    /// tracking API's enrichment, as Segment's does.
+    pub fn default_ip(&mut self, ip: &str) {
+        let set = |context: &mut Value| {
+            if context.is_null() {
+                *context = Value::Object(Map::new());
+            }
+            if let Value::Object(map) = context {
+                let present = map
+                    .get("ip")
+                    .and_then(Value::as_str)
+                    .is_some_and(|s| !s.trim().is_empty());
+                if !present {
+                    map.insert("ip".into(), Value::String(ip.to_string()));
+                }
+            }
+        };
+        set(&mut self.context);
+        if let Value::Object(raw) = &mut self.raw {
+            set(raw.entry("context").or_insert(Value::Null));
+        }
+    }
+
     fn trait_string(&self, key: &str) -> Option<String> {
         let context_traits = self.context.get("traits").and_then(Value::as_object);
         [Some(&self.traits), context_traits]
@@ -207,11 +230,15 @@ pub struct Batch {
 
 /// Parses a single-call endpoint body. The endpoint decides the type; a body `type` that
 /// disagrees is rejected rather than silently trusted or overridden.
+///
+/// `header_anonymous_id` is RudderStack's `AnonymousId` request header, the anonymous id of a
+/// message that carries none of its own.
 pub fn parse_single(
     body: &[u8],
     endpoint: MessageType,
     received_at: DateTime<Utc>,
     limits: &Limits,
+    header_anonymous_id: Option<&str>,
 ) -> Result<Message, MessageError> {
     let obj = parse_body(body, limits)?;
     check_message_size(&obj, limits)?;
@@ -222,7 +249,11 @@ pub fn parse_single(
             format!("type {t} does not match the /v1/{endpoint} endpoint"),
         );
     }
-    build(obj, endpoint, received_at, &Inherited::default())
+    let inherited = Inherited {
+        anonymous_id: header_anonymous_id,
+        ..Inherited::default()
+    };
+    build(obj, endpoint, received_at, &inherited)
 }
 
 /// Parses a `/v1/batch` body. All-or-nothing: one invalid message rejects the request,
@@ -231,6 +262,7 @@ pub fn parse_batch(
     body: &[u8],
     received_at: DateTime<Utc>,
     limits: &Limits,
+    header_anonymous_id: Option<&str>,
 ) -> Result<Batch, MessageError> {
     let mut top = parse_body(body, limits)?;
     let items = match top.remove("batch") {
@@ -254,6 +286,7 @@ pub fn parse_batch(
         sent_at,
         context: object_field(&top, "context")?,
         write_key: write_key.as_deref(),
+        anonymous_id: header_anonymous_id,
     };
     let messages = items
         .into_iter()
@@ -275,6 +308,8 @@ struct Inherited<'a> {
     sent_at: Option<DateTime<Utc>>,
     context: Option<&'a Map<String, Value>>,
     write_key: Option<&'a str>,
+    /// RudderStack's `AnonymousId` request header.
+    anonymous_id: Option<&'a str>,
 }
 
 fn parse_batch_item(
@@ -372,7 +407,20 @@ fn build(
     };
 
     let user_id = id_field(&obj, "userId")?;
-    let anonymous_id = id_field(&obj, "anonymousId")?;
+    // RudderStack's SDKs also keep the anonymous id in `context.traits.anonymousId` and (JS v3)
+    // in the `AnonymousId` header; the message's own field wins.
+    let anonymous_id = match id_field(&obj, "anonymousId")? {
+        Some(id) => Some(id),
+        None => context_traits
+            .and_then(|t| t.get("anonymousId"))
+            .and_then(scalar_string)
+            .or_else(|| {
+                inherited
+                    .anonymous_id
+                    .filter(|id| !id.trim().is_empty())
+                    .map(str::to_string)
+            }),
+    };
     let previous_id = (kind == Alias)
         .then(|| id_field(&obj, "previousId"))
         .transpose()?
@@ -434,11 +482,19 @@ fn build(
     let write_key =
         optional_string(&obj, "writeKey")?.or_else(|| inherited.write_key.map(String::from));
     let traits = match kind {
-        Identify | Group => object_field(&obj, "traits")?,
-        _ => context_traits,
-    }
-    .cloned()
-    .unwrap_or_default();
+        // The user's traits: RudderStack's SDKs send identify traits in `context.traits`,
+        // Segment's in `traits`; both count, the top level winning per key.
+        Identify => {
+            let mut merged = context_traits.cloned().unwrap_or_default();
+            if let Some(own) = object_field(&obj, "traits")? {
+                merged.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            merged
+        }
+        // The group's (account's) traits, not the user's.
+        Group => object_field(&obj, "traits")?.cloned().unwrap_or_default(),
+        _ => context_traits.cloned().unwrap_or_default(),
+    };
     let properties = match kind {
         Track | Page | Screen => object_field(&obj, "properties")?
             .cloned()
@@ -567,11 +623,11 @@ mod tests {
     }
 
     fn single(kind: MessageType, body: &str) -> Result<Message, MessageError> {
-        parse_single(body.as_bytes(), kind, t(NOW), &Limits::default())
+        parse_single(body.as_bytes(), kind, t(NOW), &Limits::default(), None)
     }
 
     fn batch(body: &str) -> Result<Batch, MessageError> {
-        parse_batch(body.as_bytes(), t(NOW), &Limits::default())
+        parse_batch(body.as_bytes(), t(NOW), &Limits::default(), None)
     }
 
     /// The error's `field`, or `"<ok>"` so that a wrongly accepted body fails the assert.
@@ -748,7 +804,7 @@ mod tests {
 
     #[test]
     fn oversize_body_and_message() {
-        let e = parse_batch(&[b' '; 600_000], t(NOW), &Limits::default()).unwrap_err();
+        let e = parse_batch(&[b' '; 600_000], t(NOW), &Limits::default(), None).unwrap_err();
         assert_eq!(
             e.message,
             "request body is 600000 bytes, over the 500 KB limit"
@@ -769,7 +825,7 @@ mod tests {
             ..Limits::default()
         };
         let body = br#"{"batch":[{"type":"alias","userId":"u"},{"type":"alias","userId":"v"}]}"#;
-        let e = parse_batch(body, t(NOW), &limits).unwrap_err();
+        let e = parse_batch(body, t(NOW), &limits, None).unwrap_err();
         assert_eq!(e.message, "batch has 2 messages, over the 1 limit");
     }
 
@@ -900,5 +956,93 @@ mod tests {
             assert_eq!(MessageType::parse(kind.as_str()), Some(kind));
         }
         assert_eq!(MessageType::parse("Track"), None);
+    }
+
+    #[test]
+    fn identify_traits_from_both_places_top_level_wins() {
+        // RudderStack's Python and JS SDKs put identify traits in context.traits.
+        let body = r#"{"userId":"u","traits":{"plan":"pro","name":"Ada"},
+            "context":{"traits":{"plan":"free","email":"ada@example.com"}}}"#;
+        let m = single(Identify, body).unwrap();
+        let expected = json!({"plan": "pro", "name": "Ada", "email": "ada@example.com"});
+        assert_eq!(Value::Object(m.traits.clone()), expected);
+        let body = r#"{"userId":"u","context":{"traits":{"email":"r@example.com"}}}"#;
+        assert_eq!(
+            single(Identify, body).unwrap().traits["email"],
+            "r@example.com"
+        );
+        // A group's traits are the account's, not the user's.
+        let body = r#"{"userId":"u","groupId":"g","traits":{"name":"Acme"},
+            "context":{"traits":{"email":"u@example.com"}}}"#;
+        let m = single(Group, body).unwrap();
+        assert_eq!(Value::Object(m.traits), json!({"name": "Acme"}));
+    }
+
+    #[test]
+    fn rudderstack_anonymous_id_conventions() {
+        // context.traits.anonymousId (RudderStack's mobile SDKs) stands in for anonymousId.
+        let body = r#"{"event":"e","context":{"traits":{"anonymousId":"ctx-anon"}}}"#;
+        let m = single(Track, body).unwrap();
+        assert_eq!(m.anonymous_id.as_deref(), Some("ctx-anon"));
+        assert_eq!(m.raw["anonymousId"], "ctx-anon");
+        // The AnonymousId header (JS SDK v3) fills a message that has neither.
+        let m = parse_single(
+            br#"{"event":"e"}"#,
+            Track,
+            t(NOW),
+            &Limits::default(),
+            Some("hdr"),
+        )
+        .unwrap();
+        assert_eq!(m.anonymous_id.as_deref(), Some("hdr"));
+        let m = parse_single(
+            br#"{"event":"e","anonymousId":"own"}"#,
+            Track,
+            t(NOW),
+            &Limits::default(),
+            Some("hdr"),
+        )
+        .unwrap();
+        assert_eq!(m.anonymous_id.as_deref(), Some("own"));
+        let b = parse_batch(
+            br#"{"batch":[{"type":"track","event":"e"}]}"#,
+            t(NOW),
+            &Limits::default(),
+            Some("hdr"),
+        )
+        .unwrap();
+        assert_eq!(b.messages[0].anonymous_id.as_deref(), Some("hdr"));
+        // rudderId and the rest of context are kept as sent.
+        let body = r#"{"userId":"u","rudderId":"r-1","context":{
+            "consent":{"categoryPreferences":{"Advertising":false}},
+            "externalIds":[{"id":"c1","type":"crm_id"}],"userAgent":"UA/1"}}"#;
+        let m = single(Identify, body).unwrap();
+        assert_eq!(m.raw["rudderId"], "r-1");
+        assert_eq!(
+            m.raw["context"]["consent"]["categoryPreferences"]["Advertising"],
+            false
+        );
+        assert_eq!(m.raw["context"]["externalIds"][0]["id"], "c1");
+        assert_eq!(m.raw["context"]["userAgent"], "UA/1");
+    }
+
+    #[test]
+    fn default_ip_fills_only_what_the_client_left_out() {
+        let mut m = single(Track, r#"{"userId":"u","event":"e"}"#).unwrap();
+        m.default_ip("198.51.100.7");
+        assert_eq!(
+            (&m.context["ip"], &m.raw["context"]["ip"]),
+            (&json!("198.51.100.7"), &json!("198.51.100.7"))
+        );
+        let mut m = single(
+            Track,
+            r#"{"userId":"u","event":"e","context":{"ip":"1.1.1.1","x":1}}"#,
+        )
+        .unwrap();
+        m.default_ip("198.51.100.7");
+        assert_eq!(m.raw["context"], json!({"ip": "1.1.1.1", "x": 1}));
+        let mut m = single(Track, r#"{"userId":"u","event":"e","context":{"ip":""}}"#).unwrap();
+        m.default_ip("198.51.100.7");
+        assert_eq!(m.raw["context"]["ip"], "198.51.100.7");
     }
 }

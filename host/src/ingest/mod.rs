@@ -1,25 +1,31 @@
 //! The Segment-compatible HTTP Tracking API: `/v1/identify`, `/v1/track`, `/v1/page`,
-//! `/v1/screen`, `/v1/group`, `/v1/alias` and `/v1/batch`, so Segment's and RudderStack's SDKs
-//! work unchanged when pointed at the hub.
+//! `/v1/screen`, `/v1/group`, `/v1/alias` and `/v1/batch`, and the short paths analytics.js
+//! and the mobile SDKs use (`/v1/i|t|p|s|g|a|b`), so Segment's and RudderStack's SDKs work
+//! unchanged when pointed at the hub, from servers, apps and browsers (CORS per source, see
+//! [`cors`]; the settings analytics.js fetches, see [`settings`]).
 
+pub mod cors;
 pub mod message;
+mod settings;
 pub mod writer;
 
 use std::collections::HashMap;
 use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::{header, request::Parts, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 
 use message::{Limits, MessageType};
 use writer::{Ingestor, SubmitError};
 
+use crate::config::web::TrustedProxies;
 use crate::metrics::{Metrics, RequestLabels};
 
 /// What the tracking routes share.
@@ -30,42 +36,83 @@ pub struct IngestState {
     pub write_keys: Arc<HashMap<String, String>>,
     pub limits: Arc<Limits>,
     pub metrics: Metrics,
+    /// Which browser origins each source takes.
+    pub origins: Arc<cors::OriginPolicy>,
+    /// Peers whose `X-Forwarded-For` is believed, for `context.ip`.
+    pub proxies: Arc<TrustedProxies>,
+}
+
+impl IngestState {
+    /// A request from a browser page (it has an `Origin` header) whose origin `source` does not
+    /// allow gets a 403 naming the setting; requests without `Origin` (servers, apps) pass.
+    fn check_origin(&self, source: &str, headers: &HeaderMap) -> Result<(), Response> {
+        let Some(origin) = headers.get(header::ORIGIN) else {
+            return Ok(());
+        };
+        let origin = origin.to_str().unwrap_or("(not text)");
+        if self.origins.allows(source, origin) {
+            return Ok(());
+        }
+        Err(error(
+            StatusCode::FORBIDDEN,
+            &format!(
+                "origin {origin} may not send events of source `{source}`: add it to [sources.{source}] allowed_origins"
+            ),
+            None,
+        ))
+    }
+}
+
+/// The peer's address, when the server was started with connect info (`switchyard serve` is;
+/// a router driven in-process may not be).
+pub(crate) struct ClientAddr(Option<SocketAddr>);
+
+impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(ClientAddr(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0),
+        ))
+    }
+}
+
+/// The path letter analytics.js and the mobile SDKs use for each call type.
+fn short_path(kind: MessageType) -> &'static str {
+    match kind {
+        MessageType::Identify => "/v1/i",
+        MessageType::Track => "/v1/t",
+        MessageType::Page => "/v1/p",
+        MessageType::Screen => "/v1/s",
+        MessageType::Group => "/v1/g",
+        MessageType::Alias => "/v1/a",
+    }
 }
 
 pub fn routes(state: IngestState) -> Router {
-    Router::new()
-        .route(
-            "/v1/identify",
-            post(|s, h, b| handle(s, h, b, Some(MessageType::Identify))),
-        )
-        .route(
-            "/v1/track",
-            post(|s, h, b| handle(s, h, b, Some(MessageType::Track))),
-        )
-        .route(
-            "/v1/page",
-            post(|s, h, b| handle(s, h, b, Some(MessageType::Page))),
-        )
-        .route(
-            "/v1/screen",
-            post(|s, h, b| handle(s, h, b, Some(MessageType::Screen))),
-        )
-        .route(
-            "/v1/group",
-            post(|s, h, b| handle(s, h, b, Some(MessageType::Group))),
-        )
-        .route(
-            "/v1/alias",
-            post(|s, h, b| handle(s, h, b, Some(MessageType::Alias))),
-        )
-        .route("/v1/batch", post(|s, h, b| handle(s, h, b, None)))
+    let mut router = Router::new();
+    for kind in MessageType::ALL {
+        let handler = post(move |s, c, h, b| handle(s, c, h, b, Some(kind)));
+        router = router
+            .route(&format!("/v1/{kind}"), handler.clone())
+            .route(short_path(kind), handler);
+    }
+    let batch = post(|s, c, h, b| handle(s, c, h, b, None));
+    router
+        .route("/v1/batch", batch.clone())
+        .route("/v1/b", batch)
+        .route("/v1/projects/{write_key}/settings", get(settings::get))
         // Bodies are checked against Segment's 500 KB limit after decompression, with a 400
         // naming the limit; this only stops absurd uploads early.
         .layer(axum::extract::DefaultBodyLimit::max(8 << 20))
+        .layer(state.origins.clone().layer())
         .with_state(state)
 }
 
-fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
     let mut body = serde_json::json!({"success": false, "error": message});
     if let Some(f) = field {
         body["field"] = serde_json::Value::String(f.to_string());
@@ -75,6 +122,7 @@ fn error(status: StatusCode, message: &str, field: Option<&str>) -> Response {
 
 async fn handle(
     State(state): State<IngestState>,
+    peer: ClientAddr,
     headers: HeaderMap,
     body: Bytes,
     endpoint: Option<MessageType>,
@@ -82,7 +130,7 @@ async fn handle(
     let route = endpoint.map(|e| e.as_str()).unwrap_or("batch");
     let span = tracing::debug_span!("tracking_request", route);
     let _enter = span.enter();
-    let response = handle_inner(&state, &headers, body, endpoint).await;
+    let response = handle_inner(&state, peer, &headers, body, endpoint).await;
     state
         .metrics
         .requests
@@ -94,8 +142,32 @@ async fn handle(
     response
 }
 
+/// RudderStack's `AnonymousId` header: JS SDK v3 sends it base64-encoded, other clients plain.
+/// Taken as base64 only when it decodes to printable text.
+fn header_anonymous_id(headers: &HeaderMap) -> Option<String> {
+    let raw = headers.get("anonymousid")?.to_str().ok()?.trim();
+    if raw.is_empty() {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .filter(|s| !s.trim().is_empty() && !s.chars().any(char::is_control));
+    Some(decoded.unwrap_or_else(|| raw.to_string()))
+}
+
+/// The client's address for `context.ip`: the peer, or through `[hub] trusted_proxies` the
+/// `X-Forwarded-For` hop they vouch for.
+fn client_ip(state: &IngestState, peer: &ClientAddr, headers: &HeaderMap) -> Option<IpAddr> {
+    let peer = peer.0?.ip();
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    Some(state.proxies.client_ip(peer, forwarded))
+}
+
 async fn handle_inner(
     state: &IngestState,
+    peer: ClientAddr,
     headers: &HeaderMap,
     body: Bytes,
     endpoint: Option<MessageType>,
@@ -118,12 +190,19 @@ async fn handle_inner(
             return error(StatusCode::BAD_REQUEST, &e, None);
         }
     };
+    // The body is JSON whatever the Content-Type says: browsers send `text/plain` (no
+    // preflight, and `sendBeacon` can send nothing else), servers `application/json`.
+    let anonymous_id = header_anonymous_id(headers);
+    let anonymous_id = anonymous_id.as_deref();
+    let limits = &state.limits;
     let parsed = match endpoint {
-        Some(kind) => message::parse_single(&body, kind, received_at, &state.limits).map(|m| {
-            let key = m.write_key.clone();
-            (vec![m], key)
-        }),
-        None => message::parse_batch(&body, received_at, &state.limits).map(|b| {
+        Some(kind) => {
+            message::parse_single(&body, kind, received_at, limits, anonymous_id).map(|m| {
+                let key = m.write_key.clone();
+                (vec![m], key)
+            })
+        }
+        None => message::parse_batch(&body, received_at, limits, anonymous_id).map(|b| {
             let key = b
                 .write_key
                 .clone()
@@ -131,7 +210,7 @@ async fn handle_inner(
             (b.messages, key)
         }),
     };
-    let (messages, body_key) = match parsed {
+    let (mut messages, body_key) = match parsed {
         Ok(p) => p,
         Err(e) => {
             state.metrics.reject("invalid", 1);
@@ -157,6 +236,18 @@ async fn handle_inner(
             .reject("unknown_write_key", messages.len() as u64);
         return error(StatusCode::UNAUTHORIZED, "unknown write key", None);
     };
+    if let Err(refused) = state.check_origin(source, headers) {
+        state
+            .metrics
+            .reject("origin_not_allowed", messages.len() as u64);
+        return refused;
+    }
+    if let Some(ip) = client_ip(state, &peer, headers) {
+        let ip = ip.to_string();
+        for m in &mut messages {
+            m.default_ip(&ip);
+        }
+    }
     let n = messages.len() as u64;
     match state.ingestor.submit(source, messages).await {
         Ok(_) => (StatusCode::OK, Json(serde_json::json!({"success": true}))).into_response(),
