@@ -77,7 +77,7 @@ impl OriginPolicy {
 
     /// The CORS layer for the tracking routes: methods GET and POST; request headers the
     /// official SDKs send (`Authorization`, `Content-Type`, `Content-Encoding`, RudderStack's
-    /// `AnonymousId`, Segment's `X-Retry-Count`); `Retry-After` readable by the page; a day's
+    /// `AnonymousId`, `SentAt` and `Rsa-*` retry headers, Segment's `X-Retry-Count`); `Retry-After` readable by the page; a day's
     /// preflight cache (browsers cap it lower); never credentials (cookies are not needed: the
     /// write key is the credential).
     pub fn layer(self: Arc<Self>) -> CorsLayer {
@@ -92,6 +92,14 @@ impl OriginPolicy {
                 header::CONTENT_ENCODING,
                 HeaderName::from_static("anonymousid"),
                 HeaderName::from_static("x-retry-count"),
+                // RudderStack JS v3's XhrQueue (@rudderstack/analytics-js 3.34, found by the
+                // browser test: without them its preflight fails).
+                HeaderName::from_static("sentat"),
+                HeaderName::from_static("rsa-recovered"),
+                HeaderName::from_static("rsa-retry-attempt"),
+                HeaderName::from_static("rsa-retry-reason"),
+                HeaderName::from_static("rsa-since-first-attempt"),
+                HeaderName::from_static("rsa-since-last-attempt"),
             ])
             .expose_headers([header::RETRY_AFTER])
             .max_age(Duration::from_secs(24 * 3600))
