@@ -390,3 +390,552 @@ async fn ipv4_embedded_in_ipv6_is_refused() {
     }
     assert_eq!(server.hits(), 0);
 }
+
+// ---- secrets, budgets and errors (issue 15) ----
+
+const TOKEN: &str = "tok-6d1f0e9b2a7c4853";
+const SIGNING: &str = "sig-3c8e5a1f9d2b7046";
+
+fn with_secrets(plugin: &Arc<Plugin>, config: serde_json::Value) -> PluginInstance {
+    PluginInstance::new(
+        plugin.clone(),
+        PluginConfig {
+            config: config.to_string(),
+            secrets: vec![
+                ("token".into(), TOKEN.into()),
+                ("signing_secret".into(), SIGNING.into()),
+            ],
+        },
+        HttpPolicy::deny_all(),
+    )
+}
+
+async fn probe_with(limits: Limits) -> Arc<Plugin> {
+    let runtime = Runtime::new(limits).unwrap();
+    let bytes = std::fs::read(plugin_wasm("sandbox-probe")).unwrap();
+    Arc::new(
+        runtime
+            .load(runtime.compile(&bytes).unwrap())
+            .await
+            .unwrap(),
+    )
+}
+
+/// Collects what the hub logs on this thread (tests using it run on a current-thread runtime,
+/// so plugin calls log on the test's thread).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn start() -> (Captured, tracing::subscriber::DefaultGuard) {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish();
+        (captured, tracing::subscriber::set_default(subscriber))
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_arrive_as_placeholders_unless_declared() {
+    let plugin = probe().await;
+    let results = with_secrets(&plugin, serde_json::json!({"mode": "secrets"}))
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap();
+    let reversed: String = SIGNING.chars().rev().collect();
+    assert_eq!(
+        rejected_reason(&results),
+        format!("token=placeholder; signing_secret=value:{reversed}")
+    );
+}
+
+#[tokio::test]
+async fn secrets_a_plugin_leaks_are_scrubbed_from_results_errors_and_logs() {
+    let (log, _guard) = Captured::start();
+    let plugin = probe().await;
+    let results = with_secrets(&plugin, serde_json::json!({"mode": "leak"}))
+        .deliver(Action::Upsert, &batch(2))
+        .await
+        .unwrap();
+    assert_eq!(
+        rejected_reason(&results),
+        "leaking via a rejection reason: [redacted secret signing_secret]"
+    );
+    let err = with_secrets(&plugin, serde_json::json!({"mode": "leak-error"}))
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("leaking via a call error: [redacted secret signing_secret]"),
+        "{err}"
+    );
+    let log = log.text();
+    for via in ["host.log", "stdout", "stderr"] {
+        assert!(
+            log.contains(&format!(
+                "leaking via {via}: [redacted secret signing_secret]"
+            )),
+            "{via}: {log}"
+        );
+    }
+    assert!(!log.contains(SIGNING), "{log}");
+}
+
+#[tokio::test]
+async fn host_log_is_cut_at_the_calls_budget() {
+    let (log, _guard) = Captured::start();
+    let plugin = probe_with(Limits {
+        log_lines: 50,
+        log_bytes: 1 << 20,
+        ..limits()
+    })
+    .await;
+    let flood = |count: u32, line_len: usize| {
+        instance(
+            &plugin,
+            serde_json::json!({"mode": "log-flood", "count": count, "line_len": line_len}),
+            HttpPolicy::deny_all(),
+        )
+    };
+    flood(20_000, 10)
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap();
+    let text = log.text();
+    assert_eq!(
+        text.matches(" flood ").count(),
+        50,
+        "{}",
+        &text[..2000.min(text.len())]
+    );
+    assert_eq!(text.matches("log budget exhausted").count(), 1);
+
+    // Bytes run out before lines: 50 lines of 1,000 bytes against 10,000 bytes.
+    let plugin_bytes = probe_with(Limits {
+        log_lines: 1_000,
+        log_bytes: 10_000,
+        ..limits()
+    })
+    .await;
+    let before = log.text().matches(" flood ").count();
+    instance(
+        &plugin_bytes,
+        serde_json::json!({"mode": "log-flood", "count": 50, "line_len": 1000}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap();
+    let text = log.text();
+    assert_eq!(text.matches(" flood ").count() - before, 9);
+    assert_eq!(text.matches("log budget exhausted").count(), 2);
+    // The next call has a budget of its own.
+    flood(10, 10)
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap();
+    assert_eq!(log.text().matches(" flood ").count() - before, 19);
+}
+
+/// Grants the probe exactly `host_port`, a loopback address.
+fn allow_exactly(host_port: &str) -> HttpPolicy {
+    let exact = [host_port.to_string()];
+    HttpPolicy::new(&["*".to_string()], Some(&exact), &exact)
+}
+
+/// A loopback listener that never accepts: connections to it stay pending.
+fn silent_listener() -> std::net::TcpListener {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outgoing_requests_and_connections_are_budgeted_per_call() {
+    let silent = silent_listener();
+    let target = silent.local_addr().unwrap().to_string();
+    let plugin = probe_with(Limits {
+        connections_per_call: 8,
+        requests_per_call: 50,
+        ..limits()
+    })
+    .await;
+    let policy = allow_exactly(&target);
+    let results = instance(
+        &plugin,
+        serde_json::json!({"mode": "flood", "url": format!("http://{target}"), "count": 100, "hold_ms": 300}),
+        policy,
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap();
+    let note = rejected_reason(&results);
+    assert!(
+        note.starts_with("started 100; failed 92; answered 0; pending 8;"),
+        "{note}"
+    );
+    assert!(
+        note.contains("connections_per_call") && note.contains("requests_per_call"),
+        "{note}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_bytes_are_budgeted_per_call() {
+    let server = LocalServer::start().await;
+    let plugin = probe_with(Limits {
+        received_bytes_per_call: 600,
+        ..limits()
+    })
+    .await;
+    let allowed = HttpPolicy::new(
+        &["*".to_string()],
+        Some(&[server.host_port()]),
+        &[server.host_port()],
+    );
+    let results = instance(
+        &plugin,
+        serde_json::json!({"mode": "many-fetch", "url": server.url("/pages"), "count": 20}),
+        allowed,
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap();
+    let note = rejected_reason(&results);
+    assert!(
+        note.starts_with("fetch ") && note.contains("received_bytes_per_call"),
+        "{note}"
+    );
+}
+
+/// Many quick requests are waiting, not CPU: the CPU limit counts only time spent running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_quick_requests_do_not_count_as_cpu_time() {
+    let app = axum::Router::new().fallback(|| async {
+        tokio::time::sleep(Duration::from_millis(6)).await;
+        "ok"
+    });
+    let addr = common::serve(app).await.to_string();
+    let plugin = probe_with(Limits {
+        cpu_deadline: Duration::from_millis(100),
+        wall_timeout: Duration::from_secs(20),
+        ..limits()
+    })
+    .await;
+    let allowed = allow_exactly(&addr);
+    let started = Instant::now();
+    let results = instance(
+        &plugin,
+        serde_json::json!({"mode": "many-fetch", "url": format!("http://{addr}/quick"), "count": 40}),
+        allowed,
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(started.elapsed() > Duration::from_millis(240));
+    assert_eq!(rejected_reason(&results), "fetched 40 times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_hit_are_named_and_separate() {
+    let plugin = probe().await;
+    let cpu = instance(
+        &plugin,
+        serde_json::json!({"mode": "loop"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        cpu.contains("CPU time limit of 300 ms") && cpu.contains("cpu_time"),
+        "{cpu}"
+    );
+    let server = LocalServer::start().await;
+    let allowed = HttpPolicy::new(
+        &["*".to_string()],
+        Some(&[server.host_port()]),
+        &[server.host_port()],
+    );
+    let wall = instance(
+        &plugin,
+        serde_json::json!({"mode": "fetch", "url": server.url("/hang")}),
+        allowed,
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        wall.contains("wall-clock limit of 3000 ms") && wall.contains("wall_time"),
+        "{wall}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_raised_in_host_functions_carry_their_cause() {
+    let plugin = probe().await;
+    let err = instance(
+        &plugin,
+        serde_json::json!({"mode": "host-error"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err();
+    match &err {
+        PluginError::Trap { reason, .. } => assert!(
+            reason.contains("Buffer too large for blocking-write-and-flush")
+                && !reason.contains("wasm backtrace"),
+            "{reason}"
+        ),
+        other => panic!("expected a trap, got {other}"),
+    }
+    next_call_works(&plugin).await;
+}
+
+// ---- the same through the serving hub ----
+
+/// `switchyard serve` started by the test itself, so that its log (at `info`) goes to a file
+/// and its descriptor limit can be set; the `Hub` gives it a project, a database and plugins.
+struct LoggedHub {
+    hub: common::hub::Hub,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl LoggedHub {
+    fn start(extra_hub: &str, project: &str, fd_limit: Option<u64>) -> LoggedHub {
+        use std::os::unix::process::CommandExt;
+        let mut hub =
+            common::hub::Hub::start_project(common::hub::Db::Sqlite, extra_hub, project, &[]);
+        hub.install(&["sandbox-probe"]);
+        hub.kill();
+        let log = hub.dir.path().join("serve.log");
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.args(["serve", "--config"])
+            .arg(&hub.config)
+            .env("SWITCHYARD_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if let Some(n) = fd_limit {
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || rlimit::setrlimit(rlimit::Resource::NOFILE, n, n));
+            }
+        }
+        let child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while hub
+            .try_request("GET", "/healthz", &[], b"")
+            .map(|r| r.status)
+            .ok()
+            != Some(200)
+        {
+            assert!(Instant::now() < deadline, "the hub did not come up");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        LoggedHub { hub, child, log }
+    }
+
+    fn admin(&self, method: &str, path: &str) -> common::hub::HttpResponse {
+        self.hub.request(
+            method,
+            path,
+            &[(
+                "authorization",
+                &format!("Bearer {}", common::hub::ADMIN_TOKEN),
+            )],
+            b"",
+        )
+    }
+
+    /// Starts a run through the admin API and waits for it to end.
+    fn run_sync(&self, sync: &str) -> serde_json::Value {
+        assert_eq!(
+            self.admin("POST", &format!("/v1/syncs/{sync}/run")).status,
+            202
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let runs = self.admin("GET", &format!("/v1/syncs/{sync}/runs")).json();
+            if let Some(run) = runs["runs"].get(0) {
+                if run["status"] != "running" {
+                    return run.clone();
+                }
+            }
+            assert!(Instant::now() < deadline, "the run did not end");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap()
+    }
+
+    fn open_files(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for LoggedHub {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn probe_sync(destination_config: &str, extra: &str) -> String {
+    format!(
+        "[destinations.probe]\nplugin = \"sandbox-probe\"\nconfig = {destination_config}\n{extra}\n\
+         [[syncs]]\nname = \"probe\"\nfrom = \"all\"\nto = \"probe\"\nmode = \"upsert\"\nmax_attempts = 1\n\
+         [syncs.mapping]\nemail = \"identifiers.email\"\n"
+    )
+}
+
+#[test]
+fn a_leaked_secret_stays_out_of_dead_letters_the_api_and_the_log() {
+    let project = probe_sync(
+        "{ mode = \"leak\" }",
+        &format!("secrets = {{ signing_secret = \"{SIGNING}\", token = \"{TOKEN}\" }}"),
+    );
+    let served = LoggedHub::start("", &project, None);
+    served
+        .hub
+        .identify("u1", serde_json::json!({"email": "ada@example.com"}));
+    let run = served.run_sync("probe");
+    assert_eq!(run["dead_lettered"].as_i64(), Some(1), "{run}");
+
+    let api = served.admin("GET", "/v1/dead-letters?sync=probe").text();
+    assert!(api.contains("[redacted secret signing_secret]"), "{api}");
+    assert!(!api.contains(SIGNING), "{api}");
+
+    // Every byte of the database (and its write-ahead log).
+    for entry in std::fs::read_dir(served.hub.dir.path()).unwrap() {
+        let path = entry.unwrap().path();
+        if path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("hub.db")
+        {
+            let bytes = std::fs::read(&path).unwrap();
+            assert!(
+                !bytes
+                    .windows(SIGNING.len())
+                    .any(|w| w == SIGNING.as_bytes()),
+                "{} holds the secret",
+                path.display()
+            );
+        }
+    }
+
+    let log = served.log();
+    for via in ["host.log", "stdout", "stderr"] {
+        assert!(
+            log.contains(&format!(
+                "leaking via {via}: [redacted secret signing_secret]"
+            )),
+            "{via}: {log}"
+        );
+    }
+    assert!(!log.contains(SIGNING), "{log}");
+}
+
+/// One call opening 5,000 requests at once to a host that never answers, in a hub limited to
+/// 1,024 descriptors: the hub's reserve keeps `/healthz` and the tracking API answering.
+#[test]
+fn a_request_flood_leaves_the_hub_its_descriptors() {
+    let silent = silent_listener();
+    let target = silent.local_addr().unwrap().to_string();
+    let project = probe_sync(
+        &format!("{{ mode = \"flood\", url = \"http://{target}\", count = 5000, hold_ms = 4000 }}"),
+        &format!("allow_hosts = [\"{target}\"]\nallow_private_hosts = [\"{target}\"]"),
+    );
+    // The per-call cap is lifted so that only the hub-wide reserve stands in the way.
+    let served = LoggedHub::start(
+        "plugin_limits = { connections_per_call = 10000, requests_per_call = 10000 }",
+        &project,
+        Some(1024),
+    );
+    served
+        .hub
+        .identify("u1", serde_json::json!({"email": "ada@example.com"}));
+    assert_eq!(served.admin("POST", "/v1/syncs/probe/run").status, 202);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served.open_files() < 400 {
+        assert!(
+            Instant::now() < deadline,
+            "the flood did not start: {} files open",
+            served.open_files()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peak = served.open_files();
+    for i in 0..10 {
+        let health = served.hub.try_request("GET", "/healthz", &[], b"");
+        assert_eq!(
+            health.as_ref().map(|r| r.status).ok(),
+            Some(200),
+            "healthz {i}: {health:?}"
+        );
+        let track = served.hub.try_request(
+            "POST",
+            "/v1/track",
+            &[
+                ("authorization", &common::hub::basic(common::hub::WRITE_KEY)),
+                ("content-type", "application/json"),
+            ],
+            serde_json::json!({"userId": "u1", "event": "Flooded"})
+                .to_string()
+                .as_bytes(),
+        );
+        assert_eq!(
+            track.as_ref().map(|r| r.status).ok(),
+            Some(200),
+            "track {i}: {track:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let letters = loop {
+        let letters = served.admin("GET", "/v1/dead-letters?sync=probe").json();
+        if letters["dead_letters"]
+            .as_array()
+            .is_some_and(|l| !l.is_empty())
+        {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "the flood call did not end");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let note = letters["dead_letters"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        note.contains("started 5000") && note.contains("hub_connections"),
+        "{note} (peak {peak} files)"
+    );
+    assert!(peak < 1000, "{peak} files open");
+}

@@ -41,7 +41,7 @@ impl Hub {
     pub async fn build(config: &Config) -> anyhow::Result<Hub> {
         let store = config.hub.open_store().await?;
         let metrics = Metrics::new();
-        let runtime = crate::runtime::Runtime::new(crate::runtime::Limits::default())?;
+        let runtime = crate::runtime::Runtime::new(config.hub.plugin_limits.limits()?)?;
         let registry = Arc::new(crate::registry::Registry::open(
             &config.hub.plugins_dir,
             runtime,

@@ -248,6 +248,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn serve(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    // Plugin calls get half of the descriptors at most (`[hub.plugin_limits] hub_connections`):
+    // the rest is the reserve that keeps the listeners and the database answering.
+    match crate::runtime::raise_fd_limit() {
+        Ok(n) => tracing::debug!(file_descriptors = n, "file descriptor limit"),
+        Err(e) => tracing::warn!("could not raise the file descriptor limit: {e}"),
+    }
     let mut config = crate::config::Config::load(path)?;
     if let Some(dir) = plugins_dir {
         config.hub.plugins_dir = dir;

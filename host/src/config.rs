@@ -236,6 +236,82 @@ pub struct HubConfig {
     /// `context.ip` (a load balancer or reverse proxy in front of the hub).
     #[serde(default)]
     pub trusted_proxies: web::TrustedProxies,
+    /// `[hub.plugin_limits]`: what one plugin call may use.
+    #[serde(default)]
+    pub plugin_limits: PluginLimitsConfig,
+}
+
+/// `[hub.plugin_limits]`: the ceilings every plugin call runs under; unset ones keep the host's
+/// defaults (see `runtime::Limits`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginLimitsConfig {
+    /// Linear memory of one instance, in MiB (default 64).
+    pub memory_mib: Option<usize>,
+    /// Time a call may spend running, not counting waiting on I/O, e.g. `"5s"` (default).
+    pub cpu_time: Option<String>,
+    /// Time a call may take in all, waiting included, e.g. `"60s"` (default).
+    pub wall_time: Option<String>,
+    /// Lines a call may log (default 1,000), then one "log budget exhausted" line.
+    pub log_lines: Option<u32>,
+    /// Bytes a call may log (default 262,144).
+    pub log_bytes: Option<usize>,
+    /// Outgoing connections a call may have open at once (default 32).
+    pub connections_per_call: Option<usize>,
+    /// Outgoing requests a call may make (default 2,000).
+    pub requests_per_call: Option<u32>,
+    /// Response bytes a call may receive (default 268,435,456).
+    pub received_bytes_per_call: Option<u64>,
+    /// Outgoing connections all plugin calls together may have open (default: half the
+    /// process's file descriptor limit, at most 4,096; the rest is the hub's reserve).
+    pub hub_connections: Option<usize>,
+}
+
+impl PluginLimitsConfig {
+    /// The runtime limits: the host's defaults with what is set here.
+    pub fn limits(&self) -> anyhow::Result<crate::runtime::Limits> {
+        let mut l = crate::runtime::Limits::default();
+        let duration =
+            |key: &str, v: &Option<String>| -> anyhow::Result<Option<std::time::Duration>> {
+                v.as_deref()
+                    .map(|t| match humantime::parse_duration(t) {
+                        Ok(d) if !d.is_zero() => Ok(d),
+                        Ok(_) => anyhow::bail!("[hub.plugin_limits] {key} must be more than 0"),
+                        Err(e) => anyhow::bail!(
+                        "[hub.plugin_limits] {key} = \"{t}\" is not a duration like \"5s\": {e}"
+                    ),
+                    })
+                    .transpose()
+            };
+        if let Some(d) = duration("cpu_time", &self.cpu_time)? {
+            l.cpu_deadline = d;
+        }
+        if let Some(d) = duration("wall_time", &self.wall_time)? {
+            l.wall_timeout = d;
+        }
+        if let Some(m) = self.memory_mib {
+            l.memory_bytes = m.max(1) << 20;
+        }
+        if let Some(n) = self.log_lines {
+            l.log_lines = n;
+        }
+        if let Some(n) = self.log_bytes {
+            l.log_bytes = n;
+        }
+        if let Some(n) = self.connections_per_call {
+            l.connections_per_call = n;
+        }
+        if let Some(n) = self.requests_per_call {
+            l.requests_per_call = n;
+        }
+        if let Some(n) = self.received_bytes_per_call {
+            l.received_bytes_per_call = n;
+        }
+        if self.hub_connections.is_some() {
+            l.hub_connections = self.hub_connections;
+        }
+        Ok(l)
+    }
 }
 
 impl Default for HubConfig {
@@ -248,6 +324,7 @@ impl Default for HubConfig {
             ingest_queue: default_queue(),
             sqlite_mmap_mib: default_sqlite_mmap_mib(),
             trusted_proxies: web::TrustedProxies::default(),
+            plugin_limits: PluginLimitsConfig::default(),
         }
     }
 }
@@ -533,6 +610,9 @@ impl Config {
     /// Every problem this file has on its own (without plugins or secrets), one line each.
     pub fn problems(&self) -> Vec<String> {
         let mut problems = Vec::new();
+        if let Err(e) = self.hub.plugin_limits.limits() {
+            problems.push(e.to_string());
+        }
         for (kind, rule) in &self.identity.kinds {
             if rule.limit == 0 {
                 problems.push(format!("[identity.kinds.{kind}] limit must be at least 1"));

@@ -96,7 +96,7 @@ pub mod watermark;
 
 mod plugin;
 
-pub use plugin::{Capabilities, Context, Destination, Plugin, Source};
+pub use plugin::{Capabilities, Context, Destination, Plugin, Source, SECRET_VALUES_KEYWORD};
 pub use schemars;
 pub use serde_json;
 pub use switchyard_sdk_macros::{export_destination, export_source};

@@ -114,8 +114,10 @@ impl<C> Context<C> {
         }
     }
 
-    /// The value of a secret, or `invalid-config` naming the missing secret. Prefer
-    /// [`Context::secret_placeholder`] when the secret only goes into an HTTP header.
+    /// The value of a secret, or `invalid-config` naming the missing secret. Only secrets the
+    /// plugin declared with [`Capabilities::secret_value`] arrive as values; the others arrive as
+    /// their placeholder. Prefer [`Context::secret_placeholder`] when the secret only goes into
+    /// an HTTP header.
     pub fn secret(&self, name: &str) -> Result<&str, CallError> {
         self.secrets.get(name).map(String::as_str).ok_or_else(|| {
             CallError::InvalidConfig(format!(
@@ -136,6 +138,10 @@ impl<C> Context<C> {
     }
 }
 
+/// The keyword of the manifest's config schema that lists the secrets whose raw value the
+/// plugin receives (see [`Capabilities::secret_value`]); the hub reads it.
+pub const SECRET_VALUES_KEYWORD: &str = "x-switchyard-secret-values";
+
 /// What a plugin asks of the hub; turned into its [`PluginManifest`] by the export macro, which adds
 /// the name, version and description from `Cargo.toml`.
 #[derive(Debug, Clone)]
@@ -144,6 +150,7 @@ pub struct Capabilities {
     description: Option<String>,
     allowed_hosts: Vec<String>,
     secrets: Vec<SecretSpec>,
+    secret_values: Vec<String>,
     max_batch_size: u32,
     default_rate_per_second: f64,
     actions: Vec<Action>,
@@ -163,6 +170,7 @@ impl Capabilities {
             description: None,
             allowed_hosts: Vec::new(),
             secrets: Vec::new(),
+            secret_values: Vec::new(),
             max_batch_size: 100,
             default_rate_per_second: 10.0,
             actions: vec![Action::Upsert],
@@ -187,7 +195,9 @@ impl Capabilities {
         self
     }
 
-    /// A secret the plugin needs.
+    /// A secret the plugin needs. The plugin receives only its placeholder (see
+    /// [`Context::secret_placeholder`]): the hub fills the value into HTTP headers as a request
+    /// leaves the sandbox, so it never enters plugin memory.
     pub fn secret(mut self, name: &str, description: &str, required: bool) -> Self {
         self.secrets.push(SecretSpec {
             name: name.to_string(),
@@ -195,6 +205,20 @@ impl Capabilities {
             required,
         });
         self
+    }
+
+    /// A secret whose raw value the plugin needs inside the sandbox, because it computes with
+    /// it (an HMAC signature such as Standard Webhooks', Stripe's or Shopify's webhook
+    /// verification, Meta's `appsecret_proof`) or sends it where no header placeholder reaches
+    /// (a URL, a form body). `plugin install` and `plugin info` tell the operator it enters
+    /// plugin memory. Use [`Capabilities::secret`] for anything else.
+    ///
+    /// Plugin API 1.0.0 has no field for this: it is recorded as the keyword
+    /// [`SECRET_VALUES_KEYWORD`] in the config schema, and becomes a field of `secret-spec` in
+    /// the next contract version.
+    pub fn secret_value(mut self, name: &str, description: &str, required: bool) -> Self {
+        self.secret_values.push(name.to_string());
+        self.secret(name, description, required)
     }
 
     /// The most records one `deliver` call or one page takes.
@@ -223,7 +247,13 @@ impl Capabilities {
         package_version: &str,
         package_description: &str,
     ) -> PluginManifest {
-        let schema = schemars::schema_for!(C);
+        let mut schema = schemars::schema_for!(C);
+        if !self.secret_values.is_empty() {
+            schema.insert(
+                SECRET_VALUES_KEYWORD.to_string(),
+                serde_json::json!(self.secret_values),
+            );
+        }
         PluginManifest {
             name: self.name.unwrap_or_else(|| package_name.to_string()),
             version: package_version.to_string(),
@@ -272,6 +302,21 @@ mod tests {
         let schema: serde_json::Value = serde_json::from_str(&m.config_schema).unwrap();
         assert_eq!(schema["required"], serde_json::json!(["url"]));
         assert_eq!(schema["properties"]["url"]["description"], "Target URL.");
+        assert!(schema.get(SECRET_VALUES_KEYWORD).is_none());
+    }
+
+    #[test]
+    fn secret_values_are_declared_in_the_schema() {
+        let m = Capabilities::new()
+            .secret("token", "API token", true)
+            .secret_value("signing_secret", "Signs the payload", true)
+            .into_manifest::<Cfg>(PluginKind::Destination, "my-dest", "1.2.3", "Posts JSON");
+        assert_eq!(m.secrets.len(), 2);
+        let schema: serde_json::Value = serde_json::from_str(&m.config_schema).unwrap();
+        assert_eq!(
+            schema[SECRET_VALUES_KEYWORD],
+            serde_json::json!(["signing_secret"])
+        );
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod net;
 mod outbound;
 mod plugin;
+pub mod secrets;
 mod state;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -49,14 +50,18 @@ pub mod bindings {
     };
 }
 
-/// The limits every call runs under.
+/// The limits every call runs under: the host's defaults, which the operator may set in
+/// `[hub.plugin_limits]`. They are also the ceilings: `switchyard:plugin@1.0.0` is frozen and
+/// its manifest has no field for a plugin to ask for less (the next contract version may add
+/// one).
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Linear memory one instance may grow to.
     pub memory_bytes: usize,
-    /// CPU time one call may spend executing guest code.
+    /// CPU time one call may spend running (guest code and the host's work for it; time spent
+    /// waiting on I/O is not counted).
     pub cpu_deadline: Duration,
-    /// Wall-clock time one call may take, host I/O included.
+    /// Wall-clock time one call may take, waiting on I/O included.
     pub wall_timeout: Duration,
     /// Bytes of data a call may return (JSON text and strings summed).
     pub max_output_bytes: usize,
@@ -64,6 +69,21 @@ pub struct Limits {
     pub max_instances: u32,
     /// Bytes of stdout/stderr kept per call for the log.
     pub max_stdio_bytes: usize,
+    /// Lines one call may log (`host.log`, stdout and stderr together); then one
+    /// "log budget exhausted" line and the rest of the call's lines are dropped.
+    pub log_lines: u32,
+    /// Bytes one call may log, counted as for `log_lines`.
+    pub log_bytes: usize,
+    /// Outgoing connections one call may have open at once.
+    pub connections_per_call: usize,
+    /// Outgoing requests one call may make in all.
+    pub requests_per_call: u32,
+    /// Response bytes one call may receive in all.
+    pub received_bytes_per_call: u64,
+    /// Outgoing connections all plugin calls together may have open; None: half the process's
+    /// file descriptor limit (at most 4,096), so the hub keeps the other half for its
+    /// listeners, database and clients.
+    pub hub_connections: Option<usize>,
 }
 
 impl Default for Limits {
@@ -75,8 +95,33 @@ impl Default for Limits {
             max_output_bytes: 16 << 20,
             max_instances: 64,
             max_stdio_bytes: 64 << 10,
+            log_lines: 1_000,
+            log_bytes: 256 << 10,
+            connections_per_call: 32,
+            requests_per_call: 2_000,
+            received_bytes_per_call: 256 << 20,
+            hub_connections: None,
         }
     }
+}
+
+impl Limits {
+    /// Outgoing connections all plugin calls may hold, given the process's file descriptor
+    /// limit now.
+    pub fn hub_connections(&self) -> usize {
+        self.hub_connections.unwrap_or_else(|| {
+            let soft = rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(soft, _)| soft)
+                .unwrap_or(1024);
+            (soft / 2).clamp(16, 4096) as usize
+        })
+    }
+}
+
+/// Raises the soft file descriptor limit to the hard one, at hub start: plugin calls get half
+/// of it at most (see [`Limits::hub_connections`]). Returns the new soft limit.
+pub fn raise_fd_limit() -> std::io::Result<u64> {
+    rlimit::increase_nofile_limit(u64::MAX)
 }
 
 /// How often the epoch advances; the CPU deadline is counted in these ticks.
@@ -92,6 +137,8 @@ pub(crate) struct RuntimeInner {
     pub engine: Engine,
     pub linker: Linker<PluginState>,
     pub limits: Limits,
+    /// Outgoing connections all calls together may still open (see [`Limits::hub_connections`]).
+    pub outbound: Arc<tokio::sync::Semaphore>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -137,6 +184,7 @@ impl Runtime {
             inner: Arc::new(RuntimeInner {
                 engine,
                 linker,
+                outbound: Arc::new(tokio::sync::Semaphore::new(limits.hub_connections())),
                 limits,
                 stop_ticker,
             }),

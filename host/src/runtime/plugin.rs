@@ -1,7 +1,8 @@
 //! A loaded plugin and its configured instances; every call runs in a fresh instance.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::WasmContext as _;
 use tracing::Instrument;
@@ -10,12 +11,14 @@ use wasmtime::Store;
 
 use super::bindings::{
     destination, meta, source, Action, CallError, OutboundRecord, Page, PluginConfig, PluginKind,
-    PluginManifest, RecordResult, StreamInfo, WebhookError, WebhookOutcome, WebhookRequest,
+    PluginManifest, RecordResult, SourceRecord, StreamInfo, WebhookError, WebhookOutcome,
+    WebhookRequest,
 };
 use super::net::HttpPolicy;
 use super::outbound::PluginHttpHooks;
-use super::state::PluginState;
-use super::RuntimeInner;
+use super::secrets::{self, Scrubber};
+use super::state::{LogBudget, PluginState};
+use super::{Limits, RuntimeInner};
 
 /// Why a call produced no answer from the plugin. A [`CallError`] the plugin returned on purpose
 /// is `Plugin`; everything else is the sandbox stopping it.
@@ -23,9 +26,9 @@ use super::RuntimeInner;
 pub enum PluginError {
     #[error("plugin `{plugin}` returned an error: {}", describe(.error))]
     Plugin { plugin: String, error: CallError },
-    #[error("plugin `{plugin}` exceeded its CPU deadline of {ms} ms and was stopped")]
+    #[error("plugin `{plugin}` ran past its CPU time limit of {ms} ms (time spent running, not waiting on I/O; [hub.plugin_limits] cpu_time) and was stopped")]
     CpuDeadline { plugin: String, ms: u128 },
-    #[error("plugin `{plugin}` took longer than {ms} ms (wall clock) and was stopped")]
+    #[error("plugin `{plugin}` ran past its wall-clock limit of {ms} ms (waiting on I/O included; [hub.plugin_limits] wall_time) and was stopped")]
     Timeout { plugin: String, ms: u128 },
     #[error("plugin `{plugin}` hit its memory cap of {mib} MiB and was stopped")]
     MemoryCap { plugin: String, mib: usize },
@@ -63,14 +66,17 @@ macro_rules! plugin_call {
         let this: &PluginInstance = &$this;
         let started = Instant::now();
         let span = tracing::info_span!("plugin_call", plugin = %this.plugin.name, call = $what);
-        let mut store = this.new_store();
+        let (mut store, clock) = this.new_store();
         let outcome = {
             let $store = &mut store;
             let run = async {
                 let $instance = this.plugin.pre.instantiate_async(&mut *$store).await?;
                 $body
             };
-            tokio::time::timeout(this.plugin.rt.limits.wall_timeout, run.instrument(span.clone())).await
+            let mut run = std::pin::pin!(run.instrument(span.clone()));
+            // Time inside `poll` is the call running; time between polls is waiting on I/O.
+            let metered = std::future::poll_fn(|cx| clock.running_while(|| std::future::Future::poll(run.as_mut(), cx)));
+            tokio::time::timeout(this.plugin.rt.limits.wall_timeout, metered).await
         };
         this.finish(store, outcome, started, &span)
     }};
@@ -184,16 +190,45 @@ fn empty_manifest() -> PluginManifest {
 #[derive(Clone)]
 pub struct PluginInstance {
     plugin: Arc<Plugin>,
+    /// What the plugin receives: placeholders for its secrets, except those its manifest
+    /// declares it needs the value of.
     config: Arc<PluginConfig>,
     policy: Arc<HttpPolicy>,
+    /// The secrets' values, for filling placeholders in outgoing headers.
+    secrets: Arc<Vec<(String, String)>>,
+    scrubber: Arc<Scrubber>,
+    limits: Arc<Limits>,
 }
 
 impl PluginInstance {
+    /// `config.secrets` holds the resolved values; the plugin gets them by reference unless
+    /// its manifest declares otherwise (see [`secrets`]).
     pub fn new(plugin: Arc<Plugin>, config: PluginConfig, policy: HttpPolicy) -> Self {
+        let raw = secrets::raw_value_names(&plugin.manifest);
+        let given = config
+            .secrets
+            .iter()
+            .map(|(name, value)| {
+                let seen = if raw.contains(name) {
+                    value.clone()
+                } else {
+                    secrets::placeholder(name)
+                };
+                (name.clone(), seen)
+            })
+            .collect();
+        let scrubber = Scrubber::new(&config.secrets);
+        let limits = Arc::new(plugin.rt.limits.clone());
         PluginInstance {
             plugin,
-            config: Arc::new(config),
+            config: Arc::new(PluginConfig {
+                config: config.config,
+                secrets: given,
+            }),
             policy: Arc::new(policy),
+            secrets: Arc::new(config.secrets),
+            scrubber,
+            limits,
         }
     }
 
@@ -201,7 +236,7 @@ impl PluginInstance {
         &self.plugin
     }
 
-    fn new_store(&self) -> Store<PluginState> {
+    fn new_store(&self) -> (Store<PluginState>, Arc<CpuClock>) {
         let plugin = &*self.plugin;
         let limits = &plugin.rt.limits;
         let state = PluginState::new(
@@ -209,35 +244,41 @@ impl PluginInstance {
             PluginHttpHooks {
                 plugin: plugin.name.clone(),
                 policy: self.policy.clone(),
-                secrets: Arc::new(self.config.secrets.clone()),
+                secrets: self.secrets.clone(),
+                scrubber: self.scrubber.clone(),
+                hub_connections: plugin.rt.outbound.clone(),
+                limits: self.limits.clone(),
+                requests_made: 0,
+                budget: None,
             },
             limits.memory_bytes,
             limits.max_stdio_bytes,
+            self.scrubber.clone(),
+            LogBudget::new(limits.log_lines, limits.log_bytes),
         );
         let mut store = Store::new(&plugin.rt.engine, state);
         store.limiter(|s| &mut s.memory);
         // The epoch is global and keeps ticking while the guest waits on HTTP, so an absolute
-        // deadline would count waiting as CPU. Instead the deadline is one tick ahead and each
-        // tick the guest is seen running is counted: time blocked in the host costs at most
-        // one tick per wait.
-        let budget =
-            (limits.cpu_deadline.as_millis() / super::EPOCH_TICK.as_millis()).max(1) as u64;
-        let mut running_ticks = 0u64;
+        // deadline would count waiting as CPU. Instead the deadline is one tick ahead, and at
+        // each tick the guest is seen running the call's clock (time inside `poll` only) is
+        // compared with the limit: waiting costs nothing, however many requests a call makes.
+        let clock = Arc::new(CpuClock::new());
+        let deadline = limits.cpu_deadline;
+        let running = clock.clone();
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
-            running_ticks += 1;
-            if running_ticks >= budget {
+            if running.running() >= deadline {
                 Err(wasmtime::Trap::Interrupt.into())
             } else {
                 Ok(wasmtime::UpdateDeadline::Continue(1))
             }
         });
-        store
+        (store, clock)
     }
 
     fn finish<R>(
         &self,
-        store: Store<PluginState>,
+        mut store: Store<PluginState>,
         outcome: Result<wasmtime::Result<R>, tokio::time::error::Elapsed>,
         started: Instant,
         span: &tracing::Span,
@@ -245,13 +286,14 @@ impl PluginInstance {
         let _enter = span.enter();
         let limits = &self.plugin.rt.limits;
         let plugin = self.plugin.name.to_string();
-        let last_stderr = store.data().flush_stdio();
+        let last_stderr = store.data_mut().flush_stdio();
         let memory_hit = store.data().memory.hit;
         match outcome {
             Ok(Ok(value)) => {
                 tracing::debug!(
                     elapsed_us = started.elapsed().as_micros() as u64,
                     memory_kib = store.data().memory.peak >> 10,
+                    log_lines_dropped = store.data().log.dropped,
                     "call done"
                 );
                 Ok(value)
@@ -279,15 +321,19 @@ impl PluginInstance {
                             mib: limits.memory_bytes >> 20,
                         }
                     } else {
-                        // The trap code, not wasmtime's multi-line guest backtrace.
+                        // The trap code, or the cause a host function raised, not wasmtime's
+                        // multi-line guest backtrace.
                         let mut reason = match err.downcast_ref::<wasmtime::Trap>() {
                             Some(trap) => trap.to_string(),
-                            None => err.to_string(),
+                            None => cause(&err),
                         };
                         if let Some(line) = last_stderr {
                             reason = format!("{line} ({reason})");
                         }
-                        PluginError::Trap { plugin, reason }
+                        PluginError::Trap {
+                            plugin,
+                            reason: self.scrubber.scrub(&reason).into_owned(),
+                        }
                     };
                 tracing::warn!("{error}");
                 Err(error)
@@ -303,7 +349,7 @@ impl PluginInstance {
         })?;
         result.map_err(|error| PluginError::Plugin {
             plugin: self.plugin.name.to_string(),
-            error,
+            error: self.scrub_error(error),
         })
     }
 
@@ -326,9 +372,9 @@ impl PluginInstance {
                 .call_deliver(&mut *store, &self.config, action, batch)
                 .await
         })?;
-        let results = result.map_err(|error| PluginError::Plugin {
+        let mut results = result.map_err(|error| PluginError::Plugin {
             plugin: name.clone(),
-            error,
+            error: self.scrub_error(error),
         })?;
         if results.len() != batch.len() {
             return Err(PluginError::Contract {
@@ -341,6 +387,15 @@ impl PluginInstance {
             });
         }
         self.check_output(results.iter().map(result_size).sum())?;
+        if !self.scrubber.is_empty() {
+            for result in &mut results {
+                match result {
+                    RecordResult::Ok => {}
+                    RecordResult::Retry(retry) => self.scrubber.scrub_in_place(&mut retry.reason),
+                    RecordResult::Rejected(ref mut reason) => self.scrubber.scrub_in_place(reason),
+                }
+            }
+        }
         Ok(results)
     }
 
@@ -357,10 +412,15 @@ impl PluginInstance {
             let guest = idx.load(&mut *store, &instance)?;
             guest.call_streams(&mut *store, &self.config).await
         })?;
-        result.map_err(|error| PluginError::Plugin {
+        let mut streams = result.map_err(|error| PluginError::Plugin {
             plugin: name,
-            error,
-        })
+            error: self.scrub_error(error),
+        })?;
+        for stream in &mut streams {
+            self.scrubber.scrub_in_place(&mut stream.name);
+            self.scrubber.scrub_in_place(&mut stream.description);
+        }
+        Ok(streams)
     }
 
     /// Reads one page of a stream from `cursor`.
@@ -378,9 +438,9 @@ impl PluginInstance {
                 .call_read(&mut *store, &self.config, stream, cursor)
                 .await
         })?;
-        let page = result.map_err(|error| PluginError::Plugin {
+        let mut page = result.map_err(|error| PluginError::Plugin {
             plugin: name,
-            error,
+            error: self.scrub_error(error),
         })?;
         let bytes = page
             .records
@@ -395,6 +455,14 @@ impl PluginInstance {
             })
             .sum();
         self.check_output(bytes)?;
+        if !self.scrubber.is_empty() {
+            if let Some(cursor) = &mut page.cursor {
+                self.scrubber.scrub_in_place(cursor);
+            }
+            for record in &mut page.records {
+                self.scrub_record(record);
+            }
+        }
         Ok(page)
     }
 
@@ -411,10 +479,58 @@ impl PluginInstance {
                 export: "source",
             });
         };
-        plugin_call!(self, "webhook", |store, instance| {
+        let verdict = plugin_call!(self, "webhook", |store, instance| {
             let guest = idx.load(&mut *store, &instance)?;
             guest.call_webhook(&mut *store, &self.config, request).await
+        })?;
+        if self.scrubber.is_empty() {
+            return Ok(verdict);
+        }
+        Ok(match verdict {
+            Ok(mut outcome) => {
+                if let Some(id) = &mut outcome.delivery_id {
+                    self.scrubber.scrub_in_place(id);
+                }
+                for r in &mut outcome.records {
+                    self.scrubber.scrub_in_place(&mut r.stream);
+                    self.scrub_record(&mut r.record);
+                }
+                Ok(outcome)
+            }
+            Err(WebhookError::Unauthorized(mut m)) => {
+                self.scrubber.scrub_in_place(&mut m);
+                Err(WebhookError::Unauthorized(m))
+            }
+            Err(WebhookError::BadRequest(mut m)) => {
+                self.scrubber.scrub_in_place(&mut m);
+                Err(WebhookError::BadRequest(m))
+            }
         })
+    }
+
+    /// A call error with every secret value of this instance scrubbed.
+    fn scrub_error(&self, error: CallError) -> CallError {
+        let s = &self.scrubber;
+        match error {
+            CallError::InvalidConfig(m) => CallError::InvalidConfig(s.scrub(&m).into_owned()),
+            CallError::Unauthorized(m) => CallError::Unauthorized(s.scrub(&m).into_owned()),
+            CallError::Transient(mut retry) => {
+                s.scrub_in_place(&mut retry.reason);
+                CallError::Transient(retry)
+            }
+            CallError::Failed(m) => CallError::Failed(s.scrub(&m).into_owned()),
+        }
+    }
+
+    fn scrub_record(&self, record: &mut SourceRecord) {
+        let s = &self.scrubber;
+        s.scrub_in_place(&mut record.id);
+        s.scrub_in_place(&mut record.data);
+        for e in &mut record.events {
+            s.scrub_in_place(&mut e.name);
+            s.scrub_in_place(&mut e.message_id);
+            s.scrub_in_place(&mut e.properties);
+        }
     }
 
     fn check_output(&self, bytes: usize) -> Result<(), PluginError> {
@@ -427,6 +543,64 @@ impl PluginInstance {
             });
         }
         Ok(())
+    }
+}
+
+/// The time one call has spent running: inside `poll` of its future (guest code and the host's
+/// synchronous work for it), not between polls (waiting on I/O).
+struct CpuClock {
+    base: Instant,
+    /// Nanoseconds since `base` at which the current poll started.
+    poll_started: AtomicU64,
+    /// Nanoseconds spent in earlier polls.
+    spent: AtomicU64,
+}
+
+impl CpuClock {
+    fn new() -> Self {
+        CpuClock {
+            base: Instant::now(),
+            poll_started: AtomicU64::new(0),
+            spent: AtomicU64::new(0),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.base.elapsed().as_nanos() as u64
+    }
+
+    fn running_while<R>(&self, poll: impl FnOnce() -> R) -> R {
+        let start = self.now();
+        self.poll_started.store(start, Ordering::Relaxed);
+        let result = poll();
+        self.spent
+            .fetch_add(self.now().saturating_sub(start), Ordering::Relaxed);
+        result
+    }
+
+    /// Time run so far, the current poll included (read from inside a poll).
+    fn running(&self) -> Duration {
+        let current = self
+            .now()
+            .saturating_sub(self.poll_started.load(Ordering::Relaxed));
+        Duration::from_nanos(self.spent.load(Ordering::Relaxed) + current)
+    }
+}
+
+/// What a host function's error says, without the guest backtrace wasmtime wraps it in: each
+/// message of the chain, first lines only, joined with `: `.
+fn cause(err: &wasmtime::Error) -> String {
+    let parts: Vec<String> = err
+        .chain()
+        .map(|e| e.to_string())
+        .filter(|m| !m.starts_with("error while executing at wasm backtrace"))
+        .map(|m| m.lines().next().unwrap_or_default().trim().to_string())
+        .filter(|m| !m.is_empty())
+        .collect();
+    if parts.is_empty() {
+        err.to_string()
+    } else {
+        parts.join(": ")
     }
 }
 

@@ -165,13 +165,13 @@ impl Plugin for CustomerMatch {
                 "OAuth 2.0 access token with the datamanager scope (api = \"google_ads\": adwords); or set refresh_token, client_id and client_secret instead",
                 false,
             )
-            .secret(
+            .secret_value(
                 "refresh_token",
                 "OAuth 2.0 refresh token (with client_id and client_secret): a fresh access token is fetched per call",
                 false,
             )
-            .secret("client_id", "OAuth 2.0 client id (with refresh_token)", false)
-            .secret("client_secret", "OAuth 2.0 client secret (with refresh_token)", false)
+            .secret_value("client_id", "OAuth 2.0 client id (with refresh_token)", false)
+            .secret_value("client_secret", "OAuth 2.0 client secret (with refresh_token)", false)
             .max_batch_size(data_manager::MAX_MEMBERS as u32)
             // One request per delivery (Data Manager: 300 requests/min per Cloud project);
             // OfflineUserDataJobService jobs are throttled per developer token.

@@ -138,7 +138,7 @@ impl Plugin for Mailchimp {
             .name("mailchimp")
             // The datacenter in the API key picks the host, e.g. us14.api.mailchimp.com.
             .allowed_host("*.api.mailchimp.com")
-            .secret(
+            .secret_value(
                 "api_key",
                 "Mailchimp API key (Account → Extras → API keys), ending in its datacenter like -us14",
                 true,

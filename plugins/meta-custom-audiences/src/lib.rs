@@ -138,12 +138,12 @@ impl Plugin for MetaCustomAudiences {
         Capabilities::new()
             .name("meta-custom-audiences")
             .allowed_host("graph.facebook.com")
-            .secret(
+            .secret_value(
                 "access_token",
                 "Marketing API access token (a system user token with ads_management) that can edit the audience",
                 true,
             )
-            .secret(
+            .secret_value(
                 "app_secret",
                 "App secret; when set, requests carry appsecret_proof (needed when the app requires it)",
                 false,

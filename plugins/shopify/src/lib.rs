@@ -200,7 +200,7 @@ impl Plugin for Shopify {
                 "Admin API access token (shpat_...) of a custom app with read_customers and read_orders scopes",
                 true,
             )
-            .secret(
+            .secret_value(
                 "webhook_secret",
                 "The app's client secret (API secret key), which signs its webhooks; needed to accept webhooks",
                 false,

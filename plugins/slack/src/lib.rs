@@ -64,7 +64,7 @@ impl Plugin for Slack {
     fn capabilities() -> Capabilities {
         Capabilities::new()
             .allowed_host("hooks.slack.com")
-            .secret(
+            .secret_value(
                 SECRET,
                 "Incoming webhook URL, https://hooks.slack.com/services/T.../B.../... (it is a credential)",
                 true,

@@ -126,7 +126,7 @@ impl Plugin for Stripe {
                 "Secret key (sk_live_...) or restricted key (rk_live_...) with read access to customers and charges; Dashboard > Developers > API keys",
                 true,
             )
-            .secret(
+            .secret_value(
                 "webhook_secret",
                 "Signing secret of the webhook endpoint (whsec_...), needed to accept webhooks; Dashboard > Developers > Webhooks",
                 false,

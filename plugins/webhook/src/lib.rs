@@ -92,7 +92,7 @@ impl Plugin for Webhook {
         Capabilities::new()
             // The receiver is the operator's choice: the operator grants its host.
             .allowed_host("*")
-            .secret(
+            .secret_value(
                 SECRET,
                 "Standard Webhooks signing secret, `whsec_` followed by base64 of 24 to 64 random bytes; the receiver verifies signatures with the same secret",
                 true,
