@@ -891,13 +891,18 @@ fn a_request_flood_leaves_the_hub_its_descriptors() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let peak = served.open_files();
-    for i in 0..10 {
+    // For most of the call's 4 s hold: the hub answers every time, and its descriptors stay
+    // well under the limit.
+    let mut peak = 0;
+    let hammering = Instant::now();
+    let mut i = 0;
+    while hammering.elapsed() < Duration::from_millis(2500) {
+        peak = peak.max(served.open_files());
         let health = served.hub.try_request("GET", "/healthz", &[], b"");
         assert_eq!(
             health.as_ref().map(|r| r.status).ok(),
             Some(200),
-            "healthz {i}: {health:?}"
+            "healthz {i}: {health:?} ({peak} files open)"
         );
         let track = served.hub.try_request(
             "POST",
@@ -913,10 +918,12 @@ fn a_request_flood_leaves_the_hub_its_descriptors() {
         assert_eq!(
             track.as_ref().map(|r| r.status).ok(),
             Some(200),
-            "track {i}: {track:?}"
+            "track {i}: {track:?} ({peak} files open)"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
     }
+    assert!(peak < 900, "{peak} files open of 1,024");
     let deadline = Instant::now() + Duration::from_secs(30);
     let letters = loop {
         let letters = served.admin("GET", "/v1/dead-letters?sync=probe").json();
