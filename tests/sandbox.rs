@@ -946,3 +946,34 @@ fn a_request_flood_leaves_the_hub_its_descriptors() {
     );
     assert!(peak < 1000, "{peak} files open");
 }
+
+#[test]
+fn install_and_info_say_which_secrets_enter_plugin_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = plugin_wasm("sandbox-probe");
+    let install = common::ok(&common::switchyard(
+        dir.path(),
+        &["plugin", "install", wasm.to_str().unwrap()],
+        "warn",
+    ));
+    let info = common::ok(&common::switchyard(
+        dir.path(),
+        &["plugin", "info", "sandbox-probe"],
+        "warn",
+    ));
+    for out in [install, info] {
+        let lines: Vec<&str> = out.lines().collect();
+        let after = |secret: &str| {
+            let at = lines
+                .iter()
+                .position(|l| l.contains(&format!("asks for secret `{secret}`")))
+                .unwrap_or_else(|| panic!("{secret}: {out}"));
+            lines[at + 1]
+        };
+        assert!(
+            after("signing_secret").contains("VALUE ENTERS PLUGIN MEMORY"),
+            "{out}"
+        );
+        assert!(after("token").contains("by reference"), "{out}");
+    }
+}

@@ -511,12 +511,17 @@ fn print_grants(p: &InstalledPlugin) {
     if p.secrets.is_empty() {
         println!("  asks for secrets: none");
     } else {
+        let raw = crate::runtime::secrets::raw_value_names_in(&p.config_schema);
         for s in p.secrets.iter().take(caps::SECRETS) {
             println!(
                 "  asks for secret `{}`{}: {}",
                 clip(&s.name, caps::SECRET_NAME),
                 if s.required { "" } else { " (optional)" },
                 clip(&s.description, caps::SECRET_DESCRIPTION)
+            );
+            println!(
+                "    {}",
+                crate::runtime::secrets::access_note(raw.contains(&s.name))
             );
         }
         if p.secrets.len() > caps::SECRETS {
