@@ -421,6 +421,20 @@ async fn probe_with(limits: Limits) -> Arc<Plugin> {
     )
 }
 
+/// The probe's `leak` mode logged through `host.log`, stdout and stderr: each line is in `log`,
+/// with the secret redacted, and the secret is nowhere.
+fn assert_leak_scrubbed_from_log(log: &str) {
+    for via in ["host.log", "stdout", "stderr"] {
+        assert!(
+            log.contains(&format!(
+                "leaking via {via}: [redacted secret signing_secret]"
+            )),
+            "{via}: {log}"
+        );
+    }
+    assert!(!log.contains(SIGNING), "{log}");
+}
+
 /// Collects what the hub logs on this thread (tests using it run on a current-thread runtime,
 /// so plugin calls log on the test's thread).
 #[derive(Clone, Default)]
@@ -489,15 +503,7 @@ async fn secrets_a_plugin_leaks_are_scrubbed_from_results_errors_and_logs() {
         "{err}"
     );
     let log = log.text();
-    for via in ["host.log", "stdout", "stderr"] {
-        assert!(
-            log.contains(&format!(
-                "leaking via {via}: [redacted secret signing_secret]"
-            )),
-            "{via}: {log}"
-        );
-    }
-    assert!(!log.contains(SIGNING), "{log}");
+    assert_leak_scrubbed_from_log(&log);
 }
 
 #[tokio::test]
@@ -851,15 +857,7 @@ fn a_leaked_secret_stays_out_of_dead_letters_the_api_and_the_log() {
     }
 
     let log = served.log();
-    for via in ["host.log", "stdout", "stderr"] {
-        assert!(
-            log.contains(&format!(
-                "leaking via {via}: [redacted secret signing_secret]"
-            )),
-            "{via}: {log}"
-        );
-    }
-    assert!(!log.contains(SIGNING), "{log}");
+    assert_leak_scrubbed_from_log(&log);
 }
 
 /// One call opening 5,000 requests at once to a host that never answers, in a hub limited to
