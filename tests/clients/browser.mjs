@@ -1,6 +1,6 @@
 // Loads an official browser SDK from its npm package into a page served from its own origin
 // (not the hub's), in Debian's headless Chromium driven by playwright-core, and makes the
-// calls a website makes. Driven by tests/tracking.rs; prints one JSON line:
+// calls a website makes. Driven by tests/all/tracking.rs; prints one JSON line:
 // {"requests": [every URL the browser asked for], "posts": [{url, status}], "errors": [...]}.
 //
 //   node browser.mjs SDK MODE HUB_URL PAGE_PORT WRITE_KEY USER_ID

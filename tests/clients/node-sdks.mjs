@@ -1,5 +1,5 @@
 // The official Node server SDKs, from their npm packages, against a hub: identify with traits,
-// track, group and alias, then flush. Driven by tests/tracking.rs.
+// track, group and alias, then flush. Driven by tests/all/tracking.rs.
 //
 //   node node-sdks.mjs segment|rudderstack HUB_URL WRITE_KEY USER_ID
 import { Analytics as SegmentAnalytics } from '@segment/analytics-node'

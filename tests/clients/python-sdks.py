@@ -1,5 +1,5 @@
 """The official Python server SDKs, from PyPI, against a hub: identify with traits, track,
-group and alias, then flush. Driven by tests/tracking.rs.
+group and alias, then flush. Driven by tests/all/tracking.rs.
 
     python python-sdks.py segment|rudderstack HUB_URL WRITE_KEY USER_ID
 """

@@ -8,15 +8,13 @@
 //! `check`; logs hold neither the secret nor raw identifiers; and the fake refuses what the real
 //! API refuses.
 
-mod common;
+use crate::common;
 
 use common::{failed, switchyard};
 
-#[path = "fakes/meta.rs"]
-mod meta_fake;
+use crate::fakes::meta as meta_fake;
 
-#[path = "fakes/google_ads.rs"]
-mod google_fake;
+use crate::fakes::google_ads as google_fake;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

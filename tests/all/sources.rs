@@ -8,12 +8,10 @@
 //!
 //! Needs the plugins built first: `tools/build-plugins` (tools/test does it).
 
-mod common;
+use crate::common;
 
-#[path = "fakes/shopify.rs"]
-mod shopify_fake;
-#[path = "fakes/stripe.rs"]
-mod stripe_fake;
+use crate::fakes::shopify as shopify_fake;
+use crate::fakes::stripe as stripe_fake;
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

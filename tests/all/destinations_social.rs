@@ -5,12 +5,10 @@
 //! bad tokens fail `check`, logs leak neither tokens nor identifiers, and the fakes refuse what the
 //! real APIs refuse.
 
-mod common;
+use crate::common;
 
-#[path = "fakes/linkedin.rs"]
-mod linkedin_fake;
-#[path = "fakes/tiktok.rs"]
-mod tiktok_fake;
+use crate::fakes::linkedin as linkedin_fake;
+use crate::fakes::tiktok as tiktok_fake;
 
 use std::path::Path;
 use std::process::Output;

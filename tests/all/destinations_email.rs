@@ -3,16 +3,14 @@
 //! (`tests/fakes/sendgrid.rs`, `tests/fakes/mailchimp.rs`). Each fake is also tested on its own
 //! with plain HTTP requests, to prove it refuses what the real API refuses.
 
-mod common;
+use crate::common;
 
 use common::ok;
 use common::{failed, install_plugin as install, lines};
 
-#[path = "fakes/sendgrid.rs"]
-mod sendgrid_fake;
+use crate::fakes::sendgrid as sendgrid_fake;
 
-#[path = "fakes/mailchimp.rs"]
-mod mailchimp_fake;
+use crate::fakes::mailchimp as mailchimp_fake;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

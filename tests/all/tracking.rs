@@ -2,7 +2,7 @@
 //! stores nothing; unknown keys get 401; a full queue gets 429 with Retry-After and never
 //! accept-and-drop; gzip bodies work; and every message acknowledged with 200 survives SIGKILL.
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};

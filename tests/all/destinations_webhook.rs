@@ -3,12 +3,10 @@
 //! bad credentials fail `check`, that logs leak neither secrets nor identifiers, and that the
 //! fakes themselves refuse what the real receivers refuse.
 
-mod common;
+use crate::common;
 
-#[path = "fakes/slack.rs"]
-mod slack_fake;
-#[path = "fakes/webhook.rs"]
-mod webhook_fake;
+use crate::fakes::slack as slack_fake;
+use crate::fakes::webhook as webhook_fake;
 
 use std::path::Path;
 use std::process::Output;

@@ -1,7 +1,7 @@
 //! Identity resolution and the Profiles API end to end: the real `switchyard serve`, Segment
 //! tracking calls over HTTP, on SQLite and on PostgreSQL.
 
-mod common;
+use crate::common;
 
 use common::hub::{Db, Hub};
 use serde_json::json;

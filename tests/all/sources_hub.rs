@@ -1,5 +1,5 @@
 //! The HubSpot and generic paginated JSON (`http-json`) source plugins through the real hub, as
-//! tests/sources.rs does for Stripe and Shopify: `switchyard source run` reads them from faithful
+//! tests/all/sources.rs does for Stripe and Shopify: `switchyard source run` reads them from faithful
 //! fakes of their APIs (rerouted or granted on loopback) into the profile store, a full read then
 //! an incremental one fetching only what changed; a run killed with SIGKILL resumes from its last
 //! committed page with nothing lost or applied twice; 429s are waited out as the API says, and a
@@ -9,12 +9,10 @@
 //!
 //! Needs the plugins built first: `tools/build-plugins` (tools/test does it).
 
-mod common;
+use crate::common;
 
-#[path = "fakes/http_json.rs"]
-mod http_json_fake;
-#[path = "fakes/hubspot.rs"]
-mod hubspot_fake;
+use crate::fakes::http_json as http_json_fake;
+use crate::fakes::hubspot as hubspot_fake;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

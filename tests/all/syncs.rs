@@ -3,9 +3,8 @@
 //! mirror and upsert, merges, faults with retries and dead letters, SIGKILL mid-run, the
 //! removal guardrail, events syncs, the admin API, and `switchyard validate`.
 
-mod common;
-#[path = "fakes/json_sink.rs"]
-mod json_sink;
+use crate::common;
+use crate::fakes::json_sink;
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Command, Stdio};

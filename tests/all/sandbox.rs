@@ -2,7 +2,7 @@
 //! hangs on I/O, or looks for files and environment variables is stopped or finds nothing, and
 //! the very next call on the same plugin works.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -241,8 +241,13 @@ async fn waiting_on_io_does_not_count_towards_the_cpu_deadline() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_files_and_no_environment() {
-    // SAFETY: set before any plugin runs; the plugin must not see it.
-    unsafe { std::env::set_var("SWITCHYARD_TEST_SECRET", "visible-to-host-only") };
+    // The host's own environment (PATH, HOME, cargo's variables) must not reach the plugin. None
+    // is set for this: every end-to-end test shares this process, and setting a variable while
+    // other tests' threads read the environment is unsound.
+    assert!(
+        std::env::var_os("PATH").is_some(),
+        "the host has an environment to hide"
+    );
     let plugin = probe().await;
     let files = instance(
         &plugin,

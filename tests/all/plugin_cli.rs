@@ -2,7 +2,7 @@
 //! remove the example plugins against a local HTTP server; refuse what is not a plugin or was
 //! built for an unknown API version; scaffold new plugins that build, install and run as is.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Output, Stdio};

@@ -6,16 +6,12 @@
 //!
 //! Needs the plugins built first: `tools/build-plugins` (tools/test does it).
 
-mod common;
+use crate::common;
 
-#[path = "fakes/http_json.rs"]
-mod http_json_fake;
-#[path = "fakes/hubspot.rs"]
-mod hubspot_fake;
-#[path = "fakes/shopify.rs"]
-mod shopify_fake;
-#[path = "fakes/stripe.rs"]
-mod stripe_fake;
+use crate::fakes::http_json as http_json_fake;
+use crate::fakes::hubspot as hubspot_fake;
+use crate::fakes::shopify as shopify_fake;
+use crate::fakes::stripe as stripe_fake;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
