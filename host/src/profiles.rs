@@ -164,7 +164,12 @@ impl Profiles {
     }
 }
 
-fn parse_cursor(cursor: &str) -> anyhow::Result<(i64, String)> {
-    let (ts, mid) = cursor.split_once('.').context("invalid cursor")?;
-    Ok((ts.parse().context("invalid cursor")?, mid.to_string()))
+/// An events cursor this API did not hand out (the Profiles API answers 400).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid cursor")]
+pub struct InvalidCursor;
+
+fn parse_cursor(cursor: &str) -> Result<(i64, String), InvalidCursor> {
+    let (ts, mid) = cursor.split_once('.').ok_or(InvalidCursor)?;
+    Ok((ts.parse().map_err(|_| InvalidCursor)?, mid.to_string()))
 }

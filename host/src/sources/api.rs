@@ -31,7 +31,7 @@ use serde::Deserialize;
 use tracing::Instrument as _;
 
 use super::{RunOptions, SourceEngine};
-use crate::api::{check_token, json_error};
+use crate::app::http::{check_token, json_error};
 use crate::runtime::bindings::{SourceRecord, WebhookError, WebhookRequest};
 use crate::store::leases::{self, LeaseTable};
 use crate::store::now_millis;
@@ -360,8 +360,9 @@ async fn webhook(
         {
             Ok(Some(applied)) => {
                 if let Some(m) = &engine.metrics {
+                    let read = delivery.records.len() as u64;
                     m.sources
-                        .page(&source, "webhook", &applied, delivery.records.len() as u64);
+                        .page(&source, "webhook", read, applied.records, applied.events);
                 }
                 (
                     "applied",

@@ -464,8 +464,9 @@ impl RunContext<'_> {
             self.total.skipped += applied.skipped;
             self.total.suppressed += applied.suppressed;
             if let Some(m) = &engine.metrics {
+                let read = page.records.len() as u64;
                 m.sources
-                    .page(name, stream, &applied, page.records.len() as u64);
+                    .page(name, stream, read, applied.records, applied.events);
             }
             if let Some(p) = &self.progress {
                 p.records(

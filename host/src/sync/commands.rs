@@ -78,7 +78,8 @@ async fn engine(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow:
         config.hub.plugins_dir = dir;
     }
     let store = config.hub.open_store().await?;
-    let registry = crate::cli::registry(config.hub.plugins_dir.clone())?;
+    let registry =
+        crate::registry::Registry::open_with_default_limits(config.hub.plugins_dir.clone())?;
     Ok(Engine::new(store, Arc::new(registry), Arc::new(config)))
 }
 

@@ -955,7 +955,7 @@ impl RunContext<'_> {
                     p.advanced(s.succeeded + s.dead_lettered);
                 }
                 if let Some(m) = &metrics {
-                    m.sync_records(&sync_name, s, &last);
+                    m.sync_records(&sync_name, s.into(), (&last).into());
                 }
                 last = s.clone();
             })
