@@ -1,18 +1,26 @@
 //! Switchyard, the data activation hub: the host side.
 //!
 //! Data flows one way: ingest → identity → profiles → audiences → sync → runtime → the world.
-//! Modules are named for the concept they own: `config`, `store`, `identity`, `ingest` (the
-//! tracking API), `profiles`, `api`, `runtime` (plugins), `registry` (installed plugins), `cli`.
+//! Modules are named for the concept they own, in layers that import only downward:
+//!
+//! - `app`: the faces — hub wiring and `serve` (`app::hub`), the HTTP API (`app::http`: one
+//!   router, one `AdminAuth` extractor, one `ApiError`), the command line (`app::cli`, one file
+//!   per command group). Nothing in the crate imports `app`; only `main.rs` does.
+//! - `config`: the project file (`switchyard.toml`), its checks, and secret resolution
+//!   (`config::secrets`); `validate` adds the checks that need installed plugins.
+//! - the engines: `ingest` (message parsing, the writer), `identity`, `profiles`, `model`,
+//!   `audience`, `sync`, `sources`, with `lease` between run engines and the store.
+//! - at the bottom: `store` (the database), `runtime` (plugins in wasmtime), `registry`
+//!   (installed plugins), and leaf values with no I/O (`schedule`, `metrics`, `scaffold`).
 
-pub mod api;
+pub mod app;
 pub mod audience;
-pub mod cli;
 pub mod config;
 pub mod identity;
+pub mod identifier;
 pub mod ingest;
 pub mod lease;
 pub mod metrics;
-pub mod model;
 pub mod profiles;
 pub mod registry;
 pub mod runtime;

@@ -1,3 +1,5 @@
+//! The `switchyard` binary: logging, the allocator, then the command line (`app::cli`).
+
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
@@ -12,8 +14,8 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = switchyard::cli::Cli::parse();
-    match switchyard::cli::run(cli).await {
+    let cli = switchyard::app::cli::Cli::parse();
+    match switchyard::app::cli::run(cli).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -1,5 +1,6 @@
 //! Prometheus metrics, served at `/metrics` (prometheus-client, the Prometheus project's own
-//! Rust client: typed metric families and the OpenMetrics text format).
+//! Rust client: typed metric families and the OpenMetrics text format). A leaf: plain counters
+//! and labels, fed plain numbers; it knows no engine's types.
 
 use std::sync::Arc;
 
@@ -36,6 +37,18 @@ pub struct SyncRecordLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SyncNameLabels {
     pub sync: String,
+}
+
+/// What a sync run has handed to its destination so far, by outcome: running totals.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecordCounts {
+    /// Records handed to the plugin, retries included.
+    pub sent: u64,
+    pub succeeded: u64,
+    /// Retry results (a record retried twice counts twice).
+    pub retried: u64,
+    pub rejected: u64,
+    pub dead_lettered: u64,
 }
 
 /// The hub's metrics; cheap to clone.
@@ -158,18 +171,17 @@ impl SourceMetrics {
             .observe(seconds);
     }
 
-    /// A committed page (or webhook delivery) of `read` records.
-    pub fn page(&self, source: &str, stream: &str, applied: &crate::sources::Applied, read: u64) {
+    /// A committed page (or webhook delivery) of `read` records, of which `stored` were resolved
+    /// to a profile and stored, with `events` events stored for the first time.
+    pub fn page(&self, source: &str, stream: &str, read: u64, stored: u64, events: u64) {
         let l = SourceStreamLabels {
             source: source.into(),
             stream: stream.into(),
         };
         self.pages.get_or_create(&l).inc();
         self.records_read.get_or_create(&l).inc_by(read);
-        self.records_stored
-            .get_or_create(&l)
-            .inc_by(applied.records);
-        self.events_stored.get_or_create(&l).inc_by(applied.events);
+        self.records_stored.get_or_create(&l).inc_by(stored);
+        self.events_stored.get_or_create(&l).inc_by(events);
     }
 
     pub fn retry(&self, source: &str, stream: &str) {
@@ -289,12 +301,7 @@ impl Metrics {
     }
 
     /// Adds the change in a run's counters since the last call.
-    pub fn sync_records(
-        &self,
-        sync: &str,
-        now: &crate::sync::delivery::Stats,
-        before: &crate::sync::delivery::Stats,
-    ) {
+    pub fn sync_records(&self, sync: &str, now: RecordCounts, before: RecordCounts) {
         for (outcome, a, b) in [
             ("sent", now.sent, before.sent),
             ("succeeded", now.succeeded, before.succeeded),

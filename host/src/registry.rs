@@ -146,6 +146,12 @@ impl Registry {
         Ok(Registry { dir, runtime })
     }
 
+    /// The registry as the command line opens it: the runtime with the host's default limits
+    /// (`serve` opens it with `[hub.plugin_limits]` instead).
+    pub fn open_with_default_limits(dir: impl Into<PathBuf>) -> anyhow::Result<Registry> {
+        Registry::open(dir, Runtime::new(crate::runtime::Limits::default())?)
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -376,7 +382,7 @@ impl Registry {
         for (key, spec) in block.secrets {
             secrets.push((
                 key.clone(),
-                crate::cli::resolve_secret(&block.secret_path(key), spec)?,
+                crate::config::secrets::resolve_secret(&block.secret_path(key), spec)?,
             ));
         }
         let config = serde_json::to_string(block.config)?;

@@ -130,7 +130,7 @@ fn check_secrets(config: &Config) -> Vec<String> {
         );
     for block in blocks {
         for (key, spec) in block.secrets {
-            if let Err(e) = crate::cli::resolve_secret(&block.secret_path(key), spec) {
+            if let Err(e) = crate::config::secrets::resolve_secret(&block.secret_path(key), spec) {
                 problems.push(format!("{} {e:#}", block.at()));
             }
         }

@@ -43,7 +43,8 @@ async fn engine(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<Sou
         config.hub.plugins_dir = dir;
     }
     let store = config.hub.open_store().await?;
-    let registry = crate::cli::registry(config.hub.plugins_dir.clone())?;
+    let registry =
+        crate::registry::Registry::open_with_default_limits(config.hub.plugins_dir.clone())?;
     Ok(SourceEngine::new(
         store,
         Arc::new(registry),

@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{Engine, RunOptions};
-use crate::api::{check_token, json_error};
+use crate::app::http::{check_token, json_error};
 
 #[derive(Clone)]
 struct SyncState {

@@ -78,7 +78,8 @@ async fn engine(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow:
         config.hub.plugins_dir = dir;
     }
     let store = config.hub.open_store().await?;
-    let registry = crate::cli::registry(config.hub.plugins_dir.clone())?;
+    let registry =
+        crate::registry::Registry::open_with_default_limits(config.hub.plugins_dir.clone())?;
     Ok(Engine::new(store, Arc::new(registry), Arc::new(config)))
 }
 
@@ -236,7 +237,7 @@ pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {
             let store = cfg.hub.open_store().await?;
             let refresh = crate::audience::refresh(&store, &name, audience, false).await?;
             let (size, members) = crate::audience::preview(&store, &name, sample).await?;
-            let profiles = crate::model::load(&store, &members, false).await?;
+            let profiles = crate::store::profiles::load(&store, &members, false).await?;
             println!(
                 "{name}: {size} profiles ({} evaluated now, {} joined, {} left)",
                 refresh.evaluated, refresh.joined, refresh.left

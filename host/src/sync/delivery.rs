@@ -80,6 +80,18 @@ pub struct Stats {
     pub dead_lettered: u64,
 }
 
+impl From<&Stats> for crate::metrics::RecordCounts {
+    fn from(s: &Stats) -> Self {
+        crate::metrics::RecordCounts {
+            sent: s.sent,
+            succeeded: s.succeeded,
+            retried: s.retried,
+            rejected: s.rejected,
+            dead_lettered: s.dead_lettered,
+        }
+    }
+}
+
 /// Why delivery stopped before every record was finished.
 #[derive(Debug, thiserror::Error)]
 pub enum Abort {

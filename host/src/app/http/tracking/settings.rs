@@ -15,10 +15,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::{error, ClientAddr, IngestState};
+use super::{error, ClientAddr, TrackingState};
 
 pub(super) async fn get(
-    State(state): State<IngestState>,
+    State(state): State<TrackingState>,
     peer: ClientAddr,
     headers: HeaderMap,
     Path(write_key): Path<String>,

@@ -1,89 +1,18 @@
-//! The `switchyard` command line.
+//! `switchyard plugin ...`: scaffold, build, install, list, inspect and remove plugins, and try
+//! one by hand (check, deliver, read) with a config and secrets given on the command line.
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 
 use anyhow::{bail, Context as _};
-use clap::{Parser, Subcommand};
+use clap::Subcommand;
 
+use crate::config::secrets::resolve_secret;
 use crate::registry::{caps, clip, InstalledPlugin, Registry};
 use crate::runtime::bindings::{Action, OutboundRecord, PluginConfig, RecordResult};
 use crate::runtime::net::HttpPolicy;
-use crate::runtime::{Limits, PluginInstance, Runtime};
+use crate::runtime::PluginInstance;
 use crate::scaffold::{self, Kind};
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "switchyard",
-    version,
-    about = "Switchyard: customer profiles in, audiences and events out, through sandboxed WebAssembly plugins"
-)]
-pub struct Cli {
-    /// Where installed plugins live.
-    #[arg(long, global = true, env = "SWITCHYARD_PLUGINS_DIR")]
-    pub plugins_dir: Option<PathBuf>,
-
-    #[command(subcommand)]
-    pub command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-pub enum Command {
-    /// Run the hub: tracking API, Profiles API, metrics.
-    Serve {
-        #[arg(long, default_value = "switchyard.toml")]
-        config: PathBuf,
-    },
-    /// Look up or erase profiles.
-    #[command(subcommand)]
-    Profiles(ProfilesCommand),
-    /// Install, inspect, write and try plugins.
-    #[command(subcommand)]
-    Plugin(PluginCommand),
-    /// Check a project file: TOML, references, filters, mappings, each destination's config
-    /// against its plugin's schema, secrets. Prints every problem.
-    Validate {
-        #[arg(long, default_value = "switchyard.toml")]
-        config: PathBuf,
-    },
-    /// Write a commented example project file.
-    Init {
-        #[arg(default_value = "switchyard.toml")]
-        path: PathBuf,
-        /// Overwrite an existing file.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Run syncs and read their history.
-    #[command(subcommand)]
-    Sync(crate::sync::commands::SyncCommand),
-    /// Records that could not be delivered.
-    #[command(subcommand)]
-    Dlq(crate::sync::commands::DlqCommand),
-    /// Inspect audiences.
-    #[command(subcommand)]
-    Audiences(crate::sync::commands::AudiencesCommand),
-    /// Run source plugins (pull) and read their history.
-    #[command(subcommand)]
-    Source(crate::sources::commands::SourceCommand),
-}
-
-#[derive(Subcommand, Debug)]
-pub enum ProfilesCommand {
-    /// Print a profile (identifiers, traits) as JSON.
-    Get {
-        /// KIND:VALUE, e.g. email:ada@example.com
-        id: String,
-        #[arg(long, default_value = "switchyard.toml")]
-        config: PathBuf,
-    },
-    /// Erase a profile and suppress its identifiers.
-    Delete {
-        id: String,
-        #[arg(long, default_value = "switchyard.toml")]
-        config: PathBuf,
-    },
-}
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
@@ -195,144 +124,7 @@ impl From<CliAction> for Action {
     }
 }
 
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let dir = cli.plugins_dir;
-    match cli.command {
-        Command::Serve { config } => serve(&config, dir).await,
-        Command::Profiles(cmd) => profiles(cmd).await,
-        Command::Plugin(cmd) => {
-            plugin(cmd, dir.unwrap_or_else(|| ".switchyard/plugins".into())).await
-        }
-        Command::Validate { config } => {
-            let cfg = crate::config::Config::parse_unchecked(
-                &std::fs::read_to_string(&config).unwrap_or_default(),
-            )
-            .ok();
-            let plugins = dir
-                .or_else(|| cfg.map(|c| c.hub.plugins_dir))
-                .unwrap_or_else(|| ".switchyard/plugins".into());
-            let registry = registry(plugins).ok();
-            let problems = crate::validate::validate(&config, registry.as_ref());
-            if problems.is_empty() {
-                println!("{}: valid", config.display());
-                return Ok(());
-            }
-            for p in &problems {
-                println!("{p}");
-            }
-            bail!(
-                "{}: {} problem{}",
-                config.display(),
-                problems.len(),
-                if problems.len() == 1 { "" } else { "s" }
-            )
-        }
-        Command::Init { path, force } => {
-            if path.exists() && !force {
-                bail!("{} exists; pass --force to overwrite it", path.display());
-            }
-            std::fs::write(&path, include_str!("../../switchyard.example.toml"))
-                .with_context(|| format!("writing {}", path.display()))?;
-            println!(
-                "wrote {}: edit it, then `switchyard validate --config {}`",
-                path.display(),
-                path.display()
-            );
-            Ok(())
-        }
-        Command::Sync(cmd) => crate::sync::commands::sync(cmd, dir).await,
-        Command::Dlq(cmd) => crate::sync::commands::dlq(cmd, dir).await,
-        Command::Audiences(cmd) => crate::sync::commands::audiences(cmd).await,
-        Command::Source(cmd) => crate::sources::commands::source(cmd, dir).await,
-    }
-}
-
-async fn serve(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    // Plugin calls get half of the descriptors at most (`[hub.plugin_limits] hub_connections`):
-    // the rest is the reserve that keeps the listeners and the database answering.
-    match crate::runtime::raise_fd_limit() {
-        Ok(n) => tracing::debug!(file_descriptors = n, "file descriptor limit"),
-        Err(e) => tracing::warn!("could not raise the file descriptor limit: {e}"),
-    }
-    let mut config = crate::config::Config::load(path)?;
-    if let Some(dir) = plugins_dir {
-        config.hub.plugins_dir = dir;
-    }
-    let hub = crate::api::Hub::build(&config).await?;
-    let listener = tokio::net::TcpListener::bind(&config.hub.listen)
-        .await
-        .with_context(|| format!("listening on {}", config.hub.listen))?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(crate::sync::scheduler::run(hub.engine.clone()));
-    tokio::spawn(crate::sources::scheduler::run(hub.sources.clone()));
-    // SIGHUP: re-read the file; audiences, destinations and syncs change for runs that start
-    // from now on, runs in flight finish with the config they started with.
-    if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        let engine = hub.engine.clone();
-        let path = path.to_path_buf();
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match crate::config::Config::load(&path) {
-                    Ok(c) => {
-                        engine.reload(std::sync::Arc::new(c));
-                        tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs; [hub], [identity] and [sources] need a restart)");
-                    }
-                    Err(e) => tracing::error!(
-                        "configuration not reloaded, keeping the running one: {e:#}"
-                    ),
-                }
-            }
-        });
-    }
-    tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
-    println!("switchyard listening on http://{addr}");
-    // Connect info: the tracking API's `context.ip` is the peer's address.
-    let app = hub
-        .router
-        .into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let ctrl_c = tokio::signal::ctrl_c();
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            tokio::select! {
-                _ = ctrl_c => {}
-                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-            }
-            tracing::info!("shutting down: finishing in-flight requests");
-        })
-        .await?;
-    Ok(())
-}
-
-async fn profiles(cmd: ProfilesCommand) -> anyhow::Result<()> {
-    let (id, path, delete) = match &cmd {
-        ProfilesCommand::Get { id, config } => (id, config, false),
-        ProfilesCommand::Delete { id, config } => (id, config, true),
-    };
-    let config = crate::config::Config::load(path)?;
-    let identifier = crate::identity::Identifier::parse(id)
-        .with_context(|| format!("`{id}` is not KIND:VALUE, e.g. email:ada@example.com"))?;
-    let store = config.hub.open_store().await?;
-    let profiles = crate::profiles::Profiles::new(store);
-    if delete {
-        match profiles.delete(&identifier).await? {
-            Some(p) => println!("erased profile {p}; its identifiers are suppressed"),
-            None => bail!("no profile has {identifier}"),
-        }
-    } else {
-        match profiles.get(&identifier).await? {
-            Some(p) => println!("{}", serde_json::to_string_pretty(&p)?),
-            None => bail!("no profile has {identifier}"),
-        }
-    }
-    Ok(())
-}
-
-pub(crate) fn registry(dir: PathBuf) -> anyhow::Result<Registry> {
-    Registry::open(dir, Runtime::new(Limits::default())?)
-}
-
-async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
+pub async fn run(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
     match cmd {
         PluginCommand::New {
             name,
@@ -349,7 +141,7 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             println!("{}", wasm.display());
         }
         PluginCommand::Install { file } => {
-            let reg = registry(dir)?;
+            let reg = Registry::open_with_default_limits(dir)?;
             let p = reg.install(&file).await?;
             println!(
                 "installed {} {} ({}, plugin API {})",
@@ -359,7 +151,7 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             println!("  these grants are fixed at install: a load that finds the plugin declaring others is refused; reinstall to change them");
         }
         PluginCommand::List { json } => {
-            let reg = registry(dir)?;
+            let reg = Registry::open_with_default_limits(dir)?;
             let mut list = reg.list()?;
             // A record kept from before the manifest caps may hold anything; print little of it.
             for p in &mut list {
@@ -386,7 +178,7 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             }
         }
         PluginCommand::Info { name } => {
-            let reg = registry(dir)?;
+            let reg = Registry::open_with_default_limits(dir)?;
             let p = reg.find(&name, None)?;
             println!(
                 "{} {} ({}, plugin API {})",
@@ -406,13 +198,13 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             );
         }
         PluginCommand::Remove { name, version } => {
-            let reg = registry(dir)?;
+            let reg = Registry::open_with_default_limits(dir)?;
             for v in reg.remove(&name, version.as_deref())? {
                 println!("removed {name} {v}");
             }
         }
         PluginCommand::Check { name, instance } => {
-            let reg = registry(dir)?;
+            let reg = Registry::open_with_default_limits(dir)?;
             let inst = configure(&reg, &name, &instance).await?;
             inst.check().await?;
             println!("{name}: check passed");
@@ -423,7 +215,7 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             action,
             records,
         } => {
-            let reg = registry(dir)?;
+            let reg = Registry::open_with_default_limits(dir)?;
             let inst = configure(&reg, &name, &instance).await?;
             let batch = read_records(records)?;
             let max = inst.plugin().manifest().max_batch_size.max(1) as usize;
@@ -451,7 +243,7 @@ async fn plugin(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             cursor,
             max_pages,
         } => {
-            let reg = registry(dir)?;
+            let reg = Registry::open_with_default_limits(dir)?;
             let inst = configure(&reg, &name, &instance).await?;
             let mut cursor = cursor;
             let mut out = std::io::stdout().lock();
@@ -569,20 +361,6 @@ async fn configure(
         },
         policy,
     ))
-}
-
-/// `${ENV_VAR}`, `file:PATH`, or the literal value. Errors name the secret, never its value.
-pub fn resolve_secret(name: &str, spec: &str) -> anyhow::Result<String> {
-    if let Some(var) = spec.strip_prefix("${").and_then(|s| s.strip_suffix('}')) {
-        return std::env::var(var)
-            .with_context(|| format!("secret `{name}`: environment variable {var} is not set"));
-    }
-    if let Some(path) = spec.strip_prefix("file:") {
-        return std::fs::read_to_string(path)
-            .map(|s| s.trim_end_matches(['\n', '\r']).to_string())
-            .with_context(|| format!("secret `{name}`: cannot read {path}"));
-    }
-    Ok(spec.to_string())
 }
 
 fn read_records(path: Option<PathBuf>) -> anyhow::Result<Vec<OutboundRecord>> {

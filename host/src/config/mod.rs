@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+pub mod secrets;
 pub mod web;
 
 /// The whole project file.
@@ -752,8 +753,7 @@ impl Config {
         let mut keys = Vec::new();
         for (source, cfg) in &self.sources {
             for spec in &cfg.write_keys {
-                let key =
-                    crate::cli::resolve_secret(&format!("sources.{source}.write_keys"), spec)?;
+                let key = secrets::resolve_secret(&format!("sources.{source}.write_keys"), spec)?;
                 keys.push((key, source.clone()));
             }
         }
@@ -765,7 +765,7 @@ impl Config {
         self.hub
             .admin_token
             .as_deref()
-            .map(|spec| crate::cli::resolve_secret("hub.admin_token", spec))
+            .map(|spec| secrets::resolve_secret("hub.admin_token", spec))
             .transpose()
     }
 }

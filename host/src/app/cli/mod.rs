@@ -1,0 +1,86 @@
+//! The `switchyard` command line: the commands and their arguments, one file per group
+//! ([`plugin`], [`profiles`], [`project`]: validate and init); `serve` is `app::hub::serve`.
+
+mod plugin;
+mod profiles;
+mod project;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub use plugin::PluginCommand;
+pub use profiles::ProfilesCommand;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "switchyard",
+    version,
+    about = "Switchyard: customer profiles in, audiences and events out, through sandboxed WebAssembly plugins"
+)]
+pub struct Cli {
+    /// Where installed plugins live.
+    #[arg(long, global = true, env = "SWITCHYARD_PLUGINS_DIR")]
+    pub plugins_dir: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the hub: tracking API, Profiles API, metrics.
+    Serve {
+        #[arg(long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Look up or erase profiles.
+    #[command(subcommand)]
+    Profiles(ProfilesCommand),
+    /// Install, inspect, write and try plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+    /// Check a project file: TOML, references, filters, mappings, each destination's config
+    /// against its plugin's schema, secrets. Prints every problem.
+    Validate {
+        #[arg(long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Write a commented example project file.
+    Init {
+        #[arg(default_value = "switchyard.toml")]
+        path: PathBuf,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run syncs and read their history.
+    #[command(subcommand)]
+    Sync(crate::sync::commands::SyncCommand),
+    /// Records that could not be delivered.
+    #[command(subcommand)]
+    Dlq(crate::sync::commands::DlqCommand),
+    /// Inspect audiences.
+    #[command(subcommand)]
+    Audiences(crate::sync::commands::AudiencesCommand),
+    /// Run source plugins (pull) and read their history.
+    #[command(subcommand)]
+    Source(crate::sources::commands::SourceCommand),
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let dir = cli.plugins_dir;
+    match cli.command {
+        Command::Serve { config } => super::hub::serve(&config, dir).await,
+        Command::Profiles(cmd) => profiles::run(cmd).await,
+        Command::Plugin(cmd) => {
+            plugin::run(cmd, dir.unwrap_or_else(|| ".switchyard/plugins".into())).await
+        }
+        Command::Validate { config } => project::validate(&config, dir),
+        Command::Init { path, force } => project::init(&path, force),
+        Command::Sync(cmd) => crate::sync::commands::sync(cmd, dir).await,
+        Command::Dlq(cmd) => crate::sync::commands::dlq(cmd, dir).await,
+        Command::Audiences(cmd) => crate::sync::commands::audiences(cmd).await,
+        Command::Source(cmd) => crate::sources::commands::source(cmd, dir).await,
+    }
+}

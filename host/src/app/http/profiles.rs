@@ -1,0 +1,118 @@
+//! The Profiles API (admin token): a profile by any of its identifiers (`KIND:VALUE`), its
+//! traits, events and merges, and erasing it.
+
+use axum::extract::{FromRef, Path, Query, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use super::{AdminAuth, AdminToken, ApiError};
+use crate::identity::Identifier;
+use crate::profiles::{EventPage, InvalidCursor, Profile, Profiles};
+
+#[derive(Clone)]
+struct ProfilesState {
+    profiles: Profiles,
+    token: AdminToken,
+}
+
+impl FromRef<ProfilesState> for AdminToken {
+    fn from_ref(s: &ProfilesState) -> AdminToken {
+        s.token.clone()
+    }
+}
+
+pub fn routes(profiles: Profiles, token: AdminToken) -> Router {
+    Router::new()
+        .route("/v1/profiles/{id}", get(get_profile).delete(delete_profile))
+        .route("/v1/profiles/{id}/traits", get(get_traits))
+        .route("/v1/profiles/{id}/events", get(get_events))
+        .route("/v1/profiles/{id}/merges", get(get_merges))
+        .with_state(ProfilesState { profiles, token })
+}
+
+/// `{kind}:{value}` from the path.
+fn identifier(id: &str) -> Result<Identifier, ApiError> {
+    Identifier::parse(id).ok_or_else(|| {
+        ApiError::BadRequest(
+            "profile ids are written KIND:VALUE, e.g. email:ada@example.com".into(),
+        )
+    })
+}
+
+fn no_profile(id: &Identifier) -> ApiError {
+    ApiError::NotFound(format!("no profile has {id}"))
+}
+
+/// The id of the profile holding `{kind}:{value}`.
+async fn locate(s: &ProfilesState, id: &str) -> Result<String, ApiError> {
+    let id = identifier(id)?;
+    s.profiles.find(&id).await?.ok_or_else(|| no_profile(&id))
+}
+
+async fn get_profile(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(id): Path<String>,
+) -> Result<Json<Profile>, ApiError> {
+    let id = identifier(&id)?;
+    let profile = s.profiles.get(&id).await?.ok_or_else(|| no_profile(&id))?;
+    Ok(Json(profile))
+}
+
+async fn get_traits(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let profile = locate(&s, &id).await?;
+    let traits = s.profiles.traits_of(&profile).await?;
+    Ok(Json(json!({ "traits": traits })))
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    limit: Option<usize>,
+    cursor: Option<String>,
+}
+
+async fn get_events(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(id): Path<String>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Json<EventPage>, ApiError> {
+    let profile = locate(&s, &id).await?;
+    s.profiles
+        .events(&profile, q.limit.unwrap_or(50), q.cursor.as_deref())
+        .await
+        .map(Json)
+        .map_err(|e| match e.downcast_ref::<InvalidCursor>() {
+            Some(invalid) => ApiError::BadRequest(invalid.to_string()),
+            None => ApiError::Internal(e),
+        })
+}
+
+async fn get_merges(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let profile = locate(&s, &id).await?;
+    let merges = s.profiles.merges(&profile).await?;
+    Ok(Json(json!({ "merges": merges })))
+}
+
+async fn delete_profile(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = identifier(&id)?;
+    let erased = s
+        .profiles
+        .delete(&id)
+        .await?
+        .ok_or_else(|| no_profile(&id))?;
+    Ok(Json(json!({ "deleted": erased })))
+}

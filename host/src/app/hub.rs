@@ -1,0 +1,164 @@
+//! The hub assembled from a project file: store, plugin registry, engines, ingestion, the HTTP
+//! router ([`Hub::build`]); and serving it, with the schedulers and SIGHUP reload ([`serve`]).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::http::{self, tracking, AdminToken};
+use crate::config::Config;
+use crate::identity::IdentityRules;
+use crate::ingest::message::Limits;
+use crate::ingest::writer::Ingestor;
+use crate::metrics::Metrics;
+use crate::profiles::Profiles;
+use crate::sources::SourceEngine;
+use crate::store::Store;
+
+/// Everything the server needs, built from the config.
+pub struct Hub {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub router: axum::Router,
+    /// Runs syncs; the scheduler and the admin API share it.
+    pub syncs: crate::sync::Engine,
+    /// Runs source plugins and applies their webhooks; the scheduler and the webhook route share it.
+    pub sources: SourceEngine,
+}
+
+impl Hub {
+    pub async fn build(config: &Config) -> anyhow::Result<Hub> {
+        let store = config.hub.open_store().await?;
+        let metrics = Metrics::new();
+        let runtime = crate::runtime::Runtime::new(config.hub.plugin_limits.limits()?)?;
+        let registry = Arc::new(crate::registry::Registry::open(
+            &config.hub.plugins_dir,
+            runtime,
+        )?);
+        let sources = SourceEngine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
+            .with_metrics(metrics.clone());
+        let syncs = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
+            .with_metrics(metrics.clone());
+        let rules = IdentityRules::new(&config.identity);
+        let ingestor = Ingestor::start(
+            store.clone(),
+            rules,
+            config.hub.ingest_queue,
+            metrics.clone(),
+        );
+        let write_keys: Arc<HashMap<String, String>> =
+            Arc::new(config.write_keys()?.into_iter().collect());
+        if write_keys.is_empty() {
+            tracing::warn!("no [sources.*] write_keys configured: the tracking API will answer 401 to everything");
+        }
+        let token = config.admin_token()?;
+        if token.is_none() {
+            tracing::warn!("no [hub] admin_token: the Profiles API is disabled");
+        }
+        let origins = config
+            .sources
+            .iter()
+            .map(|(name, source)| (name.clone(), source.allowed_origins.clone()))
+            .collect();
+        let router = http::router(http::Services {
+            tracking: tracking::TrackingState {
+                ingestor,
+                origins: Arc::new(tracking::cors::OriginPolicy::new(
+                    origins,
+                    write_keys.clone(),
+                )),
+                write_keys,
+                limits: Arc::new(Limits::default()),
+                metrics: metrics.clone(),
+                proxies: Arc::new(config.hub.trusted_proxies.clone()),
+            },
+            profiles: Profiles::new(store.clone()),
+            syncs: syncs.clone(),
+            sources: sources.clone(),
+            metrics: metrics.clone(),
+            token: AdminToken(token.map(Arc::from)),
+        });
+        Ok(Hub {
+            store,
+            metrics,
+            router,
+            syncs,
+            sources,
+        })
+    }
+}
+
+/// `switchyard serve`: builds the hub from the file at `path`, starts the schedulers, reloads on
+/// SIGHUP, and serves until SIGINT or SIGTERM (finishing in-flight requests).
+pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    // Plugin calls get half of the descriptors at most (`[hub.plugin_limits] hub_connections`):
+    // the rest is the reserve that keeps the listeners and the database answering.
+    match crate::runtime::raise_fd_limit() {
+        Ok(n) => tracing::debug!(file_descriptors = n, "file descriptor limit"),
+        Err(e) => tracing::warn!("could not raise the file descriptor limit: {e}"),
+    }
+    let mut config = Config::load(path)?;
+    if let Some(dir) = plugins_dir {
+        config.hub.plugins_dir = dir;
+    }
+    let hub = Hub::build(&config).await?;
+    let listener = tokio::net::TcpListener::bind(&config.hub.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.hub.listen))?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(crate::sync::scheduler::run(hub.syncs.clone()));
+    tokio::spawn(crate::sources::scheduler::run(hub.sources.clone()));
+    reload_on_hangup(&hub, path);
+    tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
+    println!("switchyard listening on http://{addr}");
+    // Connect info: the tracking API's `context.ip` is the peer's address.
+    let app = hub
+        .router
+        .into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await?;
+    Ok(())
+}
+
+/// SIGHUP: re-read the file; audiences, destinations and syncs change for runs that start from
+/// now on, runs in flight finish with the config they started with.
+fn reload_on_hangup(hub: &Hub, path: &Path) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    let syncs = hub.syncs.clone();
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match Config::load(&path) {
+                Ok(c) => {
+                    syncs.reload(Arc::new(c));
+                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs; [hub], [identity] and [sources] need a restart)");
+                }
+                Err(e) => {
+                    tracing::error!("configuration not reloaded, keeping the running one: {e:#}")
+                }
+            }
+        }
+    });
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async {
+            match term.as_mut() {
+                Some(t) => { t.recv().await; }
+                None => std::future::pending::<()>().await,
+            }
+        } => {}
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+}
