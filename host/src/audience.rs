@@ -3,18 +3,16 @@
 //! audience is recomputed on its `full_refresh` schedule or when its filter changed (time
 //! windows like "in the last 30 days" move without any profile changing).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use anyhow::Context as _;
 use cel::extractors::Arguments;
 use cel::{Program, Value as CelValue};
 use serde_json::Value;
-use sqlx::Row;
 
 use crate::config::AudienceConfig;
-use crate::model::{self, ProfileData};
-use crate::store::{now_millis, Store};
+use crate::store::profiles::{self, ProfileData};
+use crate::store::{audiences, now_millis, Store};
 
 /// A compiled filter expression.
 #[derive(Clone)]
@@ -236,11 +234,7 @@ pub async fn refresh(
     let filter = Filter::compile(&config.filter)
         .map_err(|e| anyhow::anyhow!("[audiences.{name}] filter: {e}"))?;
     let started = now_millis();
-    let state: Option<(String, i64)> =
-        sqlx::query_as("SELECT filter, evaluated_through FROM audience_state WHERE audience = $1")
-            .bind(name)
-            .fetch_optional(store.pool())
-            .await?;
+    let state = audiences::state(store, name).await?;
     let full = full || state.as_ref().is_none_or(|(f, _)| *f != config.filter);
     let since = if full {
         i64::MIN
@@ -254,51 +248,26 @@ pub async fn refresh(
 
     // Profiles gone (merged away or deleted) leave every audience; only look when some went.
     if full || profiles_gone_since(store, since).await? {
-        let gone = sqlx::query(
-            "DELETE FROM audience_members WHERE audience = $1 AND profile_id NOT IN (SELECT id FROM profiles)",
-        )
-        .bind(name)
-        .execute(store.pool())
-        .await?;
-        report.left += gone.rows_affected();
+        report.left += audiences::drop_gone(store, name).await?;
     }
 
     let mut after = String::new();
     loop {
-        // A full pass walks the primary key; an incremental one starts from the updated_at
-        // index (a full pass through that index would sort every page anew).
-        let rows = if full {
-            sqlx::query("SELECT id FROM profiles WHERE id > $1 ORDER BY id LIMIT 5000")
-                .bind(&after)
-                .fetch_all(store.pool())
-                .await?
-        } else {
-            sqlx::query(
-                "SELECT id FROM profiles WHERE updated_at >= $1 AND id > $2 ORDER BY id LIMIT 5000",
-            )
-            .bind(since)
-            .bind(&after)
-            .fetch_all(store.pool())
-            .await?
-        };
-        if rows.is_empty() {
+        let ids = profiles::ids_page(store, (!full).then_some(since), &after, 5000).await?;
+        if ids.is_empty() {
             break;
         }
-        let ids: Vec<String> = rows
-            .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?;
         after = ids.last().cloned().unwrap_or_default();
-        let profiles = if filter.uses_events {
-            model::load(store, &ids, true).await?
+        let loaded = if filter.uses_events {
+            profiles::load(store, &ids, true).await?
         } else {
-            model::by_ids(store, &ids).await?
+            profiles::by_ids(store, &ids).await?
         };
         store.analyze_if_stale("audience_members").await?;
-        let current = members_among(store, name, &ids).await?;
+        let current = audiences::members_among(store, name, &ids).await?;
         let mut join = Vec::new();
         let mut leave = Vec::new();
-        for p in &profiles {
+        for p in &loaded {
             report.evaluated += 1;
             let member = match filter.matches(p, None) {
                 Ok(m) => m,
@@ -314,62 +283,20 @@ pub async fn refresh(
                 _ => {}
             }
         }
-        let mut tx = store.pool().begin().await?;
-        for chunk in join.chunks(300) {
-            let sql = format!(
-                "INSERT INTO audience_members (audience, profile_id, since) VALUES {} ON CONFLICT (audience, profile_id) DO NOTHING",
-                store.value_groups(1, chunk.len(), 3)
-            );
-            let mut q = sqlx::query(&sql);
-            for id in chunk {
-                q = q.bind(name).bind(id).bind(started);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        for chunk in leave.chunks(300) {
-            let sql = format!(
-                "DELETE FROM audience_members WHERE audience = {} AND profile_id IN {}",
-                store.param(1),
-                store.value_groups(2, 1, chunk.len())
-            );
-            let mut q = sqlx::query(&sql).bind(name);
-            for id in chunk {
-                q = q.bind(id);
-            }
-            q.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
+        audiences::apply(store, name, &join, &leave, started).await?;
         report.joined += join.len() as u64;
         report.left += leave.len() as u64;
     }
 
     if report.joined + report.left > 0 {
-        sqlx::query(
-            "INSERT INTO audience_changes (audience, changed_at) VALUES ($1, $2) \
-             ON CONFLICT (audience) DO UPDATE SET changed_at = excluded.changed_at",
-        )
-        .bind(name)
-        .bind(started)
-        .execute(store.pool())
-        .await?;
+        audiences::mark_changed(store, name, started).await?;
     }
 
     // Writers stamp updated_at before their commit lands; look back a little next time so a
     // profile committed just after this scan is not missed.
     let through = started - 10_000;
     let full_at = if full { started } else { 0 };
-    sqlx::query(
-        "INSERT INTO audience_state (audience, filter, evaluated_through, full_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (audience) DO UPDATE SET filter = excluded.filter, evaluated_through = excluded.evaluated_through, \
-         full_at = CASE WHEN excluded.full_at > 0 THEN excluded.full_at ELSE audience_state.full_at END",
-    )
-    .bind(name)
-    .bind(&config.filter)
-    .bind(through)
-    .bind(full_at)
-    .execute(store.pool())
-    .await
-    .context("saving audience state")?;
+    audiences::save_state(store, name, &config.filter, through, full_at).await?;
     tracing::info!(
         evaluated = report.evaluated,
         joined = report.joined,
@@ -382,88 +309,28 @@ pub async fn refresh(
 
 /// Whether any profile was merged away or erased at or after `since` (ms).
 pub async fn profiles_gone_since(store: &Store, since: i64) -> anyhow::Result<bool> {
-    let merged: Option<(i64,)> = sqlx::query_as("SELECT 1 FROM merges WHERE at >= $1 LIMIT 1")
-        .bind(since)
-        .fetch_optional(store.pool())
-        .await?;
-    if merged.is_some() {
-        return Ok(true);
-    }
-    let erased: Option<(i64,)> =
-        sqlx::query_as("SELECT 1 FROM suppressions WHERE at >= $1 LIMIT 1")
-            .bind(since)
-            .fetch_optional(store.pool())
-            .await?;
-    Ok(erased.is_some())
+    Ok(profiles::gone_since(store, since).await?)
 }
 
 /// When the audience's membership last changed (ms), if ever recorded.
 pub async fn membership_changed_at(store: &Store, name: &str) -> anyhow::Result<Option<i64>> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT changed_at FROM audience_changes WHERE audience = $1")
-            .bind(name)
-            .fetch_optional(store.pool())
-            .await?;
-    Ok(row.map(|r| r.0))
+    Ok(audiences::changed_at(store, name).await?)
 }
 
 /// When the audience was last recomputed in full (ms), if ever.
 pub async fn last_full(store: &Store, name: &str) -> anyhow::Result<Option<i64>> {
-    let row: Option<(i64,)> =
-        sqlx::query_as("SELECT full_at FROM audience_state WHERE audience = $1")
-            .bind(name)
-            .fetch_optional(store.pool())
-            .await?;
-    Ok(row.map(|r| r.0).filter(|t| *t > 0))
-}
-
-async fn members_among(
-    store: &Store,
-    name: &str,
-    ids: &[String],
-) -> anyhow::Result<HashSet<String>> {
-    let mut found = HashSet::new();
-    for chunk in ids.chunks(model::CHUNK) {
-        let sql = format!(
-            "SELECT profile_id FROM audience_members WHERE audience = {} AND profile_id IN {}",
-            store.param(1),
-            store.value_groups(2, 1, chunk.len())
-        );
-        let mut q = sqlx::query(&sql).bind(name);
-        for id in chunk {
-            q = q.bind(id);
-        }
-        for row in q.fetch_all(store.pool()).await? {
-            found.insert(row.try_get(0)?);
-        }
-    }
-    Ok(found)
+    Ok(audiences::last_full(store, name).await?)
 }
 
 /// Size and a sample of members, for `switchyard audiences preview`.
 pub async fn preview(store: &Store, name: &str, sample: i64) -> anyhow::Result<(i64, Vec<String>)> {
-    let (size,): (i64,) =
-        sqlx::query_as("SELECT COUNT(*) FROM audience_members WHERE audience = $1")
-            .bind(name)
-            .fetch_one(store.pool())
-            .await?;
-    let rows = sqlx::query("SELECT profile_id FROM audience_members WHERE audience = $1 ORDER BY since DESC, profile_id LIMIT $2")
-        .bind(name)
-        .bind(sample)
-        .fetch_all(store.pool())
-        .await?;
-    Ok((
-        size,
-        rows.iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()?,
-    ))
+    Ok(audiences::preview(store, name, sample).await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::EventFact;
+    use crate::store::profiles::EventFact;
     use serde_json::json;
 
     fn profile(traits: Value, events: &[(&str, i64, Value)]) -> ProfileData {

@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::bail;
 use tracing::Instrument;
 
-use crate::store::{now_millis, Store};
+use crate::store::leases::{self, LeaseTable};
+use crate::store::{now_millis, Conn, Store};
 
 /// How long a lease lasts without renewal. `SWITCHYARD_LEASE_MS` overrides it (at least 300),
 /// which tests use to see a dead run's lease expire quickly.
@@ -25,35 +26,24 @@ pub fn lease_ms() -> i64 {
         .unwrap_or(15_000)
 }
 
-/// What a lease guards: its table and the column naming the guarded thing.
+/// What a lease guards: its table, and the noun messages use.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseKind {
     /// `sync` or `source`, as messages call it.
     pub noun: &'static str,
-    table: &'static str,
-    column: &'static str,
-}
-
-impl LeaseKind {
-    /// Moves a held lease's expiry: `$1` new expiry, `$2` name, `$3` run id.
-    fn renew_sql(&self) -> String {
-        let LeaseKind { table, column, .. } = self;
-        format!("UPDATE {table} SET expires_at = $1 WHERE {column} = $2 AND run_id = $3")
-    }
+    table: LeaseTable,
 }
 
 /// One run of a `[[syncs]]` entry at a time.
 pub const SYNC: LeaseKind = LeaseKind {
     noun: "sync",
-    table: "sync_leases",
-    column: "sync",
+    table: LeaseTable::Sync,
 };
 
 /// One run of a `[sources.NAME]` at a time.
 pub const SOURCE: LeaseKind = LeaseKind {
     noun: "source",
-    table: "source_leases",
-    column: "source",
+    table: LeaseTable::Source,
 };
 
 /// A held lease, renewed in the background until released.
@@ -76,25 +66,11 @@ impl Lease {
         run_id: &str,
     ) -> anyhow::Result<Lease> {
         let now = now_millis();
-        let LeaseKind {
-            table,
-            column,
-            noun,
-        } = kind;
-        let taken = sqlx::query(&format!(
-            "INSERT INTO {table} ({column}, holder, run_id, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT ({column}) DO UPDATE SET holder = excluded.holder, run_id = excluded.run_id, expires_at = excluded.expires_at \
-             WHERE {table}.expires_at < $5"
-        ))
-        .bind(name)
-        .bind(format!("{holder}:{run_id}"))
-        .bind(run_id)
-        .bind(now + lease_ms())
-        .bind(now)
-        .execute(store.pool())
-        .await?
-        .rows_affected();
-        if taken == 0 {
+        let noun = kind.noun;
+        let holder = format!("{holder}:{run_id}");
+        let taken =
+            leases::take(store, kind.table, name, &holder, run_id, now, now + lease_ms()).await?;
+        if !taken {
             bail!("{noun} `{name}` is already running (another run holds its lease); try again when it finishes");
         }
         let lost = Arc::new(AtomicBool::new(false));
@@ -137,16 +113,12 @@ impl Lease {
     /// Renews the lease inside `tx`, failing when another run has taken it: the first statement
     /// of a transaction that must commit only while this run holds the lease (on SQLite it
     /// also takes the write lock before any read).
-    pub async fn fence(&self, tx: &mut sqlx::AnyConnection) -> anyhow::Result<()> {
+    pub async fn fence(&self, tx: &mut Conn) -> anyhow::Result<()> {
         let noun = self.kind.noun;
-        let held = sqlx::query(&self.kind.renew_sql())
-            .bind(now_millis() + lease_ms())
-            .bind(&self.name)
-            .bind(&self.run_id)
-            .execute(tx)
-            .await?
-            .rows_affected();
-        if held != 1 {
+        let expires_at = now_millis() + lease_ms();
+        let held =
+            leases::renew_in(tx, self.kind.table, &self.name, &self.run_id, expires_at).await?;
+        if !held {
             self.lost.store(true, Ordering::SeqCst);
             bail!(
                 "the run lost its lease (another run of {noun} `{}` took over); nothing more of it was stored",
@@ -159,19 +131,8 @@ impl Lease {
     /// Stops renewing and frees the lease for the next run.
     pub async fn release(self, store: &Store) {
         self.renew.abort();
-        let LeaseKind {
-            table,
-            column,
-            noun,
-        } = self.kind;
-        if let Err(e) = sqlx::query(&format!(
-            "DELETE FROM {table} WHERE {column} = $1 AND run_id = $2"
-        ))
-        .bind(&self.name)
-        .bind(&self.run_id)
-        .execute(store.pool())
-        .await
-        {
+        let noun = self.kind.noun;
+        if let Err(e) = leases::release(store, self.kind.table, &self.name, &self.run_id).await {
             tracing::warn!(kind = noun, name = %self.name, "could not release the lease (it expires by itself): {e}");
         }
     }
@@ -187,18 +148,12 @@ async fn renew(
     mut expires_at: i64,
     lost: Arc<AtomicBool>,
 ) {
-    let sql = kind.renew_sql();
     loop {
         tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
         let next = now_millis() + lease_ms();
-        let renewed = sqlx::query(&sql)
-            .bind(next)
-            .bind(&name)
-            .bind(&run_id)
-            .execute(store.pool())
-            .await;
+        let renewed = leases::renew(&store, kind.table, &name, &run_id, next).await;
         match renewed {
-            Ok(r) if r.rows_affected() == 1 => expires_at = next,
+            Ok(true) => expires_at = next,
             Ok(_) => {
                 tracing::error!("another run took the lease; stopping this run");
                 break;
@@ -250,7 +205,7 @@ mod tests {
             .await
             .unwrap();
 
-        let mut conn = store.pool().acquire().await.unwrap();
+        let mut conn = store.acquire().await.unwrap();
         first.fence(&mut conn).await.unwrap();
         assert!(!first.lost());
         first.release(&store).await;
@@ -271,15 +226,14 @@ mod tests {
             .unwrap();
         stale.renew.abort();
         // The row expires (the holder stalled); another run takes it.
-        sqlx::query("UPDATE source_leases SET expires_at = 0 WHERE source = 'shop'")
-            .execute(store.pool())
+        leases::expire(&store, LeaseTable::Source, "shop")
             .await
             .unwrap();
         let fresh = Lease::acquire(&store, SOURCE, "shop", "hub", "new")
             .await
             .unwrap();
 
-        let mut conn = store.pool().acquire().await.unwrap();
+        let mut conn = store.acquire().await.unwrap();
         let err = stale.fence(&mut conn).await.err().unwrap();
         assert!(err.to_string().contains("lost its lease"), "{err}");
         assert!(stale.lost());

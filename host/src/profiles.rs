@@ -1,4 +1,5 @@
-//! Reading and erasing profiles: what the Profiles API and `switchyard profiles` show.
+//! Reading and erasing profiles: what the Profiles API and `switchyard profiles` show, shaped
+//! from the rows `store::profiles` reads.
 
 use anyhow::Context as _;
 use chrono::{TimeZone, Utc};
@@ -6,7 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::identity::{self, Identifier};
-use crate::store::{now_millis, Backend, Store};
+use crate::store::{self, now_millis, Store};
 
 /// A profile as the API returns it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -49,10 +50,6 @@ fn rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A profile's row with its identifiers and traits aggregated as JSON text:
-/// (id, created_at, updated_at, identifiers, traits).
-type ProfileRow = (String, i64, i64, Option<String>, Option<String>);
-
 /// Reads profiles.
 #[derive(Clone)]
 pub struct Profiles {
@@ -66,32 +63,20 @@ impl Profiles {
 
     /// The profile holding `id`, if any.
     pub async fn find(&self, id: &Identifier) -> anyhow::Result<Option<String>> {
-        let mut conn = self.store.pool().acquire().await?;
+        let mut conn = self.store.acquire().await?;
         identity::profile_of(&mut conn, id).await
     }
 
     /// One statement, so a lookup costs one round trip to the store, not four.
     pub async fn get(&self, id: &Identifier) -> anyhow::Result<Option<Profile>> {
-        let (identifiers, traits) = match self.store.backend() {
-            Backend::Sqlite => (
-                "(SELECT json_group_array(json_array(x.kind, x.value)) FROM (SELECT kind, value FROM identifiers WHERE profile_id = p.id ORDER BY kind, value) x)",
-                "(SELECT json_group_array(json_array(t.name, t.value)) FROM (SELECT name, value FROM traits WHERE profile_id = p.id ORDER BY name) t)",
-            ),
-            Backend::Postgres => (
-                "(SELECT json_agg(json_build_array(x.kind, x.value) ORDER BY x.kind, x.value)::text FROM identifiers x WHERE x.profile_id = p.id)",
-                "(SELECT json_agg(json_build_array(t.name, t.value) ORDER BY t.name)::text FROM traits t WHERE t.profile_id = p.id)",
-            ),
-        };
-        let sql = format!(
-            "SELECT p.id, p.created_at, p.updated_at, {identifiers}, {traits} \
-             FROM identifiers i JOIN profiles p ON p.id = i.profile_id WHERE i.kind = $1 AND i.value = $2"
-        );
-        let row: Option<ProfileRow> = sqlx::query_as(&sql)
-            .bind(&id.kind)
-            .bind(&id.value)
-            .fetch_optional(self.store.pool())
-            .await?;
-        let Some((profile_id, created, updated, identifiers, traits)) = row else {
+        let Some(store::profiles::ProfileRow {
+            id: profile_id,
+            created_at: created,
+            updated_at: updated,
+            identifiers,
+            traits,
+        }) = store::profiles::by_identifier(&self.store, id).await?
+        else {
             return Ok(None);
         };
         let pairs = |text: Option<String>, what: &str| -> anyhow::Result<Vec<(String, String)>> {
@@ -119,11 +104,7 @@ impl Profiles {
     }
 
     pub async fn traits_of(&self, profile_id: &str) -> anyhow::Result<Map<String, Value>> {
-        let rows: Vec<(String, String)> =
-            sqlx::query_as("SELECT name, value FROM traits WHERE profile_id = $1 ORDER BY name")
-                .bind(profile_id)
-                .fetch_all(self.store.pool())
-                .await?;
+        let rows = store::profiles::traits_of(&self.store, profile_id).await?;
         Ok(rows
             .into_iter()
             .map(|(name, value)| (name, trait_value(value)))
@@ -138,27 +119,8 @@ impl Profiles {
         cursor: Option<&str>,
     ) -> anyhow::Result<EventPage> {
         let limit = limit.clamp(1, 1000) as i64;
-        let rows: Vec<(String, i64, String)> = match cursor.map(parse_cursor).transpose()? {
-            None => {
-                sqlx::query_as("SELECT message_id, ts, body FROM events WHERE profile_id = $1 ORDER BY ts DESC, message_id DESC LIMIT $2")
-                    .bind(profile_id)
-                    .bind(limit + 1)
-                    .fetch_all(self.store.pool())
-                    .await?
-            }
-            Some((ts, mid)) => {
-                sqlx::query_as(
-                    "SELECT message_id, ts, body FROM events WHERE profile_id = $1 AND (ts < $2 OR (ts = $2 AND message_id < $3)) \
-                     ORDER BY ts DESC, message_id DESC LIMIT $4",
-                )
-                .bind(profile_id)
-                .bind(ts)
-                .bind(mid)
-                .bind(limit + 1)
-                .fetch_all(self.store.pool())
-                .await?
-            }
-        };
+        let before = cursor.map(parse_cursor).transpose()?;
+        let rows = store::profiles::events_of(&self.store, profile_id, before, limit + 1).await?;
         let more = rows.len() as i64 > limit;
         let rows: Vec<_> = rows.into_iter().take(limit as usize).collect();
         let cursor = if more {
@@ -175,69 +137,29 @@ impl Profiles {
 
     /// Merges into or out of a profile, oldest first.
     pub async fn merges(&self, profile_id: &str) -> anyhow::Result<Vec<Merge>> {
-        type Row = (
-            String,
-            String,
-            String,
-            Option<String>,
-            Option<String>,
-            Option<String>,
-            i64,
-        );
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at FROM merges \
-             WHERE into_profile = $1 OR from_profile = $1 ORDER BY at, id",
-        )
-        .bind(profile_id)
-        .fetch_all(self.store.pool())
-        .await?;
+        let rows = store::profiles::merges_of(&self.store, profile_id).await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(from_profile, into_profile, reason, message_id, kind, value, at)| Merge {
-                    from_profile,
-                    into_profile,
-                    reason,
-                    message_id,
-                    identifier: kind
-                        .zip(value)
-                        .map(|(kind, value)| Identifier { kind, value }),
-                    at: rfc3339(at),
-                },
-            )
+            .map(|m| Merge {
+                from_profile: m.from_profile,
+                into_profile: m.into_profile,
+                reason: m.reason,
+                message_id: m.message_id,
+                identifier: m.identifier,
+                at: rfc3339(m.at),
+            })
             .collect())
     }
 
     /// Erases a profile (privacy request): its events, traits and identifiers go, and its
     /// identifiers are suppressed so later messages carrying them create nothing.
     pub async fn delete(&self, id: &Identifier) -> anyhow::Result<Option<String>> {
-        let mut tx = self.store.pool().begin().await?;
-        let Some(profile_id) = identity::profile_of(&mut tx, id).await? else {
+        let Some((profile_id, identifiers)) =
+            store::profiles::erase(&self.store, id, now_millis()).await?
+        else {
             return Ok(None);
         };
-        let ids = identity::identifiers_of(&mut tx, &profile_id).await?;
-        let now = now_millis();
-        for i in &ids {
-            sqlx::query("INSERT INTO suppressions (kind, value, at) VALUES ($1, $2, $3) ON CONFLICT (kind, value) DO NOTHING")
-                .bind(&i.kind)
-                .bind(&i.value)
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-        }
-        for table in ["events", "traits", "identifiers", "profile_groups"] {
-            sqlx::query(&format!("DELETE FROM {table} WHERE profile_id = $1"))
-                .bind(&profile_id)
-                .execute(&mut *tx)
-                .await
-                .with_context(|| format!("erasing {table}"))?;
-        }
-        sqlx::query("DELETE FROM profiles WHERE id = $1")
-            .bind(&profile_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        tracing::info!(profile = %profile_id, identifiers = ids.len(), "profile erased and its identifiers suppressed");
+        tracing::info!(profile = %profile_id, identifiers, "profile erased and its identifiers suppressed");
         Ok(Some(profile_id))
     }
 }

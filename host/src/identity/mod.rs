@@ -12,49 +12,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use anyhow::Context as _;
 use sha2::{Digest, Sha256};
-use sqlx::AnyConnection;
 
 use crate::config::{IdentityConfig, KindRule};
 use crate::ingest::message::Message;
-use crate::store::Backend;
+use crate::store::identity::{self as rows, MergeCause};
+use crate::store::{Backend, Conn};
 
-/// One identifier of a profile.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-pub struct Identifier {
-    pub kind: String,
-    pub value: String,
-}
-
-impl Identifier {
-    pub fn new(kind: &str, value: &str) -> Identifier {
-        Identifier {
-            kind: kind.to_string(),
-            value: normalize(kind, value),
-        }
-    }
-
-    /// Parses `kind:value` as the Profiles API and CLI take it.
-    pub fn parse(text: &str) -> Option<Identifier> {
-        let (kind, value) = text.split_once(':')?;
-        (!kind.is_empty() && !value.is_empty()).then(|| Identifier::new(kind, value))
-    }
-}
-
-impl std::fmt::Display for Identifier {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}", self.kind, self.value)
-    }
-}
-
-/// Emails match case-insensitively; other kinds as given, trimmed.
-fn normalize(kind: &str, value: &str) -> String {
-    let v = value.trim();
-    if kind == "email" {
-        v.to_lowercase()
-    } else {
-        v.to_string()
-    }
-}
+pub use crate::identifier::Identifier;
 
 /// The operator's identity rules.
 #[derive(Debug, Clone)]
@@ -142,7 +106,7 @@ pub struct Resolution {
 /// Resolves identifiers to one profile inside the caller's transaction, creating, attaching
 /// and merging as needed. `reason` is recorded with any merge (e.g. `identify`, `alias`).
 pub async fn resolve(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     backend: Backend,
     rules: &IdentityRules,
     mut ids: Vec<Identifier>,
@@ -153,19 +117,12 @@ pub async fn resolve(
     if ids.is_empty() {
         return Ok(None);
     }
-    if backend == Backend::Postgres {
-        // Other hubs may resolve messages sharing these identifiers at the same moment: take
-        // the identifiers' locks in a fixed order, held until this transaction ends.
-        let mut keys: Vec<i64> = ids.iter().map(lock_key).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        for key in keys {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(key)
-                .execute(&mut *conn)
-                .await?;
-        }
-    }
+    // Other hubs may resolve messages sharing these identifiers at the same moment: take
+    // the identifiers' locks in a fixed order, held until this transaction ends.
+    let mut keys: Vec<i64> = ids.iter().map(lock_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    rows::lock_each(conn, backend, &keys).await?;
     let mut dropped = Vec::new();
     let (matched, existing) = loop {
         let mut matched: Vec<(String, Identifier)> = Vec::new();
@@ -195,25 +152,16 @@ pub async fn resolve(
     match matched.len() {
         0 => {
             profile_id = format!("prf_{}", uuid::Uuid::new_v4().simple());
-            sqlx::query("INSERT INTO profiles (id, created_at, updated_at) VALUES ($1, $2, $3)")
-                .bind(&profile_id)
-                .bind(now)
-                .bind(now)
-                .execute(&mut *conn)
-                .await
-                .context("creating a profile")?;
+            rows::create_profile(conn, &profile_id, now).await?;
             created = true;
         }
         _ => {
             // The oldest profile survives, so ids already handed out stay valid.
             let mut by_age = Vec::new();
             for (p, id) in &matched {
-                let (created_at,): (i64,) =
-                    sqlx::query_as("SELECT created_at FROM profiles WHERE id = $1")
-                        .bind(p)
-                        .fetch_one(&mut *conn)
-                        .await
-                        .with_context(|| format!("profile {p} of {id} is missing"))?;
+                let created_at = rows::created_at(conn, p)
+                    .await
+                    .with_context(|| format!("profile {p} of {id} is missing"))?;
                 by_age.push((created_at, p.clone(), id.clone()));
             }
             by_age.sort();
@@ -231,11 +179,7 @@ pub async fn resolve(
                 .await?;
                 merged.push(other);
             }
-            sqlx::query("UPDATE profiles SET updated_at = $1 WHERE id = $2")
-                .bind(now)
-                .bind(&profile_id)
-                .execute(&mut *conn)
-                .await?;
+            rows::touch_profile(conn, &profile_id, now).await?;
         }
     }
     let known: Vec<&Identifier> = existing.values().flatten().collect();
@@ -243,16 +187,7 @@ pub async fn resolve(
         if known.contains(&id) {
             continue;
         }
-        sqlx::query(
-            "INSERT INTO identifiers (kind, value, profile_id, first_seen) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (kind, value) DO UPDATE SET profile_id = excluded.profile_id",
-        )
-        .bind(&id.kind)
-        .bind(&id.value)
-        .bind(&profile_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
+        rows::attach(conn, id, &profile_id, now).await?;
     }
     if !dropped.is_empty() {
         tracing::info!(profile = %profile_id, message_id, dropped = ?dropped.iter().map(|d| d.kind.as_str()).collect::<Vec<_>>(), "identifiers left out to respect identity limits");
@@ -293,40 +228,18 @@ pub fn lock_key(id: &Identifier) -> i64 {
 }
 
 /// The profile holding an identifier.
-pub async fn profile_of(
-    conn: &mut AnyConnection,
-    id: &Identifier,
-) -> anyhow::Result<Option<String>> {
-    let row: Option<(String,)> =
-        sqlx::query_as("SELECT profile_id FROM identifiers WHERE kind = $1 AND value = $2")
-            .bind(&id.kind)
-            .bind(&id.value)
-            .fetch_optional(&mut *conn)
-            .await?;
-    Ok(row.map(|r| r.0))
+pub async fn profile_of(conn: &mut Conn, id: &Identifier) -> anyhow::Result<Option<String>> {
+    Ok(rows::profile_of(conn, id).await?)
 }
 
 /// A profile's identifiers.
-pub async fn identifiers_of(
-    conn: &mut AnyConnection,
-    profile: &str,
-) -> anyhow::Result<Vec<Identifier>> {
-    let rows: Vec<(String, String)> = sqlx::query_as(
-        "SELECT kind, value FROM identifiers WHERE profile_id = $1 ORDER BY kind, value",
-    )
-    .bind(profile)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(kind, value)| Identifier { kind, value })
-        .collect())
+pub async fn identifiers_of(conn: &mut Conn, profile: &str) -> anyhow::Result<Vec<Identifier>> {
+    Ok(rows::identifiers_of(conn, profile).await?)
 }
 
-/// Folds `from` into `into`: identifiers, events and groups move; traits merge last writer
-/// wins; the merge is logged.
+/// Folds `from` into `into` (see [`rows::merge`]) and logs it.
 async fn merge(
-    conn: &mut AnyConnection,
+    conn: &mut Conn,
     into: &str,
     from: &str,
     reason: &str,
@@ -334,63 +247,13 @@ async fn merge(
     joined_by: &Identifier,
     now: i64,
 ) -> anyhow::Result<()> {
-    sqlx::query("UPDATE identifiers SET profile_id = $1 WHERE profile_id = $2")
-        .bind(into)
-        .bind(from)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE events SET profile_id = $1 WHERE profile_id = $2")
-        .bind(into)
-        .bind(from)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO traits (profile_id, name, value, ts) SELECT $1, name, value, ts FROM traits WHERE profile_id = $2 \
-         ON CONFLICT (profile_id, name) DO UPDATE SET value = excluded.value, ts = excluded.ts WHERE excluded.ts > traits.ts",
-    )
-    .bind(into)
-    .bind(from)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM traits WHERE profile_id = $1")
-        .bind(from)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO profile_groups (profile_id, group_id) SELECT $1, group_id FROM profile_groups WHERE profile_id = $2 \
-         ON CONFLICT (profile_id, group_id) DO NOTHING",
-    )
-    .bind(into)
-    .bind(from)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("DELETE FROM profile_groups WHERE profile_id = $1")
-        .bind(from)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("UPDATE merges SET into_profile = $1 WHERE into_profile = $2")
-        .bind(into)
-        .bind(from)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("DELETE FROM profiles WHERE id = $1")
-        .bind(from)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query(
-        "INSERT INTO merges (id, from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-    )
-    .bind(format!("mrg_{}", uuid::Uuid::new_v4().simple()))
-    .bind(from)
-    .bind(into)
-    .bind(reason)
-    .bind(message_id)
-    .bind(&joined_by.kind)
-    .bind(&joined_by.value)
-    .bind(now)
-    .execute(&mut *conn)
-    .await?;
+    let cause = MergeCause {
+        reason,
+        message_id,
+        joined_by,
+        now,
+    };
+    rows::merge(conn, into, from, &cause).await?;
     tracing::info!(into, from, reason, message_id, identifier = %joined_by.kind, "merged profiles");
     Ok(())
 }

@@ -14,7 +14,7 @@ use super::message::{Message, MessageType};
 use crate::identity::batch::{self, Batch, NewEvent};
 use crate::identity::{Identifier, IdentityRules};
 use crate::metrics::Metrics;
-use crate::store::{now_millis, Backend, Store};
+use crate::store::{now_millis, Store};
 
 /// Most messages one transaction takes.
 const MAX_GROUP: usize = 10_000;
@@ -235,12 +235,8 @@ async fn run(
 async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::Result<Vec<Stored>> {
     let backend = store.backend();
     let now = now_millis();
-    // SQLite: take the write lock up front. A read transaction that later writes fails at once
-    // (SQLITE_BUSY, no waiting) if another connection wrote in between.
-    let mut tx = match backend {
-        Backend::Sqlite => store.pool().begin_with("BEGIN IMMEDIATE").await?,
-        Backend::Postgres => store.pool().begin().await?,
-    };
+    // SQLite: take the write lock up front (see `Store::begin_write`).
+    let mut tx = store.begin_write().await?;
     let message_ids: Vec<&str> = jobs
         .iter()
         .flat_map(|j| j.messages.iter().map(|m| m.message_id.as_str()))
@@ -293,7 +289,7 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
             batch.set_trait(&profile, name, value.clone(), m.ts);
         }
         if let Some((group, traits)) = &m.group {
-            store_group(&mut tx, &profile, group, traits, m.ts).await?;
+            crate::store::identity::join_group(&mut tx, &profile, group, traits, m.ts).await?;
         }
         batch.add_event(NewEvent {
             message_id: m.message_id.clone(),
@@ -328,7 +324,7 @@ fn alias_candidates(m: &Message) -> Vec<Identifier> {
 /// The identifiers an `alias` joins: its userId and its previousId, read as whichever kind
 /// already holds it (a user id or an anonymous id), as of the messages before it.
 async fn alias_identifiers(
-    conn: &mut sqlx::AnyConnection,
+    conn: &mut crate::store::Conn,
     batch: &mut Batch<'_>,
     rules: &IdentityRules,
     alias: Option<&(Option<String>, Option<String>)>,
@@ -349,29 +345,4 @@ async fn alias_identifiers(
         }
     }
     Ok(rules.ordered(ids))
-}
-
-/// A `group` call: the account's traits (last writer wins) and the profile's link to it.
-async fn store_group(
-    conn: &mut sqlx::AnyConnection,
-    profile: &str,
-    group: &str,
-    traits: &str,
-    ts: i64,
-) -> anyhow::Result<()> {
-    sqlx::query(
-        "INSERT INTO account_groups (group_id, traits, ts) VALUES ($1, $2, $3) \
-         ON CONFLICT (group_id) DO UPDATE SET traits = excluded.traits, ts = excluded.ts WHERE excluded.ts >= account_groups.ts",
-    )
-    .bind(group)
-    .bind(traits)
-    .bind(ts)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query("INSERT INTO profile_groups (profile_id, group_id) VALUES ($1, $2) ON CONFLICT (profile_id, group_id) DO NOTHING")
-        .bind(profile)
-        .bind(group)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
 }

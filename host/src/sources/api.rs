@@ -33,6 +33,7 @@ use tracing::Instrument as _;
 use super::{RunOptions, SourceEngine};
 use crate::app::http::{check_token, json_error};
 use crate::runtime::bindings::{SourceRecord, WebhookError, WebhookRequest};
+use crate::store::leases::{self, LeaseTable};
 use crate::store::now_millis;
 
 /// The webhook routes, merged into the hub's router.
@@ -118,11 +119,7 @@ async fn lease_holder(
     source: &str,
     live: bool,
 ) -> anyhow::Result<Option<String>> {
-    let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT run_id, expires_at FROM source_leases WHERE source = $1")
-            .bind(source)
-            .fetch_optional(engine.store().pool())
-            .await?;
+    let row = leases::holder(engine.store(), LeaseTable::Source, source).await?;
     Ok(row
         .filter(|(_, expires)| !live || *expires >= crate::store::now_millis())
         .map(|(id, _)| id))
@@ -423,26 +420,22 @@ async fn store(
     delivery_id: Option<&str>,
     records: &[crate::runtime::bindings::StreamRecord],
 ) -> anyhow::Result<Option<super::Applied>> {
-    let mut tx = engine.store.pool().begin().await?;
+    let mut tx = engine.store.begin().await?;
     // A write first: it takes SQLite's write lock before any read, and claims the delivery id
     // (a concurrent duplicate waits here, then finds it taken).
-    let id = delivery_id.map(str::to_string).unwrap_or_default();
-    let claimed = sqlx::query(
-        "INSERT INTO source_deliveries (source, delivery_id, records, at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (source, delivery_id) DO NOTHING",
+    let id = match delivery_id {
+        Some(id) if !id.is_empty() => id.to_string(),
+        _ => format!("anonymous:{}", uuid::Uuid::new_v4()),
+    };
+    let claimed = crate::store::sources::claim_delivery(
+        &mut tx,
+        source,
+        &id,
+        records.len() as i64,
+        now_millis(),
     )
-    .bind(source)
-    .bind(if id.is_empty() {
-        format!("anonymous:{}", uuid::Uuid::new_v4())
-    } else {
-        id
-    })
-    .bind(records.len() as i64)
-    .bind(now_millis())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if claimed == 0 {
+    .await?;
+    if !claimed {
         tx.rollback().await?;
         return Ok(None);
     }

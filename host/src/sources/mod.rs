@@ -24,7 +24,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{AnyConnection, Row};
 use tracing::Instrument as _;
 
 use crate::config::{Config, KindRule, RunCaps, SourceConfig, SourceStreamConfig};
@@ -35,7 +34,8 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::runtime::bindings::{CallError, Page, SourceRecord};
 use crate::runtime::{PluginError, PluginInstance};
-use crate::store::{now_millis, Backend, Store};
+use crate::store::sources as rows;
+use crate::store::{now_millis, Conn, Store};
 
 /// Attempts per page when `read` fails transiently (429, 5xx, network);
 /// `SWITCHYARD_SOURCE_ATTEMPTS` overrides it.
@@ -222,15 +222,13 @@ impl SourceEngine {
         let started = Instant::now();
         let started_at = now_millis();
         let lease = self.acquire(name, &run_id).await?;
-        sqlx::query(
-            "INSERT INTO source_runs (id, source, status, started_at, full_refresh, pages, records, events, retries) \
-             VALUES ($1, $2, 'running', $3, $4, 0, 0, 0, 0)",
+        rows::start_run(
+            &self.store,
+            &run_id,
+            name,
+            started_at,
+            options.full_refresh,
         )
-        .bind(&run_id)
-        .bind(name)
-        .bind(started_at)
-        .bind(options.full_refresh as i64)
-        .execute(self.store.pool())
         .await?;
         let caps = source.run_caps();
         let mut ctx = RunContext {
@@ -250,14 +248,13 @@ impl SourceEngine {
             Err(e) if e.downcast_ref::<RunCapped>().is_some() => ("capped", Some(format!("{e:#}"))),
             Err(e) => ("failed", Some(format!("{e:#}"))),
         };
-        sqlx::query(
-            "UPDATE source_runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4",
+        rows::finish_run(
+            &self.store,
+            &run_id,
+            status,
+            now_millis(),
+            error.as_deref(),
         )
-        .bind(status)
-        .bind(now_millis())
-        .bind(&error)
-        .bind(&run_id)
-        .execute(self.store.pool())
         .await?;
         lease.release(&self.store).await;
         if let Some(m) = &self.metrics {
@@ -290,48 +287,36 @@ impl SourceEngine {
         let lease =
             Lease::acquire(&self.store, lease::SOURCE, source, &self.holder, run_id).await?;
         // A run that was going when its process died is over; this one resumes from its cursor.
-        sqlx::query(
-            "UPDATE source_runs SET status = 'interrupted', finished_at = $1, \
-             error = 'the run stopped before it finished; the next run resumed from the last committed page' \
-             WHERE source = $2 AND status = 'running'",
+        rows::interrupt_running(
+            &self.store,
+            source,
+            now_millis(),
+            "the run stopped before it finished; the next run resumed from the last committed page",
         )
-        .bind(now_millis())
-        .bind(source)
-        .execute(self.store.pool())
         .await?;
         Ok(lease)
     }
 
     /// The newest runs of a source, newest first.
     pub async fn runs(&self, source: &str, limit: i64) -> anyhow::Result<Vec<RunReport>> {
-        let rows = sqlx::query(
-            "SELECT id, source, status, full_refresh, started_at, finished_at, pages, records, events, retries, error \
-             FROM source_runs WHERE source = $1 ORDER BY started_at DESC, id LIMIT $2",
-        )
-        .bind(source)
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let started: i64 = r.try_get(4)?;
-                let finished: Option<i64> = r.try_get(5)?;
-                Ok(RunReport {
-                    id: r.try_get(0)?,
-                    source: r.try_get(1)?,
-                    status: r.try_get(2)?,
-                    full_refresh: r.try_get::<i64, _>(3)? != 0,
-                    started_at: iso(started),
-                    finished_at: finished.map(iso),
-                    duration_ms: finished.map(|f| f - started),
-                    pages: r.try_get(6)?,
-                    records: r.try_get(7)?,
-                    events: r.try_get(8)?,
-                    retries: r.try_get(9)?,
-                    error: r.try_get(10)?,
-                })
+        let history = rows::runs(&self.store, source, limit).await?;
+        Ok(history
+            .into_iter()
+            .map(|r| RunReport {
+                duration_ms: r.finished_at.map(|f| f - r.started_at),
+                started_at: iso(r.started_at),
+                finished_at: r.finished_at.map(iso),
+                id: r.id,
+                source: r.source,
+                status: r.status,
+                full_refresh: r.full_refresh,
+                pages: r.pages,
+                records: r.records,
+                events: r.events,
+                retries: r.retries,
+                error: r.error,
             })
-            .collect()
+            .collect())
     }
 
     /// The stored cursor of each stream of a source: (stream, cursor, done).
@@ -339,21 +324,13 @@ impl SourceEngine {
         &self,
         source: &str,
     ) -> anyhow::Result<Vec<(String, Option<String>, bool)>> {
-        let rows = sqlx::query(
-            "SELECT stream, cursor, done FROM source_cursors WHERE source = $1 ORDER BY stream",
-        )
-        .bind(source)
-        .fetch_all(self.store.pool())
-        .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get::<i64, _>(2)? != 0)))
-            .collect()
+        Ok(rows::cursors(&self.store, source).await?)
     }
 
     /// Applies records (of one page or one webhook delivery) inside the caller's transaction.
     pub(crate) async fn apply(
         &self,
-        conn: &mut AnyConnection,
+        conn: &mut Conn,
         source: &str,
         records: &[(&str, &SourceRecord)],
     ) -> anyhow::Result<Applied> {
@@ -439,14 +416,7 @@ impl RunContext<'_> {
         let mut cursor: Option<String> = if options.full_refresh {
             None
         } else {
-            sqlx::query_as::<_, (Option<String>,)>(
-                "SELECT cursor FROM source_cursors WHERE source = $1 AND stream = $2",
-            )
-            .bind(name)
-            .bind(stream)
-            .fetch_optional(engine.store.pool())
-            .await?
-            .and_then(|r| r.0)
+            rows::cursor(&engine.store, name, stream).await?
         };
         // One page read ahead: the plugin reads page N+1 (on another thread) while page N is
         // being committed. Only committed pages move the stored cursor, so a crash still
@@ -577,38 +547,23 @@ impl RunContext<'_> {
     async fn commit_page(&mut self, stream: &str, page: &Page) -> anyhow::Result<Applied> {
         let engine = self.engine;
         let now = now_millis();
-        let mut tx = engine.store.pool().begin().await?;
-        if engine.store.backend() == Backend::Sqlite {
-            // A page of thousands of new profiles touches more B-tree pages than SQLite's default
-            // 2 MB page cache holds, which then spills mid-transaction; give the page's
-            // connection room (per connection; it stays for later use of the connection).
-            sqlx::query("PRAGMA cache_size = -32768")
-                .execute(&mut *tx)
-                .await?;
-        }
+        let mut tx = rows::begin_page(&engine.store).await?;
         // First statement a write: on SQLite it takes the write lock before any read, and it
         // fences the page on the lease (a run that lost its lease commits nothing more).
         self.lease.fence(&mut tx).await?;
         let records: Vec<(&str, &SourceRecord)> =
             page.records.iter().map(|r| (stream, r)).collect();
         let applied = engine.apply(&mut tx, self.source_name, &records).await?;
-        sqlx::query(
-            "INSERT INTO source_cursors (source, stream, cursor, done, updated_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (source, stream) DO UPDATE SET cursor = excluded.cursor, done = excluded.done, updated_at = excluded.updated_at",
+        rows::commit_page_rows(
+            &mut tx,
+            self.source_name,
+            stream,
+            (page.cursor.as_deref(), page.done),
+            self.run_id,
+            (applied.records as i64, applied.events as i64),
+            now,
         )
-        .bind(self.source_name)
-        .bind(stream)
-        .bind(&page.cursor)
-        .bind(page.done as i64)
-        .bind(now)
-        .execute(&mut *tx)
         .await?;
-        sqlx::query("UPDATE source_runs SET pages = pages + 1, records = records + $1, events = events + $2 WHERE id = $3")
-            .bind(applied.records as i64)
-            .bind(applied.events as i64)
-            .bind(self.run_id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await.context("committing a page")?;
         tracing::debug!(
             records = applied.records,
@@ -662,10 +617,7 @@ impl Reader {
                         "read failed transiently, retrying: {}",
                         retry.reason
                     );
-                    sqlx::query("UPDATE source_runs SET retries = retries + 1 WHERE id = $1")
-                        .bind(&self.run_id)
-                        .execute(self.engine.store.pool())
-                        .await?;
+                    rows::count_retry(&self.engine.store, &self.run_id).await?;
                     if let Some(m) = &self.engine.metrics {
                         m.sources.retry(&self.source, stream);
                     }
@@ -753,8 +705,8 @@ struct Decoded<'a> {
 /// identifiers looked up at once, the common cases decided in memory), then writes the page's
 /// profiles, identifiers, traits and events with a few multi-row statements.
 async fn apply_records(
-    conn: &mut AnyConnection,
-    backend: Backend,
+    conn: &mut Conn,
+    backend: crate::store::Backend,
     rules: &IdentityRules,
     kinds: &BTreeMap<String, KindRule>,
     source: &str,
@@ -905,11 +857,7 @@ mod tests {
     }
 
     async fn scalar_query(store: &Store, sql: &str) -> i64 {
-        sqlx::query_as::<_, (i64,)>(sql)
-            .fetch_one(store.pool())
-            .await
-            .unwrap()
-            .0
+        store.scalar(sql).await.unwrap()
     }
 
     /// The batched path decides new and exactly-matched records in memory and hands attaches,
@@ -978,7 +926,7 @@ mod tests {
             ),
         ];
         let refs: Vec<(&str, &SourceRecord)> = page.iter().map(|r| ("people", r)).collect();
-        let mut tx = store.pool().begin().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
         let applied = apply_records(
             &mut tx,
             store.backend(),
@@ -1004,7 +952,7 @@ mod tests {
             scalar_query(&store, "SELECT COUNT(*) FROM profiles").await,
             2
         );
-        let mut conn = store.pool().acquire().await.unwrap();
+        let mut conn = store.acquire().await.unwrap();
         let main = crate::identity::profile_of(&mut conn, &Identifier::new("email", "a@x.com"))
             .await
             .unwrap()
@@ -1024,13 +972,9 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_ne!(other, main);
-        let (name,): (String,) =
-            sqlx::query_as("SELECT value FROM traits WHERE profile_id = $1 AND name = 'name'")
-                .bind(&main)
-                .fetch_one(&mut *conn)
-                .await
-                .unwrap();
-        assert_eq!(name, "\"A new\"", "the newer record's trait wins");
+        let traits = crate::store::profiles::traits_of(&store, &main).await.unwrap();
+        let name = traits.iter().find(|(n, _)| n == "name").map(|t| t.1.as_str());
+        assert_eq!(name, Some("\"A new\""), "the newer record's trait wins");
         let n = scalar_query(
             &store,
             &format!("SELECT COUNT(*) FROM events WHERE profile_id = '{main}'"),
@@ -1042,7 +986,7 @@ mod tests {
         drop(conn);
 
         // The same page again: nothing new, nothing twice.
-        let mut tx = store.pool().begin().await.unwrap();
+        let mut tx = store.begin().await.unwrap();
         let again = apply_records(
             &mut tx,
             store.backend(),

@@ -4,9 +4,63 @@
 
 use std::str::FromStr;
 
+pub mod audiences;
+pub mod identity;
+pub mod leases;
+pub mod profiles;
+pub mod sources;
+pub mod syncs;
+
+use std::borrow::Cow;
+
 use anyhow::Context as _;
-use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{AnyPool, ConnectOptions, Executor};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::{AnyPool, ConnectOptions, Executor, Row};
+
+/// A connection or transaction of the store, for statements that must run together.
+pub type Conn = sqlx::AnyConnection;
+
+/// An open transaction.
+pub type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+/// What a store call can fail with; callers match on the first two.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The row asked for does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// A write lost to a concurrent one (a unique key taken, a lease held).
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Other(anyhow::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> StoreError {
+        match e {
+            sqlx::Error::RowNotFound => StoreError::NotFound("no such row".to_string()),
+            e => StoreError::Other(e.into()),
+        }
+    }
+}
+
+impl From<anyhow::Error> for StoreError {
+    fn from(e: anyhow::Error) -> StoreError {
+        StoreError::Other(e)
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A column of a row, by name.
+fn col<'r, T>(row: &'r AnyRow, name: &str) -> Result<T>
+where
+    T: sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    Ok(row.try_get(name)?)
+}
 
 /// Which database a URL names.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,193 +107,36 @@ pub struct Store {
     backend: Backend,
 }
 
-/// Schema changes, applied in order once each; never edit a released one, add the next.
-const MIGRATIONS: &[&str] = &[
-    // 1: profiles, identifiers, traits, events, merges, suppressions, groups
-    r#"
-    CREATE TABLE IF NOT EXISTS profiles (
-        id TEXT PRIMARY KEY,
-        created_at BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS identifiers (
-        kind TEXT NOT NULL,
-        value TEXT NOT NULL,
-        profile_id TEXT NOT NULL,
-        first_seen BIGINT NOT NULL,
-        PRIMARY KEY (kind, value)
-    );
-    CREATE INDEX IF NOT EXISTS identifiers_by_profile ON identifiers (profile_id);
-    CREATE TABLE IF NOT EXISTS traits (
-        profile_id TEXT NOT NULL,
-        name TEXT NOT NULL,
-        value TEXT NOT NULL,
-        ts BIGINT NOT NULL,
-        PRIMARY KEY (profile_id, name)
-    );
-    CREATE TABLE IF NOT EXISTS events (
-        message_id TEXT PRIMARY KEY,
-        profile_id TEXT NOT NULL,
-        source TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        name TEXT,
-        ts BIGINT NOT NULL,
-        received_at BIGINT NOT NULL,
-        body TEXT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS events_by_profile ON events (profile_id, ts, message_id);
-    CREATE TABLE IF NOT EXISTS merges (
-        id TEXT PRIMARY KEY,
-        from_profile TEXT NOT NULL,
-        into_profile TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        message_id TEXT,
-        identifier_kind TEXT,
-        identifier_value TEXT,
-        at BIGINT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS merges_into ON merges (into_profile);
-    CREATE TABLE IF NOT EXISTS suppressions (
-        kind TEXT NOT NULL,
-        value TEXT NOT NULL,
-        at BIGINT NOT NULL,
-        PRIMARY KEY (kind, value)
-    );
-    CREATE TABLE IF NOT EXISTS account_groups (
-        group_id TEXT PRIMARY KEY,
-        traits TEXT NOT NULL,
-        ts BIGINT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS profile_groups (
-        profile_id TEXT NOT NULL,
-        group_id TEXT NOT NULL,
-        PRIMARY KEY (profile_id, group_id)
-    );
-    "#,
-    // 2: audiences, syncs (acknowledged state, runs, leases, event cursors), dead letters
-    r#"
-    CREATE TABLE IF NOT EXISTS audience_members (
-        audience TEXT NOT NULL,
-        profile_id TEXT NOT NULL,
-        since BIGINT NOT NULL,
-        PRIMARY KEY (audience, profile_id)
-    );
-    CREATE TABLE IF NOT EXISTS audience_state (
-        audience TEXT PRIMARY KEY,
-        filter TEXT NOT NULL,
-        evaluated_through BIGINT NOT NULL,
-        full_at BIGINT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS sync_records (
-        sync TEXT NOT NULL,
-        key TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        fields TEXT NOT NULL,
-        acked_at BIGINT NOT NULL,
-        PRIMARY KEY (sync, key)
-    );
-    CREATE TABLE IF NOT EXISTS sync_runs (
-        id TEXT PRIMARY KEY,
-        sync TEXT NOT NULL,
-        status TEXT NOT NULL,
-        started_at BIGINT NOT NULL,
-        finished_at BIGINT,
-        dry_run BIGINT NOT NULL,
-        full_resync BIGINT NOT NULL,
-        planned_adds BIGINT NOT NULL,
-        planned_changes BIGINT NOT NULL,
-        planned_removals BIGINT NOT NULL,
-        sent BIGINT NOT NULL,
-        succeeded BIGINT NOT NULL,
-        retried BIGINT NOT NULL,
-        rejected BIGINT NOT NULL,
-        dead_lettered BIGINT NOT NULL,
-        error TEXT
-    );
-    CREATE INDEX IF NOT EXISTS sync_runs_by_sync ON sync_runs (sync, started_at);
-    CREATE TABLE IF NOT EXISTS sync_leases (
-        sync TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        expires_at BIGINT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS sync_cursors (
-        sync TEXT PRIMARY KEY,
-        received_at BIGINT NOT NULL,
-        message_id TEXT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS dead_letters (
-        id TEXT PRIMARY KEY,
-        sync TEXT NOT NULL,
-        key TEXT NOT NULL,
-        action TEXT NOT NULL,
-        hash TEXT NOT NULL,
-        fields TEXT NOT NULL,
-        attempts BIGINT NOT NULL,
-        error TEXT NOT NULL,
-        at BIGINT NOT NULL,
-        replayed_at BIGINT
-    );
-    CREATE INDEX IF NOT EXISTS dead_letters_by_sync ON dead_letters (sync, replayed_at);
-    CREATE INDEX IF NOT EXISTS profiles_by_updated ON profiles (updated_at);
-    CREATE INDEX IF NOT EXISTS events_by_name ON events (kind, name, received_at, message_id);
-    "#,
-    // 3: source runs: per-stream cursors (committed with each page), run history, one lease per
-    // source, and the webhook deliveries already applied (replay protection)
-    r#"
-    CREATE TABLE IF NOT EXISTS source_cursors (
-        source TEXT NOT NULL,
-        stream TEXT NOT NULL,
-        cursor TEXT,
-        done BIGINT NOT NULL,
-        updated_at BIGINT NOT NULL,
-        PRIMARY KEY (source, stream)
-    );
-    CREATE TABLE IF NOT EXISTS source_runs (
-        id TEXT PRIMARY KEY,
-        source TEXT NOT NULL,
-        status TEXT NOT NULL,
-        started_at BIGINT NOT NULL,
-        finished_at BIGINT,
-        full_refresh BIGINT NOT NULL,
-        pages BIGINT NOT NULL,
-        records BIGINT NOT NULL,
-        events BIGINT NOT NULL,
-        retries BIGINT NOT NULL,
-        error TEXT
-    );
-    CREATE INDEX IF NOT EXISTS source_runs_by_source ON source_runs (source, started_at);
-    CREATE TABLE IF NOT EXISTS source_leases (
-        source TEXT PRIMARY KEY,
-        holder TEXT NOT NULL,
-        run_id TEXT NOT NULL,
-        expires_at BIGINT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS source_deliveries (
-        source TEXT NOT NULL,
-        delivery_id TEXT NOT NULL,
-        records BIGINT NOT NULL,
-        at BIGINT NOT NULL,
-        PRIMARY KEY (source, delivery_id)
-    );
-    "#,
-    // 4: per sync, the model and mapping fingerprint of its last completed run and when that run
-    // started, and per audience when its membership last changed, so an unchanged re-run only
-    // looks at profiles changed since
-    r#"
-    CREATE TABLE IF NOT EXISTS sync_meta (
-        sync TEXT PRIMARY KEY,
-        fingerprint TEXT NOT NULL,
-        complete_started_at BIGINT NOT NULL
-    );
-    CREATE TABLE IF NOT EXISTS audience_changes (
-        audience TEXT PRIMARY KEY,
-        changed_at BIGINT NOT NULL
-    );
-    CREATE INDEX IF NOT EXISTS merges_by_time ON merges (at);
-    CREATE INDEX IF NOT EXISTS suppressions_by_time ON suppressions (at);
-    "#,
-];
+/// The schema, as sqlx migrations embedded from `host/migrations/` (applied in order once each,
+/// recorded in `_sqlx_migrations`; never edit a released one, add the next). Built by hand
+/// rather than by `sqlx::migrate!`, which needs the sqlx-macros proc-macro crate and with it a
+/// second build of both drivers and the bundled SQLite. Migrations 1-4 only create what does
+/// not exist yet, so a database made by the hand-split schema of earlier releases (tracked in
+/// `schema_migrations`) adopts them unchanged.
+fn migrator() -> Migrator {
+    let migration = |version: i64, name: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            Cow::Borrowed(name),
+            MigrationType::Simple,
+            Cow::Borrowed(sql),
+            false,
+        )
+    };
+    Migrator {
+        migrations: Cow::Owned(vec![
+            migration(1, "profiles", include_str!("../../migrations/0001_profiles.sql")),
+            migration(2, "syncs", include_str!("../../migrations/0002_syncs.sql")),
+            migration(3, "sources", include_str!("../../migrations/0003_sources.sql")),
+            migration(
+                4,
+                "incremental",
+                include_str!("../../migrations/0004_incremental.sql"),
+            ),
+        ]),
+        ..Migrator::DEFAULT
+    }
+}
 
 /// Default `[hub] sqlite_mmap_mib`: enough for a store of a few hundred thousand profiles, while
 /// a sync walking a million keeps the process under half a GiB resident.
@@ -334,6 +231,34 @@ impl Store {
         self.backend
     }
 
+    /// A transaction.
+    pub async fn begin(&self) -> Result<Tx> {
+        Ok(self.pool.begin().await?)
+    }
+
+    /// A transaction that will write: on SQLite it takes the write lock at once. A read
+    /// transaction that later writes fails at once (SQLITE_BUSY, no waiting) if another
+    /// connection wrote in between.
+    pub async fn begin_write(&self) -> Result<Tx> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// A pooled connection, for a series of reads.
+    pub async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        Ok(self.pool.acquire().await?)
+    }
+
+    /// The single integer a diagnostic query (`SELECT COUNT(*) ...`) answers, for tests and
+    /// benchmarks that look at what was stored.
+    #[doc(hidden)]
+    pub async fn scalar(&self, sql: &str) -> Result<i64> {
+        let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+        Ok(row.try_get(0)?)
+    }
+
     /// Refreshes a PostgreSQL table's statistics once the rows changed since they were taken
     /// pass a fifth of the table. Autovacuum does it only a minute or more later; meanwhile a
     /// run that grows a table from nothing (a first audience or sync of a million profiles) is
@@ -343,13 +268,15 @@ impl Store {
         if self.backend != Backend::Postgres {
             return Ok(());
         }
-        let counts: Option<(i64, i64)> = sqlx::query_as(
+        let counts = sqlx::query(
             "SELECT n_mod_since_analyze, n_live_tup FROM pg_stat_user_tables WHERE relname = $1",
         )
         .bind(table)
         .fetch_optional(&self.pool)
         .await?;
-        if let Some((changed, live)) = counts {
+        if let Some(row) = counts {
+            let changed: i64 = col(&row, "n_mod_since_analyze")?;
+            let live: i64 = col(&row, "n_live_tup")?;
             if changed >= 10_000 && changed * 5 >= live {
                 tracing::debug!(table, changed, live, "refreshing statistics");
                 sqlx::query(&format!("ANALYZE {table}"))
@@ -377,50 +304,12 @@ impl Store {
     }
 
     async fn migrate(&self) -> anyhow::Result<()> {
-        let mut conn = self.pool.acquire().await?;
-        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+        // On PostgreSQL the migrator holds an advisory lock: of several hubs starting at once,
+        // one migrates and the others wait.
+        migrator()
+            .run(&self.pool)
             .await
-            .context("creating schema_migrations")?;
-        if self.backend == Backend::Postgres {
-            // Several hubs may start at once: one migrates, the others wait.
-            conn.execute("SELECT pg_advisory_lock(7301)").await?;
-        }
-        let result = async {
-            for (i, migration) in MIGRATIONS.iter().enumerate() {
-                let version = i as i64 + 1;
-                let done: Option<(i64,)> =
-                    sqlx::query_as("SELECT version FROM schema_migrations WHERE version = $1")
-                        .bind(version)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                if done.is_some() {
-                    continue;
-                }
-                let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-                for statement in migration
-                    .split(';')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                {
-                    tx.execute(statement)
-                        .await
-                        .with_context(|| format!("migration {version}: {statement}"))?;
-                }
-                sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
-                    .bind(version)
-                    .bind(now_millis())
-                    .execute(&mut *tx)
-                    .await?;
-                tx.commit().await?;
-                tracing::info!(version, "applied migration");
-            }
-            Ok::<_, anyhow::Error>(())
-        }
-        .await;
-        if self.backend == Backend::Postgres {
-            conn.execute("SELECT pg_advisory_unlock(7301)").await?;
-        }
-        result
+            .context("applying the schema migrations")
     }
 }
 
@@ -519,6 +408,115 @@ mod tests {
             .execute(admin.pool())
             .await
             .unwrap();
+    }
+
+    /// What releases before the sqlx migrator left: the same four schema texts, split on `;` and
+    /// recorded in `schema_migrations`, and a profile in them.
+    async fn old_hub_database(url: &str) {
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url)
+            .await
+            .unwrap();
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
+            .await
+            .unwrap();
+        for (i, migration) in migrator().migrations.iter().enumerate() {
+            for statement in migration.sql.split(';').map(str::trim) {
+                // The comment lines are the file's own; the old constants had none.
+                let statement: String = statement
+                    .lines()
+                    .filter(|l| !l.trim_start().starts_with("--"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if !statement.trim().is_empty() {
+                    conn.execute(statement.as_str()).await.unwrap();
+                }
+            }
+            sqlx::query("INSERT INTO schema_migrations (version, applied_at) VALUES ($1, $2)")
+                .bind(i as i64 + 1)
+                .bind(now_millis())
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        conn.execute("INSERT INTO profiles (id, created_at, updated_at) VALUES ('prf_old', 1, 1)")
+            .await
+            .unwrap();
+        conn.execute("INSERT INTO identifiers (kind, value, profile_id, first_seen) VALUES ('email', 'old@x.com', 'prf_old', 1)")
+            .await
+            .unwrap();
+        sqlx::Connection::close(conn).await.unwrap();
+    }
+
+    /// An existing hub's database opens after the upgrade: the migrator adopts the schema,
+    /// the data stays, and it takes writes.
+    async fn upgrade_keeps_an_old_database_working(url: &str) {
+        old_hub_database(url).await;
+        for _ in 0..2 {
+            let store = Store::open(url).await.unwrap();
+            assert_eq!(
+                store
+                    .scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                    .await
+                    .unwrap(),
+                4
+            );
+            let old = crate::identifier::Identifier::new("email", "old@x.com");
+            let row = profiles::by_identifier(&store, &old).await.unwrap().unwrap();
+            assert_eq!(row.id, "prf_old");
+            let mut tx = store.begin().await.unwrap();
+            identity::create_profile(&mut tx, &format!("prf_{}", uuid::Uuid::new_v4().simple()), 2)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            store.pool().close().await;
+        }
+        let store = Store::open(url).await.unwrap();
+        assert_eq!(store.scalar("SELECT COUNT(*) FROM profiles").await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn an_old_sqlite_database_opens_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/old.db?mode=rwc", dir.path().display());
+        upgrade_keeps_an_old_database_working(&url).await;
+    }
+
+    #[tokio::test]
+    async fn an_old_postgres_database_opens_after_the_upgrade() {
+        let server = "postgres://postgres@127.0.0.1:5432";
+        let admin = Store::open(&format!("{server}/postgres")).await.unwrap();
+        let name = format!(
+            "switchyard_unit_upgrade_{}_{}",
+            std::process::id(),
+            now_millis()
+        );
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(admin.pool())
+            .await
+            .unwrap();
+        upgrade_keeps_an_old_database_working(&format!("{server}/{name}")).await;
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(admin.pool())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_new_database_gets_every_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/new.db", dir.path().display()))
+            .await
+            .unwrap();
+        for table in ["profiles", "sync_runs", "source_runs", "sync_meta", "audience_changes"] {
+            let n = store
+                .scalar(&format!(
+                    "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"
+                ))
+                .await
+                .unwrap();
+            assert_eq!(n, 1, "{table}");
+        }
     }
 
     #[tokio::test]

@@ -237,7 +237,7 @@ pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {
             let store = cfg.hub.open_store().await?;
             let refresh = crate::audience::refresh(&store, &name, audience, false).await?;
             let (size, members) = crate::audience::preview(&store, &name, sample).await?;
-            let profiles = crate::model::load(&store, &members, false).await?;
+            let profiles = crate::store::profiles::load(&store, &members, false).await?;
             println!(
                 "{name}: {size} profiles ({} evaluated now, {} joined, {} left)",
                 refresh.evaluated, refresh.joined, refresh.left

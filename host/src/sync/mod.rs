@@ -18,17 +18,17 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context as _};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::Row;
 use tracing::Instrument as _;
 
 use crate::audience::{self, Filter};
 use crate::config::{Config, DestinationConfig, SyncConfig, SyncFrom, SyncMode};
 use crate::lease::{self, Lease};
 use crate::metrics::Metrics;
-use crate::model;
 use crate::registry::Registry;
 use crate::runtime::bindings::Action;
 use crate::runtime::PluginInstance;
+use crate::store::profiles::{self as model, Population, ProfileData};
+use crate::store::syncs as rows;
 use crate::store::{now_millis, Store};
 use delivery::{Abort, Item, Ledger, Stats, Target};
 use mapping::{Mapping, Subject};
@@ -239,15 +239,13 @@ impl Engine {
         };
         let result = async {
             if !options.dry_run {
-                sqlx::query(
-                    "INSERT INTO sync_runs (id, sync, status, started_at, dry_run, full_resync, planned_adds, planned_changes, planned_removals, sent, succeeded, retried, rejected, dead_lettered) \
-                     VALUES ($1, $2, 'running', $3, 0, $4, 0, 0, 0, 0, 0, 0, 0, 0)",
+                rows::start_run(
+                    &self.store,
+                    &run_id,
+                    &sync.name,
+                    started_at,
+                    options.full_resync,
                 )
-                .bind(&run_id)
-                .bind(&sync.name)
-                .bind(started_at)
-                .bind(options.full_resync as i64)
-                .execute(self.store.pool())
                 .await?;
             }
             let instance = Arc::new(self.destination(&sync.to, dest).await?);
@@ -317,17 +315,19 @@ impl Engine {
         };
         if !options.dry_run {
             // Counters were committed batch by batch; read them back for the report.
-            sqlx::query(
-                "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, planned_adds = $4, planned_changes = $5, planned_removals = $6 WHERE id = $7",
+            let planned = rows::Planned {
+                adds: plan.adds as i64,
+                changes: plan.changes as i64,
+                removals: plan.removals as i64,
+            };
+            rows::finish_run(
+                &self.store,
+                &run_id,
+                &status,
+                finished,
+                error.as_deref(),
+                &planned,
             )
-            .bind(&status)
-            .bind(finished)
-            .bind(&error)
-            .bind(plan.adds as i64)
-            .bind(plan.changes as i64)
-            .bind(plan.removals as i64)
-            .bind(&run_id)
-            .execute(self.store.pool())
             .await?;
         }
         if let Some(lease) = lease {
@@ -387,53 +387,42 @@ impl Engine {
     async fn acquire(&self, sync: &str, run_id: &str) -> anyhow::Result<Lease> {
         let lease = Lease::acquire(&self.store, lease::SYNC, sync, &self.holder, run_id).await?;
         // A run that was going when its hub died is over.
-        sqlx::query(
-            "UPDATE sync_runs SET status = 'interrupted', finished_at = $1, error = 'the hub stopped during this run; the next run resumed from what was acknowledged' \
-             WHERE sync = $2 AND status = 'running'",
+        rows::interrupt_running(
+            &self.store,
+            sync,
+            now_millis(),
+            "the hub stopped during this run; the next run resumed from what was acknowledged",
         )
-        .bind(now_millis())
-        .bind(sync)
-        .execute(self.store.pool())
         .await?;
         Ok(lease)
     }
 
     /// The newest runs of a sync, newest first.
     pub async fn runs(&self, sync: &str, limit: i64) -> anyhow::Result<Vec<RunReport>> {
-        let rows = sqlx::query(
-            "SELECT id, sync, status, dry_run, full_resync, started_at, finished_at, planned_adds, planned_changes, planned_removals, \
-             sent, succeeded, retried, rejected, dead_lettered, error FROM sync_runs WHERE sync = $1 ORDER BY started_at DESC, id LIMIT $2",
-        )
-        .bind(sync)
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let started: i64 = r.try_get(5)?;
-                let finished: Option<i64> = r.try_get(6)?;
-                Ok(RunReport {
-                    id: r.try_get(0)?,
-                    sync: r.try_get(1)?,
-                    status: r.try_get(2)?,
-                    dry_run: r.try_get::<i64, _>(3)? != 0,
-                    full_resync: r.try_get::<i64, _>(4)? != 0,
-                    started_at: mapping::iso(started),
-                    finished_at: finished.map(mapping::iso),
-                    duration_ms: finished.map(|f| f - started),
-                    planned_adds: r.try_get(7)?,
-                    planned_changes: r.try_get(8)?,
-                    planned_removals: r.try_get(9)?,
-                    sent: r.try_get(10)?,
-                    succeeded: r.try_get(11)?,
-                    retried: r.try_get(12)?,
-                    rejected: r.try_get(13)?,
-                    dead_lettered: r.try_get(14)?,
-                    error: r.try_get(15)?,
-                    plan: None,
-                })
+        let history = rows::runs(&self.store, sync, limit).await?;
+        Ok(history
+            .into_iter()
+            .map(|r| RunReport {
+                duration_ms: r.finished_at.map(|f| f - r.started_at),
+                started_at: mapping::iso(r.started_at),
+                finished_at: r.finished_at.map(mapping::iso),
+                id: r.id,
+                sync: r.sync,
+                status: r.status,
+                dry_run: r.dry_run,
+                full_resync: r.full_resync,
+                planned_adds: r.planned_adds,
+                planned_changes: r.planned_changes,
+                planned_removals: r.planned_removals,
+                sent: r.sent,
+                succeeded: r.succeeded,
+                retried: r.retried,
+                rejected: r.rejected,
+                dead_lettered: r.dead_lettered,
+                error: r.error,
+                plan: None,
             })
-            .collect()
+            .collect())
     }
 
     /// Dead letters not yet replayed, of one sync or all.
@@ -442,51 +431,30 @@ impl Engine {
         sync: Option<&str>,
         limit: i64,
     ) -> anyhow::Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(
-            "SELECT id, sync, key, action, fields, attempts, error, at, replayed_at FROM dead_letters \
-             WHERE replayed_at IS NULL AND ($1 = '' OR sync = $1) ORDER BY at, id LIMIT $2",
-        )
-        .bind(sync.unwrap_or(""))
-        .bind(limit)
-        .fetch_all(self.store.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let fields: String = r.try_get(4)?;
-                Ok(DeadLetter {
-                    id: r.try_get(0)?,
-                    sync: r.try_get(1)?,
-                    key: r.try_get(2)?,
-                    action: r.try_get(3)?,
-                    fields: serde_json::from_str(&fields)
-                        .unwrap_or(serde_json::Value::String(fields)),
-                    attempts: r.try_get(5)?,
-                    error: r.try_get(6)?,
-                    at: mapping::iso(r.try_get(7)?),
-                    replayed_at: r.try_get::<Option<i64>, _>(8)?.map(mapping::iso),
-                })
+        let letters = rows::dead_letters(&self.store, sync, limit).await?;
+        Ok(letters
+            .into_iter()
+            .map(|r| DeadLetter {
+                fields: serde_json::from_str(&r.fields)
+                    .unwrap_or(serde_json::Value::String(r.fields)),
+                id: r.id,
+                sync: r.sync,
+                key: r.key,
+                action: r.action,
+                attempts: r.attempts,
+                error: r.error,
+                at: mapping::iso(r.at),
+                replayed_at: r.replayed_at.map(mapping::iso),
             })
-            .collect()
+            .collect())
     }
 
     /// Marks a sync's dead letters for replay: the next run plans them again (with the
     /// payload the model has then). Returns how many.
     pub async fn replay(&self, sync: &str) -> anyhow::Result<u64> {
         self.config().sync(sync)?;
-        let n = sqlx::query(
-            "UPDATE dead_letters SET replayed_at = $1 WHERE sync = $2 AND replayed_at IS NULL",
-        )
-        .bind(now_millis())
-        .bind(sync)
-        .execute(self.store.pool())
-        .await?
-        .rows_affected();
         // Replayed records may be changes of unchanged profiles: the next run compares in full.
-        sqlx::query("DELETE FROM sync_meta WHERE sync = $1")
-            .bind(sync)
-            .execute(self.store.pool())
-            .await?;
-        Ok(n)
+        Ok(rows::replay(&self.store, sync, now_millis()).await?)
     }
 }
 
@@ -524,7 +492,7 @@ const LEASE_LOST: &str =
 struct PagePlanner {
     store: Store,
     sync: String,
-    population: model::Population,
+    population: Population,
     mapping: Mapping,
     /// (key, hash) of records parked in the dead-letter store, not planned again.
     parked: HashSet<(String, String)>,
@@ -571,7 +539,7 @@ impl PagePlanner {
         };
         let keys: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
         store.analyze_if_stale("sync_records").await?;
-        let state = acked_hashes(store, &self.sync, &keys).await?;
+        let state = rows::acked_hashes(store, &self.sync, &keys).await?;
         let plan = &mut self.plan;
         let mut upserts = Vec::new();
         for p in profiles {
@@ -669,36 +637,19 @@ impl RunContext<'_> {
                 if let Some(e) = r.first_error {
                     tracing::warn!(audience = %audience, errors = r.errors, "filter failed on some profiles: {e}");
                 }
-                model::Population::Audience(audience.clone())
+                Population::Audience(audience.clone())
             }
-            _ => model::Population::All,
+            _ => Population::All,
         };
 
         let fingerprint = payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping));
-        let meta: Option<(String, i64)> = sqlx::query_as(
-            "SELECT fingerprint, complete_started_at FROM sync_meta WHERE sync = $1",
-        )
-        .bind(&sync.name)
-        .fetch_optional(store.pool())
-        .await?;
+        let meta = rows::meta(store, &sync.name).await?;
         let incremental_since = match meta {
             Some((f, at)) if f == fingerprint && !options.full_resync => Some(at - 10_000),
             _ => None,
         };
-        let (existing,): (i64,) =
-            sqlx::query_as("SELECT COUNT(*) FROM sync_records WHERE sync = $1")
-                .bind(&sync.name)
-                .fetch_one(store.pool())
-                .await?;
-        let parked: HashSet<(String, String)> = sqlx::query(
-            "SELECT key, hash FROM dead_letters WHERE sync = $1 AND replayed_at IS NULL",
-        )
-        .bind(&sync.name)
-        .fetch_all(store.pool())
-        .await?
-        .iter()
-        .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-        .collect::<anyhow::Result<_>>()?;
+        let existing = rows::record_count(store, &sync.name).await?;
+        let parked = rows::parked(store, &sync.name).await?;
 
         // In an incremental run, membership and existence can only have changed if the audience
         // changed or profiles went away since the last completed run; otherwise both anti-joins
@@ -708,11 +659,11 @@ impl RunContext<'_> {
             Some(since) => {
                 let gone = audience::profiles_gone_since(store, since).await?;
                 let joined_or_left = match &population {
-                    model::Population::Audience(a) => audience::membership_changed_at(store, a)
+                    Population::Audience(a) => audience::membership_changed_at(store, a)
                         .await?
                         .is_none_or(|t| t >= since),
                     // New profiles are among the changed ones.
-                    model::Population::All => false,
+                    Population::All => false,
                 };
                 (gone || joined_or_left, joined_or_left)
             }
@@ -720,27 +671,15 @@ impl RunContext<'_> {
 
         // Removals: what the destination holds that the model no longer has. Upsert mode only
         // removes records whose profile is gone (merged away or erased).
-        let gone_sql = "SELECT key, hash, fields FROM sync_records r WHERE r.sync = $1 \
-                        AND NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = r.key) ORDER BY r.key";
-        let rows = match (&population, sync.mode) {
+        let candidates = match (&population, sync.mode) {
             _ if !check_removals => Vec::new(),
-            (model::Population::Audience(a), SyncMode::Mirror) => {
-                sqlx::query(
-                    "SELECT key, hash, fields FROM sync_records r WHERE r.sync = $1 \
-                     AND NOT EXISTS (SELECT 1 FROM audience_members m WHERE m.audience = $2 AND m.profile_id = r.key) ORDER BY r.key",
-                )
-                .bind(&sync.name)
-                .bind(a)
-                .fetch_all(store.pool())
-                .await?
+            (Population::Audience(a), SyncMode::Mirror) => {
+                rows::removal_candidates(store, &sync.name, Some(a)).await?
             }
-            _ => sqlx::query(gone_sql).bind(&sync.name).fetch_all(store.pool()).await?,
+            _ => rows::removal_candidates(store, &sync.name, None).await?,
         };
-        let mut deletes = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: String = row.try_get(0)?;
-            let hash: String = row.try_get(1)?;
-            let fields: String = row.try_get(2)?;
+        let mut deletes = Vec::with_capacity(candidates.len());
+        for rows::AckedRow { key, hash, fields } in candidates {
             if parked.contains(&(key.clone(), hash.clone())) {
                 self.plan.parked += 1;
                 continue;
@@ -788,25 +727,8 @@ impl RunContext<'_> {
         let pending_ids = match incremental_since {
             Some(since) => {
                 let mut ids = model::changed(store, &population, since).await?;
-                let missing = match &population {
-                    _ if !check_missing => Vec::new(),
-                    model::Population::All => sqlx::query(
-                        "SELECT p.id FROM profiles p WHERE NOT EXISTS (SELECT 1 FROM sync_records r WHERE r.sync = $1 AND r.key = p.id)",
-                    )
-                    .bind(&sync.name)
-                    .fetch_all(store.pool())
-                    .await?,
-                    model::Population::Audience(a) => sqlx::query(
-                        "SELECT m.profile_id FROM audience_members m WHERE m.audience = $2 \
-                         AND NOT EXISTS (SELECT 1 FROM sync_records r WHERE r.sync = $1 AND r.key = m.profile_id)",
-                    )
-                    .bind(&sync.name)
-                    .bind(a)
-                    .fetch_all(store.pool())
-                    .await?,
-                };
-                for r in missing {
-                    ids.push(r.try_get(0)?);
+                if check_missing {
+                    ids.extend(rows::missing(store, &sync.name, &population).await?);
                 }
                 ids.sort();
                 ids.dedup();
@@ -859,15 +781,7 @@ impl RunContext<'_> {
             self.plan.absorb(planned?);
         }
         if !options.dry_run {
-            sqlx::query(
-                "INSERT INTO sync_meta (sync, fingerprint, complete_started_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (sync) DO UPDATE SET fingerprint = excluded.fingerprint, complete_started_at = excluded.complete_started_at",
-            )
-            .bind(&sync.name)
-            .bind(&fingerprint)
-            .bind(started_at)
-            .execute(store.pool())
-            .await?;
+            rows::save_meta(store, &sync.name, &fingerprint, started_at).await?;
         }
         Ok(())
     }
@@ -898,62 +812,47 @@ impl RunContext<'_> {
         };
         let mapping = Mapping::compile(&sync.mapping, true)
             .map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
-        let cursor: Option<(i64, String)> = if options.full_resync {
+        let cursor = if options.full_resync {
             None
         } else {
-            sqlx::query_as("SELECT received_at, message_id FROM sync_cursors WHERE sync = $1")
-                .bind(&sync.name)
-                .fetch_optional(store.pool())
-                .await?
+            rows::event_cursor(store, &sync.name).await?
         };
         let (mut at, mut last_id) = cursor.unwrap_or((i64::MIN, String::new()));
         // Messages are stamped before their commit lands: leave the last moments for next time.
         let horizon = now_millis() - 2_000;
         let page = (target.batch_size * target.concurrency.max(1) * 4).clamp(100, 20_000) as i64;
         loop {
-            let rows = sqlx::query(
-                "SELECT message_id, profile_id, received_at, body FROM events WHERE kind = 'track' AND name = $1 \
-                 AND (received_at > $2 OR (received_at = $2 AND message_id > $3)) AND received_at < $4 \
-                 ORDER BY received_at, message_id LIMIT $5",
-            )
-            .bind(&event_name)
-            .bind(at)
-            .bind(&last_id)
-            .bind(horizon)
-            .bind(page)
-            .fetch_all(store.pool())
-            .await?;
-            if rows.is_empty() {
+            let page_rows =
+                rows::events_after(store, &event_name, (at, &last_id), horizon, page).await?;
+            if page_rows.is_empty() {
                 break;
             }
-            let mut events = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let body: String = r.try_get(3)?;
-                events.push((
-                    r.try_get::<String, _>(0)?,
-                    r.try_get::<String, _>(1)?,
-                    r.try_get::<i64, _>(2)?,
-                    serde_json::from_str::<serde_json::Value>(&body).unwrap_or_default(),
-                ));
-            }
+            let fetched = page_rows.len();
+            let events: Vec<(String, String, i64, serde_json::Value)> = page_rows
+                .into_iter()
+                .map(|r| {
+                    let body = serde_json::from_str(&r.body).unwrap_or_default();
+                    (r.message_id, r.profile_id, r.received_at, body)
+                })
+                .collect();
             let mut ids: Vec<String> = events.iter().map(|e| e.1.clone()).collect();
             ids.sort();
             ids.dedup();
-            let profiles: HashMap<String, model::ProfileData> =
+            let profiles: HashMap<String, ProfileData> =
                 model::load(store, &ids, filter.as_ref().is_some_and(|f| f.uses_events))
                     .await?
                     .into_iter()
                     .map(|p| (p.id.clone(), p))
                     .collect();
             let keys: Vec<String> = events.iter().map(|e| e.0.clone()).collect();
-            let done = acked_keys(store, &sync.name, &keys).await?;
+            let done = rows::acked_keys(store, &sync.name, &keys).await?;
             let mut items = Vec::new();
             for (message_id, profile_id, _, body) in &events {
                 if done.contains(message_id) {
                     self.plan.unchanged += 1;
                     continue;
                 }
-                let empty = model::ProfileData {
+                let empty = ProfileData {
                     id: profile_id.clone(),
                     ..Default::default()
                 };
@@ -998,15 +897,7 @@ impl RunContext<'_> {
                 }
                 self.deliver(target, Action::Track, items).await?;
                 if let Some((received, id)) = &last {
-                    sqlx::query(
-                        "INSERT INTO sync_cursors (sync, received_at, message_id) VALUES ($1, $2, $3) \
-                         ON CONFLICT (sync) DO UPDATE SET received_at = excluded.received_at, message_id = excluded.message_id",
-                    )
-                    .bind(&sync.name)
-                    .bind(received)
-                    .bind(id)
-                    .execute(store.pool())
-                    .await?;
+                    rows::save_event_cursor(store, &sync.name, *received, id).await?;
                 }
             }
             match last {
@@ -1016,7 +907,7 @@ impl RunContext<'_> {
                 }
                 None => break,
             }
-            if (rows.len() as i64) < page {
+            if (fetched as i64) < page {
                 break;
             }
         }
@@ -1079,49 +970,6 @@ impl RunContext<'_> {
     }
 }
 
-/// The acknowledged payload hashes of these keys.
-async fn acked_hashes(
-    store: &Store,
-    sync: &str,
-    keys: &[String],
-) -> anyhow::Result<HashMap<String, String>> {
-    let mut found = HashMap::with_capacity(keys.len());
-    for chunk in keys.chunks(model::CHUNK) {
-        let sql = format!(
-            "SELECT key, hash FROM sync_records WHERE sync = {} AND key IN {}",
-            store.param(1),
-            store.value_groups(2, 1, chunk.len())
-        );
-        let mut q = sqlx::query(&sql).bind(sync);
-        for k in chunk {
-            q = q.bind(k);
-        }
-        for row in q.fetch_all(store.pool()).await? {
-            found.insert(row.try_get(0)?, row.try_get(1)?);
-        }
-    }
-    Ok(found)
-}
-
-async fn acked_keys(store: &Store, sync: &str, keys: &[String]) -> anyhow::Result<HashSet<String>> {
-    let mut found = HashSet::new();
-    for chunk in keys.chunks(model::CHUNK) {
-        let sql = format!(
-            "SELECT key FROM sync_records WHERE sync = {} AND key IN {}",
-            store.param(1),
-            store.value_groups(2, 1, chunk.len())
-        );
-        let mut q = sqlx::query(&sql).bind(sync);
-        for k in chunk {
-            q = q.bind(k);
-        }
-        for row in q.fetch_all(store.pool()).await? {
-            found.insert(row.try_get(0)?);
-        }
-    }
-    Ok(found)
-}
-
 /// Commits a batch's outcome: the acknowledged state, dead letters, and the run's counters,
 /// in one transaction.
 struct RunLedger<'a> {
@@ -1138,69 +986,35 @@ impl Ledger for RunLedger<'_> {
         dead: &[(Item, String)],
         stats: &Stats,
     ) -> anyhow::Result<()> {
-        let now = now_millis();
-        let store = self.store;
-        let mut tx = store.pool().begin().await?;
-        // Multi-row statements: one per 200 records instead of one per record.
-        for chunk in acked.chunks(200) {
-            match action {
-                Action::Delete => {
-                    let sql = format!(
-                        "DELETE FROM sync_records WHERE sync = {} AND key IN {}",
-                        store.param(1),
-                        store.value_groups(2, 1, chunk.len())
-                    );
-                    let mut q = sqlx::query(&sql).bind(self.sync);
-                    for item in chunk {
-                        q = q.bind(&item.key);
-                    }
-                    q.execute(&mut *tx).await?;
-                }
-                Action::Upsert | Action::Track => {
-                    let sql = format!(
-                        "INSERT INTO sync_records (sync, key, hash, fields, acked_at) VALUES {} \
-                         ON CONFLICT (sync, key) DO UPDATE SET hash = excluded.hash, fields = excluded.fields, acked_at = excluded.acked_at",
-                        store.value_groups(1, chunk.len(), 5)
-                    );
-                    let mut q = sqlx::query(&sql);
-                    for item in chunk {
-                        q = q
-                            .bind(self.sync)
-                            .bind(&item.key)
-                            .bind(&item.hash)
-                            .bind(&item.fields)
-                            .bind(now);
-                    }
-                    q.execute(&mut *tx).await?;
-                }
-            }
-        }
-        for (item, reason) in dead {
-            sqlx::query(
-                "INSERT INTO dead_letters (id, sync, key, action, hash, fields, attempts, error, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(uuid::Uuid::new_v4().to_string())
-            .bind(self.sync)
-            .bind(&item.key)
-            .bind(action_name(action))
-            .bind(&item.hash)
-            .bind(&item.fields)
-            .bind((item.attempts.max(1)) as i64)
-            .bind(reason)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
-        sqlx::query("UPDATE sync_runs SET sent = $1, succeeded = $2, retried = $3, rejected = $4, dead_lettered = $5 WHERE id = $6")
-            .bind(stats.sent as i64)
-            .bind(stats.succeeded as i64)
-            .bind(stats.retried as i64)
-            .bind(stats.rejected as i64)
-            .bind(stats.dead_lettered as i64)
-            .bind(self.run_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
+        let batch = rows::BatchOutcome {
+            action: action_name(action),
+            acked: acked
+                .iter()
+                .map(|i| rows::AckedRef {
+                    key: &i.key,
+                    hash: &i.hash,
+                    fields: &i.fields,
+                })
+                .collect(),
+            dead: dead
+                .iter()
+                .map(|(i, reason)| rows::DeadRow {
+                    key: &i.key,
+                    hash: &i.hash,
+                    fields: &i.fields,
+                    attempts: i.attempts.max(1) as i64,
+                    reason,
+                })
+                .collect(),
+            counters: rows::Counters {
+                sent: stats.sent as i64,
+                succeeded: stats.succeeded as i64,
+                retried: stats.retried as i64,
+                rejected: stats.rejected as i64,
+                dead_lettered: stats.dead_lettered as i64,
+            },
+        };
+        rows::commit_batch(self.store, self.sync, self.run_id, &batch, now_millis()).await?;
         Ok(())
     }
 }

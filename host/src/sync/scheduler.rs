@@ -107,10 +107,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// The newest change a sync's model could see: profile updates, or received events.
 async fn newest_change(engine: &Engine, sync: &SyncConfig) -> anyhow::Result<i64> {
-    let sql = match sync.mode {
-        SyncMode::Events => "SELECT MAX(received_at) FROM events",
-        _ => "SELECT MAX(updated_at) FROM profiles",
-    };
-    let (max,): (Option<i64>,) = sqlx::query_as(sql).fetch_one(engine.store().pool()).await?;
+    let events = matches!(sync.mode, SyncMode::Events);
+    let max = crate::store::profiles::newest_change(engine.store(), events).await?;
     Ok(max.unwrap_or(i64::MIN))
 }
