@@ -9,6 +9,7 @@ mod fakes;
 
 mod destinations_ads;
 mod destinations_email;
+mod destinations_events;
 mod destinations_social;
 mod destinations_webhook;
 mod plugin_cli;
