@@ -359,6 +359,10 @@ fn flatten_one(key: &str, v: &Value, out: &mut Map<String, Value>) -> Result<(),
         Value::Bool(b) => {
             out.insert(key.into(), json!(b.to_string()));
         }
+        // GA4 reads `currency` as an ISO 4217 code in upper case.
+        Value::String(s) if key == "currency" => {
+            out.insert(key.into(), json!(s.trim().to_ascii_uppercase()));
+        }
         Value::String(_) | Value::Number(_) => {
             out.insert(key.into(), v.clone());
         }
