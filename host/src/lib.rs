@@ -8,21 +8,23 @@
 //!   per command group). Nothing in the crate imports `app`; only `main.rs` does.
 //! - `config`: the project file (`switchyard.toml`), its checks, and secret resolution
 //!   (`config::secrets`); `validate` adds the checks that need installed plugins.
-//! - the engines: `ingest` (message parsing, the writer), `identity`, `profiles`, `model`,
-//!   `audience`, `sync`, `sources`, with `lease` between run engines and the store.
-//! - at the bottom: `store` (the database), `runtime` (plugins in wasmtime), `registry`
-//!   (installed plugins), and leaf values with no I/O (`schedule`, `metrics`, `scaffold`).
+//! - the engines: `ingest` (message parsing, the writer), `identity` (decisions over identifier
+//!   lists), `profiles`, `audience`, `sync`, `sources`, and `runs` (what both run engines share:
+//!   status, errors, lease, the scheduler loop).
+//! - at the bottom: `store` (every SQL statement, migrations, SQLite and PostgreSQL), `runtime`
+//!   (plugins in wasmtime), `registry` (installed plugins), and leaf values with no I/O
+//!   (`identifier`, `schedule`, `metrics`, `scaffold`).
 
 pub mod app;
 pub mod audience;
 pub mod config;
-pub mod identity;
 pub mod identifier;
+pub mod identity;
 pub mod ingest;
-pub mod lease;
 pub mod metrics;
 pub mod profiles;
 pub mod registry;
+pub mod runs;
 pub mod runtime;
 pub mod scaffold;
 pub mod schedule;

@@ -76,11 +76,7 @@ impl<'r> Batch<'r> {
         Ok(batch)
     }
 
-    async fn look_up(
-        &mut self,
-        conn: &mut Conn,
-        ids: &[&Identifier],
-    ) -> anyhow::Result<()> {
+    async fn look_up(&mut self, conn: &mut Conn, ids: &[&Identifier]) -> anyhow::Result<()> {
         let ids: Vec<&Identifier> = ids
             .iter()
             .copied()
@@ -110,11 +106,7 @@ impl<'r> Batch<'r> {
     }
 
     /// Whether some profile holds this identifier, as of everything resolved so far.
-    pub async fn is_held(
-        &mut self,
-        conn: &mut Conn,
-        id: &Identifier,
-    ) -> anyhow::Result<bool> {
+    pub async fn is_held(&mut self, conn: &mut Conn, id: &Identifier) -> anyhow::Result<bool> {
         self.look_up(conn, &[id]).await?;
         Ok(self.holder.contains_key(id))
     }

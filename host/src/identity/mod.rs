@@ -14,7 +14,6 @@ use anyhow::Context as _;
 use sha2::{Digest, Sha256};
 
 use crate::config::{IdentityConfig, KindRule};
-use crate::ingest::message::Message;
 use crate::store::identity::{self as rows, MergeCause};
 use crate::store::{Backend, Conn};
 
@@ -43,36 +42,26 @@ impl IdentityRules {
         self.kinds.get(kind).map(|r| r.limit).unwrap_or(0)
     }
 
-    /// The message's identifiers of configured kinds, highest priority first.
-    pub fn identifiers(&self, message: &Message) -> Vec<Identifier> {
-        let mut ids = Vec::new();
-        let mut push = |kind: &str, value: Option<String>| {
-            if let Some(v) = value {
-                if self.kinds.contains_key(kind) && !v.trim().is_empty() {
-                    ids.push(Identifier::new(kind, &v));
-                }
-            }
-        };
-        push("user_id", message.user_id.clone());
-        push("anonymous_id", message.anonymous_id.clone());
-        push("email", message.email());
-        push("phone", message.phone());
-        for (name, kind) in &self.trait_kinds {
-            let value = message
-                .traits
-                .get(name)
-                .or_else(|| message.context.get("traits").and_then(|t| t.get(name)));
-            push(kind, value.and_then(json_scalar));
-        }
-        for (kind, value) in message.external_ids() {
-            let kind = match kind.as_str() {
-                "user_id" | "userId" => "user_id".to_string(),
-                "anonymous_id" | "anonymousId" => "anonymous_id".to_string(),
-                other => other.to_string(),
-            };
-            push(&kind, Some(value));
-        }
+    /// The identifiers of configured kinds among `candidates` (kind, value), blank values left
+    /// out, highest priority first. The tracking API's writer and the source pages say what
+    /// their messages and records carry; identity decides which count.
+    pub fn identifiers<I>(&self, candidates: I) -> Vec<Identifier>
+    where
+        I: IntoIterator<Item = (String, String)>,
+    {
+        let ids = candidates
+            .into_iter()
+            .filter(|(kind, value)| self.kinds.contains_key(kind) && !value.trim().is_empty())
+            .map(|(kind, value)| Identifier::new(&kind, &value))
+            .collect();
         self.ordered(ids)
+    }
+
+    /// `[identity.traits]`: trait name → the identifier kind its value is.
+    pub fn trait_kinds(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.trait_kinds
+            .iter()
+            .map(|(name, kind)| (name.as_str(), kind.as_str()))
     }
 
     /// Identifiers highest priority first, without repeats: the order resolution drops them in
@@ -81,14 +70,6 @@ impl IdentityRules {
         ids.sort_by_key(|i| (self.priority(&i.kind), i.kind.clone(), i.value.clone()));
         ids.dedup();
         ids
-    }
-}
-
-fn json_scalar(v: &serde_json::Value) -> Option<String> {
-    match v {
-        serde_json::Value::String(s) => Some(s.clone()),
-        serde_json::Value::Number(n) => Some(n.to_string()),
-        _ => None,
     }
 }
 

@@ -72,7 +72,7 @@ impl Prepared {
                 alias_candidates(&m),
                 Some((m.user_id.clone(), m.previous_id.clone())),
             ),
-            _ => (rules.identifiers(&m), None),
+            _ => (rules.identifiers(identifier_candidates(rules, &m)), None),
         };
         let traits = match m.kind {
             MessageType::Identify => m
@@ -306,6 +306,50 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
     batch.finish(&mut tx).await?;
     tx.commit().await?;
     Ok(results)
+}
+
+/// What a message says about who sent it, as (kind, value) pairs: its user and anonymous ids,
+/// email and phone, the traits `[identity.traits]` names, and `context.externalIds`. Identity
+/// decides which of them count.
+fn identifier_candidates(rules: &IdentityRules, m: &Message) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let fixed = [
+        ("user_id", m.user_id.clone()),
+        ("anonymous_id", m.anonymous_id.clone()),
+        ("email", m.email()),
+        ("phone", m.phone()),
+    ];
+    for (kind, value) in fixed {
+        if let Some(v) = value {
+            out.push((kind.to_string(), v));
+        }
+    }
+    for (name, kind) in rules.trait_kinds() {
+        let value = m
+            .traits
+            .get(name)
+            .or_else(|| m.context.get("traits").and_then(|t| t.get(name)));
+        if let Some(v) = value.and_then(json_scalar) {
+            out.push((kind.to_string(), v));
+        }
+    }
+    for (kind, value) in m.external_ids() {
+        let kind = match kind.as_str() {
+            "user_id" | "userId" => "user_id".to_string(),
+            "anonymous_id" | "anonymousId" => "anonymous_id".to_string(),
+            other => other.to_string(),
+        };
+        out.push((kind, value));
+    }
+    out
+}
+
+fn json_scalar(v: &serde_json::Value) -> Option<String> {
+    match v {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
 }
 
 /// Both readings of an alias's identifiers, for the batch's look-up.

@@ -32,8 +32,9 @@ use tracing::Instrument as _;
 
 use super::{RunOptions, SourceEngine};
 use crate::app::http::{check_token, json_error};
+use crate::runs::lease;
+use crate::runs::RunError;
 use crate::runtime::bindings::{SourceRecord, WebhookError, WebhookRequest};
-use crate::store::leases::{self, LeaseTable};
 use crate::store::now_millis;
 
 /// The webhook routes, merged into the hub's router.
@@ -68,14 +69,14 @@ const START_WAIT: Duration = Duration::from_secs(5);
 /// sources), 409 for a run refused because another one holds the lease, else 500.
 fn failed(e: anyhow::Error) -> Response {
     let text = format!("{e:#}");
-    if text.starts_with("no source named") || text.contains("has no plugin") {
-        return json_error(StatusCode::NOT_FOUND, &text);
+    match RunError::of(&e) {
+        Some(RunError::NotFound(_)) => json_error(StatusCode::NOT_FOUND, &text),
+        Some(RunError::AlreadyRunning { .. }) => json_error(StatusCode::CONFLICT, &text),
+        None => {
+            tracing::error!("sources API: {text}");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, &text)
+        }
     }
-    if text.contains("is already running") {
-        return json_error(StatusCode::CONFLICT, &text);
-    }
-    tracing::error!("sources API: {text}");
-    json_error(StatusCode::INTERNAL_SERVER_ERROR, &text)
 }
 
 /// Checks the admin token and that `name` is a plugin source: the response to send otherwise.
@@ -119,10 +120,7 @@ async fn lease_holder(
     source: &str,
     live: bool,
 ) -> anyhow::Result<Option<String>> {
-    let row = leases::holder(engine.store(), LeaseTable::Source, source).await?;
-    Ok(row
-        .filter(|(_, expires)| !live || *expires >= crate::store::now_millis())
-        .map(|(id, _)| id))
+    lease::holder(engine.store(), lease::SOURCE, source, live).await
 }
 
 fn conflict(source: &str, run_id: &str) -> Response {
@@ -172,7 +170,7 @@ async fn run(
             async move {
                 let result = engine.run(&source, options, None).await;
                 match &result {
-                    Ok(r) if r.status == "failed" || r.status == "capped" => tracing::warn!(
+                    Ok(r) if r.status.needs_attention() => tracing::warn!(
                         "run requested through the API {}: {}",
                         r.status,
                         r.error.as_deref().unwrap_or_default()
@@ -204,7 +202,7 @@ async fn run(
                 result = &mut finished => {
                     return match result {
                         // Already over (a small source): still 202, with how it ended.
-                        Ok(Ok(report)) => accepted(Some(&report.id), &report.status),
+                        Ok(Ok(report)) => accepted(Some(&report.id), report.status.as_str()),
                         Ok(Err(e)) => failed(e),
                         Err(_) => json_error(
                             StatusCode::INTERNAL_SERVER_ERROR,

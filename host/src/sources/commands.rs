@@ -140,7 +140,7 @@ pub async fn source(cmd: SourceCommand, plugins_dir: Option<PathBuf>) -> anyhow:
                 .run(&name, RunOptions { full_refresh }, progress)
                 .await?;
             print_report(&report);
-            if report.status == "failed" || report.status == "capped" {
+            if report.status.needs_attention() {
                 bail!(
                     "source `{name}` run {}: {}",
                     report.status,

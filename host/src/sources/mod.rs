@@ -18,7 +18,7 @@ pub mod commands;
 pub mod scheduler;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
@@ -26,12 +26,14 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use crate::config::{Config, KindRule, RunCaps, SourceConfig, SourceStreamConfig};
+use crate::config::{Config, RunCaps, SourceConfig, SourceStreamConfig};
 use crate::identity::batch::{Batch, NewEvent};
 use crate::identity::{Identifier, IdentityRules};
-use crate::lease::{self, Lease};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+pub use crate::runs::iso;
+use crate::runs::lease::{self, Lease};
+use crate::runs::{RunError, RunStatus};
 use crate::runtime::bindings::{CallError, Page, SourceRecord};
 use crate::runtime::{PluginError, PluginInstance};
 use crate::store::sources as rows;
@@ -67,7 +69,7 @@ pub struct RunReport {
     /// `max_run_time`; what it read is committed and the next run resumes from the stored
     /// cursor) or `interrupted` (its process died; the next run resumed from the last
     /// committed page).
-    pub status: String,
+    pub status: RunStatus,
     pub full_refresh: bool,
     pub started_at: String,
     pub finished_at: Option<String>,
@@ -100,14 +102,29 @@ pub trait Progress: Send + Sync {
 pub struct SourceEngine {
     store: Store,
     registry: Arc<Registry>,
-    config: Arc<Config>,
-    rules: IdentityRules,
+    /// The config runs and webhooks start with, and its identity rules; swapped by `reload`.
+    loaded: Arc<RwLock<Arc<Loaded>>>,
     metrics: Option<Metrics>,
     holder: Arc<str>,
     /// Configured instances by source name, built on first use (webhooks call them often).
     instances: Arc<Mutex<HashMap<String, PluginInstance>>>,
     /// First retry delay when the plugin names none.
     pub backoff: Duration,
+}
+
+/// A config and the identity rules compiled from it.
+struct Loaded {
+    config: Arc<Config>,
+    rules: IdentityRules,
+}
+
+impl Loaded {
+    fn new(config: Arc<Config>) -> Arc<Loaded> {
+        Arc::new(Loaded {
+            rules: IdentityRules::new(&config.identity),
+            config,
+        })
+    }
 }
 
 /// What applying a batch of records did.
@@ -131,10 +148,9 @@ impl SourceEngine {
             .map(Duration::from_millis)
             .unwrap_or(Duration::from_millis(500));
         SourceEngine {
-            rules: IdentityRules::new(&config.identity),
             store,
             registry,
-            config,
+            loaded: Arc::new(RwLock::new(Loaded::new(config))),
             metrics: None,
             holder: uuid::Uuid::new_v4().to_string().into(),
             instances: Arc::default(),
@@ -151,15 +167,34 @@ impl SourceEngine {
         &self.store
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
+    fn loaded(&self) -> Arc<Loaded> {
+        match self.loaded.read() {
+            Ok(l) => l.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
     }
 
-    /// The `[sources.NAME]` block of a plugin source.
-    pub fn source(&self, name: &str) -> anyhow::Result<&SourceConfig> {
+    /// The config runs and webhooks start with; runs in flight keep the one they started with.
+    pub fn config(&self) -> Arc<Config> {
+        self.loaded().config.clone()
+    }
+
+    /// Swaps in a new config (SIGHUP); in-flight runs are not disturbed. Plugin instances are
+    /// built again from the new config when next used.
+    pub fn reload(&self, config: Arc<Config>) {
+        let loaded = Loaded::new(config);
+        match self.loaded.write() {
+            Ok(mut l) => *l = loaded,
+            Err(poisoned) => *poisoned.into_inner() = loaded,
+        }
+        lock(&self.instances).clear();
+    }
+
+    /// The `[sources.NAME]` block of a plugin source, or [`RunError::NotFound`] listing them.
+    pub fn source(&self, name: &str) -> anyhow::Result<SourceConfig> {
+        let config = self.config();
         let defined = || {
-            let v: Vec<&str> = self
-                .config
+            let v: Vec<&str> = config
                 .sources
                 .iter()
                 .filter(|(_, s)| s.plugin.is_some())
@@ -171,14 +206,15 @@ impl SourceEngine {
                 v.join(", ")
             }
         };
-        match self.config.sources.get(name) {
-            Some(s) if s.plugin.is_some() => Ok(s),
-            Some(_) => bail!(
+        let missing = match config.sources.get(name) {
+            Some(s) if s.plugin.is_some() => return Ok(s.clone()),
+            Some(_) => format!(
                 "[sources.{name}] has no plugin (it only holds tracking-API write keys); plugin sources: {}",
                 defined()
             ),
-            None => bail!("no source named `{name}` (plugin sources: {})", defined()),
-        }
+            None => format!("no source named `{name}` (plugin sources: {})", defined()),
+        };
+        Err(RunError::NotFound(missing).into())
     }
 
     /// The configured plugin instance of a source (built once per process).
@@ -203,7 +239,7 @@ impl SourceEngine {
         options: RunOptions,
         progress: Option<Arc<dyn Progress>>,
     ) -> anyhow::Result<RunReport> {
-        let source = self.source(name)?.clone();
+        let source = self.source(name)?;
         let span =
             tracing::info_span!("source_run", source = %name, full_refresh = options.full_refresh);
         self.run_inner(name, &source, options, progress)
@@ -222,14 +258,7 @@ impl SourceEngine {
         let started = Instant::now();
         let started_at = now_millis();
         let lease = self.acquire(name, &run_id).await?;
-        rows::start_run(
-            &self.store,
-            &run_id,
-            name,
-            started_at,
-            options.full_refresh,
-        )
-        .await?;
+        rows::start_run(&self.store, &run_id, name, started_at, options.full_refresh).await?;
         let caps = source.run_caps();
         let mut ctx = RunContext {
             engine: self,
@@ -244,21 +273,24 @@ impl SourceEngine {
         };
         let result = ctx.read_streams(source, options).await;
         let (status, error) = match &result {
-            Ok(()) => ("succeeded", None),
-            Err(e) if e.downcast_ref::<RunCapped>().is_some() => ("capped", Some(format!("{e:#}"))),
-            Err(e) => ("failed", Some(format!("{e:#}"))),
+            Ok(()) => (RunStatus::Succeeded, None),
+            Err(e) if e.downcast_ref::<RunCapped>().is_some() => {
+                (RunStatus::Capped, Some(format!("{e:#}")))
+            }
+            Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
         };
         rows::finish_run(
             &self.store,
             &run_id,
-            status,
+            status.as_str(),
             now_millis(),
             error.as_deref(),
         )
         .await?;
         lease.release(&self.store).await;
         if let Some(m) = &self.metrics {
-            m.sources.run(name, status, started.elapsed().as_secs_f64());
+            m.sources
+                .run(name, status.as_str(), started.elapsed().as_secs_f64());
         }
         let report = self
             .runs(name, 5)
@@ -308,7 +340,7 @@ impl SourceEngine {
                 finished_at: r.finished_at.map(iso),
                 id: r.id,
                 source: r.source,
-                status: r.status,
+                status: RunStatus::parse(&r.status),
                 full_refresh: r.full_refresh,
                 pages: r.pages,
                 records: r.records,
@@ -334,12 +366,12 @@ impl SourceEngine {
         source: &str,
         records: &[(&str, &SourceRecord)],
     ) -> anyhow::Result<Applied> {
+        let loaded = self.loaded();
         let mappings = &self.source(source)?.streams;
         apply_records(
             conn,
             self.store.backend(),
-            &self.rules,
-            &self.config.identity.kinds,
+            &loaded.rules,
             source,
             mappings,
             records,
@@ -350,13 +382,6 @@ impl SourceEngine {
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// RFC 3339 of store milliseconds.
-pub fn iso(ms: i64) -> String {
-    chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
-        .unwrap_or_default()
 }
 
 struct RunContext<'a> {
@@ -667,29 +692,15 @@ fn parse_time(text: &str) -> Option<i64> {
 
 /// The identifiers a stream mapping picks from a record, highest priority first.
 pub fn record_identifiers(
-    kinds: &BTreeMap<String, KindRule>,
+    rules: &IdentityRules,
     mapping: &SourceStreamConfig,
     data: &Value,
 ) -> Vec<Identifier> {
-    let mut ids: Vec<Identifier> = mapping
-        .identifiers
-        .iter()
-        .filter(|(kind, _)| kinds.contains_key(*kind))
-        .filter_map(|(kind, path)| {
-            at_path(data, path)
-                .and_then(scalar)
-                .map(|v| Identifier::new(kind, &v))
-        })
-        .collect();
-    ids.sort_by_key(|i| {
-        (
-            kinds.get(&i.kind).map(|r| r.priority).unwrap_or(u32::MAX),
-            i.kind.clone(),
-            i.value.clone(),
-        )
-    });
-    ids.dedup();
-    ids
+    rules.identifiers(mapping.identifiers.iter().filter_map(|(kind, path)| {
+        at_path(data, path)
+            .and_then(scalar)
+            .map(|v| (kind.clone(), v))
+    }))
 }
 
 /// A record ready for identity resolution.
@@ -708,7 +719,6 @@ async fn apply_records(
     conn: &mut Conn,
     backend: crate::store::Backend,
     rules: &IdentityRules,
-    kinds: &BTreeMap<String, KindRule>,
     source: &str,
     mappings: &BTreeMap<String, SourceStreamConfig>,
     records: &[(&str, &SourceRecord)],
@@ -729,7 +739,7 @@ async fn apply_records(
                 continue;
             }
         };
-        let ids = record_identifiers(kinds, mapping, &data);
+        let ids = record_identifiers(rules, mapping, &data);
         if ids.is_empty() {
             tracing::debug!(stream, record = %record.id, "no mapped identifier in the record; skipped");
             applied.skipped += 1;
@@ -819,7 +829,7 @@ mod tests {
         assert_eq!(at_path(&data, "customer.id"), Some(&serde_json::json!(42)));
         assert_eq!(at_path(&data, "tags.1"), Some(&serde_json::json!("b")));
         assert_eq!(at_path(&data, "customer.missing"), None);
-        let kinds = crate::config::IdentityConfig::default().kinds;
+        let rules = IdentityRules::new(&crate::config::IdentityConfig::default());
         let mapping = SourceStreamConfig {
             identifiers: BTreeMap::from([
                 ("email".to_string(), "email".to_string()),
@@ -829,7 +839,7 @@ mod tests {
             ]),
             traits: BTreeMap::new(),
         };
-        let ids = record_identifiers(&kinds, &mapping, &data);
+        let ids = record_identifiers(&rules, &mapping, &data);
         assert_eq!(
             ids,
             vec![
@@ -927,17 +937,9 @@ mod tests {
         ];
         let refs: Vec<(&str, &SourceRecord)> = page.iter().map(|r| ("people", r)).collect();
         let mut tx = store.begin().await.unwrap();
-        let applied = apply_records(
-            &mut tx,
-            store.backend(),
-            &rules,
-            &identity.kinds,
-            "crm",
-            &mappings,
-            &refs,
-        )
-        .await
-        .unwrap();
+        let applied = apply_records(&mut tx, store.backend(), &rules, "crm", &mappings, &refs)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(
             applied,
@@ -972,8 +974,13 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_ne!(other, main);
-        let traits = crate::store::profiles::traits_of(&store, &main).await.unwrap();
-        let name = traits.iter().find(|(n, _)| n == "name").map(|t| t.1.as_str());
+        let traits = crate::store::profiles::traits_of(&store, &main)
+            .await
+            .unwrap();
+        let name = traits
+            .iter()
+            .find(|(n, _)| n == "name")
+            .map(|t| t.1.as_str());
         assert_eq!(name, Some("\"A new\""), "the newer record's trait wins");
         let n = scalar_query(
             &store,
@@ -987,17 +994,9 @@ mod tests {
 
         // The same page again: nothing new, nothing twice.
         let mut tx = store.begin().await.unwrap();
-        let again = apply_records(
-            &mut tx,
-            store.backend(),
-            &rules,
-            &identity.kinds,
-            "crm",
-            &mappings,
-            &refs,
-        )
-        .await
-        .unwrap();
+        let again = apply_records(&mut tx, store.backend(), &rules, "crm", &mappings, &refs)
+            .await
+            .unwrap();
         tx.commit().await.unwrap();
         assert_eq!(again.events, 0);
         assert_eq!(

@@ -1,69 +1,47 @@
-//! Starts scheduled source runs inside `switchyard serve`. A source whose last run did not finish
-//! (its process died) is resumed at once; a run already going, here or on another hub sharing the
-//! database, is never started twice: the lease decides.
+//! Sources as the scheduler sees them ([`Scheduled`]): the plugin sources with a schedule and
+//! their last runs. Sources track no changes: their schedule alone decides.
 
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
-use chrono::{DateTime, Utc};
+use crate::runs::scheduler::{self, LastRun, Outcome, Scheduled};
+use crate::runs::RunStatus;
 
 use super::{RunOptions, SourceEngine};
-use crate::schedule::Schedule;
 
-/// Polls once a second until the process ends.
+/// Starts scheduled source runs until the process ends.
 pub async fn run(engine: SourceEngine) {
-    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
-    let mut last: HashMap<String, DateTime<Utc>> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        for (name, source) in &engine.config().sources {
-            let (Some(_), Some(spec)) = (&source.plugin, &source.schedule) else {
-                continue;
-            };
-            let Ok(schedule) = Schedule::parse(spec) else {
-                continue;
-            };
-            if super::lock(&running).contains(name) {
-                continue;
-            }
-            let now = Utc::now();
-            if !last.contains_key(name) {
-                let latest = match engine.runs(name, 1).await {
-                    Ok(mut r) => r.pop(),
-                    Err(e) => {
-                        tracing::warn!(source = %name, "reading the run history: {e:#}");
-                        continue;
-                    }
-                };
-                let unfinished = latest
-                    .as_ref()
-                    .is_some_and(|r| matches!(r.status.as_str(), "running" | "interrupted"));
-                let previous = latest
-                    .and_then(|r| DateTime::parse_from_rfc3339(&r.started_at).ok())
-                    .map(|t| t.with_timezone(&Utc));
-                if let (Some(p), false) = (previous, unfinished) {
-                    last.insert(name.clone(), p);
-                }
-            }
-            if schedule.next_after(last.get(name).copied(), now) > now {
-                continue;
-            }
-            last.insert(name.clone(), now);
-            super::lock(&running).insert(name.clone());
-            let (engine, running, name) = (engine.clone(), running.clone(), name.clone());
-            tokio::spawn(async move {
-                match engine.run(&name, RunOptions::default(), None).await {
-                    Ok(r) if r.status == "failed" || r.status == "capped" => {
-                        tracing::warn!(source = %name, "scheduled run {}: {}", r.status, r.error.unwrap_or_default())
-                    }
-                    Ok(_) => {}
-                    Err(e) => tracing::info!(source = %name, "scheduled run not started: {e:#}"),
-                }
-                super::lock(&running).remove(&name);
-            });
-        }
+    scheduler::run(engine).await
+}
+
+impl Scheduled for SourceEngine {
+    const NOUN: &'static str = "source";
+
+    fn schedules(&self) -> Vec<(String, String)> {
+        self.config()
+            .sources
+            .iter()
+            .filter(|(_, s)| s.plugin.is_some())
+            .filter_map(|(name, s)| Some((name.clone(), s.schedule.clone()?)))
+            .collect()
+    }
+
+    async fn last_run(&self, name: &str) -> anyhow::Result<Option<LastRun>> {
+        let latest = crate::store::sources::runs(self.store(), name, 1)
+            .await?
+            .pop();
+        Ok(latest.map(|r| LastRun {
+            status: RunStatus::parse(&r.status),
+            started_at: r.started_at,
+        }))
+    }
+
+    async fn newest_change(&self, _name: &str) -> anyhow::Result<Option<i64>> {
+        Ok(None)
+    }
+
+    async fn run_now(&self, name: &str) -> anyhow::Result<Outcome> {
+        let report = SourceEngine::run(self, name, RunOptions::default(), None).await?;
+        Ok(Outcome {
+            status: report.status,
+            error: report.error,
+        })
     }
 }

@@ -125,9 +125,17 @@ fn migrator() -> Migrator {
     };
     Migrator {
         migrations: Cow::Owned(vec![
-            migration(1, "profiles", include_str!("../../migrations/0001_profiles.sql")),
+            migration(
+                1,
+                "profiles",
+                include_str!("../../migrations/0001_profiles.sql"),
+            ),
             migration(2, "syncs", include_str!("../../migrations/0002_syncs.sql")),
-            migration(3, "sources", include_str!("../../migrations/0003_sources.sql")),
+            migration(
+                3,
+                "sources",
+                include_str!("../../migrations/0003_sources.sql"),
+            ),
             migration(
                 4,
                 "incremental",
@@ -462,17 +470,27 @@ mod tests {
                 4
             );
             let old = crate::identifier::Identifier::new("email", "old@x.com");
-            let row = profiles::by_identifier(&store, &old).await.unwrap().unwrap();
+            let row = profiles::by_identifier(&store, &old)
+                .await
+                .unwrap()
+                .unwrap();
             assert_eq!(row.id, "prf_old");
             let mut tx = store.begin().await.unwrap();
-            identity::create_profile(&mut tx, &format!("prf_{}", uuid::Uuid::new_v4().simple()), 2)
-                .await
-                .unwrap();
+            identity::create_profile(
+                &mut tx,
+                &format!("prf_{}", uuid::Uuid::new_v4().simple()),
+                2,
+            )
+            .await
+            .unwrap();
             tx.commit().await.unwrap();
             store.pool().close().await;
         }
         let store = Store::open(url).await.unwrap();
-        assert_eq!(store.scalar("SELECT COUNT(*) FROM profiles").await.unwrap(), 3);
+        assert_eq!(
+            store.scalar("SELECT COUNT(*) FROM profiles").await.unwrap(),
+            3
+        );
     }
 
     #[tokio::test]
@@ -508,7 +526,13 @@ mod tests {
         let store = Store::open(&format!("sqlite://{}/new.db", dir.path().display()))
             .await
             .unwrap();
-        for table in ["profiles", "sync_runs", "source_runs", "sync_meta", "audience_changes"] {
+        for table in [
+            "profiles",
+            "sync_runs",
+            "source_runs",
+            "sync_meta",
+            "audience_changes",
+        ] {
             let n = store
                 .scalar(&format!(
                     "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '{table}'"

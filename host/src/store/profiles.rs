@@ -36,11 +36,7 @@ pub struct EventFact {
 pub const CHUNK: usize = 500;
 
 /// Loads the profiles with these ids (missing ones are left out), in the order given.
-pub async fn load(
-    store: &Store,
-    ids: &[String],
-    with_events: bool,
-) -> Result<Vec<ProfileData>> {
+pub async fn load(store: &Store, ids: &[String], with_events: bool) -> Result<Vec<ProfileData>> {
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(CHUNK) {
         let list = store.value_groups(1, 1, chunk.len());
@@ -195,11 +191,7 @@ pub async fn page(
 }
 
 /// Profiles of a population updated at or after `since` (through the `updated_at` index).
-pub async fn changed(
-    store: &Store,
-    population: &Population,
-    since: i64,
-) -> Result<Vec<String>> {
+pub async fn changed(store: &Store, population: &Population, since: i64) -> Result<Vec<String>> {
     let rows = match population {
         Population::All => {
             sqlx::query("SELECT id FROM profiles WHERE updated_at >= $1 ORDER BY id")
@@ -265,10 +257,7 @@ fn decode(rows: Vec<AnyRow>) -> Result<Vec<ProfileData>> {
 }
 
 /// Which of these profile ids still exist.
-pub async fn existing(
-    store: &Store,
-    ids: &[String],
-) -> Result<std::collections::HashSet<String>> {
+pub async fn existing(store: &Store, ids: &[String]) -> Result<std::collections::HashSet<String>> {
     let mut found = std::collections::HashSet::new();
     for chunk in ids.chunks(CHUNK) {
         let sql = format!(
@@ -407,7 +396,9 @@ pub async fn merges_of(store: &Store, profile_id: &str) -> Result<Vec<MergeRow>>
                 into_profile: col(r, "into_profile")?,
                 reason: col(r, "reason")?,
                 message_id: col(r, "message_id")?,
-                identifier: kind.zip(value).map(|(kind, value)| Identifier { kind, value }),
+                identifier: kind
+                    .zip(value)
+                    .map(|(kind, value)| Identifier { kind, value }),
                 at: col(r, "at")?,
             })
         })
@@ -484,24 +475,23 @@ pub async fn ids_page(
 ) -> Result<Vec<String>> {
     // A full pass walks the primary key; an incremental one starts from the updated_at
     // index (a full pass through that index would sort every page anew).
-    let rows = match since {
-        None => {
-            sqlx::query("SELECT id FROM profiles WHERE id > $1 ORDER BY id LIMIT $2")
-                .bind(after)
-                .bind(limit)
-                .fetch_all(store.pool())
-                .await?
-        }
-        Some(since) => {
-            sqlx::query(
+    let rows =
+        match since {
+            None => {
+                sqlx::query("SELECT id FROM profiles WHERE id > $1 ORDER BY id LIMIT $2")
+                    .bind(after)
+                    .bind(limit)
+                    .fetch_all(store.pool())
+                    .await?
+            }
+            Some(since) => sqlx::query(
                 "SELECT id FROM profiles WHERE updated_at >= $1 AND id > $2 ORDER BY id LIMIT $3",
             )
             .bind(since)
             .bind(after)
             .bind(limit)
             .fetch_all(store.pool())
-            .await?
-        }
-    };
+            .await?,
+        };
     rows.iter().map(|r| col(r, "id")).collect()
 }

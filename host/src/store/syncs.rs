@@ -191,17 +191,21 @@ pub async fn replay(store: &Store, sync: &str, now: i64) -> Result<u64> {
 
 /// The fingerprint of the sync's last complete run and when that run started.
 pub async fn meta(store: &Store, sync: &str) -> Result<Option<(String, i64)>> {
-    let row =
-        sqlx::query("SELECT fingerprint, complete_started_at FROM sync_meta WHERE sync = $1")
-            .bind(sync)
-            .fetch_optional(store.pool())
-            .await?;
+    let row = sqlx::query("SELECT fingerprint, complete_started_at FROM sync_meta WHERE sync = $1")
+        .bind(sync)
+        .fetch_optional(store.pool())
+        .await?;
     row.map(|r| Ok((col(&r, "fingerprint")?, col(&r, "complete_started_at")?)))
         .transpose()
 }
 
 /// Records a complete run's fingerprint and start.
-pub async fn save_meta(store: &Store, sync: &str, fingerprint: &str, started_at: i64) -> Result<()> {
+pub async fn save_meta(
+    store: &Store,
+    sync: &str,
+    fingerprint: &str,
+    started_at: i64,
+) -> Result<()> {
     sqlx::query(
         "INSERT INTO sync_meta (sync, fingerprint, complete_started_at) VALUES ($1, $2, $3) \
          ON CONFLICT (sync) DO UPDATE SET fingerprint = excluded.fingerprint, complete_started_at = excluded.complete_started_at",

@@ -11,6 +11,7 @@ use serde::Deserialize;
 
 use super::{Engine, RunOptions};
 use crate::app::http::{check_token, json_error};
+use crate::runs::RunError;
 
 #[derive(Clone)]
 struct SyncState {
@@ -28,16 +29,17 @@ pub fn routes(engine: Engine, token: Option<Arc<str>>) -> Router {
         .with_state(SyncState { engine, token })
 }
 
+/// 404 for an unknown sync, 409 for a run refused because another holds the lease, else 500.
 fn failed(e: anyhow::Error) -> Response {
     let text = format!("{e:#}");
-    if text.starts_with("no sync named") {
-        return json_error(StatusCode::NOT_FOUND, &text);
+    match RunError::of(&e) {
+        Some(RunError::NotFound(_)) => json_error(StatusCode::NOT_FOUND, &text),
+        Some(RunError::AlreadyRunning { .. }) => json_error(StatusCode::CONFLICT, &text),
+        None => {
+            tracing::error!("sync API: {text}");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, &text)
+        }
     }
-    if text.contains("already running") {
-        return json_error(StatusCode::CONFLICT, &text);
-    }
-    tracing::error!("sync API: {text}");
-    json_error(StatusCode::INTERNAL_SERVER_ERROR, &text)
 }
 
 async fn list(State(s): State<SyncState>, headers: HeaderMap) -> Response {
@@ -82,7 +84,7 @@ async fn run(
     if let Err(r) = check_token(s.token.as_deref(), &headers) {
         return r;
     }
-    if let Err(e) = s.engine.config().sync(&name) {
+    if let Err(e) = s.engine.sync_config(&s.engine.config(), &name) {
         return failed(e);
     }
     let options = RunOptions {
@@ -131,7 +133,7 @@ async fn runs(
     if let Err(r) = check_token(s.token.as_deref(), &headers) {
         return r;
     }
-    if let Err(e) = s.engine.config().sync(&name) {
+    if let Err(e) = s.engine.sync_config(&s.engine.config(), &name) {
         return failed(e);
     }
     match s.engine.runs(&name, q.limit.clamp(1, 1000)).await {

@@ -5,6 +5,7 @@
 //! crash loses at most the batches in flight, which the next run re-plans.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,16 +30,47 @@ pub struct Item {
     pub last_error: Option<String>,
 }
 
+/// What delivery sends batches through: a destination plugin's instance, or in tests a fake.
+pub trait Destination: Send + Sync + 'static {
+    fn deliver(
+        &self,
+        action: Action,
+        batch: &[OutboundRecord],
+    ) -> impl Future<Output = Result<Vec<RecordResult>, PluginError>> + Send;
+}
+
+impl Destination for PluginInstance {
+    fn deliver(
+        &self,
+        action: Action,
+        batch: &[OutboundRecord],
+    ) -> impl Future<Output = Result<Vec<RecordResult>, PluginError>> + Send {
+        PluginInstance::deliver(self, action, batch)
+    }
+}
+
 /// How one destination instance is driven.
-#[derive(Clone)]
-pub struct Target {
-    pub instance: Arc<PluginInstance>,
+pub struct Target<D = PluginInstance> {
+    pub instance: Arc<D>,
     pub limiter: Arc<DefaultDirectRateLimiter>,
     pub concurrency: usize,
     pub batch_size: usize,
     pub max_attempts: u32,
     /// First retry delay; doubles per attempt up to a minute.
     pub backoff: Duration,
+}
+
+impl<D> Clone for Target<D> {
+    fn clone(&self) -> Self {
+        Target {
+            instance: self.instance.clone(),
+            limiter: self.limiter.clone(),
+            concurrency: self.concurrency,
+            batch_size: self.batch_size,
+            max_attempts: self.max_attempts,
+            backoff: self.backoff,
+        }
+    }
 }
 
 /// A token bucket of `per_second` requests with a burst of one second's worth.
@@ -124,8 +156,8 @@ enum Outcome {
 /// while the last batches of the previous one are still in flight, so the planner that fills
 /// the channel works while the destination does. Returns when each record is acknowledged or
 /// dead-lettered, or at the first fatal outcome (dropping `pages`, which stops the sender).
-pub async fn deliver_pages<L: Ledger>(
-    target: &Target,
+pub async fn deliver_pages<L: Ledger, D: Destination>(
+    target: &Target<D>,
     action: Action,
     mut pages: mpsc::Receiver<Vec<Item>>,
     ledger: &L,
@@ -320,5 +352,220 @@ mod tests {
             assert!(backoff_ms(base, 30, 0) <= 60_000);
             assert_eq!(backoff_ms(base, 1, 7_000), 7_000);
         }
+    }
+
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    use crate::runtime::bindings::Retry;
+
+    /// A destination that answers each record by its key's first word: `ok…`, `bad…`
+    /// (rejected), `busy…` (retried until `busy_for` attempts have passed), `down` (the whole
+    /// batch fails transiently), `denied` (the credentials are refused).
+    struct FakeDestination {
+        busy_for: u32,
+        calls: Mutex<HashMap<String, u32>>,
+        batches: Mutex<Vec<usize>>,
+    }
+
+    impl FakeDestination {
+        fn new(busy_for: u32) -> Arc<FakeDestination> {
+            Arc::new(FakeDestination {
+                busy_for,
+                calls: Mutex::default(),
+                batches: Mutex::default(),
+            })
+        }
+    }
+
+    impl Destination for FakeDestination {
+        async fn deliver(
+            &self,
+            _action: Action,
+            batch: &[OutboundRecord],
+        ) -> Result<Vec<RecordResult>, PluginError> {
+            self.batches.lock().unwrap().push(batch.len());
+            let plugin = "fake".to_string();
+            if batch.iter().any(|r| r.key == "denied") {
+                return Err(PluginError::Plugin {
+                    plugin,
+                    error: CallError::Unauthorized("bad key".into()),
+                });
+            }
+            if batch.iter().any(|r| r.key == "down") {
+                return Err(PluginError::Plugin {
+                    plugin,
+                    error: CallError::Failed("503".into()),
+                });
+            }
+            let mut calls = self.calls.lock().unwrap();
+            Ok(batch
+                .iter()
+                .map(|r| {
+                    let n = calls.entry(r.key.clone()).or_default();
+                    *n += 1;
+                    if r.key.starts_with("bad") {
+                        RecordResult::Rejected("invalid email".into())
+                    } else if r.key.starts_with("busy") && *n <= self.busy_for {
+                        RecordResult::Retry(Retry {
+                            reason: "429".into(),
+                            after_ms: Some(1),
+                        })
+                    } else {
+                        RecordResult::Ok
+                    }
+                })
+                .collect())
+        }
+    }
+
+    /// Remembers every commit, as the run's ledger would store it.
+    #[derive(Default)]
+    struct FakeLedger {
+        acked: Mutex<Vec<String>>,
+        dead: Mutex<Vec<(String, String)>>,
+        commits: Mutex<u32>,
+    }
+
+    impl Ledger for FakeLedger {
+        async fn commit(
+            &self,
+            _action: Action,
+            acked: &[Item],
+            dead: &[(Item, String)],
+            _stats: &Stats,
+        ) -> anyhow::Result<()> {
+            *self.commits.lock().unwrap() += 1;
+            self.acked
+                .lock()
+                .unwrap()
+                .extend(acked.iter().map(|i| i.key.clone()));
+            self.dead
+                .lock()
+                .unwrap()
+                .extend(dead.iter().map(|(i, r)| (i.key.clone(), r.clone())));
+            Ok(())
+        }
+    }
+
+    fn item(key: &str) -> Item {
+        Item {
+            key: key.to_string(),
+            hash: format!("h-{key}"),
+            fields: "{}".to_string(),
+            attempts: 0,
+            last_error: None,
+        }
+    }
+
+    fn target(destination: Arc<FakeDestination>, batch_size: usize) -> Target<FakeDestination> {
+        Target {
+            instance: destination,
+            limiter: limiter(10_000.0),
+            concurrency: 2,
+            batch_size,
+            max_attempts: 3,
+            backoff: Duration::from_millis(1),
+        }
+    }
+
+    async fn deliver(
+        target: &Target<FakeDestination>,
+        pages: Vec<Vec<Item>>,
+        ledger: &FakeLedger,
+    ) -> (Result<(), Abort>, Stats) {
+        let (tx, rx) = mpsc::channel(pages.len().max(1));
+        for page in pages {
+            tx.try_send(page).unwrap();
+        }
+        drop(tx);
+        let mut stats = Stats::default();
+        let result = deliver_pages(target, Action::Upsert, rx, ledger, &mut stats, |_| {}).await;
+        (result, stats)
+    }
+
+    #[tokio::test]
+    async fn every_record_ends_acknowledged_or_dead_lettered_with_its_reason() {
+        let destination = FakeDestination::new(1);
+        let ledger = FakeLedger::default();
+        let pages = vec![
+            vec![item("ok-1"), item("bad-1"), item("busy-1")],
+            vec![item("ok-2"), item("ok-3")],
+        ];
+        let (result, stats) = deliver(&target(destination.clone(), 2), pages, &ledger).await;
+        result.unwrap();
+        let mut acked = ledger.acked.lock().unwrap().clone();
+        acked.sort();
+        assert_eq!(acked, ["busy-1", "ok-1", "ok-2", "ok-3"]);
+        assert_eq!(
+            *ledger.dead.lock().unwrap(),
+            [("bad-1".to_string(), "rejected: invalid email".to_string())]
+        );
+        assert_eq!(stats.succeeded, 4);
+        assert_eq!(stats.rejected, 1);
+        assert_eq!(stats.retried, 1);
+        assert_eq!(stats.dead_lettered, 1);
+        // Five records and one retry, in batches of at most two.
+        assert_eq!(stats.sent, 6);
+        assert!(destination.batches.lock().unwrap().iter().all(|n| *n <= 2));
+    }
+
+    #[tokio::test]
+    async fn records_out_of_attempts_go_to_the_dead_letters() {
+        let destination = FakeDestination::new(10);
+        let ledger = FakeLedger::default();
+        let (result, stats) = deliver(
+            &target(destination, 10),
+            vec![vec![item("busy-x"), item("ok")]],
+            &ledger,
+        )
+        .await;
+        result.unwrap();
+        assert_eq!(*ledger.acked.lock().unwrap(), ["ok"]);
+        let dead = ledger.dead.lock().unwrap().clone();
+        assert_eq!(dead.len(), 1);
+        assert_eq!(dead[0].0, "busy-x");
+        assert_eq!(dead[0].1, "gave up after 3 attempts: 429");
+        assert_eq!(stats.retried, 3);
+        assert_eq!(stats.dead_lettered, 1);
+    }
+
+    #[tokio::test]
+    async fn a_whole_batch_failing_transiently_is_retried_then_dead_lettered() {
+        let ledger = FakeLedger::default();
+        let (result, stats) = deliver(
+            &target(FakeDestination::new(0), 10),
+            vec![vec![item("down")]],
+            &ledger,
+        )
+        .await;
+        result.unwrap();
+        assert!(ledger.acked.lock().unwrap().is_empty());
+        assert_eq!(
+            *ledger.dead.lock().unwrap(),
+            [(
+                "down".to_string(),
+                "gave up after 3 attempts: failed: 503".to_string()
+            )]
+        );
+        assert_eq!(stats.sent, 3);
+    }
+
+    #[tokio::test]
+    async fn refused_credentials_stop_delivery_and_commit_nothing_of_the_batch() {
+        let ledger = FakeLedger::default();
+        let (result, _) = deliver(
+            &target(FakeDestination::new(0), 10),
+            vec![vec![item("denied"), item("ok")]],
+            &ledger,
+        )
+        .await;
+        match result {
+            Err(Abort::Destination(reason)) => {
+                assert_eq!(reason, "the destination refused the credentials: bad key")
+            }
+            other => panic!("expected a destination abort, got {other:?}"),
+        }
+        assert_eq!(*ledger.commits.lock().unwrap(), 0);
     }
 }

@@ -22,7 +22,8 @@ use tracing::Instrument as _;
 
 use crate::audience::{self, Filter};
 use crate::config::{Config, DestinationConfig, SyncConfig, SyncFrom, SyncMode};
-use crate::lease::{self, Lease};
+use crate::runs::lease::{self, Lease};
+use crate::runs::{iso, RunError, RunStatus};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::runtime::bindings::Action;
@@ -84,7 +85,7 @@ pub struct RunReport {
     pub sync: String,
     /// `running`, `succeeded`, `completed_with_errors`, `failed`, `blocked`, `planned`
     /// (dry run) or `interrupted` (the hub stopped during it).
-    pub status: String,
+    pub status: RunStatus,
     pub dry_run: bool,
     pub full_resync: bool,
     pub started_at: String,
@@ -192,6 +193,14 @@ impl Engine {
         }
     }
 
+    /// The `[[syncs]]` entry named `name`, or [`RunError::NotFound`] listing the defined ones.
+    pub fn sync_config(&self, config: &Config, name: &str) -> anyhow::Result<SyncConfig> {
+        match config.sync(name) {
+            Ok(s) => Ok(s.clone()),
+            Err(e) => Err(RunError::NotFound(format!("{e:#}")).into()),
+        }
+    }
+
     /// Builds a configured instance of a destination.
     pub async fn destination(
         &self,
@@ -209,7 +218,7 @@ impl Engine {
         progress: Option<Arc<dyn Progress>>,
     ) -> anyhow::Result<RunReport> {
         let config = self.config();
-        let sync = config.sync(name)?.clone();
+        let sync = self.sync_config(&config, name)?;
         let span = tracing::info_span!("sync_run", sync = %name, dry_run = options.dry_run, full_resync = options.full_resync);
         self.run_inner(&config, &sync, options, progress)
             .instrument(span)
@@ -297,20 +306,20 @@ impl Engine {
         let (status, error, plan, stats) = match result {
             Ok((plan, stats)) => {
                 let status = if options.dry_run {
-                    "planned"
+                    RunStatus::Planned
                 } else if stats.dead_lettered > 0 {
-                    "completed_with_errors"
+                    RunStatus::CompletedWithErrors
                 } else {
-                    "succeeded"
+                    RunStatus::Succeeded
                 };
-                (status.to_string(), None, plan, stats)
+                (status, None, plan, stats)
             }
             Err(e) => {
                 let (status, plan, stats) = match e.downcast_ref::<Blocked>() {
-                    Some(b) => ("blocked", b.plan.clone(), Stats::default()),
-                    None => ("failed", Plan::default(), Stats::default()),
+                    Some(b) => (RunStatus::Blocked, b.plan.clone(), Stats::default()),
+                    None => (RunStatus::Failed, Plan::default(), Stats::default()),
                 };
-                (status.to_string(), Some(format!("{e:#}")), plan, stats)
+                (status, Some(format!("{e:#}")), plan, stats)
             }
         };
         if !options.dry_run {
@@ -323,7 +332,7 @@ impl Engine {
             rows::finish_run(
                 &self.store,
                 &run_id,
-                &status,
+                status.as_str(),
                 finished,
                 error.as_deref(),
                 &planned,
@@ -334,7 +343,7 @@ impl Engine {
             lease.release(&self.store).await;
         }
         if let Some(m) = &self.metrics {
-            m.sync_run(&sync.name, &status, started.elapsed().as_secs_f64());
+            m.sync_run(&sync.name, status.as_str(), started.elapsed().as_secs_f64());
         }
         let mut report = if options.dry_run {
             RunReport {
@@ -343,8 +352,8 @@ impl Engine {
                 status,
                 dry_run: true,
                 full_resync: options.full_resync,
-                started_at: mapping::iso(started_at),
-                finished_at: Some(mapping::iso(finished)),
+                started_at: iso(started_at),
+                finished_at: Some(iso(finished)),
                 duration_ms: Some(finished - started_at),
                 planned_adds: plan.adds as i64,
                 planned_changes: plan.changes as i64,
@@ -404,11 +413,11 @@ impl Engine {
             .into_iter()
             .map(|r| RunReport {
                 duration_ms: r.finished_at.map(|f| f - r.started_at),
-                started_at: mapping::iso(r.started_at),
-                finished_at: r.finished_at.map(mapping::iso),
+                started_at: iso(r.started_at),
+                finished_at: r.finished_at.map(iso),
                 id: r.id,
                 sync: r.sync,
-                status: r.status,
+                status: RunStatus::parse(&r.status),
                 dry_run: r.dry_run,
                 full_resync: r.full_resync,
                 planned_adds: r.planned_adds,
@@ -443,8 +452,8 @@ impl Engine {
                 action: r.action,
                 attempts: r.attempts,
                 error: r.error,
-                at: mapping::iso(r.at),
-                replayed_at: r.replayed_at.map(mapping::iso),
+                at: iso(r.at),
+                replayed_at: r.replayed_at.map(iso),
             })
             .collect())
     }
@@ -452,7 +461,7 @@ impl Engine {
     /// Marks a sync's dead letters for replay: the next run plans them again (with the
     /// payload the model has then). Returns how many.
     pub async fn replay(&self, sync: &str) -> anyhow::Result<u64> {
-        self.config().sync(sync)?;
+        self.sync_config(&self.config(), sync)?;
         // Replayed records may be changes of unchanged profiles: the next run compares in full.
         Ok(rows::replay(&self.store, sync, now_millis()).await?)
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 use anyhow::bail;
 use tracing::Instrument;
 
+use super::RunError;
 use crate::store::leases::{self, LeaseTable};
 use crate::store::{now_millis, Conn, Store};
 
@@ -46,6 +47,20 @@ pub const SOURCE: LeaseKind = LeaseKind {
     table: LeaseTable::Source,
 };
 
+/// The run holding `name`'s lease: the one whose lease is live now (`live`), or the last one
+/// named in the row, expired or not.
+pub async fn holder(
+    store: &Store,
+    kind: LeaseKind,
+    name: &str,
+    live: bool,
+) -> anyhow::Result<Option<String>> {
+    let row = leases::holder(store, kind.table, name).await?;
+    Ok(row
+        .filter(|(_, expires)| !live || *expires >= now_millis())
+        .map(|(id, _)| id))
+}
+
 /// A held lease, renewed in the background until released.
 pub struct Lease {
     kind: LeaseKind,
@@ -68,10 +83,28 @@ impl Lease {
         let now = now_millis();
         let noun = kind.noun;
         let holder = format!("{holder}:{run_id}");
-        let taken =
-            leases::take(store, kind.table, name, &holder, run_id, now, now + lease_ms()).await?;
+        let taken = leases::take(
+            store,
+            kind.table,
+            name,
+            &holder,
+            run_id,
+            now,
+            now + lease_ms(),
+        )
+        .await?;
         if !taken {
-            bail!("{noun} `{name}` is already running (another run holds its lease); try again when it finishes");
+            let run_id = leases::holder(store, kind.table, name)
+                .await
+                .ok()
+                .flatten()
+                .map(|(run, _)| run);
+            return Err(RunError::AlreadyRunning {
+                noun,
+                name: name.to_string(),
+                run_id,
+            }
+            .into());
         }
         let lost = Arc::new(AtomicBool::new(false));
         let span = tracing::info_span!("lease", kind = noun, name = %name, run = %run_id);
