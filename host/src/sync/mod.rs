@@ -8,6 +8,7 @@ pub mod api;
 pub mod commands;
 pub mod delivery;
 pub mod mapping;
+pub mod plan;
 pub mod scheduler;
 
 use std::collections::{HashMap, HashSet};
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 use tracing::Instrument as _;
 
 use crate::audience::{self, Filter};
@@ -32,6 +32,8 @@ use crate::store::profiles::{self as model, Population, ProfileData};
 use crate::store::syncs as rows;
 use crate::store::{now_millis, Store};
 use delivery::{Abort, Item, Ledger, Stats, Target};
+pub use plan::{payload_hash, Plan};
+use plan::{Blocked, SAMPLES};
 use mapping::{Mapping, Subject};
 
 /// Options of one run.
@@ -43,39 +45,6 @@ pub struct RunOptions {
     pub full_resync: bool,
     /// Let this run remove more than `max_removals`.
     pub approve_removals: bool,
-}
-
-/// What a run planned: counts and a few samples of each.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Plan {
-    pub adds: u64,
-    pub changes: u64,
-    pub removals: u64,
-    pub unchanged: u64,
-    /// Records waiting in the dead-letter store with the same payload, not re-sent.
-    pub parked: u64,
-    pub sample_adds: Vec<serde_json::Value>,
-    pub sample_changes: Vec<serde_json::Value>,
-    pub sample_removals: Vec<serde_json::Value>,
-}
-
-impl Plan {
-    /// Adds a later part of the same run's plan to this one.
-    fn absorb(&mut self, other: Plan) {
-        self.adds += other.adds;
-        self.changes += other.changes;
-        self.removals += other.removals;
-        self.unchanged += other.unchanged;
-        self.parked += other.parked;
-        for (mine, theirs) in [
-            (&mut self.sample_adds, other.sample_adds),
-            (&mut self.sample_changes, other.sample_changes),
-            (&mut self.sample_removals, other.sample_removals),
-        ] {
-            let room = SAMPLES.saturating_sub(mine.len());
-            mine.extend(theirs.into_iter().take(room));
-        }
-    }
 }
 
 /// One run, as recorded in the history.
@@ -467,21 +436,6 @@ impl Engine {
     }
 }
 
-/// The guardrail stopped a run.
-#[derive(Debug)]
-struct Blocked {
-    plan: Plan,
-    message: String,
-}
-
-impl std::fmt::Display for Blocked {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.message)
-    }
-}
-
-impl std::error::Error for Blocked {}
-
 struct RunContext<'a> {
     engine: &'a Engine,
     sync: &'a SyncConfig,
@@ -595,13 +549,6 @@ impl PagePlanner {
     }
 }
 
-/// Hash of a mapped payload, as the state remembers it.
-pub fn payload_hash(fields: &str) -> String {
-    hex::encode(&Sha256::digest(fields.as_bytes())[..16])
-}
-
-const SAMPLES: usize = 5;
-
 impl RunContext<'_> {
     /// Audience / all-profiles syncs: diff the model against the acknowledged state.
     ///
@@ -708,21 +655,18 @@ impl RunContext<'_> {
             });
         }
         self.plan.removals = deletes.len() as u64;
-        if let Some(guard) = sync.max_removals {
-            let limit = guard.limit(existing as u64);
-            if self.plan.removals > limit && !options.approve_removals {
-                let message = format!(
-                    "blocked by the guardrail: this run would remove {} of the destination's {existing} records, more than max_removals allows ({limit}). \
-                     Nothing was sent. If that is intended, run `switchyard sync run {} --approve-removals` (or POST /v1/syncs/{}/run?approve_removals=true), \
-                     or raise max_removals",
-                    self.plan.removals, sync.name, sync.name
-                );
-                return Err(Blocked {
-                    plan: std::mem::take(&mut self.plan),
-                    message,
-                }
-                .into());
+        if let Err(message) = plan::guardrail(
+            &sync.name,
+            sync.max_removals,
+            self.plan.removals,
+            existing,
+            options.approve_removals,
+        ) {
+            return Err(Blocked {
+                plan: std::mem::take(&mut self.plan),
+                message,
             }
+            .into());
         }
         if !options.dry_run {
             if let Some(p) = &self.progress {
