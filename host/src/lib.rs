@@ -9,8 +9,9 @@
 //! - `config`: the project file (`switchyard.toml`), its checks, and secret resolution
 //!   (`config::secrets`); `validate` adds the checks that need installed plugins.
 //! - the engines: `ingest` (message parsing, the writer), `identity` (decisions over identifier
-//!   lists), `profiles`, `audience`, `sync`, `sources`, and `runs` (what both run engines share:
-//!   status, errors, lease, the scheduler loop).
+//!   lists), `profiles`, `audience`, `sync`, `sources`, `transform` (the chains of transform
+//!   plugins that sources and streams name), and `runs` (what both run engines share: status,
+//!   errors, lease, the scheduler loop).
 //! - at the bottom: `store` (every SQL statement, migrations, SQLite and PostgreSQL), `runtime`
 //!   (plugins in wasmtime), `registry` (installed plugins), and leaf values with no I/O
 //!   (`identifier`, `schedule`, `metrics`, `scaffold`).
@@ -31,4 +32,5 @@ pub mod schedule;
 pub mod sources;
 pub mod store;
 pub mod sync;
+pub mod transform;
 pub mod validate;
