@@ -6,9 +6,9 @@
 //! they apply first) and the runtime. It owns what the contract leaves to the host:
 //!
 //! - batching to each plugin's `max-batch-size` (or the block's smaller `batch_size`);
-//! - holding a plugin to one result per input, in order (the runtime refuses another count as a
-//!   contract error; the chain checks again so no miscount can shift messages onto the wrong
-//!   origin);
+//! - relying on the runtime to hold a plugin to one result per input, in order (it refuses
+//!   another count as `PluginError::Contract`, which fails the batch: a miscount would shift
+//!   every later message onto the wrong origin);
 //! - keeping, for every output, the input it came from, so a caller can commit cursors and keep
 //!   per-profile order;
 //! - counting drops per transform and reason. A kept message that is not a JSON object is
@@ -62,9 +62,6 @@ impl Step {
         &self.name
     }
 
-    fn plugin(&self) -> String {
-        self.instance.plugin().manifest().name.clone()
-    }
 }
 
 /// Transforms applied in order. Cheap to clone: steps are shared.
@@ -118,20 +115,14 @@ impl ChainOutput {
 /// Why a chain produced nothing for a batch.
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
-    /// The plugin's call failed as a whole: its own error, or the sandbox stopping it.
+    /// The plugin's call failed as a whole: its own error, the sandbox stopping it, or an
+    /// answer that breaks the contract (`PluginError::Contract`: a result count other than the
+    /// batch's).
     #[error("transform `{transform}`: {source}")]
     Plugin {
         transform: String,
         #[source]
         source: PluginError,
-    },
-    /// The plugin answered, but not as the contract says (a result count other than the
-    /// batch's).
-    #[error("transform `{transform}` (plugin `{plugin}`) broke the contract: {reason}; fix or replace the plugin, its messages are held back until then")]
-    Contract {
-        transform: String,
-        plugin: String,
-        reason: String,
     },
 }
 
@@ -154,9 +145,7 @@ impl TransformError {
     /// The `[transforms.NAME]` that failed.
     pub fn transform(&self) -> &str {
         match self {
-            TransformError::Plugin { transform, .. } | TransformError::Contract { transform, .. } => {
-                transform
-            }
+            TransformError::Plugin { transform, .. } => transform,
         }
     }
 }
@@ -229,17 +218,6 @@ async fn apply_step(
                 transform: step.name.clone(),
                 source,
             })?;
-        if results.len() != batch.len() {
-            return Err(TransformError::Contract {
-                transform: step.name.clone(),
-                plugin: step.plugin(),
-                reason: format!(
-                    "it returned {} results for a batch of {}",
-                    results.len(),
-                    batch.len()
-                ),
-            });
-        }
         for (input, result) in origins.into_iter().zip(results) {
             let drop = |reason: &str| Dropped {
                 input,
@@ -342,5 +320,228 @@ impl Transforms {
     /// names none).
     pub fn for_source(&self, source: &str) -> TransformChain {
         self.sources.get(source).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::bindings::PluginConfig;
+    use crate::runtime::net::HttpPolicy;
+    use crate::runtime::{Limits, Plugin, Runtime};
+    use serde_json::{json, Value};
+    use std::sync::OnceLock;
+
+    /// The test transform `tests/plugins/transform-probe` (max batch size 3), built by
+    /// `tools/build-plugins`.
+    fn probe_wasm() -> std::path::PathBuf {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
+            .join("wasm32-wasip2/plugin/transform_probe.wasm")
+    }
+
+    /// One engine and one compiled probe for every test: compiling is the slow part.
+    fn compiled() -> &'static (Runtime, wasmtime::component::Component) {
+        static COMPILED: OnceLock<(Runtime, wasmtime::component::Component)> = OnceLock::new();
+        COMPILED.get_or_init(|| {
+            let path = probe_wasm();
+            let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+                panic!("{}: {e}; run tools/build-plugins first", path.display())
+            });
+            let runtime = Runtime::new(Limits::default()).unwrap();
+            let component = runtime.compile(&bytes).unwrap();
+            (runtime, component)
+        })
+    }
+
+    async fn probe() -> Arc<Plugin> {
+        let (runtime, component) = compiled();
+        Arc::new(runtime.load(component.clone()).await.unwrap())
+    }
+
+    async fn step(name: &str, config: Value, batch_size: Option<usize>) -> Arc<Step> {
+        let instance = PluginInstance::new(
+            probe().await,
+            PluginConfig {
+                config: config.to_string(),
+                secrets: vec![],
+            },
+            HttpPolicy::deny_all(),
+        );
+        Arc::new(Step::new(name, instance, batch_size))
+    }
+
+    fn track(events: &[&str]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| json!({"type": "track", "event": e, "properties": {}}).to_string())
+            .collect()
+    }
+
+    fn parsed(out: &ChainOutput) -> Vec<(usize, Value)> {
+        out.kept
+            .iter()
+            .map(|k| (k.input, serde_json::from_str(&k.message).unwrap()))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn steps_apply_in_order_in_batches_of_the_plugins_maximum() {
+        let chain = TransformChain::new(vec![
+            step("first", json!({"mode": "tag", "tag": "a"}), None).await,
+            step("second", json!({"mode": "tag", "tag": "b"}), None).await,
+            step("sizes", json!({"mode": "batch-size"}), None).await,
+        ]);
+        assert_eq!(chain.names(), vec!["first", "second", "sizes"]);
+        let out = chain.apply(track(&["e0", "e1", "e2", "e3", "e4", "e5", "e6"])).await.unwrap();
+        assert!(out.dropped.is_empty());
+        let kept = parsed(&out);
+        assert_eq!(kept.len(), 7);
+        for (i, (input, m)) in kept.iter().enumerate() {
+            assert_eq!(*input, i);
+            assert_eq!(m["event"], format!("e{i}"));
+            assert_eq!(m["properties"]["trail"], json!(["a", "b"]));
+        }
+        // Seven messages to a plugin taking three per call: calls of 3, 3 and 1.
+        let sizes: Vec<&Value> = kept.iter().map(|(_, m)| &m["properties"]["batch"]).collect();
+        assert_eq!(sizes, vec![3, 3, 3, 3, 3, 3, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_smaller_batch_size_is_honoured_and_a_larger_one_capped() {
+        let two = TransformChain::new(vec![step("s", json!({"mode": "batch-size"}), Some(2)).await]);
+        let out = two.apply(track(&["a", "b", "c"])).await.unwrap();
+        let sizes: Vec<Value> = parsed(&out).into_iter().map(|(_, m)| m["properties"]["batch"].clone()).collect();
+        assert_eq!(sizes, vec![json!(2), json!(2), json!(1)]);
+        let capped = TransformChain::new(vec![step("s", json!({"mode": "batch-size"}), Some(100)).await]);
+        let out = capped.apply(track(&["a", "b", "c", "d"])).await.unwrap();
+        assert_eq!(parsed(&out)[0].1["properties"]["batch"], 3);
+    }
+
+    #[tokio::test]
+    async fn fan_outs_keep_their_origin_and_drops_are_counted_by_transform_and_reason() {
+        let chain = TransformChain::new(vec![
+            step("split", json!({"mode": "fanout", "copies": 2}), None).await,
+            step("plan", json!({"mode": "drop", "event": "noise", "reason": "unplanned"}), None).await,
+        ]);
+        let out = chain.apply(track(&["buy", "noise", "view", "noise"])).await.unwrap();
+        let kept: Vec<(usize, Value, Value)> = parsed(&out)
+            .into_iter()
+            .map(|(i, m)| (i, m["event"].clone(), m["properties"]["copy"].clone()))
+            .collect();
+        assert_eq!(
+            kept,
+            vec![
+                (0, json!("buy"), json!(0)),
+                (0, json!("buy"), json!(1)),
+                (2, json!("view"), json!(0)),
+                (2, json!("view"), json!(1)),
+            ]
+        );
+        let dropped_inputs: Vec<usize> = out.dropped.iter().map(|d| d.input).collect();
+        assert_eq!(dropped_inputs, vec![1, 1, 3, 3]);
+        assert_eq!(
+            out.dropped_by_reason(),
+            BTreeMap::from([(("plan".to_string(), "unplanned".to_string()), 4)])
+        );
+    }
+
+    #[tokio::test]
+    async fn invalid_outputs_and_empty_keeps_are_counted_drops_not_failures() {
+        let chain = TransformChain::new(vec![
+            step("bad", json!({"mode": "bad-output", "event": "x"}), None).await,
+            step("none", json!({"mode": "keep-none", "event": "y"}), None).await,
+            step("silent", json!({"mode": "drop", "event": "z", "reason": "  "}), None).await,
+        ]);
+        let out = chain.apply(track(&["x", "ok", "y", "z"])).await.unwrap();
+        assert_eq!(out.messages().count(), 1);
+        assert_eq!(out.kept[0].input, 1);
+        assert_eq!(
+            out.dropped_by_reason(),
+            BTreeMap::from([
+                (("bad".to_string(), INVALID_OUTPUT.to_string()), 2),
+                (("none".to_string(), KEPT_NOTHING.to_string()), 1),
+                (("silent".to_string(), "(no reason given)".to_string()), 1),
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_result_count_other_than_the_batch_fails_the_batch_naming_the_transform() {
+        let chain = TransformChain::new(vec![step("broken", json!({"mode": "miscount"}), None).await]);
+        let err = chain.apply(track(&["a", "b", "c"])).await.unwrap_err();
+        assert_eq!(err.transform(), "broken");
+        assert!(matches!(
+            &err,
+            TransformError::Plugin { source: PluginError::Contract { .. }, .. }
+        ));
+        let text = err.to_string();
+        assert!(text.contains("transform `broken`") && text.contains("2 results for a batch of 3"), "{text}");
+        assert!(!err.is_transient());
+    }
+
+    #[tokio::test]
+    async fn a_transient_plugin_error_is_retryable_and_an_empty_chain_keeps_all() {
+        let chain = TransformChain::new(vec![step("lookup", json!({"mode": "transient"}), None).await]);
+        let err = chain.apply(track(&["a"])).await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
+        assert!(err.to_string().contains("lookup service unavailable"), "{err}");
+        // Nothing to transform: the plugin is not called.
+        assert_eq!(chain.apply(vec![]).await.unwrap(), ChainOutput::default());
+
+        let empty = TransformChain::default();
+        assert!(empty.is_empty());
+        let out = empty.apply(track(&["a", "b"])).await.unwrap();
+        assert_eq!(out.messages().collect::<Vec<_>>(), track(&["a", "b"]));
+        let joined = empty.then(&chain);
+        assert_eq!(joined.names(), vec!["lookup"]);
+    }
+
+    #[test]
+    fn reasons_are_trimmed_and_clipped() {
+        assert_eq!(clip("  spaced  "), "spaced");
+        let long = "é".repeat(300);
+        let clipped = clip(&long);
+        assert_eq!(clipped.chars().count(), MAX_REASON_CHARS + 1);
+        assert!(clipped.ends_with('…'));
+        assert!(is_json_object(" {\"a\":1}"));
+        assert!(!is_json_object("[1]") && !is_json_object("{nope") && !is_json_object("7"));
+    }
+
+    #[tokio::test]
+    async fn transforms_load_from_config_with_source_chains() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Registry::open(dir.path(), compiled().0.clone()).unwrap();
+        registry.install(&probe_wasm()).await.unwrap();
+        let config = Config::parse(
+            r#"
+[transforms.tag]
+plugin = "transform-probe"
+config = { mode = "tag", tag = "t" }
+
+[transforms.split]
+plugin = "transform-probe"
+config = { mode = "fanout", copies = 2 }
+batch_size = 2
+
+[sources.web]
+write_keys = ["wk"]
+transforms = ["tag", "split"]
+
+[sources.app]
+write_keys = ["wk2"]
+"#,
+        )
+        .unwrap();
+        let transforms = Transforms::load(&config, &registry).await.unwrap();
+        let web = transforms.for_source("web");
+        assert_eq!(web.names(), vec!["tag", "split"]);
+        assert!(transforms.for_source("app").is_empty());
+        let out = web.apply(track(&["a"])).await.unwrap();
+        assert_eq!(out.kept.len(), 2);
+        assert_eq!(parsed(&out)[1].1["properties"]["trail"], json!(["t"]));
+        let err = transforms.chain(&["tag".into(), "nope".into()]).err().unwrap().to_string();
+        assert!(err.contains("no [transforms.nope] (defined: split, tag)"), "{err}");
     }
 }

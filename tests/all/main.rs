@@ -20,3 +20,4 @@ mod sources_hub;
 mod sources_plugins;
 mod syncs;
 mod tracking;
+mod transforms;
