@@ -257,8 +257,7 @@ impl Erasures {
                 return Ok(());
             }
         };
-        let actions = &instance.plugin().manifest().actions;
-        if !actions.contains(&Action::Erase) {
+        let Some(action) = erase_action(&instance.plugin().manifest().actions) else {
             let plugin = &instance.plugin().manifest().name;
             record(
                 TargetStatus::CannotErase,
@@ -268,8 +267,8 @@ impl Erasures {
             )
             .await?;
             return Ok(());
-        }
-        let (action, done) = (Action::Erase, TargetStatus::Erased);
+        };
+        let done = TargetStatus::Erased;
         if t.records.is_empty() {
             record(done, &[], None, 0).await?;
             return Ok(());
@@ -280,9 +279,6 @@ impl Erasures {
             .map(|r| OutboundRecord {
                 key: r.key.clone(),
                 fields: r.fields.clone(),
-                // Stable across the retries of this erase, distinct from any upsert's.
-                delivery_id: format!("{}:{}:{}", t.erasure_id, r.sync, r.key),
-                previous_fields: None,
             })
             .collect();
         match instance.deliver(action, &batch).await {
@@ -363,6 +359,13 @@ impl Erasures {
             let _ = tokio::time::timeout(self.poll, self.wake.notified()).await;
         }
     }
+}
+
+/// The action that erases, if the plugin's manifest lists it. Plugin contract 1.0.0, which
+/// this hub still speaks, has no `erase` (1.1.0 adds it): until then no destination can erase,
+/// and every receipt says so.
+fn erase_action(_actions: &[Action]) -> Option<Action> {
+    None
 }
 
 /// A failed call as the receipt's error, and the Retry-After it asked for.
