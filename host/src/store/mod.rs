@@ -141,6 +141,11 @@ fn migrator() -> Migrator {
                 "incremental",
                 include_str!("../../migrations/0004_incremental.sql"),
             ),
+            migration(
+                30,
+                "delivery_ids",
+                include_str!("../../migrations/0030_delivery_ids.sql"),
+            ),
         ]),
         ..Migrator::DEFAULT
     }
