@@ -116,8 +116,24 @@ enum Exports {
     },
 }
 
+/// The plugin API version of the component's `plugin` export, read from the exact export name:
+/// wasmtime resolves an export by name semver-compatibly (a lookup of `plugin@1.1.0` finds
+/// `plugin@1.0.0`), so the version must be known before choosing bindings.
+fn exported_api_version(pre: &InstancePre<PluginState>, engine: &wasmtime::Engine) -> Option<String> {
+    pre.component()
+        .component_type()
+        .exports(engine)
+        .find_map(|(name, _)| {
+            name.strip_prefix("switchyard:plugin/plugin@")
+                .map(str::to_string)
+        })
+}
+
 impl Exports {
-    fn find(pre: &InstancePre<PluginState>) -> anyhow::Result<(Exports, PluginKind)> {
+    fn find(
+        pre: &InstancePre<PluginState>,
+        engine: &wasmtime::Engine,
+    ) -> anyhow::Result<(Exports, PluginKind)> {
         let kind = |d: bool, s: bool, t: bool| match (d, s, t) {
             (true, false, false) => Ok(PluginKind::Destination),
             (false, true, false) => Ok(PluginKind::Source),
@@ -126,7 +142,10 @@ impl Exports {
                 "a plugin must export exactly one of `delivery` (destination), `intake` (source) and `transformation` (transform)"
             )),
         };
-        if let Ok(meta) = meta::GuestIndices::new(pre) {
+        let version = exported_api_version(pre, engine);
+        if version.as_deref() == Some(super::inspect::CURRENT_API_VERSION) {
+            let meta = meta::GuestIndices::new(pre)
+                .wasm_context("reading the plugin's `plugin` export")?;
             let destination = destination::GuestIndices::new(pre).ok();
             let source = source::GuestIndices::new(pre).ok();
             let transform = transform::GuestIndices::new(pre).ok();
@@ -145,7 +164,9 @@ impl Exports {
                 kind,
             ));
         }
-        if let Ok(meta) = v1_0::bindings::meta::GuestIndices::new(pre) {
+        if version.as_deref() == Some(v1_0::API_VERSION) {
+            let meta = v1_0::bindings::meta::GuestIndices::new(pre)
+                .wasm_context("reading the plugin's `plugin` export")?;
             let destination = v1_0::bindings::destination::GuestIndices::new(pre).ok();
             let source = v1_0::bindings::source::GuestIndices::new(pre).ok();
             let kind = kind(destination.is_some(), source.is_some(), false)?;
@@ -182,7 +203,7 @@ impl Plugin {
             .linker
             .instantiate_pre(&component)
             .wasm_context("the component imports something the hub does not provide")?;
-        let (exports, exported) = Exports::find(&pre)?;
+        let (exports, exported) = Exports::find(&pre, &rt.engine)?;
         let loading = Arc::new(Plugin {
             rt,
             name: Arc::from("(loading)"),
