@@ -332,13 +332,13 @@ mod tests {
     use serde_json::{json, Value};
     use std::sync::OnceLock;
 
-    /// The test transform `tests/plugins/transform-probe` (max batch size 3), built by
+    /// The test transform `tests/plugins/chain-probe` (max batch size 3), built by
     /// `tools/build-plugins`.
     fn probe_wasm() -> std::path::PathBuf {
         std::env::var_os("CARGO_TARGET_DIR")
             .map(std::path::PathBuf::from)
             .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
-            .join("wasm32-wasip2/plugin/transform_probe.wasm")
+            .join("wasm32-wasip2/plugin/chain_probe.wasm")
     }
 
     /// One engine and one compiled probe for every test: compiling is the slow part.
@@ -517,11 +517,11 @@ mod tests {
         let config = Config::parse(
             r#"
 [transforms.tag]
-plugin = "transform-probe"
+plugin = "chain-probe"
 config = { mode = "tag", tag = "t" }
 
 [transforms.split]
-plugin = "transform-probe"
+plugin = "chain-probe"
 config = { mode = "fanout", copies = 2 }
 batch_size = 2
 

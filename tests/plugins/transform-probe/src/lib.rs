@@ -1,176 +1,89 @@
-//! A transform whose behaviour the config picks (`mode`), to test the host's transform chain
-//! against each thing a plugin may do, the contract breaches included:
+//! A transform for the host's tests: per message, by its `event`:
 //!
-//! - `echo`: keeps each message as it came;
-//! - `tag`: appends `tag` to the message's `properties.trail` (so a chain's order shows);
-//! - `fanout`: keeps `copies` messages per input, each with `properties.copy` = 0, 1, ...;
-//! - `drop`: drops messages whose `event` is `event`, with `reason`; keeps the others;
-//! - `bad-output`: keeps text that is not a JSON object for messages whose `event` is `event`;
-//! - `keep-none`: keeps no message for messages whose `event` is `event` (`keep([])`);
-//! - `miscount`: returns one result fewer than the batch has (a contract breach);
-//! - `transient`: fails the whole call with `transient`;
-//! - `batch-size`: keeps each message with `properties.batch` = the size of its call's batch.
-//!
-//! It exports the `transform` world by hand instead of with `export_transform!`: the SDK's glue
-//! refuses a wrong result count inside the plugin, and `miscount` must reach the host.
+//! - named in `drop_events`: dropped, with a reason naming the event;
+//! - `Fan Out`: kept as two messages, `Fan Out 1` and `Fan Out 2`;
+//! - `Leak`: kept with the raw value of its secret `token` in `properties.token` (it asks for
+//!   the raw value), so the test sees the host scrub what a transform returns;
+//! - `Spin`: loops until the host's CPU deadline stops it;
+//! - anything else: kept, with `properties.transformed = true`;
+//! - not a JSON object: dropped as such.
 
 use serde::Deserialize;
 use switchyard_sdk::serde_json::{self, json, Value};
 use switchyard_sdk::{
-    schemars, CallError, Capabilities, Context, Plugin, PluginConfig, PluginKind, PluginManifest,
-    Retry, TransformResult,
+    schemars, CallError, Capabilities, Context, Plugin, Transform, TransformResult,
 };
 
 #[derive(Deserialize, schemars::JsonSchema)]
 struct Config {
-    mode: String,
+    /// Events dropped.
     #[serde(default)]
-    tag: String,
-    #[serde(default)]
-    copies: usize,
-    #[serde(default)]
-    event: String,
-    #[serde(default)]
-    reason: String,
+    drop_events: Vec<String>,
 }
 
 struct Probe;
 
 impl Plugin for Probe {
     type Config = Config;
+
     fn capabilities() -> Capabilities {
-        Capabilities::new().name("transform-probe").max_batch_size(3)
+        Capabilities::new().secret_value("token", "A value the probe leaks on purpose", false)
     }
 }
 
-fn event_is(message: &Value, name: &str) -> bool {
-    message.get("event").and_then(Value::as_str) == Some(name)
-}
-
-fn transform(ctx: &Context<Config>, batch: Vec<String>) -> Result<Vec<TransformResult>, CallError> {
-    let c = &ctx.config;
-    let size = batch.len();
-    let parse = |m: &str| serde_json::from_str::<Value>(m).unwrap_or(Value::Null);
-    let with = |m: &str, key: &str, value: Value| {
-        let mut v = parse(m);
-        if v.get("properties").is_none() {
-            v["properties"] = json!({});
-        }
-        v["properties"][key] = value;
-        v.to_string()
-    };
-    let results = match c.mode.as_str() {
-        "echo" => batch.into_iter().map(|m| TransformResult::Keep(vec![m])).collect(),
-        "tag" => batch
-            .iter()
-            .map(|m| {
-                let mut v = parse(m);
-                let mut trail = v["properties"]["trail"].as_array().cloned().unwrap_or_default();
-                trail.push(json!(c.tag));
-                if v.get("properties").is_none() {
-                    v["properties"] = json!({});
-                }
-                v["properties"]["trail"] = json!(trail);
-                TransformResult::Keep(vec![v.to_string()])
-            })
-            .collect(),
-        "fanout" => batch
-            .iter()
-            .map(|m| TransformResult::Keep((0..c.copies).map(|i| with(m, "copy", json!(i))).collect()))
-            .collect(),
-        "drop" => batch
+impl Transform for Probe {
+    fn transform(
+        ctx: &Context<Config>,
+        batch: Vec<String>,
+    ) -> Result<Vec<TransformResult>, CallError> {
+        Ok(batch
             .into_iter()
-            .map(|m| {
-                if event_is(&parse(&m), &c.event) {
-                    TransformResult::Drop(c.reason.clone())
-                } else {
-                    TransformResult::Keep(vec![m])
+            .map(|text| {
+                let Ok(Value::Object(mut message)) = serde_json::from_str::<Value>(&text) else {
+                    return TransformResult::Drop("not a JSON object".into());
+                };
+                let event = message
+                    .get("event")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string();
+                if ctx.config.drop_events.contains(&event) {
+                    return TransformResult::Drop(format!("event `{event}` is dropped by config"));
+                }
+                match event.as_str() {
+                    "Fan Out" => TransformResult::Keep(
+                        (1..=2)
+                            .map(|n| {
+                                let mut m = message.clone();
+                                m.insert("event".into(), json!(format!("Fan Out {n}")));
+                                Value::Object(m).to_string()
+                            })
+                            .collect(),
+                    ),
+                    "Spin" => {
+                        let mut n: u64 = 0;
+                        loop {
+                            n = std::hint::black_box(n.wrapping_add(1));
+                        }
+                    }
+                    other => {
+                        let props = message
+                            .entry("properties")
+                            .or_insert_with(|| json!({}));
+                        if let Value::Object(props) = props {
+                            if other == "Leak" {
+                                let token = ctx.secret("token").unwrap_or("no token");
+                                props.insert("token".into(), json!(token));
+                            } else {
+                                props.insert("transformed".into(), json!(true));
+                            }
+                        }
+                        TransformResult::Keep(vec![Value::Object(message).to_string()])
+                    }
                 }
             })
-            .collect(),
-        "bad-output" => batch
-            .into_iter()
-            .map(|m| {
-                if event_is(&parse(&m), &c.event) {
-                    TransformResult::Keep(vec!["not json".to_string(), "[1]".to_string()])
-                } else {
-                    TransformResult::Keep(vec![m])
-                }
-            })
-            .collect(),
-        "keep-none" => batch
-            .into_iter()
-            .map(|m| {
-                if event_is(&parse(&m), &c.event) {
-                    TransformResult::Keep(vec![])
-                } else {
-                    TransformResult::Keep(vec![m])
-                }
-            })
-            .collect(),
-        "miscount" => batch.into_iter().skip(1).map(|m| TransformResult::Keep(vec![m])).collect(),
-        "transient" => {
-            return Err(CallError::Transient(Retry {
-                reason: "lookup service unavailable".into(),
-                after_ms: Some(1000),
-            }))
-        }
-        "batch-size" => batch
-            .iter()
-            .map(|m| TransformResult::Keep(vec![with(m, "batch", json!(size))]))
-            .collect(),
-        other => return Err(CallError::InvalidConfig(format!("unknown mode `{other}`"))),
-    };
-    Ok(results)
-}
-
-mod bindings {
-    switchyard_sdk::__private::wit_bindgen::generate!({
-        path: "../../../plugin-sdk/wit",
-        world: "switchyard:plugin/transform",
-        runtime_path: "::switchyard_sdk::__private::wit_bindgen::rt",
-        with: {
-            "switchyard:plugin/types@1.1.0": switchyard_sdk::bindings::switchyard::plugin::types,
-            "switchyard:plugin/host@1.1.0": switchyard_sdk::bindings::switchyard::plugin::host,
-            "wasi:http/types@0.2.12": switchyard_sdk::bindings::wasi::http::types,
-            "wasi:http/outgoing-handler@0.2.12": switchyard_sdk::bindings::wasi::http::outgoing_handler,
-            "wasi:io/error@0.2.12": switchyard_sdk::bindings::wasi::io::error,
-            "wasi:io/poll@0.2.12": switchyard_sdk::bindings::wasi::io::poll,
-            "wasi:io/streams@0.2.12": switchyard_sdk::bindings::wasi::io::streams,
-            "wasi:clocks/wall-clock@0.2.12": switchyard_sdk::bindings::wasi::clocks::wall_clock,
-            "wasi:clocks/monotonic-clock@0.2.12": switchyard_sdk::bindings::wasi::clocks::monotonic_clock,
-            "wasi:random/random@0.2.12": switchyard_sdk::bindings::wasi::random::random,
-        },
-    });
-}
-
-struct Export;
-
-impl bindings::exports::switchyard::plugin::plugin::Guest for Export {
-    fn manifest() -> PluginManifest {
-        switchyard_sdk::__private::manifest::<Probe>(
-            PluginKind::Transform,
-            env!("CARGO_PKG_NAME"),
-            env!("CARGO_PKG_VERSION"),
-            env!("CARGO_PKG_DESCRIPTION"),
-        )
-    }
-    fn check(config: PluginConfig) -> Result<(), CallError> {
-        Context::<Config>::from_plugin_config(config).map(|_| ())
+            .collect())
     }
 }
 
-impl bindings::exports::switchyard::plugin::transformation::Guest for Export {
-    fn transform(config: PluginConfig, batch: Vec<String>) -> Result<Vec<TransformResult>, CallError> {
-        let ctx = Context::<Config>::from_plugin_config(config)?;
-        transform(&ctx, batch)
-    }
-}
-
-#[cfg(target_arch = "wasm32")]
-#[used]
-#[unsafe(link_section = "switchyard:api-version")]
-static API_VERSION: [u8; switchyard_sdk::API_VERSION.len()] =
-    switchyard_sdk::__private::api_version_bytes();
-
-bindings::export!(Export with_types_in bindings);
+switchyard_sdk::export_transform!(Probe);
