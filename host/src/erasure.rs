@@ -279,6 +279,8 @@ impl Erasures {
             .map(|r| OutboundRecord {
                 key: r.key.clone(),
                 fields: r.fields.clone(),
+                delivery_id: crate::sync::delivery_id::by_content(&r.key, &r.fields),
+                previous_fields: None,
             })
             .collect();
         match instance.deliver(action, &batch).await {

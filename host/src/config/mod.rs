@@ -800,8 +800,8 @@ impl Config {
 
     /// The problems of a `transforms = [...]` chain (`at` names where it is written): every
     /// name must be a `[transforms.NAME]`. Streams check theirs with this too.
-    pub fn chain_problems(&self, at: &str, names: &[String]) -> Vec<String> {
-        names
+    pub fn chain_problems(&self, at: &str, chain: &[String]) -> Vec<String> {
+        chain
             .iter()
             .filter(|n| !self.transforms.contains_key(*n))
             .map(|n| {
