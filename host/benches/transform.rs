@@ -22,14 +22,14 @@ use switchyard::transform::{Step, TransformChain};
 // The plugins' logic, compiled natively for the side-by-side figure. Their unit tests run in
 // the plugin crates; here they are compiled out.
 #[allow(dead_code, unused_imports)]
-#[path = "../../plugins/pii-scrub/src/scrub.rs"]
-mod scrub;
+#[path = "../../plugins/enrich-lookup/src/lookup.rs"]
+mod lookup;
 #[allow(dead_code, unused_imports)]
 #[path = "../../plugins/rename-events/src/plan.rs"]
 mod plan;
 #[allow(dead_code, unused_imports)]
-#[path = "../../plugins/enrich-lookup/src/lookup.rs"]
-mod lookup;
+#[path = "../../plugins/pii-scrub/src/scrub.rs"]
+mod scrub;
 
 const MEASURE_FOR: Duration = Duration::from_millis(1500);
 

@@ -61,7 +61,6 @@ impl Step {
     pub fn name(&self) -> &str {
         &self.name
     }
-
 }
 
 /// Transforms applied in order. Cheap to clone: steps are shared.
@@ -184,7 +183,8 @@ impl TransformChain {
             if current.is_empty() {
                 break;
             }
-            let span = tracing::info_span!("transform", transform = %step.name, messages = current.len());
+            let span =
+                tracing::info_span!("transform", transform = %step.name, messages = current.len());
             current = apply_step(step, current, &mut dropped)
                 .instrument(span)
                 .await?;
@@ -210,14 +210,14 @@ async fn apply_step(
             .take(step.batch_size)
             .map(|k| (k.input, k.message))
             .unzip();
-        let results = step
-            .instance
-            .transform(&batch)
-            .await
-            .map_err(|source| TransformError::Plugin {
-                transform: step.name.clone(),
-                source,
-            })?;
+        let results =
+            step.instance
+                .transform(&batch)
+                .await
+                .map_err(|source| TransformError::Plugin {
+                    transform: step.name.clone(),
+                    source,
+                })?;
         for (input, result) in origins.into_iter().zip(results) {
             let drop = |reason: &str| Dropped {
                 input,
@@ -308,7 +308,11 @@ impl Transforms {
                     known.sort();
                     format!(
                         "no [transforms.{n}] (defined: {})",
-                        if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
                     )
                 })
             })
@@ -394,7 +398,10 @@ mod tests {
             step("sizes", json!({"mode": "batch-size"}), None).await,
         ]);
         assert_eq!(chain.names(), vec!["first", "second", "sizes"]);
-        let out = chain.apply(track(&["e0", "e1", "e2", "e3", "e4", "e5", "e6"])).await.unwrap();
+        let out = chain
+            .apply(track(&["e0", "e1", "e2", "e3", "e4", "e5", "e6"]))
+            .await
+            .unwrap();
         assert!(out.dropped.is_empty());
         let kept = parsed(&out);
         assert_eq!(kept.len(), 7);
@@ -404,17 +411,27 @@ mod tests {
             assert_eq!(m["properties"]["trail"], json!(["a", "b"]));
         }
         // Seven messages to a plugin taking three per call: calls of 3, 3 and 1.
-        let sizes: Vec<&Value> = kept.iter().map(|(_, m)| &m["properties"]["batch"]).collect();
+        let sizes: Vec<&Value> = kept
+            .iter()
+            .map(|(_, m)| &m["properties"]["batch"])
+            .collect();
         assert_eq!(sizes, vec![3, 3, 3, 3, 3, 3, 1]);
     }
 
     #[tokio::test]
     async fn a_smaller_batch_size_is_honoured_and_a_larger_one_capped() {
-        let two = TransformChain::new(vec![step("s", json!({"mode": "batch-size"}), Some(2)).await]);
+        let two = TransformChain::new(vec![
+            step("s", json!({"mode": "batch-size"}), Some(2)).await,
+        ]);
         let out = two.apply(track(&["a", "b", "c"])).await.unwrap();
-        let sizes: Vec<Value> = parsed(&out).into_iter().map(|(_, m)| m["properties"]["batch"].clone()).collect();
+        let sizes: Vec<Value> = parsed(&out)
+            .into_iter()
+            .map(|(_, m)| m["properties"]["batch"].clone())
+            .collect();
         assert_eq!(sizes, vec![json!(2), json!(2), json!(1)]);
-        let capped = TransformChain::new(vec![step("s", json!({"mode": "batch-size"}), Some(100)).await]);
+        let capped = TransformChain::new(vec![
+            step("s", json!({"mode": "batch-size"}), Some(100)).await,
+        ]);
         let out = capped.apply(track(&["a", "b", "c", "d"])).await.unwrap();
         assert_eq!(parsed(&out)[0].1["properties"]["batch"], 3);
     }
@@ -423,9 +440,17 @@ mod tests {
     async fn fan_outs_keep_their_origin_and_drops_are_counted_by_transform_and_reason() {
         let chain = TransformChain::new(vec![
             step("split", json!({"mode": "fanout", "copies": 2}), None).await,
-            step("plan", json!({"mode": "drop", "event": "noise", "reason": "unplanned"}), None).await,
+            step(
+                "plan",
+                json!({"mode": "drop", "event": "noise", "reason": "unplanned"}),
+                None,
+            )
+            .await,
         ]);
-        let out = chain.apply(track(&["buy", "noise", "view", "noise"])).await.unwrap();
+        let out = chain
+            .apply(track(&["buy", "noise", "view", "noise"]))
+            .await
+            .unwrap();
         let kept: Vec<(usize, Value, Value)> = parsed(&out)
             .into_iter()
             .map(|(i, m)| (i, m["event"].clone(), m["properties"]["copy"].clone()))
@@ -452,7 +477,12 @@ mod tests {
         let chain = TransformChain::new(vec![
             step("bad", json!({"mode": "bad-output", "event": "x"}), None).await,
             step("none", json!({"mode": "keep-none", "event": "y"}), None).await,
-            step("silent", json!({"mode": "drop", "event": "z", "reason": "  "}), None).await,
+            step(
+                "silent",
+                json!({"mode": "drop", "event": "z", "reason": "  "}),
+                None,
+            )
+            .await,
         ]);
         let out = chain.apply(track(&["x", "ok", "y", "z"])).await.unwrap();
         assert_eq!(out.messages().count(), 1);
@@ -469,24 +499,37 @@ mod tests {
 
     #[tokio::test]
     async fn a_result_count_other_than_the_batch_fails_the_batch_naming_the_transform() {
-        let chain = TransformChain::new(vec![step("broken", json!({"mode": "miscount"}), None).await]);
+        let chain = TransformChain::new(vec![
+            step("broken", json!({"mode": "miscount"}), None).await,
+        ]);
         let err = chain.apply(track(&["a", "b", "c"])).await.unwrap_err();
         assert_eq!(err.transform(), "broken");
         assert!(matches!(
             &err,
-            TransformError::Plugin { source: PluginError::Contract { .. }, .. }
+            TransformError::Plugin {
+                source: PluginError::Contract { .. },
+                ..
+            }
         ));
         let text = err.to_string();
-        assert!(text.contains("transform `broken`") && text.contains("2 results for a batch of 3"), "{text}");
+        assert!(
+            text.contains("transform `broken`") && text.contains("2 results for a batch of 3"),
+            "{text}"
+        );
         assert!(!err.is_transient());
     }
 
     #[tokio::test]
     async fn a_transient_plugin_error_is_retryable_and_an_empty_chain_keeps_all() {
-        let chain = TransformChain::new(vec![step("lookup", json!({"mode": "transient"}), None).await]);
+        let chain = TransformChain::new(vec![
+            step("lookup", json!({"mode": "transient"}), None).await,
+        ]);
         let err = chain.apply(track(&["a"])).await.unwrap_err();
         assert!(err.is_transient(), "{err}");
-        assert!(err.to_string().contains("lookup service unavailable"), "{err}");
+        assert!(
+            err.to_string().contains("lookup service unavailable"),
+            "{err}"
+        );
         // Nothing to transform: the plugin is not called.
         assert_eq!(chain.apply(vec![]).await.unwrap(), ChainOutput::default());
 
@@ -541,7 +584,14 @@ write_keys = ["wk2"]
         let out = web.apply(track(&["a"])).await.unwrap();
         assert_eq!(out.kept.len(), 2);
         assert_eq!(parsed(&out)[1].1["properties"]["trail"], json!(["t"]));
-        let err = transforms.chain(&["tag".into(), "nope".into()]).err().unwrap().to_string();
-        assert!(err.contains("no [transforms.nope] (defined: split, tag)"), "{err}");
+        let err = transforms
+            .chain(&["tag".into(), "nope".into()])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("no [transforms.nope] (defined: split, tag)"),
+            "{err}"
+        );
     }
 }

@@ -74,7 +74,13 @@ fn transform_plugins_install_as_transforms_and_check_their_config() {
     // `check` runs the plugin's own config checks: paths are parsed there.
     let bad = failed(&switchyard(
         plugins,
-        &["plugin", "check", "pii-scrub", "--config", r#"{"drop":["userId"]}"#],
+        &[
+            "plugin",
+            "check",
+            "pii-scrub",
+            "--config",
+            r#"{"drop":["userId"]}"#,
+        ],
     ));
     assert!(
         bad.contains("`userId`") && bad.contains("properties, traits or context"),

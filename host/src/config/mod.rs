@@ -716,7 +716,9 @@ impl Config {
         }
         for (name, source) in &self.sources {
             problems.extend(source_problems(name, source, &self.identity));
-            problems.extend(self.chain_problems(&format!("[sources.{name}] transforms"), &source.transforms));
+            problems.extend(
+                self.chain_problems(&format!("[sources.{name}] transforms"), &source.transforms),
+            );
         }
         for (name, transform) in &self.transforms {
             problems.extend(transform_problems(name, transform));
@@ -1111,9 +1113,18 @@ transforms = ["scrub", "rename"]
         .unwrap_err()
         .to_string();
         assert!(err.contains("[sources.web] transforms: \"rename\" names no [transforms.rename] (defined: bad name, scrub)"), "{err}");
-        assert!(err.contains("[transforms.scrub] batch_size must be at least 1"), "{err}");
-        assert!(err.contains("[transforms.scrub] version = \"one\""), "{err}");
-        assert!(err.contains("[transforms.bad name]: the name must be"), "{err}");
+        assert!(
+            err.contains("[transforms.scrub] batch_size must be at least 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("[transforms.scrub] version = \"one\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("[transforms.bad name]: the name must be"),
+            "{err}"
+        );
         assert!(Config::parse("[transforms.x]\nplugin = \"p\"\nconfg = {}\n").is_err());
     }
 }

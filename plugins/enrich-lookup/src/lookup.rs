@@ -110,11 +110,11 @@ impl<'c> Enricher<'c> {
                 continue;
             }
             let mut missing = false;
-            message::visit_mut(&mut value, &lookup.prefix, &mut |element| {
-                match lookup.enrich(element) {
-                    Some(c) => changed |= c,
-                    None => missing = true,
-                }
+            message::visit_mut(&mut value, &lookup.prefix, &mut |element| match lookup
+                .enrich(element)
+            {
+                Some(c) => changed |= c,
+                None => missing = true,
             });
             if missing && lookup.config.missing == Missing::Drop {
                 return Outcome::Drop(NOT_FOUND.into());
@@ -136,7 +136,9 @@ impl<'c> Lookup<'c> {
         let into = Path::parse(&config.into).map_err(|e| format!("into: {e}"))?;
         let (prefix, from_rest) = from.split_after_wildcard();
         if from_rest.contains(&Segment::Any) {
-            return Err(format!("from = \"{from}\" has more than one `*`: a lookup reads one key per element"));
+            return Err(format!(
+                "from = \"{from}\" has more than one `*`: a lookup reads one key per element"
+            ));
         }
         if from_rest.is_empty() {
             return Err(format!("from = \"{from}\" ends in `*`: name the key inside each element, e.g. `{from}.product_id`"));
@@ -144,7 +146,9 @@ impl<'c> Lookup<'c> {
         let into_rest = match into.segments().strip_prefix(prefix) {
             Some(rest) if !rest.contains(&Segment::Any) => rest,
             _ if prefix.is_empty() => {
-                return Err(format!("into = \"{into}\" has a `*` but from = \"{from}\" has none"))
+                return Err(format!(
+                    "into = \"{into}\" has a `*` but from = \"{from}\" has none"
+                ))
             }
             _ => {
                 let shown: Vec<&str> = from.as_str().split('.').take(prefix.len()).collect();
@@ -162,7 +166,11 @@ impl<'c> Lookup<'c> {
         if into.segments().is_empty() || into.root().is_none() {
             return Err(format!("into = \"{into}\" must name a field"));
         }
-        if matches!(into.root(), Some("type" | "messageId" | "userId" | "anonymousId")) && into.segments().len() == 1 {
+        if matches!(
+            into.root(),
+            Some("type" | "messageId" | "userId" | "anonymousId")
+        ) && into.segments().len() == 1
+        {
             return Err(format!("into = \"{into}\" would overwrite the message's identity or type: write into properties, traits or context"));
         }
         Ok(Lookup {
@@ -201,12 +209,10 @@ impl<'c> Lookup<'c> {
 /// Writes `found` at `into` below `element`: an object merges into an object there, anything
 /// else is set. Without `overwrite` existing values stay. Returns whether anything changed.
 fn write(element: &mut Value, into: &[Segment], found: &Value, overwrite: bool) -> bool {
-    let existing = into
-        .iter()
-        .try_fold(&mut *element, |v, s| match s {
-            Segment::Key(k) => v.as_object_mut()?.get_mut(k),
-            Segment::Any => None,
-        });
+    let existing = into.iter().try_fold(&mut *element, |v, s| match s {
+        Segment::Key(k) => v.as_object_mut()?.get_mut(k),
+        Segment::Any => None,
+    });
     match (existing, found) {
         (Some(Value::Object(target)), Value::Object(fields)) => {
             let mut changed = false;
@@ -254,10 +260,19 @@ mod tests {
             "table": {"p1": "shoes", "1001": "hats"}
         }]}));
         let e = Enricher::new(&c).unwrap();
-        assert_eq!(kept(e.apply(&viewed(json!("p1"))))["properties"]["category"], "shoes");
-        assert_eq!(kept(e.apply(&viewed(json!(1001))))["properties"]["category"], "hats");
+        assert_eq!(
+            kept(e.apply(&viewed(json!("p1"))))["properties"]["category"],
+            "shoes"
+        );
+        assert_eq!(
+            kept(e.apply(&viewed(json!(1001))))["properties"]["category"],
+            "hats"
+        );
         // Not found, no default, missing = pass: the text passes unchanged.
-        assert_eq!(e.apply(&viewed(json!("p9"))), Outcome::Keep(viewed(json!("p9"))));
+        assert_eq!(
+            e.apply(&viewed(json!("p9"))),
+            Outcome::Keep(viewed(json!("p9")))
+        );
     }
 
     #[test]
@@ -266,10 +281,17 @@ mod tests {
         let m = json!({"type": "track", "event": "x",
             "properties": {"product_id": "p1", "brand": "Own"}})
         .to_string();
-        let keep = config(json!({"lookups": [{"from": "properties.product_id", "into": "properties", "table": table}]}));
+        let keep = config(
+            json!({"lookups": [{"from": "properties.product_id", "into": "properties", "table": table}]}),
+        );
         let out = kept(Enricher::new(&keep).unwrap().apply(&m));
-        assert_eq!(out["properties"], json!({"product_id": "p1", "brand": "Own", "category": "shoes"}));
-        let over = config(json!({"lookups": [{"from": "properties.product_id", "into": "properties", "table": table, "overwrite": true}]}));
+        assert_eq!(
+            out["properties"],
+            json!({"product_id": "p1", "brand": "Own", "category": "shoes"})
+        );
+        let over = config(
+            json!({"lookups": [{"from": "properties.product_id", "into": "properties", "table": table, "overwrite": true}]}),
+        );
         let out = kept(Enricher::new(&over).unwrap().apply(&m));
         assert_eq!(out["properties"]["brand"], "Acme");
     }
@@ -300,7 +322,10 @@ mod tests {
             "table": {"p1": "shoes"}, "missing": "drop"
         }]}));
         let e = Enricher::new(&c).unwrap();
-        assert_eq!(e.apply(&viewed(json!("p2"))), Outcome::Drop(NOT_FOUND.into()));
+        assert_eq!(
+            e.apply(&viewed(json!("p2"))),
+            Outcome::Drop(NOT_FOUND.into())
+        );
         let no_key = json!({"type": "track", "event": "x", "properties": {}}).to_string();
         assert_eq!(e.apply(&no_key), Outcome::Drop(NOT_FOUND.into()));
         assert!(matches!(e.apply(&viewed(json!("p1"))), Outcome::Keep(_)));
@@ -317,7 +342,10 @@ mod tests {
         assert_eq!(e.apply(&other), Outcome::Keep(other.clone()));
         let identify = json!({"type": "identify", "traits": {}}).to_string();
         assert_eq!(e.apply(&identify), Outcome::Keep(identify.clone()));
-        assert_eq!(kept(e.apply(&viewed(json!("p1"))))["properties"]["category"], "shoes");
+        assert_eq!(
+            kept(e.apply(&viewed(json!("p1"))))["properties"]["category"],
+            "shoes"
+        );
     }
 
     #[test]
@@ -334,13 +362,32 @@ mod tests {
     fn config_errors_name_the_lookup_and_path() {
         let err = |c: Value| Enricher::new(&config(c)).unwrap_err();
         assert!(err(json!({"lookups": []})).contains("no lookups"));
-        let e = err(json!({"lookups": [{"from": "properties.items.*.sku", "into": "properties.category", "table": {}}]}));
-        assert!(e.starts_with("lookups[1]: into") && e.contains("`properties.items.*.`"), "{e}");
-        let e = err(json!({"lookups": [{"from": "properties.sku", "into": "properties.*.x", "table": {}}]}));
+        let e = err(
+            json!({"lookups": [{"from": "properties.items.*.sku", "into": "properties.category", "table": {}}]}),
+        );
+        assert!(
+            e.starts_with("lookups[1]: into") && e.contains("`properties.items.*.`"),
+            "{e}"
+        );
+        let e = err(
+            json!({"lookups": [{"from": "properties.sku", "into": "properties.*.x", "table": {}}]}),
+        );
         assert!(e.contains("has a `*` but from"), "{e}");
-        assert!(err(json!({"lookups": [{"from": "a.*.b.*.c", "into": "a.*.x", "table": {}}]})).contains("more than one"));
-        assert!(err(json!({"lookups": [{"from": "a.*", "into": "a.*.x", "table": {}}]})).contains("ends in `*`"));
-        assert!(err(json!({"lookups": [{"from": "properties.k", "into": "userId", "table": {}}]})).contains("identity"));
-        assert!(err(json!({"lookups": [{"from": "p.*.k", "into": "p.*", "table": {}}]})).contains("whole element"));
+        assert!(
+            err(json!({"lookups": [{"from": "a.*.b.*.c", "into": "a.*.x", "table": {}}]}))
+                .contains("more than one")
+        );
+        assert!(
+            err(json!({"lookups": [{"from": "a.*", "into": "a.*.x", "table": {}}]}))
+                .contains("ends in `*`")
+        );
+        assert!(
+            err(json!({"lookups": [{"from": "properties.k", "into": "userId", "table": {}}]}))
+                .contains("identity")
+        );
+        assert!(
+            err(json!({"lookups": [{"from": "p.*.k", "into": "p.*", "table": {}}]}))
+                .contains("whole element")
+        );
     }
 }

@@ -25,7 +25,9 @@ impl Plugin for PiiScrub {
     /// Parses the paths, so `switchyard plugin check` and `switchyard validate` report a bad
     /// path before any message flows.
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {
-        Scrubber::new(&ctx.config).map(|_| ()).map_err(CallError::InvalidConfig)
+        Scrubber::new(&ctx.config)
+            .map(|_| ())
+            .map_err(CallError::InvalidConfig)
     }
 }
 

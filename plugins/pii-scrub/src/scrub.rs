@@ -166,7 +166,10 @@ mod tests {
         let norm = scrubber(json!({"hash": ["traits.email"], "normalize": "trim_lowercase"}));
         let m = json!({"traits": {"email": "  ABC "}}).to_string();
         assert_eq!(kept(norm.apply(&m))["traits"]["email"], SHA256_ABC);
-        assert_eq!(kept(plain.apply(&m))["traits"]["email"], sha256_hex("  ABC "));
+        assert_eq!(
+            kept(plain.apply(&m))["traits"]["email"],
+            sha256_hex("  ABC ")
+        );
     }
 
     #[test]
@@ -204,7 +207,10 @@ mod tests {
         let err = |c: Value| Scrubber::new(&serde_json::from_value(c).unwrap()).unwrap_err();
         assert!(err(json!({})).contains("nothing to scrub"));
         let e = err(json!({"drop": ["userId"]}));
-        assert!(e.contains("`userId`") && e.contains("properties, traits or context"), "{e}");
+        assert!(
+            e.contains("`userId`") && e.contains("properties, traits or context"),
+            "{e}"
+        );
         assert!(err(json!({"hash": ["traits"]})).contains("`traits`"));
         assert!(err(json!({"hash": ["traits..email"]})).contains("hash:"));
         assert!(serde_json::from_value::<Config>(json!({"hash": [], "salt": "x"})).is_err());

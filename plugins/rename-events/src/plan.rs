@@ -88,13 +88,13 @@ impl Plan {
                 match names.get(&key) {
                     Some(other) if other != planned => {
                         return Err(format!(
-                            "events: `{spelling}` is claimed by both \"{other}\" and \"{planned}\"{}",
-                            if config.loose {
-                                " (loose matching ignores case, spaces, '_' and '-')"
-                            } else {
-                                ""
-                            }
-                        ))
+                        "events: `{spelling}` is claimed by both \"{other}\" and \"{planned}\"{}",
+                        if config.loose {
+                            " (loose matching ignores case, spaces, '_' and '-')"
+                        } else {
+                            ""
+                        }
+                    ))
                     }
                     _ => {
                         names.insert(key, planned.clone());
@@ -197,7 +197,10 @@ mod tests {
         assert_eq!(out["event"], "Order Completed");
         assert_eq!(out["properties"]["total"], 10);
         // Exact by default: another spelling is unknown, and unknown passes by default.
-        assert_eq!(kept(p.apply(&track("orderCompleted")))["event"], "orderCompleted");
+        assert_eq!(
+            kept(p.apply(&track("orderCompleted")))["event"],
+            "orderCompleted"
+        );
         // The planned name passes byte for byte.
         assert_eq!(
             p.apply(&track("Order Completed")),
@@ -231,19 +234,36 @@ mod tests {
     #[test]
     fn loose_matching_ignores_case_spaces_underscores_and_dashes() {
         let p = plan(json!({"events": {"Order Completed": []}, "loose": true, "unknown": "drop"}));
-        for spelling in ["order_completed", "orderCompleted", "ORDER-COMPLETED", "Order  Completed"] {
-            assert_eq!(kept(p.apply(&track(spelling)))["event"], "Order Completed", "{spelling}");
+        for spelling in [
+            "order_completed",
+            "orderCompleted",
+            "ORDER-COMPLETED",
+            "Order  Completed",
+        ] {
+            assert_eq!(
+                kept(p.apply(&track(spelling)))["event"],
+                "Order Completed",
+                "{spelling}"
+            );
         }
-        assert_eq!(p.apply(&track("Order Complete")), Outcome::Drop(UNPLANNED.into()));
+        assert_eq!(
+            p.apply(&track("Order Complete")),
+            Outcome::Drop(UNPLANNED.into())
+        );
     }
 
     #[test]
     fn keeps_the_original_name_when_asked() {
-        let p = plan(json!({"events": {"Order Completed": ["buy"]}, "original_name_property": "original_event"}));
+        let p = plan(
+            json!({"events": {"Order Completed": ["buy"]}, "original_name_property": "original_event"}),
+        );
         let out = kept(p.apply(&track("buy")));
         assert_eq!(out["properties"]["original_event"], "buy");
         let bare = json!({"type": "track", "event": "buy"}).to_string();
-        assert_eq!(kept(p.apply(&bare))["properties"], json!({"original_event": "buy"}));
+        assert_eq!(
+            kept(p.apply(&bare))["properties"],
+            json!({"original_event": "buy"})
+        );
     }
 
     #[test]
@@ -251,10 +271,18 @@ mod tests {
         let err = |c: Value| Plan::new(&serde_json::from_value(c).unwrap()).unwrap_err();
         assert!(err(json!({"events": {}})).contains("empty"));
         let e = err(json!({"events": {"A": ["x"], "B": ["x"]}}));
-        assert!(e.contains("`x`") && e.contains("\"A\"") && e.contains("\"B\""), "{e}");
-        let e = err(json!({"events": {"Order Completed": [], "order_completed": []}, "loose": true}));
+        assert!(
+            e.contains("`x`") && e.contains("\"A\"") && e.contains("\"B\""),
+            "{e}"
+        );
+        let e =
+            err(json!({"events": {"Order Completed": [], "order_completed": []}, "loose": true}));
         assert!(e.contains("loose"), "{e}");
-        assert!(err(json!({"events": {"A": []}, "original_name_property": "a.b"})).contains("dots"));
-        assert!(serde_json::from_value::<Config>(json!({"events": {}, "unknown": "keep"})).is_err());
+        assert!(
+            err(json!({"events": {"A": []}, "original_name_property": "a.b"})).contains("dots")
+        );
+        assert!(
+            serde_json::from_value::<Config>(json!({"events": {}, "unknown": "keep"})).is_err()
+        );
     }
 }

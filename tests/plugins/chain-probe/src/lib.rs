@@ -60,12 +60,18 @@ fn transform(ctx: &Context<Config>, batch: Vec<String>) -> Result<Vec<TransformR
         v.to_string()
     };
     let results = match c.mode.as_str() {
-        "echo" => batch.into_iter().map(|m| TransformResult::Keep(vec![m])).collect(),
+        "echo" => batch
+            .into_iter()
+            .map(|m| TransformResult::Keep(vec![m]))
+            .collect(),
         "tag" => batch
             .iter()
             .map(|m| {
                 let mut v = parse(m);
-                let mut trail = v["properties"]["trail"].as_array().cloned().unwrap_or_default();
+                let mut trail = v["properties"]["trail"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
                 trail.push(json!(c.tag));
                 if v.get("properties").is_none() {
                     v["properties"] = json!({});
@@ -76,7 +82,9 @@ fn transform(ctx: &Context<Config>, batch: Vec<String>) -> Result<Vec<TransformR
             .collect(),
         "fanout" => batch
             .iter()
-            .map(|m| TransformResult::Keep((0..c.copies).map(|i| with(m, "copy", json!(i))).collect()))
+            .map(|m| {
+                TransformResult::Keep((0..c.copies).map(|i| with(m, "copy", json!(i))).collect())
+            })
             .collect(),
         "drop" => batch
             .into_iter()
@@ -108,7 +116,11 @@ fn transform(ctx: &Context<Config>, batch: Vec<String>) -> Result<Vec<TransformR
                 }
             })
             .collect(),
-        "miscount" => batch.into_iter().skip(1).map(|m| TransformResult::Keep(vec![m])).collect(),
+        "miscount" => batch
+            .into_iter()
+            .skip(1)
+            .map(|m| TransformResult::Keep(vec![m]))
+            .collect(),
         "transient" => {
             return Err(CallError::Transient(Retry {
                 reason: "lookup service unavailable".into(),
@@ -161,7 +173,10 @@ impl bindings::exports::switchyard::plugin::plugin::Guest for Export {
 }
 
 impl bindings::exports::switchyard::plugin::transformation::Guest for Export {
-    fn transform(config: PluginConfig, batch: Vec<String>) -> Result<Vec<TransformResult>, CallError> {
+    fn transform(
+        config: PluginConfig,
+        batch: Vec<String>,
+    ) -> Result<Vec<TransformResult>, CallError> {
         let ctx = Context::<Config>::from_plugin_config(config)?;
         transform(&ctx, batch)
     }
