@@ -158,10 +158,19 @@ impl<'c> Lookup<'c> {
                 ));
             }
         };
-        if into_rest.is_empty() && !prefix.is_empty() {
-            return Err(format!(
-                "into = \"{into}\" would replace each whole element: name a field inside it"
-            ));
+        if into_rest.is_empty() {
+            // Into each element itself: only an object can be merged there.
+            let scalar = config
+                .table
+                .iter()
+                .map(|(k, v)| (k.as_str(), v))
+                .chain(config.default.as_ref().map(|d| ("default", d)))
+                .find(|(_, v)| !v.is_object());
+            if let Some((key, _)) = scalar {
+                return Err(format!(
+                    "into = \"{into}\" merges into each element, so every value must be an object, but `{key}` is not: name a field, e.g. `{into}.category`"
+                ));
+            }
         }
         if into.segments().is_empty() || into.root().is_none() {
             return Err(format!("into = \"{into}\" must name a field"));
@@ -316,6 +325,20 @@ mod tests {
     }
 
     #[test]
+    fn objects_merge_into_each_element_under_a_wildcard() {
+        let c = config(json!({"lookups": [{
+            "from": "properties.products.*.sku", "into": "properties.products.*",
+            "table": {"a": {"category": "shoes", "sku": "ignored"}}, "default": {"category": "other"}
+        }]}));
+        let m = json!({"type": "track", "properties": {"products": [{"sku": "a"}, {"sku": "z"}]}});
+        let out = kept(Enricher::new(&c).unwrap().apply(&m.to_string()));
+        assert_eq!(
+            out["properties"]["products"],
+            json!([{"sku": "a", "category": "shoes"}, {"sku": "z", "category": "other"}])
+        );
+    }
+
+    #[test]
     fn missing_drop_drops_with_a_fixed_reason() {
         let c = config(json!({"lookups": [{
             "from": "properties.product_id", "into": "properties.category",
@@ -385,9 +408,12 @@ mod tests {
             err(json!({"lookups": [{"from": "properties.k", "into": "userId", "table": {}}]}))
                 .contains("identity")
         );
+        let e = err(
+            json!({"lookups": [{"from": "p.*.k", "into": "p.*", "table": {"a": {"x": 1}, "b": 2}}]}),
+        );
         assert!(
-            err(json!({"lookups": [{"from": "p.*.k", "into": "p.*", "table": {}}]}))
-                .contains("whole element")
+            e.contains("every value must be an object") && e.contains("`b`"),
+            "{e}"
         );
     }
 }
