@@ -18,12 +18,14 @@
 pub mod app;
 pub mod audience;
 pub mod config;
+pub mod consent;
 pub mod identifier;
 pub mod identity;
 pub mod ingest;
 pub mod metrics;
 pub mod profiles;
 pub mod registry;
+pub mod retention;
 pub mod runs;
 pub mod runtime;
 pub mod scaffold;

@@ -13,6 +13,7 @@ mod destinations_events;
 mod destinations_social;
 mod destinations_webhook;
 mod plugin_cli;
+mod privacy;
 mod profiles;
 mod sandbox;
 mod sources;

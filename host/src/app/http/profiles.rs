@@ -2,12 +2,13 @@
 //! traits, events and merges, and erasing it.
 
 use axum::extract::{FromRef, Path, Query, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{AdminAuth, AdminToken, ApiError};
 use crate::identity::Identifier;
+use crate::identity::unmerge::{UnmergeError, Unmerged};
 use crate::profiles::{EventPage, InvalidCursor, Profile, Profiles};
 
 #[derive(Clone)]
@@ -28,6 +29,7 @@ pub fn routes(profiles: Profiles, token: AdminToken) -> Router {
         .route("/v1/profiles/{id}/traits", get(get_traits))
         .route("/v1/profiles/{id}/events", get(get_events))
         .route("/v1/profiles/{id}/merges", get(get_merges))
+        .route("/v1/merges/{merge_id}/unmerge", post(unmerge))
         .with_state(ProfilesState { profiles, token })
 }
 
@@ -115,4 +117,35 @@ async fn delete_profile(
         .await?
         .ok_or_else(|| no_profile(&id))?;
     Ok(Json(json!({ "deleted": erased })))
+}
+
+#[derive(serde::Deserialize)]
+struct UnmergeQuery {
+    #[serde(default)]
+    allow_rejoin: bool,
+}
+
+/// `POST /v1/merges/{merge_id}/unmerge[?allow_rejoin=true]`: undoes a merge; 404 for an unknown
+/// merge, 409 for one already undone or whose profile is gone.
+async fn unmerge(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(merge_id): Path<String>,
+    Query(q): Query<UnmergeQuery>,
+) -> Result<Json<Unmerged>, ApiError> {
+    s.profiles
+        .unmerge(&merge_id, q.allow_rejoin)
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            UnmergeError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            UnmergeError::AlreadyUndone(_)
+            | UnmergeError::HolderGone { .. }
+            | UnmergeError::Conflict { .. } => ApiError::Conflict {
+                message: e.to_string(),
+                run_id: None,
+                runs: None,
+            },
+            UnmergeError::Other(e) => ApiError::Internal(e),
+        })
 }
