@@ -211,7 +211,12 @@ fn privacy_consent_default_allow_and_validate_warning() {
         "[destinations.news]\nplugin = \"sendgrid\"\n[destinations.ads]\nplugin = \"meta-custom-audiences\"\nconsent = [\"advertising\"]\n",
     )
     .unwrap();
-    let out = hub.cli(&["validate", "--config", file.to_str().unwrap()]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["validate", "--config"])
+        .arg(&file)
+        .env("SWITCHYARD_LOG", "warn")
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("warning: [destinations.news] plugin `sendgrid` sends people to an email or ad platform, but names no consent"),

@@ -14,17 +14,17 @@ use super::{col, Conn, Result, StoreError};
 pub async fn snapshot(conn: &mut Conn, merge_id: &str, into: &str, from: &str) -> Result<()> {
     let from_side = [
         "SELECT $1, 'from', 'identifier', kind, value, first_seen FROM identifiers WHERE profile_id = $2",
-        "SELECT $1, 'from', 'event', message_id, NULL, ts FROM events WHERE profile_id = $2",
+        "SELECT $1, 'from', 'event', message_id, CAST(NULL AS TEXT), ts FROM events WHERE profile_id = $2",
         "SELECT $1, 'from', 'trait', name, value, ts FROM traits WHERE profile_id = $2",
         "SELECT $1, 'from', 'consent', category, CASE WHEN granted = 1 THEN '1' ELSE '0' END, ts FROM consent WHERE profile_id = $2",
-        "SELECT $1, 'from', 'group', group_id, NULL, NULL FROM profile_groups WHERE profile_id = $2",
-        "SELECT $1, 'from', 'merge', id, NULL, NULL FROM merges WHERE into_profile = $2",
-        "SELECT $1, 'from', 'profile', 'created_at', NULL, created_at FROM profiles WHERE id = $2",
+        "SELECT $1, 'from', 'group', group_id, CAST(NULL AS TEXT), CAST(NULL AS BIGINT) FROM profile_groups WHERE profile_id = $2",
+        "SELECT $1, 'from', 'merge', id, CAST(NULL AS TEXT), CAST(NULL AS BIGINT) FROM merges WHERE into_profile = $2",
+        "SELECT $1, 'from', 'profile', 'created_at', CAST(NULL AS TEXT), created_at FROM profiles WHERE id = $2",
     ];
     let into_side = [
         "SELECT $1, 'into', 'trait', name, value, ts FROM traits WHERE profile_id = $2",
         "SELECT $1, 'into', 'consent', category, CASE WHEN granted = 1 THEN '1' ELSE '0' END, ts FROM consent WHERE profile_id = $2",
-        "SELECT $1, 'into', 'group', group_id, NULL, NULL FROM profile_groups WHERE profile_id = $2",
+        "SELECT $1, 'into', 'group', group_id, CAST(NULL AS TEXT), CAST(NULL AS BIGINT) FROM profile_groups WHERE profile_id = $2",
     ];
     for (profile, select) in from_side
         .iter()
