@@ -127,13 +127,24 @@ mod tests {
     #[test]
     fn every_required_category_must_be_granted() {
         let req = vec!["marketing".to_string(), "advertising".to_string()];
-        let both: HashMap<_, _> = [("marketing".to_string(), true), ("advertising".to_string(), true)].into();
-        let one: HashMap<_, _> = [("marketing".to_string(), true), ("advertising".to_string(), false)].into();
+        let both: HashMap<_, _> = [
+            ("marketing".to_string(), true),
+            ("advertising".to_string(), true),
+        ]
+        .into();
+        let one: HashMap<_, _> = [
+            ("marketing".to_string(), true),
+            ("advertising".to_string(), false),
+        ]
+        .into();
         let unnamed: HashMap<_, _> = [("marketing".to_string(), true)].into();
         for d in [ConsentDefault::Deny, ConsentDefault::Allow] {
             assert!(allows(Some(&both), &req, d));
             assert!(!allows(Some(&one), &req, d));
-            assert!(!allows(Some(&unnamed), &req, d), "an unnamed category is not granted");
+            assert!(
+                !allows(Some(&unnamed), &req, d),
+                "an unnamed category is not granted"
+            );
             assert!(allows(None, &[], d), "no requirement, no filter");
         }
         assert!(!allows(None, &req, ConsentDefault::Deny));

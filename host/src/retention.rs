@@ -42,7 +42,11 @@ pub async fn purge(
         tokio::task::yield_now().await;
     }
     if total > 0 {
-        tracing::info!(deleted = total, cutoff, "events past their retention purged");
+        tracing::info!(
+            deleted = total,
+            cutoff,
+            "events past their retention purged"
+        );
     }
     Ok(total)
 }
@@ -88,9 +92,19 @@ mod tests {
                 .unwrap();
         }
         // Batches of 2: three statements for the five old events, none of the new ones.
-        let n = purge(&store, Duration::from_secs(30 * 86_400), 2, None).await.unwrap();
+        let n = purge(&store, Duration::from_secs(30 * 86_400), 2, None)
+            .await
+            .unwrap();
         assert_eq!(n, 5);
-        assert_eq!(store.scalar("SELECT COUNT(*) FROM events").await.unwrap(), 2);
-        assert_eq!(purge(&store, Duration::from_secs(30 * 86_400), 2, None).await.unwrap(), 0);
+        assert_eq!(
+            store.scalar("SELECT COUNT(*) FROM events").await.unwrap(),
+            2
+        );
+        assert_eq!(
+            purge(&store, Duration::from_secs(30 * 86_400), 2, None)
+                .await
+                .unwrap(),
+            0
+        );
     }
 }

@@ -214,7 +214,10 @@ plugin = "webhook"
         .unwrap();
         let w = warnings(&config);
         assert_eq!(w.len(), 2, "{w:?}");
-        assert!(w[0].starts_with("[destinations.mail] plugin `sendgrid`"), "{w:?}");
+        assert!(
+            w[0].starts_with("[destinations.mail] plugin `sendgrid`"),
+            "{w:?}"
+        );
         assert!(w[1].starts_with("[destinations.tt]"), "{w:?}");
         assert_eq!(config.destinations["ads"].consent, vec!["advertising"]);
     }

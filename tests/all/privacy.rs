@@ -80,20 +80,40 @@ fn consent(db: Db) {
     let hub = Hub::start_project(db, "", &project, &[]);
     hub.install(&["json-post-destination"]);
 
-    identify(&hub, "u1", "ada@example.com", Some(true), "2026-01-01T10:00:00Z");
-    identify(&hub, "u2", "bob@example.com", Some(false), "2026-01-01T10:00:00Z");
+    identify(
+        &hub,
+        "u1",
+        "ada@example.com",
+        Some(true),
+        "2026-01-01T10:00:00Z",
+    );
+    identify(
+        &hub,
+        "u2",
+        "bob@example.com",
+        Some(false),
+        "2026-01-01T10:00:00Z",
+    );
     // No consent object at all: `consent_default` is "deny" unless set.
     identify(&hub, "u3", "cy@example.com", None, "2026-01-01T10:00:00Z");
     // An older message saying "no" arrives late: the later "yes" stands (message time, not
     // arrival order).
-    identify(&hub, "u1", "ada@example.com", Some(false), "2025-12-31T10:00:00Z");
+    identify(
+        &hub,
+        "u1",
+        "ada@example.com",
+        Some(false),
+        "2025-12-31T10:00:00Z",
+    );
 
     let out = ok(&hub.cli(&["sync", "run", "mail"]));
     assert!(out.contains("withheld: no consent 2"), "{out}");
     assert_eq!(emails(&mail), vec!["ada@example.com"], "only Ada consented");
     mail.with(|s| {
         assert!(
-            s.log.iter().all(|(_, _, f)| f["email"] == "ada@example.com"),
+            s.log
+                .iter()
+                .all(|(_, _, f)| f["email"] == "ada@example.com"),
             "nothing of Bob or Cy ever reached the destination: {:?}",
             s.log
         )
@@ -130,7 +150,13 @@ fn consent(db: Db) {
     assert_eq!(last_run(&hub, "orders")["withheld"], 2);
 
     // Ada withdraws: the next run removes her, in upsert mode too.
-    identify(&hub, "u1", "ada@example.com", Some(false), "2026-01-02T10:00:00Z");
+    identify(
+        &hub,
+        "u1",
+        "ada@example.com",
+        Some(false),
+        "2026-01-02T10:00:00Z",
+    );
     ok(&hub.cli(&["sync", "run", "mail"]));
     assert!(emails(&mail).is_empty(), "{:?}", mail.records());
     let run = last_run(&hub, "mail");
@@ -139,26 +165,42 @@ fn consent(db: Db) {
         let (action, _, _) = s.log.last().expect("a delete");
         assert_eq!(action, "delete");
     });
-    assert_eq!(emails(&plain).len(), 3, "the other destination is untouched");
+    assert_eq!(
+        emails(&plain).len(),
+        3,
+        "the other destination is untouched"
+    );
     ok(&hub.cli(&["sync", "run", "plain"]));
     assert_eq!(emails(&plain).len(), 3);
 
     // Bob consents: added on the next run. Through the admin API, so the serving hub's
     // metrics count the run's withheld profiles (Ada and Cy).
-    identify(&hub, "u2", "bob@example.com", Some(true), "2026-01-02T10:00:00Z");
+    identify(
+        &hub,
+        "u2",
+        "bob@example.com",
+        Some(true),
+        "2026-01-02T10:00:00Z",
+    );
     let r = admin_post(&hub, "/v1/syncs/mail/run?full_resync=true");
     assert_eq!(r.status, 202, "{}", r.text());
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let runs = hub.admin_get("/v1/syncs/mail/runs?limit=1").json();
-        let newest = runs["runs"].get(0).cloned().or_else(|| runs.get(0).cloned());
+        let newest = runs["runs"]
+            .get(0)
+            .cloned()
+            .or_else(|| runs.get(0).cloned());
         if let Some(run) = newest {
             if run["status"] == "succeeded" && run["full_resync"] == true {
                 assert_eq!(run["withheld"], 2, "{run}");
                 break;
             }
         }
-        assert!(Instant::now() < deadline, "the API run did not finish: {runs}");
+        assert!(
+            Instant::now() < deadline,
+            "the API run did not finish: {runs}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(emails(&mail), vec!["bob@example.com"]);
@@ -199,7 +241,13 @@ fn privacy_consent_default_allow_and_validate_warning() {
     );
     let hub = Hub::start_project(Db::Sqlite, "consent_default = \"allow\"", &project, &[]);
     hub.install(&["json-post-destination"]);
-    identify(&hub, "u2", "bob@example.com", Some(false), "2026-01-01T10:00:00Z");
+    identify(
+        &hub,
+        "u2",
+        "bob@example.com",
+        Some(false),
+        "2026-01-01T10:00:00Z",
+    );
     identify(&hub, "u3", "cy@example.com", None, "2026-01-01T10:00:00Z");
     ok(&hub.cli(&["sync", "run", "mail"]));
     assert_eq!(emails(&mail), vec!["cy@example.com"]);
@@ -239,17 +287,32 @@ fn unmerge(db: Db) {
         let r = hub.track(kind, body);
         assert_eq!(r.status, 200, "{}", r.text());
     };
-    send("identify", json!({"userId": "u1", "traits": {"email": "ada@example.com", "name": "Ada", "plan": "pro"}, "timestamp": "2026-01-01T10:00:00Z"}));
-    send("identify", json!({"anonymousId": "device-9", "traits": {"email": "dee@example.com", "name": "Dee", "plan": "free"}, "timestamp": "2026-01-01T11:00:00Z"}));
-    send("track", json!({"anonymousId": "device-9", "event": "Viewed", "messageId": "dee-viewed", "timestamp": "2026-01-01T11:05:00Z"}));
-    send("track", json!({"userId": "u1", "event": "Paid", "messageId": "ada-paid", "timestamp": "2026-01-01T11:06:00Z"}));
+    send(
+        "identify",
+        json!({"userId": "u1", "traits": {"email": "ada@example.com", "name": "Ada", "plan": "pro"}, "timestamp": "2026-01-01T10:00:00Z"}),
+    );
+    send(
+        "identify",
+        json!({"anonymousId": "device-9", "traits": {"email": "dee@example.com", "name": "Dee", "plan": "free"}, "timestamp": "2026-01-01T11:00:00Z"}),
+    );
+    send(
+        "track",
+        json!({"anonymousId": "device-9", "event": "Viewed", "messageId": "dee-viewed", "timestamp": "2026-01-01T11:05:00Z"}),
+    );
+    send(
+        "track",
+        json!({"userId": "u1", "event": "Paid", "messageId": "ada-paid", "timestamp": "2026-01-01T11:06:00Z"}),
+    );
     let ada_id = hub.profile("user_id:u1").unwrap()["id"].clone();
     let dee_id = hub.profile("anonymous_id:device-9").unwrap()["id"].clone();
     ok(&hub.cli(&["sync", "run", "crm"]));
     assert_eq!(crm.records().len(), 2);
 
     // A wrong merge: someone logs in as u1 on Dee's device.
-    send("identify", json!({"userId": "u1", "anonymousId": "device-9", "messageId": "the-join", "timestamp": "2026-01-01T12:00:00Z"}));
+    send(
+        "identify",
+        json!({"userId": "u1", "anonymousId": "device-9", "messageId": "the-join", "timestamp": "2026-01-01T12:00:00Z"}),
+    );
     assert_eq!(hub.profile("anonymous_id:device-9").unwrap()["id"], ada_id);
     ok(&hub.cli(&["sync", "run", "crm"]));
     assert_eq!(crm.records().len(), 1, "{:?}", crm.records());
@@ -266,7 +329,12 @@ fn unmerge(db: Db) {
     assert_eq!(merges.len(), 1, "{shown}");
     let merge = &merges[0];
     assert_eq!(
-        (&merge["from_profile"], &merge["into_profile"], &merge["reason"], &merge["message_id"]),
+        (
+            &merge["from_profile"],
+            &merge["into_profile"],
+            &merge["reason"],
+            &merge["message_id"]
+        ),
         (&dee_id, &ada_id, &json!("identify"), &json!("the-join")),
         "{merge}"
     );
@@ -287,7 +355,11 @@ fn unmerge(db: Db) {
         (&json!("Ada"), &json!("pro"))
     );
     assert_eq!(
-        (&dee["traits"]["name"], &dee["traits"]["plan"], &dee["traits"]["email"]),
+        (
+            &dee["traits"]["name"],
+            &dee["traits"]["plan"],
+            &dee["traits"]["email"]
+        ),
         (&json!("Dee"), &json!("free"), &json!("dee@example.com"))
     );
     let ids = |p: &Value| -> Vec<String> {
@@ -295,13 +367,22 @@ fn unmerge(db: Db) {
             .as_array()
             .unwrap()
             .iter()
-            .map(|i| format!("{}:{}", i["kind"].as_str().unwrap(), i["value"].as_str().unwrap()))
+            .map(|i| {
+                format!(
+                    "{}:{}",
+                    i["kind"].as_str().unwrap(),
+                    i["value"].as_str().unwrap()
+                )
+            })
             .collect();
         v.sort();
         v
     };
     assert_eq!(ids(&ada), vec!["email:ada@example.com", "user_id:u1"]);
-    assert_eq!(ids(&dee), vec!["anonymous_id:device-9", "email:dee@example.com"]);
+    assert_eq!(
+        ids(&dee),
+        vec!["anonymous_id:device-9", "email:dee@example.com"]
+    );
     let events_of = |id: &str| -> Vec<String> {
         let page = hub.admin_get(&format!("/v1/profiles/{id}/events")).json();
         let mut v: Vec<String> = page["data"]
@@ -314,10 +395,19 @@ fn unmerge(db: Db) {
         v
     };
     let dee_events = events_of("anonymous_id:device-9");
-    assert!(dee_events.contains(&"dee-viewed".to_string()), "{dee_events:?}");
-    assert!(!dee_events.contains(&"ada-paid".to_string()), "{dee_events:?}");
+    assert!(
+        dee_events.contains(&"dee-viewed".to_string()),
+        "{dee_events:?}"
+    );
+    assert!(
+        !dee_events.contains(&"ada-paid".to_string()),
+        "{dee_events:?}"
+    );
     let ada_events = events_of("user_id:u1");
-    assert!(ada_events.contains(&"ada-paid".to_string()), "{ada_events:?}");
+    assert!(
+        ada_events.contains(&"ada-paid".to_string()),
+        "{ada_events:?}"
+    );
     assert!(
         ada_events.contains(&"the-join".to_string()),
         "the message naming both stays with the survivor: {ada_events:?}"
@@ -338,7 +428,10 @@ fn unmerge(db: Db) {
     );
 
     // The same join again does not merge them: u1 (highest priority) wins.
-    send("identify", json!({"userId": "u1", "anonymousId": "device-9", "timestamp": "2026-01-01T13:00:00Z"}));
+    send(
+        "identify",
+        json!({"userId": "u1", "anonymousId": "device-9", "timestamp": "2026-01-01T13:00:00Z"}),
+    );
     assert_eq!(hub.profile("anonymous_id:device-9").unwrap()["id"], dee_id);
     assert_eq!(hub.profile("user_id:u1").unwrap()["id"], ada_id);
 

@@ -85,10 +85,7 @@ pub async fn unmerge(
     let restored = m.from_profile.clone();
     if let Err(e) = id_rows::created_at(&mut tx, &holder).await {
         return Err(match e {
-            StoreError::NotFound(_) => UnmergeError::HolderGone {
-                id: m.id,
-                holder,
-            },
+            StoreError::NotFound(_) => UnmergeError::HolderGone { id: m.id, holder },
             e => e.into(),
         });
     }
@@ -168,7 +165,12 @@ pub async fn unmerge(
         .collect();
     let before: HashMap<&str, (&str, i64)> = of("into", "trait")
         .into_iter()
-        .map(|i| (i.name.as_str(), (i.value.as_deref().unwrap_or("null"), i.ts.unwrap_or(0))))
+        .map(|i| {
+            (
+                i.name.as_str(),
+                (i.value.as_deref().unwrap_or("null"), i.ts.unwrap_or(0)),
+            )
+        })
         .collect();
     let mut theirs: HashMap<String, (String, i64)> = HashMap::new();
     let snapshot_traits = of("from", "trait")
@@ -338,7 +340,9 @@ mod tests {
 
     #[test]
     fn identify_traits_prefer_the_top_level() {
-        let t = identify_traits(&json!({"traits": {"plan": "pro"}, "context": {"traits": {"plan": "free", "name": "Ada"}}}));
+        let t = identify_traits(
+            &json!({"traits": {"plan": "pro"}, "context": {"traits": {"plan": "free", "name": "Ada"}}}),
+        );
         assert_eq!(t["plan"], "pro");
         assert_eq!(t["name"], "Ada");
     }

@@ -75,7 +75,10 @@ pub async fn any_blocked(conn: &mut Conn, profiles: &[&str]) -> Result<bool> {
         return Ok(false);
     }
     let n = profiles.len();
-    let a = (1..=n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ");
+    let a = (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let b = (n + 1..=2 * n)
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()

@@ -86,9 +86,13 @@ pub async fn run(cmd: ProfilesCommand) -> anyhow::Result<()> {
 async fn unmerge(merge_id: &str, allow_rejoin: bool, path: &std::path::Path) -> anyhow::Result<()> {
     let config = crate::config::Config::load(path)?;
     let store = config.hub.open_store().await?;
-    let done =
-        crate::identity::unmerge::unmerge(&store, merge_id, allow_rejoin, crate::store::now_millis())
-            .await?;
+    let done = crate::identity::unmerge::unmerge(
+        &store,
+        merge_id,
+        allow_rejoin,
+        crate::store::now_millis(),
+    )
+    .await?;
     println!("{}", serde_json::to_string_pretty(&done)?);
     Ok(())
 }

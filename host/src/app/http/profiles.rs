@@ -7,8 +7,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{AdminAuth, AdminToken, ApiError};
-use crate::identity::Identifier;
 use crate::identity::unmerge::{UnmergeError, Unmerged};
+use crate::identity::Identifier;
 use crate::profiles::{EventPage, InvalidCursor, Profile, Profiles};
 
 #[derive(Clone)]
