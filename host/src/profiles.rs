@@ -1,5 +1,5 @@
-//! Reading and erasing profiles: what the Profiles API and `switchyard profiles` show, shaped
-//! from the rows `store::profiles` reads.
+//! Reading profiles: what the Profiles API and `switchyard profiles` show, shaped from the rows
+//! `store::profiles` reads. Erasing one is [`crate::erasure`].
 
 use anyhow::Context as _;
 use chrono::{TimeZone, Utc};
@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::identity::{self, Identifier};
-use crate::store::{self, now_millis, Store};
+use crate::store::{self, Store};
 
 /// A profile as the API returns it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -148,7 +148,7 @@ impl Profiles {
         merge_id: &str,
         allow_rejoin: bool,
     ) -> Result<identity::unmerge::Unmerged, identity::unmerge::UnmergeError> {
-        identity::unmerge::unmerge(&self.store, merge_id, allow_rejoin, now_millis()).await
+        identity::unmerge::unmerge(&self.store, merge_id, allow_rejoin, store::now_millis()).await
     }
 
     pub async fn traits_of(&self, profile_id: &str) -> anyhow::Result<Map<String, Value>> {
@@ -199,18 +199,6 @@ impl Profiles {
                 undone_at: m.undone_at.map(rfc3339),
             })
             .collect())
-    }
-
-    /// Erases a profile (privacy request): its events, traits and identifiers go, and its
-    /// identifiers are suppressed so later messages carrying them create nothing.
-    pub async fn delete(&self, id: &Identifier) -> anyhow::Result<Option<String>> {
-        let Some((profile_id, identifiers)) =
-            store::profiles::erase(&self.store, id, now_millis()).await?
-        else {
-            return Ok(None);
-        };
-        tracing::info!(profile = %profile_id, identifiers, "profile erased and its identifiers suppressed");
-        Ok(Some(profile_id))
     }
 }
 

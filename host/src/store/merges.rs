@@ -9,6 +9,7 @@ use std::collections::HashSet;
 use anyhow::Context as _;
 
 use super::{col, Conn, Result, StoreError};
+use crate::identifier::Identifier;
 
 /// Records both sides of the merge `merge_id` of `from` into `into`, before anything moves.
 pub async fn snapshot(conn: &mut Conn, merge_id: &str, into: &str, from: &str) -> Result<()> {
@@ -407,20 +408,39 @@ pub async fn mark_undone(
     Ok(())
 }
 
-/// Erasure: everything of these tables about a profile goes (its consent, the snapshots of the
-/// merges it took part in, which hold identifier and trait values, and its merge blocks).
-/// Call before the `merges` rows themselves are removed.
-pub async fn forget_profile(conn: &mut Conn, profile: &str) -> Result<()> {
-    for sql in [
-        "DELETE FROM consent WHERE profile_id = $1",
-        "DELETE FROM merge_items WHERE merge_id IN (SELECT id FROM merges WHERE into_profile = $1 OR from_profile = $1)",
-        "DELETE FROM merge_blocks WHERE profile_a = $1 OR profile_b = $1",
-    ] {
-        sqlx::query(sql)
-            .bind(profile)
-            .execute(&mut *conn)
-            .await
-            .context("erasing consent and merge snapshots")?;
+/// Erasure, before the `merges` rows go: the consent and merge blocks of these profiles, and
+/// the snapshots (which hold identifier and trait values) of every merge they took part in or
+/// that one of these identifiers joined, and any snapshot row naming one of the identifiers.
+pub async fn forget(
+    conn: &mut Conn,
+    profiles: &[String],
+    identifiers: &[Identifier],
+) -> Result<()> {
+    for p in profiles {
+        for sql in [
+            "DELETE FROM consent WHERE profile_id = $1",
+            "DELETE FROM merge_items WHERE merge_id IN (SELECT id FROM merges WHERE into_profile = $1 OR from_profile = $1)",
+            "DELETE FROM merge_blocks WHERE profile_a = $1 OR profile_b = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(p)
+                .execute(&mut *conn)
+                .await
+                .context("erasing consent and merge snapshots")?;
+        }
+    }
+    for id in identifiers {
+        for sql in [
+            "DELETE FROM merge_items WHERE merge_id IN (SELECT id FROM merges WHERE identifier_kind = $1 AND identifier_value = $2)",
+            "DELETE FROM merge_items WHERE item = 'identifier' AND name = $1 AND value = $2",
+        ] {
+            sqlx::query(sql)
+                .bind(&id.kind)
+                .bind(&id.value)
+                .execute(&mut *conn)
+                .await
+                .context("erasing merge snapshots")?;
+        }
     }
     Ok(())
 }
