@@ -58,11 +58,17 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub events_accepted: Counter,
     pub events_rejected: Family<ReasonLabels, Counter>,
+    /// Messages acknowledged but dropped: they carry an identifier an erasure suppressed.
+    pub events_suppressed: Counter,
     pub commit_seconds: Histogram,
     pub queue_depth: Gauge,
     pub sync_runs: Family<SyncLabels, Counter>,
     pub sync_records: Family<SyncRecordLabels, Counter>,
     pub sync_run_seconds: Family<SyncNameLabels, Histogram>,
+    /// Records and events a sync held back for lack of consent ("withheld: no consent").
+    pub sync_withheld: Family<SyncNameLabels, Counter>,
+    /// Events the retention purge deleted (`[hub] event_retention`).
+    pub events_purged: Counter,
     /// Source runs, pages, records and webhooks (see [`SourceMetrics`]).
     pub sources: SourceMetrics,
 }
@@ -215,6 +221,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let events_accepted = Counter::default();
         let events_rejected = Family::<ReasonLabels, Counter>::default();
+        let events_suppressed = Counter::default();
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let queue_depth = Gauge::default();
         registry.register(
@@ -231,6 +238,11 @@ impl Metrics {
             "events_rejected",
             "Tracking messages refused, by reason",
             events_rejected.clone(),
+        );
+        registry.register(
+            "events_suppressed",
+            "Tracking messages acknowledged but dropped because they carry an identifier a privacy erasure suppressed",
+            events_suppressed.clone(),
         );
         registry.register(
             "ingest_commit_seconds",
@@ -262,9 +274,23 @@ impl Metrics {
             "Duration of sync runs",
             sync_run_seconds.clone(),
         );
+        let sync_withheld = Family::<SyncNameLabels, Counter>::default();
+        registry.register(
+            "sync_withheld",
+            "Records and events a sync held back because the profile lacks a consent category its destination requires",
+            sync_withheld.clone(),
+        );
+        let events_purged = Counter::default();
+        registry.register(
+            "events_purged",
+            "Events deleted by the retention purge ([hub] event_retention)",
+            events_purged.clone(),
+        );
         let sources = SourceMetrics::register(&mut registry);
         Metrics {
             sources,
+            sync_withheld,
+            events_purged,
             sync_runs,
             sync_records,
             sync_run_seconds,
@@ -272,6 +298,7 @@ impl Metrics {
             requests,
             events_accepted,
             events_rejected,
+            events_suppressed,
             commit_seconds,
             queue_depth,
         }
@@ -286,6 +313,17 @@ impl Metrics {
     }
 
     /// A finished sync run.
+    /// `n` more records or events of `sync` withheld for lack of consent.
+    pub fn sync_withheld(&self, sync: &str, n: u64) {
+        if n > 0 {
+            self.sync_withheld
+                .get_or_create(&SyncNameLabels {
+                    sync: sync.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
     pub fn sync_run(&self, sync: &str, status: &str, seconds: f64) {
         self.sync_runs
             .get_or_create(&SyncLabels {

@@ -142,6 +142,11 @@ pub async fn attach(conn: &mut Conn, id: &Identifier, profile: &str, now: i64) -
     Ok(())
 }
 
+/// Whether an undone merge keeps any two of these profiles apart.
+pub async fn merges_blocked(conn: &mut Conn, profiles: &[&str]) -> Result<bool> {
+    super::merges::any_blocked(conn, profiles).await
+}
+
 /// Why two profiles were merged, for the merge log.
 pub struct MergeCause<'a> {
     pub reason: &'a str,
@@ -153,6 +158,10 @@ pub struct MergeCause<'a> {
 /// Folds `from` into `into`: identifiers, events and groups move; traits merge last writer
 /// wins; earlier merges into `from` now name `into`; `from` goes; the merge is logged.
 pub async fn merge(conn: &mut Conn, into: &str, from: &str, cause: &MergeCause<'_>) -> Result<()> {
+    let merge_id = format!("mrg_{}", uuid::Uuid::new_v4().simple());
+    // What each side had, so the merge can be undone (`identity::unmerge`).
+    super::merges::snapshot(conn, &merge_id, into, from).await?;
+    super::merges::fold(conn, into, from).await?;
     for sql in [
         "UPDATE identifiers SET profile_id = $1 WHERE profile_id = $2",
         "UPDATE events SET profile_id = $1 WHERE profile_id = $2",
@@ -194,7 +203,7 @@ pub async fn merge(conn: &mut Conn, into: &str, from: &str, cause: &MergeCause<'
         "INSERT INTO merges (id, from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(format!("mrg_{}", uuid::Uuid::new_v4().simple()))
+    .bind(&merge_id)
     .bind(from)
     .bind(into)
     .bind(cause.reason)
@@ -241,16 +250,20 @@ pub async fn stored_events(
     Ok(found)
 }
 
-/// Which of these identifiers a privacy erasure suppressed.
+/// Which of these identifiers a privacy erasure suppressed, by their keyed digests
+/// (`store::erasure`); `key` is the suppression key as [`super::erasure::key`] read it.
 pub async fn suppressed_among(
     conn: &mut Conn,
     backend: Backend,
+    key: Option<&[u8]>,
     ids: &[&Identifier],
 ) -> Result<HashSet<Identifier>> {
-    Ok(lookup(conn, backend, ids, "suppressions", "kind")
-        .await?
-        .into_keys()
-        .collect())
+    super::erasure::suppressed_among(conn, backend, key, ids).await
+}
+
+/// The key suppression digests are made with (None until the first erasure).
+pub async fn suppression_key(conn: &mut Conn) -> Result<Option<Vec<u8>>> {
+    super::erasure::key(conn).await
 }
 
 /// Who holds each of these identifiers (absent: nobody).

@@ -5,9 +5,13 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod consent;
+pub mod erasure;
 pub mod identity;
 pub mod leases;
+pub mod merges;
 pub mod profiles;
+pub mod retention;
 pub mod sources;
 pub mod syncs;
 
@@ -142,6 +146,16 @@ fn migrator() -> Migrator {
                 include_str!("../../migrations/0004_incremental.sql"),
             ),
             migration(
+                10,
+                "privacy",
+                include_str!("../../migrations/0010_privacy.sql"),
+            ),
+            migration(
+                20,
+                "erasure",
+                include_str!("../../migrations/0020_erasure.sql"),
+            ),
+            migration(
                 30,
                 "delivery_ids",
                 include_str!("../../migrations/0030_delivery_ids.sql"),
@@ -233,6 +247,13 @@ impl Store {
             .with_context(|| format!("connecting to {}", redact_url(&url)))?;
         let store = Store { pool, backend };
         store.migrate().await?;
+        // Erased identifiers are kept only as keyed digests; older hubs kept them in clear.
+        let adopted = erasure::adopt_plain_suppressions(&store)
+            .await
+            .context("hashing the erased identifiers an older hub kept in clear")?;
+        if adopted > 0 {
+            tracing::info!(identifiers = adopted, "erased identifiers kept in clear by an older hub are now kept as keyed digests");
+        }
         Ok(store)
     }
 

@@ -1,12 +1,11 @@
 //! The profile tables (`profiles`, `traits`, `identifiers`, `events`, `merges`,
-//! `suppressions`): bulk loads for audiences and syncs, and the reads and erasure of one profile.
+//! `suppressions`): bulk loads for audiences and syncs, and the reads of one profile (erasing one
+//! is `store::erasure`).
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
-
-use anyhow::Context as _;
 
 use super::{col, Backend, Result, Store};
 use crate::identifier::Identifier;
@@ -370,18 +369,21 @@ pub async fn events_of(
 /// One logged merge, as stored.
 #[derive(Debug, Clone)]
 pub struct MergeRow {
+    pub id: String,
     pub from_profile: String,
     pub into_profile: String,
     pub reason: String,
     pub message_id: Option<String>,
     pub identifier: Option<Identifier>,
     pub at: i64,
+    /// When `switchyard profiles unmerge` undid it.
+    pub undone_at: Option<i64>,
 }
 
 /// Merges into or out of a profile, oldest first.
 pub async fn merges_of(store: &Store, profile_id: &str) -> Result<Vec<MergeRow>> {
     let rows = sqlx::query(
-        "SELECT from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at FROM merges \
+        "SELECT id, from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at, undone_at FROM merges \
          WHERE into_profile = $1 OR from_profile = $1 ORDER BY at, id",
     )
     .bind(profile_id)
@@ -392,6 +394,7 @@ pub async fn merges_of(store: &Store, profile_id: &str) -> Result<Vec<MergeRow>>
             let kind: Option<String> = col(r, "identifier_kind")?;
             let value: Option<String> = col(r, "identifier_value")?;
             Ok(MergeRow {
+                id: col(r, "id")?,
                 from_profile: col(r, "from_profile")?,
                 into_profile: col(r, "into_profile")?,
                 reason: col(r, "reason")?,
@@ -400,41 +403,10 @@ pub async fn merges_of(store: &Store, profile_id: &str) -> Result<Vec<MergeRow>>
                     .zip(value)
                     .map(|(kind, value)| Identifier { kind, value }),
                 at: col(r, "at")?,
+                undone_at: col(r, "undone_at")?,
             })
         })
         .collect()
-}
-
-/// Erases the profile holding `id` (privacy request): its events, traits and identifiers go,
-/// and its identifiers are suppressed so later messages carrying them create nothing. The
-/// erased profile and its identifiers; None when no profile holds `id`.
-pub async fn erase(store: &Store, id: &Identifier, now: i64) -> Result<Option<(String, usize)>> {
-    let mut tx = store.begin().await?;
-    let Some(profile_id) = super::identity::profile_of(&mut tx, id).await? else {
-        return Ok(None);
-    };
-    let ids = super::identity::identifiers_of(&mut tx, &profile_id).await?;
-    for i in &ids {
-        sqlx::query("INSERT INTO suppressions (kind, value, at) VALUES ($1, $2, $3) ON CONFLICT (kind, value) DO NOTHING")
-            .bind(&i.kind)
-            .bind(&i.value)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for table in ["events", "traits", "identifiers", "profile_groups"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE profile_id = $1"))
-            .bind(&profile_id)
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("erasing {table}"))?;
-    }
-    sqlx::query("DELETE FROM profiles WHERE id = $1")
-        .bind(&profile_id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Some((profile_id, ids.len())))
 }
 
 /// The newest change a sync's model could see: the latest profile update, or (events) the
@@ -453,7 +425,7 @@ pub async fn newest_change(store: &Store, events: bool) -> Result<Option<i64>> {
 pub async fn gone_since(store: &Store, since: i64) -> Result<bool> {
     for sql in [
         "SELECT 1 AS hit FROM merges WHERE at >= $1 LIMIT 1",
-        "SELECT 1 AS hit FROM suppressions WHERE at >= $1 LIMIT 1",
+        "SELECT 1 AS hit FROM erasures WHERE requested_at >= $1 LIMIT 1",
     ] {
         let row = sqlx::query(sql)
             .bind(since)
