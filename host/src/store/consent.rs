@@ -106,7 +106,7 @@ pub async fn acked_without_consent(
         ""
     };
     let sql = format!(
-        "SELECT r.key AS key, r.hash AS hash, r.fields AS fields FROM sync_records r WHERE r.sync = $1 \
+        "SELECT r.key AS key, r.hash AS hash, r.fields AS fields, r.acked_at AS acked_at FROM sync_records r WHERE r.sync = $1 \
          AND EXISTS (SELECT 1 FROM profiles p WHERE p.id = r.key) \
          AND (SELECT COUNT(*) FROM consent c WHERE c.profile_id = r.key AND c.granted = 1 AND c.category IN ({list})) < {n}{signal} \
          ORDER BY r.key",
@@ -126,6 +126,7 @@ pub async fn acked_without_consent(
                 key: col(r, "key")?,
                 hash: col(r, "hash")?,
                 fields: col(r, "fields")?,
+                acked_at: col(r, "acked_at")?,
             })
         })
         .collect()

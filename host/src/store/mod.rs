@@ -155,6 +155,11 @@ fn migrator() -> Migrator {
                 "erasure",
                 include_str!("../../migrations/0020_erasure.sql"),
             ),
+            migration(
+                30,
+                "delivery_ids",
+                include_str!("../../migrations/0030_delivery_ids.sql"),
+            ),
         ]),
         ..Migrator::DEFAULT
     }
