@@ -26,11 +26,10 @@ macro_rules! on_both {
     };
 }
 
-on_both!(a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing,);
-
-// Needs plugin contract 1.1.0's `erase` (the plugins' deletion calls); enabled with it.
-#[allow(dead_code)]
-const _WITH_CONTRACT_1_1: fn(Db) = erasure_reaches_three_destinations_and_leaves_no_trace;
+on_both!(
+    erasure_reaches_three_destinations_and_leaves_no_trace,
+    a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing,
+);
 
 const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
 const SECRET: &str = "whsec_c3dpdGNoeWFyZC10ZXN0LXNpZ25pbmcta2V5LTMyYg==";
