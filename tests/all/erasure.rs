@@ -302,3 +302,168 @@ fn a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing(db: Db) {
     assert_eq!(hub.admin_get("/v1/erasures/era_nope").status, 404);
     assert_eq!(hub.admin_delete(&format!("/v1/profiles/user_id:{USER}")).status, 404);
 }
+
+// ---- each plugin's erase, through `switchyard plugin ...` against its fake ----
+
+mod plugins {
+    use super::common::{install_plugin, lines, ok, switchyard};
+    use crate::fakes::{linkedin as linkedin_fake, meta as meta_fake, tiktok as tiktok_fake};
+
+    use std::path::Path;
+    use std::process::Output;
+
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    fn sha256(s: &str) -> String {
+        hex::encode(Sha256::digest(s.as_bytes()))
+    }
+
+    /// `plugin deliver NAME --action ACTION` with the API host rerouted to a fake.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        dir: &Path,
+        plugin: &str,
+        config: Value,
+        secret: &str,
+        host: &str,
+        fake: &str,
+        action: &str,
+        records: &[Value],
+    ) -> Output {
+        let file = dir.join(format!("{action}.jsonl"));
+        let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&file, text).unwrap();
+        let config = config.to_string();
+        let reroute = format!("{host}=http://{fake}");
+        let args = [
+            "plugin", "deliver", plugin, "--config", &config, "--secret", secret, "--reroute",
+            &reroute, "--allow-private", fake, "--action", action, "--records",
+            file.to_str().unwrap(),
+        ];
+        switchyard(dir, &args, "warn")
+    }
+
+    #[test]
+    fn every_plugin_that_can_remove_a_person_lists_erase_and_slack_says_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let erasers = [
+            "sendgrid",
+            "mailchimp",
+            "webhook",
+            "meta-custom-audiences",
+            "google-ads-customer-match",
+            "tiktok-audiences",
+            "linkedin-audiences",
+        ];
+        for name in erasers.iter().chain(&["slack"]) {
+            install_plugin(dir.path(), name);
+        }
+        for name in erasers {
+            let info = ok(&switchyard(dir.path(), &["plugin", "info", name], "warn"));
+            let actions = info
+                .lines()
+                .find(|l| l.trim_start().starts_with("actions:"))
+                .unwrap_or_else(|| panic!("{name}: no actions line in {info}"));
+            assert!(actions.contains("erase"), "{name}: {actions}");
+            assert!(!info.contains("cannot erase"), "{name}: {info}");
+        }
+        let info = ok(&switchyard(dir.path(), &["plugin", "info", "slack"], "warn"));
+        assert!(info.contains("cannot erase"), "{info}");
+    }
+
+    #[test]
+    fn ad_platform_erases_are_removals_from_the_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        let people = [
+            json!({"key": "p1", "fields": {"email": "Ada.Erased@Example.com"}}),
+            json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
+        ];
+
+        // TikTok: segment mapping, "action": "delete".
+        const TT_TOKEN: &str = "tt-act.5f0c3e1d9a7b4c2e8f6a";
+        const ADVERTISER: &str = "7178918106775994370";
+        const AUDIENCE: &str = "1234345";
+        let tiktok = tiktok_fake::start_in_background(TT_TOKEN, ADVERTISER, &[AUDIENCE]);
+        install_plugin(dir.path(), "tiktok-audiences");
+        let config = json!({"advertiser_id": ADVERTISER, "audience_id": AUDIENCE});
+        let secret = format!("access_token={TT_TOKEN}");
+        let hp = tiktok.host_port();
+        let run = |action: &str, records: &[Value]| {
+            lines(&ok(&deliver(
+                dir.path(),
+                "tiktok-audiences",
+                config.clone(),
+                &secret,
+                "business-api.tiktok.com",
+                &hp,
+                action,
+                records,
+            )))
+        };
+        run("upsert", &people);
+        assert_eq!(tiktok.members(AUDIENCE, "EMAIL_SHA256").len(), 2);
+        let results = run("erase", &people[..1]);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        let left = tiktok.members(AUDIENCE, "EMAIL_SHA256");
+        assert_eq!(left.into_iter().collect::<Vec<_>>(), [sha256("bob@example.com")]);
+        let last = tiktok.bodies().pop().unwrap();
+        assert_eq!(last["action"], "delete", "{last}");
+
+        // LinkedIn: DMP segment users, "action": "REMOVE".
+        const LI_TOKEN: &str = "AQX-linkedin-token-9b8c7d6e";
+        const SEGMENT: &str = "10804";
+        let linkedin = linkedin_fake::start_in_background(LI_TOKEN, &[SEGMENT]);
+        install_plugin(dir.path(), "linkedin-audiences");
+        let config = json!({"segment_id": SEGMENT});
+        let secret = format!("access_token={LI_TOKEN}");
+        let hp = linkedin.host_port();
+        let run = |action: &str, records: &[Value]| {
+            lines(&ok(&deliver(
+                dir.path(),
+                "linkedin-audiences",
+                config.clone(),
+                &secret,
+                "api.linkedin.com",
+                &hp,
+                action,
+                records,
+            )))
+        };
+        run("upsert", &people);
+        assert_eq!(linkedin.members(SEGMENT).len(), 2);
+        let results = run("erase", &people[..1]);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        let left: Vec<String> = linkedin.members(SEGMENT).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(left, [sha256("bob@example.com")]);
+        let last = linkedin.bodies().pop().unwrap();
+        assert!(last.to_string().contains("\"REMOVE\""), "{last}");
+
+        // Meta: DELETE /{audience}/users with a JSON body.
+        let meta = meta_fake::start_in_background();
+        install_plugin(dir.path(), "meta-custom-audiences");
+        let config = json!({"audience_id": meta_fake::AUDIENCE_ID});
+        let secret = format!("access_token={}", meta_fake::TOKEN);
+        let hp = meta.host_port();
+        let run = |action: &str, records: &[Value]| {
+            lines(&ok(&deliver(
+                dir.path(),
+                "meta-custom-audiences",
+                config.clone(),
+                &secret,
+                "graph.facebook.com",
+                &hp,
+                action,
+                records,
+            )))
+        };
+        run("upsert", &people);
+        assert_eq!(meta.members().len(), 2);
+        let results = run("erase", &people[..1]);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        let members = meta.members();
+        assert_eq!(members.len(), 1, "{members:?}");
+        assert_eq!(members[0]["EMAIL"], sha256("bob@example.com"));
+        assert_eq!(meta.uploads().last().unwrap().method, "DELETE");
+    }
+}
