@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod audit;
 pub mod identity;
 pub mod leases;
 pub mod profiles;
@@ -141,6 +142,7 @@ fn migrator() -> Migrator {
                 "incremental",
                 include_str!("../../migrations/0004_incremental.sql"),
             ),
+            migration(50, "audit", include_str!("../../migrations/0050_audit.sql")),
         ]),
         ..Migrator::DEFAULT
     }

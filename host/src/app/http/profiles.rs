@@ -1,34 +1,35 @@
-//! The Profiles API (admin token): a profile by any of its identifiers (`KIND:VALUE`), its
-//! traits, events and merges, and erasing it.
+//! The Profiles API: a profile by any of its identifiers (`KIND:VALUE`), its traits, events and
+//! merges (any role; personal data masked below `admin`), and erasing it (`admin`).
 
 use axum::extract::{FromRef, Path, Query, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{AdminAuth, AdminToken, ApiError};
+use super::{Access, AdminAuth, ApiError, Principal, Viewer};
+use crate::app::mask::mask_json;
 use crate::identity::Identifier;
-use crate::profiles::{EventPage, InvalidCursor, Profile, Profiles};
+use crate::profiles::{InvalidCursor, Profiles};
 
 #[derive(Clone)]
 struct ProfilesState {
     profiles: Profiles,
-    token: AdminToken,
+    access: Access,
 }
 
-impl FromRef<ProfilesState> for AdminToken {
-    fn from_ref(s: &ProfilesState) -> AdminToken {
-        s.token.clone()
+impl FromRef<ProfilesState> for Access {
+    fn from_ref(s: &ProfilesState) -> Access {
+        s.access.clone()
     }
 }
 
-pub fn routes(profiles: Profiles, token: AdminToken) -> Router {
+pub fn routes(profiles: Profiles, access: Access) -> Router {
     Router::new()
         .route("/v1/profiles/{id}", get(get_profile).delete(delete_profile))
         .route("/v1/profiles/{id}/traits", get(get_traits))
         .route("/v1/profiles/{id}/events", get(get_events))
         .route("/v1/profiles/{id}/merges", get(get_merges))
-        .with_state(ProfilesState { profiles, token })
+        .with_state(ProfilesState { profiles, access })
 }
 
 /// `{kind}:{value}` from the path.
@@ -44,6 +45,15 @@ fn no_profile(id: &Identifier) -> ApiError {
     ApiError::NotFound(format!("no profile has {id}"))
 }
 
+/// `v` as JSON, personal data masked unless `who` may see it.
+fn shown<T: serde::Serialize>(who: &Principal, v: T) -> Result<Json<Value>, ApiError> {
+    let mut v = serde_json::to_value(v).map_err(|e| ApiError::Internal(e.into()))?;
+    if !who.sees_pii() {
+        mask_json(&mut v);
+    }
+    Ok(Json(v))
+}
+
 /// The id of the profile holding `{kind}:{value}`.
 async fn locate(s: &ProfilesState, id: &str) -> Result<String, ApiError> {
     let id = identifier(id)?;
@@ -51,23 +61,23 @@ async fn locate(s: &ProfilesState, id: &str) -> Result<String, ApiError> {
 }
 
 async fn get_profile(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
-) -> Result<Json<Profile>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = identifier(&id)?;
     let profile = s.profiles.get(&id).await?.ok_or_else(|| no_profile(&id))?;
-    Ok(Json(profile))
+    shown(&auth.who, profile)
 }
 
 async fn get_traits(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let profile = locate(&s, &id).await?;
     let traits = s.profiles.traits_of(&profile).await?;
-    Ok(Json(json!({ "traits": traits })))
+    shown(&auth.who, json!({ "traits": traits }))
 }
 
 #[derive(serde::Deserialize)]
@@ -77,42 +87,78 @@ struct EventsQuery {
 }
 
 async fn get_events(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
-) -> Result<Json<EventPage>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let profile = locate(&s, &id).await?;
-    s.profiles
+    let page = s
+        .profiles
         .events(&profile, q.limit.unwrap_or(50), q.cursor.as_deref())
         .await
-        .map(Json)
         .map_err(|e| match e.downcast_ref::<InvalidCursor>() {
             Some(invalid) => ApiError::BadRequest(invalid.to_string()),
             None => ApiError::Internal(e),
-        })
+        })?;
+    shown(&auth.who, page)
 }
 
 async fn get_merges(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let profile = locate(&s, &id).await?;
     let merges = s.profiles.merges(&profile).await?;
-    Ok(Json(json!({ "merges": merges })))
+    shown(&auth.who, json!({ "merges": merges }))
 }
 
+/// Erases the profile; the audit log records the profile's id, not the identifier it was found
+/// by (that would keep the personal data the erasure removes).
 async fn delete_profile(
-    _: AdminAuth,
+    auth: AdminAuth,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = identifier(&id)?;
-    let erased = s
-        .profiles
-        .delete(&id)
-        .await?
-        .ok_or_else(|| no_profile(&id))?;
-    Ok(Json(json!({ "deleted": erased })))
+    let Some(profile) = s.profiles.find(&id).await? else {
+        s.access
+            .audit(
+                &auth.who,
+                "profile.erase",
+                &format!("{}:…", id.kind),
+                "not_found",
+                None,
+            )
+            .await;
+        return Err(no_profile(&id));
+    };
+    let target = format!("profile:{profile}");
+    match s.profiles.delete(&id).await {
+        Ok(Some(erased)) => {
+            s.access
+                .audit(&auth.who, "profile.erase", &target, "ok", None)
+                .await;
+            Ok(Json(json!({ "deleted": erased })))
+        }
+        Ok(None) => {
+            s.access
+                .audit(&auth.who, "profile.erase", &target, "not_found", None)
+                .await;
+            Err(no_profile(&id))
+        }
+        Err(e) => {
+            s.access
+                .audit(
+                    &auth.who,
+                    "profile.erase",
+                    &target,
+                    "failed",
+                    Some(format!("{e:#}")),
+                )
+                .await;
+            Err(ApiError::Internal(e))
+        }
+    }
 }
