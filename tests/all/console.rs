@@ -221,7 +221,10 @@ pub fn sign_in(hub: &Hub, token: &str) -> String {
         body.as_bytes(),
     );
     assert_eq!(r.status, 303, "{}", r.text());
-    let set = r.header("set-cookie").expect("a session cookie").to_string();
+    let set = r
+        .header("set-cookie")
+        .expect("a session cookie")
+        .to_string();
     for attr in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
         assert!(set.contains(attr), "{set}");
     }
@@ -230,7 +233,10 @@ pub fn sign_in(hub: &Hub, token: &str) -> String {
 
 /// The CSRF token in a console page's forms.
 fn csrf_of(page: &str) -> String {
-    let at = page.find("name=\"csrf\" value=\"").expect("a form with a CSRF token") + 19;
+    let at = page
+        .find("name=\"csrf\" value=\"")
+        .expect("a form with a CSRF token")
+        + 19;
     page[at..].split('"').next().unwrap().to_string()
 }
 
@@ -240,13 +246,25 @@ fn console_pages_need_a_session_and_send_a_strict_policy() {
     // Signed out: pages send you to sign in (and back), assets are public.
     let r = hub.request("GET", "/console/syncs", &[], b"");
     assert_eq!(r.status, 303);
-    assert_eq!(r.header("location"), Some("/console/sign-in?next=%2Fconsole%2Fsyncs"));
+    assert_eq!(
+        r.header("location"),
+        Some("/console/sign-in?next=%2Fconsole%2Fsyncs")
+    );
     let r = hub.request("GET", "/console/sign-in", &[], b"");
     assert_eq!(r.status, 200);
     let csp = r.header("content-security-policy").unwrap();
-    assert!(csp.contains("script-src 'self'") && csp.contains("default-src 'none'") && !csp.contains("unsafe-inline"), "{csp}");
+    assert!(
+        csp.contains("script-src 'self'")
+            && csp.contains("default-src 'none'")
+            && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
     assert!(!r.text().contains("<script>"), "no inline script");
-    assert_eq!(hub.request("GET", "/console/assets/console.js", &[], b"").status, 200);
+    assert_eq!(
+        hub.request("GET", "/console/assets/console.js", &[], b"")
+            .status,
+        200
+    );
     // A wrong token does not sign in.
     let r = hub.request(
         "POST",
@@ -258,14 +276,25 @@ fn console_pages_need_a_session_and_send_a_strict_policy() {
     assert!(r.header("location").unwrap().contains("error=1"));
     assert!(r.header("set-cookie").is_none());
     // A forged cookie is no session.
-    let r = hub.request("GET", "/console", &[("cookie", "switchyard_session=admin.99999999999999.00")], b"");
+    let r = hub.request(
+        "GET",
+        "/console",
+        &[("cookie", "switchyard_session=admin.99999999999999.00")],
+        b"",
+    );
     assert_eq!(r.status, 303);
 
     // Every page answers to a viewer, with the policy header.
     let cookie = sign_in(&hub, VIEWER_TOKEN);
     for path in [
-        "/console", "/console/live", "/console/profiles", "/console/audiences", "/console/audiences/editor?filter=traits.plan%20%3D%3D%20%22pro%22",
-        "/console/syncs", "/console/sources", "/console/plugins",
+        "/console",
+        "/console/live",
+        "/console/profiles",
+        "/console/audiences",
+        "/console/audiences/editor?filter=traits.plan%20%3D%3D%20%22pro%22",
+        "/console/syncs",
+        "/console/sources",
+        "/console/plugins",
     ] {
         let r = hub.request("GET", path, &[("cookie", &cookie)], b"");
         assert_eq!(r.status, 200, "{path}: {}", r.text());
@@ -273,9 +302,18 @@ fn console_pages_need_a_session_and_send_a_strict_policy() {
         assert!(r.text().contains("vic"), "{path} names who is signed in");
     }
     // The audit log needs an operator.
-    assert_eq!(hub.request("GET", "/console/audit", &[("cookie", &cookie)], b"").status, 403);
+    assert_eq!(
+        hub.request("GET", "/console/audit", &[("cookie", &cookie)], b"")
+            .status,
+        403
+    );
     // A filter that does not compile is explained.
-    let r = hub.request("GET", "/console/audiences/editor?filter=traits.plan%20%3D%3D", &[("cookie", &cookie)], b"");
+    let r = hub.request(
+        "GET",
+        "/console/audiences/editor?filter=traits.plan%20%3D%3D",
+        &[("cookie", &cookie)],
+        b"",
+    );
     assert!(r.text().contains("does not compile"), "{}", r.text());
 }
 
@@ -283,47 +321,102 @@ fn console_pages_need_a_session_and_send_a_strict_policy() {
 fn console_forms_need_the_csrf_token_and_the_role() {
     let hub = Hub::start_with(Db::Sqlite, &tokens());
     hub.identify("u-9", json!({"email": "grace@example.com"}));
-    let profile = call(&hub, "GET", "/v1/profiles/email:grace@example.com", Some(ADMIN_TOKEN)).json();
+    let profile = call(
+        &hub,
+        "GET",
+        "/v1/profiles/email:grace@example.com",
+        Some(ADMIN_TOKEN),
+    )
+    .json();
     let id = profile["id"].as_str().unwrap().to_string();
     let form = [("content-type", "application/x-www-form-urlencoded")];
 
     // A viewer sees the profile masked and no erase form; posting it anyway is refused.
     let viewer = sign_in(&hub, VIEWER_TOKEN);
-    let page = hub.request("GET", &format!("/console/profiles/{id}"), &[("cookie", &viewer)], b"").text();
-    assert!(page.contains("g•••@example.com") && !page.contains("grace@example.com"), "{page}");
+    let page = hub
+        .request(
+            "GET",
+            &format!("/console/profiles/{id}"),
+            &[("cookie", &viewer)],
+            b"",
+        )
+        .text();
+    assert!(
+        page.contains("g•••@example.com") && !page.contains("grace@example.com"),
+        "{page}"
+    );
     assert!(!page.contains("Erase profile"));
     let csrf = csrf_of(&page);
     let body = format!("csrf={csrf}&confirm=erase");
-    let r = hub.request("POST", &format!("/console/profiles/{id}/erase"), &[form[0], ("cookie", &viewer)], body.as_bytes());
+    let r = hub.request(
+        "POST",
+        &format!("/console/profiles/{id}/erase"),
+        &[form[0], ("cookie", &viewer)],
+        body.as_bytes(),
+    );
     assert_eq!(r.status, 403);
 
     // An admin without the right CSRF token, or from another origin, is refused too.
     let admin = sign_in(&hub, ADMIN_TOKEN);
-    let page = hub.request("GET", &format!("/console/profiles/{id}"), &[("cookie", &admin)], b"").text();
+    let page = hub
+        .request(
+            "GET",
+            &format!("/console/profiles/{id}"),
+            &[("cookie", &admin)],
+            b"",
+        )
+        .text();
     assert!(page.contains("grace@example.com") && page.contains("Erase profile"));
     let csrf = csrf_of(&page);
-    let r = hub.request("POST", &format!("/console/profiles/{id}/erase"), &[form[0], ("cookie", &admin)], b"csrf=forged&confirm=erase");
+    let r = hub.request(
+        "POST",
+        &format!("/console/profiles/{id}/erase"),
+        &[form[0], ("cookie", &admin)],
+        b"csrf=forged&confirm=erase",
+    );
     assert_eq!(r.status, 403);
     let body = format!("csrf={csrf}&confirm=erase");
     let r = hub.request(
         "POST",
         &format!("/console/profiles/{id}/erase"),
-        &[form[0], ("cookie", &admin), ("origin", "https://evil.example")],
+        &[
+            form[0],
+            ("cookie", &admin),
+            ("origin", "https://evil.example"),
+        ],
         body.as_bytes(),
     );
     assert_eq!(r.status, 403);
     // Without the confirmation word nothing is erased.
-    let r = hub.request("POST", &format!("/console/profiles/{id}/erase"), &[form[0], ("cookie", &admin)], format!("csrf={csrf}&confirm=no").as_bytes());
+    let r = hub.request(
+        "POST",
+        &format!("/console/profiles/{id}/erase"),
+        &[form[0], ("cookie", &admin)],
+        format!("csrf={csrf}&confirm=no").as_bytes(),
+    );
     assert_eq!(r.status, 400);
     assert!(hub.profile("email:grace@example.com").is_some());
     // With both it is, and the audit log says who.
-    let r = hub.request("POST", &format!("/console/profiles/{id}/erase"), &[form[0], ("cookie", &admin)], body.as_bytes());
+    let r = hub.request(
+        "POST",
+        &format!("/console/profiles/{id}/erase"),
+        &[form[0], ("cookie", &admin)],
+        body.as_bytes(),
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(hub.profile("email:grace@example.com").is_none());
     let log = call(&hub, "GET", "/v1/audit", Some(ADMIN_TOKEN)).json();
     let entries = log["entries"].as_array().unwrap();
-    let erase = entries.iter().find(|e| e["action"] == "profile.erase" && e["outcome"] == "ok").expect("the erase");
+    let erase = entries
+        .iter()
+        .find(|e| e["action"] == "profile.erase" && e["outcome"] == "ok")
+        .expect("the erase");
     assert_eq!(erase["actor"], "admin");
     assert_eq!(erase["target"], format!("profile:{id}"));
-    assert!(entries.iter().any(|e| e["actor"] == "vic" && e["outcome"] == "denied"), "{log}");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["actor"] == "vic" && e["outcome"] == "denied"),
+        "{log}"
+    );
 }

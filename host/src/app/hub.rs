@@ -26,6 +26,9 @@ pub struct Hub {
     pub syncs: crate::sync::Engine,
     /// Runs source plugins and applies their webhooks; the scheduler and the webhook route share it.
     pub sources: SourceEngine,
+    /// Erases profiles and sends their destinations' erases; the Profiles API and the
+    /// background queue share it.
+    pub erasures: crate::erasure::Erasures,
 }
 
 impl Hub {
@@ -42,6 +45,7 @@ impl Hub {
         let syncs =
             crate::sync::Engine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
                 .with_metrics(metrics.clone());
+        let erasures = crate::erasure::Erasures::new(syncs.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
             store.clone(),
@@ -72,6 +76,7 @@ impl Hub {
             metrics.clone(),
             ingestor.tap().clone(),
             registry,
+            erasures.clone(),
         );
         let router = http::router(http::Services {
             tracking: tracking::TrackingState {
@@ -86,6 +91,7 @@ impl Hub {
                 proxies: Arc::new(config.hub.trusted_proxies.clone()),
             },
             profiles: Profiles::new(store.clone()),
+            erasures: erasures.clone(),
             syncs: syncs.clone(),
             sources: sources.clone(),
             metrics: metrics.clone(),
@@ -98,6 +104,7 @@ impl Hub {
             router,
             syncs,
             sources,
+            erasures,
         })
     }
 }
@@ -122,6 +129,7 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     let addr = listener.local_addr()?;
     tokio::spawn(crate::sync::scheduler::run(hub.syncs.clone()));
     tokio::spawn(crate::sources::scheduler::run(hub.sources.clone()));
+    tokio::spawn(hub.erasures.clone().run());
     reload_on_hangup(&hub, path);
     tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
     println!("switchyard listening on http://{addr}");

@@ -235,6 +235,7 @@ async fn run(
         for (job, result) in jobs.into_iter().zip(results) {
             if let Ok(stored) = &result {
                 metrics.accept(stored.accepted as u64);
+                metrics.events_suppressed.inc_by(stored.suppressed as u64);
                 if watched {
                     observe(&tap, &job);
                 }

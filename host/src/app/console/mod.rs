@@ -56,6 +56,8 @@ pub struct ConsoleState {
     pub metrics: Metrics,
     pub tap: Tap,
     pub registry: Arc<Registry>,
+    /// Erases profiles in the hub and, in the background, in every destination.
+    pub erasures: crate::erasure::Erasures,
     /// The profile count, read at most every [`COUNT_TTL`] (a COUNT over a million rows is the
     /// slowest thing the overview would do).
     count: Arc<Mutex<Option<(Instant, i64)>>>,
@@ -74,6 +76,7 @@ impl ConsoleState {
         metrics: Metrics,
         tap: Tap,
         registry: Arc<Registry>,
+        erasures: crate::erasure::Erasures,
     ) -> ConsoleState {
         ConsoleState {
             access,
@@ -84,6 +87,7 @@ impl ConsoleState {
             metrics,
             tap,
             registry,
+            erasures,
             count: Arc::default(),
         }
     }

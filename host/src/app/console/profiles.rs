@@ -199,7 +199,7 @@ pub async fn page(
         @if pii {
             section.panel.danger-zone {
                 h2 { "Erase this profile" }
-                p { "Erasing removes its events, traits and identifiers for good, and keeps messages carrying those identifiers from creating it again. This cannot be undone." }
+                p { "Erasing removes its events, traits and identifiers for good, keeps messages carrying those identifiers from creating it again, and asks every destination it was sent to to erase it. This cannot be undone." }
                 form method="post" action={"/console/profiles/" (profile.id) "/erase"} {
                     (ui::csrf(&session))
                     label for="confirm" { "Type " strong { "erase" } " to confirm" }
@@ -252,31 +252,22 @@ pub async fn erase(
         }
         Err(e) => return ui::failure("the profile", e),
     };
-    let Some(identifier) = profile.identifiers.first() else {
-        s.access
-            .audit(
-                &session.who,
-                "profile.erase",
-                &target,
-                "failed",
-                Some("no identifier".into()),
-            )
-            .await;
-        return ui::refusal(
-            StatusCode::CONFLICT,
-            "Not erased",
-            "This profile has no identifier to erase it by.",
-        );
-    };
-    match s.profiles.delete(identifier).await {
-        Ok(_) => {
+    let erased = s
+        .erasures
+        .erase(&crate::store::erasure::ProfileRef::Id(profile.id.clone()))
+        .await;
+    match erased {
+        Ok(receipt) => {
             s.access
                 .audit(&session.who, "profile.erase", &target, "ok", None)
                 .await;
             let body = html! {
                 header.page { h1 { "Profile erased" } }
                 section.panel {
-                    p { "Profile " code { (id) } " and its events, traits and identifiers are gone; its identifiers are suppressed." }
+                    p { "Profile " code { (id) } " and its events, traits and identifiers are gone from the hub; its identifiers are suppressed." }
+                    @if let Some(r) = &receipt {
+                        p { "Destinations it was sent to are asked to erase it too, in the background: receipt " code { (r.id) } " (" code { "GET /v1/erasures/" (r.id) } ")." }
+                    }
                     p { a href="/console/audit" { "See it in the audit log" } " · " a href="/console/profiles" { "Find another profile" } }
                 }
             };

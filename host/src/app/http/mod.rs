@@ -29,6 +29,7 @@ use crate::sync::Engine;
 pub struct Services {
     pub tracking: tracking::TrackingState,
     pub profiles: Profiles,
+    pub erasures: crate::erasure::Erasures,
     pub syncs: Engine,
     pub sources: SourceEngine,
     pub metrics: Metrics,
@@ -43,7 +44,7 @@ pub fn router(s: Services) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(render_metrics).with_state(s.metrics))
-        .merge(profiles::routes(s.profiles, s.access.clone()))
+        .merge(profiles::routes(s.profiles, s.erasures, s.access.clone()))
         .merge(tracking::routes(s.tracking))
         .merge(audit::routes(s.access.clone()))
         .merge(crate::sync::api::routes(s.syncs, s.access.clone()))

@@ -1,5 +1,6 @@
 //! The Profiles API: a profile by any of its identifiers (`KIND:VALUE`), its traits, events and
-//! merges (any role; personal data masked below `admin`), and erasing it (`admin`).
+//! merges (any role; personal data masked below `admin`); erasing it (by an identifier or its
+//! id), and the erasures' receipts (`/v1/erasures`) (`admin`).
 
 use axum::extract::{FromRef, Path, Query, State};
 use axum::routing::get;
@@ -8,12 +9,15 @@ use serde_json::{json, Value};
 
 use super::{Access, AdminAuth, ApiError, Principal, Viewer};
 use crate::app::mask::mask_json;
+use crate::erasure::{Erasures, Receipt};
 use crate::identity::Identifier;
 use crate::profiles::{InvalidCursor, Profiles};
+use crate::store::erasure::ProfileRef;
 
 #[derive(Clone)]
 struct ProfilesState {
     profiles: Profiles,
+    erasures: Erasures,
     access: Access,
 }
 
@@ -23,13 +27,19 @@ impl FromRef<ProfilesState> for Access {
     }
 }
 
-pub fn routes(profiles: Profiles, access: Access) -> Router {
+pub fn routes(profiles: Profiles, erasures: Erasures, access: Access) -> Router {
     Router::new()
         .route("/v1/profiles/{id}", get(get_profile).delete(delete_profile))
         .route("/v1/profiles/{id}/traits", get(get_traits))
         .route("/v1/profiles/{id}/events", get(get_events))
         .route("/v1/profiles/{id}/merges", get(get_merges))
-        .with_state(ProfilesState { profiles, access })
+        .route("/v1/erasures", get(list_erasures))
+        .route("/v1/erasures/{id}", get(get_erasure))
+        .with_state(ProfilesState {
+            profiles,
+            erasures,
+            access,
+        })
 }
 
 /// `{kind}:{value}` from the path.
@@ -114,51 +124,83 @@ async fn get_merges(
     shown(&auth.who, json!({ "merges": merges }))
 }
 
-/// Erases the profile; the audit log records the profile's id, not the identifier it was found
-/// by (that would keep the personal data the erasure removes).
+/// Erases a profile (`KIND:VALUE`, or the profile's id): in the hub at once, in every
+/// destination it was sent to in the background. Answers the receipt as it stands, with
+/// `deleted` (the profile id) as before. The audit log records the profile's id, never the
+/// identifier it was found by (that would keep the personal data the erasure removes).
 async fn delete_profile(
     auth: AdminAuth,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = identifier(&id)?;
-    let Some(profile) = s.profiles.find(&id).await? else {
-        s.access
-            .audit(
-                &auth.who,
-                "profile.erase",
-                &format!("{}:…", id.kind),
-                "not_found",
-                None,
-            )
-            .await;
-        return Err(no_profile(&id));
+    let target = if id.contains(':') {
+        ProfileRef::Identifier(identifier(&id)?)
+    } else {
+        ProfileRef::Id(id.clone())
     };
-    let target = format!("profile:{profile}");
-    match s.profiles.delete(&id).await {
-        Ok(Some(erased)) => {
+    let found = match &target {
+        ProfileRef::Identifier(i) => s.profiles.find(i).await?,
+        ProfileRef::Id(p) => Some(p.clone()),
+    };
+    let logged = found.map_or_else(|| "profile:?".to_string(), |p| format!("profile:{p}"));
+    match s.erasures.erase(&target).await {
+        Ok(Some(receipt)) => {
             s.access
-                .audit(&auth.who, "profile.erase", &target, "ok", None)
+                .audit(
+                    &auth.who,
+                    "profile.erase",
+                    &format!("profile:{}", receipt.profile_id),
+                    "ok",
+                    None,
+                )
                 .await;
-            Ok(Json(json!({ "deleted": erased })))
+            Ok(Json(
+                json!({ "deleted": receipt.profile_id, "erasure": receipt }),
+            ))
         }
         Ok(None) => {
             s.access
-                .audit(&auth.who, "profile.erase", &target, "not_found", None)
+                .audit(&auth.who, "profile.erase", &logged, "not_found", None)
                 .await;
-            Err(no_profile(&id))
+            Err(ApiError::NotFound(format!("no profile has {id}")))
         }
         Err(e) => {
             s.access
                 .audit(
                     &auth.who,
                     "profile.erase",
-                    &target,
+                    &logged,
                     "failed",
                     Some(format!("{e:#}")),
                 )
                 .await;
-            Err(ApiError::Internal(e))
+            Err(e.into())
         }
     }
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+async fn list_erasures(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let erasures = s.erasures.recent(q.limit.unwrap_or(50)).await?;
+    Ok(Json(json!({ "erasures": erasures })))
+}
+
+async fn get_erasure(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(id): Path<String>,
+) -> Result<Json<Receipt>, ApiError> {
+    s.erasures
+        .receipt(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no erasure {id}")))
 }
