@@ -15,6 +15,7 @@ mod destinations_social;
 mod destinations_webhook;
 mod erasure;
 mod plugin_cli;
+mod privacy;
 mod profiles;
 mod sandbox;
 mod sources;

@@ -6,10 +6,13 @@ use std::str::FromStr;
 
 pub mod audiences;
 pub mod audit;
+pub mod consent;
 pub mod erasure;
 pub mod identity;
 pub mod leases;
+pub mod merges;
 pub mod profiles;
+pub mod retention;
 pub mod sources;
 pub mod syncs;
 
@@ -142,6 +145,11 @@ fn migrator() -> Migrator {
                 4,
                 "incremental",
                 include_str!("../../migrations/0004_incremental.sql"),
+            ),
+            migration(
+                10,
+                "privacy",
+                include_str!("../../migrations/0010_privacy.sql"),
             ),
             migration(
                 20,
