@@ -5,7 +5,6 @@ use std::sync::Arc;
 
 use axum::extract::{FromRef, FromRequestParts};
 use axum::http::{header, request::Parts, HeaderMap};
-use axum::response::{IntoResponse, Response};
 
 use super::ApiError;
 
@@ -44,12 +43,6 @@ fn verify(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
     } else {
         Err(ApiError::Unauthorized)
     }
-}
-
-/// The same check for handlers not yet taking [`AdminAuth`] (`sync::api`, `sources::api` until
-/// they move under `app::http`).
-pub fn check_token(token: Option<&str>, headers: &HeaderMap) -> Result<(), Response> {
-    verify(token, headers).map_err(IntoResponse::into_response)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

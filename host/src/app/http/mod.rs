@@ -7,6 +7,8 @@
 mod auth;
 mod error;
 mod profiles;
+mod sources;
+mod syncs;
 pub mod tracking;
 
 use axum::extract::State;
@@ -15,8 +17,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-pub use auth::{check_token, AdminAuth, AdminToken};
-pub use error::{json_error, ApiError};
+pub use auth::{AdminAuth, AdminToken};
+pub use error::ApiError;
 
 use crate::metrics::Metrics;
 use crate::profiles::Profiles;
@@ -43,9 +45,9 @@ pub fn router(s: Services) -> Router {
         .route("/metrics", get(render_metrics).with_state(s.metrics))
         .merge(profiles::routes(s.profiles, s.token.clone()))
         .merge(tracking::routes(s.tracking))
-        .merge(crate::sync::api::routes(s.syncs, s.token.0.clone()))
-        .merge(crate::sources::api::routes(s.sources.clone()))
-        .merge(crate::sources::api::admin_routes(s.sources, s.token.0))
+        .merge(syncs::routes(s.syncs, s.token.clone()))
+        .merge(sources::webhook_routes(s.sources.clone()))
+        .merge(sources::admin_routes(s.sources, s.token))
 }
 
 async fn render_metrics(State(metrics): State<Metrics>) -> Response {

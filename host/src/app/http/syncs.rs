@@ -1,0 +1,167 @@
+//! The admin API of syncs (admin token): list, run (or plan), history, dead letters and their
+//! replay. Errors are [`ApiError`]s: an unknown sync is a 404, a run refused by the lease a 409.
+
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{AdminAuth, AdminToken, ApiError};
+use crate::sync::{Engine, RunOptions};
+
+#[derive(Clone)]
+struct SyncState {
+    engine: Engine,
+    token: AdminToken,
+}
+
+impl FromRef<SyncState> for AdminToken {
+    fn from_ref(s: &SyncState) -> AdminToken {
+        s.token.clone()
+    }
+}
+
+pub fn routes(engine: Engine, token: AdminToken) -> Router {
+    Router::new()
+        .route("/v1/syncs", get(list))
+        .route("/v1/syncs/{name}/run", post(run))
+        .route("/v1/syncs/{name}/runs", get(runs))
+        .route("/v1/dead-letters", get(dead_letters))
+        .route("/v1/dead-letters/replay", post(replay))
+        .with_state(SyncState { engine, token })
+}
+
+/// The engine's error as an answer; a 409 points at the sync's history.
+fn failed(name: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
+    move |e| ApiError::of_run(e, || format!("/v1/syncs/{name}/runs"))
+}
+
+/// 404 unless `name` is a configured sync.
+fn known(s: &SyncState, name: &str) -> Result<(), ApiError> {
+    s.engine
+        .sync_config(&s.engine.config(), name)
+        .map(|_| ())
+        .map_err(failed(name))
+}
+
+async fn list(_: AdminAuth, State(s): State<SyncState>) -> Result<Json<Value>, ApiError> {
+    let config = s.engine.config();
+    let mut out = Vec::new();
+    for sync in &config.syncs {
+        let last = s
+            .engine
+            .runs(&sync.name, 1)
+            .await
+            .map_err(failed(&sync.name))?
+            .pop();
+        out.push(json!({
+            "name": sync.name,
+            "from": format!("{:?}", sync.from),
+            "to": sync.to,
+            "mode": format!("{:?}", sync.mode).to_lowercase(),
+            "schedule": sync.schedule,
+            "last_run": last,
+        }));
+    }
+    Ok(Json(json!({ "syncs": out })))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct RunQuery {
+    dry_run: bool,
+    full_resync: bool,
+    approve_removals: bool,
+}
+
+/// A dry run answers with the plan; a real run answers 202 at once and runs in the background
+/// (poll `/runs`), since delivering a large audience can take a while.
+async fn run(
+    _: AdminAuth,
+    State(s): State<SyncState>,
+    Path(name): Path<String>,
+    Query(q): Query<RunQuery>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    known(&s, &name)?;
+    let options = RunOptions {
+        dry_run: q.dry_run,
+        full_resync: q.full_resync,
+        approve_removals: q.approve_removals,
+    };
+    if q.dry_run {
+        let report = s
+            .engine
+            .run(&name, options, None)
+            .await
+            .map_err(failed(&name))?;
+        return Ok((StatusCode::OK, Json(serde_json::to_value(report).map_err(anyhow::Error::from)?)));
+    }
+    let engine = s.engine.clone();
+    let sync = name.clone();
+    tokio::spawn(async move {
+        if let Err(e) = engine.run(&sync, options, None).await {
+            tracing::warn!(sync = %sync, "run requested through the API failed: {e:#}");
+        }
+    });
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"sync": name, "status": "started", "runs": format!("/v1/syncs/{name}/runs")})),
+    ))
+}
+
+#[derive(Deserialize)]
+struct Limit {
+    #[serde(default = "default_limit")]
+    limit: i64,
+    #[serde(default)]
+    sync: Option<String>,
+}
+
+fn default_limit() -> i64 {
+    50
+}
+
+async fn runs(
+    _: AdminAuth,
+    State(s): State<SyncState>,
+    Path(name): Path<String>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    known(&s, &name)?;
+    let runs = s
+        .engine
+        .runs(&name, q.limit.clamp(1, 1000))
+        .await
+        .map_err(failed(&name))?;
+    Ok(Json(json!({ "runs": runs })))
+}
+
+async fn dead_letters(
+    _: AdminAuth,
+    State(s): State<SyncState>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let sync = q.sync.as_deref();
+    let dead = s
+        .engine
+        .dead_letters(sync, q.limit.clamp(1, 10_000))
+        .await
+        .map_err(failed(sync.unwrap_or_default()))?;
+    Ok(Json(json!({ "dead_letters": dead })))
+}
+
+async fn replay(
+    _: AdminAuth,
+    State(s): State<SyncState>,
+    Query(q): Query<Limit>,
+) -> Result<Json<Value>, ApiError> {
+    let Some(sync) = q.sync else {
+        return Err(ApiError::BadRequest(
+            "say which sync: /v1/dead-letters/replay?sync=NAME".into(),
+        ));
+    };
+    let n = s.engine.replay(&sync).await.map_err(failed(&sync))?;
+    Ok(Json(json!({ "sync": sync, "replayed": n })))
+}
