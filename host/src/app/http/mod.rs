@@ -25,6 +25,55 @@ use crate::profiles::Profiles;
 use crate::sources::SourceEngine;
 use crate::sync::Engine;
 
+/// `?limit=` of the run-history routes (syncs and sources): how many runs, newest first.
+#[derive(serde::Deserialize)]
+struct HistoryQuery {
+    #[serde(default = "HistoryQuery::default_limit")]
+    limit: i64,
+}
+
+impl HistoryQuery {
+    fn default_limit() -> i64 {
+        50
+    }
+
+    /// The limit asked for, kept within 1..=1000 so one request cannot read a whole history.
+    fn limit(&self) -> i64 {
+        self.limit.clamp(1, 1000)
+    }
+}
+
+/// What the run-history route needs of a run engine's admin state; syncs and sources answer
+/// `GET /v1/{syncs,sources}/{name}/runs` with the one handler [`history`].
+trait RunHistory: Clone + Send + Sync + 'static {
+    /// The routes' prefix: `/v1/syncs` or `/v1/sources`.
+    const PREFIX: &'static str;
+    /// Fails with the engine's `RunError::NotFound` unless `name` is one of its things.
+    fn known(&self, name: &str) -> anyhow::Result<()>;
+    /// The newest `limit` runs of `name`, as the API shows them.
+    fn runs(
+        &self,
+        name: &str,
+        limit: i64,
+    ) -> impl std::future::Future<Output = anyhow::Result<serde_json::Value>> + Send;
+}
+
+/// `GET {PREFIX}/{name}/runs?limit=`: the history, newest first; 404 for an unknown name.
+async fn history<E: RunHistory>(
+    _: AdminAuth,
+    State(engine): State<E>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> Result<Json<serde_json::Value>, ApiError>
+where
+    AdminToken: axum::extract::FromRef<E>,
+{
+    let failed = |e| ApiError::of_run(e, || format!("{}/{name}/runs", E::PREFIX));
+    engine.known(&name).map_err(failed)?;
+    let runs = engine.runs(&name, q.limit()).await.map_err(failed)?;
+    Ok(Json(serde_json::json!({ "runs": runs })))
+}
+
 /// What the routes serve from.
 pub struct Services {
     pub tracking: tracking::TrackingState,

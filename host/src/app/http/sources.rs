@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument as _;
 
-use super::{AdminAuth, AdminToken, ApiError};
+use super::{history, AdminAuth, AdminToken, ApiError, RunHistory};
 use crate::runs::lease;
 use crate::runtime::bindings::WebhookRequest;
 use crate::sources::webhook::{Delivered, Refused};
@@ -47,7 +47,7 @@ pub fn admin_routes(engine: SourceEngine, token: AdminToken) -> Router {
     Router::new()
         .route("/v1/sources", get(list))
         .route("/v1/sources/{name}/run", post(run))
-        .route("/v1/sources/{name}/runs", get(runs))
+        .route("/v1/sources/{name}/runs", get(history::<AdminState>))
         .route("/v1/sources/{name}/cursors", get(cursors))
         .with_state(AdminState { engine, token })
 }
@@ -64,12 +64,24 @@ impl FromRef<AdminState> for AdminToken {
     }
 }
 
+impl RunHistory for AdminState {
+    const PREFIX: &'static str = "/v1/sources";
+
+    fn known(&self, name: &str) -> anyhow::Result<()> {
+        self.engine.source(name).map(|_| ())
+    }
+
+    async fn runs(&self, name: &str, limit: i64) -> anyhow::Result<Value> {
+        Ok(serde_json::to_value(self.engine.runs(name, limit).await?)?)
+    }
+}
+
 /// How long `POST .../run` waits for the run to take the source's lease, so that it can answer
 /// with the run's id (or a 409). Taking a lease is one statement; this only bounds a stuck store.
 const START_WAIT: Duration = Duration::from_secs(5);
 
 fn runs_of(source: &str) -> String {
-    format!("/v1/sources/{source}/runs")
+    format!("{}/{source}/runs", AdminState::PREFIX)
 }
 
 /// The engine's error as an answer; a 409 points at the source's history.
@@ -79,7 +91,7 @@ fn failed(name: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
 
 /// 404 unless `name` is a plugin source (the engine's message lists the plugin sources).
 fn known(s: &AdminState, name: &str) -> Result<(), ApiError> {
-    s.engine.source(name).map(|_| ()).map_err(failed(name))
+    s.known(name).map_err(failed(name))
 }
 
 async fn list(_: AdminAuth, State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
@@ -209,31 +221,6 @@ async fn run(
     }
     .instrument(span)
     .await
-}
-
-#[derive(Deserialize)]
-struct Limit {
-    #[serde(default = "default_limit")]
-    limit: i64,
-}
-
-fn default_limit() -> i64 {
-    50
-}
-
-async fn runs(
-    _: AdminAuth,
-    State(s): State<AdminState>,
-    Path(name): Path<String>,
-    Query(q): Query<Limit>,
-) -> Result<Json<Value>, ApiError> {
-    known(&s, &name)?;
-    let runs = s
-        .engine
-        .runs(&name, q.limit.clamp(1, 1000))
-        .await
-        .map_err(failed(&name))?;
-    Ok(Json(json!({ "runs": runs })))
 }
 
 async fn cursors(

@@ -8,7 +8,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{AdminAuth, AdminToken, ApiError};
+use super::{history, AdminAuth, AdminToken, ApiError, RunHistory};
 use crate::sync::{Engine, RunOptions};
 
 #[derive(Clone)]
@@ -27,23 +27,34 @@ pub fn routes(engine: Engine, token: AdminToken) -> Router {
     Router::new()
         .route("/v1/syncs", get(list))
         .route("/v1/syncs/{name}/run", post(run))
-        .route("/v1/syncs/{name}/runs", get(runs))
+        .route("/v1/syncs/{name}/runs", get(history::<SyncState>))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay))
         .with_state(SyncState { engine, token })
 }
 
+impl RunHistory for SyncState {
+    const PREFIX: &'static str = "/v1/syncs";
+
+    fn known(&self, name: &str) -> anyhow::Result<()> {
+        self.engine
+            .sync_config(&self.engine.config(), name)
+            .map(|_| ())
+    }
+
+    async fn runs(&self, name: &str, limit: i64) -> anyhow::Result<Value> {
+        Ok(serde_json::to_value(self.engine.runs(name, limit).await?)?)
+    }
+}
+
 /// The engine's error as an answer; a 409 points at the sync's history.
 fn failed(name: &str) -> impl FnOnce(anyhow::Error) -> ApiError + '_ {
-    move |e| ApiError::of_run(e, || format!("/v1/syncs/{name}/runs"))
+    move |e| ApiError::of_run(e, || format!("{}/{name}/runs", SyncState::PREFIX))
 }
 
 /// 404 unless `name` is a configured sync.
 fn known(s: &SyncState, name: &str) -> Result<(), ApiError> {
-    s.engine
-        .sync_config(&s.engine.config(), name)
-        .map(|_| ())
-        .map_err(failed(name))
+    s.known(name).map_err(failed(name))
 }
 
 async fn list(_: AdminAuth, State(s): State<SyncState>) -> Result<Json<Value>, ApiError> {
@@ -107,41 +118,29 @@ async fn run(
     });
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"sync": name, "status": "started", "runs": format!("/v1/syncs/{name}/runs")})),
+        Json(json!({"sync": name, "status": "started", "runs": format!("{}/{name}/runs", SyncState::PREFIX)})),
     ))
 }
 
+/// `?sync=&limit=` of the dead-letter routes.
 #[derive(Deserialize)]
-struct Limit {
-    #[serde(default = "default_limit")]
+struct DeadLetterQuery {
+    #[serde(default = "DeadLetterQuery::default_limit")]
     limit: i64,
     #[serde(default)]
     sync: Option<String>,
 }
 
-fn default_limit() -> i64 {
-    50
-}
-
-async fn runs(
-    _: AdminAuth,
-    State(s): State<SyncState>,
-    Path(name): Path<String>,
-    Query(q): Query<Limit>,
-) -> Result<Json<Value>, ApiError> {
-    known(&s, &name)?;
-    let runs = s
-        .engine
-        .runs(&name, q.limit.clamp(1, 1000))
-        .await
-        .map_err(failed(&name))?;
-    Ok(Json(json!({ "runs": runs })))
+impl DeadLetterQuery {
+    fn default_limit() -> i64 {
+        50
+    }
 }
 
 async fn dead_letters(
     _: AdminAuth,
     State(s): State<SyncState>,
-    Query(q): Query<Limit>,
+    Query(q): Query<DeadLetterQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let sync = q.sync.as_deref();
     let dead = s
@@ -155,7 +154,7 @@ async fn dead_letters(
 async fn replay(
     _: AdminAuth,
     State(s): State<SyncState>,
-    Query(q): Query<Limit>,
+    Query(q): Query<DeadLetterQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let Some(sync) = q.sync else {
         return Err(ApiError::BadRequest(
