@@ -9,7 +9,8 @@
 //!   webhook routes), the command line (`app::cli`, one file per command group). Nothing in the
 //!   crate imports `app`; only `main.rs` does.
 //! - the engines: `sync`, `sources` (and `runs`, what both share: status, errors, lease, the
-//!   scheduler loop), `audience`, `ingest` (message parsing, the writer), `profiles`, `identity`
+//!   scheduler loop), `erasure` (privacy erasure to the destinations), `audience`,
+//!   `ingest` (message parsing, the writer), `profiles`, `identity`
 //!   (decisions over identifier lists), `registry` (installed plugins, instantiated for a
 //!   config block) and `validate` (the checks that need installed plugins).
 //! - `config`: the project file (`switchyard.toml`) and the typed values compiled from it, which
@@ -23,6 +24,7 @@
 pub mod app;
 pub mod audience;
 pub mod config;
+pub mod erasure;
 pub mod filter;
 pub mod identifier;
 pub mod identity;

@@ -26,6 +26,9 @@ pub struct Hub {
     pub syncs: crate::sync::Engine,
     /// Runs source plugins and applies their webhooks; the scheduler and the webhook route share it.
     pub sources: SourceEngine,
+    /// Erases profiles and sends their destinations' erases; the Profiles API and the
+    /// background queue share it.
+    pub erasures: crate::erasure::Erasures,
 }
 
 impl Hub {
@@ -41,6 +44,7 @@ impl Hub {
             .with_metrics(metrics.clone());
         let syncs = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
             .with_metrics(metrics.clone());
+        let erasures = crate::erasure::Erasures::new(syncs.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
             store.clone(),
@@ -75,6 +79,7 @@ impl Hub {
                 proxies: Arc::new(config.hub.trusted_proxies.clone()),
             },
             profiles: Profiles::new(store.clone()),
+            erasures: erasures.clone(),
             syncs: syncs.clone(),
             sources: sources.clone(),
             metrics: metrics.clone(),
@@ -86,6 +91,7 @@ impl Hub {
             router,
             syncs,
             sources,
+            erasures,
         })
     }
 }
@@ -110,6 +116,7 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     let addr = listener.local_addr()?;
     tokio::spawn(crate::sync::scheduler::run(hub.syncs.clone()));
     tokio::spawn(crate::sources::scheduler::run(hub.sources.clone()));
+    tokio::spawn(hub.erasures.clone().run());
     reload_on_hangup(&hub, path);
     tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
     println!("switchyard listening on http://{addr}");

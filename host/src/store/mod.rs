@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod erasure;
 pub mod identity;
 pub mod leases;
 pub mod profiles;
@@ -141,6 +142,11 @@ fn migrator() -> Migrator {
                 "incremental",
                 include_str!("../../migrations/0004_incremental.sql"),
             ),
+            migration(
+                20,
+                "erasure",
+                include_str!("../../migrations/0020_erasure.sql"),
+            ),
         ]),
         ..Migrator::DEFAULT
     }
@@ -228,6 +234,13 @@ impl Store {
             .with_context(|| format!("connecting to {}", redact_url(&url)))?;
         let store = Store { pool, backend };
         store.migrate().await?;
+        // Erased identifiers are kept only as keyed digests; older hubs kept them in clear.
+        let adopted = erasure::adopt_plain_suppressions(&store)
+            .await
+            .context("hashing the erased identifiers an older hub kept in clear")?;
+        if adopted > 0 {
+            tracing::info!(identifiers = adopted, "erased identifiers kept in clear by an older hub are now kept as keyed digests");
+        }
         Ok(store)
     }
 

@@ -78,6 +78,7 @@ where
 pub struct Services {
     pub tracking: tracking::TrackingState,
     pub profiles: Profiles,
+    pub erasures: crate::erasure::Erasures,
     pub syncs: Engine,
     pub sources: SourceEngine,
     pub metrics: Metrics,
@@ -92,7 +93,7 @@ pub fn router(s: Services) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(render_metrics).with_state(s.metrics))
-        .merge(profiles::routes(s.profiles, s.token.clone()))
+        .merge(profiles::routes(s.profiles, s.erasures, s.token.clone()))
         .merge(tracking::routes(s.tracking))
         .merge(syncs::routes(s.syncs, s.token.clone()))
         .merge(sources::webhook_routes(s.sources.clone()))
