@@ -24,6 +24,7 @@
 pub mod app;
 pub mod audience;
 pub mod config;
+pub mod consent;
 pub mod erasure;
 pub mod filter;
 pub mod identifier;
@@ -33,6 +34,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod profiles;
 pub mod registry;
+pub mod retention;
 pub mod runs;
 pub mod runtime;
 pub mod scaffold;
