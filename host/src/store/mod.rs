@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod audit;
 pub mod consent;
 pub mod erasure;
 pub mod identity;
@@ -155,6 +156,7 @@ fn migrator() -> Migrator {
                 "erasure",
                 include_str!("../../migrations/0020_erasure.sql"),
             ),
+            migration(50, "audit", include_str!("../../migrations/0050_audit.sql")),
         ]),
         ..Migrator::DEFAULT
     }
@@ -247,7 +249,10 @@ impl Store {
             .await
             .context("hashing the erased identifiers an older hub kept in clear")?;
         if adopted > 0 {
-            tracing::info!(identifiers = adopted, "erased identifiers kept in clear by an older hub are now kept as keyed digests");
+            tracing::info!(
+                identifiers = adopted,
+                "erased identifiers kept in clear by an older hub are now kept as keyed digests"
+            );
         }
         Ok(store)
     }

@@ -1,4 +1,4 @@
-//! The one error type of the HTTP API (admin routes and webhooks) and how it answers: each variant is a status code and a
+//! The one error type of the admin APIs and how it answers: each variant is a status code and a
 //! JSON body `{"error": ...}`. Handlers turn typed domain errors into it; nothing reads messages.
 
 use axum::http::StatusCode;
@@ -10,12 +10,19 @@ use crate::runs::RunError;
 /// Why an admin request failed; the variant decides the status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// `[hub] admin_token` is not set: 403.
-    #[error("the admin API is disabled: set [hub] admin_token")]
+    /// Neither `[hub] admin_token` nor `[hub.tokens.*]` is set: 403.
+    #[error("the admin API is disabled: set [hub] admin_token or add [hub.tokens.NAME]")]
     AdminDisabled,
-    /// No bearer token, or the wrong one: 401.
-    #[error("missing or wrong admin token (Authorization: Bearer ...)")]
+    /// No bearer token, or one the hub does not know: 401.
+    #[error("missing or unknown token (Authorization: Bearer ...)")]
     Unauthorized,
+    /// A known token whose role is below the one the route needs: 403.
+    #[error("the token `{name}` has the role {role}; this needs {need}")]
+    Forbidden {
+        name: String,
+        role: crate::config::access::Role,
+        need: crate::config::access::Role,
+    },
     /// The request itself is wrong: 400.
     #[error("{0}")]
     BadRequest(String),
@@ -48,7 +55,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::AdminDisabled | ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -119,7 +126,7 @@ mod tests {
         assert_eq!(s, StatusCode::FORBIDDEN);
         assert_eq!(
             b["error"],
-            "the admin API is disabled: set [hub] admin_token"
+            "the admin API is disabled: set [hub] admin_token or add [hub.tokens.NAME]"
         );
         let (s, b) = body_of(ApiError::Internal(anyhow::anyhow!("secret detail"))).await;
         assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);

@@ -1,9 +1,11 @@
 //! The hub's HTTP API, as one router: the tracking API ([`tracking`]), the Profiles API
-//! ([`profiles`]), the sync and source admin APIs, webhooks, `/healthz` and `/metrics`.
+//! ([`profiles`]), the sync and source admin APIs ([`syncs`], [`sources`]), webhooks, `/healthz` and `/metrics`.
 //!
-//! Admin routes take the [`AdminAuth`] extractor (the bearer token, checked once) and fail with
-//! [`ApiError`] (one mapping of typed errors to status codes).
+//! Admin routes take the [`AdminAuth`] extractor (the bearer token and the role the route needs,
+//! checked once) and fail with [`ApiError`] (one mapping of typed errors to status codes).
+//! State-changing ones write the audit log ([`audit`]).
 
+mod audit;
 mod auth;
 mod error;
 mod profiles;
@@ -17,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-pub use auth::{AdminAuth, AdminToken};
+pub use auth::{Access, Admin, AdminAuth, Need, Operator, Principal, Viewer};
 pub use error::ApiError;
 
 use crate::metrics::Metrics;
@@ -60,13 +62,13 @@ trait RunHistory: Clone + Send + Sync + 'static {
 
 /// `GET {PREFIX}/{name}/runs?limit=`: the history, newest first; 404 for an unknown name.
 async fn history<E: RunHistory>(
-    _: AdminAuth,
+    _: AdminAuth<Viewer>,
     State(engine): State<E>,
     axum::extract::Path(name): axum::extract::Path<String>,
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError>
 where
-    AdminToken: axum::extract::FromRef<E>,
+    Access: axum::extract::FromRef<E>,
 {
     let failed = |e| ApiError::of_run(e, || format!("{}/{name}/runs", E::PREFIX));
     engine.known(&name).map_err(failed)?;
@@ -82,7 +84,7 @@ pub struct Services {
     pub syncs: Engine,
     pub sources: SourceEngine,
     pub metrics: Metrics,
-    pub token: AdminToken,
+    pub access: Access,
 }
 
 /// Every route of the hub.
@@ -93,11 +95,12 @@ pub fn router(s: Services) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(render_metrics).with_state(s.metrics))
-        .merge(profiles::routes(s.profiles, s.erasures, s.token.clone()))
+        .merge(profiles::routes(s.profiles, s.erasures, s.access.clone()))
         .merge(tracking::routes(s.tracking))
-        .merge(syncs::routes(s.syncs, s.token.clone()))
+        .merge(audit::routes(s.access.clone()))
+        .merge(syncs::routes(s.syncs, s.access.clone()))
         .merge(sources::webhook_routes(s.sources.clone()))
-        .merge(sources::admin_routes(s.sources, s.token))
+        .merge(sources::admin_routes(s.sources, s.access))
 }
 
 async fn render_metrics(State(metrics): State<Metrics>) -> Response {

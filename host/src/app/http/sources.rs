@@ -28,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::Instrument as _;
 
-use super::{history, AdminAuth, AdminToken, ApiError, RunHistory};
+use super::{history, Access, AdminAuth, ApiError, Operator, RunHistory, Viewer};
 use crate::runs::lease;
 use crate::runtime::bindings::WebhookRequest;
 use crate::sources::webhook::{Delivered, Refused};
@@ -41,26 +41,26 @@ pub fn webhook_routes(engine: SourceEngine) -> Router {
         .with_state(engine)
 }
 
-/// The admin routes of source runs; without `[hub] admin_token` they answer 403, as the
-/// Profiles API does.
-pub fn admin_routes(engine: SourceEngine, token: AdminToken) -> Router {
+/// The admin routes of source runs: reading needs any role, running `operator` (see
+/// `app::http::auth`).
+pub fn admin_routes(engine: SourceEngine, access: Access) -> Router {
     Router::new()
         .route("/v1/sources", get(list))
         .route("/v1/sources/{name}/run", post(run))
         .route("/v1/sources/{name}/runs", get(history::<AdminState>))
         .route("/v1/sources/{name}/cursors", get(cursors))
-        .with_state(AdminState { engine, token })
+        .with_state(AdminState { engine, access })
 }
 
 #[derive(Clone)]
 struct AdminState {
     engine: SourceEngine,
-    token: AdminToken,
+    access: Access,
 }
 
-impl FromRef<AdminState> for AdminToken {
-    fn from_ref(s: &AdminState) -> AdminToken {
-        s.token.clone()
+impl FromRef<AdminState> for Access {
+    fn from_ref(s: &AdminState) -> Access {
+        s.access.clone()
     }
 }
 
@@ -94,7 +94,7 @@ fn known(s: &AdminState, name: &str) -> Result<(), ApiError> {
     s.known(name).map_err(failed(name))
 }
 
-async fn list(_: AdminAuth, State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
+async fn list(_: AdminAuth<Viewer>, State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let config = s.engine.config();
     let mut out = Vec::new();
     for (name, source) in config.sources.iter().filter(|(_, c)| c.plugin.is_some()) {
@@ -140,12 +140,33 @@ fn conflict(source: &str, run_id: &str) -> ApiError {
 /// another run holds it. The run itself goes on in the background, since reading a large source
 /// takes a while: poll `/runs`.
 async fn run(
-    _: AdminAuth,
+    auth: AdminAuth<Operator>,
     State(s): State<AdminState>,
     Path(name): Path<String>,
     Query(q): Query<RunQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    known(&s, &name)?;
+    let answer = start_run(&s, &name, &q).await;
+    let outcome = match &answer {
+        Ok(_) => "started",
+        Err(ApiError::NotFound(_)) => "not_found",
+        Err(ApiError::Conflict { .. }) => "conflict",
+        Err(_) => "failed",
+    };
+    let detail = q.full_refresh.then(|| "full_refresh".to_string());
+    s.access
+        .audit(&auth.who, "source.run", &name, outcome, detail)
+        .await;
+    answer
+}
+
+/// [`run`]'s work, whose answer the audit log records.
+async fn start_run(
+    s: &AdminState,
+    name: &str,
+    q: &RunQuery,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    known(s, name)?;
+    let name = name.to_string();
     let span = tracing::info_span!("source_api_run", source = %name, full_refresh = q.full_refresh);
     async {
         // A run going (here, on another hub, or from the CLI) answers at once; the engine's own
@@ -224,7 +245,7 @@ async fn run(
 }
 
 async fn cursors(
-    _: AdminAuth,
+    _: AdminAuth<Viewer>,
     State(s): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {

@@ -1,5 +1,6 @@
-//! The admin API of syncs (admin token): list, run (or plan), history, dead letters and their
-//! replay. Errors are [`ApiError`]s: an unknown sync is a 404, a run refused by the lease a 409.
+//! The admin API of syncs: list, history and dead letters (any role); run, plan, approve
+//! removals and replay (`operator`). Bearer token; state-changing calls go to the audit log.
+//! Errors are [`ApiError`]s: an unknown sync is a 404, a run refused by the lease a 409.
 
 use axum::extract::{FromRef, Path, Query, State};
 use axum::http::StatusCode;
@@ -8,29 +9,30 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{history, AdminAuth, AdminToken, ApiError, RunHistory};
+use super::{history, Access, AdminAuth, ApiError, Operator, RunHistory, Viewer};
+use crate::runs::RunError;
 use crate::sync::{Engine, RunOptions};
 
 #[derive(Clone)]
 struct SyncState {
     engine: Engine,
-    token: AdminToken,
+    access: Access,
 }
 
-impl FromRef<SyncState> for AdminToken {
-    fn from_ref(s: &SyncState) -> AdminToken {
-        s.token.clone()
+impl FromRef<SyncState> for Access {
+    fn from_ref(s: &SyncState) -> Access {
+        s.access.clone()
     }
 }
 
-pub fn routes(engine: Engine, token: AdminToken) -> Router {
+pub fn routes(engine: Engine, access: Access) -> Router {
     Router::new()
         .route("/v1/syncs", get(list))
         .route("/v1/syncs/{name}/run", post(run))
         .route("/v1/syncs/{name}/runs", get(history::<SyncState>))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay))
-        .with_state(SyncState { engine, token })
+        .with_state(SyncState { engine, access })
 }
 
 impl RunHistory for SyncState {
@@ -57,7 +59,7 @@ fn known(s: &SyncState, name: &str) -> Result<(), ApiError> {
     s.known(name).map_err(failed(name))
 }
 
-async fn list(_: AdminAuth, State(s): State<SyncState>) -> Result<Json<Value>, ApiError> {
+async fn list(_: AdminAuth<Viewer>, State(s): State<SyncState>) -> Result<Json<Value>, ApiError> {
     let config = s.engine.config();
     let mut out = Vec::new();
     for sync in &config.syncs {
@@ -90,12 +92,25 @@ struct RunQuery {
 /// A dry run answers with the plan; a real run answers 202 at once and runs in the background
 /// (poll `/runs`), since delivering a large audience can take a while.
 async fn run(
-    _: AdminAuth,
+    auth: AdminAuth<Operator>,
     State(s): State<SyncState>,
     Path(name): Path<String>,
     Query(q): Query<RunQuery>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    known(&s, &name)?;
+    let action = if q.dry_run {
+        "sync.plan"
+    } else if q.approve_removals {
+        "sync.approve_removals"
+    } else {
+        "sync.run"
+    };
+    if let Err(e) = known(&s, &name) {
+        s.access
+            .audit(&auth.who, action, &name, "not_found", None)
+            .await;
+        return Err(e);
+    }
+    let detail = q.full_resync.then(|| "full_resync".to_string());
     let options = RunOptions {
         dry_run: q.dry_run,
         full_resync: q.full_resync,
@@ -109,6 +124,9 @@ async fn run(
             .map_err(failed(&name))?;
         return Ok((StatusCode::OK, Json(serde_json::to_value(report).map_err(anyhow::Error::from)?)));
     }
+    s.access
+        .audit(&auth.who, action, &name, "started", detail)
+        .await;
     let engine = s.engine.clone();
     let sync = name.clone();
     tokio::spawn(async move {
@@ -138,7 +156,7 @@ impl DeadLetterQuery {
 }
 
 async fn dead_letters(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<SyncState>,
     Query(q): Query<DeadLetterQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -148,11 +166,15 @@ async fn dead_letters(
         .dead_letters(sync, q.limit.clamp(1, 10_000))
         .await
         .map_err(failed(sync.unwrap_or_default()))?;
-    Ok(Json(json!({ "dead_letters": dead })))
+    let mut body = json!({ "dead_letters": dead });
+    if !auth.who.sees_pii() {
+        crate::app::mask::mask_json(&mut body);
+    }
+    Ok(Json(body))
 }
 
 async fn replay(
-    _: AdminAuth,
+    auth: AdminAuth<Operator>,
     State(s): State<SyncState>,
     Query(q): Query<DeadLetterQuery>,
 ) -> Result<Json<Value>, ApiError> {
@@ -161,6 +183,20 @@ async fn replay(
             "say which sync: /v1/dead-letters/replay?sync=NAME".into(),
         ));
     };
-    let n = s.engine.replay(&sync).await.map_err(failed(&sync))?;
+    let (outcome, detail, result) = match s.engine.replay(&sync).await {
+        Ok(n) => ("ok", format!("{n} replayed"), Ok(n)),
+        Err(e) => {
+            let outcome = match RunError::of(&e) {
+                Some(RunError::NotFound(_)) => "not_found",
+                Some(RunError::AlreadyRunning { .. }) => "conflict",
+                None => "failed",
+            };
+            (outcome, format!("{e:#}"), Err(e))
+        }
+    };
+    s.access
+        .audit(&auth.who, "dead_letters.replay", &sync, outcome, Some(detail))
+        .await;
+    let n = result.map_err(failed(&sync))?;
     Ok(Json(json!({ "sync": sync, "replayed": n })))
 }
