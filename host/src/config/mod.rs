@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+pub mod access;
 pub mod secrets;
 pub mod web;
 
@@ -179,13 +180,7 @@ pub enum SyncMode {
     Events,
 }
 
-/// One mapped field.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum MappingValue {
-    Path(String),
-    Literal { value: toml::Value },
-}
+pub use crate::mapping::MappingValue;
 
 /// A removal guardrail.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -247,6 +242,10 @@ pub struct HubConfig {
     /// Bearer token for the admin and Profiles APIs: `${ENV_VAR}`, `file:PATH` or literal.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// `[hub.tokens.NAME]`: named tokens for the admin API and the console, each with a role
+    /// (`viewer`, `operator`, `admin`); `admin_token` is an admin named `admin` beside them.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, access::TokenConfig>,
     /// Messages waiting for the writer before the tracking API answers 429.
     #[serde(default = "default_queue")]
     pub ingest_queue: usize,
@@ -368,6 +367,7 @@ impl Default for HubConfig {
             database: default_database(),
             plugins_dir: default_plugins_dir(),
             admin_token: None,
+            tokens: BTreeMap::new(),
             ingest_queue: default_queue(),
             sqlite_mmap_mib: default_sqlite_mmap_mib(),
             trusted_proxies: web::TrustedProxies::default(),
@@ -673,7 +673,7 @@ impl Config {
             }
         }
         for (name, audience) in &self.audiences {
-            if let Err(e) = crate::audience::Filter::compile(&audience.filter) {
+            if let Err(e) = crate::filter::Filter::compile(&audience.filter) {
                 problems.push(format!("[audiences.{name}] filter: {e}"));
             }
             if let Some(s) = &audience.full_refresh {
@@ -743,7 +743,7 @@ impl Config {
                 SyncFrom::Events {
                     filter: Some(f), ..
                 } => {
-                    if let Err(e) = crate::audience::Filter::compile(f) {
+                    if let Err(e) = crate::filter::Filter::compile(f) {
                         problems.push(format!("{at}: from.filter: {e}"));
                     }
                 }
@@ -766,7 +766,7 @@ impl Config {
             }
             for (field, value) in &sync.mapping {
                 if let MappingValue::Path(path) = value {
-                    if let Err(e) = crate::sync::mapping::Path::parse(path, events) {
+                    if let Err(e) = crate::mapping::Path::parse(path, events) {
                         problems.push(format!("{at}: mapping.{field}: {e}"));
                     }
                 }
@@ -815,6 +815,11 @@ impl Config {
             .as_deref()
             .map(|spec| secrets::resolve_secret("hub.admin_token", spec))
             .transpose()
+    }
+
+    /// Every admin API and console token (`admin_token` and `[hub.tokens.*]`), resolved.
+    pub fn access_tokens(&self) -> anyhow::Result<Vec<access::AccessToken>> {
+        access::resolve(self.hub.admin_token.as_deref(), &self.hub.tokens)
     }
 }
 

@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod audit;
 pub mod consent;
 pub mod erasure;
 pub mod identity;
@@ -160,6 +161,7 @@ fn migrator() -> Migrator {
                 "delivery_ids",
                 include_str!("../../migrations/0030_delivery_ids.sql"),
             ),
+            migration(50, "audit", include_str!("../../migrations/0050_audit.sql")),
         ]),
         ..Migrator::DEFAULT
     }
@@ -252,7 +254,10 @@ impl Store {
             .await
             .context("hashing the erased identifiers an older hub kept in clear")?;
         if adopted > 0 {
-            tracing::info!(identifiers = adopted, "erased identifiers kept in clear by an older hub are now kept as keyed digests");
+            tracing::info!(
+                identifiers = adopted,
+                "erased identifiers kept in clear by an older hub are now kept as keyed digests"
+            );
         }
         Ok(store)
     }

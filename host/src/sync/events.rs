@@ -7,9 +7,9 @@ use anyhow::bail;
 
 use super::delivery::{Item, Target};
 use super::delivery_id;
-use super::mapping::{Mapping, Subject};
 use super::{payload_hash, ConsentRule, RunContext, RunOptions, SAMPLES};
-use crate::audience::Filter;
+use crate::filter::Filter;
+use crate::mapping::{Mapping, Subject};
 use crate::config::{Config, SyncFrom};
 use crate::runtime::bindings::Action;
 use crate::store::now_millis;
