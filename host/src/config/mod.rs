@@ -180,13 +180,7 @@ pub enum SyncMode {
     Events,
 }
 
-/// One mapped field.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum MappingValue {
-    Path(String),
-    Literal { value: toml::Value },
-}
+pub use crate::mapping::MappingValue;
 
 /// A removal guardrail.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -679,7 +673,7 @@ impl Config {
             }
         }
         for (name, audience) in &self.audiences {
-            if let Err(e) = crate::audience::Filter::compile(&audience.filter) {
+            if let Err(e) = crate::filter::Filter::compile(&audience.filter) {
                 problems.push(format!("[audiences.{name}] filter: {e}"));
             }
             if let Some(s) = &audience.full_refresh {
@@ -749,7 +743,7 @@ impl Config {
                 SyncFrom::Events {
                     filter: Some(f), ..
                 } => {
-                    if let Err(e) = crate::audience::Filter::compile(f) {
+                    if let Err(e) = crate::filter::Filter::compile(f) {
                         problems.push(format!("{at}: from.filter: {e}"));
                     }
                 }
@@ -772,7 +766,7 @@ impl Config {
             }
             for (field, value) in &sync.mapping {
                 if let MappingValue::Path(path) = value {
-                    if let Err(e) = crate::sync::mapping::Path::parse(path, events) {
+                    if let Err(e) = crate::mapping::Path::parse(path, events) {
                         problems.push(format!("{at}: mapping.{field}: {e}"));
                     }
                 }

@@ -4,12 +4,9 @@
 //! committed per batch, so a crash resumes where it stopped. One run per sync at a time, across
 //! hubs too (a lease row in the database).
 
-pub mod api;
-pub mod commands;
 pub mod delivery;
 mod events;
 mod ledger;
-pub mod mapping;
 pub mod plan;
 pub mod scheduler;
 
@@ -38,7 +35,7 @@ use delivery::{Abort, Item, Stats, Target};
 pub use plan::{payload_hash, Plan};
 use ledger::RunLedger;
 use plan::{Blocked, SAMPLES};
-use mapping::{Mapping, Subject};
+use crate::mapping::{Mapping, Subject};
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
