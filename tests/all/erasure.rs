@@ -132,7 +132,9 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
          [[syncs]]\nname = \"vip-to-mc\"\nfrom = {{ audience = \"vip\" }}\nto = \"mc\"\nmode = \"mirror\"\n\
          [syncs.mapping]\nemail = \"identifiers.email\"\nfirst_name = \"traits.first_name\"\n\n\
          [[syncs]]\nname = \"vip-to-crm\"\nfrom = {{ audience = \"vip\" }}\nto = \"crm\"\nmode = \"mirror\"\n\
-         [syncs.mapping]\nemail = \"identifiers.email\"\nuser = \"identifiers.user_id\"\nfirst_name = \"traits.first_name\"\n",
+         [syncs.mapping]\nemail = \"identifiers.email\"\nuser = \"identifiers.user_id\"\nfirst_name = \"traits.first_name\"\n\n\
+         [[syncs]]\nname = \"orders-to-crm\"\nfrom = {{ events = \"Order Completed\" }}\nto = \"crm\"\nmode = \"events\"\n\
+         [syncs.mapping]\nemail = \"identifiers.email\"\nevent = \"event.name\"\norder = \"event.properties.order_id\"\n",
         list = sendgrid_fake::LIST_ID,
         mc_list = mailchimp_fake::LIST_ID,
         mc_key = mailchimp_fake::API_KEY,
@@ -168,6 +170,12 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         json!({"anonymousId": ANON, "userId": USER}),
     );
     assert_eq!(r.status, 200);
+    let r = hub.track(
+        "track",
+        json!({"userId": USER, "event": "Order Completed", "properties": {"order_id": "o-ada-1"}}),
+    );
+    assert_eq!(r.status, 200);
+    let ordered = Instant::now();
     hub.identify(
         "user-bob",
         json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
@@ -176,10 +184,17 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         !holding(&hub, db, ANON).is_empty() && hub.count("SELECT COUNT(*) FROM merges") >= 1,
         "the merge must be logged before the erasure, or the test proves nothing"
     );
-    for sync in ["vip-to-sg", "vip-to-mc", "vip-to-crm"] {
+    // Events syncs only take events received a moment ago (their horizon).
+    std::thread::sleep(Duration::from_millis(2200).saturating_sub(ordered.elapsed()));
+    for sync in ["vip-to-sg", "vip-to-mc", "vip-to-crm", "orders-to-crm"] {
         let run = hub.run_sync(sync);
         assert_eq!(run["status"], "succeeded", "{run}");
+        assert!(run["succeeded"].as_u64().unwrap() >= 1, "{run}");
     }
+    assert!(
+        hub.count("SELECT COUNT(*) FROM sync_records WHERE sync = 'orders-to-crm'") == 1,
+        "the order reached the webhook's ledger, keyed by its message id"
+    );
     assert!(sendgrid.contact(EMAIL).is_some());
     assert!(mailchimp.member(EMAIL).is_some());
     assert!(holding(&hub, db, EMAIL).contains(&"sync_records.fields".to_string()));
@@ -198,10 +213,14 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
     assert!(hub.profile(&format!("email:{EMAIL}")).is_none());
 
     let receipt = wait_complete(&hub, &id);
-    for (name, sync) in [("sg", "vip-to-sg"), ("mc", "vip-to-mc"), ("crm", "vip-to-crm")] {
+    for (name, syncs) in [
+        ("sg", json!(["vip-to-sg"])),
+        ("mc", json!(["vip-to-mc"])),
+        ("crm", json!(["orders-to-crm", "vip-to-crm"])),
+    ] {
         let d = destination(&receipt, name);
         assert_eq!(d["status"], "erased", "{receipt:#}");
-        assert_eq!(d["syncs"], json!([sync]));
+        assert_eq!(d["syncs"], syncs);
         assert!(d["done_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
     }
     assert!(destination(&receipt, "sg")["attempts"].as_i64().unwrap() >= 2);
@@ -227,7 +246,11 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         .filter(|m| m.body["type"] == "acme.erase")
         .collect();
     assert_eq!(erases.len(), 1, "one erase message, its retry deduplicated");
-    assert_eq!(erases[0].body["data"]["records"][0]["fields"]["email"], EMAIL);
+    // The profile's record and its order's (events sync) record, each as last delivered.
+    let records = erases[0].body["data"]["records"].as_array().unwrap().clone();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(records.iter().all(|r| r["fields"]["email"] == EMAIL), "{records:?}");
+    assert!(records.iter().any(|r| r["fields"]["order"] == "o-ada-1"), "{records:?}");
     assert!(hook.refused().is_empty(), "{:?}", hook.refused());
 
     // Nothing of Ada's identifiers is left in any text column of any table.
@@ -307,7 +330,8 @@ fn a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing(db: Db) {
 
 mod plugins {
     use super::common::{install_plugin, lines, ok, switchyard};
-    use crate::fakes::{linkedin as linkedin_fake, meta as meta_fake, tiktok as tiktok_fake};
+    use crate::fakes::{google_ads as google_fake, linkedin as linkedin_fake, meta as meta_fake,
+                       tiktok as tiktok_fake};
 
     use std::path::Path;
     use std::process::Output;
@@ -335,12 +359,19 @@ mod plugins {
         let text: String = records.iter().map(|r| format!("{r}\n")).collect();
         std::fs::write(&file, text).unwrap();
         let config = config.to_string();
-        let reroute = format!("{host}=http://{fake}");
-        let args = [
-            "plugin", "deliver", plugin, "--config", &config, "--secret", secret, "--reroute",
-            &reroute, "--allow-private", fake, "--action", action, "--records",
+        let mut args: Vec<String> = [
+            "plugin", "deliver", plugin, "--config", &config, "--secret", secret,
+            "--allow-private", fake, "--action", action, "--records",
             file.to_str().unwrap(),
-        ];
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        // `host` may name several hosts, comma-separated, all sent to the fake.
+        for h in host.split(',') {
+            args.push("--reroute".into());
+            args.push(format!("{h}=http://{fake}"));
+        }
         switchyard(dir, &args, "warn")
     }
 
@@ -465,5 +496,34 @@ mod plugins {
         assert_eq!(members.len(), 1, "{members:?}");
         assert_eq!(members[0]["EMAIL"], sha256("bob@example.com"));
         assert_eq!(meta.uploads().last().unwrap().method, "DELETE");
+
+        // Google Customer Match (Data Manager API): audienceMembers:remove.
+        let google = google_fake::start_in_background();
+        install_plugin(dir.path(), "google-ads-customer-match");
+        let config = json!({"customer_id": "123-456-7890", "user_list_id": google_fake::USER_LIST_ID,
+                            "customer_match_terms_accepted": true,
+                            "consent_ad_user_data": "GRANTED", "consent_ad_personalization": "GRANTED"});
+        let secret = format!("access_token={}", google_fake::ACCESS_TOKEN);
+        let hp = google.host_port();
+        let run = |action: &str, records: &[Value]| {
+            lines(&ok(&deliver(
+                dir.path(),
+                "google-ads-customer-match",
+                config.clone(),
+                &secret,
+                "datamanager.googleapis.com,oauth2.googleapis.com",
+                &hp,
+                action,
+                records,
+            )))
+        };
+        run("upsert", &people);
+        let members = || google.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
+        assert_eq!(members().len(), 2);
+        let results = run("erase", &people[..1]);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(members().len(), 1, "{:?}", members());
+        let (path, _) = google.dm_bodies().pop().unwrap();
+        assert_eq!(path, "/v1/audienceMembers:remove");
     }
 }
