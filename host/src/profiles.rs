@@ -30,12 +30,61 @@ pub struct EventPage {
 /// One logged merge.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Merge {
+    /// The id `switchyard profiles unmerge` takes.
+    pub id: String,
     pub from_profile: String,
     pub into_profile: String,
     pub reason: String,
     pub message_id: Option<String>,
     pub identifier: Option<Identifier>,
     pub at: String,
+    /// When the merge was undone, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undone_at: Option<String>,
+}
+
+/// A profile with its consent and merge history (`switchyard profiles show`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProfileDetail {
+    #[serde(flatten)]
+    pub profile: Profile,
+    /// Category → its latest state.
+    pub consent: Map<String, Value>,
+    /// Merges into or out of it, oldest first, undone ones included.
+    pub merges: Vec<Merge>,
+}
+
+/// A profile row shaped for the API.
+fn shape(row: store::profiles::ProfileRow) -> anyhow::Result<Profile> {
+    let store::profiles::ProfileRow {
+        id: profile_id,
+        created_at: created,
+        updated_at: updated,
+        identifiers,
+        traits,
+    } = row;
+    let pairs = |text: Option<String>, what: &str| -> anyhow::Result<Vec<(String, String)>> {
+        match text {
+            None => Ok(Vec::new()),
+            Some(t) => serde_json::from_str(&t)
+                .with_context(|| format!("reading the {what} of profile {profile_id}")),
+        }
+    };
+    let identifiers = pairs(identifiers, "identifiers")?
+        .into_iter()
+        .map(|(kind, value)| Identifier { kind, value })
+        .collect();
+    let traits = pairs(traits, "traits")?
+        .into_iter()
+        .map(|(name, value)| (name, trait_value(value)))
+        .collect();
+    Ok(Profile {
+        id: profile_id,
+        identifiers,
+        traits,
+        created_at: rfc3339(created),
+        updated_at: rfc3339(updated),
+    })
 }
 
 /// A stored trait value: JSON text, or (written by something older) a plain string.
@@ -69,38 +118,56 @@ impl Profiles {
 
     /// One statement, so a lookup costs one round trip to the store, not four.
     pub async fn get(&self, id: &Identifier) -> anyhow::Result<Option<Profile>> {
-        let Some(store::profiles::ProfileRow {
-            id: profile_id,
-            created_at: created,
-            updated_at: updated,
-            identifiers,
-            traits,
-        }) = store::profiles::by_identifier(&self.store, id).await?
-        else {
+        store::profiles::by_identifier(&self.store, id)
+            .await?
+            .map(shape)
+            .transpose()
+    }
+
+    /// A profile by its own id (the console links profiles by id, not by an identifier, so
+    /// personal data stays out of URLs and logs).
+    pub async fn by_id(&self, profile_id: &str) -> anyhow::Result<Option<Profile>> {
+        store::profiles::by_id(&self.store, profile_id)
+            .await?
+            .map(shape)
+            .transpose()
+    }
+
+    /// How many profiles the store holds.
+    pub async fn count(&self) -> anyhow::Result<i64> {
+        Ok(store::profiles::count(&self.store).await?)
+    }
+
+    /// [`Profiles::get`] with the profile's consent and merge history.
+    pub async fn show(&self, id: &Identifier) -> anyhow::Result<Option<ProfileDetail>> {
+        let Some(profile) = self.get(id).await? else {
             return Ok(None);
         };
-        let pairs = |text: Option<String>, what: &str| -> anyhow::Result<Vec<(String, String)>> {
-            match text {
-                None => Ok(Vec::new()),
-                Some(t) => serde_json::from_str(&t)
-                    .with_context(|| format!("reading the {what} of profile {profile_id}")),
-            }
-        };
-        let identifiers = pairs(identifiers, "identifiers")?
+        let consent = store::consent::of_profile(&self.store, &profile.id)
+            .await?
             .into_iter()
-            .map(|(kind, value)| Identifier { kind, value })
+            .map(|(category, granted, ts)| {
+                (
+                    category,
+                    serde_json::json!({"granted": granted, "at": rfc3339(ts)}),
+                )
+            })
             .collect();
-        let traits = pairs(traits, "traits")?
-            .into_iter()
-            .map(|(name, value)| (name, trait_value(value)))
-            .collect();
-        Ok(Some(Profile {
-            id: profile_id,
-            identifiers,
-            traits,
-            created_at: rfc3339(created),
-            updated_at: rfc3339(updated),
+        let merges = self.merges(&profile.id).await?;
+        Ok(Some(ProfileDetail {
+            profile,
+            consent,
+            merges,
         }))
+    }
+
+    /// Undoes a merge (see [`identity::unmerge`]).
+    pub async fn unmerge(
+        &self,
+        merge_id: &str,
+        allow_rejoin: bool,
+    ) -> Result<identity::unmerge::Unmerged, identity::unmerge::UnmergeError> {
+        identity::unmerge::unmerge(&self.store, merge_id, allow_rejoin, store::now_millis()).await
     }
 
     pub async fn traits_of(&self, profile_id: &str) -> anyhow::Result<Map<String, Value>> {
@@ -141,12 +208,14 @@ impl Profiles {
         Ok(rows
             .into_iter()
             .map(|m| Merge {
+                id: m.id,
                 from_profile: m.from_profile,
                 into_profile: m.into_profile,
                 reason: m.reason,
                 message_id: m.message_id,
                 identifier: m.identifier,
                 at: rfc3339(m.at),
+                undone_at: m.undone_at.map(rfc3339),
             })
             .collect())
     }

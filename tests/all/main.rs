@@ -7,6 +7,7 @@ mod common;
 #[path = "../fakes/mod.rs"]
 mod fakes;
 
+mod console;
 mod contract;
 mod destinations_ads;
 mod destinations_email;
@@ -15,6 +16,7 @@ mod destinations_social;
 mod destinations_webhook;
 mod erasure;
 mod plugin_cli;
+mod privacy;
 mod profiles;
 mod sandbox;
 mod sources;

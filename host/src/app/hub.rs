@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::http::{self, tracking, AdminToken};
+use super::http::{self, tracking, Access};
 use crate::config::Config;
 use crate::identity::IdentityRules;
 use crate::ingest::message::Limits;
@@ -42,8 +42,9 @@ impl Hub {
         )?);
         let sources = SourceEngine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
             .with_metrics(metrics.clone());
-        let syncs = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
-            .with_metrics(metrics.clone());
+        let syncs =
+            crate::sync::Engine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
+                .with_metrics(metrics.clone());
         let erasures = crate::erasure::Erasures::new(syncs.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
@@ -57,15 +58,26 @@ impl Hub {
         if write_keys.is_empty() {
             tracing::warn!("no [sources.*] write_keys configured: the tracking API will answer 401 to everything");
         }
-        let token = config.admin_token()?;
-        if token.is_none() {
-            tracing::warn!("no [hub] admin_token: the Profiles API is disabled");
+        let access = Access::new(config.access_tokens()?, Some(store.clone()));
+        if !access.enabled() {
+            tracing::warn!("no [hub] admin_token nor [hub.tokens.*]: the admin API is disabled");
         }
         let origins = config
             .sources
             .iter()
             .map(|(name, source)| (name.clone(), source.allowed_origins.clone()))
             .collect();
+        let console = super::console::ConsoleState::new(
+            access.clone(),
+            store.clone(),
+            Profiles::new(store.clone()),
+            syncs.clone(),
+            sources.clone(),
+            metrics.clone(),
+            ingestor.tap().clone(),
+            registry,
+            erasures.clone(),
+        );
         let router = http::router(http::Services {
             tracking: tracking::TrackingState {
                 ingestor,
@@ -83,8 +95,9 @@ impl Hub {
             syncs: syncs.clone(),
             sources: sources.clone(),
             metrics: metrics.clone(),
-            token: AdminToken(token.map(Arc::from)),
-        });
+            access,
+        })
+        .merge(super::console::routes(console));
         Ok(Hub {
             store,
             metrics,
@@ -105,10 +118,7 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
         Ok(n) => tracing::debug!(file_descriptors = n, "file descriptor limit"),
         Err(e) => tracing::warn!("could not raise the file descriptor limit: {e}"),
     }
-    let mut config = Config::load(path)?;
-    if let Some(dir) = plugins_dir {
-        config.hub.plugins_dir = dir;
-    }
+    let config = load(path, plugins_dir.as_deref())?;
     let hub = Hub::build(&config).await?;
     let listener = tokio::net::TcpListener::bind(&config.hub.listen)
         .await
@@ -116,8 +126,15 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     let addr = listener.local_addr()?;
     tokio::spawn(crate::sync::scheduler::run(hub.syncs.clone()));
     tokio::spawn(crate::sources::scheduler::run(hub.sources.clone()));
+    if let Some(retention) = config.hub.event_retention {
+        tokio::spawn(crate::retention::run(
+            hub.store.clone(),
+            retention,
+            hub.metrics.clone(),
+        ));
+    }
     tokio::spawn(hub.erasures.clone().run());
-    reload_on_hangup(&hub, path);
+    reload_on_hangup(&hub, path, plugins_dir);
     tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
     println!("switchyard listening on http://{addr}");
     // Connect info: the tracking API's `context.ip` is the peer's address.
@@ -130,21 +147,34 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     Ok(())
 }
 
-/// SIGHUP: re-read the file; audiences, destinations and syncs change for runs that start from
-/// now on, runs in flight finish with the config they started with.
-fn reload_on_hangup(hub: &Hub, path: &Path) {
+/// The project file at `path`, with `--plugins-dir` (when given) in place of `[hub] plugins_dir`.
+fn load(path: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    if let Some(dir) = plugins_dir {
+        config.hub.plugins_dir = dir.to_path_buf();
+    }
+    Ok(config)
+}
+
+/// SIGHUP: re-read the file and hand it to both run engines; audiences, destinations, syncs and
+/// plugin sources (their plugin config, streams, schedules, caps) change for runs and webhooks
+/// that start from now on, runs in flight finish with the config they started with. A file that
+/// does not load changes nothing (the error is logged).
+fn reload_on_hangup(hub: &Hub, path: &Path, plugins_dir: Option<PathBuf>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
-    let syncs = hub.syncs.clone();
+    let (syncs, sources) = (hub.syncs.clone(), hub.sources.clone());
     let path = path.to_path_buf();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match Config::load(&path) {
+            match load(&path, plugins_dir.as_deref()) {
                 Ok(c) => {
-                    syncs.reload(Arc::new(c));
-                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs; [hub], [identity] and [sources] need a restart)");
+                    let c = Arc::new(c);
+                    syncs.reload(c.clone());
+                    sources.reload(c);
+                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs, plugin sources; [hub], [identity] and write keys need a restart)");
                 }
                 Err(e) => {
                     tracing::error!("configuration not reloaded, keeping the running one: {e:#}")

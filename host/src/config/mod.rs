@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+pub mod access;
 pub mod secrets;
 pub mod web;
 
@@ -126,6 +127,28 @@ pub struct DestinationConfig {
     /// Batches in flight at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Consent categories (Segment's `context.consent.categoryPreferences` names, any case) a
+    /// profile must have granted, every one, before any of its data reaches this destination.
+    #[serde(default, deserialize_with = "consent_categories")]
+    pub consent: Vec<String>,
+}
+
+/// `consent = [...]`, normalised (see [`crate::consent::category`]); a blank name is an error.
+fn consent_categories<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for n in names {
+        let c = crate::consent::category(&n);
+        if c.is_empty() {
+            return Err(serde::de::Error::custom(
+                "consent: a category name is blank; list names like \"marketing\"",
+            ));
+        }
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 fn default_concurrency() -> usize {
@@ -209,13 +232,7 @@ pub enum SyncMode {
     Events,
 }
 
-/// One mapped field.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum MappingValue {
-    Path(String),
-    Literal { value: toml::Value },
-}
+pub use crate::mapping::MappingValue;
 
 /// A removal guardrail.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -277,6 +294,10 @@ pub struct HubConfig {
     /// Bearer token for the admin and Profiles APIs: `${ENV_VAR}`, `file:PATH` or literal.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// `[hub.tokens.NAME]`: named tokens for the admin API and the console, each with a role
+    /// (`viewer`, `operator`, `admin`); `admin_token` is an admin named `admin` beside them.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, access::TokenConfig>,
     /// Messages waiting for the writer before the tracking API answers 429.
     #[serde(default = "default_queue")]
     pub ingest_queue: usize,
@@ -292,6 +313,30 @@ pub struct HubConfig {
     /// `[hub.plugin_limits]`: what one plugin call may use.
     #[serde(default)]
     pub plugin_limits: PluginLimitsConfig,
+    /// What a profile that never sent a consent object means for a destination that requires
+    /// consent: `"deny"` (the default; opt-in, as the GDPR asks) or `"allow"` (Segment's rule).
+    #[serde(default)]
+    pub consent_default: crate::consent::ConsentDefault,
+    /// Events older than this (by their own timestamp) are purged in the background, e.g.
+    /// `"400d"`; absent: kept for ever.
+    #[serde(default, deserialize_with = "retention")]
+    pub event_retention: Option<std::time::Duration>,
+}
+
+/// `event_retention = "400d"`: a positive duration.
+fn retention<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    match humantime::parse_duration(&text) {
+        Ok(t) if !t.is_zero() => Ok(Some(t)),
+        Ok(_) => Err(serde::de::Error::custom(
+            "event_retention must be more than 0 (leave it out to keep events for ever)",
+        )),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "event_retention = \"{text}\" is not a duration like \"400d\": {e}"
+        ))),
+    }
 }
 
 /// `[hub.plugin_limits]`: the ceilings every plugin call runs under; unset ones keep the host's
@@ -374,10 +419,13 @@ impl Default for HubConfig {
             database: default_database(),
             plugins_dir: default_plugins_dir(),
             admin_token: None,
+            tokens: BTreeMap::new(),
             ingest_queue: default_queue(),
             sqlite_mmap_mib: default_sqlite_mmap_mib(),
             trusted_proxies: web::TrustedProxies::default(),
             plugin_limits: PluginLimitsConfig::default(),
+            consent_default: crate::consent::ConsentDefault::default(),
+            event_retention: None,
         }
     }
 }
@@ -681,7 +729,7 @@ impl Config {
             }
         }
         for (name, audience) in &self.audiences {
-            if let Err(e) = crate::audience::Filter::compile(&audience.filter) {
+            if let Err(e) = crate::filter::Filter::compile(&audience.filter) {
                 problems.push(format!("[audiences.{name}] filter: {e}"));
             }
             if let Some(s) = &audience.full_refresh {
@@ -757,7 +805,7 @@ impl Config {
                 SyncFrom::Events {
                     filter: Some(f), ..
                 } => {
-                    if let Err(e) = crate::audience::Filter::compile(f) {
+                    if let Err(e) = crate::filter::Filter::compile(f) {
                         problems.push(format!("{at}: from.filter: {e}"));
                     }
                 }
@@ -780,7 +828,7 @@ impl Config {
             }
             for (field, value) in &sync.mapping {
                 if let MappingValue::Path(path) = value {
-                    if let Err(e) = crate::sync::mapping::Path::parse(path, events) {
+                    if let Err(e) = crate::mapping::Path::parse(path, events) {
                         problems.push(format!("{at}: mapping.{field}: {e}"));
                     }
                 }
@@ -844,6 +892,11 @@ impl Config {
             .as_deref()
             .map(|spec| secrets::resolve_secret("hub.admin_token", spec))
             .transpose()
+    }
+
+    /// Every admin API and console token (`admin_token` and `[hub.tokens.*]`), resolved.
+    pub fn access_tokens(&self) -> anyhow::Result<Vec<access::AccessToken>> {
+        access::resolve(self.hub.admin_token.as_deref(), &self.hub.tokens)
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::message::{Message, MessageType};
+use super::tap::{self, Observed, Tap};
 use crate::identity::batch::{self, Batch, NewEvent};
 use crate::identity::{Identifier, IdentityRules};
 use crate::metrics::Metrics;
@@ -59,6 +60,8 @@ struct Prepared {
     traits: Vec<(String, String)>,
     /// Group only: (groupId, the account's traits as JSON text).
     group: Option<(String, String)>,
+    /// Any message: Segment's `context.consent.categoryPreferences`, (category, granted).
+    consent: Vec<(String, bool)>,
     name: Option<String>,
     ts: i64,
     received_at: i64,
@@ -89,11 +92,17 @@ impl Prepared {
             )),
             _ => None,
         };
+        let consent = m
+            .context
+            .as_object()
+            .map(crate::consent::preferences)
+            .unwrap_or_default();
         Prepared {
             ids,
             alias,
             traits,
             group,
+            consent,
             name: m.event.clone().or_else(|| m.name.clone()),
             ts: m.timestamp.timestamp_millis(),
             received_at: m.received_at.timestamp_millis(),
@@ -112,6 +121,7 @@ pub struct Ingestor {
     queued: Arc<AtomicUsize>,
     capacity: usize,
     metrics: Metrics,
+    tap: Tap,
 }
 
 impl Ingestor {
@@ -125,12 +135,14 @@ impl Ingestor {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let rules = Arc::new(rules);
+        let tap = Tap::default();
         tokio::spawn(run(
             store,
             rules.clone(),
             rx,
             queued.clone(),
             metrics.clone(),
+            tap.clone(),
         ));
         Ingestor {
             tx,
@@ -138,7 +150,14 @@ impl Ingestor {
             queued,
             capacity,
             metrics,
+            tap,
         }
+    }
+
+    /// What the writer commits, as it commits it (see [`Tap`]); refusals are sent to it by the
+    /// tracking API.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
     }
 
     /// Stores messages durably; returns once they are committed.
@@ -185,6 +204,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Job>,
     queued: Arc<AtomicUsize>,
     metrics: Metrics,
+    tap: Tap,
 ) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -214,20 +234,40 @@ async fn run(
                 results
             }
         };
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        metrics.committed(started.elapsed().as_secs_f64());
         let left = queued
             .fetch_sub(count, Ordering::SeqCst)
             .saturating_sub(count);
         metrics.queue_depth.set(left as i64);
+        let watched = tap.active();
         for (job, result) in jobs.into_iter().zip(results) {
             if let Ok(stored) = &result {
-                metrics.events_accepted.inc_by(stored.accepted as u64);
+                metrics.accept(stored.accepted as u64);
                 metrics.events_suppressed.inc_by(stored.suppressed as u64);
+                if watched {
+                    observe(&tap, &job);
+                }
             }
             let _ = job.reply.send(result);
         }
+    }
+}
+
+/// Sends a committed job's messages to the tap.
+fn observe(tap: &Tap, job: &Job) {
+    let at = now_millis();
+    for m in &job.messages {
+        tap.send(Observed {
+            at,
+            source: Some(job.source.clone()),
+            kind: m.kind.as_str().to_string(),
+            name: m.name.clone(),
+            message_id: Some(m.message_id.clone()),
+            outcome: "accepted",
+            reason: None,
+            error: None,
+            body: tap::cut(&m.body),
+        });
     }
 }
 
@@ -288,6 +328,9 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
         };
         for (name, value) in &m.traits {
             batch.set_trait(&profile, name, value.clone(), m.ts);
+        }
+        for (category, granted) in &m.consent {
+            batch.set_consent(&profile, category, *granted, m.ts);
         }
         if let Some((group, traits)) = &m.group {
             crate::store::identity::join_group(&mut tx, &profile, group, traits, m.ts).await?;

@@ -5,10 +5,14 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod audit;
+pub mod consent;
 pub mod erasure;
 pub mod identity;
 pub mod leases;
+pub mod merges;
 pub mod profiles;
+pub mod retention;
 pub mod sources;
 pub mod syncs;
 
@@ -143,6 +147,11 @@ fn migrator() -> Migrator {
                 include_str!("../../migrations/0004_incremental.sql"),
             ),
             migration(
+                10,
+                "privacy",
+                include_str!("../../migrations/0010_privacy.sql"),
+            ),
+            migration(
                 20,
                 "erasure",
                 include_str!("../../migrations/0020_erasure.sql"),
@@ -152,6 +161,7 @@ fn migrator() -> Migrator {
                 "delivery_ids",
                 include_str!("../../migrations/0030_delivery_ids.sql"),
             ),
+            migration(50, "audit", include_str!("../../migrations/0050_audit.sql")),
         ]),
         ..Migrator::DEFAULT
     }
@@ -244,7 +254,10 @@ impl Store {
             .await
             .context("hashing the erased identifiers an older hub kept in clear")?;
         if adopted > 0 {
-            tracing::info!(identifiers = adopted, "erased identifiers kept in clear by an older hub are now kept as keyed digests");
+            tracing::info!(
+                identifiers = adopted,
+                "erased identifiers kept in clear by an older hub are now kept as keyed digests"
+            );
         }
         Ok(store)
     }

@@ -47,6 +47,12 @@ pub fn for_event(sync: &str, message_id: &str) -> String {
     digest(&[sync, "track", message_id])
 }
 
+/// The delivery id of an erase of `key` at `destination` for erasure request `erasure`: the
+/// same on every retry of that erase.
+pub fn for_erase(erasure: &str, destination: &str, key: &str) -> String {
+    digest(&["erase", erasure, destination, key])
+}
+
 /// The delivery id of a record handed to a plugin by hand (`switchyard plugin deliver`): its
 /// content's, so the same line sent twice is the same delivery.
 pub fn by_content(key: &str, fields: &str) -> String {

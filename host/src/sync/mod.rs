@@ -4,13 +4,10 @@
 //! committed per batch, so a crash resumes where it stopped. One run per sync at a time, across
 //! hubs too (a lease row in the database).
 
-pub mod api;
-pub mod commands;
 pub mod delivery;
 pub mod delivery_id;
 mod events;
 mod ledger;
-pub mod mapping;
 pub mod plan;
 pub mod scheduler;
 
@@ -25,6 +22,7 @@ use tracing::Instrument as _;
 
 use crate::audience;
 use crate::config::{Config, DestinationConfig, SyncConfig, SyncFrom, SyncMode};
+use crate::consent::ConsentDefault;
 use crate::runs::lease::{self, Lease};
 use crate::runs::{iso, RunError, RunStatus};
 use crate::metrics::Metrics;
@@ -38,7 +36,7 @@ use delivery::{Abort, Item, Stats, Target};
 pub use plan::{payload_hash, Plan};
 use ledger::RunLedger;
 use plan::{Blocked, SAMPLES};
-use mapping::{Mapping, Subject};
+use crate::mapping::{Mapping, Subject};
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
@@ -72,6 +70,9 @@ pub struct RunReport {
     pub retried: i64,
     pub rejected: i64,
     pub dead_lettered: i64,
+    /// Records or events held back because the profile lacks a consent category the
+    /// destination requires ("withheld: no consent"); never mapped, never sent.
+    pub withheld: i64,
     pub error: Option<String>,
     /// Samples (only on the run just made, not from history).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -301,6 +302,7 @@ impl Engine {
                 adds: plan.adds as i64,
                 changes: plan.changes as i64,
                 removals: plan.removals as i64,
+                withheld: plan.withheld as i64,
             };
             rows::finish_run(
                 &self.store,
@@ -317,6 +319,9 @@ impl Engine {
         }
         if let Some(m) = &self.metrics {
             m.sync_run(&sync.name, status.as_str(), started.elapsed().as_secs_f64());
+            if !options.dry_run {
+                m.sync_withheld(&sync.name, plan.withheld);
+            }
         }
         let mut report = if options.dry_run {
             RunReport {
@@ -336,6 +341,7 @@ impl Engine {
                 retried: 0,
                 rejected: 0,
                 dead_lettered: 0,
+                withheld: plan.withheld as i64,
                 error,
                 plan: None,
             }
@@ -347,7 +353,7 @@ impl Engine {
                 .find(|r| r.id == run_id)
                 .context("the run's history row is missing")?
         };
-        tracing::info!(status = %report.status, sent = report.sent, succeeded = report.succeeded, dead_lettered = report.dead_lettered, "sync run finished");
+        tracing::info!(status = %report.status, sent = report.sent, succeeded = report.succeeded, dead_lettered = report.dead_lettered, withheld = report.withheld, "sync run finished");
         report.plan = Some(plan);
         Ok(report)
     }
@@ -401,6 +407,7 @@ impl Engine {
                 retried: r.retried,
                 rejected: r.rejected,
                 dead_lettered: r.dead_lettered,
+                withheld: r.withheld,
                 error: r.error,
                 plan: None,
             })
@@ -471,7 +478,43 @@ struct PagePlanner {
     page_size: usize,
     /// The destination's `key-fields`: a change of one sends the previous fields along.
     key_fields: Vec<String>,
+    /// The destination's consent requirement; profiles without it are withheld.
+    consent: ConsentRule,
     plan: Plan,
+}
+
+/// A destination's consent requirement (`[destinations.NAME] consent`) and what no signal
+/// means (`[hub] consent_default`).
+#[derive(Debug, Clone)]
+pub(crate) struct ConsentRule {
+    pub(crate) required: Vec<String>,
+    pub(crate) default: ConsentDefault,
+}
+
+impl ConsentRule {
+    fn of(config: &Config, sync: &SyncConfig) -> ConsentRule {
+        ConsentRule {
+            required: config
+                .destinations
+                .get(&sync.to)
+                .map(|d| d.consent.clone())
+                .unwrap_or_default(),
+            default: config.hub.consent_default,
+        }
+    }
+
+    /// Of these profiles, those whose consent does not let them reach the destination.
+    async fn withheld(&self, store: &Store, ids: &[String]) -> anyhow::Result<HashSet<String>> {
+        if self.required.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let states = crate::store::consent::states_of(store, ids).await?;
+        Ok(ids
+            .iter()
+            .filter(|id| !crate::consent::allows(states.get(*id), &self.required, self.default))
+            .cloned()
+            .collect())
+    }
 }
 
 impl PagePlanner {
@@ -507,6 +550,8 @@ impl PagePlanner {
             }
         };
         let keys: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
+        // Consent before anything else: a profile without it is not even mapped.
+        let withheld = self.consent.withheld(store, &keys).await?;
         store.analyze_if_stale("sync_records").await?;
         let state = rows::acked_state(store, &self.sync, &keys, !self.key_fields.is_empty()).await?;
         // Keys the destination does not hold: when it last acknowledged their removal, so a
@@ -524,6 +569,10 @@ impl PagePlanner {
         let plan = &mut self.plan;
         let mut upserts = Vec::new();
         for p in profiles {
+            if withheld.contains(&p.id) {
+                plan.withheld += 1;
+                continue;
+            }
             let fields = self.mapping.apply(&Subject {
                 profile_id: &p.id,
                 created_at: p.created_at,
@@ -645,7 +694,17 @@ impl RunContext<'_> {
             _ => Population::All,
         };
 
-        let fingerprint = payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping));
+        // A destination's consent rule is part of what the model is: adding or changing it makes
+        // the next run look at every record again.
+        let consent = ConsentRule::of(config, sync);
+        let fingerprint = if consent.required.is_empty() {
+            payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping))
+        } else {
+            payload_hash(&format!(
+                "{:?}|{:?}|{:?}|{:?}",
+                sync.from, sync.mapping, consent.required, consent.default
+            ))
+        };
         let meta = rows::meta(store, &sync.name).await?;
         let incremental_since = match meta {
             Some((f, at)) if f == fingerprint && !options.full_resync => Some(at - 10_000),
@@ -681,6 +740,21 @@ impl RunContext<'_> {
             }
             _ => rows::removal_candidates(store, &sync.name, None).await?,
         };
+        // Consent withdrawn (or, with `consent_default = "deny"`, never given): the destination
+        // loses the profile in upsert mode too.
+        let mut candidates = candidates;
+        if !consent.required.is_empty() {
+            let known: HashSet<String> = candidates.iter().map(|c| c.key.clone()).collect();
+            let withdrawn = crate::store::consent::acked_without_consent(
+                store,
+                &sync.name,
+                &consent.required,
+                consent.default.allows(),
+                incremental_since,
+            )
+            .await?;
+            candidates.extend(withdrawn.into_iter().filter(|r| !known.contains(&r.key)));
+        }
         let mut deletes = Vec::with_capacity(candidates.len());
         for rows::AckedRow {
             key,
@@ -763,6 +837,7 @@ impl RunContext<'_> {
             after: String::new(),
             page_size: self.engine.page_size,
             key_fields: target.instance.plugin().manifest().key_fields.clone(),
+            consent,
             plan: Plan::default(),
         };
         if options.dry_run {
