@@ -285,8 +285,6 @@ impl Erasures {
                 previous_fields: None,
                 key: r.key.clone(),
                 fields: r.fields.clone(),
-                delivery_id: crate::sync::delivery_id::by_content(&r.key, &r.fields),
-                previous_fields: None,
             })
             .collect();
         match instance.deliver(action, &batch).await {
