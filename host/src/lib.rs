@@ -9,7 +9,8 @@
 //! - `config`: the project file (`switchyard.toml`), its checks, and secret resolution
 //!   (`config::secrets`); `validate` adds the checks that need installed plugins.
 //! - the engines: `ingest` (message parsing, the writer), `identity` (decisions over identifier
-//!   lists), `profiles`, `audience`, `sync`, `sources`, and `runs` (what both run engines share:
+//!   lists), `profiles`, `audience`, `sync`, `streams` (events forwarded as they arrive, through
+//!   the syncs' delivery), `sources`, and `runs` (what both run engines share:
 //!   status, errors, lease, the scheduler loop).
 //! - at the bottom: `store` (every SQL statement, migrations, SQLite and PostgreSQL), `runtime`
 //!   (plugins in wasmtime), `registry` (installed plugins), and leaf values with no I/O
@@ -30,5 +31,6 @@ pub mod scaffold;
 pub mod schedule;
 pub mod sources;
 pub mod store;
+pub mod streams;
 pub mod sync;
 pub mod validate;

@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::profiles::Profiles;
 use crate::sources::SourceEngine;
 use crate::store::Store;
+use crate::streams::StreamEngine;
 
 /// Everything the server needs, built from the config.
 pub struct Hub {
@@ -26,6 +27,8 @@ pub struct Hub {
     pub syncs: crate::sync::Engine,
     /// Runs source plugins and applies their webhooks; the scheduler and the webhook route share it.
     pub sources: SourceEngine,
+    /// Forwards events as they are committed (`[[streams]]`); started by [`serve`].
+    pub streams: StreamEngine,
 }
 
 impl Hub {
@@ -41,6 +44,7 @@ impl Hub {
             .with_metrics(metrics.clone());
         let syncs = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
             .with_metrics(metrics.clone());
+        let streams = StreamEngine::new(store.clone(), syncs.clone()).with_metrics(metrics.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
             store.clone(),
@@ -77,6 +81,7 @@ impl Hub {
             profiles: Profiles::new(store.clone()),
             syncs: syncs.clone(),
             sources: sources.clone(),
+            streams: streams.clone(),
             metrics: metrics.clone(),
             token: AdminToken(token.map(Arc::from)),
         });
@@ -86,6 +91,7 @@ impl Hub {
             router,
             syncs,
             sources,
+            streams,
         })
     }
 }
@@ -104,6 +110,12 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
         config.hub.plugins_dir = dir;
     }
     let hub = Hub::build(&config).await?;
+    // Streams place their cursors before the tracking API listens, so nothing it acknowledges
+    // is behind a new stream's start.
+    hub.streams
+        .start()
+        .await
+        .context("starting the event streams ([[streams]])")?;
     let listener = tokio::net::TcpListener::bind(&config.hub.listen)
         .await
         .with_context(|| format!("listening on {}", config.hub.listen))?;
@@ -137,7 +149,7 @@ fn reload_on_hangup(hub: &Hub, path: &Path) {
             match Config::load(&path) {
                 Ok(c) => {
                     syncs.reload(Arc::new(c));
-                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs; [hub], [identity] and [sources] need a restart)");
+                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs; [hub], [identity], [sources] and [[streams]] need a restart)");
                 }
                 Err(e) => {
                     tracing::error!("configuration not reloaded, keeping the running one: {e:#}")

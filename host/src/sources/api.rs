@@ -443,5 +443,8 @@ async fn store(
         .collect();
     let applied = engine.apply(&mut tx, source, &list).await?;
     tx.commit().await?;
+    if applied.events > 0 {
+        engine.store.events_committed();
+    }
     Ok(Some(applied))
 }

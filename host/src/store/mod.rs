@@ -9,6 +9,7 @@ pub mod identity;
 pub mod leases;
 pub mod profiles;
 pub mod sources;
+pub mod streams;
 pub mod syncs;
 
 use std::borrow::Cow;
@@ -105,6 +106,9 @@ impl Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Bumped after each commit that stored events through this store, so event streams wake
+    /// at once instead of polling (see [`Store::events_committed`]).
+    commits: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// The schema, as sqlx migrations embedded from `host/migrations/` (applied in order once each,
@@ -140,6 +144,11 @@ fn migrator() -> Migrator {
                 4,
                 "incremental",
                 include_str!("../../migrations/0004_incremental.sql"),
+            ),
+            migration(
+                40,
+                "streams",
+                include_str!("../../migrations/0040_streams.sql"),
             ),
         ]),
         ..Migrator::DEFAULT
@@ -226,7 +235,11 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to {}", redact_url(&url)))?;
-        let store = Store { pool, backend };
+        let store = Store {
+            pool,
+            backend,
+            commits: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -237,6 +250,17 @@ impl Store {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    /// Says that a transaction which stored events has committed: wakes every event stream
+    /// of this process (streams also poll now and then for events other processes commit).
+    pub fn events_committed(&self) {
+        self.commits.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver that changes after each [`Store::events_committed`].
+    pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.commits.subscribe()
     }
 
     /// A transaction.

@@ -4,6 +4,7 @@
 mod plugin;
 mod profiles;
 mod project;
+mod streams;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,9 @@ pub enum Command {
     /// Run source plugins (pull) and read their history.
     #[command(subcommand)]
     Source(crate::sources::commands::SourceCommand),
+    /// Event streams: their state, and what one forwards, live.
+    #[command(subcommand)]
+    Streams(streams::StreamsCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -82,5 +86,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => crate::sync::commands::dlq(cmd, dir).await,
         Command::Audiences(cmd) => crate::sync::commands::audiences(cmd).await,
         Command::Source(cmd) => crate::sources::commands::source(cmd, dir).await,
+        Command::Streams(cmd) => streams::run(cmd).await,
     }
 }

@@ -7,6 +7,7 @@
 mod auth;
 mod error;
 mod profiles;
+mod streams;
 pub mod tracking;
 
 use axum::extract::State;
@@ -29,6 +30,7 @@ pub struct Services {
     pub profiles: Profiles,
     pub syncs: Engine,
     pub sources: SourceEngine,
+    pub streams: crate::streams::StreamEngine,
     pub metrics: Metrics,
     pub token: AdminToken,
 }
@@ -42,6 +44,7 @@ pub fn router(s: Services) -> Router {
         )
         .route("/metrics", get(render_metrics).with_state(s.metrics))
         .merge(profiles::routes(s.profiles, s.token.clone()))
+        .merge(streams::routes(s.streams, s.token.clone()))
         .merge(tracking::routes(s.tracking))
         .merge(crate::sync::api::routes(s.syncs, s.token.0.clone()))
         .merge(crate::sources::api::routes(s.sources.clone()))

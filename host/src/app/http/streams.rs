@@ -1,0 +1,72 @@
+//! The event streams' admin API (admin token): `GET /v1/streams` (each stream's position, lag,
+//! counters, last error) and `GET /v1/streams/{name}/tail`, what the stream forwards and drops
+//! as it happens, one JSON object per line, for as long as the client stays connected
+//! (`switchyard streams tail` reads it).
+
+use std::convert::Infallible;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRef, Path, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::sync::broadcast::error::RecvError;
+
+use super::{AdminAuth, AdminToken, ApiError};
+use crate::streams::StreamEngine;
+
+#[derive(Clone)]
+struct StreamsState {
+    engine: StreamEngine,
+    token: AdminToken,
+}
+
+impl FromRef<StreamsState> for AdminToken {
+    fn from_ref(s: &StreamsState) -> AdminToken {
+        s.token.clone()
+    }
+}
+
+pub fn routes(engine: StreamEngine, token: AdminToken) -> Router {
+    Router::new()
+        .route("/v1/streams", get(list))
+        .route("/v1/streams/{name}/tail", get(tail))
+        .with_state(StreamsState { engine, token })
+}
+
+async fn list(_: AdminAuth, State(s): State<StreamsState>) -> Result<Response, ApiError> {
+    let streams = s.engine.list().await?;
+    Ok(Json(serde_json::json!({ "data": streams })).into_response())
+}
+
+async fn tail(
+    _: AdminAuth,
+    State(s): State<StreamsState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let Some(rx) = s.engine.tail(&name) else {
+        return Err(ApiError::NotFound(format!(
+            "no stream named `{name}` in the running configuration ([[streams]])"
+        )));
+    };
+    // A first line at once, so the client knows it is connected before anything flows.
+    let hello = serde_json::json!({ "tailing": name }).to_string();
+    let lines = futures::stream::unfold((Some(hello), rx), |(first, mut rx)| async move {
+        if let Some(line) = first {
+            return Some((Ok::<_, Infallible>(Bytes::from(line + "\n")), (None, rx)));
+        }
+        let line = match rx.recv().await {
+            Ok(line) => format!("{line}\n"),
+            // This watcher fell behind by more than the buffer: say so and go on.
+            Err(RecvError::Lagged(n)) => format!("{{\"missed\":{n}}}\n"),
+            Err(RecvError::Closed) => return None,
+        };
+        Some((Ok(Bytes::from(line)), (None, rx)))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
+}
