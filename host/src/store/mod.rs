@@ -452,7 +452,9 @@ mod tests {
         conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, applied_at BIGINT NOT NULL)")
             .await
             .unwrap();
-        for (i, migration) in migrator().migrations.iter().enumerate() {
+        // Only the four schema texts of that era; later migrations came with the migrator.
+        let all = migrator();
+        for (i, migration) in all.migrations.iter().filter(|m| m.version <= 4).enumerate() {
             for statement in migration.sql.split(';').map(str::trim) {
                 // The comment lines are the file's own; the old constants had none.
                 let statement: String = statement
@@ -491,7 +493,7 @@ mod tests {
                     .scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
                     .await
                     .unwrap(),
-                4
+                migrator().migrations.len() as i64
             );
             let old = crate::identifier::Identifier::new("email", "old@x.com");
             let row = profiles::by_identifier(&store, &old)
