@@ -10,7 +10,8 @@
 //!   (`config::secrets`); `validate` adds the checks that need installed plugins.
 //! - the engines: `ingest` (message parsing, the writer), `identity` (decisions over identifier
 //!   lists), `profiles`, `audience`, `sync`, `streams` (events forwarded as they arrive, through
-//!   the syncs' delivery), `sources`, and `runs` (what both run engines share:
+//!   the syncs' delivery), `erasure` (privacy erasure to the destinations), `sources`, and `runs`
+//!   (what both run engines share:
 //!   status, errors, lease, the scheduler loop).
 //! - at the bottom: `store` (every SQL statement, migrations, SQLite and PostgreSQL), `runtime`
 //!   (plugins in wasmtime), `registry` (installed plugins), and leaf values with no I/O
@@ -19,6 +20,7 @@
 pub mod app;
 pub mod audience;
 pub mod config;
+pub mod erasure;
 pub mod identifier;
 pub mod identity;
 pub mod ingest;

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub events_accepted: Counter,
     pub events_rejected: Family<ReasonLabels, Counter>,
+    /// Messages acknowledged but dropped: they carry an identifier an erasure suppressed.
+    pub events_suppressed: Counter,
     pub commit_seconds: Histogram,
     pub queue_depth: Gauge,
     pub sync_runs: Family<SyncLabels, Counter>,
@@ -320,6 +322,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         let events_accepted = Counter::default();
         let events_rejected = Family::<ReasonLabels, Counter>::default();
+        let events_suppressed = Counter::default();
         let commit_seconds = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
         let queue_depth = Gauge::default();
         registry.register(
@@ -336,6 +339,11 @@ impl Metrics {
             "events_rejected",
             "Tracking messages refused, by reason",
             events_rejected.clone(),
+        );
+        registry.register(
+            "events_suppressed",
+            "Tracking messages acknowledged but dropped because they carry an identifier a privacy erasure suppressed",
+            events_suppressed.clone(),
         );
         registry.register(
             "ingest_commit_seconds",
@@ -379,6 +387,7 @@ impl Metrics {
             requests,
             events_accepted,
             events_rejected,
+            events_suppressed,
             commit_seconds,
             queue_depth,
         }

@@ -1,5 +1,5 @@
-//! Reading and erasing profiles: what the Profiles API and `switchyard profiles` show, shaped
-//! from the rows `store::profiles` reads.
+//! Reading profiles: what the Profiles API and `switchyard profiles` show, shaped from the rows
+//! `store::profiles` reads. Erasing one is [`crate::erasure`].
 
 use anyhow::Context as _;
 use chrono::{TimeZone, Utc};
@@ -7,7 +7,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::identity::{self, Identifier};
-use crate::store::{self, now_millis, Store};
+use crate::store::{self, Store};
 
 /// A profile as the API returns it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -149,18 +149,6 @@ impl Profiles {
                 at: rfc3339(m.at),
             })
             .collect())
-    }
-
-    /// Erases a profile (privacy request): its events, traits and identifiers go, and its
-    /// identifiers are suppressed so later messages carrying them create nothing.
-    pub async fn delete(&self, id: &Identifier) -> anyhow::Result<Option<String>> {
-        let Some((profile_id, identifiers)) =
-            store::profiles::erase(&self.store, id, now_millis()).await?
-        else {
-            return Ok(None);
-        };
-        tracing::info!(profile = %profile_id, identifiers, "profile erased and its identifiers suppressed");
-        Ok(Some(profile_id))
     }
 }
 

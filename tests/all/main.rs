@@ -12,6 +12,7 @@ mod destinations_email;
 mod destinations_events;
 mod destinations_social;
 mod destinations_webhook;
+mod erasure;
 mod plugin_cli;
 mod profiles;
 mod sandbox;

@@ -29,6 +29,9 @@ pub struct Hub {
     pub sources: SourceEngine,
     /// Forwards events as they are committed (`[[streams]]`); started by [`serve`].
     pub streams: StreamEngine,
+    /// Erases profiles and sends their destinations' erases; the Profiles API and the
+    /// background queue share it.
+    pub erasures: crate::erasure::Erasures,
 }
 
 impl Hub {
@@ -45,6 +48,7 @@ impl Hub {
         let syncs = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
             .with_metrics(metrics.clone());
         let streams = StreamEngine::new(store.clone(), syncs.clone()).with_metrics(metrics.clone());
+        let erasures = crate::erasure::Erasures::new(syncs.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
             store.clone(),
@@ -79,6 +83,7 @@ impl Hub {
                 proxies: Arc::new(config.hub.trusted_proxies.clone()),
             },
             profiles: Profiles::new(store.clone()),
+            erasures: erasures.clone(),
             syncs: syncs.clone(),
             sources: sources.clone(),
             streams: streams.clone(),
@@ -92,6 +97,7 @@ impl Hub {
             syncs,
             sources,
             streams,
+            erasures,
         })
     }
 }
@@ -122,6 +128,7 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     let addr = listener.local_addr()?;
     tokio::spawn(crate::sync::scheduler::run(hub.syncs.clone()));
     tokio::spawn(crate::sources::scheduler::run(hub.sources.clone()));
+    tokio::spawn(hub.erasures.clone().run());
     reload_on_hangup(&hub, path);
     tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
     println!("switchyard listening on http://{addr}");

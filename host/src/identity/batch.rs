@@ -37,6 +37,9 @@ pub struct Batch<'r> {
     /// Identifiers whose holder (or absence of one) and suppression are known.
     looked_up: HashSet<Identifier>,
     suppressed: HashSet<Identifier>,
+    /// The erasure suppression key, read at the first lookup (inner None: nothing was ever
+    /// erased).
+    suppression_key: Option<Option<Vec<u8>>>,
     /// Who holds each looked-up identifier; absent: nobody yet.
     holder: HashMap<Identifier, String>,
     pending: Pending,
@@ -63,6 +66,7 @@ impl<'r> Batch<'r> {
             now,
             looked_up: HashSet::new(),
             suppressed: HashSet::new(),
+            suppression_key: None,
             holder: HashMap::new(),
             pending: Pending::default(),
             created: 0,
@@ -86,7 +90,12 @@ impl<'r> Batch<'r> {
             return Ok(());
         }
         lock_identifiers(conn, self.backend, &ids).await?;
-        let suppressed = rows::suppressed_among(conn, self.backend, &ids).await?;
+        if self.suppression_key.is_none() {
+            // Read once per batch: erasures made while it runs are caught by the next one.
+            self.suppression_key = Some(rows::suppression_key(conn).await?);
+        }
+        let key = self.suppression_key.as_ref().and_then(|k| k.as_deref());
+        let suppressed = rows::suppressed_among(conn, self.backend, key, &ids).await?;
         self.suppressed.extend(suppressed);
         let held = rows::holders_among(conn, self.backend, &ids).await?;
         self.holder.extend(held);

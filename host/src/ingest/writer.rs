@@ -224,6 +224,7 @@ async fn run(
         for (job, result) in jobs.into_iter().zip(results) {
             if let Ok(stored) = &result {
                 metrics.events_accepted.inc_by(stored.accepted as u64);
+                metrics.events_suppressed.inc_by(stored.suppressed as u64);
             }
             let _ = job.reply.send(result);
         }

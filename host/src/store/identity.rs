@@ -241,16 +241,20 @@ pub async fn stored_events(
     Ok(found)
 }
 
-/// Which of these identifiers a privacy erasure suppressed.
+/// Which of these identifiers a privacy erasure suppressed, by their keyed digests
+/// (`store::erasure`); `key` is the suppression key as [`super::erasure::key`] read it.
 pub async fn suppressed_among(
     conn: &mut Conn,
     backend: Backend,
+    key: Option<&[u8]>,
     ids: &[&Identifier],
 ) -> Result<HashSet<Identifier>> {
-    Ok(lookup(conn, backend, ids, "suppressions", "kind")
-        .await?
-        .into_keys()
-        .collect())
+    super::erasure::suppressed_among(conn, backend, key, ids).await
+}
+
+/// The key suppression digests are made with (None until the first erasure).
+pub async fn suppression_key(conn: &mut Conn) -> Result<Option<Vec<u8>>> {
+    super::erasure::key(conn).await
 }
 
 /// Who holds each of these identifiers (absent: nobody).

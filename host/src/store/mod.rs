@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod erasure;
 pub mod identity;
 pub mod leases;
 pub mod profiles;
@@ -146,6 +147,11 @@ fn migrator() -> Migrator {
                 include_str!("../../migrations/0004_incremental.sql"),
             ),
             migration(
+                20,
+                "erasure",
+                include_str!("../../migrations/0020_erasure.sql"),
+            ),
+            migration(
                 40,
                 "streams",
                 include_str!("../../migrations/0040_streams.sql"),
@@ -241,6 +247,13 @@ impl Store {
             commits: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
         };
         store.migrate().await?;
+        // Erased identifiers are kept only as keyed digests; older hubs kept them in clear.
+        let adopted = erasure::adopt_plain_suppressions(&store)
+            .await
+            .context("hashing the erased identifiers an older hub kept in clear")?;
+        if adopted > 0 {
+            tracing::info!(identifiers = adopted, "erased identifiers kept in clear by an older hub are now kept as keyed digests");
+        }
         Ok(store)
     }
 

@@ -1,12 +1,11 @@
 //! The profile tables (`profiles`, `traits`, `identifiers`, `events`, `merges`,
-//! `suppressions`): bulk loads for audiences and syncs, and the reads and erasure of one profile.
+//! `suppressions`): bulk loads for audiences and syncs, and the reads of one profile (erasing one
+//! is `store::erasure`).
 
 use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Map, Value};
 use sqlx::any::AnyRow;
-
-use anyhow::Context as _;
 
 use super::{col, Backend, Result, Store};
 use crate::identifier::Identifier;
@@ -405,38 +404,6 @@ pub async fn merges_of(store: &Store, profile_id: &str) -> Result<Vec<MergeRow>>
         .collect()
 }
 
-/// Erases the profile holding `id` (privacy request): its events, traits and identifiers go,
-/// and its identifiers are suppressed so later messages carrying them create nothing. The
-/// erased profile and its identifiers; None when no profile holds `id`.
-pub async fn erase(store: &Store, id: &Identifier, now: i64) -> Result<Option<(String, usize)>> {
-    let mut tx = store.begin().await?;
-    let Some(profile_id) = super::identity::profile_of(&mut tx, id).await? else {
-        return Ok(None);
-    };
-    let ids = super::identity::identifiers_of(&mut tx, &profile_id).await?;
-    for i in &ids {
-        sqlx::query("INSERT INTO suppressions (kind, value, at) VALUES ($1, $2, $3) ON CONFLICT (kind, value) DO NOTHING")
-            .bind(&i.kind)
-            .bind(&i.value)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-    }
-    for table in ["events", "traits", "identifiers", "profile_groups"] {
-        sqlx::query(&format!("DELETE FROM {table} WHERE profile_id = $1"))
-            .bind(&profile_id)
-            .execute(&mut *tx)
-            .await
-            .with_context(|| format!("erasing {table}"))?;
-    }
-    sqlx::query("DELETE FROM profiles WHERE id = $1")
-        .bind(&profile_id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    Ok(Some((profile_id, ids.len())))
-}
-
 /// The newest change a sync's model could see: the latest profile update, or (events) the
 /// latest received event.
 pub async fn newest_change(store: &Store, events: bool) -> Result<Option<i64>> {
@@ -453,7 +420,7 @@ pub async fn newest_change(store: &Store, events: bool) -> Result<Option<i64>> {
 pub async fn gone_since(store: &Store, since: i64) -> Result<bool> {
     for sql in [
         "SELECT 1 AS hit FROM merges WHERE at >= $1 LIMIT 1",
-        "SELECT 1 AS hit FROM suppressions WHERE at >= $1 LIMIT 1",
+        "SELECT 1 AS hit FROM erasures WHERE requested_at >= $1 LIMIT 1",
     ] {
         let row = sqlx::query(sql)
             .bind(since)

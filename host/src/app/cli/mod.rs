@@ -76,7 +76,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let dir = cli.plugins_dir;
     match cli.command {
         Command::Serve { config } => super::hub::serve(&config, dir).await,
-        Command::Profiles(cmd) => profiles::run(cmd).await,
+        Command::Profiles(cmd) => profiles::run(cmd, dir).await,
         Command::Plugin(cmd) => {
             plugin::run(cmd, dir.unwrap_or_else(|| ".switchyard/plugins".into())).await
         }

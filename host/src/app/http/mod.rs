@@ -28,6 +28,7 @@ use crate::sync::Engine;
 pub struct Services {
     pub tracking: tracking::TrackingState,
     pub profiles: Profiles,
+    pub erasures: crate::erasure::Erasures,
     pub syncs: Engine,
     pub sources: SourceEngine,
     pub streams: crate::streams::StreamEngine,
@@ -43,7 +44,7 @@ pub fn router(s: Services) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(render_metrics).with_state(s.metrics))
-        .merge(profiles::routes(s.profiles, s.token.clone()))
+        .merge(profiles::routes(s.profiles, s.erasures, s.token.clone()))
         .merge(streams::routes(s.streams, s.token.clone()))
         .merge(tracking::routes(s.tracking))
         .merge(crate::sync::api::routes(s.syncs, s.token.0.clone()))

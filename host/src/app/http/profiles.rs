@@ -1,5 +1,6 @@
 //! The Profiles API (admin token): a profile by any of its identifiers (`KIND:VALUE`), its
-//! traits, events and merges, and erasing it.
+//! traits, events and merges; erasing it (by an identifier or its id), and the erasures'
+//! receipts (`/v1/erasures`).
 
 use axum::extract::{FromRef, Path, Query, State};
 use axum::routing::get;
@@ -7,12 +8,15 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{AdminAuth, AdminToken, ApiError};
+use crate::erasure::{Erasures, Receipt};
 use crate::identity::Identifier;
 use crate::profiles::{EventPage, InvalidCursor, Profile, Profiles};
+use crate::store::erasure::ProfileRef;
 
 #[derive(Clone)]
 struct ProfilesState {
     profiles: Profiles,
+    erasures: Erasures,
     token: AdminToken,
 }
 
@@ -22,13 +26,19 @@ impl FromRef<ProfilesState> for AdminToken {
     }
 }
 
-pub fn routes(profiles: Profiles, token: AdminToken) -> Router {
+pub fn routes(profiles: Profiles, erasures: Erasures, token: AdminToken) -> Router {
     Router::new()
         .route("/v1/profiles/{id}", get(get_profile).delete(delete_profile))
         .route("/v1/profiles/{id}/traits", get(get_traits))
         .route("/v1/profiles/{id}/events", get(get_events))
         .route("/v1/profiles/{id}/merges", get(get_merges))
-        .with_state(ProfilesState { profiles, token })
+        .route("/v1/erasures", get(list_erasures))
+        .route("/v1/erasures/{id}", get(get_erasure))
+        .with_state(ProfilesState {
+            profiles,
+            erasures,
+            token,
+        })
 }
 
 /// `{kind}:{value}` from the path.
@@ -103,16 +113,49 @@ async fn get_merges(
     Ok(Json(json!({ "merges": merges })))
 }
 
+/// Erases a profile (`KIND:VALUE`, or the profile's id): in the hub at once, in every
+/// destination it was sent to in the background. Answers the receipt as it stands, with
+/// `deleted` (the profile id) as before.
 async fn delete_profile(
     _: AdminAuth,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let id = identifier(&id)?;
-    let erased = s
-        .profiles
-        .delete(&id)
+    let target = if id.contains(':') {
+        ProfileRef::Identifier(identifier(&id)?)
+    } else {
+        ProfileRef::Id(id.clone())
+    };
+    let receipt = s
+        .erasures
+        .erase(&target)
         .await?
-        .ok_or_else(|| no_profile(&id))?;
-    Ok(Json(json!({ "deleted": erased })))
+        .ok_or_else(|| ApiError::NotFound(format!("no profile has {id}")))?;
+    Ok(Json(json!({ "deleted": receipt.profile_id, "erasure": receipt })))
+}
+
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    limit: Option<i64>,
+}
+
+async fn list_erasures(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let erasures = s.erasures.recent(q.limit.unwrap_or(50)).await?;
+    Ok(Json(json!({ "erasures": erasures })))
+}
+
+async fn get_erasure(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(id): Path<String>,
+) -> Result<Json<Receipt>, ApiError> {
+    s.erasures
+        .receipt(&id)
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no erasure {id}")))
 }
