@@ -20,6 +20,7 @@
 pub mod app;
 pub mod audience;
 pub mod config;
+pub mod consent;
 pub mod erasure;
 pub mod identifier;
 pub mod identity;
@@ -27,6 +28,7 @@ pub mod ingest;
 pub mod metrics;
 pub mod profiles;
 pub mod registry;
+pub mod retention;
 pub mod runs;
 pub mod runtime;
 pub mod scaffold;

@@ -65,6 +65,10 @@ pub struct Metrics {
     pub sync_runs: Family<SyncLabels, Counter>,
     pub sync_records: Family<SyncRecordLabels, Counter>,
     pub sync_run_seconds: Family<SyncNameLabels, Histogram>,
+    /// Records and events a sync held back for lack of consent ("withheld: no consent").
+    pub sync_withheld: Family<SyncNameLabels, Counter>,
+    /// Events the retention purge deleted (`[hub] event_retention`).
+    pub events_purged: Counter,
     /// Source runs, pages, records and webhooks (see [`SourceMetrics`]).
     pub sources: SourceMetrics,
     /// Event streams: messages in, out, dropped by reason, lag (see [`StreamMetrics`]).
@@ -375,11 +379,25 @@ impl Metrics {
             "Duration of sync runs",
             sync_run_seconds.clone(),
         );
+        let sync_withheld = Family::<SyncNameLabels, Counter>::default();
+        registry.register(
+            "sync_withheld",
+            "Records and events a sync held back because the profile lacks a consent category its destination requires",
+            sync_withheld.clone(),
+        );
+        let events_purged = Counter::default();
+        registry.register(
+            "events_purged",
+            "Events deleted by the retention purge ([hub] event_retention)",
+            events_purged.clone(),
+        );
         let sources = SourceMetrics::register(&mut registry);
         let streams = StreamMetrics::register(&mut registry);
         Metrics {
             sources,
             streams,
+            sync_withheld,
+            events_purged,
             sync_runs,
             sync_records,
             sync_run_seconds,
@@ -402,6 +420,17 @@ impl Metrics {
     }
 
     /// A finished sync run.
+    /// `n` more records or events of `sync` withheld for lack of consent.
+    pub fn sync_withheld(&self, sync: &str, n: u64) {
+        if n > 0 {
+            self.sync_withheld
+                .get_or_create(&SyncNameLabels {
+                    sync: sync.to_string(),
+                })
+                .inc_by(n);
+        }
+    }
+
     pub fn sync_run(&self, sync: &str, status: &str, seconds: f64) {
         self.sync_runs
             .get_or_create(&SyncLabels {

@@ -30,12 +30,28 @@ pub struct EventPage {
 /// One logged merge.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Merge {
+    /// The id `switchyard profiles unmerge` takes.
+    pub id: String,
     pub from_profile: String,
     pub into_profile: String,
     pub reason: String,
     pub message_id: Option<String>,
     pub identifier: Option<Identifier>,
     pub at: String,
+    /// When the merge was undone, if it was.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub undone_at: Option<String>,
+}
+
+/// A profile with its consent and merge history (`switchyard profiles show`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProfileDetail {
+    #[serde(flatten)]
+    pub profile: Profile,
+    /// Category → its latest state.
+    pub consent: Map<String, Value>,
+    /// Merges into or out of it, oldest first, undone ones included.
+    pub merges: Vec<Merge>,
 }
 
 /// A stored trait value: JSON text, or (written by something older) a plain string.
@@ -103,6 +119,38 @@ impl Profiles {
         }))
     }
 
+    /// [`Profiles::get`] with the profile's consent and merge history.
+    pub async fn show(&self, id: &Identifier) -> anyhow::Result<Option<ProfileDetail>> {
+        let Some(profile) = self.get(id).await? else {
+            return Ok(None);
+        };
+        let consent = store::consent::of_profile(&self.store, &profile.id)
+            .await?
+            .into_iter()
+            .map(|(category, granted, ts)| {
+                (
+                    category,
+                    serde_json::json!({"granted": granted, "at": rfc3339(ts)}),
+                )
+            })
+            .collect();
+        let merges = self.merges(&profile.id).await?;
+        Ok(Some(ProfileDetail {
+            profile,
+            consent,
+            merges,
+        }))
+    }
+
+    /// Undoes a merge (see [`identity::unmerge`]).
+    pub async fn unmerge(
+        &self,
+        merge_id: &str,
+        allow_rejoin: bool,
+    ) -> Result<identity::unmerge::Unmerged, identity::unmerge::UnmergeError> {
+        identity::unmerge::unmerge(&self.store, merge_id, allow_rejoin, store::now_millis()).await
+    }
+
     pub async fn traits_of(&self, profile_id: &str) -> anyhow::Result<Map<String, Value>> {
         let rows = store::profiles::traits_of(&self.store, profile_id).await?;
         Ok(rows
@@ -141,12 +189,14 @@ impl Profiles {
         Ok(rows
             .into_iter()
             .map(|m| Merge {
+                id: m.id,
                 from_profile: m.from_profile,
                 into_profile: m.into_profile,
                 reason: m.reason,
                 message_id: m.message_id,
                 identifier: m.identifier,
                 at: rfc3339(m.at),
+                undone_at: m.undone_at.map(rfc3339),
             })
             .collect())
     }

@@ -165,3 +165,60 @@ fn check_plugins(config: &Config, registry: &Registry) -> Vec<String> {
     }
     problems
 }
+
+/// Plugins that send people to email and advertising platforms, where consent is what
+/// regulators check first: `sendgrid`, `mailchimp`, `meta-*`, `google-ads-*`, `tiktok-*`,
+/// `linkedin-*`.
+fn is_ad_or_email(plugin: &str) -> bool {
+    matches!(plugin, "sendgrid" | "mailchimp")
+        || ["meta-", "google-ads-", "tiktok-", "linkedin-"]
+            .iter()
+            .any(|p| plugin.starts_with(p))
+}
+
+/// Warnings, not problems: each ad or email destination without a consent requirement.
+pub fn warnings(config: &Config) -> Vec<String> {
+    config
+        .destinations
+        .iter()
+        .filter(|(_, d)| d.consent.is_empty() && is_ad_or_email(&d.plugin))
+        .map(|(name, d)| {
+            format!(
+                "[destinations.{name}] plugin `{}` sends people to an email or ad platform, but names no consent: \
+                 every profile reaches it whatever it consented to; add e.g. consent = [\"marketing\"]",
+                d.plugin
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod consent_tests {
+    use super::*;
+
+    #[test]
+    fn warns_on_ad_and_email_destinations_without_consent() {
+        let config = Config::parse_unchecked(
+            r#"
+[destinations.mail]
+plugin = "sendgrid"
+[destinations.ads]
+plugin = "meta-custom-audiences"
+consent = ["Advertising"]
+[destinations.tt]
+plugin = "tiktok-audiences"
+[destinations.hook]
+plugin = "webhook"
+"#,
+        )
+        .unwrap();
+        let w = warnings(&config);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("[destinations.mail] plugin `sendgrid`"),
+            "{w:?}"
+        );
+        assert!(w[1].starts_with("[destinations.tt]"), "{w:?}");
+        assert_eq!(config.destinations["ads"].consent, vec!["advertising"]);
+    }
+}

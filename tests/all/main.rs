@@ -14,6 +14,7 @@ mod destinations_social;
 mod destinations_webhook;
 mod erasure;
 mod plugin_cli;
+mod privacy;
 mod profiles;
 mod sandbox;
 mod sources;

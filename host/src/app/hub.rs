@@ -128,6 +128,13 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     let addr = listener.local_addr()?;
     tokio::spawn(crate::sync::scheduler::run(hub.syncs.clone()));
     tokio::spawn(crate::sources::scheduler::run(hub.sources.clone()));
+    if let Some(retention) = config.hub.event_retention {
+        tokio::spawn(crate::retention::run(
+            hub.store.clone(),
+            retention,
+            hub.metrics.clone(),
+        ));
+    }
     tokio::spawn(hub.erasures.clone().run());
     reload_on_hangup(&hub, path);
     tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");

@@ -128,6 +128,28 @@ pub struct DestinationConfig {
     /// Batches in flight at once.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Consent categories (Segment's `context.consent.categoryPreferences` names, any case) a
+    /// profile must have granted, every one, before any of its data reaches this destination.
+    #[serde(default, deserialize_with = "consent_categories")]
+    pub consent: Vec<String>,
+}
+
+/// `consent = [...]`, normalised (see [`crate::consent::category`]); a blank name is an error.
+fn consent_categories<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    let mut out: Vec<String> = Vec::with_capacity(names.len());
+    for n in names {
+        let c = crate::consent::category(&n);
+        if c.is_empty() {
+            return Err(serde::de::Error::custom(
+                "consent: a category name is blank; list names like \"marketing\"",
+            ));
+        }
+        if !out.contains(&c) {
+            out.push(c);
+        }
+    }
+    Ok(out)
 }
 
 fn default_concurrency() -> usize {
@@ -294,6 +316,30 @@ pub struct HubConfig {
     /// `[hub.plugin_limits]`: what one plugin call may use.
     #[serde(default)]
     pub plugin_limits: PluginLimitsConfig,
+    /// What a profile that never sent a consent object means for a destination that requires
+    /// consent: `"deny"` (the default; opt-in, as the GDPR asks) or `"allow"` (Segment's rule).
+    #[serde(default)]
+    pub consent_default: crate::consent::ConsentDefault,
+    /// Events older than this (by their own timestamp) are purged in the background, e.g.
+    /// `"400d"`; absent: kept for ever.
+    #[serde(default, deserialize_with = "retention")]
+    pub event_retention: Option<std::time::Duration>,
+}
+
+/// `event_retention = "400d"`: a positive duration.
+fn retention<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    let text = String::deserialize(d)?;
+    match humantime::parse_duration(&text) {
+        Ok(t) if !t.is_zero() => Ok(Some(t)),
+        Ok(_) => Err(serde::de::Error::custom(
+            "event_retention must be more than 0 (leave it out to keep events for ever)",
+        )),
+        Err(e) => Err(serde::de::Error::custom(format!(
+            "event_retention = \"{text}\" is not a duration like \"400d\": {e}"
+        ))),
+    }
 }
 
 /// `[hub.plugin_limits]`: the ceilings every plugin call runs under; unset ones keep the host's
@@ -380,6 +426,8 @@ impl Default for HubConfig {
             sqlite_mmap_mib: default_sqlite_mmap_mib(),
             trusted_proxies: web::TrustedProxies::default(),
             plugin_limits: PluginLimitsConfig::default(),
+            consent_default: crate::consent::ConsentDefault::default(),
+            event_retention: None,
         }
     }
 }

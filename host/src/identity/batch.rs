@@ -47,6 +47,8 @@ pub struct Batch<'r> {
     /// (profile, trait) → (value as JSON text, ts); later calls win ties, as `>=` does in the
     /// store.
     traits: HashMap<(String, String), (String, i64)>,
+    /// (profile, consent category) → (granted, ts), the later message winning.
+    consent: HashMap<(String, String), (bool, i64)>,
     events: Vec<NewEvent>,
 }
 
@@ -71,6 +73,7 @@ impl<'r> Batch<'r> {
             pending: Pending::default(),
             created: 0,
             traits: HashMap::new(),
+            consent: HashMap::new(),
             events: Vec::new(),
         };
         let mut all: Vec<&Identifier> = ids.into_iter().collect();
@@ -188,6 +191,15 @@ impl<'r> Batch<'r> {
                 };
                 self.put_trait(p, name, value);
             }
+            let moved: Vec<_> = self.consent.drain().collect();
+            for ((p, category), state) in moved {
+                let p = if merged.contains(&p) {
+                    profile.clone()
+                } else {
+                    p
+                };
+                self.put_consent(p, category, state);
+            }
             for e in &mut self.events {
                 if merged.contains(&e.profile) {
                     e.profile = profile.clone();
@@ -215,6 +227,21 @@ impl<'r> Batch<'r> {
         }
     }
 
+    /// Records a profile's consent for a category as of `ts`, unless a later decision is known.
+    pub fn set_consent(&mut self, profile: &str, category: &str, granted: bool, ts: i64) {
+        self.put_consent(profile.to_string(), category.to_string(), (granted, ts));
+    }
+
+    fn put_consent(&mut self, profile: String, category: String, state: (bool, i64)) {
+        let key = (profile, category);
+        match self.consent.get(&key) {
+            Some(old) if old.1 > state.1 => {}
+            _ => {
+                self.consent.insert(key, state);
+            }
+        }
+    }
+
     /// Queues an event; an event whose message id is already stored is skipped at the end.
     pub fn add_event(&mut self, event: NewEvent) {
         self.events.push(event);
@@ -224,6 +251,8 @@ impl<'r> Batch<'r> {
     pub async fn finish(mut self, conn: &mut Conn) -> anyhow::Result<u64> {
         self.pending.flush(conn, self.backend, self.now).await?;
         rows::write_traits(conn, self.backend, std::mem::take(&mut self.traits)).await?;
+        crate::store::consent::write_all(conn, self.backend, std::mem::take(&mut self.consent))
+            .await?;
         // The same event twice in one batch (a client or plugin repeating itself): keep the first.
         let mut seen = HashSet::new();
         let unique: Vec<&NewEvent> = self

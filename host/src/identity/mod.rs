@@ -7,6 +7,7 @@
 //! with the message and the identifier that joined the two profiles.
 
 pub mod batch;
+pub mod unmerge;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -118,7 +119,11 @@ pub async fn resolve(
         for (profile, _) in &matched {
             existing.insert(profile.clone(), identifiers_of(conn, profile).await?);
         }
-        if fits_limits(rules, &ids, existing.values().flatten()) || ids.len() == 1 {
+        // Profiles an undone merge separated stay apart (unless the operator allowed them to
+        // rejoin): like a limit conflict, the highest-priority match wins.
+        let profiles: Vec<&str> = matched.iter().map(|(p, _)| p.as_str()).collect();
+        let apart = matched.len() > 1 && rows::merges_blocked(conn, &profiles).await?;
+        if (!apart && fits_limits(rules, &ids, existing.values().flatten())) || ids.len() == 1 {
             break (matched, existing);
         }
         // The lowest-priority identifier goes; the highest-priority match wins.

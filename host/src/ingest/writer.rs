@@ -59,6 +59,8 @@ struct Prepared {
     traits: Vec<(String, String)>,
     /// Group only: (groupId, the account's traits as JSON text).
     group: Option<(String, String)>,
+    /// Any message: Segment's `context.consent.categoryPreferences`, (category, granted).
+    consent: Vec<(String, bool)>,
     name: Option<String>,
     ts: i64,
     received_at: i64,
@@ -89,11 +91,17 @@ impl Prepared {
             )),
             _ => None,
         };
+        let consent = m
+            .context
+            .as_object()
+            .map(crate::consent::preferences)
+            .unwrap_or_default();
         Prepared {
             ids,
             alias,
             traits,
             group,
+            consent,
             name: m.event.clone().or_else(|| m.name.clone()),
             ts: m.timestamp.timestamp_millis(),
             received_at: m.received_at.timestamp_millis(),
@@ -288,6 +296,9 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
         };
         for (name, value) in &m.traits {
             batch.set_trait(&profile, name, value.clone(), m.ts);
+        }
+        for (category, granted) in &m.consent {
+            batch.set_consent(&profile, category, *granted, m.ts);
         }
         if let Some((group, traits)) = &m.group {
             crate::store::identity::join_group(&mut tx, &profile, group, traits, m.ts).await?;

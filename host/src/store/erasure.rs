@@ -401,6 +401,9 @@ pub async fn erase(
         )
         .await?;
     }
+    // Consent, merge blocks and merge snapshots (privacy's tables), while the merge log still
+    // says which merges these profiles and identifiers took part in.
+    super::merges::forget(&mut tx, &profiles, &identifiers).await?;
     each_chunk(&mut tx, backend, "DELETE FROM merges WHERE into_profile IN ", &profiles).await?;
     each_chunk(&mut tx, backend, "DELETE FROM merges WHERE from_profile IN ", &profiles).await?;
     for id in &identifiers {

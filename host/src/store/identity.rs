@@ -142,6 +142,11 @@ pub async fn attach(conn: &mut Conn, id: &Identifier, profile: &str, now: i64) -
     Ok(())
 }
 
+/// Whether an undone merge keeps any two of these profiles apart.
+pub async fn merges_blocked(conn: &mut Conn, profiles: &[&str]) -> Result<bool> {
+    super::merges::any_blocked(conn, profiles).await
+}
+
 /// Why two profiles were merged, for the merge log.
 pub struct MergeCause<'a> {
     pub reason: &'a str,
@@ -153,6 +158,10 @@ pub struct MergeCause<'a> {
 /// Folds `from` into `into`: identifiers, events and groups move; traits merge last writer
 /// wins; earlier merges into `from` now name `into`; `from` goes; the merge is logged.
 pub async fn merge(conn: &mut Conn, into: &str, from: &str, cause: &MergeCause<'_>) -> Result<()> {
+    let merge_id = format!("mrg_{}", uuid::Uuid::new_v4().simple());
+    // What each side had, so the merge can be undone (`identity::unmerge`).
+    super::merges::snapshot(conn, &merge_id, into, from).await?;
+    super::merges::fold(conn, into, from).await?;
     for sql in [
         "UPDATE identifiers SET profile_id = $1 WHERE profile_id = $2",
         "UPDATE events SET profile_id = $1 WHERE profile_id = $2",
@@ -194,7 +203,7 @@ pub async fn merge(conn: &mut Conn, into: &str, from: &str, cause: &MergeCause<'
         "INSERT INTO merges (id, from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
-    .bind(format!("mrg_{}", uuid::Uuid::new_v4().simple()))
+    .bind(&merge_id)
     .bind(from)
     .bind(into)
     .bind(cause.reason)

@@ -5,10 +5,13 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod consent;
 pub mod erasure;
 pub mod identity;
 pub mod leases;
+pub mod merges;
 pub mod profiles;
+pub mod retention;
 pub mod sources;
 pub mod streams;
 pub mod syncs;
@@ -145,6 +148,11 @@ fn migrator() -> Migrator {
                 4,
                 "incremental",
                 include_str!("../../migrations/0004_incremental.sql"),
+            ),
+            migration(
+                10,
+                "privacy",
+                include_str!("../../migrations/0010_privacy.sql"),
             ),
             migration(
                 20,

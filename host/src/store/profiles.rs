@@ -369,18 +369,21 @@ pub async fn events_of(
 /// One logged merge, as stored.
 #[derive(Debug, Clone)]
 pub struct MergeRow {
+    pub id: String,
     pub from_profile: String,
     pub into_profile: String,
     pub reason: String,
     pub message_id: Option<String>,
     pub identifier: Option<Identifier>,
     pub at: i64,
+    /// When `switchyard profiles unmerge` undid it.
+    pub undone_at: Option<i64>,
 }
 
 /// Merges into or out of a profile, oldest first.
 pub async fn merges_of(store: &Store, profile_id: &str) -> Result<Vec<MergeRow>> {
     let rows = sqlx::query(
-        "SELECT from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at FROM merges \
+        "SELECT id, from_profile, into_profile, reason, message_id, identifier_kind, identifier_value, at, undone_at FROM merges \
          WHERE into_profile = $1 OR from_profile = $1 ORDER BY at, id",
     )
     .bind(profile_id)
@@ -391,6 +394,7 @@ pub async fn merges_of(store: &Store, profile_id: &str) -> Result<Vec<MergeRow>>
             let kind: Option<String> = col(r, "identifier_kind")?;
             let value: Option<String> = col(r, "identifier_value")?;
             Ok(MergeRow {
+                id: col(r, "id")?,
                 from_profile: col(r, "from_profile")?,
                 into_profile: col(r, "into_profile")?,
                 reason: col(r, "reason")?,
@@ -399,6 +403,7 @@ pub async fn merges_of(store: &Store, profile_id: &str) -> Result<Vec<MergeRow>>
                     .zip(value)
                     .map(|(kind, value)| Identifier { kind, value }),
                 at: col(r, "at")?,
+                undone_at: col(r, "undone_at")?,
             })
         })
         .collect()

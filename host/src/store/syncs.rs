@@ -24,6 +24,8 @@ pub struct RunRow {
     pub retried: i64,
     pub rejected: i64,
     pub dead_lettered: i64,
+    /// Records and events held back because the profile lacks a consent the destination needs.
+    pub withheld: i64,
     pub error: Option<String>,
 }
 
@@ -53,6 +55,8 @@ pub struct Planned {
     pub adds: i64,
     pub changes: i64,
     pub removals: i64,
+    /// Held back for lack of consent.
+    pub withheld: i64,
 }
 
 /// Records how a run ended (its delivery counters were committed batch by batch).
@@ -65,7 +69,7 @@ pub async fn finish_run(
     planned: &Planned,
 ) -> Result<()> {
     sqlx::query(
-        "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, planned_adds = $4, planned_changes = $5, planned_removals = $6 WHERE id = $7",
+        "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, planned_adds = $4, planned_changes = $5, planned_removals = $6, withheld = $7 WHERE id = $8",
     )
     .bind(status)
     .bind(finished_at)
@@ -73,6 +77,7 @@ pub async fn finish_run(
     .bind(planned.adds)
     .bind(planned.changes)
     .bind(planned.removals)
+    .bind(planned.withheld)
     .bind(run_id)
     .execute(store.pool())
     .await?;
@@ -96,7 +101,7 @@ pub async fn interrupt_running(store: &Store, sync: &str, now: i64, error: &str)
 pub async fn runs(store: &Store, sync: &str, limit: i64) -> Result<Vec<RunRow>> {
     let rows = sqlx::query(
         "SELECT id, sync, status, dry_run, full_resync, started_at, finished_at, planned_adds, planned_changes, planned_removals, \
-         sent, succeeded, retried, rejected, dead_lettered, error FROM sync_runs WHERE sync = $1 ORDER BY started_at DESC, id LIMIT $2",
+         sent, succeeded, retried, rejected, dead_lettered, withheld, error FROM sync_runs WHERE sync = $1 ORDER BY started_at DESC, id LIMIT $2",
     )
     .bind(sync)
     .bind(limit)
@@ -120,6 +125,7 @@ pub async fn runs(store: &Store, sync: &str, limit: i64) -> Result<Vec<RunRow>> 
                 retried: col(r, "retried")?,
                 rejected: col(r, "rejected")?,
                 dead_lettered: col(r, "dead_lettered")?,
+                withheld: col(r, "withheld")?,
                 error: col(r, "error")?,
             })
         })

@@ -96,7 +96,7 @@ impl Progress for Bar {
 
 fn print_report(r: &RunReport) {
     println!(
-        "{}: {} — planned {} adds, {} changes, {} removals; sent {}, succeeded {}, retried {}, rejected {}, dead-lettered {}{}",
+        "{}: {} — planned {} adds, {} changes, {} removals; sent {}, succeeded {}, retried {}, rejected {}, dead-lettered {}; withheld: no consent {}{}",
         r.sync,
         r.status,
         r.planned_adds,
@@ -107,6 +107,7 @@ fn print_report(r: &RunReport) {
         r.retried,
         r.rejected,
         r.dead_lettered,
+        r.withheld,
         r.duration_ms.map(|d| format!(" in {d} ms")).unwrap_or_default()
     );
     if let Some(e) = &r.error {

@@ -7,7 +7,7 @@ use anyhow::bail;
 
 use super::delivery::{Item, Target};
 use super::mapping::{Mapping, Subject};
-use super::{payload_hash, RunContext, RunOptions, SAMPLES};
+use super::{payload_hash, ConsentRule, RunContext, RunOptions, SAMPLES};
 use crate::audience::Filter;
 use crate::config::{Config, SyncFrom};
 use crate::runtime::bindings::Action;
@@ -23,7 +23,7 @@ impl RunContext<'_> {
         target: &Target,
         options: &RunOptions,
     ) -> anyhow::Result<()> {
-        let _ = config;
+        let consent = ConsentRule::of(config, self.sync);
         let store = &self.engine.store;
         let sync = self.sync;
         let (event_name, filter) = match &sync.from {
@@ -74,12 +74,21 @@ impl RunContext<'_> {
                     .into_iter()
                     .map(|p| (p.id.clone(), p))
                     .collect();
+            // Consent first: the profile's latest state, and the event's own stamp if it has one.
+            let withheld = consent.withheld(store, &ids).await?;
             let keys: Vec<String> = events.iter().map(|e| e.0.clone()).collect();
             let done = rows::acked_keys(store, &sync.name, &keys).await?;
             let mut items = Vec::new();
             for (message_id, profile_id, _, body) in &events {
                 if done.contains(message_id) {
                     self.plan.unchanged += 1;
+                    continue;
+                }
+                if !consent.required.is_empty()
+                    && (withheld.contains(profile_id)
+                        || !crate::consent::event_allows(body, &consent.required))
+                {
+                    self.plan.withheld += 1;
                     continue;
                 }
                 let empty = ProfileData {

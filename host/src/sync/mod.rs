@@ -24,6 +24,7 @@ use tracing::Instrument as _;
 
 use crate::audience;
 use crate::config::{Config, DestinationConfig, SyncConfig, SyncFrom, SyncMode};
+use crate::consent::ConsentDefault;
 use crate::runs::lease::{self, Lease};
 use crate::runs::{iso, RunError, RunStatus};
 use crate::metrics::Metrics;
@@ -71,6 +72,9 @@ pub struct RunReport {
     pub retried: i64,
     pub rejected: i64,
     pub dead_lettered: i64,
+    /// Records or events held back because the profile lacks a consent category the
+    /// destination requires ("withheld: no consent"); never mapped, never sent.
+    pub withheld: i64,
     pub error: Option<String>,
     /// Samples (only on the run just made, not from history).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -300,6 +304,7 @@ impl Engine {
                 adds: plan.adds as i64,
                 changes: plan.changes as i64,
                 removals: plan.removals as i64,
+                withheld: plan.withheld as i64,
             };
             rows::finish_run(
                 &self.store,
@@ -316,6 +321,9 @@ impl Engine {
         }
         if let Some(m) = &self.metrics {
             m.sync_run(&sync.name, status.as_str(), started.elapsed().as_secs_f64());
+            if !options.dry_run {
+                m.sync_withheld(&sync.name, plan.withheld);
+            }
         }
         let mut report = if options.dry_run {
             RunReport {
@@ -335,6 +343,7 @@ impl Engine {
                 retried: 0,
                 rejected: 0,
                 dead_lettered: 0,
+                withheld: plan.withheld as i64,
                 error,
                 plan: None,
             }
@@ -346,7 +355,7 @@ impl Engine {
                 .find(|r| r.id == run_id)
                 .context("the run's history row is missing")?
         };
-        tracing::info!(status = %report.status, sent = report.sent, succeeded = report.succeeded, dead_lettered = report.dead_lettered, "sync run finished");
+        tracing::info!(status = %report.status, sent = report.sent, succeeded = report.succeeded, dead_lettered = report.dead_lettered, withheld = report.withheld, "sync run finished");
         report.plan = Some(plan);
         Ok(report)
     }
@@ -401,6 +410,7 @@ impl Engine {
                 retried: r.retried,
                 rejected: r.rejected,
                 dead_lettered: r.dead_lettered,
+                withheld: r.withheld,
                 error: r.error,
                 plan: None,
             })
@@ -469,7 +479,43 @@ struct PagePlanner {
     pending_ids: Option<std::vec::IntoIter<String>>,
     after: String,
     page_size: usize,
+    /// The destination's consent requirement; profiles without it are withheld.
+    consent: ConsentRule,
     plan: Plan,
+}
+
+/// A destination's consent requirement (`[destinations.NAME] consent`) and what no signal
+/// means (`[hub] consent_default`).
+#[derive(Debug, Clone)]
+pub(crate) struct ConsentRule {
+    pub(crate) required: Vec<String>,
+    pub(crate) default: ConsentDefault,
+}
+
+impl ConsentRule {
+    fn of(config: &Config, sync: &SyncConfig) -> ConsentRule {
+        ConsentRule {
+            required: config
+                .destinations
+                .get(&sync.to)
+                .map(|d| d.consent.clone())
+                .unwrap_or_default(),
+            default: config.hub.consent_default,
+        }
+    }
+
+    /// Of these profiles, those whose consent does not let them reach the destination.
+    async fn withheld(&self, store: &Store, ids: &[String]) -> anyhow::Result<HashSet<String>> {
+        if self.required.is_empty() {
+            return Ok(HashSet::new());
+        }
+        let states = crate::store::consent::states_of(store, ids).await?;
+        Ok(ids
+            .iter()
+            .filter(|id| !crate::consent::allows(states.get(*id), &self.required, self.default))
+            .cloned()
+            .collect())
+    }
 }
 
 impl PagePlanner {
@@ -505,11 +551,17 @@ impl PagePlanner {
             }
         };
         let keys: Vec<String> = profiles.iter().map(|p| p.id.clone()).collect();
+        // Consent before anything else: a profile without it is not even mapped.
+        let withheld = self.consent.withheld(store, &keys).await?;
         store.analyze_if_stale("sync_records").await?;
         let state = rows::acked_hashes(store, &self.sync, &keys).await?;
         let plan = &mut self.plan;
         let mut upserts = Vec::new();
         for p in profiles {
+            if withheld.contains(&p.id) {
+                plan.withheld += 1;
+                continue;
+            }
             let fields = self.mapping.apply(&Subject {
                 profile_id: &p.id,
                 created_at: p.created_at,
@@ -638,6 +690,21 @@ impl RunContext<'_> {
             }
             _ => rows::removal_candidates(store, &sync.name, None).await?,
         };
+        // Consent withdrawn (or, with `consent_default = "deny"`, never given): the destination
+        // loses the profile in upsert mode too.
+        let consent = ConsentRule::of(config, sync);
+        let mut candidates = candidates;
+        if !consent.required.is_empty() {
+            let known: HashSet<String> = candidates.iter().map(|c| c.key.clone()).collect();
+            let withdrawn = crate::store::consent::acked_without_consent(
+                store,
+                &sync.name,
+                &consent.required,
+                consent.default.allows(),
+            )
+            .await?;
+            candidates.extend(withdrawn.into_iter().filter(|r| !known.contains(&r.key)));
+        }
         let mut deletes = Vec::with_capacity(candidates.len());
         for rows::AckedRow { key, hash, fields } in candidates {
             if parked.contains(&(key.clone(), hash.clone())) {
@@ -705,6 +772,7 @@ impl RunContext<'_> {
             pending_ids,
             after: String::new(),
             page_size: self.engine.page_size,
+            consent,
             plan: Plan::default(),
         };
         if options.dry_run {

@@ -15,6 +15,9 @@ pub struct Plan {
     pub unchanged: u64,
     /// Records waiting in the dead-letter store with the same payload, not re-sent.
     pub parked: u64,
+    /// Profiles or events held back because they lack a consent category the destination
+    /// requires ("withheld: no consent"); never mapped, never sent.
+    pub withheld: u64,
     pub sample_adds: Vec<serde_json::Value>,
     pub sample_changes: Vec<serde_json::Value>,
     pub sample_removals: Vec<serde_json::Value>,
@@ -28,6 +31,7 @@ impl Plan {
         self.removals += other.removals;
         self.unchanged += other.unchanged;
         self.parked += other.parked;
+        self.withheld += other.withheld;
         for (mine, theirs) in [
             (&mut self.sample_adds, other.sample_adds),
             (&mut self.sample_changes, other.sample_changes),

@@ -1,6 +1,7 @@
-//! `switchyard profiles get|erase|erasure|erasures`: a profile by any of its identifiers, read
-//! straight from the store; erasing one (in the hub, then in every destination it was sent
-//! to), and the erasures' receipts.
+//! `switchyard profiles get|show|erase|erasure|erasures|unmerge`: a profile by any of its
+//! identifiers, read straight from the store (`show` adds its consent and merge history);
+//! erasing one (in the hub, then in every destination it was sent to), and the erasures'
+//! receipts; undoing a merge.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,26 @@ pub enum ProfilesCommand {
     Get {
         /// KIND:VALUE, e.g. email:ada@example.com
         id: String,
+        #[arg(long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Print a profile with its consent and its merge history (ids, reasons, the identifier
+    /// that joined, undone or not) as JSON: the ids `profiles unmerge` takes.
+    Show {
+        /// KIND:VALUE, e.g. email:ada@example.com
+        id: String,
+        #[arg(long, default_value = "switchyard.toml")]
+        config: PathBuf,
+    },
+    /// Undo a merge: split the merged-away profile back out with its identifiers, traits and
+    /// events; the next sync runs correct the destinations. The two may not merge again unless
+    /// --allow-rejoin.
+    Unmerge {
+        /// The merge's id (`mrg_...`), from `profiles show`.
+        merge_id: String,
+        /// Let later messages that name both profiles merge them again.
+        #[arg(long)]
+        allow_rejoin: bool,
         #[arg(long, default_value = "switchyard.toml")]
         config: PathBuf,
     },
@@ -58,7 +79,10 @@ pub enum ProfilesCommand {
     },
 }
 
-async fn erasures(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<Erasures> {
+async fn erasures(
+    path: &std::path::Path,
+    plugins_dir: Option<PathBuf>,
+) -> anyhow::Result<Erasures> {
     let mut config = Config::load(path)?;
     if let Some(dir) = plugins_dir {
         config.hub.plugins_dir = dir;
@@ -106,6 +130,30 @@ pub async fn run(cmd: ProfilesCommand, plugins_dir: Option<PathBuf>) -> anyhow::
                 Some(p) => println!("{}", serde_json::to_string_pretty(&p)?),
                 None => bail!("no profile has {identifier}"),
             }
+            Ok(())
+        }
+        ProfilesCommand::Show { id, config } => {
+            let config = Config::load(&config)?;
+            let identifier = crate::identity::Identifier::parse(&id)
+                .with_context(|| format!("`{id}` is not KIND:VALUE, e.g. email:ada@example.com"))?;
+            let store = config.hub.open_store().await?;
+            let profiles = crate::profiles::Profiles::new(store);
+            match profiles.show(&identifier).await? {
+                Some(p) => println!("{}", serde_json::to_string_pretty(&p)?),
+                None => bail!("no profile has {identifier}"),
+            }
+            Ok(())
+        }
+        ProfilesCommand::Unmerge {
+            merge_id,
+            allow_rejoin,
+            config,
+        } => {
+            let config = Config::load(&config)?;
+            let store = config.hub.open_store().await?;
+            let profiles = crate::profiles::Profiles::new(store);
+            let done = profiles.unmerge(&merge_id, allow_rejoin).await?;
+            println!("{}", serde_json::to_string_pretty(&done)?);
             Ok(())
         }
         ProfilesCommand::Erase { id, config, wait } => {

@@ -17,6 +17,12 @@ pub fn validate(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<()>
         .unwrap_or_else(|| ".switchyard/plugins".into());
     let registry = Registry::open_with_default_limits(plugins).ok();
     let problems = crate::validate::validate(path, registry.as_ref());
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    if let Ok(config) = crate::config::Config::parse_unchecked(&text) {
+        for w in crate::validate::warnings(&config) {
+            println!("warning: {w}");
+        }
+    }
     if problems.is_empty() {
         println!("{}: valid", path.display());
         return Ok(());

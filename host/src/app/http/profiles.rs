@@ -3,12 +3,13 @@
 //! receipts (`/v1/erasures`).
 
 use axum::extract::{FromRef, Path, Query, State};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use super::{AdminAuth, AdminToken, ApiError};
 use crate::erasure::{Erasures, Receipt};
+use crate::identity::unmerge::{UnmergeError, Unmerged};
 use crate::identity::Identifier;
 use crate::profiles::{EventPage, InvalidCursor, Profile, Profiles};
 use crate::store::erasure::ProfileRef;
@@ -32,6 +33,7 @@ pub fn routes(profiles: Profiles, erasures: Erasures, token: AdminToken) -> Rout
         .route("/v1/profiles/{id}/traits", get(get_traits))
         .route("/v1/profiles/{id}/events", get(get_events))
         .route("/v1/profiles/{id}/merges", get(get_merges))
+        .route("/v1/merges/{merge_id}/unmerge", post(unmerge))
         .route("/v1/erasures", get(list_erasures))
         .route("/v1/erasures/{id}", get(get_erasure))
         .with_state(ProfilesState {
@@ -131,7 +133,9 @@ async fn delete_profile(
         .erase(&target)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no profile has {id}")))?;
-    Ok(Json(json!({ "deleted": receipt.profile_id, "erasure": receipt })))
+    Ok(Json(
+        json!({ "deleted": receipt.profile_id, "erasure": receipt }),
+    ))
 }
 
 #[derive(serde::Deserialize)]
@@ -158,4 +162,35 @@ async fn get_erasure(
         .await?
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("no erasure {id}")))
+}
+
+#[derive(serde::Deserialize)]
+struct UnmergeQuery {
+    #[serde(default)]
+    allow_rejoin: bool,
+}
+
+/// `POST /v1/merges/{merge_id}/unmerge[?allow_rejoin=true]`: undoes a merge; 404 for an unknown
+/// merge, 409 for one already undone or whose profile is gone.
+async fn unmerge(
+    _: AdminAuth,
+    State(s): State<ProfilesState>,
+    Path(merge_id): Path<String>,
+    Query(q): Query<UnmergeQuery>,
+) -> Result<Json<Unmerged>, ApiError> {
+    s.profiles
+        .unmerge(&merge_id, q.allow_rejoin)
+        .await
+        .map(Json)
+        .map_err(|e| match e {
+            UnmergeError::NotFound(_) => ApiError::NotFound(e.to_string()),
+            UnmergeError::AlreadyUndone(_)
+            | UnmergeError::HolderGone { .. }
+            | UnmergeError::Conflict { .. } => ApiError::Conflict {
+                message: e.to_string(),
+                run_id: None,
+                runs: None,
+            },
+            UnmergeError::Other(e) => ApiError::Internal(e),
+        })
 }

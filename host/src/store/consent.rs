@@ -1,0 +1,132 @@
+//! The `consent` table: each profile's latest consent per category (granted 1/0, as of the
+//! message timestamp that said so), written by the tracking API's group commits and read by
+//! the sync engine before it maps or sends anything.
+
+use std::collections::HashMap;
+
+use anyhow::Context as _;
+
+use super::identity::ROWS;
+use super::profiles::CHUNK;
+use super::syncs::AckedRow;
+use super::{col, Backend, Conn, Result, Store};
+
+/// Consent states ((profile, category) → (granted, ts)); a stored state newer than the one
+/// given stays, so a late message never overrides a later decision.
+pub async fn write_all(
+    conn: &mut Conn,
+    backend: Backend,
+    states: HashMap<(String, String), (bool, i64)>,
+) -> Result<()> {
+    let rows: Vec<_> = states.into_iter().collect();
+    for chunk in rows.chunks(ROWS) {
+        let sql = format!(
+            "INSERT INTO consent (profile_id, category, granted, ts) VALUES {} \
+             ON CONFLICT (profile_id, category) DO UPDATE SET granted = excluded.granted, ts = excluded.ts \
+             WHERE excluded.ts >= consent.ts",
+            backend.value_groups(1, chunk.len(), 4)
+        );
+        let mut q = sqlx::query(&sql);
+        for ((profile, category), (granted, ts)) in chunk {
+            q = q
+                .bind(profile)
+                .bind(category)
+                .bind(*granted as i64)
+                .bind(*ts);
+        }
+        q.execute(&mut *conn).await.context("storing consent")?;
+    }
+    Ok(())
+}
+
+/// The consent states of these profiles: profile → category → granted. Profiles that never
+/// sent a consent object are absent.
+pub async fn states_of(
+    store: &Store,
+    ids: &[String],
+) -> Result<HashMap<String, HashMap<String, bool>>> {
+    let mut out: HashMap<String, HashMap<String, bool>> = HashMap::new();
+    for chunk in ids.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT profile_id, category, granted FROM consent WHERE profile_id IN {}",
+            store.value_groups(1, 1, chunk.len())
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for row in q.fetch_all(store.pool()).await? {
+            out.entry(col(&row, "profile_id")?)
+                .or_default()
+                .insert(col(&row, "category")?, col::<i64>(&row, "granted")? != 0);
+        }
+    }
+    Ok(out)
+}
+
+/// One profile's consent: (category, granted, ts), by category.
+pub async fn of_profile(store: &Store, profile: &str) -> Result<Vec<(String, bool, i64)>> {
+    let rows = sqlx::query(
+        "SELECT category, granted, ts FROM consent WHERE profile_id = $1 ORDER BY category",
+    )
+    .bind(profile)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                col(r, "category")?,
+                col::<i64>(r, "granted")? != 0,
+                col(r, "ts")?,
+            ))
+        })
+        .collect()
+}
+
+/// Records a sync's destination holds for profiles that exist but no longer grant every one of
+/// `required` (normalised category names): withdrawn, or (with `default_allow` false) never
+/// given. They are removed on the next run, in upsert mode too.
+pub async fn acked_without_consent(
+    store: &Store,
+    sync: &str,
+    required: &[String],
+    default_allow: bool,
+) -> Result<Vec<AckedRow>> {
+    if required.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = (0..required.len())
+        .map(|i| format!("${}", i + 2))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let signal = if default_allow {
+        // No consent object at all: not enforced.
+        " AND EXISTS (SELECT 1 FROM consent s WHERE s.profile_id = r.key)"
+    } else {
+        ""
+    };
+    let sql = format!(
+        "SELECT r.key AS key, r.hash AS hash, r.fields AS fields FROM sync_records r WHERE r.sync = $1 \
+         AND EXISTS (SELECT 1 FROM profiles p WHERE p.id = r.key) \
+         AND (SELECT COUNT(*) FROM consent c WHERE c.profile_id = r.key AND c.granted = 1 AND c.category IN ({list})) < {n}{signal} \
+         ORDER BY r.key",
+        n = required.len()
+    );
+    let mut q = sqlx::query(&sql).bind(sync);
+    for c in required {
+        q = q.bind(c);
+    }
+    let rows = q
+        .fetch_all(store.pool())
+        .await
+        .context("finding records whose consent was withdrawn")?;
+    rows.iter()
+        .map(|r| {
+            Ok(AckedRow {
+                key: col(r, "key")?,
+                hash: col(r, "hash")?,
+                fields: col(r, "fields")?,
+            })
+        })
+        .collect()
+}
