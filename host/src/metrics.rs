@@ -2,7 +2,8 @@
 //! Rust client: typed metric families and the OpenMetrics text format). A leaf: plain counters
 //! and labels, fed plain numbers; it knows no engine's types.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -73,6 +74,9 @@ pub struct Metrics {
     pub sources: SourceMetrics,
     /// Event streams: messages in, out, dropped by reason, lag (see [`StreamMetrics`]).
     pub streams: StreamMetrics,
+    /// The last hour of ingestion, minute by minute, for the console's overview (Prometheus
+    /// counters only go up; a rate over the last hour needs the history).
+    pub recent: Recent,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,6 +180,82 @@ impl StreamMetrics {
             .get_or_create(&Self::labels(stream))
             .observe(seconds);
     }
+}
+
+
+/// One minute of ingestion.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Minute {
+    /// Unix minute (milliseconds / 60,000).
+    pub minute: i64,
+    pub accepted: u64,
+    pub rejected: BTreeMap<String, u64>,
+    pub commits: u64,
+    pub commit_seconds: f64,
+    pub commit_max_seconds: f64,
+}
+
+/// The last [`Recent::MINUTES`] minutes of ingestion; cheap to clone. Updated once per commit
+/// and per refused request, never per message.
+#[derive(Clone, Default)]
+pub struct Recent(Arc<Mutex<VecDeque<Minute>>>);
+
+impl Recent {
+    pub const MINUTES: i64 = 60;
+
+    fn with_minute(&self, now_ms: i64, f: impl FnOnce(&mut Minute)) {
+        let minute = now_ms.div_euclid(60_000);
+        let Ok(mut q) = self.0.lock() else { return };
+        if q.back().map(|m| m.minute) != Some(minute) {
+            q.push_back(Minute {
+                minute,
+                ..Minute::default()
+            });
+        }
+        while q
+            .front()
+            .is_some_and(|m| m.minute <= minute - Self::MINUTES)
+        {
+            q.pop_front();
+        }
+        if let Some(m) = q.back_mut() {
+            f(m);
+        }
+    }
+
+    pub fn accepted(&self, now_ms: i64, n: u64) {
+        self.with_minute(now_ms, |m| m.accepted += n);
+    }
+
+    pub fn rejected(&self, now_ms: i64, reason: &str, n: u64) {
+        self.with_minute(now_ms, |m| {
+            *m.rejected.entry(reason.to_string()).or_default() += n
+        });
+    }
+
+    pub fn committed(&self, now_ms: i64, seconds: f64) {
+        self.with_minute(now_ms, |m| {
+            m.commits += 1;
+            m.commit_seconds += seconds;
+            m.commit_max_seconds = m.commit_max_seconds.max(seconds);
+        });
+    }
+
+    /// The minutes of the hour before `now_ms` that saw anything, oldest first.
+    pub fn last_hour(&self, now_ms: i64) -> Vec<Minute> {
+        let since = now_ms.div_euclid(60_000) - Self::MINUTES;
+        self.0
+            .lock()
+            .map(|q| q.iter().filter(|m| m.minute > since).cloned().collect())
+            .unwrap_or_default()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -408,10 +488,24 @@ impl Metrics {
             events_suppressed,
             commit_seconds,
             queue_depth,
+            recent: Recent::default(),
         }
     }
 
+    /// Tracking messages stored.
+    pub fn accept(&self, n: u64) {
+        self.events_accepted.inc_by(n);
+        self.recent.accepted(now_ms(), n);
+    }
+
+    /// One group commit of the writer, and how long it took.
+    pub fn committed(&self, seconds: f64) {
+        self.commit_seconds.observe(seconds);
+        self.recent.committed(now_ms(), seconds);
+    }
+
     pub fn reject(&self, reason: &str, n: u64) {
+        self.recent.rejected(now_ms(), reason, n);
         self.events_rejected
             .get_or_create(&ReasonLabels {
                 reason: reason.to_string(),
@@ -472,5 +566,41 @@ impl Metrics {
             out.clear();
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_keeps_an_hour_of_minutes() {
+        let r = Recent::default();
+        let t0 = 1_000 * 60_000;
+        r.accepted(t0, 5);
+        r.accepted(t0 + 30_000, 2);
+        r.rejected(t0 + 59_999, "invalid", 1);
+        r.committed(t0, 0.002);
+        r.committed(t0 + 1, 0.004);
+        r.accepted(t0 + 60_000, 7);
+        let hour = r.last_hour(t0 + 60_000);
+        assert_eq!(hour.len(), 2);
+        assert_eq!(
+            (
+                hour[0].accepted,
+                hour[0].rejected["invalid"],
+                hour[0].commits
+            ),
+            (7, 1, 2)
+        );
+        assert!((hour[0].commit_max_seconds - 0.004).abs() < 1e-12);
+        assert_eq!(hour[1].accepted, 7);
+        // An hour later the first minute has gone.
+        r.accepted(t0 + 60 * 60_000, 1);
+        let hour = r.last_hour(t0 + 60 * 60_000);
+        assert_eq!(
+            hour.iter().map(|m| m.minute).collect::<Vec<_>>(),
+            [1001, 1060]
+        );
     }
 }

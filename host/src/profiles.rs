@@ -54,6 +54,39 @@ pub struct ProfileDetail {
     pub merges: Vec<Merge>,
 }
 
+/// A profile row shaped for the API.
+fn shape(row: store::profiles::ProfileRow) -> anyhow::Result<Profile> {
+    let store::profiles::ProfileRow {
+        id: profile_id,
+        created_at: created,
+        updated_at: updated,
+        identifiers,
+        traits,
+    } = row;
+    let pairs = |text: Option<String>, what: &str| -> anyhow::Result<Vec<(String, String)>> {
+        match text {
+            None => Ok(Vec::new()),
+            Some(t) => serde_json::from_str(&t)
+                .with_context(|| format!("reading the {what} of profile {profile_id}")),
+        }
+    };
+    let identifiers = pairs(identifiers, "identifiers")?
+        .into_iter()
+        .map(|(kind, value)| Identifier { kind, value })
+        .collect();
+    let traits = pairs(traits, "traits")?
+        .into_iter()
+        .map(|(name, value)| (name, trait_value(value)))
+        .collect();
+    Ok(Profile {
+        id: profile_id,
+        identifiers,
+        traits,
+        created_at: rfc3339(created),
+        updated_at: rfc3339(updated),
+    })
+}
+
 /// A stored trait value: JSON text, or (written by something older) a plain string.
 fn trait_value(text: String) -> Value {
     serde_json::from_str(&text).unwrap_or(Value::String(text))
@@ -85,38 +118,24 @@ impl Profiles {
 
     /// One statement, so a lookup costs one round trip to the store, not four.
     pub async fn get(&self, id: &Identifier) -> anyhow::Result<Option<Profile>> {
-        let Some(store::profiles::ProfileRow {
-            id: profile_id,
-            created_at: created,
-            updated_at: updated,
-            identifiers,
-            traits,
-        }) = store::profiles::by_identifier(&self.store, id).await?
-        else {
-            return Ok(None);
-        };
-        let pairs = |text: Option<String>, what: &str| -> anyhow::Result<Vec<(String, String)>> {
-            match text {
-                None => Ok(Vec::new()),
-                Some(t) => serde_json::from_str(&t)
-                    .with_context(|| format!("reading the {what} of profile {profile_id}")),
-            }
-        };
-        let identifiers = pairs(identifiers, "identifiers")?
-            .into_iter()
-            .map(|(kind, value)| Identifier { kind, value })
-            .collect();
-        let traits = pairs(traits, "traits")?
-            .into_iter()
-            .map(|(name, value)| (name, trait_value(value)))
-            .collect();
-        Ok(Some(Profile {
-            id: profile_id,
-            identifiers,
-            traits,
-            created_at: rfc3339(created),
-            updated_at: rfc3339(updated),
-        }))
+        store::profiles::by_identifier(&self.store, id)
+            .await?
+            .map(shape)
+            .transpose()
+    }
+
+    /// A profile by its own id (the console links profiles by id, not by an identifier, so
+    /// personal data stays out of URLs and logs).
+    pub async fn by_id(&self, profile_id: &str) -> anyhow::Result<Option<Profile>> {
+        store::profiles::by_id(&self.store, profile_id)
+            .await?
+            .map(shape)
+            .transpose()
+    }
+
+    /// How many profiles the store holds.
+    pub async fn count(&self) -> anyhow::Result<i64> {
+        Ok(store::profiles::count(&self.store).await?)
     }
 
     /// [`Profiles::get`] with the profile's consent and merge history.

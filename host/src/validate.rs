@@ -112,7 +112,7 @@ fn check_block(
 
 fn check_secrets(config: &Config) -> Vec<String> {
     let mut problems = Vec::new();
-    if let Err(e) = config.admin_token() {
+    if let Err(e) = config.access_tokens() {
         problems.push(format!("[hub] {e:#}"));
     }
     if let Err(e) = config.write_keys() {

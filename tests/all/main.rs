@@ -7,6 +7,7 @@ mod common;
 #[path = "../fakes/mod.rs"]
 mod fakes;
 
+mod console;
 mod destinations_ads;
 mod destinations_email;
 mod destinations_events;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use super::http::{self, tracking, AdminToken};
+use super::http::{self, tracking, Access};
 use crate::config::Config;
 use crate::identity::IdentityRules;
 use crate::ingest::message::Limits;
@@ -45,8 +45,9 @@ impl Hub {
         )?);
         let sources = SourceEngine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
             .with_metrics(metrics.clone());
-        let syncs = crate::sync::Engine::new(store.clone(), registry, Arc::new(config.clone()))
-            .with_metrics(metrics.clone());
+        let syncs =
+            crate::sync::Engine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
+                .with_metrics(metrics.clone());
         let streams = StreamEngine::new(store.clone(), syncs.clone()).with_metrics(metrics.clone());
         let erasures = crate::erasure::Erasures::new(syncs.clone());
         let rules = IdentityRules::new(&config.identity);
@@ -61,15 +62,26 @@ impl Hub {
         if write_keys.is_empty() {
             tracing::warn!("no [sources.*] write_keys configured: the tracking API will answer 401 to everything");
         }
-        let token = config.admin_token()?;
-        if token.is_none() {
-            tracing::warn!("no [hub] admin_token: the Profiles API is disabled");
+        let access = Access::new(config.access_tokens()?, Some(store.clone()));
+        if !access.enabled() {
+            tracing::warn!("no [hub] admin_token nor [hub.tokens.*]: the admin API is disabled");
         }
         let origins = config
             .sources
             .iter()
             .map(|(name, source)| (name.clone(), source.allowed_origins.clone()))
             .collect();
+        let console = super::console::ConsoleState::new(
+            access.clone(),
+            store.clone(),
+            Profiles::new(store.clone()),
+            syncs.clone(),
+            sources.clone(),
+            metrics.clone(),
+            ingestor.tap().clone(),
+            registry,
+            erasures.clone(),
+        );
         let router = http::router(http::Services {
             tracking: tracking::TrackingState {
                 ingestor,
@@ -88,8 +100,9 @@ impl Hub {
             sources: sources.clone(),
             streams: streams.clone(),
             metrics: metrics.clone(),
-            token: AdminToken(token.map(Arc::from)),
-        });
+            access,
+        })
+        .merge(super::console::routes(console));
         Ok(Hub {
             store,
             metrics,

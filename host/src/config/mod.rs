@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context as _;
 use serde::Deserialize;
 
+pub mod access;
 pub mod secrets;
 pub mod web;
 
@@ -301,6 +302,10 @@ pub struct HubConfig {
     /// Bearer token for the admin and Profiles APIs: `${ENV_VAR}`, `file:PATH` or literal.
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// `[hub.tokens.NAME]`: named tokens for the admin API and the console, each with a role
+    /// (`viewer`, `operator`, `admin`); `admin_token` is an admin named `admin` beside them.
+    #[serde(default)]
+    pub tokens: BTreeMap<String, access::TokenConfig>,
     /// Messages waiting for the writer before the tracking API answers 429.
     #[serde(default = "default_queue")]
     pub ingest_queue: usize,
@@ -422,6 +427,7 @@ impl Default for HubConfig {
             database: default_database(),
             plugins_dir: default_plugins_dir(),
             admin_token: None,
+            tokens: BTreeMap::new(),
             ingest_queue: default_queue(),
             sqlite_mmap_mib: default_sqlite_mmap_mib(),
             trusted_proxies: web::TrustedProxies::default(),
@@ -927,6 +933,11 @@ impl Config {
             .as_deref()
             .map(|spec| secrets::resolve_secret("hub.admin_token", spec))
             .transpose()
+    }
+
+    /// Every admin API and console token (`admin_token` and `[hub.tokens.*]`), resolved.
+    pub fn access_tokens(&self) -> anyhow::Result<Vec<access::AccessToken>> {
+        access::resolve(self.hub.admin_token.as_deref(), &self.hub.tokens)
     }
 }
 

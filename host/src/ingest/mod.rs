@@ -2,4 +2,5 @@
 //! and committed in groups ([`writer`]). The HTTP face of it is `app::http::tracking`.
 
 pub mod message;
+pub mod tap;
 pub mod writer;

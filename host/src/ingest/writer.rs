@@ -11,6 +11,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::message::{Message, MessageType};
+use super::tap::{self, Observed, Tap};
 use crate::identity::batch::{self, Batch, NewEvent};
 use crate::identity::{Identifier, IdentityRules};
 use crate::metrics::Metrics;
@@ -120,6 +121,7 @@ pub struct Ingestor {
     queued: Arc<AtomicUsize>,
     capacity: usize,
     metrics: Metrics,
+    tap: Tap,
 }
 
 impl Ingestor {
@@ -133,12 +135,14 @@ impl Ingestor {
         let (tx, rx) = mpsc::unbounded_channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let rules = Arc::new(rules);
+        let tap = Tap::default();
         tokio::spawn(run(
             store,
             rules.clone(),
             rx,
             queued.clone(),
             metrics.clone(),
+            tap.clone(),
         ));
         Ingestor {
             tx,
@@ -146,7 +150,14 @@ impl Ingestor {
             queued,
             capacity,
             metrics,
+            tap,
         }
+    }
+
+    /// What the writer commits, as it commits it (see [`Tap`]); refusals are sent to it by the
+    /// tracking API.
+    pub fn tap(&self) -> &Tap {
+        &self.tap
     }
 
     /// Stores messages durably; returns once they are committed.
@@ -193,6 +204,7 @@ async fn run(
     mut rx: mpsc::UnboundedReceiver<Job>,
     queued: Arc<AtomicUsize>,
     metrics: Metrics,
+    tap: Tap,
 ) {
     while let Some(first) = rx.recv().await {
         let mut jobs = vec![first];
@@ -222,20 +234,40 @@ async fn run(
                 results
             }
         };
-        metrics
-            .commit_seconds
-            .observe(started.elapsed().as_secs_f64());
+        metrics.committed(started.elapsed().as_secs_f64());
         let left = queued
             .fetch_sub(count, Ordering::SeqCst)
             .saturating_sub(count);
         metrics.queue_depth.set(left as i64);
+        let watched = tap.active();
         for (job, result) in jobs.into_iter().zip(results) {
             if let Ok(stored) = &result {
-                metrics.events_accepted.inc_by(stored.accepted as u64);
+                metrics.accept(stored.accepted as u64);
                 metrics.events_suppressed.inc_by(stored.suppressed as u64);
+                if watched {
+                    observe(&tap, &job);
+                }
             }
             let _ = job.reply.send(result);
         }
+    }
+}
+
+/// Sends a committed job's messages to the tap.
+fn observe(tap: &Tap, job: &Job) {
+    let at = now_millis();
+    for m in &job.messages {
+        tap.send(Observed {
+            at,
+            source: Some(job.source.clone()),
+            kind: m.kind.as_str().to_string(),
+            name: m.name.clone(),
+            message_id: Some(m.message_id.clone()),
+            outcome: "accepted",
+            reason: None,
+            error: None,
+            body: tap::cut(&m.body),
+        });
     }
 }
 

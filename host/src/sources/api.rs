@@ -18,11 +18,10 @@
 //! `401` for a missing or wrong signature or a stale timestamp, `400` for a payload the sender
 //! does not document, `404` for a source without a plugin; nothing is stored on any of these.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -31,7 +30,7 @@ use serde::Deserialize;
 use tracing::Instrument as _;
 
 use super::{RunOptions, SourceEngine};
-use crate::app::http::{check_token, json_error};
+use crate::app::http::{json_error, Access, AdminAuth, Operator, Viewer};
 use crate::runs::lease;
 use crate::runs::RunError;
 use crate::runtime::bindings::{SourceRecord, WebhookError, WebhookRequest};
@@ -44,21 +43,27 @@ pub fn routes(engine: SourceEngine) -> Router {
         .with_state(engine)
 }
 
-/// The admin routes of source runs, merged into the hub's router; `token` is `[hub] admin_token`
-/// (None: the admin API answers 403, as the Profiles API does).
-pub fn admin_routes(engine: SourceEngine, token: Option<Arc<str>>) -> Router {
+/// The admin routes of source runs, merged into the hub's router: reading needs any role,
+/// running `operator` (see `app::http::auth`).
+pub fn admin_routes(engine: SourceEngine, access: Access) -> Router {
     Router::new()
         .route("/v1/sources", get(list))
         .route("/v1/sources/{name}/run", post(run))
         .route("/v1/sources/{name}/runs", get(runs))
         .route("/v1/sources/{name}/cursors", get(cursors))
-        .with_state(AdminState { engine, token })
+        .with_state(AdminState { engine, access })
 }
 
 #[derive(Clone)]
 struct AdminState {
     engine: SourceEngine,
-    token: Option<Arc<str>>,
+    access: Access,
+}
+
+impl FromRef<AdminState> for Access {
+    fn from_ref(s: &AdminState) -> Access {
+        s.access.clone()
+    }
 }
 
 /// How long `POST .../run` waits for the run to take the source's lease, so that it can answer
@@ -79,16 +84,12 @@ fn failed(e: anyhow::Error) -> Response {
     }
 }
 
-/// Checks the admin token and that `name` is a plugin source: the response to send otherwise.
-fn authorise(s: &AdminState, headers: &HeaderMap, name: &str) -> Result<(), Response> {
-    check_token(s.token.as_deref(), headers)?;
+/// Checks that `name` is a plugin source: the response to send otherwise.
+fn known(s: &AdminState, name: &str) -> Result<(), Response> {
     s.engine.source(name).map(|_| ()).map_err(failed)
 }
 
-async fn list(State(s): State<AdminState>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_token(s.token.as_deref(), &headers) {
-        return r;
-    }
+async fn list(_: AdminAuth<Viewer>, State(s): State<AdminState>) -> Response {
     let config = s.engine.config();
     let mut out = Vec::new();
     for (name, source) in config.sources.iter().filter(|(_, c)| c.plugin.is_some()) {
@@ -139,14 +140,31 @@ fn conflict(source: &str, run_id: &str) -> Response {
 /// another run holds it. The run itself goes on in the background, since reading a large source
 /// takes a while: poll `/runs`.
 async fn run(
+    auth: AdminAuth<Operator>,
     State(s): State<AdminState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<RunQuery>,
 ) -> Response {
-    if let Err(r) = authorise(&s, &headers, &name) {
+    let response = start_run(&s, &name, &q).await;
+    let outcome = match response.status() {
+        StatusCode::ACCEPTED => "started",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::CONFLICT => "conflict",
+        _ => "failed",
+    };
+    let detail = q.full_refresh.then(|| "full_refresh".to_string());
+    s.access
+        .audit(&auth.who, "source.run", &name, outcome, detail)
+        .await;
+    response
+}
+
+/// [`run`]'s work, whose answer the audit log records.
+async fn start_run(s: &AdminState, name: &str, q: &RunQuery) -> Response {
+    if let Err(r) = known(s, name) {
         return r;
     }
+    let name = name.to_string();
     let span = tracing::info_span!("source_api_run", source = %name, full_refresh = q.full_refresh);
     async {
         // A run going (here, on another hub, or from the CLI) answers at once; the engine's own
@@ -242,12 +260,12 @@ fn default_limit() -> i64 {
 }
 
 async fn runs(
+    _: AdminAuth<Viewer>,
     State(s): State<AdminState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<Limit>,
 ) -> Response {
-    if let Err(r) = authorise(&s, &headers, &name) {
+    if let Err(r) = known(&s, &name) {
         return r;
     }
     match s.engine.runs(&name, q.limit.clamp(1, 1000)).await {
@@ -257,11 +275,11 @@ async fn runs(
 }
 
 async fn cursors(
+    _: AdminAuth<Viewer>,
     State(s): State<AdminState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Response {
-    if let Err(r) = authorise(&s, &headers, &name) {
+    if let Err(r) = known(&s, &name) {
         return r;
     }
     match s.engine.cursors(&name).await {

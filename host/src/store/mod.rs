@@ -5,6 +5,7 @@
 use std::str::FromStr;
 
 pub mod audiences;
+pub mod audit;
 pub mod consent;
 pub mod erasure;
 pub mod identity;
@@ -164,6 +165,7 @@ fn migrator() -> Migrator {
                 "streams",
                 include_str!("../../migrations/0040_streams.sql"),
             ),
+            migration(50, "audit", include_str!("../../migrations/0050_audit.sql")),
         ]),
         ..Migrator::DEFAULT
     }
@@ -260,7 +262,10 @@ impl Store {
             .await
             .context("hashing the erased identifiers an older hub kept in clear")?;
         if adopted > 0 {
-            tracing::info!(identifiers = adopted, "erased identifiers kept in clear by an older hub are now kept as keyed digests");
+            tracing::info!(
+                identifiers = adopted,
+                "erased identifiers kept in clear by an older hub are now kept as keyed digests"
+            );
         }
         Ok(store)
     }

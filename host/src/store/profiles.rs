@@ -288,35 +288,58 @@ pub struct ProfileRow {
 /// The profile holding an identifier, with its identifiers and traits: one statement, so a
 /// lookup costs one round trip to the store, not four.
 pub async fn by_identifier(store: &Store, id: &Identifier) -> Result<Option<ProfileRow>> {
-    let (identifiers, traits) = match store.backend() {
-        Backend::Sqlite => (
-            "(SELECT json_group_array(json_array(x.kind, x.value)) FROM (SELECT kind, value FROM identifiers WHERE profile_id = p.id ORDER BY kind, value) x) AS identifiers",
-            "(SELECT json_group_array(json_array(t.name, t.value)) FROM (SELECT name, value FROM traits WHERE profile_id = p.id ORDER BY name) t) AS traits",
-        ),
-        Backend::Postgres => (
-            "(SELECT json_agg(json_build_array(x.kind, x.value) ORDER BY x.kind, x.value)::text FROM identifiers x WHERE x.profile_id = p.id) AS identifiers",
-            "(SELECT json_agg(json_build_array(t.name, t.value) ORDER BY t.name)::text FROM traits t WHERE t.profile_id = p.id) AS traits",
-        ),
-    };
     let sql = format!(
-        "SELECT p.id, p.created_at, p.updated_at, {identifiers}, {traits} \
-         FROM identifiers i JOIN profiles p ON p.id = i.profile_id WHERE i.kind = $1 AND i.value = $2"
+        "SELECT p.id, p.created_at, p.updated_at, {} \
+         FROM identifiers i JOIN profiles p ON p.id = i.profile_id WHERE i.kind = $1 AND i.value = $2",
+        profile_columns(store)
     );
     let row = sqlx::query(&sql)
         .bind(&id.kind)
         .bind(&id.value)
         .fetch_optional(store.pool())
         .await?;
-    row.map(|r| {
-        Ok(ProfileRow {
-            id: col(&r, "id")?,
-            created_at: col(&r, "created_at")?,
-            updated_at: col(&r, "updated_at")?,
-            identifiers: col(&r, "identifiers")?,
-            traits: col(&r, "traits")?,
-        })
+    row.map(|r| profile_row(&r)).transpose()
+}
+
+/// A profile by its id, as [`by_identifier`] reads it (the console's profile page).
+pub async fn by_id(store: &Store, profile_id: &str) -> Result<Option<ProfileRow>> {
+    let sql = format!(
+        "SELECT p.id, p.created_at, p.updated_at, {} FROM profiles p WHERE p.id = $1",
+        profile_columns(store)
+    );
+    let row = sqlx::query(&sql)
+        .bind(profile_id)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| profile_row(&r)).transpose()
+}
+
+/// How many profiles there are.
+pub async fn count(store: &Store) -> Result<i64> {
+    let row = sqlx::query("SELECT COUNT(*) AS n FROM profiles")
+        .fetch_one(store.pool())
+        .await?;
+    col(&row, "n")
+}
+
+fn profile_row(r: &sqlx::any::AnyRow) -> Result<ProfileRow> {
+    Ok(ProfileRow {
+        id: col(r, "id")?,
+        created_at: col(r, "created_at")?,
+        updated_at: col(r, "updated_at")?,
+        identifiers: col(r, "identifiers")?,
+        traits: col(r, "traits")?,
     })
-    .transpose()
+}
+
+/// The identifiers and traits of profile `p`, each as one JSON array of pairs.
+fn profile_columns(store: &Store) -> &'static str {
+    match store.backend() {
+        Backend::Sqlite => "(SELECT json_group_array(json_array(x.kind, x.value)) FROM (SELECT kind, value FROM identifiers WHERE profile_id = p.id ORDER BY kind, value) x) AS identifiers, \
+            (SELECT json_group_array(json_array(t.name, t.value)) FROM (SELECT name, value FROM traits WHERE profile_id = p.id ORDER BY name) t) AS traits",
+        Backend::Postgres => "(SELECT json_agg(json_build_array(x.kind, x.value) ORDER BY x.kind, x.value)::text FROM identifiers x WHERE x.profile_id = p.id) AS identifiers, \
+            (SELECT json_agg(json_build_array(t.name, t.value) ORDER BY t.name)::text FROM traits t WHERE t.profile_id = p.id) AS traits",
+    }
 }
 
 /// A profile's traits (name, value as JSON text), by name.

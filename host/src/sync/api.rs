@@ -1,32 +1,37 @@
-//! The admin API of syncs: list, run (or plan), history, dead letters. Bearer admin token.
+//! The admin API of syncs: list, history and dead letters (any role); run, plan, approve
+//! removals and replay (`operator`). Bearer token; state-changing calls go to the audit log.
 
-use std::sync::Arc;
-
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRef, Path, Query, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::{Engine, RunOptions};
-use crate::app::http::{check_token, json_error};
+use crate::app::http::{json_error, Access, AdminAuth, Operator, Viewer};
 use crate::runs::RunError;
 
 #[derive(Clone)]
 struct SyncState {
     engine: Engine,
-    token: Option<Arc<str>>,
+    access: Access,
 }
 
-pub fn routes(engine: Engine, token: Option<Arc<str>>) -> Router {
+impl FromRef<SyncState> for Access {
+    fn from_ref(s: &SyncState) -> Access {
+        s.access.clone()
+    }
+}
+
+pub fn routes(engine: Engine, access: Access) -> Router {
     Router::new()
         .route("/v1/syncs", get(list))
         .route("/v1/syncs/{name}/run", post(run))
         .route("/v1/syncs/{name}/runs", get(runs))
         .route("/v1/dead-letters", get(dead_letters))
         .route("/v1/dead-letters/replay", post(replay))
-        .with_state(SyncState { engine, token })
+        .with_state(SyncState { engine, access })
 }
 
 /// 404 for an unknown sync, 409 for a run refused because another holds the lease, else 500.
@@ -42,10 +47,7 @@ fn failed(e: anyhow::Error) -> Response {
     }
 }
 
-async fn list(State(s): State<SyncState>, headers: HeaderMap) -> Response {
-    if let Err(r) = check_token(s.token.as_deref(), &headers) {
-        return r;
-    }
+async fn list(_: AdminAuth<Viewer>, State(s): State<SyncState>) -> Response {
     let config = s.engine.config();
     let mut out = Vec::new();
     for sync in &config.syncs {
@@ -76,17 +78,25 @@ struct RunQuery {
 /// A dry run answers with the plan; a real run answers 202 at once and runs in the background
 /// (poll `/runs`), since delivering a large audience can take a while.
 async fn run(
+    auth: AdminAuth<Operator>,
     State(s): State<SyncState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<RunQuery>,
 ) -> Response {
-    if let Err(r) = check_token(s.token.as_deref(), &headers) {
-        return r;
-    }
+    let action = if q.dry_run {
+        "sync.plan"
+    } else if q.approve_removals {
+        "sync.approve_removals"
+    } else {
+        "sync.run"
+    };
     if let Err(e) = s.engine.sync_config(&s.engine.config(), &name) {
+        s.access
+            .audit(&auth.who, action, &name, "not_found", None)
+            .await;
         return failed(e);
     }
+    let detail = q.full_resync.then(|| "full_resync".to_string());
     let options = RunOptions {
         dry_run: q.dry_run,
         full_resync: q.full_resync,
@@ -98,6 +108,9 @@ async fn run(
             Err(e) => failed(e),
         };
     }
+    s.access
+        .audit(&auth.who, action, &name, "started", detail)
+        .await;
     let engine = s.engine.clone();
     let sync = name.clone();
     tokio::spawn(async move {
@@ -125,14 +138,11 @@ fn default_limit() -> i64 {
 }
 
 async fn runs(
+    _: AdminAuth<Viewer>,
     State(s): State<SyncState>,
-    headers: HeaderMap,
     Path(name): Path<String>,
     Query(q): Query<Limit>,
 ) -> Response {
-    if let Err(r) = check_token(s.token.as_deref(), &headers) {
-        return r;
-    }
     if let Err(e) = s.engine.sync_config(&s.engine.config(), &name) {
         return failed(e);
     }
@@ -143,31 +153,31 @@ async fn runs(
 }
 
 async fn dead_letters(
+    auth: AdminAuth<Viewer>,
     State(s): State<SyncState>,
-    headers: HeaderMap,
     Query(q): Query<Limit>,
 ) -> Response {
-    if let Err(r) = check_token(s.token.as_deref(), &headers) {
-        return r;
-    }
     match s
         .engine
         .dead_letters(q.sync.as_deref(), q.limit.clamp(1, 10_000))
         .await
     {
-        Ok(d) => Json(serde_json::json!({ "dead_letters": d })).into_response(),
+        Ok(d) => {
+            let mut v = serde_json::json!({ "dead_letters": d });
+            if !auth.who.sees_pii() {
+                crate::app::mask::mask_json(&mut v);
+            }
+            Json(v).into_response()
+        }
         Err(e) => failed(e),
     }
 }
 
 async fn replay(
+    auth: AdminAuth<Operator>,
     State(s): State<SyncState>,
-    headers: HeaderMap,
     Query(q): Query<Limit>,
 ) -> Response {
-    if let Err(r) = check_token(s.token.as_deref(), &headers) {
-        return r;
-    }
     let Some(sync) = q.sync else {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -175,7 +185,34 @@ async fn replay(
         );
     };
     match s.engine.replay(&sync).await {
-        Ok(n) => Json(serde_json::json!({ "sync": sync, "replayed": n })).into_response(),
-        Err(e) => failed(e),
+        Ok(n) => {
+            s.access
+                .audit(
+                    &auth.who,
+                    "dead_letters.replay",
+                    &sync,
+                    "ok",
+                    Some(format!("{n} replayed")),
+                )
+                .await;
+            Json(serde_json::json!({ "sync": sync, "replayed": n })).into_response()
+        }
+        Err(e) => {
+            let outcome = match RunError::of(&e) {
+                Some(RunError::NotFound(_)) => "not_found",
+                Some(RunError::AlreadyRunning { .. }) => "conflict",
+                None => "failed",
+            };
+            s.access
+                .audit(
+                    &auth.who,
+                    "dead_letters.replay",
+                    &sync,
+                    outcome,
+                    Some(format!("{e:#}")),
+                )
+                .await;
+            failed(e)
+        }
     }
 }

@@ -8,12 +8,19 @@ use axum::Json;
 /// Why an admin request failed; the variant decides the status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// `[hub] admin_token` is not set: 403.
-    #[error("the admin API is disabled: set [hub] admin_token")]
+    /// Neither `[hub] admin_token` nor `[hub.tokens.*]` is set: 403.
+    #[error("the admin API is disabled: set [hub] admin_token or add [hub.tokens.NAME]")]
     AdminDisabled,
-    /// No bearer token, or the wrong one: 401.
-    #[error("missing or wrong admin token (Authorization: Bearer ...)")]
+    /// No bearer token, or one the hub does not know: 401.
+    #[error("missing or unknown token (Authorization: Bearer ...)")]
     Unauthorized,
+    /// A known token whose role is below the one the route needs: 403.
+    #[error("the token `{name}` has the role {role}; this needs {need}")]
+    Forbidden {
+        name: String,
+        role: crate::config::access::Role,
+        need: crate::config::access::Role,
+    },
     /// The request itself is wrong: 400.
     #[error("{0}")]
     BadRequest(String),
@@ -39,7 +46,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::AdminDisabled => StatusCode::FORBIDDEN,
+            ApiError::AdminDisabled | ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -99,7 +106,7 @@ mod tests {
         assert_eq!(s, StatusCode::FORBIDDEN);
         assert_eq!(
             b["error"],
-            "the admin API is disabled: set [hub] admin_token"
+            "the admin API is disabled: set [hub] admin_token or add [hub.tokens.NAME]"
         );
         let (s, b) = body_of(ApiError::Internal(anyhow::anyhow!("secret detail"))).await;
         assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);

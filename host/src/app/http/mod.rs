@@ -1,9 +1,11 @@
 //! The hub's HTTP API, as one router: the tracking API ([`tracking`]), the Profiles API
 //! ([`profiles`]), the sync and source admin APIs, webhooks, `/healthz` and `/metrics`.
 //!
-//! Admin routes take the [`AdminAuth`] extractor (the bearer token, checked once) and fail with
-//! [`ApiError`] (one mapping of typed errors to status codes).
+//! Admin routes take the [`AdminAuth`] extractor (the bearer token and the role the route needs,
+//! checked once) and fail with [`ApiError`] (one mapping of typed errors to status codes).
+//! State-changing ones write the audit log ([`audit`]).
 
+mod audit;
 mod auth;
 mod error;
 mod profiles;
@@ -16,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-pub use auth::{check_token, AdminAuth, AdminToken};
+pub use auth::{Access, Admin, AdminAuth, Need, Operator, Principal, Viewer};
 pub use error::{json_error, ApiError};
 
 use crate::metrics::Metrics;
@@ -33,7 +35,7 @@ pub struct Services {
     pub sources: SourceEngine,
     pub streams: crate::streams::StreamEngine,
     pub metrics: Metrics,
-    pub token: AdminToken,
+    pub access: Access,
 }
 
 /// Every route of the hub.
@@ -44,12 +46,13 @@ pub fn router(s: Services) -> Router {
             get(|| async { Json(serde_json::json!({"status": "ok"})) }),
         )
         .route("/metrics", get(render_metrics).with_state(s.metrics))
-        .merge(profiles::routes(s.profiles, s.erasures, s.token.clone()))
-        .merge(streams::routes(s.streams, s.token.clone()))
+        .merge(profiles::routes(s.profiles, s.erasures, s.access.clone()))
+        .merge(streams::routes(s.streams, s.access.clone()))
         .merge(tracking::routes(s.tracking))
-        .merge(crate::sync::api::routes(s.syncs, s.token.0.clone()))
+        .merge(audit::routes(s.access.clone()))
+        .merge(crate::sync::api::routes(s.syncs, s.access.clone()))
         .merge(crate::sources::api::routes(s.sources.clone()))
-        .merge(crate::sources::api::admin_routes(s.sources, s.token.0))
+        .merge(crate::sources::api::admin_routes(s.sources, s.access))
 }
 
 async fn render_metrics(State(metrics): State<Metrics>) -> Response {

@@ -1,33 +1,34 @@
-//! The Profiles API (admin token): a profile by any of its identifiers (`KIND:VALUE`), its
-//! traits, events and merges; erasing it (by an identifier or its id), and the erasures'
-//! receipts (`/v1/erasures`).
+//! The Profiles API: a profile by any of its identifiers (`KIND:VALUE`), its traits, events and
+//! merges (any role; personal data masked below `admin`); erasing it (by an identifier or its
+//! id), and the erasures' receipts (`/v1/erasures`) (`admin`).
 
 use axum::extract::{FromRef, Path, Query, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use super::{AdminAuth, AdminToken, ApiError};
+use super::{Access, AdminAuth, ApiError, Principal, Viewer};
+use crate::app::mask::mask_json;
 use crate::erasure::{Erasures, Receipt};
 use crate::identity::unmerge::{UnmergeError, Unmerged};
 use crate::identity::Identifier;
-use crate::profiles::{EventPage, InvalidCursor, Profile, Profiles};
+use crate::profiles::{InvalidCursor, Profiles};
 use crate::store::erasure::ProfileRef;
 
 #[derive(Clone)]
 struct ProfilesState {
     profiles: Profiles,
     erasures: Erasures,
-    token: AdminToken,
+    access: Access,
 }
 
-impl FromRef<ProfilesState> for AdminToken {
-    fn from_ref(s: &ProfilesState) -> AdminToken {
-        s.token.clone()
+impl FromRef<ProfilesState> for Access {
+    fn from_ref(s: &ProfilesState) -> Access {
+        s.access.clone()
     }
 }
 
-pub fn routes(profiles: Profiles, erasures: Erasures, token: AdminToken) -> Router {
+pub fn routes(profiles: Profiles, erasures: Erasures, access: Access) -> Router {
     Router::new()
         .route("/v1/profiles/{id}", get(get_profile).delete(delete_profile))
         .route("/v1/profiles/{id}/traits", get(get_traits))
@@ -39,7 +40,7 @@ pub fn routes(profiles: Profiles, erasures: Erasures, token: AdminToken) -> Rout
         .with_state(ProfilesState {
             profiles,
             erasures,
-            token,
+            access,
         })
 }
 
@@ -56,6 +57,15 @@ fn no_profile(id: &Identifier) -> ApiError {
     ApiError::NotFound(format!("no profile has {id}"))
 }
 
+/// `v` as JSON, personal data masked unless `who` may see it.
+fn shown<T: serde::Serialize>(who: &Principal, v: T) -> Result<Json<Value>, ApiError> {
+    let mut v = serde_json::to_value(v).map_err(|e| ApiError::Internal(e.into()))?;
+    if !who.sees_pii() {
+        mask_json(&mut v);
+    }
+    Ok(Json(v))
+}
+
 /// The id of the profile holding `{kind}:{value}`.
 async fn locate(s: &ProfilesState, id: &str) -> Result<String, ApiError> {
     let id = identifier(id)?;
@@ -63,23 +73,23 @@ async fn locate(s: &ProfilesState, id: &str) -> Result<String, ApiError> {
 }
 
 async fn get_profile(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
-) -> Result<Json<Profile>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let id = identifier(&id)?;
     let profile = s.profiles.get(&id).await?.ok_or_else(|| no_profile(&id))?;
-    Ok(Json(profile))
+    shown(&auth.who, profile)
 }
 
 async fn get_traits(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let profile = locate(&s, &id).await?;
     let traits = s.profiles.traits_of(&profile).await?;
-    Ok(Json(json!({ "traits": traits })))
+    shown(&auth.who, json!({ "traits": traits }))
 }
 
 #[derive(serde::Deserialize)]
@@ -89,37 +99,39 @@ struct EventsQuery {
 }
 
 async fn get_events(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
     Query(q): Query<EventsQuery>,
-) -> Result<Json<EventPage>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let profile = locate(&s, &id).await?;
-    s.profiles
+    let page = s
+        .profiles
         .events(&profile, q.limit.unwrap_or(50), q.cursor.as_deref())
         .await
-        .map(Json)
         .map_err(|e| match e.downcast_ref::<InvalidCursor>() {
             Some(invalid) => ApiError::BadRequest(invalid.to_string()),
             None => ApiError::Internal(e),
-        })
+        })?;
+    shown(&auth.who, page)
 }
 
 async fn get_merges(
-    _: AdminAuth,
+    auth: AdminAuth<Viewer>,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let profile = locate(&s, &id).await?;
     let merges = s.profiles.merges(&profile).await?;
-    Ok(Json(json!({ "merges": merges })))
+    shown(&auth.who, json!({ "merges": merges }))
 }
 
 /// Erases a profile (`KIND:VALUE`, or the profile's id): in the hub at once, in every
 /// destination it was sent to in the background. Answers the receipt as it stands, with
-/// `deleted` (the profile id) as before.
+/// `deleted` (the profile id) as before. The audit log records the profile's id, never the
+/// identifier it was found by (that would keep the personal data the erasure removes).
 async fn delete_profile(
-    _: AdminAuth,
+    auth: AdminAuth,
     State(s): State<ProfilesState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
@@ -128,14 +140,45 @@ async fn delete_profile(
     } else {
         ProfileRef::Id(id.clone())
     };
-    let receipt = s
-        .erasures
-        .erase(&target)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no profile has {id}")))?;
-    Ok(Json(
-        json!({ "deleted": receipt.profile_id, "erasure": receipt }),
-    ))
+    let found = match &target {
+        ProfileRef::Identifier(i) => s.profiles.find(i).await?,
+        ProfileRef::Id(p) => Some(p.clone()),
+    };
+    let logged = found.map_or_else(|| "profile:?".to_string(), |p| format!("profile:{p}"));
+    match s.erasures.erase(&target).await {
+        Ok(Some(receipt)) => {
+            s.access
+                .audit(
+                    &auth.who,
+                    "profile.erase",
+                    &format!("profile:{}", receipt.profile_id),
+                    "ok",
+                    None,
+                )
+                .await;
+            Ok(Json(
+                json!({ "deleted": receipt.profile_id, "erasure": receipt }),
+            ))
+        }
+        Ok(None) => {
+            s.access
+                .audit(&auth.who, "profile.erase", &logged, "not_found", None)
+                .await;
+            Err(ApiError::NotFound(format!("no profile has {id}")))
+        }
+        Err(e) => {
+            s.access
+                .audit(
+                    &auth.who,
+                    "profile.erase",
+                    &logged,
+                    "failed",
+                    Some(format!("{e:#}")),
+                )
+                .await;
+            Err(e.into())
+        }
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -212,7 +212,16 @@ async fn handle_inner(
         Ok(p) => p,
         Err(e) => {
             state.metrics.reject("invalid", 1);
-            return (StatusCode::BAD_REQUEST, Json(e.to_json())).into_response();
+            let answer = e.to_json();
+            let source = basic_key.as_ref().and_then(|k| state.write_keys.get(k));
+            let why = answer["error"]
+                .as_str()
+                .map_or_else(|| answer.to_string(), str::to_string);
+            state
+                .ingestor
+                .tap()
+                .refused(source.map(String::as_str), "invalid", &why, &body);
+            return (StatusCode::BAD_REQUEST, Json(answer)).into_response();
         }
     };
     let key = match basic_key.or(body_key) {
@@ -238,6 +247,12 @@ async fn handle_inner(
         state
             .metrics
             .reject("origin_not_allowed", messages.len() as u64);
+        state.ingestor.tap().refused(
+            Some(source),
+            "origin_not_allowed",
+            "this page's origin is not in the source's allowed_origins",
+            &body,
+        );
         return refused;
     }
     if let Some(ip) = client_ip(state, &peer, headers) {

@@ -1,0 +1,210 @@
+//! Audiences: each with its CEL filter and size; one audience with a sample of members; and an
+//! editor that checks a filter and estimates its size on a sample of profiles before anything
+//! is saved (saving stays in the project file, where audiences are reviewed like code).
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use maud::html;
+
+use super::{ui, ConsoleState, Session};
+use crate::audience::Filter;
+
+/// Profiles the editor evaluates a filter on: enough for a useful estimate, few enough to
+/// answer in well under a second on a store of millions.
+const SAMPLE: i64 = 1_000;
+
+pub async fn list(session: Session, State(s): State<ConsoleState>) -> Response {
+    let config = s.syncs.config();
+    let mut rows = Vec::new();
+    for (name, a) in &config.audiences {
+        let size = match crate::audience::preview(&s.store, name, 0).await {
+            Ok((n, _)) => n,
+            Err(e) => return ui::failure("the audiences' sizes", e),
+        };
+        let full = crate::audience::last_full(&s.store, name)
+            .await
+            .ok()
+            .flatten();
+        rows.push((name.clone(), a.clone(), size, full));
+    }
+    let body = html! {
+        header.page {
+            h1 { "Audiences" }
+            p.sub { "Profiles a CEL filter accepts; syncs send them on. Defined in " code { "[audiences.NAME]" } " of the project file." }
+        }
+        div.actions { a.button href="/console/audiences/editor" { "Try a filter" } }
+        section.panel {
+            @if rows.is_empty() { p.hint { "No audiences are configured." } } @else {
+                table {
+                    thead { tr { th scope="col" { "Audience" } th scope="col" { "Filter" } th.num scope="col" { "Members" } th scope="col" { "Last full refresh" } } }
+                    tbody { @for (name, a, size, full) in &rows {
+                        tr {
+                            td { a href={"/console/audiences/" (name)} { (name) } @if let Some(d) = &a.description { br; span.hint { (d) } } }
+                            td { code.filter { (a.filter) } }
+                            td.num { (ui::count(*size)) }
+                            td { @match full { Some(t) => (ui::time(*t)), None => span.hint { "never" } } }
+                        }
+                    } }
+                }
+            }
+        }
+    };
+    ui::layout("Audiences", &session, "/console/audiences", body).into_response()
+}
+
+pub async fn page(
+    session: Session,
+    State(s): State<ConsoleState>,
+    Path(name): Path<String>,
+) -> Response {
+    let config = s.syncs.config();
+    let Some(a) = config.audiences.get(&name) else {
+        return ui::refusal(
+            StatusCode::NOT_FOUND,
+            "No such audience",
+            &format!("No audience is named `{name}` in the project file."),
+        );
+    };
+    let (size, sample) = match crate::audience::preview(&s.store, &name, 20).await {
+        Ok(p) => p,
+        Err(e) => return ui::failure("the audience", e),
+    };
+    let changed = crate::audience::membership_changed_at(&s.store, &name)
+        .await
+        .ok()
+        .flatten();
+    let full = crate::audience::last_full(&s.store, &name)
+        .await
+        .ok()
+        .flatten();
+    let syncs: Vec<_> = config
+        .syncs
+        .iter()
+        .filter(|x| matches!(&x.from, crate::config::SyncFrom::Audience { audience } if *audience == name))
+        .map(|x| x.name.clone())
+        .collect();
+    let body = html! {
+        header.page {
+            p.crumbs { a href="/console/audiences" { "Audiences" } " / " }
+            h1 { (name) }
+            @if let Some(d) = &a.description { p.sub { (d) } }
+        }
+        section.cards {
+            div.card { h2 { "Members" } p.big #audience-size { (ui::count(size)) } }
+            div.card { h2 { "Membership changed" } p { @match changed { Some(t) => (ui::time(t)), None => "never" } } }
+            div.card { h2 { "Last full refresh" } p { @match full { Some(t) => (ui::time(t)), None => "never" } } p.hint { (a.full_refresh.as_deref().unwrap_or("no schedule")) } }
+        }
+        section.panel {
+            h2 { "Filter" }
+            pre.filter { (a.filter) }
+            p { a.button href={"/console/audiences/editor?filter=" (super::urlencode(&a.filter))} { "Open in the editor" } }
+        }
+        section.panel {
+            h2 { "Synced by" }
+            @if syncs.is_empty() { p.hint { "No sync reads this audience." } }
+            ul.tags { @for x in &syncs { li { a href={"/console/syncs/" (x)} { (x) } } } }
+        }
+        section.panel {
+            h2 { "Newest members" }
+            @if sample.is_empty() { p.hint { "No members yet: membership is evaluated before each sync run and on full refreshes." } }
+            ul.members { @for id in &sample { li { a href={"/console/profiles/" (id)} { code { (id) } } } } }
+        }
+    };
+    ui::layout(&name, &session, "/console/audiences", body).into_response()
+}
+
+#[derive(serde::Deserialize, Default)]
+pub struct EditorQuery {
+    filter: Option<String>,
+}
+
+/// What the editor found for a filter.
+struct Estimate {
+    sampled: usize,
+    matched: usize,
+    total: i64,
+    errors: usize,
+}
+
+/// Evaluates `filter` on up to [`SAMPLE`] profiles from a random point of the id order.
+async fn estimate(s: &ConsoleState, filter: &Filter) -> anyhow::Result<Estimate> {
+    let total = s.profile_count().await?;
+    let start = format!("{:08x}", fastrand::u32(..));
+    let mut ids = crate::store::profiles::ids_page(&s.store, None, &start, SAMPLE).await?;
+    if (ids.len() as i64) < SAMPLE {
+        let more =
+            crate::store::profiles::ids_page(&s.store, None, "", SAMPLE - ids.len() as i64).await?;
+        for id in more {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+    }
+    let profiles = crate::store::profiles::load(&s.store, &ids, filter.uses_events).await?;
+    let mut matched = 0;
+    let mut errors = 0;
+    for p in &profiles {
+        match filter.matches(p, None) {
+            Ok(true) => matched += 1,
+            Ok(false) => {}
+            Err(_) => errors += 1,
+        }
+    }
+    Ok(Estimate {
+        sampled: profiles.len(),
+        matched,
+        total,
+        errors,
+    })
+}
+
+pub async fn editor(
+    session: Session,
+    State(s): State<ConsoleState>,
+    Query(q): Query<EditorQuery>,
+) -> Response {
+    let text = q.filter.as_deref().map(str::trim).filter(|f| !f.is_empty());
+    let result = match text {
+        None => None,
+        Some(t) => Some(match Filter::compile(t) {
+            Err(problem) => Err(problem),
+            Ok(filter) => match estimate(&s, &filter).await {
+                Ok(e) => Ok(e),
+                Err(e) => return ui::failure("the sample of profiles", e),
+            },
+        }),
+    };
+    let body = html! {
+        header.page {
+            p.crumbs { a href="/console/audiences" { "Audiences" } " / " }
+            h1 { "Filter editor" }
+            p.sub { "Check a CEL filter and estimate how many profiles it accepts. Nothing is saved: copy it into " code { "[audiences.NAME] filter" } "." }
+        }
+        section.panel {
+            form method="get" action="/console/audiences/editor" {
+                label for="filter" { "Filter" }
+                textarea #filter name="filter" rows="4" spellcheck="false" required { (text.unwrap_or("traits.plan == \"pro\"")) }
+                p.hint { "Reads " code { "traits" } ", " code { "identifiers" } ", " code { "events[\"Name\"].count / first / last" } ", " code { "event_list" } " and " code { "now" } "." }
+                button.primary type="submit" { "Check and preview" }
+            }
+        }
+        @match &result {
+            None => {},
+            Some(Err(problem)) => section.panel.warn role="alert" { h2 { "This filter does not compile" } p { (problem) } },
+            Some(Ok(e)) => section.panel.ok role="status" {
+                h2 { "Valid filter" }
+                @let share = if e.sampled > 0 { e.matched as f64 / e.sampled as f64 } else { 0.0 };
+                @if e.sampled as i64 >= e.total {
+                    p.big #preview-size { (ui::count(e.matched as i64)) " profiles" }
+                    p.hint { "Exact: every profile was evaluated." }
+                } @else {
+                    p.big #preview-size { "≈ " (ui::count((share * e.total as f64).round() as i64)) " profiles" }
+                    p.hint { (ui::count(e.matched as i64)) " of a sample of " (ui::count(e.sampled as i64)) " matched (" (format!("{:.1}", share * 100.0)) "%), of " (ui::count(e.total)) " profiles." }
+                }
+                @if e.errors > 0 { p.notice { (e.errors) " profiles could not be evaluated (a value of the wrong type); they count as not matching." } }
+            },
+        }
+    };
+    ui::layout("Filter editor", &session, "/console/audiences", body).into_response()
+}
