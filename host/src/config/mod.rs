@@ -234,13 +234,7 @@ pub enum SyncMode {
     Events,
 }
 
-/// One mapped field.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum MappingValue {
-    Path(String),
-    Literal { value: toml::Value },
-}
+pub use crate::mapping::MappingValue;
 
 /// A removal guardrail.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -733,7 +727,7 @@ impl Config {
             }
         }
         for (name, audience) in &self.audiences {
-            if let Err(e) = crate::audience::Filter::compile(&audience.filter) {
+            if let Err(e) = crate::filter::Filter::compile(&audience.filter) {
                 problems.push(format!("[audiences.{name}] filter: {e}"));
             }
             if let Some(s) = &audience.full_refresh {
@@ -803,7 +797,7 @@ impl Config {
                 SyncFrom::Events {
                     filter: Some(f), ..
                 } => {
-                    if let Err(e) = crate::audience::Filter::compile(f) {
+                    if let Err(e) = crate::filter::Filter::compile(f) {
                         problems.push(format!("{at}: from.filter: {e}"));
                     }
                 }
@@ -826,7 +820,7 @@ impl Config {
             }
             for (field, value) in &sync.mapping {
                 if let MappingValue::Path(path) = value {
-                    if let Err(e) = crate::sync::mapping::Path::parse(path, events) {
+                    if let Err(e) = crate::mapping::Path::parse(path, events) {
                         problems.push(format!("{at}: mapping.{field}: {e}"));
                     }
                 }
@@ -883,13 +877,13 @@ impl Config {
                 }
             }
             if let Some(f) = &stream.filter {
-                if let Err(e) = crate::audience::Filter::compile(f) {
+                if let Err(e) = crate::filter::Filter::compile(f) {
                     problems.push(format!("{at}: filter: {e}"));
                 }
             }
             for (field, value) in &stream.mapping {
                 if let MappingValue::Path(path) = value {
-                    if let Err(e) = crate::sync::mapping::Path::parse(path, true) {
+                    if let Err(e) = crate::mapping::Path::parse(path, true) {
                         problems.push(format!("{at}: mapping.{field}: {e}"));
                     }
                 }

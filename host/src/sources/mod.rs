@@ -13,9 +13,8 @@
 //! that never says it is done stops as `capped` with what it read committed, and the next run
 //! resumes from its cursor.
 
-pub mod api;
-pub mod commands;
 pub mod scheduler;
+pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};

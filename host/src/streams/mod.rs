@@ -28,7 +28,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument as _;
 
-use crate::audience::Filter;
+use crate::filter::Filter;
 use crate::config::{Config, StreamConfig, StreamStart};
 use crate::metrics::Metrics;
 use crate::runtime::bindings::Action;
@@ -36,7 +36,7 @@ use crate::store::profiles::{self as model, ProfileData};
 use crate::store::streams as rows;
 use crate::store::{now_millis, Store};
 use crate::sync::delivery::{self, Abort, Item, Ledger, Stats, Target};
-use crate::sync::mapping::{Mapping, Subject};
+use crate::mapping::{Mapping, Subject};
 use crate::sync::payload_hash;
 
 /// Events read per query. A page is cut into batches of the destination's size; each batch is
@@ -464,7 +464,7 @@ fn meta(event: &rows::StreamEvent) -> Value {
         "source": event.source,
         "type": body.get("type"),
         "event": body.get("event").or_else(|| body.get("name")),
-        "received_at": crate::sync::mapping::iso(event.received_at),
+        "received_at": crate::mapping::iso(event.received_at),
     })
 }
 

@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use anyhow::bail;
 
 use super::delivery::{Item, Target};
-use super::mapping::{Mapping, Subject};
 use super::{payload_hash, ConsentRule, RunContext, RunOptions, SAMPLES};
-use crate::audience::Filter;
+use crate::filter::Filter;
+use crate::mapping::{Mapping, Subject};
 use crate::config::{Config, SyncFrom};
 use crate::runtime::bindings::Action;
 use crate::store::now_millis;

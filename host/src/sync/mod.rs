@@ -4,12 +4,9 @@
 //! committed per batch, so a crash resumes where it stopped. One run per sync at a time, across
 //! hubs too (a lease row in the database).
 
-pub mod api;
-pub mod commands;
 pub mod delivery;
 mod events;
 mod ledger;
-pub mod mapping;
 pub mod plan;
 pub mod scheduler;
 
@@ -38,7 +35,7 @@ use delivery::{Abort, Item, Stats, Target};
 pub use plan::{payload_hash, Plan};
 use ledger::RunLedger;
 use plan::{Blocked, SAMPLES};
-use mapping::{Mapping, Subject};
+use crate::mapping::{Mapping, Subject};
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
@@ -654,7 +651,17 @@ impl RunContext<'_> {
             _ => Population::All,
         };
 
-        let fingerprint = payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping));
+        // A destination's consent rule is part of what the model is: adding or changing it makes
+        // the next run look at every record again.
+        let consent = ConsentRule::of(config, sync);
+        let fingerprint = if consent.required.is_empty() {
+            payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping))
+        } else {
+            payload_hash(&format!(
+                "{:?}|{:?}|{:?}|{:?}",
+                sync.from, sync.mapping, consent.required, consent.default
+            ))
+        };
         let meta = rows::meta(store, &sync.name).await?;
         let incremental_since = match meta {
             Some((f, at)) if f == fingerprint && !options.full_resync => Some(at - 10_000),
@@ -692,7 +699,6 @@ impl RunContext<'_> {
         };
         // Consent withdrawn (or, with `consent_default = "deny"`, never given): the destination
         // loses the profile in upsert mode too.
-        let consent = ConsentRule::of(config, sync);
         let mut candidates = candidates;
         if !consent.required.is_empty() {
             let known: HashSet<String> = candidates.iter().map(|c| c.key.clone()).collect();
@@ -701,6 +707,7 @@ impl RunContext<'_> {
                 &sync.name,
                 &consent.required,
                 consent.default.allows(),
+                incremental_since,
             )
             .await?;
             candidates.extend(withdrawn.into_iter().filter(|r| !known.contains(&r.key)));

@@ -1,10 +1,20 @@
-//! Field mappings: destination field ← a path into the profile (or the event), or a literal.
+//! Field mappings: destination field ← a path into the profile (or the event), or a literal,
+//! compiled once ([`Mapping::compile`]) and applied to each record. A leaf value.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::config::MappingValue;
+use serde::Deserialize;
+
+/// One mapped field as the project file writes it: a path (`"traits.plan"`) or a literal
+/// (`{ value = ... }`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MappingValue {
+    Path(String),
+    Literal { value: toml::Value },
+}
 
 /// Where a mapped value comes from.
 #[derive(Debug, Clone, PartialEq)]
