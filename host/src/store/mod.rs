@@ -161,6 +161,11 @@ fn migrator() -> Migrator {
                 include_str!("../../migrations/0020_erasure.sql"),
             ),
             migration(
+                30,
+                "delivery_ids",
+                include_str!("../../migrations/0030_delivery_ids.sql"),
+            ),
+            migration(
                 40,
                 "streams",
                 include_str!("../../migrations/0040_streams.sql"),

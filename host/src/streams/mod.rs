@@ -521,6 +521,8 @@ enum Decision {
 
 /// A stream's config compiled once.
 struct Compiled {
+    /// `stream:NAME`: where its dead letters are filed and what its delivery ids derive from.
+    scope: String,
     sources: Option<HashSet<String>>,
     filter: Option<Filter>,
     mapping: Option<Mapping>,
@@ -556,6 +558,7 @@ impl Compiled {
                 .any(|name| mentions(f, name))
         });
         Ok(Compiled {
+            scope: format!("stream:{}", stream.name),
             sources: if stream.from.is_empty() {
                 None
             } else {
@@ -627,6 +630,10 @@ impl Compiled {
         };
         let text = fields.to_string();
         Decision::Forward(Item {
+            // Stable across retries and re-sends after a crash: derived from the message id,
+            // per stream, as events syncs derive theirs.
+            delivery_id: crate::sync::delivery_id::for_event(&self.scope, &event.message_id),
+            previous_fields: None,
             key: event.message_id.clone(),
             hash: payload_hash(&text),
             fields: text,

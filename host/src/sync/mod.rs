@@ -5,6 +5,7 @@
 //! hubs too (a lease row in the database).
 
 pub mod delivery;
+pub mod delivery_id;
 mod events;
 mod ledger;
 pub mod plan;
@@ -476,6 +477,8 @@ struct PagePlanner {
     pending_ids: Option<std::vec::IntoIter<String>>,
     after: String,
     page_size: usize,
+    /// The destination's `key-fields`: a change of one sends the previous fields along.
+    key_fields: Vec<String>,
     /// The destination's consent requirement; profiles without it are withheld.
     consent: ConsentRule,
     plan: Plan,
@@ -551,7 +554,19 @@ impl PagePlanner {
         // Consent before anything else: a profile without it is not even mapped.
         let withheld = self.consent.withheld(store, &keys).await?;
         store.analyze_if_stale("sync_records").await?;
-        let state = rows::acked_hashes(store, &self.sync, &keys).await?;
+        let state = rows::acked_state(store, &self.sync, &keys, !self.key_fields.is_empty()).await?;
+        // Keys the destination does not hold: when it last acknowledged their removal, so a
+        // re-add gets a delivery id of its own.
+        let absent: Vec<String> = keys
+            .iter()
+            .filter(|k| !state.contains_key(*k))
+            .cloned()
+            .collect();
+        let removed = if absent.is_empty() {
+            HashMap::new()
+        } else {
+            rows::removed_at(store, &self.sync, &absent).await?
+        };
         let plan = &mut self.plan;
         let mut upserts = Vec::new();
         for p in profiles {
@@ -569,7 +584,8 @@ impl PagePlanner {
             });
             let text = serde_json::to_string(&fields)?;
             let hash = payload_hash(&text);
-            let previous = state.get(&p.id);
+            let acked = state.get(&p.id);
+            let previous = acked.map(|a| &a.hash);
             if previous == Some(&hash) && !self.full_resync {
                 plan.unchanged += 1;
                 continue;
@@ -590,7 +606,18 @@ impl PagePlanner {
                     plan.sample_adds.push(sample());
                 }
             }
+            let base = match (acked, removed.get(&p.id)) {
+                (Some(a), _) => delivery_id::Base::Acked(a.acked_at),
+                (None, Some(at)) => delivery_id::Base::Removed(*at),
+                (None, None) => delivery_id::Base::New,
+            };
+            let previous_fields = acked
+                .and_then(|a| a.fields.as_deref())
+                .filter(|old| key_field_changed(&self.key_fields, old, &fields))
+                .map(str::to_string);
             upserts.push(Item {
+                delivery_id: delivery_id::for_change(&self.sync, &p.id, "upsert", &hash, base),
+                previous_fields,
                 key: p.id,
                 hash,
                 fields: text,
@@ -600,6 +627,23 @@ impl PagePlanner {
         }
         Ok(Some(upserts))
     }
+}
+
+/// Whether a field the destination keys contacts by had a value in the acknowledged payload
+/// `old` that the new payload does not have (changed or gone): then the plugin must rename or
+/// remove the contact under the old value.
+fn key_field_changed(
+    key_fields: &[String],
+    old: &str,
+    new: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    let Ok(serde_json::Value::Object(old)) = serde_json::from_str::<serde_json::Value>(old) else {
+        return false;
+    };
+    key_fields.iter().any(|f| match old.get(f) {
+        None | Some(serde_json::Value::Null) => false,
+        Some(was) => new.get(f) != Some(was),
+    })
 }
 
 impl RunContext<'_> {
@@ -713,7 +757,13 @@ impl RunContext<'_> {
             candidates.extend(withdrawn.into_iter().filter(|r| !known.contains(&r.key)));
         }
         let mut deletes = Vec::with_capacity(candidates.len());
-        for rows::AckedRow { key, hash, fields } in candidates {
+        for rows::AckedRow {
+            key,
+            hash,
+            fields,
+            acked_at,
+        } in candidates
+        {
             if parked.contains(&(key.clone(), hash.clone())) {
                 self.plan.parked += 1;
                 continue;
@@ -725,6 +775,14 @@ impl RunContext<'_> {
                 }));
             }
             deletes.push(Item {
+                delivery_id: delivery_id::for_change(
+                    &sync.name,
+                    &key,
+                    "delete",
+                    &hash,
+                    delivery_id::Base::Acked(acked_at),
+                ),
+                previous_fields: None,
                 key,
                 hash,
                 fields,
@@ -779,6 +837,7 @@ impl RunContext<'_> {
             pending_ids,
             after: String::new(),
             page_size: self.engine.page_size,
+            key_fields: target.instance.plugin().manifest().key_fields.clone(),
             consent,
             plan: Plan::default(),
         };
@@ -877,4 +936,26 @@ impl RunContext<'_> {
 /// Where the CLI finds the plugins of a config (its `[hub] plugins_dir`, unless overridden).
 pub fn plugins_dir(config: &Config, cli: Option<PathBuf>) -> PathBuf {
     cli.unwrap_or_else(|| config.hub.plugins_dir.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_field_changed;
+
+    #[test]
+    fn a_key_field_changed_or_gone_sends_the_previous_fields() {
+        let keys = vec!["email".to_string()];
+        let new = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let old = r#"{"email":"old@x.com","first_name":"Ada"}"#;
+        assert!(key_field_changed(&keys, old, &new(serde_json::json!({"email": "new@x.com"}))));
+        assert!(key_field_changed(&keys, old, &new(serde_json::json!({"first_name": "Ada"}))));
+        assert!(!key_field_changed(
+            &keys,
+            old,
+            &new(serde_json::json!({"email": "old@x.com", "first_name": "Ann"}))
+        ));
+        // Nothing to rename when there was no old value, or the destination keys by nothing.
+        assert!(!key_field_changed(&keys, r#"{"email":null}"#, &new(serde_json::json!({"email": "a@x"}))));
+        assert!(!key_field_changed(&[], old, &new(serde_json::json!({"email": "new@x.com"}))));
+    }
 }
