@@ -204,6 +204,15 @@ pub async fn suppressed_among(
 /// Replaces plain suppressions left by older hubs (`suppressions`: kind and value in clear)
 /// with their digests, so no erased identifier stays readable. Cheap when there are none.
 pub async fn adopt_plain_suppressions(store: &Store) -> Result<u64> {
+    // A plain read first: every start of the hub or the CLI comes here, and a write
+    // transaction would wait for the write lock of a busy SQLite file.
+    if sqlx::query("SELECT 1 AS hit FROM suppressions LIMIT 1")
+        .fetch_optional(store.pool())
+        .await?
+        .is_none()
+    {
+        return Ok(0);
+    }
     let mut tx = store.begin_write().await?;
     let rows = sqlx::query("SELECT kind, value, at FROM suppressions")
         .fetch_all(&mut *tx)
@@ -637,6 +646,34 @@ mod tests {
         assert_eq!(d, digest(b"k1", &Identifier::new("email", "ada@example.com")));
         assert_ne!(d, digest(b"k2", &email));
         assert_ne!(d, digest(b"k1", &Identifier::new("user_id", "ada@example.com")));
+    }
+
+    #[tokio::test]
+    async fn plain_suppressions_of_older_hubs_become_digests_that_still_suppress() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = Store::open(&url).await.unwrap();
+        sqlx::query("INSERT INTO suppressions (kind, value, at) VALUES ('email', 'old@example.com', 5)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        drop(store);
+        // The next start hashes it.
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(store.scalar("SELECT COUNT(*) FROM suppressions").await.unwrap(), 0);
+        assert_eq!(
+            store.scalar("SELECT COUNT(*) FROM erased_identifiers WHERE at = 5").await.unwrap(),
+            1
+        );
+        let mut conn = store.acquire().await.unwrap();
+        let key = key(&mut conn).await.unwrap();
+        let old = Identifier::new("email", "OLD@example.com");
+        let other = Identifier::new("email", "new@example.com");
+        let hit = suppressed_among(&mut conn, store.backend(), key.as_deref(), &[&old, &other])
+            .await
+            .unwrap();
+        assert_eq!(hit, HashSet::from([old]));
+        assert_eq!(adopt_plain_suppressions(&store).await.unwrap(), 0);
     }
 
     #[test]
