@@ -22,6 +22,7 @@ mod sandbox;
 mod sources;
 mod sources_hub;
 mod sources_plugins;
+mod streams;
 mod syncs;
 mod tracking;
 mod transforms;
