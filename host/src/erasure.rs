@@ -277,6 +277,12 @@ impl Erasures {
             .records
             .iter()
             .map(|r| OutboundRecord {
+                delivery_id: crate::sync::delivery_id::for_erase(
+                    &t.erasure_id,
+                    &t.destination,
+                    &r.key,
+                ),
+                previous_fields: None,
                 key: r.key.clone(),
                 fields: r.fields.clone(),
             })
@@ -361,11 +367,10 @@ impl Erasures {
     }
 }
 
-/// The action that erases, if the plugin's manifest lists it. Plugin contract 1.0.0, which
-/// this hub still speaks, has no `erase` (1.1.0 adds it): until then no destination can erase,
-/// and every receipt says so.
-fn erase_action(_actions: &[Action]) -> Option<Action> {
-    None
+/// The action that erases, if the plugin's manifest lists it (plugin contract 1.1.0; a plugin
+/// built against 1.0.0 never does, and its receipt says it cannot erase).
+fn erase_action(actions: &[Action]) -> Option<Action> {
+    actions.contains(&Action::Erase).then_some(Action::Erase)
 }
 
 /// A failed call as the receipt's error, and the Retry-After it asked for.

@@ -8,6 +8,7 @@ mod common;
 mod fakes;
 
 mod console;
+mod contract;
 mod destinations_ads;
 mod destinations_email;
 mod destinations_events;

@@ -118,7 +118,7 @@ pub async fn acked_without_consent(
         None => "sync_records r JOIN profiles p ON p.id = r.key WHERE r.sync = $1".to_string(),
     };
     let sql = format!(
-        "SELECT r.key AS key, r.hash AS hash, r.fields AS fields FROM {from} \
+        "SELECT r.key AS key, r.hash AS hash, r.fields AS fields, r.acked_at AS acked_at FROM {from} \
          AND (SELECT COUNT(*) FROM consent c WHERE c.profile_id = r.key AND c.granted = 1 AND c.category IN ({list})) < {n}{signal} \
          ORDER BY r.key",
         n = required.len()
@@ -140,6 +140,7 @@ pub async fn acked_without_consent(
                 key: col(r, "key")?,
                 hash: col(r, "hash")?,
                 fields: col(r, "fields")?,
+                acked_at: col(r, "acked_at")?,
             })
         })
         .collect()

@@ -156,6 +156,11 @@ fn migrator() -> Migrator {
                 "erasure",
                 include_str!("../../migrations/0020_erasure.sql"),
             ),
+            migration(
+                30,
+                "delivery_ids",
+                include_str!("../../migrations/0030_delivery_ids.sql"),
+            ),
             migration(50, "audit", include_str!("../../migrations/0050_audit.sql")),
         ]),
         ..Migrator::DEFAULT

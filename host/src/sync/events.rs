@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use anyhow::bail;
 
 use super::delivery::{Item, Target};
+use super::delivery_id;
 use super::{payload_hash, ConsentRule, RunContext, RunOptions, SAMPLES};
 use crate::filter::Filter;
 use crate::mapping::{Mapping, Subject};
@@ -122,6 +123,8 @@ impl RunContext<'_> {
                         .push(serde_json::json!({"key": message_id, "fields": fields}));
                 }
                 items.push(Item {
+                    delivery_id: delivery_id::for_event(&sync.name, message_id),
+                    previous_fields: None,
                     key: message_id.clone(),
                     hash: payload_hash(&text),
                     fields: text,

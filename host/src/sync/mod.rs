@@ -5,6 +5,7 @@
 //! hubs too (a lease row in the database).
 
 pub mod delivery;
+pub mod delivery_id;
 mod events;
 mod ledger;
 mod pages;
@@ -606,7 +607,13 @@ impl RunContext<'_> {
             candidates.extend(withdrawn.into_iter().filter(|r| !known.contains(&r.key)));
         }
         let mut deletes = Vec::with_capacity(candidates.len());
-        for rows::AckedRow { key, hash, fields } in candidates {
+        for rows::AckedRow {
+            key,
+            hash,
+            fields,
+            acked_at,
+        } in candidates
+        {
             if parked.contains(&(key.clone(), hash.clone())) {
                 self.plan.parked += 1;
                 continue;
@@ -618,6 +625,14 @@ impl RunContext<'_> {
                 }));
             }
             deletes.push(Item {
+                delivery_id: delivery_id::for_change(
+                    &sync.name,
+                    &key,
+                    "delete",
+                    &hash,
+                    delivery_id::Base::Acked(acked_at),
+                ),
+                previous_fields: None,
                 key,
                 hash,
                 fields,
@@ -672,6 +687,7 @@ impl RunContext<'_> {
             pending_ids,
             after: String::new(),
             page_size: self.engine.page_size,
+            key_fields: target.instance.plugin().manifest().key_fields.clone(),
             consent,
             plan: Plan::default(),
         };

@@ -1,12 +1,13 @@
 //! The page planner of audience and all-profiles syncs: walks the model a page at a time and
 //! plans each page against the acknowledged state (adds, changes; unchanged, parked, withheld).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::bail;
 
 use super::delivery::Item;
+use super::delivery_id;
 use super::plan::SAMPLES;
 use super::{payload_hash, ConsentRule, Plan, LEASE_LOST};
 use crate::mapping::{Mapping, Subject};
@@ -30,6 +31,8 @@ pub(super) struct PagePlanner {
     pub(super) pending_ids: Option<std::vec::IntoIter<String>>,
     pub(super) after: String,
     pub(super) page_size: usize,
+    /// The destination's `key-fields`: a change of one sends the previous fields along.
+    pub(super) key_fields: Vec<String>,
     /// The destination's consent requirement; profiles without it are withheld.
     pub(super) consent: ConsentRule,
     pub(super) plan: Plan,
@@ -71,7 +74,19 @@ impl PagePlanner {
         // Consent before anything else: a profile without it is not even mapped.
         let withheld = self.consent.withheld(store, &keys).await?;
         store.analyze_if_stale("sync_records").await?;
-        let state = rows::acked_hashes(store, &self.sync, &keys).await?;
+        let state = rows::acked_state(store, &self.sync, &keys, !self.key_fields.is_empty()).await?;
+        // Keys the destination does not hold: when it last acknowledged their removal, so a
+        // re-add gets a delivery id of its own.
+        let absent: Vec<String> = keys
+            .iter()
+            .filter(|k| !state.contains_key(*k))
+            .cloned()
+            .collect();
+        let removed = if absent.is_empty() {
+            HashMap::new()
+        } else {
+            rows::removed_at(store, &self.sync, &absent).await?
+        };
         let plan = &mut self.plan;
         let mut upserts = Vec::new();
         for p in profiles {
@@ -89,7 +104,8 @@ impl PagePlanner {
             });
             let text = serde_json::to_string(&fields)?;
             let hash = payload_hash(&text);
-            let previous = state.get(&p.id);
+            let acked = state.get(&p.id);
+            let previous = acked.map(|a| &a.hash);
             if previous == Some(&hash) && !self.full_resync {
                 plan.unchanged += 1;
                 continue;
@@ -110,7 +126,18 @@ impl PagePlanner {
                     plan.sample_adds.push(sample());
                 }
             }
+            let base = match (acked, removed.get(&p.id)) {
+                (Some(a), _) => delivery_id::Base::Acked(a.acked_at),
+                (None, Some(at)) => delivery_id::Base::Removed(*at),
+                (None, None) => delivery_id::Base::New,
+            };
+            let previous_fields = acked
+                .and_then(|a| a.fields.as_deref())
+                .filter(|old| key_field_changed(&self.key_fields, old, &fields))
+                .map(str::to_string);
             upserts.push(Item {
+                delivery_id: delivery_id::for_change(&self.sync, &p.id, "upsert", &hash, base),
+                previous_fields,
                 key: p.id,
                 hash,
                 fields: text,
@@ -119,5 +146,44 @@ impl PagePlanner {
             });
         }
         Ok(Some(upserts))
+    }
+}
+
+/// Whether a field the destination keys contacts by had a value in the acknowledged payload
+/// `old` that the new payload does not have (changed or gone): then the plugin must rename or
+/// remove the contact under the old value.
+fn key_field_changed(
+    key_fields: &[String],
+    old: &str,
+    new: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    let Ok(serde_json::Value::Object(old)) = serde_json::from_str::<serde_json::Value>(old) else {
+        return false;
+    };
+    key_fields.iter().any(|f| match old.get(f) {
+        None | Some(serde_json::Value::Null) => false,
+        Some(was) => new.get(f) != Some(was),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_field_changed;
+
+    #[test]
+    fn a_key_field_changed_or_gone_sends_the_previous_fields() {
+        let keys = vec!["email".to_string()];
+        let new = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let old = r#"{"email":"old@x.com","first_name":"Ada"}"#;
+        assert!(key_field_changed(&keys, old, &new(serde_json::json!({"email": "new@x.com"}))));
+        assert!(key_field_changed(&keys, old, &new(serde_json::json!({"first_name": "Ada"}))));
+        assert!(!key_field_changed(
+            &keys,
+            old,
+            &new(serde_json::json!({"email": "old@x.com", "first_name": "Ann"}))
+        ));
+        // Nothing to rename when there was no old value, or the destination keys by nothing.
+        assert!(!key_field_changed(&keys, r#"{"email":null}"#, &new(serde_json::json!({"email": "a@x"}))));
+        assert!(!key_field_changed(&[], old, &new(serde_json::json!({"email": "new@x.com"}))));
     }
 }

@@ -209,6 +209,10 @@ impl Destination for CustomerMatch {
                     "google-ads-customer-match syncs list membership (upsert/delete), not events"
                         .into(),
                 )),
+                // Not in the manifest's actions, so the hub never sends it.
+                Action::Erase => return Err(CallError::InvalidConfig(
+                    "google-ads-customer-match does not list `erase` among its actions".into(),
+                )),
             };
         if !remove {
             refuse_denied_consent(&ctx.config)?;

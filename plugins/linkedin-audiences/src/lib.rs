@@ -186,6 +186,10 @@ impl Destination for LinkedIn {
                     "linkedin-audiences adds and removes segment users; it does not take events"
                         .to_string(),
                 )),
+                // Not in the manifest's actions, so the hub never sends it.
+                Action::Erase => return Err(CallError::InvalidConfig(
+                    "linkedin-audiences does not list `erase` among its actions".to_string(),
+                )),
             };
         let mut results = vec![RecordResult::Ok; batch.len()];
         let mut elements = Vec::with_capacity(batch.len());

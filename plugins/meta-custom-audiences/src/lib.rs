@@ -272,6 +272,10 @@ impl Destination for MetaCustomAudiences {
                     "meta-custom-audiences syncs audience membership (upsert/delete), not events"
                         .into(),
                 )),
+                // Not in the manifest's actions, so the hub never sends it.
+                Action::Erase => return Err(CallError::InvalidConfig(
+                    "meta-custom-audiences does not list `erase` among its actions".into(),
+                )),
             };
         let default_country = ctx
             .config
@@ -1023,6 +1027,8 @@ mod tests {
         let batch = vec![OutboundRecord {
             key: "k".into(),
             fields: "{}".into(),
+            delivery_id: "dlv_k".into(),
+            previous_fields: None,
         }];
         let id = session_id(&batch);
         assert!(id > 0 && id < (1 << 53));

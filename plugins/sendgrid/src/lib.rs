@@ -227,6 +227,12 @@ impl Destination for SendGrid {
             Action::Upsert => upsert(&api, &ctx.config, &batch, &mut results)?,
             Action::Delete => delete(&api, &ctx.config, &batch, &mut results)?,
             Action::Track => track(&api, &ctx.config, &batch, &mut results)?,
+            // Not in the manifest's actions, so the hub never sends it.
+            Action::Erase => {
+                return Err(CallError::InvalidConfig(
+                    "sendgrid does not list `erase` among its actions".into(),
+                ))
+            }
         }
         Ok(results
             .into_iter()
@@ -1200,6 +1206,8 @@ mod tests {
         let rec = |k: &str, f: Value| OutboundRecord {
             key: k.into(),
             fields: f.to_string(),
+            delivery_id: format!("dlv_{k}"),
+            previous_fields: None,
         };
         let mails: Vec<Mail> = [
             rec("1", json!({"email": "a@x.co", "event": "Order Completed"})),

@@ -97,7 +97,7 @@ impl Destination for Slack {
         let url = webhook_url(ctx)?;
         let template = match action {
             Action::Upsert | Action::Track => Some(ctx.config.template.as_str()),
-            Action::Delete => ctx.config.delete_template.as_deref(),
+            Action::Delete | Action::Erase => ctx.config.delete_template.as_deref(),
         };
         let Some(template) = template else {
             switchyard_sdk::debug!(

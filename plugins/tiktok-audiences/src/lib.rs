@@ -160,6 +160,12 @@ impl Destination for TikTok {
                         .to_string(),
                 ))
             }
+            // Not in the manifest's actions, so the hub never sends it.
+            Action::Erase => {
+                return Err(CallError::InvalidConfig(
+                    "tiktok-audiences does not list `erase` among its actions".to_string(),
+                ))
+            }
         };
         let mut results = vec![RecordResult::Ok; batch.len()];
         let mut rows = Vec::with_capacity(batch.len());
