@@ -9,8 +9,10 @@
 //! receives nothing.
 
 use crate::common;
-use crate::fakes::{mailchimp as mailchimp_fake, sendgrid as sendgrid_fake, slack as slack_fake,
-                   webhook as webhook_fake};
+use crate::fakes::{
+    mailchimp as mailchimp_fake, sendgrid as sendgrid_fake, slack as slack_fake,
+    webhook as webhook_fake,
+};
 
 use std::time::{Duration, Instant};
 
@@ -165,10 +167,7 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         USER,
         json!({"email": EMAIL, "first_name": "Ada", "plan": "pro"}),
     );
-    let r = hub.track(
-        "identify",
-        json!({"anonymousId": ANON, "userId": USER}),
-    );
+    let r = hub.track("identify", json!({"anonymousId": ANON, "userId": USER}));
     assert_eq!(r.status, 200);
     let r = hub.track(
         "track",
@@ -209,7 +208,10 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
     let id = answer["erasure"]["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("era_"));
     assert_eq!(answer["deleted"], answer["erasure"]["profile_id"]);
-    assert_eq!(answer["erasure"]["destinations"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        answer["erasure"]["destinations"].as_array().unwrap().len(),
+        3
+    );
     assert!(hub.profile(&format!("email:{EMAIL}")).is_none());
 
     let receipt = wait_complete(&hub, &id);
@@ -221,14 +223,20 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         let d = destination(&receipt, name);
         assert_eq!(d["status"], "erased", "{receipt:#}");
         assert_eq!(d["syncs"], syncs);
-        assert!(d["done_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
+        assert!(
+            d["done_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{d}"
+        );
     }
     assert!(destination(&receipt, "sg")["attempts"].as_i64().unwrap() >= 2);
     assert!(destination(&receipt, "crm")["attempts"].as_i64().unwrap() >= 2);
     assert_eq!(receipt["identifiers_erased"], 3);
 
     // Each provider got its own deletion call.
-    assert!(sendgrid.contact(EMAIL).is_none(), "SendGrid contact deleted");
+    assert!(
+        sendgrid.contact(EMAIL).is_none(),
+        "SendGrid contact deleted"
+    );
     assert!(
         sendgrid
             .seen()
@@ -247,10 +255,19 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         .collect();
     assert_eq!(erases.len(), 1, "one erase message, its retry deduplicated");
     // The profile's record and its order's (events sync) record, each as last delivered.
-    let records = erases[0].body["data"]["records"].as_array().unwrap().clone();
+    let records = erases[0].body["data"]["records"]
+        .as_array()
+        .unwrap()
+        .clone();
     assert_eq!(records.len(), 2, "{records:?}");
-    assert!(records.iter().all(|r| r["fields"]["email"] == EMAIL), "{records:?}");
-    assert!(records.iter().any(|r| r["fields"]["order"] == "o-ada-1"), "{records:?}");
+    assert!(
+        records.iter().all(|r| r["fields"]["email"] == EMAIL),
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r["fields"]["order"] == "o-ada-1"),
+        "{records:?}"
+    );
     assert!(hook.refused().is_empty(), "{:?}", hook.refused());
 
     // Nothing of Ada's identifiers is left in any text column of any table.
@@ -306,7 +323,13 @@ fn a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing(db: Db) {
     assert_eq!(posted, 1);
 
     // The CLI erases and waits for the destinations.
-    let out = hub.cli(&["profiles", "erase", &format!("user_id:{USER}"), "--wait", "10s"]);
+    let out = hub.cli(&[
+        "profiles",
+        "erase",
+        &format!("user_id:{USER}"),
+        "--wait",
+        "10s",
+    ]);
     let text = ok(&out);
     let receipt: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(receipt["complete"], true, "{receipt:#}");
@@ -314,7 +337,10 @@ fn a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing(db: Db) {
     assert_eq!(d["status"], "cannot_erase", "{receipt:#}");
     assert!(d["note"].as_str().unwrap().contains("by hand"), "{d}");
     assert!(
-        d["last_error"].as_str().unwrap().contains("does not list `erase`"),
+        d["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("does not list `erase`"),
         "{d}"
     );
     assert_eq!(slack.requests(), posted, "nothing more was posted to Slack");
@@ -323,15 +349,21 @@ fn a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing(db: Db) {
     let r = hub.admin_get(&format!("/v1/erasures/{}", receipt["id"].as_str().unwrap()));
     assert_eq!(r.json()["destinations"], receipt["destinations"]);
     assert_eq!(hub.admin_get("/v1/erasures/era_nope").status, 404);
-    assert_eq!(hub.admin_delete(&format!("/v1/profiles/user_id:{USER}")).status, 404);
+    assert_eq!(
+        hub.admin_delete(&format!("/v1/profiles/user_id:{USER}"))
+            .status,
+        404
+    );
 }
 
 // ---- each plugin's erase, through `switchyard plugin ...` against its fake ----
 
 mod plugins {
     use super::common::{install_plugin, lines, ok, switchyard};
-    use crate::fakes::{google_ads as google_fake, linkedin as linkedin_fake, meta as meta_fake,
-                       tiktok as tiktok_fake};
+    use crate::fakes::{
+        google_ads as google_fake, linkedin as linkedin_fake, meta as meta_fake,
+        tiktok as tiktok_fake,
+    };
 
     use std::path::Path;
     use std::process::Output;
@@ -360,8 +392,18 @@ mod plugins {
         std::fs::write(&file, text).unwrap();
         let config = config.to_string();
         let mut args: Vec<String> = [
-            "plugin", "deliver", plugin, "--config", &config, "--secret", secret,
-            "--allow-private", fake, "--action", action, "--records",
+            "plugin",
+            "deliver",
+            plugin,
+            "--config",
+            &config,
+            "--secret",
+            secret,
+            "--allow-private",
+            fake,
+            "--action",
+            action,
+            "--records",
             file.to_str().unwrap(),
         ]
         .iter()
@@ -399,7 +441,11 @@ mod plugins {
             assert!(actions.contains("erase"), "{name}: {actions}");
             assert!(!info.contains("cannot erase"), "{name}: {info}");
         }
-        let info = ok(&switchyard(dir.path(), &["plugin", "info", "slack"], "warn"));
+        let info = ok(&switchyard(
+            dir.path(),
+            &["plugin", "info", "slack"],
+            "warn",
+        ));
         assert!(info.contains("cannot erase"), "{info}");
     }
 
@@ -437,7 +483,10 @@ mod plugins {
         let results = run("erase", &people[..1]);
         assert_eq!(results[0]["result"], "ok", "{results:?}");
         let left = tiktok.members(AUDIENCE, "EMAIL_SHA256");
-        assert_eq!(left.into_iter().collect::<Vec<_>>(), [sha256("bob@example.com")]);
+        assert_eq!(
+            left.into_iter().collect::<Vec<_>>(),
+            [sha256("bob@example.com")]
+        );
         let last = tiktok.bodies().pop().unwrap();
         assert_eq!(last["action"], "delete", "{last}");
 
@@ -465,7 +514,11 @@ mod plugins {
         assert_eq!(linkedin.members(SEGMENT).len(), 2);
         let results = run("erase", &people[..1]);
         assert_eq!(results[0]["result"], "ok", "{results:?}");
-        let left: Vec<String> = linkedin.members(SEGMENT).into_iter().map(|(_, v)| v).collect();
+        let left: Vec<String> = linkedin
+            .members(SEGMENT)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
         assert_eq!(left, [sha256("bob@example.com")]);
         let last = linkedin.bodies().pop().unwrap();
         assert!(last.to_string().contains("\"REMOVE\""), "{last}");

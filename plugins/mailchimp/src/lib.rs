@@ -210,9 +210,7 @@ impl Destination for Mailchimp {
                     UpsertVia::Member => upsert_members(&api, members, &mut results)?,
                 }
             }
-            (Action::Delete, _) => {
-                delete(&api, api.ctx.config.delete_mode, &batch, &mut results)?
-            }
+            (Action::Delete, _) => delete(&api, api.ctx.config.delete_mode, &batch, &mut results)?,
             (Action::Track, _) => {
                 return Err(CallError::InvalidConfig(
                     "the mailchimp destination takes upsert and delete, not track".into(),

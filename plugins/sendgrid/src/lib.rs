@@ -229,9 +229,13 @@ impl Destination for SendGrid {
         let mut results: Vec<Option<RecordResult>> = vec![None; batch.len()];
         match action {
             Action::Upsert => upsert(&api, &ctx.config, &batch, &mut results)?,
-            Action::Delete => {
-                delete(&api, &ctx.config, ctx.config.delete_mode, &batch, &mut results)?
-            }
+            Action::Delete => delete(
+                &api,
+                &ctx.config,
+                ctx.config.delete_mode,
+                &batch,
+                &mut results,
+            )?,
             Action::Track => track(&api, &ctx.config, &batch, &mut results)?,
             // A privacy erasure: the contact goes from the whole account, whatever
             // `delete_mode` says for audience removals.
