@@ -298,6 +298,10 @@ impl Engine {
                 (status, Some(format!("{e:#}")), plan, stats)
             }
         };
+        if let (Some(m), false) = (&self.metrics, options.dry_run) {
+            // Before the history says the run is over, so whoever sees it finished sees this.
+            m.sync_withheld(&sync.name, plan.withheld);
+        }
         if !options.dry_run {
             // Counters were committed batch by batch; read them back for the report.
             let planned = rows::Planned {
@@ -321,9 +325,6 @@ impl Engine {
         }
         if let Some(m) = &self.metrics {
             m.sync_run(&sync.name, status.as_str(), started.elapsed().as_secs_f64());
-            if !options.dry_run {
-                m.sync_withheld(&sync.name, plan.withheld);
-            }
         }
         let mut report = if options.dry_run {
             RunReport {
@@ -360,8 +361,9 @@ impl Engine {
         Ok(report)
     }
 
-    /// The destination instance's token bucket (a new one when its rate changed).
-    fn limiter(&self, destination: &str, rate: f64) -> Arc<governor::DefaultDirectRateLimiter> {
+    /// The destination instance's token bucket (a new one when its rate changed); event
+    /// streams to the same destination share it with its syncs.
+    pub fn limiter(&self, destination: &str, rate: f64) -> Arc<governor::DefaultDirectRateLimiter> {
         let mut all = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
         match all.get(destination) {
             Some((r, l)) if *r == rate => l.clone(),
