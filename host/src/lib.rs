@@ -9,7 +9,8 @@
 //!   webhook routes), the command line (`app::cli`, one file per command group). Nothing in the
 //!   crate imports `app`; only `main.rs` does.
 //! - the engines: `sync`, `sources` (and `runs`, what both share: status, errors, lease, the
-//!   scheduler loop), `erasure` (privacy erasure to the destinations), `audience`,
+//!   scheduler loop), `streams` (events forwarded as they are committed, through the syncs'
+//!   delivery), `erasure` (privacy erasure to the destinations), `audience`,
 //!   `ingest` (message parsing, the writer), `profiles`, `identity`
 //!   (decisions over identifier lists), `registry` (installed plugins, instantiated for a
 //!   config block) and `validate` (the checks that need installed plugins).
@@ -41,5 +42,6 @@ pub mod scaffold;
 pub mod schedule;
 pub mod sources;
 pub mod store;
+pub mod streams;
 pub mod sync;
 pub mod validate;

@@ -57,9 +57,14 @@ impl Path {
                 "name" | "timestamp" | "message_id" | "type" if parts.len() == 2 => {
                     Ok(Path::Event(rest()))
                 }
-                "properties" | "context" => Ok(Path::Event(rest())),
+                // The message's own ids, as sent (streams forward identify, group and alias
+                // too, whose payload is in these and in `traits`).
+                "userId" | "anonymousId" | "groupId" | "previousId" if parts.len() == 2 => {
+                    Ok(Path::Event(rest()))
+                }
+                "properties" | "context" | "traits" => Ok(Path::Event(rest())),
                 _ => Err(format!(
-                    "`{text}`: use event.name, event.timestamp, event.message_id, event.properties.NAME or event.context.NAME"
+                    "`{text}`: use event.name, event.type, event.timestamp, event.message_id, event.userId, event.anonymousId, event.groupId, event.previousId, event.properties.NAME, event.traits.NAME or event.context.NAME"
                 )),
             },
             _ => Err(format!(

@@ -22,5 +22,6 @@ mod sandbox;
 mod sources;
 mod sources_hub;
 mod sources_plugins;
+mod streams;
 mod syncs;
 mod tracking;

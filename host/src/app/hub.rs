@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::profiles::Profiles;
 use crate::sources::SourceEngine;
 use crate::store::Store;
+use crate::streams::StreamEngine;
 
 /// Everything the server needs, built from the config.
 pub struct Hub {
@@ -26,6 +27,8 @@ pub struct Hub {
     pub syncs: crate::sync::Engine,
     /// Runs source plugins and applies their webhooks; the scheduler and the webhook route share it.
     pub sources: SourceEngine,
+    /// Forwards events as they are committed (`[[streams]]`); started by [`serve`].
+    pub streams: StreamEngine,
     /// Erases profiles and sends their destinations' erases; the Profiles API and the
     /// background queue share it.
     pub erasures: crate::erasure::Erasures,
@@ -45,6 +48,7 @@ impl Hub {
         let syncs =
             crate::sync::Engine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
                 .with_metrics(metrics.clone());
+        let streams = StreamEngine::new(store.clone(), syncs.clone()).with_metrics(metrics.clone());
         let erasures = crate::erasure::Erasures::new(syncs.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
@@ -94,6 +98,7 @@ impl Hub {
             erasures: erasures.clone(),
             syncs: syncs.clone(),
             sources: sources.clone(),
+            streams: streams.clone(),
             metrics: metrics.clone(),
             access,
         })
@@ -104,6 +109,7 @@ impl Hub {
             router,
             syncs,
             sources,
+            streams,
             erasures,
         })
     }
@@ -120,6 +126,12 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     }
     let config = load(path, plugins_dir.as_deref())?;
     let hub = Hub::build(&config).await?;
+    // Streams place their cursors before the tracking API listens, so nothing it acknowledges
+    // is behind a new stream's start.
+    hub.streams
+        .start()
+        .await
+        .context("starting the event streams ([[streams]])")?;
     let listener = tokio::net::TcpListener::bind(&config.hub.listen)
         .await
         .with_context(|| format!("listening on {}", config.hub.listen))?;
@@ -174,7 +186,7 @@ fn reload_on_hangup(hub: &Hub, path: &Path, plugins_dir: Option<PathBuf>) {
                     let c = Arc::new(c);
                     syncs.reload(c.clone());
                     sources.reload(c);
-                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs, plugin sources; [hub], [identity] and write keys need a restart)");
+                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs, plugin sources; [hub], [identity], write keys and [[streams]] need a restart)");
                 }
                 Err(e) => {
                     tracing::error!("configuration not reloaded, keeping the running one: {e:#}")

@@ -589,6 +589,9 @@ impl RunContext<'_> {
         )
         .await?;
         tx.commit().await.context("committing a page")?;
+        if applied.events > 0 {
+            engine.store.events_committed();
+        }
         tracing::debug!(
             records = applied.records,
             events = applied.events,

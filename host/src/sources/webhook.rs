@@ -165,6 +165,10 @@ impl SourceEngine {
             .collect();
         let applied = self.apply(&mut tx, source, &list).await?;
         tx.commit().await?;
+        if applied.events > 0 {
+            // Event streams forward from what is committed: wake them now.
+            self.store.events_committed();
+        }
         Ok(Some(applied))
     }
 }

@@ -358,8 +358,9 @@ impl Engine {
         Ok(report)
     }
 
-    /// The destination instance's token bucket (a new one when its rate changed).
-    fn limiter(&self, destination: &str, rate: f64) -> Arc<governor::DefaultDirectRateLimiter> {
+    /// The destination instance's token bucket (a new one when its rate changed); event
+    /// streams to the same destination share it with its syncs.
+    pub fn limiter(&self, destination: &str, rate: f64) -> Arc<governor::DefaultDirectRateLimiter> {
         let mut all = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
         match all.get(destination) {
             Some((r, l)) if *r == rate => l.clone(),

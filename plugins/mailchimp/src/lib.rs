@@ -29,6 +29,12 @@
 //!   (`PATCH .../members/{subscriber_hash}`), or only with `delete_mode = "permanent"` deletes
 //!   it for good (`POST .../actions/delete-permanent`; the address can then never be
 //!   re-imported). A member Mailchimp does not know is already gone.
+//! * `erase` (a privacy erasure, contract 1.1.0): always `POST .../actions/delete-permanent`
+//!   ("Delete list member": "Delete all personally identifiable information related to a list
+//!   member, and remove them from a list",
+//!   <https://mailchimp.com/developer/marketing/api/list-member-actions/delete-list-member/>),
+//!   whatever `delete_mode` says. A 404 (no such member, or already deleted) is ok: nothing is
+//!   left to erase.
 //!
 //! The subscriber hash is the MD5 of the lower-cased email (hex). The API key ends in its
 //! datacenter (`...-us14`), which picks the host `us14.api.mailchimp.com`.
@@ -155,7 +161,7 @@ impl Plugin for Mailchimp {
             // Mailchimp limits an account to 10 simultaneous connections, not to a rate; the hub
             // makes one request at a time per batch, and 429s are retried.
             .default_rate_per_second(10.0)
-            .actions(&[Action::Upsert, Action::Delete])
+            .actions(&[Action::Upsert, Action::Delete, Action::Erase])
             // Members are keyed by address: a changed `email` renames the member.
             .key_fields(&["email"])
     }
@@ -204,18 +210,15 @@ impl Destination for Mailchimp {
                     UpsertVia::Member => upsert_members(&api, members, &mut results)?,
                 }
             }
-            (Action::Delete, _) => delete(&api, &batch, &mut results)?,
+            (Action::Delete, _) => delete(&api, api.ctx.config.delete_mode, &batch, &mut results)?,
             (Action::Track, _) => {
                 return Err(CallError::InvalidConfig(
                     "the mailchimp destination takes upsert and delete, not track".into(),
                 ))
             }
-            // Not in the manifest's actions, so the hub never sends it.
-            (Action::Erase, _) => {
-                return Err(CallError::InvalidConfig(
-                    "mailchimp does not list `erase` among its actions".into(),
-                ))
-            }
+            // A privacy erasure: delete-permanent, whatever `delete_mode` says for audience
+            // removals.
+            (Action::Erase, _) => delete(&api, DeleteMode::Permanent, &batch, &mut results)?,
         }
         Ok(results
             .into_iter()
@@ -698,9 +701,9 @@ fn previous_email(record: &OutboundRecord, new_email: &str) -> Option<String> {
     (!old.is_empty() && old != new_email).then_some(old)
 }
 
-/// The request that removes the member `hash` as the config's `delete_mode` says.
-fn removal(api: &Api, hash: &str) -> Request {
-    match api.ctx.config.delete_mode {
+/// The request that removes the member `hash` as `mode` says.
+fn removal(api: &Api, hash: &str, mode: DeleteMode) -> Request {
+    match mode {
         DeleteMode::Archive => Request::delete(&api.list_url(&format!("/members/{hash}"))),
         DeleteMode::Unsubscribe => Request::patch(&api.list_url(&format!("/members/{hash}")))
             .json(&json!({ "status": "unsubscribed" })),
@@ -750,7 +753,7 @@ fn rename(
             400 => {
                 // The new address is taken (or forgotten): the old member goes, the new
                 // address is upserted (and refused there if Mailchimp refuses it).
-                let removed = api.send(removal(api, &old_hash))?;
+                let removed = api.send(removal(api, &old_hash, api.ctx.config.delete_mode))?;
                 if removed.is_success() || removed.status == 404 {
                     replaced += 1;
                     kept.push(m);
@@ -781,6 +784,7 @@ fn rename(
 
 fn delete(
     api: &Api,
+    mode: DeleteMode,
     batch: &[OutboundRecord],
     results: &mut [Option<RecordResult>],
 ) -> Result<(), CallError> {
@@ -811,7 +815,7 @@ fn delete(
             continue;
         }
         let hash = subscriber_hash(&email);
-        let response = api.send(removal(api, &hash))?;
+        let response = api.send(removal(api, &hash, mode))?;
         let r = if response.is_success() {
             archived += 1;
             RecordResult::Ok
@@ -829,10 +833,7 @@ fn delete(
         done.insert(email, r.clone());
         results[i] = Some(r);
     }
-    switchyard_sdk::debug!(
-        "delete ({:?}): {archived} removed, {missing} already absent",
-        api.ctx.config.delete_mode
-    );
+    switchyard_sdk::debug!("delete ({mode:?}): {archived} removed, {missing} already absent");
     Ok(())
 }
 

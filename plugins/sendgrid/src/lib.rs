@@ -16,6 +16,10 @@
 //!   contact of its own and, once its import job succeeded, the contact under the old address
 //!   is removed as `delete` removes one (found by email, then removed by id, per
 //!   `delete_mode`).
+//! * `erase` (a privacy erasure, contract 1.1.0): the same lookup, then always
+//!   `DELETE /v3/marketing/contacts?ids=...` ("Delete Contacts",
+//!   <https://www.twilio.com/docs/sendgrid/api-reference/contacts/delete-contacts>): the person
+//!   leaves the whole account, whatever `delete_mode` says for audience removals.
 //! * `track`: one transactional email per record through `POST /v3/mail/send` with a dynamic
 //!   template (`template_id`, or `event_templates[event]`); the record's fields are the template's
 //!   `dynamic_template_data`. Up to 1,000 records share one request (one personalization each).
@@ -178,7 +182,7 @@ impl Plugin for SendGrid {
             // SendGrid does not publish per-endpoint limits; it signals them with 429 and
             // X-RateLimit-Reset, which the hub honours. Two requests a second is a safe start.
             .default_rate_per_second(2.0)
-            .actions(&[Action::Upsert, Action::Delete, Action::Track])
+            .actions(&[Action::Upsert, Action::Delete, Action::Track, Action::Erase])
             // Contacts are found by email: a changed `email` replaces the contact.
             .key_fields(&["email"])
     }
@@ -235,14 +239,23 @@ impl Destination for SendGrid {
                 upsert(&api, &ctx.config, &batch, &mut results)?;
                 retire_old_addresses(&api, &ctx.config, &batch, &mut results)?;
             }
-            Action::Delete => delete(&api, &ctx.config, &batch, &mut results)?,
+            Action::Delete => delete(
+                &api,
+                &ctx.config,
+                ctx.config.delete_mode,
+                &batch,
+                &mut results,
+            )?,
             Action::Track => track(&api, &ctx.config, &batch, &mut results)?,
-            // Not in the manifest's actions, so the hub never sends it.
-            Action::Erase => {
-                return Err(CallError::InvalidConfig(
-                    "sendgrid does not list `erase` among its actions".into(),
-                ))
-            }
+            // A privacy erasure: the contact goes from the whole account, whatever
+            // `delete_mode` says for audience removals.
+            Action::Erase => delete(
+                &api,
+                &ctx.config,
+                DeleteMode::DeleteContact,
+                &batch,
+                &mut results,
+            )?,
         }
         Ok(results
             .into_iter()
@@ -760,7 +773,7 @@ fn retire_old_addresses(
     }
     let old_batch: Vec<OutboundRecord> = olds.iter().map(|(_, r)| r.clone()).collect();
     let mut removed: Vec<Option<RecordResult>> = vec![None; old_batch.len()];
-    delete(api, config, &old_batch, &mut removed)?;
+    delete(api, config, config.delete_mode, &old_batch, &mut removed)?;
     for ((i, _), r) in olds.iter().zip(removed) {
         match r {
             Some(RecordResult::Ok) | None => {}
@@ -800,10 +813,11 @@ struct Found {
 fn delete(
     api: &Api,
     config: &Config,
+    mode: DeleteMode,
     batch: &[OutboundRecord],
     results: &mut [Option<RecordResult>],
 ) -> Result<(), CallError> {
-    if config.delete_mode == DeleteMode::RemoveFromLists && config.list_ids.is_empty() {
+    if mode == DeleteMode::RemoveFromLists && config.list_ids.is_empty() {
         return Err(CallError::InvalidConfig(
             "delete: no list to remove contacts from; set list_ids, or opt into erasing contacts from the whole SendGrid account with delete_mode = \"delete_contact\"".into(),
         ));
@@ -923,7 +937,7 @@ fn delete(
             continue;
         }
         // One request per target, for the contacts it concerns.
-        let targets: Vec<(Option<&str>, Vec<&str>)> = match config.delete_mode {
+        let targets: Vec<(Option<&str>, Vec<&str>)> = match mode {
             DeleteMode::DeleteContact => {
                 vec![(None, found.iter().map(|(_, f)| f.id.as_str()).collect())]
             }

@@ -48,7 +48,8 @@ pub struct Config {
     /// The receiver's URL, e.g. `https://hooks.example.com/switchyard`. The operator must also
     /// grant its host to this destination (the plugin asks for any host).
     pub url: String,
-    /// Prefix of the message `type`: the type is `<prefix>.upsert`, `.delete` or `.track`.
+    /// Prefix of the message `type`: the type is `<prefix>.upsert`, `.delete`, `.track` or
+    /// `.erase`.
     #[serde(default = "default_type_prefix")]
     pub type_prefix: String,
     /// Seconds to wait for the receiver's answer (the spec suggests 15 to 30).
@@ -94,7 +95,7 @@ impl Plugin for Webhook {
             )
             .max_batch_size(100)
             .default_rate_per_second(10.0)
-            .actions(&[Action::Upsert, Action::Delete, Action::Track])
+            .actions(&[Action::Upsert, Action::Delete, Action::Track, Action::Erase])
     }
 
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {

@@ -6,6 +6,7 @@ mod plugin;
 mod profiles;
 mod project;
 mod sources;
+mod streams;
 mod syncs;
 
 use std::path::{Path, PathBuf};
@@ -91,6 +92,9 @@ pub enum Command {
     /// Run source plugins (pull) and read their history.
     #[command(subcommand)]
     Source(SourceCommand),
+    /// Event streams: their state, and what one forwards, live.
+    #[command(subcommand)]
+    Streams(streams::StreamsCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -107,5 +111,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dlq(cmd) => syncs::dlq(cmd, dir).await,
         Command::Audiences(cmd) => syncs::audiences(cmd).await,
         Command::Source(cmd) => sources::source(cmd, dir).await,
+        Command::Streams(cmd) => streams::run(cmd).await,
     }
 }

@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod profiles;
 mod sources;
+mod streams;
 mod syncs;
 pub mod tracking;
 
@@ -83,6 +84,7 @@ pub struct Services {
     pub erasures: crate::erasure::Erasures,
     pub syncs: Engine,
     pub sources: SourceEngine,
+    pub streams: crate::streams::StreamEngine,
     pub metrics: Metrics,
     pub access: Access,
 }
@@ -96,6 +98,7 @@ pub fn router(s: Services) -> Router {
         )
         .route("/metrics", get(render_metrics).with_state(s.metrics))
         .merge(profiles::routes(s.profiles, s.erasures, s.access.clone()))
+        .merge(streams::routes(s.streams, s.access.clone()))
         .merge(tracking::routes(s.tracking))
         .merge(audit::routes(s.access.clone()))
         .merge(syncs::routes(s.syncs, s.access.clone()))
