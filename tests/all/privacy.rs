@@ -204,13 +204,19 @@ fn consent(db: Db) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(emails(&mail), vec!["bob@example.com"]);
-    let metrics = hub.request("GET", "/metrics", &[], b"").text();
-    assert!(
-        metrics
+    // The metrics count the run's withheld profiles.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = hub.request("GET", "/metrics", &[], b"").text();
+        if metrics
             .lines()
-            .any(|l| l.starts_with("switchyard_sync_withheld_total{sync=\"mail\"} 2")),
-        "{metrics}"
-    );
+            .any(|l| l.starts_with("switchyard_sync_withheld_total{sync=\"mail\"} 2"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // `profiles show` has the consent state.
     let shown: Value =

@@ -411,14 +411,17 @@ mod tests {
     #[tokio::test]
     async fn postgres_statistics_are_refreshed_once_a_table_outgrew_them() {
         let server = "postgres://postgres@127.0.0.1:5432";
-        let admin = Store::open(&format!("{server}/postgres")).await.unwrap();
+        // A plain pool: the maintenance database is shared, it must not get our migrations.
+        let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap();
         let name = format!(
             "switchyard_unit_stats_{}_{}",
             std::process::id(),
             now_millis()
         );
         sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(admin.pool())
+            .execute(&admin)
             .await
             .unwrap();
         let store = Store::open(&format!("{server}/{name}")).await.unwrap();
@@ -468,7 +471,7 @@ mod tests {
 
         drop(store);
         sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(admin.pool())
+            .execute(&admin)
             .await
             .unwrap();
     }
@@ -560,19 +563,22 @@ mod tests {
     #[tokio::test]
     async fn an_old_postgres_database_opens_after_the_upgrade() {
         let server = "postgres://postgres@127.0.0.1:5432";
-        let admin = Store::open(&format!("{server}/postgres")).await.unwrap();
+        // A plain pool: the maintenance database is shared, it must not get our migrations.
+        let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
+            .await
+            .unwrap();
         let name = format!(
             "switchyard_unit_upgrade_{}_{}",
             std::process::id(),
             now_millis()
         );
         sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(admin.pool())
+            .execute(&admin)
             .await
             .unwrap();
         upgrade_keeps_an_old_database_working(&format!("{server}/{name}")).await;
         sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(admin.pool())
+            .execute(&admin)
             .await
             .unwrap();
     }

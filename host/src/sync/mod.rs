@@ -296,6 +296,10 @@ impl Engine {
                 (status, Some(format!("{e:#}")), plan, stats)
             }
         };
+        if let (Some(m), false) = (&self.metrics, options.dry_run) {
+            // Before the history says the run is over, so whoever sees it finished sees this.
+            m.sync_withheld(&sync.name, plan.withheld);
+        }
         if !options.dry_run {
             // Counters were committed batch by batch; read them back for the report.
             let planned = rows::Planned {
@@ -319,9 +323,6 @@ impl Engine {
         }
         if let Some(m) = &self.metrics {
             m.sync_run(&sync.name, status.as_str(), started.elapsed().as_secs_f64());
-            if !options.dry_run {
-                m.sync_withheld(&sync.name, plan.withheld);
-            }
         }
         let mut report = if options.dry_run {
             RunReport {
