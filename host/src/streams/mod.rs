@@ -54,6 +54,9 @@ pub mod reason {
     pub const FILTER: &str = "filter";
     pub const FILTER_ERROR: &str = "filter_error";
     pub const INTEGRATIONS: &str = "integrations";
+    /// The profile has not granted (or withdrew) a category the destination's `consent`
+    /// requires, or the message's own consent stamp says no.
+    pub const CONSENT: &str = "consent";
     pub const UNREADABLE: &str = "unreadable";
     pub const DEAD_LETTER: &str = "dead_letter";
 }
@@ -251,6 +254,23 @@ impl StreamEngine {
         } else {
             HashMap::new()
         };
+        // Consent, as events syncs judge it: the profile's latest state and the message's own
+        // stamp (crate::consent).
+        let withheld: HashSet<String> = if compiled.consent.is_empty() {
+            HashSet::new()
+        } else {
+            let states = crate::store::consent::states_of(&self.store, &ids).await?;
+            ids.iter()
+                .filter(|id| {
+                    !crate::consent::allows(
+                        states.get(*id),
+                        &compiled.consent,
+                        compiled.consent_default,
+                    )
+                })
+                .cloned()
+                .collect()
+        };
         let tail = self.tail_sender(&stream.name);
         let watched = tail.receiver_count() > 0;
         let size = target.batch_size.max(1);
@@ -262,7 +282,7 @@ impl StreamEngine {
                 continue;
             }
             batch.read += 1;
-            let decided = compiled.decide(&event, names, &profiles);
+            let decided = compiled.decide(&event, names, &profiles, &withheld);
             match decided {
                 Decision::Forward(item) => {
                     batch.received.push(event.received_at);
@@ -527,13 +547,15 @@ struct Compiled {
     filter: Option<Filter>,
     mapping: Option<Mapping>,
     extra_names: Vec<String>,
+    /// The destination's required consent categories (`[destinations.NAME] consent`).
+    consent: Vec<String>,
+    consent_default: crate::consent::ConsentDefault,
     /// The filter or the mapping reads the profile (traits, identifiers).
     needs_profile: bool,
 }
 
 impl Compiled {
     fn new(config: &Config, stream: &StreamConfig) -> anyhow::Result<Compiled> {
-        let _ = config;
         let filter = stream
             .filter
             .as_deref()
@@ -567,6 +589,12 @@ impl Compiled {
             filter,
             mapping,
             extra_names: stream.integration_names.clone(),
+            consent: config
+                .destinations
+                .get(&stream.to)
+                .map(|d| d.consent.iter().map(|c| crate::consent::category(c)).collect())
+                .unwrap_or_default(),
+            consent_default: config.hub.consent_default,
             needs_profile: profile_paths || profile_filter,
         })
     }
@@ -591,6 +619,7 @@ impl Compiled {
         event: &rows::StreamEvent,
         names: &[String],
         profiles: &HashMap<String, ProfileData>,
+        withheld: &HashSet<String>,
     ) -> Decision {
         let body: Value = match serde_json::from_str(&event.body) {
             Ok(v) => v,
@@ -598,6 +627,12 @@ impl Compiled {
         };
         if !integrations::enabled(body.get("integrations"), names) {
             return Decision::Drop(reason::INTEGRATIONS, None);
+        }
+        if !self.consent.is_empty()
+            && (withheld.contains(&event.profile_id)
+                || !crate::consent::event_allows(&body, &self.consent))
+        {
+            return Decision::Drop(reason::CONSENT, None);
         }
         let empty;
         let profile = match profiles.get(&event.profile_id) {
@@ -707,7 +742,7 @@ mod tests {
         p.traits.insert("plan".into(), "pro".into());
         profiles.insert("p1".to_string(), p);
         let big = serde_json::json!({"type": "track", "event": "Order Completed", "properties": {"total": 42.0}});
-        match c.decide(&event(1, big.clone()), &names, &profiles) {
+        match c.decide(&event(1, big.clone()), &names, &profiles, &HashSet::new()) {
             Decision::Forward(item) => {
                 assert_eq!(item.key, "m1");
                 let fields: Value = serde_json::from_str(&item.fields).unwrap();
@@ -717,20 +752,47 @@ mod tests {
         }
         let small = serde_json::json!({"type": "track", "event": "Order Completed", "properties": {"total": 2.0}});
         assert!(matches!(
-            c.decide(&event(2, small), &names, &profiles),
+            c.decide(&event(2, small), &names, &profiles, &HashSet::new()),
             Decision::Drop(reason::FILTER, None)
         ));
         let mut off = big.clone();
         off["integrations"] = serde_json::json!({"All": false});
         assert!(matches!(
-            c.decide(&event(3, off), &names, &profiles),
+            c.decide(&event(3, off), &names, &profiles, &HashSet::new()),
             Decision::Drop(reason::INTEGRATIONS, None)
         ));
         let mut only_meta = big;
         only_meta["integrations"] = serde_json::json!({"All": false, "meta-conversions": true});
         assert!(matches!(
-            c.decide(&event(4, only_meta), &names, &profiles),
+            c.decide(&event(4, only_meta), &names, &profiles, &HashSet::new()),
             Decision::Forward(_)
+        ));
+    }
+
+    #[test]
+    fn consent_the_destination_requires_is_enforced_per_profile_and_per_message() {
+        let config: Config = toml::from_str(
+            "[destinations.d]\nplugin = \"p\"\nconsent = [\"Advertising\"]\n",
+        )
+        .unwrap();
+        let c = Compiled::new(&config, &stream(None, &[])).unwrap();
+        assert_eq!(c.consent, ["advertising"]);
+        let plain = serde_json::json!({"type": "track", "event": "Order Completed"});
+        let none = HashMap::new();
+        let withheld: HashSet<String> = ["p1".to_string()].into();
+        assert!(matches!(
+            c.decide(&event(1, plain.clone()), &[], &none, &withheld),
+            Decision::Drop(reason::CONSENT, None)
+        ));
+        assert!(matches!(
+            c.decide(&event(2, plain), &[], &none, &HashSet::new()),
+            Decision::Forward(_)
+        ));
+        let said_no = serde_json::json!({"type": "track", "event": "Order Completed",
+            "context": {"consent": {"categoryPreferences": {"Advertising": false}}}});
+        assert!(matches!(
+            c.decide(&event(3, said_no), &[], &none, &HashSet::new()),
+            Decision::Drop(reason::CONSENT, None)
         ));
     }
 
@@ -739,7 +801,7 @@ mod tests {
         let c = Compiled::new(&Config::default(), &stream(None, &[])).unwrap();
         assert!(!c.needs_profile);
         let body = serde_json::json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}});
-        match c.decide(&event(1, body.clone()), &[], &HashMap::new()) {
+        match c.decide(&event(1, body.clone()), &[], &HashMap::new(), &HashSet::new()) {
             Decision::Forward(item) => {
                 assert_eq!(serde_json::from_str::<Value>(&item.fields).unwrap(), body)
             }
