@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use crate::common::hub::{run_counts, Db, Hub};
 use crate::common::{failed, install_plugin, lines, ok, switchyard};
 use crate::fakes::mailchimp as mailchimp_fake;
+use crate::fakes::sendgrid as sendgrid_fake;
 use crate::fakes::webhook as webhook_fake;
 
 const SECRET: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
@@ -294,6 +295,56 @@ fn a_changed_email_renames_the_mailchimp_member_sqlite() {
 #[test]
 fn a_changed_email_renames_the_mailchimp_member_postgres() {
     a_changed_email_renames_the_mailchimp_member(Db::Postgres);
+}
+
+fn a_changed_email_replaces_the_sendgrid_contact(db: Db) {
+    let fake = sendgrid_fake::Fake::start_in_background(sendgrid_fake::Setup::default());
+    let hp = fake.host_port();
+    let project = format!(
+        "{VIP}\n[destinations.newsletter]\nplugin = \"sendgrid\"\n\
+         config = {{ list_ids = [\"{list}\"], delete_mode = \"delete_contact\" }}\n\
+         secrets = {{ api_key = \"{key}\" }}\n\
+         reroute = [\"api.sendgrid.com=http://{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 100\n\n\
+         [[syncs]]\nname = \"vip-to-sendgrid\"\nfrom = {{ audience = \"vip\" }}\nto = \"newsletter\"\nmode = \"mirror\"\n\
+         [syncs.mapping]\nemail = \"traits.email\"\nfirst_name = \"traits.first_name\"\n",
+        list = sendgrid_fake::LIST_ID,
+        key = sendgrid_fake::API_KEY,
+    );
+    let hub = hub_with(db, &project);
+    hub.install(&["sendgrid"]);
+    hub.identify("u1", json!({"email": "ada@old.example.com", "first_name": "Ada", "plan": "pro"}));
+    let r = hub.run_sync("vip-to-sendgrid");
+    assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
+    assert!(fake.contact("ada@old.example.com").is_some());
+
+    hub.identify("u1", json!({"email": "ada@new.example.com"}));
+    let r = hub.run_sync("vip-to-sendgrid");
+    assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
+    let ada = fake.contact("ada@new.example.com").expect("the new address upserted");
+    assert_eq!(ada["first_name"], "Ada");
+    assert!(
+        fake.contact("ada@old.example.com").is_none(),
+        "the contact under the old address was deleted"
+    );
+    assert_eq!(fake.contact_count(), 1, "only the new address is left");
+    // Looked up by the old address, deleted by id, after the new contact's import.
+    let seen = fake.seen();
+    let upsert = seen.iter().rposition(|s| s.method == "PUT").unwrap();
+    let delete = seen
+        .iter()
+        .rposition(|s| s.method == "DELETE" && s.uri.contains("/v3/marketing/contacts?ids="))
+        .expect("a delete by id");
+    assert!(upsert < delete);
+}
+
+#[test]
+fn a_changed_email_replaces_the_sendgrid_contact_sqlite() {
+    a_changed_email_replaces_the_sendgrid_contact(Db::Sqlite);
+}
+
+#[test]
+fn a_changed_email_replaces_the_sendgrid_contact_postgres() {
+    a_changed_email_replaces_the_sendgrid_contact(Db::Postgres);
 }
 
 // ---------------------------------------------------------------- transforms
