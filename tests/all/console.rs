@@ -46,6 +46,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/sources/billing/runs", "viewer"),
     ("GET", "/v1/sources/billing/cursors", "viewer"),
     ("GET", "/v1/audit", "operator"),
+    ("GET", "/v1/erasures", "admin"),
+    ("GET", "/v1/erasures/no-such-erasure", "admin"),
 ];
 
 #[test]
@@ -419,4 +421,275 @@ fn console_forms_need_the_csrf_token_and_the_role() {
             .any(|e| e["actor"] == "vic" && e["outcome"] == "denied"),
         "{log}"
     );
+}
+
+/// The console in a real browser: Debian's chromium, headless, driven through chromedriver
+/// (WebDriver) with fantoccini. Both are installed by `tools/setup-clients` (`.ci/run` runs it);
+/// without them the test fails saying so. Screenshots go to `docs/screenshots/`.
+mod browser {
+    use super::*;
+    use crate::fakes::json_sink::{Faults, JsonSink};
+
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use fantoccini::{Client, ClientBuilder, Locator};
+
+    /// chromedriver on a free port; killed on drop.
+    struct Driver {
+        child: Child,
+        url: String,
+    }
+
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn driver() -> Driver {
+        for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+            assert!(
+                std::path::Path::new(tool).exists(),
+                "the console's browser tests need {tool}: run tools/setup-clients (as .ci/run does)"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver { child, url: format!("http://127.0.0.1:{port}") }
+    }
+
+    async fn browser(driver: &Driver) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert(
+            "goog:chromeOptions".into(),
+            json!({
+                "binary": "/usr/bin/chromium",
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1360,1000", "--hide-scrollbars"]
+            }),
+        );
+        let mut builder = ClientBuilder::native();
+        builder.capabilities(caps);
+        builder
+            .connect(&driver.url)
+            .await
+            .expect("a chromium session through chromedriver")
+    }
+
+    fn shots() -> PathBuf {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/screenshots"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    async fn shot(c: &Client, name: &str) {
+        let png = c.screenshot().await.expect("a screenshot");
+        std::fs::write(shots().join(format!("console-{name}.png")), png).unwrap();
+    }
+
+    /// Waits until the element at `css` contains `text`, reloading the page when `reload` (for
+    /// pages whose script does not follow the change by itself).
+    async fn wait_text(c: &Client, css: &str, text: &str, reload: bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(e) = c.find(Locator::Css(css)).await {
+                if let Ok(t) = e.text().await {
+                    if t.contains(text) {
+                        return t;
+                    }
+                    assert!(Instant::now() < deadline, "`{text}` never appeared in {css}: {t}");
+                }
+            }
+            assert!(Instant::now() < deadline, "{css} never had `{text}`");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if reload {
+                c.refresh().await.unwrap();
+            }
+        }
+    }
+
+    async fn sign_in(c: &Client, hub: &Hub, token: &str) {
+        c.goto(&format!("http://{}/console", hub.addr)).await.unwrap();
+        c.find(Locator::Css("#token")).await.unwrap().send_keys(token).await.unwrap();
+        c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
+        c.wait().for_element(Locator::Css("nav.side")).await.unwrap();
+    }
+
+    async fn click(c: &Client, css: &str) {
+        c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
+    }
+
+    async fn has(c: &Client, css: &str) -> bool {
+        c.find(Locator::Css(css)).await.is_ok()
+    }
+
+    fn destination(name: &str, sink: &JsonSink) -> String {
+        format!(
+            "[destinations.{name}]\nplugin = \"json-post-destination\"\nconfig = {{ url = \"{}\" }}\n\
+             allow_hosts = [\"{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 1000\n",
+            sink.url(),
+            hp = sink.host_port()
+        )
+    }
+
+    #[test]
+    fn console_in_a_browser_operates_the_hub() {
+        let sink = JsonSink::start();
+        let flaky = JsonSink::start();
+        flaky.set_faults(Faults { error: 1.0, ..Default::default() });
+        let project = format!(
+            "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\ndescription = \"Paying customers\"\n\n{}\n{}\n\
+             [[syncs]]\nname = \"vip-to-crm\"\nfrom = {{ audience = \"vip\" }}\nto = \"crm\"\nmode = \"mirror\"\nmax_removals = \"20%\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nplan = \"traits.plan\"\n\n\
+             [[syncs]]\nname = \"everyone-to-ads\"\nfrom = \"all\"\nto = \"ads\"\nmode = \"upsert\"\nmax_attempts = 1\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\n",
+            destination("crm", &sink),
+            destination("ads", &flaky),
+        );
+        let hub = Hub::start_project(Db::Sqlite, &tokens(), &project, &[("SWITCHYARD_RETRY_BASE_MS", "20")]);
+        hub.install(&["json-post-destination"]);
+        for i in 0..10 {
+            hub.identify(&format!("c{i}"), json!({"email": format!("c{i}@example.com"), "plan": "pro"}));
+        }
+        let driver = driver();
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = browser(&driver).await;
+            let base = format!("http://{}", hub.addr);
+
+            // Sign in (the sign-in page first, for its screenshot).
+            c.goto(&format!("{base}/console/sign-in")).await.unwrap();
+            shot(&c, "sign-in").await;
+            sign_in(&c, &hub, OPERATOR_TOKEN).await;
+
+            // An event sent to the tracking API appears on the live page.
+            c.goto(&format!("{base}/console/live")).await.unwrap();
+            wait_text(&c, "#live-status", "Listening", false).await;
+            hub.track("identify", json!({"userId": "ada-1", "traits": {"email": "ada@example.com", "plan": "pro", "name": "Ada"}}));
+            hub.track("track", json!({"userId": "ada-1", "event": "Viewed Pricing", "properties": {"plan": "pro"}}));
+            hub.track("track", json!({"event": "No Identity"}));
+            wait_text(&c, "#live", "Viewed Pricing", false).await;
+            let live = wait_text(&c, "#live", "refused", false).await;
+            assert!(live.contains("identify"), "{live}");
+            assert!(!live.contains("ada-1"), "an operator sees ids masked: {live}");
+            click(&c, "#live li.event details summary").await;
+            shot(&c, "live").await;
+
+            // Run the audience's sync now and watch the run finish.
+            c.goto(&format!("{base}/console/syncs/vip-to-crm")).await.unwrap();
+            click(&c, "button[value=run]").await;
+            wait_text(&c, "#runs", "succeeded", false).await;
+            assert_eq!(sink.records().len(), 11);
+            shot(&c, "sync").await;
+
+            // Find the profile and see the audience it joined.
+            c.goto(&format!("{base}/console/profiles")).await.unwrap();
+            c.find(Locator::Css("#q")).await.unwrap().send_keys("email:ada@example.com").await.unwrap();
+            click(&c, "form.search button").await;
+            let page = wait_text(&c, "main", "Identifiers", false).await;
+            assert!(page.contains("vip"), "the profile page lists its audience: {page}");
+            assert!(page.contains("Viewed Pricing"), "{page}");
+            assert!(!page.contains("ada@example.com"), "masked for an operator: {page}");
+            assert!(!has(&c, "button.danger").await, "no erase button below admin");
+            click(&c, "ul.tags a").await;
+            wait_text(&c, "#audience-size", "11", false).await;
+            shot(&c, "audience").await;
+
+            // A viewer, in a second browser: sees everything, with no button to press.
+            let v = browser(&driver).await;
+            sign_in(&v, &hub, VIEWER_TOKEN).await;
+
+            // The guardrail stops a run that would remove half the audience; approve it.
+            for i in 0..6 {
+                hub.identify(&format!("c{i}"), json!({"plan": "free"}));
+            }
+            c.goto(&format!("{base}/console/syncs/vip-to-crm")).await.unwrap();
+            click(&c, "button[value=run]").await;
+            wait_text(&c, "main", "The guardrail stopped the last run", true).await;
+            shot(&c, "guardrail").await;
+            v.goto(&format!("{base}/console/syncs/vip-to-crm")).await.unwrap();
+            wait_text(&v, "main", "An operator can approve these removals", false).await;
+            assert!(!has(&v, "main form button").await, "a viewer gets no run or approve button");
+            click(&c, "button[value=approve]").await;
+            wait_text(&c, "#runs tbody tr:first-child", "succeeded", false).await;
+            assert_eq!(sink.records().len(), 5);
+
+            // A run into a failing destination dead-letters its records; replay them once it
+            // is healthy.
+            c.goto(&format!("{base}/console/syncs/everyone-to-ads")).await.unwrap();
+            click(&c, "button[value=run]").await;
+            let letters = wait_text(&c, "#dead-letters", "records could not be delivered", true).await;
+            assert!(letters.contains("11 records"), "{letters}");
+            shot(&c, "dead-letters").await;
+            v.goto(&format!("{base}/console/syncs/everyone-to-ads")).await.unwrap();
+            wait_text(&v, "#dead-letters", "records could not be delivered", false).await;
+            assert!(!has(&v, "main form button").await, "a viewer gets no replay button");
+            flaky.set_faults(Faults::default());
+            click(&c, "#dead-letters button").await;
+            wait_text(&c, "#runs tbody tr:first-child", "succeeded", false).await;
+            wait_text(&c, "#dead-letters", "None", true).await;
+            assert_eq!(flaky.records().len(), 11);
+
+            // The other pages, for the screenshots.
+            for (path, name, text) in [
+                ("/console", "overview", "Events accepted"),
+                ("/console/audiences/editor?filter=traits.plan%20%3D%3D%20%22pro%22", "audience-editor", "Valid filter"),
+                ("/console/plugins", "plugins", "json-post-destination"),
+            ] {
+                c.goto(&format!("{base}{path}")).await.unwrap();
+                wait_text(&c, "main", text, false).await;
+                shot(&c, name).await;
+            }
+
+            // The forms' POSTs are refused to a viewer all the same.
+            v.close().await.unwrap();
+            let viewer = super::sign_in(&hub, VIEWER_TOKEN);
+            let page = hub.request("GET", "/console", &[("cookie", &viewer)], b"").text();
+            let csrf = super::csrf_of(&page);
+            for (path, body) in [
+                ("/console/syncs/vip-to-crm/run", format!("csrf={csrf}&what=run")),
+                ("/console/syncs/vip-to-crm/run", format!("csrf={csrf}&what=approve")),
+                ("/console/syncs/everyone-to-ads/replay", format!("csrf={csrf}")),
+            ] {
+                let r = hub.request(
+                    "POST",
+                    path,
+                    &[("content-type", "application/x-www-form-urlencoded"), ("cookie", &viewer)],
+                    body.as_bytes(),
+                );
+                assert_eq!(r.status, 403, "{path} as a viewer");
+            }
+
+            // An admin erases the profile; the audit log shows it, and who tried what.
+            c.delete_all_cookies().await.unwrap();
+            sign_in(&c, &hub, ADMIN_TOKEN).await;
+            c.goto(&format!("{base}/console/profiles?q=email%3Aada%40example.com")).await.unwrap();
+            let page = wait_text(&c, "main", "Identifiers", false).await;
+            assert!(page.contains("ada@example.com"), "an admin sees personal data");
+            shot(&c, "profile").await;
+            c.find(Locator::Css("#confirm")).await.unwrap().send_keys("erase").await.unwrap();
+            click(&c, "button.danger").await;
+            wait_text(&c, "main", "Profile erased", false).await;
+            click(&c, "main a[href='/console/audit']").await;
+            let log = wait_text(&c, "#audit", "profile.erase", false).await;
+            for expected in ["sync.approve_removals", "dead_letters.replay", "denied", "vic"] {
+                assert!(log.contains(expected), "the audit log has {expected}: {log}");
+            }
+            shot(&c, "audit").await;
+            c.close().await.unwrap();
+        });
+        assert!(hub.profile("email:ada@example.com").is_none());
+    }
 }
