@@ -423,9 +423,13 @@ fn console_forms_need_the_csrf_token_and_the_role() {
     );
 }
 
-/// The console in a real browser: Debian's chromium, headless, driven through chromedriver
-/// (WebDriver) with fantoccini. Both are installed by `tools/setup-clients` (`.ci/run` runs it);
+/// The console in a real browser: Debian's chromium, headless, driven through chromedriver over
+/// the W3C WebDriver protocol. Both are installed by `tools/setup-clients` (`.ci/run` runs it);
 /// without them the test fails saying so. Screenshots go to `docs/screenshots/`.
+///
+/// The WebDriver client is the dozen commands below over the tests' own HTTP client rather than
+/// a crate (fantoccini was tried: its TLS and hyper features change the features of crates the
+/// hub shares, which rebuilds wasmtime and sqlx for every test build).
 mod browser {
     use super::*;
     use crate::fakes::json_sink::{Faults, JsonSink};
@@ -434,12 +438,12 @@ mod browser {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use fantoccini::{Client, ClientBuilder, Locator};
+    use serde_json::Value;
 
     /// chromedriver on a free port; killed on drop.
     struct Driver {
         child: Child,
-        url: String,
+        addr: String,
     }
 
     impl Drop for Driver {
@@ -468,71 +472,164 @@ mod browser {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Driver { child, url: format!("http://127.0.0.1:{port}") }
+        Driver { child, addr: format!("127.0.0.1:{port}") }
     }
 
-    async fn browser(driver: &Driver) -> Client {
-        let mut caps = serde_json::Map::new();
-        caps.insert(
-            "goog:chromeOptions".into(),
-            json!({
-                "binary": "/usr/bin/chromium",
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1360,1000", "--hide-scrollbars"]
-            }),
+    /// The W3C key of an element reference.
+    const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+    /// One browser session.
+    struct Browser {
+        driver: String,
+        session: String,
+    }
+
+    impl Browser {
+        fn open(driver: &Driver) -> Browser {
+            let caps = json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1360,1000", "--hide-scrollbars"]
+                }
+            }}});
+            let v = command(&driver.addr, "POST", "/session", Some(caps)).expect("a chromium session through chromedriver");
+            Browser { driver: driver.addr.clone(), session: v["sessionId"].as_str().unwrap().to_string() }
+        }
+
+        fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+            command(&self.driver, method, &format!("/session/{}{path}", self.session), body)
+        }
+
+        fn goto(&self, url: &str) {
+            self.cmd("POST", "/url", Some(json!({ "url": url }))).unwrap();
+        }
+
+        fn refresh(&self) {
+            self.cmd("POST", "/refresh", Some(json!({}))).unwrap();
+        }
+
+        fn find(&self, css: &str) -> Option<String> {
+            self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css})))
+                .ok()
+                .and_then(|v| v[ELEMENT].as_str().map(str::to_string))
+        }
+
+        fn text(&self, css: &str) -> Option<String> {
+            let e = self.find(css)?;
+            self.cmd("GET", &format!("/element/{e}/text"), None).ok()?.as_str().map(str::to_string)
+        }
+
+        fn click(&self, css: &str) {
+            let e = self.find(css).unwrap_or_else(|| panic!("no {css} on the page"));
+            self.cmd("POST", &format!("/element/{e}/click"), Some(json!({}))).unwrap();
+        }
+
+        fn type_into(&self, css: &str, text: &str) {
+            let e = self.find(css).unwrap_or_else(|| panic!("no {css} on the page"));
+            self.cmd("POST", &format!("/element/{e}/value"), Some(json!({ "text": text }))).unwrap();
+        }
+
+        fn delete_cookies(&self) {
+            self.cmd("DELETE", "/cookie", None).unwrap();
+        }
+
+        fn shot(&self, name: &str) {
+            use base64::Engine as _;
+            let v = self.cmd("GET", "/screenshot", None).unwrap();
+            let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+            std::fs::write(shots().join(format!("console-{name}.png")), png).unwrap();
+        }
+
+        /// Waits until the element at `css` contains `text`, reloading the page between looks
+        /// when `reload` (for what the page's script does not follow by itself).
+        fn wait_text(&self, css: &str, text: &str, reload: bool) -> String {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let seen = self.text(css);
+                if let Some(t) = &seen {
+                    if t.contains(text) {
+                        return t.clone();
+                    }
+                }
+                if Instant::now() >= deadline {
+                    let url = self.cmd("GET", "/url", None).unwrap_or_default();
+                    let source = self.cmd("GET", "/source", None).unwrap_or_default();
+                    panic!("`{text}` never appeared in {css}: {seen:?}\nat {url}:\n{}", source.as_str().unwrap_or_default());
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                if reload {
+                    self.refresh();
+                }
+            }
+        }
+
+        fn sign_in(&self, hub: &Hub, token: &str) {
+            self.goto(&format!("http://{}/console", hub.addr));
+            self.type_into("#token", token);
+            self.click("form button[type=submit]");
+            self.wait_text("nav.side", "Overview", false);
+        }
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            let _ = self.cmd("DELETE", "", None);
+        }
+    }
+
+    /// One WebDriver command; its `value`, or the error chromedriver answered.
+    fn command(driver: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        use std::io::{Read, Write};
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        // Starting a browser on a busy machine can take a while: a long read timeout.
+        let mut stream = std::net::TcpStream::connect(driver).map_err(|e| format!("chromedriver: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {driver}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
         );
-        let mut builder = ClientBuilder::native();
-        builder.capabilities(caps);
-        builder
-            .connect(&driver.url)
-            .await
-            .expect("a chromium session through chromedriver")
+        stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())).map_err(|e| e.to_string())?;
+        // chromedriver keeps the connection open whatever the request says: read the head, then
+        // exactly Content-Length bytes.
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 65536];
+        let split = loop {
+            if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            let n = stream.read(&mut buf).map_err(|e| format!("chromedriver: {e}"))?;
+            if n == 0 {
+                return Err("chromedriver closed the connection".into());
+            }
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let length: usize = String::from_utf8_lossy(&raw[..split])
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .ok_or("no Content-Length from chromedriver")?;
+        while raw.len() < split + 4 + length {
+            let n = stream.read(&mut buf).map_err(|e| format!("chromedriver: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let status: u16 = String::from_utf8_lossy(&raw[9..12]).parse().map_err(|_| "bad status line")?;
+        let v: Value = serde_json::from_slice(&raw[split + 4..])
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&raw)))?;
+        if status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err(format!("{method} {path}: {status} {}", v["value"]))
+        }
     }
 
     fn shots() -> PathBuf {
         let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/screenshots"));
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    async fn shot(c: &Client, name: &str) {
-        let png = c.screenshot().await.expect("a screenshot");
-        std::fs::write(shots().join(format!("console-{name}.png")), png).unwrap();
-    }
-
-    /// Waits until the element at `css` contains `text`, reloading the page when `reload` (for
-    /// pages whose script does not follow the change by itself).
-    async fn wait_text(c: &Client, css: &str, text: &str, reload: bool) -> String {
-        let deadline = Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Ok(e) = c.find(Locator::Css(css)).await {
-                if let Ok(t) = e.text().await {
-                    if t.contains(text) {
-                        return t;
-                    }
-                    assert!(Instant::now() < deadline, "`{text}` never appeared in {css}: {t}");
-                }
-            }
-            assert!(Instant::now() < deadline, "{css} never had `{text}`");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            if reload {
-                c.refresh().await.unwrap();
-            }
-        }
-    }
-
-    async fn sign_in(c: &Client, hub: &Hub, token: &str) {
-        c.goto(&format!("http://{}/console", hub.addr)).await.unwrap();
-        c.find(Locator::Css("#token")).await.unwrap().send_keys(token).await.unwrap();
-        c.find(Locator::Css("form button[type=submit]")).await.unwrap().click().await.unwrap();
-        c.wait().for_element(Locator::Css("nav.side")).await.unwrap();
-    }
-
-    async fn click(c: &Client, css: &str) {
-        c.find(Locator::Css(css)).await.unwrap_or_else(|e| panic!("{css}: {e}")).click().await.unwrap();
-    }
-
-    async fn has(c: &Client, css: &str) -> bool {
-        c.find(Locator::Css(css)).await.is_ok()
     }
 
     fn destination(name: &str, sink: &JsonSink) -> String {
@@ -564,97 +661,96 @@ mod browser {
             hub.identify(&format!("c{i}"), json!({"email": format!("c{i}@example.com"), "plan": "pro"}));
         }
         let driver = driver();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async {
-            let c = browser(&driver).await;
+        {
+            let c = Browser::open(&driver);
             let base = format!("http://{}", hub.addr);
 
             // Sign in (the sign-in page first, for its screenshot).
-            c.goto(&format!("{base}/console/sign-in")).await.unwrap();
-            shot(&c, "sign-in").await;
-            sign_in(&c, &hub, OPERATOR_TOKEN).await;
+            c.goto(&format!("{base}/console/sign-in"));
+            c.shot("sign-in");
+            c.sign_in(&hub, OPERATOR_TOKEN);
 
             // An event sent to the tracking API appears on the live page.
-            c.goto(&format!("{base}/console/live")).await.unwrap();
-            wait_text(&c, "#live-status", "Listening", false).await;
+            c.goto(&format!("{base}/console/live"));
+            c.wait_text("#live-status", "Listening", false);
             hub.track("identify", json!({"userId": "ada-1", "traits": {"email": "ada@example.com", "plan": "pro", "name": "Ada"}}));
             hub.track("track", json!({"userId": "ada-1", "event": "Viewed Pricing", "properties": {"plan": "pro"}}));
             hub.track("track", json!({"event": "No Identity"}));
-            wait_text(&c, "#live", "Viewed Pricing", false).await;
-            let live = wait_text(&c, "#live", "refused", false).await;
+            c.wait_text("#live", "Viewed Pricing", false);
+            let live = c.wait_text("#live", "refused", false);
             assert!(live.contains("identify"), "{live}");
             assert!(!live.contains("ada-1"), "an operator sees ids masked: {live}");
-            click(&c, "#live li.event details summary").await;
-            shot(&c, "live").await;
+            c.click("#live li.event details summary");
+            c.shot("live");
 
             // Run the audience's sync now and watch the run finish.
-            c.goto(&format!("{base}/console/syncs/vip-to-crm")).await.unwrap();
-            click(&c, "button[value=run]").await;
-            wait_text(&c, "#runs", "succeeded", false).await;
+            c.goto(&format!("{base}/console/syncs/vip-to-crm"));
+            c.click("button[value=run]");
+            c.wait_text("#runs", "succeeded", false);
             assert_eq!(sink.records().len(), 11);
-            shot(&c, "sync").await;
+            c.shot("sync");
 
             // Find the profile and see the audience it joined.
-            c.goto(&format!("{base}/console/profiles")).await.unwrap();
-            c.find(Locator::Css("#q")).await.unwrap().send_keys("email:ada@example.com").await.unwrap();
-            click(&c, "form.search button").await;
-            let page = wait_text(&c, "main", "Identifiers", false).await;
+            c.goto(&format!("{base}/console/profiles"));
+            c.type_into("#q", "email:ada@example.com");
+            c.click("form.search button");
+            let page = c.wait_text("main", "Identifiers", false);
             assert!(page.contains("vip"), "the profile page lists its audience: {page}");
             assert!(page.contains("Viewed Pricing"), "{page}");
             assert!(!page.contains("ada@example.com"), "masked for an operator: {page}");
-            assert!(!has(&c, "button.danger").await, "no erase button below admin");
-            click(&c, "ul.tags a").await;
-            wait_text(&c, "#audience-size", "11", false).await;
-            shot(&c, "audience").await;
+            assert!(!c.find("button.danger").is_some(), "no erase button below admin");
+            c.click("ul.tags a");
+            c.wait_text("#audience-size", "11", false);
+            c.shot("audience");
 
             // A viewer, in a second browser: sees everything, with no button to press.
-            let v = browser(&driver).await;
-            sign_in(&v, &hub, VIEWER_TOKEN).await;
+            let v = Browser::open(&driver);
+            v.sign_in(&hub, VIEWER_TOKEN);
 
             // The guardrail stops a run that would remove half the audience; approve it.
             for i in 0..6 {
                 hub.identify(&format!("c{i}"), json!({"plan": "free"}));
             }
-            c.goto(&format!("{base}/console/syncs/vip-to-crm")).await.unwrap();
-            click(&c, "button[value=run]").await;
-            wait_text(&c, "main", "The guardrail stopped the last run", true).await;
-            shot(&c, "guardrail").await;
-            v.goto(&format!("{base}/console/syncs/vip-to-crm")).await.unwrap();
-            wait_text(&v, "main", "An operator can approve these removals", false).await;
-            assert!(!has(&v, "main form button").await, "a viewer gets no run or approve button");
-            click(&c, "button[value=approve]").await;
-            wait_text(&c, "#runs tbody tr:first-child", "succeeded", false).await;
+            c.goto(&format!("{base}/console/syncs/vip-to-crm"));
+            c.click("button[value=run]");
+            c.wait_text("main", "The guardrail stopped the last run", true);
+            c.shot("guardrail");
+            v.goto(&format!("{base}/console/syncs/vip-to-crm"));
+            v.wait_text("main", "An operator can approve these removals", false);
+            assert!(!v.find("main form button").is_some(), "a viewer gets no run or approve button");
+            c.click("button[value=approve]");
+            c.wait_text("#runs tbody tr:first-child", "succeeded", false);
             assert_eq!(sink.records().len(), 5);
 
             // A run into a failing destination dead-letters its records; replay them once it
             // is healthy.
-            c.goto(&format!("{base}/console/syncs/everyone-to-ads")).await.unwrap();
-            click(&c, "button[value=run]").await;
-            let letters = wait_text(&c, "#dead-letters", "records could not be delivered", true).await;
+            c.goto(&format!("{base}/console/syncs/everyone-to-ads"));
+            c.click("button[value=run]");
+            let letters = c.wait_text("#dead-letters", "records could not be delivered", true);
             assert!(letters.contains("11 records"), "{letters}");
-            shot(&c, "dead-letters").await;
-            v.goto(&format!("{base}/console/syncs/everyone-to-ads")).await.unwrap();
-            wait_text(&v, "#dead-letters", "records could not be delivered", false).await;
-            assert!(!has(&v, "main form button").await, "a viewer gets no replay button");
+            c.shot("dead-letters");
+            v.goto(&format!("{base}/console/syncs/everyone-to-ads"));
+            v.wait_text("#dead-letters", "records could not be delivered", false);
+            assert!(!v.find("main form button").is_some(), "a viewer gets no replay button");
             flaky.set_faults(Faults::default());
-            click(&c, "#dead-letters button").await;
-            wait_text(&c, "#runs tbody tr:first-child", "succeeded", false).await;
-            wait_text(&c, "#dead-letters", "None", true).await;
+            c.click("#dead-letters button");
+            c.wait_text("#runs tbody tr:first-child", "succeeded", false);
+            c.wait_text("#dead-letters", "None", true);
             assert_eq!(flaky.records().len(), 11);
 
             // The other pages, for the screenshots.
             for (path, name, text) in [
-                ("/console", "overview", "Events accepted"),
+                ("/console", "overview", "The last hour of this hub"),
                 ("/console/audiences/editor?filter=traits.plan%20%3D%3D%20%22pro%22", "audience-editor", "Valid filter"),
                 ("/console/plugins", "plugins", "json-post-destination"),
             ] {
-                c.goto(&format!("{base}{path}")).await.unwrap();
-                wait_text(&c, "main", text, false).await;
-                shot(&c, name).await;
+                c.goto(&format!("{base}{path}"));
+                c.wait_text("main", text, false);
+                c.shot(name);
             }
 
             // The forms' POSTs are refused to a viewer all the same.
-            v.close().await.unwrap();
+            drop(v);
             let viewer = super::sign_in(&hub, VIEWER_TOKEN);
             let page = hub.request("GET", "/console", &[("cookie", &viewer)], b"").text();
             let csrf = super::csrf_of(&page);
@@ -673,23 +769,22 @@ mod browser {
             }
 
             // An admin erases the profile; the audit log shows it, and who tried what.
-            c.delete_all_cookies().await.unwrap();
-            sign_in(&c, &hub, ADMIN_TOKEN).await;
-            c.goto(&format!("{base}/console/profiles?q=email%3Aada%40example.com")).await.unwrap();
-            let page = wait_text(&c, "main", "Identifiers", false).await;
+            c.delete_cookies();
+            c.sign_in(&hub, ADMIN_TOKEN);
+            c.goto(&format!("{base}/console/profiles?q=email%3Aada%40example.com"));
+            let page = c.wait_text("main", "Identifiers", false);
             assert!(page.contains("ada@example.com"), "an admin sees personal data");
-            shot(&c, "profile").await;
-            c.find(Locator::Css("#confirm")).await.unwrap().send_keys("erase").await.unwrap();
-            click(&c, "button.danger").await;
-            wait_text(&c, "main", "Profile erased", false).await;
-            click(&c, "main a[href='/console/audit']").await;
-            let log = wait_text(&c, "#audit", "profile.erase", false).await;
+            c.shot("profile");
+            c.type_into("#confirm", "erase");
+            c.click("button.danger");
+            c.wait_text("main", "Profile erased", false);
+            c.click("main a[href='/console/audit']");
+            let log = c.wait_text("#audit", "profile.erase", false);
             for expected in ["sync.approve_removals", "dead_letters.replay", "denied", "vic"] {
                 assert!(log.contains(expected), "the audit log has {expected}: {log}");
             }
-            shot(&c, "audit").await;
-            c.close().await.unwrap();
-        });
+            c.shot("audit");
+        }
         assert!(hub.profile("email:ada@example.com").is_none());
     }
 }
