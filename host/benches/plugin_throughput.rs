@@ -209,6 +209,8 @@ fn records(n: usize) -> Vec<OutboundRecord> {
                 "orders": i % 7,
             })
             .to_string(),
+            delivery_id: format!("dlv_{i:08}"),
+            previous_fields: None,
         })
         .collect()
 }

@@ -131,8 +131,8 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let (database, pg) = if std::env::var_os("SWITCHYARD_BENCH_PG").is_some() {
             let name = format!("switchyard_bench_sync_{}", std::process::id());
-            let admin = Store::open("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.unwrap();
+            let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
             (format!("postgres://postgres@127.0.0.1:5432/{name}"), Some((admin, name)))
         } else {
             (format!("sqlite://{}/bench.db", dir.path().display()), None)
@@ -213,7 +213,7 @@ plan = "traits.plan"
         drop(store);
         if let Some((admin, name)) = pg {
             sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                .execute(admin.pool())
+                .execute(&admin)
                 .await
                 .unwrap();
         }

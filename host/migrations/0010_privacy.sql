@@ -11,7 +11,7 @@ CREATE TABLE IF NOT EXISTS consent (
 ALTER TABLE sync_runs ADD COLUMN withheld BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE merges ADD COLUMN undone_at BIGINT;
 -- One row per thing a merge moved or overwrote: side 'from' (the merged-away profile) or 'into'
--- (the survivor, before the merge); item 'identifier' (name = kind), 'event' (name = message
+-- (the survivor, before the merge), item 'identifier' (name = kind), 'event' (name = message
 -- id), 'trait', 'consent', 'group', 'merge' (an earlier merge re-pointed), 'profile' (created_at).
 CREATE TABLE IF NOT EXISTS merge_items (
     merge_id TEXT NOT NULL,

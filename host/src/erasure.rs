@@ -89,7 +89,8 @@ impl Receipt {
                 status: t.status,
                 done_at: t.done_at.map(iso),
                 attempts: t.attempts,
-                next_attempt_at: (t.status == TargetStatus::Pending).then(|| iso(t.next_attempt_at)),
+                next_attempt_at: (t.status == TargetStatus::Pending)
+                    .then(|| iso(t.next_attempt_at)),
                 last_error: t.last_error.clone(),
                 note: note(t),
             })
@@ -209,7 +210,10 @@ impl Erasures {
     async fn attempt(&self, t: &TargetRow) -> anyhow::Result<()> {
         let config = self.syncs.config();
         let attempts = t.attempts + 1;
-        let record = |status: TargetStatus, remaining: &[SentRecord], error: Option<String>, after_ms: u64| {
+        let record = |status: TargetStatus,
+                      remaining: &[SentRecord],
+                      error: Option<String>,
+                      after_ms: u64| {
             let store = self.store().clone();
             let (id, dest) = (t.erasure_id.clone(), t.destination.clone());
             let remaining = remaining.to_vec();
@@ -262,7 +266,9 @@ impl Erasures {
             record(
                 TargetStatus::CannotErase,
                 &[],
-                Some(format!("plugin `{plugin}` cannot erase: its manifest does not list `erase`")),
+                Some(format!(
+                    "plugin `{plugin}` cannot erase: its manifest does not list `erase`"
+                )),
                 0,
             )
             .await?;
@@ -277,6 +283,12 @@ impl Erasures {
             .records
             .iter()
             .map(|r| OutboundRecord {
+                delivery_id: crate::sync::delivery_id::for_erase(
+                    &t.erasure_id,
+                    &t.destination,
+                    &r.key,
+                ),
+                previous_fields: None,
                 key: r.key.clone(),
                 fields: r.fields.clone(),
             })
@@ -301,8 +313,13 @@ impl Erasures {
                 if !remaining.is_empty() {
                     record(TargetStatus::Pending, &remaining, retry_reason, after).await?;
                 } else if let Some(reason) = rejected.into_iter().next() {
-                    record(TargetStatus::Failed, &[], Some(format!("rejected: {reason}")), 0)
-                        .await?;
+                    record(
+                        TargetStatus::Failed,
+                        &[],
+                        Some(format!("rejected: {reason}")),
+                        0,
+                    )
+                    .await?;
                 } else {
                     tracing::info!(erasure = %t.erasure_id, destination = %t.destination, status = done.as_str(), "destination erase confirmed");
                     record(done, &[], None, 0).await?;
@@ -324,14 +341,16 @@ impl Erasures {
             self.attempt_due(Some(erasure)).await?;
             let receipt = self.receipt(erasure).await?;
             let pending_next = match &receipt {
-                Some(r) if !r.complete => rows::receipt(self.store(), erasure)
-                    .await?
-                    .and_then(|(_, t)| {
-                        t.iter()
-                            .filter(|t| t.status == TargetStatus::Pending)
-                            .map(|t| t.next_attempt_at)
-                            .min()
-                    }),
+                Some(r) if !r.complete => {
+                    rows::receipt(self.store(), erasure)
+                        .await?
+                        .and_then(|(_, t)| {
+                            t.iter()
+                                .filter(|t| t.status == TargetStatus::Pending)
+                                .map(|t| t.next_attempt_at)
+                                .min()
+                        })
+                }
                 _ => None,
             };
             let Some(next) = pending_next else {
@@ -361,11 +380,10 @@ impl Erasures {
     }
 }
 
-/// The action that erases, if the plugin's manifest lists it. Plugin contract 1.0.0, which
-/// this hub still speaks, has no `erase` (1.1.0 adds it): until then no destination can erase,
-/// and every receipt says so.
-fn erase_action(_actions: &[Action]) -> Option<Action> {
-    None
+/// The action that erases, if the plugin's manifest lists it (plugin contract 1.1.0; a plugin
+/// built against 1.0.0 never does, and its receipt says it cannot erase).
+fn erase_action(actions: &[Action]) -> Option<Action> {
+    actions.contains(&Action::Erase).then_some(Action::Erase)
 }
 
 /// A failed call as the receipt's error, and the Retry-After it asked for.
@@ -406,7 +424,10 @@ mod tests {
             assert!((500..=1000).contains(&backoff_ms(base, 1, 0)));
             assert!((2000..=4000).contains(&backoff_ms(base, 3, 0)));
             let late = backoff_ms(base, 40, 0);
-            assert!((MAX_BACKOFF_MS / 2..=MAX_BACKOFF_MS).contains(&late), "{late}");
+            assert!(
+                (MAX_BACKOFF_MS / 2..=MAX_BACKOFF_MS).contains(&late),
+                "{late}"
+            );
             assert_eq!(backoff_ms(base, 1, 30_000), 30_000);
         }
     }
@@ -443,7 +464,10 @@ mod tests {
         assert!(r.destinations[1].note.contains("2 attempt(s)"));
         let r = Receipt::from_rows(
             e,
-            vec![row(TargetStatus::Erased, 1), row(TargetStatus::CannotErase, 0)],
+            vec![
+                row(TargetStatus::Erased, 1),
+                row(TargetStatus::CannotErase, 0),
+            ],
         );
         assert!(r.complete);
         assert!(r.destinations[1].note.contains("by hand"));

@@ -72,10 +72,116 @@ pub struct Metrics {
     pub events_purged: Counter,
     /// Source runs, pages, records and webhooks (see [`SourceMetrics`]).
     pub sources: SourceMetrics,
+    /// Event streams: messages in, out, dropped by reason, lag (see [`StreamMetrics`]).
+    pub streams: StreamMetrics,
     /// The last hour of ingestion, minute by minute, for the console's overview (Prometheus
     /// counters only go up; a rate over the last hour needs the history).
     pub recent: Recent,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamLabels {
+    pub stream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StreamDropLabels {
+    pub stream: String,
+    pub reason: String,
+}
+
+/// Metrics of event streams, per stream: messages read from its sources, acknowledged by
+/// the destination, dropped (by reason: `filter`, `integrations`, `transform`, `dead_letter`,
+/// ...), retries, and how far behind the newest committed message it is.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    pub events_in: Family<StreamLabels, Counter>,
+    pub events_out: Family<StreamLabels, Counter>,
+    pub events_dropped: Family<StreamDropLabels, Counter>,
+    pub retried: Family<StreamLabels, Counter>,
+    pub lag_seconds: Family<StreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    /// From the message's arrival at the hub to the destination's answer.
+    pub delivery_seconds: Family<StreamLabels, Histogram>,
+}
+
+impl StreamMetrics {
+    fn register(registry: &mut Registry) -> StreamMetrics {
+        let m = StreamMetrics {
+            events_in: Family::default(),
+            events_out: Family::default(),
+            events_dropped: Family::default(),
+            retried: Family::default(),
+            lag_seconds: Family::default(),
+            delivery_seconds: Family::<StreamLabels, Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 2.0, 16))
+            }),
+        };
+        registry.register(
+            "stream_events_in",
+            "Messages an event stream read from its sources",
+            m.events_in.clone(),
+        );
+        registry.register(
+            "stream_events_out",
+            "Messages an event stream's destination acknowledged",
+            m.events_out.clone(),
+        );
+        registry.register(
+            "stream_events_dropped",
+            "Messages an event stream did not forward, by reason",
+            m.events_dropped.clone(),
+        );
+        registry.register(
+            "stream_retries",
+            "Retry results an event stream's destination gave",
+            m.retried.clone(),
+        );
+        registry.register(
+            "stream_lag_seconds",
+            "Age of the oldest committed message an event stream has not finished",
+            m.lag_seconds.clone(),
+        );
+        registry.register(
+            "stream_delivery_seconds",
+            "From a message's arrival at the hub to its destination's answer",
+            m.delivery_seconds.clone(),
+        );
+        m
+    }
+
+    fn labels(stream: &str) -> StreamLabels {
+        StreamLabels {
+            stream: stream.to_string(),
+        }
+    }
+
+    /// A finished batch's counts.
+    pub fn batch(&self, stream: &str, read: u64, out: u64, retried: u64, dropped: &[(&str, u64)]) {
+        let l = Self::labels(stream);
+        self.events_in.get_or_create(&l).inc_by(read);
+        self.events_out.get_or_create(&l).inc_by(out);
+        self.retried.get_or_create(&l).inc_by(retried);
+        for (reason, n) in dropped.iter().filter(|(_, n)| *n > 0) {
+            self.events_dropped
+                .get_or_create(&StreamDropLabels {
+                    stream: stream.to_string(),
+                    reason: reason.to_string(),
+                })
+                .inc_by(*n);
+        }
+    }
+
+    pub fn lag(&self, stream: &str, seconds: f64) {
+        self.lag_seconds.get_or_create(&Self::labels(stream)).set(seconds);
+    }
+
+    pub fn delivered_after(&self, stream: &str, seconds: f64) {
+        self.delivery_seconds
+            .get_or_create(&Self::labels(stream))
+            .observe(seconds);
+    }
+}
+
 
 /// One minute of ingestion.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -366,8 +472,10 @@ impl Metrics {
             events_purged.clone(),
         );
         let sources = SourceMetrics::register(&mut registry);
+        let streams = StreamMetrics::register(&mut registry);
         Metrics {
             sources,
+            streams,
             sync_withheld,
             events_purged,
             sync_runs,

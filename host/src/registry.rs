@@ -41,6 +41,9 @@ pub struct InstalledPlugin {
     pub max_batch_size: u32,
     pub default_rate_per_second: f64,
     pub actions: Vec<String>,
+    /// Fields the provider identifies a contact by (plugin API 1.1.0; empty before).
+    #[serde(default)]
+    pub key_fields: Vec<String>,
     pub config_schema: serde_json::Value,
 }
 
@@ -49,6 +52,11 @@ pub struct SecretRecord {
     pub name: String,
     pub description: String,
     pub required: bool,
+    /// Whether the plugin receives the raw value (`secret-spec.raw-value`, or for a 1.0.0
+    /// plugin the config schema's keyword). Absent in records written before plugin API 1.1.0:
+    /// see [`InstalledPlugin::read`].
+    #[serde(default)]
+    pub raw_value: bool,
 }
 
 impl InstalledPlugin {
@@ -56,10 +64,7 @@ impl InstalledPlugin {
         InstalledPlugin {
             name: m.name.clone(),
             version: m.version.clone(),
-            kind: match m.kind {
-                PluginKind::Destination => "destination".into(),
-                PluginKind::Source => "source".into(),
-            },
+            kind: kind_name(m.kind).into(),
             description: m.description.clone(),
             api_version: api_version.to_string(),
             sha256,
@@ -71,6 +76,7 @@ impl InstalledPlugin {
                     name: s.name.clone(),
                     description: s.description.clone(),
                     required: s.required,
+                    raw_value: s.raw_value,
                 })
                 .collect(),
             max_batch_size: m.max_batch_size,
@@ -78,15 +84,26 @@ impl InstalledPlugin {
             actions: m
                 .actions
                 .iter()
-                .map(|a| match a {
-                    Action::Upsert => "upsert".to_string(),
-                    Action::Delete => "delete".to_string(),
-                    Action::Track => "track".to_string(),
-                })
+                .map(|a| action_name(*a).to_string())
                 .collect(),
+            key_fields: m.key_fields.clone(),
             config_schema: serde_json::from_str(&m.config_schema)
                 .unwrap_or(serde_json::Value::Null),
         }
+    }
+
+    /// Reads a recorded `manifest.json`. Records written before plugin API 1.1.0 lack each
+    /// secret's `raw_value`; for a 1.0.0 plugin it is what the config schema's keyword says, as
+    /// the runtime converts its manifest (so an upgrade does not see a changed manifest).
+    pub fn read(text: &[u8]) -> serde_json::Result<InstalledPlugin> {
+        let mut record: InstalledPlugin = serde_json::from_slice(text)?;
+        if record.api_version == crate::runtime::v1_0::API_VERSION {
+            let raw = crate::runtime::v1_0::raw_value_names_in(&record.config_schema);
+            for s in &mut record.secrets {
+                s.raw_value = raw.contains(&s.name);
+            }
+        }
+        Ok(record)
     }
 
     /// What differs between this record and `now`, field by field (`allowed_hosts: recorded
@@ -252,7 +269,7 @@ impl Registry {
             for version in std::fs::read_dir(entry.path())? {
                 let path = version?.path().join("manifest.json");
                 if let Ok(text) = std::fs::read(&path) {
-                    match serde_json::from_slice::<InstalledPlugin>(&text) {
+                    match InstalledPlugin::read(&text) {
                         Ok(p) => out.push(p),
                         Err(e) => tracing::warn!("skipping unreadable {}: {e}", path.display()),
                     }
@@ -367,10 +384,7 @@ impl Registry {
             .load(block.plugin, block.version)
             .await
             .with_context(|| format!("{at}: install it with `switchyard plugin install`"))?;
-        let kind = match plugin.kind() {
-            PluginKind::Source => "source",
-            PluginKind::Destination => "destination",
-        };
+        let kind = kind_name(plugin.kind());
         if kind != block.kind {
             bail!(
                 "{at} plugin `{}` is a {kind} plugin, not a {}",
@@ -691,6 +705,25 @@ fn validate_manifest(m: &PluginManifest) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A plugin kind as `plugin list`, the recorded manifest and config blocks name it.
+pub fn kind_name(kind: PluginKind) -> &'static str {
+    match kind {
+        PluginKind::Source => "source",
+        PluginKind::Destination => "destination",
+        PluginKind::Transform => "transform",
+    }
+}
+
+/// An action as the recorded manifest, the ledger and `plugin info` name it.
+pub fn action_name(action: Action) -> &'static str {
+    match action {
+        Action::Upsert => "upsert",
+        Action::Delete => "delete",
+        Action::Track => "track",
+        Action::Erase => "erase",
+    }
+}
+
 fn cmp_versions(a: &str, b: &str) -> std::cmp::Ordering {
     match (semver::Version::parse(a), semver::Version::parse(b)) {
         (Ok(x), Ok(y)) => x.cmp(&y),
@@ -714,11 +747,13 @@ mod tests {
                 name: "api_key".into(),
                 description: "The key".into(),
                 required: true,
+                raw_value: false,
             }],
             allowed_hosts: vec!["api.example.com".into()],
             max_batch_size: 100,
             default_rate_per_second: 10.0,
             actions: vec![Action::Upsert],
+            key_fields: vec![],
         }
     }
 
@@ -778,5 +813,22 @@ mod tests {
         assert!(then.differences(&then.clone()).is_empty());
         assert_eq!(clip("abcdef", 3), "abc…");
         assert_eq!(clip("abc", 3), "abc");
+    }
+
+    #[test]
+    fn records_from_before_1_1_read_raw_values_from_the_1_0_keyword() {
+        let mut record = InstalledPlugin::from_manifest(&manifest(), "1.0.0", "abc".into());
+        record.config_schema = serde_json::json!({"x-switchyard-secret-values": ["api_key"]});
+        let mut old = serde_json::to_value(&record).unwrap();
+        old["secrets"][0].as_object_mut().unwrap().remove("raw_value");
+        old.as_object_mut().unwrap().remove("key_fields");
+        let text = serde_json::to_vec(&old).unwrap();
+        let read = InstalledPlugin::read(&text).unwrap();
+        assert!(read.secrets[0].raw_value);
+        assert!(read.key_fields.is_empty());
+        // A 1.1.0 record means its field, not the keyword.
+        old["api_version"] = "1.1.0".into();
+        let read = InstalledPlugin::read(&serde_json::to_vec(&old).unwrap()).unwrap();
+        assert!(!read.secrets[0].raw_value);
     }
 }

@@ -217,6 +217,7 @@ impl Destination for MyDestination {
             Action::Upsert => "upsert",
             Action::Delete => "delete",
             Action::Track => "track",
+            Action::Erase => "erase",
         };
         let response = Request::post(&ctx.config.url)
             .json(&switchyard_sdk::serde_json::json!({ "action": action, "records": records }))

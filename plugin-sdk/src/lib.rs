@@ -1,7 +1,7 @@
 //! # switchyard-sdk
 //!
-//! Write [Switchyard](https://github.com/switchyard-hub/switchyard) source and destination
-//! plugins in Rust. A plugin is a WASI 0.2 component: the hub runs it sandboxed, with outbound
+//! Write [Switchyard](https://github.com/switchyard-hub/switchyard) source, destination and
+//! transform plugins in Rust. A plugin is a WASI 0.2 component: the hub runs it sandboxed, with outbound
 //! HTTP only to the hosts its manifest asks for and the operator grants.
 //!
 //! A destination implements [`Plugin`] (its typed config and what it asks of the hub) and
@@ -57,6 +57,63 @@
 //! switchyard_sdk::export_destination!(Hook);
 //! ```
 //!
+//! Each record also carries a `delivery_id`, the same on every retry of this change of the
+//! record and new for the next change: send it as the API's idempotency key. A destination
+//! whose provider identifies contacts by a mapped field declares it with
+//! [`Capabilities::key_fields`]; when that field changes (a new email), the record arrives with
+//! `previous_fields`, the fields last acknowledged, so the plugin can rename or remove the
+//! contact under the old value.
+//!
+//! A transform (plugin API 1.1.0) implements [`Transform`]: a batch of messages in, one result
+//! per message out: kept (reshaped, or fanned out into several) or dropped with a reason.
+//!
+//! ```no_run
+//! use serde::Deserialize;
+//! use switchyard_sdk::{
+//!     schemars, serde_json, CallError, Capabilities, Context, Plugin, Transform, TransformResult,
+//! };
+//!
+//! #[derive(Deserialize, schemars::JsonSchema)]
+//! struct Config {
+//!     /// Event names to drop, e.g. `["Debug Ping"]`.
+//!     #[serde(default)]
+//!     drop_events: Vec<String>,
+//! }
+//!
+//! struct DropNoise;
+//!
+//! impl Plugin for DropNoise {
+//!     type Config = Config;
+//!     fn capabilities() -> Capabilities {
+//!         Capabilities::new()
+//!     }
+//! }
+//!
+//! impl Transform for DropNoise {
+//!     fn transform(
+//!         ctx: &Context<Config>,
+//!         batch: Vec<String>,
+//!     ) -> Result<Vec<TransformResult>, CallError> {
+//!         Ok(batch
+//!             .into_iter()
+//!             .map(|text| {
+//!                 let Ok(message) = serde_json::from_str::<serde_json::Value>(&text) else {
+//!                     return TransformResult::Drop("not a JSON message".into());
+//!                 };
+//!                 match message["event"].as_str() {
+//!                     Some(e) if ctx.config.drop_events.iter().any(|d| d == e) => {
+//!                         TransformResult::Drop(format!("event `{e}` is dropped by config"))
+//!                     }
+//!                     _ => TransformResult::Keep(vec![text]),
+//!                 }
+//!             })
+//!             .collect())
+//!     }
+//! }
+//!
+//! switchyard_sdk::export_transform!(DropNoise);
+//! ```
+//!
 //! A record's `fields` is a JSON object. Parsing it into `serde_json::Value` takes any shape;
 //! when a plugin knows the fields it sends, deserialising into a struct that borrows from the
 //! record (`&'a str`, `Cow<'a, str>`, `&'a serde_json::value::RawValue` to pass a value through
@@ -96,10 +153,12 @@ pub mod watermark;
 
 mod plugin;
 
-pub use plugin::{Capabilities, Context, Destination, Plugin, Source, SECRET_VALUES_KEYWORD};
+pub use plugin::{
+    Capabilities, Context, Destination, Plugin, Source, Transform, SECRET_VALUES_KEYWORD,
+};
 pub use schemars;
 pub use serde_json;
-pub use switchyard_sdk_macros::{export_destination, export_source};
+pub use switchyard_sdk_macros::{export_destination, export_source, export_transform};
 
 // Every plugin gets the size-class allocator unless it turns the feature off (see `alloc`).
 #[cfg(all(
@@ -111,7 +170,7 @@ pub use switchyard_sdk_macros::{export_destination, export_source};
 static ALLOCATOR: alloc::SizeClasses = alloc::SizeClasses::new();
 
 /// The plugin API version (the `switchyard:plugin` WIT package version) this SDK builds against.
-pub const API_VERSION: &str = "1.0.0";
+pub const API_VERSION: &str = "1.1.0";
 
 /// Bindings generated from the contract in `plugin-sdk/wit`; plugins rarely need them directly.
 pub mod bindings {
@@ -126,7 +185,7 @@ pub mod bindings {
 pub use bindings::switchyard::plugin::types::{
     Action, CallError, OutboundRecord, Page, PluginConfig, PluginKind, PluginManifest,
     RecordResult, Retry, SecretSpec, SourceEvent, SourceRecord, StreamInfo, StreamRecord,
-    WebhookError, WebhookOutcome, WebhookRequest,
+    TransformResult, WebhookError, WebhookOutcome, WebhookRequest,
 };
 
 /// Glue called by the export macros. Not a stable API.
@@ -136,8 +195,8 @@ pub mod __private {
 
     use crate::{
         Action, CallError, Context, Destination, OutboundRecord, Page, Plugin, PluginConfig,
-        PluginKind, PluginManifest, RecordResult, Source, StreamInfo, WebhookError, WebhookOutcome,
-        WebhookRequest,
+        PluginKind, PluginManifest, RecordResult, Source, StreamInfo, Transform, TransformResult,
+        WebhookError, WebhookOutcome, WebhookRequest,
     };
 
     /// The API version as a fixed-size array, for the custom section the macros emit.
@@ -182,6 +241,22 @@ pub mod __private {
         if results.len() != expected {
             return Err(CallError::Failed(format!(
                 "plugin bug: deliver returned {} results for a batch of {expected}",
+                results.len()
+            )));
+        }
+        Ok(results)
+    }
+
+    pub fn transform<T: Transform>(
+        config: PluginConfig,
+        batch: Vec<String>,
+    ) -> Result<Vec<TransformResult>, CallError> {
+        let ctx = Context::<T::Config>::from_plugin_config(config)?;
+        let expected = batch.len();
+        let results = T::transform(&ctx, batch)?;
+        if results.len() != expected {
+            return Err(CallError::Failed(format!(
+                "plugin bug: transform returned {} results for a batch of {expected}",
                 results.len()
             )));
         }

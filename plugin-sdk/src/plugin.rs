@@ -7,7 +7,8 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     Action, CallError, OutboundRecord, Page, PluginConfig, PluginKind, PluginManifest,
-    RecordResult, SecretSpec, StreamInfo, WebhookError, WebhookOutcome, WebhookRequest,
+    RecordResult, SecretSpec, StreamInfo, TransformResult, WebhookError, WebhookOutcome,
+    WebhookRequest,
 };
 
 /// What every plugin has: a typed config and the capabilities it asks of the hub.
@@ -61,6 +62,21 @@ pub trait Source: Plugin {
             "this source does not accept webhooks".to_string(),
         ))
     }
+}
+
+/// A transform reshapes, fans out or drops messages on their way to destinations (plugin API
+/// 1.1.0 and later).
+pub trait Transform: Plugin {
+    /// Transforms one batch of messages, each a JSON object as text in the Segment spec's shape
+    /// (`type`, `event`, `userId`, `properties`, `traits`, `context`, `messageId`, ...), and
+    /// returns exactly one result per input, in order: [`TransformResult::Keep`] with the
+    /// message (reshaped), several messages (a fan-out) or none, or [`TransformResult::Drop`]
+    /// with a reason the hub counts. Return `Err` only when the whole batch failed for one
+    /// reason; a message the transform cannot parse is better dropped with that reason.
+    fn transform(
+        ctx: &Context<Self::Config>,
+        batch: Vec<String>,
+    ) -> Result<Vec<TransformResult>, CallError>;
 }
 
 /// The config and secrets of the plugin instance a call is for.
@@ -138,8 +154,9 @@ impl<C> Context<C> {
     }
 }
 
-/// The keyword of the manifest's config schema that lists the secrets whose raw value the
-/// plugin receives (see [`Capabilities::secret_value`]); the hub reads it.
+/// The config-schema keyword that declared raw-value secrets in plugin API 1.0.0. Since 1.1.0
+/// the declaration is `secret-spec.raw-value` (set by [`Capabilities::secret_value`]); the hub
+/// still reads the keyword from 1.0.0 plugins only, and this SDK no longer writes it.
 pub const SECRET_VALUES_KEYWORD: &str = "x-switchyard-secret-values";
 
 /// What a plugin asks of the hub; turned into its [`PluginManifest`] by the export macro, which adds
@@ -150,10 +167,10 @@ pub struct Capabilities {
     description: Option<String>,
     allowed_hosts: Vec<String>,
     secrets: Vec<SecretSpec>,
-    secret_values: Vec<String>,
     max_batch_size: u32,
     default_rate_per_second: f64,
     actions: Vec<Action>,
+    key_fields: Vec<String>,
 }
 
 impl Default for Capabilities {
@@ -170,10 +187,10 @@ impl Capabilities {
             description: None,
             allowed_hosts: Vec::new(),
             secrets: Vec::new(),
-            secret_values: Vec::new(),
             max_batch_size: 100,
             default_rate_per_second: 10.0,
             actions: vec![Action::Upsert],
+            key_fields: Vec::new(),
         }
     }
 
@@ -203,6 +220,7 @@ impl Capabilities {
             name: name.to_string(),
             description: description.to_string(),
             required,
+            raw_value: false,
         });
         self
     }
@@ -213,12 +231,16 @@ impl Capabilities {
     /// (a URL, a form body). `plugin install` and `plugin info` tell the operator it enters
     /// plugin memory. Use [`Capabilities::secret`] for anything else.
     ///
-    /// Plugin API 1.0.0 has no field for this: it is recorded as the keyword
-    /// [`SECRET_VALUES_KEYWORD`] in the config schema, and becomes a field of `secret-spec` in
-    /// the next contract version.
+    /// It is the manifest's `secret-spec.raw-value` (plugin API 1.1.0; 1.0.0 used the config
+    /// schema keyword [`SECRET_VALUES_KEYWORD`]).
     pub fn secret_value(mut self, name: &str, description: &str, required: bool) -> Self {
-        self.secret_values.push(name.to_string());
-        self.secret(name, description, required)
+        self.secrets.push(SecretSpec {
+            name: name.to_string(),
+            description: description.to_string(),
+            required,
+            raw_value: true,
+        });
+        self
     }
 
     /// The most records one `deliver` call or one page takes.
@@ -239,6 +261,14 @@ impl Capabilities {
         self
     }
 
+    /// The mapped fields the provider identifies a contact by, e.g. `&["email"]`. When one of
+    /// them changes for a record, the record arrives with `previous_fields` (the fields last
+    /// acknowledged), so the plugin can rename or remove the contact under the old key.
+    pub fn key_fields(mut self, fields: &[&str]) -> Self {
+        self.key_fields = fields.iter().map(|f| f.to_string()).collect();
+        self
+    }
+
     /// Builds the manifest; the crate's own metadata fills what the capabilities leave out.
     pub fn into_manifest<C: JsonSchema>(
         self,
@@ -247,13 +277,7 @@ impl Capabilities {
         package_version: &str,
         package_description: &str,
     ) -> PluginManifest {
-        let mut schema = schemars::schema_for!(C);
-        if !self.secret_values.is_empty() {
-            schema.insert(
-                SECRET_VALUES_KEYWORD.to_string(),
-                serde_json::json!(self.secret_values),
-            );
-        }
+        let schema = schemars::schema_for!(C);
         PluginManifest {
             name: self.name.unwrap_or_else(|| package_name.to_string()),
             version: package_version.to_string(),
@@ -268,7 +292,11 @@ impl Capabilities {
             default_rate_per_second: self.default_rate_per_second,
             actions: match kind {
                 PluginKind::Destination => self.actions,
-                PluginKind::Source => Vec::new(),
+                PluginKind::Source | PluginKind::Transform => Vec::new(),
+            },
+            key_fields: match kind {
+                PluginKind::Destination => self.key_fields,
+                PluginKind::Source | PluginKind::Transform => Vec::new(),
             },
         }
     }
@@ -306,17 +334,33 @@ mod tests {
     }
 
     #[test]
-    fn secret_values_are_declared_in_the_schema() {
+    fn secret_values_are_declared_in_the_secret_spec_not_the_schema() {
         let m = Capabilities::new()
             .secret("token", "API token", true)
             .secret_value("signing_secret", "Signs the payload", true)
             .into_manifest::<Cfg>(PluginKind::Destination, "my-dest", "1.2.3", "Posts JSON");
-        assert_eq!(m.secrets.len(), 2);
+        let raw: Vec<(&str, bool)> = m
+            .secrets
+            .iter()
+            .map(|s| (s.name.as_str(), s.raw_value))
+            .collect();
+        assert_eq!(raw, vec![("token", false), ("signing_secret", true)]);
         let schema: serde_json::Value = serde_json::from_str(&m.config_schema).unwrap();
-        assert_eq!(
-            schema[SECRET_VALUES_KEYWORD],
-            serde_json::json!(["signing_secret"])
-        );
+        assert!(schema.get(SECRET_VALUES_KEYWORD).is_none());
+    }
+
+    #[test]
+    fn key_fields_and_actions_belong_to_destinations_only() {
+        let caps = Capabilities::new()
+            .actions(&[Action::Upsert, Action::Erase])
+            .key_fields(&["email"]);
+        let d = caps
+            .clone()
+            .into_manifest::<Cfg>(PluginKind::Destination, "d", "1.0.0", "");
+        assert_eq!(d.key_fields, vec!["email"]);
+        assert_eq!(d.actions, vec![Action::Upsert, Action::Erase]);
+        let t = caps.into_manifest::<Cfg>(PluginKind::Transform, "t", "1.0.0", "");
+        assert!(t.key_fields.is_empty() && t.actions.is_empty());
     }
 
     #[test]

@@ -219,7 +219,7 @@ fn webhook_410_gone_stops_delivery_to_the_endpoint() {
 }
 
 #[test]
-fn webhook_retried_upserts_keep_their_id_with_stable_ids() {
+fn webhook_retried_changes_keep_their_id_and_later_changes_get_new_ones() {
     let fake = webhook_fake::start_in_background(SECRET);
     let dir = tempfile::tempdir().unwrap();
     install(dir.path(), "webhook");
@@ -227,20 +227,23 @@ fn webhook_retried_upserts_keep_their_id_with_stable_ids() {
         dir: dir.path(),
         fake: &fake,
     };
-    let records = [serde_json::json!({"key": "p1", "fields": {
-        "email": "ada@example.com", "updated_at": "2026-12-06T08:00:00Z"}})];
-    let deliver = |config: serde_json::Value, action: &str| {
-        let mut args = run.args("deliver", SECRET, config);
-        let file = records_file(dir.path(), "stable.jsonl", &records);
+    let fields = serde_json::json!({"email": "ada@example.com"});
+    let deliver = |delivery_id: &str, action: &str| {
+        let records = [serde_json::json!({"key": "p1", "delivery_id": delivery_id, "fields": fields})];
+        let mut args = run.args(
+            "deliver",
+            SECRET,
+            serde_json::json!({"url": fake.url("/hooks/switchyard")}),
+        );
+        let file = records_file(dir.path(), "changes.jsonl", &records);
         args.extend(["--action".into(), action.into(), "--records".into(), file]);
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         lines(&ok(&switchyard(dir.path(), &refs, "warn")))
     };
-    let stable = serde_json::json!({"url": fake.url("/hooks/switchyard"), "stable_ids": true});
-    // The receiver applies the batch but its answer is lost (500): the hub retries the batch.
+    // The receiver applies the batch but its answer is lost (500): the hub retries the change.
     fake.accept_then_fail(1, 500, "timed out after commit");
-    assert_eq!(deliver(stable.clone(), "upsert")[0]["result"], "retry");
-    assert_eq!(deliver(stable.clone(), "upsert")[0]["result"], "ok");
+    assert_eq!(deliver("dlv_change1", "upsert")[0]["result"], "retry");
+    assert_eq!(deliver("dlv_change1", "upsert")[0]["result"], "ok");
     let ids = fake.attempt_ids();
     assert_eq!(ids.len(), 2);
     assert_eq!(
@@ -249,19 +252,16 @@ fn webhook_retried_upserts_keep_their_id_with_stable_ids() {
     );
     assert_eq!(fake.messages().len(), 1, "the receiver applied it once");
     assert_eq!(fake.duplicates(), 1);
+    let record = &fake.messages()[0].body["data"]["records"][0];
+    assert_eq!(record["delivery_id"], "dlv_change1");
+    assert_eq!(record["fields"]["email"], "ada@example.com");
     // A delete of the same record is another message.
-    assert_eq!(deliver(stable, "delete")[0]["result"], "ok");
+    assert_eq!(deliver("dlv_change2", "delete")[0]["result"], "ok");
     assert_eq!(fake.messages().len(), 2);
-
-    // The default: every attempt of an upsert has its own id (a re-join with identical fields
-    // must not be taken for a retry), so the receiver applies the retry again, harmlessly.
-    let plain = serde_json::json!({"url": fake.url("/hooks/switchyard")});
-    fake.accept_then_fail(1, 500, "timed out after commit");
-    assert_eq!(deliver(plain.clone(), "upsert")[0]["result"], "retry");
-    assert_eq!(deliver(plain, "upsert")[0]["result"], "ok");
-    let ids = fake.attempt_ids();
-    assert_ne!(ids[3], ids[4]);
-    assert_eq!(fake.messages().len(), 4);
+    // The record re-joins with identical fields: a new change, a new id, applied again.
+    assert_eq!(deliver("dlv_change3", "upsert")[0]["result"], "ok");
+    assert_eq!(fake.messages().len(), 3);
+    assert_eq!(fake.duplicates(), 1);
 }
 
 #[test]

@@ -9,8 +9,10 @@
 //! receives nothing.
 
 use crate::common;
-use crate::fakes::{mailchimp as mailchimp_fake, sendgrid as sendgrid_fake, slack as slack_fake,
-                   webhook as webhook_fake};
+use crate::fakes::{
+    mailchimp as mailchimp_fake, sendgrid as sendgrid_fake, slack as slack_fake,
+    webhook as webhook_fake,
+};
 
 use std::time::{Duration, Instant};
 
@@ -26,11 +28,10 @@ macro_rules! on_both {
     };
 }
 
-on_both!(a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing,);
-
-// Needs plugin contract 1.1.0's `erase` (the plugins' deletion calls); enabled with it.
-#[allow(dead_code)]
-const _WITH_CONTRACT_1_1: fn(Db) = erasure_reaches_three_destinations_and_leaves_no_trace;
+on_both!(
+    erasure_reaches_three_destinations_and_leaves_no_trace,
+    a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing,
+);
 
 const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
 const SECRET: &str = "whsec_c3dpdGNoeWFyZC10ZXN0LXNpZ25pbmcta2V5LTMyYg==";
@@ -133,7 +134,9 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
          [[syncs]]\nname = \"vip-to-mc\"\nfrom = {{ audience = \"vip\" }}\nto = \"mc\"\nmode = \"mirror\"\n\
          [syncs.mapping]\nemail = \"identifiers.email\"\nfirst_name = \"traits.first_name\"\n\n\
          [[syncs]]\nname = \"vip-to-crm\"\nfrom = {{ audience = \"vip\" }}\nto = \"crm\"\nmode = \"mirror\"\n\
-         [syncs.mapping]\nemail = \"identifiers.email\"\nuser = \"identifiers.user_id\"\nfirst_name = \"traits.first_name\"\n",
+         [syncs.mapping]\nemail = \"identifiers.email\"\nuser = \"identifiers.user_id\"\nfirst_name = \"traits.first_name\"\n\n\
+         [[syncs]]\nname = \"orders-to-crm\"\nfrom = {{ events = \"Order Completed\" }}\nto = \"crm\"\nmode = \"events\"\n\
+         [syncs.mapping]\nemail = \"identifiers.email\"\nevent = \"event.name\"\norder = \"event.properties.order_id\"\n",
         list = sendgrid_fake::LIST_ID,
         mc_list = mailchimp_fake::LIST_ID,
         mc_key = mailchimp_fake::API_KEY,
@@ -164,11 +167,14 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         USER,
         json!({"email": EMAIL, "first_name": "Ada", "plan": "pro"}),
     );
+    let r = hub.track("identify", json!({"anonymousId": ANON, "userId": USER}));
+    assert_eq!(r.status, 200);
     let r = hub.track(
-        "identify",
-        json!({"anonymousId": ANON, "userId": USER}),
+        "track",
+        json!({"userId": USER, "event": "Order Completed", "properties": {"order_id": "o-ada-1"}}),
     );
     assert_eq!(r.status, 200);
+    let ordered = Instant::now();
     hub.identify(
         "user-bob",
         json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
@@ -177,10 +183,17 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         !holding(&hub, db, ANON).is_empty() && hub.count("SELECT COUNT(*) FROM merges") >= 1,
         "the merge must be logged before the erasure, or the test proves nothing"
     );
-    for sync in ["vip-to-sg", "vip-to-mc", "vip-to-crm"] {
+    // Events syncs only take events received a moment ago (their horizon).
+    std::thread::sleep(Duration::from_millis(2200).saturating_sub(ordered.elapsed()));
+    for sync in ["vip-to-sg", "vip-to-mc", "vip-to-crm", "orders-to-crm"] {
         let run = hub.run_sync(sync);
         assert_eq!(run["status"], "succeeded", "{run}");
+        assert!(run["succeeded"].as_u64().unwrap() >= 1, "{run}");
     }
+    assert!(
+        hub.count("SELECT COUNT(*) FROM sync_records WHERE sync = 'orders-to-crm'") == 1,
+        "the order reached the webhook's ledger, keyed by its message id"
+    );
     assert!(sendgrid.contact(EMAIL).is_some());
     assert!(mailchimp.member(EMAIL).is_some());
     assert!(holding(&hub, db, EMAIL).contains(&"sync_records.fields".to_string()));
@@ -195,22 +208,35 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
     let id = answer["erasure"]["id"].as_str().unwrap().to_string();
     assert!(id.starts_with("era_"));
     assert_eq!(answer["deleted"], answer["erasure"]["profile_id"]);
-    assert_eq!(answer["erasure"]["destinations"].as_array().unwrap().len(), 3);
+    assert_eq!(
+        answer["erasure"]["destinations"].as_array().unwrap().len(),
+        3
+    );
     assert!(hub.profile(&format!("email:{EMAIL}")).is_none());
 
     let receipt = wait_complete(&hub, &id);
-    for (name, sync) in [("sg", "vip-to-sg"), ("mc", "vip-to-mc"), ("crm", "vip-to-crm")] {
+    for (name, syncs) in [
+        ("sg", json!(["vip-to-sg"])),
+        ("mc", json!(["vip-to-mc"])),
+        ("crm", json!(["orders-to-crm", "vip-to-crm"])),
+    ] {
         let d = destination(&receipt, name);
         assert_eq!(d["status"], "erased", "{receipt:#}");
-        assert_eq!(d["syncs"], json!([sync]));
-        assert!(d["done_at"].as_str().is_some_and(|t| t.ends_with('Z')), "{d}");
+        assert_eq!(d["syncs"], syncs);
+        assert!(
+            d["done_at"].as_str().is_some_and(|t| t.ends_with('Z')),
+            "{d}"
+        );
     }
     assert!(destination(&receipt, "sg")["attempts"].as_i64().unwrap() >= 2);
     assert!(destination(&receipt, "crm")["attempts"].as_i64().unwrap() >= 2);
     assert_eq!(receipt["identifiers_erased"], 3);
 
     // Each provider got its own deletion call.
-    assert!(sendgrid.contact(EMAIL).is_none(), "SendGrid contact deleted");
+    assert!(
+        sendgrid.contact(EMAIL).is_none(),
+        "SendGrid contact deleted"
+    );
     assert!(
         sendgrid
             .seen()
@@ -228,7 +254,20 @@ fn erasure_reaches_three_destinations_and_leaves_no_trace(db: Db) {
         .filter(|m| m.body["type"] == "acme.erase")
         .collect();
     assert_eq!(erases.len(), 1, "one erase message, its retry deduplicated");
-    assert_eq!(erases[0].body["data"]["records"][0]["fields"]["email"], EMAIL);
+    // The profile's record and its order's (events sync) record, each as last delivered.
+    let records = erases[0].body["data"]["records"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(records.len(), 2, "{records:?}");
+    assert!(
+        records.iter().all(|r| r["fields"]["email"] == EMAIL),
+        "{records:?}"
+    );
+    assert!(
+        records.iter().any(|r| r["fields"]["order"] == "o-ada-1"),
+        "{records:?}"
+    );
     assert!(hook.refused().is_empty(), "{:?}", hook.refused());
 
     // Nothing of Ada's identifiers is left in any text column of any table.
@@ -284,7 +323,13 @@ fn a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing(db: Db) {
     assert_eq!(posted, 1);
 
     // The CLI erases and waits for the destinations.
-    let out = hub.cli(&["profiles", "erase", &format!("user_id:{USER}"), "--wait", "10s"]);
+    let out = hub.cli(&[
+        "profiles",
+        "erase",
+        &format!("user_id:{USER}"),
+        "--wait",
+        "10s",
+    ]);
     let text = ok(&out);
     let receipt: Value = serde_json::from_str(&text).unwrap();
     assert_eq!(receipt["complete"], true, "{receipt:#}");
@@ -292,7 +337,10 @@ fn a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing(db: Db) {
     assert_eq!(d["status"], "cannot_erase", "{receipt:#}");
     assert!(d["note"].as_str().unwrap().contains("by hand"), "{d}");
     assert!(
-        d["last_error"].as_str().unwrap().contains("does not list `erase`"),
+        d["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("does not list `erase`"),
         "{d}"
     );
     assert_eq!(slack.requests(), posted, "nothing more was posted to Slack");
@@ -301,5 +349,234 @@ fn a_destination_that_cannot_erase_is_on_the_receipt_and_gets_nothing(db: Db) {
     let r = hub.admin_get(&format!("/v1/erasures/{}", receipt["id"].as_str().unwrap()));
     assert_eq!(r.json()["destinations"], receipt["destinations"]);
     assert_eq!(hub.admin_get("/v1/erasures/era_nope").status, 404);
-    assert_eq!(hub.admin_delete(&format!("/v1/profiles/user_id:{USER}")).status, 404);
+    assert_eq!(
+        hub.admin_delete(&format!("/v1/profiles/user_id:{USER}"))
+            .status,
+        404
+    );
+}
+
+// ---- each plugin's erase, through `switchyard plugin ...` against its fake ----
+
+mod plugins {
+    use super::common::{install_plugin, lines, ok, switchyard};
+    use crate::fakes::{
+        google_ads as google_fake, linkedin as linkedin_fake, meta as meta_fake,
+        tiktok as tiktok_fake,
+    };
+
+    use std::path::Path;
+    use std::process::Output;
+
+    use serde_json::{json, Value};
+    use sha2::{Digest, Sha256};
+
+    fn sha256(s: &str) -> String {
+        hex::encode(Sha256::digest(s.as_bytes()))
+    }
+
+    /// `plugin deliver NAME --action ACTION` with the API host rerouted to a fake.
+    #[allow(clippy::too_many_arguments)]
+    fn deliver(
+        dir: &Path,
+        plugin: &str,
+        config: Value,
+        secret: &str,
+        host: &str,
+        fake: &str,
+        action: &str,
+        records: &[Value],
+    ) -> Output {
+        let file = dir.join(format!("{action}.jsonl"));
+        let text: String = records.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(&file, text).unwrap();
+        let config = config.to_string();
+        let mut args: Vec<String> = [
+            "plugin",
+            "deliver",
+            plugin,
+            "--config",
+            &config,
+            "--secret",
+            secret,
+            "--allow-private",
+            fake,
+            "--action",
+            action,
+            "--records",
+            file.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        // `host` may name several hosts, comma-separated, all sent to the fake.
+        for h in host.split(',') {
+            args.push("--reroute".into());
+            args.push(format!("{h}=http://{fake}"));
+        }
+        switchyard(dir, &args, "warn")
+    }
+
+    #[test]
+    fn every_plugin_that_can_remove_a_person_lists_erase_and_slack_says_it_cannot() {
+        let dir = tempfile::tempdir().unwrap();
+        let erasers = [
+            "sendgrid",
+            "mailchimp",
+            "webhook",
+            "meta-custom-audiences",
+            "google-ads-customer-match",
+            "tiktok-audiences",
+            "linkedin-audiences",
+        ];
+        for name in erasers.iter().chain(&["slack"]) {
+            install_plugin(dir.path(), name);
+        }
+        for name in erasers {
+            let info = ok(&switchyard(dir.path(), &["plugin", "info", name], "warn"));
+            let actions = info
+                .lines()
+                .find(|l| l.trim_start().starts_with("actions:"))
+                .unwrap_or_else(|| panic!("{name}: no actions line in {info}"));
+            assert!(actions.contains("erase"), "{name}: {actions}");
+            assert!(!info.contains("cannot erase"), "{name}: {info}");
+        }
+        let info = ok(&switchyard(
+            dir.path(),
+            &["plugin", "info", "slack"],
+            "warn",
+        ));
+        assert!(info.contains("cannot erase"), "{info}");
+    }
+
+    #[test]
+    fn ad_platform_erases_are_removals_from_the_audience() {
+        let dir = tempfile::tempdir().unwrap();
+        let people = [
+            json!({"key": "p1", "fields": {"email": "Ada.Erased@Example.com"}}),
+            json!({"key": "p2", "fields": {"email": "bob@example.com"}}),
+        ];
+
+        // TikTok: segment mapping, "action": "delete".
+        const TT_TOKEN: &str = "tt-act.5f0c3e1d9a7b4c2e8f6a";
+        const ADVERTISER: &str = "7178918106775994370";
+        const AUDIENCE: &str = "1234345";
+        let tiktok = tiktok_fake::start_in_background(TT_TOKEN, ADVERTISER, &[AUDIENCE]);
+        install_plugin(dir.path(), "tiktok-audiences");
+        let config = json!({"advertiser_id": ADVERTISER, "audience_id": AUDIENCE});
+        let secret = format!("access_token={TT_TOKEN}");
+        let hp = tiktok.host_port();
+        let run = |action: &str, records: &[Value]| {
+            lines(&ok(&deliver(
+                dir.path(),
+                "tiktok-audiences",
+                config.clone(),
+                &secret,
+                "business-api.tiktok.com",
+                &hp,
+                action,
+                records,
+            )))
+        };
+        run("upsert", &people);
+        assert_eq!(tiktok.members(AUDIENCE, "EMAIL_SHA256").len(), 2);
+        let results = run("erase", &people[..1]);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        let left = tiktok.members(AUDIENCE, "EMAIL_SHA256");
+        assert_eq!(
+            left.into_iter().collect::<Vec<_>>(),
+            [sha256("bob@example.com")]
+        );
+        let last = tiktok.bodies().pop().unwrap();
+        assert_eq!(last["action"], "delete", "{last}");
+
+        // LinkedIn: DMP segment users, "action": "REMOVE".
+        const LI_TOKEN: &str = "AQX-linkedin-token-9b8c7d6e";
+        const SEGMENT: &str = "10804";
+        let linkedin = linkedin_fake::start_in_background(LI_TOKEN, &[SEGMENT]);
+        install_plugin(dir.path(), "linkedin-audiences");
+        let config = json!({"segment_id": SEGMENT});
+        let secret = format!("access_token={LI_TOKEN}");
+        let hp = linkedin.host_port();
+        let run = |action: &str, records: &[Value]| {
+            lines(&ok(&deliver(
+                dir.path(),
+                "linkedin-audiences",
+                config.clone(),
+                &secret,
+                "api.linkedin.com",
+                &hp,
+                action,
+                records,
+            )))
+        };
+        run("upsert", &people);
+        assert_eq!(linkedin.members(SEGMENT).len(), 2);
+        let results = run("erase", &people[..1]);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        let left: Vec<String> = linkedin
+            .members(SEGMENT)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect();
+        assert_eq!(left, [sha256("bob@example.com")]);
+        let last = linkedin.bodies().pop().unwrap();
+        assert!(last.to_string().contains("\"REMOVE\""), "{last}");
+
+        // Meta: DELETE /{audience}/users with a JSON body.
+        let meta = meta_fake::start_in_background();
+        install_plugin(dir.path(), "meta-custom-audiences");
+        let config = json!({"audience_id": meta_fake::AUDIENCE_ID});
+        let secret = format!("access_token={}", meta_fake::TOKEN);
+        let hp = meta.host_port();
+        let run = |action: &str, records: &[Value]| {
+            lines(&ok(&deliver(
+                dir.path(),
+                "meta-custom-audiences",
+                config.clone(),
+                &secret,
+                "graph.facebook.com",
+                &hp,
+                action,
+                records,
+            )))
+        };
+        run("upsert", &people);
+        assert_eq!(meta.members().len(), 2);
+        let results = run("erase", &people[..1]);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        let members = meta.members();
+        assert_eq!(members.len(), 1, "{members:?}");
+        assert_eq!(members[0]["EMAIL"], sha256("bob@example.com"));
+        assert_eq!(meta.uploads().last().unwrap().method, "DELETE");
+
+        // Google Customer Match (Data Manager API): audienceMembers:remove.
+        let google = google_fake::start_in_background();
+        install_plugin(dir.path(), "google-ads-customer-match");
+        let config = json!({"customer_id": "123-456-7890", "user_list_id": google_fake::USER_LIST_ID,
+                            "customer_match_terms_accepted": true,
+                            "consent_ad_user_data": "GRANTED", "consent_ad_personalization": "GRANTED"});
+        let secret = format!("access_token={}", google_fake::ACCESS_TOKEN);
+        let hp = google.host_port();
+        let run = |action: &str, records: &[Value]| {
+            lines(&ok(&deliver(
+                dir.path(),
+                "google-ads-customer-match",
+                config.clone(),
+                &secret,
+                "datamanager.googleapis.com,oauth2.googleapis.com",
+                &hp,
+                action,
+                records,
+            )))
+        };
+        run("upsert", &people);
+        let members = || google.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
+        assert_eq!(members().len(), 2);
+        let results = run("erase", &people[..1]);
+        assert_eq!(results[0]["result"], "ok", "{results:?}");
+        assert_eq!(members().len(), 1, "{:?}", members());
+        let (path, _) = google.dm_bodies().pop().unwrap();
+        assert_eq!(path, "/v1/audienceMembers:remove");
+    }
 }

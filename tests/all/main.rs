@@ -8,6 +8,7 @@ mod common;
 mod fakes;
 
 mod console;
+mod contract;
 mod destinations_ads;
 mod destinations_email;
 mod destinations_events;
@@ -21,5 +22,6 @@ mod sandbox;
 mod sources;
 mod sources_hub;
 mod sources_plugins;
+mod streams;
 mod syncs;
 mod tracking;

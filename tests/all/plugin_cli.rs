@@ -63,7 +63,7 @@ fn example_destination_installs_and_delivers_to_a_local_server() {
         &["plugin", "install", wasm.to_str().unwrap()],
     ));
     assert!(
-        out.contains("installed json-post-destination 0.1.0 (destination, plugin API 1.0.0)"),
+        out.contains("installed json-post-destination 0.1.0 (destination, plugin API 1.1.0)"),
         "{out}"
     );
     assert!(out.contains("asks to call: *"), "{out}");
@@ -269,7 +269,7 @@ fn install_refuses_what_is_not_a_plugin_with_one_line() {
 /// Rewrites a real plugin's contract version, as a plugin built against another API version
 /// would carry it (the strings have the same length, so the component stays well-formed).
 fn with_api_version(wasm: &[u8], version: &str) -> Vec<u8> {
-    assert_eq!(version.len(), "1.0.0".len());
+    assert_eq!(version.len(), "1.1.0".len());
     let mut bytes = wasm.to_vec();
     let needle = b"switchyard:plugin/";
     let mut i = 0;
@@ -283,7 +283,7 @@ fn with_api_version(wasm: &[u8], version: &str) -> Vec<u8> {
                     .position(|b| *b == b'@')
                     .unwrap()
                 + 1;
-            if &bytes[at..at + 5] == b"1.0.0" {
+            if &bytes[at..at + 5] == b"1.1.0" {
                 bytes[at..at + 5].copy_from_slice(version.as_bytes());
                 replaced += 1;
             }
@@ -305,14 +305,14 @@ fn install_refuses_an_unknown_api_version_with_a_clear_message() {
     let original = std::fs::read(plugin_wasm("json-post-destination")).unwrap();
 
     let newer = dir.path().join("newer.wasm");
-    std::fs::write(&newer, with_api_version(&original, "1.1.0")).unwrap();
+    std::fs::write(&newer, with_api_version(&original, "1.2.0")).unwrap();
     let err = failed(&switchyard(
         dir.path(),
         &["plugin", "install", newer.to_str().unwrap()],
     ));
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(
-        err.contains("plugin API version 1.1.0 is newer than this hub supports (up to 1.0.0)"),
+        err.contains("plugin API version 1.2.0 is newer than this hub supports (up to 1.1.0)"),
         "{err}"
     );
 

@@ -173,15 +173,15 @@ fn consent(db: Db) {
     ok(&hub.cli(&["sync", "run", "plain"]));
     assert_eq!(emails(&plain).len(), 3);
 
-    // Bob consents: added on the next run. Through the admin API, so the serving hub's
-    // metrics count the run's withheld profiles (Ada and Cy).
-    identify(
-        &hub,
-        "u2",
-        "bob@example.com",
-        Some(true),
-        "2026-01-02T10:00:00Z",
+    // Bob consents, in a `/v1/batch` this time (read from every message, batched or not):
+    // added on the next run. That run goes through the admin API, so the serving hub's metrics
+    // count its withheld profiles (Ada and Cy).
+    let r = hub.track(
+        "batch",
+        json!({"batch": [{"type": "identify", "userId": "u2", "timestamp": "2026-01-02T10:00:00Z",
+                          "context": {"consent": {"categoryPreferences": {"Marketing": true}}}}]}),
     );
+    assert_eq!(r.status, 200, "{}", r.text());
     let r = admin_post(&hub, "/v1/syncs/mail/run?full_resync=true");
     assert_eq!(r.status, 202, "{}", r.text());
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -204,13 +204,19 @@ fn consent(db: Db) {
         std::thread::sleep(Duration::from_millis(100));
     }
     assert_eq!(emails(&mail), vec!["bob@example.com"]);
-    let metrics = hub.request("GET", "/metrics", &[], b"").text();
-    assert!(
-        metrics
+    // The metrics count the run's withheld profiles.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = hub.request("GET", "/metrics", &[], b"").text();
+        if metrics
             .lines()
-            .any(|l| l.starts_with("switchyard_sync_withheld_total{sync=\"mail\"} 2")),
-        "{metrics}"
-    );
+            .any(|l| l.starts_with("switchyard_sync_withheld_total{sync=\"mail\"} 2"))
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{metrics}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 
     // `profiles show` has the consent state.
     let shown: Value =
@@ -322,6 +328,18 @@ fn unmerge(db: Db) {
         "the merged profile took Dee's later name"
     );
 
+    // After the merge Dee's device keeps sending: an event and a new plan land on the merged
+    // profile, and must go back with her.
+    send(
+        "track",
+        json!({"anonymousId": "device-9", "event": "Viewed", "messageId": "dee-after", "timestamp": "2026-01-01T12:10:00Z"}),
+    );
+    send(
+        "identify",
+        json!({"anonymousId": "device-9", "traits": {"plan": "team"}, "timestamp": "2026-01-01T12:30:00Z"}),
+    );
+    assert_eq!(hub.profile("user_id:u1").unwrap()["traits"]["plan"], "team");
+
     // The merge log shows the merge with its id and reason.
     let shown: Value =
         serde_json::from_str(&ok(&hub.cli(&["profiles", "show", "user_id:u1"]))).unwrap();
@@ -360,7 +378,7 @@ fn unmerge(db: Db) {
             &dee["traits"]["plan"],
             &dee["traits"]["email"]
         ),
-        (&json!("Dee"), &json!("free"), &json!("dee@example.com"))
+        (&json!("Dee"), &json!("team"), &json!("dee@example.com"))
     );
     let ids = |p: &Value| -> Vec<String> {
         let mut v: Vec<String> = p["identifiers"]
@@ -403,6 +421,10 @@ fn unmerge(db: Db) {
         !dee_events.contains(&"ada-paid".to_string()),
         "{dee_events:?}"
     );
+    assert!(
+        dee_events.contains(&"dee-after".to_string()),
+        "an event after the merge naming only Dee's device goes back with her: {dee_events:?}"
+    );
     let ada_events = events_of("user_id:u1");
     assert!(
         ada_events.contains(&"ada-paid".to_string()),
@@ -424,7 +446,7 @@ fn unmerge(db: Db) {
     );
     assert_eq!(
         held[dee_id.as_str().unwrap()],
-        json!({"email": "dee@example.com", "name": "Dee", "plan": "free"})
+        json!({"email": "dee@example.com", "name": "Dee", "plan": "team"})
     );
 
     // The same join again does not merge them: u1 (highest priority) wins.

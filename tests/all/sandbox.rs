@@ -46,6 +46,8 @@ fn batch(n: usize) -> Vec<OutboundRecord> {
             key: format!("k{i}"),
             fields: serde_json::json!({"email": format!(" User{i}@Example.com"), "orders": i})
                 .to_string(),
+            delivery_id: format!("dlv_k{i}"),
+            previous_fields: None,
         })
         .collect()
 }

@@ -5,7 +5,8 @@
 //! committed page with nothing lost or applied twice; 429s are waited out as the API says, and a
 //! run that keeps getting them fails with the reason after `SWITCHYARD_SOURCE_ATTEMPTS`. And the
 //! admin API of source runs: `GET /v1/sources`, `POST /v1/sources/{name}/run` (202, 409 while a
-//! run holds the lease), `GET /v1/sources/{name}/runs` and `.../cursors`.
+//! run holds the lease), `GET /v1/sources/{name}/runs` and `.../cursors`. SIGHUP reloads a
+//! changed source (schedule, plugin config) without a restart.
 //!
 //! Needs the plugins built first: `tools/build-plugins` (tools/test does it).
 
@@ -968,4 +969,52 @@ fn an_endless_source_stops_at_its_time_cap() {
     assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), pages);
     let (_, done) = cursor(&hub, "members", "records");
     assert!(!done);
+}
+
+/// SIGHUP reaches the source engine as it does the sync engine: a source given a schedule and a
+/// new page size in the file is run by the scheduler with the new plugin config, without a
+/// restart (before, only syncs were reloaded and a source's change waited for one).
+#[test]
+fn sighup_reloads_a_changed_source() {
+    let fake = json_fake(5);
+    let hub = Hub::start_project(Db::Sqlite, "", &json_source(&fake, 2), &[]);
+    hub.install(&["http-json"]);
+    let r = admin(&hub, "GET", "/v1/sources");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["sources"][0]["schedule"], Value::Null);
+
+    // Unscheduled: the scheduler leaves it alone.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(hub.count("SELECT COUNT(*) FROM source_runs"), 0);
+    assert!(fake.requests().is_empty());
+
+    let text = std::fs::read_to_string(&hub.config).unwrap();
+    assert!(text.contains("page_size = 2\n"), "{text}");
+    let changed = text
+        .replace(
+            "plugin = \"http-json\"\n",
+            "plugin = \"http-json\"\nschedule = \"every 1h\"\n",
+        )
+        .replace("page_size = 2\n", "page_size = 5\n");
+    hub.reload(&changed);
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = admin(&hub, "GET", "/v1/sources");
+        let body = r.json();
+        let source = &body["sources"][0];
+        if source["schedule"] == "every 1h" && source["last_run"]["status"] == "succeeded" {
+            assert_eq!(source["last_run"]["records"], 5, "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the reloaded source was not scheduled: {body}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = fake.requests();
+    assert_eq!(seen.len(), 1, "5 items at the new page size of 5: {seen:?}");
+    assert_eq!(seen[0].param("limit"), Some("5"));
+    assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 5);
 }

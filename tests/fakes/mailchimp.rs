@@ -1,7 +1,7 @@
 //! A faithful fake of the Mailchimp Marketing API 3.0 parts the `mailchimp` plugin uses (see
 //! `/work/shared/reference/api-contracts.md` §2): ping, get list, batch subscribe
-//! (`POST /3.0/lists/{id}`), add-or-update / get / update / archive a member by subscriber
-//! hash, and permanent deletion.
+//! (`POST /3.0/lists/{id}`), add-or-update / get / update (its address too) / archive a member
+//! by subscriber hash, and permanent deletion.
 //!
 //! Every refusal it models, with where it comes from (checked 2026-12-06):
 //!
@@ -160,6 +160,21 @@ impl Fake {
             .members
             .get(&subscriber_hash(email))
             .cloned()
+    }
+
+    /// Addresses of the members on the list (archived ones left out), sorted.
+    pub fn active_emails(&self) -> Vec<String> {
+        let mut emails: Vec<String> = self
+            .inner
+            .lock()
+            .unwrap()
+            .members
+            .values()
+            .filter(|m| m["status"] != "archived")
+            .filter_map(|m| m["email_address"].as_str().map(str::to_lowercase))
+            .collect();
+        emails.sort();
+        emails
     }
 
     pub fn member_count(&self) -> usize {
@@ -620,11 +635,57 @@ fn patch_member(st: &mut Inner, hash: &str, headers: &HeaderMap, body: &Bytes) -
         );
     }
     let email = member["email_address"].as_str().unwrap_or("").to_string();
+    // A changed `email_address` renames the member: it moves to the new address's subscriber
+    // hash, keeping its status, merge fields and tags (Mailchimp "Update list member",
+    // PATCH /lists/{list_id}/members/{subscriber_hash}, body `email_address`; the
+    // mailchimp-marketing SDKs' `updateListMember`, used this way by peer connectors, e.g.
+    // simstudioai/sim `mailchimp/update_member`). The new address must be valid, not already a
+    // member [U: Mailchimp's exact title; the fake answers 400 `Member Exists` as for a POST of
+    // an existing address], and not permanently deleted (400 `Forgotten Email Not Subscribed`).
+    let new_email = patch
+        .get("email_address")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .filter(|e| !e.eq_ignore_ascii_case(&email));
+    if let Some(new_email) = &new_email {
+        if !valid_email(new_email) {
+            return invalid_resource(
+                &format!("{new_email} looks fake or invalid, please enter a real email address."),
+                None,
+            );
+        }
+        let new_hash = subscriber_hash(new_email);
+        if st.forgotten.contains(&new_hash) {
+            return problem(StatusCode::BAD_REQUEST, "Forgotten Email Not Subscribed", &format!("{new_email} was permanently deleted and cannot be re-imported. The contact must re-subscribe to get back on the list."), None);
+        }
+        if st
+            .members
+            .get(&new_hash)
+            .is_some_and(|m| m["status"] != "archived")
+        {
+            return problem(
+                StatusCode::BAD_REQUEST,
+                "Member Exists",
+                &format!("{new_email} is already a list member. Use PUT to insert or update list members."),
+                None,
+            );
+        }
+    }
     match next_status(member["status"].as_str(), &patch, &email) {
         Ok(status) => {
             let mut m = member;
             m["status"] = json!(status);
-            st.members.insert(hash.to_string(), m.clone());
+            let key = match &new_email {
+                Some(new_email) => {
+                    st.members.remove(hash);
+                    let new_hash = subscriber_hash(new_email);
+                    m["email_address"] = json!(new_email);
+                    m["id"] = json!(new_hash);
+                    new_hash
+                }
+                None => hash.to_string(),
+            };
+            st.members.insert(key, m.clone());
             ok_json(m)
         }
         Err((title, detail)) => problem(StatusCode::BAD_REQUEST, title, &detail, None),

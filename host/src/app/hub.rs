@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::profiles::Profiles;
 use crate::sources::SourceEngine;
 use crate::store::Store;
+use crate::streams::StreamEngine;
 
 /// Everything the server needs, built from the config.
 pub struct Hub {
@@ -26,6 +27,8 @@ pub struct Hub {
     pub syncs: crate::sync::Engine,
     /// Runs source plugins and applies their webhooks; the scheduler and the webhook route share it.
     pub sources: SourceEngine,
+    /// Forwards events as they are committed (`[[streams]]`); started by [`serve`].
+    pub streams: StreamEngine,
     /// Erases profiles and sends their destinations' erases; the Profiles API and the
     /// background queue share it.
     pub erasures: crate::erasure::Erasures,
@@ -45,6 +48,7 @@ impl Hub {
         let syncs =
             crate::sync::Engine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
                 .with_metrics(metrics.clone());
+        let streams = StreamEngine::new(store.clone(), syncs.clone()).with_metrics(metrics.clone());
         let erasures = crate::erasure::Erasures::new(syncs.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
@@ -94,6 +98,7 @@ impl Hub {
             erasures: erasures.clone(),
             syncs: syncs.clone(),
             sources: sources.clone(),
+            streams: streams.clone(),
             metrics: metrics.clone(),
             access,
         })
@@ -104,6 +109,7 @@ impl Hub {
             router,
             syncs,
             sources,
+            streams,
             erasures,
         })
     }
@@ -118,11 +124,14 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
         Ok(n) => tracing::debug!(file_descriptors = n, "file descriptor limit"),
         Err(e) => tracing::warn!("could not raise the file descriptor limit: {e}"),
     }
-    let mut config = Config::load(path)?;
-    if let Some(dir) = plugins_dir {
-        config.hub.plugins_dir = dir;
-    }
+    let config = load(path, plugins_dir.as_deref())?;
     let hub = Hub::build(&config).await?;
+    // Streams place their cursors before the tracking API listens, so nothing it acknowledges
+    // is behind a new stream's start.
+    hub.streams
+        .start()
+        .await
+        .context("starting the event streams ([[streams]])")?;
     let listener = tokio::net::TcpListener::bind(&config.hub.listen)
         .await
         .with_context(|| format!("listening on {}", config.hub.listen))?;
@@ -137,7 +146,7 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
         ));
     }
     tokio::spawn(hub.erasures.clone().run());
-    reload_on_hangup(&hub, path);
+    reload_on_hangup(&hub, path, plugins_dir);
     tracing::info!(%addr, database = %crate::store::redact_url(&config.hub.database), "switchyard is serving");
     println!("switchyard listening on http://{addr}");
     // Connect info: the tracking API's `context.ip` is the peer's address.
@@ -150,21 +159,34 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     Ok(())
 }
 
-/// SIGHUP: re-read the file; audiences, destinations and syncs change for runs that start from
-/// now on, runs in flight finish with the config they started with.
-fn reload_on_hangup(hub: &Hub, path: &Path) {
+/// The project file at `path`, with `--plugins-dir` (when given) in place of `[hub] plugins_dir`.
+fn load(path: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<Config> {
+    let mut config = Config::load(path)?;
+    if let Some(dir) = plugins_dir {
+        config.hub.plugins_dir = dir.to_path_buf();
+    }
+    Ok(config)
+}
+
+/// SIGHUP: re-read the file and hand it to both run engines; audiences, destinations, syncs and
+/// plugin sources (their plugin config, streams, schedules, caps) change for runs and webhooks
+/// that start from now on, runs in flight finish with the config they started with. A file that
+/// does not load changes nothing (the error is logged).
+fn reload_on_hangup(hub: &Hub, path: &Path, plugins_dir: Option<PathBuf>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
-    let syncs = hub.syncs.clone();
+    let (syncs, sources) = (hub.syncs.clone(), hub.sources.clone());
     let path = path.to_path_buf();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match Config::load(&path) {
+            match load(&path, plugins_dir.as_deref()) {
                 Ok(c) => {
-                    syncs.reload(Arc::new(c));
-                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs; [hub], [identity] and [sources] need a restart)");
+                    let c = Arc::new(c);
+                    syncs.reload(c.clone());
+                    sources.reload(c);
+                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs, plugin sources; [hub], [identity], write keys and [[streams]] need a restart)");
                 }
                 Err(e) => {
                     tracing::error!("configuration not reloaded, keeping the running one: {e:#}")

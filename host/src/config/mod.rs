@@ -28,6 +28,60 @@ pub struct Config {
     pub destinations: BTreeMap<String, DestinationConfig>,
     #[serde(default)]
     pub syncs: Vec<SyncConfig>,
+    /// `[[streams]]`: every message, as it arrives, to a destination (see [`StreamConfig`]).
+    #[serde(default)]
+    pub streams: Vec<StreamConfig>,
+}
+
+/// `[[streams]]`: messages of every type (track, identify, page, screen, group, alias) from
+/// one or more sources forwarded to a destination as they are committed, filtered, and mapped.
+/// Not a `[[syncs]]` mode: a sync is a run over a model that is planned, diffed against what
+/// the destination acknowledged and recorded in a history, while a stream never ends, keeps
+/// no per-record state (one cursor in commit order), honours each message's `integrations`
+/// and counts what it drops. Delivery (batches, rate limit, retries, dead letters) is the
+/// syncs' own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub name: String,
+    /// `[sources.NAME]` whose messages are forwarded; empty (the default) means every source.
+    #[serde(default)]
+    pub from: Vec<String>,
+    /// A `[destinations.NAME]`.
+    pub to: String,
+    /// A CEL expression over the message (`event`: the message as sent, with `type`, `event`,
+    /// `properties`, `traits`, `context`, ...) and its profile (`traits`, `identifiers`);
+    /// true forwards it.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// Destination field → `event.*` path into the message (or a profile path, or
+    /// `{ value = LITERAL }`); empty forwards the message itself as the record's fields.
+    #[serde(default)]
+    pub mapping: BTreeMap<String, MappingValue>,
+    /// The names this destination answers to in a message's `integrations` object (Segment's
+    /// destination names, case-sensitive, e.g. "Facebook Conversions API"); the destination's
+    /// own name and its plugin's name always count.
+    #[serde(default)]
+    pub integration_names: Vec<String>,
+    /// Attempts per message before it goes to the dead-letter store.
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Messages per plugin call (default and ceiling: the plugin's maximum).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Where a new stream starts: `"now"` (the default: messages committed from its first
+    /// start on) or `"beginning"` (every stored message numbered for streams).
+    #[serde(default)]
+    pub start: StreamStart,
+}
+
+/// Where a stream without a stored cursor starts.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StreamStart {
+    #[default]
+    Now,
+    Beginning,
 }
 
 /// `[audiences.NAME]`: the profiles a CEL filter accepts.
@@ -180,13 +234,7 @@ pub enum SyncMode {
     Events,
 }
 
-/// One mapped field.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(untagged)]
-pub enum MappingValue {
-    Path(String),
-    Literal { value: toml::Value },
-}
+pub use crate::mapping::MappingValue;
 
 /// A removal guardrail.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -679,7 +727,7 @@ impl Config {
             }
         }
         for (name, audience) in &self.audiences {
-            if let Err(e) = crate::audience::Filter::compile(&audience.filter) {
+            if let Err(e) = crate::filter::Filter::compile(&audience.filter) {
                 problems.push(format!("[audiences.{name}] filter: {e}"));
             }
             if let Some(s) = &audience.full_refresh {
@@ -749,7 +797,7 @@ impl Config {
                 SyncFrom::Events {
                     filter: Some(f), ..
                 } => {
-                    if let Err(e) = crate::audience::Filter::compile(f) {
+                    if let Err(e) = crate::filter::Filter::compile(f) {
                         problems.push(format!("{at}: from.filter: {e}"));
                     }
                 }
@@ -772,7 +820,7 @@ impl Config {
             }
             for (field, value) in &sync.mapping {
                 if let MappingValue::Path(path) = value {
-                    if let Err(e) = crate::sync::mapping::Path::parse(path, events) {
+                    if let Err(e) = crate::mapping::Path::parse(path, events) {
                         problems.push(format!("{at}: mapping.{field}: {e}"));
                     }
                 }
@@ -786,6 +834,64 @@ impl Config {
                 problems.push(format!("{at}: max_attempts must be at least 1"));
             }
             if sync.batch_size == Some(0) {
+                problems.push(format!("{at}: batch_size must be at least 1"));
+            }
+        }
+        problems.extend(self.stream_problems());
+        problems
+    }
+
+    /// The problems of `[[streams]]` entries.
+    fn stream_problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, stream) in self.streams.iter().enumerate() {
+            let at = format!("[[streams]] #{} \"{}\"", i + 1, stream.name);
+            if stream.name.is_empty()
+                || !stream
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                problems.push(format!(
+                    "{at}: name must be letters, digits, '-' or '_' (it appears in URLs and metrics)"
+                ));
+            }
+            if !seen.insert(stream.name.clone()) {
+                problems.push(format!("{at}: another stream already has this name"));
+            }
+            if !self.destinations.contains_key(&stream.to) {
+                problems.push(format!(
+                    "{at}: to = \"{}\" names no [destinations.{}] (defined: {})",
+                    stream.to,
+                    stream.to,
+                    names(self.destinations.keys())
+                ));
+            }
+            for source in &stream.from {
+                if !self.sources.contains_key(source) {
+                    problems.push(format!(
+                        "{at}: from names \"{source}\", which is no [sources.{source}] (defined: {})",
+                        names(self.sources.keys())
+                    ));
+                }
+            }
+            if let Some(f) = &stream.filter {
+                if let Err(e) = crate::filter::Filter::compile(f) {
+                    problems.push(format!("{at}: filter: {e}"));
+                }
+            }
+            for (field, value) in &stream.mapping {
+                if let MappingValue::Path(path) = value {
+                    if let Err(e) = crate::mapping::Path::parse(path, true) {
+                        problems.push(format!("{at}: mapping.{field}: {e}"));
+                    }
+                }
+            }
+            if stream.max_attempts == 0 {
+                problems.push(format!("{at}: max_attempts must be at least 1"));
+            }
+            if stream.batch_size == Some(0) {
                 problems.push(format!("{at}: batch_size must be at least 1"));
             }
         }

@@ -347,8 +347,12 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
         });
         results[j].accepted += 1;
     }
-    batch.finish(&mut tx).await?;
+    let stored = batch.finish(&mut tx).await?;
     tx.commit().await?;
+    if stored > 0 {
+        // Event streams forward from what is committed: wake them now.
+        store.events_committed();
+    }
     Ok(results)
 }
 

@@ -5,7 +5,10 @@ use wasmparser::{Parser, Payload};
 
 /// Plugin API versions this hub loads. Older minors stay here when newer ones ship; their
 /// frozen WIT lives beside the current one and is converted to the newest types.
-pub const SUPPORTED_API_VERSIONS: &[&str] = &["1.0.0"];
+pub const SUPPORTED_API_VERSIONS: &[&str] = &["1.0.0", "1.1.0"];
+
+/// The newest plugin API version, the one `plugin-sdk/wit` defines and the hub's types follow.
+pub const CURRENT_API_VERSION: &str = "1.1.0";
 
 /// The custom section the SDK stamps the API version into.
 pub const API_VERSION_SECTION: &str = "switchyard:api-version";
@@ -15,6 +18,8 @@ pub const API_VERSION_SECTION: &str = "switchyard:api-version";
 pub enum World {
     Destination,
     Source,
+    /// Since plugin API 1.1.0.
+    Transform,
 }
 
 impl std::fmt::Display for World {
@@ -22,6 +27,7 @@ impl std::fmt::Display for World {
         f.write_str(match self {
             World::Destination => "destination",
             World::Source => "source",
+            World::Transform => "transform",
         })
     }
 }
@@ -77,6 +83,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentInfo, String> {
         match iface {
             "delivery" => world = Some(World::Destination),
             "intake" => world = Some(World::Source),
+            "transformation" => world = Some(World::Transform),
             _ => {}
         }
         if let Some(prev) = &version {
@@ -108,7 +115,7 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentInfo, String> {
         });
     }
     let Some(world) = world else {
-        return Err(format!("the component exports switchyard:plugin@{version} but neither `delivery` (destination) nor `intake` (source)"));
+        return Err(format!("the component exports switchyard:plugin@{version} but none of `delivery` (destination), `intake` (source) and `transformation` (transform)"));
     };
     if !exports
         .iter()
@@ -126,6 +133,12 @@ pub fn inspect(bytes: &[u8]) -> Result<ComponentInfo, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_newest_version_is_supported_and_last() {
+        assert_eq!(SUPPORTED_API_VERSIONS.last(), Some(&CURRENT_API_VERSION));
+        assert!(SUPPORTED_API_VERSIONS.contains(&super::super::v1_0::API_VERSION));
+    }
 
     #[test]
     fn refuses_what_is_not_a_component() {

@@ -13,6 +13,7 @@ mod outbound;
 mod plugin;
 pub mod secrets;
 mod state;
+pub mod v1_0;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,18 +26,21 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 pub use plugin::{Plugin, PluginError, PluginInstance};
 pub use state::PluginState;
 
-/// Generated from the contract in `plugin-sdk/wit`: the host's `host` import and the three
-/// plugin exports, looked up one by one so a component needs only those of its world.
+/// Generated from the newest contract in `plugin-sdk/wit` (`switchyard:plugin@1.1.0`): the
+/// host's `host` import and the four plugin exports, looked up one by one so a component needs
+/// only those of its world. Plugins built against an older version are loaded through
+/// [`v1_0`] and converted to these types, so the rest of the hub sees only these.
 pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../plugin-sdk/wit",
         inline: "
             package switchyard:hub;
             world hub {
-                import switchyard:plugin/host@1.0.0;
-                export switchyard:plugin/plugin@1.0.0;
-                export switchyard:plugin/delivery@1.0.0;
-                export switchyard:plugin/intake@1.0.0;
+                import switchyard:plugin/host@1.1.0;
+                export switchyard:plugin/plugin@1.1.0;
+                export switchyard:plugin/delivery@1.1.0;
+                export switchyard:plugin/intake@1.1.0;
+                export switchyard:plugin/transformation@1.1.0;
             }
         ",
         world: "switchyard:hub/hub",
@@ -46,14 +50,13 @@ pub mod bindings {
 
     pub use self::switchyard::plugin::types::*;
     pub use exports::switchyard::plugin::{
-        delivery as destination, intake as source, plugin as meta,
+        delivery as destination, intake as source, plugin as meta, transformation as transform,
     };
 }
 
 /// The limits every call runs under: the host's defaults, which the operator may set in
-/// `[hub.plugin_limits]`. They are also the ceilings: `switchyard:plugin@1.0.0` is frozen and
-/// its manifest has no field for a plugin to ask for less (the next contract version may add
-/// one).
+/// `[hub.plugin_limits]`. They are also the ceilings: the plugin manifest has no field for a
+/// plugin to ask for less.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Linear memory one instance may grow to.
@@ -163,6 +166,12 @@ impl Runtime {
             wasmtime::component::HasSelf<PluginState>,
         >(&mut linker, |s| s)
         .wasm_context("linking the switchyard host interface")?;
+        // Plugins built against plugin API 1.0.0 import the same functions under that version.
+        v1_0::bindings::switchyard::plugin::host::add_to_linker::<
+            PluginState,
+            wasmtime::component::HasSelf<PluginState>,
+        >(&mut linker, |s| s)
+        .wasm_context("linking the switchyard host interface 1.0.0")?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.weak();

@@ -10,14 +10,15 @@ use wasmtime::component::{Component, InstancePre};
 use wasmtime::Store;
 
 use super::bindings::{
-    destination, meta, source, Action, CallError, OutboundRecord, Page, PluginConfig, PluginKind,
-    PluginManifest, RecordResult, SourceRecord, StreamInfo, WebhookError, WebhookOutcome,
-    WebhookRequest,
+    destination, meta, source, transform, Action, CallError, OutboundRecord, Page, PluginConfig,
+    PluginKind, PluginManifest, RecordResult, SourceRecord, StreamInfo, TransformResult,
+    WebhookError, WebhookOutcome, WebhookRequest,
 };
 use super::net::HttpPolicy;
 use super::outbound::PluginHttpHooks;
 use super::secrets::{self, Scrubber};
 use super::state::{LogBudget, PluginState};
+use super::v1_0;
 use super::{Limits, RuntimeInner};
 
 /// Why a call produced no answer from the plugin. A [`CallError`] the plugin returned on purpose
@@ -46,6 +47,13 @@ pub enum PluginError {
     MissingExport {
         plugin: String,
         export: &'static str,
+    },
+    /// The plugin's manifest does not list the action (a plugin built against plugin API 1.0.0
+    /// never lists `erase`): nothing was sent.
+    #[error("plugin `{plugin}` cannot {action}: its manifest does not list the `{action}` action{}", if *.action == "erase" { " (a plugin built against plugin API 1.0.0 never can; upgrade the plugin, or remove the person in the provider by hand)" } else { "" })]
+    UnsupportedAction {
+        plugin: String,
+        action: &'static str,
     },
 }
 
@@ -88,9 +96,96 @@ pub struct Plugin {
     name: Arc<str>,
     manifest: PluginManifest,
     pre: InstancePre<PluginState>,
-    meta: meta::GuestIndices,
-    destination: Option<destination::GuestIndices>,
-    source: Option<source::GuestIndices>,
+    exports: Exports,
+}
+
+/// Where a plugin's exports are, by the plugin API version it was built against.
+enum Exports {
+    /// The newest contract (1.1.0): called directly.
+    Current {
+        meta: meta::GuestIndices,
+        destination: Option<destination::GuestIndices>,
+        source: Option<source::GuestIndices>,
+        transform: Option<transform::GuestIndices>,
+    },
+    /// Plugin API 1.0.0: arguments and results are converted (see [`v1_0`]).
+    V1_0 {
+        meta: v1_0::bindings::meta::GuestIndices,
+        destination: Option<v1_0::bindings::destination::GuestIndices>,
+        source: Option<v1_0::bindings::source::GuestIndices>,
+    },
+}
+
+/// The plugin API version of the component's `plugin` export, read from the exact export name:
+/// wasmtime resolves an export by name semver-compatibly (a lookup of `plugin@1.1.0` finds
+/// `plugin@1.0.0`), so the version must be known before choosing bindings.
+fn exported_api_version(pre: &InstancePre<PluginState>, engine: &wasmtime::Engine) -> Option<String> {
+    pre.component()
+        .component_type()
+        .exports(engine)
+        .find_map(|(name, _)| {
+            name.strip_prefix("switchyard:plugin/plugin@")
+                .map(str::to_string)
+        })
+}
+
+impl Exports {
+    fn find(
+        pre: &InstancePre<PluginState>,
+        engine: &wasmtime::Engine,
+    ) -> anyhow::Result<(Exports, PluginKind)> {
+        let kind = |d: bool, s: bool, t: bool| match (d, s, t) {
+            (true, false, false) => Ok(PluginKind::Destination),
+            (false, true, false) => Ok(PluginKind::Source),
+            (false, false, true) => Ok(PluginKind::Transform),
+            _ => Err(anyhow::anyhow!(
+                "a plugin must export exactly one of `delivery` (destination), `intake` (source) and `transformation` (transform)"
+            )),
+        };
+        let version = exported_api_version(pre, engine);
+        if version.as_deref() == Some(super::inspect::CURRENT_API_VERSION) {
+            let meta = meta::GuestIndices::new(pre)
+                .wasm_context("reading the plugin's `plugin` export")?;
+            let destination = destination::GuestIndices::new(pre).ok();
+            let source = source::GuestIndices::new(pre).ok();
+            let transform = transform::GuestIndices::new(pre).ok();
+            let kind = kind(
+                destination.is_some(),
+                source.is_some(),
+                transform.is_some(),
+            )?;
+            return Ok((
+                Exports::Current {
+                    meta,
+                    destination,
+                    source,
+                    transform,
+                },
+                kind,
+            ));
+        }
+        if version.as_deref() == Some(v1_0::API_VERSION) {
+            let meta = v1_0::bindings::meta::GuestIndices::new(pre)
+                .wasm_context("reading the plugin's `plugin` export")?;
+            let destination = v1_0::bindings::destination::GuestIndices::new(pre).ok();
+            let source = v1_0::bindings::source::GuestIndices::new(pre).ok();
+            let kind = kind(destination.is_some(), source.is_some(), false)?;
+            return Ok((
+                Exports::V1_0 {
+                    meta,
+                    destination,
+                    source,
+                },
+                kind,
+            ));
+        }
+        anyhow::bail!(
+            "the component exports neither switchyard:plugin/plugin@{} nor @{}: it is not a plugin of an API version this hub loads ({})",
+            super::inspect::CURRENT_API_VERSION,
+            v1_0::API_VERSION,
+            super::inspect::SUPPORTED_API_VERSIONS.join(", ")
+        )
+    }
 }
 
 impl std::fmt::Debug for Plugin {
@@ -108,23 +203,13 @@ impl Plugin {
             .linker
             .instantiate_pre(&component)
             .wasm_context("the component imports something the hub does not provide")?;
-        let meta = meta::GuestIndices::new(&pre)
-            .wasm_context("the component does not export switchyard:plugin/plugin@1.0.0")?;
-        let destination = destination::GuestIndices::new(&pre).ok();
-        let source = source::GuestIndices::new(&pre).ok();
-        let exported = match (&destination, &source) {
-            (Some(_), None) => PluginKind::Destination,
-            (None, Some(_)) => PluginKind::Source,
-            _ => anyhow::bail!("a plugin must export exactly one of `destination` and `source`"),
-        };
+        let (exports, exported) = Exports::find(&pre, &rt.engine)?;
         let loading = Arc::new(Plugin {
             rt,
             name: Arc::from("(loading)"),
             manifest: empty_manifest(),
             pre,
-            meta,
-            destination,
-            source,
+            exports,
         });
         let probe = PluginInstance::new(
             loading.clone(),
@@ -135,8 +220,16 @@ impl Plugin {
             HttpPolicy::deny_all(),
         );
         let manifest = plugin_call!(probe, "manifest", |store, instance| {
-            let guest = probe.plugin.meta.load(&mut *store, &instance)?;
-            guest.call_manifest(&mut *store).await
+            match &probe.plugin.exports {
+                Exports::Current { meta, .. } => {
+                    let guest = meta.load(&mut *store, &instance)?;
+                    guest.call_manifest(&mut *store).await
+                }
+                Exports::V1_0 { meta, .. } => {
+                    let guest = meta.load(&mut *store, &instance)?;
+                    guest.call_manifest(&mut *store).await.map(v1_0::manifest)
+                }
+            }
         })
         .map_err(anyhow::Error::from)?;
         drop(probe);
@@ -168,6 +261,14 @@ impl Plugin {
     pub fn kind(&self) -> PluginKind {
         self.manifest.kind
     }
+
+    /// The plugin API version the component was built against.
+    pub fn api_version(&self) -> &'static str {
+        match self.exports {
+            Exports::Current { .. } => super::inspect::CURRENT_API_VERSION,
+            Exports::V1_0 { .. } => v1_0::API_VERSION,
+        }
+    }
 }
 
 fn empty_manifest() -> PluginManifest {
@@ -182,6 +283,7 @@ fn empty_manifest() -> PluginManifest {
         max_batch_size: 1,
         default_rate_per_second: 1.0,
         actions: vec![],
+        key_fields: vec![],
     }
 }
 
@@ -344,8 +446,19 @@ impl PluginInstance {
     /// Calls `check`.
     pub async fn check(&self) -> Result<(), PluginError> {
         let result = plugin_call!(self, "check", |store, instance| {
-            let guest = self.plugin.meta.load(&mut *store, &instance)?;
-            guest.call_check(&mut *store, &self.config).await
+            match &self.plugin.exports {
+                Exports::Current { meta, .. } => {
+                    let guest = meta.load(&mut *store, &instance)?;
+                    guest.call_check(&mut *store, &self.config).await
+                }
+                Exports::V1_0 { meta, .. } => {
+                    let guest = meta.load(&mut *store, &instance)?;
+                    guest
+                        .call_check(&mut *store, &v1_0::config(&self.config))
+                        .await
+                        .map(|r| r.map_err(v1_0::call_error))
+                }
+            }
         })?;
         result.map_err(|error| PluginError::Plugin {
             plugin: self.plugin.name.to_string(),
@@ -353,25 +466,60 @@ impl PluginInstance {
         })
     }
 
-    /// Delivers a batch and returns exactly one result per record, in order.
+    /// Delivers a batch and returns exactly one result per record, in order. `erase` goes only
+    /// to a plugin whose manifest lists it ([`PluginError::UnsupportedAction`] otherwise, before
+    /// any call); a plugin built against 1.0.0 receives the records without their delivery id
+    /// and previous fields.
     pub async fn deliver(
         &self,
         action: Action,
         batch: &[OutboundRecord],
     ) -> Result<Vec<RecordResult>, PluginError> {
         let name = self.plugin.name.to_string();
-        let Some(idx) = &self.plugin.destination else {
-            return Err(PluginError::MissingExport {
+        if action == Action::Erase && !self.plugin.manifest.actions.contains(&Action::Erase) {
+            return Err(PluginError::UnsupportedAction {
                 plugin: name,
-                export: "destination",
+                action: "erase",
             });
+        }
+        let missing = || PluginError::MissingExport {
+            plugin: name.clone(),
+            export: "destination",
         };
-        let result = plugin_call!(self, "deliver", |store, instance| {
-            let guest = idx.load(&mut *store, &instance)?;
-            guest
-                .call_deliver(&mut *store, &self.config, action, batch)
-                .await
-        })?;
+        let result = match &self.plugin.exports {
+            Exports::Current { destination, .. } => {
+                let idx = destination.as_ref().ok_or_else(missing)?;
+                plugin_call!(self, "deliver", |store, instance| {
+                    let guest = idx.load(&mut *store, &instance)?;
+                    guest
+                        .call_deliver(&mut *store, &self.config, action, batch)
+                        .await
+                })?
+            }
+            Exports::V1_0 { destination, .. } => {
+                let idx = destination.as_ref().ok_or_else(missing)?;
+                let Some(old_action) = v1_0::action(action) else {
+                    return Err(PluginError::UnsupportedAction {
+                        plugin: name,
+                        action: "erase",
+                    });
+                };
+                let records: Vec<_> = batch.iter().map(v1_0::record).collect();
+                let config = v1_0::config(&self.config);
+                plugin_call!(self, "deliver", |store, instance| {
+                    let guest = idx.load(&mut *store, &instance)?;
+                    guest
+                        .call_deliver(&mut *store, &config, old_action, &records)
+                        .await
+                        .map(|r| {
+                            r.map(|results| {
+                                results.into_iter().map(v1_0::record_result).collect()
+                            })
+                            .map_err(v1_0::call_error)
+                        })
+                })?
+            }
+        };
         let mut results = result.map_err(|error| PluginError::Plugin {
             plugin: name.clone(),
             error: self.scrub_error(error),
@@ -402,16 +550,30 @@ impl PluginInstance {
     /// Lists a source's streams.
     pub async fn streams(&self) -> Result<Vec<StreamInfo>, PluginError> {
         let name = self.plugin.name.to_string();
-        let Some(idx) = &self.plugin.source else {
-            return Err(PluginError::MissingExport {
-                plugin: name,
-                export: "source",
-            });
+        let missing = || PluginError::MissingExport {
+            plugin: name.clone(),
+            export: "source",
         };
-        let result = plugin_call!(self, "streams", |store, instance| {
-            let guest = idx.load(&mut *store, &instance)?;
-            guest.call_streams(&mut *store, &self.config).await
-        })?;
+        let result = match &self.plugin.exports {
+            Exports::Current { source, .. } => {
+                let idx = source.as_ref().ok_or_else(missing)?;
+                plugin_call!(self, "streams", |store, instance| {
+                    let guest = idx.load(&mut *store, &instance)?;
+                    guest.call_streams(&mut *store, &self.config).await
+                })?
+            }
+            Exports::V1_0 { source, .. } => {
+                let idx = source.as_ref().ok_or_else(missing)?;
+                let config = v1_0::config(&self.config);
+                plugin_call!(self, "streams", |store, instance| {
+                    let guest = idx.load(&mut *store, &instance)?;
+                    guest.call_streams(&mut *store, &config).await.map(|r| {
+                        r.map(|s| s.into_iter().map(v1_0::stream_info).collect())
+                            .map_err(v1_0::call_error)
+                    })
+                })?
+            }
+        };
         let mut streams = result.map_err(|error| PluginError::Plugin {
             plugin: name,
             error: self.scrub_error(error),
@@ -426,18 +588,32 @@ impl PluginInstance {
     /// Reads one page of a stream from `cursor`.
     pub async fn read(&self, stream: &str, cursor: Option<&str>) -> Result<Page, PluginError> {
         let name = self.plugin.name.to_string();
-        let Some(idx) = &self.plugin.source else {
-            return Err(PluginError::MissingExport {
-                plugin: name,
-                export: "source",
-            });
+        let missing = || PluginError::MissingExport {
+            plugin: name.clone(),
+            export: "source",
         };
-        let result = plugin_call!(self, "read", |store, instance| {
-            let guest = idx.load(&mut *store, &instance)?;
-            guest
-                .call_read(&mut *store, &self.config, stream, cursor)
-                .await
-        })?;
+        let result = match &self.plugin.exports {
+            Exports::Current { source, .. } => {
+                let idx = source.as_ref().ok_or_else(missing)?;
+                plugin_call!(self, "read", |store, instance| {
+                    let guest = idx.load(&mut *store, &instance)?;
+                    guest
+                        .call_read(&mut *store, &self.config, stream, cursor)
+                        .await
+                })?
+            }
+            Exports::V1_0 { source, .. } => {
+                let idx = source.as_ref().ok_or_else(missing)?;
+                let config = v1_0::config(&self.config);
+                plugin_call!(self, "read", |store, instance| {
+                    let guest = idx.load(&mut *store, &instance)?;
+                    guest
+                        .call_read(&mut *store, &config, stream, cursor)
+                        .await
+                        .map(|r| r.map(v1_0::page).map_err(v1_0::call_error))
+                })?
+            }
+        };
         let mut page = result.map_err(|error| PluginError::Plugin {
             plugin: name,
             error: self.scrub_error(error),
@@ -473,16 +649,31 @@ impl PluginInstance {
         request: &WebhookRequest,
     ) -> Result<Result<WebhookOutcome, WebhookError>, PluginError> {
         let name = self.plugin.name.to_string();
-        let Some(idx) = &self.plugin.source else {
-            return Err(PluginError::MissingExport {
-                plugin: name,
-                export: "source",
-            });
+        let missing = || PluginError::MissingExport {
+            plugin: name.clone(),
+            export: "source",
         };
-        let verdict = plugin_call!(self, "webhook", |store, instance| {
-            let guest = idx.load(&mut *store, &instance)?;
-            guest.call_webhook(&mut *store, &self.config, request).await
-        })?;
+        let verdict = match &self.plugin.exports {
+            Exports::Current { source, .. } => {
+                let idx = source.as_ref().ok_or_else(missing)?;
+                plugin_call!(self, "webhook", |store, instance| {
+                    let guest = idx.load(&mut *store, &instance)?;
+                    guest.call_webhook(&mut *store, &self.config, request).await
+                })?
+            }
+            Exports::V1_0 { source, .. } => {
+                let idx = source.as_ref().ok_or_else(missing)?;
+                let config = v1_0::config(&self.config);
+                let request = v1_0::webhook_request(request);
+                plugin_call!(self, "webhook", |store, instance| {
+                    let guest = idx.load(&mut *store, &instance)?;
+                    guest
+                        .call_webhook(&mut *store, &config, &request)
+                        .await
+                        .map(v1_0::webhook_verdict)
+                })?
+            }
+        };
         if self.scrubber.is_empty() {
             return Ok(verdict);
         }
@@ -506,6 +697,65 @@ impl PluginInstance {
                 Err(WebhookError::BadRequest(m))
             }
         })
+    }
+
+    /// Transforms a batch of messages (each a JSON object as text, Segment's shape) and returns
+    /// exactly one result per message, in order, under the same limits, deadline, tracing and
+    /// scrubbing as [`PluginInstance::deliver`]: what it keeps is scrubbed of this instance's
+    /// secret values before it goes anywhere.
+    pub async fn transform(&self, batch: &[String]) -> Result<Vec<TransformResult>, PluginError> {
+        let name = self.plugin.name.to_string();
+        let idx = match &self.plugin.exports {
+            Exports::Current {
+                transform: Some(idx),
+                ..
+            } => idx,
+            _ => {
+                return Err(PluginError::MissingExport {
+                    plugin: name,
+                    export: "transform",
+                })
+            }
+        };
+        let result = plugin_call!(self, "transform", |store, instance| {
+            let guest = idx.load(&mut *store, &instance)?;
+            guest.call_transform(&mut *store, &self.config, batch).await
+        })?;
+        let mut results = result.map_err(|error| PluginError::Plugin {
+            plugin: name.clone(),
+            error: self.scrub_error(error),
+        })?;
+        if results.len() != batch.len() {
+            return Err(PluginError::Contract {
+                plugin: name,
+                reason: format!(
+                    "transform returned {} results for a batch of {}",
+                    results.len(),
+                    batch.len()
+                ),
+            });
+        }
+        let bytes = results
+            .iter()
+            .map(|r| match r {
+                TransformResult::Keep(messages) => messages.iter().map(String::len).sum(),
+                TransformResult::Drop(reason) => reason.len(),
+            })
+            .sum();
+        self.check_output(bytes)?;
+        if !self.scrubber.is_empty() {
+            for result in &mut results {
+                match result {
+                    TransformResult::Keep(messages) => {
+                        for m in messages {
+                            self.scrubber.scrub_in_place(m);
+                        }
+                    }
+                    TransformResult::Drop(reason) => self.scrubber.scrub_in_place(reason),
+                }
+            }
+        }
+        Ok(results)
     }
 
     /// A call error with every secret value of this instance scrubbed.

@@ -3,8 +3,8 @@
 //! By default a plugin receives only placeholders (`{{secret:NAME}}`) in `plugin-config.secrets`;
 //! the host fills them into HTTP headers as a request leaves the sandbox, so the value never
 //! enters plugin memory. A plugin that must compute with a value (an HMAC signature, Meta's
-//! `appsecret_proof`, an OAuth refresh form) declares it, and then receives it raw; install and
-//! `plugin info` say so. Whatever any plugin returns or logs is scrubbed of every secret value
+//! `appsecret_proof`, an OAuth refresh form) declares it (`secret-spec.raw-value`), and then
+//! receives it raw; install and `plugin info` say so. Whatever any plugin returns or logs is scrubbed of every secret value
 //! of its instance before the hub stores or logs it (a plugin can learn a placeholder's value
 //! from a server that echoes headers, so the scrub covers every secret, declared or not).
 
@@ -12,40 +12,20 @@ use std::sync::Arc;
 
 use super::bindings::PluginManifest;
 
-/// The keyword in a manifest's `config-schema` that lists the secrets whose raw value the plugin
-/// needs. `switchyard:plugin@1.0.0` is frozen and has no field for it; the next contract version
-/// makes it a field of `secret-spec`. The SDK's `Capabilities::secret_value` writes it.
-pub const SECRET_VALUES_KEYWORD: &str = "x-switchyard-secret-values";
-
 /// The placeholder a plugin receives, and writes into a header, for secret `name`.
 pub fn placeholder(name: &str) -> String {
     format!("{{{{secret:{name}}}}}")
 }
 
-/// Secrets of a manifest that enter plugin memory: those the config schema's
-/// [`SECRET_VALUES_KEYWORD`] lists and the manifest asks for.
+/// Secrets of a manifest that enter plugin memory: those whose `secret-spec.raw-value` is set
+/// (for a 1.0.0 plugin, converted from its config schema's keyword by [`super::v1_0`]).
 pub fn raw_value_names(manifest: &PluginManifest) -> Vec<String> {
-    let Ok(schema) = serde_json::from_str::<serde_json::Value>(&manifest.config_schema) else {
-        return Vec::new();
-    };
-    raw_value_names_in(&schema)
-        .into_iter()
-        .filter(|n| manifest.secrets.iter().any(|s| &s.name == n))
+    manifest
+        .secrets
+        .iter()
+        .filter(|s| s.raw_value)
+        .map(|s| s.name.clone())
         .collect()
-}
-
-/// The names a config schema (as JSON) declares under [`SECRET_VALUES_KEYWORD`].
-pub fn raw_value_names_in(schema: &serde_json::Value) -> Vec<String> {
-    schema
-        .get(SECRET_VALUES_KEYWORD)
-        .and_then(|v| v.as_array())
-        .map(|names| {
-            names
-                .iter()
-                .filter_map(|n| n.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// One line for install output and `plugin info` saying where a secret's value goes.
@@ -130,25 +110,28 @@ mod tests {
     }
 
     #[test]
-    fn raw_values_are_those_declared_and_asked_for() {
+    fn raw_values_are_those_the_secret_specs_declare() {
         use crate::runtime::bindings::{PluginKind, SecretSpec};
-        let spec = |name: &str| SecretSpec {
+        let spec = |name: &str, raw_value: bool| SecretSpec {
             name: name.into(),
             description: String::new(),
             required: true,
+            raw_value,
         };
         let manifest = PluginManifest {
             name: "p".into(),
             version: "1.0.0".into(),
             kind: PluginKind::Destination,
             description: String::new(),
-            config_schema: serde_json::json!({SECRET_VALUES_KEYWORD: ["signing", "not-asked"]})
+            // The 1.0.0 keyword means nothing in a 1.1.0 manifest.
+            config_schema: serde_json::json!({"x-switchyard-secret-values": ["token"]})
                 .to_string(),
-            secrets: vec![spec("signing"), spec("token")],
+            secrets: vec![spec("signing", true), spec("token", false)],
             allowed_hosts: vec![],
             max_batch_size: 1,
             default_rate_per_second: 1.0,
             actions: vec![],
+            key_fields: vec![],
         };
         assert_eq!(raw_value_names(&manifest), vec!["signing".to_string()]);
     }

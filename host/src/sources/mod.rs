@@ -13,9 +13,8 @@
 //! that never says it is done stops as `capped` with what it read committed, and the next run
 //! resumes from its cursor.
 
-pub mod api;
-pub mod commands;
 pub mod scheduler;
+pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, RwLock};
@@ -590,6 +589,9 @@ impl RunContext<'_> {
         )
         .await?;
         tx.commit().await.context("committing a page")?;
+        if applied.events > 0 {
+            engine.store.events_committed();
+        }
         tracing::debug!(
             records = applied.records,
             events = applied.events,

@@ -204,6 +204,15 @@ pub async fn suppressed_among(
 /// Replaces plain suppressions left by older hubs (`suppressions`: kind and value in clear)
 /// with their digests, so no erased identifier stays readable. Cheap when there are none.
 pub async fn adopt_plain_suppressions(store: &Store) -> Result<u64> {
+    // A plain read first: every start of the hub or the CLI comes here, and a write
+    // transaction would wait for the write lock of a busy SQLite file.
+    if sqlx::query("SELECT 1 AS hit FROM suppressions LIMIT 1")
+        .fetch_optional(store.pool())
+        .await?
+        .is_none()
+    {
+        return Ok(0);
+    }
     let mut tx = store.begin_write().await?;
     let rows = sqlx::query("SELECT kind, value, at FROM suppressions")
         .fetch_all(&mut *tx)
@@ -390,9 +399,27 @@ pub async fn erase(
     // Every trace: ledger rows and dead letters of the profiles and events, then the rows.
     let mut keys = profiles.clone();
     keys.extend(message_ids.iter().cloned());
-    each_chunk(&mut tx, backend, "DELETE FROM sync_records WHERE key IN ", &keys).await?;
-    each_chunk(&mut tx, backend, "DELETE FROM dead_letters WHERE key IN ", &keys).await?;
-    for table in ["events", "traits", "identifiers", "profile_groups", "audience_members"] {
+    each_chunk(
+        &mut tx,
+        backend,
+        "DELETE FROM sync_records WHERE key IN ",
+        &keys,
+    )
+    .await?;
+    each_chunk(
+        &mut tx,
+        backend,
+        "DELETE FROM dead_letters WHERE key IN ",
+        &keys,
+    )
+    .await?;
+    for table in [
+        "events",
+        "traits",
+        "identifiers",
+        "profile_groups",
+        "audience_members",
+    ] {
         each_chunk(
             &mut tx,
             backend,
@@ -404,8 +431,20 @@ pub async fn erase(
     // Consent, merge blocks and merge snapshots (privacy's tables), while the merge log still
     // says which merges these profiles and identifiers took part in.
     super::merges::forget(&mut tx, &profiles, &identifiers).await?;
-    each_chunk(&mut tx, backend, "DELETE FROM merges WHERE into_profile IN ", &profiles).await?;
-    each_chunk(&mut tx, backend, "DELETE FROM merges WHERE from_profile IN ", &profiles).await?;
+    each_chunk(
+        &mut tx,
+        backend,
+        "DELETE FROM merges WHERE into_profile IN ",
+        &profiles,
+    )
+    .await?;
+    each_chunk(
+        &mut tx,
+        backend,
+        "DELETE FROM merges WHERE from_profile IN ",
+        &profiles,
+    )
+    .await?;
     for id in &identifiers {
         // A merge elsewhere that this identifier joined (it names the identifier in clear).
         sqlx::query("DELETE FROM merges WHERE identifier_kind = $1 AND identifier_value = $2")
@@ -419,7 +458,13 @@ pub async fn erase(
             .execute(&mut *tx)
             .await?;
     }
-    each_chunk(&mut tx, backend, "DELETE FROM profiles WHERE id IN ", &profiles).await?;
+    each_chunk(
+        &mut tx,
+        backend,
+        "DELETE FROM profiles WHERE id IN ",
+        &profiles,
+    )
+    .await?;
     tx.commit().await?;
     Ok(Some(Erased {
         erasure_id,
@@ -634,9 +679,107 @@ mod tests {
         let d = digest(b"k1", &email);
         assert_eq!(d.len(), 64);
         assert!(!d.contains("ada"));
-        assert_eq!(d, digest(b"k1", &Identifier::new("email", "ada@example.com")));
+        assert_eq!(
+            d,
+            digest(b"k1", &Identifier::new("email", "ada@example.com"))
+        );
         assert_ne!(d, digest(b"k2", &email));
-        assert_ne!(d, digest(b"k1", &Identifier::new("user_id", "ada@example.com")));
+        assert_ne!(
+            d,
+            digest(b"k1", &Identifier::new("user_id", "ada@example.com"))
+        );
+    }
+
+    #[tokio::test]
+    async fn plain_suppressions_of_older_hubs_become_digests_that_still_suppress() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = Store::open(&url).await.unwrap();
+        sqlx::query(
+            "INSERT INTO suppressions (kind, value, at) VALUES ('email', 'old@example.com', 5)",
+        )
+        .execute(store.pool())
+        .await
+        .unwrap();
+        drop(store);
+        // The next start hashes it.
+        let store = Store::open(&url).await.unwrap();
+        assert_eq!(
+            store
+                .scalar("SELECT COUNT(*) FROM suppressions")
+                .await
+                .unwrap(),
+            0
+        );
+        assert_eq!(
+            store
+                .scalar("SELECT COUNT(*) FROM erased_identifiers WHERE at = 5")
+                .await
+                .unwrap(),
+            1
+        );
+        let mut conn = store.acquire().await.unwrap();
+        let key = key(&mut conn).await.unwrap();
+        let old = Identifier::new("email", "OLD@example.com");
+        let other = Identifier::new("email", "new@example.com");
+        let hit = suppressed_among(&mut conn, store.backend(), key.as_deref(), &[&old, &other])
+            .await
+            .unwrap();
+        assert_eq!(hit, HashSet::from([old]));
+        assert_eq!(adopt_plain_suppressions(&store).await.unwrap(), 0);
+    }
+
+    #[tokio::test]
+    async fn of_two_hubs_only_one_claims_a_due_erase_and_a_finished_one_keeps_no_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
+        let records = serde_json::to_string(&[rec("s", "p1", r#"{"email":"a@x"}"#)]).unwrap();
+        sqlx::query(
+            "INSERT INTO erasure_destinations (erasure_id, destination, syncs, status, records, attempts, next_attempt_at) \
+             VALUES ('era_1', 'd', '[\"s\"]', 'pending', $1, 0, 100)",
+        )
+        .bind(&records)
+        .execute(store.pool())
+        .await
+        .unwrap();
+        assert!(
+            due(&store, None, 99, 10).await.unwrap().is_empty(),
+            "not due yet"
+        );
+        // Both hubs read the row as due; the first claim wins, the second finds it moved.
+        let seen_by_a = due(&store, None, 150, 10).await.unwrap();
+        let seen_by_b = due(&store, Some("era_1"), 150, 10).await.unwrap();
+        assert_eq!(seen_by_a.len(), 1);
+        assert_eq!(seen_by_a[0].records, [rec("s", "p1", r#"{"email":"a@x"}"#)]);
+        assert!(claim(&store, &seen_by_a[0], 10_000).await.unwrap());
+        assert!(!claim(&store, &seen_by_b[0], 10_000).await.unwrap());
+        assert!(
+            due(&store, None, 150, 10).await.unwrap().is_empty(),
+            "held by the claim"
+        );
+
+        record_attempt(
+            &store,
+            "era_1",
+            "d",
+            TargetStatus::Erased,
+            &[],
+            1,
+            0,
+            None,
+            200,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            store
+                .scalar("SELECT COUNT(*) FROM erasure_destinations WHERE records IS NULL AND status = 'erased' AND done_at = 200")
+                .await
+                .unwrap(),
+            1
+        );
     }
 
     #[test]
@@ -656,15 +799,30 @@ mod tests {
         ];
         let targets = group_targets(sent, &dest);
         assert_eq!(targets.len(), 3);
-        let sg = targets.iter().find(|t| t.destination == "sendgrid").unwrap();
+        let sg = targets
+            .iter()
+            .find(|t| t.destination == "sendgrid")
+            .unwrap();
         assert_eq!(sg.syncs, ["sg-events", "to-sg"]);
         // The newest event record only, then both profiles' records.
         assert_eq!(
-            sg.records.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            sg.records
+                .iter()
+                .map(|r| r.key.as_str())
+                .collect::<Vec<_>>(),
             ["m2", "p1", "p0"]
         );
-        let gone = targets.iter().find(|t| t.destination == "sync:gone-sync").unwrap();
+        let gone = targets
+            .iter()
+            .find(|t| t.destination == "sync:gone-sync")
+            .unwrap();
         assert!(!gone.known);
-        assert!(targets.iter().find(|t| t.destination == "hook").unwrap().known);
+        assert!(
+            targets
+                .iter()
+                .find(|t| t.destination == "hook")
+                .unwrap()
+                .known
+        );
     }
 }

@@ -424,17 +424,24 @@ pub async fn write_traits(
     Ok(())
 }
 
-/// Events whose message id is not stored yet; how many were stored.
+/// Events whose message id is not stored yet; how many were stored. Each gets the next
+/// sequence number in commit order (event streams read by it, see
+/// [`crate::store::streams::next_seq`]); a duplicate skipped by the insert leaves a gap.
 pub async fn write_events(conn: &mut Conn, backend: Backend, events: &[&NewEvent]) -> Result<u64> {
     let mut stored = 0;
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let mut seq = super::streams::next_seq(conn, backend).await?;
     for chunk in events.chunks(ROWS / 2) {
         let sql = format!(
-            "INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body) VALUES {} \
+            "INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body, seq) VALUES {} \
              ON CONFLICT (message_id) DO NOTHING",
-            backend.value_groups(1, chunk.len(), 8)
+            backend.value_groups(1, chunk.len(), 9)
         );
         let mut q = sqlx::query(&sql);
         for e in chunk {
+            seq += 1;
             q = q
                 .bind(&e.message_id)
                 .bind(&e.profile)
@@ -443,7 +450,8 @@ pub async fn write_events(conn: &mut Conn, backend: Backend, events: &[&NewEvent
                 .bind(&e.name)
                 .bind(e.ts)
                 .bind(e.received_at)
-                .bind(&e.body);
+                .bind(&e.body)
+                .bind(seq);
         }
         stored += q
             .execute(&mut *conn)

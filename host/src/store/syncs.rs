@@ -1,5 +1,6 @@
-//! The sync tables: `sync_records` (what each destination acknowledged), `sync_runs` (history
-//! and counters), `dead_letters`, `sync_meta` (last complete run) and `sync_cursors` (events).
+//! The sync tables: `sync_records` (what each destination acknowledged), `sync_removed` (when
+//! it last acknowledged a key's removal), `sync_runs` (history and counters), `dead_letters`,
+//! `sync_meta` (last complete run) and `sync_cursors` (events).
 
 use std::collections::{HashMap, HashSet};
 
@@ -245,12 +246,13 @@ pub async fn parked(store: &Store, sync: &str) -> Result<HashSet<(String, String
         .collect()
 }
 
-/// An acknowledged record: key, payload hash, payload.
+/// An acknowledged record: key, payload hash, payload, when acknowledged.
 #[derive(Debug, Clone)]
 pub struct AckedRow {
     pub key: String,
     pub hash: String,
     pub fields: String,
+    pub acked_at: i64,
 }
 
 /// Acknowledged records the model no longer has, by key: those of profiles gone (merged away
@@ -263,7 +265,7 @@ pub async fn removal_candidates(
     let rows = match members_of {
         Some(audience) => {
             sqlx::query(
-                "SELECT key, hash, fields FROM sync_records r WHERE r.sync = $1 \
+                "SELECT key, hash, fields, acked_at FROM sync_records r WHERE r.sync = $1 \
                  AND NOT EXISTS (SELECT 1 FROM audience_members m WHERE m.audience = $2 AND m.profile_id = r.key) ORDER BY r.key",
             )
             .bind(sync)
@@ -273,7 +275,7 @@ pub async fn removal_candidates(
         }
         None => {
             sqlx::query(
-                "SELECT key, hash, fields FROM sync_records r WHERE r.sync = $1 \
+                "SELECT key, hash, fields, acked_at FROM sync_records r WHERE r.sync = $1 \
                  AND NOT EXISTS (SELECT 1 FROM profiles p WHERE p.id = r.key) ORDER BY r.key",
             )
             .bind(sync)
@@ -287,6 +289,7 @@ pub async fn removal_candidates(
                 key: col(r, "key")?,
                 hash: col(r, "hash")?,
                 fields: col(r, "fields")?,
+                acked_at: col(r, "acked_at")?,
             })
         })
         .collect()
@@ -336,6 +339,76 @@ pub async fn acked_hashes(
         }
         for row in q.fetch_all(store.pool()).await? {
             found.insert(col(&row, "key")?, col(&row, "hash")?);
+        }
+    }
+    Ok(found)
+}
+
+/// What the destination acknowledged of a key, as a run diffs against it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acked {
+    pub hash: String,
+    pub acked_at: i64,
+    /// The acknowledged payload, when asked for (to tell a changed key field).
+    pub fields: Option<String>,
+}
+
+/// The acknowledged state of these keys; with `with_fields`, their payloads too.
+pub async fn acked_state(
+    store: &Store,
+    sync: &str,
+    keys: &[String],
+    with_fields: bool,
+) -> Result<HashMap<String, Acked>> {
+    let mut found = HashMap::with_capacity(keys.len());
+    let columns = if with_fields {
+        "key, hash, acked_at, fields"
+    } else {
+        "key, hash, acked_at"
+    };
+    for chunk in keys.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT {columns} FROM sync_records WHERE sync = {} AND key IN {}",
+            store.param(1),
+            store.value_groups(2, 1, chunk.len())
+        );
+        let mut q = sqlx::query(&sql).bind(sync);
+        for k in chunk {
+            q = q.bind(k);
+        }
+        for row in q.fetch_all(store.pool()).await? {
+            found.insert(
+                col(&row, "key")?,
+                Acked {
+                    hash: col(&row, "hash")?,
+                    acked_at: col(&row, "acked_at")?,
+                    fields: if with_fields {
+                        Some(col(&row, "fields")?)
+                    } else {
+                        None
+                    },
+                },
+            );
+        }
+    }
+    Ok(found)
+}
+
+/// When the destination last acknowledged the removal of each of these keys (those it did).
+pub async fn removed_at(store: &Store, sync: &str, keys: &[String]) -> Result<HashMap<String, i64>> {
+    let mut found = HashMap::new();
+    for chunk in keys.chunks(CHUNK) {
+        let sql = format!(
+            "SELECT key, removed_at FROM sync_removed WHERE sync = {} AND key IN {}",
+            store.param(1),
+            store.value_groups(2, 1, chunk.len())
+        );
+        let mut q = sqlx::query(&sql).bind(sync);
+        for k in chunk {
+            q = q.bind(k);
+        }
+        for row in q.fetch_all(store.pool()).await? {
+            found.insert(col(&row, "key")?, col(&row, "removed_at")?);
         }
     }
     Ok(found)
@@ -463,7 +536,7 @@ pub async fn commit_batch(
     let mut tx = store.begin().await?;
     // Multi-row statements: one per 200 records instead of one per record.
     for chunk in batch.acked.chunks(200) {
-        if batch.action == "delete" {
+        if batch.action == "delete" || batch.action == "erase" {
             let sql = format!(
                 "DELETE FROM sync_records WHERE sync = {} AND key IN {}",
                 store.param(1),
@@ -472,6 +545,17 @@ pub async fn commit_batch(
             let mut q = sqlx::query(&sql).bind(sync);
             for item in chunk {
                 q = q.bind(item.key);
+            }
+            q.execute(&mut *tx).await?;
+            // Remembered so that a later re-add of the key gets a new delivery id.
+            let sql = format!(
+                "INSERT INTO sync_removed (sync, key, removed_at) VALUES {} \
+                 ON CONFLICT (sync, key) DO UPDATE SET removed_at = excluded.removed_at",
+                store.value_groups(1, chunk.len(), 3)
+            );
+            let mut q = sqlx::query(&sql);
+            for item in chunk {
+                q = q.bind(sync).bind(item.key).bind(now);
             }
             q.execute(&mut *tx).await?;
         } else {

@@ -26,6 +26,12 @@ pub struct Item {
     /// Hash of `fields`, what the state remembers as acknowledged.
     pub hash: String,
     pub fields: String,
+    /// The id of this change of the record (see [`super::delivery_id`]), the same on every
+    /// retry.
+    pub delivery_id: String,
+    /// The fields last acknowledged for the key, when a field the destination keys contacts by
+    /// changed since (`outbound-record.previous-fields`).
+    pub previous_fields: Option<String>,
     pub attempts: u32,
     pub last_error: Option<String>,
 }
@@ -197,6 +203,8 @@ pub async fn deliver_pages<L: Ledger, D: Destination>(
                         .map(|i| OutboundRecord {
                             key: i.key.clone(),
                             fields: i.fields.clone(),
+                            delivery_id: i.delivery_id.clone(),
+                            previous_fields: i.previous_fields.clone(),
                         })
                         .collect();
                     let outcome = match target.instance.deliver(action, &records).await {
@@ -366,6 +374,8 @@ mod tests {
         busy_for: u32,
         calls: Mutex<HashMap<String, u32>>,
         batches: Mutex<Vec<usize>>,
+        /// (key, delivery id) of every record sent, retries included.
+        sent: Mutex<Vec<(String, String)>>,
     }
 
     impl FakeDestination {
@@ -374,6 +384,7 @@ mod tests {
                 busy_for,
                 calls: Mutex::default(),
                 batches: Mutex::default(),
+                sent: Mutex::default(),
             })
         }
     }
@@ -385,6 +396,10 @@ mod tests {
             batch: &[OutboundRecord],
         ) -> Result<Vec<RecordResult>, PluginError> {
             self.batches.lock().unwrap().push(batch.len());
+            self.sent
+                .lock()
+                .unwrap()
+                .extend(batch.iter().map(|r| (r.key.clone(), r.delivery_id.clone())));
             let plugin = "fake".to_string();
             if batch.iter().any(|r| r.key == "denied") {
                 return Err(PluginError::Plugin {
@@ -453,6 +468,8 @@ mod tests {
             key: key.to_string(),
             hash: format!("h-{key}"),
             fields: "{}".to_string(),
+            delivery_id: format!("dlv-{key}"),
+            previous_fields: None,
             attempts: 0,
             last_error: None,
         }
@@ -528,6 +545,28 @@ mod tests {
         assert_eq!(dead[0].1, "gave up after 3 attempts: 429");
         assert_eq!(stats.retried, 3);
         assert_eq!(stats.dead_lettered, 1);
+    }
+
+    #[tokio::test]
+    async fn a_retried_record_is_sent_again_with_its_delivery_id() {
+        let destination = FakeDestination::new(2);
+        let ledger = FakeLedger::default();
+        let (result, _) = deliver(
+            &target(destination.clone(), 10),
+            vec![vec![item("busy-a"), item("ok-b")]],
+            &ledger,
+        )
+        .await;
+        result.unwrap();
+        let sent = destination.sent.lock().unwrap().clone();
+        let of = |key: &str| -> Vec<String> {
+            sent.iter()
+                .filter(|(k, _)| k == key)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        assert_eq!(of("busy-a"), ["dlv-busy-a"; 3]);
+        assert_eq!(of("ok-b"), ["dlv-ok-b"]);
     }
 
     #[tokio::test]

@@ -6,9 +6,10 @@ use std::collections::HashMap;
 use anyhow::bail;
 
 use super::delivery::{Item, Target};
-use super::mapping::{Mapping, Subject};
+use super::delivery_id;
 use super::{payload_hash, ConsentRule, RunContext, RunOptions, SAMPLES};
-use crate::audience::Filter;
+use crate::filter::Filter;
+use crate::mapping::{Mapping, Subject};
 use crate::config::{Config, SyncFrom};
 use crate::runtime::bindings::Action;
 use crate::store::now_millis;
@@ -122,6 +123,8 @@ impl RunContext<'_> {
                         .push(serde_json::json!({"key": message_id, "fields": fields}));
                 }
                 items.push(Item {
+                    delivery_id: delivery_id::for_event(&sync.name, message_id),
+                    previous_fields: None,
                     key: message_id.clone(),
                     hash: payload_hash(&text),
                     fields: text,

@@ -60,5 +60,6 @@ fn action_name(a: Action) -> &'static str {
         Action::Upsert => "upsert",
         Action::Delete => "delete",
         Action::Track => "track",
+        Action::Erase => "erase",
     }
 }

@@ -4,12 +4,10 @@
 //! committed per batch, so a crash resumes where it stopped. One run per sync at a time, across
 //! hubs too (a lease row in the database).
 
-pub mod api;
-pub mod commands;
 pub mod delivery;
+pub mod delivery_id;
 mod events;
 mod ledger;
-pub mod mapping;
 pub mod plan;
 pub mod scheduler;
 
@@ -38,7 +36,7 @@ use delivery::{Abort, Item, Stats, Target};
 pub use plan::{payload_hash, Plan};
 use ledger::RunLedger;
 use plan::{Blocked, SAMPLES};
-use mapping::{Mapping, Subject};
+use crate::mapping::{Mapping, Subject};
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]
@@ -298,6 +296,10 @@ impl Engine {
                 (status, Some(format!("{e:#}")), plan, stats)
             }
         };
+        if let (Some(m), false) = (&self.metrics, options.dry_run) {
+            // Before the history says the run is over, so whoever sees it finished sees this.
+            m.sync_withheld(&sync.name, plan.withheld);
+        }
         if !options.dry_run {
             // Counters were committed batch by batch; read them back for the report.
             let planned = rows::Planned {
@@ -321,9 +323,6 @@ impl Engine {
         }
         if let Some(m) = &self.metrics {
             m.sync_run(&sync.name, status.as_str(), started.elapsed().as_secs_f64());
-            if !options.dry_run {
-                m.sync_withheld(&sync.name, plan.withheld);
-            }
         }
         let mut report = if options.dry_run {
             RunReport {
@@ -360,8 +359,9 @@ impl Engine {
         Ok(report)
     }
 
-    /// The destination instance's token bucket (a new one when its rate changed).
-    fn limiter(&self, destination: &str, rate: f64) -> Arc<governor::DefaultDirectRateLimiter> {
+    /// The destination instance's token bucket (a new one when its rate changed); event
+    /// streams to the same destination share it with its syncs.
+    pub fn limiter(&self, destination: &str, rate: f64) -> Arc<governor::DefaultDirectRateLimiter> {
         let mut all = self.limiters.lock().unwrap_or_else(|p| p.into_inner());
         match all.get(destination) {
             Some((r, l)) if *r == rate => l.clone(),
@@ -478,6 +478,8 @@ struct PagePlanner {
     pending_ids: Option<std::vec::IntoIter<String>>,
     after: String,
     page_size: usize,
+    /// The destination's `key-fields`: a change of one sends the previous fields along.
+    key_fields: Vec<String>,
     /// The destination's consent requirement; profiles without it are withheld.
     consent: ConsentRule,
     plan: Plan,
@@ -553,7 +555,19 @@ impl PagePlanner {
         // Consent before anything else: a profile without it is not even mapped.
         let withheld = self.consent.withheld(store, &keys).await?;
         store.analyze_if_stale("sync_records").await?;
-        let state = rows::acked_hashes(store, &self.sync, &keys).await?;
+        let state = rows::acked_state(store, &self.sync, &keys, !self.key_fields.is_empty()).await?;
+        // Keys the destination does not hold: when it last acknowledged their removal, so a
+        // re-add gets a delivery id of its own.
+        let absent: Vec<String> = keys
+            .iter()
+            .filter(|k| !state.contains_key(*k))
+            .cloned()
+            .collect();
+        let removed = if absent.is_empty() {
+            HashMap::new()
+        } else {
+            rows::removed_at(store, &self.sync, &absent).await?
+        };
         let plan = &mut self.plan;
         let mut upserts = Vec::new();
         for p in profiles {
@@ -571,7 +585,8 @@ impl PagePlanner {
             });
             let text = serde_json::to_string(&fields)?;
             let hash = payload_hash(&text);
-            let previous = state.get(&p.id);
+            let acked = state.get(&p.id);
+            let previous = acked.map(|a| &a.hash);
             if previous == Some(&hash) && !self.full_resync {
                 plan.unchanged += 1;
                 continue;
@@ -592,7 +607,18 @@ impl PagePlanner {
                     plan.sample_adds.push(sample());
                 }
             }
+            let base = match (acked, removed.get(&p.id)) {
+                (Some(a), _) => delivery_id::Base::Acked(a.acked_at),
+                (None, Some(at)) => delivery_id::Base::Removed(*at),
+                (None, None) => delivery_id::Base::New,
+            };
+            let previous_fields = acked
+                .and_then(|a| a.fields.as_deref())
+                .filter(|old| key_field_changed(&self.key_fields, old, &fields))
+                .map(str::to_string);
             upserts.push(Item {
+                delivery_id: delivery_id::for_change(&self.sync, &p.id, "upsert", &hash, base),
+                previous_fields,
                 key: p.id,
                 hash,
                 fields: text,
@@ -602,6 +628,23 @@ impl PagePlanner {
         }
         Ok(Some(upserts))
     }
+}
+
+/// Whether a field the destination keys contacts by had a value in the acknowledged payload
+/// `old` that the new payload does not have (changed or gone): then the plugin must rename or
+/// remove the contact under the old value.
+fn key_field_changed(
+    key_fields: &[String],
+    old: &str,
+    new: &serde_json::Map<String, serde_json::Value>,
+) -> bool {
+    let Ok(serde_json::Value::Object(old)) = serde_json::from_str::<serde_json::Value>(old) else {
+        return false;
+    };
+    key_fields.iter().any(|f| match old.get(f) {
+        None | Some(serde_json::Value::Null) => false,
+        Some(was) => new.get(f) != Some(was),
+    })
 }
 
 impl RunContext<'_> {
@@ -653,7 +696,17 @@ impl RunContext<'_> {
             _ => Population::All,
         };
 
-        let fingerprint = payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping));
+        // A destination's consent rule is part of what the model is: adding or changing it makes
+        // the next run look at every record again.
+        let consent = ConsentRule::of(config, sync);
+        let fingerprint = if consent.required.is_empty() {
+            payload_hash(&format!("{:?}|{:?}", sync.from, sync.mapping))
+        } else {
+            payload_hash(&format!(
+                "{:?}|{:?}|{:?}|{:?}",
+                sync.from, sync.mapping, consent.required, consent.default
+            ))
+        };
         let meta = rows::meta(store, &sync.name).await?;
         let incremental_since = match meta {
             Some((f, at)) if f == fingerprint && !options.full_resync => Some(at - 10_000),
@@ -691,7 +744,6 @@ impl RunContext<'_> {
         };
         // Consent withdrawn (or, with `consent_default = "deny"`, never given): the destination
         // loses the profile in upsert mode too.
-        let consent = ConsentRule::of(config, sync);
         let mut candidates = candidates;
         if !consent.required.is_empty() {
             let known: HashSet<String> = candidates.iter().map(|c| c.key.clone()).collect();
@@ -700,12 +752,19 @@ impl RunContext<'_> {
                 &sync.name,
                 &consent.required,
                 consent.default.allows(),
+                incremental_since,
             )
             .await?;
             candidates.extend(withdrawn.into_iter().filter(|r| !known.contains(&r.key)));
         }
         let mut deletes = Vec::with_capacity(candidates.len());
-        for rows::AckedRow { key, hash, fields } in candidates {
+        for rows::AckedRow {
+            key,
+            hash,
+            fields,
+            acked_at,
+        } in candidates
+        {
             if parked.contains(&(key.clone(), hash.clone())) {
                 self.plan.parked += 1;
                 continue;
@@ -717,6 +776,14 @@ impl RunContext<'_> {
                 }));
             }
             deletes.push(Item {
+                delivery_id: delivery_id::for_change(
+                    &sync.name,
+                    &key,
+                    "delete",
+                    &hash,
+                    delivery_id::Base::Acked(acked_at),
+                ),
+                previous_fields: None,
                 key,
                 hash,
                 fields,
@@ -771,6 +838,7 @@ impl RunContext<'_> {
             pending_ids,
             after: String::new(),
             page_size: self.engine.page_size,
+            key_fields: target.instance.plugin().manifest().key_fields.clone(),
             consent,
             plan: Plan::default(),
         };
@@ -869,4 +937,26 @@ impl RunContext<'_> {
 /// Where the CLI finds the plugins of a config (its `[hub] plugins_dir`, unless overridden).
 pub fn plugins_dir(config: &Config, cli: Option<PathBuf>) -> PathBuf {
     cli.unwrap_or_else(|| config.hub.plugins_dir.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::key_field_changed;
+
+    #[test]
+    fn a_key_field_changed_or_gone_sends_the_previous_fields() {
+        let keys = vec!["email".to_string()];
+        let new = |v: serde_json::Value| v.as_object().unwrap().clone();
+        let old = r#"{"email":"old@x.com","first_name":"Ada"}"#;
+        assert!(key_field_changed(&keys, old, &new(serde_json::json!({"email": "new@x.com"}))));
+        assert!(key_field_changed(&keys, old, &new(serde_json::json!({"first_name": "Ada"}))));
+        assert!(!key_field_changed(
+            &keys,
+            old,
+            &new(serde_json::json!({"email": "old@x.com", "first_name": "Ann"}))
+        ));
+        // Nothing to rename when there was no old value, or the destination keys by nothing.
+        assert!(!key_field_changed(&keys, r#"{"email":null}"#, &new(serde_json::json!({"email": "a@x"}))));
+        assert!(!key_field_changed(&[], old, &new(serde_json::json!({"email": "new@x.com"}))));
+    }
 }

@@ -1,4 +1,5 @@
-//! Export macros behind `switchyard_sdk::export_destination!` and `export_source!`.
+//! Export macros behind `switchyard_sdk::export_destination!`, `export_source!` and
+//! `export_transform!`.
 //!
 //! They generate the world's export glue inside the plugin crate (a component exports from the
 //! crate that is compiled to it), pointing wit-bindgen at the SDK's own copy of the contract and
@@ -25,6 +26,16 @@ fn generate(world: &str, ty: &Type, kind: proc_macro2::TokenStream) -> TokenStre
                     batch: ::std::vec::Vec<::switchyard_sdk::OutboundRecord>,
                 ) -> ::std::result::Result<::std::vec::Vec<::switchyard_sdk::RecordResult>, ::switchyard_sdk::CallError> {
                     ::switchyard_sdk::__private::deliver::<#ty>(config, action, batch)
+                }
+            }
+        },
+        "transform" => quote! {
+            impl __switchyard_bindings::exports::switchyard::plugin::transformation::Guest for __SwitchyardExport {
+                fn transform(
+                    config: ::switchyard_sdk::PluginConfig,
+                    batch: ::std::vec::Vec<::std::string::String>,
+                ) -> ::std::result::Result<::std::vec::Vec<::switchyard_sdk::TransformResult>, ::switchyard_sdk::CallError> {
+                    ::switchyard_sdk::__private::transform::<#ty>(config, batch)
                 }
             }
         },
@@ -60,8 +71,8 @@ fn generate(world: &str, ty: &Type, kind: proc_macro2::TokenStream) -> TokenStre
                 world: #world_name,
                 runtime_path: "::switchyard_sdk::__private::wit_bindgen::rt",
                 with: {
-                    "switchyard:plugin/types@1.0.0": ::switchyard_sdk::bindings::switchyard::plugin::types,
-                    "switchyard:plugin/host@1.0.0": ::switchyard_sdk::bindings::switchyard::plugin::host,
+                    "switchyard:plugin/types@1.1.0": ::switchyard_sdk::bindings::switchyard::plugin::types,
+                    "switchyard:plugin/host@1.1.0": ::switchyard_sdk::bindings::switchyard::plugin::host,
                     "wasi:http/types@0.2.12": ::switchyard_sdk::bindings::wasi::http::types,
                     "wasi:http/outgoing-handler@0.2.12": ::switchyard_sdk::bindings::wasi::http::outgoing_handler,
                     "wasi:io/error@0.2.12": ::switchyard_sdk::bindings::wasi::io::error,
@@ -121,4 +132,16 @@ pub fn export_destination(input: TokenStream) -> TokenStream {
 pub fn export_source(input: TokenStream) -> TokenStream {
     let ty = parse_macro_input!(input as Type);
     generate("source", &ty, quote!(::switchyard_sdk::PluginKind::Source))
+}
+
+/// Exports a type implementing `switchyard_sdk::Transform` as the plugin's `transform` world
+/// (plugin API 1.1.0 and later).
+#[proc_macro]
+pub fn export_transform(input: TokenStream) -> TokenStream {
+    let ty = parse_macro_input!(input as Type);
+    generate(
+        "transform",
+        &ty,
+        quote!(::switchyard_sdk::PluginKind::Transform),
+    )
 }

@@ -85,6 +85,7 @@ impl Destination for JsonPost {
             Action::Upsert => "upsert",
             Action::Delete => "delete",
             Action::Track => "track",
+            Action::Erase => "erase",
         };
         let body = serde_json::json!({ "action": action, "records": rows });
         let request = Request::post(&ctx.config.url)

@@ -176,7 +176,7 @@ impl Plugin for CustomerMatch {
             // One request per delivery (Data Manager: 300 requests/min per Cloud project);
             // OfflineUserDataJobService jobs are throttled per developer token.
             .default_rate_per_second(1.0)
-            .actions(&[Action::Upsert, Action::Delete])
+            .actions(&[Action::Upsert, Action::Delete, Action::Erase])
     }
 
     /// Exercises the write path without changing anything: Data Manager reads the list's
@@ -204,7 +204,9 @@ impl Destination for CustomerMatch {
         let remove =
             match action {
                 Action::Upsert => false,
-                Action::Delete => true,
+                // A privacy erasure is a removal from the list: Customer Match has no call
+                // that deletes a person's data (see the README).
+                Action::Delete | Action::Erase => true,
                 Action::Track => return Err(CallError::InvalidConfig(
                     "google-ads-customer-match syncs list membership (upsert/delete), not events"
                         .into(),

@@ -162,7 +162,7 @@ impl Plugin for LinkedIn {
             // the size integrations commonly use.
             .max_batch_size(5000)
             .default_rate_per_second(DEFAULT_RATE_PER_SECOND)
-            .actions(&[Action::Upsert, Action::Delete])
+            .actions(&[Action::Upsert, Action::Delete, Action::Erase])
     }
 
     /// Reads the segment with the write path's headers, without side effects: proves the token,
@@ -181,7 +181,9 @@ impl Destination for LinkedIn {
         let action_name =
             match action {
                 Action::Upsert => "ADD",
-                Action::Delete => "REMOVE",
+                // A privacy erasure is a removal from the segment: the DMP segment API has no
+                // call that deletes a person's data (see the README).
+                Action::Delete | Action::Erase => "REMOVE",
                 Action::Track => return Err(CallError::InvalidConfig(
                     "linkedin-audiences adds and removes segment users; it does not take events"
                         .to_string(),

@@ -16,11 +16,25 @@
 //!   Subscribed`) rejects the record with Mailchimp's `title: detail`.
 //! * The status for new members is the config's `status`, else `pending` when the audience
 //!   has double opt-in (`GET /3.0/lists/{list_id}` → `double_optin`) and `subscribed` when not.
+//! * a changed address (the hub sends `previous_fields` when `email`, this plugin's key field,
+//!   changed since the last acknowledged upsert): before the upsert, the member under the old
+//!   address is renamed in place, `PATCH .../members/{old subscriber_hash}` with the new
+//!   `email_address` (Mailchimp's "Update list member"; the member keeps its status, history
+//!   and merge fields), then updated as usual. An old address Mailchimp does not know (404) is
+//!   nothing to rename. When Mailchimp refuses the rename (400: the new address is already a
+//!   member, or was permanently deleted), the old member is removed as `delete` would and the
+//!   new address is upserted.
 //! * `delete`: archives the member (`DELETE .../members/{subscriber_hash}`, the default; the
 //!   contact can come back), or with `delete_mode = "unsubscribe"` sets it `unsubscribed`
 //!   (`PATCH .../members/{subscriber_hash}`), or only with `delete_mode = "permanent"` deletes
 //!   it for good (`POST .../actions/delete-permanent`; the address can then never be
 //!   re-imported). A member Mailchimp does not know is already gone.
+//! * `erase` (a privacy erasure, contract 1.1.0): always `POST .../actions/delete-permanent`
+//!   ("Delete list member": "Delete all personally identifiable information related to a list
+//!   member, and remove them from a list",
+//!   <https://mailchimp.com/developer/marketing/api/list-member-actions/delete-list-member/>),
+//!   whatever `delete_mode` says. A 404 (no such member, or already deleted) is ok: nothing is
+//!   left to erase.
 //!
 //! The subscriber hash is the MD5 of the lower-cased email (hex). The API key ends in its
 //! datacenter (`...-us14`), which picks the host `us14.api.mailchimp.com`.
@@ -147,7 +161,9 @@ impl Plugin for Mailchimp {
             // Mailchimp limits an account to 10 simultaneous connections, not to a rate; the hub
             // makes one request at a time per batch, and 429s are retried.
             .default_rate_per_second(10.0)
-            .actions(&[Action::Upsert, Action::Delete])
+            .actions(&[Action::Upsert, Action::Delete, Action::Erase])
+            // Members are keyed by address: a changed `email` renames the member.
+            .key_fields(&["email"])
     }
 
     /// `GET /3.0/ping` proves the key and datacenter; `GET /3.0/lists/{list_id}` that the
@@ -188,17 +204,21 @@ impl Destination for Mailchimp {
                     Err(e) => return Err(e),
                 };
                 let members = parse_all(&api.ctx.config, if_new, &batch, &mut results);
+                let members = rename(&api, &batch, members, &mut results)?;
                 match via {
                     UpsertVia::Batch => upsert_batch(&api, members, &mut results)?,
                     UpsertVia::Member => upsert_members(&api, members, &mut results)?,
                 }
             }
-            (Action::Delete, _) => delete(&api, &batch, &mut results)?,
+            (Action::Delete, _) => delete(&api, api.ctx.config.delete_mode, &batch, &mut results)?,
             (Action::Track, _) => {
                 return Err(CallError::InvalidConfig(
                     "the mailchimp destination takes upsert and delete, not track".into(),
                 ))
             }
+            // A privacy erasure: delete-permanent, whatever `delete_mode` says for audience
+            // removals.
+            (Action::Erase, _) => delete(&api, DeleteMode::Permanent, &batch, &mut results)?,
         }
         Ok(results
             .into_iter()
@@ -674,8 +694,97 @@ fn upsert_members(
     Ok(())
 }
 
+/// The old address of a record whose `email` changed since it was last acknowledged.
+fn previous_email(record: &OutboundRecord, new_email: &str) -> Option<String> {
+    let previous = serde_json::from_str::<Value>(record.previous_fields.as_deref()?).ok()?;
+    let old = previous.get("email")?.as_str()?.trim().to_lowercase();
+    (!old.is_empty() && old != new_email).then_some(old)
+}
+
+/// The request that removes the member `hash` as `mode` says.
+fn removal(api: &Api, hash: &str, mode: DeleteMode) -> Request {
+    match mode {
+        DeleteMode::Archive => Request::delete(&api.list_url(&format!("/members/{hash}"))),
+        DeleteMode::Unsubscribe => Request::patch(&api.list_url(&format!("/members/{hash}")))
+            .json(&json!({ "status": "unsubscribed" })),
+        DeleteMode::Permanent => {
+            Request::post(&api.list_url(&format!("/members/{hash}/actions/delete-permanent")))
+        }
+    }
+}
+
+/// Renames the members of records whose address changed (see the module docs) and returns the
+/// members still to upsert; a record whose rename must wait (throttled, down) gets its result
+/// here and is left out.
+fn rename(
+    api: &Api,
+    batch: &[OutboundRecord],
+    members: Vec<Member>,
+    results: &mut [Option<RecordResult>],
+) -> Result<Vec<Member>, CallError> {
+    let mut kept = Vec::with_capacity(members.len());
+    let mut stop: Option<RecordResult> = None;
+    let (mut renamed, mut absent, mut replaced) = (0, 0, 0);
+    for m in members {
+        let Some(old) = previous_email(&batch[m.index], &m.email) else {
+            kept.push(m);
+            continue;
+        };
+        if let Some(r) = &stop {
+            results[m.index] = Some(r.clone());
+            continue;
+        }
+        let old_hash = subscriber_hash(&old);
+        let new_address = m.body.get("email_address").cloned().unwrap_or(json!(m.email));
+        let response = api.send(
+            Request::patch(&api.list_url(&format!("/members/{old_hash}")))
+                .json(&json!({ "email_address": new_address })),
+        )?;
+        if response.is_success() {
+            renamed += 1;
+            kept.push(m);
+            continue;
+        }
+        match response.status {
+            404 => {
+                absent += 1;
+                kept.push(m);
+            }
+            400 => {
+                // The new address is taken (or forgotten): the old member goes, the new
+                // address is upserted (and refused there if Mailchimp refuses it).
+                let removed = api.send(removal(api, &old_hash, api.ctx.config.delete_mode))?;
+                if removed.is_success() || removed.status == 404 {
+                    replaced += 1;
+                    kept.push(m);
+                } else {
+                    let r = failure(&removed)?;
+                    if matches!(r, RecordResult::Retry(_)) {
+                        stop = Some(r.clone());
+                    }
+                    results[m.index] = Some(r);
+                }
+            }
+            _ => {
+                let r = failure(&response)?;
+                if matches!(r, RecordResult::Retry(_)) {
+                    stop = Some(r.clone());
+                }
+                results[m.index] = Some(r);
+            }
+        }
+    }
+    if renamed + absent + replaced > 0 {
+        switchyard_sdk::debug!(
+            "changed addresses: {renamed} members renamed, {absent} old addresses absent, {replaced} replaced"
+        );
+    }
+    Ok(kept)
+}
+
 fn delete(
     api: &Api,
+    mode: DeleteMode,
     batch: &[OutboundRecord],
     results: &mut [Option<RecordResult>],
 ) -> Result<(), CallError> {
@@ -706,15 +815,7 @@ fn delete(
             continue;
         }
         let hash = subscriber_hash(&email);
-        let request = match api.ctx.config.delete_mode {
-            DeleteMode::Archive => Request::delete(&api.list_url(&format!("/members/{hash}"))),
-            DeleteMode::Unsubscribe => Request::patch(&api.list_url(&format!("/members/{hash}")))
-                .json(&json!({ "status": "unsubscribed" })),
-            DeleteMode::Permanent => {
-                Request::post(&api.list_url(&format!("/members/{hash}/actions/delete-permanent")))
-            }
-        };
-        let response = api.send(request)?;
+        let response = api.send(removal(api, &hash, mode))?;
         let r = if response.is_success() {
             archived += 1;
             RecordResult::Ok
@@ -732,10 +833,7 @@ fn delete(
         done.insert(email, r.clone());
         results[i] = Some(r);
     }
-    switchyard_sdk::debug!(
-        "delete ({:?}): {archived} removed, {missing} already absent",
-        api.ctx.config.delete_mode
-    );
+    switchyard_sdk::debug!("delete ({mode:?}): {archived} removed, {missing} already absent");
     Ok(())
 }
 
@@ -751,7 +849,22 @@ mod tests {
         OutboundRecord {
             key: "k".into(),
             fields: fields.to_string(),
+            delivery_id: "dlv_k".into(),
+            previous_fields: None,
         }
+    }
+
+    #[test]
+    fn the_previous_address_is_read_only_when_it_changed() {
+        let mut r = rec(json!({"email": "new@x.com"}));
+        assert_eq!(previous_email(&r, "new@x.com"), None);
+        r.previous_fields = Some(json!({"email": " Old@X.com "}).to_string());
+        assert_eq!(previous_email(&r, "new@x.com").as_deref(), Some("old@x.com"));
+        // Only the case changed: the same member (its hash is of the lower-cased address).
+        r.previous_fields = Some(json!({"email": "NEW@x.com"}).to_string());
+        assert_eq!(previous_email(&r, "new@x.com"), None);
+        r.previous_fields = Some(json!({"first_name": "Ada"}).to_string());
+        assert_eq!(previous_email(&r, "new@x.com"), None);
     }
 
     #[test]

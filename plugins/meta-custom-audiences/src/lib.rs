@@ -152,7 +152,7 @@ impl Plugin for MetaCustomAudiences {
             // Custom-audience writes count against a business-use-case budget per ad account;
             // a few large requests per second stay well inside it.
             .default_rate_per_second(2.0)
-            .actions(&[Action::Upsert, Action::Delete])
+            .actions(&[Action::Upsert, Action::Delete, Action::Erase])
     }
 
     /// Exercises what can fail on the write path, without side effects: reads the audience
@@ -267,7 +267,9 @@ impl Destination for MetaCustomAudiences {
         let method =
             match action {
                 Action::Upsert => "POST",
-                Action::Delete => "DELETE",
+                // A privacy erasure is a removal from the audience: Meta offers advertisers
+                // no call that deletes a person's data (see the README).
+                Action::Delete | Action::Erase => "DELETE",
                 Action::Track => return Err(CallError::InvalidConfig(
                     "meta-custom-audiences syncs audience membership (upsert/delete), not events"
                         .into(),
@@ -1023,6 +1025,8 @@ mod tests {
         let batch = vec![OutboundRecord {
             key: "k".into(),
             fields: "{}".into(),
+            delivery_id: "dlv_k".into(),
+            previous_fields: None,
         }];
         let id = session_id(&batch);
         assert!(id > 0 && id < (1 << 53));

@@ -11,6 +11,15 @@
 //!   (`DELETE /v3/marketing/lists/{id}/contacts?contact_ids=...`). Erasing them from the whole
 //!   account (`DELETE /v3/marketing/contacts?ids=...`) takes `delete_mode = "delete_contact"`.
 //!   An address SendGrid does not know is already gone: `ok`.
+//! * a changed address (the hub sends `previous_fields` when `email`, this plugin's key field,
+//!   changed): SendGrid cannot change a contact's email, so the new address is upserted as a
+//!   contact of its own and, once its import job succeeded, the contact under the old address
+//!   is removed as `delete` removes one (found by email, then removed by id, per
+//!   `delete_mode`).
+//! * `erase` (a privacy erasure, contract 1.1.0): the same lookup, then always
+//!   `DELETE /v3/marketing/contacts?ids=...` ("Delete Contacts",
+//!   <https://www.twilio.com/docs/sendgrid/api-reference/contacts/delete-contacts>): the person
+//!   leaves the whole account, whatever `delete_mode` says for audience removals.
 //! * `track`: one transactional email per record through `POST /v3/mail/send` with a dynamic
 //!   template (`template_id`, or `event_templates[event]`); the record's fields are the template's
 //!   `dynamic_template_data`. Up to 1,000 records share one request (one personalization each).
@@ -173,7 +182,9 @@ impl Plugin for SendGrid {
             // SendGrid does not publish per-endpoint limits; it signals them with 429 and
             // X-RateLimit-Reset, which the hub honours. Two requests a second is a safe start.
             .default_rate_per_second(2.0)
-            .actions(&[Action::Upsert, Action::Delete, Action::Track])
+            .actions(&[Action::Upsert, Action::Delete, Action::Track, Action::Erase])
+            // Contacts are found by email: a changed `email` replaces the contact.
+            .key_fields(&["email"])
     }
 
     /// `GET /v3/scopes` proves the key; configured custom field ids and lists are looked up
@@ -224,9 +235,27 @@ impl Destination for SendGrid {
         let api = Api::new(ctx);
         let mut results: Vec<Option<RecordResult>> = vec![None; batch.len()];
         match action {
-            Action::Upsert => upsert(&api, &ctx.config, &batch, &mut results)?,
-            Action::Delete => delete(&api, &ctx.config, &batch, &mut results)?,
+            Action::Upsert => {
+                upsert(&api, &ctx.config, &batch, &mut results)?;
+                retire_old_addresses(&api, &ctx.config, &batch, &mut results)?;
+            }
+            Action::Delete => delete(
+                &api,
+                &ctx.config,
+                ctx.config.delete_mode,
+                &batch,
+                &mut results,
+            )?,
             Action::Track => track(&api, &ctx.config, &batch, &mut results)?,
+            // A privacy erasure: the contact goes from the whole account, whatever
+            // `delete_mode` says for audience removals.
+            Action::Erase => delete(
+                &api,
+                &ctx.config,
+                DeleteMode::DeleteContact,
+                &batch,
+                &mut results,
+            )?,
         }
         Ok(results
             .into_iter()
@@ -688,6 +717,86 @@ fn upsert(
     jobs::follow(api, config, submitted, deadline, results)
 }
 
+// ---- changed addresses ----
+
+/// After an upsert: a record whose `email` (this plugin's key field) changed arrives with the
+/// fields last acknowledged (`previous_fields`). SendGrid cannot change a contact's email (a
+/// contact is found by its identifiers, "a contact ID cannot be used to update", and updating one
+/// needs all its existing identifiers: api-contracts.md §1a, SendGrid OAS
+/// `tsg_mc_contacts_v3.yaml` `PUT /v3/marketing/contacts`), so the new address became a new
+/// contact, and once its import job succeeded the contact under the old address is removed the
+/// way `delete` removes one (looked up by email, then by id; per `delete_mode`). A removal that
+/// must wait retries the record (the upsert is repeated harmlessly, the removal again); one that
+/// fails rejects it, saying the new address is in.
+fn retire_old_addresses(
+    api: &Api,
+    config: &Config,
+    batch: &[OutboundRecord],
+    results: &mut [Option<RecordResult>],
+) -> Result<(), CallError> {
+    let mut olds: Vec<(usize, OutboundRecord)> = Vec::new();
+    for (i, record) in batch.iter().enumerate() {
+        if !matches!(results[i], Some(RecordResult::Ok)) {
+            continue;
+        }
+        let Some(old) = record
+            .previous_fields
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Map<String, Value>>(p).ok())
+            .and_then(|p| record_email(&p))
+        else {
+            continue;
+        };
+        let new = parse_fields(record).ok().and_then(|f| record_email(&f));
+        if new.as_deref() == Some(old.as_str()) {
+            continue;
+        }
+        olds.push((
+            i,
+            OutboundRecord {
+                key: record.key.clone(),
+                fields: json!({ "email": old }).to_string(),
+                delivery_id: record.delivery_id.clone(),
+                previous_fields: None,
+            },
+        ));
+    }
+    if olds.is_empty() {
+        return Ok(());
+    }
+    if config.delete_mode == DeleteMode::RemoveFromLists && config.list_ids.is_empty() {
+        switchyard_sdk::warn!(
+            "{} contacts changed address; the contacts under the old addresses stay in SendGrid: there is no list_ids to take them off, and delete_mode is not \"delete_contact\"",
+            olds.len()
+        );
+        return Ok(());
+    }
+    let old_batch: Vec<OutboundRecord> = olds.iter().map(|(_, r)| r.clone()).collect();
+    let mut removed: Vec<Option<RecordResult>> = vec![None; old_batch.len()];
+    delete(api, config, config.delete_mode, &old_batch, &mut removed)?;
+    for ((i, _), r) in olds.iter().zip(removed) {
+        match r {
+            Some(RecordResult::Ok) | None => {}
+            Some(RecordResult::Retry(retry)) => {
+                results[*i] = Some(RecordResult::Retry(switchyard_sdk::Retry {
+                    reason: format!(
+                        "the new address is in; removing the contact under the old one: {}",
+                        retry.reason
+                    ),
+                    after_ms: retry.after_ms,
+                }))
+            }
+            Some(RecordResult::Rejected(reason)) => {
+                results[*i] = Some(RecordResult::Rejected(format!(
+                    "the new address is in, but the contact under the old one could not be removed: {reason}"
+                )))
+            }
+        }
+    }
+    switchyard_sdk::debug!("{} contacts under changed addresses removed", olds.len());
+    Ok(())
+}
+
 // ---- delete ----
 
 fn record_email(fields: &Map<String, Value>) -> Option<String> {
@@ -704,10 +813,11 @@ struct Found {
 fn delete(
     api: &Api,
     config: &Config,
+    mode: DeleteMode,
     batch: &[OutboundRecord],
     results: &mut [Option<RecordResult>],
 ) -> Result<(), CallError> {
-    if config.delete_mode == DeleteMode::RemoveFromLists && config.list_ids.is_empty() {
+    if mode == DeleteMode::RemoveFromLists && config.list_ids.is_empty() {
         return Err(CallError::InvalidConfig(
             "delete: no list to remove contacts from; set list_ids, or opt into erasing contacts from the whole SendGrid account with delete_mode = \"delete_contact\"".into(),
         ));
@@ -827,7 +937,7 @@ fn delete(
             continue;
         }
         // One request per target, for the contacts it concerns.
-        let targets: Vec<(Option<&str>, Vec<&str>)> = match config.delete_mode {
+        let targets: Vec<(Option<&str>, Vec<&str>)> = match mode {
             DeleteMode::DeleteContact => {
                 vec![(None, found.iter().map(|(_, f)| f.id.as_str()).collect())]
             }
@@ -1200,6 +1310,8 @@ mod tests {
         let rec = |k: &str, f: Value| OutboundRecord {
             key: k.into(),
             fields: f.to_string(),
+            delivery_id: format!("dlv_{k}"),
+            previous_fields: None,
         };
         let mails: Vec<Mail> = [
             rec("1", json!({"email": "a@x.co", "event": "Order Completed"})),

@@ -98,6 +98,13 @@ impl Destination for Slack {
         let template = match action {
             Action::Upsert | Action::Track => Some(ctx.config.template.as_str()),
             Action::Delete => ctx.config.delete_template.as_deref(),
+            // Not in the manifest: an incoming webhook cannot delete what it posted, and a
+            // message about the erasure would post the person's data once more.
+            Action::Erase => {
+                return Err(CallError::InvalidConfig(
+                    "slack cannot erase: an incoming webhook cannot delete messages; delete them in Slack by hand".into(),
+                ))
+            }
         };
         let Some(template) = template else {
             switchyard_sdk::debug!(

@@ -107,7 +107,7 @@ impl Plugin for TikTok {
             .max_batch_size(1000)
             // Business API basic tier: 10 requests/s (600/min) per app.
             .default_rate_per_second(10.0)
-            .actions(&[Action::Upsert, Action::Delete])
+            .actions(&[Action::Upsert, Action::Delete, Action::Erase])
     }
 
     /// Reads the advertiser and the audience: proves the token works for both.
@@ -153,7 +153,9 @@ impl Destination for TikTok {
         let schema = id_schema(&ctx.config)?;
         let action_name = match action {
             Action::Upsert => "add",
-            Action::Delete => "delete",
+            // A privacy erasure is a removal from the audience: segment mapping has no call
+            // that deletes a person's data (see the README).
+            Action::Delete | Action::Erase => "delete",
             Action::Track => {
                 return Err(CallError::InvalidConfig(
                     "tiktok-audiences adds and removes audience users; it does not take events"

@@ -3,24 +3,22 @@
 //!
 //! Every request carries three headers:
 //!
-//! - `webhook-id`: `msg_` and a digest of the batch. The spec wants it "the same when the same
-//!   webhook is being resent (e.g. due to a previous failure)" and new for every other message
-//!   (Standard Webhooks v1.0.0, "Webhook metadata" and "Verifying Webhook Signatures"). For
-//!   `track` (events, each keyed by its own message id) the digest covers the action and the
-//!   records, so a retry carries the same id and a deduplicating receiver applies each event
-//!   once. Upserts and deletes are state changes that legitimately repeat with identical content
-//!   (a profile leaves an audience, then joins it again), and the hub does not tell a plugin
-//!   which call is a retry of which, so by default their digest also covers the attempt time
-//!   (a receiver never drops a repeat; applying a retried upsert or delete twice is harmless).
-//!   With `stable_ids = true` it covers only the action and the records, as for `track`: retries
-//!   keep their id — safe when the mapping carries a field that changes with every change of
-//!   the profile (`updated_at = "updated_at"`), so a re-join never looks like a retry;
+//! - `webhook-id`: `msg_` and a digest of the action and the batch's delivery ids. The spec
+//!   wants it "the same when the same webhook is being resent (e.g. due to a previous
+//!   failure)" and new for every other message (Standard Webhooks v1.0.0, "Webhook metadata"
+//!   and "Verifying Webhook Signatures"). Each record's delivery id (plugin API 1.1.0) is the
+//!   same on every retry of one change of the record, across runs too, and new for the next
+//!   change (a profile that leaves an audience and re-joins it with identical fields gets new
+//!   ids), so a resent batch keeps its `webhook-id` and a receiver deduplicating on it applies
+//!   each change once. Each record in the body carries its own `delivery_id` as well, for
+//!   receivers that deduplicate per record (a half-accepted batch is resent with fewer
+//!   records, so under another `webhook-id`);
 //! - `webhook-timestamp`: the attempt time, integer Unix seconds;
 //! - `webhook-signature`: `v1,<base64 HMAC-SHA256>` over `{id}.{timestamp}.{body}`, keyed with
 //!   the base64-decoded part of the `whsec_...` signing secret.
 //!
 //! The body is `{"type": "<prefix>.<action>", "timestamp": RFC 3339, "data": {"action",
-//! "records": [{"key", "fields"}]}}`.
+//! "records": [{"key", "delivery_id", "fields"}]}}`.
 //!
 //! Fields read: none in particular. Each record's `fields` object (whatever the sync's mapping
 //! made: `email`, `first_name`, traits, and for `track` the `event`, `timestamp` and
@@ -50,7 +48,8 @@ pub struct Config {
     /// The receiver's URL, e.g. `https://hooks.example.com/switchyard`. The operator must also
     /// grant its host to this destination (the plugin asks for any host).
     pub url: String,
-    /// Prefix of the message `type`: the type is `<prefix>.upsert`, `.delete` or `.track`.
+    /// Prefix of the message `type`: the type is `<prefix>.upsert`, `.delete`, `.track` or
+    /// `.erase`.
     #[serde(default = "default_type_prefix")]
     pub type_prefix: String,
     /// Seconds to wait for the receiver's answer (the spec suggests 15 to 30).
@@ -62,12 +61,9 @@ pub struct Config {
     /// verifies the secret's format and that the URL answers at all.
     #[serde(default)]
     pub ping_on_check: bool,
-    /// When true, the `webhook-id` of upserts and deletes is a digest of the action and the
-    /// records only, so a retry keeps its id (as the spec asks) and a deduplicating receiver
-    /// applies it once. Map a field that changes with every change of the profile (e.g.
-    /// `updated_at = "updated_at"`), or a profile that leaves and re-joins the audience with the
-    /// same fields would be taken for a duplicate. When false (default), every attempt of an
-    /// upsert or delete has its own id.
+    /// Deprecated, ignored: accepted so that configs written for earlier builds still load.
+    /// It made retried upserts keep their `webhook-id`; every message now does, from the hub's
+    /// delivery ids, and a later change of a record always gets a new one.
     #[serde(default)]
     pub stable_ids: bool,
 }
@@ -99,7 +95,7 @@ impl Plugin for Webhook {
             )
             .max_batch_size(100)
             .default_rate_per_second(10.0)
-            .actions(&[Action::Upsert, Action::Delete, Action::Track])
+            .actions(&[Action::Upsert, Action::Delete, Action::Track, Action::Erase])
     }
 
     fn check(ctx: &Context<Config>) -> Result<(), CallError> {
@@ -142,7 +138,11 @@ impl Destination for Webhook {
         for (i, record) in batch.iter().enumerate() {
             match serde_json::from_str::<serde_json::Value>(&record.fields) {
                 Ok(fields @ serde_json::Value::Object(_)) => {
-                    rows.push(serde_json::json!({ "key": record.key, "fields": fields }));
+                    rows.push(serde_json::json!({
+                        "key": record.key,
+                        "delivery_id": record.delivery_id,
+                        "fields": fields,
+                    }));
                     sent.push(i);
                 }
                 _ => {
@@ -154,11 +154,10 @@ impl Destination for Webhook {
             return Ok(results);
         }
         let action = action_name(action);
-        // Events are unique by key, so their id is stable across retries; state changes are
-        // not (the same upsert can follow a delete later), so theirs is unique per attempt
-        // unless the operator's mapping makes every state change distinct (`stable_ids`).
-        let nonce = (action != "track" && !ctx.config.stable_ids).then(|| time::now().as_nanos());
-        let id = message_id(action, &rows, nonce);
+        let id = message_id(
+            action,
+            sent.iter().map(|&i| batch[i].delivery_id.as_str()),
+        );
         let body = message_body(&ctx.config.type_prefix, action, &rows, time::now_unix())?;
         let response = send_signed(ctx, &key, &id, body)?;
         switchyard_sdk::debug!(
@@ -179,6 +178,7 @@ fn action_name(action: Action) -> &'static str {
         Action::Upsert => "upsert",
         Action::Delete => "delete",
         Action::Track => "track",
+        Action::Erase => "erase",
     }
 }
 
@@ -260,19 +260,14 @@ pub fn sign(key: &[u8], id: &str, timestamp: u64, body: &[u8]) -> String {
     )
 }
 
-/// `msg_` + 32 hex digits of SHA-256 over the action, the records and an optional `nonce`:
-/// without a nonce the same batch, resent after a failure, keeps its id; with one (the attempt
-/// time) every attempt has its own.
-pub fn message_id(action: &str, rows: &[serde_json::Value], nonce: Option<u128>) -> String {
+/// `msg_` + 32 hex digits of SHA-256 over the action and the records' delivery ids: the same
+/// batch of changes, resent after a failure, keeps its id; any other batch has another.
+pub fn message_id<'a>(action: &str, delivery_ids: impl IntoIterator<Item = &'a str>) -> String {
     let mut hasher = Sha256::new();
     hasher.update(action.as_bytes());
-    if let Some(nonce) = nonce {
-        hasher.update(b"@");
-        hasher.update(nonce.to_string().as_bytes());
-    }
-    for row in rows {
+    for id in delivery_ids {
         hasher.update(b"\n");
-        hasher.update(row.to_string().as_bytes());
+        hasher.update(id.as_bytes());
     }
     let digest = hasher.finalize();
     let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
@@ -336,26 +331,16 @@ mod tests {
     }
 
     #[test]
-    fn message_id_is_stable_for_the_same_batch_only() {
-        let a = vec![serde_json::json!({"key": "p1", "fields": {"email": "a@x.com"}})];
-        let b = vec![serde_json::json!({"key": "p1", "fields": {"email": "b@x.com"}})];
-        assert_eq!(message_id("track", &a, None), message_id("track", &a, None));
-        assert_ne!(message_id("track", &a, None), message_id("track", &b, None));
-        assert_ne!(
-            message_id("upsert", &a, None),
-            message_id("delete", &a, None)
-        );
-        assert!(message_id("upsert", &a, None).starts_with("msg_"));
-        assert_eq!(message_id("upsert", &a, Some(7)).len(), 4 + 32);
-        // A nonce (the attempt time) makes repeats of identical state changes distinct.
-        assert_ne!(
-            message_id("upsert", &a, Some(1)),
-            message_id("upsert", &a, Some(2))
-        );
-        assert_eq!(
-            message_id("upsert", &a, Some(1)),
-            message_id("upsert", &a, Some(1))
-        );
+    fn message_id_is_stable_for_the_same_changes_only() {
+        let id = |action: &str, ids: &[&str]| message_id(action, ids.iter().copied());
+        assert_eq!(id("upsert", &["dlv_1", "dlv_2"]), id("upsert", &["dlv_1", "dlv_2"]));
+        assert_ne!(id("upsert", &["dlv_1", "dlv_2"]), id("upsert", &["dlv_1"]));
+        assert_ne!(id("upsert", &["dlv_1"]), id("upsert", &["dlv_3"]));
+        assert_ne!(id("upsert", &["dlv_1"]), id("delete", &["dlv_1"]));
+        // Ids cannot run together: ["ab"] is not ["a", "b"].
+        assert_ne!(id("upsert", &["ab"]), id("upsert", &["a", "b"]));
+        assert!(id("upsert", &["dlv_1"]).starts_with("msg_"));
+        assert_eq!(id("upsert", &["dlv_1"]).len(), 4 + 32);
     }
 
     #[test]

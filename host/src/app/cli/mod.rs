@@ -1,16 +1,42 @@
 //! The `switchyard` command line: the commands and their arguments, one file per group
-//! ([`plugin`], [`profiles`], [`project`]: validate and init); `serve` is `app::hub::serve`.
+//! ([`plugin`], [`profiles`], [`project`]: validate and init, [`syncs`]: sync, dlq and
+//! audiences, [`sources`]); `serve` is `app::hub::serve`.
 
 mod plugin;
 mod profiles;
 mod project;
+mod sources;
+mod streams;
+mod syncs;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 
 pub use plugin::PluginCommand;
 pub use profiles::ProfilesCommand;
+pub use sources::SourceCommand;
+pub use syncs::{AudiencesCommand, DlqCommand, SyncCommand};
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::store::Store;
+
+/// What the engine commands (sync, dlq, source) open: the project file (with `--plugins-dir`
+/// overriding `[hub] plugins_dir`), its store and its installed plugins.
+async fn open_project(
+    path: &Path,
+    plugins_dir: Option<PathBuf>,
+) -> anyhow::Result<(Store, Arc<Registry>, Arc<Config>)> {
+    let mut config = Config::load(path)?;
+    if let Some(dir) = plugins_dir {
+        config.hub.plugins_dir = dir;
+    }
+    let store = config.hub.open_store().await?;
+    let registry = Registry::open_with_default_limits(config.hub.plugins_dir.clone())?;
+    Ok((store, Arc::new(registry), Arc::new(config)))
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -56,16 +82,19 @@ pub enum Command {
     },
     /// Run syncs and read their history.
     #[command(subcommand)]
-    Sync(crate::sync::commands::SyncCommand),
+    Sync(SyncCommand),
     /// Records that could not be delivered.
     #[command(subcommand)]
-    Dlq(crate::sync::commands::DlqCommand),
+    Dlq(DlqCommand),
     /// Inspect audiences.
     #[command(subcommand)]
-    Audiences(crate::sync::commands::AudiencesCommand),
+    Audiences(AudiencesCommand),
     /// Run source plugins (pull) and read their history.
     #[command(subcommand)]
-    Source(crate::sources::commands::SourceCommand),
+    Source(SourceCommand),
+    /// Event streams: their state, and what one forwards, live.
+    #[command(subcommand)]
+    Streams(streams::StreamsCommand),
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -78,9 +107,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Validate { config } => project::validate(&config, dir),
         Command::Init { path, force } => project::init(&path, force),
-        Command::Sync(cmd) => crate::sync::commands::sync(cmd, dir).await,
-        Command::Dlq(cmd) => crate::sync::commands::dlq(cmd, dir).await,
-        Command::Audiences(cmd) => crate::sync::commands::audiences(cmd).await,
-        Command::Source(cmd) => crate::sources::commands::source(cmd, dir).await,
+        Command::Sync(cmd) => syncs::sync(cmd, dir).await,
+        Command::Dlq(cmd) => syncs::dlq(cmd, dir).await,
+        Command::Audiences(cmd) => syncs::audiences(cmd).await,
+        Command::Source(cmd) => sources::source(cmd, dir).await,
+        Command::Streams(cmd) => streams::run(cmd).await,
     }
 }

@@ -9,7 +9,9 @@ use clap::Subcommand;
 
 use crate::config::secrets::resolve_secret;
 use crate::registry::{caps, clip, InstalledPlugin, Registry};
-use crate::runtime::bindings::{Action, OutboundRecord, PluginConfig, RecordResult};
+use crate::runtime::bindings::{
+    Action, OutboundRecord, PluginConfig, RecordResult, TransformResult,
+};
 use crate::runtime::net::HttpPolicy;
 use crate::runtime::PluginInstance;
 use crate::scaffold::{self, Kind};
@@ -57,8 +59,8 @@ pub enum PluginCommand {
         #[command(flatten)]
         instance: InstanceArgs,
     },
-    /// Deliver records (JSON lines of {"key", "fields"}) through a destination plugin; prints
-    /// one result per record.
+    /// Deliver records (JSON lines of {"key", "fields"}, optionally "delivery_id" and
+    /// "previous_fields") through a destination plugin; prints one result per record.
     Deliver {
         name: String,
         #[command(flatten)]
@@ -68,6 +70,16 @@ pub enum PluginCommand {
         /// JSON-lines file of records; standard input when absent.
         #[arg(long)]
         records: Option<PathBuf>,
+    },
+    /// Transform messages (JSON lines, one Segment-spec message each) through a transform
+    /// plugin; prints one result per message as a JSON line ({"keep": [...]} or {"drop": reason}).
+    Transform {
+        name: String,
+        #[command(flatten)]
+        instance: InstanceArgs,
+        /// JSON-lines file of messages; standard input when absent.
+        #[arg(long)]
+        messages: Option<PathBuf>,
     },
     /// Read a source plugin's stream page by page; prints records as JSON lines.
     Read {
@@ -112,6 +124,8 @@ pub enum CliAction {
     Upsert,
     Delete,
     Track,
+    /// Remove the person from the provider for good (plugins listing `erase` only).
+    Erase,
 }
 
 impl From<CliAction> for Action {
@@ -120,6 +134,7 @@ impl From<CliAction> for Action {
             CliAction::Upsert => Action::Upsert,
             CliAction::Delete => Action::Delete,
             CliAction::Track => Action::Track,
+            CliAction::Erase => Action::Erase,
         }
     }
 }
@@ -236,6 +251,33 @@ pub async fn run(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
                 }
             }
         }
+        PluginCommand::Transform {
+            name,
+            instance,
+            messages,
+        } => {
+            let reg = Registry::open_with_default_limits(dir)?;
+            let inst = configure(&reg, &name, &instance).await?;
+            let batch = read_messages(messages)?;
+            let results = inst.transform(&batch).await?;
+            let mut out = std::io::stdout().lock();
+            for result in results {
+                let line = match result {
+                    TransformResult::Keep(messages) => {
+                        let kept: Vec<serde_json::Value> = messages
+                            .iter()
+                            .map(|m| {
+                                serde_json::from_str(m)
+                                    .unwrap_or_else(|_| serde_json::Value::String(m.clone()))
+                            })
+                            .collect();
+                        serde_json::json!({ "keep": kept })
+                    }
+                    TransformResult::Drop(reason) => serde_json::json!({ "drop": reason }),
+                };
+                writeln!(out, "{line}")?;
+            }
+        }
         PluginCommand::Read {
             name,
             instance,
@@ -279,6 +321,15 @@ fn print_grants(p: &InstalledPlugin) {
     );
     if !p.actions.is_empty() {
         println!("  actions: {}", clip(&p.actions.join(", "), 80));
+        if p.kind == "destination" && !p.actions.iter().any(|a| a == "erase") {
+            println!("  cannot erase: privacy erasures must be done in the provider by hand");
+        }
+    }
+    if !p.key_fields.is_empty() {
+        println!(
+            "  keyed by: {} (a changed value renames or replaces the contact)",
+            clip(&p.key_fields.join(", "), 80)
+        );
     }
     if p.allowed_hosts.is_empty() {
         println!("  asks to call: no hosts");
@@ -303,7 +354,6 @@ fn print_grants(p: &InstalledPlugin) {
     if p.secrets.is_empty() {
         println!("  asks for secrets: none");
     } else {
-        let raw = crate::runtime::secrets::raw_value_names_in(&p.config_schema);
         for s in p.secrets.iter().take(caps::SECRETS) {
             println!(
                 "  asks for secret `{}`{}: {}",
@@ -313,7 +363,7 @@ fn print_grants(p: &InstalledPlugin) {
             );
             println!(
                 "    {}",
-                crate::runtime::secrets::access_note(raw.contains(&s.name))
+                crate::runtime::secrets::access_note(s.raw_value)
             );
         }
         if p.secrets.len() > caps::SECRETS {
@@ -382,11 +432,48 @@ fn read_records(path: Option<PathBuf>) -> anyhow::Result<Vec<OutboundRecord>> {
             .as_str()
             .map(str::to_string)
             .with_context(|| format!("record line {}: needs a string `key`", i + 1))?;
-        let fields = v.get("fields").cloned().unwrap_or(serde_json::json!({}));
+        let fields = v
+            .get("fields")
+            .cloned()
+            .unwrap_or(serde_json::json!({}))
+            .to_string();
+        // By hand, a record's delivery id is its content's: the same line sent twice is the
+        // same delivery, as a retry would be.
+        let delivery_id = match v.get("delivery_id").and_then(|d| d.as_str()) {
+            Some(id) => id.to_string(),
+            None => crate::sync::delivery_id::by_content(&key, &fields),
+        };
+        let previous_fields = v.get("previous_fields").map(|p| p.to_string());
         out.push(OutboundRecord {
             key,
-            fields: fields.to_string(),
+            fields,
+            delivery_id,
+            previous_fields,
         });
+    }
+    Ok(out)
+}
+
+/// Messages for `plugin transform`: one JSON object per line, passed on as text.
+fn read_messages(path: Option<PathBuf>) -> anyhow::Result<Vec<String>> {
+    let reader: Box<dyn BufRead> = match &path {
+        Some(p) => Box::new(std::io::BufReader::new(
+            std::fs::File::open(p).with_context(|| format!("opening {}", p.display()))?,
+        )),
+        None => Box::new(std::io::stdin().lock()),
+    };
+    let mut out = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(&line)
+            .with_context(|| format!("message line {}: not JSON", i + 1))?;
+        if !v.is_object() {
+            bail!("message line {}: a message is a JSON object", i + 1);
+        }
+        out.push(line);
     }
     Ok(out)
 }

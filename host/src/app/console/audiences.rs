@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use maud::html;
 
 use super::{ui, ConsoleState, Session};
-use crate::audience::Filter;
+use crate::filter::Filter;
 
 /// Profiles the editor evaluates a filter on: enough for a useful estimate, few enough to
 /// answer in well under a second on a store of millions.

@@ -5,6 +5,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use crate::runs::RunError;
+
 /// Why an admin request failed; the variant decides the status code.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -24,6 +26,10 @@ pub enum ApiError {
     /// The request itself is wrong: 400.
     #[error("{0}")]
     BadRequest(String),
+    /// The request's own credential (a webhook's signature) is missing, wrong or stale: 401
+    /// with why.
+    #[error("{0}")]
+    Unauthenticated(String),
     /// What the request names does not exist: 404.
     #[error("{0}")]
     NotFound(String),
@@ -35,6 +41,9 @@ pub enum ApiError {
         run_id: Option<String>,
         runs: Option<String>,
     },
+    /// The hub cannot serve this now (e.g. a plugin that cannot be instantiated): 503.
+    #[error("{0}")]
+    Unavailable(String),
     /// A failure whose message is safe and useful to the caller: 500 with that message.
     #[error("{0}")]
     Failed(String),
@@ -47,11 +56,28 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::AdminDisabled | ApiError::Forbidden { .. } => StatusCode::FORBIDDEN,
-            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Unauthorized | ApiError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Failed(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// A run engine's error: 404 for an unknown sync or source ([`RunError::NotFound`]), 409
+    /// naming the run in the way for [`RunError::AlreadyRunning`] (`runs`: where to watch it),
+    /// else 500 with the engine's message (it names the sync or source and what failed).
+    pub fn of_run(e: anyhow::Error, runs: impl FnOnce() -> String) -> ApiError {
+        let message = format!("{e:#}");
+        match RunError::of(&e) {
+            Some(RunError::NotFound(_)) => ApiError::NotFound(message),
+            Some(RunError::AlreadyRunning { run_id, .. }) => ApiError::Conflict {
+                message,
+                run_id: run_id.clone(),
+                runs: Some(runs()),
+            },
+            None => ApiError::Failed(message),
         }
     }
 }
@@ -67,8 +93,8 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let mut body = serde_json::json!({ "error": self.to_string() });
         match &self {
-            ApiError::Internal(cause) => tracing::error!("admin API: {cause:#}"),
-            ApiError::Failed(message) => tracing::error!("admin API: {message}"),
+            ApiError::Internal(cause) => tracing::error!("API: {cause:#}"),
+            ApiError::Failed(message) => tracing::error!("API: {message}"),
             ApiError::Conflict { run_id, runs, .. } => {
                 if let Some(id) = run_id {
                     body["run_id"] = id.as_str().into();
@@ -81,12 +107,6 @@ impl IntoResponse for ApiError {
         }
         (status, Json(body)).into_response()
     }
-}
-
-/// A `{"error": message}` answer with `status`, for routes not yet answering with [`ApiError`]
-/// (`sync::api`, `sources::api` until they move under `app::http`).
-pub fn json_error(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
 #[cfg(test)]
@@ -119,5 +139,30 @@ mod tests {
         .await;
         assert_eq!(s, StatusCode::CONFLICT);
         assert_eq!(b, serde_json::json!({"error": "busy", "run_id": "r1"}));
+    }
+
+    #[tokio::test]
+    async fn run_errors_answer_404_409_or_500() {
+        let runs = || "/v1/syncs/crm/runs".to_string();
+        let e = anyhow::Error::new(RunError::NotFound("no sync `crm`".into()));
+        assert_eq!(ApiError::of_run(e, runs).status(), StatusCode::NOT_FOUND);
+        let e = anyhow::Error::new(RunError::AlreadyRunning {
+            noun: "sync",
+            name: "crm".into(),
+            run_id: Some("r7".into()),
+        })
+        .context("starting the run");
+        let (s, b) = body_of(ApiError::of_run(e, runs)).await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        assert_eq!(b["run_id"], "r7");
+        assert_eq!(b["runs"], "/v1/syncs/crm/runs");
+        assert!(
+            b["error"].as_str().unwrap().contains("already running"),
+            "{b}"
+        );
+        let e = anyhow::anyhow!("the destination refused the config");
+        let (s, b) = body_of(ApiError::of_run(e, runs)).await;
+        assert_eq!(s, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(b["error"], "the destination refused the config");
     }
 }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use anyhow::bail;
 use clap::Subcommand;
 
-use super::{Engine, Progress, RunOptions, RunReport};
-use crate::config::Config;
+use crate::sync::{Engine, Progress, RunOptions, RunReport};
 
 #[derive(Subcommand, Debug)]
 pub enum SyncCommand {
@@ -73,14 +72,8 @@ pub enum AudiencesCommand {
 }
 
 async fn engine(path: &std::path::Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<Engine> {
-    let mut config = Config::load(path)?;
-    if let Some(dir) = plugins_dir {
-        config.hub.plugins_dir = dir;
-    }
-    let store = config.hub.open_store().await?;
-    let registry =
-        crate::registry::Registry::open_with_default_limits(config.hub.plugins_dir.clone())?;
-    Ok(Engine::new(store, Arc::new(registry), Arc::new(config)))
+    let (store, registry, config) = super::open_project(path, plugins_dir).await?;
+    Ok(Engine::new(store, registry, config))
 }
 
 struct Bar(indicatif::ProgressBar);
@@ -227,7 +220,7 @@ pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {
             config,
             sample,
         } => {
-            let cfg = Config::load(&config)?;
+            let cfg = crate::config::Config::load(&config)?;
             let audience = cfg.audiences.get(&name).ok_or_else(|| {
                 anyhow::anyhow!(
                     "no [audiences.{name}] in {} (defined: {})",

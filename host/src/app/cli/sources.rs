@@ -7,8 +7,7 @@ use std::sync::Arc;
 use anyhow::bail;
 use clap::Subcommand;
 
-use super::{Progress, RunOptions, RunReport, SourceEngine};
-use crate::config::Config;
+use crate::sources::{Progress, RunOptions, RunReport, SourceEngine};
 
 #[derive(Subcommand, Debug)]
 pub enum SourceCommand {
@@ -38,18 +37,8 @@ pub enum SourceCommand {
 }
 
 async fn engine(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<SourceEngine> {
-    let mut config = Config::load(path)?;
-    if let Some(dir) = plugins_dir {
-        config.hub.plugins_dir = dir;
-    }
-    let store = config.hub.open_store().await?;
-    let registry =
-        crate::registry::Registry::open_with_default_limits(config.hub.plugins_dir.clone())?;
-    Ok(SourceEngine::new(
-        store,
-        Arc::new(registry),
-        Arc::new(config),
-    ))
+    let (store, registry, config) = super::open_project(path, plugins_dir).await?;
+    Ok(SourceEngine::new(store, registry, config))
 }
 
 struct Bar(indicatif::ProgressBar);

@@ -1,10 +1,20 @@
-//! Field mappings: destination field ← a path into the profile (or the event), or a literal.
+//! Field mappings: destination field ← a path into the profile (or the event), or a literal,
+//! compiled once ([`Mapping::compile`]) and applied to each record. A leaf value.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::config::MappingValue;
+use serde::Deserialize;
+
+/// One mapped field as the project file writes it: a path (`"traits.plan"`) or a literal
+/// (`{ value = ... }`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum MappingValue {
+    Path(String),
+    Literal { value: toml::Value },
+}
 
 /// Where a mapped value comes from.
 #[derive(Debug, Clone, PartialEq)]
@@ -47,9 +57,14 @@ impl Path {
                 "name" | "timestamp" | "message_id" | "type" if parts.len() == 2 => {
                     Ok(Path::Event(rest()))
                 }
-                "properties" | "context" => Ok(Path::Event(rest())),
+                // The message's own ids, as sent (streams forward identify, group and alias
+                // too, whose payload is in these and in `traits`).
+                "userId" | "anonymousId" | "groupId" | "previousId" if parts.len() == 2 => {
+                    Ok(Path::Event(rest()))
+                }
+                "properties" | "context" | "traits" => Ok(Path::Event(rest())),
                 _ => Err(format!(
-                    "`{text}`: use event.name, event.timestamp, event.message_id, event.properties.NAME or event.context.NAME"
+                    "`{text}`: use event.name, event.type, event.timestamp, event.message_id, event.userId, event.anonymousId, event.groupId, event.previousId, event.properties.NAME, event.traits.NAME or event.context.NAME"
                 )),
             },
             _ => Err(format!(

@@ -1,0 +1,203 @@
+//! Event streams' rows: events read by their commit-ordered sequence number, each stream's
+//! cursor and counters (committed together, with the batch's dead letters), and what
+//! `streams list` shows.
+
+use std::collections::BTreeMap;
+
+use super::{col, Backend, Conn, Result, Store};
+
+/// PostgreSQL advisory lock (two-key form, a key space apart from the one-key identifier locks)
+/// that event-writing transactions take just before numbering their events, so numbers are
+/// handed out in commit order across hubs. Held until the transaction ends.
+const SEQ_LOCK: (i32, i32) = (0x5357_5351, 1);
+
+/// The highest sequence number stored, read inside the writing transaction. On SQLite the
+/// transaction already holds the database's write lock, so no other writer can commit in
+/// between; on PostgreSQL the advisory lock [`SEQ_LOCK`] makes event writers queue here until
+/// the previous one commits (READ COMMITTED: the MAX then sees its rows). Either way a number
+/// handed out later is committed later, which is what lets a stream's cursor be one number.
+pub async fn next_seq(conn: &mut Conn, backend: Backend) -> Result<i64> {
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1, $2)")
+            .bind(SEQ_LOCK.0)
+            .bind(SEQ_LOCK.1)
+            .execute(&mut *conn)
+            .await?;
+    }
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM events")
+        .fetch_one(&mut *conn)
+        .await?;
+    Ok(col(&row, "seq")?)
+}
+
+/// The newest sequence number committed (0 when none).
+pub async fn last_seq(store: &Store) -> Result<i64> {
+    let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM events")
+        .fetch_one(store.pool())
+        .await?;
+    Ok(col(&row, "seq")?)
+}
+
+/// A stored event as a stream reads it.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    pub seq: i64,
+    pub message_id: String,
+    pub profile_id: String,
+    pub source: String,
+    pub received_at: i64,
+    pub body: String,
+}
+
+/// Up to `limit` events numbered after `after`, in commit order.
+pub async fn events_after(store: &Store, after: i64, limit: i64) -> Result<Vec<StreamEvent>> {
+    let rows = sqlx::query(
+        "SELECT seq, message_id, profile_id, source, received_at, body FROM events \
+         WHERE seq > $1 ORDER BY seq LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(StreamEvent {
+                seq: col(r, "seq")?,
+                message_id: col(r, "message_id")?,
+                profile_id: col(r, "profile_id")?,
+                source: col(r, "source")?,
+                received_at: col(r, "received_at")?,
+                body: col(r, "body")?,
+            })
+        })
+        .collect()
+}
+
+/// When the oldest event after `after` was received (None when the stream is caught up).
+pub async fn oldest_after(store: &Store, after: i64) -> Result<Option<i64>> {
+    let row = sqlx::query("SELECT received_at FROM events WHERE seq > $1 ORDER BY seq LIMIT 1")
+        .bind(after)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| col(&r, "received_at")).transpose()
+}
+
+/// A stream's stored position.
+#[derive(Debug, Clone)]
+pub struct CursorRow {
+    pub seq: i64,
+    pub updated_at: i64,
+    pub error: Option<String>,
+}
+
+pub async fn cursor(store: &Store, stream: &str) -> Result<Option<CursorRow>> {
+    let row = sqlx::query("SELECT seq, updated_at, error FROM stream_cursors WHERE stream = $1")
+        .bind(stream)
+        .fetch_optional(store.pool())
+        .await?;
+    row.map(|r| {
+        Ok(CursorRow {
+            seq: col(&r, "seq")?,
+            updated_at: col(&r, "updated_at")?,
+            error: col(&r, "error")?,
+        })
+    })
+    .transpose()
+}
+
+/// Creates a stream's cursor at `seq` unless it has one; the stored position either way.
+pub async fn init_cursor(store: &Store, stream: &str, seq: i64, now: i64) -> Result<i64> {
+    sqlx::query(
+        "INSERT INTO stream_cursors (stream, seq, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (stream) DO NOTHING",
+    )
+    .bind(stream)
+    .bind(seq)
+    .bind(now)
+    .execute(store.pool())
+    .await?;
+    Ok(cursor(store, stream).await?.map(|c| c.seq).unwrap_or(seq))
+}
+
+/// Records (or clears, with None) the error that stops a stream, for `streams list`.
+pub async fn set_error(store: &Store, stream: &str, error: Option<&str>, now: i64) -> Result<()> {
+    sqlx::query("UPDATE stream_cursors SET error = $1, updated_at = $2 WHERE stream = $3")
+        .bind(error)
+        .bind(now)
+        .bind(stream)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+/// A record a stream gave up on.
+pub struct DeadEvent<'a> {
+    pub key: &'a str,
+    pub hash: &'a str,
+    pub fields: &'a str,
+    pub attempts: i64,
+    pub reason: &'a str,
+}
+
+/// What one finished batch of a stream commits, in one transaction: the new cursor, counter
+/// increments, and the dead letters (stored under `dead_letter_name`, `stream:NAME`).
+pub struct BatchCommit<'a> {
+    pub stream: &'a str,
+    pub dead_letter_name: &'a str,
+    pub seq: i64,
+    pub counters: &'a [(String, i64)],
+    pub dead: Vec<DeadEvent<'a>>,
+}
+
+pub async fn commit_batch(store: &Store, batch: &BatchCommit<'_>, now: i64) -> Result<()> {
+    let mut tx = store.begin_write().await?;
+    for dead in &batch.dead {
+        sqlx::query(
+            "INSERT INTO dead_letters (id, sync, key, action, hash, fields, attempts, error, at) \
+             VALUES ($1, $2, $3, 'track', $4, $5, $6, $7, $8)",
+        )
+        .bind(uuid::Uuid::new_v4().to_string())
+        .bind(batch.dead_letter_name)
+        .bind(dead.key)
+        .bind(dead.hash)
+        .bind(dead.fields)
+        .bind(dead.attempts)
+        .bind(dead.reason)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for (counter, by) in batch.counters.iter().filter(|(_, by)| *by != 0) {
+        sqlx::query(
+            "INSERT INTO stream_counters (stream, counter, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (stream, counter) DO UPDATE SET value = stream_counters.value + excluded.value",
+        )
+        .bind(batch.stream)
+        .bind(counter)
+        .bind(*by)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "INSERT INTO stream_cursors (stream, seq, updated_at, error) VALUES ($1, $2, $3, NULL) \
+         ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at, error = NULL",
+    )
+    .bind(batch.stream)
+    .bind(batch.seq)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A stream's running totals, by counter name.
+pub async fn counters(store: &Store, stream: &str) -> Result<BTreeMap<String, i64>> {
+    let rows = sqlx::query("SELECT counter, value FROM stream_counters WHERE stream = $1")
+        .bind(stream)
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter()
+        .map(|r| Ok((col(r, "counter")?, col(r, "value")?)))
+        .collect()
+}
