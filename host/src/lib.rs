@@ -10,7 +10,8 @@
 //!   crate imports `app`; only `main.rs` does.
 //! - the engines: `sync`, `sources` (and `runs`, what both share: status, errors, lease, the
 //!   scheduler loop), `streams` (events forwarded as they are committed, through the syncs'
-//!   delivery), `erasure` (privacy erasure to the destinations), `audience`,
+//!   delivery), `erasure` (privacy erasure to the destinations), `transform` (the chains of
+//!   transform plugins that sources and streams name), `audience`,
 //!   `ingest` (message parsing, the writer), `profiles`, `identity`
 //!   (decisions over identifier lists), `registry` (installed plugins, instantiated for a
 //!   config block) and `validate` (the checks that need installed plugins).
@@ -44,4 +45,5 @@ pub mod sources;
 pub mod store;
 pub mod streams;
 pub mod sync;
+pub mod transform;
 pub mod validate;

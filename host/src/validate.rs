@@ -1,7 +1,8 @@
 //! `switchyard validate`: everything that can be wrong with a project file, all at once — TOML
 //! syntax and unknown keys (file:line:column), references between sections, filter and
-//! mapping syntax, each destination's config against its plugin's JSON Schema, plugins that are
-//! not installed or cannot do what a sync asks, and secrets that cannot be resolved.
+//! mapping syntax, each destination's, source's and transform's config against its plugin's
+//! JSON Schema, plugins that are not installed or cannot do what a sync asks, and secrets that
+//! cannot be resolved.
 
 use std::path::Path;
 
@@ -23,6 +24,9 @@ pub fn validate(path: &Path, registry: Option<&Registry>) -> Vec<String> {
     if let Some(registry) = registry {
         problems.extend(check_plugins(&config, registry));
         problems.extend(check_source_plugins(&config, registry));
+        for (name, transform) in &config.transforms {
+            check_block(&transform.block(name), registry, &mut problems);
+        }
     }
     problems
 }
@@ -127,7 +131,8 @@ fn check_secrets(config: &Config) -> Vec<String> {
                 .destinations
                 .iter()
                 .map(|(name, dest)| dest.block(name)),
-        );
+        )
+        .chain(config.transforms.iter().map(|(name, t)| t.block(name)));
     for block in blocks {
         for (key, spec) in block.secrets {
             if let Err(e) = crate::config::secrets::resolve_secret(&block.secret_path(key), spec) {

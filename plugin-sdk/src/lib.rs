@@ -145,6 +145,7 @@ pub mod alloc;
 pub mod cursor;
 pub mod http;
 pub mod log;
+pub mod message;
 pub mod outcome;
 pub mod pii;
 pub mod sunset;

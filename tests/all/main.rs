@@ -25,3 +25,4 @@ mod sources_plugins;
 mod streams;
 mod syncs;
 mod tracking;
+mod transforms;

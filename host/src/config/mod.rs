@@ -31,6 +31,58 @@ pub struct Config {
     /// `[[streams]]`: every message, as it arrives, to a destination (see [`StreamConfig`]).
     #[serde(default)]
     pub streams: Vec<StreamConfig>,
+    /// `[transforms.NAME]`: transform plugins that sources and streams name in their
+    /// `transforms = [...]` chains.
+    #[serde(default)]
+    pub transforms: BTreeMap<String, TransformConfig>,
+}
+
+/// `[transforms.NAME]`: one configured instance of a transform plugin. Sources
+/// (`[sources.NAME] transforms = [...]`) and streams chain them by name, in order.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// Installed plugin name, e.g. `pii-scrub`.
+    pub plugin: String,
+    /// Version requirement, e.g. `"^1.2"`; the newest installed version by default.
+    #[serde(default)]
+    pub version: Option<String>,
+    /// The plugin's settings, checked against the JSON Schema in its manifest.
+    #[serde(default)]
+    pub config: toml::Table,
+    /// Secret name → `${ENV_VAR}`, `file:PATH` or literal.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, String>,
+    /// Hosts granted to the plugin (default: the hosts its manifest names; the first-party
+    /// transforms name none).
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
+    /// Exact `host:port` pairs the plugin may reach on private or loopback addresses.
+    #[serde(default)]
+    pub allow_private_hosts: Vec<String>,
+    /// `HOST[:PORT]=URL`: send requests for a granted host elsewhere (staging, proxy, fake).
+    #[serde(default)]
+    pub reroute: Vec<String>,
+    /// Messages per plugin call (default and ceiling: the plugin's maximum).
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+}
+
+impl TransformConfig {
+    pub fn block<'a>(&'a self, name: &'a str) -> PluginBlock<'a> {
+        PluginBlock {
+            table: "transforms",
+            name,
+            kind: "transform",
+            plugin: &self.plugin,
+            version: self.version.as_deref(),
+            config: &self.config,
+            secrets: &self.secrets,
+            allow_hosts: self.allow_hosts.as_deref(),
+            allow_private_hosts: &self.allow_private_hosts,
+            reroute: &self.reroute,
+        }
+    }
 }
 
 /// `[[streams]]`: messages of every type (track, identify, page, screen, group, alias) from
@@ -525,6 +577,10 @@ pub struct SourceConfig {
     /// Write keys of this source for the tracking API: `${ENV_VAR}`, `file:PATH` or literal.
     #[serde(default)]
     pub write_keys: Vec<String>,
+    /// `[transforms.NAME]`s this source's messages pass through, in order, before any stream
+    /// sees them (e.g. `["scrub"]` to remove PII once for every destination).
+    #[serde(default)]
+    pub transforms: Vec<String>,
     /// Browser origins whose pages may send this source's events (`["https://shop.example"]`
     /// or `"*"`); none by default. Server SDKs send no `Origin` and are not affected.
     #[serde(default)]
@@ -572,10 +628,10 @@ pub struct SourceConfig {
 /// validating the block and building its plugin instance treat both kinds alike.
 #[derive(Debug, Clone, Copy)]
 pub struct PluginBlock<'a> {
-    /// `destinations` or `sources`.
+    /// `destinations`, `sources` or `transforms`.
     pub table: &'static str,
     pub name: &'a str,
-    /// The plugin kind the block needs: `destination` or `source`.
+    /// The plugin kind the block needs: `destination`, `source` or `transform`.
     pub kind: &'static str,
     pub plugin: &'a str,
     pub version: Option<&'a str>,
@@ -762,6 +818,12 @@ impl Config {
         }
         for (name, source) in &self.sources {
             problems.extend(source_problems(name, source, &self.identity));
+            problems.extend(
+                self.chain_problems(&format!("[sources.{name}] transforms"), &source.transforms),
+            );
+        }
+        for (name, transform) in &self.transforms {
+            problems.extend(transform_problems(name, transform));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, sync) in self.syncs.iter().enumerate() {
@@ -898,6 +960,21 @@ impl Config {
         problems
     }
 
+    /// The problems of a `transforms = [...]` chain (`at` names where it is written): every
+    /// name must be a `[transforms.NAME]`. Streams check theirs with this too.
+    pub fn chain_problems(&self, at: &str, chain: &[String]) -> Vec<String> {
+        chain
+            .iter()
+            .filter(|n| !self.transforms.contains_key(*n))
+            .map(|n| {
+                format!(
+                    "{at}: \"{n}\" names no [transforms.{n}] (defined: {})",
+                    names(self.transforms.keys())
+                )
+            })
+            .collect()
+    }
+
     /// The sync called `name`.
     pub fn sync(&self, name: &str) -> anyhow::Result<&SyncConfig> {
         self.syncs.iter().find(|s| s.name == name).ok_or_else(|| {
@@ -933,6 +1010,38 @@ impl Config {
     pub fn access_tokens(&self) -> anyhow::Result<Vec<access::AccessToken>> {
         access::resolve(self.hub.admin_token.as_deref(), &self.hub.tokens)
     }
+}
+
+/// The problems of one `[transforms.NAME]` on its own (its config is checked against the
+/// plugin's schema by `validate`).
+fn transform_problems(name: &str, transform: &TransformConfig) -> Vec<String> {
+    let at = format!("[transforms.{name}]");
+    let mut problems = Vec::new();
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        problems.push(format!(
+            "{at}: the name must be letters, digits, '-' or '_' (it appears in drop counts and metrics)"
+        ));
+    }
+    if let Some(v) = &transform.version {
+        if semver::VersionReq::parse(v).is_err() {
+            problems.push(format!(
+                "{at} version = \"{v}\" is not a version requirement like \"^1.2\""
+            ));
+        }
+    }
+    if transform.batch_size == Some(0) {
+        problems.push(format!("{at} batch_size must be at least 1"));
+    }
+    for r in &transform.reroute {
+        if let Err(e) = r.parse::<crate::runtime::net::Reroute>() {
+            problems.push(format!("{at} {e}"));
+        }
+    }
+    problems
 }
 
 /// The problems of one `[sources.NAME]` on its own (plugin settings are checked by `validate`).
@@ -1128,5 +1237,59 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("kind `customer`"), "{err}");
+    }
+
+    #[test]
+    fn transforms_are_typed_and_chains_must_name_them() {
+        let c = Config::parse(
+            r#"
+[transforms.scrub]
+plugin = "pii-scrub"
+config = { hash = ["traits.email"] }
+batch_size = 500
+
+[sources.web]
+write_keys = ["wk"]
+transforms = ["scrub"]
+"#,
+        )
+        .unwrap();
+        let t = &c.transforms["scrub"];
+        assert_eq!(t.plugin, "pii-scrub");
+        assert_eq!(t.batch_size, Some(500));
+        assert_eq!(t.block("scrub").kind, "transform");
+        assert_eq!(t.block("scrub").at(), "[transforms.scrub]");
+        assert_eq!(c.sources["web"].transforms, vec!["scrub"]);
+
+        let err = Config::parse(
+            r#"
+[transforms.scrub]
+plugin = "pii-scrub"
+batch_size = 0
+version = "one"
+
+[transforms."bad name"]
+plugin = "x"
+
+[sources.web]
+transforms = ["scrub", "rename"]
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("[sources.web] transforms: \"rename\" names no [transforms.rename] (defined: bad name, scrub)"), "{err}");
+        assert!(
+            err.contains("[transforms.scrub] batch_size must be at least 1"),
+            "{err}"
+        );
+        assert!(
+            err.contains("[transforms.scrub] version = \"one\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("[transforms.bad name]: the name must be"),
+            "{err}"
+        );
+        assert!(Config::parse("[transforms.x]\nplugin = \"p\"\nconfg = {}\n").is_err());
     }
 }

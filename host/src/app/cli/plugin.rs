@@ -3,18 +3,18 @@
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 use clap::Subcommand;
 
 use crate::config::secrets::resolve_secret;
 use crate::registry::{caps, clip, InstalledPlugin, Registry};
-use crate::runtime::bindings::{
-    Action, OutboundRecord, PluginConfig, RecordResult, TransformResult,
-};
+use crate::runtime::bindings::{Action, OutboundRecord, PluginConfig, RecordResult};
 use crate::runtime::net::HttpPolicy;
 use crate::runtime::PluginInstance;
 use crate::scaffold::{self, Kind};
+use crate::transform::{Step, TransformChain};
 
 #[derive(Subcommand, Debug)]
 pub enum PluginCommand {
@@ -80,6 +80,10 @@ pub enum PluginCommand {
         /// JSON-lines file of messages; standard input when absent.
         #[arg(long)]
         messages: Option<PathBuf>,
+        /// `results`: one line per input message ({"keep": [...]} or {"drop": reason});
+        /// `messages`: only the messages kept, one per line, to pipe into the next transform.
+        #[arg(long, value_enum, default_value = "results")]
+        output: TransformOutput,
     },
     /// Read a source plugin's stream page by page; prints records as JSON lines.
     Read {
@@ -117,6 +121,13 @@ pub struct InstanceArgs {
     /// Version requirement, e.g. "^1.2".
     #[arg(long)]
     version: Option<String>,
+}
+
+/// What `plugin transform` prints.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum TransformOutput {
+    Results,
+    Messages,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -255,28 +266,12 @@ pub async fn run(cmd: PluginCommand, dir: PathBuf) -> anyhow::Result<()> {
             name,
             instance,
             messages,
+            output,
         } => {
             let reg = Registry::open_with_default_limits(dir)?;
             let inst = configure(&reg, &name, &instance).await?;
             let batch = read_messages(messages)?;
-            let results = inst.transform(&batch).await?;
-            let mut out = std::io::stdout().lock();
-            for result in results {
-                let line = match result {
-                    TransformResult::Keep(messages) => {
-                        let kept: Vec<serde_json::Value> = messages
-                            .iter()
-                            .map(|m| {
-                                serde_json::from_str(m)
-                                    .unwrap_or_else(|_| serde_json::Value::String(m.clone()))
-                            })
-                            .collect();
-                        serde_json::json!({ "keep": kept })
-                    }
-                    TransformResult::Drop(reason) => serde_json::json!({ "drop": reason }),
-                };
-                writeln!(out, "{line}")?;
-            }
+            transform_by_hand(&name, inst, batch, output).await?;
         }
         PluginCommand::Read {
             name,
@@ -361,10 +356,7 @@ fn print_grants(p: &InstalledPlugin) {
                 if s.required { "" } else { " (optional)" },
                 clip(&s.description, caps::SECRET_DESCRIPTION)
             );
-            println!(
-                "    {}",
-                crate::runtime::secrets::access_note(s.raw_value)
-            );
+            println!("    {}", crate::runtime::secrets::access_note(s.raw_value));
         }
         if p.secrets.len() > caps::SECRETS {
             println!("  and {} more secrets", p.secrets.len() - caps::SECRETS);
@@ -476,4 +468,56 @@ fn read_messages(path: Option<PathBuf>) -> anyhow::Result<Vec<String>> {
         out.push(line);
     }
     Ok(out)
+}
+
+/// Runs `batch` through one transform as a stream's chain would (in calls of the plugin's
+/// batch size, its outputs checked, drops counted), prints what `output` asks for, and a
+/// summary on stderr.
+async fn transform_by_hand(
+    name: &str,
+    instance: PluginInstance,
+    batch: Vec<String>,
+    output: TransformOutput,
+) -> anyhow::Result<()> {
+    let inputs = batch.len();
+    let chain = TransformChain::new(vec![Arc::new(Step::new(name, instance, None))]);
+    let result = chain.apply(batch).await?;
+    let mut out = std::io::stdout().lock();
+    match output {
+        TransformOutput::Messages => {
+            for message in result.messages() {
+                writeln!(out, "{message}")?;
+            }
+        }
+        TransformOutput::Results => {
+            let mut kept: Vec<Vec<serde_json::Value>> = vec![Vec::new(); inputs];
+            for k in &result.kept {
+                kept[k.input].push(serde_json::from_str(&k.message)?);
+            }
+            let mut dropped: Vec<Option<&str>> = vec![None; inputs];
+            for d in &result.dropped {
+                dropped[d.input].get_or_insert(&d.reason);
+            }
+            for (keep, drop) in kept.into_iter().zip(dropped) {
+                let line = match drop {
+                    Some(reason) if keep.is_empty() => serde_json::json!({ "drop": reason }),
+                    // Some of a fan-out was not a JSON object: kept the rest, say why.
+                    Some(reason) => serde_json::json!({ "keep": keep, "dropped": reason }),
+                    None => serde_json::json!({ "keep": keep }),
+                };
+                writeln!(out, "{line}")?;
+            }
+        }
+    }
+    let counts = result.dropped_by_reason();
+    let mut summary = format!(
+        "{inputs} messages in, {} out, {} dropped",
+        result.kept.len(),
+        result.dropped.len()
+    );
+    for ((transform, reason), n) in &counts {
+        summary.push_str(&format!("\n  {n} × {transform}: {reason}"));
+    }
+    eprintln!("{summary}");
+    Ok(())
 }
