@@ -46,6 +46,8 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("GET", "/v1/sources/billing/runs", "viewer"),
     ("GET", "/v1/sources/billing/cursors", "viewer"),
     ("GET", "/v1/audit", "operator"),
+    ("GET", "/v1/erasures", "admin"),
+    ("GET", "/v1/erasures/no-such-erasure", "admin"),
 ];
 
 #[test]
@@ -419,4 +421,370 @@ fn console_forms_need_the_csrf_token_and_the_role() {
             .any(|e| e["actor"] == "vic" && e["outcome"] == "denied"),
         "{log}"
     );
+}
+
+/// The console in a real browser: Debian's chromium, headless, driven through chromedriver over
+/// the W3C WebDriver protocol. Both are installed by `tools/setup-clients` (`.ci/run` runs it);
+/// without them the test fails saying so. Screenshots go to `docs/screenshots/`.
+///
+/// The WebDriver client is the dozen commands below over the tests' own HTTP client rather than
+/// a crate (fantoccini was tried: its TLS and hyper features change the features of crates the
+/// hub shares, which rebuilds wasmtime and sqlx for every test build).
+mod browser {
+    use super::*;
+    use crate::fakes::json_sink::{Faults, JsonSink};
+
+    use std::path::PathBuf;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use serde_json::Value;
+
+    /// chromedriver on a free port; killed on drop.
+    struct Driver {
+        child: Child,
+        addr: String,
+    }
+
+    impl Drop for Driver {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn driver() -> Driver {
+        for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
+            assert!(
+                std::path::Path::new(tool).exists(),
+                "the console's browser tests need {tool}: run tools/setup-clients (as .ci/run does)"
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("/usr/bin/chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting chromedriver");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Driver { child, addr: format!("127.0.0.1:{port}") }
+    }
+
+    /// The W3C key of an element reference.
+    const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
+
+    /// One browser session.
+    struct Browser {
+        driver: String,
+        session: String,
+    }
+
+    impl Browser {
+        fn open(driver: &Driver) -> Browser {
+            let caps = json!({"capabilities": {"alwaysMatch": {
+                "browserName": "chrome",
+                "goog:chromeOptions": {
+                    "binary": "/usr/bin/chromium",
+                    "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1360,1000", "--hide-scrollbars"]
+                }
+            }}});
+            let v = command(&driver.addr, "POST", "/session", Some(caps)).expect("a chromium session through chromedriver");
+            Browser { driver: driver.addr.clone(), session: v["sessionId"].as_str().unwrap().to_string() }
+        }
+
+        fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+            command(&self.driver, method, &format!("/session/{}{path}", self.session), body)
+        }
+
+        fn goto(&self, url: &str) {
+            self.cmd("POST", "/url", Some(json!({ "url": url }))).unwrap();
+        }
+
+        fn refresh(&self) {
+            self.cmd("POST", "/refresh", Some(json!({}))).unwrap();
+        }
+
+        fn find(&self, css: &str) -> Option<String> {
+            self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css})))
+                .ok()
+                .and_then(|v| v[ELEMENT].as_str().map(str::to_string))
+        }
+
+        fn text(&self, css: &str) -> Option<String> {
+            let e = self.find(css)?;
+            self.cmd("GET", &format!("/element/{e}/text"), None).ok()?.as_str().map(str::to_string)
+        }
+
+        fn click(&self, css: &str) {
+            let e = self.find(css).unwrap_or_else(|| panic!("no {css} on the page"));
+            self.cmd("POST", &format!("/element/{e}/click"), Some(json!({}))).unwrap();
+        }
+
+        fn type_into(&self, css: &str, text: &str) {
+            let e = self.find(css).unwrap_or_else(|| panic!("no {css} on the page"));
+            self.cmd("POST", &format!("/element/{e}/value"), Some(json!({ "text": text }))).unwrap();
+        }
+
+        fn delete_cookies(&self) {
+            self.cmd("DELETE", "/cookie", None).unwrap();
+        }
+
+        fn shot(&self, name: &str) {
+            use base64::Engine as _;
+            let v = self.cmd("GET", "/screenshot", None).unwrap();
+            let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+            std::fs::write(shots().join(format!("console-{name}.png")), png).unwrap();
+        }
+
+        /// Waits until the element at `css` contains `text`, reloading the page between looks
+        /// when `reload` (for what the page's script does not follow by itself).
+        fn wait_text(&self, css: &str, text: &str, reload: bool) -> String {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let seen = self.text(css);
+                if let Some(t) = &seen {
+                    if t.contains(text) {
+                        return t.clone();
+                    }
+                }
+                if Instant::now() >= deadline {
+                    let url = self.cmd("GET", "/url", None).unwrap_or_default();
+                    let source = self.cmd("GET", "/source", None).unwrap_or_default();
+                    panic!("`{text}` never appeared in {css}: {seen:?}\nat {url}:\n{}", source.as_str().unwrap_or_default());
+                }
+                std::thread::sleep(Duration::from_millis(300));
+                if reload {
+                    self.refresh();
+                }
+            }
+        }
+
+        fn sign_in(&self, hub: &Hub, token: &str) {
+            self.goto(&format!("http://{}/console", hub.addr));
+            self.type_into("#token", token);
+            self.click("form button[type=submit]");
+            self.wait_text("nav.side", "Overview", false);
+        }
+    }
+
+    impl Drop for Browser {
+        fn drop(&mut self) {
+            let _ = self.cmd("DELETE", "", None);
+        }
+    }
+
+    /// One WebDriver command; its `value`, or the error chromedriver answered.
+    fn command(driver: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+        use std::io::{Read, Write};
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        // Starting a browser on a busy machine can take a while: a long read timeout.
+        let mut stream = std::net::TcpStream::connect(driver).map_err(|e| format!("chromedriver: {e}"))?;
+        stream.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nhost: {driver}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())).map_err(|e| e.to_string())?;
+        // chromedriver keeps the connection open whatever the request says: read the head, then
+        // exactly Content-Length bytes.
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 65536];
+        let split = loop {
+            if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at;
+            }
+            let n = stream.read(&mut buf).map_err(|e| format!("chromedriver: {e}"))?;
+            if n == 0 {
+                return Err("chromedriver closed the connection".into());
+            }
+            raw.extend_from_slice(&buf[..n]);
+        };
+        let length: usize = String::from_utf8_lossy(&raw[..split])
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .ok_or("no Content-Length from chromedriver")?;
+        while raw.len() < split + 4 + length {
+            let n = stream.read(&mut buf).map_err(|e| format!("chromedriver: {e}"))?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        let status: u16 = String::from_utf8_lossy(&raw[9..12]).parse().map_err(|_| "bad status line")?;
+        let v: Value = serde_json::from_slice(&raw[split + 4..])
+            .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&raw)))?;
+        if status == 200 {
+            Ok(v["value"].clone())
+        } else {
+            Err(format!("{method} {path}: {status} {}", v["value"]))
+        }
+    }
+
+    fn shots() -> PathBuf {
+        let dir = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/screenshots"));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn destination(name: &str, sink: &JsonSink) -> String {
+        format!(
+            "[destinations.{name}]\nplugin = \"json-post-destination\"\nconfig = {{ url = \"{}\" }}\n\
+             allow_hosts = [\"{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 1000\n",
+            sink.url(),
+            hp = sink.host_port()
+        )
+    }
+
+    #[test]
+    fn console_in_a_browser_operates_the_hub() {
+        let sink = JsonSink::start();
+        let flaky = JsonSink::start();
+        flaky.set_faults(Faults { error: 1.0, ..Default::default() });
+        let project = format!(
+            "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\ndescription = \"Paying customers\"\n\n{}\n{}\n\
+             [[syncs]]\nname = \"vip-to-crm\"\nfrom = {{ audience = \"vip\" }}\nto = \"crm\"\nmode = \"mirror\"\nmax_removals = \"20%\"\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\nplan = \"traits.plan\"\n\n\
+             [[syncs]]\nname = \"everyone-to-ads\"\nfrom = \"all\"\nto = \"ads\"\nmode = \"upsert\"\nmax_attempts = 1\n\
+             [syncs.mapping]\nemail = \"identifiers.email\"\n",
+            destination("crm", &sink),
+            destination("ads", &flaky),
+        );
+        let hub = Hub::start_project(Db::Sqlite, &tokens(), &project, &[("SWITCHYARD_RETRY_BASE_MS", "20")]);
+        hub.install(&["json-post-destination"]);
+        for i in 0..10 {
+            hub.identify(&format!("c{i}"), json!({"email": format!("c{i}@example.com"), "plan": "pro"}));
+        }
+        let driver = driver();
+        {
+            let c = Browser::open(&driver);
+            let base = format!("http://{}", hub.addr);
+
+            // Sign in (the sign-in page first, for its screenshot).
+            c.goto(&format!("{base}/console/sign-in"));
+            c.shot("sign-in");
+            c.sign_in(&hub, OPERATOR_TOKEN);
+
+            // An event sent to the tracking API appears on the live page.
+            c.goto(&format!("{base}/console/live"));
+            c.wait_text("#live-status", "Listening", false);
+            hub.track("identify", json!({"userId": "ada-1", "traits": {"email": "ada@example.com", "plan": "pro", "name": "Ada"}}));
+            hub.track("track", json!({"userId": "ada-1", "event": "Viewed Pricing", "properties": {"plan": "pro"}}));
+            hub.track("track", json!({"event": "No Identity"}));
+            c.wait_text("#live", "Viewed Pricing", false);
+            let live = c.wait_text("#live", "refused", false);
+            assert!(live.contains("identify"), "{live}");
+            assert!(!live.contains("ada-1"), "an operator sees ids masked: {live}");
+            c.click("#live li.event details summary");
+            c.shot("live");
+
+            // Run the audience's sync now and watch the run finish.
+            c.goto(&format!("{base}/console/syncs/vip-to-crm"));
+            c.click("button[value=run]");
+            c.wait_text("#runs", "succeeded", false);
+            assert_eq!(sink.records().len(), 11);
+            c.shot("sync");
+
+            // Find the profile and see the audience it joined.
+            c.goto(&format!("{base}/console/profiles"));
+            c.type_into("#q", "email:ada@example.com");
+            c.click("form.search button");
+            let page = c.wait_text("main", "Identifiers", false);
+            assert!(page.contains("vip"), "the profile page lists its audience: {page}");
+            assert!(page.contains("Viewed Pricing"), "{page}");
+            assert!(!page.contains("ada@example.com"), "masked for an operator: {page}");
+            assert!(!c.find("button.danger").is_some(), "no erase button below admin");
+            c.click("ul.tags a");
+            c.wait_text("#audience-size", "11", false);
+            c.shot("audience");
+
+            // A viewer, in a second browser: sees everything, with no button to press.
+            let v = Browser::open(&driver);
+            v.sign_in(&hub, VIEWER_TOKEN);
+
+            // The guardrail stops a run that would remove half the audience; approve it.
+            for i in 0..6 {
+                hub.identify(&format!("c{i}"), json!({"plan": "free"}));
+            }
+            c.goto(&format!("{base}/console/syncs/vip-to-crm"));
+            c.click("button[value=run]");
+            c.wait_text("main", "The guardrail stopped the last run", true);
+            c.shot("guardrail");
+            v.goto(&format!("{base}/console/syncs/vip-to-crm"));
+            v.wait_text("main", "An operator can approve these removals", false);
+            assert!(!v.find("main form button").is_some(), "a viewer gets no run or approve button");
+            c.click("button[value=approve]");
+            c.wait_text("#runs tbody tr:first-child", "succeeded", false);
+            assert_eq!(sink.records().len(), 5);
+
+            // A run into a failing destination dead-letters its records; replay them once it
+            // is healthy.
+            c.goto(&format!("{base}/console/syncs/everyone-to-ads"));
+            c.click("button[value=run]");
+            let letters = c.wait_text("#dead-letters", "records could not be delivered", true);
+            assert!(letters.contains("11 records"), "{letters}");
+            c.shot("dead-letters");
+            v.goto(&format!("{base}/console/syncs/everyone-to-ads"));
+            v.wait_text("#dead-letters", "records could not be delivered", false);
+            assert!(!v.find("main form button").is_some(), "a viewer gets no replay button");
+            flaky.set_faults(Faults::default());
+            c.click("#dead-letters button");
+            c.wait_text("#runs tbody tr:first-child", "succeeded", false);
+            c.wait_text("#dead-letters", "None", true);
+            assert_eq!(flaky.records().len(), 11);
+
+            // The other pages, for the screenshots.
+            for (path, name, text) in [
+                ("/console", "overview", "The last hour of this hub"),
+                ("/console/audiences/editor?filter=traits.plan%20%3D%3D%20%22pro%22", "audience-editor", "Valid filter"),
+                ("/console/plugins", "plugins", "json-post-destination"),
+            ] {
+                c.goto(&format!("{base}{path}"));
+                c.wait_text("main", text, false);
+                c.shot(name);
+            }
+
+            // The forms' POSTs are refused to a viewer all the same.
+            drop(v);
+            let viewer = super::sign_in(&hub, VIEWER_TOKEN);
+            let page = hub.request("GET", "/console", &[("cookie", &viewer)], b"").text();
+            let csrf = super::csrf_of(&page);
+            for (path, body) in [
+                ("/console/syncs/vip-to-crm/run", format!("csrf={csrf}&what=run")),
+                ("/console/syncs/vip-to-crm/run", format!("csrf={csrf}&what=approve")),
+                ("/console/syncs/everyone-to-ads/replay", format!("csrf={csrf}")),
+            ] {
+                let r = hub.request(
+                    "POST",
+                    path,
+                    &[("content-type", "application/x-www-form-urlencoded"), ("cookie", &viewer)],
+                    body.as_bytes(),
+                );
+                assert_eq!(r.status, 403, "{path} as a viewer");
+            }
+
+            // An admin erases the profile; the audit log shows it, and who tried what.
+            c.delete_cookies();
+            c.sign_in(&hub, ADMIN_TOKEN);
+            c.goto(&format!("{base}/console/profiles?q=email%3Aada%40example.com"));
+            let page = c.wait_text("main", "Identifiers", false);
+            assert!(page.contains("ada@example.com"), "an admin sees personal data");
+            c.shot("profile");
+            c.type_into("#confirm", "erase");
+            c.click("button.danger");
+            c.wait_text("main", "Profile erased", false);
+            c.click("main a[href='/console/audit']");
+            let log = c.wait_text("#audit", "profile.erase", false);
+            for expected in ["sync.approve_removals", "dead_letters.replay", "denied", "vic"] {
+                assert!(log.contains(expected), "the audit log has {expected}: {log}");
+            }
+            c.shot("audit");
+        }
+        assert!(hub.profile("email:ada@example.com").is_none());
+    }
 }

@@ -154,9 +154,12 @@ async fn secure_headers(mut r: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: browsers send `Origin: null` on a form post from a
+    // `no-referrer` page, and the forms' origin check needs the real one. Other sites still get
+    // no referrer (profile ids in URLs stay here).
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     if !h.contains_key(header::CACHE_CONTROL) {

@@ -40,6 +40,20 @@ pub struct PageQuery {
     started: Option<String>,
 }
 
+/// Whether the page should follow the runs after "run now" was asked at `asked` (Unix ms): until
+/// a run started since then has finished, for at most a minute (a run refused by the lease never
+/// starts).
+fn awaiting(asked: i64, newest: Option<&RunReport>, now: i64) -> bool {
+    if now - asked > 60_000 {
+        return false;
+    }
+    let Some(run) = newest else { return true };
+    let started = chrono::DateTime::parse_from_rfc3339(&run.started_at)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0);
+    started < asked - 1_000 || run.status.as_str() == "running"
+}
+
 fn runs_section(name: &str, runs: &[RunReport], watch: bool) -> Markup {
     let running = runs.iter().any(|r| r.status.as_str() == "running");
     html! {
@@ -96,7 +110,11 @@ pub async fn page(
         Ok(r) => r,
         Err(e) => return ui::failure("the sync's runs", e),
     };
-    let watch = q.started.is_some() && runs.first().is_none_or(|r| r.status.as_str() == "running");
+    let watch = q
+        .started
+        .as_deref()
+        .and_then(|t| t.parse::<i64>().ok())
+        .is_some_and(|asked| awaiting(asked, runs.first(), crate::store::now_millis()));
     if q.fragment.as_deref() == Some("runs") {
         return axum::response::Html(runs_section(&name, &runs, false).into_string())
             .into_response();
@@ -264,7 +282,11 @@ async fn start(
             tracing::warn!(sync = %sync, "run requested in the console failed: {e:#}");
         }
     });
-    Redirect::to(&format!("/console/syncs/{name}?started=1")).into_response()
+    Redirect::to(&format!(
+        "/console/syncs/{name}?started={}",
+        crate::store::now_millis()
+    ))
+    .into_response()
 }
 
 fn run_refused(e: &anyhow::Error) -> Response {
