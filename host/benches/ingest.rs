@@ -1,6 +1,7 @@
 //! Tracking-API and Profiles-API throughput through the real `switchyard serve` over loopback:
 //!
-//! 1. durable ingest through `/v1/batch`, 100 events per request, closed loop;
+//! 1. durable ingest through `/v1/batch` (JSON) and `/v1/b` (`text/plain`), 100 events per
+//!    request, closed loop, alternating;
 //! 2. single-event `/v1/track` at a fixed open-loop rate, acknowledgement latency;
 //! 3. profile lookups (`GET /v1/profiles/user_id:...`) with many profiles stored.
 //!
@@ -15,6 +16,56 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Workload 1: closed-loop batches of 100 events on 8 connections to `path` for `secs`.
+fn batch_ingest(
+    addr: &str,
+    auth: &'static str,
+    path: &'static str,
+    content_type: &'static str,
+    secs: u64,
+    round: u32,
+) {
+    let events = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..8)
+        .map(|w| {
+            let (addr, events, stop) = (addr.to_string(), events.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut conn = Conn::open(&addr);
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: Vec<String> = (0..100)
+                        .map(|i| {
+                            format!(
+                                r#"{{"type":"track","anonymousId":"anon-{w}-{}","userId":"user-{w}-{}","event":"Page Loaded","properties":{{"path":"/pricing","i":{i}}},"messageId":"b{round}-{path}-{w}-{n}-{i}"}}"#,
+                                n % 1000,
+                                n % 1000
+                            )
+                        })
+                        .collect();
+                    let body = format!(r#"{{"batch":[{}],"writeKey":"wk_bench"}}"#, batch.join(","));
+                    if conn.send_as("POST", path, auth, content_type, body.as_bytes()) == 200 {
+                        events.fetch_add(100, Ordering::Relaxed);
+                    }
+                    n += 1;
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(secs.max(1)));
+    stop.store(true, Ordering::Relaxed);
+    workers.into_iter().for_each(|w| w.join().unwrap());
+    let elapsed = started.elapsed().as_secs_f64();
+    let n = events.load(Ordering::Relaxed);
+    println!(
+        "batch ingest {path} {content_type} (100/request, 8 connections): {:.0} events/s durable ({} events in {:.1} s)",
+        n as f64 / elapsed,
+        n,
+        elapsed
+    );
+}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -42,8 +93,20 @@ impl Conn {
     }
 
     fn send(&mut self, method: &str, path: &str, auth: &str, body: &[u8]) -> u16 {
+        self.send_as(method, path, auth, "application/json", body)
+    }
+
+    /// `send` with another `Content-Type` (browsers post `text/plain` to skip the preflight).
+    fn send_as(
+        &mut self,
+        method: &str,
+        path: &str,
+        auth: &str,
+        content_type: &str,
+        body: &[u8],
+    ) -> u16 {
         let head = format!(
-            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: {auth}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
             self.addr,
             body.len()
         );
@@ -153,46 +216,14 @@ fn main() {
     let server = start(&database, dir);
     let auth = "Basic d2tfYmVuY2g6"; // base64("wk_bench:")
 
-    // 1. /v1/batch, 100 events per request, 8 connections, closed loop.
-    let events = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let workers: Vec<_> = (0..8)
-        .map(|w| {
-            let (addr, events, stop) = (server.addr.clone(), events.clone(), stop.clone());
-            std::thread::spawn(move || {
-                let mut conn = Conn::open(&addr);
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let batch: Vec<String> = (0..100)
-                        .map(|i| {
-                            format!(
-                                r#"{{"type":"track","anonymousId":"anon-{w}-{}","userId":"user-{w}-{}","event":"Page Loaded","properties":{{"path":"/pricing","i":{i}}},"messageId":"b-{w}-{n}-{i}"}}"#,
-                                n % 1000,
-                                n % 1000
-                            )
-                        })
-                        .collect();
-                    let body = format!(r#"{{"batch":[{}]}}"#, batch.join(","));
-                    if conn.send("POST", "/v1/batch", auth, body.as_bytes()) == 200 {
-                        events.fetch_add(100, Ordering::Relaxed);
-                    }
-                    n += 1;
-                }
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(secs));
-    stop.store(true, Ordering::Relaxed);
-    workers.into_iter().for_each(|w| w.join().unwrap());
-    let elapsed = started.elapsed().as_secs_f64();
-    let n = events.load(Ordering::Relaxed);
-    println!(
-        "batch ingest (100/request, 8 connections): {:.0} events/s durable ({} events in {:.1} s)",
-        n as f64 / elapsed,
-        n,
-        elapsed
-    );
+    // 1. Batches of 100 events, 8 connections, closed loop: `/v1/batch` as the server SDKs post
+    // it, then `/v1/b` with `text/plain` as analytics.js (batching) and the mobile SDKs post it,
+    // alternating so both see the same machine.
+    for round in 0..2 {
+        for (path, content_type) in [("/v1/batch", "application/json"), ("/v1/b", "text/plain")] {
+            batch_ingest(&server.addr, auth, path, content_type, secs / 2, round);
+        }
+    }
 
     // 2. /v1/track at a fixed rate, open loop: latency from the scheduled send time.
     let latencies = Arc::new(Mutex::new(Vec::new()));
