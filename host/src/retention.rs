@@ -83,11 +83,7 @@ mod tests {
         let day = 86_400_000;
         for i in 0..7 {
             let ts = if i < 5 { now - 40 * day } else { now - day };
-            sqlx::query("INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body) VALUES ($1, 'p', 's', 'track', 'e', $2, $3, '{}')")
-                .bind(format!("m{i}"))
-                .bind(ts)
-                .bind(now)
-                .execute(store.pool())
+            crate::store::retention::insert_bare_event(&store, &format!("m{i}"), ts, now)
                 .await
                 .unwrap();
         }

@@ -17,3 +17,20 @@ pub async fn purge_events_before(store: &Store, before: i64, limit: i64) -> Resu
     .await?;
     Ok(done.rows_affected())
 }
+
+/// An event row with only what retention reads, for tests of the purge outside `store/`.
+#[cfg(test)]
+pub(crate) async fn insert_bare_event(
+    store: &Store,
+    message_id: &str,
+    ts: i64,
+    received_at: i64,
+) -> Result<()> {
+    sqlx::query("INSERT INTO events (message_id, profile_id, source, kind, name, ts, received_at, body) VALUES ($1, 'p', 's', 'track', 'e', $2, $3, '{}')")
+        .bind(message_id)
+        .bind(ts)
+        .bind(received_at)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}

@@ -278,8 +278,23 @@ async fn start(
     let engine = s.syncs.clone();
     let sync = name.to_string();
     tokio::spawn(async move {
-        if let Err(e) = engine.run(&sync, options, None).await {
-            tracing::warn!(sync = %sync, "run requested in the console failed: {e:#}");
+        // A run that has just written "finished" to the history still holds the lease for a
+        // moment while it lets go: a click on "run now" or "approve" right after it waits for
+        // that (up to 10 s) instead of being lost; a run going on for longer still refuses it.
+        for attempt in 0..40 {
+            match engine.run(&sync, options.clone(), None).await {
+                Err(e)
+                    if attempt < 39
+                        && matches!(RunError::of(&e), Some(RunError::AlreadyRunning { .. })) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(e) => {
+                    tracing::warn!(sync = %sync, "run requested in the console failed: {e:#}");
+                    break;
+                }
+                Ok(_) => break,
+            }
         }
     });
     Redirect::to(&format!(
