@@ -40,9 +40,10 @@ pub struct PageQuery {
     started: Option<String>,
 }
 
-/// Whether the page should follow the runs after "run now" was asked at `asked` (Unix ms): until
-/// a run started since then has finished, for at most a minute (a run refused by the lease never
-/// starts).
+/// Whether the page should follow the runs after "run now" was asked at `asked` (Unix ms, taken
+/// before the run was spawned, so the new run started at or after it and a run that finished just
+/// before the click is not taken for it): until a run started since then has finished, for at
+/// most a minute (a run refused by the lease never starts).
 fn awaiting(asked: i64, newest: Option<&RunReport>, now: i64) -> bool {
     if now - asked > 60_000 {
         return false;
@@ -51,13 +52,22 @@ fn awaiting(asked: i64, newest: Option<&RunReport>, now: i64) -> bool {
     let started = chrono::DateTime::parse_from_rfc3339(&run.started_at)
         .map(|t| t.timestamp_millis())
         .unwrap_or(0);
-    started < asked - 1_000 || run.status.as_str() == "running"
+    started < asked || run.status.as_str() == "running"
 }
 
-fn runs_section(name: &str, runs: &[RunReport], watch: bool) -> Markup {
+/// `watch`: the time "run now" was asked, while the page still waits for that run; the section's
+/// refreshes carry it so they keep following until the run has finished.
+fn runs_section(name: &str, runs: &[RunReport], watch: Option<i64>) -> Markup {
     let running = runs.iter().any(|r| r.status.as_str() == "running");
+    let refresh = match watch {
+        Some(asked) => Some(format!(
+            "/console/syncs/{name}?fragment=runs&started={asked}"
+        )),
+        None if running => Some(format!("/console/syncs/{name}?fragment=runs")),
+        None => None,
+    };
     html! {
-        section.panel #runs data-refresh=[(running || watch).then(|| format!("/console/syncs/{name}?fragment=runs"))] aria-live="polite" {
+        section.panel #runs data-refresh=[refresh] aria-live="polite" {
             h2 { "Runs" @if running { " " span.badge.run { "a run is going" } } }
             @if runs.is_empty() {
                 p.hint { "No runs yet." }
@@ -114,9 +124,9 @@ pub async fn page(
         .started
         .as_deref()
         .and_then(|t| t.parse::<i64>().ok())
-        .is_some_and(|asked| awaiting(asked, runs.first(), crate::store::now_millis()));
+        .filter(|&asked| awaiting(asked, runs.first(), crate::store::now_millis()));
     if q.fragment.as_deref() == Some("runs") {
-        return axum::response::Html(runs_section(&name, &runs, false).into_string())
+        return axum::response::Html(runs_section(&name, &runs, watch).into_string())
             .into_response();
     }
     let mut letters = match s.syncs.dead_letters(Some(&name), 200).await {
@@ -275,6 +285,7 @@ async fn start(
     s.access
         .audit(&session.who, action, name, "started", detail)
         .await;
+    let asked = crate::store::now_millis();
     let engine = s.syncs.clone();
     let sync = name.to_string();
     tokio::spawn(async move {
@@ -297,11 +308,7 @@ async fn start(
             }
         }
     });
-    Redirect::to(&format!(
-        "/console/syncs/{name}?started={}",
-        crate::store::now_millis()
-    ))
-    .into_response()
+    Redirect::to(&format!("/console/syncs/{name}?started={asked}")).into_response()
 }
 
 fn run_refused(e: &anyhow::Error) -> Response {
