@@ -63,17 +63,49 @@ async fn seed(store: &Store, n: usize) {
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         let id = |i: usize| format!("prf_{i:08}");
-        insert(store, &mut tx, "profiles", "id, created_at, updated_at", 3, start..end, |i| {
-            vec![S(id(i)), I(now), I(now)]
-        })
+        insert(
+            store,
+            &mut tx,
+            "profiles",
+            "id, created_at, updated_at",
+            3,
+            start..end,
+            |i| vec![S(id(i)), I(now), I(now)],
+        )
         .await;
-        insert(store, &mut tx, "identifiers", "kind, value, profile_id, first_seen", 4, start..end, |i| {
-            vec![S("email".into()), S(format!("user{i}@example.com")), S(id(i)), I(now)]
-        })
+        insert(
+            store,
+            &mut tx,
+            "identifiers",
+            "kind, value, profile_id, first_seen",
+            4,
+            start..end,
+            |i| {
+                vec![
+                    S("email".into()),
+                    S(format!("user{i}@example.com")),
+                    S(id(i)),
+                    I(now),
+                ]
+            },
+        )
         .await;
-        insert(store, &mut tx, "traits", "profile_id, name, value, ts", 4, start..end, |i| {
-            vec![S(id(i)), S("plan".into()), S(if i % 3 == 0 { "\"pro\"" } else { "\"free\"" }.into()), I(now)]
-        })
+        insert(
+            store,
+            &mut tx,
+            "traits",
+            "profile_id, name, value, ts",
+            4,
+            start..end,
+            |i| {
+                vec![
+                    S(id(i)),
+                    S("plan".into()),
+                    S(if i % 3 == 0 { "\"pro\"" } else { "\"free\"" }.into()),
+                    I(now),
+                ]
+            },
+        )
         .await;
         let members: Vec<usize> = (start..end).filter(|i| i % 3 == 0).collect();
         if let (Some(first), Some(last)) = (members.first(), members.last()) {
@@ -109,10 +141,31 @@ async fn seed(store: &Store, n: usize) {
             }).await;
     }
     for start in (0..2_000).step_by(200) {
-        insert(store, &mut tx, "dead_letters", "id, sync, key, action, hash, fields, attempts, error, at", 9, start..start + 200, |i| {
-            vec![S(format!("dl{i:05}")), S("bench".into()), S(format!("prf_{:08}", i * 3)), S("upsert".into()), S("h".into()),
-                 S(format!(r#"{{"email":"user{}@example.com","plan":"pro"}}"#, i * 3)), I(5), S("HTTP 400: invalid email".into()), I(now)]
-        }).await;
+        insert(
+            store,
+            &mut tx,
+            "dead_letters",
+            "id, sync, key, action, hash, fields, attempts, error, at",
+            9,
+            start..start + 200,
+            |i| {
+                vec![
+                    S(format!("dl{i:05}")),
+                    S("bench".into()),
+                    S(format!("prf_{:08}", i * 3)),
+                    S("upsert".into()),
+                    S("h".into()),
+                    S(format!(
+                        r#"{{"email":"user{}@example.com","plan":"pro"}}"#,
+                        i * 3
+                    )),
+                    I(5),
+                    S("HTTP 400: invalid email".into()),
+                    I(now),
+                ]
+            },
+        )
+        .await;
     }
     tx.commit().await.unwrap();
 }
@@ -121,7 +174,9 @@ async fn seed(store: &Store, n: usize) {
 async fn get(addr: std::net::SocketAddr, path: &str, cookie: &str) -> (u16, usize, Duration) {
     let t = Instant::now();
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let req = format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n");
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\ncookie: {cookie}\r\nconnection: close\r\n\r\n"
+    );
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
@@ -140,8 +195,18 @@ async fn sign_in(addr: std::net::SocketAddr) -> String {
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    let line = out.lines().find(|l| l.to_ascii_lowercase().starts_with("set-cookie:")).expect("a session");
-    line.split_once(':').unwrap().1.trim().split(';').next().unwrap().to_string()
+    let line = out
+        .lines()
+        .find(|l| l.to_ascii_lowercase().starts_with("set-cookie:"))
+        .expect("a session");
+    line.split_once(':')
+        .unwrap()
+        .1
+        .trim()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 fn main() {

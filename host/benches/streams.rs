@@ -232,7 +232,11 @@ fn main() {
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
         .join("wasm32-wasip2/plugin/json_post_destination.wasm");
-    assert!(wasm.exists(), "{}: run tools/build-plugins first", wasm.display());
+    assert!(
+        wasm.exists(),
+        "{}: run tools/build-plugins first",
+        wasm.display()
+    );
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -274,7 +278,11 @@ fn main() {
             .arg(&wasm)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let server = start(dir.path(), &project);
         let tag = format!("r{rate}");
         let (acked, ack) = load(&server.addr, rate, secs, &tag);
@@ -297,7 +305,10 @@ fn main() {
             ms(percentile(&ack, 0.5)),
             ms(percentile(&ack, 0.99))
         );
-        for (name, arrivals) in [("a (filter + mapping)", &a_arrivals), ("b (as sent)", &b_arrivals)] {
+        for (name, arrivals) in [
+            ("a (filter + mapping)", &a_arrivals),
+            ("b (as sent)", &b_arrivals),
+        ] {
             let arrivals = arrivals.lock().unwrap();
             let mut missing = 0;
             let mut lat: Vec<Duration> = acked

@@ -124,4 +124,3 @@ pub async fn last_full(store: &Store, name: &str) -> anyhow::Result<Option<i64>>
 pub async fn preview(store: &Store, name: &str, sample: i64) -> anyhow::Result<(i64, Vec<String>)> {
     Ok(audiences::preview(store, name, sample).await?)
 }
-

@@ -172,7 +172,9 @@ impl StreamMetrics {
     }
 
     pub fn lag(&self, stream: &str, seconds: f64) {
-        self.lag_seconds.get_or_create(&Self::labels(stream)).set(seconds);
+        self.lag_seconds
+            .get_or_create(&Self::labels(stream))
+            .set(seconds);
     }
 
     pub fn delivered_after(&self, stream: &str, seconds: f64) {
@@ -181,7 +183,6 @@ impl StreamMetrics {
             .observe(seconds);
     }
 }
-
 
 /// One minute of ingestion.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -820,7 +820,10 @@ mod tests {
         let mut record = InstalledPlugin::from_manifest(&manifest(), "1.0.0", "abc".into());
         record.config_schema = serde_json::json!({"x-switchyard-secret-values": ["api_key"]});
         let mut old = serde_json::to_value(&record).unwrap();
-        old["secrets"][0].as_object_mut().unwrap().remove("raw_value");
+        old["secrets"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("raw_value");
         old.as_object_mut().unwrap().remove("key_fields");
         let text = serde_json::to_vec(&old).unwrap();
         let read = InstalledPlugin::read(&text).unwrap();

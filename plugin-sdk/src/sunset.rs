@@ -46,7 +46,10 @@ pub fn check(version: &str, table: &[Sunset], margin_days: i64, today: i64) -> R
         ));
     };
     let Some(sunset) = unix_day(entry.sunset) else {
-        return Err(format!("sunset date `{}` of {version} is not a YYYY-MM-DD date", entry.sunset));
+        return Err(format!(
+            "sunset date `{}` of {version} is not a YYYY-MM-DD date",
+            entry.sunset
+        ));
     };
     let left = sunset - today;
     if left <= margin_days {
@@ -72,20 +75,38 @@ mod tests {
     use super::*;
 
     const TABLE: &[Sunset] = &[
-        Sunset { version: "202509", sunset: "2026-09-15", source: "test" },
-        Sunset { version: "202611", sunset: "2027-11-15", source: "test" },
-        Sunset { version: "bad", sunset: "2027-02-30", source: "test" },
+        Sunset {
+            version: "202509",
+            sunset: "2026-09-15",
+            source: "test",
+        },
+        Sunset {
+            version: "202611",
+            sunset: "2027-11-15",
+            source: "test",
+        },
+        Sunset {
+            version: "bad",
+            sunset: "2027-02-30",
+            source: "test",
+        },
     ];
 
     #[test]
     fn a_version_past_or_near_its_sunset_fails() {
         let today = unix_day("2026-12-06").unwrap();
-        assert!(check("202509", TABLE, 60, today).unwrap_err().contains("2026-09-15"));
+        assert!(check("202509", TABLE, 60, today)
+            .unwrap_err()
+            .contains("2026-09-15"));
         assert!(check("202611", TABLE, 60, today).is_ok());
         let near = unix_day("2027-09-20").unwrap();
         assert!(check("202611", TABLE, 60, near).is_err());
-        assert!(check("202612", TABLE, 60, today).unwrap_err().contains("no sunset date"));
-        assert!(check("bad", TABLE, 60, today).unwrap_err().contains("not a YYYY-MM-DD"));
+        assert!(check("202612", TABLE, 60, today)
+            .unwrap_err()
+            .contains("no sunset date"));
+        assert!(check("bad", TABLE, 60, today)
+            .unwrap_err()
+            .contains("not a YYYY-MM-DD"));
     }
 
     #[test]

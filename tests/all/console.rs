@@ -460,7 +460,11 @@ mod browser {
                 "the console's browser tests need {tool}: run tools/setup-clients (as .ci/run does)"
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -472,7 +476,10 @@ mod browser {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Driver { child, addr: format!("127.0.0.1:{port}") }
+        Driver {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        }
     }
 
     /// The W3C key of an element reference.
@@ -493,16 +500,26 @@ mod browser {
                     "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1360,1000", "--hide-scrollbars"]
                 }
             }}});
-            let v = command(&driver.addr, "POST", "/session", Some(caps)).expect("a chromium session through chromedriver");
-            Browser { driver: driver.addr.clone(), session: v["sessionId"].as_str().unwrap().to_string() }
+            let v = command(&driver.addr, "POST", "/session", Some(caps))
+                .expect("a chromium session through chromedriver");
+            Browser {
+                driver: driver.addr.clone(),
+                session: v["sessionId"].as_str().unwrap().to_string(),
+            }
         }
 
         fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
-            command(&self.driver, method, &format!("/session/{}{path}", self.session), body)
+            command(
+                &self.driver,
+                method,
+                &format!("/session/{}{path}", self.session),
+                body,
+            )
         }
 
         fn goto(&self, url: &str) {
-            self.cmd("POST", "/url", Some(json!({ "url": url }))).unwrap();
+            self.cmd("POST", "/url", Some(json!({ "url": url })))
+                .unwrap();
         }
 
         fn refresh(&self) {
@@ -510,24 +527,41 @@ mod browser {
         }
 
         fn find(&self, css: &str) -> Option<String> {
-            self.cmd("POST", "/element", Some(json!({"using": "css selector", "value": css})))
-                .ok()
-                .and_then(|v| v[ELEMENT].as_str().map(str::to_string))
+            self.cmd(
+                "POST",
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .ok()
+            .and_then(|v| v[ELEMENT].as_str().map(str::to_string))
         }
 
         fn text(&self, css: &str) -> Option<String> {
             let e = self.find(css)?;
-            self.cmd("GET", &format!("/element/{e}/text"), None).ok()?.as_str().map(str::to_string)
+            self.cmd("GET", &format!("/element/{e}/text"), None)
+                .ok()?
+                .as_str()
+                .map(str::to_string)
         }
 
         fn click(&self, css: &str) {
-            let e = self.find(css).unwrap_or_else(|| panic!("no {css} on the page"));
-            self.cmd("POST", &format!("/element/{e}/click"), Some(json!({}))).unwrap();
+            let e = self
+                .find(css)
+                .unwrap_or_else(|| panic!("no {css} on the page"));
+            self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
+                .unwrap();
         }
 
         fn type_into(&self, css: &str, text: &str) {
-            let e = self.find(css).unwrap_or_else(|| panic!("no {css} on the page"));
-            self.cmd("POST", &format!("/element/{e}/value"), Some(json!({ "text": text }))).unwrap();
+            let e = self
+                .find(css)
+                .unwrap_or_else(|| panic!("no {css} on the page"));
+            self.cmd(
+                "POST",
+                &format!("/element/{e}/value"),
+                Some(json!({ "text": text })),
+            )
+            .unwrap();
         }
 
         fn delete_cookies(&self) {
@@ -537,7 +571,9 @@ mod browser {
         fn shot(&self, name: &str) {
             use base64::Engine as _;
             let v = self.cmd("GET", "/screenshot", None).unwrap();
-            let png = base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap();
+            let png = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap())
+                .unwrap();
             std::fs::write(shots().join(format!("console-{name}.png")), png).unwrap();
         }
 
@@ -555,7 +591,10 @@ mod browser {
                 if Instant::now() >= deadline {
                     let url = self.cmd("GET", "/url", None).unwrap_or_default();
                     let source = self.cmd("GET", "/source", None).unwrap_or_default();
-                    panic!("`{text}` never appeared in {css}: {seen:?}\nat {url}:\n{}", source.as_str().unwrap_or_default());
+                    panic!(
+                        "`{text}` never appeared in {css}: {seen:?}\nat {url}:\n{}",
+                        source.as_str().unwrap_or_default()
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(300));
                 if reload {
@@ -579,17 +618,28 @@ mod browser {
     }
 
     /// One WebDriver command; its `value`, or the error chromedriver answered.
-    fn command(driver: &str, method: &str, path: &str, body: Option<Value>) -> Result<Value, String> {
+    fn command(
+        driver: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, String> {
         use std::io::{Read, Write};
         let body = body.map(|b| b.to_string()).unwrap_or_default();
         // Starting a browser on a busy machine can take a while: a long read timeout.
-        let mut stream = std::net::TcpStream::connect(driver).map_err(|e| format!("chromedriver: {e}"))?;
-        stream.set_read_timeout(Some(Duration::from_secs(180))).unwrap();
+        let mut stream =
+            std::net::TcpStream::connect(driver).map_err(|e| format!("chromedriver: {e}"))?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(180)))
+            .unwrap();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nhost: {driver}\r\nconnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
-        stream.write_all(head.as_bytes()).and_then(|()| stream.write_all(body.as_bytes())).map_err(|e| e.to_string())?;
+        stream
+            .write_all(head.as_bytes())
+            .and_then(|()| stream.write_all(body.as_bytes()))
+            .map_err(|e| e.to_string())?;
         // chromedriver keeps the connection open whatever the request says: read the head, then
         // exactly Content-Length bytes.
         let mut raw = Vec::new();
@@ -598,7 +648,9 @@ mod browser {
             if let Some(at) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
                 break at;
             }
-            let n = stream.read(&mut buf).map_err(|e| format!("chromedriver: {e}"))?;
+            let n = stream
+                .read(&mut buf)
+                .map_err(|e| format!("chromedriver: {e}"))?;
             if n == 0 {
                 return Err("chromedriver closed the connection".into());
             }
@@ -606,17 +658,24 @@ mod browser {
         };
         let length: usize = String::from_utf8_lossy(&raw[..split])
             .lines()
-            .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+            })
             .and_then(|(_, v)| v.trim().parse().ok())
             .ok_or("no Content-Length from chromedriver")?;
         while raw.len() < split + 4 + length {
-            let n = stream.read(&mut buf).map_err(|e| format!("chromedriver: {e}"))?;
+            let n = stream
+                .read(&mut buf)
+                .map_err(|e| format!("chromedriver: {e}"))?;
             if n == 0 {
                 break;
             }
             raw.extend_from_slice(&buf[..n]);
         }
-        let status: u16 = String::from_utf8_lossy(&raw[9..12]).parse().map_err(|_| "bad status line")?;
+        let status: u16 = String::from_utf8_lossy(&raw[9..12])
+            .parse()
+            .map_err(|_| "bad status line")?;
         let v: Value = serde_json::from_slice(&raw[split + 4..])
             .map_err(|e| format!("{e}: {}", String::from_utf8_lossy(&raw)))?;
         if status == 200 {
@@ -645,7 +704,10 @@ mod browser {
     fn console_in_a_browser_operates_the_hub() {
         let sink = JsonSink::start();
         let flaky = JsonSink::start();
-        flaky.set_faults(Faults { error: 1.0, ..Default::default() });
+        flaky.set_faults(Faults {
+            error: 1.0,
+            ..Default::default()
+        });
         let project = format!(
             "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\ndescription = \"Paying customers\"\n\n{}\n{}\n\
              [[syncs]]\nname = \"vip-to-crm\"\nfrom = {{ audience = \"vip\" }}\nto = \"crm\"\nmode = \"mirror\"\nmax_removals = \"20%\"\n\
@@ -655,10 +717,18 @@ mod browser {
             destination("crm", &sink),
             destination("ads", &flaky),
         );
-        let hub = Hub::start_project(Db::Sqlite, &tokens(), &project, &[("SWITCHYARD_RETRY_BASE_MS", "20")]);
+        let hub = Hub::start_project(
+            Db::Sqlite,
+            &tokens(),
+            &project,
+            &[("SWITCHYARD_RETRY_BASE_MS", "20")],
+        );
         hub.install(&["json-post-destination"]);
         for i in 0..10 {
-            hub.identify(&format!("c{i}"), json!({"email": format!("c{i}@example.com"), "plan": "pro"}));
+            hub.identify(
+                &format!("c{i}"),
+                json!({"email": format!("c{i}@example.com"), "plan": "pro"}),
+            );
         }
         let driver = driver();
         {
@@ -679,7 +749,10 @@ mod browser {
             c.wait_text("#live", "Viewed Pricing", false);
             let live = c.wait_text("#live", "refused", false);
             assert!(live.contains("identify"), "{live}");
-            assert!(!live.contains("ada-1"), "an operator sees ids masked: {live}");
+            assert!(
+                !live.contains("ada-1"),
+                "an operator sees ids masked: {live}"
+            );
             c.click("#live li.event details summary");
             c.shot("live");
 
@@ -695,10 +768,19 @@ mod browser {
             c.type_into("#q", "email:ada@example.com");
             c.click("form.search button");
             let page = c.wait_text("main", "Identifiers", false);
-            assert!(page.contains("vip"), "the profile page lists its audience: {page}");
+            assert!(
+                page.contains("vip"),
+                "the profile page lists its audience: {page}"
+            );
             assert!(page.contains("Viewed Pricing"), "{page}");
-            assert!(!page.contains("ada@example.com"), "masked for an operator: {page}");
-            assert!(!c.find("button.danger").is_some(), "no erase button below admin");
+            assert!(
+                !page.contains("ada@example.com"),
+                "masked for an operator: {page}"
+            );
+            assert!(
+                !c.find("button.danger").is_some(),
+                "no erase button below admin"
+            );
             c.click("ul.tags a");
             c.wait_text("#audience-size", "11", false);
             c.shot("audience");
@@ -717,7 +799,10 @@ mod browser {
             c.shot("guardrail");
             v.goto(&format!("{base}/console/syncs/vip-to-crm"));
             v.wait_text("main", "An operator can approve these removals", false);
-            assert!(!v.find("main form button").is_some(), "a viewer gets no run or approve button");
+            assert!(
+                !v.find("main form button").is_some(),
+                "a viewer gets no run or approve button"
+            );
             c.click("button[value=approve]");
             c.wait_text("#runs tbody tr:first-child", "succeeded", false);
             assert_eq!(sink.records().len(), 5);
@@ -731,7 +816,10 @@ mod browser {
             c.shot("dead-letters");
             v.goto(&format!("{base}/console/syncs/everyone-to-ads"));
             v.wait_text("#dead-letters", "records could not be delivered", false);
-            assert!(!v.find("main form button").is_some(), "a viewer gets no replay button");
+            assert!(
+                !v.find("main form button").is_some(),
+                "a viewer gets no replay button"
+            );
             flaky.set_faults(Faults::default());
             c.click("#dead-letters button");
             c.wait_text("#runs tbody tr:first-child", "succeeded", false);
@@ -741,7 +829,11 @@ mod browser {
             // The other pages, for the screenshots.
             for (path, name, text) in [
                 ("/console", "overview", "The last hour of this hub"),
-                ("/console/audiences/editor?filter=traits.plan%20%3D%3D%20%22pro%22", "audience-editor", "Valid filter"),
+                (
+                    "/console/audiences/editor?filter=traits.plan%20%3D%3D%20%22pro%22",
+                    "audience-editor",
+                    "Valid filter",
+                ),
                 ("/console/plugins", "plugins", "json-post-destination"),
             ] {
                 c.goto(&format!("{base}{path}"));
@@ -752,17 +844,31 @@ mod browser {
             // The forms' POSTs are refused to a viewer all the same.
             drop(v);
             let viewer = super::sign_in(&hub, VIEWER_TOKEN);
-            let page = hub.request("GET", "/console", &[("cookie", &viewer)], b"").text();
+            let page = hub
+                .request("GET", "/console", &[("cookie", &viewer)], b"")
+                .text();
             let csrf = super::csrf_of(&page);
             for (path, body) in [
-                ("/console/syncs/vip-to-crm/run", format!("csrf={csrf}&what=run")),
-                ("/console/syncs/vip-to-crm/run", format!("csrf={csrf}&what=approve")),
-                ("/console/syncs/everyone-to-ads/replay", format!("csrf={csrf}")),
+                (
+                    "/console/syncs/vip-to-crm/run",
+                    format!("csrf={csrf}&what=run"),
+                ),
+                (
+                    "/console/syncs/vip-to-crm/run",
+                    format!("csrf={csrf}&what=approve"),
+                ),
+                (
+                    "/console/syncs/everyone-to-ads/replay",
+                    format!("csrf={csrf}"),
+                ),
             ] {
                 let r = hub.request(
                     "POST",
                     path,
-                    &[("content-type", "application/x-www-form-urlencoded"), ("cookie", &viewer)],
+                    &[
+                        ("content-type", "application/x-www-form-urlencoded"),
+                        ("cookie", &viewer),
+                    ],
                     body.as_bytes(),
                 );
                 assert_eq!(r.status, 403, "{path} as a viewer");
@@ -771,17 +877,30 @@ mod browser {
             // An admin erases the profile; the audit log shows it, and who tried what.
             c.delete_cookies();
             c.sign_in(&hub, ADMIN_TOKEN);
-            c.goto(&format!("{base}/console/profiles?q=email%3Aada%40example.com"));
+            c.goto(&format!(
+                "{base}/console/profiles?q=email%3Aada%40example.com"
+            ));
             let page = c.wait_text("main", "Identifiers", false);
-            assert!(page.contains("ada@example.com"), "an admin sees personal data");
+            assert!(
+                page.contains("ada@example.com"),
+                "an admin sees personal data"
+            );
             c.shot("profile");
             c.type_into("#confirm", "erase");
             c.click("button.danger");
             c.wait_text("main", "Profile erased", false);
             c.click("main a[href='/console/audit']");
             let log = c.wait_text("#audit", "profile.erase", false);
-            for expected in ["sync.approve_removals", "dead_letters.replay", "denied", "vic"] {
-                assert!(log.contains(expected), "the audit log has {expected}: {log}");
+            for expected in [
+                "sync.approve_removals",
+                "dead_letters.replay",
+                "denied",
+                "vic",
+            ] {
+                assert!(
+                    log.contains(expected),
+                    "the audit log has {expected}: {log}"
+                );
             }
             c.shot("audit");
         }

@@ -19,8 +19,7 @@ const VIP: &str = "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n";
 
 /// The webhook plugin as built against plugin API 1.0.0 (see tests/fixtures/README.md).
 fn fixture_1_0() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/fixtures/webhook-api-1.0.0.wasm")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/webhook-api-1.0.0.wasm")
 }
 
 fn hook_project(fake: &webhook_fake::Fake, sync_extra: &str) -> String {
@@ -77,7 +76,10 @@ fn a_plugin_built_against_1_0_0_installs_and_delivers_under_the_1_1_host() {
     assert!(out.contains("VALUE ENTERS PLUGIN MEMORY"), "{out}");
     assert!(out.contains("cannot erase"), "{out}");
 
-    hub.identify("u1", json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}));
+    hub.identify(
+        "u1",
+        json!({"email": "ada@example.com", "first_name": "Ada", "plan": "pro"}),
+    );
     hub.identify("u2", json!({"email": "bob@example.com", "plan": "pro"}));
     let r = hub.run_sync("vip-to-hook");
     assert_eq!(run_counts(&r), ("succeeded", 2, 0, 0), "{r}");
@@ -91,7 +93,10 @@ fn a_plugin_built_against_1_0_0_installs_and_delivers_under_the_1_1_host() {
     emails.sort();
     assert_eq!(emails, ["ada@example.com", "bob@example.com"]);
     // A 1.0.0 plugin knows nothing of delivery ids: it sends none.
-    assert!(records.iter().all(|(_, id, _)| id.is_empty()), "{records:?}");
+    assert!(
+        records.iter().all(|(_, id, _)| id.is_empty()),
+        "{records:?}"
+    );
 
     // Mirror: a removal reaches it too.
     hub.identify("u2", json!({"plan": "free"}));
@@ -106,7 +111,11 @@ fn a_plugin_built_against_1_0_0_installs_and_delivers_under_the_1_1_host() {
     let hp = fake.host_port();
     let dir = hub.plugins_dir();
     let records_file = hub.dir.path().join("erase.jsonl");
-    std::fs::write(&records_file, "{\"key\":\"p1\",\"fields\":{\"email\":\"a@x.com\"}}\n").unwrap();
+    std::fs::write(
+        &records_file,
+        "{\"key\":\"p1\",\"fields\":{\"email\":\"a@x.com\"}}\n",
+    )
+    .unwrap();
     let before = fake.attempt_ids().len();
     let err = failed(&switchyard(
         &dir,
@@ -147,15 +156,25 @@ fn half_accepted_batch_is_retried_with_the_same_delivery_ids(db: Db) {
         ("u3", "cy@example.com"),
         ("u4", "dee@example.com"),
     ] {
-        hub.identify(user, json!({"email": email, "first_name": user, "plan": "pro"}));
+        hub.identify(
+            user,
+            json!({"email": email, "first_name": user, "plan": "pro"}),
+        );
     }
     // The receiver applies the first message, but its answer is lost (500).
     fake.accept_then_fail(1, 500, "timed out after commit");
     let r = hub.run_sync("vip-to-hook");
     assert_eq!(run_counts(&r), ("completed_with_errors", 2, 2, 2), "{r}");
     let first = delivered(&fake);
-    assert_eq!(first.len(), 4, "the receiver applied both batches: {first:?}");
-    assert!(first.iter().all(|(_, id, _)| id.starts_with("dlv_")), "{first:?}");
+    assert_eq!(
+        first.len(),
+        4,
+        "the receiver applied both batches: {first:?}"
+    );
+    assert!(
+        first.iter().all(|(_, id, _)| id.starts_with("dlv_")),
+        "{first:?}"
+    );
 
     // The operator replays the dead letters: a new run sends the half-accepted batch again,
     // with the same delivery ids and webhook-id; the receiver drops it as a duplicate.
@@ -185,9 +204,15 @@ fn half_accepted_batch_is_retried_with_the_same_delivery_ids(db: Db) {
 
     // It leaves the audience and comes back with identical fields: new ids both times.
     hub.identify("u1", json!({"plan": "free"}));
-    assert_eq!(run_counts(&hub.run_sync("vip-to-hook")), ("succeeded", 1, 0, 0));
+    assert_eq!(
+        run_counts(&hub.run_sync("vip-to-hook")),
+        ("succeeded", 1, 0, 0)
+    );
     hub.identify("u1", json!({"plan": "pro"}));
-    assert_eq!(run_counts(&hub.run_sync("vip-to-hook")), ("succeeded", 1, 0, 0));
+    assert_eq!(
+        run_counts(&hub.run_sync("vip-to-hook")),
+        ("succeeded", 1, 0, 0)
+    );
     let all = delivered(&fake);
     let ids: Vec<&str> = all
         .iter()
@@ -198,8 +223,16 @@ fn half_accepted_batch_is_retried_with_the_same_delivery_ids(db: Db) {
     let mut unique = ids.clone();
     unique.sort();
     unique.dedup();
-    assert_eq!(unique.len(), 4, "every change of the record has its own id: {ids:?}");
-    assert_eq!(fake.duplicates(), 1, "the re-join was not taken for a retry");
+    assert_eq!(
+        unique.len(),
+        4,
+        "every change of the record has its own id: {ids:?}"
+    );
+    assert_eq!(
+        fake.duplicates(),
+        1,
+        "the re-join was not taken for a retry"
+    );
 }
 
 #[test]
@@ -233,8 +266,14 @@ fn a_changed_email_renames_the_mailchimp_member(db: Db) {
     let info = ok(&hub.cli(&["plugin", "info", "mailchimp"]));
     assert!(info.contains("keyed by: email"), "{info}");
 
-    hub.identify("u1", json!({"email": "ada@old.example.com", "first_name": "Ada", "plan": "pro"}));
-    hub.identify("u2", json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}));
+    hub.identify(
+        "u1",
+        json!({"email": "ada@old.example.com", "first_name": "Ada", "plan": "pro"}),
+    );
+    hub.identify(
+        "u2",
+        json!({"email": "bob@example.com", "first_name": "Bob", "plan": "pro"}),
+    );
     let r = hub.run_sync("vip-to-mailchimp");
     assert_eq!(run_counts(&r), ("succeeded", 2, 0, 0), "{r}");
     // Ada unsubscribed in Mailchimp meanwhile: a rename must keep that.
@@ -245,7 +284,10 @@ fn a_changed_email_renames_the_mailchimp_member(db: Db) {
         .get_mut(&mailchimp_fake::subscriber_hash("ada@old.example.com"))
         .unwrap()["status"] = json!("unsubscribed");
 
-    hub.identify("u1", json!({"email": "ada@new.example.com", "first_name": "Ada L."}));
+    hub.identify(
+        "u1",
+        json!({"email": "ada@new.example.com", "first_name": "Ada L."}),
+    );
     let r = hub.run_sync("vip-to-mailchimp");
     assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
     assert_eq!(
@@ -312,7 +354,10 @@ fn a_changed_email_replaces_the_sendgrid_contact(db: Db) {
     );
     let hub = hub_with(db, &project);
     hub.install(&["sendgrid"]);
-    hub.identify("u1", json!({"email": "ada@old.example.com", "first_name": "Ada", "plan": "pro"}));
+    hub.identify(
+        "u1",
+        json!({"email": "ada@old.example.com", "first_name": "Ada", "plan": "pro"}),
+    );
     let r = hub.run_sync("vip-to-sendgrid");
     assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
     assert!(fake.contact("ada@old.example.com").is_some());
@@ -320,7 +365,9 @@ fn a_changed_email_replaces_the_sendgrid_contact(db: Db) {
     hub.identify("u1", json!({"email": "ada@new.example.com"}));
     let r = hub.run_sync("vip-to-sendgrid");
     assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
-    let ada = fake.contact("ada@new.example.com").expect("the new address upserted");
+    let ada = fake
+        .contact("ada@new.example.com")
+        .expect("the new address upserted");
     assert_eq!(ada["first_name"], "Ada");
     assert!(
         fake.contact("ada@old.example.com").is_none(),
@@ -359,7 +406,11 @@ fn a_transform_plugin_installs_lists_and_transforms_through_the_host() {
             .any(|l| l.starts_with("transform-probe") && l.contains("transform")),
         "{list}"
     );
-    let info = ok(&switchyard(dir.path(), &["plugin", "info", "transform-probe"], "warn"));
+    let info = ok(&switchyard(
+        dir.path(),
+        &["plugin", "info", "transform-probe"],
+        "warn",
+    ));
     assert!(info.contains("(transform, plugin API 1.1.0)"), "{info}");
     assert!(info.contains("VALUE ENTERS PLUGIN MEMORY"), "{info}");
 
@@ -415,7 +466,13 @@ fn a_transform_plugin_installs_lists_and_transforms_through_the_host() {
     std::fs::write(&records, "{\"key\":\"p1\",\"fields\":{}}\n").unwrap();
     let err = failed(&switchyard(
         dir.path(),
-        &["plugin", "deliver", "transform-probe", "--records", records.to_str().unwrap()],
+        &[
+            "plugin",
+            "deliver",
+            "transform-probe",
+            "--records",
+            records.to_str().unwrap(),
+        ],
         "warn",
     ));
     assert!(err.contains("is not a destination plugin"), "{err}");

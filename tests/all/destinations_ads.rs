@@ -1133,7 +1133,10 @@ fn google_ads_check_reads_the_list_with_the_credentials() {
     assert!(out.contains("check passed"), "{out}");
     // The write path is exercised: a validateOnly job creation after the GAQL read.
     let calls = g.fake.calls();
-    assert_eq!(calls[1].1, "/v26/customers/1234567890/offlineUserDataJobs:create", "{calls:?}");
+    assert_eq!(
+        calls[1].1, "/v26/customers/1234567890/offlineUserDataJobs:create",
+        "{calls:?}"
+    );
     assert!(g.fake.jobs().is_empty(), "validateOnly creates no job");
 
     let err = failed(&g.check(
@@ -1206,11 +1209,16 @@ fn google_ads_non_allowlisted_token_is_invalid_config_naming_data_manager() {
     let records = vec![json!({"key": "k1", "fields": {"email": "dana@example.com"}})];
     let err = failed(&g.deliver(&gads_config(), &secrets, "upsert", &records, "warn"));
     assert!(
-        err.contains("invalid config") && err.contains("Data Manager") && err.contains("CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"),
+        err.contains("invalid config")
+            && err.contains("Data Manager")
+            && err.contains("CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"),
         "{err}"
     );
     let err = failed(&g.check(&gads_config(), &secrets));
-    assert!(err.contains("invalid config") && err.contains("Data Manager"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("Data Manager"),
+        "{err}"
+    );
     assert!(g
         .fake
         .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
@@ -1225,10 +1233,17 @@ fn google_ads_upload_key_type_keeps_identifiers_apart() {
     let mixed = vec![
         json!({"key": "both", "fields": {"email": "dana@example.com", "crm_id": "c-1", "mobile_id": "6032d997-3ab0-4de0-aa16-000000000001"}}),
     ];
-    let res = results(&ok(&g.deliver(&gads_config(), &gads_secrets(), "upsert", &mixed, "warn")));
+    let res = results(&ok(&g.deliver(
+        &gads_config(),
+        &gads_secrets(),
+        "upsert",
+        &mixed,
+        "warn",
+    )));
     assert_eq!(res[0]["result"], "ok", "{res:?}");
     assert_eq!(
-        g.fake.members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID),
+        g.fake
+            .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID),
         vec![vec![json!({"hashedEmail": sha("dana@example.com")})]]
     );
 
@@ -1240,13 +1255,23 @@ fn google_ads_upload_key_type_keeps_identifiers_apart() {
         json!({"key": "both", "fields": {"email": "dana@example.com", "crm_id": "c-1"}}),
         json!({"key": "email-only", "fields": {"email": "eve@example.com"}}),
     ];
-    let res = results(&ok(&g.deliver(&crm, &gads_secrets(), "upsert", &records, "warn")));
+    let res = results(&ok(&g.deliver(
+        &crm,
+        &gads_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
     assert_eq!(res[0]["result"], "ok", "{res:?}");
     assert_eq!(res[1]["result"], "rejected", "{res:?}");
     let reason = res[1]["reason"].as_str().unwrap();
-    assert!(reason.contains("crm_id") && reason.contains("upload_key_type"), "{reason}");
+    assert!(
+        reason.contains("crm_id") && reason.contains("upload_key_type"),
+        "{reason}"
+    );
     assert_eq!(
-        g.fake.members(google_fake::CUSTOMER_ID, google_fake::CRM_USER_LIST_ID),
+        g.fake
+            .members(google_fake::CUSTOMER_ID, google_fake::CRM_USER_LIST_ID),
         vec![vec![json!({"thirdPartyUserId": "c-1"})]]
     );
 
@@ -1255,7 +1280,9 @@ fn google_ads_upload_key_type_keeps_identifiers_apart() {
     wrong["user_list_id"] = json!(google_fake::MOBILE_USER_LIST_ID);
     let err = failed(&g.check(&wrong, &gads_secrets()));
     assert!(
-        err.contains("invalid config") && err.contains("MOBILE_ADVERTISING_ID") && err.contains("upload_key_type"),
+        err.contains("invalid config")
+            && err.contains("MOBILE_ADVERTISING_ID")
+            && err.contains("upload_key_type"),
         "{err}"
     );
 }
@@ -1280,10 +1307,16 @@ fn google_ads_consent_only_on_upserts_and_never_denied() {
     let mut denied = gads_config();
     denied["consent_ad_user_data"] = json!("DENIED");
     let err = failed(&g.deliver(&denied, &gads_secrets(), "upsert", &records, "warn"));
-    assert!(err.contains("invalid config") && err.contains("DENIED"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("DENIED"),
+        "{err}"
+    );
     assert_eq!(g.fake.jobs().len(), 2, "no job was created");
     let err = failed(&g.check(&denied, &gads_secrets()));
-    assert!(err.contains("invalid config") && err.contains("DENIED"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("DENIED"),
+        "{err}"
+    );
 }
 
 /// G1: the Data Manager API is the default path: one `audienceMembers:ingest` / `:remove` per
@@ -1303,10 +1336,19 @@ fn google_ads_data_manager_is_the_default_and_ingests_then_removes() {
     assert_eq!(res[1]["result"], "ok", "{res:?}");
     assert_eq!(res[2]["result"], "rejected", "{res:?}");
     let calls = g.fake.calls();
-    assert_eq!(calls, vec![("POST".to_string(), "/v1/audienceMembers:ingest".to_string())]);
+    assert_eq!(
+        calls,
+        vec![("POST".to_string(), "/v1/audienceMembers:ingest".to_string())]
+    );
     let h = g.fake.headers_of(0);
-    assert!(h.get("developer-token").is_none(), "no developer token on Data Manager");
-    assert_eq!(h["authorization"], format!("Bearer {}", google_fake::ACCESS_TOKEN).as_str());
+    assert!(
+        h.get("developer-token").is_none(),
+        "no developer token on Data Manager"
+    );
+    assert_eq!(
+        h["authorization"],
+        format!("Bearer {}", google_fake::ACCESS_TOKEN).as_str()
+    );
     let (_, body) = &g.fake.dm_bodies()[0];
     assert_eq!(
         body["destinations"],
@@ -1314,11 +1356,19 @@ fn google_ads_data_manager_is_the_default_and_ingests_then_removes() {
                 "productDestinationId": google_fake::USER_LIST_ID}])
     );
     assert_eq!(body["encoding"], "HEX");
-    assert_eq!(body["consent"], json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"}));
-    assert_eq!(body["termsOfService"], json!({"customerMatchTermsOfServiceStatus": "ACCEPTED"}));
+    assert_eq!(
+        body["consent"],
+        json!({"adUserData": "CONSENT_GRANTED", "adPersonalization": "CONSENT_GRANTED"})
+    );
+    assert_eq!(
+        body["termsOfService"],
+        json!({"customerMatchTermsOfServiceStatus": "ACCEPTED"})
+    );
     assert_eq!(body["validateOnly"], false);
     // The Data Manager guide's vectors; crm_id not mixed into a contact-info member.
-    let members = g.fake.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
+    let members = g
+        .fake
+        .dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID);
     assert_eq!(
         members,
         vec![
@@ -1331,42 +1381,83 @@ fn google_ads_data_manager_is_the_default_and_ingests_then_removes() {
         ]
     );
     let log = stderr(&out);
-    for secret in [google_fake::ACCESS_TOKEN, "DanaM@example.com", "danam@example.com", "555-0100", "Smith"] {
+    for secret in [
+        google_fake::ACCESS_TOKEN,
+        "DanaM@example.com",
+        "danam@example.com",
+        "555-0100",
+        "Smith",
+    ] {
         assert!(!log.contains(secret), "log leaks {secret}: {log}");
     }
 
     // delete → :remove, without consent or terms (the remove request has neither).
-    let res = results(&ok(&g.deliver(&dm_config(), &dm_secrets(), "delete", &records[..1], "warn")));
+    let res = results(&ok(&g.deliver(
+        &dm_config(),
+        &dm_secrets(),
+        "delete",
+        &records[..1],
+        "warn",
+    )));
     assert_eq!(res[0]["result"], "ok", "{res:?}");
     let (path, body) = g.fake.dm_bodies()[1].clone();
     assert_eq!(path, "/v1/audienceMembers:remove");
-    assert!(body.get("consent").is_none() && body.get("termsOfService").is_none(), "{body}");
-    assert_eq!(g.fake.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID).len(), 1);
+    assert!(
+        body.get("consent").is_none() && body.get("termsOfService").is_none(),
+        "{body}"
+    );
+    assert_eq!(
+        g.fake
+            .dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+            .len(),
+        1
+    );
 
     // Other key types: userIdData for a CRM list, mobileData for a mobile-id list.
     let mut crm = dm_config();
     crm["user_list_id"] = json!(google_fake::CRM_USER_LIST_ID);
     crm["upload_key_type"] = json!("crm_id");
-    let res = results(&ok(&g.deliver(&crm, &dm_secrets(), "upsert", &records, "warn")));
+    let res = results(&ok(&g.deliver(
+        &crm,
+        &dm_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
     assert_eq!(
-        res.iter().map(|r| r["result"].as_str().unwrap()).collect::<Vec<_>>(),
+        res.iter()
+            .map(|r| r["result"].as_str().unwrap())
+            .collect::<Vec<_>>(),
         ["ok", "rejected", "ok"],
         "{res:?}"
     );
-    assert!(res[1]["reason"].as_str().unwrap().contains("no crm_id"), "{res:?}");
+    assert!(
+        res[1]["reason"].as_str().unwrap().contains("no crm_id"),
+        "{res:?}"
+    );
     assert_eq!(
-        g.fake.dm_members(google_fake::CUSTOMER_ID, google_fake::CRM_USER_LIST_ID),
-        vec![json!({"userIdData": {"userId": "c-9"}}), json!({"userIdData": {"userId": "c-10"}})]
+        g.fake
+            .dm_members(google_fake::CUSTOMER_ID, google_fake::CRM_USER_LIST_ID),
+        vec![
+            json!({"userIdData": {"userId": "c-9"}}),
+            json!({"userIdData": {"userId": "c-10"}})
+        ]
     );
     let mut mobile = dm_config();
     mobile["user_list_id"] = json!(google_fake::MOBILE_USER_LIST_ID);
     mobile["upload_key_type"] = json!("mobile_id");
     let idfa = "6032d997-3ab0-4de0-aa16-000000000001";
-    let res = results(&ok(&g.deliver(&mobile, &dm_secrets(), "upsert",
-        &[json!({"key": "m", "fields": {"mobile_id": idfa, "email": "m@example.com"}})], "warn")));
+    let res = results(&ok(&g.deliver(
+        &mobile,
+        &dm_secrets(),
+        "upsert",
+        &[json!({"key": "m", "fields": {"mobile_id": idfa, "email": "m@example.com"}})],
+        "warn",
+    )));
     assert_eq!(res[0]["result"], "ok", "{res:?}");
     assert_eq!(
-        g.fake.dm_members(google_fake::CUSTOMER_ID, google_fake::MOBILE_USER_LIST_ID),
+        g.fake
+            .dm_members(google_fake::CUSTOMER_ID, google_fake::MOBILE_USER_LIST_ID),
         vec![json!({"mobileData": {"mobileIds": [idfa]}})]
     );
 }
@@ -1382,57 +1473,141 @@ fn google_ads_data_manager_errors_map_per_member_quota_and_config() {
         .enumerate()
         .map(|(i, e)| json!({"key": format!("r{i}"), "fields": {"email": e}}))
         .collect();
-    g.fake.reject_identifier(&sha("blocked@example.com"), json!("INVALID_AUDIENCE_MEMBER"), "This audience member is not valid.");
-    let res = results(&ok(&g.deliver(&dm_config(), &dm_secrets(), "upsert", &records, "warn")));
+    g.fake.reject_identifier(
+        &sha("blocked@example.com"),
+        json!("INVALID_AUDIENCE_MEMBER"),
+        "This audience member is not valid.",
+    );
+    let res = results(&ok(&g.deliver(
+        &dm_config(),
+        &dm_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
     assert_eq!(res[1]["result"], "rejected", "{res:?}");
     let reason = res[1]["reason"].as_str().unwrap();
-    assert!(reason.starts_with("Data Manager: INVALID_AUDIENCE_MEMBER") && reason.contains("audience_members[1]"), "{reason}");
+    assert!(
+        reason.starts_with("Data Manager: INVALID_AUDIENCE_MEMBER")
+            && reason.contains("audience_members[1]"),
+        "{reason}"
+    );
     for k in [0, 2] {
         assert_eq!(res[k]["result"], "retry", "{res:?}");
-        assert!(res[k]["reason"].as_str().unwrap().contains("not applied"), "{res:?}");
+        assert!(
+            res[k]["reason"].as_str().unwrap().contains("not applied"),
+            "{res:?}"
+        );
     }
-    assert!(g.fake.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID).is_empty(), "nothing applied");
+    assert!(
+        g.fake
+            .dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+            .is_empty(),
+        "nothing applied"
+    );
 
     // 429 RESOURCE_EXHAUSTED: RetryInfo's delay, else Retry-After.
     let good = &records[..1];
-    g.fake.fail_next(google_fake::Fault::dm_quota(Some("30s"), Some("5")));
-    let res = results(&ok(&g.deliver(&dm_config(), &dm_secrets(), "upsert", good, "warn")));
-    assert_eq!((res[0]["result"].as_str(), res[0]["after_ms"].as_u64()), (Some("retry"), Some(30_000)), "{res:?}");
-    assert!(res[0]["reason"].as_str().unwrap().contains("RESOURCE_EXHAUSTED"), "{res:?}");
-    g.fake.fail_next(google_fake::Fault::dm_quota(None, Some("7")));
-    let res = results(&ok(&g.deliver(&dm_config(), &dm_secrets(), "upsert", good, "warn")));
+    g.fake
+        .fail_next(google_fake::Fault::dm_quota(Some("30s"), Some("5")));
+    let res = results(&ok(&g.deliver(
+        &dm_config(),
+        &dm_secrets(),
+        "upsert",
+        good,
+        "warn",
+    )));
+    assert_eq!(
+        (res[0]["result"].as_str(), res[0]["after_ms"].as_u64()),
+        (Some("retry"), Some(30_000)),
+        "{res:?}"
+    );
+    assert!(
+        res[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("RESOURCE_EXHAUSTED"),
+        "{res:?}"
+    );
+    g.fake
+        .fail_next(google_fake::Fault::dm_quota(None, Some("7")));
+    let res = results(&ok(&g.deliver(
+        &dm_config(),
+        &dm_secrets(),
+        "upsert",
+        good,
+        "warn",
+    )));
     assert_eq!(res[0]["after_ms"], 7_000, "{res:?}");
-    let res = results(&ok(&g.deliver(&dm_config(), &dm_secrets(), "upsert", good, "warn")));
+    let res = results(&ok(&g.deliver(
+        &dm_config(),
+        &dm_secrets(),
+        "upsert",
+        good,
+        "warn",
+    )));
     assert_eq!(res[0]["result"], "ok", "{res:?}");
 
     // Credentials and settings fail the call.
     let adwords_only = vec![format!("access_token={}", google_fake::ADWORDS_ONLY_TOKEN)];
     let err = failed(&g.deliver(&dm_config(), &adwords_only, "upsert", good, "warn"));
-    assert!(err.contains("unauthorized") && err.contains("auth/datamanager"), "{err}");
-    let err = failed(&g.deliver(&dm_config(), &["access_token=ya29.expired".to_string()], "upsert", good, "warn"));
-    assert!(err.contains("unauthorized") && err.contains("UNAUTHENTICATED") && !err.contains("ya29.expired"), "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("auth/datamanager"),
+        "{err}"
+    );
+    let err = failed(&g.deliver(
+        &dm_config(),
+        &["access_token=ya29.expired".to_string()],
+        "upsert",
+        good,
+        "warn",
+    ));
+    assert!(
+        err.contains("unauthorized")
+            && err.contains("UNAUTHENTICATED")
+            && !err.contains("ya29.expired"),
+        "{err}"
+    );
     let mut no_terms = dm_config();
     no_terms["customer_match_terms_accepted"] = json!(false);
     let err = failed(&g.deliver(&no_terms, &dm_secrets(), "upsert", good, "warn"));
-    assert!(err.contains("invalid config") && err.contains("customer_match_terms_accepted = true"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("customer_match_terms_accepted = true"),
+        "{err}"
+    );
     let mut wrong_list = dm_config();
     wrong_list["user_list_id"] = json!("999");
     let err = failed(&g.deliver(&wrong_list, &dm_secrets(), "upsert", good, "warn"));
-    assert!(err.contains("invalid config") && err.contains("INVALID_USER_LIST_ID"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("INVALID_USER_LIST_ID"),
+        "{err}"
+    );
     let client = json!({"customer_id": google_fake::CLIENT_CUSTOMER_ID, "user_list_id": google_fake::CLIENT_USER_LIST_ID,
                         "customer_match_terms_accepted": true});
     let err = failed(&g.deliver(&client, &dm_secrets(), "upsert", good, "warn"));
-    assert!(err.contains("unauthorized") && err.contains("login_customer_id"), "{err}");
+    assert!(
+        err.contains("unauthorized") && err.contains("login_customer_id"),
+        "{err}"
+    );
     let mut via_manager = client.clone();
     via_manager["login_customer_id"] = json!("999-888-7777");
-    let res = results(&ok(&g.deliver(&via_manager, &dm_secrets(), "upsert", good, "warn")));
+    let res = results(&ok(&g.deliver(
+        &via_manager,
+        &dm_secrets(),
+        "upsert",
+        good,
+        "warn",
+    )));
     assert_eq!(res[0]["result"], "ok", "{res:?}");
     // DENIED consent is refused before anything is sent.
     let before = g.fake.calls().len();
     let mut denied = dm_config();
     denied["consent_ad_user_data"] = json!("DENIED");
     let err = failed(&g.deliver(&denied, &dm_secrets(), "upsert", good, "warn"));
-    assert!(err.contains("invalid config") && err.contains("DENIED"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("DENIED"),
+        "{err}"
+    );
     assert_eq!(g.fake.calls().len(), before);
 }
 
@@ -1444,27 +1619,59 @@ fn google_ads_data_manager_check_validates_the_write_path() {
     let out = ok(&g.check(&dm_config(), &dm_secrets()));
     assert!(out.contains("check passed"), "{out}");
     let calls = g.fake.calls();
-    assert_eq!(calls[0], ("GET".to_string(), format!("/v1/accountTypes/GOOGLE_ADS/accounts/1234567890/userLists/{}", google_fake::USER_LIST_ID)));
-    assert_eq!(calls[1], ("POST".to_string(), "/v1/audienceMembers:ingest".to_string()));
+    assert_eq!(
+        calls[0],
+        (
+            "GET".to_string(),
+            format!(
+                "/v1/accountTypes/GOOGLE_ADS/accounts/1234567890/userLists/{}",
+                google_fake::USER_LIST_ID
+            )
+        )
+    );
+    assert_eq!(
+        calls[1],
+        ("POST".to_string(), "/v1/audienceMembers:ingest".to_string())
+    );
     assert_eq!(g.fake.dm_bodies()[0].1["validateOnly"], true);
-    assert!(g.fake.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID).is_empty());
+    assert!(g
+        .fake
+        .dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+        .is_empty());
 
     let mut crm = dm_config();
     crm["user_list_id"] = json!(google_fake::CRM_USER_LIST_ID);
     let err = failed(&g.check(&crm, &dm_secrets()));
-    assert!(err.contains("invalid config") && err.contains("USER_ID") && err.contains("upload_key_type"), "{err}");
+    assert!(
+        err.contains("invalid config")
+            && err.contains("USER_ID")
+            && err.contains("upload_key_type"),
+        "{err}"
+    );
     crm["upload_key_type"] = json!("crm_id");
     ok(&g.check(&crm, &dm_secrets()));
     let mut no_terms = dm_config();
     no_terms["customer_match_terms_accepted"] = json!(false);
     let err = failed(&g.check(&no_terms, &dm_secrets()));
-    assert!(err.contains("invalid config") && err.contains("customer_match_terms_accepted"), "{err}");
-    let err = failed(&g.check(&dm_config(), &[format!("access_token={}", google_fake::ADWORDS_ONLY_TOKEN)]));
-    assert!(err.contains("unauthorized") && err.contains("datamanager"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("customer_match_terms_accepted"),
+        "{err}"
+    );
+    let err = failed(&g.check(
+        &dm_config(),
+        &[format!("access_token={}", google_fake::ADWORDS_ONLY_TOKEN)],
+    ));
+    assert!(
+        err.contains("unauthorized") && err.contains("datamanager"),
+        "{err}"
+    );
     let mut missing = dm_config();
     missing["user_list_id"] = json!("999");
     let err = failed(&g.check(&missing, &dm_secrets()));
-    assert!(err.contains("invalid config") && err.contains("not found"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("not found"),
+        "{err}"
+    );
     // The refresh-token flow works for Data Manager too.
     let refresh = vec![
         format!("refresh_token={}", google_fake::REFRESH_TOKEN),
@@ -1474,7 +1681,10 @@ fn google_ads_data_manager_check_validates_the_write_path() {
     ok(&g.check(&dm_config(), &refresh));
     // The Google Ads path without a developer token says what to do.
     let err = failed(&g.check(&gads_config(), &dm_secrets()));
-    assert!(err.contains("invalid config") && err.contains("developer_token"), "{err}");
+    assert!(
+        err.contains("invalid config") && err.contains("developer_token"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1482,7 +1692,10 @@ fn google_ads_fake_refuses_what_data_manager_refuses() {
     let fake = google_fake::start_in_background();
     let addr = fake.host_port();
     let bearer = format!("Bearer {}", google_fake::ACCESS_TOKEN);
-    let auth = [("authorization", bearer.as_str()), ("content-type", "application/json")];
+    let auth = [
+        ("authorization", bearer.as_str()),
+        ("content-type", "application/json"),
+    ];
     let post = |path: &str, headers: &[(&str, &str)], body: &Value| {
         raw(&addr, "POST", path, headers, body.to_string().as_bytes())
     };
@@ -1491,48 +1704,121 @@ fn google_ads_fake_refuses_what_data_manager_refuses() {
                        "productDestinationId": google_fake::USER_LIST_ID}]);
     let h = sha("x@example.com");
     let member = json!({"userData": {"userIdentifiers": [{"emailAddress": h}]}});
-    let req = |members: Value| json!({"destinations": dest, "audienceMembers": members, "encoding": "HEX",
-        "termsOfService": {"customerMatchTermsOfServiceStatus": "ACCEPTED"}});
+    let req = |members: Value| {
+        json!({"destinations": dest, "audienceMembers": members, "encoding": "HEX",
+        "termsOfService": {"customerMatchTermsOfServiceStatus": "ACCEPTED"}})
+    };
     let reason = |b: &str| -> String {
         let v: Value = serde_json::from_str(b).unwrap();
-        v["error"]["details"].as_array().unwrap().iter()
-            .find_map(|d| d.get("fieldViolations")).map(|f| f[0]["reason"].as_str().unwrap().to_string())
-            .unwrap_or_else(|| v["error"]["details"][0]["reason"].as_str().unwrap_or("").to_string())
+        v["error"]["details"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|d| d.get("fieldViolations"))
+            .map(|f| f[0]["reason"].as_str().unwrap().to_string())
+            .unwrap_or_else(|| {
+                v["error"]["details"][0]["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
     };
 
     let (s, _) = post(ingest, &auth[1..], &req(json!([member])));
     assert_eq!(s, 401);
     let adwords = format!("Bearer {}", google_fake::ADWORDS_ONLY_TOKEN);
-    let (s, b) = post(ingest, &[("authorization", &adwords), auth[1]], &req(json!([member])));
+    let (s, b) = post(
+        ingest,
+        &[("authorization", &adwords), auth[1]],
+        &req(json!([member])),
+    );
     assert_eq!(s, 403, "{b}");
     assert!(b.contains("ACCESS_TOKEN_SCOPE_INSUFFICIENT"), "{b}");
     // Terms of service, limits, hex + SHA-256, one data type, the list's key type.
     let mut no_terms = req(json!([member]));
     no_terms.as_object_mut().unwrap().remove("termsOfService");
     let (s, b) = post(ingest, &auth, &no_terms);
-    assert_eq!((s, reason(&b).as_str()), (400, "TERMS_AND_CONDITIONS_NOT_SIGNED"), "{b}");
+    assert_eq!(
+        (s, reason(&b).as_str()),
+        (400, "TERMS_AND_CONDITIONS_NOT_SIGNED"),
+        "{b}"
+    );
     let many: Vec<Value> = (0..10_001).map(|_| member.clone()).collect();
     let (s, b) = post(ingest, &auth, &req(json!(many)));
-    assert_eq!((s, reason(&b).as_str()), (400, "TOO_MANY_AUDIENCE_MEMBERS"), "{b}");
+    assert_eq!(
+        (s, reason(&b).as_str()),
+        (400, "TOO_MANY_AUDIENCE_MEMBERS"),
+        "{b}"
+    );
     let eleven: Vec<Value> = (0..11).map(|_| json!({"emailAddress": h})).collect();
-    let (s, b) = post(ingest, &auth, &req(json!([{"userData": {"userIdentifiers": eleven}}])));
-    assert_eq!((s, reason(&b).as_str()), (400, "TOO_MANY_USER_IDENTIFIERS"), "{b}");
-    let (s, b) = post(ingest, &auth, &req(json!([member, {"userData": {"userIdentifiers": [{"emailAddress": "x@example.com"}]}}])));
-    assert_eq!((s, reason(&b).as_str()), (400, "INVALID_HEX_ENCODING"), "{b}");
+    let (s, b) = post(
+        ingest,
+        &auth,
+        &req(json!([{"userData": {"userIdentifiers": eleven}}])),
+    );
+    assert_eq!(
+        (s, reason(&b).as_str()),
+        (400, "TOO_MANY_USER_IDENTIFIERS"),
+        "{b}"
+    );
+    let (s, b) = post(
+        ingest,
+        &auth,
+        &req(
+            json!([member, {"userData": {"userIdentifiers": [{"emailAddress": "x@example.com"}]}}]),
+        ),
+    );
+    assert_eq!(
+        (s, reason(&b).as_str()),
+        (400, "INVALID_HEX_ENCODING"),
+        "{b}"
+    );
     assert!(b.contains("audience_members.audience_members[1]"), "{b}");
-    let (s, b) = post(ingest, &auth, &req(json!([{"userData": {"userIdentifiers": [{"emailAddress": "abcd"}]}}])));
-    assert_eq!((s, reason(&b).as_str()), (400, "INVALID_SHA256_FORMAT"), "{b}");
-    let (s, b) = post(ingest, &auth, &req(json!([member, {"userIdData": {"userId": "c-1"}}])));
-    assert_eq!((s, reason(&b).as_str()), (400, "MULTIPLE_DATA_TYPES_NOT_ALLOWED"), "{b}");
-    let (s, b) = post(ingest, &auth, &req(json!([{"userIdData": {"userId": "c-1"}}])));
-    assert_eq!((s, reason(&b).as_str()), (400, "INVALID_USER_LIST_TYPE"), "{b}");
-    let (s, b) = post(ingest, &auth, &req(json!([{"userData": {"userIdentifiers": [{"emailAddress": h, "phoneNumber": h}]}}])));
+    let (s, b) = post(
+        ingest,
+        &auth,
+        &req(json!([{"userData": {"userIdentifiers": [{"emailAddress": "abcd"}]}}])),
+    );
+    assert_eq!(
+        (s, reason(&b).as_str()),
+        (400, "INVALID_SHA256_FORMAT"),
+        "{b}"
+    );
+    let (s, b) = post(
+        ingest,
+        &auth,
+        &req(json!([member, {"userIdData": {"userId": "c-1"}}])),
+    );
+    assert_eq!(
+        (s, reason(&b).as_str()),
+        (400, "MULTIPLE_DATA_TYPES_NOT_ALLOWED"),
+        "{b}"
+    );
+    let (s, b) = post(
+        ingest,
+        &auth,
+        &req(json!([{"userIdData": {"userId": "c-1"}}])),
+    );
+    assert_eq!(
+        (s, reason(&b).as_str()),
+        (400, "INVALID_USER_LIST_TYPE"),
+        "{b}"
+    );
+    let (s, b) = post(
+        ingest,
+        &auth,
+        &req(json!([{"userData": {"userIdentifiers": [{"emailAddress": h, "phoneNumber": h}]}}])),
+    );
     assert_eq!(s, 400);
     assert!(b.contains("Oneof field"), "{b}");
     let mut no_encoding = req(json!([member]));
     no_encoding.as_object_mut().unwrap().remove("encoding");
     let (s, b) = post(ingest, &auth, &no_encoding);
-    assert_eq!((s, reason(&b).as_str()), (400, "REQUIRED_FIELD_MISSING"), "{b}");
+    assert_eq!(
+        (s, reason(&b).as_str()),
+        (400, "REQUIRED_FIELD_MISSING"),
+        "{b}"
+    );
     // remove takes neither consent nor terms.
     let (s, b) = post("/v1/audienceMembers:remove", &auth, &req(json!([member])));
     assert_eq!(s, 400);
@@ -1542,11 +1828,16 @@ fn google_ads_fake_refuses_what_data_manager_refuses() {
     validate["validateOnly"] = json!(true);
     let (s, _) = post(ingest, &auth, &validate);
     assert_eq!(s, 200);
-    assert!(fake.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID).is_empty());
+    assert!(fake
+        .dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
+        .is_empty());
     let (s, b) = post(ingest, &auth, &req(json!([member])));
     assert_eq!(s, 200, "{b}");
     assert!(b.contains("requestId"), "{b}");
-    assert_eq!(fake.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID), vec![member.clone()]);
+    assert_eq!(
+        fake.dm_members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID),
+        vec![member.clone()]
+    );
     // A client account only through its manager.
     let client = json!({"destinations": [{"operatingAccount": {"accountType": "GOOGLE_ADS", "accountId": google_fake::CLIENT_CUSTOMER_ID},
         "productDestinationId": google_fake::CLIENT_USER_LIST_ID}], "audienceMembers": [member], "encoding": "HEX",
@@ -1554,12 +1845,23 @@ fn google_ads_fake_refuses_what_data_manager_refuses() {
     let (s, _) = post(ingest, &auth, &client);
     assert_eq!(s, 403);
     // The Google Ads path refuses a developer token that is not allowlisted for Customer Match.
-    let ads_auth = [("authorization", bearer.as_str()), ("developer-token", google_fake::NEW_DEVELOPER_TOKEN), ("content-type", "application/json")];
+    let ads_auth = [
+        ("authorization", bearer.as_str()),
+        ("developer-token", google_fake::NEW_DEVELOPER_TOKEN),
+        ("content-type", "application/json"),
+    ];
     let create = json!({"job": {"type": "CUSTOMER_MATCH_USER_LIST", "customerMatchUserListMetadata":
         {"userList": google_fake::list_resource(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)}}, "validateOnly": true});
-    let (s, b) = post("/v26/customers/1234567890/offlineUserDataJobs:create", &ads_auth, &create);
+    let (s, b) = post(
+        "/v26/customers/1234567890/offlineUserDataJobs:create",
+        &ads_auth,
+        &create,
+    );
     assert_eq!(s, 403, "{b}");
-    assert!(b.contains("CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"), "{b}");
+    assert!(
+        b.contains("CUSTOMER_NOT_ALLOWLISTED_FOR_THIS_FEATURE"),
+        "{b}"
+    );
 }
 
 #[test]
@@ -1805,7 +2107,13 @@ fn full_batches_of_10000_records_fit_one_call() {
 
     // Google, Data Manager (default): 10,000 members in one ingest request.
     let g = GoogleRun::new();
-    let res = results(&ok(&g.deliver(&dm_config(), &dm_secrets(), "upsert", &records, "warn")));
+    let res = results(&ok(&g.deliver(
+        &dm_config(),
+        &dm_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
     assert_eq!(res.len(), 10_000);
     assert!(
         res.iter().all(|r| r["result"] == "ok"),
@@ -1820,10 +2128,19 @@ fn full_batches_of_10000_records_fit_one_call() {
         10_000
     );
     // Google Ads API: one job, addOperations of at most 10,000 identifiers each (3 per record).
-    let res = results(&ok(&g.deliver(&gads_config(), &gads_secrets(), "upsert", &records, "warn")));
+    let res = results(&ok(&g.deliver(
+        &gads_config(),
+        &gads_secrets(),
+        "upsert",
+        &records,
+        "warn",
+    )));
     assert!(res.iter().all(|r| r["result"] == "ok"));
     let jobs = g.fake.jobs();
-    assert_eq!((jobs.len(), jobs[0].add_requests, jobs[0].status.as_str()), (1, 4, "SUCCESS"));
+    assert_eq!(
+        (jobs.len(), jobs[0].add_requests, jobs[0].status.as_str()),
+        (1, 4, "SUCCESS")
+    );
     assert_eq!(
         g.fake
             .members(google_fake::CUSTOMER_ID, google_fake::USER_LIST_ID)
@@ -2081,7 +2398,12 @@ mod syncs {
             client = google_fake::CLIENT_ID,
             client_secret = google_fake::CLIENT_SECRET,
         );
-        let hub = Hub::start_project(Db::Sqlite, "", &project, &[("SWITCHYARD_RETRY_BASE_MS", "50")]);
+        let hub = Hub::start_project(
+            Db::Sqlite,
+            "",
+            &project,
+            &[("SWITCHYARD_RETRY_BASE_MS", "50")],
+        );
         hub.install(&["google-ads-customer-match"]);
         hub.identify("u1", json!({"email": "dana@example.com", "plan": "pro"}));
         hub.identify("u2", json!({"email": "cy@example.com", "plan": "pro"}));
@@ -2096,10 +2418,17 @@ mod syncs {
         let started = Instant::now();
         let r = hub.run_sync("vip-to-google");
         assert_eq!(run_counts(&r), ("succeeded", 2, 2, 0), "{r}");
-        assert!(started.elapsed() >= Duration::from_secs(1), "retryDelay honoured");
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "retryDelay honoured"
+        );
         assert_eq!(emails(&fake).len(), 2);
 
-        fake.reject_identifier(&sha("blocked@example.com"), json!("INVALID_AUDIENCE_MEMBER"), "This audience member is not valid.");
+        fake.reject_identifier(
+            &sha("blocked@example.com"),
+            json!("INVALID_AUDIENCE_MEMBER"),
+            "This audience member is not valid.",
+        );
         hub.identify("u3", json!({"email": "blocked@example.com", "plan": "pro"}));
         hub.identify("u4", json!({"email": "eve@example.com", "plan": "pro"}));
         let r = hub.run_sync("vip-to-google");
@@ -2107,13 +2436,19 @@ mod syncs {
         let dead = hub.dead_letters("vip-to-google");
         assert_eq!(dead.len(), 1, "{dead:?}");
         let error = dead[0]["error"].as_str().unwrap();
-        assert!(error.starts_with("rejected: Data Manager: INVALID_AUDIENCE_MEMBER"), "{error}");
+        assert!(
+            error.starts_with("rejected: Data Manager: INVALID_AUDIENCE_MEMBER"),
+            "{error}"
+        );
         assert!(emails(&fake).contains(&json!(sha("eve@example.com"))));
 
         hub.identify("u2", json!({"plan": "free"}));
         let r = hub.run_sync("vip-to-google");
         assert_eq!(run_counts(&r), ("succeeded", 1, 0, 0), "{r}");
-        assert_eq!(fake.dm_bodies().last().unwrap().0, "/v1/audienceMembers:remove");
+        assert_eq!(
+            fake.dm_bodies().last().unwrap().0,
+            "/v1/audienceMembers:remove"
+        );
         assert!(!emails(&fake).contains(&json!(sha("cy@example.com"))));
         assert_eq!(emails(&fake).len(), 2);
     }

@@ -229,7 +229,8 @@ fn webhook_retried_changes_keep_their_id_and_later_changes_get_new_ones() {
     };
     let fields = serde_json::json!({"email": "ada@example.com"});
     let deliver = |delivery_id: &str, action: &str| {
-        let records = [serde_json::json!({"key": "p1", "delivery_id": delivery_id, "fields": fields})];
+        let records =
+            [serde_json::json!({"key": "p1", "delivery_id": delivery_id, "fields": fields})];
         let mut args = run.args(
             "deliver",
             SECRET,

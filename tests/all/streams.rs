@@ -63,7 +63,12 @@ fn segment_node(hub: &Hub, user: &str) {
         "the stream tests drive the Segment Node SDK: run tools/setup-clients (as .ci/run does)"
     );
     let out = Command::new("node")
-        .args(["node-stream.mjs", &format!("http://{}", hub.addr), WRITE_KEY, user])
+        .args([
+            "node-stream.mjs",
+            &format!("http://{}", hub.addr),
+            WRITE_KEY,
+            user,
+        ])
         .current_dir(&dir)
         .output()
         .expect("running node (tools/setup-clients installs the clients)");
@@ -179,7 +184,11 @@ fn streams_forward_sdk_events_to_meta_capi_and_ga4_filtered_honouring_integratio
     assert_eq!(counter(meta, "in"), 6, "{meta}");
     assert_eq!(counter(meta, "out"), 2, "{meta}");
     assert_eq!(counter(meta, "dropped:integrations"), 1, "{meta}");
-    assert_eq!(counter(meta, "dropped:filter"), 3, "identify, small order, page: {meta}");
+    assert_eq!(
+        counter(meta, "dropped:filter"),
+        3,
+        "identify, small order, page: {meta}"
+    );
     assert_eq!(meta["behind"], 0, "{meta}");
     let ga = &streams["tracks-to-ga4"];
     assert_eq!(counter(ga, "out"), 2, "{ga}");
@@ -271,7 +280,10 @@ fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_fli
     );
     hub.kill();
     let before = sink.with(|s| s.events.len());
-    assert!(before < 300, "everything went out before the kill: nothing shown");
+    assert!(
+        before < 300,
+        "everything went out before the kill: nothing shown"
+    );
     hub.spawn();
     assert!(
         wait_for(60, || {
@@ -286,7 +298,11 @@ fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_fli
         resent <= 10,
         "re-sent {resent} events already acknowledged: more than the one batch (10) in flight"
     );
-    assert_eq!(events.len(), 300 + resent, "each event once, plus the re-sent batch");
+    assert_eq!(
+        events.len(),
+        300 + resent,
+        "each event once, plus the re-sent batch"
+    );
     // In order per profile: each user's events arrive in the order they were sent (a re-sent
     // batch repeats a run the user already had, so compare first arrivals).
     let mut first_seen = HashSet::new();
@@ -302,7 +318,11 @@ fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_fli
         }
     }
     let status = &list(&hub)["ticks"];
-    assert_eq!(counter(status, "in"), 300, "each event counted once: {status}");
+    assert_eq!(
+        counter(status, "in"),
+        300,
+        "each event counted once: {status}"
+    );
     assert_eq!(counter(status, "out"), 300, "{status}");
 }
 

@@ -119,7 +119,10 @@ enum Exports {
 /// The plugin API version of the component's `plugin` export, read from the exact export name:
 /// wasmtime resolves an export by name semver-compatibly (a lookup of `plugin@1.1.0` finds
 /// `plugin@1.0.0`), so the version must be known before choosing bindings.
-fn exported_api_version(pre: &InstancePre<PluginState>, engine: &wasmtime::Engine) -> Option<String> {
+fn exported_api_version(
+    pre: &InstancePre<PluginState>,
+    engine: &wasmtime::Engine,
+) -> Option<String> {
     pre.component()
         .component_type()
         .exports(engine)
@@ -134,13 +137,15 @@ impl Exports {
         pre: &InstancePre<PluginState>,
         engine: &wasmtime::Engine,
     ) -> anyhow::Result<(Exports, PluginKind)> {
-        let kind = |d: bool, s: bool, t: bool| match (d, s, t) {
+        let kind = |d: bool, s: bool, t: bool| {
+            match (d, s, t) {
             (true, false, false) => Ok(PluginKind::Destination),
             (false, true, false) => Ok(PluginKind::Source),
             (false, false, true) => Ok(PluginKind::Transform),
             _ => Err(anyhow::anyhow!(
                 "a plugin must export exactly one of `delivery` (destination), `intake` (source) and `transformation` (transform)"
             )),
+        }
         };
         let version = exported_api_version(pre, engine);
         if version.as_deref() == Some(super::inspect::CURRENT_API_VERSION) {
@@ -149,11 +154,7 @@ impl Exports {
             let destination = destination::GuestIndices::new(pre).ok();
             let source = source::GuestIndices::new(pre).ok();
             let transform = transform::GuestIndices::new(pre).ok();
-            let kind = kind(
-                destination.is_some(),
-                source.is_some(),
-                transform.is_some(),
-            )?;
+            let kind = kind(destination.is_some(), source.is_some(), transform.is_some())?;
             return Ok((
                 Exports::Current {
                     meta,
@@ -512,10 +513,8 @@ impl PluginInstance {
                         .call_deliver(&mut *store, &config, old_action, &records)
                         .await
                         .map(|r| {
-                            r.map(|results| {
-                                results.into_iter().map(v1_0::record_result).collect()
-                            })
-                            .map_err(v1_0::call_error)
+                            r.map(|results| results.into_iter().map(v1_0::record_result).collect())
+                                .map_err(v1_0::call_error)
                         })
                 })?
             }

@@ -124,8 +124,7 @@ mod tests {
             kind: PluginKind::Destination,
             description: String::new(),
             // The 1.0.0 keyword means nothing in a 1.1.0 manifest.
-            config_schema: serde_json::json!({"x-switchyard-secret-values": ["token"]})
-                .to_string(),
+            config_schema: serde_json::json!({"x-switchyard-secret-values": ["token"]}).to_string(),
             secrets: vec![spec("signing", true), spec("token", false)],
             allowed_hosts: vec![],
             max_batch_size: 1,

@@ -106,7 +106,9 @@ impl SourceEngine {
             })?;
         let delivery = match instance.webhook(&request).await {
             Ok(Ok(d)) => d,
-            Ok(Err(WebhookError::Unauthorized(reason))) => return Err(Refused::Unauthorized(reason)),
+            Ok(Err(WebhookError::Unauthorized(reason))) => {
+                return Err(Refused::Unauthorized(reason))
+            }
             Ok(Err(WebhookError::BadRequest(reason))) => return Err(Refused::BadRequest(reason)),
             Err(e) => return Err(Refused::Plugin(e.to_string())),
         };

@@ -395,7 +395,11 @@ pub async fn acked_state(
 }
 
 /// When the destination last acknowledged the removal of each of these keys (those it did).
-pub async fn removed_at(store: &Store, sync: &str, keys: &[String]) -> Result<HashMap<String, i64>> {
+pub async fn removed_at(
+    store: &Store,
+    sync: &str,
+    keys: &[String],
+) -> Result<HashMap<String, i64>> {
     let mut found = HashMap::new();
     for chunk in keys.chunks(CHUNK) {
         let sql = format!(

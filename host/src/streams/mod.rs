@@ -28,15 +28,15 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument as _;
 
-use crate::filter::Filter;
 use crate::config::{Config, StreamConfig, StreamStart};
+use crate::filter::Filter;
+use crate::mapping::{Mapping, Subject};
 use crate::metrics::Metrics;
 use crate::runtime::bindings::Action;
 use crate::store::profiles::{self as model, ProfileData};
 use crate::store::streams as rows;
 use crate::store::{now_millis, Store};
 use crate::sync::delivery::{self, Abort, Item, Ledger, Stats, Target};
-use crate::mapping::{Mapping, Subject};
 use crate::sync::payload_hash;
 
 /// Events read per query. A page is cut into batches of the destination's size; each batch is
@@ -355,7 +355,10 @@ impl StreamEngine {
             counters.push((format!("dropped:{reason}"), *n as i64));
         }
         if !dead.is_empty() {
-            counters.push((format!("dropped:{}", reason::DEAD_LETTER), dead.len() as i64));
+            counters.push((
+                format!("dropped:{}", reason::DEAD_LETTER),
+                dead.len() as i64,
+            ));
         }
         let commit = rows::BatchCommit {
             stream: &stream.name,
@@ -403,7 +406,10 @@ impl StreamEngine {
             let fields: HashMap<&str, &str> = acked
                 .iter()
                 .map(|i| (i.key.as_str(), i.fields.as_str()))
-                .chain(dead.iter().map(|(i, _)| (i.key.as_str(), i.fields.as_str())))
+                .chain(
+                    dead.iter()
+                        .map(|(i, _)| (i.key.as_str(), i.fields.as_str())),
+                )
                 .collect();
             for (key, meta) in sent_keys.iter().zip(batch.meta) {
                 let result = outcome.get(key.as_str()).copied().unwrap_or("unknown");
@@ -592,7 +598,12 @@ impl Compiled {
             consent: config
                 .destinations
                 .get(&stream.to)
-                .map(|d| d.consent.iter().map(|c| crate::consent::category(c)).collect())
+                .map(|d| {
+                    d.consent
+                        .iter()
+                        .map(|c| crate::consent::category(c))
+                        .collect()
+                })
                 .unwrap_or_default(),
             consent_default: config.hub.consent_default,
             needs_profile: profile_paths || profile_filter,
@@ -697,7 +708,10 @@ mod tests {
     #[test]
     fn mentions_finds_variables_not_fields() {
         assert!(mentions("traits.plan == 'pro'", "traits"));
-        assert!(mentions("event.type == 'track' && identifiers.email.size() > 0", "identifiers"));
+        assert!(mentions(
+            "event.type == 'track' && identifiers.email.size() > 0",
+            "identifiers"
+        ));
         assert!(!mentions("event.traits.plan == 'pro'", "traits"));
         assert!(!mentions("event.properties.my_traits == 1", "traits"));
     }
@@ -746,7 +760,10 @@ mod tests {
             Decision::Forward(item) => {
                 assert_eq!(item.key, "m1");
                 let fields: Value = serde_json::from_str(&item.fields).unwrap();
-                assert_eq!(fields, serde_json::json!({"name": "Order Completed", "plan": "pro"}));
+                assert_eq!(
+                    fields,
+                    serde_json::json!({"name": "Order Completed", "plan": "pro"})
+                );
             }
             other => panic!("expected forward, got {other:?}"),
         }
@@ -771,10 +788,9 @@ mod tests {
 
     #[test]
     fn consent_the_destination_requires_is_enforced_per_profile_and_per_message() {
-        let config: Config = toml::from_str(
-            "[destinations.d]\nplugin = \"p\"\nconsent = [\"Advertising\"]\n",
-        )
-        .unwrap();
+        let config: Config =
+            toml::from_str("[destinations.d]\nplugin = \"p\"\nconsent = [\"Advertising\"]\n")
+                .unwrap();
         let c = Compiled::new(&config, &stream(None, &[])).unwrap();
         assert_eq!(c.consent, ["advertising"]);
         let plain = serde_json::json!({"type": "track", "event": "Order Completed"});
@@ -800,8 +816,14 @@ mod tests {
     fn without_a_mapping_the_message_itself_is_forwarded() {
         let c = Compiled::new(&Config::default(), &stream(None, &[])).unwrap();
         assert!(!c.needs_profile);
-        let body = serde_json::json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}});
-        match c.decide(&event(1, body.clone()), &[], &HashMap::new(), &HashSet::new()) {
+        let body =
+            serde_json::json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}});
+        match c.decide(
+            &event(1, body.clone()),
+            &[],
+            &HashMap::new(),
+            &HashSet::new(),
+        ) {
             Decision::Forward(item) => {
                 assert_eq!(serde_json::from_str::<Value>(&item.fields).unwrap(), body)
             }

@@ -24,21 +24,21 @@ use tracing::Instrument as _;
 use crate::audience;
 use crate::config::{Config, DestinationConfig, SyncConfig, SyncFrom, SyncMode};
 use crate::consent::ConsentDefault;
-use crate::runs::lease::{self, Lease};
-use crate::runs::{iso, RunError, RunStatus};
+use crate::mapping::Mapping;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
+use crate::runs::lease::{self, Lease};
+use crate::runs::{iso, RunError, RunStatus};
 use crate::runtime::bindings::Action;
 use crate::runtime::PluginInstance;
 use crate::store::profiles::{self as model, Population};
 use crate::store::syncs as rows;
 use crate::store::{now_millis, Store};
 use delivery::{Abort, Item, Stats, Target};
-pub use plan::{payload_hash, Plan};
 use ledger::RunLedger;
 use pages::PagePlanner;
+pub use plan::{payload_hash, Plan};
 use plan::{Blocked, SAMPLES};
-use crate::mapping::Mapping;
 
 /// Options of one run.
 #[derive(Debug, Clone, Default)]

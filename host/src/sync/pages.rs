@@ -74,7 +74,8 @@ impl PagePlanner {
         // Consent before anything else: a profile without it is not even mapped.
         let withheld = self.consent.withheld(store, &keys).await?;
         store.analyze_if_stale("sync_records").await?;
-        let state = rows::acked_state(store, &self.sync, &keys, !self.key_fields.is_empty()).await?;
+        let state =
+            rows::acked_state(store, &self.sync, &keys, !self.key_fields.is_empty()).await?;
         // Keys the destination does not hold: when it last acknowledged their removal, so a
         // re-add gets a delivery id of its own.
         let absent: Vec<String> = keys
@@ -175,15 +176,31 @@ mod tests {
         let keys = vec!["email".to_string()];
         let new = |v: serde_json::Value| v.as_object().unwrap().clone();
         let old = r#"{"email":"old@x.com","first_name":"Ada"}"#;
-        assert!(key_field_changed(&keys, old, &new(serde_json::json!({"email": "new@x.com"}))));
-        assert!(key_field_changed(&keys, old, &new(serde_json::json!({"first_name": "Ada"}))));
+        assert!(key_field_changed(
+            &keys,
+            old,
+            &new(serde_json::json!({"email": "new@x.com"}))
+        ));
+        assert!(key_field_changed(
+            &keys,
+            old,
+            &new(serde_json::json!({"first_name": "Ada"}))
+        ));
         assert!(!key_field_changed(
             &keys,
             old,
             &new(serde_json::json!({"email": "old@x.com", "first_name": "Ann"}))
         ));
         // Nothing to rename when there was no old value, or the destination keys by nothing.
-        assert!(!key_field_changed(&keys, r#"{"email":null}"#, &new(serde_json::json!({"email": "a@x"}))));
-        assert!(!key_field_changed(&[], old, &new(serde_json::json!({"email": "new@x.com"}))));
+        assert!(!key_field_changed(
+            &keys,
+            r#"{"email":null}"#,
+            &new(serde_json::json!({"email": "a@x"}))
+        ));
+        assert!(!key_field_changed(
+            &[],
+            old,
+            &new(serde_json::json!({"email": "new@x.com"}))
+        ));
     }
 }

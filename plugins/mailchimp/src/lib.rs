@@ -735,7 +735,11 @@ fn rename(
             continue;
         }
         let old_hash = subscriber_hash(&old);
-        let new_address = m.body.get("email_address").cloned().unwrap_or(json!(m.email));
+        let new_address = m
+            .body
+            .get("email_address")
+            .cloned()
+            .unwrap_or(json!(m.email));
         let response = api.send(
             Request::patch(&api.list_url(&format!("/members/{old_hash}")))
                 .json(&json!({ "email_address": new_address })),
@@ -859,7 +863,10 @@ mod tests {
         let mut r = rec(json!({"email": "new@x.com"}));
         assert_eq!(previous_email(&r, "new@x.com"), None);
         r.previous_fields = Some(json!({"email": " Old@X.com "}).to_string());
-        assert_eq!(previous_email(&r, "new@x.com").as_deref(), Some("old@x.com"));
+        assert_eq!(
+            previous_email(&r, "new@x.com").as_deref(),
+            Some("old@x.com")
+        );
         // Only the case changed: the same member (its hash is of the lower-cased address).
         r.previous_fields = Some(json!({"email": "NEW@x.com"}).to_string());
         assert_eq!(previous_email(&r, "new@x.com"), None);

@@ -154,10 +154,7 @@ impl Destination for Webhook {
             return Ok(results);
         }
         let action = action_name(action);
-        let id = message_id(
-            action,
-            sent.iter().map(|&i| batch[i].delivery_id.as_str()),
-        );
+        let id = message_id(action, sent.iter().map(|&i| batch[i].delivery_id.as_str()));
         let body = message_body(&ctx.config.type_prefix, action, &rows, time::now_unix())?;
         let response = send_signed(ctx, &key, &id, body)?;
         switchyard_sdk::debug!(
@@ -333,7 +330,10 @@ mod tests {
     #[test]
     fn message_id_is_stable_for_the_same_changes_only() {
         let id = |action: &str, ids: &[&str]| message_id(action, ids.iter().copied());
-        assert_eq!(id("upsert", &["dlv_1", "dlv_2"]), id("upsert", &["dlv_1", "dlv_2"]));
+        assert_eq!(
+            id("upsert", &["dlv_1", "dlv_2"]),
+            id("upsert", &["dlv_1", "dlv_2"])
+        );
         assert_ne!(id("upsert", &["dlv_1", "dlv_2"]), id("upsert", &["dlv_1"]));
         assert_ne!(id("upsert", &["dlv_1"]), id("upsert", &["dlv_3"]));
         assert_ne!(id("upsert", &["dlv_1"]), id("delete", &["dlv_1"]));

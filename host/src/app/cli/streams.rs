@@ -92,9 +92,9 @@ pub async fn run(cmd: StreamsCommand) -> anyhow::Result<()> {
                         .join(", ")
                 );
             }
-            let token = config.admin_token()?.context(
-                "streams tail reads the running hub's admin API: set [hub] admin_token",
-            )?;
+            let token = config
+                .admin_token()?
+                .context("streams tail reads the running hub's admin API: set [hub] admin_token")?;
             let base = url.unwrap_or_else(|| format!("http://{}", local(&config.hub.listen)));
             tail(&base, &name, &token).await
         }
@@ -120,7 +120,9 @@ async fn tail(base: &str, name: &str, token: &str) -> anyhow::Result<()> {
     let port = url.port_or_known_default().unwrap_or(80);
     let tcp = tokio::net::TcpStream::connect((host, port))
         .await
-        .with_context(|| format!("connecting to the hub at {host}:{port}: is `switchyard serve` running there?"))?;
+        .with_context(|| {
+            format!("connecting to the hub at {host}:{port}: is `switchyard serve` running there?")
+        })?;
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(wasmtime_wasi_http::io::TokioIo::new(tcp)).await?;
     tokio::spawn(async move {

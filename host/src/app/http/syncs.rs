@@ -122,7 +122,10 @@ async fn run(
             .run(&name, options, None)
             .await
             .map_err(failed(&name))?;
-        return Ok((StatusCode::OK, Json(serde_json::to_value(report).map_err(anyhow::Error::from)?)));
+        return Ok((
+            StatusCode::OK,
+            Json(serde_json::to_value(report).map_err(anyhow::Error::from)?),
+        ));
     }
     s.access
         .audit(&auth.who, action, &name, "started", detail)
@@ -136,7 +139,9 @@ async fn run(
     });
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"sync": name, "status": "started", "runs": format!("{}/{name}/runs", SyncState::PREFIX)})),
+        Json(
+            json!({"sync": name, "status": "started", "runs": format!("{}/{name}/runs", SyncState::PREFIX)}),
+        ),
     ))
 }
 
@@ -195,7 +200,13 @@ async fn replay(
         }
     };
     s.access
-        .audit(&auth.who, "dead_letters.replay", &sync, outcome, Some(detail))
+        .audit(
+            &auth.who,
+            "dead_letters.replay",
+            &sync,
+            outcome,
+            Some(detail),
+        )
         .await;
     let n = result.map_err(failed(&sync))?;
     Ok(Json(json!({ "sync": sync, "replayed": n })))

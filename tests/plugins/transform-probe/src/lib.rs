@@ -67,9 +67,7 @@ impl Transform for Probe {
                         }
                     }
                     other => {
-                        let props = message
-                            .entry("properties")
-                            .or_insert_with(|| json!({}));
+                        let props = message.entry("properties").or_insert_with(|| json!({}));
                         if let Value::Object(props) = props {
                             if other == "Leak" {
                                 let token = ctx.secret("token").unwrap_or("no token");
