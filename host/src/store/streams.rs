@@ -27,7 +27,7 @@ pub async fn next_seq(conn: &mut Conn, backend: Backend) -> Result<i64> {
     let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM events")
         .fetch_one(&mut *conn)
         .await?;
-    Ok(col(&row, "seq")?)
+    col(&row, "seq")
 }
 
 /// The newest sequence number committed (0 when none).
@@ -35,7 +35,7 @@ pub async fn last_seq(store: &Store) -> Result<i64> {
     let row = sqlx::query("SELECT COALESCE(MAX(seq), 0) AS seq FROM events")
         .fetch_one(store.pool())
         .await?;
-    Ok(col(&row, "seq")?)
+    col(&row, "seq")
 }
 
 /// A stored event as a stream reads it.

@@ -81,10 +81,13 @@ pub struct StreamEngine {
     /// Where the streams' transform plugins are loaded from.
     registry: Arc<Registry>,
     /// The running streams' tasks, by name, with the settings they run with.
-    tasks: Arc<Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>>,
+    tasks: Arc<Mutex<Tasks>>,
     metrics: Option<Metrics>,
     tails: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>,
 }
+
+/// Running stream tasks by name, with the [`fingerprint`] of the settings each runs with.
+type Tasks = HashMap<String, (String, tokio::task::JoinHandle<()>)>;
 
 /// A stream as `streams list` and `GET /v1/streams` show it.
 #[derive(Debug, Clone, Serialize)]
