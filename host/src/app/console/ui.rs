@@ -244,9 +244,10 @@ pub fn steps(points: &[(i64, i64)], since: i64, now: i64, unit: &str) -> Markup 
     let high = points.iter().map(|p| p.1).max().unwrap_or(0);
     let low = points.iter().map(|p| p.1).min().unwrap_or(0);
     let (w, h) = (600.0, 120.0);
-    let top = (high as f64 * 1.1).max(1.0);
+    // The highest value a little below the top edge, level with its label beside the chart.
+    let top = (high as f64).max(1.0);
     let x = |t: i64| (t.clamp(from, to) - from) as f64 / (to - from) as f64 * w;
-    let y = |v: i64| h - 1.0 - v as f64 / top * (h - 2.0);
+    let y = |v: i64| h - 1.0 - v as f64 / top * (h - 8.0);
     let mut line = format!("M0,{:.2}", y(first.1));
     for p in &points[1..] {
         line.push_str(&format!(" H{:.2} V{:.2}", x(p.0), y(p.1)));
@@ -324,9 +325,9 @@ mod tests {
     fn a_step_chart_holds_each_value_until_the_next() {
         let day = 86_400_000;
         let chart = steps(&[(0, 10), (day, 5)], 0, 2 * day, "members").into_string();
-        // From 10 (y = 119 - 10/11 * 118) to 5 at half way, held to the right edge.
+        // From 10 (y = 119 - 10/10 * 112) to 5 at half way, held to the right edge.
         assert!(
-            chart.contains(r#"d="M0,11.73 H300.00 V65.36 H600""#),
+            chart.contains(r#"d="M0,7.00 H300.00 V63.00 H600""#),
             "{chart}"
         );
         assert!(chart.contains("5 members now; 10 on 1970-01-01"), "{chart}");
