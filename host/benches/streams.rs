@@ -4,9 +4,11 @@
 //! Latency is from the tracking API's 200 (the commit) to the event's arrival at the endpoint
 //! (after the plugin's call, so a little more than "to the plugin call"). The same rate
 //! through a hub without streams gives the ingest acknowledgement latency to compare with.
-//! No transform in the chain (transformation plugins are not in this build).
+//! Each rate runs the two streams twice: as they are, and with one transform (`pii-scrub`,
+//! hashing a property and dropping the IP) in both streams' chain.
 //!
-//! Run: `tools/build-plugins && cargo bench -p switchyard --bench streams`. Knobs:
+//! Run: `tools/build-plugins && CARGO_TARGET_DIR=/work/rtarget cargo bench -p switchyard --bench
+//! streams`. Knobs:
 //! `SWITCHYARD_BENCH_SECS` (per phase, default 5), `SWITCHYARD_BENCH_RATES` (default
 //! "1000,5000").
 
@@ -197,7 +199,7 @@ fn load(addr: &str, rate: u64, secs: u64, tag: &str) -> (HashMap<String, Instant
                     }
                     let id = format!("{tag}-{c}-{k}");
                     let body = format!(
-                        r#"{{"userId":"u-{c}-{}","event":"Clicked","messageId":"{id}","properties":{{"k":{k}}}}}"#,
+                        r#"{{"userId":"u-{c}-{}","event":"Clicked","messageId":"{id}","properties":{{"k":{k},"email":" User{c}@Example.com"}}}}"#,
                         k % 50
                     );
                     let status = conn.send("/v1/track", "Basic d2tfYmVuY2g6", body.as_bytes());
@@ -228,15 +230,17 @@ fn main() {
         .split(',')
         .filter_map(|r| r.trim().parse().ok())
         .collect();
-    let wasm = std::env::var_os("CARGO_TARGET_DIR")
+    let plugin_dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../target").into())
-        .join("wasm32-wasip2/plugin/json_post_destination.wasm");
-    assert!(
-        wasm.exists(),
-        "{}: run tools/build-plugins first",
-        wasm.display()
-    );
+        .join("wasm32-wasip2/plugin");
+    let wasm: Vec<std::path::PathBuf> = ["json_post_destination.wasm", "pii_scrub.wasm"]
+        .iter()
+        .map(|w| plugin_dir.join(w))
+        .collect();
+    for w in &wasm {
+        assert!(w.exists(), "{}: run tools/build-plugins first", w.display());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -250,13 +254,27 @@ fn main() {
              allow_hosts = [\"{addr}\"]\nallow_private_hosts = [\"{addr}\"]\nrate_per_second = 100000\n\n"
         )
     };
-    let project = format!(
-        "{}{}[[streams]]\nname = \"a\"\nto = \"sink_a\"\nfilter = \"event.type == 'track'\"\n\
-         [streams.mapping]\nname = \"event.name\"\nk = \"event.properties.k\"\nuser = \"event.userId\"\n\n\
-         [[streams]]\nname = \"b\"\nto = \"sink_b\"\n",
-        dest("sink_a", a_addr),
-        dest("sink_b", b_addr)
-    );
+    // Stream a filters and maps, stream b forwards the message as it is; with `transform`, both
+    // pass each message through `pii-scrub` (hashing the email, dropping the IP) first.
+    let project = |transform: bool| {
+        let (scrub, chain) = if transform {
+            (
+                "[transforms.scrub]\nplugin = \"pii-scrub\"\n\
+                 config = { hash = [\"properties.email\"], drop = [\"context.ip\"], normalize = \"trim_lowercase\" }\n\n",
+                "transforms = [\"scrub\"]\n",
+            )
+        } else {
+            ("", "")
+        };
+        format!(
+            "{scrub}{}{}[[streams]]\nname = \"a\"\nto = \"sink_a\"\nfilter = \"event.type == 'track'\"\n{chain}\
+             [streams.mapping]\nname = \"event.name\"\nk = \"event.properties.k\"\nuser = \"event.userId\"\n\
+             email = \"event.properties.email\"\n\n\
+             [[streams]]\nname = \"b\"\nto = \"sink_b\"\n{chain}",
+            dest("sink_a", a_addr),
+            dest("sink_b", b_addr)
+        )
+    };
     for &rate in &rates {
         // Without streams: the ingest acknowledgement latency alone.
         let plain = tempfile::tempdir().unwrap();
@@ -270,66 +288,70 @@ fn main() {
             ms(percentile(&ack, 0.99))
         );
 
-        let dir = tempfile::tempdir().unwrap();
-        let out = switchyard()
-            .arg("--plugins-dir")
-            .arg(dir.path().join("plugins"))
-            .args(["plugin", "install"])
-            .arg(&wasm)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let server = start(dir.path(), &project);
-        let tag = format!("r{rate}");
-        let (acked, ack) = load(&server.addr, rate, secs, &tag);
-        // Let the streams finish what is in flight.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let done = |a: &Arrivals| {
-                let a = a.lock().unwrap();
-                acked.keys().all(|k| a.contains_key(k))
-            };
-            if done(&a_arrivals) && done(&b_arrivals) {
-                break;
+        for (phase, transform) in [("two streams", false), ("two streams + transform", true)] {
+            let dir = tempfile::tempdir().unwrap();
+            for w in &wasm {
+                let out = switchyard()
+                    .arg("--plugins-dir")
+                    .arg(dir.path().join("plugins"))
+                    .args(["plugin", "install"])
+                    .arg(w)
+                    .output()
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        drop(server);
-        println!(
-            "{rate}/s, two streams: {} acknowledged, ack p50 {:.2} ms, p99 {:.2} ms",
-            ack.len(),
-            ms(percentile(&ack, 0.5)),
-            ms(percentile(&ack, 0.99))
-        );
-        for (name, arrivals) in [
-            ("a (filter + mapping)", &a_arrivals),
-            ("b (as sent)", &b_arrivals),
-        ] {
-            let arrivals = arrivals.lock().unwrap();
-            let mut missing = 0;
-            let mut lat: Vec<Duration> = acked
-                .iter()
-                .filter_map(|(id, at)| match arrivals.get(id) {
-                    Some(arrived) => Some(arrived.saturating_duration_since(*at)),
-                    None => {
-                        missing += 1;
-                        None
-                    }
-                })
-                .collect();
-            lat.sort();
+            let server = start(dir.path(), &project(transform));
+            let tag = format!("r{rate}-{transform}");
+            let (acked, ack) = load(&server.addr, rate, secs, &tag);
+            // Let the streams finish what is in flight.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let done = |a: &Arrivals| {
+                    let a = a.lock().unwrap();
+                    acked.keys().all(|k| a.contains_key(k))
+                };
+                if done(&a_arrivals) && done(&b_arrivals) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            drop(server);
             println!(
-                "  stream {name}: 200 -> destination p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} delivered, {missing} missing",
-                ms(percentile(&lat, 0.5)),
-                ms(percentile(&lat, 0.9)),
-                ms(percentile(&lat, 0.99)),
-                ms(lat.last().copied().unwrap_or_default()),
-                lat.len()
+                "{rate}/s, {phase}: {} acknowledged, ack p50 {:.2} ms, p99 {:.2} ms",
+                ack.len(),
+                ms(percentile(&ack, 0.5)),
+                ms(percentile(&ack, 0.99))
             );
+            for (name, arrivals) in [
+                ("a (filter + mapping)", &a_arrivals),
+                ("b (as sent)", &b_arrivals),
+            ] {
+                let arrivals = arrivals.lock().unwrap();
+                let mut missing = 0;
+                let mut lat: Vec<Duration> = acked
+                    .iter()
+                    .filter_map(|(id, at)| match arrivals.get(id) {
+                        Some(arrived) => Some(arrived.saturating_duration_since(*at)),
+                        None => {
+                            missing += 1;
+                            None
+                        }
+                    })
+                    .collect();
+                lat.sort();
+                println!(
+                    "  stream {name}: 200 -> destination p50 {:.1} ms, p90 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} delivered, {missing} missing",
+                    ms(percentile(&lat, 0.5)),
+                    ms(percentile(&lat, 0.9)),
+                    ms(percentile(&lat, 0.99)),
+                    ms(lat.last().copied().unwrap_or_default()),
+                    lat.len()
+                );
+            }
         }
     }
 }

@@ -17,6 +17,8 @@ pub struct Refresh {
     /// The first evaluation error, to show the operator.
     pub first_error: Option<String>,
     pub full: bool,
+    /// Members after the refresh.
+    pub size: i64,
 }
 
 /// Re-evaluates the audience's changed profiles (or all of them when `full`, the filter
@@ -87,6 +89,7 @@ pub async fn refresh(
     if report.joined + report.left > 0 {
         audiences::mark_changed(store, name, started).await?;
     }
+    report.size = audiences::record_size(store, name, started, full).await?;
 
     // Writers stamp updated_at before their commit lands; look back a little next time so a
     // profile committed just after this scan is not missed.

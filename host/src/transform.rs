@@ -18,13 +18,13 @@
 //! A plugin's whole-batch error fails the batch ([`TransformError`]); whether to retry it is
 //! [`TransformError::is_transient`].
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use tracing::Instrument as _;
 
-use crate::config::Config;
+use crate::config::{Config, StreamConfig};
 use crate::registry::Registry;
 use crate::runtime::bindings::{CallError, TransformResult};
 use crate::runtime::{PluginError, PluginInstance};
@@ -136,6 +136,23 @@ impl TransformError {
                     error: CallError::Transient(_),
                     ..
                 } | PluginError::Timeout { .. },
+                ..
+            }
+        )
+    }
+
+    /// Whether no message can pass until an operator acts: the plugin's config or credentials
+    /// are refused, or it is not a transform. Anything else neither transient nor this (its own
+    /// `failed`, a crash, a limit, a contract breach) may be one message's doing.
+    pub fn needs_operator(&self) -> bool {
+        matches!(
+            self,
+            TransformError::Plugin {
+                source: PluginError::Plugin {
+                    error: CallError::InvalidConfig(_) | CallError::Unauthorized(_),
+                    ..
+                } | PluginError::MissingExport { .. }
+                    | PluginError::UnsupportedAction { .. },
                 ..
             }
         )
@@ -274,8 +291,41 @@ impl Transforms {
     /// Loads every `[transforms.NAME]`'s plugin (installed, of kind transform, secrets
     /// resolved) and builds each source's chain. Errors name the block.
     pub async fn load(config: &Config, registry: &Registry) -> anyhow::Result<Transforms> {
+        Transforms::load_some(config, registry, |_| true, |_| true).await
+    }
+
+    /// What one stream needs: the chains of the sources it reads (every source when `from` is
+    /// empty) and its own chain, with only the transforms those name loaded. Each stream
+    /// loads its own instances, so a transform's sandbox is never shared between streams.
+    pub async fn for_stream(
+        config: &Config,
+        registry: &Registry,
+        stream: &StreamConfig,
+    ) -> anyhow::Result<(Transforms, TransformChain)> {
+        let reads =
+            |source: &str| stream.from.is_empty() || stream.from.iter().any(|f| f == source);
+        let mut wanted: HashSet<&str> = stream.transforms.iter().map(String::as_str).collect();
+        for (name, source) in &config.sources {
+            if reads(name) {
+                wanted.extend(source.transforms.iter().map(String::as_str));
+            }
+        }
+        let transforms =
+            Transforms::load_some(config, registry, |t| wanted.contains(t), reads).await?;
+        let chain = transforms
+            .chain(&stream.transforms)
+            .with_context(|| format!("stream `{}` transforms", stream.name))?;
+        Ok((transforms, chain))
+    }
+
+    async fn load_some(
+        config: &Config,
+        registry: &Registry,
+        takes_transform: impl Fn(&str) -> bool,
+        takes_source: impl Fn(&str) -> bool,
+    ) -> anyhow::Result<Transforms> {
         let mut steps = HashMap::new();
-        for (name, block) in &config.transforms {
+        for (name, block) in config.transforms.iter().filter(|(n, _)| takes_transform(n)) {
             let instance = registry.instance(&block.block(name)).await?;
             steps.insert(
                 name.clone(),
@@ -286,7 +336,7 @@ impl Transforms {
             steps,
             sources: HashMap::new(),
         };
-        for (name, source) in &config.sources {
+        for (name, source) in config.sources.iter().filter(|(n, _)| takes_source(n)) {
             if !source.transforms.is_empty() {
                 let chain = transforms
                     .chain(&source.transforms)

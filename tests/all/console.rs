@@ -3,8 +3,10 @@
 
 use crate::common;
 
+use crate::fakes::json_sink::{Faults, JsonSink};
 use common::hub::{Db, Hub, ADMIN_TOKEN};
 use serde_json::json;
+use std::time::{Duration, Instant};
 
 pub const VIEWER_TOKEN: &str = "viewer-secret-token";
 pub const OPERATOR_TOKEN: &str = "operator-secret-token";
@@ -423,6 +425,367 @@ fn console_forms_need_the_csrf_token_and_the_role() {
     );
 }
 
+/// A `json-post-destination` posting to `sink`.
+fn destination(name: &str, sink: &JsonSink) -> String {
+    format!(
+        "[destinations.{name}]\nplugin = \"json-post-destination\"\nconfig = {{ url = \"{}\" }}\n\
+         allow_hosts = [\"{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 1000\n",
+        sink.url(),
+        hp = sink.host_port()
+    )
+}
+
+/// A console page's HTML, read with a session cookie; it must answer 200.
+fn page(hub: &Hub, path: &str, cookie: &str) -> String {
+    let r = hub.request("GET", path, &[("cookie", cookie)], b"");
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
+    r.text()
+}
+
+/// Posts a console form with a session cookie.
+fn post_form(hub: &Hub, path: &str, cookie: &str, body: &str) -> common::hub::HttpResponse {
+    hub.request(
+        "POST",
+        path,
+        &[
+            ("content-type", "application/x-www-form-urlencoded"),
+            ("cookie", cookie),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// What the page's script re-reads (its first `data-refresh`), if it re-reads anything.
+fn refresh_of(page: &str) -> Option<String> {
+    let at = page.find("data-refresh=\"")? + 14;
+    Some(page[at..].split('"').next()?.replace("&amp;", "&"))
+}
+
+/// The text (tags dropped, entities decoded) of a page from `start` (in or at a tag) to the
+/// first `end` after it.
+fn text_of(page: &str, start: &str, end: &str) -> String {
+    let Some(at) = page.find(start) else {
+        return String::new();
+    };
+    let rest = &page[at..];
+    let html = &rest[..rest.find(end).unwrap_or(rest.len())];
+    let mut out = String::new();
+    let mut in_tag = true;
+    for c in html.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                out.push(' ');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .replace("&quot;", "\"")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// Follows a page the way its script does, re-reading `data-refresh` until the page stops
+/// asking for it; every text `watch` picked out while `busy` was on the page, and the last page.
+fn follow(
+    hub: &Hub,
+    cookie: &str,
+    mut refresh: String,
+    busy: &str,
+    watch: impl Fn(&str) -> String,
+) -> (Vec<String>, String) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut seen = Vec::new();
+    loop {
+        let fresh = page(hub, &refresh, cookie);
+        if fresh.contains(busy) {
+            seen.push(watch(&fresh));
+        }
+        match refresh_of(&fresh) {
+            Some(next) => refresh = next,
+            None => return (seen, fresh),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never stopped following: {fresh}"
+        );
+        std::thread::sleep(Duration::from_millis(60));
+    }
+}
+
+#[test]
+fn console_sync_page_follows_its_run_live_and_shows_a_dry_run_plan() {
+    // One record a call, 400 ms each: a run of 4 records takes a moment to watch.
+    let sink = JsonSink::start();
+    sink.set_faults(Faults {
+        delay: Duration::from_millis(400),
+        ..Default::default()
+    });
+    let project = format!(
+        "[audiences.vip]\nfilter = 'traits.plan == \"pro\"'\n\n{}concurrency = 1\n\n\
+         [[syncs]]\nname = \"vip-to-crm\"\nfrom = {{ audience = \"vip\" }}\nto = \"crm\"\nmode = \"mirror\"\nbatch_size = 1\n\
+         [syncs.mapping]\nemail = \"identifiers.email\"\nplan = \"traits.plan\"\n",
+        destination("crm", &sink)
+    );
+    let hub = Hub::start_project(Db::Sqlite, &tokens(), &project, &[]);
+    hub.install(&["json-post-destination"]);
+    for i in 0..4 {
+        hub.identify(
+            &format!("p{i}"),
+            json!({"email": format!("p{i}@example.com"), "plan": "pro"}),
+        );
+    }
+    let ops = sign_in(&hub, OPERATOR_TOKEN);
+    let before = page(&hub, "/console/syncs/vip-to-crm", &ops);
+    assert_eq!(refresh_of(&before), None, "nothing to follow yet");
+    let csrf = csrf_of(&before);
+
+    // A dry run: what a run would send, with samples (personal data masked below admin), and
+    // nothing sent.
+    let r = post_form(
+        &hub,
+        "/console/syncs/vip-to-crm/run",
+        &ops,
+        &format!("csrf={csrf}&what=dry_run"),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let plan = r.text();
+    assert!(plan.contains("Nothing was sent"), "{plan}");
+    assert!(
+        plan.contains(r#"<h2>Adds</h2><p class="big">4</p>"#),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(r#"<h2>Removals</h2><p class="big">0</p>"#),
+        "{plan}"
+    );
+    let samples = text_of(&plan, "<h2>Sample adds</h2>", "</section>");
+    assert!(samples.contains("p•••@example.com"), "{samples}");
+    assert!(samples.contains("\"plan\": \"pro\""), "{samples}");
+    assert!(
+        !plan.contains("p0@example.com"),
+        "masked below admin: {plan}"
+    );
+    assert!(sink.records().is_empty(), "a dry run sends nothing");
+
+    // Run now: the page follows the run it asked for, its counters moving while it goes, and
+    // stops once it has finished.
+    let r = post_form(
+        &hub,
+        "/console/syncs/vip-to-crm/run",
+        &ops,
+        &format!("csrf={csrf}&what=run"),
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let location = r.header("location").unwrap().to_string();
+    assert!(
+        location.starts_with("/console/syncs/vip-to-crm?started="),
+        "{location}"
+    );
+    let refresh = refresh_of(&page(&hub, &location, &ops)).expect("the page follows the run");
+    assert!(
+        refresh.starts_with("/console/syncs/vip-to-crm?fragment=runs&started="),
+        "{refresh}"
+    );
+    let (running, last) = follow(&hub, &ops, refresh, r#"data-status="running""#, |p| {
+        text_of(p, r#"data-status="running""#, "</tr>")
+    });
+    let distinct: std::collections::BTreeSet<_> = running.iter().collect();
+    assert!(
+        distinct.len() >= 2,
+        "the running run's row changes as it goes: {running:?}"
+    );
+    assert!(running.iter().all(|r| r.contains("running")), "{running:?}");
+    let newest = text_of(&last, "<tbody>", "</tr>");
+    assert!(newest.contains("succeeded"), "{newest}");
+    assert!(!last.contains("a run is going"), "{last}");
+    assert_eq!(sink.records().len(), 4);
+}
+
+#[test]
+fn console_source_page_runs_now_and_follows_the_run() {
+    // One record a page, 300 ms a page.
+    let fake = crate::sources_hub::json_fake(4);
+    fake.delay(300);
+    let hub = Hub::start_project(
+        Db::Sqlite,
+        &tokens(),
+        &crate::sources_hub::json_source(&fake, 1),
+        &[],
+    );
+    hub.install(&["http-json"]);
+
+    let viewer = sign_in(&hub, VIEWER_TOKEN);
+    let seen = page(&hub, "/console/sources/members", &viewer);
+    assert!(seen.contains("No runs yet"), "{seen}");
+    assert!(!seen.contains("Run now"), "no button for a viewer");
+
+    let ops = sign_in(&hub, OPERATOR_TOKEN);
+    let before = page(&hub, "/console/sources/members", &ops);
+    assert!(before.contains("Run now") && before.contains("No stream has been read yet"));
+    assert_eq!(refresh_of(&before), None);
+    let r = post_form(
+        &hub,
+        "/console/sources/members/run",
+        &ops,
+        &format!("csrf={}&what=run", csrf_of(&before)),
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let location = r.header("location").unwrap().to_string();
+    assert!(
+        location.starts_with("/console/sources/members?started="),
+        "{location}"
+    );
+    let refresh = refresh_of(&page(&hub, &location, &ops)).expect("the page follows the run");
+    let (running, last) = follow(&hub, &ops, refresh, "a run is going", |p| {
+        text_of(p, r#"id="runs""#, "</tbody>")
+    });
+    let distinct: std::collections::BTreeSet<_> = running.iter().collect();
+    assert!(
+        distinct.len() >= 2,
+        "pages and records count up while it reads: {running:?}"
+    );
+    let runs = text_of(&last, r#"id="runs""#, "</section>");
+    assert!(runs.contains("succeeded"), "{runs}");
+    let cursors = text_of(&last, r#"id="cursors""#, "</section>");
+    assert!(
+        cursors.contains("records") && cursors.contains("yes"),
+        "{cursors}"
+    );
+    assert_eq!(hub.count("SELECT COUNT(*) FROM profiles"), 4);
+    let log = call(&hub, "GET", "/v1/audit", Some(ADMIN_TOKEN)).json();
+    assert!(
+        log["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "source.run"
+                && e["actor"] == "ops"
+                && e["target"] == "members"),
+        "{log}"
+    );
+}
+
+/// Waits until `done()`, for up to a minute.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what} never happened");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn console_and_api_replay_dead_letters_by_one_path() {
+    let sink = JsonSink::start();
+    let failing = || {
+        sink.set_faults(Faults {
+            error: 1.0,
+            ..Default::default()
+        })
+    };
+    failing();
+    let project = format!(
+        "{}\n[[syncs]]\nname = \"everyone\"\nfrom = \"all\"\nto = \"ads\"\nmode = \"upsert\"\nmax_attempts = 1\n\
+         [syncs.mapping]\nemail = \"identifiers.email\"\n",
+        destination("ads", &sink)
+    );
+    let hub = Hub::start_project(
+        Db::Sqlite,
+        &tokens(),
+        &project,
+        &[("SWITCHYARD_RETRY_BASE_MS", "20")],
+    );
+    hub.install(&["json-post-destination"]);
+    let idle = || {
+        let runs = call(&hub, "GET", "/v1/syncs/everyone/runs", Some(ADMIN_TOKEN)).json();
+        runs["runs"][0]["status"] != "running"
+    };
+    for i in 0..2 {
+        hub.identify(
+            &format!("a{i}"),
+            json!({"email": format!("a{i}@example.com")}),
+        );
+    }
+    hub.run_sync("everyone");
+    assert_eq!(hub.dead_letters("everyone").len(), 2);
+
+    // Through the API: marked, and the run that sends them again started.
+    sink.set_faults(Faults::default());
+    let r = call(
+        &hub,
+        "POST",
+        "/v1/dead-letters/replay?sync=everyone",
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(r.status, 202, "{}", r.text());
+    assert_eq!(r.json()["replayed"], 2);
+    assert_eq!(r.json()["run"], "started");
+    eventually("the API's replay delivering", || sink.records().len() == 2);
+    eventually("the run finishing", idle);
+    assert!(hub.dead_letters("everyone").is_empty());
+    // Nothing left to replay: nothing runs.
+    let r = call(
+        &hub,
+        "POST",
+        "/v1/dead-letters/replay?sync=everyone",
+        Some(ADMIN_TOKEN),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["replayed"], 0);
+
+    // Through the console: the same.
+    failing();
+    hub.identify("a2", json!({"email": "a2@example.com"}));
+    hub.run_sync("everyone");
+    sink.set_faults(Faults::default());
+    let ops = sign_in(&hub, OPERATOR_TOKEN);
+    let before = page(&hub, "/console/syncs/everyone", &ops);
+    assert!(
+        before.contains("1 records could not be delivered"),
+        "{before}"
+    );
+    let r = post_form(
+        &hub,
+        "/console/syncs/everyone/replay",
+        &ops,
+        &format!("csrf={}", csrf_of(&before)),
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let location = r.header("location").unwrap().to_string();
+    assert!(location.contains("?started="), "{location}");
+    eventually("the console's replay delivering", || {
+        sink.records().len() == 3
+    });
+    eventually("the run finishing", idle);
+    let after = page(&hub, "/console/syncs/everyone", &ops);
+    assert!(after.contains("None: every record"), "{after}");
+
+    // One audit trail for both: the replay, then the run it started.
+    let log = call(&hub, "GET", "/v1/audit", Some(ADMIN_TOKEN)).json();
+    let entries = log["entries"].as_array().unwrap();
+    for actor in ["admin", "ops"] {
+        let of = |action: &str, outcome: &str| {
+            entries
+                .iter()
+                .any(|e| e["actor"] == actor && e["action"] == action && e["outcome"] == outcome)
+        };
+        assert!(of("dead_letters.replay", "ok"), "{actor}: {log}");
+        assert!(
+            entries.iter().any(|e| e["actor"] == actor
+                && e["action"] == "sync.run"
+                && e["detail"] == "after replay"),
+            "{actor}: {log}"
+        );
+    }
+}
+
 /// The console in a real browser: Debian's chromium, headless, driven through chromedriver over
 /// the W3C WebDriver protocol. Both are installed by `tools/setup-clients` (`.ci/run` runs it);
 /// without them the test fails saying so. Screenshots go to `docs/screenshots/`.
@@ -432,11 +795,9 @@ fn console_forms_need_the_csrf_token_and_the_role() {
 /// hub shares, which rebuilds wasmtime and sqlx for every test build).
 mod browser {
     use super::*;
-    use crate::fakes::json_sink::{Faults, JsonSink};
 
     use std::path::PathBuf;
     use std::process::{Child, Command, Stdio};
-    use std::time::{Duration, Instant};
 
     use serde_json::Value;
 
@@ -691,15 +1052,6 @@ mod browser {
         dir
     }
 
-    fn destination(name: &str, sink: &JsonSink) -> String {
-        format!(
-            "[destinations.{name}]\nplugin = \"json-post-destination\"\nconfig = {{ url = \"{}\" }}\n\
-             allow_hosts = [\"{hp}\"]\nallow_private_hosts = [\"{hp}\"]\nrate_per_second = 1000\n",
-            sink.url(),
-            hp = sink.host_port()
-        )
-    }
-
     #[test]
     fn console_in_a_browser_operates_the_hub() {
         let sink = JsonSink::start();
@@ -783,7 +1135,6 @@ mod browser {
             );
             c.click("ul.tags a");
             c.wait_text("#audience-size", "11", false);
-            c.shot("audience");
 
             // A viewer, in a second browser: sees everything, with no button to press.
             let v = Browser::open(&driver);
@@ -806,6 +1157,14 @@ mod browser {
             c.click("button[value=approve]");
             c.wait_text("#runs tbody tr:first-child", "succeeded", false);
             assert_eq!(sink.records().len(), 5);
+
+            // The audience's page draws its size over time: 11, then 5.
+            c.goto(&format!("{base}/console/audiences/vip"));
+            c.wait_text("#audience-size", "5", false);
+            let history = c.wait_text("#size-history", "5 members now", false);
+            assert!(history.contains("11 on"), "{history}");
+            assert!(c.find("#size-history svg path.line").is_some(), "a chart");
+            c.shot("audience");
 
             // A run into a failing destination dead-letters its records; replay them once it
             // is healthy.

@@ -380,7 +380,7 @@ fn hubspot_429s_are_waited_out_then_a_run_fails_with_the_reason() {
 // ---------------------------------------------------------------------------------------------
 // Generic paginated JSON (http-json)
 
-fn json_fake(items: usize) -> http_json_fake::Fake {
+pub(crate) fn json_fake(items: usize) -> http_json_fake::Fake {
     let fake = http_json_fake::start_in_background(JSON_TOKEN);
     for i in 1..=items {
         fake.add_item(http_json_fake::item(
@@ -394,7 +394,7 @@ fn json_fake(items: usize) -> http_json_fake::Fake {
 
 /// The cursor-paginated style (`/v1/items`), incremental on `updated_since`; the plugin names no
 /// host, so the operator grants the fake's.
-fn json_source(fake: &http_json_fake::Fake, page_size: u32) -> String {
+pub(crate) fn json_source(fake: &http_json_fake::Fake, page_size: u32) -> String {
     let hp = fake.host_port();
     format!(
         "[sources.members]\nplugin = \"http-json\"\nsecrets = {{ token = \"{JSON_TOKEN}\" }}\n\

@@ -3,8 +3,13 @@
 //!   Measurement Protocol fake as they arrive, filtered (CEL) and mapped; `integrations:
 //!   {"All": false}` reaches neither, a destination named back on reaches that one only;
 //!   `streams list` counts what was dropped and why; `streams tail` shows it live;
-//! - a SIGKILL of the hub mid-stream loses nothing acknowledged, re-sends at most the batch in
-//!   flight (counted at the fake), and keeps each profile's events in order;
+//! - the same SDK's events pass a source's transforms (a tracking plan renaming and dropping
+//!   events) before the filter and a stream's (PII scrub) after it, and reach both fakes
+//!   renamed and scrubbed, the drops counted; a transient transform error holds the stream
+//!   where it is, a permanent one dead-letters only the message it fails on;
+//! - a SIGKILL of the hub while the destination holds the answer to a batch it took loses
+//!   nothing acknowledged, re-sends exactly that batch (counted at the fake), and keeps each
+//!   profile's events in order;
 //! - a destination that answers 500 and hangs does not delay another stream.
 
 use crate::common;
@@ -55,8 +60,9 @@ fn sink_destination(name: &str, sink: &JsonSink) -> String {
     )
 }
 
-/// Runs the Segment Node SDK script (tests/clients, installed by tools/setup-clients).
-fn segment_node(hub: &Hub, user: &str) {
+/// Runs the Segment Node SDK script (tests/clients, installed by tools/setup-clients); `extra`:
+/// the order event's name and an extra event's (see the script).
+fn segment_node(hub: &Hub, user: &str, extra: &[&str]) {
     let dir = std::path::PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/clients"));
     assert!(
         dir.join("node_modules/@segment/analytics-node").exists(),
@@ -69,6 +75,7 @@ fn segment_node(hub: &Hub, user: &str) {
             WRITE_KEY,
             user,
         ])
+        .args(extra)
         .current_dir(&dir)
         .output()
         .expect("running node (tools/setup-clients installs the clients)");
@@ -80,12 +87,11 @@ fn segment_node(hub: &Hub, user: &str) {
     );
 }
 
-#[test]
-fn streams_forward_sdk_events_to_meta_capi_and_ga4_filtered_honouring_integrations() {
-    let capi = capi_fake::start_in_background();
-    let ga4 = ga4_fake::start_in_background();
+/// The Meta CAPI and GA4 destinations (rerouted to the fakes) and one stream to each: Meta
+/// takes big orders (`meta_extra` is appended to its stream), GA4 every track.
+fn meta_and_ga4_project(capi: &capi_fake::Fake, ga4: &ga4_fake::Fake, meta_extra: &str) -> String {
     let (chp, ghp) = (capi.host_port(), ga4.host_port());
-    let project = format!(
+    format!(
         "[destinations.meta_capi]\nplugin = \"meta-conversions\"\n\
          config = {{ pixel_id = \"{pixel}\", test_event_code = \"TEST4242\" }}\n\
          secrets = {{ access_token = \"${{META_CAPI_TOKEN}}\" }}\n\
@@ -97,6 +103,7 @@ fn streams_forward_sdk_events_to_meta_capi_and_ga4_filtered_honouring_integratio
          [[streams]]\nname = \"orders-to-meta\"\nfrom = [\"web\"]\nto = \"meta_capi\"\n\
          integration_names = [\"Facebook Conversions API\"]\n\
          filter = \"event.type == 'track' && event.event == 'Order Completed' && event.properties.total > 10.0\"\n\
+         {meta_extra}\n\
          [streams.mapping]\nevent_name = \"event.name\"\nevent_time = \"event.timestamp\"\n\
          event_source_url = \"event.context.page.url\"\nclient_user_agent = \"event.context.userAgent\"\n\
          client_ip_address = \"event.context.ip\"\nfbp = \"event.properties.fbp\"\nemail = \"identifiers.email\"\n\
@@ -109,7 +116,14 @@ fn streams_forward_sdk_events_to_meta_capi_and_ga4_filtered_honouring_integratio
          currency = \"event.properties.currency\"\nuser_property_plan = \"traits.plan\"\n",
         pixel = capi_fake::PIXEL_ID,
         mid = ga4_fake::MEASUREMENT_ID,
-    );
+    )
+}
+
+#[test]
+fn streams_forward_sdk_events_to_meta_capi_and_ga4_filtered_honouring_integrations() {
+    let capi = capi_fake::start_in_background();
+    let ga4 = ga4_fake::start_in_background();
+    let project = meta_and_ga4_project(&capi, &ga4, "");
     let env = [
         ("META_CAPI_TOKEN", capi_fake::TOKEN),
         ("GA4_API_SECRET", ga4_fake::API_SECRET),
@@ -133,7 +147,7 @@ fn streams_forward_sdk_events_to_meta_capi_and_ga4_filtered_honouring_integratio
     let hello: Value = serde_json::from_str(&tail_lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(hello["tailing"], "orders-to-meta");
 
-    segment_node(&hub, "sdk-u1");
+    segment_node(&hub, "sdk-u1", &[]);
     // Meta: the big order and the one sent to "Facebook Conversions API" only; GA4: both
     // orders Meta's filter or integrations do not stop, i.e. the big and the small one.
     assert!(
@@ -241,6 +255,103 @@ fn streams_forward_sdk_events_to_meta_capi_and_ga4_filtered_honouring_integratio
     );
 }
 
+#[test]
+fn streams_transform_sdk_events_before_meta_capi_and_ga4() {
+    let capi = capi_fake::start_in_background();
+    let ga4 = ga4_fake::start_in_background();
+    // The source's tracking plan renames `checkout_done` to `Order Completed` and drops the
+    // unplanned `Debug Ping`, before any stream's filter (which names the planned event);
+    // Meta's stream then scrubs the browser's `fbp` and IP from what it forwards.
+    let transforms = "[transforms.plan]\nplugin = \"rename-events\"\n\
+        config = { unknown = \"drop\", original_name_property = \"original_event\", events = { \"Order Completed\" = [\"checkout_done\"] } }\n\n\
+        [transforms.scrub]\nplugin = \"pii-scrub\"\nconfig = { drop = [\"properties.fbp\", \"context.ip\"] }\n\n";
+    let project = format!(
+        "{transforms}{}",
+        meta_and_ga4_project(&capi, &ga4, "transforms = [\"scrub\"]")
+    );
+    let env = [
+        ("META_CAPI_TOKEN", capi_fake::TOKEN),
+        ("GA4_API_SECRET", ga4_fake::API_SECRET),
+    ];
+    let mut hub = Hub::start_full(Db::Sqlite, "", "transforms = [\"plan\"]", &project, &env);
+    hub.install(&[
+        "meta-conversions",
+        "ga4-measurement",
+        "rename-events",
+        "pii-scrub",
+    ]);
+    hub.kill();
+    hub.spawn();
+
+    segment_node(&hub, "sdk-t1", &["checkout_done", "Debug Ping"]);
+    assert!(
+        wait_for(20, || capi.events().len() >= 2 && ga4.events().len() >= 2),
+        "meta got {:?}, ga4 got {:?}, streams {:?}",
+        capi.events(),
+        ga4.events(),
+        list(&hub)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let meta_events = capi.events();
+    let mut meta_ids: Vec<&str> = meta_events
+        .iter()
+        .map(|e| e["event_id"].as_str().unwrap())
+        .collect();
+    meta_ids.sort();
+    assert_eq!(meta_ids, ["sdk-t1-big", "sdk-t1-meta-only"]);
+    for e in &meta_events {
+        // Renamed to the plan (then to Meta's standard event), scrubbed of fbp and the IP.
+        assert_eq!(e["event_name"], "Purchase", "{e}");
+        assert!(e["user_data"].get("fbp").is_none(), "fbp not scrubbed: {e}");
+        assert!(
+            e["user_data"].get("client_ip_address").is_none(),
+            "IP not scrubbed: {e}"
+        );
+        assert_eq!(
+            e["user_data"]["client_user_agent"], "Mozilla/5.0 (X11; Linux x86_64)",
+            "what the scrub does not name passes: {e}"
+        );
+    }
+    let ga4_events = ga4.events();
+    let mut ga4_ids: Vec<&str> = ga4_events
+        .iter()
+        .map(|e| e["params"]["transaction_id"].as_str().unwrap())
+        .collect();
+    ga4_ids.sort();
+    assert_eq!(ga4_ids, ["sdk-t1-big", "sdk-t1-small"]);
+    for e in &ga4_events {
+        // `checkout_done` would have become `checkout_done`: the plan's name became GA4's.
+        assert_eq!(e["name"], "purchase", "{e}");
+    }
+    assert!(ga4.dropped().is_empty(), "{:?}", ga4.dropped());
+
+    let streams = list(&hub);
+    for name in ["orders-to-meta", "tracks-to-ga4"] {
+        let s = &streams[name];
+        // identify, four orders, the ping, the page.
+        assert_eq!(counter(s, "in"), 7, "{s}");
+        assert_eq!(counter(s, "out"), 2, "{s}");
+        assert_eq!(counter(s, "dropped:transform"), 1, "the ping: {s}");
+        assert_eq!(
+            counter(s, "transform:plan:event not in the tracking plan"),
+            1,
+            "{s}"
+        );
+        assert_eq!(s["behind"], 0, "{s}");
+    }
+    let meta = &streams["orders-to-meta"];
+    assert_eq!(
+        counter(meta, "dropped:filter"),
+        3,
+        "identify, small order, page; the renamed orders pass: {meta}"
+    );
+    let metrics = hub.request("GET", "/metrics", &[], b"").text();
+    assert!(
+        metrics.contains("switchyard_stream_events_dropped_total{stream=\"tracks-to-ga4\",reason=\"transform\"} 1"),
+        "{metrics}"
+    );
+}
+
 /// Sends `n` track events for five users through `/v1/batch`, 50 per request; message ids
 /// `{prefix}-{i}` and `properties.n = i`.
 fn send_numbered(hub: &Hub, prefix: &str, from: usize, n: usize) {
@@ -258,11 +369,89 @@ fn send_numbered(hub: &Hub, prefix: &str, from: usize, n: usize) {
 }
 
 #[test]
+fn streams_transform_failures_retry_transient_ones_and_dead_letter_only_the_poison_and_reload_on_sighup(
+) {
+    let sink = JsonSink::start();
+    let project = format!(
+        "{}\n[transforms.probe]\nplugin = \"chain-probe\"\nconfig = {{ mode = \"transient\" }}\n\n\
+         [[streams]]\nname = \"ticks\"\nto = \"sink\"\ntransforms = [\"probe\"]\n",
+        sink_destination("sink", &sink)
+    );
+    let mut hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
+    hub.install(&["json-post-destination", "chain-probe"]);
+    // Installed after the start: restart so the stream finds its plugins at once.
+    hub.kill();
+    hub.spawn();
+    send_numbered(&hub, "t", 0, 6);
+    // The transform fails transiently: the stream keeps its cursor and says why.
+    assert!(
+        wait_for(20, || list(&hub)["ticks"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("lookup service unavailable"))),
+        "{:?}",
+        list(&hub)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let status = &list(&hub)["ticks"];
+    assert_eq!(
+        counter(status, "in"),
+        0,
+        "nothing counted as read: {status}"
+    );
+    assert_eq!(status["behind"], 6, "{status}");
+    assert_eq!(sink.with(|s| s.events.len()), 0);
+
+    // A new transform config, by SIGHUP: the plugin recovers, but fails for good on one
+    // message. The stream starts again with it from where it stood, and only that message is
+    // dead-lettered.
+    let text = std::fs::read_to_string(&hub.config).unwrap().replace(
+        "mode = \"transient\"",
+        "mode = \"fail-on\", event = \"Poison\"",
+    );
+    hub.reload(&text);
+    let r = hub.track(
+        "track",
+        json!({"userId": "u9", "event": "Poison", "messageId": "t-poison"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    send_numbered(&hub, "t", 6, 3);
+    assert!(
+        wait_for(30, || sink.with(|s| s.events.len()) >= 9),
+        "{} of 9 arrived: {:?}",
+        sink.with(|s| s.events.len()),
+        list(&hub)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let keys: HashSet<String> = sink.with(|s| s.events.iter().map(|e| e.0.clone()).collect());
+    let expected: HashSet<String> = (0..9).map(|i| format!("t-{i}")).collect();
+    assert_eq!(keys, expected, "every message but the poison, none skipped");
+    let status = &list(&hub)["ticks"];
+    assert_eq!(counter(status, "in"), 10, "{status}");
+    assert_eq!(counter(status, "out"), 9, "{status}");
+    assert_eq!(counter(status, "dropped:dead_letter"), 1, "{status}");
+    assert!(status["error"].is_null(), "{status}");
+    let dead: Vec<Value> = common::lines(&ok(&hub.cli(&["dlq", "list"])));
+    let dead: Vec<&Value> = dead
+        .iter()
+        .filter(|d| d["sync"] == "stream:ticks")
+        .collect();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["key"], "t-poison", "{:?}", dead[0]);
+    let reason = dead[0].to_string();
+    assert!(
+        reason.contains("transform `probe`") && reason.contains("cannot transform `Poison`"),
+        "{reason}"
+    );
+}
+
+#[test]
 fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_flight() {
     let sink = JsonSink::start();
-    // Slow enough that the hub is killed with batches still to go.
+    // Once 60 events are in, the sink takes the next batch but holds its answer: that batch is
+    // surely in flight (delivered, not acknowledged to the hub) when the hub is killed.
     sink.set_faults(Faults {
-        delay: Duration::from_millis(150),
+        hold_after: Some(60),
+        hang_for: Duration::from_secs(120),
         ..Faults::default()
     });
     let project = format!(
@@ -273,17 +462,27 @@ fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_fli
     hub.install(&["json-post-destination"]);
     hub.kill();
     hub.spawn();
+    // Every event acknowledged (200) before the kill.
     send_numbered(&hub, "k", 0, 300);
     assert!(
-        wait_for(30, || sink.with(|s| s.events.len()) >= 60),
-        "the stream did not start forwarding"
+        wait_for(30, || sink.with(|s| !s.held.is_empty())),
+        "the stream never reached the held batch: {} events in",
+        sink.with(|s| s.events.len())
     );
+    let status = &list(&hub)["ticks"];
     hub.kill();
-    let before = sink.with(|s| s.events.len());
-    assert!(
-        before < 300,
-        "everything went out before the kill: nothing shown"
+    let (before, held) = sink.with(|s| (s.events.len(), s.held.clone()));
+    println!(
+        "SIGKILL with {before} of 300 at the destination, a batch of {} in flight ({status})",
+        held.len()
     );
+    assert!(before < 300, "everything went out before the kill");
+    assert_eq!(held.len(), 10, "the batch in flight is one batch");
+    assert!(
+        counter(status, "out") <= before as i64 - 10,
+        "the held batch is not committed: {status}"
+    );
+    sink.set_faults(Faults::default());
     hub.spawn();
     assert!(
         wait_for(60, || {
@@ -292,15 +491,30 @@ fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_fli
         "not every acknowledged event arrived after the restart: {} of 300",
         sink.with(|s| s.events.iter().map(|e| &e.0).collect::<HashSet<_>>().len())
     );
-    let (events, resent) = sink.with(|s| (s.events.clone(), s.resent_after_ack.len()));
-    println!("SIGKILL after {before} of 300 delivered; {resent} re-sent after the restart");
-    assert!(
-        resent <= 10,
-        "re-sent {resent} events already acknowledged: more than the one batch (10) in flight"
+    std::thread::sleep(Duration::from_millis(300));
+    let (events, resent) = sink.with(|s| {
+        (
+            s.events.clone(),
+            s.resent_after_ack
+                .iter()
+                .map(|(_, k)| k.clone())
+                .collect::<Vec<_>>(),
+        )
+    });
+    println!("after the restart: {} re-sent: {resent:?}", resent.len());
+    // The held batch was taken by the destination but never committed by the hub: it comes
+    // again, and nothing else does.
+    let mut resent_sorted = resent.clone();
+    resent_sorted.sort();
+    let mut held_sorted = held.clone();
+    held_sorted.sort();
+    assert_eq!(
+        resent_sorted, held_sorted,
+        "re-sent exactly the batch in flight"
     );
     assert_eq!(
         events.len(),
-        300 + resent,
+        300 + resent.len(),
         "each event once, plus the re-sent batch"
     );
     // In order per profile: each user's events arrive in the order they were sent (a re-sent

@@ -1,7 +1,8 @@
 //! Transform plugins end to end, through the real binary: the three first-party transforms
 //! install as kind `transform`, `plugin check` reports their config errors, `plugin transform`
 //! runs them on JSON lines (one result per line, drops with reasons, a chain by piping), and
-//! `switchyard validate` checks `[transforms.NAME]` blocks and the chains that name them.
+//! `switchyard validate` checks `[transforms.NAME]` blocks and the chains (sources' and streams')
+//! that name them.
 
 use crate::common;
 
@@ -283,12 +284,18 @@ plugin = "not-installed"
 [sources.web]
 write_keys = ["wk_test"]
 transforms = ["scrub", "rename"]
+
+[[streams]]
+name = "to-hook"
+to = "nowhere"
+transforms = ["scrub", "plan"]
 "#;
     let out = validate(bad);
     assert!(!out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     for expected in [
         "[sources.web] transforms: \"rename\" names no [transforms.rename]",
+        "[[streams]] #1 \"to-hook\": transforms: \"plan\" names no [transforms.plan]",
         "[transforms.scrub] config.normalize",
         "[transforms.hook] plugin `webhook` is a destination plugin, not a transform",
         "[transforms.gone]",

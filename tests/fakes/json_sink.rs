@@ -3,7 +3,8 @@
 //! each `fields` an object. It keeps the records it holds by key, every event it was sent, and
 //! counts payloads re-sent after it acknowledged them. Faults can be injected: a share of
 //! requests answered 429 + Retry-After, 500, or left hanging past the plugin's timeout, with
-//! nothing applied. Every request can be slowed down.
+//! nothing applied, or one request applied but its answer held. Every request can be slowed
+//! down.
 
 #![allow(dead_code)]
 
@@ -38,6 +39,8 @@ pub struct SinkState {
     pub failed: u64,
     pub hung: u64,
     pub bad_requests: Vec<String>,
+    /// Keys of the request held by `Faults::hold_after` (empty until one is).
+    pub held: Vec<String>,
 }
 
 /// Fault injection: shares of requests (0.0..1.0) and a per-request delay.
@@ -47,8 +50,12 @@ pub struct Faults {
     pub error: f64,
     pub hang: f64,
     pub delay: Duration,
-    /// How long a hanging request hangs.
+    /// How long a hanging request hangs (and a held one is held).
     pub hang_for: Duration,
+    /// The first request that arrives once at least this many events were applied is applied
+    /// and acknowledged here, but its answer is held for `hang_for`: a batch the destination
+    /// took whose answer the sender never got (a crash now must re-send it, and only it).
+    pub hold_after: Option<usize>,
 }
 
 #[derive(Clone)]
@@ -187,7 +194,23 @@ async fn receive(State(sink): State<JsonSink>, body: Bytes) -> Response {
         tokio::time::sleep(faults.hang_for).await;
         return (StatusCode::GATEWAY_TIMEOUT, "too late").into_response();
     }
+    let hold = apply(&sink, &faults, &action, parsed);
+    if hold {
+        tokio::time::sleep(faults.hang_for).await;
+    }
+    axum::Json(json!({"ok": true})).into_response()
+}
+
+/// Applies a request's records; whether its answer is to be held (`Faults::hold_after`).
+fn apply(sink: &JsonSink, faults: &Faults, action: &str, parsed: Vec<(String, Value)>) -> bool {
+    let action = action.to_string();
     let mut st = sink.state.lock().unwrap();
+    let hold = faults
+        .hold_after
+        .is_some_and(|n| st.held.is_empty() && st.events.len() >= n);
+    if hold {
+        st.held = parsed.iter().map(|(k, _)| k.clone()).collect();
+    }
     for (key, fields) in parsed {
         let id = (action.clone(), key.clone(), fields.to_string());
         if st.acked.contains(&id) {
@@ -207,5 +230,5 @@ async fn receive(State(sink): State<JsonSink>, body: Bytes) -> Response {
         st.log.push((action.clone(), key.clone(), fields));
         st.acked.insert(id);
     }
-    axum::Json(json!({"ok": true})).into_response()
+    hold
 }

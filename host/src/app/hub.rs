@@ -59,7 +59,8 @@ impl Hub {
             .with_metrics(metrics.clone());
         let syncs = crate::sync::Engine::new(store.clone(), registry.clone(), config.clone())
             .with_metrics(metrics.clone());
-        let streams = StreamEngine::new(store.clone(), syncs.clone()).with_metrics(metrics.clone());
+        let streams = StreamEngine::new(store.clone(), syncs.clone(), registry.clone())
+            .with_metrics(metrics.clone());
         let erasures = crate::erasure::Erasures::new(syncs.clone());
         let rules = IdentityRules::new(&config.identity);
         let ingestor = Ingestor::start(
@@ -173,16 +174,17 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     Ok(())
 }
 
-/// SIGHUP: re-read the file and hand it to both run engines; audiences, destinations, syncs and
+/// SIGHUP: re-read the file and hand it to the engines; audiences, destinations, syncs and
 /// plugin sources (their plugin config, streams, schedules, caps) change for runs and webhooks
-/// that start from now on, runs in flight finish with the config they started with. A file that
+/// that start from now on, runs in flight finish with the config they started with; event
+/// streams whose settings changed start again from their cursors with the new ones. A file that
 /// does not load changes nothing (the error is logged).
 fn reload_on_hangup(hub: &Hub, path: &Path, plugins_dir: Option<PathBuf>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         return;
     };
-    let (syncs, sources) = (hub.syncs.clone(), hub.sources.clone());
+    let (syncs, sources, streams) = (hub.syncs.clone(), hub.sources.clone(), hub.streams.clone());
     let path = path.to_path_buf();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
@@ -191,7 +193,11 @@ fn reload_on_hangup(hub: &Hub, path: &Path, plugins_dir: Option<PathBuf>) {
                     let c = Arc::new(c);
                     syncs.reload(c.clone());
                     sources.reload(c);
-                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs, plugin sources; [hub], [identity], write keys and [[streams]] need a restart)");
+                    // After the sync engine: streams read their config from it.
+                    if let Err(e) = streams.reload().await {
+                        tracing::error!("streams not reloaded: {e:#}");
+                    }
+                    tracing::info!(path = %path.display(), "configuration reloaded (audiences, destinations, syncs, plugin sources, [[streams]] and [transforms.*]; [hub], [identity] and write keys need a restart)");
                 }
                 Err(e) => {
                     tracing::error!("configuration not reloaded, keeping the running one: {e:#}")

@@ -103,11 +103,21 @@ pub struct StreamConfig {
     pub from: Vec<String>,
     /// A `[destinations.NAME]`.
     pub to: String,
-    /// A CEL expression over the message (`event`: the message as sent, with `type`, `event`,
-    /// `properties`, `traits`, `context`, ...) and its profile (`traits`, `identifiers`);
-    /// true forwards it.
+    /// A CEL expression over the message (`event`: the message with `type`, `event`,
+    /// `properties`, `traits`, `context`, ..., as its source's `transforms` left it) and its
+    /// profile (`traits`, `identifiers`); true forwards it.
     #[serde(default)]
     pub filter: Option<String>,
+    /// `[transforms.NAME]`s the messages this stream forwards pass through, in order, after its
+    /// `filter` and before its `mapping` (e.g. `["scrub"]` to remove what this destination
+    /// must not see). The order is Segment's: a source's transforms (`[sources.NAME]
+    /// transforms`, like source-level Protocols transformations) run first, so the filter sees
+    /// planned names; `integrations`, consent and the filter come next; the stream's own
+    /// transforms (like Segment's destination insert functions, which run after destination
+    /// filters) only see what the filter kept, so a plugin is not called for a message the
+    /// destination will never get. A message a transform drops is counted `dropped:transform`.
+    #[serde(default)]
+    pub transforms: Vec<String>,
     /// Destination field → `event.*` path into the message (or a profile path, or
     /// `{ value = LITERAL }`); empty forwards the message itself as the record's fields.
     #[serde(default)]
@@ -1006,6 +1016,7 @@ impl Config {
                     Arc::new(compile::CompiledStream { filter, mapping }),
                 );
             }
+            problems.extend(self.chain_problems(&format!("{at}: transforms"), &stream.transforms));
             if stream.max_attempts == 0 {
                 problems.push(format!("{at}: max_attempts must be at least 1"));
             }
@@ -1338,5 +1349,26 @@ transforms = ["scrub", "rename"]
             "{err}"
         );
         assert!(Config::parse("[transforms.x]\nplugin = \"p\"\nconfg = {}\n").is_err());
+    }
+
+    #[test]
+    fn stream_transforms_must_name_transforms() {
+        let base = "[transforms.scrub]\nplugin = \"pii-scrub\"\n\n\
+                    [destinations.d]\nplugin = \"p\"\n\n\
+                    [[streams]]\nname = \"s\"\nto = \"d\"\n";
+        let c = Config::parse(&format!("{base}transforms = [\"scrub\"]\n")).unwrap();
+        assert_eq!(c.streams[0].transforms, vec!["scrub"]);
+        assert!(Config::parse(base).unwrap().streams[0]
+            .transforms
+            .is_empty());
+        let err = Config::parse(&format!("{base}transforms = [\"scrub\", \"plan\"]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "[[streams]] #1 \"s\": transforms: \"plan\" names no [transforms.plan] (defined: scrub)"
+            ),
+            "{err}"
+        );
     }
 }

@@ -413,6 +413,19 @@ pub async fn erase(
         &keys,
     )
     .await?;
+    // The audiences they were in shrink by them (sizes are kept, not counted).
+    for chunk in profiles.chunks(CHUNK) {
+        let text = format!(
+            "UPDATE audience_sizes SET size = size - (SELECT COUNT(*) FROM audience_members m \
+             WHERE m.audience = audience_sizes.audience AND m.profile_id IN {})",
+            backend.value_groups(1, 1, chunk.len())
+        );
+        let mut q = sqlx::query(&text);
+        for v in chunk {
+            q = q.bind(v);
+        }
+        q.execute(&mut *tx).await?;
+    }
     for table in [
         "events",
         "traits",

@@ -172,6 +172,11 @@ fn migrator() -> Migrator {
                 include_str!("../../migrations/0040_streams.sql"),
             ),
             migration(50, "audit", include_str!("../../migrations/0050_audit.sql")),
+            migration(
+                51,
+                "console_sizes",
+                include_str!("../../migrations/0051_console_sizes.sql"),
+            ),
         ]),
         ..Migrator::DEFAULT
     }

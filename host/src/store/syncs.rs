@@ -131,11 +131,19 @@ pub async fn dead_letters(
     sync: Option<&str>,
     limit: i64,
 ) -> Result<Vec<DeadLetterRow>> {
-    let rows = sqlx::query(
-        "SELECT id, sync, key, action, fields, attempts, error, at, replayed_at FROM dead_letters \
-         WHERE replayed_at IS NULL AND ($1 = '' OR sync = $1) ORDER BY at, id LIMIT $2",
-    )
-    .bind(sync.unwrap_or(""))
+    // Two statements rather than `($1 = '' OR sync = $1)`, which no index can serve: one
+    // sync's letters come from the (sync, replayed_at, at, id) index already in order.
+    let columns = "id, sync, key, action, fields, attempts, error, at, replayed_at";
+    let one = format!(
+        "SELECT {columns} FROM dead_letters WHERE sync = $1 AND replayed_at IS NULL ORDER BY at, id LIMIT $2"
+    );
+    let all = format!(
+        "SELECT {columns} FROM dead_letters WHERE replayed_at IS NULL ORDER BY at, id LIMIT $1"
+    );
+    let rows = match sync {
+        Some(sync) => sqlx::query(&one).bind(sync),
+        None => sqlx::query(&all),
+    }
     .bind(limit)
     .fetch_all(store.pool())
     .await?;
@@ -154,6 +162,17 @@ pub async fn dead_letters(
             })
         })
         .collect()
+}
+
+/// How many of a sync's dead letters are not yet replayed (a range of the pending index).
+pub async fn pending_dead_letters(store: &Store, sync: &str) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT COUNT(*) AS n FROM dead_letters WHERE sync = $1 AND replayed_at IS NULL",
+    )
+    .bind(sync)
+    .fetch_one(store.pool())
+    .await?;
+    col(&row, "n")
 }
 
 /// Marks a sync's dead letters replayed and forgets its last complete run (so the next run

@@ -1,7 +1,13 @@
 //! Event streams (`[[streams]]`): every message a source commits, forwarded to a destination
-//! within moments, filtered (CEL), honouring the message's `integrations`, mapped, and
-//! delivered through the syncs' delivery (batches, the destination's token bucket, retries,
+//! within moments, filtered (CEL), honouring the message's `integrations`, transformed, mapped,
+//! and delivered through the syncs' delivery (batches, the destination's token bucket, retries,
 //! dead letters).
+//!
+//! A message's way, in Segment's order: its source's `transforms` → `integrations`, consent,
+//! `filter` → the stream's `transforms` → `mapping` → the destination (see
+//! [`StreamConfig::transforms`] for why). Transforms run over a whole page at once (one plugin
+//! call per `max-batch-size`); a transient transform error retries the page where it stands
+//! (the cursor does not move), a permanent one dead-letters only the messages it fails on.
 //!
 //! Guarantees, and how:
 //! - **At least once, nothing acknowledged lost.** The tracking API answers 200 only after the
@@ -32,12 +38,14 @@ use crate::config::{Config, StreamConfig, StreamStart};
 use crate::filter::Filter;
 use crate::mapping::{Mapping, Subject};
 use crate::metrics::Metrics;
+use crate::registry::Registry;
 use crate::runtime::bindings::Action;
 use crate::store::profiles::{self as model, ProfileData};
 use crate::store::streams as rows;
 use crate::store::{now_millis, Store};
 use crate::sync::delivery::{self, Abort, Item, Ledger, Stats, Target};
 use crate::sync::payload_hash;
+use crate::transform::{ChainOutput, Dropped, Kept, TransformChain, TransformError, Transforms};
 
 /// Events read per query. A page is cut into batches of the destination's size; each batch is
 /// committed on its own.
@@ -58,6 +66,9 @@ pub mod reason {
     /// requires, or the message's own consent stamp says no.
     pub const CONSENT: &str = "consent";
     pub const UNREADABLE: &str = "unreadable";
+    /// A transform (the source's or the stream's) dropped it; `transform:NAME:REASON` counts
+    /// by transform and by the reason it gave.
+    pub const TRANSFORM: &str = "transform";
     pub const DEAD_LETTER: &str = "dead_letter";
 }
 
@@ -67,6 +78,10 @@ pub struct StreamEngine {
     store: Store,
     /// Destination instances, their shared token buckets and the retry backoff.
     syncs: crate::sync::Engine,
+    /// Where the streams' transform plugins are loaded from.
+    registry: Arc<Registry>,
+    /// The running streams' tasks, by name, with the settings they run with.
+    tasks: Arc<Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>>,
     metrics: Option<Metrics>,
     tails: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>,
 }
@@ -91,10 +106,12 @@ pub struct StreamStatus {
 }
 
 impl StreamEngine {
-    pub fn new(store: Store, syncs: crate::sync::Engine) -> StreamEngine {
+    pub fn new(store: Store, syncs: crate::sync::Engine, registry: Arc<Registry>) -> StreamEngine {
         StreamEngine {
             store,
             syncs,
+            registry,
+            tasks: Arc::default(),
             metrics: None,
             tails: Arc::default(),
         }
@@ -110,17 +127,70 @@ impl StreamEngine {
     /// Cursors are placed before this returns, so a message committed after `serve` listens
     /// is never behind a new stream's starting point.
     pub async fn start(&self) -> anyhow::Result<()> {
-        let config = self.syncs.config();
-        for stream in &config.streams {
+        self.apply(&self.syncs.config()).await
+    }
+
+    /// SIGHUP: brings the running streams in line with `config` (which the sync engine already
+    /// holds): a stream that is gone stops, a new one gets its cursor and starts, and one whose
+    /// settings changed (its own, its destination's, the transforms and sources it reads,
+    /// `[hub] consent_default`) stops and starts again from its cursor with them. Stopping
+    /// lands between two awaits: a batch in flight is not committed and is re-sent by the new
+    /// task (at least once, as after a crash). Unchanged streams are not touched.
+    pub async fn reload(&self) -> anyhow::Result<()> {
+        self.apply(&self.syncs.config()).await
+    }
+
+    async fn apply(&self, config: &Config) -> anyhow::Result<()> {
+        let wanted: HashMap<&str, (String, &StreamConfig)> = config
+            .streams
+            .iter()
+            .map(|s| (s.name.as_str(), (fingerprint(config, s), s)))
+            .collect();
+        let stopping: Vec<tokio::task::JoinHandle<()>> = {
+            let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+            let stale: Vec<String> = tasks
+                .iter()
+                .filter(|(name, (print, _))| {
+                    wanted.get(name.as_str()).is_none_or(|(p, _)| p != print)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            stale
+                .iter()
+                .filter_map(|name| tasks.remove(name))
+                .map(|(_, handle)| {
+                    handle.abort();
+                    handle
+                })
+                .collect()
+        };
+        for handle in stopping {
+            // Wait until it is gone, so two tasks never forward the same stream.
+            let _ = handle.await;
+        }
+        let mut starting = Vec::new();
+        for (name, (print, stream)) in &wanted {
+            let running = self
+                .tasks
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(*name);
+            if running {
+                continue;
+            }
             let first = match stream.start {
                 StreamStart::Now => rows::last_seq(&self.store).await?,
                 StreamStart::Beginning => 0,
             };
             rows::init_cursor(&self.store, &stream.name, first, now_millis()).await?;
+            starting.push((print.clone(), (*stream).clone()));
         }
-        for stream in config.streams.iter().cloned() {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
+        for (print, stream) in starting {
             let engine = self.clone();
-            tokio::spawn(async move { engine.supervise(stream).await });
+            let name = stream.name.clone();
+            let handle = tokio::spawn(async move { engine.supervise(stream).await });
+            tasks.insert(name, (print, handle));
         }
         Ok(())
     }
@@ -170,6 +240,11 @@ impl StreamEngine {
             );
         }
         let names = compiled.names(&stream.to, &manifest.name);
+        let (sources, chain) = Transforms::for_stream(&config, &self.registry, stream).await?;
+        let chains = Chains {
+            sources,
+            stream: chain,
+        };
         let rate = dest
             .rate_per_second
             .unwrap_or(manifest.default_rate_per_second);
@@ -197,7 +272,15 @@ impl StreamEngine {
             // Mark the current commit seen before reading, so one that lands after the read
             // wakes the wait below.
             let _ = wake.borrow_and_update();
+            let reading = std::time::Instant::now();
             let page = rows::events_after(&self.store, cursor, PAGE).await?;
+            if !page.is_empty() {
+                tracing::debug!(
+                    events = page.len(),
+                    read_ms = reading.elapsed().as_secs_f64() * 1e3,
+                    "page read"
+                );
+            }
             if page.is_empty() {
                 if let Some(m) = &self.metrics {
                     m.streams.lag(&stream.name, 0.0);
@@ -215,7 +298,7 @@ impl StreamEngine {
             let full = page.len() as i64 == PAGE;
             let last_received = page.last().map(|e| e.received_at).unwrap_or_default();
             cursor = self
-                .forward(stream, &compiled, &names, &target, page)
+                .forward(stream, &compiled, &names, &target, &chains, page)
                 .await?;
             if let Some(m) = &self.metrics {
                 let lag = if full {
@@ -228,21 +311,24 @@ impl StreamEngine {
         }
     }
 
-    /// Forwards one page: decides each message, delivers the kept ones batch by batch and
-    /// commits the cursor after each batch. Returns the new cursor.
+    /// Forwards one page: passes each message through its source's transforms, decides it
+    /// (integrations, consent, filter), passes what is kept through the stream's transforms,
+    /// maps it, delivers batch by batch and commits the cursor after each batch. Returns the
+    /// new cursor.
     async fn forward(
         &self,
         stream: &StreamConfig,
         compiled: &Compiled,
         names: &[String],
         target: &Target,
+        chains: &Chains,
         page: Vec<rows::StreamEvent>,
     ) -> anyhow::Result<i64> {
-        let mut ids: Vec<String> = page
+        let taken: Vec<&rows::StreamEvent> = page
             .iter()
             .filter(|e| compiled.takes_source(&e.source))
-            .map(|e| e.profile_id.clone())
             .collect();
+        let mut ids: Vec<String> = taken.iter().map(|e| e.profile_id.clone()).collect();
         ids.sort();
         ids.dedup();
         let profiles: HashMap<String, ProfileData> = if compiled.needs_profile {
@@ -271,39 +357,177 @@ impl StreamEngine {
                 .cloned()
                 .collect()
         };
+        let deciding = std::time::Instant::now();
+        let mut outcomes: Vec<Outcome> = taken.iter().map(|_| Outcome::default()).collect();
+
+        // 1. Each source's transforms, over that source's messages of the page at once.
+        let mut messages: Vec<Message> = Vec::with_capacity(taken.len());
+        let mut chained: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, event) in taken.iter().enumerate() {
+            if !chains.sources.for_source(&event.source).is_empty() {
+                chained.entry(event.source.as_str()).or_default().push(i);
+                continue;
+            }
+            match serde_json::from_str(&event.body) {
+                Ok(body) => messages.push(Message {
+                    event: i,
+                    text: event.body.clone(),
+                    body,
+                }),
+                Err(e) => outcomes[i].drop(reason::UNREADABLE, Some(e.to_string())),
+            }
+        }
+        for (source, events) in &chained {
+            let chain = chains.sources.for_source(source);
+            let texts: Vec<String> = events.iter().map(|&i| taken[i].body.clone()).collect();
+            let (out, failed) = self.transform(stream, target, &chain, &texts).await?;
+            for d in out.dropped {
+                outcomes[events[d.input]].transform_drop(&d);
+            }
+            for (input, error) in failed {
+                let event = taken[events[input]];
+                outcomes[events[input]].dead_letter(compiled, event, event.body.clone(), error);
+            }
+            for kept in out.kept {
+                let event = events[kept.input];
+                match serde_json::from_str(&kept.message) {
+                    Ok(body) => messages.push(Message {
+                        event,
+                        text: kept.message,
+                        body,
+                    }),
+                    Err(e) => outcomes[event].drop(reason::UNREADABLE, Some(e.to_string())),
+                }
+            }
+        }
+        if !chained.is_empty() {
+            messages.sort_by_key(|m| m.event);
+        }
+
+        // 2. Integrations, consent, the filter.
+        messages.retain(|m| {
+            let event = taken[m.event];
+            match compiled.judge(event, &m.body, names, &profiles, &withheld) {
+                None => true,
+                Some((reason, detail)) => {
+                    outcomes[m.event].drop(reason, detail);
+                    false
+                }
+            }
+        });
+
+        // 3. The stream's own transforms, over what the filter kept.
+        let kept: Vec<(usize, Value)> = if chains.stream.is_empty() {
+            messages.into_iter().map(|m| (m.event, m.body)).collect()
+        } else {
+            let (origins, texts): (Vec<usize>, Vec<String>) =
+                messages.into_iter().map(|m| (m.event, m.text)).unzip();
+            let (out, failed) = self
+                .transform(stream, target, &chains.stream, &texts)
+                .await?;
+            for d in out.dropped {
+                outcomes[origins[d.input]].transform_drop(&d);
+            }
+            for (input, error) in failed {
+                let i = origins[input];
+                outcomes[i].dead_letter(compiled, taken[i], texts[input].clone(), error);
+            }
+            out.kept
+                .into_iter()
+                .filter_map(|k| {
+                    let i = origins[k.input];
+                    match serde_json::from_str(&k.message) {
+                        Ok(body) => Some((i, body)),
+                        Err(e) => {
+                            outcomes[i].drop(reason::UNREADABLE, Some(e.to_string()));
+                            None
+                        }
+                    }
+                })
+                .collect()
+        };
+
+        // 4. The mapping. A message the transforms fanned out into several gets one record
+        // per copy, keyed `MESSAGE_ID#N` (stable across re-sends, as transforms are
+        // deterministic); a single one keeps its message id as its key.
+        let mut copies = vec![0usize; taken.len()];
+        for (i, _) in &kept {
+            copies[*i] += 1;
+        }
+        let mut seen = vec![0usize; taken.len()];
+        for (i, body) in kept {
+            let event = taken[i];
+            let key = if copies[i] == 1 {
+                event.message_id.clone()
+            } else {
+                seen[i] += 1;
+                format!("{}#{}", event.message_id, seen[i])
+            };
+            let item = compiled.item(event, key, body, &profiles);
+            outcomes[i].items.push(item);
+        }
+
+        tracing::debug!(
+            events = taken.len(),
+            decide_ms = deciding.elapsed().as_secs_f64() * 1e3,
+            transforms = !chained.is_empty() || !chains.stream.is_empty(),
+            "page decided, transformed and mapped"
+        );
+
+        // 5. Batches, in the page's order, each committed with the cursor through its last
+        // message.
         let tail = self.tail_sender(&stream.name);
         let watched = tail.receiver_count() > 0;
         let size = target.batch_size.max(1);
         let mut batch = Batch::default();
         let mut cursor = page.first().map(|e| e.seq - 1).unwrap_or(0);
-        for event in page {
+        let mut outcomes = outcomes.into_iter();
+        for event in &page {
             cursor = event.seq;
             if !compiled.takes_source(&event.source) {
                 continue;
             }
+            let Some(outcome) = outcomes.next() else {
+                bail!(
+                    "stream `{}`: lost track of a message's outcome",
+                    stream.name
+                );
+            };
             batch.read += 1;
-            let decided = compiled.decide(&event, names, &profiles, &withheld);
-            match decided {
-                Decision::Forward(item) => {
-                    batch.received.push(event.received_at);
-                    if watched {
-                        batch.meta.push(meta(&event));
-                    }
-                    batch.items.push(item);
+            for item in outcome.items {
+                batch.received.push(event.received_at);
+                if watched {
+                    batch.meta.push(meta(event));
                 }
-                Decision::Drop(reason, detail) => {
-                    *batch.dropped.entry(reason).or_default() += 1;
-                    if watched {
-                        batch.lines.push(
-                            serde_json::json!({
-                                "seq": event.seq, "message_id": event.message_id,
-                                "source": event.source, "outcome": "dropped", "reason": reason,
-                                "detail": detail,
-                            })
-                            .to_string(),
-                        );
-                    }
+                batch.items.push(item);
+            }
+            for drop in outcome.drops {
+                *batch.dropped.entry(drop.reason.to_string()).or_default() += 1;
+                if let Some(counter) = drop.counter {
+                    *batch.dropped_by.entry(counter).or_default() += 1;
                 }
+                if watched {
+                    batch.lines.push(
+                        serde_json::json!({
+                            "seq": event.seq, "message_id": event.message_id,
+                            "source": event.source, "outcome": "dropped", "reason": drop.reason,
+                            "detail": drop.detail,
+                        })
+                        .to_string(),
+                    );
+                }
+            }
+            for (item, error) in outcome.dead {
+                if watched {
+                    batch.lines.push(
+                        serde_json::json!({
+                            "seq": event.seq, "message_id": event.message_id,
+                            "source": event.source, "outcome": "dead_lettered", "reason": error,
+                        })
+                        .to_string(),
+                    );
+                }
+                batch.dead.push((item, error));
             }
             if batch.items.len() >= size {
                 self.finish(stream, target, std::mem::take(&mut batch), cursor, &tail)
@@ -312,6 +536,77 @@ impl StreamEngine {
         }
         self.finish(stream, target, batch, cursor, &tail).await?;
         Ok(cursor)
+    }
+
+    /// Runs `messages` through `chain`. A transient failure (the plugin says so, or timed out
+    /// waiting on I/O) is retried, the same messages, after a pause that doubles up to a
+    /// minute, for as long as it lasts: the cursor stays where it is, nothing is skipped, and
+    /// `streams list` shows the error meanwhile. A failure only an operator can fix (config,
+    /// credentials) stops the stream (the supervisor records it and starts again from the
+    /// cursor). Any other failure is narrowed to the messages that cause it by running each
+    /// alone; those come back with the error (to be dead-lettered), the others go on.
+    async fn transform(
+        &self,
+        stream: &StreamConfig,
+        target: &Target,
+        chain: &TransformChain,
+        messages: &[String],
+    ) -> anyhow::Result<(ChainOutput, Vec<(usize, String)>)> {
+        let mut pause = target.backoff.max(Duration::from_millis(10));
+        loop {
+            let result = match chain.apply(messages.to_vec()).await {
+                Ok(out) => Ok((out, Vec::new())),
+                Err(e) if e.is_transient() || e.needs_operator() => Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        "{e}: running the batch's messages one by one to find the ones it fails on"
+                    );
+                    self.isolate(chain, messages).await
+                }
+            };
+            match result {
+                Ok(done) => return Ok(done),
+                Err(e) if e.needs_operator() => {
+                    bail!("stream `{}`: {e}; nothing of this page is counted, and the stream starts again from its last committed message", stream.name)
+                }
+                Err(e) => {
+                    let error =
+                        format!("{e} (transient: the stream retries these messages in {pause:?})");
+                    tracing::warn!(stream = %stream.name, "{error}");
+                    if let Err(e) =
+                        rows::set_error(&self.store, &stream.name, Some(&error), now_millis()).await
+                    {
+                        tracing::warn!(stream = %stream.name, "could not record the stream's error: {e}");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+    }
+
+    /// `messages` through `chain` one at a time: the outputs (inputs numbered as in
+    /// `messages`) and the messages that fail permanently, with the error.
+    async fn isolate(
+        &self,
+        chain: &TransformChain,
+        messages: &[String],
+    ) -> Result<(ChainOutput, Vec<(usize, String)>), TransformError> {
+        let mut all = ChainOutput::default();
+        let mut failed = Vec::new();
+        for (input, message) in messages.iter().enumerate() {
+            match chain.apply(vec![message.clone()]).await {
+                Ok(out) => {
+                    all.kept
+                        .extend(out.kept.into_iter().map(|k| Kept { input, ..k }));
+                    all.dropped
+                        .extend(out.dropped.into_iter().map(|d| Dropped { input, ..d }));
+                }
+                Err(e) if e.is_transient() || e.needs_operator() => return Err(e),
+                Err(e) => failed.push((input, e.to_string())),
+            }
+        }
+        Ok((all, failed))
     }
 
     /// Delivers a batch and commits its outcome with the cursor `through`.
@@ -326,6 +621,7 @@ impl StreamEngine {
         let ledger = Collect::default();
         let mut stats = Stats::default();
         let sent_keys: Vec<String> = batch.items.iter().map(|i| i.key.clone()).collect();
+        let delivering = std::time::Instant::now();
         if !batch.items.is_empty() {
             let (tx, rx) = mpsc::channel(1);
             let items = std::mem::take(&mut batch.items);
@@ -343,7 +639,8 @@ impl StreamEngine {
                 Err(Abort::Commit(e)) => return Err(e),
             }
         }
-        let dead = ledger.dead.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut dead = std::mem::take(&mut batch.dead);
+        dead.extend(ledger.dead.into_inner().unwrap_or_else(|p| p.into_inner()));
         let acked = ledger.acked.into_inner().unwrap_or_else(|p| p.into_inner());
         let dead_name = format!("stream:{}", stream.name);
         let mut counters: Vec<(String, i64)> = vec![
@@ -353,6 +650,9 @@ impl StreamEngine {
         ];
         for (reason, n) in &batch.dropped {
             counters.push((format!("dropped:{reason}"), *n as i64));
+        }
+        for (counter, n) in &batch.dropped_by {
+            counters.push((counter.clone(), *n as i64));
         }
         if !dead.is_empty() {
             counters.push((
@@ -376,11 +676,22 @@ impl StreamEngine {
                 })
                 .collect(),
         };
+        let delivered = delivering.elapsed();
+        let committing = std::time::Instant::now();
         rows::commit_batch(&self.store, &commit, now_millis()).await?;
+        tracing::debug!(
+            records = sent_keys.len(),
+            deliver_ms = delivered.as_secs_f64() * 1e3,
+            commit_ms = committing.elapsed().as_secs_f64() * 1e3,
+            "batch delivered and committed"
+        );
         let now = now_millis();
         if let Some(m) = &self.metrics {
-            let mut dropped: Vec<(&str, u64)> =
-                batch.dropped.iter().map(|(r, n)| (*r, *n)).collect();
+            let mut dropped: Vec<(&str, u64)> = batch
+                .dropped
+                .iter()
+                .map(|(r, n)| (r.as_str(), *n))
+                .collect();
             dropped.push((reason::DEAD_LETTER, dead.len() as u64));
             m.streams.batch(
                 &stream.name,
@@ -481,6 +792,24 @@ pub async fn status(store: &Store, config: &Config) -> anyhow::Result<Vec<Stream
     Ok(out)
 }
 
+/// Everything a stream's task runs with, as text: when it changes, a reload restarts the
+/// stream. (Secrets are compared as written, `${ENV}` and all.)
+fn fingerprint(config: &Config, stream: &StreamConfig) -> String {
+    let reads = |source: &str| stream.from.is_empty() || stream.from.iter().any(|f| f == source);
+    let sources: Vec<(&String, &Vec<String>)> = config
+        .sources
+        .iter()
+        .filter(|(name, _)| reads(name))
+        .map(|(name, s)| (name, &s.transforms))
+        .collect();
+    format!(
+        "{stream:?}\n{:?}\n{sources:?}\n{:?}\n{:?}",
+        config.destinations.get(&stream.to),
+        config.transforms,
+        config.hub.consent_default
+    )
+}
+
 /// What a tail line says about a message before its outcome is known.
 fn meta(event: &rows::StreamEvent) -> Value {
     let body: Value = serde_json::from_str(&event.body).unwrap_or(Value::Null);
@@ -505,7 +834,84 @@ struct Batch {
     /// Tail lines of dropped messages.
     lines: Vec<String>,
     read: u64,
-    dropped: BTreeMap<&'static str, u64>,
+    /// Drops by reason (the `dropped:REASON` counters and the metric's label).
+    dropped: BTreeMap<String, u64>,
+    /// Finer counters of some drops: `transform:NAME:REASON`.
+    dropped_by: BTreeMap<String, u64>,
+    /// Messages a transform failed on for good, dead-lettered with this batch.
+    dead: Vec<(Item, String)>,
+}
+
+/// The chains a stream applies: its sources' (before the filter) and its own (after).
+struct Chains {
+    sources: Transforms,
+    stream: TransformChain,
+}
+
+/// A message on its way through a page: the event it came from (an index into the page's
+/// taken events), as text and parsed.
+struct Message {
+    event: usize,
+    text: String,
+    body: Value,
+}
+
+/// What became of one event of a page: the records it makes (several when a transform fans
+/// it out), what was dropped and why, what was dead-lettered.
+#[derive(Default)]
+struct Outcome {
+    items: Vec<Item>,
+    drops: Vec<Discarded>,
+    dead: Vec<(Item, String)>,
+}
+
+/// One drop: the reason counted (`dropped:REASON`), a finer counter, a detail for `tail`.
+struct Discarded {
+    reason: &'static str,
+    counter: Option<String>,
+    detail: Option<String>,
+}
+
+impl Outcome {
+    fn drop(&mut self, reason: &'static str, detail: Option<String>) {
+        self.drops.push(Discarded {
+            reason,
+            counter: None,
+            detail,
+        });
+    }
+
+    fn transform_drop(&mut self, dropped: &Dropped) {
+        self.drops.push(Discarded {
+            reason: reason::TRANSFORM,
+            counter: Some(format!(
+                "transform:{}:{}",
+                dropped.transform, dropped.reason
+            )),
+            detail: Some(format!("{}: {}", dropped.transform, dropped.reason)),
+        });
+    }
+
+    /// A message a transform failed on for good: `message` is filed as the dead letter's
+    /// fields, under the event's message id.
+    fn dead_letter(
+        &mut self,
+        compiled: &Compiled,
+        event: &rows::StreamEvent,
+        message: String,
+        error: String,
+    ) {
+        let item = Item {
+            delivery_id: crate::sync::delivery_id::for_event(&compiled.scope, &event.message_id),
+            previous_fields: None,
+            key: event.message_id.clone(),
+            hash: payload_hash(&message),
+            fields: message,
+            attempts: 1,
+            last_error: Some(error.clone()),
+        };
+        self.dead.push((item, error));
+    }
 }
 
 /// A stream's ledger: the outcome of its one batch, held until the cursor commit that writes
@@ -537,7 +943,8 @@ impl Ledger for Collect {
     }
 }
 
-/// What happens to one message.
+/// What happens to one message (in the unit tests).
+#[cfg(test)]
 #[derive(Debug)]
 enum Decision {
     Forward(Item),
@@ -625,6 +1032,94 @@ impl Compiled {
         names
     }
 
+    /// None when the message goes on; otherwise why it is dropped (a counter) and a detail
+    /// for `tail`. `integrations` first, then consent, then the filter.
+    fn judge(
+        &self,
+        event: &rows::StreamEvent,
+        body: &Value,
+        names: &[String],
+        profiles: &HashMap<String, ProfileData>,
+        withheld: &HashSet<String>,
+    ) -> Option<(&'static str, Option<String>)> {
+        if !integrations::enabled(body.get("integrations"), names) {
+            return Some((reason::INTEGRATIONS, None));
+        }
+        if !self.consent.is_empty()
+            && (withheld.contains(&event.profile_id)
+                || !crate::consent::event_allows(body, &self.consent))
+        {
+            return Some((reason::CONSENT, None));
+        }
+        if let Some(filter) = &self.filter {
+            let empty;
+            let profile = match profiles.get(&event.profile_id) {
+                Some(p) => p,
+                None => {
+                    empty = ProfileData {
+                        id: event.profile_id.clone(),
+                        ..Default::default()
+                    };
+                    &empty
+                }
+            };
+            match filter.matches(profile, Some(body)) {
+                Ok(true) => {}
+                Ok(false) => return Some((reason::FILTER, None)),
+                Err(e) => return Some((reason::FILTER_ERROR, Some(e))),
+            }
+        }
+        None
+    }
+
+    /// The record `body` (the message as the transforms left it) makes, keyed `key`.
+    fn item(
+        &self,
+        event: &rows::StreamEvent,
+        key: String,
+        body: Value,
+        profiles: &HashMap<String, ProfileData>,
+    ) -> Item {
+        let fields = match &self.mapping {
+            None => body,
+            Some(mapping) => {
+                let empty;
+                let profile = match profiles.get(&event.profile_id) {
+                    Some(p) => p,
+                    None => {
+                        empty = ProfileData {
+                            id: event.profile_id.clone(),
+                            ..Default::default()
+                        };
+                        &empty
+                    }
+                };
+                Value::Object(mapping.apply(&Subject {
+                    profile_id: &profile.id,
+                    created_at: profile.created_at,
+                    updated_at: profile.updated_at,
+                    traits: &profile.traits,
+                    identifiers: &profile.identifiers,
+                    event: Some(&body),
+                }))
+            }
+        };
+        let text = fields.to_string();
+        Item {
+            // Stable across retries and re-sends after a crash: derived from the record's key
+            // (the message id), per stream, as events syncs derive theirs.
+            delivery_id: crate::sync::delivery_id::for_event(&self.scope, &key),
+            previous_fields: None,
+            key,
+            hash: payload_hash(&text),
+            fields: text,
+            attempts: 0,
+            last_error: None,
+        }
+    }
+
+    /// A message without transforms: judged, then mapped (the unit tests' shortcut).
+    #[cfg(test)]
     fn decide(
         &self,
         event: &rows::StreamEvent,
@@ -636,56 +1131,10 @@ impl Compiled {
             Ok(v) => v,
             Err(e) => return Decision::Drop(reason::UNREADABLE, Some(e.to_string())),
         };
-        if !integrations::enabled(body.get("integrations"), names) {
-            return Decision::Drop(reason::INTEGRATIONS, None);
+        match self.judge(event, &body, names, profiles, withheld) {
+            Some((reason, detail)) => Decision::Drop(reason, detail),
+            None => Decision::Forward(self.item(event, event.message_id.clone(), body, profiles)),
         }
-        if !self.consent.is_empty()
-            && (withheld.contains(&event.profile_id)
-                || !crate::consent::event_allows(&body, &self.consent))
-        {
-            return Decision::Drop(reason::CONSENT, None);
-        }
-        let empty;
-        let profile = match profiles.get(&event.profile_id) {
-            Some(p) => p,
-            None => {
-                empty = ProfileData {
-                    id: event.profile_id.clone(),
-                    ..Default::default()
-                };
-                &empty
-            }
-        };
-        if let Some(filter) = &self.filter {
-            match filter.matches(profile, Some(&body)) {
-                Ok(true) => {}
-                Ok(false) => return Decision::Drop(reason::FILTER, None),
-                Err(e) => return Decision::Drop(reason::FILTER_ERROR, Some(e)),
-            }
-        }
-        let fields = match &self.mapping {
-            None => body,
-            Some(mapping) => Value::Object(mapping.apply(&Subject {
-                profile_id: &profile.id,
-                created_at: profile.created_at,
-                updated_at: profile.updated_at,
-                traits: &profile.traits,
-                identifiers: &profile.identifiers,
-                event: Some(&body),
-            })),
-        };
-        let text = fields.to_string();
-        Decision::Forward(Item {
-            // Stable across retries and re-sends after a crash: derived from the message id,
-            // per stream, as events syncs derive theirs.
-            delivery_id: crate::sync::delivery_id::for_event(&self.scope, &event.message_id),
-            previous_fields: None,
-            key: event.message_id.clone(),
-            hash: payload_hash(&text),
-            fields: text,
-            attempts: 0,
-            last_error: None,
-        })
     }
 }
 

@@ -14,19 +14,23 @@ use crate::filter::Filter;
 /// answer in well under a second on a store of millions.
 const SAMPLE: i64 = 1_000;
 
+/// How far back an audience's page draws its size: 30 days.
+const HISTORY_MS: i64 = 30 * 86_400_000;
+
 pub async fn list(session: Session, State(s): State<ConsoleState>) -> Response {
     let config = s.syncs.config();
+    // Sizes as each audience's last refresh left them: one small read, no counting.
+    let sizes = match crate::store::audiences::sizes(&s.store).await {
+        Ok(m) => m,
+        Err(e) => return ui::failure("the audiences' sizes", e),
+    };
     let mut rows = Vec::new();
     for (name, a) in &config.audiences {
-        let size = match crate::audience::preview(&s.store, name, 0).await {
-            Ok((n, _)) => n,
-            Err(e) => return ui::failure("the audiences' sizes", e),
-        };
         let full = crate::audience::last_full(&s.store, name)
             .await
             .ok()
             .flatten();
-        rows.push((name.clone(), a.clone(), size, full));
+        rows.push((name.clone(), a.clone(), sizes.get(name).copied(), full));
     }
     let body = html! {
         header.page {
@@ -42,7 +46,7 @@ pub async fn list(session: Session, State(s): State<ConsoleState>) -> Response {
                         tr {
                             td { a href={"/console/audiences/" (name)} { (name) } @if let Some(d) = &a.description { br; span.hint { (d) } } }
                             td { code.filter { (a.filter) } }
-                            td.num { (ui::count(*size)) }
+                            td.num { @match size { Some(n) => (ui::count(*n)), None => span.hint { "not evaluated yet" } } }
                             td { @match full { Some(t) => (ui::time(*t)), None => span.hint { "never" } } }
                         }
                     } }
@@ -78,6 +82,13 @@ pub async fn page(
         .await
         .ok()
         .flatten();
+    let now = crate::store::now_millis();
+    let history =
+        match crate::store::audiences::size_history(&s.store, &name, now - HISTORY_MS, 2_000).await
+        {
+            Ok(h) => h,
+            Err(e) => return ui::failure("the audience's size over time", e),
+        };
     let syncs: Vec<_> = config
         .syncs
         .iter()
@@ -94,6 +105,14 @@ pub async fn page(
             div.card { h2 { "Members" } p.big #audience-size { (ui::count(size)) } }
             div.card { h2 { "Membership changed" } p { @match changed { Some(t) => (ui::time(t)), None => "never" } } }
             div.card { h2 { "Last full refresh" } p { @match full { Some(t) => (ui::time(t)), None => "never" } } p.hint { (a.full_refresh.as_deref().unwrap_or("no schedule")) } }
+        }
+        section.panel #size-history {
+            h2 { "Size over time" }
+            @if history.is_empty() {
+                p.hint { "No size recorded yet: it is recorded each time the audience is evaluated (before each sync run and on full refreshes)." }
+            } @else {
+                (ui::steps(&history, now - HISTORY_MS, now, "members"))
+            }
         }
         section.panel {
             h2 { "Filter" }

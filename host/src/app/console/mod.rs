@@ -58,9 +58,10 @@ pub struct ConsoleState {
     pub registry: Arc<Registry>,
     /// Erases profiles in the hub and, in the background, in every destination.
     pub erasures: crate::erasure::Erasures,
-    /// The profile count, read at most every [`COUNT_TTL`] (a COUNT over a million rows is the
-    /// slowest thing the overview would do).
-    count: Arc<Mutex<Option<(Instant, i64)>>>,
+    /// The profile count and when it was read: read again at most every [`COUNT_TTL`], in the
+    /// background (a COUNT over a million rows is the slowest thing the overview would do, and
+    /// no page should wait for it but the first), `true` while that read is going on.
+    count: Arc<Mutex<(Option<(Instant, i64)>, bool)>>,
 }
 
 const COUNT_TTL: Duration = Duration::from_secs(15);
@@ -92,17 +93,38 @@ impl ConsoleState {
         }
     }
 
+    /// The profile count: the last one read, refreshed in the background once older than
+    /// [`COUNT_TTL`]; read now only the first time.
     async fn profile_count(&self) -> anyhow::Result<i64> {
-        if let Ok(guard) = self.count.lock() {
-            if let Some((at, n)) = *guard {
-                if at.elapsed() < COUNT_TTL {
-                    return Ok(n);
+        let cached = match self.count.lock() {
+            Ok(mut guard) => {
+                let (cached, reading) = &mut *guard;
+                let stale = cached.is_none_or(|(at, _)| at.elapsed() >= COUNT_TTL);
+                if let (Some((_, n)), true, false) = (*cached, stale, *reading) {
+                    *reading = true;
+                    let state = self.clone();
+                    tokio::spawn(async move {
+                        let fresh = state.profiles.count().await;
+                        if let Ok(mut guard) = state.count.lock() {
+                            if let Ok(n) = fresh {
+                                guard.0 = Some((Instant::now(), n));
+                            }
+                            guard.1 = false;
+                        }
+                    });
+                    Some(n)
+                } else {
+                    cached.map(|(_, n)| n)
                 }
             }
+            Err(_) => None,
+        };
+        if let Some(n) = cached {
+            return Ok(n);
         }
         let n = self.profiles.count().await?;
         if let Ok(mut guard) = self.count.lock() {
-            *guard = Some((Instant::now(), n));
+            guard.0 = Some((Instant::now(), n));
         }
         Ok(n)
     }

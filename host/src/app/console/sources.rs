@@ -1,7 +1,7 @@
 //! Sources (runs, cursors per stream, "run now") and the installed plugins (kind, version, API
 //! version, declared hosts, limits, config schema).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
@@ -41,10 +41,17 @@ pub async fn list(session: Session, State(s): State<ConsoleState>) -> Response {
     ui::layout("Sources", &session, "/console/sources", body).into_response()
 }
 
+#[derive(serde::Deserialize, Default)]
+pub struct PageQuery {
+    /// Set after "run now" (Unix ms): the page follows until the run asked for has finished.
+    started: Option<String>,
+}
+
 pub async fn page(
     session: Session,
     State(s): State<ConsoleState>,
     Path(name): Path<String>,
+    Query(q): Query<PageQuery>,
 ) -> Response {
     let source = match s.sources.source(&name) {
         Ok(c) => c,
@@ -59,6 +66,23 @@ pub async fn page(
         Err(e) => return ui::failure("the source's cursors", e),
     };
     let running = runs.iter().any(|r| r.status.as_str() == "running");
+    let watch = q
+        .started
+        .as_deref()
+        .and_then(|t| t.parse::<i64>().ok())
+        .filter(|&asked| {
+            let newest = runs
+                .first()
+                .map(|r| (r.started_at.as_str(), r.status.as_str()));
+            ui::awaiting(asked, newest, crate::store::now_millis())
+        });
+    // While a run goes on (or the one asked for has not finished), the script re-reads the
+    // cursors and runs every 1.5 s: the run's pages and records count up as it reads.
+    let refresh = match watch {
+        Some(asked) => Some(format!("/console/sources/{name}?started={asked}")),
+        None if running => Some(format!("/console/sources/{name}")),
+        None => None,
+    };
     let body = html! {
         header.page {
             p.crumbs { a href="/console/sources" { "Sources" } " / " }
@@ -74,7 +98,8 @@ pub async fn page(
                 }
             }
         }
-        section.panel {
+        div #progress data-refresh=[refresh] aria-live="polite" {
+        section.panel #cursors {
             h2 { "Cursors" }
             @if cursors.is_empty() { p.hint { "No stream has been read yet." } } @else {
                 table {
@@ -85,8 +110,8 @@ pub async fn page(
                 }
             }
         }
-        section.panel #runs data-refresh=[running.then(|| format!("/console/sources/{name}"))] {
-            h2 { "Runs" }
+        section.panel #runs {
+            h2 { "Runs" @if running { " " span.badge.run { "a run is going" } } }
             @if runs.is_empty() { p.hint { "No runs yet." } } @else {
                 div.scroll { table {
                     thead { tr { th scope="col" { "Started" } th scope="col" { "Status" } th.num scope="col" { "Pages" } th.num scope="col" { "Records" } th.num scope="col" { "Events" } th.num scope="col" { "Retries" } th.num scope="col" { "Duration" } } }
@@ -104,6 +129,7 @@ pub async fn page(
                     } }
                 } }
             }
+        }
         }
     };
     ui::layout(&name, &session, "/console/sources", body).into_response()
@@ -141,6 +167,7 @@ pub async fn run(
             full_refresh.then(|| "full_refresh".into()),
         )
         .await;
+    let asked = crate::store::now_millis();
     let engine = s.sources.clone();
     let source = name.clone();
     tokio::spawn(async move {
@@ -154,7 +181,7 @@ pub async fn run(
             }
         }
     });
-    Redirect::to(&format!("/console/sources/{name}")).into_response()
+    Redirect::to(&format!("/console/sources/{name}?started={asked}")).into_response()
 }
 
 pub async fn plugins(session: Session, State(s): State<ConsoleState>) -> Response {

@@ -16,6 +16,9 @@ use crate::config::access::Role;
 use crate::runs::RunError;
 use crate::sync::{RunOptions, RunReport};
 
+/// Dead letters a sync's page lists (the oldest; the rest are counted).
+const LETTERS: i64 = 200;
+
 pub async fn list(session: Session, State(s): State<ConsoleState>) -> Response {
     let rows = match sync_rows(&s).await {
         Ok(r) => r,
@@ -38,21 +41,6 @@ pub struct PageQuery {
     fragment: Option<String>,
     /// Set after "run now": the page polls until the new run shows up and finishes.
     started: Option<String>,
-}
-
-/// Whether the page should follow the runs after "run now" was asked at `asked` (Unix ms, taken
-/// before the run was spawned, so the new run started at or after it and a run that finished just
-/// before the click is not taken for it): until a run started since then has finished, for at
-/// most a minute (a run refused by the lease never starts).
-fn awaiting(asked: i64, newest: Option<&RunReport>, now: i64) -> bool {
-    if now - asked > 60_000 {
-        return false;
-    }
-    let Some(run) = newest else { return true };
-    let started = chrono::DateTime::parse_from_rfc3339(&run.started_at)
-        .map(|t| t.timestamp_millis())
-        .unwrap_or(0);
-    started < asked || run.status.as_str() == "running"
 }
 
 /// `watch`: the time "run now" was asked, while the page still waits for that run; the section's
@@ -124,14 +112,27 @@ pub async fn page(
         .started
         .as_deref()
         .and_then(|t| t.parse::<i64>().ok())
-        .filter(|&asked| awaiting(asked, runs.first(), crate::store::now_millis()));
+        .filter(|&asked| {
+            let newest = runs
+                .first()
+                .map(|r| (r.started_at.as_str(), r.status.as_str()));
+            ui::awaiting(asked, newest, crate::store::now_millis())
+        });
     if q.fragment.as_deref() == Some("runs") {
         return axum::response::Html(runs_section(&name, &runs, watch).into_string())
             .into_response();
     }
-    let mut letters = match s.syncs.dead_letters(Some(&name), 200).await {
+    let mut letters = match s.syncs.dead_letters(Some(&name), LETTERS).await {
         Ok(d) => d,
         Err(e) => return ui::failure("the sync's dead letters", e),
+    };
+    let pending = if (letters.len() as i64) < LETTERS {
+        letters.len() as i64
+    } else {
+        match crate::store::syncs::pending_dead_letters(&s.store, &name).await {
+            Ok(n) => n,
+            Err(e) => return ui::failure("the sync's dead letters", e),
+        }
     };
     if !session.may(Role::Admin) {
         for l in &mut letters {
@@ -178,7 +179,10 @@ pub async fn page(
             @if letters.is_empty() {
                 p.hint { "None: every record this sync sent was acknowledged or rejected for good." }
             } @else {
-                p { (ui::count(letters.len() as i64)) " records could not be delivered after every retry." }
+                p {
+                    (ui::count(pending)) " records could not be delivered after every retry."
+                    @if pending > letters.len() as i64 { " The oldest " (ui::count(letters.len() as i64)) " are below." }
+                }
                 @if operator {
                     form method="post" action={"/console/syncs/" (name) "/replay"} {
                         (ui::csrf(&session))
@@ -282,32 +286,16 @@ async fn start(
     action: &str,
     detail: Option<String>,
 ) -> Response {
-    s.access
-        .audit(&session.who, action, name, "started", detail)
-        .await;
-    let asked = crate::store::now_millis();
-    let engine = s.syncs.clone();
-    let sync = name.to_string();
-    tokio::spawn(async move {
-        // A run that has just written "finished" to the history still holds the lease for a
-        // moment while it lets go: a click on "run now" or "approve" right after it waits for
-        // that (up to 10 s) instead of being lost; a run going on for longer still refuses it.
-        for attempt in 0..40 {
-            match engine.run(&sync, options.clone(), None).await {
-                Err(e)
-                    if attempt < 39
-                        && matches!(RunError::of(&e), Some(RunError::AlreadyRunning { .. })) =>
-                {
-                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-                }
-                Err(e) => {
-                    tracing::warn!(sync = %sync, "run requested in the console failed: {e:#}");
-                    break;
-                }
-                Ok(_) => break,
-            }
-        }
-    });
+    let asked = crate::app::operate::start_run(
+        &s.syncs,
+        &s.access,
+        &session.who,
+        name,
+        options,
+        action,
+        detail,
+    )
+    .await;
     Redirect::to(&format!("/console/syncs/{name}?started={asked}")).into_response()
 }
 
@@ -368,38 +356,15 @@ pub async fn replay(
     if let Err(r) = session.check_form(&s, &headers, &f.csrf) {
         return r;
     }
-    match s.syncs.replay(&name).await {
-        Ok(n) => {
-            s.access
-                .audit(
-                    &session.who,
-                    "dead_letters.replay",
-                    &name,
-                    "ok",
-                    Some(format!("{n} replayed")),
-                )
-                .await;
-            start(
-                &s,
-                &session,
-                &name,
-                RunOptions::default(),
-                "sync.run",
-                Some("after replay".into()),
-            )
-            .await
+    // The same as the admin API's replay: mark, audit, and start the run that sends them.
+    match crate::app::operate::replay(&s.syncs, &s.access, &session.who, &name).await {
+        Ok(done) => {
+            let to = match done.run_asked {
+                Some(asked) => format!("/console/syncs/{name}?started={asked}"),
+                None => format!("/console/syncs/{name}"),
+            };
+            Redirect::to(&to).into_response()
         }
-        Err(e) => {
-            s.access
-                .audit(
-                    &session.who,
-                    "dead_letters.replay",
-                    &name,
-                    "failed",
-                    Some(format!("{e:#}")),
-                )
-                .await;
-            run_refused(&e)
-        }
+        Err(e) => run_refused(&e),
     }
 }

@@ -213,6 +213,75 @@ pub fn bars(values: &[(String, f64)], label: &str) -> Markup {
     PreEscaped(svg)
 }
 
+/// Whether a page should follow the runs after "run now" was asked at `asked` (Unix ms, taken
+/// before the run was spawned, so the new run started at or after it and a run that finished
+/// just before the click is not taken for it), given the newest run's start (RFC 3339) and
+/// status: until a run started since then has finished, for at most a minute (a run refused
+/// by the lease never starts).
+pub fn awaiting(asked: i64, newest: Option<(&str, &str)>, now: i64) -> bool {
+    if now - asked > 60_000 {
+        return false;
+    }
+    let Some((started_at, status)) = newest else {
+        return true;
+    };
+    let started = chrono::DateTime::parse_from_rfc3339(started_at)
+        .map(|t| t.timestamp_millis())
+        .unwrap_or(0);
+    started < asked || status == "running"
+}
+
+/// A count over time as a step chart in inline SVG (no script or style attribute: the CSP
+/// allows neither), its scale and dates as text beside it. `points` are (ms, value), oldest
+/// first, each value holding until the next point and the last until `now`; the chart starts
+/// at the first point or at `since`, whichever is later.
+pub fn steps(points: &[(i64, i64)], since: i64, now: i64, unit: &str) -> Markup {
+    let (Some(first), Some(last)) = (points.first(), points.last()) else {
+        return html! {};
+    };
+    let from = first.0.max(since);
+    let to = now.max(from + 60_000);
+    let high = points.iter().map(|p| p.1).max().unwrap_or(0);
+    let low = points.iter().map(|p| p.1).min().unwrap_or(0);
+    let (w, h) = (600.0, 120.0);
+    // The highest value a little below the top edge, level with its label beside the chart.
+    let top = (high as f64).max(1.0);
+    let x = |t: i64| (t.clamp(from, to) - from) as f64 / (to - from) as f64 * w;
+    let y = |v: i64| h - 1.0 - v as f64 / top * (h - 8.0);
+    let mut line = format!("M0,{:.2}", y(first.1));
+    for p in &points[1..] {
+        line.push_str(&format!(" H{:.2} V{:.2}", x(p.0), y(p.1)));
+    }
+    line.push_str(&format!(" H{w}"));
+    let area = format!("{line} V{h} H0 Z");
+    let label = format!(
+        "{} {unit} now; {} at {}; highest {}, lowest {}",
+        count(last.1),
+        count(first.1),
+        time(from),
+        count(high),
+        count(low)
+    );
+    let svg = format!(
+        r#"<svg class="chart steps" viewBox="0 0 {w} {h}" preserveAspectRatio="none" role="img" aria-label="{label}"><path class="area" d="{area}"></path><path class="line" d="{line}" vector-effect="non-scaling-stroke"></path></svg>"#,
+        label = html! { (label) }.into_string()
+    );
+    html! {
+        figure.history {
+            div.scale { span { (count(high)) } span { "0" } }
+            div.plot {
+                (PreEscaped(svg))
+                div.axis { span { (time(from)) } span { "now" } }
+            }
+            figcaption.hint {
+                (count(last.1)) " " (unit) " now"
+                @if points.len() > 1 { "; " (count(first.1)) " on " (time(from)) ", highest " (count(high)) ", lowest " (count(low)) }
+                "."
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,6 +296,48 @@ mod tests {
         assert_eq!(duration(Some(125_000)), "2m 05s");
         assert_eq!(duration(None), "—");
         assert_eq!(time(0), "1970-01-01 00:00:00 UTC");
+    }
+
+    #[test]
+    fn a_page_follows_the_run_it_asked_for_until_it_finishes() {
+        let asked = 1_765_000_000_000; // 2025-12-06T05:46:40Z
+        let at = |ms: i64| {
+            chrono::DateTime::from_timestamp_millis(ms)
+                .unwrap()
+                .to_rfc3339()
+        };
+        assert!(awaiting(asked, None, asked + 100), "no run yet");
+        let before = at(asked - 500);
+        assert!(
+            awaiting(asked, Some((&before, "succeeded")), asked + 100),
+            "the run before the click is not the one asked for"
+        );
+        let after = at(asked + 20);
+        assert!(awaiting(asked, Some((&after, "running")), asked + 100));
+        assert!(!awaiting(asked, Some((&after, "succeeded")), asked + 100));
+        assert!(
+            !awaiting(asked, None, asked + 61_000),
+            "gives up after a minute"
+        );
+    }
+
+    #[test]
+    fn a_step_chart_holds_each_value_until_the_next() {
+        let day = 86_400_000;
+        let chart = steps(&[(0, 10), (day, 5)], 0, 2 * day, "members").into_string();
+        // From 10 (y = 119 - 10/10 * 112) to 5 at half way, held to the right edge.
+        assert!(
+            chart.contains(r#"d="M0,7.00 H300.00 V63.00 H600""#),
+            "{chart}"
+        );
+        assert!(chart.contains("5 members now; 10 on 1970-01-01"), "{chart}");
+        // Points before the window start it at its opening, with the value they held.
+        let chart = steps(&[(0, 7), (3 * day, 9)], 2 * day, 4 * day, "members").into_string();
+        assert!(
+            chart.contains("M0,") && chart.contains(" H300.00 V"),
+            "{chart}"
+        );
+        assert!(steps(&[], 0, day, "members").into_string().is_empty());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The admin API of syncs: list, history and dead letters (any role); run, plan, approve
-//! removals and replay (`operator`). Bearer token; state-changing calls go to the audit log.
+//! removals and replay (`operator`, through [`crate::app::operate`], as the console does).
+//! Bearer token; state-changing calls go to the audit log.
 //! Errors are [`ApiError`]s: an unknown sync is a 404, a run refused by the lease a 409.
 
 use axum::extract::{FromRef, Path, Query, State};
@@ -10,7 +11,6 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{history, Access, AdminAuth, ApiError, Operator, RunHistory, Viewer};
-use crate::runs::RunError;
 use crate::sync::{Engine, RunOptions};
 
 #[derive(Clone)]
@@ -127,16 +127,10 @@ async fn run(
             Json(serde_json::to_value(report).map_err(anyhow::Error::from)?),
         ));
     }
-    s.access
-        .audit(&auth.who, action, &name, "started", detail)
-        .await;
-    let engine = s.engine.clone();
-    let sync = name.clone();
-    tokio::spawn(async move {
-        if let Err(e) = engine.run(&sync, options, None).await {
-            tracing::warn!(sync = %sync, "run requested through the API failed: {e:#}");
-        }
-    });
+    crate::app::operate::start_run(
+        &s.engine, &s.access, &auth.who, &name, options, action, detail,
+    )
+    .await;
     Ok((
         StatusCode::ACCEPTED,
         Json(
@@ -178,36 +172,28 @@ async fn dead_letters(
     Ok(Json(body))
 }
 
+/// Marks the sync's dead letters for replay and starts the run that sends them again (the
+/// console's "replay" does the same, through [`crate::app::operate::replay`]); 202 with how
+/// many, or 200 when there were none.
 async fn replay(
     auth: AdminAuth<Operator>,
     State(s): State<SyncState>,
     Query(q): Query<DeadLetterQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(StatusCode, Json<Value>), ApiError> {
     let Some(sync) = q.sync else {
         return Err(ApiError::BadRequest(
             "say which sync: /v1/dead-letters/replay?sync=NAME".into(),
         ));
     };
-    let (outcome, detail, result) = match s.engine.replay(&sync).await {
-        Ok(n) => ("ok", format!("{n} replayed"), Ok(n)),
-        Err(e) => {
-            let outcome = match RunError::of(&e) {
-                Some(RunError::NotFound(_)) => "not_found",
-                Some(RunError::AlreadyRunning { .. }) => "conflict",
-                None => "failed",
-            };
-            (outcome, format!("{e:#}"), Err(e))
-        }
-    };
-    s.access
-        .audit(
-            &auth.who,
-            "dead_letters.replay",
-            &sync,
-            outcome,
-            Some(detail),
-        )
-        .await;
-    let n = result.map_err(failed(&sync))?;
-    Ok(Json(json!({ "sync": sync, "replayed": n })))
+    let done = crate::app::operate::replay(&s.engine, &s.access, &auth.who, &sync)
+        .await
+        .map_err(failed(&sync))?;
+    let runs = format!("{}/{sync}/runs", SyncState::PREFIX);
+    Ok(match done.run_asked {
+        Some(_) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "sync": sync, "replayed": done.letters, "run": "started", "runs": runs })),
+        ),
+        None => (StatusCode::OK, Json(json!({ "sync": sync, "replayed": 0 }))),
+    })
 }

@@ -9,6 +9,8 @@
 //! - `keep-none`: keeps no message for messages whose `event` is `event` (`keep([])`);
 //! - `miscount`: returns one result fewer than the batch has (a contract breach);
 //! - `transient`: fails the whole call with `transient`;
+//! - `fail-on`: fails the whole call (`failed`, permanent) when a message's `event` is `event`
+//!   (one poisoned message in a batch), and otherwise keeps each message as it came;
 //! - `batch-size`: keeps each message with `properties.batch` = the size of its call's batch.
 //!
 //! It exports the `transform` world by hand instead of with `export_transform!`: the SDK's glue
@@ -126,6 +128,15 @@ fn transform(ctx: &Context<Config>, batch: Vec<String>) -> Result<Vec<TransformR
                 reason: "lookup service unavailable".into(),
                 after_ms: Some(1000),
             }))
+        }
+        "fail-on" => {
+            if batch.iter().any(|m| event_is(&parse(m), &c.event)) {
+                return Err(CallError::Failed(format!("cannot transform `{}`", c.event)));
+            }
+            batch
+                .into_iter()
+                .map(|m| TransformResult::Keep(vec![m]))
+                .collect()
         }
         "batch-size" => batch
             .iter()
