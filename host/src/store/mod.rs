@@ -13,6 +13,7 @@ pub mod leases;
 pub mod merges;
 pub mod profiles;
 pub mod retention;
+pub mod runs;
 pub mod sources;
 pub mod streams;
 pub mod syncs;
