@@ -7,7 +7,7 @@ use std::ops::Deref;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{Config, RunCaps, SyncConfig, SyncMode};
+use super::{Config, RunCaps, StreamConfig, SyncConfig, SyncMode};
 use crate::filter::Filter;
 use crate::mapping::Mapping;
 use crate::schedule::Schedule;
@@ -59,6 +59,38 @@ pub struct CompiledStream {
     pub filter: Option<Filter>,
     /// None: the message itself is the record's fields.
     pub mapping: Option<Mapping>,
+}
+
+impl CompiledStream {
+    /// A stream's filter and mapping, or what is wrong with each (`filter: ...`,
+    /// `mapping.FIELD: ...`).
+    pub fn compile(stream: &StreamConfig) -> Result<CompiledStream, Vec<String>> {
+        let mut problems = Vec::new();
+        let filter = keep(
+            &mut problems,
+            stream
+                .filter
+                .as_deref()
+                .map(Filter::compile)
+                .transpose()
+                .map_err(|e| format!("filter: {e}")),
+        );
+        let mapping = if stream.mapping.is_empty() {
+            Some(None)
+        } else {
+            match Mapping::compile_each(&stream.mapping, true) {
+                Ok(m) => Some(Some(m)),
+                Err(errors) => {
+                    problems.extend(errors.into_iter().map(|e| format!("mapping.{e}")));
+                    None
+                }
+            }
+        };
+        match (filter, mapping) {
+            (Some(filter), Some(mapping)) => Ok(CompiledStream { filter, mapping }),
+            _ => Err(problems),
+        }
+    }
 }
 
 impl Config {

@@ -990,31 +990,11 @@ impl Config {
                     ));
                 }
             }
-            let filter = compile::keep(
-                problems,
-                stream
-                    .filter
-                    .as_deref()
-                    .map(crate::filter::Filter::compile)
-                    .transpose()
-                    .map_err(|e| format!("{at}: filter: {e}")),
-            );
-            let mapping = if stream.mapping.is_empty() {
-                Some(None)
-            } else {
-                match crate::mapping::Mapping::compile_each(&stream.mapping, true) {
-                    Ok(m) => Some(Some(m)),
-                    Err(errors) => {
-                        problems.extend(errors.into_iter().map(|e| format!("{at}: mapping.{e}")));
-                        None
-                    }
+            match compile::CompiledStream::compile(stream) {
+                Ok(rule) => {
+                    out.streams.insert(stream.name.clone(), Arc::new(rule));
                 }
-            };
-            if let (Some(filter), Some(mapping)) = (filter, mapping) {
-                out.streams.insert(
-                    stream.name.clone(),
-                    Arc::new(compile::CompiledStream { filter, mapping }),
-                );
+                Err(errors) => problems.extend(errors.into_iter().map(|e| format!("{at}: {e}"))),
             }
             problems.extend(self.chain_problems(&format!("{at}: transforms"), &stream.transforms));
             if stream.max_attempts == 0 {

@@ -34,6 +34,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument as _;
 
+use crate::config::compile::CompiledStream;
 use crate::config::{Config, StreamConfig, StreamStart};
 use crate::filter::Filter;
 use crate::mapping::{Mapping, Subject};
@@ -228,7 +229,10 @@ impl StreamEngine {
     /// Forwards from the stream's cursor, forever (or until an error).
     async fn run(&self, stream: &StreamConfig) -> anyhow::Result<()> {
         let config = self.syncs.config();
-        let compiled = Compiled::new(&config, stream)?;
+        let rule = config
+            .stream(&stream.name)
+            .with_context(|| format!("stream `{}` is not in the project", stream.name))?;
+        let compiled = Compiled::new(&config, stream, rule);
         let dest = config.destinations.get(&stream.to).with_context(|| {
             format!("stream `{}`: no [destinations.{}]", stream.name, stream.to)
         })?;
@@ -971,21 +975,10 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn new(config: &Config, stream: &StreamConfig) -> anyhow::Result<Compiled> {
-        let filter = stream
-            .filter
-            .as_deref()
-            .map(Filter::compile)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("stream `{}` filter: {e}", stream.name))?;
-        let mapping = if stream.mapping.is_empty() {
-            None
-        } else {
-            Some(
-                Mapping::compile(&stream.mapping, true)
-                    .map_err(|e| anyhow::anyhow!("stream `{}` mapping.{e}", stream.name))?,
-            )
-        };
+    /// The stream's own settings with its filter and mapping as the project compiled them.
+    fn new(config: &Config, stream: &StreamConfig, rule: &CompiledStream) -> Compiled {
+        let filter = rule.filter.clone();
+        let mapping = rule.mapping.clone();
         let profile_paths = stream.mapping.values().any(|v| match v {
             crate::config::MappingValue::Path(p) => !p.starts_with("event."),
             _ => false,
@@ -995,7 +988,7 @@ impl Compiled {
                 .iter()
                 .any(|name| mentions(f, name))
         });
-        Ok(Compiled {
+        Compiled {
             scope: format!("stream:{}", stream.name),
             sources: if stream.from.is_empty() {
                 None
@@ -1017,7 +1010,7 @@ impl Compiled {
                 .unwrap_or_default(),
             consent_default: config.hub.consent_default,
             needs_profile: profile_paths || profile_filter,
-        })
+        }
     }
 
     fn uses_events(&self) -> bool {
@@ -1197,7 +1190,11 @@ mod tests {
             Some("event.type == 'track' && event.properties.total > 10.0"),
             &[("name", "event.name"), ("plan", "traits.plan")],
         );
-        let c = Compiled::new(&Config::default(), &s).unwrap();
+        let c = Compiled::new(
+            &Config::default(),
+            &s,
+            &CompiledStream::compile(&s).unwrap(),
+        );
         assert!(c.needs_profile, "the mapping reads a trait");
         let names = c.names("meta", "meta-conversions");
         let mut profiles = HashMap::new();
@@ -1243,7 +1240,11 @@ mod tests {
         let config: Config =
             toml::from_str("[destinations.d]\nplugin = \"p\"\nconsent = [\"Advertising\"]\n")
                 .unwrap();
-        let c = Compiled::new(&config, &stream(None, &[])).unwrap();
+        let c = Compiled::new(
+            &config,
+            &stream(None, &[]),
+            &CompiledStream::compile(&stream(None, &[])).unwrap(),
+        );
         assert_eq!(c.consent, ["advertising"]);
         let plain = serde_json::json!({"type": "track", "event": "Order Completed"});
         let none = HashMap::new();
@@ -1266,7 +1267,11 @@ mod tests {
 
     #[test]
     fn without_a_mapping_the_message_itself_is_forwarded() {
-        let c = Compiled::new(&Config::default(), &stream(None, &[])).unwrap();
+        let c = Compiled::new(
+            &Config::default(),
+            &stream(None, &[]),
+            &CompiledStream::compile(&stream(None, &[])).unwrap(),
+        );
         assert!(!c.needs_profile);
         let body =
             serde_json::json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}});
