@@ -18,7 +18,11 @@
 //! - **In order.** One batch in flight per stream, batches in sequence order; a record the
 //!   destination itself asks to retry is re-sent after its batch-mates it accepted.
 //! - **Low latency.** The writer's commit wakes every stream ([`Store::events_committed`]); a
-//!   slow poll only catches events other processes (another hub, a CLI source run) commit.
+//!   slow poll only catches events other processes (another hub, a CLI source run) commit. A
+//!   woken stream lingers 20 ms ([`LINGER`]) so a burst makes one batch, and batch commits
+//!   take turns with the tracking API's ([`Store::write_turn`]) on a connection that does not
+//!   fsync ([`Store::begin_write_relaxed`]): neither waits out SQLite's busy handler, nor adds
+//!   an fsync beside the other's.
 //! - **Isolation.** Each stream is its own task with its own cursor: a destination that fails
 //!   or hangs holds back only its stream.
 
@@ -54,6 +58,13 @@ const PAGE: i64 = 1_000;
 
 /// How often a stream looks for events committed by other processes when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long a caught-up stream waits after a commit wakes it before it reads, so the commits
+/// of a burst are read, sent and committed as one batch. Every batch's commit takes a turn at
+/// the write lock ([`Store::write_turn`]) beside the tracking API's: one batch per tracking-API
+/// commit per stream gave the ingest writer a third of the turns with two streams, and its
+/// acknowledgements slowed tenfold. Costs at most this much latency.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Lines buffered per `tail` watcher; a watcher further behind is told how many it missed.
 const TAIL_BUFFER: usize = 4_096;
@@ -296,6 +307,8 @@ impl StreamEngine {
                     changed = wake.changed() => {
                         if changed.is_err() {
                             tokio::time::sleep(POLL).await;
+                        } else {
+                            tokio::time::sleep(LINGER).await;
                         }
                     }
                     _ = tokio::time::sleep(POLL) => {}
