@@ -15,7 +15,7 @@ use std::time::Instant;
 use axum::extract::Query;
 use axum::routing::get;
 use axum::Router;
-use switchyard::config::Config;
+use switchyard::config::compile::Project;
 use switchyard::registry::Registry;
 use switchyard::runtime::{Limits, Runtime};
 use switchyard::sources::{RunOptions, SourceEngine};
@@ -116,7 +116,7 @@ fn main() {
              traits = {{ first_name = \"first_name\", last_name = \"last_name\", plan = \"plan\" }}\n",
             plugins = plugins.display()
         );
-        let config = Config::parse(&text).unwrap();
+        let config = Project::parse(&text).unwrap();
         let store = Store::open(&database).await.unwrap();
         let engine = SourceEngine::new(store.clone(), Arc::new(registry), Arc::new(config));
 

@@ -10,7 +10,8 @@
 //! Run: `tools/build-plugins && CARGO_TARGET_DIR=/work/rtarget cargo bench -p switchyard --bench
 //! streams`. Knobs:
 //! `SWITCHYARD_BENCH_SECS` (per phase, default 5), `SWITCHYARD_BENCH_RATES` (default
-//! "1000,5000").
+//! "1000,5000"), `SWITCHYARD_BENCH_LOG` (the hub's log filter, e.g.
+//! `switchyard::streams=debug` for the per-batch timings).
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -113,7 +114,12 @@ fn start(dir: &std::path::Path, project: &str) -> Server {
     let mut child = switchyard()
         .args(["serve", "--config"])
         .arg(&config)
-        .env("SWITCHYARD_LOG", "error")
+        // `SWITCHYARD_BENCH_LOG=switchyard::streams=debug` prints each stream's per-batch
+        // timings (read, decide/transform, deliver, commit) on stderr.
+        .env(
+            "SWITCHYARD_LOG",
+            std::env::var("SWITCHYARD_BENCH_LOG").unwrap_or_else(|_| "error".into()),
+        )
         .stdout(Stdio::null())
         .spawn()
         .unwrap();

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use switchyard::config::Config;
+use switchyard::config::compile::Project;
 use switchyard::registry::Registry;
 use switchyard::runtime::{Limits, Runtime};
 use switchyard::store::Store;
@@ -145,7 +145,7 @@ fn main() {
         let registry = Registry::open(dir.path().join("plugins"), Runtime::new(Limits::default()).unwrap()).unwrap();
         registry.install(&wasm).await.unwrap();
         let (addr, bytes) = sink().await;
-        let config = Config::parse(&format!(
+        let config = Project::parse(&format!(
             r#"
 [audiences.pro]
 filter = 'traits.plan == "pro"'
@@ -169,7 +169,7 @@ plan = "traits.plan"
 "#
         ))
         .unwrap();
-        let audience = config.audiences["pro"].clone();
+        let audience = config.audience("pro").unwrap().clone();
         let engine = Engine::new(store.clone(), Arc::new(registry), Arc::new(config));
 
         // Audiences are kept up to date as profiles change; compute it once, timed apart.

@@ -3,8 +3,7 @@
 //! audience is recomputed on its `full_refresh` schedule or when its filter changed (time
 //! windows like "in the last 30 days" move without any profile changing).
 
-use crate::config::AudienceConfig;
-use crate::filter::Filter;
+use crate::config::compile::CompiledAudience;
 use crate::store::profiles;
 use crate::store::{audiences, now_millis, Store};
 
@@ -24,18 +23,17 @@ pub struct Refresh {
 
 /// Re-evaluates the audience's changed profiles (or all of them when `full`, the filter
 /// changed, or it was never computed) and stores who is in it.
-#[tracing::instrument(skip(store, config), fields(audience = %name))]
+#[tracing::instrument(skip(store, rule), fields(audience = %name))]
 pub async fn refresh(
     store: &Store,
     name: &str,
-    config: &AudienceConfig,
+    rule: &CompiledAudience,
     full: bool,
 ) -> anyhow::Result<Refresh> {
-    let filter = Filter::compile(&config.filter)
-        .map_err(|e| anyhow::anyhow!("[audiences.{name}] filter: {e}"))?;
+    let filter = &rule.filter;
     let started = now_millis();
     let state = audiences::state(store, name).await?;
-    let full = full || state.as_ref().is_none_or(|(f, _)| *f != config.filter);
+    let full = full || state.as_ref().is_none_or(|(f, _)| f != filter.source());
     let since = if full {
         i64::MIN
     } else {
@@ -97,7 +95,7 @@ pub async fn refresh(
     // profile committed just after this scan is not missed.
     let through = started - 10_000;
     let full_at = if full { started } else { 0 };
-    audiences::save_state(store, name, &config.filter, through, full_at).await?;
+    audiences::save_state(store, name, filter.source(), through, full_at).await?;
     tracing::info!(
         evaluated = report.evaluated,
         joined = report.joined,

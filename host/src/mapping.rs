@@ -100,23 +100,39 @@ enum Source {
 }
 
 impl Mapping {
+    /// Compiles a mapping; the error names the first field that does not compile.
     pub fn compile(
         mapping: &BTreeMap<String, MappingValue>,
         events: bool,
     ) -> Result<Mapping, String> {
+        Mapping::compile_each(mapping, events).map_err(|mut errors| errors.swap_remove(0))
+    }
+
+    /// Compiles a mapping, or says what is wrong with each field that does not compile
+    /// (`FIELD: reason`), so a project file's every problem is reported at once.
+    pub fn compile_each(
+        mapping: &BTreeMap<String, MappingValue>,
+        events: bool,
+    ) -> Result<Mapping, Vec<String>> {
         let mut fields = Vec::new();
+        let mut errors = Vec::new();
         for (field, value) in mapping {
             let source = match value {
-                MappingValue::Path(p) => {
-                    Source::Path(Path::parse(p, events).map_err(|e| format!("{field}: {e}"))?)
-                }
-                MappingValue::Literal { value } => Source::Literal(
-                    serde_json::to_value(value).map_err(|e| format!("{field}: {e}"))?,
-                ),
+                MappingValue::Path(p) => Path::parse(p, events).map(Source::Path),
+                MappingValue::Literal { value } => serde_json::to_value(value)
+                    .map(Source::Literal)
+                    .map_err(|e| e.to_string()),
             };
-            fields.push((field.clone(), source));
+            match source {
+                Ok(source) => fields.push((field.clone(), source)),
+                Err(e) => errors.push(format!("{field}: {e}")),
+            }
         }
-        Ok(Mapping { fields })
+        if errors.is_empty() {
+            Ok(Mapping { fields })
+        } else {
+            Err(errors)
+        }
     }
 
     /// The destination payload; fields whose source is absent are left out.

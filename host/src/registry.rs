@@ -400,11 +400,7 @@ impl Registry {
             ));
         }
         let config = serde_json::to_string(block.config)?;
-        let reroutes = block
-            .reroute
-            .iter()
-            .map(|r| r.parse().map_err(|e: String| anyhow::anyhow!("{at} {e}")))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let reroutes = block.reroute.to_vec();
         let policy = HttpPolicy::new(
             &plugin.manifest().allowed_hosts,
             block.allow_hosts,

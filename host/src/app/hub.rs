@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 
 use super::http::{self, tracking, Access};
+use crate::config::compile::Project;
 use crate::config::Config;
 use crate::identity::IdentityRules;
 use crate::ingest::message::Limits;
@@ -35,7 +36,18 @@ pub struct Hub {
 }
 
 impl Hub {
+    /// Builds the hub for a project file's values (compiling them; a file with problems is
+    /// refused with all of them).
     pub async fn build(config: &Config) -> anyhow::Result<Hub> {
+        let project = config
+            .clone()
+            .compile()
+            .map_err(|problems| anyhow::anyhow!("{}", problems.join("\n")))?;
+        Hub::build_project(Arc::new(project)).await
+    }
+
+    /// Builds the hub for a compiled project.
+    pub async fn build_project(config: Arc<Project>) -> anyhow::Result<Hub> {
         let store = config.hub.open_store().await?;
         let metrics = Metrics::new();
         let runtime = crate::runtime::Runtime::new(config.hub.plugin_limits.limits()?)?;
@@ -43,11 +55,10 @@ impl Hub {
             &config.hub.plugins_dir,
             runtime,
         )?);
-        let sources = SourceEngine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
+        let sources = SourceEngine::new(store.clone(), registry.clone(), config.clone())
             .with_metrics(metrics.clone());
-        let syncs =
-            crate::sync::Engine::new(store.clone(), registry.clone(), Arc::new(config.clone()))
-                .with_metrics(metrics.clone());
+        let syncs = crate::sync::Engine::new(store.clone(), registry.clone(), config.clone())
+            .with_metrics(metrics.clone());
         let streams = StreamEngine::new(store.clone(), syncs.clone(), registry.clone())
             .with_metrics(metrics.clone());
         let erasures = crate::erasure::Erasures::new(syncs.clone());
@@ -125,8 +136,11 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
         Ok(n) => tracing::debug!(file_descriptors = n, "file descriptor limit"),
         Err(e) => tracing::warn!("could not raise the file descriptor limit: {e}"),
     }
-    let config = load(path, plugins_dir.as_deref())?;
-    let hub = Hub::build(&config).await?;
+    let config = Arc::new(Project::load_with_plugins_dir(
+        path,
+        plugins_dir.as_deref(),
+    )?);
+    let hub = Hub::build_project(config.clone()).await?;
     // Streams place their cursors before the tracking API listens, so nothing it acknowledges
     // is behind a new stream's start.
     hub.streams
@@ -160,15 +174,6 @@ pub async fn serve(path: &Path, plugins_dir: Option<PathBuf>) -> anyhow::Result<
     Ok(())
 }
 
-/// The project file at `path`, with `--plugins-dir` (when given) in place of `[hub] plugins_dir`.
-fn load(path: &Path, plugins_dir: Option<&Path>) -> anyhow::Result<Config> {
-    let mut config = Config::load(path)?;
-    if let Some(dir) = plugins_dir {
-        config.hub.plugins_dir = dir.to_path_buf();
-    }
-    Ok(config)
-}
-
 /// SIGHUP: re-read the file and hand it to the engines; audiences, destinations, syncs and
 /// plugin sources (their plugin config, streams, schedules, caps) change for runs and webhooks
 /// that start from now on, runs in flight finish with the config they started with; event
@@ -183,7 +188,7 @@ fn reload_on_hangup(hub: &Hub, path: &Path, plugins_dir: Option<PathBuf>) {
     let path = path.to_path_buf();
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            match load(&path, plugins_dir.as_deref()) {
+            match Project::load_with_plugins_dir(&path, plugins_dir.as_deref()) {
                 Ok(c) => {
                     let c = Arc::new(c);
                     syncs.reload(c.clone());

@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use serde::Deserialize;
 
 pub mod access;
+pub mod compile;
 pub mod secrets;
 pub mod web;
 
@@ -62,7 +64,7 @@ pub struct TransformConfig {
     pub allow_private_hosts: Vec<String>,
     /// `HOST[:PORT]=URL`: send requests for a granted host elsewhere (staging, proxy, fake).
     #[serde(default)]
-    pub reroute: Vec<String>,
+    pub reroute: Vec<Reroute>,
     /// Messages per plugin call (default and ceiling: the plugin's maximum).
     #[serde(default)]
     pub batch_size: Option<usize>,
@@ -184,7 +186,7 @@ pub struct DestinationConfig {
     pub allow_private_hosts: Vec<String>,
     /// `HOST[:PORT]=URL`: send requests for a granted host elsewhere (staging, proxy, fake).
     #[serde(default)]
-    pub reroute: Vec<String>,
+    pub reroute: Vec<Reroute>,
     /// Requests per second to this destination (default: the plugin's own).
     #[serde(default)]
     pub rate_per_second: Option<f64>,
@@ -297,6 +299,7 @@ pub enum SyncMode {
 }
 
 pub use crate::mapping::MappingValue;
+pub use crate::runtime::net::Reroute;
 
 /// A removal guardrail.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -615,7 +618,7 @@ pub struct SourceConfig {
     pub allow_private_hosts: Vec<String>,
     /// `HOST[:PORT]=URL`: send requests for a granted host elsewhere (staging, proxy, fake).
     #[serde(default)]
-    pub reroute: Vec<String>,
+    pub reroute: Vec<Reroute>,
     /// When `switchyard serve` reads the source: `"every 15m"`, a cron expression, or absent
     /// (manual `switchyard source run` only).
     #[serde(default)]
@@ -649,7 +652,7 @@ pub struct PluginBlock<'a> {
     pub secrets: &'a BTreeMap<String, String>,
     pub allow_hosts: Option<&'a [String]>,
     pub allow_private_hosts: &'a [String],
-    pub reroute: &'a [String],
+    pub reroute: &'a [Reroute],
 }
 
 impl PluginBlock<'_> {
@@ -776,8 +779,17 @@ impl Config {
         })
     }
 
-    /// Every problem this file has on its own (without plugins or secrets), one line each.
+    /// Every problem this file has on its own (without plugins or secrets), one line each:
+    /// the errors of [`Config::compile`].
     pub fn problems(&self) -> Vec<String> {
+        self.compile_parts().1
+    }
+
+    /// Compiles what compiles and lists every problem; the values are whole only when there
+    /// are none.
+    fn compile_parts(&self) -> (compile::Compiled, Vec<String>) {
+        use compile::{keep, schedule, CompiledAudience, CompiledSource, CompiledSync};
+        let mut out = compile::Compiled::default();
         let mut problems = Vec::new();
         if let Err(e) = self.hub.plugin_limits.limits() {
             problems.push(e.to_string());
@@ -793,13 +805,24 @@ impl Config {
             }
         }
         for (name, audience) in &self.audiences {
-            if let Err(e) = crate::filter::Filter::compile(&audience.filter) {
-                problems.push(format!("[audiences.{name}] filter: {e}"));
-            }
-            if let Some(s) = &audience.full_refresh {
-                if let Err(e) = crate::schedule::Schedule::parse(s) {
-                    problems.push(format!("[audiences.{name}] full_refresh: {e}"));
-                }
+            let filter = keep(
+                &mut problems,
+                crate::filter::Filter::compile(&audience.filter)
+                    .map_err(|e| format!("[audiences.{name}] filter: {e}")),
+            );
+            let full_refresh = keep(
+                &mut problems,
+                schedule(audience.full_refresh.as_deref())
+                    .map_err(|e| format!("[audiences.{name}] full_refresh: {e}")),
+            );
+            if let (Some(filter), Some(full_refresh)) = (filter, full_refresh) {
+                out.audiences.insert(
+                    name.clone(),
+                    Arc::new(CompiledAudience {
+                        filter,
+                        full_refresh,
+                    }),
+                );
             }
         }
         for (name, dest) in &self.destinations {
@@ -820,14 +843,19 @@ impl Config {
                     problems.push(format!("[destinations.{name}] version = \"{v}\" is not a version requirement like \"^1.2\""));
                 }
             }
-            for r in &dest.reroute {
-                if let Err(e) = r.parse::<crate::runtime::net::Reroute>() {
-                    problems.push(format!("[destinations.{name}] {e}"));
-                }
-            }
         }
         for (name, source) in &self.sources {
             problems.extend(source_problems(name, source, &self.identity));
+            let schedule = keep(
+                &mut problems,
+                schedule(source.schedule.as_deref())
+                    .map_err(|e| format!("[sources.{name}] schedule: {e}")),
+            );
+            if let Some(schedule) = schedule {
+                let caps = source.run_caps();
+                out.sources
+                    .insert(name.clone(), CompiledSource { schedule, caps });
+            }
             problems.extend(
                 self.chain_problems(&format!("[sources.{name}] transforms"), &source.transforms),
             );
@@ -866,15 +894,19 @@ impl Config {
                         names(self.audiences.keys())
                     ));
                 }
-                SyncFrom::Events {
-                    filter: Some(f), ..
-                } => {
-                    if let Err(e) = crate::filter::Filter::compile(f) {
-                        problems.push(format!("{at}: from.filter: {e}"));
-                    }
-                }
                 _ => {}
             }
+            let event_filter = match &sync.from {
+                SyncFrom::Events {
+                    filter: Some(f), ..
+                } => keep(
+                    &mut problems,
+                    crate::filter::Filter::compile(f)
+                        .map(Some)
+                        .map_err(|e| format!("{at}: from.filter: {e}")),
+                ),
+                _ => Some(None),
+            };
             let events = matches!(sync.from, SyncFrom::Events { .. });
             match (sync.mode, events) {
                 (SyncMode::Events, false) => problems.push(format!(
@@ -890,17 +922,28 @@ impl Config {
                     "{at}: [syncs.mapping] is empty: map at least one destination field"
                 ));
             }
-            for (field, value) in &sync.mapping {
-                if let MappingValue::Path(path) = value {
-                    if let Err(e) = crate::mapping::Path::parse(path, events) {
-                        problems.push(format!("{at}: mapping.{field}: {e}"));
-                    }
+            let mapping = match crate::mapping::Mapping::compile_each(&sync.mapping, events) {
+                Ok(m) => Some(m),
+                Err(errors) => {
+                    problems.extend(errors.into_iter().map(|e| format!("{at}: mapping.{e}")));
+                    None
                 }
-            }
-            if let Some(s) = &sync.schedule {
-                if let Err(e) = crate::schedule::Schedule::parse(s) {
-                    problems.push(format!("{at}: schedule: {e}"));
-                }
+            };
+            let schedule = keep(
+                &mut problems,
+                schedule(sync.schedule.as_deref()).map_err(|e| format!("{at}: schedule: {e}")),
+            );
+            if let (Some(event_filter), Some(mapping), Some(schedule)) =
+                (event_filter, mapping, schedule)
+            {
+                out.syncs.insert(
+                    sync.name.clone(),
+                    Arc::new(CompiledSync {
+                        schedule,
+                        mapping,
+                        event_filter,
+                    }),
+                );
             }
             if sync.max_attempts == 0 {
                 problems.push(format!("{at}: max_attempts must be at least 1"));
@@ -909,13 +952,12 @@ impl Config {
                 problems.push(format!("{at}: batch_size must be at least 1"));
             }
         }
-        problems.extend(self.stream_problems());
-        problems
+        self.compile_streams(&mut out, &mut problems);
+        (out, problems)
     }
 
-    /// The problems of `[[streams]]` entries.
-    fn stream_problems(&self) -> Vec<String> {
-        let mut problems = Vec::new();
+    /// The problems of `[[streams]]` entries, and their compiled values.
+    fn compile_streams(&self, out: &mut compile::Compiled, problems: &mut Vec<String>) {
         let mut seen = std::collections::BTreeSet::new();
         for (i, stream) in self.streams.iter().enumerate() {
             let at = format!("[[streams]] #{} \"{}\"", i + 1, stream.name);
@@ -948,17 +990,11 @@ impl Config {
                     ));
                 }
             }
-            if let Some(f) = &stream.filter {
-                if let Err(e) = crate::filter::Filter::compile(f) {
-                    problems.push(format!("{at}: filter: {e}"));
+            match compile::CompiledStream::compile(stream) {
+                Ok(rule) => {
+                    out.streams.insert(stream.name.clone(), Arc::new(rule));
                 }
-            }
-            for (field, value) in &stream.mapping {
-                if let MappingValue::Path(path) = value {
-                    if let Err(e) = crate::mapping::Path::parse(path, true) {
-                        problems.push(format!("{at}: mapping.{field}: {e}"));
-                    }
-                }
+                Err(errors) => problems.extend(errors.into_iter().map(|e| format!("{at}: {e}"))),
             }
             problems.extend(self.chain_problems(&format!("{at}: transforms"), &stream.transforms));
             if stream.max_attempts == 0 {
@@ -968,7 +1004,6 @@ impl Config {
                 problems.push(format!("{at}: batch_size must be at least 1"));
             }
         }
-        problems
     }
 
     /// The problems of a `transforms = [...]` chain (`at` names where it is written): every
@@ -1047,11 +1082,6 @@ fn transform_problems(name: &str, transform: &TransformConfig) -> Vec<String> {
     if transform.batch_size == Some(0) {
         problems.push(format!("{at} batch_size must be at least 1"));
     }
-    for r in &transform.reroute {
-        if let Err(e) = r.parse::<crate::runtime::net::Reroute>() {
-            problems.push(format!("{at} {e}"));
-        }
-    }
     problems
 }
 
@@ -1097,16 +1127,6 @@ fn source_problems(name: &str, source: &SourceConfig, identity: &IdentityConfig)
             problems.push(format!(
                 "{at} version = \"{v}\" is not a version requirement like \"^1.2\""
             ));
-        }
-    }
-    for r in &source.reroute {
-        if let Err(e) = r.parse::<crate::runtime::net::Reroute>() {
-            problems.push(format!("{at} {e}"));
-        }
-    }
-    if let Some(s) = &source.schedule {
-        if let Err(e) = crate::schedule::Schedule::parse(s) {
-            problems.push(format!("{at} schedule: {e}"));
         }
     }
     if source.max_pages_per_run == Some(0) {
@@ -1190,7 +1210,7 @@ mod tests {
     #[test]
     fn source_plugin_settings_are_checked() {
         let err = Config::parse(
-            "[sources.shop]\nplugin = \"shopify\"\nschedule = \"every fortnight\"\nreroute = [\"nope\"]\n\
+            "[sources.shop]\nplugin = \"shopify\"\nschedule = \"every fortnight\"\n\
              [sources.shop.streams.customers]\nidentifiers = { email = \"email\", customer = \"id\" }\n\
              [sources.keys]\nwrite_keys = [\"k\"]\nstreams = { a = {} }\n",
         )
@@ -1200,10 +1220,17 @@ mod tests {
             err.contains("[sources.shop] schedule: `every fortnight`"),
             "{err}"
         );
-        assert!(err.contains("[sources.shop] reroute"), "{err}");
         assert!(err.contains("[sources.shop.streams.customers] identifiers.customer: kind `customer` is not in [identity.kinds]"), "{err}");
         assert!(err.contains("[sources.keys] streams needs plugin"), "{err}");
-        assert_eq!(err.lines().count(), 4, "{err}");
+        assert_eq!(err.lines().count(), 3, "{err}");
+        // A reroute is parsed as the file is read: its error has the line and column.
+        let err = Config::parse("[sources.shop]\nplugin = \"shopify\"\nreroute = [\"nope\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("3:11: reroute `nope` must be HOST[:PORT]=http(s)://HOST:PORT"),
+            "{err}"
+        );
         let err = Config::parse(
             "[sources.shop]\nplugin = \"shopify\"\nmax_pages_per_run = 0\nmax_run_time = \"soon\"\n\
              [sources.shop.streams.customers]\nidentifiers = { email = \"email\" }\n",

@@ -276,7 +276,9 @@ fn observe(tap: &Tap, job: &Job) {
 async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::Result<Vec<Stored>> {
     let backend = store.backend();
     let now = now_millis();
-    // SQLite: take the write lock up front (see `Store::begin_write`).
+    // In turn with the event streams' commits (see `Store::write_turn`), then SQLite's write
+    // lock up front (see `Store::begin_write`).
+    let _turn = store.write_turn().await;
     let mut tx = store.begin_write().await?;
     let message_ids: Vec<&str> = jobs
         .iter()

@@ -15,6 +15,7 @@ use tracing::Instrument;
 
 use super::RunError;
 use crate::store::leases::{self, LeaseTable};
+use crate::store::runs::{self as history, History};
 use crate::store::{now_millis, Conn, Store};
 
 /// How long a lease lasts without renewal. `SWITCHYARD_LEASE_MS` overrides it (at least 300),
@@ -27,24 +28,33 @@ pub fn lease_ms() -> i64 {
         .unwrap_or(15_000)
 }
 
-/// What a lease guards: its table, and the noun messages use.
+/// What a lease guards: its table, the noun messages use, and the run history in which a run
+/// that was going when its holder died is marked `interrupted` when the lease is next taken.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseKind {
     /// `sync` or `source`, as messages call it.
     pub noun: &'static str,
     table: LeaseTable,
+    history: History,
+    /// The error an interrupted run's history row is given.
+    interrupted: &'static str,
 }
 
 /// One run of a `[[syncs]]` entry at a time.
 pub const SYNC: LeaseKind = LeaseKind {
     noun: "sync",
     table: LeaseTable::Sync,
+    history: History::Syncs,
+    interrupted: "the hub stopped during this run; the next run resumed from what was acknowledged",
 };
 
 /// One run of a `[sources.NAME]` at a time.
 pub const SOURCE: LeaseKind = LeaseKind {
     noun: "source",
     table: LeaseTable::Source,
+    history: History::Sources,
+    interrupted:
+        "the run stopped before it finished; the next run resumed from the last committed page",
 };
 
 /// The run holding `name`'s lease: the one whose lease is live now (`live`), or the last one
@@ -72,7 +82,9 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the lease of `name` for the run `run_id`, or fails saying another run holds it.
-    /// `holder` names this process in the row, for operators looking at the table.
+    /// `holder` names this process in the row, for operators looking at the table. A run of
+    /// `name` still `running` in the history is over (its process died): it is marked
+    /// `interrupted`.
     pub async fn acquire(
         store: &Store,
         kind: LeaseKind,
@@ -106,6 +118,7 @@ impl Lease {
             }
             .into());
         }
+        history::interrupt_running(store, kind.history, name, now, kind.interrupted).await?;
         let lost = Arc::new(AtomicBool::new(false));
         let span = tracing::info_span!("lease", kind = noun, name = %name, run = %run_id);
         let renew = tokio::spawn(

@@ -34,8 +34,8 @@ pub trait Scheduled: Clone + Send + Sync + 'static {
     /// `sync` or `source`, for the log.
     const NOUN: &'static str;
 
-    /// What has a schedule now (the config may have been reloaded): name and schedule text.
-    fn schedules(&self) -> Vec<(String, String)>;
+    /// What has a schedule now (the config may have been reloaded), as compiled with it.
+    fn schedules(&self) -> Vec<(String, Schedule)>;
 
     /// The newest run of `name`.
     fn last_run(&self, name: &str) -> impl Future<Output = anyhow::Result<Option<LastRun>>> + Send;
@@ -61,26 +61,11 @@ pub async fn run<E: Scheduled>(engine: E) {
     let not_started: Arc<Mutex<HashSet<String>>> = Arc::default();
     // Per name: when it last started here, and the newest change seen then (continuous).
     let mut last: HashMap<String, (DateTime<Utc>, i64)> = HashMap::new();
-    // Schedules already parsed, by their text (a bad one was refused by config checks; it is
-    // logged once here and skipped).
-    let mut parsed: HashMap<String, Option<Schedule>> = HashMap::new();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        for (name, spec) in engine.schedules() {
-            let schedule = parsed
-                .entry(spec.clone())
-                .or_insert_with(|| match Schedule::parse(&spec) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        tracing::warn!(kind = noun, name = %name, "schedule not understood, never run: {e}");
-                        None
-                    }
-                });
-            let Some(schedule) = schedule.clone() else {
-                continue;
-            };
+        for (name, schedule) in engine.schedules() {
             if lock(&running).contains(&name) {
                 continue;
             }

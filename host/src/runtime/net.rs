@@ -49,6 +49,15 @@ impl std::str::FromStr for Reroute {
     }
 }
 
+/// `reroute = ["HOST[:PORT]=URL", ...]` in the project file is parsed once, as it is read (the
+/// file's line and column come with an error).
+impl<'de> serde::Deserialize<'de> for Reroute {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 /// Why a request was refused; the plugin sees `HTTP request denied`, the log sees this.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Denied {

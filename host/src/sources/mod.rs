@@ -25,7 +25,8 @@ use serde::Serialize;
 use serde_json::Value;
 use tracing::Instrument as _;
 
-use crate::config::{Config, RunCaps, SourceConfig, SourceStreamConfig};
+use crate::config::compile::Project;
+use crate::config::{RunCaps, SourceConfig, SourceStreamConfig};
 use crate::identity::batch::{Batch, NewEvent};
 use crate::identity::{Identifier, IdentityRules};
 use crate::metrics::Metrics;
@@ -35,6 +36,7 @@ use crate::runs::lease::{self, Lease};
 use crate::runs::{RunError, RunStatus};
 use crate::runtime::bindings::{CallError, Page, SourceRecord};
 use crate::runtime::{PluginError, PluginInstance};
+use crate::store::runs::History;
 use crate::store::sources as rows;
 use crate::store::{now_millis, Conn, Store};
 
@@ -113,12 +115,12 @@ pub struct SourceEngine {
 
 /// A config and the identity rules compiled from it.
 struct Loaded {
-    config: Arc<Config>,
+    config: Arc<Project>,
     rules: IdentityRules,
 }
 
 impl Loaded {
-    fn new(config: Arc<Config>) -> Arc<Loaded> {
+    fn new(config: Arc<Project>) -> Arc<Loaded> {
         Arc::new(Loaded {
             rules: IdentityRules::new(&config.identity),
             config,
@@ -140,7 +142,7 @@ pub struct Applied {
 }
 
 impl SourceEngine {
-    pub fn new(store: Store, registry: Arc<Registry>, config: Arc<Config>) -> SourceEngine {
+    pub fn new(store: Store, registry: Arc<Registry>, config: Arc<Project>) -> SourceEngine {
         let backoff = std::env::var("SWITCHYARD_RETRY_BASE_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -174,13 +176,13 @@ impl SourceEngine {
     }
 
     /// The config runs and webhooks start with; runs in flight keep the one they started with.
-    pub fn config(&self) -> Arc<Config> {
+    pub fn config(&self) -> Arc<Project> {
         self.loaded().config.clone()
     }
 
     /// Swaps in a new config (SIGHUP); in-flight runs are not disturbed. Plugin instances are
     /// built again from the new config when next used.
-    pub fn reload(&self, config: Arc<Config>) {
+    pub fn reload(&self, config: Arc<Project>) {
         let loaded = Loaded::new(config);
         match self.loaded.write() {
             Ok(mut l) => *l = loaded,
@@ -239,9 +241,15 @@ impl SourceEngine {
         progress: Option<Arc<dyn Progress>>,
     ) -> anyhow::Result<RunReport> {
         let source = self.source(name)?;
+        // The caps compiled with the project (defaults for a source not in it any more).
+        let caps = self
+            .config()
+            .source(name)
+            .map(|c| c.caps)
+            .unwrap_or_default();
         let span =
             tracing::info_span!("source_run", source = %name, full_refresh = options.full_refresh);
-        self.run_inner(name, &source, options, progress)
+        self.run_inner(name, &source, caps, options, progress)
             .instrument(span)
             .await
     }
@@ -250,15 +258,15 @@ impl SourceEngine {
         &self,
         name: &str,
         source: &SourceConfig,
+        caps: RunCaps,
         options: RunOptions,
         progress: Option<Arc<dyn Progress>>,
     ) -> anyhow::Result<RunReport> {
         let run_id = uuid::Uuid::new_v4().to_string();
         let started = Instant::now();
         let started_at = now_millis();
-        let lease = self.acquire(name, &run_id).await?;
+        let lease = Lease::acquire(&self.store, lease::SOURCE, name, &self.holder, &run_id).await?;
         rows::start_run(&self.store, &run_id, name, started_at, options.full_refresh).await?;
-        let caps = source.run_caps();
         let mut ctx = RunContext {
             engine: self,
             source_name: name,
@@ -278,8 +286,9 @@ impl SourceEngine {
             }
             Err(e) => (RunStatus::Failed, Some(format!("{e:#}"))),
         };
-        rows::finish_run(
+        crate::store::runs::finish_run(
             &self.store,
+            History::Sources,
             &run_id,
             status.as_str(),
             now_millis(),
@@ -311,21 +320,6 @@ impl SourceEngine {
             ),
         }
         Ok(report)
-    }
-
-    /// Takes the source's lease, or says who holds it.
-    async fn acquire(&self, source: &str, run_id: &str) -> anyhow::Result<Lease> {
-        let lease =
-            Lease::acquire(&self.store, lease::SOURCE, source, &self.holder, run_id).await?;
-        // A run that was going when its process died is over; this one resumes from its cursor.
-        rows::interrupt_running(
-            &self.store,
-            source,
-            now_millis(),
-            "the run stopped before it finished; the next run resumed from the last committed page",
-        )
-        .await?;
-        Ok(lease)
     }
 
     /// The newest runs of a source, newest first.

@@ -3,6 +3,7 @@
 
 use crate::runs::scheduler::{self, LastRun, Outcome, Scheduled};
 use crate::runs::RunStatus;
+use crate::schedule::Schedule;
 
 use super::{RunOptions, SourceEngine};
 
@@ -14,13 +15,8 @@ pub async fn run(engine: SourceEngine) {
 impl Scheduled for SourceEngine {
     const NOUN: &'static str = "source";
 
-    fn schedules(&self) -> Vec<(String, String)> {
-        self.config()
-            .sources
-            .iter()
-            .filter(|(_, s)| s.plugin.is_some())
-            .filter_map(|(name, s)| Some((name.clone(), s.schedule.clone()?)))
-            .collect()
+    fn schedules(&self) -> Vec<(String, Schedule)> {
+        self.config().source_schedules()
     }
 
     async fn last_run(&self, name: &str) -> anyhow::Result<Option<LastRun>> {

@@ -13,6 +13,7 @@ pub mod leases;
 pub mod merges;
 pub mod profiles;
 pub mod retention;
+pub mod runs;
 pub mod sources;
 pub mod streams;
 pub mod syncs;
@@ -114,6 +115,13 @@ pub struct Store {
     /// Bumped after each commit that stored events through this store, so event streams wake
     /// at once instead of polling (see [`Store::events_committed`]).
     commits: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+    /// SQLite: one connection with `synchronous = NORMAL`, for writes whose loss on a power cut
+    /// costs only a repetition (see [`Store::begin_write_relaxed`]); None on PostgreSQL and for
+    /// in-memory databases (another connection would be another database).
+    relaxed: Option<AnyPool>,
+    /// Turns at the write lock for this process's frequent writers, in arrival order (see
+    /// [`Store::write_turn`]).
+    turns: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The schema, as sqlx migrations embedded from `host/migrations/` (applied in order once each,
@@ -261,10 +269,38 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to {}", redact_url(&url)))?;
+        let relaxed = if backend == Backend::Sqlite && !url.contains(":memory:") {
+            let options = AnyConnectOptions::from_str(&url)
+                .with_context(|| format!("invalid database URL {url}"))?
+                .disable_statement_logging();
+            Some(
+                AnyPoolOptions::new()
+                    .max_connections(1)
+                    .after_connect(move |conn, _| {
+                        Box::pin(async move {
+                            // NORMAL in WAL mode: a commit is in the log but not fsynced; a
+                            // process crash keeps it, a power cut may lose the last ones. The
+                            // next FULL commit (the tracking API's) syncs them with its own.
+                            conn.execute("PRAGMA journal_mode = WAL").await?;
+                            conn.execute("PRAGMA synchronous = NORMAL").await?;
+                            conn.execute("PRAGMA busy_timeout = 10000").await?;
+                            conn.execute("PRAGMA foreign_keys = OFF").await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(options)
+                    .await
+                    .with_context(|| format!("connecting to {}", redact_url(&url)))?,
+            )
+        } else {
+            None
+        };
         let store = Store {
             pool,
             backend,
             commits: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
+            relaxed,
+            turns: std::sync::Arc::default(),
         };
         store.migrate().await?;
         // Erased identifiers are kept only as keyed digests; older hubs kept them in clear.
@@ -311,6 +347,36 @@ impl Store {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    /// A turn at the write lock, held until the guard drops: the tracking API's group commit
+    /// and the event streams' batch commits take one before their write transaction, so they
+    /// queue in order here. Without it they meet at SQLite's lock, whose busy handler sleeps
+    /// (1, 2, 5, ... 100 ms) and lets the writer that just committed take the lock again
+    /// before the sleeper wakes: a stream's commit waited up to 2.5 s behind the ingest writer
+    /// at 1,000 events/s, and the ingest writer behind the streams. Other writers (syncs,
+    /// audiences, sources) are rarer and still meet at the lock.
+    pub async fn write_turn(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.turns.clone().lock_owned().await
+    }
+
+    /// A write transaction whose commit is not flushed to disk at once: SQLite's
+    /// `synchronous = NORMAL` (its own connection), PostgreSQL's `synchronous_commit = off`.
+    /// A process crash loses nothing; a power cut may lose the last such commits. For writes
+    /// whose loss only repeats work (an event stream's cursor: its batch is re-sent, which at
+    /// least once allows), so they neither wait for nor add an fsync beside the tracking API's.
+    pub async fn begin_write_relaxed(&self) -> Result<Tx> {
+        Ok(match (&self.relaxed, self.backend) {
+            (Some(pool), _) => pool.begin_with("BEGIN IMMEDIATE").await?,
+            (None, Backend::Postgres) => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+            (None, Backend::Sqlite) => self.begin_write().await?,
         })
     }
 

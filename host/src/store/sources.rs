@@ -40,37 +40,6 @@ pub async fn start_run(
     Ok(())
 }
 
-/// Records how a run ended.
-pub async fn finish_run(
-    store: &Store,
-    run_id: &str,
-    status: &str,
-    finished_at: i64,
-    error: Option<&str>,
-) -> Result<()> {
-    sqlx::query("UPDATE source_runs SET status = $1, finished_at = $2, error = $3 WHERE id = $4")
-        .bind(status)
-        .bind(finished_at)
-        .bind(error)
-        .bind(run_id)
-        .execute(store.pool())
-        .await?;
-    Ok(())
-}
-
-/// Marks the source's runs still `running` as `interrupted` with `error`.
-pub async fn interrupt_running(store: &Store, source: &str, now: i64, error: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE source_runs SET status = 'interrupted', finished_at = $1, error = $2 WHERE source = $3 AND status = 'running'",
-    )
-    .bind(now)
-    .bind(error)
-    .bind(source)
-    .execute(store.pool())
-    .await?;
-    Ok(())
-}
-
 /// The newest runs of a source, newest first.
 pub async fn runs(store: &Store, source: &str, limit: i64) -> Result<Vec<RunRow>> {
     let rows = sqlx::query(

@@ -60,39 +60,17 @@ pub struct Planned {
     pub withheld: i64,
 }
 
-/// Records how a run ended (its delivery counters were committed batch by batch).
-pub async fn finish_run(
-    store: &Store,
-    run_id: &str,
-    status: &str,
-    finished_at: i64,
-    error: Option<&str>,
-    planned: &Planned,
-) -> Result<()> {
+/// Records what a run planned (its delivery counters were committed batch by batch; how it
+/// ended is [`super::runs::finish_run`]).
+pub async fn save_planned(store: &Store, run_id: &str, planned: &Planned) -> Result<()> {
     sqlx::query(
-        "UPDATE sync_runs SET status = $1, finished_at = $2, error = $3, planned_adds = $4, planned_changes = $5, planned_removals = $6, withheld = $7 WHERE id = $8",
+        "UPDATE sync_runs SET planned_adds = $1, planned_changes = $2, planned_removals = $3, withheld = $4 WHERE id = $5",
     )
-    .bind(status)
-    .bind(finished_at)
-    .bind(error)
     .bind(planned.adds)
     .bind(planned.changes)
     .bind(planned.removals)
     .bind(planned.withheld)
     .bind(run_id)
-    .execute(store.pool())
-    .await?;
-    Ok(())
-}
-
-/// Marks the sync's runs still `running` as `interrupted` with `error`.
-pub async fn interrupt_running(store: &Store, sync: &str, now: i64, error: &str) -> Result<()> {
-    sqlx::query(
-        "UPDATE sync_runs SET status = 'interrupted', finished_at = $1, error = $2 WHERE sync = $3 AND status = 'running'",
-    )
-    .bind(now)
-    .bind(error)
-    .bind(sync)
     .execute(store.pool())
     .await?;
     Ok(())

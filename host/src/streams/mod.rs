@@ -18,7 +18,11 @@
 //! - **In order.** One batch in flight per stream, batches in sequence order; a record the
 //!   destination itself asks to retry is re-sent after its batch-mates it accepted.
 //! - **Low latency.** The writer's commit wakes every stream ([`Store::events_committed`]); a
-//!   slow poll only catches events other processes (another hub, a CLI source run) commit.
+//!   slow poll only catches events other processes (another hub, a CLI source run) commit. A
+//!   woken stream lingers 20 ms ([`LINGER`]) so a burst makes one batch, and batch commits
+//!   take turns with the tracking API's ([`Store::write_turn`]) on a connection that does not
+//!   fsync ([`Store::begin_write_relaxed`]): neither waits out SQLite's busy handler, nor adds
+//!   an fsync beside the other's.
 //! - **Isolation.** Each stream is its own task with its own cursor: a destination that fails
 //!   or hangs holds back only its stream.
 
@@ -34,6 +38,7 @@ use serde_json::Value;
 use tokio::sync::{broadcast, mpsc};
 use tracing::Instrument as _;
 
+use crate::config::compile::CompiledStream;
 use crate::config::{Config, StreamConfig, StreamStart};
 use crate::filter::Filter;
 use crate::mapping::{Mapping, Subject};
@@ -53,6 +58,13 @@ const PAGE: i64 = 1_000;
 
 /// How often a stream looks for events committed by other processes when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
+
+/// How long a caught-up stream waits after a commit wakes it before it reads, so the commits
+/// of a burst are read, sent and committed as one batch. Every batch's commit takes a turn at
+/// the write lock ([`Store::write_turn`]) beside the tracking API's: one batch per tracking-API
+/// commit per stream gave the ingest writer a third of the turns with two streams, and its
+/// acknowledgements slowed tenfold. Costs at most this much latency.
+const LINGER: Duration = Duration::from_millis(20);
 
 /// Lines buffered per `tail` watcher; a watcher further behind is told how many it missed.
 const TAIL_BUFFER: usize = 4_096;
@@ -81,10 +93,13 @@ pub struct StreamEngine {
     /// Where the streams' transform plugins are loaded from.
     registry: Arc<Registry>,
     /// The running streams' tasks, by name, with the settings they run with.
-    tasks: Arc<Mutex<HashMap<String, (String, tokio::task::JoinHandle<()>)>>>,
+    tasks: Arc<Mutex<Tasks>>,
     metrics: Option<Metrics>,
     tails: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>,
 }
+
+/// Running stream tasks by name, with the [`fingerprint`] of the settings each runs with.
+type Tasks = HashMap<String, (String, tokio::task::JoinHandle<()>)>;
 
 /// A stream as `streams list` and `GET /v1/streams` show it.
 #[derive(Debug, Clone, Serialize)]
@@ -225,7 +240,10 @@ impl StreamEngine {
     /// Forwards from the stream's cursor, forever (or until an error).
     async fn run(&self, stream: &StreamConfig) -> anyhow::Result<()> {
         let config = self.syncs.config();
-        let compiled = Compiled::new(&config, stream)?;
+        let rule = config
+            .stream(&stream.name)
+            .with_context(|| format!("stream `{}` is not in the project", stream.name))?;
+        let compiled = Compiled::new(&config, stream, rule);
         let dest = config.destinations.get(&stream.to).with_context(|| {
             format!("stream `{}`: no [destinations.{}]", stream.name, stream.to)
         })?;
@@ -289,6 +307,8 @@ impl StreamEngine {
                     changed = wake.changed() => {
                         if changed.is_err() {
                             tokio::time::sleep(POLL).await;
+                        } else {
+                            tokio::time::sleep(LINGER).await;
                         }
                     }
                     _ = tokio::time::sleep(POLL) => {}
@@ -968,21 +988,10 @@ struct Compiled {
 }
 
 impl Compiled {
-    fn new(config: &Config, stream: &StreamConfig) -> anyhow::Result<Compiled> {
-        let filter = stream
-            .filter
-            .as_deref()
-            .map(Filter::compile)
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("stream `{}` filter: {e}", stream.name))?;
-        let mapping = if stream.mapping.is_empty() {
-            None
-        } else {
-            Some(
-                Mapping::compile(&stream.mapping, true)
-                    .map_err(|e| anyhow::anyhow!("stream `{}` mapping.{e}", stream.name))?,
-            )
-        };
+    /// The stream's own settings with its filter and mapping as the project compiled them.
+    fn new(config: &Config, stream: &StreamConfig, rule: &CompiledStream) -> Compiled {
+        let filter = rule.filter.clone();
+        let mapping = rule.mapping.clone();
         let profile_paths = stream.mapping.values().any(|v| match v {
             crate::config::MappingValue::Path(p) => !p.starts_with("event."),
             _ => false,
@@ -992,7 +1001,7 @@ impl Compiled {
                 .iter()
                 .any(|name| mentions(f, name))
         });
-        Ok(Compiled {
+        Compiled {
             scope: format!("stream:{}", stream.name),
             sources: if stream.from.is_empty() {
                 None
@@ -1014,7 +1023,7 @@ impl Compiled {
                 .unwrap_or_default(),
             consent_default: config.hub.consent_default,
             needs_profile: profile_paths || profile_filter,
-        })
+        }
     }
 
     fn uses_events(&self) -> bool {
@@ -1194,7 +1203,11 @@ mod tests {
             Some("event.type == 'track' && event.properties.total > 10.0"),
             &[("name", "event.name"), ("plan", "traits.plan")],
         );
-        let c = Compiled::new(&Config::default(), &s).unwrap();
+        let c = Compiled::new(
+            &Config::default(),
+            &s,
+            &CompiledStream::compile(&s).unwrap(),
+        );
         assert!(c.needs_profile, "the mapping reads a trait");
         let names = c.names("meta", "meta-conversions");
         let mut profiles = HashMap::new();
@@ -1240,7 +1253,11 @@ mod tests {
         let config: Config =
             toml::from_str("[destinations.d]\nplugin = \"p\"\nconsent = [\"Advertising\"]\n")
                 .unwrap();
-        let c = Compiled::new(&config, &stream(None, &[])).unwrap();
+        let c = Compiled::new(
+            &config,
+            &stream(None, &[]),
+            &CompiledStream::compile(&stream(None, &[])).unwrap(),
+        );
         assert_eq!(c.consent, ["advertising"]);
         let plain = serde_json::json!({"type": "track", "event": "Order Completed"});
         let none = HashMap::new();
@@ -1263,7 +1280,11 @@ mod tests {
 
     #[test]
     fn without_a_mapping_the_message_itself_is_forwarded() {
-        let c = Compiled::new(&Config::default(), &stream(None, &[])).unwrap();
+        let c = Compiled::new(
+            &Config::default(),
+            &stream(None, &[]),
+            &CompiledStream::compile(&stream(None, &[])).unwrap(),
+        );
         assert!(!c.needs_profile);
         let body =
             serde_json::json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}});

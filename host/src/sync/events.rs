@@ -8,9 +8,9 @@ use anyhow::bail;
 use super::delivery::{Item, Target};
 use super::delivery_id;
 use super::{payload_hash, ConsentRule, RunContext, RunOptions, SAMPLES};
-use crate::config::{Config, SyncFrom};
-use crate::filter::Filter;
-use crate::mapping::{Mapping, Subject};
+use crate::config::compile::Project;
+use crate::config::SyncFrom;
+use crate::mapping::Subject;
 use crate::runtime::bindings::Action;
 use crate::store::now_millis;
 use crate::store::profiles::{self as model, ProfileData};
@@ -20,7 +20,7 @@ impl RunContext<'_> {
     /// Events syncs: each matching event once, in the order received.
     pub(super) async fn run_events(
         &mut self,
-        config: &Config,
+        config: &Project,
         target: &Target,
         options: &RunOptions,
     ) -> anyhow::Result<()> {
@@ -28,21 +28,15 @@ impl RunContext<'_> {
         let store = &self.engine.store;
         let sync = self.sync;
         let (event_name, filter) = match &sync.from {
-            SyncFrom::Events { events, filter } => (
-                events.clone(),
-                filter
-                    .as_deref()
-                    .map(Filter::compile)
-                    .transpose()
-                    .map_err(|e| anyhow::anyhow!("sync `{}` from.filter: {e}", sync.name))?,
-            ),
+            SyncFrom::Events { events, .. } => {
+                (events.clone(), self.compiled.event_filter.as_ref())
+            }
             _ => bail!(
                 "sync `{}`: mode = \"events\" needs from = {{ events = ... }}",
                 sync.name
             ),
         };
-        let mapping = Mapping::compile(&sync.mapping, true)
-            .map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
+        let mapping = &self.compiled.mapping;
         let cursor = if options.full_resync {
             None
         } else {

@@ -22,9 +22,9 @@ use serde::Serialize;
 use tracing::Instrument as _;
 
 use crate::audience;
+use crate::config::compile::{CompiledSync, Project};
 use crate::config::{Config, DestinationConfig, SyncConfig, SyncFrom, SyncMode};
 use crate::consent::ConsentDefault;
-use crate::mapping::Mapping;
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::runs::lease::{self, Lease};
@@ -32,6 +32,7 @@ use crate::runs::{iso, RunError, RunStatus};
 use crate::runtime::bindings::Action;
 use crate::runtime::PluginInstance;
 use crate::store::profiles::{self as model, Population};
+use crate::store::runs::History;
 use crate::store::syncs as rows;
 use crate::store::{now_millis, Store};
 use delivery::{Abort, Item, Stats, Target};
@@ -103,7 +104,7 @@ type RateLimiter = (f64, Arc<governor::DefaultDirectRateLimiter>);
 pub struct Engine {
     store: Store,
     registry: Arc<Registry>,
-    config: Arc<RwLock<Arc<Config>>>,
+    config: Arc<RwLock<Arc<Project>>>,
     metrics: Option<Metrics>,
     holder: Arc<str>,
     /// One token bucket per destination instance, shared by every sync that delivers to it.
@@ -121,7 +122,7 @@ pub trait Progress: Send + Sync {
 }
 
 impl Engine {
-    pub fn new(store: Store, registry: Arc<Registry>, config: Arc<Config>) -> Engine {
+    pub fn new(store: Store, registry: Arc<Registry>, config: Arc<Project>) -> Engine {
         let backoff = std::env::var("SWITCHYARD_RETRY_BASE_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -153,8 +154,8 @@ impl Engine {
         &self.store
     }
 
-    /// The config runs start with; runs in flight keep the one they started with.
-    pub fn config(&self) -> Arc<Config> {
+    /// The project runs start with; runs in flight keep the one they started with.
+    pub fn config(&self) -> Arc<Project> {
         match self.config.read() {
             Ok(c) => c.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -162,7 +163,7 @@ impl Engine {
     }
 
     /// Swaps in a new config (SIGHUP); in-flight runs are not disturbed.
-    pub fn reload(&self, config: Arc<Config>) {
+    pub fn reload(&self, config: Arc<Project>) {
         match self.config.write() {
             Ok(mut c) => *c = config,
             Err(poisoned) => *poisoned.into_inner() = config,
@@ -170,9 +171,13 @@ impl Engine {
     }
 
     /// The `[[syncs]]` entry named `name`, or [`RunError::NotFound`] listing the defined ones.
-    pub fn sync_config(&self, config: &Config, name: &str) -> anyhow::Result<SyncConfig> {
-        match config.sync(name) {
-            Ok(s) => Ok(s.clone()),
+    pub fn sync_config(
+        &self,
+        config: &Project,
+        name: &str,
+    ) -> anyhow::Result<(SyncConfig, Arc<CompiledSync>)> {
+        match config.compiled_sync(name) {
+            Ok((s, c)) => Ok((s.clone(), c.clone())),
             Err(e) => Err(RunError::NotFound(format!("{e:#}")).into()),
         }
     }
@@ -194,17 +199,18 @@ impl Engine {
         progress: Option<Arc<dyn Progress>>,
     ) -> anyhow::Result<RunReport> {
         let config = self.config();
-        let sync = self.sync_config(&config, name)?;
+        let (sync, compiled) = self.sync_config(&config, name)?;
         let span = tracing::info_span!("sync_run", sync = %name, dry_run = options.dry_run, full_resync = options.full_resync);
-        self.run_inner(&config, &sync, options, progress)
+        self.run_inner(&config, &sync, &compiled, options, progress)
             .instrument(span)
             .await
     }
 
     async fn run_inner(
         &self,
-        config: &Config,
+        config: &Project,
         sync: &SyncConfig,
+        compiled: &CompiledSync,
         options: RunOptions,
         progress: Option<Arc<dyn Progress>>,
     ) -> anyhow::Result<RunReport> {
@@ -220,7 +226,7 @@ impl Engine {
         let lease = if options.dry_run {
             None
         } else {
-            Some(self.acquire(&sync.name, &run_id).await?)
+            Some(Lease::acquire(&self.store, lease::SYNC, &sync.name, &self.holder, &run_id).await?)
         };
         let result = async {
             if !options.dry_run {
@@ -264,6 +270,7 @@ impl Engine {
             let mut ctx = RunContext {
                 engine: self,
                 sync,
+                compiled,
                 run_id: &run_id,
                 lease: lease.as_ref(),
                 stats: Stats::default(),
@@ -310,13 +317,14 @@ impl Engine {
                 removals: plan.removals as i64,
                 withheld: plan.withheld as i64,
             };
-            rows::finish_run(
+            rows::save_planned(&self.store, &run_id, &planned).await?;
+            crate::store::runs::finish_run(
                 &self.store,
+                History::Syncs,
                 &run_id,
                 status.as_str(),
                 finished,
                 error.as_deref(),
-                &planned,
             )
             .await?;
         }
@@ -373,20 +381,6 @@ impl Engine {
                 l
             }
         }
-    }
-
-    /// Takes the sync's lease, or says who holds it.
-    async fn acquire(&self, sync: &str, run_id: &str) -> anyhow::Result<Lease> {
-        let lease = Lease::acquire(&self.store, lease::SYNC, sync, &self.holder, run_id).await?;
-        // A run that was going when its hub died is over.
-        rows::interrupt_running(
-            &self.store,
-            sync,
-            now_millis(),
-            "the hub stopped during this run; the next run resumed from what was acknowledged",
-        )
-        .await?;
-        Ok(lease)
     }
 
     /// The newest runs of a sync, newest first.
@@ -454,6 +448,8 @@ impl Engine {
 struct RunContext<'a> {
     engine: &'a Engine,
     sync: &'a SyncConfig,
+    /// The sync's mapping, filter and schedule, compiled with the project.
+    compiled: &'a CompiledSync,
     run_id: &'a str,
     lease: Option<&'a Lease>,
     stats: Stats,
@@ -509,27 +505,23 @@ impl RunContext<'_> {
     /// since that run started, and members the destination lacks, are looked at.
     async fn run_profiles(
         &mut self,
-        config: &Config,
+        config: &Project,
         target: &Target,
         options: &RunOptions,
     ) -> anyhow::Result<()> {
         let store = &self.engine.store;
         let sync = self.sync;
         let started_at = now_millis();
-        let mapping = Mapping::compile(&sync.mapping, false)
-            .map_err(|e| anyhow::anyhow!("sync `{}` mapping.{e}", sync.name))?;
+        let mapping = &self.compiled.mapping;
 
         // Refresh the audience's changed profiles (or all, when its full refresh is due).
         let population = match &sync.from {
             SyncFrom::Audience { audience } => {
-                let cfg = config
-                    .audiences
-                    .get(audience)
+                let rule = config
+                    .audience(audience)
                     .with_context(|| format!("no [audiences.{audience}]"))?;
-                let full_due = match &cfg.full_refresh {
-                    Some(s) => {
-                        let schedule =
-                            crate::schedule::Schedule::parse(s).map_err(|e| anyhow::anyhow!(e))?;
+                let full_due = match &rule.full_refresh {
+                    Some(schedule) => {
                         let last = audience::last_full(store, audience)
                             .await?
                             .and_then(chrono::DateTime::from_timestamp_millis);
@@ -538,7 +530,7 @@ impl RunContext<'_> {
                     }
                     None => false,
                 };
-                let r = audience::refresh(store, audience, cfg, full_due).await?;
+                let r = audience::refresh(store, audience, rule, full_due).await?;
                 if let Some(e) = r.first_error {
                     tracing::warn!(audience = %audience, errors = r.errors, "filter failed on some profiles: {e}");
                 }
@@ -682,7 +674,7 @@ impl RunContext<'_> {
             store: store.clone(),
             sync: sync.name.clone(),
             population,
-            mapping,
+            mapping: mapping.clone(),
             parked,
             full_resync: options.full_resync,
             lease_lost: self.lease.map(Lease::lost_flag),

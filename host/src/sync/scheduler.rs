@@ -1,8 +1,8 @@
 //! Syncs as the scheduler sees them ([`Scheduled`]): their schedules, last runs, and for
 //! `continuous` ones the newest change their model could see.
 
-use crate::config::SyncMode;
 use crate::runs::scheduler::{self, LastRun, Outcome, Scheduled};
+use crate::schedule::Schedule;
 use crate::store::profiles;
 
 use super::{Engine, RunOptions};
@@ -15,13 +15,8 @@ pub async fn run(engine: Engine) {
 impl Scheduled for Engine {
     const NOUN: &'static str = "sync";
 
-    fn schedules(&self) -> Vec<(String, String)> {
-        let config = self.config();
-        config
-            .syncs
-            .iter()
-            .filter_map(|s| Some((s.name.clone(), s.schedule.clone()?)))
-            .collect()
+    fn schedules(&self) -> Vec<(String, Schedule)> {
+        self.config().sync_schedules()
     }
 
     async fn last_run(&self, name: &str) -> anyhow::Result<Option<LastRun>> {
@@ -33,12 +28,7 @@ impl Scheduled for Engine {
     }
 
     async fn newest_change(&self, name: &str) -> anyhow::Result<Option<i64>> {
-        let config = self.config();
-        let events = config
-            .syncs
-            .iter()
-            .find(|s| s.name == name)
-            .is_some_and(|s| matches!(s.mode, SyncMode::Events));
+        let events = self.config().is_events_sync(name);
         let max = profiles::newest_change(self.store(), events).await?;
         Ok(Some(max.unwrap_or(i64::MIN)))
     }

@@ -19,7 +19,7 @@ pub use profiles::ProfilesCommand;
 pub use sources::SourceCommand;
 pub use syncs::{AudiencesCommand, DlqCommand, SyncCommand};
 
-use crate::config::Config;
+use crate::config::compile::Project;
 use crate::registry::Registry;
 use crate::store::Store;
 
@@ -28,11 +28,8 @@ use crate::store::Store;
 async fn open_project(
     path: &Path,
     plugins_dir: Option<PathBuf>,
-) -> anyhow::Result<(Store, Arc<Registry>, Arc<Config>)> {
-    let mut config = Config::load(path)?;
-    if let Some(dir) = plugins_dir {
-        config.hub.plugins_dir = dir;
-    }
+) -> anyhow::Result<(Store, Arc<Registry>, Arc<Project>)> {
+    let config = Project::load_with_plugins_dir(path, plugins_dir.as_deref())?;
     let store = config.hub.open_store().await?;
     let registry = Registry::open_with_default_limits(config.hub.plugins_dir.clone())?;
     Ok((store, Arc::new(registry), Arc::new(config)))

@@ -83,10 +83,8 @@ async fn erasures(
     path: &std::path::Path,
     plugins_dir: Option<PathBuf>,
 ) -> anyhow::Result<Erasures> {
-    let mut config = Config::load(path)?;
-    if let Some(dir) = plugins_dir {
-        config.hub.plugins_dir = dir;
-    }
+    let config =
+        crate::config::compile::Project::load_with_plugins_dir(path, plugins_dir.as_deref())?;
     let store = config.hub.open_store().await?;
     let registry =
         crate::registry::Registry::open_with_default_limits(config.hub.plugins_dir.clone())?;

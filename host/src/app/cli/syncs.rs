@@ -220,8 +220,8 @@ pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {
             config,
             sample,
         } => {
-            let cfg = crate::config::Config::load(&config)?;
-            let audience = cfg.audiences.get(&name).ok_or_else(|| {
+            let cfg = crate::config::compile::Project::load(&config)?;
+            let audience = cfg.audience(&name).ok_or_else(|| {
                 anyhow::anyhow!(
                     "no [audiences.{name}] in {} (defined: {})",
                     config.display(),

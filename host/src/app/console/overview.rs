@@ -133,8 +133,8 @@ pub fn model(from: &SyncFrom) -> String {
 }
 
 /// When a schedule is next due, given the last run's start (RFC 3339).
-fn next_run(schedule: Option<&str>, last_started: Option<&str>) -> Option<String> {
-    let schedule = Schedule::parse(schedule?).ok()?;
+fn next_run(schedule: Option<&Schedule>, last_started: Option<&str>) -> Option<String> {
+    let schedule = schedule?;
     let last = last_started
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .map(|t| t.with_timezone(&Utc));
@@ -162,7 +162,10 @@ pub async fn sync_rows(s: &ConsoleState) -> anyhow::Result<Vec<SyncRow>> {
                 SyncMode::Events => "events",
             },
             next: next_run(
-                sync.schedule.as_deref(),
+                config
+                    .compiled_sync(&sync.name)
+                    .ok()
+                    .and_then(|(_, c)| c.schedule.as_ref()),
                 last.as_ref().map(|r| r.started_at.as_str()),
             ),
             schedule: sync.schedule.clone(),
@@ -220,7 +223,7 @@ pub async fn source_rows(s: &ConsoleState) -> anyhow::Result<Vec<SourceRow>> {
             name: name.clone(),
             plugin: plugin.clone(),
             next: next_run(
-                source.schedule.as_deref(),
+                config.source(name).and_then(|c| c.schedule.as_ref()),
                 last.as_ref().map(|r| r.started_at.as_str()),
             ),
             schedule: source.schedule.clone(),
