@@ -314,6 +314,19 @@ pub async fn by_id(store: &Store, profile_id: &str) -> Result<Option<ProfileRow>
     row.map(|r| profile_row(&r)).transpose()
 }
 
+/// The lowest and highest profile id (the two ends of the primary key; one statement each, as
+/// both engines answer a lone MIN or MAX from the index), None when there are no profiles.
+pub async fn id_range(store: &Store) -> Result<Option<(String, String)>> {
+    let row = sqlx::query(
+        "SELECT (SELECT MIN(id) FROM profiles) AS lo, (SELECT MAX(id) FROM profiles) AS hi",
+    )
+    .fetch_one(store.pool())
+    .await?;
+    let lo: Option<String> = col(&row, "lo")?;
+    let hi: Option<String> = col(&row, "hi")?;
+    Ok(lo.zip(hi))
+}
+
 /// How many profiles there are.
 pub async fn count(store: &Store) -> Result<i64> {
     let row = sqlx::query("SELECT COUNT(*) AS n FROM profiles")

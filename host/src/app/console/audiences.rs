@@ -146,10 +146,15 @@ struct Estimate {
     errors: usize,
 }
 
-/// Evaluates `filter` on up to [`SAMPLE`] profiles from a random point of the id order.
+/// Evaluates `filter` on up to [`SAMPLE`] profiles from a random point of the id order (ids are
+/// time-ordered: always starting at the lowest would sample only the oldest profiles), loaded as
+/// an audience refresh loads them.
 async fn estimate(s: &ConsoleState, filter: &Filter) -> anyhow::Result<Estimate> {
     let total = s.profile_count().await?;
-    let start = format!("{:08x}", fastrand::u32(..));
+    let start = match crate::store::profiles::id_range(&s.store).await? {
+        Some((lo, hi)) => random_between(&lo, &hi, fastrand::f64()),
+        None => String::new(),
+    };
     let mut ids = crate::store::profiles::ids_page(&s.store, None, &start, SAMPLE).await?;
     if (ids.len() as i64) < SAMPLE {
         let more =
@@ -160,7 +165,11 @@ async fn estimate(s: &ConsoleState, filter: &Filter) -> anyhow::Result<Estimate>
             }
         }
     }
-    let profiles = crate::store::profiles::load(&s.store, &ids, filter.uses_events).await?;
+    let profiles = if filter.uses_events {
+        crate::store::profiles::load(&s.store, &ids, true).await?
+    } else {
+        crate::store::profiles::by_ids(&s.store, &ids).await?
+    };
     let mut matched = 0;
     let mut errors = 0;
     for p in &profiles {
@@ -176,6 +185,31 @@ async fn estimate(s: &ConsoleState, filter: &Filter) -> anyhow::Result<Estimate>
         total,
         errors,
     })
+}
+
+/// A string between `lo` and `hi` in byte order, `share` (0..1) of the way from one to the
+/// other as far as their first 8 differing bytes tell: kept to ASCII without NUL, so any store
+/// takes it as a bound.
+fn random_between(lo: &str, hi: &str, share: f64) -> String {
+    let common = lo
+        .bytes()
+        .zip(hi.bytes())
+        .take_while(|(a, b)| a == b)
+        .count();
+    let word = |s: &str| {
+        let mut b = [0u8; 8];
+        for (i, c) in s.as_bytes().iter().skip(common).take(8).enumerate() {
+            b[i] = *c;
+        }
+        u64::from_be_bytes(b)
+    };
+    let (a, b) = (word(lo), word(hi));
+    let pick = a.saturating_add((b.saturating_sub(a) as f64 * share.clamp(0.0, 1.0)) as u64);
+    let mut out = lo.get(..common).unwrap_or_default().to_string();
+    let tail: Vec<u8> = pick.to_be_bytes().iter().map(|b| b & 0x7f).collect();
+    let end = tail.iter().rposition(|b| *b != 0).map_or(0, |i| i + 1);
+    out.extend(tail[..end].iter().map(|b| char::from((*b).max(1))));
+    out
 }
 
 pub async fn editor(
@@ -226,4 +260,34 @@ pub async fn editor(
         }
     };
     ui::layout("Filter editor", &session, "/console/audiences", body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sample_starts_anywhere_between_the_lowest_and_highest_id() {
+        let (lo, hi) = (
+            "prf_01a24db1f87a000000c739d4780deb43",
+            "prf_01a24de31d4900000034ed71bc2f434c",
+        );
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..=10 {
+            let at = random_between(lo, hi, i as f64 / 10.0);
+            assert!(at.as_str() >= "prf_01a24d" && at.as_str() <= hi, "{at}");
+            assert!(at.is_ascii() && !at.contains('\0'), "{at:?}");
+            seen.insert(at);
+        }
+        assert!(seen.len() > 5, "spread over the range: {seen:?}");
+        assert_eq!(
+            random_between(lo, hi, 1.0).as_str().cmp(hi),
+            std::cmp::Ordering::Less
+        );
+        assert_eq!(
+            random_between("prf_00000000", "prf_00999999", 0.5).get(..6),
+            Some("prf_00")
+        );
+        assert_eq!(random_between("", "", 0.5), "");
+    }
 }

@@ -31,7 +31,7 @@ pub async fn page(
                     thead { tr { th scope="col" { "When" } th scope="col" { "Who" } th scope="col" { "Action" } th scope="col" { "On" } th scope="col" { "Outcome" } th scope="col" { "Detail" } } }
                     tbody { @for e in &entries {
                         tr class=[(e.outcome == "denied" || e.outcome == "failed").then_some("failed")] {
-                            td { (ui::time(e.at)) }
+                            td.time { (ui::time(e.at)) }
                             td { (e.actor) " " span class={"role role-" (e.role)} { (e.role) } }
                             td { code { (e.action) } }
                             td { @if let Some(p) = e.target.strip_prefix("profile:") { a href={"/console/profiles/" (p)} { (e.target) } } @else { (e.target) } }

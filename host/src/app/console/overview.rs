@@ -190,7 +190,7 @@ pub fn syncs_table(rows: &[SyncRow]) -> Markup {
                         td { (r.model) }
                         td { (r.to) }
                         td { (r.mode) }
-                        td { @match &r.last { Some(l) => (ui::rfc3339(&l.started_at)), None => span.hint { "never" } } }
+                        td.time { @match &r.last { Some(l) => (ui::rfc3339(&l.started_at)), None => span.hint { "never" } } }
                         td { @match &r.last { Some(l) => (ui::status(l.status.as_str())), None => (ui::status("idle")) } }
                         td { @match (&r.schedule, &r.next) {
                             (Some(sched), Some(next)) => { (next) br; span.hint { (sched) } }
@@ -246,7 +246,7 @@ pub fn sources_table(rows: &[SourceRow]) -> Markup {
                     tr class=[failed.then_some("failed")] {
                         td { a href={"/console/sources/" (r.name)} { (r.name) } }
                         td { (r.plugin) }
-                        td { @match &r.last { Some(l) => (ui::rfc3339(&l.started_at)), None => span.hint { "never" } } }
+                        td.time { @match &r.last { Some(l) => (ui::rfc3339(&l.started_at)), None => span.hint { "never" } } }
                         td { @match &r.last { Some(l) => (ui::status(l.status.as_str())), None => (ui::status("idle")) } }
                         td.num { @if let Some(l) = &r.last { (ui::count(l.records)) } }
                         td { @match (&r.schedule, &r.next) {

@@ -186,7 +186,7 @@ pub async fn page(
                     thead { tr { th scope="col" { "When" } th scope="col" { "From" } th scope="col" { "Into" } th scope="col" { "Reason" } th scope="col" { "Through" } } }
                     tbody { @for m in &merges {
                         tr {
-                            td { (ui::rfc3339(&m.at)) }
+                            td.time { (ui::rfc3339(&m.at)) }
                             td { code { (m.from_profile) } }
                             td { code { (m.into_profile) } }
                             td { (m.reason) }

@@ -194,11 +194,11 @@ pub async fn page(
                     tbody {
                         @for l in &letters {
                             tr {
-                                td { details { summary { code { (l.key) } } pre { (ui::json(&l.fields)) } } }
+                                td { details.record { summary { code { (l.key) } } pre { (ui::json(&l.fields)) } } }
                                 td { (l.action) }
                                 td.num { (l.attempts) }
                                 td.error-text { (l.error) }
-                                td { (ui::rfc3339(&l.at)) }
+                                td.time { (ui::rfc3339(&l.at)) }
                             }
                         }
                     }
