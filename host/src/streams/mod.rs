@@ -14,7 +14,9 @@
 //!   commit ([`crate::ingest::writer`]), and a stream reads only committed events, numbered in
 //!   commit order (`events.seq`, [`crate::store::streams::next_seq`]). A stream's cursor
 //!   moves, with its counters and dead letters, in one transaction after each batch is
-//!   finished, so a crash (even SIGKILL) re-sends at most the batch in flight.
+//!   delivered; that commit runs while the next batch is read and delivered, and lands before
+//!   the next one starts, so a crash (even SIGKILL) re-sends at most the batch in flight and,
+//!   if its commit had not landed yet, the one before it.
 //! - **In order.** One batch in flight per stream, batches in sequence order; a record the
 //!   destination itself asks to retry is re-sent after its batch-mates it accepted.
 //! - **Low latency.** The writer's commit wakes every stream ([`Store::events_committed`]); a
@@ -237,8 +239,20 @@ impl StreamEngine {
         }
     }
 
-    /// Forwards from the stream's cursor, forever (or until an error).
+    /// Forwards from the stream's cursor, forever (or until an error, after which the last
+    /// batch's commit is let land before the stream starts again).
     async fn run(&self, stream: &StreamConfig) -> anyhow::Result<()> {
+        let mut pending: Pending = None;
+        let result = self.forward_from_cursor(stream, &mut pending).await;
+        let landed = settle(&mut pending).await;
+        result.and(landed)
+    }
+
+    async fn forward_from_cursor(
+        &self,
+        stream: &StreamConfig,
+        pending: &mut Pending,
+    ) -> anyhow::Result<()> {
         let config = self.syncs.config();
         let rule = config
             .stream(&stream.name)
@@ -300,6 +314,8 @@ impl StreamEngine {
                 );
             }
             if page.is_empty() {
+                // Caught up: let the last commit land (and say if it failed) before waiting.
+                settle(pending).await?;
                 if let Some(m) = &self.metrics {
                     m.streams.lag(&stream.name, 0.0);
                 }
@@ -318,7 +334,7 @@ impl StreamEngine {
             let full = page.len() as i64 == PAGE;
             let last_received = page.last().map(|e| e.received_at).unwrap_or_default();
             cursor = self
-                .forward(stream, &compiled, &names, &target, &chains, page)
+                .forward(stream, &compiled, &names, &target, &chains, page, pending)
                 .await?;
             if let Some(m) = &self.metrics {
                 let lag = if full {
@@ -343,6 +359,7 @@ impl StreamEngine {
         target: &Target,
         chains: &Chains,
         page: Vec<rows::StreamEvent>,
+        pending: &mut Pending,
     ) -> anyhow::Result<i64> {
         let taken: Vec<&rows::StreamEvent> = page
             .iter()
@@ -550,11 +567,19 @@ impl StreamEngine {
                 batch.dead.push((item, error));
             }
             if batch.items.len() >= size {
-                self.finish(stream, target, std::mem::take(&mut batch), cursor, &tail)
-                    .await?;
+                self.finish(
+                    stream,
+                    target,
+                    std::mem::take(&mut batch),
+                    cursor,
+                    &tail,
+                    pending,
+                )
+                .await?;
             }
         }
-        self.finish(stream, target, batch, cursor, &tail).await?;
+        self.finish(stream, target, batch, cursor, &tail, pending)
+            .await?;
         Ok(cursor)
     }
 
@@ -629,7 +654,8 @@ impl StreamEngine {
         Ok((all, failed))
     }
 
-    /// Delivers a batch and commits its outcome with the cursor `through`.
+    /// Delivers a batch and starts the commit of its outcome with the cursor `through` (after
+    /// the previous batch's commit landed; see [`Pending`]).
     async fn finish(
         &self,
         stream: &StreamConfig,
@@ -637,6 +663,7 @@ impl StreamEngine {
         mut batch: Batch,
         through: i64,
         tail: &broadcast::Sender<Arc<str>>,
+        pending: &mut Pending,
     ) -> anyhow::Result<()> {
         let ledger = Collect::default();
         let mut stats = Stats::default();
@@ -680,31 +707,35 @@ impl StreamEngine {
                 dead.len() as i64,
             ));
         }
-        let commit = rows::BatchCommit {
-            stream: &stream.name,
-            dead_letter_name: &dead_name,
-            seq: through,
-            counters: &counters,
-            dead: dead
-                .iter()
-                .map(|(item, reason)| rows::DeadEvent {
-                    key: &item.key,
-                    hash: &item.hash,
-                    fields: &item.fields,
-                    attempts: item.attempts.max(1) as i64,
-                    reason,
-                })
-                .collect(),
-        };
         let delivered = delivering.elapsed();
-        let committing = std::time::Instant::now();
-        rows::commit_batch(&self.store, &commit, now_millis()).await?;
-        tracing::debug!(
-            records = sent_keys.len(),
-            deliver_ms = delivered.as_secs_f64() * 1e3,
-            commit_ms = committing.elapsed().as_secs_f64() * 1e3,
-            "batch delivered and committed"
-        );
+        // The previous batch's commit lands before this one's is started: cursors move in
+        // order, and besides the batch being delivered at most one is delivered and not yet
+        // committed. Its commit runs while the next batch is read and delivered, so a stream's
+        // latency does not wait for its turn at the write lock.
+        settle(pending).await?;
+        let owned = OwnedCommit {
+            stream: stream.name.clone(),
+            dead_letter_name: dead_name,
+            seq: through,
+            counters,
+            dead: dead.clone(),
+        };
+        let store = self.store.clone();
+        let records = sent_keys.len();
+        *pending = Some(tokio::spawn(
+            async move {
+                let committing = std::time::Instant::now();
+                owned.commit(&store).await?;
+                tracing::debug!(
+                    records,
+                    deliver_ms = delivered.as_secs_f64() * 1e3,
+                    commit_ms = committing.elapsed().as_secs_f64() * 1e3,
+                    "batch delivered and committed"
+                );
+                Ok(())
+            }
+            .in_current_span(),
+        ));
         let now = now_millis();
         if let Some(m) = &self.metrics {
             let mut dropped: Vec<(&str, u64)> = batch
@@ -860,6 +891,52 @@ struct Batch {
     dropped_by: BTreeMap<String, u64>,
     /// Messages a transform failed on for good, dead-lettered with this batch.
     dead: Vec<(Item, String)>,
+}
+
+/// The commit of the last batch delivered, running while the next one is read and delivered.
+type Pending = Option<tokio::task::JoinHandle<anyhow::Result<()>>>;
+
+/// Waits for the pending commit, if any, and passes on its error.
+async fn settle(pending: &mut Pending) -> anyhow::Result<()> {
+    match pending.take() {
+        None => Ok(()),
+        Some(commit) => commit
+            .await
+            .map_err(|e| anyhow::anyhow!("a stream's batch commit stopped: {e}"))?,
+    }
+}
+
+/// A batch's outcome to commit, owned so the commit can run on its own task.
+struct OwnedCommit {
+    stream: String,
+    dead_letter_name: String,
+    seq: i64,
+    counters: Vec<(String, i64)>,
+    dead: Vec<(Item, String)>,
+}
+
+impl OwnedCommit {
+    async fn commit(&self, store: &Store) -> anyhow::Result<()> {
+        let commit = rows::BatchCommit {
+            stream: &self.stream,
+            dead_letter_name: &self.dead_letter_name,
+            seq: self.seq,
+            counters: &self.counters,
+            dead: self
+                .dead
+                .iter()
+                .map(|(item, reason)| rows::DeadEvent {
+                    key: &item.key,
+                    hash: &item.hash,
+                    fields: &item.fields,
+                    attempts: item.attempts.max(1) as i64,
+                    reason,
+                })
+                .collect(),
+        };
+        rows::commit_batch(store, &commit, now_millis()).await?;
+        Ok(())
+    }
 }
 
 /// The chains a stream applies: its sources' (before the filter) and its own (after).
