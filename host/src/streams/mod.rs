@@ -61,8 +61,9 @@ const PAGE: i64 = 1_000;
 /// How often a stream looks for events committed by other processes when nothing woke it.
 const POLL: Duration = Duration::from_secs(1);
 
-/// How long a caught-up stream waits after a commit wakes it before it reads, so the commits
-/// of a burst are read, sent and committed as one batch. Every batch's commit takes a turn at
+/// How long a caught-up stream waits after a commit wakes it before it reads, and the least
+/// time between two reads while it is not behind, so the commits of a burst are read, sent
+/// and committed as one batch. Every batch's commit takes a turn at
 /// the write lock ([`Store::write_turn`]) beside the tracking API's: one batch per tracking-API
 /// commit per stream gave the ingest writer a third of the turns with two streams, and its
 /// acknowledgements slowed tenfold. Costs at most this much latency.
@@ -343,6 +344,12 @@ impl StreamEngine {
                     0.0
                 };
                 m.streams.lag(&stream.name, lag);
+            }
+            if !full {
+                // Not behind: read again no sooner than LINGER after this read began, so a
+                // steady flow makes batches of LINGER's worth (at most 50 a second) rather
+                // than one per tracking-API commit, each with its plugin call and commit.
+                tokio::time::sleep_until((reading + LINGER).into()).await;
             }
         }
     }
