@@ -249,8 +249,9 @@ fn main() {
         let dir = tempfile::tempdir().unwrap();
         let (database, pg) = if std::env::var_os("SWITCHYARD_BENCH_PG").is_some() {
             let name = format!("switchyard_bench_console_{}", std::process::id());
-            let admin = Store::open("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
-            sqlx::query(&format!("CREATE DATABASE {name}")).execute(admin.pool()).await.unwrap();
+            // A plain pool: `Store::open` would migrate the shared maintenance database.
+            let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres").await.unwrap();
+            sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.unwrap();
             (format!("postgres://postgres@127.0.0.1:5432/{name}"), Some((admin, name)))
         } else {
             (format!("sqlite://{}/bench.db", dir.path().display()), None)
@@ -329,7 +330,7 @@ email = "identifiers.email"
             println!("{name:<48} {:>8.1} {:>8.1} {:>8.1} {bytes:>9}", q(0.5), q(0.95), times[times.len() - 1]);
         }
         if let Some((admin, name)) = pg {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(admin.pool()).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&admin).await;
         }
     });
 }
