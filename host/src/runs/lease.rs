@@ -14,8 +14,8 @@ use anyhow::bail;
 use tracing::Instrument;
 
 use super::RunError;
-use crate::store::leases::{self, LeaseTable};
-use crate::store::runs::{self as history, History};
+use crate::store::leases;
+use crate::store::runs::{self as history, RunKind};
 use crate::store::{now_millis, Conn, Store};
 
 /// How long a lease lasts without renewal. `SWITCHYARD_LEASE_MS` overrides it (at least 300),
@@ -28,14 +28,13 @@ pub fn lease_ms() -> i64 {
         .unwrap_or(15_000)
 }
 
-/// What a lease guards: its table, the noun messages use, and the run history in which a run
-/// that was going when its holder died is marked `interrupted` when the lease is next taken.
+/// What a lease guards (its lease table and run history) and the noun messages use. A run that
+/// was going when its holder died is marked `interrupted` when the lease is next taken.
 #[derive(Debug, Clone, Copy)]
 pub struct LeaseKind {
     /// `sync` or `source`, as messages call it.
     pub noun: &'static str,
-    table: LeaseTable,
-    history: History,
+    what: RunKind,
     /// The error an interrupted run's history row is given.
     interrupted: &'static str,
 }
@@ -43,16 +42,14 @@ pub struct LeaseKind {
 /// One run of a `[[syncs]]` entry at a time.
 pub const SYNC: LeaseKind = LeaseKind {
     noun: "sync",
-    table: LeaseTable::Sync,
-    history: History::Syncs,
+    what: RunKind::Sync,
     interrupted: "the hub stopped during this run; the next run resumed from what was acknowledged",
 };
 
 /// One run of a `[sources.NAME]` at a time.
 pub const SOURCE: LeaseKind = LeaseKind {
     noun: "source",
-    table: LeaseTable::Source,
-    history: History::Sources,
+    what: RunKind::Source,
     interrupted:
         "the run stopped before it finished; the next run resumed from the last committed page",
 };
@@ -65,7 +62,7 @@ pub async fn holder(
     name: &str,
     live: bool,
 ) -> anyhow::Result<Option<String>> {
-    let row = leases::holder(store, kind.table, name).await?;
+    let row = leases::holder(store, kind.what, name).await?;
     Ok(row
         .filter(|(_, expires)| !live || *expires >= now_millis())
         .map(|(id, _)| id))
@@ -97,7 +94,7 @@ impl Lease {
         let holder = format!("{holder}:{run_id}");
         let taken = leases::take(
             store,
-            kind.table,
+            kind.what,
             name,
             &holder,
             run_id,
@@ -106,7 +103,7 @@ impl Lease {
         )
         .await?;
         if !taken {
-            let run_id = leases::holder(store, kind.table, name)
+            let run_id = leases::holder(store, kind.what, name)
                 .await
                 .ok()
                 .flatten()
@@ -118,7 +115,7 @@ impl Lease {
             }
             .into());
         }
-        history::interrupt_running(store, kind.history, name, now, kind.interrupted).await?;
+        history::interrupt_running(store, kind.what, name, now, kind.interrupted).await?;
         let lost = Arc::new(AtomicBool::new(false));
         let span = tracing::info_span!("lease", kind = noun, name = %name, run = %run_id);
         let renew = tokio::spawn(
@@ -163,7 +160,7 @@ impl Lease {
         let noun = self.kind.noun;
         let expires_at = now_millis() + lease_ms();
         let held =
-            leases::renew_in(tx, self.kind.table, &self.name, &self.run_id, expires_at).await?;
+            leases::renew_in(tx, self.kind.what, &self.name, &self.run_id, expires_at).await?;
         if !held {
             self.lost.store(true, Ordering::SeqCst);
             bail!(
@@ -178,7 +175,7 @@ impl Lease {
     pub async fn release(self, store: &Store) {
         self.renew.abort();
         let noun = self.kind.noun;
-        if let Err(e) = leases::release(store, self.kind.table, &self.name, &self.run_id).await {
+        if let Err(e) = leases::release(store, self.kind.what, &self.name, &self.run_id).await {
             tracing::warn!(kind = noun, name = %self.name, "could not release the lease (it expires by itself): {e}");
         }
     }
@@ -197,7 +194,7 @@ async fn renew(
     loop {
         tokio::time::sleep(Duration::from_millis((lease_ms() / 3) as u64)).await;
         let next = now_millis() + lease_ms();
-        let renewed = leases::renew(&store, kind.table, &name, &run_id, next).await;
+        let renewed = leases::renew(&store, kind.what, &name, &run_id, next).await;
         match renewed {
             Ok(true) => expires_at = next,
             Ok(_) => {
@@ -272,7 +269,7 @@ mod tests {
             .unwrap();
         stale.renew.abort();
         // The row expires (the holder stalled); another run takes it.
-        leases::expire(&store, LeaseTable::Source, "shop")
+        leases::expire(&store, RunKind::Source, "shop")
             .await
             .unwrap();
         let fresh = Lease::acquire(&store, SOURCE, "shop", "hub", "new")

@@ -36,7 +36,7 @@ use crate::runs::lease::{self, Lease};
 use crate::runs::{RunError, RunStatus};
 use crate::runtime::bindings::{CallError, Page, SourceRecord};
 use crate::runtime::{PluginError, PluginInstance};
-use crate::store::runs::History;
+use crate::store::runs::RunKind;
 use crate::store::sources as rows;
 use crate::store::{now_millis, Conn, Store};
 
@@ -288,7 +288,7 @@ impl SourceEngine {
         };
         crate::store::runs::finish_run(
             &self.store,
-            History::Sources,
+            RunKind::Source,
             &run_id,
             status.as_str(),
             now_millis(),

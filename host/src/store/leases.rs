@@ -3,39 +3,25 @@
 
 use super::{col, Conn, Result, Store};
 
-/// The table of one kind of lease.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseTable {
-    Sync,
-    Source,
-}
+use super::runs::RunKind;
 
-impl LeaseTable {
-    fn names(self) -> (&'static str, &'static str) {
-        match self {
-            LeaseTable::Sync => ("sync_leases", "sync"),
-            LeaseTable::Source => ("source_leases", "source"),
-        }
-    }
-
-    /// Moves a held lease's expiry: `$1` new expiry, `$2` name, `$3` run id.
-    fn renew_sql(self) -> String {
-        let (table, column) = self.names();
-        format!("UPDATE {table} SET expires_at = $1 WHERE {column} = $2 AND run_id = $3")
-    }
+/// Moves a held lease's expiry: `$1` new expiry, `$2` name, `$3` run id.
+fn renew_sql(kind: RunKind) -> String {
+    let (table, column) = kind.lease_names();
+    format!("UPDATE {table} SET expires_at = $1 WHERE {column} = $2 AND run_id = $3")
 }
 
 /// Takes the lease of `name` for `run_id` unless an unexpired row holds it; whether it was taken.
 pub async fn take(
     store: &Store,
-    kind: LeaseTable,
+    kind: RunKind,
     name: &str,
     holder: &str,
     run_id: &str,
     now: i64,
     expires_at: i64,
 ) -> Result<bool> {
-    let (table, column) = kind.names();
+    let (table, column) = kind.lease_names();
     let taken = sqlx::query(&format!(
         "INSERT INTO {table} ({column}, holder, run_id, expires_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT ({column}) DO UPDATE SET holder = excluded.holder, run_id = excluded.run_id, expires_at = excluded.expires_at \
@@ -55,12 +41,12 @@ pub async fn take(
 /// Moves the expiry of the lease `run_id` holds; false when it no longer holds it.
 pub async fn renew(
     store: &Store,
-    kind: LeaseTable,
+    kind: RunKind,
     name: &str,
     run_id: &str,
     expires_at: i64,
 ) -> Result<bool> {
-    let held = sqlx::query(&kind.renew_sql())
+    let held = sqlx::query(&renew_sql(kind))
         .bind(expires_at)
         .bind(name)
         .bind(run_id)
@@ -73,12 +59,12 @@ pub async fn renew(
 /// [`renew`] inside the caller's transaction.
 pub async fn renew_in(
     conn: &mut Conn,
-    kind: LeaseTable,
+    kind: RunKind,
     name: &str,
     run_id: &str,
     expires_at: i64,
 ) -> Result<bool> {
-    let held = sqlx::query(&kind.renew_sql())
+    let held = sqlx::query(&renew_sql(kind))
         .bind(expires_at)
         .bind(name)
         .bind(run_id)
@@ -89,8 +75,8 @@ pub async fn renew_in(
 }
 
 /// Frees the lease if `run_id` still holds it.
-pub async fn release(store: &Store, kind: LeaseTable, name: &str, run_id: &str) -> Result<()> {
-    let (table, column) = kind.names();
+pub async fn release(store: &Store, kind: RunKind, name: &str, run_id: &str) -> Result<()> {
+    let (table, column) = kind.lease_names();
     sqlx::query(&format!(
         "DELETE FROM {table} WHERE {column} = $1 AND run_id = $2"
     ))
@@ -102,8 +88,8 @@ pub async fn release(store: &Store, kind: LeaseTable, name: &str, run_id: &str) 
 }
 
 /// The run named in the lease row and when it expires, if there is a row.
-pub async fn holder(store: &Store, kind: LeaseTable, name: &str) -> Result<Option<(String, i64)>> {
-    let (table, column) = kind.names();
+pub async fn holder(store: &Store, kind: RunKind, name: &str) -> Result<Option<(String, i64)>> {
+    let (table, column) = kind.lease_names();
     let row = sqlx::query(&format!(
         "SELECT run_id, expires_at FROM {table} WHERE {column} = $1"
     ))
@@ -116,8 +102,8 @@ pub async fn holder(store: &Store, kind: LeaseTable, name: &str) -> Result<Optio
 
 /// Ends a lease at once (tests: a holder that stalled).
 #[doc(hidden)]
-pub async fn expire(store: &Store, kind: LeaseTable, name: &str) -> Result<()> {
-    let (table, column) = kind.names();
+pub async fn expire(store: &Store, kind: RunKind, name: &str) -> Result<()> {
+    let (table, column) = kind.lease_names();
     sqlx::query(&format!(
         "UPDATE {table} SET expires_at = 0 WHERE {column} = $1"
     ))

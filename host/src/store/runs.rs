@@ -4,19 +4,28 @@
 
 use super::{Result, Store};
 
-/// One run history table.
+/// What runs: a `[[syncs]]` entry or a `[sources.NAME]`. Each has a run history and a lease
+/// table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum History {
-    Syncs,
-    Sources,
+pub enum RunKind {
+    Sync,
+    Source,
 }
 
-impl History {
-    /// The table, and the column naming what ran.
+impl RunKind {
+    /// The run history table, and the column naming what ran.
     fn names(self) -> (&'static str, &'static str) {
         match self {
-            History::Syncs => ("sync_runs", "sync"),
-            History::Sources => ("source_runs", "source"),
+            RunKind::Sync => ("sync_runs", "sync"),
+            RunKind::Source => ("source_runs", "source"),
+        }
+    }
+
+    /// The lease table, and the column naming what it guards.
+    pub(super) fn lease_names(self) -> (&'static str, &'static str) {
+        match self {
+            RunKind::Sync => ("sync_leases", "sync"),
+            RunKind::Source => ("source_leases", "source"),
         }
     }
 }
@@ -24,13 +33,13 @@ impl History {
 /// Records how a run ended.
 pub async fn finish_run(
     store: &Store,
-    history: History,
+    kind: RunKind,
     run_id: &str,
     status: &str,
     finished_at: i64,
     error: Option<&str>,
 ) -> Result<()> {
-    let (table, _) = history.names();
+    let (table, _) = kind.names();
     sqlx::query(&format!(
         "UPDATE {table} SET status = $1, finished_at = $2, error = $3 WHERE id = $4"
     ))
@@ -46,12 +55,12 @@ pub async fn finish_run(
 /// Marks `name`'s runs still `running` as `interrupted` with `error`.
 pub async fn interrupt_running(
     store: &Store,
-    history: History,
+    kind: RunKind,
     name: &str,
     now: i64,
     error: &str,
 ) -> Result<()> {
-    let (table, column) = history.names();
+    let (table, column) = kind.names();
     sqlx::query(&format!(
         "UPDATE {table} SET status = 'interrupted', finished_at = $1, error = $2 WHERE {column} = $3 AND status = 'running'"
     ))

@@ -32,7 +32,7 @@ use crate::runs::{iso, RunError, RunStatus};
 use crate::runtime::bindings::Action;
 use crate::runtime::PluginInstance;
 use crate::store::profiles::{self as model, Population};
-use crate::store::runs::History;
+use crate::store::runs::RunKind;
 use crate::store::syncs as rows;
 use crate::store::{now_millis, Store};
 use delivery::{Abort, Item, Stats, Target};
@@ -320,7 +320,7 @@ impl Engine {
             rows::save_planned(&self.store, &run_id, &planned).await?;
             crate::store::runs::finish_run(
                 &self.store,
-                History::Syncs,
+                RunKind::Sync,
                 &run_id,
                 status.as_str(),
                 finished,
