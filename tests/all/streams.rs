@@ -445,6 +445,137 @@ fn streams_transform_failures_retry_transient_ones_and_dead_letter_only_the_pois
 }
 
 #[test]
+fn streams_dead_letters_replay_through_the_whole_way_as_the_stream_is_now() {
+    let sink = JsonSink::start();
+    // The destination fails every request: each record is dead-lettered after two attempts.
+    sink.set_faults(Faults {
+        error: 1.0,
+        ..Faults::default()
+    });
+    let project = format!(
+        "{}\n[transforms.probe]\nplugin = \"chain-probe\"\nconfig = {{ mode = \"fail-on\", event = \"Poison\" }}\n\n\
+         [[streams]]\nname = \"ticks\"\nto = \"sink\"\ntransforms = [\"probe\"]\nmax_attempts = 2\n",
+        sink_destination("sink", &sink)
+    );
+    let mut hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
+    hub.install(&["json-post-destination", "chain-probe"]);
+    hub.kill();
+    hub.spawn();
+    send_numbered(&hub, "t", 0, 3);
+    let r = hub.track(
+        "track",
+        json!({"userId": "u9", "event": "Poison", "messageId": "t-poison"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(
+        wait_for(30, || counter(&list(&hub)["ticks"], "dropped:dead_letter")
+            == 4),
+        "{:?}",
+        list(&hub)
+    );
+    // Two kinds of letter: records the destination refused (the record as sent), and the
+    // message the transform failed on (the message, before the chain).
+    let letters = hub.dead_letters("stream:ticks");
+    let kinds: HashMap<String, String> = letters
+        .iter()
+        .map(|d| {
+            (
+                d["key"].as_str().unwrap().to_string(),
+                d["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(kinds.len(), 4, "{letters:?}");
+    assert_eq!(kinds["t-poison"], "transform", "{letters:?}");
+    for i in 0..3 {
+        assert_eq!(kinds[&format!("t-{i}")], "track", "{letters:?}");
+    }
+
+    // The operator fixes both (the destination recovers; the transform config no longer
+    // fails) and, meanwhile, the stream's filter now leaves out t-1. A replay applies the
+    // stream as it is now: t-1 is dropped, the rest arrive, the poison through the transform.
+    sink.set_faults(Faults::default());
+    let text = std::fs::read_to_string(&hub.config)
+        .unwrap()
+        .replace(
+            "mode = \"fail-on\", event = \"Poison\"",
+            "mode = \"tag\", tag = \"replayed\"",
+        )
+        .replace(
+            "max_attempts = 2\n",
+            "max_attempts = 2\nfilter = \"event.messageId != 't-1'\"\n",
+        );
+    hub.reload(&text);
+    let out = ok(&hub.cli(&["dlq", "replay", "stream:ticks"]));
+    assert!(
+        out.contains("4 dead letters replayed — sent 3, dropped 1, dead-lettered again 0"),
+        "{out}"
+    );
+    let arrived: HashMap<String, Value> = sink.with(|s| s.events.iter().cloned().collect());
+    let keys: HashSet<&str> = arrived.keys().map(|k| k.as_str()).collect();
+    assert_eq!(
+        keys,
+        HashSet::from(["t-0", "t-2", "t-poison"]),
+        "{arrived:?}"
+    );
+    assert_eq!(
+        arrived["t-poison"]["properties"]["trail"],
+        json!(["replayed"]),
+        "the poison went through the transform as it is now: {:?}",
+        arrived["t-poison"]
+    );
+    assert!(hub.dead_letters("stream:ticks").is_empty());
+    let status = &list(&hub)["ticks"];
+    assert_eq!(counter(status, "replayed"), 4, "{status}");
+    assert_eq!(
+        counter(status, "in"),
+        4,
+        "a replay reads no new messages: {status}"
+    );
+    assert_eq!(counter(status, "out"), 3, "{status}");
+    assert_eq!(counter(status, "dropped:filter"), 1, "{status}");
+
+    // Nothing left: a second replay sends nothing; the admin API says the same, and the
+    // syncs' replay route points at it.
+    let out = ok(&hub.cli(&["dlq", "replay", "stream:ticks"]));
+    assert!(out.contains("0 dead letters replayed"), "{out}");
+    let bearer = format!("Bearer {}", common::hub::ADMIN_TOKEN);
+    let r = hub.request(
+        "POST",
+        "/v1/streams/ticks/replay",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["letters"], 0, "{}", r.text());
+    let r = hub.request(
+        "POST",
+        "/v1/streams/nope/replay",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = hub.request(
+        "POST",
+        "/v1/dead-letters/replay?sync=stream:ticks",
+        &[("authorization", &bearer)],
+        b"",
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("/v1/streams/ticks/replay"),
+        "{}",
+        r.text()
+    );
+    let audit = hub.admin_get("/v1/audit");
+    assert!(
+        audit.text().contains("stream:ticks"),
+        "the API replay is audited: {}",
+        audit.text()
+    );
+}
+
+#[test]
 fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_flight() {
     let sink = JsonSink::start();
     // Once 60 events are in, the sink takes the next batch but holds its answer: that batch is

@@ -1,5 +1,5 @@
-//! What an operator does to a sync, by one code path whether the admin API or the console
-//! asked: each action goes to the audit log (who, what, on what, how it ended), and runs start
+//! What an operator does to a sync (or a stream's dead letters), by one code path whether the
+//! admin API or the console asked: each action goes to the audit log (who, what, on what, how it ended), and runs start
 //! in the background (delivering a large audience takes a while), waiting out the lease of a
 //! run that is just letting go of it.
 
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::http::{Access, Principal};
 use crate::runs::RunError;
 use crate::store::now_millis;
+use crate::streams::{ReplayReport, StreamEngine};
 use crate::sync::{Engine, RunOptions};
 
 /// How long a run asked for waits for the previous run's lease: a run that has just written
@@ -112,4 +113,38 @@ pub async fn replay(
         None
     };
     Ok(Replayed { letters, run_asked })
+}
+
+/// Replays a stream's dead letters ([`StreamEngine::replay`]) to the end, on a task of its own
+/// (a client that hangs up does not stop it halfway). Audited as `dead_letters.replay` on
+/// `stream:NAME`, with what it did.
+pub async fn replay_stream(
+    streams: &StreamEngine,
+    access: &Access,
+    who: &Principal,
+    stream: &str,
+) -> anyhow::Result<ReplayReport> {
+    let target = format!("stream:{stream}");
+    let task = {
+        let (streams, stream) = (streams.clone(), stream.to_string());
+        tokio::spawn(async move { streams.replay(&stream, "api").await })
+    };
+    let result = task
+        .await
+        .map_err(|e| anyhow::anyhow!("the replay stopped: {e}"))
+        .and_then(|r| r);
+    let (outcome, detail) = match &result {
+        Ok(r) => (
+            "ok",
+            format!(
+                "{} replayed: sent {}, dropped {}, dead-lettered again {}, gone {}",
+                r.letters, r.sent, r.dropped, r.dead_lettered, r.gone
+            ),
+        ),
+        Err(e) => (outcome_of(e), format!("{e:#}")),
+    };
+    access
+        .audit(who, "dead_letters.replay", &target, outcome, Some(detail))
+        .await;
+    result
 }

@@ -54,6 +54,15 @@ pub const SOURCE: LeaseKind = LeaseKind {
         "the run stopped before it finished; the next run resumed from the last committed page",
 };
 
+/// One replay of a stream's dead letters at a time (two would both send every letter). Held
+/// in the syncs' lease table under `stream:NAME`, a name no sync can have.
+pub const STREAM_REPLAY: LeaseKind = LeaseKind {
+    noun: "the dead-letter replay of",
+    what: RunKind::Sync,
+    interrupted:
+        "the replay stopped before it finished; its letters not yet sent are still pending",
+};
+
 /// The run holding `name`'s lease: the one whose lease is live now (`live`), or the last one
 /// named in the row, expired or not.
 pub async fn holder(

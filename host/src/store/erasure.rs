@@ -413,6 +413,31 @@ pub async fn erase(
         &keys,
     )
     .await?;
+    // A stream's letters for the copies a transform fanned a message out into are keyed
+    // `MESSAGE_ID#N` (few: only refused copies).
+    let copies = sqlx::query(
+        "SELECT id, key FROM dead_letters WHERE sync LIKE 'stream:%' AND key LIKE '%#%'",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    let events: HashSet<&str> = message_ids.iter().map(|m| m.as_str()).collect();
+    let mut gone = Vec::new();
+    for r in &copies {
+        let key: String = col(r, "key")?;
+        if key
+            .rsplit_once('#')
+            .is_some_and(|(id, _)| events.contains(id))
+        {
+            gone.push(col::<String>(r, "id")?);
+        }
+    }
+    each_chunk(
+        &mut tx,
+        backend,
+        "DELETE FROM dead_letters WHERE id IN ",
+        &gone,
+    )
+    .await?;
     // The audiences they were in shrink by them (sizes are kept, not counted).
     for chunk in profiles.chunks(CHUNK) {
         let text = format!(
@@ -792,6 +817,52 @@ mod tests {
                 .await
                 .unwrap(),
             1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_streams_letters_go_with_the_events_they_name_copies_included() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        let store = Store::open(&url).await.unwrap();
+        for sql in [
+            "INSERT INTO profiles (id, created_at, updated_at) VALUES ('prf_a', 1, 1), ('prf_b', 1, 1)",
+            "INSERT INTO events (message_id, profile_id, source, kind, ts, received_at, body) VALUES \
+             ('m1', 'prf_a', 'web', 'track', 1, 1, '{}'), ('m2', 'prf_b', 'web', 'track', 1, 1, '{}')",
+        ] {
+            sqlx::query(sql).execute(store.pool()).await.unwrap();
+        }
+        for (id, key) in [
+            ("d1", "m1"),
+            ("d2", "m1#2"),
+            ("d3", "m2#1"),
+            ("d4", "m11#1"),
+        ] {
+            sqlx::query(
+                "INSERT INTO dead_letters (id, sync, key, action, hash, fields, attempts, error, at) \
+                 VALUES ($1, 'stream:s', $2, 'track', 'h', '{}', 1, 'refused', 1)",
+            )
+            .bind(id)
+            .bind(key)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        }
+        let erased = erase(&store, &ProfileRef::Id("prf_a".into()), &|_| None, 5)
+            .await
+            .unwrap();
+        assert!(erased.is_some());
+        let left: Vec<String> = sqlx::query("SELECT id FROM dead_letters ORDER BY id")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| col(r, "id").unwrap())
+            .collect();
+        assert_eq!(
+            left,
+            ["d3", "d4"],
+            "m1's letter and its copy's are gone, no other"
         );
     }
 

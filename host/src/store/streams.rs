@@ -130,8 +130,80 @@ pub async fn set_error(store: &Store, stream: &str, error: Option<&str>, now: i6
     Ok(())
 }
 
+/// Events by message id, in commit order (those no longer stored — erased, or past retention
+/// — are not there).
+pub async fn events_by_id(store: &Store, ids: &[String]) -> Result<Vec<StreamEvent>> {
+    let mut out = Vec::with_capacity(ids.len());
+    for chunk in ids.chunks(500) {
+        let text = format!(
+            "SELECT seq, message_id, profile_id, source, received_at, body FROM events \
+             WHERE message_id IN ({})",
+            (1..=chunk.len())
+                .map(|n| store.param(n))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+        let mut q = sqlx::query(&text);
+        for id in chunk {
+            q = q.bind(id);
+        }
+        for r in q.fetch_all(store.pool()).await? {
+            out.push(StreamEvent {
+                seq: col(&r, "seq")?,
+                message_id: col(&r, "message_id")?,
+                profile_id: col(&r, "profile_id")?,
+                source: col(&r, "source")?,
+                received_at: col(&r, "received_at")?,
+                body: col(&r, "body")?,
+            });
+        }
+    }
+    out.sort_by_key(|e| e.seq);
+    Ok(out)
+}
+
+/// How a stream's dead letter came to be, in its `action` column.
+pub mod letter_kind {
+    /// The destination refused the mapped record (or it ran out of attempts): `fields` is the
+    /// record as sent, `key` the message id (`MESSAGE_ID#N` for a transform's Nth copy).
+    pub const RECORD: &str = "track";
+    /// A transform failed on the message for good: `fields` is the message as that chain got
+    /// it, `key` the message id.
+    pub const TRANSFORM: &str = "transform";
+}
+
+/// A stream dead letter not yet replayed.
+#[derive(Debug, Clone)]
+pub struct PendingLetter {
+    pub id: String,
+    pub key: String,
+    /// One of [`letter_kind`].
+    pub kind: String,
+}
+
+/// Every dead letter of `dead_letter_name` (`stream:NAME`) not yet replayed, oldest first.
+pub async fn pending_letters(store: &Store, dead_letter_name: &str) -> Result<Vec<PendingLetter>> {
+    let rows = sqlx::query(
+        "SELECT id, key, action FROM dead_letters WHERE sync = $1 AND replayed_at IS NULL ORDER BY at, id",
+    )
+    .bind(dead_letter_name)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(PendingLetter {
+                id: col(r, "id")?,
+                key: col(r, "key")?,
+                kind: col(r, "action")?,
+            })
+        })
+        .collect()
+}
+
 /// A record a stream gave up on.
 pub struct DeadEvent<'a> {
+    /// One of [`letter_kind`].
+    pub kind: &'a str,
     pub key: &'a str,
     pub hash: &'a str,
     pub fields: &'a str,
@@ -139,12 +211,16 @@ pub struct DeadEvent<'a> {
     pub reason: &'a str,
 }
 
-/// What one finished batch of a stream commits, in one transaction: the new cursor, counter
-/// increments, and the dead letters (stored under `dead_letter_name`, `stream:NAME`).
+/// What one finished batch of a stream commits, in one transaction: the new cursor (a live
+/// batch) or the dead letters it sent again (a replay's), counter increments, and the dead
+/// letters (stored under `dead_letter_name`, `stream:NAME`).
 pub struct BatchCommit<'a> {
     pub stream: &'a str,
     pub dead_letter_name: &'a str,
-    pub seq: i64,
+    /// The cursor through this batch; None for a replay, which does not move it.
+    pub seq: Option<i64>,
+    /// Dead letters (ids) this batch replayed: marked replayed in the same transaction.
+    pub replayed: &'a [String],
     pub counters: &'a [(String, i64)],
     pub dead: Vec<DeadEvent<'a>>,
 }
@@ -158,11 +234,12 @@ pub async fn commit_batch(store: &Store, batch: &BatchCommit<'_>, now: i64) -> R
     for dead in &batch.dead {
         sqlx::query(
             "INSERT INTO dead_letters (id, sync, key, action, hash, fields, attempts, error, at) \
-             VALUES ($1, $2, $3, 'track', $4, $5, $6, $7, $8)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(uuid::Uuid::new_v4().to_string())
         .bind(batch.dead_letter_name)
         .bind(dead.key)
+        .bind(dead.kind)
         .bind(dead.hash)
         .bind(dead.fields)
         .bind(dead.attempts)
@@ -182,15 +259,26 @@ pub async fn commit_batch(store: &Store, batch: &BatchCommit<'_>, now: i64) -> R
         .execute(&mut *tx)
         .await?;
     }
-    sqlx::query(
-        "INSERT INTO stream_cursors (stream, seq, updated_at, error) VALUES ($1, $2, $3, NULL) \
-         ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at, error = NULL",
-    )
-    .bind(batch.stream)
-    .bind(batch.seq)
-    .bind(now)
-    .execute(&mut *tx)
-    .await?;
+    for id in batch.replayed {
+        sqlx::query(
+            "UPDATE dead_letters SET replayed_at = $1 WHERE id = $2 AND replayed_at IS NULL",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if let Some(seq) = batch.seq {
+        sqlx::query(
+            "INSERT INTO stream_cursors (stream, seq, updated_at, error) VALUES ($1, $2, $3, NULL) \
+             ON CONFLICT (stream) DO UPDATE SET seq = excluded.seq, updated_at = excluded.updated_at, error = NULL",
+        )
+        .bind(batch.stream)
+        .bind(seq)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await?;
     Ok(())
 }

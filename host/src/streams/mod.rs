@@ -249,11 +249,10 @@ impl StreamEngine {
         result.and(landed)
     }
 
-    async fn forward_from_cursor(
-        &self,
-        stream: &StreamConfig,
-        pending: &mut Pending,
-    ) -> anyhow::Result<()> {
+    /// What forwarding a stream's messages needs, from the running project: its compiled
+    /// filter and mapping, the destination (instance, token bucket, batch size), the names
+    /// `integrations` may call it by, and the transform chains.
+    async fn prepare(&self, stream: &StreamConfig) -> anyhow::Result<Prepared> {
         let config = self.syncs.config();
         let rule = config
             .stream(&stream.name)
@@ -295,6 +294,20 @@ impl StreamEngine {
             max_attempts: stream.max_attempts,
             backoff: self.syncs.backoff,
         };
+        Ok(Prepared {
+            compiled,
+            names,
+            target,
+            chains,
+        })
+    }
+
+    async fn forward_from_cursor(
+        &self,
+        stream: &StreamConfig,
+        pending: &mut Pending,
+    ) -> anyhow::Result<()> {
+        let prepared = self.prepare(stream).await?;
         let mut cursor = rows::cursor(&self.store, &stream.name)
             .await?
             .map(|c| c.seq)
@@ -335,7 +348,7 @@ impl StreamEngine {
             let full = page.len() as i64 == PAGE;
             let last_received = page.last().map(|e| e.received_at).unwrap_or_default();
             cursor = self
-                .forward(stream, &compiled, &names, &target, &chains, page, pending)
+                .forward(stream, &prepared, page, pending, &Pass::Live)
                 .await?;
             if let Some(m) = &self.metrics {
                 let lag = if full {
@@ -361,13 +374,17 @@ impl StreamEngine {
     async fn forward(
         &self,
         stream: &StreamConfig,
-        compiled: &Compiled,
-        names: &[String],
-        target: &Target,
-        chains: &Chains,
+        prepared: &Prepared,
         page: Vec<rows::StreamEvent>,
         pending: &mut Pending,
+        pass: &Pass,
     ) -> anyhow::Result<i64> {
+        let Prepared {
+            compiled,
+            names,
+            target,
+            chains,
+        } = prepared;
         let taken: Vec<&rows::StreamEvent> = page
             .iter()
             .filter(|e| compiled.takes_source(&e.source))
@@ -424,7 +441,7 @@ impl StreamEngine {
         for (source, events) in &chained {
             let chain = chains.sources.for_source(source);
             let texts: Vec<String> = events.iter().map(|&i| taken[i].body.clone()).collect();
-            let (out, failed) = self.transform(stream, target, &chain, &texts).await?;
+            let (out, failed) = self.transform(stream, target, &chain, &texts, pass).await?;
             for d in out.dropped {
                 outcomes[events[d.input]].transform_drop(&d);
             }
@@ -467,7 +484,7 @@ impl StreamEngine {
             let (origins, texts): (Vec<usize>, Vec<String>) =
                 messages.into_iter().map(|m| (m.event, m.text)).unzip();
             let (out, failed) = self
-                .transform(stream, target, &chains.stream, &texts)
+                .transform(stream, target, &chains.stream, &texts, pass)
                 .await?;
             for d in out.dropped {
                 outcomes[origins[d.input]].transform_drop(&d);
@@ -538,7 +555,17 @@ impl StreamEngine {
                 );
             };
             batch.read += 1;
-            for item in outcome.items {
+            let mut items = outcome.items;
+            if let Pass::Replay(replay) = pass {
+                if let Some(letters) = replay.letters.get(&event.message_id) {
+                    batch.replayed.extend(letters.ids.iter().cloned());
+                    if let Some(keys) = &letters.keys {
+                        // Only the copies that failed: the others were delivered.
+                        items.retain(|i| keys.contains(&i.key));
+                    }
+                }
+            }
+            for item in items {
                 batch.received.push(event.received_at);
                 if watched {
                     batch.meta.push(meta(event));
@@ -581,11 +608,12 @@ impl StreamEngine {
                     cursor,
                     &tail,
                     pending,
+                    pass,
                 )
                 .await?;
             }
         }
-        self.finish(stream, target, batch, cursor, &tail, pending)
+        self.finish(stream, target, batch, cursor, &tail, pending, pass)
             .await?;
         Ok(cursor)
     }
@@ -603,6 +631,7 @@ impl StreamEngine {
         target: &Target,
         chain: &TransformChain,
         messages: &[String],
+        pass: &Pass,
     ) -> anyhow::Result<(ChainOutput, Vec<(usize, String)>)> {
         let mut pause = target.backoff.max(Duration::from_millis(10));
         loop {
@@ -620,6 +649,11 @@ impl StreamEngine {
                 Ok(done) => return Ok(done),
                 Err(e) if e.needs_operator() => {
                     bail!("stream `{}`: {e}; nothing of this page is counted, and the stream starts again from its last committed message", stream.name)
+                }
+                // A replay is a command someone waits on: it stops and says so; what it did
+                // not finish stays pending for the next one.
+                Err(e) if matches!(pass, Pass::Replay(_)) => {
+                    bail!("stream `{}`: {e}; the dead letters not replayed yet stay pending: replay again later", stream.name)
                 }
                 Err(e) => {
                     let error =
@@ -671,6 +705,7 @@ impl StreamEngine {
         through: i64,
         tail: &broadcast::Sender<Arc<str>>,
         pending: &mut Pending,
+        pass: &Pass,
     ) -> anyhow::Result<()> {
         let ledger = Collect::default();
         let mut stats = Stats::default();
@@ -693,12 +728,28 @@ impl StreamEngine {
                 Err(Abort::Commit(e)) => return Err(e),
             }
         }
-        let mut dead = std::mem::take(&mut batch.dead);
-        dead.extend(ledger.dead.into_inner().unwrap_or_else(|p| p.into_inner()));
+        // Transform failures first (their messages never reached the destination), then the
+        // records it refused.
+        let mut dead: Vec<(&'static str, Item, String)> = std::mem::take(&mut batch.dead)
+            .into_iter()
+            .map(|(item, error)| (rows::letter_kind::TRANSFORM, item, error))
+            .collect();
+        dead.extend(
+            ledger
+                .dead
+                .into_inner()
+                .unwrap_or_else(|p| p.into_inner())
+                .into_iter()
+                .map(|(item, error)| (rows::letter_kind::RECORD, item, error)),
+        );
         let acked = ledger.acked.into_inner().unwrap_or_else(|p| p.into_inner());
         let dead_name = format!("stream:{}", stream.name);
+        let read = match pass {
+            Pass::Live => ("in".to_string(), batch.read as i64),
+            Pass::Replay(_) => ("replayed".to_string(), batch.replayed.len() as i64),
+        };
         let mut counters: Vec<(String, i64)> = vec![
-            ("in".into(), batch.read as i64),
+            read,
             ("out".into(), acked.len() as i64),
             ("retried".into(), stats.retried as i64),
         ];
@@ -720,10 +771,18 @@ impl StreamEngine {
         // committed. Its commit runs while the next batch is read and delivered, so a stream's
         // latency does not wait for its turn at the write lock.
         settle(pending).await?;
+        if let Pass::Replay(replay) = pass {
+            let mut tally = replay.tally.lock().unwrap_or_else(|p| p.into_inner());
+            tally.letters += batch.replayed.len() as u64;
+            tally.sent += acked.len() as u64;
+            tally.dropped += batch.dropped.values().sum::<u64>();
+            tally.dead_lettered += dead.len() as u64;
+        }
         let owned = OwnedCommit {
             stream: stream.name.clone(),
             dead_letter_name: dead_name,
-            seq: through,
+            seq: matches!(pass, Pass::Live).then_some(through),
+            replayed: std::mem::take(&mut batch.replayed),
             counters,
             dead: dead.clone(),
         };
@@ -767,7 +826,7 @@ impl StreamEngine {
             let outcome: HashMap<&str, &str> = acked
                 .iter()
                 .map(|i| (i.key.as_str(), "forwarded"))
-                .chain(dead.iter().map(|(i, r)| (i.key.as_str(), r.as_str())))
+                .chain(dead.iter().map(|(_, i, r)| (i.key.as_str(), r.as_str())))
                 .collect();
             for line in batch.lines {
                 let _ = tail.send(line.into());
@@ -777,7 +836,7 @@ impl StreamEngine {
                 .map(|i| (i.key.as_str(), i.fields.as_str()))
                 .chain(
                     dead.iter()
-                        .map(|(i, _)| (i.key.as_str(), i.fields.as_str())),
+                        .map(|(_, i, _)| (i.key.as_str(), i.fields.as_str())),
                 )
                 .collect();
             for (key, meta) in sent_keys.iter().zip(batch.meta) {
@@ -812,6 +871,153 @@ impl StreamEngine {
         let config = self.syncs.config();
         config.streams.iter().find(|s| s.name == stream)?;
         Some(self.tail_sender(stream).subscribe())
+    }
+
+    /// Sends a stream's dead letters again, each the way its message goes now: the letters
+    /// of messages a transform failed on go back through the whole chain (the source's
+    /// transforms, `integrations`, consent and the filter, the stream's transforms, the
+    /// mapping), and so do refused records, re-made from their stored message (so a fixed
+    /// mapping or transform applies, and a profile that withdrew consent gets nothing);
+    /// of a fanned-out message only the refused copies are sent. Letters whose message is no
+    /// longer stored (erased, past retention) are marked replayed and counted `gone`; what
+    /// fails again is dead-lettered anew. Each batch marks its letters replayed in the commit
+    /// of its outcome, so a replay stopped midway leaves the rest pending; one replay per
+    /// stream at a time (a lease), beside the live stream, whose cursor it does not touch.
+    /// Replayed messages reach the destination after newer ones: a replay is out of order.
+    pub async fn replay(&self, name: &str, holder: &str) -> anyhow::Result<ReplayReport> {
+        let config = self.syncs.config();
+        let Some(stream) = config.streams.iter().find(|s| s.name == name).cloned() else {
+            return Err(crate::runs::RunError::NotFound(format!(
+                "no stream named `{name}` in the configuration (defined: {})",
+                config
+                    .streams
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into());
+        };
+        let scope = format!("stream:{name}");
+        let run_id = uuid::Uuid::new_v4().to_string();
+        let lease = crate::runs::lease::Lease::acquire(
+            &self.store,
+            crate::runs::lease::STREAM_REPLAY,
+            &scope,
+            holder,
+            &run_id,
+        )
+        .await?;
+        let span = tracing::info_span!("stream_replay", stream = %name, run = %run_id);
+        let result = self.replay_letters(&stream, &scope).instrument(span).await;
+        lease.release(&self.store).await;
+        result
+    }
+
+    async fn replay_letters(
+        &self,
+        stream: &StreamConfig,
+        scope: &str,
+    ) -> anyhow::Result<ReplayReport> {
+        let mut report = ReplayReport {
+            stream: stream.name.clone(),
+            ..ReplayReport::default()
+        };
+        // The letters pending now: what fails again is filed anew and waits for the next one.
+        let letters = rows::pending_letters(&self.store, scope).await?;
+        if letters.is_empty() {
+            return Ok(report);
+        }
+        let prepared = self.prepare(stream).await?;
+        let mut pending: Pending = None;
+        let mut result = Ok(());
+        for chunk in letters.chunks(PAGE as usize) {
+            let mut ids: Vec<String> = chunk
+                .iter()
+                .flat_map(|l| {
+                    let base = l.key.rsplit_once('#').map(|(id, _)| id.to_string());
+                    std::iter::once(l.key.clone()).chain(base)
+                })
+                .collect();
+            ids.sort();
+            ids.dedup();
+            let events = match rows::events_by_id(&self.store, &ids).await {
+                Ok(events) => events,
+                Err(e) => {
+                    result = Err(e.into());
+                    break;
+                }
+            };
+            let stored: HashSet<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
+            let (mut by_message, gone) = group_letters(chunk, &stored);
+            // A message from a source the stream no longer reads is dropped now.
+            let (page, unread): (Vec<_>, Vec<_>) = events
+                .into_iter()
+                .filter(|e| by_message.contains_key(&e.message_id))
+                .partition(|e| prepared.compiled.takes_source(&e.source));
+            let unread: Vec<String> = unread
+                .iter()
+                .filter_map(|e| by_message.remove(&e.message_id))
+                .flat_map(|l| l.ids)
+                .collect();
+            if !gone.is_empty() || !unread.is_empty() {
+                let mut closed = gone.clone();
+                closed.extend(unread.iter().cloned());
+                let counters = [
+                    ("replayed".to_string(), closed.len() as i64),
+                    ("replay:gone".to_string(), gone.len() as i64),
+                    ("dropped:source".to_string(), unread.len() as i64),
+                ];
+                let commit = rows::BatchCommit {
+                    stream: &stream.name,
+                    dead_letter_name: scope,
+                    seq: None,
+                    replayed: &closed,
+                    counters: &counters,
+                    dead: Vec::new(),
+                };
+                if let Err(e) = rows::commit_batch(&self.store, &commit, now_millis()).await {
+                    result = Err(e.into());
+                    break;
+                }
+                report.letters += closed.len() as u64;
+                report.gone += gone.len() as u64;
+                report.dropped += unread.len() as u64;
+            }
+            if page.is_empty() {
+                continue;
+            }
+            let pass = Pass::Replay(Replay {
+                letters: by_message,
+                tally: Mutex::default(),
+            });
+            let forwarded = self
+                .forward(stream, &prepared, page, &mut pending, &pass)
+                .await;
+            let landed = settle(&mut pending).await;
+            if let Pass::Replay(replay) = pass {
+                let tally = replay.tally.into_inner().unwrap_or_else(|p| p.into_inner());
+                report.letters += tally.letters;
+                report.sent += tally.sent;
+                report.dropped += tally.dropped;
+                report.dead_lettered += tally.dead_lettered;
+            }
+            if let Err(e) = forwarded.and(landed) {
+                result = Err(e);
+                break;
+            }
+        }
+        let landed = settle(&mut pending).await;
+        result.and(landed)?;
+        tracing::info!(
+            letters = report.letters,
+            sent = report.sent,
+            dropped = report.dropped,
+            dead_lettered = report.dead_lettered,
+            gone = report.gone,
+            "dead letters replayed"
+        );
+        Ok(report)
     }
 
     /// Every configured stream's position, lag, counters and last error.
@@ -898,6 +1104,8 @@ struct Batch {
     dropped_by: BTreeMap<String, u64>,
     /// Messages a transform failed on for good, dead-lettered with this batch.
     dead: Vec<(Item, String)>,
+    /// A replay's batch: the dead letters (ids) its messages answer for.
+    replayed: Vec<String>,
 }
 
 /// The commit of the last batch delivered, running while the next one is read and delivered.
@@ -917,9 +1125,12 @@ async fn settle(pending: &mut Pending) -> anyhow::Result<()> {
 struct OwnedCommit {
     stream: String,
     dead_letter_name: String,
-    seq: i64,
+    /// The cursor through the batch (None for a replay's).
+    seq: Option<i64>,
+    replayed: Vec<String>,
     counters: Vec<(String, i64)>,
-    dead: Vec<(Item, String)>,
+    /// What was dead-lettered, with its [`rows::letter_kind`].
+    dead: Vec<(&'static str, Item, String)>,
 }
 
 impl OwnedCommit {
@@ -928,11 +1139,13 @@ impl OwnedCommit {
             stream: &self.stream,
             dead_letter_name: &self.dead_letter_name,
             seq: self.seq,
+            replayed: &self.replayed,
             counters: &self.counters,
             dead: self
                 .dead
                 .iter()
-                .map(|(item, reason)| rows::DeadEvent {
+                .map(|(kind, item, reason)| rows::DeadEvent {
+                    kind,
                     key: &item.key,
                     hash: &item.hash,
                     fields: &item.fields,
@@ -944,6 +1157,92 @@ impl OwnedCommit {
         rows::commit_batch(store, &commit, now_millis()).await?;
         Ok(())
     }
+}
+
+/// What [`StreamEngine::prepare`] gives a stream's forwarding.
+struct Prepared {
+    compiled: Compiled,
+    names: Vec<String>,
+    target: Target,
+    chains: Chains,
+}
+
+/// Whose page is forwarded: the live stream's (its batches move the cursor) or a replay's
+/// (its batches mark the dead letters they answer for replayed; the cursor stays).
+enum Pass {
+    Live,
+    Replay(Replay),
+}
+
+/// A replay's page: per message id, the letters it answers for, and what it adds up to.
+#[derive(Default)]
+struct Replay {
+    letters: HashMap<String, Letters>,
+    tally: Mutex<ReplayReport>,
+}
+
+/// The dead letters of one message.
+#[derive(Debug, Default, PartialEq)]
+struct Letters {
+    ids: Vec<String>,
+    /// The records to send again: None for every record the message makes now (a transform
+    /// failed on it, or its one record was refused); the refused copies' keys when a
+    /// transform had fanned it out and only some were refused.
+    keys: Option<HashSet<String>>,
+}
+
+/// What a replay of a stream's dead letters did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReplayReport {
+    pub stream: String,
+    /// Dead letters replayed, each marked so with its outcome's commit.
+    pub letters: u64,
+    /// Records the destination accepted.
+    pub sent: u64,
+    /// Messages the stream drops now (its filter, consent, `integrations`, a transform, a
+    /// source it no longer reads).
+    pub dropped: u64,
+    /// Messages or records that failed again: new dead letters.
+    pub dead_lettered: u64,
+    /// Letters whose message is no longer stored (erased, or past retention): nothing sent.
+    pub gone: u64,
+}
+
+/// The stored message a stream dead letter's key names: the key itself, or for the Nth copy
+/// of a fanned-out message (`MESSAGE_ID#N`), the message id before the `#`.
+fn message_of<'a>(key: &'a str, stored: &HashSet<&str>) -> Option<&'a str> {
+    if stored.contains(key) {
+        return Some(key);
+    }
+    let (id, n) = key.rsplit_once('#')?;
+    (n.parse::<u32>().is_ok() && stored.contains(id)).then_some(id)
+}
+
+/// Groups a stream's pending letters by the message each names: what a replay sends for each,
+/// and the letters whose message is no longer stored.
+fn group_letters(
+    letters: &[rows::PendingLetter],
+    stored: &HashSet<&str>,
+) -> (HashMap<String, Letters>, Vec<String>) {
+    let mut by_message: HashMap<String, Letters> = HashMap::new();
+    let mut gone = Vec::new();
+    for letter in letters {
+        let Some(id) = message_of(&letter.key, stored) else {
+            gone.push(letter.id.clone());
+            continue;
+        };
+        let entry = by_message.entry(id.to_string()).or_insert_with(|| Letters {
+            ids: Vec::new(),
+            keys: Some(HashSet::new()),
+        });
+        entry.ids.push(letter.id.clone());
+        if letter.kind == rows::letter_kind::TRANSFORM || letter.key == id {
+            entry.keys = None;
+        } else if let Some(keys) = &mut entry.keys {
+            keys.insert(letter.key.clone());
+        }
+    }
+    (by_message, gone)
 }
 
 /// The chains a stream applies: its sources' (before the filter) and its own (after).
@@ -1360,6 +1659,46 @@ mod tests {
             c.decide(&event(3, said_no), &[], &none, &HashSet::new()),
             Decision::Drop(reason::CONSENT, None)
         ));
+    }
+
+    #[test]
+    fn a_replay_sends_what_each_letter_names_and_knows_the_gone_ones() {
+        let letter = |id: &str, key: &str, kind: &str| rows::PendingLetter {
+            id: id.into(),
+            key: key.into(),
+            kind: kind.into(),
+        };
+        let stored: HashSet<&str> = ["m1", "m#2", "m3", "m4"].into();
+        let letters = [
+            // The 2nd and 3rd copies of a fanned-out m1 were refused: only they go again.
+            letter("a", "m1#2", rows::letter_kind::RECORD),
+            letter("b", "m1#3", rows::letter_kind::RECORD),
+            // A message id with a `#` of its own is itself, not a copy.
+            letter("c", "m#2", rows::letter_kind::RECORD),
+            // A transform failed on m3: everything it makes now goes.
+            letter("d", "m3", rows::letter_kind::TRANSFORM),
+            // m4's one record was refused, and later one of its copies: all of it goes.
+            letter("e", "m4#1", rows::letter_kind::RECORD),
+            letter("f", "m4", rows::letter_kind::RECORD),
+            // Erased, or past retention.
+            letter("g", "m5", rows::letter_kind::RECORD),
+            letter("h", "m5#1", rows::letter_kind::RECORD),
+        ];
+        let (by_message, gone) = group_letters(&letters, &stored);
+        assert_eq!(gone, ["g", "h"]);
+        assert_eq!(by_message.len(), 4);
+        assert_eq!(
+            by_message["m1"],
+            Letters {
+                ids: vec!["a".into(), "b".into()],
+                keys: Some(["m1#2".to_string(), "m1#3".to_string()].into()),
+            }
+        );
+        assert_eq!(by_message["m#2"].keys, None);
+        assert_eq!(by_message["m3"].keys, None);
+        assert_eq!(by_message["m4"].ids, ["e", "f"]);
+        assert_eq!(by_message["m4"].keys, None);
+        assert_eq!(message_of("m1#x", &stored), None, "only a number is a copy");
     }
 
     #[test]

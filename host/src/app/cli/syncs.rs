@@ -43,7 +43,7 @@ pub enum SyncCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum DlqCommand {
-    /// Dead letters waiting for an operator, of one sync or all.
+    /// Dead letters waiting for an operator, of one sync (or stream, `stream:NAME`) or all.
     List {
         sync: Option<String>,
         #[arg(long, default_value = "switchyard.toml")]
@@ -51,7 +51,9 @@ pub enum DlqCommand {
         #[arg(long, default_value_t = 100)]
         limit: i64,
     },
-    /// Send a sync's dead letters again: they are re-planned and sent by a run now.
+    /// Send a sync's dead letters again: they are re-planned and sent by a run now. A stream's
+    /// (`stream:NAME`) go back through the stream's whole way (transforms, filter, mapping) and
+    /// are sent now, beside the running stream.
     Replay {
         sync: String,
         #[arg(long, default_value = "switchyard.toml")]
@@ -195,14 +197,32 @@ pub async fn dlq(cmd: DlqCommand, plugins_dir: Option<PathBuf>) -> anyhow::Resul
             limit,
         } => {
             let engine = engine(&config, plugins_dir).await?;
-            if let Some(s) = &sync {
-                engine.config().sync(s)?;
+            match sync.as_deref().map(|s| (s, s.strip_prefix("stream:"))) {
+                Some((_, Some(stream))) => {
+                    known_stream(&engine, stream)?;
+                }
+                Some((s, None)) => {
+                    engine.config().sync(s)?;
+                }
+                None => {}
             }
             for d in engine.dead_letters(sync.as_deref(), limit).await? {
                 println!("{}", serde_json::to_string(&d)?);
             }
         }
         DlqCommand::Replay { sync, config } => {
+            if let Some(stream) = sync.strip_prefix("stream:") {
+                let (store, registry, config) = super::open_project(&config, plugins_dir).await?;
+                let engine = Engine::new(store.clone(), registry.clone(), config);
+                known_stream(&engine, stream)?;
+                let streams = crate::streams::StreamEngine::new(store, engine, registry);
+                let r = streams.replay(stream, "cli").await?;
+                println!(
+                    "{}: {} dead letters replayed — sent {}, dropped {}, dead-lettered again {}, message no longer stored {}",
+                    sync, r.letters, r.sent, r.dropped, r.dead_lettered, r.gone
+                );
+                return Ok(());
+            }
             let engine = engine(&config, plugins_dir).await?;
             let n = engine.replay(&sync).await?;
             println!("{n} dead letters of `{sync}` released; running the sync to send them");
@@ -211,6 +231,23 @@ pub async fn dlq(cmd: DlqCommand, plugins_dir: Option<PathBuf>) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// Fails, listing the streams, unless `name` is a configured stream.
+fn known_stream(engine: &Engine, name: &str) -> anyhow::Result<()> {
+    let config = engine.config();
+    if config.streams.iter().any(|s| s.name == name) {
+        return Ok(());
+    }
+    bail!(
+        "no stream named `{name}` in the configuration (defined: {})",
+        config
+            .streams
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    )
 }
 
 pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
-//! The event streams' admin API (any role): `GET /v1/streams` (each stream's position, lag,
-//! counters, last error) and `GET /v1/streams/{name}/tail`, what the stream forwards and drops
-//! as it happens, one JSON object per line, for as long as the client stays connected
-//! (`switchyard streams tail` reads it). Tail lines carry the forwarded fields, so personal
+//! The event streams' admin API: `GET /v1/streams` (each stream's position, lag, counters,
+//! last error) and `GET /v1/streams/{name}/tail`, what the stream forwards and drops as it
+//! happens, one JSON object per line, for as long as the client stays connected (`switchyard
+//! streams tail` reads it), for any role; `POST /v1/streams/{name}/replay` (`operator`) sends
+//! the stream's dead letters again and answers with what it did. Tail lines carry the forwarded fields, so personal
 //! data in them is masked below `admin`, as the Profiles API does.
 
 use std::convert::Infallible;
@@ -10,11 +11,11 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRef, Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::broadcast::error::RecvError;
 
-use super::{Access, AdminAuth, ApiError, Viewer};
+use super::{Access, AdminAuth, ApiError, Operator, Viewer};
 use crate::app::mask::mask_json;
 use crate::streams::StreamEngine;
 
@@ -34,12 +35,26 @@ pub fn routes(engine: StreamEngine, access: Access) -> Router {
     Router::new()
         .route("/v1/streams", get(list))
         .route("/v1/streams/{name}/tail", get(tail))
+        .route("/v1/streams/{name}/replay", post(replay))
         .with_state(StreamsState { engine, access })
 }
 
 async fn list(_: AdminAuth<Viewer>, State(s): State<StreamsState>) -> Result<Response, ApiError> {
     let streams = s.engine.list().await?;
     Ok(Json(serde_json::json!({ "data": streams })).into_response())
+}
+
+/// Replays the stream's dead letters and answers with the [`crate::streams::ReplayReport`]
+/// (404 for an unknown stream, 409 while another replay of it runs).
+async fn replay(
+    auth: AdminAuth<Operator>,
+    State(s): State<StreamsState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let report = crate::app::operate::replay_stream(&s.engine, &s.access, &auth.who, &name)
+        .await
+        .map_err(|e| ApiError::of_run(e, || "/v1/streams".to_string()))?;
+    Ok(Json(report).into_response())
 }
 
 async fn tail(

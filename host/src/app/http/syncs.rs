@@ -185,6 +185,11 @@ async fn replay(
             "say which sync: /v1/dead-letters/replay?sync=NAME".into(),
         ));
     };
+    if let Some(stream) = sync.strip_prefix("stream:") {
+        return Err(ApiError::BadRequest(format!(
+            "`{sync}` holds a stream's dead letters: replay them with POST /v1/streams/{stream}/replay"
+        )));
+    }
     let done = crate::app::operate::replay(&s.engine, &s.access, &auth.who, &sync)
         .await
         .map_err(failed(&sync))?;
