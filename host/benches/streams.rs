@@ -137,6 +137,13 @@ fn start(dir: &std::path::Path, project: &str) -> Server {
     panic!("server did not start");
 }
 
+/// Marks where a phase's hub log begins on stderr, when the hub logs (`SWITCHYARD_BENCH_LOG`).
+fn mark_phase(name: &str) {
+    if std::env::var_os("SWITCHYARD_BENCH_LOG").is_some() {
+        eprintln!("=== phase {name}");
+    }
+}
+
 /// When each message id arrived at an endpoint.
 type Arrivals = Arc<Mutex<HashMap<String, Instant>>>;
 
@@ -185,7 +192,7 @@ fn ms(d: Duration) -> f64 {
 /// each message id was acknowledged, and the acknowledgement latencies from the scheduled
 /// send time.
 fn load(addr: &str, rate: u64, secs: u64, tag: &str) -> (HashMap<String, Instant>, Vec<Duration>) {
-    let conns = 32u64;
+    let conns: u64 = env_or("SWITCHYARD_BENCH_CONNS", 32);
     let per_conn = Duration::from_secs_f64(conns as f64 / rate as f64);
     let begin = Instant::now() + Duration::from_millis(100);
     let acks = Arc::new(Mutex::new((HashMap::new(), Vec::new())));
@@ -287,6 +294,7 @@ fn main() {
     for &rate in &rates {
         // Without streams: the ingest acknowledgement latency alone.
         let plain = tempfile::tempdir().unwrap();
+        mark_phase(&format!("{rate}/s, no streams"));
         let server = start(plain.path(), "");
         let (_, ack) = load(&server.addr, rate, secs, "plain");
         drop(server);
@@ -313,6 +321,7 @@ fn main() {
                     String::from_utf8_lossy(&out.stderr)
                 );
             }
+            mark_phase(&format!("{rate}/s, {phase}"));
             let server = start(dir.path(), &project(transform));
             let tag = format!("r{rate}-{transform}");
             let (acked, ack) = load(&server.addr, rate, secs, &tag);

@@ -278,8 +278,11 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
     let now = now_millis();
     // In turn with the event streams' commits (see `Store::write_turn`), then SQLite's write
     // lock up front (see `Store::begin_write`).
+    let waiting = Instant::now();
     let _turn = store.write_turn().await;
+    let turn = waiting.elapsed();
     let mut tx = store.begin_write().await?;
+    let locked = waiting.elapsed();
     let message_ids: Vec<&str> = jobs
         .iter()
         .flat_map(|j| j.messages.iter().map(|m| m.message_id.as_str()))
@@ -350,7 +353,16 @@ async fn commit(store: &Store, rules: &IdentityRules, jobs: &[Job]) -> anyhow::R
         results[j].accepted += 1;
     }
     let stored = batch.finish(&mut tx).await?;
+    let written = waiting.elapsed();
     tx.commit().await?;
+    tracing::debug!(
+        messages = message_ids.len(),
+        turn_ms = turn.as_secs_f64() * 1e3,
+        lock_ms = (locked - turn).as_secs_f64() * 1e3,
+        write_ms = (written - locked).as_secs_f64() * 1e3,
+        commit_ms = (waiting.elapsed() - written).as_secs_f64() * 1e3,
+        "ingest commit"
+    );
     if stored > 0 {
         // Event streams forward from what is committed: wake them now.
         store.events_committed();
