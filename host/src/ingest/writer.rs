@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use super::message::{Message, MessageType};
 use super::tap::{self, Observed, Tap};
@@ -220,20 +221,26 @@ async fn run(
         }
         let started = Instant::now();
         let span = tracing::debug_span!("ingest_commit", requests = jobs.len(), messages = count);
-        let _enter = span.enter();
-        let results: Vec<Result<Stored, String>> = match commit(&store, &rules, &jobs).await {
-            Ok(results) => results.into_iter().map(Ok).collect(),
-            Err(e) => {
-                // One request's bad data must not fail the others: retry each on its own.
-                tracing::warn!("group commit failed, retrying request by request: {e:#}");
-                let mut results = Vec::with_capacity(jobs.len());
-                for job in &jobs {
-                    let alone = commit(&store, &rules, std::slice::from_ref(job)).await;
-                    results.push(alone.map(|mut r| r.remove(0)).map_err(|e| format!("{e:#}")));
+        // Instrumented, not entered: an entered guard held across the awaits below closed the
+        // span out of order, and tracing-subscriber panicked (this task with it, so every
+        // later request failed) whenever the hub logged at debug level.
+        let results: Vec<Result<Stored, String>> = async {
+            match commit(&store, &rules, &jobs).await {
+                Ok(results) => results.into_iter().map(Ok).collect(),
+                Err(e) => {
+                    // One request's bad data must not fail the others: retry each on its own.
+                    tracing::warn!("group commit failed, retrying request by request: {e:#}");
+                    let mut results = Vec::with_capacity(jobs.len());
+                    for job in &jobs {
+                        let alone = commit(&store, &rules, std::slice::from_ref(job)).await;
+                        results.push(alone.map(|mut r| r.remove(0)).map_err(|e| format!("{e:#}")));
+                    }
+                    results
                 }
-                results
             }
-        };
+        }
+        .instrument(span)
+        .await;
         metrics.committed(started.elapsed().as_secs_f64());
         let left = queued
             .fetch_sub(count, Ordering::SeqCst)

@@ -20,6 +20,7 @@ use http::uri::{Authority, Scheme};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::sync::Semaphore;
+use tracing::Instrument as _;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::net::{Denied, HttpPolicy};
@@ -118,16 +119,22 @@ impl WasiHttpHooks for PluginHttpHooks {
             };
             let method = request.method().clone();
             let span = tracing::debug_span!("plugin_http", plugin = %plugin, %method, host = %scrubber.scrub(request.uri().host().unwrap_or_default()));
-            let _enter = span.enter();
-            let request = match gate(request, &policy, &secrets).await {
+            let request = match gate(request, &policy, &secrets)
+                .instrument(span.clone())
+                .await
+            {
                 Ok(r) => r,
                 Err(denied) => {
                     tracing::warn!(plugin = %plugin, "outbound request refused: {}", scrubber.scrub(&denied.to_string()));
                     return Err(HttpError::HttpRequestDenied);
                 }
             };
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options).await?;
-            tracing::debug!(plugin = %plugin, status = response.status().as_u16(), "response");
+            let (response, io) = wasmtime_wasi_http::default_send_request(request, options)
+                .instrument(span.clone())
+                .await?;
+            span.in_scope(|| {
+                tracing::debug!(plugin = %plugin, status = response.status().as_u16(), "response")
+            });
             // The connection lives as long as its I/O task: so do its permits.
             let io = async move {
                 let result = io.await;

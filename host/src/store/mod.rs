@@ -236,9 +236,6 @@ impl Store {
             .disable_statement_logging();
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
-            // A SQLite connection is a file handle that cannot go stale: no ping (a round
-            // trip to its worker thread) before each use.
-            .test_before_acquire(backend != Backend::Sqlite)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -279,7 +276,6 @@ impl Store {
             Some(
                 AnyPoolOptions::new()
                     .max_connections(1)
-                    .test_before_acquire(false)
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
                             // NORMAL in WAL mode: a commit is in the log but not fsynced; a

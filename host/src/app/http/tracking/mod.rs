@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -126,9 +127,12 @@ async fn handle(
     endpoint: Option<MessageType>,
 ) -> Response {
     let route = endpoint.map(|e| e.as_str()).unwrap_or("batch");
+    // Instrumented, not entered: a guard held across an await runs other tasks inside the span
+    // and closes it out of order (tracing-subscriber then panics on a debug-level filter).
     let span = tracing::debug_span!("tracking_request", route);
-    let _enter = span.enter();
-    let response = handle_inner(&state, peer, &headers, body, endpoint).await;
+    let response = handle_inner(&state, peer, &headers, body, endpoint)
+        .instrument(span)
+        .await;
     state
         .metrics
         .requests
