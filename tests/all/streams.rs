@@ -10,7 +10,9 @@
 //! - a SIGKILL of the hub while the destination holds the answer to a batch it took loses
 //!   nothing acknowledged, re-sends exactly that batch (counted at the fake), and keeps each
 //!   profile's events in order;
-//! - a destination that answers 500 and hangs does not delay another stream.
+//! - a destination that answers 500 and hangs does not delay another stream;
+//! - a stream's dead letters (records the destination refused, a message a transform failed
+//!   on) are replayed through the stream's whole way as it is now (SQLite and PostgreSQL).
 
 use crate::common;
 use crate::fakes::ga4 as ga4_fake;
@@ -446,6 +448,17 @@ fn streams_transform_failures_retry_transient_ones_and_dead_letter_only_the_pois
 
 #[test]
 fn streams_dead_letters_replay_through_the_whole_way_as_the_stream_is_now() {
+    dead_letters_replay(Db::Sqlite);
+}
+
+/// The same on PostgreSQL: the stream's commits there skip waiting for the WAL flush
+/// (`synchronous_commit = off`), its dead letters and replay marks are the same rows.
+#[test]
+fn streams_dead_letters_replay_on_postgres() {
+    dead_letters_replay(Db::Postgres);
+}
+
+fn dead_letters_replay(db: Db) {
     let sink = JsonSink::start();
     // The destination fails every request: each record is dead-lettered after two attempts.
     sink.set_faults(Faults {
@@ -457,7 +470,7 @@ fn streams_dead_letters_replay_through_the_whole_way_as_the_stream_is_now() {
          [[streams]]\nname = \"ticks\"\nto = \"sink\"\ntransforms = [\"probe\"]\nmax_attempts = 2\n",
         sink_destination("sink", &sink)
     );
-    let mut hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
+    let mut hub = Hub::start_project(db, "", &project, &[]);
     hub.install(&["json-post-destination", "chain-probe"]);
     hub.kill();
     hub.spawn();
