@@ -13,8 +13,12 @@
 //! 29-32 ms at 5,000/s (36-44 ms with it); with reads spaced 20 ms apart when not behind (the
 //! last change), 23-24 ms at 1,000/s and 37-141 ms at 5,000/s. See README, Performance. Knobs:
 //! `SWITCHYARD_BENCH_SECS` (per phase, default 5), `SWITCHYARD_BENCH_RATES` (default
-//! "1000,5000"), `SWITCHYARD_BENCH_LOG` (the hub's log filter, e.g.
-//! `switchyard::streams=debug` for the per-batch timings).
+//! "1000,5000"), `SWITCHYARD_BENCH_CONNS` (client connections, default 32),
+//! `SWITCHYARD_BENCH_LOG` (the hub's log filter, e.g. `switchyard::streams=debug` for the
+//! per-batch timings, `switchyard::ingest=debug` for each group commit's; phases are marked in
+//! the log). On a quiet machine (2026-12-07) at 5,000/s: ack p50 4.6-4.9 ms without streams and
+//! 108-844 ms with them over 32 connections (the client falls behind), 4.0-8.9 ms and
+//! 12.4-18.1 ms over 128; README, Performance, has the table and why.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
