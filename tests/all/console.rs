@@ -235,6 +235,130 @@ pub fn sign_in(hub: &Hub, token: &str) -> String {
     set.split(';').next().unwrap().to_string()
 }
 
+#[test]
+fn console_stream_page_counts_follows_live_and_replays_dead_letters() {
+    let sink = JsonSink::start();
+    sink.set_faults(Faults {
+        error: 1.0,
+        ..Default::default()
+    });
+    let project = format!(
+        "{}\n[[streams]]\nname = \"ticks\"\nto = \"sink\"\nmax_attempts = 1\n",
+        destination("sink", &sink)
+    );
+    let mut hub = Hub::start_project(
+        Db::Sqlite,
+        &tokens(),
+        &project,
+        &[("SWITCHYARD_RETRY_BASE_MS", "20")],
+    );
+    hub.install(&["json-post-destination"]);
+    // Installed after the start: restart so the stream finds its plugin at once.
+    hub.kill();
+    hub.spawn();
+    for i in 0..2 {
+        let r = hub.track(
+            "track",
+            json!({"userId": format!("u{i}"), "event": "Tick", "messageId": format!("m{i}"),
+                   "properties": {"email": "ada@example.com"}}),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    eventually("both dead-lettered", || {
+        hub.dead_letters("stream:ticks").len() == 2
+    });
+
+    let viewer = sign_in(&hub, VIEWER_TOKEN);
+    let list = page(&hub, "/console/streams", &viewer);
+    assert!(list.contains("href=\"/console/streams/ticks\""), "{list}");
+    let seen = page(&hub, "/console/streams/ticks", &viewer);
+    assert!(
+        seen.contains("2 messages or records could not be forwarded"),
+        "{seen}"
+    );
+    assert!(seen.contains("refused record"), "{seen}");
+    assert!(
+        !seen.contains("ada@example.com"),
+        "a viewer sees the letters masked"
+    );
+    assert!(!seen.contains("Replay now"), "a viewer cannot replay");
+    assert!(
+        seen.contains("data-stream=\"/console/streams/ticks/tail\""),
+        "{seen}"
+    );
+
+    // Live: the page's stream shows a message as the stream forwards it.
+    sink.set_faults(Faults::default());
+    let live = std::net::TcpStream::connect(&hub.addr).unwrap();
+    live.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut writer = live.try_clone().unwrap();
+    std::io::Write::write_all(
+        &mut writer,
+        format!(
+            "GET /console/streams/ticks/tail HTTP/1.1\r\nhost: {}\r\ncookie: {viewer}\r\n\r\n",
+            hub.addr
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut reader = std::io::BufReader::new(live);
+    let mut line = String::new();
+    // The headers, then the first events once the subscription is in place.
+    loop {
+        line.clear();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        if line == "\r\n" {
+            break;
+        }
+    }
+    let sent = Instant::now();
+    let r = hub.track(
+        "track",
+        json!({"userId": "u9", "event": "Tick", "messageId": "m-live"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut event = String::new();
+    while sent.elapsed() < Duration::from_secs(20) {
+        line.clear();
+        if std::io::BufRead::read_line(&mut reader, &mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.contains("m-live") {
+            event = line.clone();
+            break;
+        }
+    }
+    assert!(event.starts_with("data: "), "an SSE message: {event:?}");
+    let v: serde_json::Value = serde_json::from_str(event["data: ".len()..].trim()).unwrap();
+    assert_eq!(v["outcome"], "forwarded", "{v}");
+    assert_eq!(v["type"], "track", "{v}");
+    assert_eq!(v["name"], "Tick", "{v}");
+
+    // An operator replays the two letters from the page; they arrive and the list is empty.
+    let ops = sign_in(&hub, OPERATOR_TOKEN);
+    let before = page(&hub, "/console/streams/ticks", &ops);
+    assert!(before.contains("Replay now"), "{before}");
+    let r = post_form(
+        &hub,
+        "/console/streams/ticks/replay",
+        &ops,
+        &format!("csrf={}", csrf_of(&before)),
+    );
+    assert_eq!(r.status, 303, "{}", r.text());
+    let keys: Vec<String> = sink.with(|s| s.events.iter().map(|e| e.0.clone()).collect());
+    for k in ["m0", "m1", "m-live"] {
+        assert!(keys.contains(&k.to_string()), "{k} in {keys:?}");
+    }
+    let after = page(&hub, "/console/streams/ticks", &ops);
+    assert!(
+        after.contains("None: everything this stream took"),
+        "{after}"
+    );
+    let audit = call(&hub, "GET", "/v1/audit", Some(ADMIN_TOKEN)).text();
+    assert!(audit.contains("stream:ticks"), "{audit}");
+}
+
 /// The CSRF token in a console page's forms.
 fn csrf_of(page: &str) -> String {
     let at = page
@@ -1055,6 +1179,7 @@ mod browser {
     #[test]
     fn console_in_a_browser_operates_the_hub() {
         let sink = JsonSink::start();
+        let events = JsonSink::start();
         let flaky = JsonSink::start();
         flaky.set_faults(Faults {
             error: 1.0,
@@ -1065,9 +1190,11 @@ mod browser {
              [[syncs]]\nname = \"vip-to-crm\"\nfrom = {{ audience = \"vip\" }}\nto = \"crm\"\nmode = \"mirror\"\nmax_removals = \"20%\"\n\
              [syncs.mapping]\nemail = \"identifiers.email\"\nplan = \"traits.plan\"\n\n\
              [[syncs]]\nname = \"everyone-to-ads\"\nfrom = \"all\"\nto = \"ads\"\nmode = \"upsert\"\nmax_attempts = 1\n\
-             [syncs.mapping]\nemail = \"identifiers.email\"\n",
+             [syncs.mapping]\nemail = \"identifiers.email\"\n\n{}\n\
+             [[streams]]\nname = \"tracks-to-warehouse\"\nto = \"warehouse\"\nfilter = \"event.type == 'track'\"\n",
             destination("crm", &sink),
             destination("ads", &flaky),
+            destination("warehouse", &events),
         );
         let hub = Hub::start_project(
             Db::Sqlite,
@@ -1107,6 +1234,23 @@ mod browser {
             );
             c.click("#live li.event details summary");
             c.shot("live");
+
+            // A stream's page: its counts, and what it forwards and drops, live.
+            c.goto(&format!("{base}/console/streams/tracks-to-warehouse"));
+            c.wait_text("#live-status", "Listening", false);
+            hub.track(
+                "identify",
+                json!({"userId": "ada-1", "traits": {"plan": "pro"}}),
+            );
+            hub.track(
+                "track",
+                json!({"userId": "ada-1", "event": "Order Completed", "properties": {"total": 42}}),
+            );
+            let live = c.wait_text("#live", "Order Completed", false);
+            assert!(live.contains("forwarded"), "{live}");
+            c.wait_text("#live", "dropped", false);
+            c.click("#live li.event details summary");
+            c.shot("stream");
 
             // Run the audience's sync now and watch the run finish.
             c.goto(&format!("{base}/console/syncs/vip-to-crm"));

@@ -89,6 +89,7 @@ impl Hub {
             Profiles::new(store.clone()),
             syncs.clone(),
             sources.clone(),
+            streams.clone(),
             metrics.clone(),
             ingestor.tap().clone(),
             registry,

@@ -16,6 +16,7 @@ mod live;
 mod overview;
 mod profiles;
 mod sources;
+mod streams;
 mod syncs;
 mod ui;
 
@@ -53,6 +54,7 @@ pub struct ConsoleState {
     pub profiles: Profiles,
     pub syncs: crate::sync::Engine,
     pub sources: SourceEngine,
+    pub streams: crate::streams::StreamEngine,
     pub metrics: Metrics,
     pub tap: Tap,
     pub registry: Arc<Registry>,
@@ -74,6 +76,7 @@ impl ConsoleState {
         profiles: Profiles,
         syncs: crate::sync::Engine,
         sources: SourceEngine,
+        streams: crate::streams::StreamEngine,
         metrics: Metrics,
         tap: Tap,
         registry: Arc<Registry>,
@@ -85,6 +88,7 @@ impl ConsoleState {
             profiles,
             syncs,
             sources,
+            streams,
             metrics,
             tap,
             registry,
@@ -151,6 +155,10 @@ pub fn routes(state: ConsoleState) -> Router {
         .route("/console/syncs/{name}", get(syncs::page))
         .route("/console/syncs/{name}/run", post(syncs::run))
         .route("/console/syncs/{name}/replay", post(syncs::replay))
+        .route("/console/streams", get(streams::list))
+        .route("/console/streams/{name}", get(streams::page))
+        .route("/console/streams/{name}/tail", get(streams::tail))
+        .route("/console/streams/{name}/replay", post(streams::replay))
         .route("/console/sources", get(sources::list))
         .route("/console/sources/{name}", get(sources::page))
         .route("/console/sources/{name}/run", post(sources::run))

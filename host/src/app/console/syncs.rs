@@ -343,7 +343,7 @@ fn plan_page(session: &Session<Operator>, name: &str, r: &RunReport) -> Response
 
 #[derive(serde::Deserialize)]
 pub struct CsrfForm {
-    csrf: String,
+    pub(super) csrf: String,
 }
 
 pub async fn replay(

@@ -16,6 +16,7 @@ const NAV: &[(&str, &str)] = &[
     ("/console/profiles", "Profiles"),
     ("/console/audiences", "Audiences"),
     ("/console/syncs", "Syncs"),
+    ("/console/streams", "Streams"),
     ("/console/sources", "Sources"),
     ("/console/plugins", "Plugins"),
     ("/console/audit", "Audit log"),

@@ -30,7 +30,7 @@
     const MAX = 500;
     const source = new EventSource(url);
     source.addEventListener('open', () => {
-      status.textContent = 'Listening. Messages appear here as the hub accepts or refuses them.';
+      status.textContent = list.dataset.listening || 'Listening. Messages appear here as the hub accepts or refuses them.';
     });
     source.addEventListener('error', () => {
       status.textContent = 'Disconnected; reconnecting…';
@@ -46,7 +46,7 @@
       const li = el('li', { class: 'event ' + m.outcome, 'data-message-id': m.message_id || '' });
       const details = el('details');
       const summary = el('summary');
-      summary.append(el('span', { class: 'badge ' + (m.outcome === 'accepted' ? 'ok' : 'bad') }, m.outcome));
+      summary.append(el('span', { class: 'badge ' + (m.outcome === 'accepted' || m.outcome === 'forwarded' ? 'ok' : 'bad') }, m.outcome));
       summary.append(' ');
       summary.append(el('span', { class: 'type' }, m.type));
       summary.append(' ');
