@@ -1031,6 +1031,16 @@ impl Config {
         })
     }
 
+    /// The `[[streams]]` entry named `name`, or an error listing the streams there are.
+    pub fn stream_named(&self, name: &str) -> anyhow::Result<&StreamConfig> {
+        self.streams.iter().find(|s| s.name == name).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no stream named `{name}` in the configuration (defined: {})",
+                names(self.streams.iter().map(|s| &s.name))
+            )
+        })
+    }
+
     /// Every write key with its source, secrets resolved.
     pub fn write_keys(&self) -> anyhow::Result<Vec<(String, String)>> {
         let mut keys = Vec::new();

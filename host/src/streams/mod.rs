@@ -886,18 +886,10 @@ impl StreamEngine {
     /// Replayed messages reach the destination after newer ones: a replay is out of order.
     pub async fn replay(&self, name: &str, holder: &str) -> anyhow::Result<ReplayReport> {
         let config = self.syncs.config();
-        let Some(stream) = config.streams.iter().find(|s| s.name == name).cloned() else {
-            return Err(crate::runs::RunError::NotFound(format!(
-                "no stream named `{name}` in the configuration (defined: {})",
-                config
-                    .streams
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .into());
-        };
+        let stream = config
+            .stream_named(name)
+            .map_err(|e| crate::runs::RunError::NotFound(e.to_string()))?
+            .clone();
         let scope = format!("stream:{name}");
         let run_id = uuid::Uuid::new_v4().to_string();
         let lease = crate::runs::lease::Lease::acquire(

@@ -81,17 +81,7 @@ pub async fn run(cmd: StreamsCommand) -> anyhow::Result<()> {
         }
         StreamsCommand::Tail { name, config, url } => {
             let config = Config::load(&config)?;
-            if !config.streams.iter().any(|s| s.name == name) {
-                bail!(
-                    "no stream named `{name}` in the configuration (defined: {})",
-                    config
-                        .streams
-                        .iter()
-                        .map(|s| s.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
-            }
+            config.stream_named(&name)?;
             let token = config
                 .admin_token()?
                 .context("streams tail reads the running hub's admin API: set [hub] admin_token")?;

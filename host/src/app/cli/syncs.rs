@@ -199,7 +199,7 @@ pub async fn dlq(cmd: DlqCommand, plugins_dir: Option<PathBuf>) -> anyhow::Resul
             let engine = engine(&config, plugins_dir).await?;
             match sync.as_deref().map(|s| (s, s.strip_prefix("stream:"))) {
                 Some((_, Some(stream))) => {
-                    known_stream(&engine, stream)?;
+                    engine.config().stream_named(stream)?;
                 }
                 Some((s, None)) => {
                     engine.config().sync(s)?;
@@ -214,7 +214,7 @@ pub async fn dlq(cmd: DlqCommand, plugins_dir: Option<PathBuf>) -> anyhow::Resul
             if let Some(stream) = sync.strip_prefix("stream:") {
                 let (store, registry, config) = super::open_project(&config, plugins_dir).await?;
                 let engine = Engine::new(store.clone(), registry.clone(), config);
-                known_stream(&engine, stream)?;
+                engine.config().stream_named(stream)?;
                 let streams = crate::streams::StreamEngine::new(store, engine, registry);
                 let r = streams.replay(stream, "cli").await?;
                 println!(
@@ -231,23 +231,6 @@ pub async fn dlq(cmd: DlqCommand, plugins_dir: Option<PathBuf>) -> anyhow::Resul
         }
     }
     Ok(())
-}
-
-/// Fails, listing the streams, unless `name` is a configured stream.
-fn known_stream(engine: &Engine, name: &str) -> anyhow::Result<()> {
-    let config = engine.config();
-    if config.streams.iter().any(|s| s.name == name) {
-        return Ok(());
-    }
-    bail!(
-        "no stream named `{name}` in the configuration (defined: {})",
-        config
-            .streams
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    )
 }
 
 pub async fn audiences(cmd: AudiencesCommand) -> anyhow::Result<()> {

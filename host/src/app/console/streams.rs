@@ -21,7 +21,6 @@ use super::{ui, ConsoleState, Session};
 use crate::app::http::Operator;
 use crate::app::mask::mask_json;
 use crate::config::access::Role;
-use crate::runs::RunError;
 use crate::streams::StreamStatus;
 
 /// Dead letters a stream's page lists.
@@ -250,13 +249,6 @@ pub async fn replay(
     // The same as the admin API's replay: to the end, audited.
     match crate::app::operate::replay_stream(&s.streams, &s.access, &session.who, &name).await {
         Ok(_) => Redirect::to(&format!("/console/streams/{name}")).into_response(),
-        Err(e) => {
-            let status = match RunError::of(&e) {
-                Some(RunError::AlreadyRunning { .. }) => StatusCode::CONFLICT,
-                Some(RunError::NotFound(_)) => StatusCode::NOT_FOUND,
-                None => StatusCode::INTERNAL_SERVER_ERROR,
-            };
-            ui::refusal(status, "The replay did not finish", &format!("{e:#}"))
-        }
+        Err(e) => ui::run_refusal("The replay did not finish", &e),
     }
 }

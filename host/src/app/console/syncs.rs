@@ -13,7 +13,6 @@ use super::{ui, ConsoleState, Session};
 use crate::app::http::Operator;
 use crate::app::mask::mask_json;
 use crate::config::access::Role;
-use crate::runs::RunError;
 use crate::sync::{RunOptions, RunReport};
 
 /// Dead letters a sync's page lists (the oldest; the rest are counted).
@@ -300,12 +299,7 @@ async fn start(
 }
 
 fn run_refused(e: &anyhow::Error) -> Response {
-    let status = match RunError::of(e) {
-        Some(RunError::AlreadyRunning { .. }) => axum::http::StatusCode::CONFLICT,
-        Some(RunError::NotFound(_)) => axum::http::StatusCode::NOT_FOUND,
-        None => axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    ui::refusal(status, "The run did not happen", &format!("{e:#}"))
+    ui::run_refusal("The run did not happen", e)
 }
 
 fn plan_page(session: &Session<Operator>, name: &str, r: &RunReport) -> Response {

@@ -110,6 +110,17 @@ pub fn refusal(status: StatusCode, title: &str, message: &str) -> Response {
 
 /// An error while reading what a page shows: a 500 page naming what failed (the cause goes to
 /// the log, not to the browser).
+/// The page for a run (or replay) the engine refused: 409 when another holds its lease, 404
+/// for an unknown name, 500 otherwise.
+pub fn run_refusal(title: &str, e: &anyhow::Error) -> Response {
+    let status = match crate::runs::RunError::of(e) {
+        Some(crate::runs::RunError::AlreadyRunning { .. }) => StatusCode::CONFLICT,
+        Some(crate::runs::RunError::NotFound(_)) => StatusCode::NOT_FOUND,
+        None => StatusCode::INTERNAL_SERVER_ERROR,
+    };
+    refusal(status, title, &format!("{e:#}"))
+}
+
 pub fn failure(what: &str, e: impl std::fmt::Display) -> Response {
     tracing::error!("console: {what}: {e:#}");
     refusal(
