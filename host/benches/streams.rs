@@ -138,6 +138,7 @@ fn start(dir: &std::path::Path, project: &str) -> Server {
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
+    let _ = child.wait();
     panic!("server did not start");
 }
 

@@ -1274,7 +1274,7 @@ mod browser {
                 "masked for an operator: {page}"
             );
             assert!(
-                !c.find("button.danger").is_some(),
+                c.find("button.danger").is_none(),
                 "no erase button below admin"
             );
             c.click("ul.tags a");
@@ -1295,7 +1295,7 @@ mod browser {
             v.goto(&format!("{base}/console/syncs/vip-to-crm"));
             v.wait_text("main", "An operator can approve these removals", false);
             assert!(
-                !v.find("main form button").is_some(),
+                v.find("main form button").is_none(),
                 "a viewer gets no run or approve button"
             );
             c.click("button[value=approve]");
@@ -1320,7 +1320,7 @@ mod browser {
             v.goto(&format!("{base}/console/syncs/everyone-to-ads"));
             v.wait_text("#dead-letters", "records could not be delivered", false);
             assert!(
-                !v.find("main form button").is_some(),
+                v.find("main form button").is_none(),
                 "a viewer gets no replay button"
             );
             flaky.set_faults(Faults::default());

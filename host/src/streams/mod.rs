@@ -697,6 +697,7 @@ impl StreamEngine {
 
     /// Delivers a batch and starts the commit of its outcome with the cursor `through` (after
     /// the previous batch's commit landed; see [`Pending`]).
+    #[allow(clippy::too_many_arguments)] // the page's state, passed down from `forward`
     async fn finish(
         &self,
         stream: &StreamConfig,

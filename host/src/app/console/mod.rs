@@ -63,8 +63,11 @@ pub struct ConsoleState {
     /// The profile count and when it was read: read again at most every [`COUNT_TTL`], in the
     /// background (a COUNT over a million rows is the slowest thing the overview would do, and
     /// no page should wait for it but the first), `true` while that read is going on.
-    count: Arc<Mutex<(Option<(Instant, i64)>, bool)>>,
+    count: Arc<Mutex<CountCache>>,
 }
+
+/// The profile count with when it was read, and whether a background read is going on.
+type CountCache = (Option<(Instant, i64)>, bool);
 
 const COUNT_TTL: Duration = Duration::from_secs(15);
 
