@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+use sqlx::any::AnyRow;
+
 use super::{col, Backend, Conn, Result, Store};
 
 /// PostgreSQL advisory lock (two-key form, a key space apart from the one-key identifier locks)
@@ -49,28 +51,30 @@ pub struct StreamEvent {
     pub body: String,
 }
 
+/// The columns a [`StreamEvent`] is read from.
+const EVENT_COLUMNS: &str = "seq, message_id, profile_id, source, received_at, body";
+
+fn stream_event(r: &AnyRow) -> Result<StreamEvent> {
+    Ok(StreamEvent {
+        seq: col(r, "seq")?,
+        message_id: col(r, "message_id")?,
+        profile_id: col(r, "profile_id")?,
+        source: col(r, "source")?,
+        received_at: col(r, "received_at")?,
+        body: col(r, "body")?,
+    })
+}
+
 /// Up to `limit` events numbered after `after`, in commit order.
 pub async fn events_after(store: &Store, after: i64, limit: i64) -> Result<Vec<StreamEvent>> {
-    let rows = sqlx::query(
-        "SELECT seq, message_id, profile_id, source, received_at, body FROM events \
-         WHERE seq > $1 ORDER BY seq LIMIT $2",
-    )
+    let rows = sqlx::query(&format!(
+        "SELECT {EVENT_COLUMNS} FROM events WHERE seq > $1 ORDER BY seq LIMIT $2"
+    ))
     .bind(after)
     .bind(limit)
     .fetch_all(store.pool())
     .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(StreamEvent {
-                seq: col(r, "seq")?,
-                message_id: col(r, "message_id")?,
-                profile_id: col(r, "profile_id")?,
-                source: col(r, "source")?,
-                received_at: col(r, "received_at")?,
-                body: col(r, "body")?,
-            })
-        })
-        .collect()
+    rows.iter().map(stream_event).collect()
 }
 
 /// When the oldest event after `after` was received (None when the stream is caught up).
@@ -136,8 +140,7 @@ pub async fn events_by_id(store: &Store, ids: &[String]) -> Result<Vec<StreamEve
     let mut out = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(500) {
         let text = format!(
-            "SELECT seq, message_id, profile_id, source, received_at, body FROM events \
-             WHERE message_id IN ({})",
+            "SELECT {EVENT_COLUMNS} FROM events WHERE message_id IN ({})",
             (1..=chunk.len())
                 .map(|n| store.param(n))
                 .collect::<Vec<_>>()
@@ -148,14 +151,7 @@ pub async fn events_by_id(store: &Store, ids: &[String]) -> Result<Vec<StreamEve
             q = q.bind(id);
         }
         for r in q.fetch_all(store.pool()).await? {
-            out.push(StreamEvent {
-                seq: col(&r, "seq")?,
-                message_id: col(&r, "message_id")?,
-                profile_id: col(&r, "profile_id")?,
-                source: col(&r, "source")?,
-                received_at: col(&r, "received_at")?,
-                body: col(&r, "body")?,
-            });
+            out.push(stream_event(&r)?);
         }
     }
     out.sort_by_key(|e| e.seq);

@@ -922,8 +922,8 @@ impl StreamEngine {
             return Ok(report);
         }
         let prepared = self.prepare(stream).await?;
+        // Settled after each page's forwarding: nothing is pending where `?` returns.
         let mut pending: Pending = None;
-        let mut result = Ok(());
         for chunk in letters.chunks(PAGE as usize) {
             let mut ids: Vec<String> = chunk
                 .iter()
@@ -934,13 +934,7 @@ impl StreamEngine {
                 .collect();
             ids.sort();
             ids.dedup();
-            let events = match rows::events_by_id(&self.store, &ids).await {
-                Ok(events) => events,
-                Err(e) => {
-                    result = Err(e.into());
-                    break;
-                }
-            };
+            let events = rows::events_by_id(&self.store, &ids).await?;
             let stored: HashSet<&str> = events.iter().map(|e| e.message_id.as_str()).collect();
             let (mut by_message, gone) = group_letters(chunk, &stored);
             // A message from a source the stream no longer reads is dropped now.
@@ -969,10 +963,7 @@ impl StreamEngine {
                     counters: &counters,
                     dead: Vec::new(),
                 };
-                if let Err(e) = rows::commit_batch(&self.store, &commit, now_millis()).await {
-                    result = Err(e.into());
-                    break;
-                }
+                rows::commit_batch(&self.store, &commit, now_millis()).await?;
                 report.letters += closed.len() as u64;
                 report.gone += gone.len() as u64;
                 report.dropped += unread.len() as u64;
@@ -995,13 +986,8 @@ impl StreamEngine {
                 report.dropped += tally.dropped;
                 report.dead_lettered += tally.dead_lettered;
             }
-            if let Err(e) = forwarded.and(landed) {
-                result = Err(e);
-                break;
-            }
+            forwarded.and(landed)?;
         }
-        let landed = settle(&mut pending).await;
-        result.and(landed)?;
         tracing::info!(
             letters = report.letters,
             sent = report.sent,

@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Form;
-use futures::stream::Stream;
 use maud::{html, Markup};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -199,13 +198,9 @@ pub async fn tail(
             Err(RecvError::Closed) => None,
         }
     });
-    sse(events).into_response()
-}
-
-fn sse(
-    events: impl Stream<Item = Result<Event, Infallible>> + Send + 'static,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
-    Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
 }
 
 /// A tail line as the live-events script shows a message: its type, name, source and id, the
