@@ -96,8 +96,13 @@ impl Drop for Server {
     }
 }
 
+/// The hub under test: this build's, or `SWITCHYARD_BENCH_BIN` (another build of it, to run a
+/// baseline and a change in alternation on the same machine).
 fn switchyard() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_switchyard"))
+    Command::new(
+        std::env::var_os("SWITCHYARD_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_switchyard").into()),
+    )
 }
 
 fn start(dir: &std::path::Path, project: &str) -> Server {

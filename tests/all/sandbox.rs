@@ -97,6 +97,44 @@ async fn infinite_loop_is_stopped_at_the_cpu_deadline() {
     next_call_works(&plugin).await;
 }
 
+/// A plugin computing without waiting on I/O gives its thread back at every epoch tick. On a
+/// runtime of one thread, another task still runs while the call computes; before, it waited
+/// for the whole call (here the 300 ms CPU deadline). In the hub that other task is a tracking
+/// request or the ingest writer, queued on the worker a transform or destination call holds.
+#[tokio::test(flavor = "current_thread")]
+async fn a_computing_plugin_lets_other_tasks_run_meanwhile() {
+    use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+    let plugin = probe().await;
+    let calling = Arc::new(AtomicBool::new(false));
+    let ran_meanwhile = Arc::new(AtomicU32::new(0));
+    let other = {
+        let (calling, ran) = (calling.clone(), ran_meanwhile.clone());
+        tokio::spawn(async move {
+            loop {
+                if calling.load(Ordering::SeqCst) {
+                    ran.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    calling.store(true, Ordering::SeqCst);
+    let err = instance(
+        &plugin,
+        serde_json::json!({"mode": "loop"}),
+        HttpPolicy::deny_all(),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_err();
+    calling.store(false, Ordering::SeqCst);
+    other.abort();
+    assert!(matches!(err, PluginError::CpuDeadline { .. }), "{err}");
+    let ran = ran_meanwhile.load(Ordering::SeqCst);
+    // Before, exactly 0: nothing else runs on the thread until the call returns.
+    assert!(ran > 0, "the other task never ran during the call");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unbounded_allocation_is_stopped_at_the_memory_cap() {
     let plugin = probe().await;

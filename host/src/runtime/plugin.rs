@@ -365,6 +365,10 @@ impl PluginInstance {
         // deadline would count waiting as CPU. Instead the deadline is one tick ahead, and at
         // each tick the guest is seen running the call's clock (time inside `poll` only) is
         // compared with the limit: waiting costs nothing, however many requests a call makes.
+        // Under the limit the call yields to the executor before going on: guest code that
+        // computes without waiting on I/O would otherwise hold its tokio worker (and every
+        // task queued behind it: tracking requests, the ingest writer) until it finishes, up
+        // to the whole CPU deadline. So it holds one for at most a tick.
         let clock = Arc::new(CpuClock::new());
         let deadline = limits.cpu_deadline;
         let running = clock.clone();
@@ -373,7 +377,10 @@ impl PluginInstance {
             if running.running() >= deadline {
                 Err(wasmtime::Trap::Interrupt.into())
             } else {
-                Ok(wasmtime::UpdateDeadline::Continue(1))
+                Ok(wasmtime::UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::task::yield_now()),
+                ))
             }
         });
         (store, clock)

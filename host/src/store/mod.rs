@@ -236,6 +236,11 @@ impl Store {
             .disable_statement_logging();
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 8 } else { 16 })
+            // sqlx pings every connection it hands out. A SQLite connection is a file in this
+            // process, not a socket that can drop: its ping is only a round trip to the
+            // connection's worker thread, one more on every acquire (each group commit, each
+            // stream read).
+            .test_before_acquire(backend != Backend::Sqlite)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -276,6 +281,7 @@ impl Store {
             Some(
                 AnyPoolOptions::new()
                     .max_connections(1)
+                    .test_before_acquire(false)
                     .after_connect(move |conn, _| {
                         Box::pin(async move {
                             // NORMAL in WAL mode: a commit is in the log but not fsynced; a
