@@ -18,7 +18,9 @@
 //! per-batch timings, `switchyard::ingest=debug` for each group commit's; phases are marked in
 //! the log). On a quiet machine (2026-12-07) at 5,000/s: ack p50 4.6-4.9 ms without streams and
 //! 108-844 ms with them over 32 connections (the client falls behind), 4.0-8.9 ms and
-//! 12.4-18.1 ms over 128; README, Performance, has the table and why.
+//! 12.4-18.1 ms over 128; README, Performance, has the table and why. `SWITCHYARD_BENCH_BIN`
+//! runs another build of the hub (say, the one before a change, copied aside) so the two can be
+//! run in alternation.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
