@@ -33,6 +33,9 @@ mod scrub;
 
 const MEASURE_FOR: Duration = Duration::from_millis(1500);
 
+/// The same transform run natively: whether it keeps a message.
+type NativeKeeps<'a> = Box<dyn Fn(&str) -> bool + 'a>;
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -113,7 +116,7 @@ fn main() {
     for &size in &sizes {
         let batch = messages(size);
         let per_msg = |d: Duration| d.as_secs_f64() * 1e6 / size as f64;
-        let rows: [(&str, &PluginInstance, Box<dyn Fn(&str) -> bool>); 3] = [
+        let rows: [(&str, &PluginInstance, NativeKeeps); 3] = [
             (
                 "pii-scrub",
                 &scrub_wasm,
