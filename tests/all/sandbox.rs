@@ -76,18 +76,23 @@ fn rejected_reason(results: &[RecordResult]) -> String {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn infinite_loop_is_stopped_at_the_cpu_deadline() {
-    let plugin = probe().await;
-    let started = Instant::now();
-    let err = instance(
-        &plugin,
+/// A call of the probe that loops without end: the error it ends with.
+async fn run_a_loop(plugin: &Arc<Plugin>) -> PluginError {
+    instance(
+        plugin,
         serde_json::json!({"mode": "loop"}),
         HttpPolicy::deny_all(),
     )
     .deliver(Action::Upsert, &batch(1))
     .await
-    .unwrap_err();
+    .unwrap_err()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn infinite_loop_is_stopped_at_the_cpu_deadline() {
+    let plugin = probe().await;
+    let started = Instant::now();
+    let err = run_a_loop(&plugin).await;
     assert!(matches!(err, PluginError::CpuDeadline { .. }), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -119,14 +124,7 @@ async fn a_computing_plugin_lets_other_tasks_run_meanwhile() {
         })
     };
     calling.store(true, Ordering::SeqCst);
-    let err = instance(
-        &plugin,
-        serde_json::json!({"mode": "loop"}),
-        HttpPolicy::deny_all(),
-    )
-    .deliver(Action::Upsert, &batch(1))
-    .await
-    .unwrap_err();
+    let err = run_a_loop(&plugin).await;
     calling.store(false, Ordering::SeqCst);
     other.abort();
     assert!(matches!(err, PluginError::CpuDeadline { .. }), "{err}");
