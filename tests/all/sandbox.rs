@@ -1018,3 +1018,109 @@ fn install_and_info_say_which_secrets_enter_plugin_memory() {
         assert!(after("token").contains("by reference"), "{out}");
     }
 }
+
+/// A call's requests to one place go over one connection (HTTP/1.1 keep-alive) while each
+/// response is read to its end; the next call opens its own. Before, every request opened a
+/// TCP connection (and for HTTPS a TLS session) of its own: a destination sending a batch as
+/// many requests (GA4: one per client) paid a handshake for each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_calls_requests_to_one_host_share_a_connection() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    let peers: Arc<std::sync::Mutex<Vec<SocketAddr>>> = Arc::default();
+    let seen = peers.clone();
+    let app = axum::Router::new().fallback(move |ConnectInfo(peer): ConnectInfo<SocketAddr>| {
+        let seen = seen.clone();
+        async move {
+            seen.lock().unwrap().push(peer);
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let plugin = probe().await;
+    let fetch = |count: u32| {
+        instance(
+            &plugin,
+            serde_json::json!({"mode": "many-fetch", "url": format!("http://{addr}/again"), "count": count}),
+            allow_exactly(&addr),
+        )
+    };
+    let results = fetch(10)
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rejected_reason(&results), "fetched 10 times");
+    let connections = |peers: &[SocketAddr]| {
+        let mut ports: Vec<u16> = peers.iter().map(|p| p.port()).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        ports.len()
+    };
+    assert_eq!(peers.lock().unwrap().len(), 10);
+    assert_eq!(
+        connections(&peers.lock().unwrap()),
+        1,
+        "one connection for the call's 10 requests"
+    );
+
+    // The next call does not get the first call's connection.
+    let results = fetch(2)
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rejected_reason(&results), "fetched 2 times");
+    assert_eq!(connections(&peers.lock().unwrap()), 2);
+}
+
+/// A server that closes each connection after its response, without saying so: the call's
+/// next request does not fail on the dead connection, it goes on a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_connection_the_server_closed_is_replaced_not_failed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = socket
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                // Closed at once, no `connection: close`.
+            });
+        }
+    });
+    let plugin = probe().await;
+    let results = instance(
+        &plugin,
+        serde_json::json!({"mode": "many-fetch", "url": format!("http://{addr}/x"), "count": 5}),
+        allow_exactly(&addr),
+    )
+    .deliver(Action::Upsert, &batch(1))
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rejected_reason(&results), "fetched 5 times");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 5);
+}

@@ -9,17 +9,20 @@
 //! certificate check binds the connection to that name: a name rebound to an internal address
 //! between check and connect fails the TLS handshake rather than reaching the internal service.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use tokio::sync::Semaphore;
+use hyper::client::conn::http1::SendRequest;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 use wasmtime_wasi_http::{Error as HttpError, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -43,12 +46,28 @@ pub(crate) struct PluginHttpHooks {
     pub budget: Option<Arc<CallBudget>>,
 }
 
-/// What one call may still do on the network.
+/// What one call may still do on the network, and its connections open between requests.
 pub(crate) struct CallBudget {
     connections: Arc<Semaphore>,
     received: AtomicU64,
     received_cap: u64,
+    /// Connections whose last response was read to its end, by what the plugin asked for
+    /// (`scheme://authority`): the call's next request there goes on one of them (HTTP/1.1
+    /// keep-alive) instead of a new TCP connection and TLS handshake. A destination that sends
+    /// a batch as many requests (GA4: one per client, 25 events at most) paid both each time.
+    /// They close when the call ends, with this budget.
+    idle: std::sync::Mutex<HashMap<String, Vec<Pooled>>>,
 }
+
+/// An open connection a call may send its next request on.
+struct Pooled {
+    /// Where it is connected: the checked `scheme://address` (plain HTTP) or name (HTTPS).
+    target: String,
+    sender: SendRequest<WasiBody>,
+}
+
+/// Idle connections a call keeps per place it asked for.
+const IDLE_PER_HOST: usize = 4;
 
 impl CallBudget {
     fn new(limits: &Limits) -> Self {
@@ -56,6 +75,28 @@ impl CallBudget {
             connections: Arc::new(Semaphore::new(limits.connections_per_call)),
             received: AtomicU64::new(0),
             received_cap: limits.received_bytes_per_call,
+            idle: std::sync::Mutex::default(),
+        }
+    }
+
+    /// An idle connection to `asked` that can take a request now.
+    fn take_idle(&self, asked: &str) -> Option<Pooled> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.get_mut(asked)?;
+        // Not ready: closed by the server, or (not here) still busy.
+        while let Some(pooled) = list.pop() {
+            if pooled.sender.is_ready() {
+                return Some(pooled);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, asked: String, pooled: Pooled) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let list = idle.entry(asked).or_default();
+        if list.len() < IDLE_PER_HOST {
+            list.push(pooled);
         }
     }
 }
@@ -104,18 +145,21 @@ impl WasiHttpHooks for PluginHttpHooks {
                     limits.requests_per_call
                 )));
             }
-            // Before any name lookup or socket: a request over budget costs nothing.
-            let Ok(call_permit) = budget.connections.clone().try_acquire_owned() else {
-                return Err(over_budget(format!(
-                    "this call has {} outgoing connections open already ([hub.plugin_limits] connections_per_call)",
-                    limits.connections_per_call
-                )));
-            };
-            let Ok(hub_permit) = hub_connections.try_acquire_owned() else {
-                tracing::warn!(plugin = %plugin, "outbound request refused: the hub's plugin connections are all in use ([hub.plugin_limits] hub_connections)");
-                return Err(over_budget(
-                    "the hub's outgoing connections for plugins are all in use ([hub.plugin_limits] hub_connections)".into(),
-                ));
+            let asked = format!(
+                "{}://{}",
+                request.uri().scheme_str().unwrap_or("http"),
+                request
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or_default()
+            );
+            // An idle connection of this call needs no new permits; otherwise they are taken
+            // before any name lookup or socket, so a request over budget costs nothing.
+            let reused = budget.take_idle(&asked);
+            let mut taken = match reused {
+                Some(_) => None,
+                None => Some(permits(&budget, &hub_connections, &plugin, &limits)?),
             };
             let method = request.method().clone();
             let span = tracing::debug_span!("plugin_http", plugin = %plugin, %method, host = %scrubber.scrub(request.uri().host().unwrap_or_default()));
@@ -129,29 +173,329 @@ impl WasiHttpHooks for PluginHttpHooks {
                     return Err(HttpError::HttpRequestDenied);
                 }
             };
-            let (response, io) = wasmtime_wasi_http::default_send_request(request, options)
+            let target = format!(
+                "{}://{}",
+                request.uri().scheme_str().unwrap_or("http"),
+                request
+                    .uri()
+                    .authority()
+                    .map(|a| a.as_str())
+                    .unwrap_or_default()
+            );
+            // Reused only where this request would connect now: a name that resolves elsewhere
+            // since gets a connection of its own.
+            let uri = request.uri().clone();
+            let (sender, kept) = match reused {
+                Some(pooled) if pooled.target == target => (pooled.sender, true),
+                _ => {
+                    let taken = match taken.take() {
+                        Some(p) => p,
+                        None => permits(&budget, &hub_connections, &plugin, &limits)?,
+                    };
+                    let sender = connect(uri.clone(), options, taken)
+                        .instrument(span.clone())
+                        .await?;
+                    (sender, false)
+                }
+            };
+            let response = match send(sender, request, options)
                 .instrument(span.clone())
-                .await?;
+                .await
+            {
+                Ok(response) => response,
+                // The server closed the kept connection as it was taken up again (its
+                // keep-alive ran out): the request did not leave, so it goes once more on a
+                // new connection.
+                Err(Failure::Unsent(request, error)) if kept => {
+                    tracing::debug!(plugin = %plugin, "kept connection closed ({error}), sending on a new one");
+                    let taken = permits(&budget, &hub_connections, &plugin, &limits)?;
+                    let sender = connect(uri, options, taken)
+                        .instrument(span.clone())
+                        .await?;
+                    send(sender, *request, options)
+                        .instrument(span.clone())
+                        .await
+                        .map_err(Failure::into_error)?
+                }
+                Err(failure) => return Err(failure.into_error()),
+            };
             span.in_scope(|| {
                 tracing::debug!(plugin = %plugin, status = response.status().as_u16(), "response")
             });
-            // The connection lives as long as its I/O task: so do its permits.
-            let io = async move {
-                let result = io.await;
-                drop((call_permit, hub_permit));
-                result
+            let (parts, (incoming, sender)) = response.into_parts();
+            let between_bytes = options
+                .and_then(|o| o.between_bytes_timeout)
+                .unwrap_or(DEFAULT_TIMEOUT)
+                .max(Duration::from_nanos(1));
+            let mut timeout = tokio::time::interval(between_bytes);
+            timeout.reset();
+            let body = Keeping {
+                incoming,
+                timeout,
+                back: Some((budget.clone(), asked, Pooled { target, sender })),
             };
             Ok((
-                response.map(|body| {
+                http::Response::from_parts(
+                    parts,
                     CountedBody {
                         inner: body.boxed_unsync(),
                         budget,
                     }
-                    .boxed_unsync()
-                }),
-                Box::new(io) as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
+                    .boxed_unsync(),
+                ),
+                // The connection runs on a task of its own (see `connect`): nothing to drive.
+                Box::new(async { Ok(()) })
+                    as Box<dyn Future<Output = Result<(), HttpError>> + Send>,
             ))
         })
+    }
+}
+
+/// wasmtime-wasi-http's default for the connect, first-byte and between-bytes timeouts a
+/// request does not set (the call's wall-clock limit still applies).
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A new connection's permits: one of the call's connections and one of the hub's.
+fn permits(
+    budget: &CallBudget,
+    hub_connections: &Arc<Semaphore>,
+    plugin: &str,
+    limits: &Limits,
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit), HttpError> {
+    let Ok(call_permit) = budget.connections.clone().try_acquire_owned() else {
+        return Err(over_budget(format!(
+            "this call has {} outgoing connections open already ([hub.plugin_limits] connections_per_call)",
+            limits.connections_per_call
+        )));
+    };
+    let Ok(hub_permit) = hub_connections.clone().try_acquire_owned() else {
+        tracing::warn!(plugin = %plugin, "outbound request refused: the hub's plugin connections are all in use ([hub.plugin_limits] hub_connections)");
+        return Err(over_budget(
+            "the hub's outgoing connections for plugins are all in use ([hub.plugin_limits] hub_connections)".into(),
+        ));
+    };
+    Ok((call_permit, hub_permit))
+}
+
+/// A byte stream a connection runs over: TCP, or TLS over it.
+trait Transport: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> Transport for T {}
+
+/// Opens a connection for a gated request, as wasmtime-wasi-http's `default_send_request`
+/// does (TCP to the request's authority, TLS by name with the webpki roots, HTTP/1.1), but
+/// drives it on a task of its own holding `permits`, so it outlives one response. It closes
+/// when its last sender is dropped: the call's idle list, at the end of the call.
+async fn connect(
+    uri: http::Uri,
+    options: Option<RequestOptions>,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+) -> Result<SendRequest<WasiBody>, HttpError> {
+    let authority = uri.authority().ok_or(HttpError::HttpRequestUriInvalid)?;
+    let tls = uri.scheme() == Some(&Scheme::HTTPS);
+    let authority = match authority.port() {
+        Some(_) => authority.to_string(),
+        None => format!("{authority}:{}", if tls { 443 } else { 80 }),
+    };
+    let connect_timeout = options
+        .and_then(|o| o.connect_timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let tcp =
+        match tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(&authority))
+            .await
+        {
+            Ok(stream) => stream.map_err(HttpError::Connect)?,
+            Err(_) => return Err(HttpError::ConnectionTimeout),
+        };
+    let stream: Box<dyn Transport> = if tls {
+        let name = server_name(&authority)?;
+        let stream = tokio_rustls::TlsConnector::from(tls_config())
+            .connect(name, tcp)
+            .await
+            .map_err(HttpError::Tls)?;
+        Box::new(stream)
+    } else {
+        Box::new(tcp)
+    };
+    let (sender, connection) = tokio::time::timeout(
+        connect_timeout,
+        hyper::client::conn::http1::Builder::new()
+            .handshake(wasmtime_wasi_http::io::TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| HttpError::ConnectionTimeout)??;
+    tokio::spawn(
+        async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("plugin connection ended: {e}");
+            }
+            drop(permits);
+        }
+        .in_current_span(),
+    );
+    Ok(sender)
+}
+
+/// Sends a request on a connection (path only on the wire, as `default_send_request` does);
+/// the response comes back with the connection, to be kept once its body is read.
+async fn send(
+    mut sender: SendRequest<WasiBody>,
+    mut request: http::Request<WasiBody>,
+    options: Option<RequestOptions>,
+) -> Result<http::Response<(hyper::body::Incoming, SendRequest<WasiBody>)>, Failure> {
+    let path = http::Uri::builder()
+        .path_and_query(
+            request
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        )
+        .build();
+    match path {
+        Ok(path) => *request.uri_mut() = path,
+        Err(_) => return Err(Failure::Sent(HttpError::HttpRequestUriInvalid)),
+    }
+    let first_byte = options
+        .and_then(|o| o.first_byte_timeout)
+        .unwrap_or(DEFAULT_TIMEOUT);
+    let attempt = async move {
+        if let Err(e) = sender.ready().await {
+            return Err(Failure::Unsent(Box::new(request), HttpError::from(e)));
+        }
+        match sender.try_send_request(request).await {
+            Ok(response) => Ok(response.map(|incoming| (incoming, sender))),
+            Err(mut e) => {
+                let request = e.take_message();
+                let error = HttpError::from(e.into_error());
+                Err(match request {
+                    Some(request) => Failure::Unsent(Box::new(request), error),
+                    None => Failure::Sent(error),
+                })
+            }
+        }
+    };
+    match tokio::time::timeout(first_byte, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::Sent(HttpError::ConnectionReadTimeout)),
+    }
+}
+
+/// Why a request got no response.
+enum Failure {
+    /// It never left (the connection was closed before it could): it can go again.
+    Unsent(Box<http::Request<WasiBody>>, HttpError),
+    /// It left, or may have: it must not be sent twice.
+    Sent(HttpError),
+}
+
+impl Failure {
+    fn into_error(self) -> HttpError {
+        match self {
+            Failure::Unsent(_, e) | Failure::Sent(e) => e,
+        }
+    }
+}
+
+/// The TLS settings every plugin connection uses: the webpki roots, as wasmtime-wasi-http's.
+fn tls_config() -> Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<Arc<rustls::ClientConfig>> = std::sync::OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
+            };
+            Arc::new(
+                rustls::ClientConfig::builder()
+                    .with_root_certificates(roots)
+                    .with_no_client_auth(),
+            )
+        })
+        .clone()
+}
+
+/// The name a certificate must carry for `host:port` (an IP literal, bracketed for IPv6, or a
+/// DNS name).
+fn server_name(authority: &str) -> Result<rustls::pki_types::ServerName<'static>, HttpError> {
+    if let Ok(addr) = authority.parse::<SocketAddr>() {
+        return Ok(rustls::pki_types::ServerName::IpAddress(addr.ip().into()));
+    }
+    let host = authority
+        .rsplit_once(':')
+        .map(|(host, _)| host)
+        .unwrap_or(authority);
+    rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|_| HttpError::HttpRequestUriInvalid)
+}
+
+/// A response body that hands its connection back to the call's idle list once read to the
+/// end (a body dropped before its end takes the connection with it: what is left unread
+/// would come before the next response). Fails a read that waits longer than the request's
+/// between-bytes timeout.
+struct Keeping {
+    incoming: hyper::body::Incoming,
+    timeout: tokio::time::Interval,
+    back: Option<(Arc<CallBudget>, String, Pooled)>,
+}
+
+impl Keeping {
+    fn keep(&mut self) {
+        if let Some((budget, asked, pooled)) = self.back.take() {
+            budget.put_idle(asked, pooled);
+        }
+    }
+}
+
+impl Body for Keeping {
+    type Data = bytes::Bytes;
+    type Error = HttpError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        match Pin::new(&mut self.incoming).poll_frame(cx) {
+            Poll::Ready(None) => {
+                self.keep();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(Ok(frame))) => {
+                self.timeout.reset();
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                self.back = None;
+                Poll::Ready(Some(Err(if e.is_timeout() {
+                    HttpError::HttpResponseTimeout
+                } else {
+                    HttpError::from(e)
+                })))
+            }
+            Poll::Pending => {
+                if self.timeout.poll_tick(cx).is_ready() {
+                    self.back = None;
+                    return Poll::Ready(Some(Err(HttpError::ConnectionReadTimeout)));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+impl Drop for Keeping {
+    fn drop(&mut self) {
+        // Read to the end without the final poll (an empty body, or a reader that stopped at
+        // `is_end_stream`): the connection is free all the same.
+        if self.incoming.is_end_stream() {
+            self.keep();
+        }
     }
 }
 
@@ -286,6 +630,26 @@ fn fill_secrets(headers: &mut http::HeaderMap, secrets: &[(String, String)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_settings_build_and_names_are_read_from_authorities() {
+        // Builds with the crate's TLS provider (a second one enabled elsewhere would panic here).
+        assert!(!tls_config().alpn_protocols.iter().any(|p| p == b"h2"));
+        use rustls::pki_types::ServerName;
+        assert!(matches!(
+            server_name("graph.facebook.com:443"),
+            Ok(ServerName::DnsName(n)) if n.as_ref() == "graph.facebook.com"
+        ));
+        assert!(matches!(
+            server_name("[::1]:8443"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            server_name("127.0.0.1:443"),
+            Ok(ServerName::IpAddress(_))
+        ));
+        assert!(server_name("bad name:443").is_err());
+    }
 
     #[test]
     fn fills_placeholders_only_for_known_secrets() {
