@@ -145,15 +145,7 @@ impl WasiHttpHooks for PluginHttpHooks {
                     limits.requests_per_call
                 )));
             }
-            let asked = format!(
-                "{}://{}",
-                request.uri().scheme_str().unwrap_or("http"),
-                request
-                    .uri()
-                    .authority()
-                    .map(|a| a.as_str())
-                    .unwrap_or_default()
-            );
+            let asked = place(request.uri());
             // An idle connection of this call needs no new permits; otherwise they are taken
             // before any name lookup or socket, so a request over budget costs nothing.
             let reused = budget.take_idle(&asked);
@@ -173,15 +165,7 @@ impl WasiHttpHooks for PluginHttpHooks {
                     return Err(HttpError::HttpRequestDenied);
                 }
             };
-            let target = format!(
-                "{}://{}",
-                request.uri().scheme_str().unwrap_or("http"),
-                request
-                    .uri()
-                    .authority()
-                    .map(|a| a.as_str())
-                    .unwrap_or_default()
-            );
+            let target = place(request.uri());
             // Reused only where this request would connect now: a name that resolves elsewhere
             // since gets a connection of its own.
             let uri = request.uri().clone();
@@ -249,6 +233,15 @@ impl WasiHttpHooks for PluginHttpHooks {
             ))
         })
     }
+}
+
+/// Where a request goes, `scheme://authority`: the key of a call's idle connections.
+fn place(uri: &http::Uri) -> String {
+    format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map(|a| a.as_str()).unwrap_or_default()
+    )
 }
 
 /// wasmtime-wasi-http's default for the connect, first-byte and between-bytes timeouts a
