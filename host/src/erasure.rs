@@ -35,6 +35,9 @@ const MAX_BACKOFF_MS: u64 = 3_600_000;
 /// How long an attempt holds its erase against other hubs (longer than a plugin call may take).
 const CLAIM_MS: i64 = 5 * 60_000;
 
+/// How often `drive` looks again at an erase it cannot attempt before its deadline.
+const CLAIMED_POLL: Duration = Duration::from_millis(200);
+
 /// One destination of an erasure, as the receipt shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct DestinationReceipt {
@@ -357,9 +360,17 @@ impl Erasures {
                 return Ok(receipt);
             };
             let wait_ms = (next - now_millis()).max(10) as u64;
-            let wake_at = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+            let now = tokio::time::Instant::now();
+            let mut wake_at = now + Duration::from_millis(wait_ms);
             if wake_at > deadline {
-                return Ok(receipt);
+                if now >= deadline {
+                    return Ok(receipt);
+                }
+                // Not due again before the deadline, but a serving hub may be at it this very
+                // moment: its claim pushes the next attempt out by CLAIM_MS just as a retry
+                // would. Answering at once returned "not yet" while `serve` was recording the
+                // outcome; look at the receipt again until the deadline.
+                wake_at = (now + CLAIMED_POLL).min(deadline);
             }
             tokio::time::sleep_until(wake_at).await;
         }
