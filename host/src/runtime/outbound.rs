@@ -79,13 +79,15 @@ impl CallBudget {
         }
     }
 
-    /// An idle connection to `asked` that can take a request now.
+    /// An idle connection to `asked` the server has not closed.
     fn take_idle(&self, asked: &str) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(asked)?;
-        // Not ready: closed by the server, or (not here) still busy.
+        // Closed: the server hung up. One not closed may not be ready yet either (its task has
+        // not yet seen the last response end); `send` waits for it, and sends elsewhere if it
+        // closes meanwhile.
         while let Some(pooled) = list.pop() {
-            if pooled.sender.is_ready() {
+            if !pooled.sender.is_closed() {
                 return Some(pooled);
             }
         }
