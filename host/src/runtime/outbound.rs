@@ -151,7 +151,7 @@ impl WasiHttpHooks for PluginHttpHooks {
             // An idle connection of this call needs no new permits; otherwise they are taken
             // before any name lookup or socket, so a request over budget costs nothing.
             let reused = budget.take_idle(&asked);
-            let mut taken = match reused {
+            let taken = match reused {
                 Some(_) => None,
                 None => Some(permits(&budget, &hub_connections, &plugin, &limits)?),
             };
@@ -174,7 +174,7 @@ impl WasiHttpHooks for PluginHttpHooks {
             let (sender, kept) = match reused {
                 Some(pooled) if pooled.target == target => (pooled.sender, true),
                 _ => {
-                    let taken = match taken.take() {
+                    let taken = match taken {
                         Some(p) => p,
                         None => permits(&budget, &hub_connections, &plugin, &limits)?,
                     };
