@@ -16,6 +16,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{fits_limits, lock_key, Identifier, IdentityRules};
+use crate::store::erasure::KnownKey;
 use crate::store::identity as rows;
 pub use crate::store::identity::NewEvent;
 use crate::store::{Backend, Conn};
@@ -40,6 +41,11 @@ pub struct Batch<'r> {
     /// The erasure suppression key, read at the first lookup (inner None: nothing was ever
     /// erased).
     suppression_key: Option<Option<Vec<u8>>>,
+    /// The process's copy of the key, when the caller keeps one: given, the first lookup
+    /// need not read it (and checks suppressions in the same statement).
+    known_key: Option<&'r KnownKey>,
+    /// Message ids given to [`Batch::prepare`] already stored as events.
+    stored: HashSet<String>,
     /// Who holds each looked-up identifier; absent: nobody yet.
     holder: HashMap<Identifier, String>,
     pending: Pending,
@@ -53,13 +59,17 @@ pub struct Batch<'r> {
 }
 
 impl<'r> Batch<'r> {
-    /// Locks (PostgreSQL) and looks up the identifiers the batch will resolve. Identifiers not
-    /// given here are looked up when first met, one statement each time.
+    /// Locks (PostgreSQL) and looks up the identifiers the batch will resolve, and which of
+    /// `message_ids` are stored already ([`Batch::stored`]), at once (one statement on
+    /// SQLite). Identifiers not given here are looked up when first met, one statement each
+    /// time. `known_key`: the caller's copy of the suppression key, kept up to date here.
     pub async fn prepare<'i>(
         conn: &mut Conn,
         backend: Backend,
         rules: &'r IdentityRules,
         ids: impl IntoIterator<Item = &'i Identifier>,
+        message_ids: &[&str],
+        known_key: Option<&'r KnownKey>,
         now: i64,
     ) -> anyhow::Result<Batch<'r>> {
         let mut batch = Batch {
@@ -69,6 +79,8 @@ impl<'r> Batch<'r> {
             looked_up: HashSet::new(),
             suppressed: HashSet::new(),
             suppression_key: None,
+            known_key,
+            stored: HashSet::new(),
             holder: HashMap::new(),
             pending: Pending::default(),
             created: 0,
@@ -79,29 +91,44 @@ impl<'r> Batch<'r> {
         let mut all: Vec<&Identifier> = ids.into_iter().collect();
         all.sort();
         all.dedup();
-        batch.look_up(conn, &all).await?;
+        batch.look_up(conn, &all, message_ids).await?;
         Ok(batch)
     }
 
-    async fn look_up(&mut self, conn: &mut Conn, ids: &[&Identifier]) -> anyhow::Result<()> {
+    /// The message ids given to [`Batch::prepare`] that are stored as events already.
+    pub fn stored(&self) -> &HashSet<String> {
+        &self.stored
+    }
+
+    async fn look_up(
+        &mut self,
+        conn: &mut Conn,
+        ids: &[&Identifier],
+        message_ids: &[&str],
+    ) -> anyhow::Result<()> {
         let ids: Vec<&Identifier> = ids
             .iter()
             .copied()
             .filter(|i| !self.looked_up.contains(*i))
             .collect();
-        if ids.is_empty() {
+        if ids.is_empty() && message_ids.is_empty() {
             return Ok(());
         }
         lock_identifiers(conn, self.backend, &ids).await?;
-        if self.suppression_key.is_none() {
-            // Read once per batch: erasures made while it runs are caught by the next one.
-            self.suppression_key = Some(rows::suppression_key(conn).await?);
+        // Read once per batch (erasures made while it runs are caught by the next one), or
+        // not at all once the process knows it: the key never changes once made.
+        let key = match &self.suppression_key {
+            Some(k) => k.as_deref(),
+            None => self.known_key.and_then(KnownKey::get),
+        };
+        let found = rows::lookup_batch(conn, self.backend, message_ids, &ids, key).await?;
+        if let (Some(k), Some(known)) = (&found.key, self.known_key) {
+            known.remember(k);
         }
-        let key = self.suppression_key.as_ref().and_then(|k| k.as_deref());
-        let suppressed = rows::suppressed_among(conn, self.backend, key, &ids).await?;
-        self.suppressed.extend(suppressed);
-        let held = rows::holders_among(conn, self.backend, &ids).await?;
-        self.holder.extend(held);
+        self.suppression_key = Some(found.key);
+        self.stored.extend(found.stored);
+        self.suppressed.extend(found.suppressed);
+        self.holder.extend(found.holders);
         self.looked_up.extend(ids.into_iter().cloned());
         Ok(())
     }
@@ -113,13 +140,13 @@ impl<'r> Batch<'r> {
         ids: &[Identifier],
     ) -> anyhow::Result<bool> {
         let refs: Vec<&Identifier> = ids.iter().collect();
-        self.look_up(conn, &refs).await?;
+        self.look_up(conn, &refs, &[]).await?;
         Ok(ids.iter().any(|i| self.suppressed.contains(i)))
     }
 
     /// Whether some profile holds this identifier, as of everything resolved so far.
     pub async fn is_held(&mut self, conn: &mut Conn, id: &Identifier) -> anyhow::Result<bool> {
-        self.look_up(conn, &[id]).await?;
+        self.look_up(conn, &[id], &[]).await?;
         Ok(self.holder.contains_key(id))
     }
 
@@ -136,7 +163,7 @@ impl<'r> Batch<'r> {
             return Ok(None);
         }
         let refs: Vec<&Identifier> = ids.iter().collect();
-        self.look_up(conn, &refs).await?;
+        self.look_up(conn, &refs, &[]).await?;
         let mut matched: Vec<&String> = ids.iter().filter_map(|i| self.holder.get(i)).collect();
         matched.sort();
         matched.dedup();
@@ -248,29 +275,27 @@ impl<'r> Batch<'r> {
     }
 
     /// Writes everything decided; returns how many events were stored (not already there).
-    pub async fn finish(mut self, conn: &mut Conn) -> anyhow::Result<u64> {
-        self.pending.flush(conn, self.backend, self.now).await?;
-        rows::write_traits(conn, self.backend, std::mem::take(&mut self.traits)).await?;
-        crate::store::consent::write_all(conn, self.backend, std::mem::take(&mut self.consent))
-            .await?;
+    pub async fn finish(self, conn: &mut Conn) -> anyhow::Result<u64> {
         // The same event twice in one batch (a client or plugin repeating itself): keep the first.
         let mut seen = HashSet::new();
-        let unique: Vec<&NewEvent> = self
+        let events: Vec<&NewEvent> = self
             .events
             .iter()
             .filter(|e| seen.insert(e.message_id.as_str()))
             .collect();
-        Ok(rows::write_events(conn, self.backend, &unique).await?)
+        let traits: Vec<_> = self.traits.into_iter().collect();
+        let consent: Vec<_> = self.consent.into_iter().collect();
+        let touched: Vec<&String> = self.pending.touched.iter().collect();
+        let writes = rows::Writes {
+            profiles: &self.pending.new_profiles,
+            identifiers: &self.pending.new_ids,
+            touched: &touched,
+            traits: &traits,
+            consent: &consent,
+            events: &events,
+        };
+        Ok(rows::write_batch(conn, self.backend, &writes, self.now).await?)
     }
-}
-
-/// The message ids among `ids` already stored as events.
-pub async fn stored_events(
-    conn: &mut Conn,
-    backend: Backend,
-    ids: &[&str],
-) -> anyhow::Result<HashSet<String>> {
-    Ok(rows::stored_events(conn, backend, ids).await?)
 }
 
 /// A new profile id in the store's format (`prf_` and 32 hex digits) that sorts by creation:
@@ -304,11 +329,265 @@ async fn lock_identifiers(
 impl Pending {
     /// Writes the new profiles and identifiers and touches matched profiles, then starts over.
     async fn flush(&mut self, conn: &mut Conn, backend: Backend, now: i64) -> anyhow::Result<()> {
-        rows::insert_profiles(conn, backend, &self.new_profiles, now).await?;
-        rows::attach_all(conn, backend, &self.new_ids, now).await?;
         let touched: Vec<&String> = self.touched.iter().collect();
-        rows::touch_all(conn, backend, &touched, now).await?;
+        let writes = rows::Writes {
+            profiles: &self.new_profiles,
+            identifiers: &self.new_ids,
+            touched: &touched,
+            ..Default::default()
+        };
+        rows::write_batch(conn, backend, &writes, now).await?;
         *self = Pending::default();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    /// A SQLite store in a temporary directory, and a PostgreSQL one in a database of its own
+    /// (dropped at the end by [`drop_pg`]).
+    async fn stores(tag: &str) -> (tempfile::TempDir, Vec<Store>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = Store::open(&format!("sqlite://{}", dir.path().join("b.db").display()))
+            .await
+            .unwrap();
+        let name = format!(
+            "switchyard_unit_batch_{tag}_{}_{}",
+            std::process::id(),
+            crate::store::now_millis()
+        );
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        let pg = Store::open(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
+            .await
+            .unwrap();
+        (dir, vec![sqlite, pg], name)
+    }
+
+    async fn drop_pg(stores: Vec<Store>, name: &str) {
+        drop(stores);
+        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
+            .await
+            .unwrap();
+        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+
+    fn event(id: &str, profile: &str, ts: i64) -> NewEvent {
+        NewEvent {
+            message_id: id.to_string(),
+            profile: profile.to_string(),
+            source: "web".to_string(),
+            kind: "track",
+            name: (id != "e-unnamed").then(|| "Clicked".to_string()),
+            ts,
+            received_at: ts + 1,
+            body: format!(r#"{{"messageId":"{id}","properties":{{"q":"it's \"quoted\""}}}}"#),
+        }
+    }
+
+    async fn text(store: &Store, sql: &str) -> Vec<String> {
+        sqlx::query_scalar::<_, String>(sql)
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+    }
+
+    /// One batch as the tracking API runs it; returns (stored ids seen, events stored).
+    async fn run(
+        store: &Store,
+        rules: &IdentityRules,
+        messages: &[(&str, &[Identifier], &[(&str, &str)], &[(&str, bool)], i64)],
+    ) -> (HashSet<String>, u64) {
+        let mut tx = store.begin_write().await.unwrap();
+        let ids: Vec<&str> = messages.iter().map(|m| m.0).collect();
+        let mut batch = Batch::prepare(
+            &mut tx,
+            store.backend(),
+            rules,
+            messages.iter().flat_map(|m| m.1.iter()),
+            &ids,
+            Some(store.known_erasure_key()),
+            1_000,
+        )
+        .await
+        .unwrap();
+        let already = batch.stored().clone();
+        for (id, identifiers, traits, consent, ts) in messages {
+            if already.contains(*id) || batch.is_suppressed(&mut tx, identifiers).await.unwrap() {
+                continue;
+            }
+            let profile = batch
+                .resolve(&mut tx, identifiers, id, "track")
+                .await
+                .unwrap()
+                .unwrap();
+            for (name, value) in *traits {
+                batch.set_trait(&profile, name, value.to_string(), *ts);
+            }
+            for (category, granted) in *consent {
+                batch.set_consent(&profile, category, *granted, *ts);
+            }
+            batch.add_event(event(id, &profile, *ts));
+        }
+        let stored = batch.finish(&mut tx).await.unwrap();
+        tx.commit().await.unwrap();
+        (already, stored)
+    }
+
+    #[tokio::test]
+    async fn a_batch_reads_once_and_writes_what_one_message_at_a_time_would() {
+        let (_dir, stores, name) = stores("write").await;
+        let rules = IdentityRules::new(&crate::config::IdentityConfig::default());
+        let u1 = [Identifier::new("user_id", "u1")];
+        let u2 = [
+            Identifier::new("user_id", "u2"),
+            Identifier::new("email", "u2@example.com"),
+        ];
+        for store in &stores {
+            let backend = store.backend();
+            // New users: profiles, identifiers, traits, consent and events in one write.
+            let (already, stored) = run(
+                store,
+                &rules,
+                &[
+                    ("e1", &u1, &[("plan", "\"pro\"")], &[("ads", true)], 10),
+                    ("e2", &u2, &[("plan", "\"free\"")], &[], 10),
+                    ("e-unnamed", &u1, &[], &[], 11),
+                ],
+            )
+            .await;
+            assert!(already.is_empty(), "{backend:?}");
+            assert_eq!(stored, 3, "{backend:?}");
+            // Known users: a duplicate found by the read, an older trait that stays, a newer
+            // consent that wins, an identifier attached to a known profile.
+            let u1_more = [
+                Identifier::new("user_id", "u1"),
+                Identifier::new("email", "u1@example.com"),
+            ];
+            let (already, stored) = run(
+                store,
+                &rules,
+                &[
+                    ("e2", &u2, &[], &[], 12),
+                    ("e3", &u1, &[("plan", "\"old\"")], &[("ads", false)], 5),
+                    ("e4", &u1_more, &[], &[("ads", false)], 20),
+                    ("e5", &u2, &[("plan", "\"team\"")], &[], 10),
+                ],
+            )
+            .await;
+            assert_eq!(already, HashSet::from(["e2".to_string()]), "{backend:?}");
+            assert_eq!(stored, 3, "{backend:?}");
+            assert_eq!(
+                text(store, "SELECT message_id FROM events ORDER BY seq").await,
+                ["e1", "e2", "e-unnamed", "e3", "e4", "e5"],
+                "{backend:?}: sequence numbers follow the batches and the order within them"
+            );
+            let (max, count): (i64, i64) =
+                sqlx::query_as("SELECT MAX(seq), COUNT(DISTINCT seq) FROM events")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            assert_eq!((max, count), (6, 6), "{backend:?}");
+            assert_eq!(
+                text(
+                    store,
+                    "SELECT t.value FROM traits t JOIN identifiers i ON i.profile_id = t.profile_id \
+                     WHERE i.kind = 'user_id' ORDER BY i.value"
+                )
+                .await,
+                ["\"pro\"", "\"team\""],
+                "{backend:?}: an older trait stays, a same-time later one wins"
+            );
+            let granted: Vec<i64> = sqlx::query_scalar("SELECT granted FROM consent")
+                .fetch_all(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(granted, [0], "{backend:?}");
+            assert_eq!(
+                text(
+                    store,
+                    "SELECT value FROM identifiers WHERE kind = 'email' ORDER BY value"
+                )
+                .await,
+                ["u1@example.com", "u2@example.com"],
+                "{backend:?}"
+            );
+            assert_eq!(
+                store.scalar("SELECT COUNT(*) FROM profiles").await.unwrap(),
+                2
+            );
+            let (name, ts, body): (Option<String>, i64, String) =
+                sqlx::query_as("SELECT name, ts, body FROM events WHERE message_id = 'e-unnamed'")
+                    .fetch_one(store.pool())
+                    .await
+                    .unwrap();
+            assert_eq!(name, None);
+            assert_eq!(ts, 11);
+            assert_eq!(body, event("e-unnamed", "", 11).body);
+        }
+        drop_pg(stores, &name).await;
+    }
+
+    #[tokio::test]
+    async fn suppressions_are_found_before_and_after_the_key_is_known() {
+        let (_dir, stores, name) = stores("suppress").await;
+        let rules = IdentityRules::new(&crate::config::IdentityConfig::default());
+        let gone = [Identifier::new("email", "gone@example.com")];
+        let kept = [Identifier::new("email", "kept@example.com")];
+        for store in &stores {
+            let backend = store.backend();
+            // Nothing erased yet: no key.
+            let (_, stored) = run(store, &rules, &[("k0", &kept, &[], &[], 1)]).await;
+            assert_eq!(stored, 1);
+            assert!(store.known_erasure_key().get().is_none());
+            // An erasure made (by another hub, say): its key and a digest.
+            let key = b"0123456789abcdef0123456789abcdef";
+            sqlx::query(
+                "INSERT INTO erasure_keys (name, secret, created_at) VALUES ('suppression', $1, 0)",
+            )
+            .bind(hex::encode(key))
+            .execute(store.pool())
+            .await
+            .unwrap();
+            sqlx::query("INSERT INTO erased_identifiers (digest, at) VALUES ($1, 0)")
+                .bind(crate::store::erasure::digest(key, &gone[0]))
+                .execute(store.pool())
+                .await
+                .unwrap();
+            // The key is read and kept; the digest is checked either way.
+            for round in ["key read", "key known"] {
+                let (_, stored) = run(
+                    store,
+                    &rules,
+                    &[
+                        (&format!("g-{round}"), &gone, &[], &[], 2),
+                        (&format!("k-{round}"), &kept, &[], &[], 2),
+                    ],
+                )
+                .await;
+                assert_eq!(stored, 1, "{backend:?}, {round}");
+                assert_eq!(store.known_erasure_key().get(), Some(&key[..]));
+            }
+            assert_eq!(
+                store
+                    .scalar("SELECT COUNT(*) FROM identifiers WHERE value = 'gone@example.com'")
+                    .await
+                    .unwrap(),
+                0,
+                "{backend:?}"
+            );
+        }
+        drop_pg(stores, &name).await;
     }
 }

@@ -754,6 +754,8 @@ async fn apply_records(
         backend,
         rules,
         decoded.iter().flat_map(|d| d.ids.iter()),
+        &[],
+        None,
         now,
     )
     .await?;

@@ -16,10 +16,9 @@ use super::{col, Backend, Conn, Result, Store};
 pub async fn write_all(
     conn: &mut Conn,
     backend: Backend,
-    states: HashMap<(String, String), (bool, i64)>,
+    states: &[((String, String), (bool, i64))],
 ) -> Result<()> {
-    let rows: Vec<_> = states.into_iter().collect();
-    for chunk in rows.chunks(ROWS) {
+    for chunk in states.chunks(ROWS) {
         let sql = format!(
             "INSERT INTO consent (profile_id, category, granted, ts) VALUES {} \
              ON CONFLICT (profile_id, category) DO UPDATE SET granted = excluded.granted, ts = excluded.ts \
@@ -182,11 +181,15 @@ mod tests {
         states.insert(("no".to_string(), "ads".to_string()), (true, 5));
         states.insert(("partial".to_string(), "marketing".to_string()), (true, 5));
         let mut conn = store.acquire().await.unwrap();
-        write_all(&mut conn, store.backend(), states).await.unwrap();
+        let states: Vec<_> = states.into_iter().collect();
+        write_all(&mut conn, store.backend(), &states)
+            .await
+            .unwrap();
         // An older "no" does not override the newer "yes".
         let late: HashMap<_, _> =
             [(("yes".to_string(), "marketing".to_string()), (false, 4))].into();
-        write_all(&mut conn, store.backend(), late).await.unwrap();
+        let late: Vec<_> = late.into_iter().collect();
+        write_all(&mut conn, store.backend(), &late).await.unwrap();
         drop(conn);
         let req = vec!["marketing".to_string(), "ads".to_string()];
         let keys = |rows: Vec<AckedRow>| rows.into_iter().map(|r| r.key).collect::<Vec<_>>();

@@ -21,7 +21,7 @@ use crate::identifier::Identifier;
 const CHUNK: usize = 500;
 
 /// The name of the key row that suppression digests are made with.
-const SUPPRESSION_KEY: &str = "suppression";
+pub(super) const SUPPRESSION_KEY: &str = "suppression";
 
 /// A destination's erase: waiting (or retrying), done, or not possible.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -130,12 +130,29 @@ pub async fn key(conn: &mut Conn) -> Result<Option<Vec<u8>>> {
         .await?;
     match row {
         None => Ok(None),
-        Some(r) => {
-            let text: String = col(&r, "secret")?;
-            hex::decode(text)
-                .map(Some)
-                .map_err(|e| StoreError::Other(anyhow::anyhow!("erasure key is not hex: {e}")))
-        }
+        Some(r) => decode_key(&col::<String>(&r, "secret")?).map(Some),
+    }
+}
+
+/// The suppression key from its stored (hex) form.
+pub(super) fn decode_key(text: &str) -> Result<Vec<u8>> {
+    hex::decode(text).map_err(|e| StoreError::Other(anyhow::anyhow!("erasure key is not hex: {e}")))
+}
+
+/// The suppression key once a hub has read it. It is made at the first erasure and never
+/// changed nor removed, so once known it need not be read again: the tracking API's group
+/// commits then look up suppressions with the rest of their reads (see
+/// [`super::identity::lookup_batch`]). Shared by the clones of a [`Store`].
+#[derive(Debug, Clone, Default)]
+pub struct KnownKey(std::sync::Arc<std::sync::OnceLock<Vec<u8>>>);
+
+impl KnownKey {
+    pub fn get(&self) -> Option<&[u8]> {
+        self.0.get().map(Vec::as_slice)
+    }
+
+    pub fn remember(&self, key: &[u8]) {
+        let _ = self.0.set(key.to_vec());
     }
 }
 

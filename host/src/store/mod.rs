@@ -122,6 +122,8 @@ pub struct Store {
     /// Turns at the write lock for this process's frequent writers, in arrival order (see
     /// [`Store::write_turn`]).
     turns: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// The erasure suppression key once read (see [`erasure::KnownKey`]).
+    erasure_key: erasure::KnownKey,
 }
 
 /// The schema, as sqlx migrations embedded from `host/migrations/` (applied in order once each,
@@ -307,6 +309,7 @@ impl Store {
             commits: std::sync::Arc::new(tokio::sync::watch::channel(0).0),
             relaxed,
             turns: std::sync::Arc::default(),
+            erasure_key: erasure::KnownKey::default(),
         };
         store.migrate().await?;
         // Erased identifiers are kept only as keyed digests; older hubs kept them in clear.
@@ -339,6 +342,12 @@ impl Store {
     /// A receiver that changes after each [`Store::events_committed`].
     pub fn subscribe_events(&self) -> tokio::sync::watch::Receiver<u64> {
         self.commits.subscribe()
+    }
+
+    /// This process's copy of the erasure suppression key, for identity batches to skip
+    /// reading it (see [`erasure::KnownKey`]).
+    pub fn known_erasure_key(&self) -> &erasure::KnownKey {
+        &self.erasure_key
     }
 
     /// A transaction.
