@@ -403,11 +403,20 @@ mod tests {
             .unwrap()
     }
 
+    /// A message for [`run`]: id, identifiers, traits, consent, timestamp.
+    type Msg<'a> = (
+        &'a str,
+        &'a [Identifier],
+        &'a [(&'a str, &'a str)],
+        &'a [(&'a str, bool)],
+        i64,
+    );
+
     /// One batch as the tracking API runs it; returns (stored ids seen, events stored).
     async fn run(
         store: &Store,
         rules: &IdentityRules,
-        messages: &[(&str, &[Identifier], &[(&str, &str)], &[(&str, bool)], i64)],
+        messages: &[Msg<'_>],
     ) -> (HashSet<String>, u64) {
         let mut tx = store.begin_write().await.unwrap();
         let ids: Vec<&str> = messages.iter().map(|m| m.0).collect();

@@ -11,13 +11,12 @@ use super::profiles::CHUNK;
 use super::syncs::AckedRow;
 use super::{col, Backend, Conn, Result, Store};
 
+/// A consent state to store: (profile, category) → (granted, ts).
+pub type ConsentRow = ((String, String), (bool, i64));
+
 /// Consent states ((profile, category) → (granted, ts)); a stored state newer than the one
 /// given stays, so a late message never overrides a later decision.
-pub async fn write_all(
-    conn: &mut Conn,
-    backend: Backend,
-    states: &[((String, String), (bool, i64))],
-) -> Result<()> {
+pub async fn write_all(conn: &mut Conn, backend: Backend, states: &[ConsentRow]) -> Result<()> {
     for chunk in states.chunks(ROWS) {
         let sql = format!(
             "INSERT INTO consent (profile_id, category, granted, ts) VALUES {} \

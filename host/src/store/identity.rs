@@ -11,6 +11,9 @@ use crate::identifier::Identifier;
 /// Rows per multi-row statement (well under SQLite's and PostgreSQL's bind limits).
 pub const ROWS: usize = 200;
 
+/// A trait to store: (profile, name) → (value as JSON text, ts).
+pub type TraitRow = ((String, String), (String, i64));
+
 /// An event to store when an identity batch finishes.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
@@ -398,11 +401,7 @@ pub async fn touch_all(
 
 /// Traits ((profile, name) → (value as JSON text, ts)); a stored value newer than the one
 /// given stays.
-pub async fn write_traits(
-    conn: &mut Conn,
-    backend: Backend,
-    traits: &[((String, String), (String, i64))],
-) -> Result<()> {
+pub async fn write_traits(conn: &mut Conn, backend: Backend, traits: &[TraitRow]) -> Result<()> {
     for chunk in traits.chunks(ROWS) {
         let sql = format!(
             "INSERT INTO traits (profile_id, name, value, ts) VALUES {} \
@@ -610,9 +609,9 @@ pub struct Writes<'a> {
     /// Existing profiles whose `updated_at` moves to `now`.
     pub touched: &'a [&'a String],
     /// (profile, name) → (value as JSON text, ts); a stored value newer than the one given stays.
-    pub traits: &'a [((String, String), (String, i64))],
+    pub traits: &'a [TraitRow],
     /// (profile, category) → (granted, ts); a stored decision newer than the one given stays.
-    pub consent: &'a [((String, String), (bool, i64))],
+    pub consent: &'a [super::consent::ConsentRow],
     /// Events; one whose message id is stored already is skipped.
     pub events: &'a [&'a NewEvent],
 }
