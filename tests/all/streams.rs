@@ -9,7 +9,7 @@
 //!   where it is, a permanent one dead-letters only the message it fails on;
 //! - a SIGKILL of the hub while the destination holds the answer to a batch it took loses
 //!   nothing acknowledged, re-sends exactly that batch (counted at the fake), and keeps each
-//!   profile's events in order;
+//!   profile's events in order (SQLite and PostgreSQL);
 //! - a destination that answers 500 and hangs does not delay another stream;
 //! - a stream's dead letters (records the destination refused, a message a transform failed
 //!   on) are replayed through the stream's whole way as it is now (SQLite and PostgreSQL).
@@ -590,6 +590,17 @@ fn dead_letters_replay(db: Db) {
 
 #[test]
 fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_flight() {
+    sigkill_mid_stream(Db::Sqlite);
+}
+
+/// On PostgreSQL the sequence numbers come from an advisory lock and the cursor commits are
+/// `synchronous_commit = off`: the same guarantees, by other means.
+#[test]
+fn streams_sigkill_mid_stream_on_postgres() {
+    sigkill_mid_stream(Db::Postgres);
+}
+
+fn sigkill_mid_stream(db: Db) {
     let sink = JsonSink::start();
     // Once 60 events are in, the sink takes the next batch but holds its answer: that batch is
     // surely in flight (delivered, not acknowledged to the hub) when the hub is killed.
@@ -602,7 +613,7 @@ fn streams_sigkill_mid_stream_loses_nothing_and_resends_at_most_the_batch_in_fli
         "{}\n[[streams]]\nname = \"ticks\"\nto = \"sink\"\nbatch_size = 10\n",
         sink_destination("sink", &sink)
     );
-    let mut hub = Hub::start_project(Db::Sqlite, "", &project, &[]);
+    let mut hub = Hub::start_project(db, "", &project, &[]);
     hub.install(&["json-post-destination"]);
     hub.kill();
     hub.spawn();
