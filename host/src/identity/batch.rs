@@ -345,42 +345,19 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::erasure::{self, ProfileRef};
+    use crate::store::testing::{rows, PgDatabase};
     use crate::store::Store;
 
-    /// A SQLite store in a temporary directory, and a PostgreSQL one in a database of its own
-    /// (dropped at the end by [`drop_pg`]).
-    async fn stores(tag: &str) -> (tempfile::TempDir, Vec<Store>, String) {
+    /// A SQLite store in a temporary directory, and a PostgreSQL one in a database of its own.
+    async fn stores(tag: &str) -> (tempfile::TempDir, Vec<Store>, PgDatabase) {
         let dir = tempfile::tempdir().unwrap();
         let sqlite = Store::open(&format!("sqlite://{}", dir.path().join("b.db").display()))
             .await
             .unwrap();
-        let name = format!(
-            "switchyard_unit_batch_{tag}_{}_{}",
-            std::process::id(),
-            crate::store::now_millis()
-        );
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let pg = Store::open(&format!("postgres://postgres@127.0.0.1:5432/{name}"))
-            .await
-            .unwrap();
-        (dir, vec![sqlite, pg], name)
-    }
-
-    async fn drop_pg(stores: Vec<Store>, name: &str) {
-        drop(stores);
-        let admin = sqlx::PgPool::connect("postgres://postgres@127.0.0.1:5432/postgres")
-            .await
-            .unwrap();
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        let pg = PgDatabase::create(tag).await;
+        let stores = vec![sqlite, pg.open().await];
+        (dir, stores, pg)
     }
 
     fn event(id: &str, profile: &str, ts: i64) -> NewEvent {
@@ -397,10 +374,11 @@ mod tests {
     }
 
     async fn text(store: &Store, sql: &str) -> Vec<String> {
-        sqlx::query_scalar::<_, String>(sql)
-            .fetch_all(store.pool())
+        rows::<(String,)>(store, sql)
             .await
-            .unwrap()
+            .into_iter()
+            .map(|(t,)| t)
+            .collect()
     }
 
     /// A message for [`run`]: id, identifiers, traits, consent, timestamp.
@@ -456,7 +434,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_batch_reads_once_and_writes_what_one_message_at_a_time_would() {
-        let (_dir, stores, name) = stores("write").await;
+        let (_dir, stores, pg) = stores("batch_write").await;
         let rules = IdentityRules::new(&crate::config::IdentityConfig::default());
         let u1 = [Identifier::new("user_id", "u1")];
         let u2 = [
@@ -502,12 +480,9 @@ mod tests {
                 ["e1", "e2", "e-unnamed", "e3", "e4", "e5"],
                 "{backend:?}: sequence numbers follow the batches and the order within them"
             );
-            let (max, count): (i64, i64) =
-                sqlx::query_as("SELECT MAX(seq), COUNT(DISTINCT seq) FROM events")
-                    .fetch_one(store.pool())
-                    .await
-                    .unwrap();
-            assert_eq!((max, count), (6, 6), "{backend:?}");
+            let seqs: Vec<(i64, i64)> =
+                rows(store, "SELECT MAX(seq), COUNT(DISTINCT seq) FROM events").await;
+            assert_eq!(seqs, [(6, 6)], "{backend:?}");
             assert_eq!(
                 text(
                     store,
@@ -518,11 +493,8 @@ mod tests {
                 ["\"pro\"", "\"team\""],
                 "{backend:?}: an older trait stays, a same-time later one wins"
             );
-            let granted: Vec<i64> = sqlx::query_scalar("SELECT granted FROM consent")
-                .fetch_all(store.pool())
-                .await
-                .unwrap();
-            assert_eq!(granted, [0], "{backend:?}");
+            let granted: Vec<(i64,)> = rows(store, "SELECT granted FROM consent").await;
+            assert_eq!(granted, [(0,)], "{backend:?}");
             assert_eq!(
                 text(
                     store,
@@ -536,44 +508,41 @@ mod tests {
                 store.scalar("SELECT COUNT(*) FROM profiles").await.unwrap(),
                 2
             );
-            let (name, ts, body): (Option<String>, i64, String) =
-                sqlx::query_as("SELECT name, ts, body FROM events WHERE message_id = 'e-unnamed'")
-                    .fetch_one(store.pool())
-                    .await
-                    .unwrap();
-            assert_eq!(name, None);
-            assert_eq!(ts, 11);
-            assert_eq!(body, event("e-unnamed", "", 11).body);
+            let unnamed: Vec<(Option<String>, i64, String)> = rows(
+                store,
+                "SELECT name, ts, body FROM events WHERE message_id = 'e-unnamed'",
+            )
+            .await;
+            assert_eq!(unnamed, [(None, 11, event("e-unnamed", "", 11).body)]);
         }
-        drop_pg(stores, &name).await;
+        pg.drop_with(stores).await;
     }
 
     #[tokio::test]
     async fn suppressions_are_found_before_and_after_the_key_is_known() {
-        let (_dir, stores, name) = stores("suppress").await;
+        let (_dir, stores, pg) = stores("batch_suppress").await;
         let rules = IdentityRules::new(&crate::config::IdentityConfig::default());
         let gone = [Identifier::new("email", "gone@example.com")];
         let kept = [Identifier::new("email", "kept@example.com")];
         for store in &stores {
             let backend = store.backend();
             // Nothing erased yet: no key.
-            let (_, stored) = run(store, &rules, &[("k0", &kept, &[], &[], 1)]).await;
-            assert_eq!(stored, 1);
-            assert!(store.known_erasure_key().get().is_none());
-            // An erasure made (by another hub, say): its key and a digest.
-            let key = b"0123456789abcdef0123456789abcdef";
-            sqlx::query(
-                "INSERT INTO erasure_keys (name, secret, created_at) VALUES ('suppression', $1, 0)",
+            let (_, stored) = run(
+                store,
+                &rules,
+                &[("k0", &kept, &[], &[], 1), ("g0", &gone, &[], &[], 1)],
             )
-            .bind(hex::encode(key))
-            .execute(store.pool())
-            .await
-            .unwrap();
-            sqlx::query("INSERT INTO erased_identifiers (digest, at) VALUES ($1, 0)")
-                .bind(crate::store::erasure::digest(key, &gone[0]))
-                .execute(store.pool())
-                .await
-                .unwrap();
+            .await;
+            assert_eq!(stored, 2);
+            assert!(store.known_erasure_key().get().is_none());
+            // The second profile erased (as by another hub: this store's copy of the key is
+            // still empty): the key is made and the identifier kept as its digest.
+            let profile = ProfileRef::Identifier(gone[0].clone());
+            let erased = erasure::erase(store, &profile, &|_| None, 5).await.unwrap();
+            assert!(erased.is_some(), "{backend:?}");
+            let mut conn = store.acquire().await.unwrap();
+            let key = erasure::key(&mut conn).await.unwrap().unwrap();
+            drop(conn);
             // The key is read and kept; the digest is checked either way.
             for round in ["key read", "key known"] {
                 let (_, stored) = run(
@@ -597,6 +566,6 @@ mod tests {
                 "{backend:?}"
             );
         }
-        drop_pg(stores, &name).await;
+        pg.drop_with(stores).await;
     }
 }

@@ -616,17 +616,6 @@ pub struct Writes<'a> {
     pub events: &'a [&'a NewEvent],
 }
 
-impl Writes<'_> {
-    fn is_empty(&self) -> bool {
-        self.profiles.is_empty()
-            && self.identifiers.is_empty()
-            && self.touched.is_empty()
-            && self.traits.is_empty()
-            && self.consent.is_empty()
-            && self.events.is_empty()
-    }
-}
-
 /// Writes an identity batch's results in this order: profiles, identifiers, touches, traits,
 /// consent, events. Returns how many events were stored (not already there).
 pub async fn write_batch(
@@ -635,9 +624,6 @@ pub async fn write_batch(
     w: &Writes<'_>,
     now: i64,
 ) -> Result<u64> {
-    if w.is_empty() {
-        return Ok(0);
-    }
     insert_profiles(conn, backend, w.profiles, now).await?;
     attach_all(conn, backend, w.identifiers, now).await?;
     touch_all(conn, backend, w.touched, now).await?;

@@ -481,6 +481,69 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// For unit tests elsewhere in the crate: a PostgreSQL database of a test's own, and reads of
+/// what was stored, so their SQL stays in the store.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::Store;
+
+    const SERVER: &str = "postgres://postgres@127.0.0.1:5432";
+
+    async fn admin() -> sqlx::PgPool {
+        // A plain pool: the maintenance database is shared, it must not get our migrations.
+        sqlx::PgPool::connect(&format!("{SERVER}/postgres"))
+            .await
+            .expect("PostgreSQL at 127.0.0.1:5432")
+    }
+
+    /// A database created for one test; [`PgDatabase::drop_with`] removes it.
+    pub(crate) struct PgDatabase {
+        pub name: String,
+    }
+
+    impl PgDatabase {
+        /// A new, empty database named after `tag`, the process and the time.
+        pub(crate) async fn create(tag: &str) -> PgDatabase {
+            let name = format!(
+                "switchyard_unit_{tag}_{}_{}",
+                std::process::id(),
+                super::now_millis()
+            );
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&admin().await)
+                .await
+                .unwrap();
+            PgDatabase { name }
+        }
+
+        pub(crate) fn url(&self) -> String {
+            format!("{SERVER}/{}", self.name)
+        }
+
+        /// The database opened as a store (migrated).
+        pub(crate) async fn open(&self) -> Store {
+            Store::open(&self.url()).await.unwrap()
+        }
+
+        /// Closes these stores and drops the database.
+        pub(crate) async fn drop_with(self, stores: Vec<Store>) {
+            drop(stores);
+            sqlx::query(&format!("DROP DATABASE {} WITH (FORCE)", self.name))
+                .execute(&admin().await)
+                .await
+                .unwrap();
+        }
+    }
+
+    /// Each row a diagnostic query (`SELECT ...`) answers.
+    pub(crate) async fn rows<T>(store: &Store, sql: &str) -> Vec<T>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow> + Send + Unpin,
+    {
+        sqlx::query_as(sql).fetch_all(store.pool()).await.unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
