@@ -559,21 +559,8 @@ mod tests {
 
     #[tokio::test]
     async fn postgres_statistics_are_refreshed_once_a_table_outgrew_them() {
-        let server = "postgres://postgres@127.0.0.1:5432";
-        // A plain pool: the maintenance database is shared, it must not get our migrations.
-        let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
-            .await
-            .unwrap();
-        let name = format!(
-            "switchyard_unit_stats_{}_{}",
-            std::process::id(),
-            now_millis()
-        );
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        let store = Store::open(&format!("{server}/{name}")).await.unwrap();
+        let db = testing::PgDatabase::create("stats").await;
+        let store = db.open().await;
         let reltuples = |table: &'static str| {
             let store = store.clone();
             async move {
@@ -617,12 +604,7 @@ mod tests {
         assert_eq!(reltuples("sync_records").await, -1.0);
         store.analyze_if_stale("audience_members").await.unwrap();
         assert_eq!(reltuples("audience_members").await, 12_000.0);
-
-        drop(store);
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        db.drop_with(vec![store]).await;
     }
 
     /// What releases before the sqlx migrator left: the same four schema texts, split on `;` and
@@ -711,25 +693,9 @@ mod tests {
 
     #[tokio::test]
     async fn an_old_postgres_database_opens_after_the_upgrade() {
-        let server = "postgres://postgres@127.0.0.1:5432";
-        // A plain pool: the maintenance database is shared, it must not get our migrations.
-        let admin = sqlx::PgPool::connect(&format!("{server}/postgres"))
-            .await
-            .unwrap();
-        let name = format!(
-            "switchyard_unit_upgrade_{}_{}",
-            std::process::id(),
-            now_millis()
-        );
-        sqlx::query(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        upgrade_keeps_an_old_database_working(&format!("{server}/{name}")).await;
-        sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-            .execute(&admin)
-            .await
-            .unwrap();
+        let db = testing::PgDatabase::create("upgrade").await;
+        upgrade_keeps_an_old_database_working(&db.url()).await;
+        db.drop_with(Vec::new()).await;
     }
 
     #[tokio::test]
