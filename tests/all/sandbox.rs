@@ -1020,9 +1020,10 @@ fn install_and_info_say_which_secrets_enter_plugin_memory() {
 }
 
 /// A call's requests to one place go over one connection (HTTP/1.1 keep-alive) while each
-/// response is read to its end; the next call opens its own. Before, every request opened a
-/// TCP connection (and for HTTPS a TLS session) of its own: a destination sending a batch as
-/// many requests (GA4: one per client) paid a handshake for each.
+/// response is read to its end, and so do the same instance's later calls (an event stream
+/// calls its destination for every batch); another instance opens its own. Before, every
+/// request opened a TCP connection (and for HTTPS a TLS session) of its own: a destination
+/// sending a batch as many requests (GA4: one per client) paid a handshake for each.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_calls_requests_to_one_host_share_a_connection() {
     use axum::extract::ConnectInfo;
@@ -1054,7 +1055,8 @@ async fn a_calls_requests_to_one_host_share_a_connection() {
             allow_exactly(&addr),
         )
     };
-    let results = fetch(10)
+    let first = fetch(10);
+    let results = first
         .deliver(Action::Upsert, &batch(1))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -1072,7 +1074,20 @@ async fn a_calls_requests_to_one_host_share_a_connection() {
         "one connection for the call's 10 requests"
     );
 
-    // The next call does not get the first call's connection.
+    // The same instance's next call goes on it too.
+    let results = first
+        .deliver(Action::Upsert, &batch(1))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(rejected_reason(&results), "fetched 10 times");
+    assert_eq!(peers.lock().unwrap().len(), 20);
+    assert_eq!(
+        connections(&peers.lock().unwrap()),
+        1,
+        "the next call of the same instance reuses the connection"
+    );
+
+    // Another instance does not get it.
     let results = fetch(2)
         .deliver(Action::Upsert, &batch(1))
         .await

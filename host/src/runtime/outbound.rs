@@ -44,62 +44,99 @@ pub(crate) struct PluginHttpHooks {
     /// This call's connection and received-bytes budget, made at its first request (most calls
     /// make none).
     pub budget: Option<Arc<CallBudget>>,
+    /// The instance's open connections between requests, shared by its calls.
+    pub kept: Arc<KeptConnections>,
 }
 
-/// What one call may still do on the network, and its connections open between requests.
+/// What one call may still do on the network.
 pub(crate) struct CallBudget {
     connections: Arc<Semaphore>,
     received: AtomicU64,
     received_cap: u64,
-    /// Connections whose last response was read to its end, by what the plugin asked for
-    /// (`scheme://authority`): the call's next request there goes on one of them (HTTP/1.1
-    /// keep-alive) instead of a new TCP connection and TLS handshake. A destination that sends
-    /// a batch as many requests (GA4: one per client, 25 events at most) paid both each time.
-    /// They close when the call ends, with this budget.
+    /// Where its connections go back to between requests: its plugin instance's.
+    kept: Arc<KeptConnections>,
+}
+
+/// A plugin instance's connections whose last response was read to its end, by what the
+/// plugin asked for (`scheme://authority`): the next request there, from the same call or a
+/// later one, goes on one of them (HTTP/1.1 keep-alive) instead of a new TCP connection and
+/// TLS handshake. A destination sending a batch as many requests (GA4: one per client, 25
+/// events at most) paid both for each, and an event stream, calling its destination every few
+/// tens of milliseconds, paid both for each batch. Never shared between instances (another
+/// destination, or the same plugin with other settings): each has its own. A connection
+/// closes when the server hangs up, when it has been idle [`KEEP_IDLE`], or with its instance;
+/// until then it holds its share of `[hub.plugin_limits] hub_connections`.
+#[derive(Default)]
+pub(crate) struct KeptConnections {
     idle: std::sync::Mutex<HashMap<String, Vec<Pooled>>>,
 }
 
-/// An open connection a call may send its next request on.
+/// An open connection a request may be sent on.
 struct Pooled {
     /// Where it is connected: the checked `scheme://address` (plain HTTP) or name (HTTPS).
     target: String,
     sender: SendRequest<WasiBody>,
+    /// When it was last handed back.
+    since: std::time::Instant,
 }
 
-/// Idle connections a call keeps per place it asked for.
+/// Idle connections an instance keeps per place it asked for.
 const IDLE_PER_HOST: usize = 4;
 
-impl CallBudget {
-    fn new(limits: &Limits) -> Self {
-        CallBudget {
-            connections: Arc::new(Semaphore::new(limits.connections_per_call)),
-            received: AtomicU64::new(0),
-            received_cap: limits.received_bytes_per_call,
-            idle: std::sync::Mutex::default(),
-        }
-    }
+/// How long an idle connection is kept. Servers close idle connections after their own
+/// timeout (nginx 75 s, Node.js 5 s); one closed that way is seen closed and not taken, but a
+/// close at the very moment a request leaves fails that request (it may have arrived, so it is
+/// not sent twice) and the plugin's retry sends it again. Keeping them no longer than this
+/// bounds how long an unused one holds its descriptor.
+const KEEP_IDLE: Duration = Duration::from_secs(30);
 
-    /// An idle connection to `asked` the server has not closed.
-    fn take_idle(&self, asked: &str) -> Option<Pooled> {
+impl KeptConnections {
+    /// An idle connection to `asked` the server has not closed and that is not too old.
+    fn take(&self, asked: &str) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let list = idle.get_mut(asked)?;
         // Closed: the server hung up. One not closed may not be ready yet either (its task has
         // not yet seen the last response end); `send` waits for it, and sends elsewhere if it
         // closes meanwhile.
         while let Some(pooled) = list.pop() {
-            if !pooled.sender.is_closed() {
+            if !pooled.sender.is_closed() && pooled.since.elapsed() < KEEP_IDLE {
                 return Some(pooled);
             }
         }
         None
     }
 
-    fn put_idle(&self, asked: String, pooled: Pooled) {
+    /// Keeps `pooled` for the next request to `asked`, and lets go of connections idle too long.
+    fn put(&self, asked: String, mut pooled: Pooled) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|p| !p.sender.is_closed() && p.since.elapsed() < KEEP_IDLE);
+            !list.is_empty()
+        });
         let list = idle.entry(asked).or_default();
         if list.len() < IDLE_PER_HOST {
+            pooled.since = std::time::Instant::now();
             list.push(pooled);
         }
+    }
+}
+
+impl CallBudget {
+    fn new(limits: &Limits, kept: Arc<KeptConnections>) -> Self {
+        CallBudget {
+            connections: Arc::new(Semaphore::new(limits.connections_per_call)),
+            received: AtomicU64::new(0),
+            received_cap: limits.received_bytes_per_call,
+            kept,
+        }
+    }
+
+    fn take_idle(&self, asked: &str) -> Option<Pooled> {
+        self.kept.take(asked)
+    }
+
+    fn put_idle(&self, asked: String, pooled: Pooled) {
+        self.kept.put(asked, pooled)
     }
 }
 
@@ -137,7 +174,7 @@ impl WasiHttpHooks for PluginHttpHooks {
         self.requests_made = self.requests_made.saturating_add(1);
         let budget = self
             .budget
-            .get_or_insert_with(|| Arc::new(CallBudget::new(&limits)))
+            .get_or_insert_with(|| Arc::new(CallBudget::new(&limits, self.kept.clone())))
             .clone();
         let hub_connections = self.hub_connections.clone();
         Box::new(async move {
@@ -218,7 +255,15 @@ impl WasiHttpHooks for PluginHttpHooks {
             let body = Keeping {
                 incoming,
                 timeout,
-                back: Some((budget.clone(), asked, Pooled { target, sender })),
+                back: Some((
+                    budget.clone(),
+                    asked,
+                    Pooled {
+                        target,
+                        sender,
+                        since: std::time::Instant::now(),
+                    },
+                )),
             };
             Ok((
                 http::Response::from_parts(
@@ -279,7 +324,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> T
 /// Opens a connection for a gated request, as wasmtime-wasi-http's `default_send_request`
 /// does (TCP to the request's authority, TLS by name with the webpki roots, HTTP/1.1), but
 /// drives it on a task of its own holding `permits`, so it outlives one response. It closes
-/// when its last sender is dropped: the call's idle list, at the end of the call.
+/// when its last sender is dropped (see [`KeptConnections`]).
 async fn connect(
     uri: http::Uri,
     options: Option<RequestOptions>,
@@ -301,6 +346,11 @@ async fn connect(
             Ok(stream) => stream.map_err(HttpError::Connect)?,
             Err(_) => return Err(HttpError::ConnectionTimeout),
         };
+    // A request leaves as two writes (head, then body). On a connection that has carried one
+    // before, Nagle's algorithm holds the second until the first is acknowledged, and the
+    // server delays that acknowledgement (40 ms on Linux): each batch of an event stream took
+    // 50-60 ms longer on a kept connection than on a new one until this was set.
+    tcp.set_nodelay(true).map_err(HttpError::Connect)?;
     let stream: Box<dyn Transport> = if tls {
         let name = server_name(&authority)?;
         let stream = tokio_rustls::TlsConnector::from(tls_config())
@@ -422,7 +472,7 @@ fn server_name(authority: &str) -> Result<rustls::pki_types::ServerName<'static>
         .map_err(|_| HttpError::HttpRequestUriInvalid)
 }
 
-/// A response body that hands its connection back to the call's idle list once read to the
+/// A response body that hands its connection back to the instance's idle list once read to the
 /// end (a body dropped before its end takes the connection with it: what is left unread
 /// would come before the next response). Fails a read that waits longer than the request's
 /// between-bytes timeout.

@@ -301,6 +301,8 @@ pub struct PluginInstance {
     secrets: Arc<Vec<(String, String)>>,
     scrubber: Arc<Scrubber>,
     limits: Arc<Limits>,
+    /// Its calls' connections open between requests.
+    kept: Arc<super::outbound::KeptConnections>,
 }
 
 impl PluginInstance {
@@ -332,6 +334,7 @@ impl PluginInstance {
             secrets: Arc::new(config.secrets),
             scrubber,
             limits,
+            kept: Arc::default(),
         }
     }
 
@@ -353,6 +356,7 @@ impl PluginInstance {
                 limits: self.limits.clone(),
                 requests_made: 0,
                 budget: None,
+                kept: self.kept.clone(),
             },
             limits.memory_bytes,
             limits.max_stdio_bytes,
