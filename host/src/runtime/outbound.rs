@@ -64,11 +64,20 @@ pub(crate) struct CallBudget {
 /// events at most) paid both for each, and an event stream, calling its destination every few
 /// tens of milliseconds, paid both for each batch. Never shared between instances (another
 /// destination, or the same plugin with other settings): each has its own. A connection
-/// closes when the server hangs up, when it has been idle [`KEEP_IDLE`], or with its instance;
-/// until then it holds its share of `[hub.plugin_limits] hub_connections`.
-#[derive(Default)]
+/// closes when the server hangs up, when it has been idle [`KEEP_IDLE`] (a sweep runs while
+/// any is kept), or with its instance; until then it holds its share of
+/// `[hub.plugin_limits] hub_connections`.
 pub(crate) struct KeptConnections {
     idle: std::sync::Mutex<HashMap<String, Vec<Pooled>>>,
+    keep_idle: Duration,
+    /// Whether a sweep task is running for these connections.
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+impl Default for KeptConnections {
+    fn default() -> Self {
+        KeptConnections::with_idle_limit(KEEP_IDLE)
+    }
 }
 
 /// An open connection a request may be sent on.
@@ -91,6 +100,18 @@ const IDLE_PER_HOST: usize = 4;
 const KEEP_IDLE: Duration = Duration::from_secs(30);
 
 impl KeptConnections {
+    fn with_idle_limit(keep_idle: Duration) -> Self {
+        KeptConnections {
+            idle: std::sync::Mutex::default(),
+            keep_idle,
+            sweeping: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn fresh(&self, pooled: &Pooled) -> bool {
+        !pooled.sender.is_closed() && pooled.since.elapsed() < self.keep_idle
+    }
+
     /// An idle connection to `asked` the server has not closed and that is not too old.
     fn take(&self, asked: &str) -> Option<Pooled> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -99,24 +120,59 @@ impl KeptConnections {
         // not yet seen the last response end); `send` waits for it, and sends elsewhere if it
         // closes meanwhile.
         while let Some(pooled) = list.pop() {
-            if !pooled.sender.is_closed() && pooled.since.elapsed() < KEEP_IDLE {
+            if self.fresh(&pooled) {
                 return Some(pooled);
             }
         }
         None
     }
 
-    /// Keeps `pooled` for the next request to `asked`, and lets go of connections idle too long.
-    fn put(&self, asked: String, mut pooled: Pooled) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        idle.retain(|_, list| {
-            list.retain(|p| !p.sender.is_closed() && p.since.elapsed() < KEEP_IDLE);
-            !list.is_empty()
-        });
-        let list = idle.entry(asked).or_default();
-        if list.len() < IDLE_PER_HOST {
+    /// Keeps `pooled` for the next request to `asked`, and makes sure a sweep will close it
+    /// if it is not taken again.
+    fn put(self: &Arc<Self>, asked: String, mut pooled: Pooled) {
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            let list = idle.entry(asked).or_default();
+            if list.len() >= IDLE_PER_HOST {
+                return;
+            }
             pooled.since = std::time::Instant::now();
             list.push(pooled);
+        }
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+
+    /// Drops (so closes) the connections idle too long or closed; how many are left.
+    fn sweep(&self) -> usize {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, list| {
+            list.retain(|p| self.fresh(p));
+            !list.is_empty()
+        });
+        idle.values().map(Vec::len).sum()
+    }
+}
+
+/// Closes an instance's connections as they pass their idle limit, until none is left (or the
+/// instance is gone: it holds only a weak reference). Without it an instance that stopped
+/// calling (a stream with nothing to send at night) kept them until the server hung up.
+async fn sweep(kept: std::sync::Weak<KeptConnections>) {
+    loop {
+        let every = match kept.upgrade() {
+            Some(k) => k.keep_idle / 2,
+            None => return,
+        };
+        tokio::time::sleep(every).await;
+        let Some(k) = kept.upgrade() else { return };
+        if k.sweep() > 0 {
+            continue;
+        }
+        k.sweeping.store(false, Ordering::Release);
+        // One handed back between the sweep and the store above started no sweep of its own.
+        if k.sweep() == 0 || k.sweeping.swap(true, Ordering::AcqRel) {
+            return;
         }
     }
 }
@@ -675,6 +731,98 @@ fn fill_secrets(headers: &mut http::HeaderMap, secrets: &[(String, String)]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A loopback server that reports each connection the client closes, and a way to open
+    /// connections to it as the hub does.
+    async fn server() -> (
+        impl Fn() -> Pin<Box<dyn Future<Output = SendRequest<WasiBody>>>>,
+        tokio::sync::mpsc::UnboundedReceiver<()>,
+    ) {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let closed_tx = closed_tx.clone();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 64];
+                    while matches!(socket.read(&mut buf).await, Ok(n) if n > 0) {}
+                    let _ = closed_tx.send(());
+                });
+            }
+        });
+        let open = move || -> Pin<Box<dyn Future<Output = SendRequest<WasiBody>>>> {
+            Box::pin(async move {
+                let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (sender, connection) = hyper::client::conn::http1::handshake::<_, WasiBody>(
+                    wasmtime_wasi_http::io::TokioIo::new(tcp),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(connection);
+                sender
+            })
+        };
+        (open, closed)
+    }
+
+    fn pooled(sender: SendRequest<WasiBody>) -> Pooled {
+        Pooled {
+            target: "http://127.0.0.1".into(),
+            sender,
+            since: std::time::Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_kept_connection_closes_once_idle_too_long() {
+        let (open, mut closed) = server().await;
+        let kept = Arc::new(KeptConnections::with_idle_limit(Duration::from_millis(300)));
+        kept.put("http://a".into(), pooled(open().await));
+        // Taken and handed back while fresh: the same connection, still open.
+        let again = kept.take("http://a").expect("a fresh connection is kept");
+        kept.put("http://a".into(), again);
+        assert!(closed.try_recv().is_err());
+        // Not taken again: the sweep closes it, then stops.
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("closed by the sweep");
+        assert!(kept.take("http://a").is_none());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while kept.sweeping.load(Ordering::Acquire) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sweep never stopped"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A connection kept after the sweep stopped gets a sweep of its own.
+        kept.put("http://a".into(), pooled(open().await));
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("closed by a new sweep");
+    }
+
+    #[tokio::test]
+    async fn kept_connections_close_with_their_instance_and_are_capped_per_place() {
+        let (open, mut closed) = server().await;
+        let kept = Arc::new(KeptConnections::default());
+        for _ in 0..IDLE_PER_HOST + 1 {
+            kept.put("http://a".into(), pooled(open().await));
+        }
+        // The one over the cap is not kept: closed at once.
+        tokio::time::timeout(Duration::from_secs(5), closed.recv())
+            .await
+            .expect("the connection over the cap closed");
+        assert!(closed.try_recv().is_err());
+        drop(kept);
+        for _ in 0..IDLE_PER_HOST {
+            tokio::time::timeout(Duration::from_secs(5), closed.recv())
+                .await
+                .expect("closed with the instance");
+        }
+    }
 
     #[test]
     fn tls_settings_build_and_names_are_read_from_authorities() {
