@@ -92,12 +92,12 @@ struct Pooled {
 /// Idle connections an instance keeps per place it asked for.
 const IDLE_PER_HOST: usize = 4;
 
-/// How long an idle connection is kept. Servers close idle connections after their own
-/// timeout (nginx 75 s, Node.js 5 s); one closed that way is seen closed and not taken, but a
-/// close at the very moment a request leaves fails that request (it may have arrived, so it is
-/// not sent twice) and the plugin's retry sends it again. Keeping them no longer than this
-/// bounds how long an unused one holds its descriptor.
-const KEEP_IDLE: Duration = Duration::from_secs(30);
+/// How long an idle connection is kept: below Node.js servers' default idle timeout (5 s,
+/// `server.keepAliveTimeout`), as the `agentkeepalive` agent does (its `freeSocketTimeout`,
+/// 4,000 ms, "to avoid ECONNRESET"), so the hub does not send on a connection the server is
+/// closing at that moment (a request that may have arrived fails rather than go twice). Long
+/// enough for a stream's next batch, tens of milliseconds later, or a sync's next call.
+const KEEP_IDLE: Duration = Duration::from_secs(4);
 
 impl KeptConnections {
     fn with_idle_limit(keep_idle: Duration) -> Self {
