@@ -140,7 +140,12 @@ impl KeptConnections {
             list.push(pooled);
         }
         if !self.sweeping.swap(true, Ordering::AcqRel) {
-            tokio::spawn(sweep(Arc::downgrade(self)));
+            // A response body can be dropped off the runtime (with a plugin's store): then the
+            // next connection handed back on it starts the sweep.
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => drop(runtime.spawn(sweep(Arc::downgrade(self)))),
+                Err(_) => self.sweeping.store(false, Ordering::Release),
+            }
         }
     }
 
