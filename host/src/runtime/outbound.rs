@@ -53,8 +53,6 @@ pub(crate) struct CallBudget {
     connections: Arc<Semaphore>,
     received: AtomicU64,
     received_cap: u64,
-    /// Where its connections go back to between requests: its plugin instance's.
-    kept: Arc<KeptConnections>,
 }
 
 /// A plugin instance's connections whose last response was read to its end, by what the
@@ -183,21 +181,12 @@ async fn sweep(kept: std::sync::Weak<KeptConnections>) {
 }
 
 impl CallBudget {
-    fn new(limits: &Limits, kept: Arc<KeptConnections>) -> Self {
+    fn new(limits: &Limits) -> Self {
         CallBudget {
             connections: Arc::new(Semaphore::new(limits.connections_per_call)),
             received: AtomicU64::new(0),
             received_cap: limits.received_bytes_per_call,
-            kept,
         }
-    }
-
-    fn take_idle(&self, asked: &str) -> Option<Pooled> {
-        self.kept.take(asked)
-    }
-
-    fn put_idle(&self, asked: String, pooled: Pooled) {
-        self.kept.put(asked, pooled)
     }
 }
 
@@ -235,9 +224,10 @@ impl WasiHttpHooks for PluginHttpHooks {
         self.requests_made = self.requests_made.saturating_add(1);
         let budget = self
             .budget
-            .get_or_insert_with(|| Arc::new(CallBudget::new(&limits, self.kept.clone())))
+            .get_or_insert_with(|| Arc::new(CallBudget::new(&limits)))
             .clone();
         let hub_connections = self.hub_connections.clone();
+        let kept = self.kept.clone();
         Box::new(async move {
             if over_requests {
                 return Err(over_budget(format!(
@@ -248,7 +238,7 @@ impl WasiHttpHooks for PluginHttpHooks {
             let asked = place(request.uri());
             // An idle connection of this call needs no new permits; otherwise they are taken
             // before any name lookup or socket, so a request over budget costs nothing.
-            let reused = budget.take_idle(&asked);
+            let reused = kept.take(&asked);
             let taken = match reused {
                 Some(_) => None,
                 None => Some(permits(&budget, &hub_connections, &plugin, &limits)?),
@@ -269,7 +259,7 @@ impl WasiHttpHooks for PluginHttpHooks {
             // Reused only where this request would connect now: a name that resolves elsewhere
             // since gets a connection of its own.
             let uri = request.uri().clone();
-            let (sender, kept) = match reused {
+            let (sender, was_kept) = match reused {
                 Some(pooled) if pooled.target == target => (pooled.sender, true),
                 _ => {
                     let taken = match taken {
@@ -290,7 +280,7 @@ impl WasiHttpHooks for PluginHttpHooks {
                 // The server closed the kept connection as it was taken up again (its
                 // keep-alive ran out): the request did not leave, so it goes once more on a
                 // new connection.
-                Err(Failure::Unsent(request, error)) if kept => {
+                Err(Failure::Unsent(request, error)) if was_kept => {
                     tracing::debug!(plugin = %plugin, "kept connection closed ({error}), sending on a new one");
                     let taken = permits(&budget, &hub_connections, &plugin, &limits)?;
                     let sender = connect(uri, options, taken)
@@ -317,7 +307,7 @@ impl WasiHttpHooks for PluginHttpHooks {
                 incoming,
                 timeout,
                 back: Some((
-                    budget.clone(),
+                    kept,
                     asked,
                     Pooled {
                         target,
@@ -540,13 +530,13 @@ fn server_name(authority: &str) -> Result<rustls::pki_types::ServerName<'static>
 struct Keeping {
     incoming: hyper::body::Incoming,
     timeout: tokio::time::Interval,
-    back: Option<(Arc<CallBudget>, String, Pooled)>,
+    back: Option<(Arc<KeptConnections>, String, Pooled)>,
 }
 
 impl Keeping {
     fn keep(&mut self) {
-        if let Some((budget, asked, pooled)) = self.back.take() {
-            budget.put_idle(asked, pooled);
+        if let Some((kept, asked, pooled)) = self.back.take() {
+            kept.put(asked, pooled);
         }
     }
 }
