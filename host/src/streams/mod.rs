@@ -27,7 +27,13 @@
 //!   an fsync beside the other's.
 //! - **Isolation.** Each stream is its own task with its own cursor: a destination that fails
 //!   or hangs holds back only its stream.
+//! - **The tracking API first.** Stream tasks run on a runtime of their own whose threads the
+//!   kernel runs only when the hub's other threads leave a core free (`SCHED_IDLE`, raised
+//!   again if that starves them; [`background`]), so forwarding takes spare CPU rather than
+//!   time from acknowledgements. Batch commits run on the hub's runtime: they hold the write
+//!   turn the tracking API's writer waits for.
 
+mod background;
 pub mod integrations;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -99,6 +105,11 @@ pub struct StreamEngine {
     tasks: Arc<Mutex<Tasks>>,
     metrics: Option<Metrics>,
     tails: Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>,
+    /// Where the stream tasks run (see [`background`]), started with the first stream; None
+    /// inside when it could not be started (they run on the hub's runtime then).
+    background: Arc<std::sync::OnceLock<Option<Arc<background::Background>>>>,
+    /// The hub's runtime, where batch commits run (they hold the write turn).
+    home: tokio::runtime::Handle,
 }
 
 /// Running stream tasks by name, with the [`fingerprint`] of the settings each runs with.
@@ -124,6 +135,7 @@ pub struct StreamStatus {
 }
 
 impl StreamEngine {
+    /// Called on the hub's runtime: batch commits run there.
     pub fn new(store: Store, syncs: crate::sync::Engine, registry: Arc<Registry>) -> StreamEngine {
         StreamEngine {
             store,
@@ -132,6 +144,24 @@ impl StreamEngine {
             tasks: Arc::default(),
             metrics: None,
             tails: Arc::default(),
+            background: Arc::default(),
+            home: tokio::runtime::Handle::current(),
+        }
+    }
+
+    /// The runtime stream tasks run on: the background one, or the hub's if that could not
+    /// be started.
+    fn spawner(&self) -> tokio::runtime::Handle {
+        let background = self.background.get_or_init(|| {
+            background::Background::start(&self.home)
+                .map_err(|e| {
+                    tracing::warn!("event streams share the hub's threads: {e:#}");
+                })
+                .ok()
+        });
+        match background {
+            Some(b) => b.handle().clone(),
+            None => self.home.clone(),
         }
     }
 
@@ -203,11 +233,15 @@ impl StreamEngine {
             rows::init_cursor(&self.store, &stream.name, first, now_millis()).await?;
             starting.push((print.clone(), (*stream).clone()));
         }
+        if starting.is_empty() {
+            return Ok(());
+        }
+        let spawner = self.spawner();
         let mut tasks = self.tasks.lock().unwrap_or_else(|p| p.into_inner());
         for (print, stream) in starting {
             let engine = self.clone();
             let name = stream.name.clone();
-            let handle = tokio::spawn(async move { engine.supervise(stream).await });
+            let handle = spawner.spawn(async move { engine.supervise(stream).await });
             tasks.insert(name, (print, handle));
         }
         Ok(())
@@ -789,20 +823,22 @@ impl StreamEngine {
         };
         let store = self.store.clone();
         let records = sent_keys.len();
-        *pending = Some(tokio::spawn(
-            async move {
-                let committing = std::time::Instant::now();
-                owned.commit(&store).await?;
-                tracing::debug!(
-                    records,
-                    deliver_ms = delivered.as_secs_f64() * 1e3,
-                    commit_ms = committing.elapsed().as_secs_f64() * 1e3,
-                    "batch delivered and committed"
-                );
-                Ok(())
-            }
-            .in_current_span(),
-        ));
+        *pending = Some(
+            self.home.spawn(
+                async move {
+                    let committing = std::time::Instant::now();
+                    owned.commit(&store).await?;
+                    tracing::debug!(
+                        records,
+                        deliver_ms = delivered.as_secs_f64() * 1e3,
+                        commit_ms = committing.elapsed().as_secs_f64() * 1e3,
+                        "batch delivered and committed"
+                    );
+                    Ok(())
+                }
+                .in_current_span(),
+            ),
+        );
         let now = now_millis();
         if let Some(m) = &self.metrics {
             let mut dropped: Vec<(&str, u64)> = batch

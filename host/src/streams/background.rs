@@ -1,0 +1,331 @@
+//! Where the streams' work runs: a tokio runtime of its own whose threads the kernel runs only
+//! when no ordinary thread wants the CPU (`SCHED_IDLE` on Linux), unless that would starve
+//! them.
+//!
+//! A stream reads, decides, transforms and delivers every event the tracking API commits, on
+//! the same cores as the tracking API. Delivery can wait a few milliseconds; an
+//! acknowledgement a client waits on should not. At `nice` 10 (tried) the kernel's EEVDF
+//! scheduler lets a stream thread run out its slice before a woken request handler gets the
+//! core, and acknowledgements were as slow as at normal priority; a `SCHED_IDLE` thread is
+//! preempted at once (`check_preempt_wakeup_fair`), and a CPU running only such threads counts
+//! as idle when the kernel places a waking thread.
+//!
+//! An idle thread gets almost nothing while ordinary threads take every core, so a guard on
+//! the hub's runtime checks every [`PROBE`] that a task sent to these threads starts within
+//! that time; one that does not raises them to normal priority for at least [`HOLD`]. Going
+//! back from `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20 or more (systemd's
+//! `LimitNICE=`), since the kernel counts it as raising a nice value; without either the
+//! threads stay at normal priority, and the hub says so once. The streams' batch commits do
+//! not run here: they hold the store's write turn, which the tracking API's writer waits for.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// How often the guard checks that the threads are not starved, and how late a check's task
+/// may start.
+pub const PROBE: Duration = Duration::from_millis(100);
+
+/// The least time the threads stay at normal priority once the guard raised them.
+pub const HOLD: Duration = Duration::from_secs(2);
+
+/// The priority the background threads run at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    /// `SCHED_IDLE`: only when nothing else wants the core.
+    Idle,
+    /// `SCHED_OTHER`, as every other thread of the hub.
+    Normal,
+}
+
+/// What the guard sets next, from whether the last check's task started in time and how long
+/// the threads have been raised (None while idle).
+pub fn next(starved: bool, raised_for: Option<Duration>) -> Priority {
+    match (starved, raised_for) {
+        (true, _) => Priority::Normal,
+        (false, Some(held)) if held < HOLD => Priority::Normal,
+        (false, _) => Priority::Idle,
+    }
+}
+
+/// The streams' runtime; shut down in the background when the last handle goes (a runtime
+/// dropped inside another one's task would panic).
+pub struct Background {
+    runtime: Option<tokio::runtime::Runtime>,
+    threads: Arc<Threads>,
+}
+
+/// The runtime's threads (kernel thread ids) and the priority they are at.
+struct Threads {
+    ids: Mutex<Vec<i32>>,
+    priority: Mutex<Priority>,
+}
+
+impl Threads {
+    /// Sets every thread's priority (and that of threads started from now on).
+    fn set(&self, priority: Priority) {
+        let mut current = self.priority.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == priority {
+            return;
+        }
+        *current = priority;
+        for id in self.ids.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            if let Err(e) = sys::set_priority(*id, priority) {
+                tracing::warn!(
+                    thread = id,
+                    "could not set a stream thread to {priority:?}: {e}"
+                );
+            }
+        }
+        match priority {
+            Priority::Normal => tracing::info!(
+                "event streams starved of CPU: their threads run at normal priority for at least {HOLD:?}"
+            ),
+            Priority::Idle => tracing::debug!("event stream threads back at idle priority"),
+        }
+    }
+
+    fn started(&self) {
+        let id = sys::thread_id();
+        let priority = *self.priority.lock().unwrap_or_else(|p| p.into_inner());
+        if priority == Priority::Idle {
+            if let Err(e) = sys::set_priority(id, Priority::Idle) {
+                tracing::warn!("a stream thread runs at normal priority: {e}");
+            }
+        }
+        self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
+    }
+
+    fn stopped(&self) {
+        let id = sys::thread_id();
+        self.ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|t| *t != id);
+    }
+}
+
+impl Background {
+    /// A runtime with as many workers as the machine has cores, at idle priority where they
+    /// can be raised again, with its guard on `home` (the hub's runtime).
+    pub fn start(home: &tokio::runtime::Handle) -> anyhow::Result<Arc<Background>> {
+        let lowered = match sys::can_raise() {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::info!(
+                    "event streams share the CPU with the tracking API at normal priority: {e}"
+                );
+                false
+            }
+        };
+        let threads = Arc::new(Threads {
+            ids: Mutex::default(),
+            priority: Mutex::new(if lowered {
+                Priority::Idle
+            } else {
+                Priority::Normal
+            }),
+        });
+        let workers = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        let (on_start, on_stop) = (threads.clone(), threads.clone());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("switchyard-streams")
+            .on_thread_start(move || on_start.started())
+            .on_thread_stop(move || on_stop.stopped())
+            .enable_all()
+            .build()?;
+        let background = Arc::new(Background {
+            runtime: Some(runtime),
+            threads,
+        });
+        if lowered {
+            home.spawn(guard(Arc::downgrade(&background)));
+        }
+        Ok(background)
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        match &self.runtime {
+            Some(rt) => rt.handle(),
+            None => unreachable!("the runtime is only taken when dropped"),
+        }
+    }
+
+    /// The threads' priority now.
+    #[cfg(test)]
+    pub fn priority(&self) -> Priority {
+        *self
+            .threads
+            .priority
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Every [`PROBE`], sends the background runtime a task and raises its threads if it has not
+/// started by the next check; lowers them again once they have kept up for [`HOLD`]. Ends
+/// with the runtime.
+async fn guard(background: Weak<Background>) {
+    let mut raised_at: Option<Instant> = None;
+    loop {
+        let started = Arc::new(AtomicBool::new(false));
+        let threads = {
+            let Some(background) = background.upgrade() else {
+                return;
+            };
+            let flag = started.clone();
+            background
+                .handle()
+                .spawn(async move { flag.store(true, Ordering::Release) });
+            background.threads.clone()
+        };
+        tokio::time::sleep(PROBE).await;
+        let starved = !started.load(Ordering::Acquire);
+        let priority = next(starved, raised_at.map(|at| at.elapsed()));
+        match priority {
+            Priority::Normal if starved || raised_at.is_none() => raised_at = Some(Instant::now()),
+            Priority::Idle => raised_at = None,
+            Priority::Normal => {}
+        }
+        threads.set(priority);
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod sys {
+    use super::Priority;
+
+    pub fn thread_id() -> i32 {
+        // SAFETY: gettid has no arguments and cannot fail.
+        unsafe { libc::gettid() }
+    }
+
+    pub fn set_priority(thread: i32, priority: Priority) -> std::io::Result<()> {
+        let policy = match priority {
+            Priority::Idle => libc::SCHED_IDLE,
+            Priority::Normal => libc::SCHED_OTHER,
+        };
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: sched_setscheduler only reads `param`; `thread` is one of ours.
+        match unsafe { libc::sched_setscheduler(thread, policy, &param) } {
+            0 => Ok(()),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+
+    /// Whether a thread of this process can go idle and come back: tried on a thread of its
+    /// own, which then ends.
+    pub fn can_raise() -> std::io::Result<()> {
+        std::thread::spawn(|| {
+            let id = thread_id();
+            set_priority(id, Priority::Idle)?;
+            set_priority(id, Priority::Normal).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!("leaving SCHED_IDLE needs CAP_SYS_NICE or RLIMIT_NICE >= 20 ({e})"),
+                )
+            })
+        })
+        .join()
+        .unwrap_or_else(|_| Err(std::io::Error::other("the check's thread panicked")))
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod sys {
+    use super::Priority;
+
+    pub fn thread_id() -> i32 {
+        0
+    }
+
+    pub fn set_priority(_: i32, _: Priority) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    pub fn can_raise() -> std::io::Result<()> {
+        Err(std::io::Error::other("idle priority is Linux only"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guard_raises_when_starved_and_holds_before_lowering() {
+        assert_eq!(next(false, None), Priority::Idle);
+        assert_eq!(next(true, None), Priority::Normal);
+        assert_eq!(next(true, Some(HOLD * 3)), Priority::Normal);
+        assert_eq!(next(false, Some(HOLD / 2)), Priority::Normal);
+        assert_eq!(next(false, Some(HOLD)), Priority::Idle);
+    }
+
+    /// Ordinary threads on every core (bounded: they stop when the work is done, or after
+    /// 20 s): work sent to the background runtime still finishes, because the guard raises
+    /// its threads. At idle priority alone it gets a few thousandths of a core, and 40 ms of
+    /// work takes tens of seconds.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_threads_are_raised_when_ordinary_ones_take_every_core() {
+        let background = Background::start(&tokio::runtime::Handle::current()).unwrap();
+        let policy = background
+            .handle()
+            .spawn(async { unsafe { libc::sched_getscheduler(0) } })
+            .await
+            .unwrap();
+        if sys::can_raise().is_err() {
+            // Unprivileged: the threads stay at normal priority rather than risk starving.
+            assert_eq!(policy, libc::SCHED_OTHER);
+            assert_eq!(background.priority(), Priority::Normal);
+            return;
+        }
+        assert_eq!(policy, libc::SCHED_IDLE);
+        assert_eq!(background.priority(), Priority::Idle);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let hogs: Vec<_> = (0..cores + 1)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    let until = Instant::now() + Duration::from_secs(20);
+                    while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                        std::hint::spin_loop();
+                    }
+                })
+            })
+            .collect();
+        let began = Instant::now();
+        let work = background.handle().spawn(async {
+            for _ in 0..40 {
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_millis(1) {
+                    std::hint::spin_loop();
+                }
+                tokio::task::yield_now().await;
+            }
+            unsafe { libc::sched_getscheduler(0) }
+        });
+        let policy = work.await.unwrap();
+        let took = began.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for h in hogs {
+            h.join().unwrap();
+        }
+        assert_eq!(policy, libc::SCHED_OTHER, "raised while starved");
+        assert!(took < Duration::from_secs(5), "40 ms of work took {took:?}");
+        assert_eq!(background.priority(), Priority::Normal);
+    }
+}
