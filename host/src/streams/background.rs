@@ -87,8 +87,9 @@ impl Threads {
 
     fn started(&self) {
         let id = sys::thread_id();
-        let priority = *self.priority.lock().unwrap_or_else(|p| p.into_inner());
-        if priority == Priority::Idle {
+        // Held until the thread is listed, so a change the guard makes meanwhile includes it.
+        let priority = self.priority.lock().unwrap_or_else(|p| p.into_inner());
+        if *priority == Priority::Idle {
             if let Err(e) = sys::set_priority(id, Priority::Idle) {
                 tracing::warn!("a stream thread runs at normal priority: {e}");
             }
