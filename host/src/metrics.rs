@@ -102,6 +102,9 @@ pub struct StreamMetrics {
     pub lag_seconds: Family<StreamLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     /// From the message's arrival at the hub to the destination's answer.
     pub delivery_seconds: Family<StreamLabels, Histogram>,
+    /// 1 while the streams' threads run at normal priority because idle priority starved
+    /// them (`streams::background`).
+    pub threads_raised: Gauge,
 }
 
 impl StreamMetrics {
@@ -115,6 +118,7 @@ impl StreamMetrics {
             delivery_seconds: Family::<StreamLabels, Histogram>::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.001, 2.0, 16))
             }),
+            threads_raised: Gauge::default(),
         };
         registry.register(
             "stream_events_in",
@@ -145,6 +149,11 @@ impl StreamMetrics {
             "stream_delivery_seconds",
             "From a message's arrival at the hub to its destination's answer",
             m.delivery_seconds.clone(),
+        );
+        registry.register(
+            "stream_threads_raised",
+            "1 while the event streams' threads run at normal priority because the cores stayed busy",
+            m.threads_raised.clone(),
         );
         m
     }

@@ -59,6 +59,8 @@ pub struct Background {
 struct Threads {
     ids: Mutex<Vec<i32>>,
     priority: Mutex<Priority>,
+    /// `switchyard_stream_threads_raised`, when the hub keeps metrics.
+    raised: Option<prometheus_client::metrics::gauge::Gauge>,
 }
 
 impl Threads {
@@ -76,6 +78,9 @@ impl Threads {
                     "could not set a stream thread to {priority:?}: {e}"
                 );
             }
+        }
+        if let Some(gauge) = &self.raised {
+            gauge.set(i64::from(priority == Priority::Normal));
         }
         match priority {
             Priority::Normal => tracing::info!(
@@ -108,8 +113,12 @@ impl Threads {
 
 impl Background {
     /// A runtime with a worker for every two cores, at idle priority where they can be raised
-    /// again, with its guard on `home` (the hub's runtime).
-    pub fn start(home: &tokio::runtime::Handle) -> anyhow::Result<Arc<Background>> {
+    /// again, with its guard on `home` (the hub's runtime); `raised` follows whether the guard
+    /// has raised them.
+    pub fn start(
+        home: &tokio::runtime::Handle,
+        raised: Option<prometheus_client::metrics::gauge::Gauge>,
+    ) -> anyhow::Result<Arc<Background>> {
         let lowered = match sys::can_raise() {
             Ok(()) => true,
             Err(e) => {
@@ -121,6 +130,7 @@ impl Background {
         };
         let threads = Arc::new(Threads {
             ids: Mutex::default(),
+            raised,
             priority: Mutex::new(if lowered {
                 Priority::Idle
             } else {
@@ -283,7 +293,9 @@ mod tests {
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_threads_are_raised_when_ordinary_ones_take_every_core() {
-        let background = Background::start(&tokio::runtime::Handle::current()).unwrap();
+        let raised = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        let background =
+            Background::start(&tokio::runtime::Handle::current(), Some(raised.clone())).unwrap();
         let policy = background
             .handle()
             .spawn(async { unsafe { libc::sched_getscheduler(0) } })
@@ -331,5 +343,6 @@ mod tests {
         assert_eq!(policy, libc::SCHED_OTHER, "raised while starved");
         assert!(took < Duration::from_secs(5), "40 ms of work took {took:?}");
         assert_eq!(background.priority(), Priority::Normal);
+        assert_eq!(raised.get(), 1);
     }
 }

@@ -153,11 +153,16 @@ impl StreamEngine {
     /// be started.
     fn spawner(&self) -> tokio::runtime::Handle {
         let background = self.background.get_or_init(|| {
-            background::Background::start(&self.home)
-                .map_err(|e| {
-                    tracing::warn!("event streams share the hub's threads: {e:#}");
-                })
-                .ok()
+            background::Background::start(
+                &self.home,
+                self.metrics
+                    .as_ref()
+                    .map(|m| m.streams.threads_raised.clone()),
+            )
+            .map_err(|e| {
+                tracing::warn!("event streams share the hub's threads: {e:#}");
+            })
+            .ok()
         });
         match background {
             Some(b) => b.handle().clone(),
