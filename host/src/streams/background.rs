@@ -207,10 +207,10 @@ async fn guard(background: Weak<Background>) {
         tokio::time::sleep(PROBE).await;
         let starved = !started.load(Ordering::Acquire);
         let priority = next(starved, raised_at.map(|at| at.elapsed()));
-        match priority {
-            Priority::Normal if starved || raised_at.is_none() => raised_at = Some(Instant::now()),
-            Priority::Idle => raised_at = None,
-            Priority::Normal => {}
+        if starved {
+            raised_at = Some(Instant::now());
+        } else if priority == Priority::Idle {
+            raised_at = None;
         }
         threads.set(priority);
     }
