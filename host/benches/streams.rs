@@ -7,21 +7,20 @@
 //! Each rate runs the two streams twice: as they are, and with one transform (`pii-scrub`,
 //! hashing a property and dropping the IP) in both streams' chain.
 //!
-//! Run: `tools/build-plugins && CARGO_TARGET_DIR=/work/rtarget cargo bench -p switchyard --bench
-//! streams`. On 2026-12-07 (release, 2 shared cores, load average 2-6, two runs) the 200 →
-//! destination p99 was 5.9-13.1 ms at 1,000/s (24-29 ms with `pii-scrub` in both chains) and
-//! 29-32 ms at 5,000/s (36-44 ms with it); with reads spaced 20 ms apart when not behind (the
-//! last change), 23-24 ms at 1,000/s and 37-141 ms at 5,000/s. See README, Performance. Knobs:
+//! Run: `tools/build-plugins && cargo bench -p switchyard --bench streams`. The figures, and
+//! what was tried to bring the acknowledgements with streams down to those without, are in
+//! README, Performance (this comment does not keep figures: they go stale). Knobs:
 //! `SWITCHYARD_BENCH_SECS` (per phase, default 5), `SWITCHYARD_BENCH_RATES` (default
-//! "1000,5000"), `SWITCHYARD_BENCH_CONNS` (client connections, default 32),
-//! `SWITCHYARD_BENCH_LOG` (the hub's log filter, e.g. `switchyard::streams=debug` for the
-//! per-batch timings, `switchyard::ingest=debug` for each group commit's; phases are marked in
-//! the log). On a quiet machine (2026-12-07) at 5,000/s: ack p50 4.6-4.9 ms without streams and
-//! 108-844 ms with them over 32 connections (the client falls behind), 4.0-8.9 ms and
-//! 12.4-18.1 ms over 128; README, Performance, has the table and why. `SWITCHYARD_BENCH_BIN`
-//! runs another build of the hub (say, the one before a change, copied aside) so the two can be
-//! run in alternation. Acknowledgement latency is counted from each request's scheduled send
+//! "1000,5000"), `SWITCHYARD_BENCH_CONNS` (client connections, default 32; at 5,000/s use 128,
+//! or the client itself falls behind), `SWITCHYARD_BENCH_LOG` (the hub's log filter, e.g.
+//! `switchyard::streams=debug` for the per-batch timings, `switchyard::ingest=debug` for each
+//! group commit's; phases are marked in the log). `SWITCHYARD_BENCH_BIN` runs another build of
+//! the hub (say, the one before a change, copied aside) so the two can be run in alternation
+//! on the same machine. Acknowledgement latency is counted from each request's scheduled send
 //! time (open loop), and also from its actual send, which leaves out the client's own lateness.
+//! Check first what the machine sustains: where the run without streams is already far above
+//! its usual few milliseconds, the hub is saturated at that rate and the comparison says
+//! nothing about the streams.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
