@@ -161,6 +161,32 @@ impl Request {
     }
 }
 
+/// Sends `requests` at once and returns their answers in the same order: the host sends them
+/// side by side (each on a connection of its own, within `[hub.plugin_limits]
+/// connections_per_call`), so an API that takes one request per user or client (GA4's
+/// Measurement Protocol) costs one round trip per call rather than one per request. The
+/// plugin waits for all of them; keep the number small (a few to a few tens).
+pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let started: Vec<Result<InFlight, HttpError>> = requests
+            .into_iter()
+            .map(|r| {
+                let url = Url::parse(&r.url)?;
+                wasi_start(r, url)
+            })
+            .collect();
+        started
+            .into_iter()
+            .map(|s| s.and_then(InFlight::finish))
+            .collect()
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        requests.into_iter().map(Request::send).collect()
+    }
+}
+
 /// A complete response.
 #[derive(Debug, Clone)]
 pub struct Response {
@@ -254,12 +280,41 @@ impl Url {
 
 #[cfg(target_arch = "wasm32")]
 fn wasi_send(req: Request, url: Url) -> Result<Response, HttpError> {
+    wasi_start(req, url)?.finish()
+}
+
+/// A request handed to the host, its body written; the host sends it while the plugin goes
+/// on (so several can be in flight, see [`send_all`]).
+#[cfg(target_arch = "wasm32")]
+struct InFlight {
+    pending: crate::bindings::wasi::http::types::FutureIncomingResponse,
+    /// Whether the body was written; a refused request closes the body stream early, and its
+    /// response's error then says why.
+    written: Result<(), HttpError>,
+    authority: String,
+}
+
+#[cfg(target_arch = "wasm32")]
+fn map_code(code: crate::bindings::wasi::http::types::ErrorCode, authority: &str) -> HttpError {
+    use crate::bindings::wasi::http::types::ErrorCode;
+    match code {
+        ErrorCode::HttpRequestDenied => HttpError::Denied(format!(
+            "{authority} is not an allowed host for this plugin"
+        )),
+        ErrorCode::ConnectionTimeout
+        | ErrorCode::HttpResponseTimeout
+        | ErrorCode::ConnectionReadTimeout
+        | ErrorCode::ConnectionWriteTimeout => HttpError::Timeout,
+        other => HttpError::Transport(format!("{other:?}")),
+    }
+}
+
+#[cfg(target_arch = "wasm32")]
+fn wasi_start(req: Request, url: Url) -> Result<InFlight, HttpError> {
     use crate::bindings::wasi::http::outgoing_handler;
     use crate::bindings::wasi::http::types::{
-        ErrorCode, Fields, IncomingBody, Method as WMethod, OutgoingBody, OutgoingRequest,
-        RequestOptions, Scheme,
+        Fields, Method as WMethod, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
     };
-    use crate::bindings::wasi::io::streams::StreamError;
 
     let mut entries: Vec<(String, Vec<u8>)> = req
         .headers
@@ -312,19 +367,9 @@ fn wasi_send(req: Request, url: Url) -> Result<Response, HttpError> {
     let _ = options.set_first_byte_timeout(Some(nanos));
     let _ = options.set_between_bytes_timeout(Some(nanos));
 
-    let map_code = |code: ErrorCode| match code {
-        ErrorCode::HttpRequestDenied => HttpError::Denied(format!(
-            "{} is not an allowed host for this plugin",
-            url.authority
-        )),
-        ErrorCode::ConnectionTimeout
-        | ErrorCode::HttpResponseTimeout
-        | ErrorCode::ConnectionReadTimeout
-        | ErrorCode::ConnectionWriteTimeout => HttpError::Timeout,
-        other => HttpError::Transport(format!("{other:?}")),
-    };
-
-    let pending = outgoing_handler::handle(outgoing, Some(options)).map_err(map_code)?;
+    let authority = url.authority;
+    let pending = outgoing_handler::handle(outgoing, Some(options))
+        .map_err(|code| map_code(code, &authority))?;
     let written: Result<(), HttpError> = (|| {
         {
             let stream = body
@@ -336,67 +381,85 @@ fn wasi_send(req: Request, url: Url) -> Result<Response, HttpError> {
                     .map_err(|e| HttpError::Transport(format!("writing request body: {e:?}")))?;
             }
         }
-        OutgoingBody::finish(body, None).map_err(map_code)
+        OutgoingBody::finish(body, None).map_err(|code| map_code(code, &authority))
     })();
+    Ok(InFlight {
+        pending,
+        written,
+        authority,
+    })
+}
 
-    let incoming = loop {
-        match pending.get() {
-            Some(result) => break result,
-            None => pending.subscribe().block(),
-        }
-    };
-    let incoming = incoming.map_err(|_| HttpError::Transport("response already taken".into()))?;
-    // A refused request closes the body stream early: the response's error says why.
-    let response = match (incoming, written) {
-        (Err(code), _) => return Err(map_code(code)),
-        (Ok(_), Err(write_error)) => return Err(write_error),
-        (Ok(response), Ok(())) => response,
-    };
+#[cfg(target_arch = "wasm32")]
+impl InFlight {
+    /// Waits for the response and reads all of it.
+    fn finish(self) -> Result<Response, HttpError> {
+        use crate::bindings::wasi::http::types::IncomingBody;
+        use crate::bindings::wasi::io::streams::StreamError;
+        let InFlight {
+            pending,
+            written,
+            authority,
+        } = self;
+        let incoming = loop {
+            match pending.get() {
+                Some(result) => break result,
+                None => pending.subscribe().block(),
+            }
+        };
+        let incoming =
+            incoming.map_err(|_| HttpError::Transport("response already taken".into()))?;
+        let response = match (incoming, written) {
+            (Err(code), _) => return Err(map_code(code, &authority)),
+            (Ok(_), Err(write_error)) => return Err(write_error),
+            (Ok(response), Ok(())) => response,
+        };
 
-    let status = response.status();
-    let headers = response
-        .headers()
-        .entries()
-        .into_iter()
-        .map(|(k, v)| {
-            (
-                k.to_ascii_lowercase(),
-                String::from_utf8_lossy(&v).into_owned(),
-            )
-        })
-        .collect();
-    let incoming_body = response
-        .consume()
-        .map_err(|_| HttpError::Transport("response body already taken".into()))?;
-    let mut bytes = Vec::new();
-    {
-        let stream = incoming_body
-            .stream()
-            .map_err(|_| HttpError::Transport("response body stream unavailable".into()))?;
-        loop {
-            match stream.blocking_read(64 * 1024) {
-                Ok(chunk) => {
-                    bytes.extend_from_slice(&chunk);
-                    if bytes.len() > MAX_RESPONSE_BYTES {
-                        return Err(HttpError::TooLarge(MAX_RESPONSE_BYTES));
+        let status = response.status();
+        let headers = response
+            .headers()
+            .entries()
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    k.to_ascii_lowercase(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect();
+        let incoming_body = response
+            .consume()
+            .map_err(|_| HttpError::Transport("response body already taken".into()))?;
+        let mut bytes = Vec::new();
+        {
+            let stream = incoming_body
+                .stream()
+                .map_err(|_| HttpError::Transport("response body stream unavailable".into()))?;
+            loop {
+                match stream.blocking_read(64 * 1024) {
+                    Ok(chunk) => {
+                        bytes.extend_from_slice(&chunk);
+                        if bytes.len() > MAX_RESPONSE_BYTES {
+                            return Err(HttpError::TooLarge(MAX_RESPONSE_BYTES));
+                        }
                     }
-                }
-                Err(StreamError::Closed) => break,
-                Err(StreamError::LastOperationFailed(e)) => {
-                    return Err(HttpError::Transport(format!(
-                        "reading response body: {}",
-                        e.to_debug_string()
-                    )))
+                    Err(StreamError::Closed) => break,
+                    Err(StreamError::LastOperationFailed(e)) => {
+                        return Err(HttpError::Transport(format!(
+                            "reading response body: {}",
+                            e.to_debug_string()
+                        )))
+                    }
                 }
             }
         }
+        let _ = IncomingBody::finish(incoming_body);
+        Ok(Response {
+            status,
+            headers,
+            body: bytes,
+        })
     }
-    let _ = IncomingBody::finish(incoming_body);
-    Ok(Response {
-        status,
-        headers,
-        body: bytes,
-    })
 }
 
 fn base64_encode(input: &[u8]) -> String {

@@ -221,6 +221,67 @@ fn tracked_orders_reach_meta_capi_and_ga4_through_events_syncs() {
     assert_eq!(ga4.events().len(), 2, "each event once");
 }
 
+/// GA4 takes one client per request: a batch of many clients' events goes as requests side by
+/// side (IN_FLIGHT in the plugin), and an outage answering some of them costs no event twice
+/// (GA4 does not deduplicate) and loses none.
+#[test]
+fn ga4_sends_many_clients_requests_side_by_side_each_event_once() {
+    let ga4 = ga4_fake::start_in_background();
+    let ghp = ga4.host_port();
+    let project = format!(
+        "[destinations.ga4]\nplugin = \"ga4-measurement\"\n\
+         config = {{ measurement_id = \"{mid}\" }}\n\
+         secrets = {{ api_secret = \"${{GA4_API_SECRET}}\" }}\n\
+         reroute = [\"www.google-analytics.com=http://{ghp}\"]\nallow_private_hosts = [\"{ghp}\"]\n\n\
+         [[syncs]]\nname = \"orders-to-ga4\"\nfrom = {{ events = \"Order Completed\" }}\nto = \"ga4\"\nmode = \"events\"\n{MAPPING_GA4}",
+        mid = ga4_fake::MEASUREMENT_ID,
+    );
+    let env = [
+        ("SWITCHYARD_RETRY_BASE_MS", "50"),
+        ("GA4_API_SECRET", ga4_fake::API_SECRET),
+    ];
+    let hub = Hub::start_project(Db::Sqlite, "", &project, &env);
+    hub.install(&["ga4-measurement"]);
+    let now = chrono::Utc::now();
+    let started = Instant::now();
+    for n in 0..30 {
+        order(
+            &hub,
+            &format!("u{n}"),
+            &format!("o-{n}"),
+            10.0 + n as f64,
+            now,
+        );
+    }
+    settle(started);
+    ga4.answer_after(Duration::from_millis(100));
+    ga4.fail_next(2);
+    let r = hub.run_sync("orders-to-ga4");
+    assert_eq!(run_counts(&r).1, 30, "{r}");
+    let most = ga4.max_in_flight();
+    assert!(
+        (2..=10).contains(&most),
+        "requests went side by side, at most ten at once: {most}"
+    );
+    let mut ids: Vec<String> = ga4
+        .events()
+        .iter()
+        .map(|e| e["params"]["transaction_id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut want: Vec<String> = (0..30).map(|n| format!("o-{n}")).collect();
+    want.sort();
+    assert_eq!(
+        ids, want,
+        "every event once, after the two 503s were retried"
+    );
+    let (collects, _) = ga4.requests();
+    assert!(
+        collects >= 32,
+        "30 clients' requests and two refused: {collects}"
+    );
+}
+
 #[test]
 fn check_reports_credentials_and_the_validation_server() {
     let capi = capi_fake::start_in_background();

@@ -116,6 +116,12 @@ pub struct FakeState {
     pub collect_requests: usize,
     pub debug_requests: usize,
     pub faults: VecDeque<u16>,
+    /// How long each request waits before it is answered (GA4 answers in tens of
+    /// milliseconds; a wait makes requests sent side by side overlap).
+    pub latency: std::time::Duration,
+    pub in_flight: usize,
+    /// The most requests answered at once.
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -172,6 +178,14 @@ impl Fake {
     }
     pub fn dropped(&self) -> Vec<(String, Value)> {
         self.state.lock().unwrap().dropped.clone()
+    }
+    /// Each request waits `latency` before it is answered.
+    pub fn answer_after(&self, latency: std::time::Duration) {
+        self.state.lock().unwrap().latency = latency;
+    }
+    /// The most requests that were being answered at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
     pub fn requests(&self) -> (usize, usize) {
         let st = self.state.lock().unwrap();
@@ -388,7 +402,17 @@ async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    let latency = {
+        let mut st = state.lock().unwrap();
+        st.in_flight += 1;
+        st.max_in_flight = st.max_in_flight.max(st.in_flight);
+        st.latency
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
     let mut st = state.lock().unwrap();
+    st.in_flight -= 1;
     let debug = match uri.path() {
         "/mp/collect" => false,
         "/debug/mp/collect" => true,
