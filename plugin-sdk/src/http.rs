@@ -164,7 +164,7 @@ impl Request {
 /// Sends `requests` at once and returns their answers in the same order: the host sends them
 /// side by side (each on a connection of its own, within `[hub.plugin_limits]
 /// connections_per_call`), so an API that takes one request per user or client (GA4's
-/// Measurement Protocol) costs one round trip per call rather than one per request. The
+/// Measurement Protocol) costs one round trip for all of them rather than one each. The
 /// plugin waits for all of them; keep the number small (a few to a few tens).
 pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
     #[cfg(target_arch = "wasm32")]
