@@ -146,14 +146,13 @@ impl Request {
 
     /// Sends the request and reads the whole response.
     pub fn send(self) -> Result<Response, HttpError> {
-        let url = Url::parse(&self.url)?;
         #[cfg(target_arch = "wasm32")]
         {
-            wasi_send(self, url)
+            wasi_start(self)?.finish()
         }
         #[cfg(not(target_arch = "wasm32"))]
         {
-            let _ = url;
+            Url::parse(&self.url)?;
             Err(HttpError::Transport(
                 "HTTP is only available inside a plugin running in the hub".to_string(),
             ))
@@ -169,13 +168,8 @@ impl Request {
 pub fn send_all(requests: Vec<Request>) -> Vec<Result<Response, HttpError>> {
     #[cfg(target_arch = "wasm32")]
     {
-        let started: Vec<Result<InFlight, HttpError>> = requests
-            .into_iter()
-            .map(|r| {
-                let url = Url::parse(&r.url)?;
-                wasi_start(r, url)
-            })
-            .collect();
+        let started: Vec<Result<InFlight, HttpError>> =
+            requests.into_iter().map(wasi_start).collect();
         started
             .into_iter()
             .map(|s| s.and_then(InFlight::finish))
@@ -278,11 +272,6 @@ impl Url {
     }
 }
 
-#[cfg(target_arch = "wasm32")]
-fn wasi_send(req: Request, url: Url) -> Result<Response, HttpError> {
-    wasi_start(req, url)?.finish()
-}
-
 /// A request handed to the host, its body written; the host sends it while the plugin goes
 /// on (so several can be in flight, see [`send_all`]).
 #[cfg(target_arch = "wasm32")]
@@ -310,7 +299,8 @@ fn map_code(code: crate::bindings::wasi::http::types::ErrorCode, authority: &str
 }
 
 #[cfg(target_arch = "wasm32")]
-fn wasi_start(req: Request, url: Url) -> Result<InFlight, HttpError> {
+fn wasi_start(req: Request) -> Result<InFlight, HttpError> {
+    let url = Url::parse(&req.url)?;
     use crate::bindings::wasi::http::outgoing_handler;
     use crate::bindings::wasi::http::types::{
         Fields, Method as WMethod, OutgoingBody, OutgoingRequest, RequestOptions, Scheme,
