@@ -295,9 +295,9 @@ mod tests {
         assert_eq!(next(false, Some(HOLD)), Priority::Idle);
     }
 
-    /// Ordinary threads on every core (bounded: they stop when the work is done, or after
-    /// 20 s): work sent to the background runtime still finishes, because the guard raises
-    /// its threads. At idle priority alone it gets a few thousandths of a core, and 40 ms of
+    /// Ordinary threads taking the core the stream threads run on (bounded: they stop when the
+    /// work is done, or after 20 s): work sent to the background runtime still finishes,
+    /// because the guard raises its threads. At idle priority alone it gets a few thousandths of a core, and 40 ms of
     /// work takes tens of seconds.
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -319,12 +319,19 @@ mod tests {
         assert_eq!(policy, libc::SCHED_IDLE);
         assert_eq!(background.priority(), Priority::Idle);
 
+        // Everything on the first core: the stream threads and two ordinary threads spinning
+        // there. Unpinned, with a worker per core and the rest of the suite running, an idle
+        // worker sometimes did its 40 ms of work in 50-250 ms without being raised (one run in
+        // two; the cause was not found), so the test did not show the guard.
+        for id in background.threads.ids.lock().unwrap().iter() {
+            pin_to_first_core(*id);
+        }
         let stop = Arc::new(AtomicBool::new(false));
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let hogs: Vec<_> = (0..cores + 1)
+        let hogs: Vec<_> = (0..2)
             .map(|_| {
                 let stop = stop.clone();
                 std::thread::spawn(move || {
+                    pin_to_first_core(0);
                     let until = Instant::now() + Duration::from_secs(20);
                     while !stop.load(Ordering::Relaxed) && Instant::now() < until {
                         std::hint::spin_loop();
@@ -353,5 +360,20 @@ mod tests {
         assert!(took < Duration::from_secs(5), "40 ms of work took {took:?}");
         assert_eq!(background.priority(), Priority::Normal);
         assert_eq!(raised.get(), 1);
+    }
+
+    /// `thread` (0: the calling one) runs on the first core only.
+    #[cfg(target_os = "linux")]
+    fn pin_to_first_core(thread: i32) {
+        unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(0, &mut set);
+            assert_eq!(
+                libc::sched_setaffinity(thread, std::mem::size_of::<libc::cpu_set_t>(), &set),
+                0,
+                "{}",
+                std::io::Error::last_os_error()
+            );
+        }
     }
 }
