@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use cel::common::ast::{EntryExpr, Expr};
 use cel::extractors::Arguments;
-use cel::{Program, Value as CelValue};
-use serde_json::Value;
+use cel::{IdedExpr, Program, Value as CelValue};
+use serde_json::{Map, Value};
 
 use crate::store::now_millis;
 use crate::store::profiles::ProfileData;
@@ -18,6 +19,110 @@ pub struct Filter {
     source: Arc<str>,
     /// Whether the expression reads events, so loading them can be skipped when it doesn't.
     pub uses_events: bool,
+    /// The names the expression reads: only those are built for each evaluation (a stream
+    /// filtering on `event.type` converted every message whole, and every profile's traits
+    /// and identifiers, for each message).
+    reads: Reads,
+}
+
+/// What an expression reads of the values a filter provides.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct Reads {
+    traits: bool,
+    identifiers: bool,
+    now: bool,
+    event: EventReads,
+}
+
+/// What an expression reads of `event`.
+#[derive(Debug, Clone, Default, PartialEq)]
+enum EventReads {
+    #[default]
+    Nothing,
+    /// Only `event.NAME` for these names (and deeper), so only they are converted.
+    Fields(Vec<String>),
+    /// `event` itself (compared, indexed by a computed key, iterated, passed on).
+    Whole,
+}
+
+impl Reads {
+    fn of(expression: &IdedExpr) -> Reads {
+        let mut reads = Reads::default();
+        reads.walk(expression);
+        reads
+    }
+
+    /// Over every sub-expression. An `event` a macro binds (`event_list.exists(event, …)`)
+    /// counts as the message's: that reads more than needed, never less.
+    fn walk(&mut self, e: &IdedExpr) {
+        match &e.expr {
+            Expr::Select(select) => match &select.operand.expr {
+                Expr::Ident(name) if name == "event" => {
+                    if let EventReads::Nothing = self.event {
+                        self.event = EventReads::Fields(Vec::new());
+                    }
+                    if let EventReads::Fields(fields) = &mut self.event {
+                        if !fields.contains(&select.field) {
+                            fields.push(select.field.clone());
+                        }
+                    }
+                }
+                _ => self.walk(&select.operand),
+            },
+            Expr::Ident(name) => match name.as_str() {
+                "traits" => self.traits = true,
+                "identifiers" => self.identifiers = true,
+                "now" => self.now = true,
+                "event" => self.event = EventReads::Whole,
+                _ => {}
+            },
+            Expr::Call(call) => {
+                if let Some(target) = &call.target {
+                    self.walk(target);
+                }
+                call.args.iter().for_each(|a| self.walk(a));
+            }
+            Expr::Comprehension(c) => {
+                for part in [
+                    &c.iter_range,
+                    &c.accu_init,
+                    &c.loop_cond,
+                    &c.loop_step,
+                    &c.result,
+                ] {
+                    self.walk(part);
+                }
+            }
+            Expr::List(list) => list.elements.iter().for_each(|e| self.walk(e)),
+            Expr::Map(map) => map.entries.iter().for_each(|e| self.walk_entry(&e.expr)),
+            Expr::Struct(st) => st.entries.iter().for_each(|e| self.walk_entry(&e.expr)),
+            Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+
+    fn walk_entry(&mut self, entry: &EntryExpr) {
+        match entry {
+            EntryExpr::MapEntry(m) => {
+                self.walk(&m.key);
+                self.walk(&m.value);
+            }
+            EntryExpr::StructField(f) => self.walk(&f.value),
+        }
+    }
+
+    /// `event` as the expression reads it: a message's fields it never names are not
+    /// converted (a missing field is missing either way).
+    fn event(&self, event: &Value) -> CelValue {
+        match (&self.event, event) {
+            (EventReads::Fields(fields), Value::Object(message)) => CelValue::from(
+                fields
+                    .iter()
+                    .filter_map(|f| message.get(f).map(|v| (f.clone(), json_to_cel(v))))
+                    .collect::<HashMap<String, CelValue>>(),
+            ),
+            _ => json_to_cel(event),
+        }
+    }
 }
 
 impl std::fmt::Debug for Filter {
@@ -37,6 +142,7 @@ impl Filter {
             )
         })?;
         let filter = Filter {
+            reads: Reads::of(program.expression()),
             uses_events: program
                 .references()
                 .variables()
@@ -84,25 +190,29 @@ impl Filter {
     ) -> Result<CelValue, cel::ExecutionError> {
         ROOT.with(|root| {
             let mut ctx = root.new_inner_scope();
-            ctx.add_variable_from_value(
-                "traits",
-                json_to_cel(&Value::Object(profile.traits.clone())),
-            );
-            let ids: HashMap<String, CelValue> = profile
-                .identifiers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.clone(),
-                        CelValue::List(Arc::new(
-                            v.iter().map(|s| CelValue::from(s.as_str())).collect(),
-                        )),
-                    )
-                })
-                .collect();
-            ctx.add_variable_from_value("identifiers", ids);
-            ctx.add_variable_from_value("now", CelValue::Timestamp(ts(now_millis())));
-            if self.uses_events || event.is_some() {
+            let reads = &self.reads;
+            if reads.traits {
+                ctx.add_variable_from_value("traits", object_to_cel(&profile.traits));
+            }
+            if reads.identifiers {
+                let ids: HashMap<String, CelValue> = profile
+                    .identifiers
+                    .iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            CelValue::List(Arc::new(
+                                v.iter().map(|s| CelValue::from(s.as_str())).collect(),
+                            )),
+                        )
+                    })
+                    .collect();
+                ctx.add_variable_from_value("identifiers", ids);
+            }
+            if reads.now {
+                ctx.add_variable_from_value("now", CelValue::Timestamp(ts(now_millis())));
+            }
+            if self.uses_events {
                 let mut stats: HashMap<String, (i64, i64, i64)> = HashMap::new();
                 let mut list = Vec::with_capacity(profile.events.len());
                 for e in &profile.events {
@@ -132,8 +242,8 @@ impl Filter {
                 ctx.add_variable_from_value("events", events);
                 ctx.add_variable_from_value("event_list", CelValue::List(Arc::new(list)));
             }
-            if let Some(e) = event {
-                ctx.add_variable_from_value("event", json_to_cel(e));
+            if let (Some(e), false) = (event, reads.event == EventReads::Nothing) {
+                ctx.add_variable_from_value("event", reads.event(e));
             }
             self.program.execute(&ctx)
         })
@@ -199,12 +309,16 @@ fn json_to_cel(v: &Value) -> CelValue {
         },
         Value::String(s) => CelValue::from(s.as_str()),
         Value::Array(a) => CelValue::List(Arc::new(a.iter().map(json_to_cel).collect())),
-        Value::Object(o) => CelValue::from(
-            o.iter()
-                .map(|(k, v)| (k.clone(), json_to_cel(v)))
-                .collect::<HashMap<String, CelValue>>(),
-        ),
+        Value::Object(o) => object_to_cel(o),
     }
+}
+
+fn object_to_cel(o: &Map<String, Value>) -> CelValue {
+    CelValue::from(
+        o.iter()
+            .map(|(k, v)| (k.clone(), json_to_cel(v)))
+            .collect::<HashMap<String, CelValue>>(),
+    )
 }
 
 #[cfg(test)]
@@ -271,6 +385,52 @@ mod tests {
         }
         let f = Filter::compile(r#"events["Signed Up"].count > 0"#).unwrap();
         assert!(!f.matches(&p, None).unwrap());
+    }
+
+    #[test]
+    fn builds_only_what_the_expression_reads() {
+        let reads = |src: &str| Filter::compile(src).unwrap().reads;
+        let r = reads("event.type == 'track' && event.properties.k > 2 && has(event.userId)");
+        assert_eq!(
+            r.event,
+            EventReads::Fields(vec!["type".into(), "properties".into(), "userId".into()])
+        );
+        assert!(!r.traits && !r.identifiers && !r.now);
+        assert_eq!(reads("size(event) > 3").event, EventReads::Whole);
+        assert_eq!(reads("event[traits.key] == 1").event, EventReads::Whole);
+        assert_eq!(
+            reads("event.properties.exists(k, k == 'a')").event,
+            EventReads::Fields(vec!["properties".into()])
+        );
+        let r = reads(r#""email" in identifiers && traits.age > now - now"#);
+        assert!(r.traits && r.identifiers && r.now);
+        assert_eq!(r.event, EventReads::Nothing);
+    }
+
+    #[test]
+    fn an_event_filter_reads_the_same_from_the_fields_it_names() {
+        let p = profile(json!({"plan": "pro"}), &[]);
+        let message = json!({
+            "type": "track", "event": "Clicked", "userId": "u1",
+            "properties": {"k": 3, "tags": ["a", "b"]}, "context": {"ip": "10.0.0.1"},
+        });
+        let cases = [
+            ("event.type == 'track' && event.properties.k == 3", true),
+            ("event.properties.tags.exists(t, t == 'b')", true),
+            (
+                "has(event.context) && event.context.ip.startsWith('10.')",
+                true,
+            ),
+            ("has(event.anonymousId)", false),
+            ("event.anonymousId == 'x'", false),
+            ("size(event) == 5 && event['event'] == 'Clicked'", true),
+            ("traits.plan == 'pro' && event.userId == 'u1'", true),
+            ("'properties' in event && !('traits' in event)", true),
+        ];
+        for (src, want) in cases {
+            let f = Filter::compile(src).unwrap();
+            assert_eq!(f.matches(&p, Some(&message)).unwrap(), want, "{src}");
+        }
     }
 
     #[test]
