@@ -152,7 +152,7 @@ impl StreamMetrics {
         );
         registry.register(
             "stream_threads_raised",
-            "1 while the event streams' threads run at normal priority because the cores stayed busy",
+            "1 while the event streams' threads run at normal priority because the cores stayed busy or a stream fell behind",
             m.threads_raised.clone(),
         );
         m

@@ -12,7 +12,11 @@
 //!
 //! An idle thread gets almost nothing while ordinary threads take every core, so a guard on
 //! the hub's runtime checks every [`PROBE`] that a task sent to these threads starts within
-//! that time; one that does not raises them to normal priority for at least [`HOLD`]. Going
+//! that time, and that no stream said it fell [`BEHIND`]; either raises them to normal
+//! priority for at least [`HOLD`]. (The second: the threads can be given enough to start a
+//! task at once and still too little to keep up, and a stream that falls behind is late for
+//! every message after; at normal priority it shares the cores as an equal until it caught
+//! up.) Going
 //! back from `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20 or more (systemd's
 //! `LimitNICE=`), since the kernel counts it as raising a nice value; without either the
 //! threads stay at normal priority, and the hub says so once. The streams' batch commits do
@@ -28,6 +32,11 @@ pub const PROBE: Duration = Duration::from_millis(100);
 
 /// The least time the threads stay at normal priority once the guard raised them.
 pub const HOLD: Duration = Duration::from_secs(2);
+
+/// How long the oldest message a stream reads may have waited before the stream counts as
+/// behind, and its threads are raised: well inside the 250 ms a message may take from the
+/// tracking API's 200 to the destination, well above the 20 ms a stream lingers.
+pub const BEHIND: Duration = Duration::from_millis(100);
 
 /// The priority the background threads run at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,6 +68,8 @@ pub struct Background {
 struct Threads {
     ids: Mutex<Vec<i32>>,
     priority: Mutex<Priority>,
+    /// A stream fell [`BEHIND`] since the guard's last check.
+    behind: AtomicBool,
     /// `switchyard_stream_threads_raised`, when the hub keeps metrics.
     raised: Option<prometheus_client::metrics::gauge::Gauge>,
 }
@@ -84,7 +95,7 @@ impl Threads {
         }
         match priority {
             Priority::Normal => tracing::info!(
-                "event streams starved of CPU: their threads run at normal priority for at least {HOLD:?}"
+                "event streams starved of CPU or behind: their threads run at normal priority for at least {HOLD:?}"
             ),
             Priority::Idle => tracing::debug!("event stream threads back at idle priority"),
         }
@@ -133,6 +144,7 @@ impl Background {
         };
         let threads = Arc::new(Threads {
             ids: Mutex::default(),
+            behind: AtomicBool::new(false),
             raised,
             priority: Mutex::new(if lowered {
                 Priority::Idle
@@ -168,6 +180,14 @@ impl Background {
             home.spawn(guard(Arc::downgrade(&background)));
         }
         Ok(background)
+    }
+
+    /// A stream read a message that had waited `waited` since the tracking API took it: past
+    /// [`BEHIND`], the guard raises the threads at its next check.
+    pub fn waited(&self, waited: Duration) {
+        if waited > BEHIND {
+            self.threads.behind.store(true, Ordering::Release);
+        }
     }
 
     pub fn handle(&self) -> &tokio::runtime::Handle {
@@ -214,7 +234,8 @@ async fn guard(background: Weak<Background>) {
             background.threads.clone()
         };
         tokio::time::sleep(PROBE).await;
-        let starved = !started.load(Ordering::Acquire);
+        let starved =
+            !started.load(Ordering::Acquire) | threads.behind.swap(false, Ordering::AcqRel);
         let priority = next(starved, raised_at.map(|at| at.elapsed()));
         if starved {
             raised_at = Some(Instant::now());
@@ -360,6 +381,41 @@ mod tests {
         assert!(took < Duration::from_secs(5), "40 ms of work took {took:?}");
         assert_eq!(background.priority(), Priority::Normal);
         assert_eq!(raised.get(), 1);
+    }
+
+    /// A stream that reads a message older than [`BEHIND`] gets its threads raised though
+    /// they are not starved, and they go back to idle once [`HOLD`] passed without another.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_behind_raises_the_threads_until_it_caught_up() {
+        let raised = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        let background =
+            Background::start(&tokio::runtime::Handle::current(), Some(raised.clone())).unwrap();
+        if sys::can_raise().is_err() {
+            return;
+        }
+        background.waited(BEHIND / 2);
+        tokio::time::sleep(PROBE * 3).await;
+        assert_eq!(background.priority(), Priority::Idle, "not behind yet");
+        background.waited(BEHIND * 2);
+        let began = Instant::now();
+        while background.priority() == Priority::Idle && began.elapsed() < PROBE * 20 {
+            tokio::time::sleep(PROBE / 10).await;
+        }
+        assert_eq!(background.priority(), Priority::Normal);
+        assert_eq!(raised.get(), 1);
+        let policy = background
+            .handle()
+            .spawn(async { unsafe { libc::sched_getscheduler(0) } })
+            .await
+            .unwrap();
+        assert_eq!(policy, libc::SCHED_OTHER);
+        while background.priority() == Priority::Normal && began.elapsed() < HOLD * 3 {
+            tokio::time::sleep(PROBE).await;
+        }
+        assert_eq!(background.priority(), Priority::Idle, "lowered after HOLD");
+        assert!(began.elapsed() >= HOLD);
+        assert_eq!(raised.get(), 0);
     }
 
     /// `thread` (0: the calling one) runs on the first core only.

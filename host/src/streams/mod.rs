@@ -384,6 +384,10 @@ impl StreamEngine {
                 }
                 continue;
             }
+            if let (Some(Some(background)), Some(first)) = (self.background.get(), page.first()) {
+                let waited = (now_millis() - first.received_at).max(0) as u64;
+                background.waited(Duration::from_millis(waited));
+            }
             let full = page.len() as i64 == PAGE;
             let last_received = page.last().map(|e| e.received_at).unwrap_or_default();
             cursor = self
