@@ -16,11 +16,11 @@
 //! priority for at least [`HOLD`]. (The second: the threads can be given enough to start a
 //! task at once and still too little to keep up, and a stream that falls behind is late for
 //! every message after; at normal priority it shares the cores as an equal until it caught
-//! up.) Going
-//! back from `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20 or more (systemd's
-//! `LimitNICE=`), since the kernel counts it as raising a nice value; without either the
-//! threads stay at normal priority, and the hub says so once. The streams' batch commits do
-//! not run here: they hold the store's write turn, which the tracking API's writer waits for.
+//! up.) Going back from `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20 or more
+//! (systemd's `LimitNICE=`), since the kernel counts it as raising a nice value; without
+//! either the threads stay at normal priority, and the hub says so once. The streams' batch
+//! commits do not run here: they hold the store's write turn, which the tracking API's writer
+//! waits for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -152,9 +152,10 @@ impl Background {
                 Priority::Normal
             }),
         });
-        // Half the cores: the streams' work at 5,000 events/s is a quarter of a core, and each
-        // more thread is one more to wake and hand work between (one worker instead of two on
-        // two cores: acknowledgements 0.3 ms faster at p50 with two streams, README).
+        // At idle priority, a worker per core (see above). At normal priority, half the cores:
+        // the streams' work at 5,000 events/s is a quarter of a core, and each more thread is
+        // one more to wake and hand work between (one worker instead of two on two cores:
+        // acknowledgements 0.3 ms faster at p50 with two streams, README).
         let workers = std::thread::available_parallelism()
             .map(|n| {
                 if lowered {
@@ -318,8 +319,8 @@ mod tests {
 
     /// Ordinary threads taking the core the stream threads run on (bounded: they stop when the
     /// work is done, or after 20 s): work sent to the background runtime still finishes,
-    /// because the guard raises its threads. At idle priority alone it gets a few thousandths of a core, and 40 ms of
-    /// work takes tens of seconds.
+    /// because the guard raises its threads. At idle priority alone it gets a few thousandths
+    /// of a core, and 40 ms of work takes tens of seconds.
     #[cfg(target_os = "linux")]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn idle_threads_are_raised_when_ordinary_ones_take_every_core() {
@@ -344,6 +345,13 @@ mod tests {
         // there. Unpinned, with a worker per core and the rest of the suite running, an idle
         // worker sometimes did its 40 ms of work in 50-250 ms without being raised (one run in
         // two; the cause was not found), so the test did not show the guard.
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let listed = Instant::now();
+        while background.threads.ids.lock().unwrap().len() < workers
+            && listed.elapsed() < Duration::from_secs(5)
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         for id in background.threads.ids.lock().unwrap().iter() {
             pin_to_first_core(*id);
         }
