@@ -124,6 +124,9 @@ pub struct Store {
     turns: std::sync::Arc<tokio::sync::Mutex<()>>,
     /// The erasure suppression key once read (see [`erasure::KnownKey`]).
     erasure_key: erasure::KnownKey,
+    /// SQLite: how to open a connection of its own to the same file (the event streams'
+    /// readers, [`streams::EventReader`]); None on PostgreSQL and for in-memory databases.
+    own_connection: Option<sqlx::sqlite::SqliteConnectOptions>,
 }
 
 /// The schema, as sqlx migrations embedded from `host/migrations/` (applied in order once each,
@@ -276,6 +279,20 @@ impl Store {
             .connect_with(options)
             .await
             .with_context(|| format!("connecting to {}", redact_url(&url)))?;
+        let own_connection = if backend == Backend::Sqlite && !url.contains(":memory:") {
+            Some(
+                sqlx::sqlite::SqliteConnectOptions::from_str(&url)
+                    .with_context(|| format!("invalid database URL {url}"))?
+                    .disable_statement_logging()
+                    .busy_timeout(std::time::Duration::from_secs(10))
+                    .pragma("mmap_size", (sqlite_mmap_mib << 20).to_string())
+                    .foreign_keys(false)
+                    // Readers: a statement that would write fails instead.
+                    .pragma("query_only", "ON"),
+            )
+        } else {
+            None
+        };
         let relaxed = if backend == Backend::Sqlite && !url.contains(":memory:") {
             let options = AnyConnectOptions::from_str(&url)
                 .with_context(|| format!("invalid database URL {url}"))?
@@ -310,6 +327,7 @@ impl Store {
             relaxed,
             turns: std::sync::Arc::default(),
             erasure_key: erasure::KnownKey::default(),
+            own_connection,
         };
         store.migrate().await?;
         // Erased identifiers are kept only as keyed digests; older hubs kept them in clear.

@@ -18,9 +18,11 @@
 //! every message after; at normal priority it shares the cores as an equal until it caught
 //! up.) Going back from `SCHED_IDLE` needs `CAP_SYS_NICE` or an `RLIMIT_NICE` of 20 or more
 //! (systemd's `LimitNICE=`), since the kernel counts it as raising a nice value; without
-//! either the threads stay at normal priority, and the hub says so once. The streams' batch
-//! commits do not run here: they hold the store's write turn, which the tracking API's writer
-//! waits for.
+//! either the threads stay at normal priority, and the hub says so once. A stream's database
+//! reader runs its statements on a thread of its own (SQLite's), which the stream adopts
+//! ([`Background::adopt`]) so that it runs at this priority too. The streams' batch commits
+//! do not run here: they hold the store's write turn, which the tracking API's writer waits
+//! for.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -102,7 +104,15 @@ impl Threads {
     }
 
     fn started(&self) {
-        let id = sys::thread_id();
+        self.list(sys::thread_id());
+    }
+
+    fn stopped(&self) {
+        self.unlist(sys::thread_id());
+    }
+
+    /// Puts a thread at the current priority and lists it, so the guard's changes include it.
+    fn list(&self, id: i32) {
         // Held until the thread is listed, so a change the guard makes meanwhile includes it.
         let priority = self.priority.lock().unwrap_or_else(|p| p.into_inner());
         if *priority == Priority::Idle {
@@ -113,12 +123,25 @@ impl Threads {
         self.ids.lock().unwrap_or_else(|p| p.into_inner()).push(id);
     }
 
-    fn stopped(&self) {
-        let id = sys::thread_id();
+    fn unlist(&self, id: i32) {
         self.ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|t| *t != id);
+    }
+}
+
+/// A thread outside the runtime that does the streams' work (a stream's database reader),
+/// run at the runtime's priority until this is dropped, which must be before the thread
+/// ends: the kernel may give its id to another thread after.
+pub struct Adopted {
+    threads: Arc<Threads>,
+    id: i32,
+}
+
+impl Drop for Adopted {
+    fn drop(&mut self) {
+        self.threads.unlist(self.id);
     }
 }
 
@@ -191,6 +214,16 @@ impl Background {
         }
     }
 
+    /// Runs thread `id` (see [`current_thread`]) at the streams' priority from now on, raised
+    /// and lowered with the runtime's threads, until the returned guard drops.
+    pub fn adopt(&self, id: i32) -> Adopted {
+        self.threads.list(id);
+        Adopted {
+            threads: self.threads.clone(),
+            id,
+        }
+    }
+
     pub fn handle(&self) -> &tokio::runtime::Handle {
         match &self.runtime {
             Some(rt) => rt.handle(),
@@ -215,6 +248,11 @@ impl Drop for Background {
             rt.shutdown_background();
         }
     }
+}
+
+/// The calling thread's kernel id, for [`Background::adopt`].
+pub fn current_thread() -> i32 {
+    sys::thread_id()
 }
 
 /// Every [`PROBE`], sends the background runtime a task and raises its threads if it has not
@@ -424,6 +462,45 @@ mod tests {
         assert_eq!(background.priority(), Priority::Idle, "lowered after HOLD");
         assert!(began.elapsed() >= HOLD);
         assert_eq!(raised.get(), 0);
+    }
+
+    /// A thread outside the runtime (a stream's database reader) goes idle when adopted, is
+    /// raised and lowered with the runtime's threads, and is left alone once the guard drops.
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_adopted_thread_runs_at_the_streams_priority_until_let_go() {
+        let background = Background::start(&tokio::runtime::Handle::current(), None).unwrap();
+        if sys::can_raise().is_err() {
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let reader = std::thread::spawn(move || {
+            tx.send(current_thread()).unwrap();
+            let _ = stopped.recv();
+        });
+        let id = rx.recv().unwrap();
+        let policy = move || unsafe { libc::sched_getscheduler(id) };
+        assert_eq!(policy(), libc::SCHED_OTHER);
+        let adopted = background.adopt(id);
+        assert_eq!(policy(), libc::SCHED_IDLE);
+
+        background.waited(BEHIND * 2);
+        let began = Instant::now();
+        while background.priority() == Priority::Idle && began.elapsed() < PROBE * 20 {
+            tokio::time::sleep(PROBE / 10).await;
+        }
+        assert_eq!(background.priority(), Priority::Normal);
+        assert_eq!(policy(), libc::SCHED_OTHER, "raised with the runtime");
+        while background.priority() == Priority::Normal && began.elapsed() < HOLD * 3 {
+            tokio::time::sleep(PROBE).await;
+        }
+        assert_eq!(policy(), libc::SCHED_IDLE, "lowered with the runtime");
+
+        drop(adopted);
+        assert!(!background.threads.ids.lock().unwrap().contains(&id));
+        stop.send(()).unwrap();
+        reader.join().unwrap();
     }
 
     /// `thread` (0: the calling one) runs on the first core only.

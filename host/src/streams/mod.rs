@@ -351,6 +351,14 @@ impl StreamEngine {
             .await?
             .map(|c| c.seq)
             .unwrap_or(0);
+        // The reader's statements run on a thread of its own (SQLite), which does the
+        // streams' work and so runs at their priority.
+        let (mut reader, reads_on) =
+            rows::EventReader::open(&self.store, PAGE as usize, background::current_thread).await?;
+        let _adopted = match (self.background.get(), reads_on) {
+            (Some(Some(background)), Some(thread)) => Some(background.adopt(thread)),
+            _ => None,
+        };
         let mut wake = self.store.subscribe_events();
         tracing::info!(position = cursor, "stream started");
         loop {
@@ -358,7 +366,7 @@ impl StreamEngine {
             // wakes the wait below.
             let _ = wake.borrow_and_update();
             let reading = std::time::Instant::now();
-            let page = rows::events_after(&self.store, cursor, PAGE).await?;
+            let page = reader.after(cursor, PAGE).await?;
             if !page.is_empty() {
                 tracing::debug!(
                     events = page.len(),
@@ -521,8 +529,8 @@ impl StreamEngine {
         });
 
         // 3. The stream's own transforms, over what the filter kept.
-        let kept: Vec<(usize, Value)> = if chains.stream.is_empty() {
-            messages.into_iter().map(|m| (m.event, m.body)).collect()
+        let kept: Vec<Message> = if chains.stream.is_empty() {
+            messages
         } else {
             let (origins, texts): (Vec<usize>, Vec<String>) =
                 messages.into_iter().map(|m| (m.event, m.text)).unzip();
@@ -541,7 +549,11 @@ impl StreamEngine {
                 .filter_map(|k| {
                     let i = origins[k.input];
                     match serde_json::from_str(&k.message) {
-                        Ok(body) => Some((i, body)),
+                        Ok(body) => Some(Message {
+                            event: i,
+                            text: k.message,
+                            body,
+                        }),
                         Err(e) => {
                             outcomes[i].drop(reason::UNREADABLE, Some(e.to_string()));
                             None
@@ -555,11 +567,16 @@ impl StreamEngine {
         // per copy, keyed `MESSAGE_ID#N` (stable across re-sends, as transforms are
         // deterministic); a single one keeps its message id as its key.
         let mut copies = vec![0usize; taken.len()];
-        for (i, _) in &kept {
-            copies[*i] += 1;
+        for m in &kept {
+            copies[m.event] += 1;
         }
         let mut seen = vec![0usize; taken.len()];
-        for (i, body) in kept {
+        for Message {
+            event: i,
+            text,
+            body,
+        } in kept
+        {
             let event = taken[i];
             let key = if copies[i] == 1 {
                 event.message_id.clone()
@@ -567,7 +584,7 @@ impl StreamEngine {
                 seen[i] += 1;
                 format!("{}#{}", event.message_id, seen[i])
             };
-            let item = compiled.item(event, key, body, &profiles);
+            let item = compiled.item(event, key, text, body, &profiles);
             outcomes[i].items.push(item);
         }
 
@@ -1159,6 +1176,11 @@ struct OwnedCommit {
 
 impl OwnedCommit {
     async fn commit(&self, store: &Store) -> anyhow::Result<()> {
+        let hashes: Vec<String> = self
+            .dead
+            .iter()
+            .map(|(_, item, _)| payload_hash(&item.fields))
+            .collect();
         let commit = rows::BatchCommit {
             stream: &self.stream,
             dead_letter_name: &self.dead_letter_name,
@@ -1168,10 +1190,11 @@ impl OwnedCommit {
             dead: self
                 .dead
                 .iter()
-                .map(|(kind, item, reason)| rows::DeadEvent {
+                .zip(&hashes)
+                .map(|((kind, item, reason), hash)| rows::DeadEvent {
                     kind,
                     key: &item.key,
-                    hash: &item.hash,
+                    hash,
                     fields: &item.fields,
                     attempts: item.attempts.max(1) as i64,
                     reason,
@@ -1332,7 +1355,7 @@ impl Outcome {
             delivery_id: crate::sync::delivery_id::for_event(&compiled.scope, &event.message_id),
             previous_fields: None,
             key: event.message_id.clone(),
-            hash: payload_hash(&message),
+            hash: String::new(),
             fields: message,
             attempts: 1,
             last_error: Some(error.clone()),
@@ -1488,16 +1511,19 @@ impl Compiled {
         None
     }
 
-    /// The record `body` (the message as the transforms left it) makes, keyed `key`.
+    /// The record the message makes (as the transforms left it: `text`, and parsed, `body`),
+    /// keyed `key`. Without a mapping, the message's own text: it parsed, and writing the
+    /// parsed value out again only costs time.
     fn item(
         &self,
         event: &rows::StreamEvent,
         key: String,
+        text: String,
         body: Value,
         profiles: &HashMap<String, ProfileData>,
     ) -> Item {
-        let fields = match &self.mapping {
-            None => body,
+        let text = match &self.mapping {
+            None => text,
             Some(mapping) => {
                 let empty;
                 let profile = match profiles.get(&event.profile_id) {
@@ -1518,16 +1544,18 @@ impl Compiled {
                     identifiers: &profile.identifiers,
                     event: Some(&body),
                 }))
+                .to_string()
             }
         };
-        let text = fields.to_string();
         Item {
             // Stable across retries and re-sends after a crash: derived from the record's key
             // (the message id), per stream, as events syncs derive theirs.
             delivery_id: crate::sync::delivery_id::for_event(&self.scope, &key),
             previous_fields: None,
             key,
-            hash: payload_hash(&text),
+            // A stream keeps no state of what it sent: the hash is only a dead letter's,
+            // computed when one is filed (OwnedCommit).
+            hash: String::new(),
             fields: text,
             attempts: 0,
             last_error: None,
@@ -1549,7 +1577,13 @@ impl Compiled {
         };
         match self.judge(event, &body, names, profiles, withheld) {
             Some((reason, detail)) => Decision::Drop(reason, detail),
-            None => Decision::Forward(self.item(event, event.message_id.clone(), body, profiles)),
+            None => Decision::Forward(self.item(
+                event,
+                event.message_id.clone(),
+                event.body.clone(),
+                body,
+                profiles,
+            )),
         }
     }
 }
