@@ -4,8 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::any::AnyRow;
-
 use super::{col, Backend, Conn, Result, Store};
 
 /// PostgreSQL advisory lock (two-key form, a key space apart from the one-key identifier locks)
@@ -54,18 +52,27 @@ pub struct StreamEvent {
 /// The columns a [`StreamEvent`] is read from.
 const EVENT_COLUMNS: &str = "seq, message_id, profile_id, source, received_at, body";
 
-fn stream_event(r: &AnyRow) -> Result<StreamEvent> {
+/// A [`StreamEvent`] from a row of [`EVENT_COLUMNS`], of the pool's driver (`Any`) or of a
+/// reader's own SQLite connection.
+fn stream_event<'r, R>(r: &'r R) -> Result<StreamEvent>
+where
+    R: sqlx::Row,
+    &'static str: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
     Ok(StreamEvent {
-        seq: col(r, "seq")?,
-        message_id: col(r, "message_id")?,
-        profile_id: col(r, "profile_id")?,
-        source: col(r, "source")?,
-        received_at: col(r, "received_at")?,
-        body: col(r, "body")?,
+        seq: r.try_get("seq")?,
+        message_id: r.try_get("message_id")?,
+        profile_id: r.try_get("profile_id")?,
+        source: r.try_get("source")?,
+        received_at: r.try_get("received_at")?,
+        body: r.try_get("body")?,
     })
 }
 
-/// The query a stream reads its pages with.
+/// The query a stream reads its pages with ([`EVENT_COLUMNS`], written out: a `const` cannot
+/// be put together from another).
 const PAGE_QUERY: &str =
     "SELECT seq, message_id, profile_id, source, received_at, body FROM events WHERE seq > $1 ORDER BY seq LIMIT $2";
 
@@ -147,7 +154,6 @@ impl EventReader {
 
     /// Up to `limit` events numbered after `after`, in commit order.
     pub async fn after(&mut self, after: i64, limit: i64) -> Result<Vec<StreamEvent>> {
-        use sqlx::Row as _;
         match &mut self.source {
             Source::Pool(store) => events_after(store, after, limit).await,
             Source::Own(conn) => {
@@ -156,18 +162,7 @@ impl EventReader {
                     .bind(limit)
                     .fetch_all(&mut *conn)
                     .await?;
-                rows.iter()
-                    .map(|r| {
-                        Ok(StreamEvent {
-                            seq: r.try_get("seq")?,
-                            message_id: r.try_get("message_id")?,
-                            profile_id: r.try_get("profile_id")?,
-                            source: r.try_get("source")?,
-                            received_at: r.try_get("received_at")?,
-                            body: r.try_get("body")?,
-                        })
-                    })
-                    .collect()
+                rows.iter().map(stream_event).collect()
             }
         }
     }
