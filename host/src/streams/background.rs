@@ -445,9 +445,7 @@ mod tests {
         assert_eq!(background.priority(), Priority::Idle, "not behind yet");
         background.waited(BEHIND * 2);
         let began = Instant::now();
-        while background.priority() == Priority::Idle && began.elapsed() < PROBE * 20 {
-            tokio::time::sleep(PROBE / 10).await;
-        }
+        until(&background, Priority::Normal, began + PROBE * 20).await;
         assert_eq!(background.priority(), Priority::Normal);
         assert_eq!(raised.get(), 1);
         let policy = background
@@ -456,9 +454,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(policy, libc::SCHED_OTHER);
-        while background.priority() == Priority::Normal && began.elapsed() < HOLD * 3 {
-            tokio::time::sleep(PROBE).await;
-        }
+        until(&background, Priority::Idle, began + HOLD * 3).await;
         assert_eq!(background.priority(), Priority::Idle, "lowered after HOLD");
         assert!(began.elapsed() >= HOLD);
         assert_eq!(raised.get(), 0);
@@ -487,20 +483,23 @@ mod tests {
 
         background.waited(BEHIND * 2);
         let began = Instant::now();
-        while background.priority() == Priority::Idle && began.elapsed() < PROBE * 20 {
-            tokio::time::sleep(PROBE / 10).await;
-        }
+        until(&background, Priority::Normal, began + PROBE * 20).await;
         assert_eq!(background.priority(), Priority::Normal);
         assert_eq!(policy(), libc::SCHED_OTHER, "raised with the runtime");
-        while background.priority() == Priority::Normal && began.elapsed() < HOLD * 3 {
-            tokio::time::sleep(PROBE).await;
-        }
+        until(&background, Priority::Idle, began + HOLD * 3).await;
         assert_eq!(policy(), libc::SCHED_IDLE, "lowered with the runtime");
 
         drop(adopted);
         assert!(!background.threads.ids.lock().unwrap().contains(&id));
         stop.send(()).unwrap();
         reader.join().unwrap();
+    }
+
+    /// Waits until the guard set the threads to `priority`, or until `deadline`.
+    async fn until(background: &Background, priority: Priority, deadline: Instant) {
+        while background.priority() != priority && Instant::now() < deadline {
+            tokio::time::sleep(PROBE / 10).await;
+        }
     }
 
     /// `thread` (0: the calling one) runs on the first core only.
